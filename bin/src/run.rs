@@ -1,0 +1,2 @@
+//! `infinity-run`: inference front end.
+fn main() {}

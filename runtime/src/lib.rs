@@ -1,0 +1,19 @@
+//! The runtime layer: tensors (shape/strides/offset views over shared storage), dtypes,
+//! devices, typed errors, the Philox counter-based RNG and weight I/O.
+
+mod device;
+mod dtype;
+mod error;
+pub mod io;
+pub mod layout;
+pub mod rng;
+mod storage;
+mod tensor;
+
+pub use device::Device;
+pub use dtype::{DType, Element};
+pub use error::{Error, Result};
+pub use half;
+pub use layout::Layout;
+pub use storage::CpuStorage;
+pub use tensor::Tensor;

@@ -1,0 +1,2 @@
+//! `infinity-run`: inference front end (argument parsing and progress only).
+fn main() {}

@@ -1,2 +1,0 @@
-//! `infinity-run`: inference front end.
-fn main() {}

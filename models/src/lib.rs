@@ -1,1 +1,4 @@
-//! Models built on the op set.
+//! Models built on the op set: scale schedules shared by the tokenizer and the transformer.
+
+pub mod bitvae;
+pub mod schedule;

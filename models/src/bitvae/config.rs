@@ -1,0 +1,250 @@
+//! BitVAE hyper-parameters: the released presets, detection from a checkpoint's shapes, and
+//! the exact list of state-dict entries (name, shape) a configuration implies.
+
+use std::collections::BTreeMap;
+
+/// The architecture of the official BitVAE (`bsq_vae/flux_vqgan.py`, image mode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BitVaeConfig {
+    /// Channels of the first level (128 in every release).
+    pub base_ch: usize,
+    /// Channel multiplier per level (encoder and decoder use the same list).
+    pub ch_mult: Vec<usize>,
+    /// ResBlocks per encoder level; decoder levels have one more.
+    pub num_res_blocks: usize,
+    /// Latent channels = bits per token.
+    pub z_channels: usize,
+    /// Spatial stride between pixels and latent tokens (a power of two).
+    pub patch: usize,
+}
+
+/// One state-dict entry implied by a configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub shape: Vec<usize>,
+    /// Buffers (the quantizer's bit mask) are stored but carry no weights we use.
+    pub buffer: bool,
+}
+
+impl BitVaeConfig {
+    /// The released image tokenizers: d16, d24, d32 (and d32reg), d64 with patch 16, and the
+    /// 8B model's d14 with patch 8 and four levels.
+    pub fn preset(name: &str) -> Option<BitVaeConfig> {
+        let image = |d| BitVaeConfig { base_ch: 128, ch_mult: vec![1, 2, 4, 4, 4], num_res_blocks: 2, z_channels: d, patch: 16 };
+        Some(match name {
+            "d16" => image(16),
+            "d24" => image(24),
+            "d32" | "d32reg" => image(32),
+            "d64" => image(64),
+            "d14_patchify" => BitVaeConfig { ch_mult: vec![1, 2, 4, 4], patch: 8, ..image(14) },
+            _ => return None,
+        })
+    }
+
+    pub fn num_levels(&self) -> usize {
+        self.ch_mult.len()
+    }
+
+    /// Number of stride-2 stages: log2(patch).
+    pub fn num_downsamples(&self) -> usize {
+        self.patch.trailing_zeros() as usize
+    }
+
+    /// Checks the internal consistency the network relies on.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.patch.is_power_of_two() || self.patch < 2 {
+            return Err(format!("patch {} is not a power of two ≥ 2", self.patch));
+        }
+        if self.num_downsamples() > self.num_levels() {
+            return Err(format!("patch {} needs more than {} levels", self.patch, self.num_levels()));
+        }
+        if self.ch_mult.iter().any(|&m| (self.base_ch * m) % 32 != 0) || self.base_ch == 0 {
+            return Err("every level's channel count must be a positive multiple of 32 (GroupNorm groups)".into());
+        }
+        if self.z_channels == 0 || self.num_res_blocks == 0 {
+            return Err("z_channels and num_res_blocks must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Channels (in, out) of every ResBlock of encoder level `l`.
+    pub fn encoder_blocks(&self, l: usize) -> Vec<(usize, usize)> {
+        let cin = if l == 0 { self.base_ch } else { self.base_ch * self.ch_mult[l - 1] };
+        let cout = self.base_ch * self.ch_mult[l];
+        (0..self.num_res_blocks).map(|b| (if b == 0 { cin } else { cout }, cout)).collect()
+    }
+
+    /// Channels (in, out) of every ResBlock of decoder level `l` (levels run top-down).
+    pub fn decoder_blocks(&self, l: usize) -> Vec<(usize, usize)> {
+        let top = self.num_levels() - 1;
+        let cin = if l == top { self.base_ch * self.ch_mult[top] } else { self.base_ch * self.ch_mult[l + 1] };
+        let cout = self.base_ch * self.ch_mult[l];
+        (0..=self.num_res_blocks).map(|b| (if b == 0 { cin } else { cout }, cout)).collect()
+    }
+
+    pub fn encoder_downsamples(&self, l: usize) -> bool {
+        l < self.num_downsamples()
+    }
+
+    pub fn decoder_upsamples(&self, l: usize) -> bool {
+        (1..=self.num_downsamples()).contains(&l)
+    }
+
+    /// Every state-dict entry in the native key form (`….conv.weight`, `….norm.weight`).
+    pub fn entries(&self) -> Vec<Entry> {
+        let mut e = EntryList::default();
+        let top = self.base_ch * self.ch_mult[self.num_levels() - 1];
+
+        e.conv("encoder.conv_in", self.base_ch, 3, 3);
+        for l in 0..self.num_levels() {
+            let blocks = self.encoder_blocks(l);
+            for (b, &(cin, cout)) in blocks.iter().enumerate() {
+                e.resblock(&format!("encoder.down.{l}.block.{b}"), cin, cout);
+            }
+            if self.encoder_downsamples(l) {
+                let c = blocks[blocks.len() - 1].1;
+                e.conv(&format!("encoder.down.{l}.downsample.conv"), c, c, 3);
+            }
+        }
+        for m in ["block_1", "block_2"] {
+            e.resblock(&format!("encoder.mid.{m}"), top, top);
+        }
+        e.norm("encoder.norm_out", top);
+        e.conv("encoder.conv_out", self.z_channels, top, 3);
+
+        e.conv("decoder.conv_in", top, self.z_channels, 3);
+        for m in ["block_1", "block_2"] {
+            e.resblock(&format!("decoder.mid.{m}"), top, top);
+        }
+        for l in (0..self.num_levels()).rev() {
+            let blocks = self.decoder_blocks(l);
+            for (b, &(cin, cout)) in blocks.iter().enumerate() {
+                e.resblock(&format!("decoder.up.{l}.block.{b}"), cin, cout);
+            }
+            if self.decoder_upsamples(l) {
+                let c = blocks[blocks.len() - 1].1;
+                e.conv(&format!("decoder.up.{l}.upsample.conv"), c, c, 3);
+            }
+        }
+        let bottom = self.base_ch * self.ch_mult[0];
+        e.norm("decoder.norm_out", bottom);
+        e.conv("decoder.conv_out", 3, bottom, 3);
+
+        for q in ["quantizer", "quantize"] {
+            e.0.push(Entry { key: format!("{q}.lfq.mask"), shape: vec![self.z_channels], buffer: true });
+        }
+        e.0
+    }
+
+    /// Infers the configuration from the shapes of a state dict in native or flat key form
+    /// (`shapes` maps key → shape). The result is not yet checked against every entry.
+    pub fn detect(shapes: &BTreeMap<String, Vec<usize>>) -> Result<BitVaeConfig, String> {
+        let get = |native: &str| -> Result<&Vec<usize>, String> {
+            shapes
+                .get(native)
+                .or_else(|| shapes.get(&flat_key(native)))
+                .ok_or_else(|| format!("missing tensor '{native}' (not a BitVAE checkpoint?)"))
+        };
+        let dim = |native: &str, i: usize| -> Result<usize, String> {
+            let s = get(native)?;
+            s.get(i).copied().ok_or_else(|| format!("tensor '{native}' has shape {s:?}, expected rank > {i}"))
+        };
+        let base_ch = dim("encoder.conv_in.conv.weight", 0)?;
+        let z_channels = dim("encoder.conv_out.conv.weight", 0)?;
+        let level_present = |l: usize| {
+            let native = format!("encoder.down.{l}.block.0.conv1.conv.weight");
+            shapes.contains_key(&native) || shapes.contains_key(&flat_key(&native))
+        };
+        let num_levels = (0..).take_while(|&l| level_present(l)).count();
+        if num_levels == 0 {
+            return Err("missing tensor 'encoder.down.0.block.0.conv1.conv.weight'".into());
+        }
+        let mut ch_mult = Vec::with_capacity(num_levels);
+        for l in 0..num_levels {
+            let c = dim(&format!("encoder.down.{l}.block.0.conv1.conv.weight"), 0)?;
+            if base_ch == 0 || c % base_ch != 0 {
+                return Err(format!("encoder level {l} has {c} channels, not a multiple of the base {base_ch}"));
+            }
+            ch_mult.push(c / base_ch);
+        }
+        let has = |native: String| shapes.contains_key(&native) || shapes.contains_key(&flat_key(&native));
+        let num_res_blocks = (0..).take_while(|&b| has(format!("encoder.down.0.block.{b}.conv1.conv.weight"))).count();
+        let downsamples = (0..num_levels).take_while(|&l| has(format!("encoder.down.{l}.downsample.conv.conv.weight"))).count();
+        let config = BitVaeConfig { base_ch, ch_mult, num_res_blocks, z_channels, patch: 1 << downsamples };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Collects entries in module order, one helper per layer kind.
+#[derive(Default)]
+struct EntryList(Vec<Entry>);
+
+impl EntryList {
+    fn param(&mut self, key: String, shape: Vec<usize>) {
+        self.0.push(Entry { key, shape, buffer: false });
+    }
+
+    fn conv(&mut self, name: &str, cout: usize, cin: usize, k: usize) {
+        self.param(format!("{name}.conv.weight"), vec![cout, cin, k, k]);
+        self.param(format!("{name}.conv.bias"), vec![cout]);
+    }
+
+    fn norm(&mut self, name: &str, c: usize) {
+        self.param(format!("{name}.norm.weight"), vec![c]);
+        self.param(format!("{name}.norm.bias"), vec![c]);
+    }
+
+    fn resblock(&mut self, name: &str, cin: usize, cout: usize) {
+        self.norm(&format!("{name}.norm1"), cin);
+        self.conv(&format!("{name}.conv1"), cout, cin, 3);
+        self.norm(&format!("{name}.norm2"), cout);
+        self.conv(&format!("{name}.conv2"), cout, cout, 3);
+        if cin != cout {
+            self.conv(&format!("{name}.nin_shortcut"), cout, cin, 1);
+        }
+    }
+}
+
+/// The "flat" (Flux-like) name the official loader also accepts for a native key:
+/// `x.conv.weight` → `x.weight`, `x.norm.bias` → `x.bias`.
+pub fn flat_key(native: &str) -> String {
+    for wrapper in [".conv.", ".norm."] {
+        if let Some(i) = native.rfind(wrapper) {
+            let tail = &native[i + wrapper.len()..];
+            if tail == "weight" || tail == "bias" {
+                return format!("{}.{tail}", &native[..i]);
+            }
+        }
+    }
+    native.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn d32_parameter_count_matches_the_release() {
+        let c = BitVaeConfig::preset("d32").unwrap();
+        let n: usize = c.entries().iter().filter(|e| !e.buffer).map(|e| e.shape.iter().product::<usize>()).sum();
+        assert_eq!(n, 110_118_051);
+    }
+
+    #[test]
+    fn detection_round_trips_every_preset() {
+        for name in ["d16", "d24", "d32", "d64", "d14_patchify"] {
+            let c = BitVaeConfig::preset(name).unwrap();
+            let shapes = c.entries().into_iter().map(|e| (e.key, e.shape)).collect();
+            assert_eq!(BitVaeConfig::detect(&shapes).unwrap(), c, "{name}");
+        }
+    }
+
+    #[test]
+    fn flat_keys() {
+        assert_eq!(flat_key("encoder.conv_in.conv.weight"), "encoder.conv_in.weight");
+        assert_eq!(flat_key("decoder.mid.block_1.norm1.norm.bias"), "decoder.mid.block_1.norm1.bias");
+        assert_eq!(flat_key("quantizer.lfq.mask"), "quantizer.lfq.mask");
+    }
+}

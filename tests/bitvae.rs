@@ -1,0 +1,136 @@
+//! BitVAE parity with the official code on the dev goldens (devA: 256×256, d = 32; devB:
+//! 176×352, d = 16, non-integer resize ratios): encoder latent, multi-scale bits, summed
+//! codes and decoded image; plus the loader's handling of key forms and bad checkpoints.
+
+mod common;
+
+use common::{assert_golden, fixture, open};
+use infinity::models::bitvae::quantizer::{quantize, sum_codes};
+use infinity::models::bitvae::{BitVae, BitVaeConfig};
+use infinity::models::schedule::{PixelBudget, Template};
+use infinity::runtime::io::{Weights, save_safetensors};
+use infinity::runtime::{Error, Tensor};
+
+struct Set {
+    name: &'static str,
+    ratio: f64,
+}
+
+const SETS: [Set; 2] = [Set { name: "devA", ratio: 1.0 }, Set { name: "devB", ratio: 0.5 }];
+
+/// The VAE input from the stored u8 RGB image: t = u8/255, x = t + t − 1, NCHW.
+fn image_input(golden: &Weights) -> Tensor {
+    let img = golden.get("image_u8_rgb").unwrap();
+    let (h, w) = (img.dim(0).unwrap(), img.dim(1).unwrap());
+    let v: Vec<f32> = img.to_vec::<u8>().unwrap().into_iter().map(|u| { let t = u as f32 / 255.0; t + t - 1.0 }).collect();
+    Tensor::from_vec(v, &[1, h, w, 3]).unwrap().permute(&[0, 3, 1, 2]).unwrap().contiguous()
+}
+
+fn grids(set: &Set) -> Vec<(usize, usize)> {
+    Template::exact(set.ratio).unwrap().schedule(PixelBudget::P006M).grids
+}
+
+#[test]
+fn detects_the_dev_configurations() {
+    for (set, d) in SETS.iter().zip([32, 16]) {
+        let vae = BitVae::open(fixture(&format!("{}/vae.safetensors", set.name))).unwrap();
+        let want = BitVaeConfig { base_ch: 32, ch_mult: vec![1; 5], num_res_blocks: 1, z_channels: d, patch: 16 };
+        assert_eq!(vae.config, want, "{}", set.name);
+    }
+}
+
+#[test]
+fn encoder_matches_golden() {
+    for set in &SETS {
+        let vae = BitVae::open(fixture(&format!("{}/vae.safetensors", set.name))).unwrap();
+        let golden = open(&format!("{}/vae_golden.safetensors", set.name));
+        let z = vae.encode(&image_input(&golden)).unwrap();
+        assert_golden(&format!("{} encoder latent", set.name), &z, golden.get("encoder_latent").unwrap(), 1e-4);
+    }
+}
+
+#[test]
+fn multiscale_bits_match_golden() {
+    for set in &SETS {
+        let golden = open(&format!("{}/vae_golden.safetensors", set.name));
+        let q = quantize(golden.get("encoder_latent").unwrap(), &grids(set)).unwrap();
+        for (k, scale) in q.scales.iter().enumerate() {
+            let want_pre = golden.get(&format!("bsq_input_scale{k:02}")).unwrap();
+            assert_golden(&format!("{} bsq input {k}", set.name), &scale.pre_sign, want_pre, 1e-4);
+            // Bits must agree wherever the golden residual is not within 1e-4 of zero.
+            let want = golden.get(&format!("bits_scale{k:02}")).unwrap().to_vec::<u8>().unwrap();
+            let got = scale.bits.to_vec::<u8>().unwrap();
+            let pre = want_pre.permute(&[0, 2, 3, 4, 1]).unwrap().to_vec::<f32>().unwrap(); // (B,t,h,w,d) order
+            let decisive_mismatches =
+                got.iter().zip(&want).zip(&pre).filter(|((g, w), p)| g != w && p.abs() > 1e-4).count();
+            assert_eq!(decisive_mismatches, 0, "{} scale {k}", set.name);
+        }
+        assert_golden(&format!("{} summed codes", set.name), &q.summed, golden.get("summed_quantized_latent").unwrap(), 1e-4);
+        // Bits → codes → latent gives the same sum as the quantizer's own accumulation.
+        let bits: Vec<Tensor> = q.scales.iter().map(|s| s.bits.clone()).collect();
+        let full = *grids(set).last().unwrap();
+        assert_golden(&format!("{} codes from bits", set.name), &sum_codes(&bits, full).unwrap(), &q.summed, 1e-6);
+    }
+}
+
+#[test]
+fn decoder_matches_golden() {
+    for set in &SETS {
+        let vae = BitVae::open(fixture(&format!("{}/vae.safetensors", set.name))).unwrap();
+        let golden = open(&format!("{}/vae_golden.safetensors", set.name));
+        let img = vae.decode(golden.get("summed_quantized_latent").unwrap()).unwrap();
+        assert_golden(&format!("{} decoded", set.name), &img, golden.get("decoded").unwrap(), 1e-4);
+    }
+}
+
+/// Rewrites a checkpoint with `edit` applied to its (key, tensor) list and loads it.
+fn load_edited(edit: impl FnOnce(&mut Vec<(String, Tensor)>)) -> Result<BitVae, Error> {
+    let w = open("devB/vae.safetensors");
+    let mut tensors: Vec<(String, Tensor)> = w.iter().map(|(k, t)| (k.to_string(), t.clone())).collect();
+    edit(&mut tensors);
+    let dir = std::env::temp_dir().join(format!("infinity-bitvae-{}-{:?}", std::process::id(), std::thread::current().id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("vae.safetensors");
+    save_safetensors(&path, tensors.iter().map(|(k, t)| (k.as_str(), t)), &Default::default()).unwrap();
+    let out = BitVae::open(&path);
+    std::fs::remove_dir_all(&dir).ok();
+    out
+}
+
+#[test]
+fn flat_key_form_loads_identically() {
+    let flat = load_edited(|ts| {
+        for (k, _) in ts.iter_mut() {
+            *k = infinity::models::bitvae::config::flat_key(k);
+        }
+    })
+    .unwrap();
+    let native = BitVae::open(fixture("devB/vae.safetensors")).unwrap();
+    let golden = open("devB/vae_golden.safetensors");
+    let z = golden.get("encoder_latent").unwrap();
+    assert!(flat.decode(z).unwrap().same_values(&native.decode(z).unwrap()));
+}
+
+#[test]
+fn bad_checkpoints_are_refused_naming_the_key() {
+    let missing = load_edited(|ts| ts.retain(|(k, _)| k != "decoder.up.2.block.1.conv2.conv.bias")).err().unwrap();
+    assert!(missing.to_string().contains("decoder.up.2.block.1.conv2.conv.bias"), "{missing}");
+
+    let reshaped = load_edited(|ts| {
+        let e = ts.iter_mut().find(|(k, _)| k == "decoder.mid.block_1.norm1.norm.weight").unwrap();
+        e.1 = Tensor::zeros(&[64], infinity::runtime::DType::F32);
+    })
+    .err()
+    .unwrap();
+    assert!(reshaped.to_string().contains("decoder.mid.block_1.norm1.norm.weight"), "{reshaped}");
+
+    let extra = load_edited(|ts| {
+        ts.push(("decoder.mid.attn_1.q.conv.weight".into(), Tensor::zeros(&[32, 32, 1, 1], infinity::runtime::DType::F32)))
+    })
+    .err()
+    .unwrap();
+    assert!(extra.to_string().contains("decoder.mid.attn_1.q.conv.weight"), "{extra}");
+
+    let not_a_vae = BitVae::open(fixture("scale_schedules.json")).err().unwrap();
+    assert!(not_a_vae.to_string().contains("scale_schedules.json"), "{not_a_vae}");
+}

@@ -1,0 +1,35 @@
+//! Helpers for the golden-parity tests: fixture paths and max-abs comparison (the issues ask
+//! for max |ours − golden| ≤ 1e-4 in f32; the golden README allows 1e-4 · max(1, max|golden|),
+//! which is never tighter).
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::PathBuf;
+
+use infinity::runtime::Tensor;
+use infinity::runtime::io::Weights;
+
+pub fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+}
+
+pub fn open(rel: &str) -> Weights {
+    Weights::open(fixture(rel)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.to_f32_vec().iter().fold(0.0, |m, v| m.max(v.abs()))
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.shape(), b.shape(), "shapes differ");
+    a.to_f32_vec().iter().zip(b.to_f32_vec()).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// Asserts max |got − golden| ≤ `tol` (the golden may have extra unit dimensions).
+#[track_caller]
+pub fn assert_golden(what: &str, got: &Tensor, golden: &Tensor, tol: f32) {
+    let golden = golden.reshape(got.shape()).unwrap_or_else(|_| panic!("{what}: shape {:?} vs golden {:?}", got.shape(), golden.shape()));
+    let diff = max_abs_diff(got, &golden);
+    assert!(diff <= tol, "{what}: max |diff| {diff:e} > {tol:e}");
+    eprintln!("{what}: max |diff| {diff:.2e} (tolerance {tol:.1e})");
+}

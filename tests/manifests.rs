@@ -1,0 +1,54 @@
+//! The state dicts our model configurations imply, name for name and shape for shape, against
+//! the manifests of the real released checkpoints (built by the official code on the meta
+//! device; `fixtures/manifests`).
+
+use std::collections::BTreeMap;
+
+use infinity::models::bitvae::BitVaeConfig;
+use serde_json::Value;
+
+/// key → (shape, is_buffer) from a manifest.
+fn manifest(json: &str) -> (Value, BTreeMap<String, (Vec<usize>, bool)>) {
+    let v: Value = serde_json::from_str(json).unwrap();
+    let entries = v["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let shape = t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+            (t["key"].as_str().unwrap().to_string(), (shape, t["kind"] == "buffer"))
+        })
+        .collect();
+    (v, entries)
+}
+
+#[track_caller]
+fn assert_same_entries(name: &str, ours: BTreeMap<String, (Vec<usize>, bool)>, theirs: &BTreeMap<String, (Vec<usize>, bool)>) {
+    for (k, v) in theirs {
+        assert_eq!(ours.get(k), Some(v), "{name}: manifest entry '{k}'");
+    }
+    for k in ours.keys() {
+        assert!(theirs.contains_key(k), "{name}: we create '{k}', the release has no such entry");
+    }
+}
+
+#[test]
+fn bitvae_presets_match_the_release_manifests() {
+    let cases = [
+        ("d16", include_str!("fixtures/manifests/vae_d16.json")),
+        ("d24", include_str!("fixtures/manifests/vae_d24.json")),
+        ("d32", include_str!("fixtures/manifests/vae_d32.json")),
+        ("d64", include_str!("fixtures/manifests/vae_d64.json")),
+        ("d14_patchify", include_str!("fixtures/manifests/vae_d14_patchify.json")),
+    ];
+    for (preset, json) in cases {
+        let (header, theirs) = manifest(json);
+        let config = BitVaeConfig::preset(preset).unwrap();
+        let entries = config.entries();
+        let ours: BTreeMap<_, _> = entries.iter().map(|e| (e.key.clone(), (e.shape.clone(), e.buffer))).collect();
+        assert_eq!(ours.len(), entries.len(), "{preset}: duplicate keys");
+        assert_same_entries(preset, ours, &theirs);
+        let params: u64 = entries.iter().filter(|e| !e.buffer).map(|e| e.shape.iter().product::<usize>() as u64).sum();
+        assert_eq!(params, header["num_params"].as_u64().unwrap(), "{preset}: parameter count");
+    }
+}

@@ -134,3 +134,45 @@ fn bad_checkpoints_are_refused_naming_the_key() {
     let not_a_vae = BitVae::open(fixture("scale_schedules.json")).err().unwrap();
     assert!(not_a_vae.to_string().contains("scale_schedules.json"), "{not_a_vae}");
 }
+
+/// Every official schedule (15 templates × 0.06M / 0.25M / 1M): bits per scale have the grid's
+/// shape, and codes rebuilt from the bits sum to the quantizer's own accumulation.
+#[test]
+fn quantizer_handles_every_official_schedule() {
+    use infinity::models::schedule::TEMPLATES;
+    use infinity::runtime::rng::Philox;
+    let d = 4;
+    for &t in &TEMPLATES {
+        for pn in [PixelBudget::P006M, PixelBudget::P025M, PixelBudget::P1M] {
+            let grids = Template::exact(t).unwrap().schedule(pn).grids;
+            let (h, w) = *grids.last().unwrap();
+            let z = Tensor::from_vec(Philox::new(3).normal(d * h * w), &[1, d, h, w]).unwrap();
+            let q = quantize(&z, &grids).unwrap();
+            for (s, &(gh, gw)) in q.scales.iter().zip(&grids) {
+                assert_eq!(s.bits.shape(), &[1, gh, gw, d], "template {t} {pn}");
+            }
+            let bits: Vec<Tensor> = q.scales.into_iter().map(|s| s.bits).collect();
+            let rebuilt = sum_codes(&bits, (h, w)).unwrap();
+            assert!(common::max_abs_diff(&rebuilt, &q.summed) <= 1e-6, "template {t} {pn}");
+        }
+    }
+}
+
+#[test]
+fn config_json_must_fit_the_checkpoint() {
+    let path = fixture("devB/vae.safetensors");
+    let detected = BitVae::open(&path).unwrap().config;
+    assert_eq!(BitVae::open_with_config(&path, detected.clone()).unwrap().config, detected);
+    let wrong = BitVaeConfig { z_channels: 32, ..detected };
+    let err = BitVae::open_with_config(&path, wrong).err().unwrap().to_string();
+    assert!(err.contains("encoder.conv_out.conv.weight") && err.contains("[16, 32, 3, 3]"), "{err}");
+}
+
+#[test]
+fn pth_and_safetensors_give_the_same_model() {
+    let golden = open("devA/vae_golden.safetensors");
+    let z = golden.get("summed_quantized_latent").unwrap();
+    let a = BitVae::open(fixture("devA/vae.safetensors")).unwrap().decode(z).unwrap();
+    let b = BitVae::open(fixture("devA/vae.pth")).unwrap().decode(z).unwrap();
+    assert!(a.same_values(&b));
+}

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use serde_json::{Value, json};
+
 /// The architecture of the official BitVAE (`bsq_vae/flux_vqgan.py`, image mode).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BitVaeConfig {
@@ -39,6 +41,41 @@ impl BitVaeConfig {
             "d64" => image(64),
             "d14_patchify" => BitVaeConfig { ch_mult: vec![1, 2, 4, 4], patch: 8, ..image(14) },
             _ => return None,
+        })
+    }
+
+    /// Reads the `config.json` form: `{"base_ch", "ch_mult", "num_res_blocks", "z_channels", "patch"}`.
+    pub fn from_json(v: &Value) -> Result<BitVaeConfig, String> {
+        let uint = |key: &str| -> Result<usize, String> {
+            v.get(key)
+                .and_then(Value::as_u64)
+                .map(|n| n as usize)
+                .ok_or_else(|| format!("'{key}' must be a non-negative integer"))
+        };
+        let ch_mult = v
+            .get("ch_mult")
+            .and_then(Value::as_array)
+            .filter(|a| !a.is_empty())
+            .and_then(|a| a.iter().map(|m| m.as_u64().map(|m| m as usize)).collect::<Option<Vec<_>>>())
+            .ok_or("'ch_mult' must be a non-empty list of integers")?;
+        let config = BitVaeConfig {
+            base_ch: uint("base_ch")?,
+            ch_mult,
+            num_res_blocks: uint("num_res_blocks")?,
+            z_channels: uint("z_channels")?,
+            patch: uint("patch")?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "base_ch": self.base_ch,
+            "ch_mult": self.ch_mult,
+            "num_res_blocks": self.num_res_blocks,
+            "z_channels": self.z_channels,
+            "patch": self.patch,
         })
     }
 
@@ -239,6 +276,17 @@ mod tests {
             let shapes = c.entries().into_iter().map(|e| (e.key, e.shape)).collect();
             assert_eq!(BitVaeConfig::detect(&shapes).unwrap(), c, "{name}");
         }
+    }
+
+    #[test]
+    fn json_round_trip_and_errors() {
+        let c = BitVaeConfig::preset("d14_patchify").unwrap();
+        assert_eq!(BitVaeConfig::from_json(&c.to_json()).unwrap(), c);
+        let mut bad = c.to_json();
+        bad["patch"] = json!(12);
+        assert!(BitVaeConfig::from_json(&bad).unwrap_err().contains("power of two"));
+        bad["ch_mult"] = json!("x");
+        assert!(BitVaeConfig::from_json(&bad).unwrap_err().contains("ch_mult"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use infinity_runtime::io::Weights;
+use infinity_runtime::rng::Philox;
 use infinity_runtime::{Error, Result, Tensor};
 
 pub use config::BitVaeConfig;
@@ -22,11 +23,33 @@ pub struct BitVae {
 }
 
 impl BitVae {
-    /// Loads an official `.pth` (state dict under `vae`) or a safetensors file.
+    /// Loads an official `.pth` (state dict under `vae`) or a safetensors file, detecting the
+    /// configuration from the tensor shapes.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let weights = Weights::open(path)?;
-        let nested = weights.iter().any(|(k, _)| k.starts_with("vae."));
-        if nested { Self::from_weights(&weights.strip_prefix("vae.")?) } else { Self::from_weights(&weights) }
+        Self::from_weights(&state_dict(path)?)
+    }
+
+    /// Loads a checkpoint that must have the given configuration (from a `config.json`).
+    pub fn open_with_config(path: impl AsRef<Path>, config: BitVaeConfig) -> Result<Self> {
+        Self::with_config(&state_dict(path)?, config)
+    }
+
+    /// A model with random weights (normals scaled by 1/√fan-in, unit norms, zero biases),
+    /// for benchmarks and tests.
+    pub fn random(config: BitVaeConfig, seed: u64) -> Result<Self> {
+        let mut rng = Philox::new(seed);
+        let mut tensors = Vec::new();
+        for e in config.entries().into_iter().filter(|e| !e.buffer) {
+            let n: usize = e.shape.iter().product();
+            let values = if e.shape.len() == 4 {
+                let scale = 1.0 / ((e.shape[1] * e.shape[2] * e.shape[3]) as f32).sqrt();
+                rng.normal(n).into_iter().map(|x| x * scale).collect()
+            } else {
+                vec![if e.key.ends_with("norm.weight") { 1.0 } else { 0.0 }; n]
+            };
+            tensors.push((e.key, Tensor::from_vec::<f32>(values, &e.shape)?));
+        }
+        Self::with_config(&Weights::new("<random BitVAE>", tensors, Default::default())?, config)
     }
 
     /// Builds the model, detecting the configuration from the tensor shapes.
@@ -45,9 +68,10 @@ impl BitVae {
         Ok(BitVae { config, encoder, decoder })
     }
 
+    /// RGB image (B, 3, H, W) in [-1, 1], H and W multiples of the patch → latent (B, d, h, w).
     pub fn encode(&self, image: &Tensor) -> Result<Tensor> {
-        let (h, w) = (image.dim(2)?, image.dim(3)?);
-        if image.rank() != 4 || image.dim(1)? != 3 || h % self.config.patch != 0 || w % self.config.patch != 0 {
+        let s = image.shape();
+        if s.len() != 4 || s[1] != 3 || s[2] % self.config.patch != 0 || s[3] % self.config.patch != 0 {
             return Err(Error::invalid(
                 "bitvae.encode",
                 image.shape(),
@@ -57,6 +81,7 @@ impl BitVae {
         self.encoder.forward(image)
     }
 
+    /// Latent (B, d, h, w) → image (B, 3, h·patch, w·patch) clamped to [-1, 1].
     pub fn decode(&self, latent: &Tensor) -> Result<Tensor> {
         if latent.rank() != 4 || latent.dim(1)? != self.config.z_channels {
             return Err(Error::invalid(
@@ -67,4 +92,10 @@ impl BitVae {
         }
         self.decoder.forward(latent)
     }
+}
+
+/// The VAE's state dict: official `.pth` files keep it under the key `vae`.
+fn state_dict(path: impl AsRef<Path>) -> Result<Weights> {
+    let weights = Weights::open(path)?;
+    if weights.iter().any(|(k, _)| k.starts_with("vae.")) { weights.strip_prefix("vae.") } else { Ok(weights) }
 }

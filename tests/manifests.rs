@@ -52,3 +52,27 @@ fn bitvae_presets_match_the_release_manifests() {
         assert_eq!(params, header["num_params"].as_u64().unwrap(), "{preset}: parameter count");
     }
 }
+
+#[test]
+fn infinity_presets_match_the_release_manifests() {
+    use infinity::models::infinity::InfinityConfig;
+    let cases = [
+        ("layer12", include_str!("fixtures/manifests/infinity_layer12.json")),
+        ("layer16", include_str!("fixtures/manifests/infinity_layer16.json")),
+        ("layer24", include_str!("fixtures/manifests/infinity_layer24.json")),
+        ("layer32", include_str!("fixtures/manifests/infinity_layer32.json")),
+        ("layer40", include_str!("fixtures/manifests/infinity_layer40.json")),
+        ("layer48", include_str!("fixtures/manifests/infinity_layer48.json")),
+        ("2b", include_str!("fixtures/manifests/infinity_2b.json")),
+        ("8b", include_str!("fixtures/manifests/infinity_8b.json")),
+    ];
+    for (preset, json) in cases {
+        let (header, theirs) = manifest(json);
+        let entries = InfinityConfig::preset(preset).unwrap().entries();
+        let ours: BTreeMap<_, _> = entries.iter().map(|e| (e.key.clone(), (e.shape.clone(), e.buffer))).collect();
+        assert_eq!(ours.len(), entries.len(), "{preset}: duplicate keys");
+        assert_same_entries(preset, ours, &theirs);
+        let params: u64 = entries.iter().filter(|e| !e.buffer).map(|e| e.shape.iter().product::<usize>() as u64).sum();
+        assert_eq!(params, header["num_params"].as_u64().unwrap(), "{preset}: parameter count");
+    }
+}

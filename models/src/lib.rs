@@ -1,4 +1,5 @@
 //! Models built on the op set: scale schedules shared by the tokenizer and the transformer.
 
 pub mod bitvae;
+pub mod infinity;
 pub mod schedule;

@@ -50,4 +50,8 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
     }
+
+    pub fn tensor(path: impl Into<PathBuf>, key: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Tensor { path: path.into(), key: key.into(), msg: msg.into() }
+    }
 }

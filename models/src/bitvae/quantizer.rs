@@ -44,6 +44,13 @@ fn resize_unless_same(x: &Tensor, to: (usize, usize), mode: ResizeMode) -> Resul
     if (x.dim(2)?, x.dim(3)?) == to { Ok(x.clone()) } else { resize(x, to, mode) }
 }
 
+/// Bilinear (align_corners = false, no antialias) resize of a code map (B, d, h, w) — the rule
+/// for both upsampling codes to the latent grid and downsampling the accumulated codes to the
+/// next scale's input. Same size is an exact identity.
+pub fn resize_codes(x: &Tensor, to: (usize, usize)) -> Result<Tensor> {
+    resize_unless_same(x, to, ResizeMode::Bilinear)
+}
+
 /// Encodes a latent into bits, scale by scale, following `grids` (coarse to fine; the last
 /// grid must be the latent's own).
 pub fn quantize(latent: &Tensor, grids: &[(usize, usize)]) -> Result<Quantized> {
@@ -54,7 +61,7 @@ pub fn quantize(latent: &Tensor, grids: &[(usize, usize)]) -> Result<Quantized> 
     for &grid in grids {
         let r = resize_unless_same(&residual, grid, ResizeMode::Area)?;
         let bits = sign_bits(&r)?;
-        let up = resize_unless_same(&codes_from_bits(&bits)?, full, ResizeMode::Bilinear)?;
+        let up = resize_codes(&codes_from_bits(&bits)?, full)?;
         residual = sub(&residual, &up)?;
         summed = add(&summed, &up)?;
         scales.push(ScaleBits { bits, pre_sign: r });
@@ -87,7 +94,7 @@ pub fn codes_from_bits(bits: &Tensor) -> Result<Tensor> {
 pub fn sum_codes(bits: &[Tensor], full: (usize, usize)) -> Result<Tensor> {
     let mut summed: Option<Tensor> = None;
     for b in bits {
-        let up = resize_unless_same(&codes_from_bits(b)?, full, ResizeMode::Bilinear)?;
+        let up = resize_codes(&codes_from_bits(b)?, full)?;
         summed = Some(match summed {
             Some(s) => add(&s, &up)?,
             None => up,

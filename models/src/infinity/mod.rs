@@ -1,6 +1,18 @@
 //! The Infinity transformer: text conditioning, blocks with block-causal self-attention
 //! through a KV cache, the bitwise head, and the scale-by-scale sampler.
 
+mod block;
 pub mod config;
+pub mod generate;
+mod model;
+mod params;
+pub mod rope;
+pub mod sampler;
+mod text;
 
+pub use block::KvCache;
 pub use config::InfinityConfig;
+pub use generate::{Generated, ScaleStep, generate};
+pub use model::{Infinity, Session};
+pub use sampler::SamplingConfig;
+pub use text::{Conditioning, PackedText};

@@ -1,0 +1,85 @@
+//! Scale-by-scale generation: each scale's bits are sampled from the head's logits, turned
+//! into codes, accumulated at the final latent grid, and the accumulation resized to the next
+//! scale becomes that scale's input.
+
+use infinity_ops::elementwise::add;
+use infinity_ops::index::concat;
+use infinity_runtime::rng::Philox;
+use infinity_runtime::{DType, Error, Result, Tensor};
+
+use super::model::Infinity;
+use super::sampler::{SamplingConfig, guide, sample_bits};
+use crate::bitvae::quantizer::{codes_from_bits, resize_codes};
+use crate::schedule::Schedule;
+
+/// What a caller may observe after each scale (for progress and for parity tests).
+pub struct ScaleStep<'a> {
+    pub index: usize,
+    /// Head output before τ and guidance: (2B, n, 2d) with guidance, else (B, n, 2d).
+    pub raw_logits: &'a Tensor,
+    /// (B, h, w, d) bits chosen at this scale.
+    pub bits: &'a Tensor,
+    /// (B, n_next, d): the next scale's input, absent after the last scale.
+    pub next_input: Option<&'a Tensor>,
+}
+
+pub struct Generated {
+    /// Per scale (B, h, w, d) u8.
+    pub bits: Vec<Tensor>,
+    /// (B, d, h, w) at the final grid: the VAE decoder's input.
+    pub summed_codes: Tensor,
+}
+
+/// Generates the bits of `prompts` (T5 features (Lᵢ, text_channels) each), optionally with
+/// negative prompts for the unconditional half. `forced` replaces the sampled bits of the first
+/// scales (teacher forcing of a generation, used to compare with a reference run).
+pub fn generate(
+    model: &Infinity,
+    prompts: &[Tensor],
+    negatives: Option<&[Tensor]>,
+    schedule: &Schedule,
+    sampling: &SamplingConfig,
+    forced: &[Tensor],
+    mut observe: impl FnMut(ScaleStep),
+) -> Result<Generated> {
+    let num_scales = schedule.num_scales();
+    sampling.validate(num_scales)?;
+    if num_scales > 15 {
+        return Err(Error::invalid("generate", &[num_scales], "schedules have at most 15 scales"));
+    }
+    let batch = prompts.len();
+    let with_uncond = sampling.uses_cfg();
+    let cond = if with_uncond { model.condition_cfg(prompts, negatives)? } else { model.condition(prompts)? };
+    let mut session = model.session(&cond)?;
+    let bits_dim = model.config.bits;
+    let full = schedule.last();
+    let mut summed = Tensor::zeros(&[batch, bits_dim, full.0, full.1], DType::F32);
+    let mut rng = Philox::new(sampling.seed);
+    let mut x = model.start_tokens(&cond)?;
+    let mut all_bits = Vec::with_capacity(num_scales);
+
+    for (k, &(h, w)) in schedule.grids.iter().enumerate() {
+        let hidden = model.forward_scale(&mut session, &x, schedule, k)?;
+        let raw = model.logits(&cond, &hidden)?;
+        let guided = guide(&raw, batch, sampling.cfg_at(k)?, sampling.tau_at(k)?, with_uncond)?;
+        let sampled = sample_bits(&guided, sampling, &mut rng)?.reshape(&[batch, h, w, bits_dim])?;
+        let bits = match forced.get(k) {
+            Some(f) if f.shape() == sampled.shape() => f.clone(),
+            Some(f) => return Err(Error::ShapeMismatch { op: "generate (forced bits)", lhs: f.shape().to_vec(), rhs: sampled.shape().to_vec() }),
+            None => sampled,
+        };
+        summed = add(&summed, &resize_codes(&codes_from_bits(&bits)?, full)?)?;
+        let next = match schedule.grids.get(k + 1) {
+            Some(&(nh, nw)) => {
+                let u = resize_codes(&summed, (nh, nw))?.permute(&[0, 2, 3, 1])?.reshape(&[batch, nh * nw, bits_dim])?;
+                let e = model.embed(&u)?;
+                x = if with_uncond { concat(&[&e, &e], 0)? } else { e };
+                Some(u)
+            }
+            None => None,
+        };
+        observe(ScaleStep { index: k, raw_logits: &raw, bits: &bits, next_input: next.as_ref() });
+        all_bits.push(bits);
+    }
+    Ok(Generated { bits: all_bits, summed_codes: summed })
+}

@@ -1,0 +1,180 @@
+//! The Infinity transformer: loading, per-prompt conditioning, the per-scale forward pass
+//! through the KV cache, and the bitwise head.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use infinity_ops::elementwise::add;
+use infinity_ops::index::concat;
+use infinity_ops::matmul::linear;
+use infinity_runtime::io::Weights;
+use infinity_runtime::rng::Philox;
+use infinity_runtime::{Error, Result, Tensor};
+
+use super::block::{Block, KvCache, TextKv, modulate};
+use super::config::InfinityConfig;
+use super::params::Params;
+use super::rope::scale_table;
+use super::text::{Conditioning, PackedText, TextPath};
+use crate::schedule::Schedule;
+
+pub struct Infinity {
+    pub config: InfinityConfig,
+    text: TextPath,
+    /// (1, 1, C): added to the start token only.
+    pos_start: Tensor,
+    /// (15, C): one row per scale index, added once before the first block.
+    lvl_embed: Tensor,
+    word_embed_w: Tensor,
+    word_embed_b: Tensor,
+    blocks: Vec<Block>,
+    head_w: Tensor,
+    head_b: Tensor,
+}
+
+/// Per-generation state: the text's cross-attention K/V of every block and the KV caches.
+pub struct Session<'a> {
+    pub cond: &'a Conditioning,
+    text_kv: Vec<TextKv>,
+    caches: Vec<KvCache>,
+}
+
+impl Infinity {
+    /// Loads a flat state dict (official `.pth` or safetensors), detecting the configuration.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let weights = Weights::open(path)?;
+        let shapes: BTreeMap<String, Vec<usize>> = weights.iter().map(|(k, t)| (k.to_string(), t.shape().to_vec())).collect();
+        let config = InfinityConfig::detect(&shapes)
+            .map_err(|msg| Error::format(weights.path(), format!("not a known Infinity transformer: {msg}")))?;
+        Self::with_config(&weights, config)
+    }
+
+    pub fn open_with_config(path: impl AsRef<Path>, config: InfinityConfig) -> Result<Self> {
+        Self::with_config(&Weights::open(path)?, config)
+    }
+
+    pub fn with_config(weights: &Weights, config: InfinityConfig) -> Result<Self> {
+        config.validate().map_err(|msg| Error::format(weights.path(), msg))?;
+        let mut p = Params::gather(weights, &config)?;
+        let blocks = (0..config.depth).map(|i| Block::load(&mut p, &config, i)).collect::<Result<_>>()?;
+        Ok(Infinity {
+            text: TextPath::load(&mut p, &config)?,
+            pos_start: p.take("pos_start")?,
+            lvl_embed: p.take("lvl_embed.weight")?,
+            word_embed_w: p.take("word_embed.weight")?,
+            word_embed_b: p.take("word_embed.bias")?,
+            blocks,
+            head_w: p.take("head.weight")?,
+            head_b: p.take("head.bias")?,
+            config,
+        })
+    }
+
+    /// Random weights (normals scaled by 1/√fan-in, zero biases; positive per-head attention
+    /// scales), for benchmarks and tests.
+    pub fn random(config: InfinityConfig, seed: u64) -> Result<Self> {
+        let mut rng = Philox::new(seed);
+        let mut tensors = Vec::new();
+        for e in config.entries().into_iter().filter(|e| !e.buffer) {
+            let n: usize = e.shape.iter().product();
+            let values: Vec<f32> = if e.key.ends_with("scale_mul_1H11") {
+                vec![4f32.ln(); n]
+            } else if e.key.ends_with("bias") || e.key.ends_with("ca_norm.weight") || e.key == "text_norm.weight" {
+                vec![if e.key.ends_with("weight") { 1.0 } else { 0.0 }; n]
+            } else {
+                let fan_in = *e.shape.last().unwrap_or(&1) as f32;
+                rng.normal(n).into_iter().map(|x| x / fan_in.sqrt()).collect()
+            };
+            tensors.push((e.key, Tensor::from_vec(values, &e.shape)?));
+        }
+        Self::with_config(&Weights::new("<random Infinity>", tensors, Default::default())?, config)
+    }
+
+    /// Conditioning for prompts given as T5 features (Lᵢ, text_channels), each ≥ 1 token.
+    pub fn condition(&self, prompts: &[Tensor]) -> Result<Conditioning> {
+        self.text.condition(&PackedText::pack(prompts)?)
+    }
+
+    /// Conditioning of the doubled CFG batch: the prompts, then for each prompt its negative
+    /// prompt's features or, without one, the learned null text of the same length.
+    pub fn condition_cfg(&self, prompts: &[Tensor], negatives: Option<&[Tensor]>) -> Result<Conditioning> {
+        let mut all = prompts.to_vec();
+        match negatives {
+            Some(neg) if neg.len() == prompts.len() => all.extend_from_slice(neg),
+            Some(neg) => {
+                return Err(Error::invalid("infinity.condition_cfg", &[neg.len()], format!("{} negative prompts for {} prompts", neg.len(), prompts.len())));
+            }
+            None => {
+                for p in prompts {
+                    all.push(self.text.null_text(p.dim(0)?)?);
+                }
+            }
+        }
+        self.condition(&all)
+    }
+
+    /// The text-normalised, attention-pooled `cond` of packed features (for parity tests).
+    pub fn pooled_text(&self, text: &PackedText) -> Result<(Tensor, Tensor)> {
+        self.text.normalize_and_pool(text)
+    }
+
+    pub fn session<'a>(&self, cond: &'a Conditioning) -> Result<Session<'a>> {
+        let text_kv = self.blocks.iter().map(|b| b.text_kv(&cond.memory)).collect::<Result<_>>()?;
+        Ok(Session { cond, text_kv, caches: self.blocks.iter().map(|_| KvCache::default()).collect() })
+    }
+
+    /// Start tokens (B, 1, C): cond + pos_start.
+    pub fn start_tokens(&self, cond: &Conditioning) -> Result<Tensor> {
+        add(&cond.cond.unsqueeze(1)?, &self.pos_start)
+    }
+
+    /// Token embeddings (B, n, C) of next-scale inputs (B, n, bits).
+    pub fn embed(&self, inputs: &Tensor) -> Result<Tensor> {
+        linear(inputs, &self.word_embed_w, Some(&self.word_embed_b))
+    }
+
+    /// Runs the tokens `x` (B, n, C) of scale `k` (grid `grid` of `schedule`) through every
+    /// block, appending their keys and values to the session's caches. Returns the hidden
+    /// states (B, n, C).
+    pub fn forward_scale(&self, session: &mut Session, x: &Tensor, schedule: &Schedule, k: usize) -> Result<Tensor> {
+        let grid = *schedule.grids.get(k).ok_or_else(|| Error::invalid("infinity.forward_scale", &[k], "scale index past the schedule"))?;
+        if k >= self.lvl_embed.dim(0)? {
+            return Err(Error::invalid("infinity.forward_scale", &[k], "schedules have at most 15 scales"));
+        }
+        if x.rank() != 3 || x.dim(1)? != grid.0 * grid.1 || x.dim(2)? != self.config.embed_dim {
+            return Err(Error::invalid("infinity.forward_scale", x.shape(), format!("expected (B, {}, {}) for grid {grid:?}", grid.0 * grid.1, self.config.embed_dim)));
+        }
+        let (cos, sin) = scale_table(grid, schedule.full_grid, self.config.head_dim())?;
+        let mut h = add(x, &self.lvl_embed.narrow(0, k, 1)?)?;
+        for ((block, text_kv), cache) in self.blocks.iter().zip(&session.text_kv).zip(&mut session.caches) {
+            h = block.forward(&h, session.cond, text_kv, cache, &cos, &sin)?;
+        }
+        Ok(h)
+    }
+
+    /// Bit logits (B, n, 2·bits) from hidden states: pairs (bit 0, bit 1) per bit.
+    pub fn logits(&self, cond: &Conditioning, hidden: &Tensor) -> Result<Tensor> {
+        let part = |i: usize| cond.head_ada.narrow(1, i, 1).and_then(|t| t.squeeze(1));
+        linear(&modulate(hidden, &part(0)?, &part(1)?)?, &self.head_w, Some(&self.head_b))
+    }
+
+    /// Teacher-forced logits (B, L, 2·bits) for next-scale inputs `inputs` (B, L − 1, bits) of
+    /// scales 1.. of `schedule` (scale 0 is fed the start token).
+    pub fn teacher_forced(&self, cond: &Conditioning, inputs: &Tensor, schedule: &Schedule) -> Result<Tensor> {
+        let total = schedule.seq_len();
+        if inputs.rank() != 3 || inputs.dim(1)? + 1 != total {
+            return Err(Error::invalid("infinity.teacher_forced", inputs.shape(), format!("expected (B, {}, bits)", total - 1)));
+        }
+        let embedded = self.embed(inputs)?;
+        let offsets = schedule.offsets();
+        let mut session = self.session(cond)?;
+        let mut logits = Vec::with_capacity(schedule.num_scales());
+        for k in 0..schedule.num_scales() {
+            let x = if k == 0 { self.start_tokens(cond)? } else { embedded.narrow(1, offsets[k] - 1, offsets[k + 1] - offsets[k])? };
+            let h = self.forward_scale(&mut session, &x, schedule, k)?;
+            logits.push(self.logits(cond, &h)?);
+        }
+        let refs: Vec<&Tensor> = logits.iter().collect();
+        concat(&refs, 1)
+    }
+}

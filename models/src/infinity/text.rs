@@ -1,0 +1,161 @@
+//! Text conditioning: RMS-normalised text features are attention-pooled into `cond` (the
+//! start token and the AdaLN input) and projected into the cross-attention memory; the
+//! shared AdaLN table and the head's scale/shift are derived from `cond` once per prompt.
+
+use infinity_ops::attention::attention;
+use infinity_ops::elementwise::{gelu_tanh, silu};
+use infinity_ops::index::concat;
+use infinity_ops::matmul::linear;
+use infinity_ops::norm::rms_norm;
+use infinity_runtime::{DType, Error, Result, Tensor};
+
+use super::config::InfinityConfig;
+use super::params::Params;
+
+const EPS: f32 = 1e-6;
+
+/// Text features of a batch packed along the token axis: `features` (ΣLᵢ, text_channels),
+/// sample i owning rows `offsets[i]..offsets[i+1]`.
+#[derive(Clone, Debug)]
+pub struct PackedText {
+    pub features: Tensor,
+    pub lens: Vec<usize>,
+}
+
+impl PackedText {
+    /// Packs per-prompt features (Lᵢ, text_channels) — every Lᵢ ≥ 1.
+    pub fn pack(items: &[Tensor]) -> Result<Self> {
+        if let Some(t) = items.iter().find(|t| t.rank() != 2 || t.shape()[0] == 0) {
+            return Err(Error::invalid("text.pack", t.shape(), "each prompt's features must be (tokens ≥ 1, channels)"));
+        }
+        let refs: Vec<&Tensor> = items.iter().collect();
+        Ok(PackedText { features: concat(&refs, 0)?, lens: items.iter().map(|t| t.shape()[0]).collect() })
+    }
+
+    pub fn batch(&self) -> usize {
+        self.lens.len()
+    }
+
+    pub fn offsets(&self) -> Vec<usize> {
+        let mut o = vec![0];
+        for l in &self.lens {
+            o.push(o.last().copied().unwrap_or(0) + l);
+        }
+        o
+    }
+}
+
+/// Attention of per-sample queries over that sample's own packed keys (varlen attention):
+/// `q` (B, H, n, d); `k`, `v` (ΣLᵢ, H, d) split by `lens`. Returns (B, H, n, d).
+pub(super) fn packed_attention(q: &Tensor, k: &Tensor, v: &Tensor, lens: &[usize], scale: f32) -> Result<Tensor> {
+    let mut outs = Vec::with_capacity(lens.len());
+    let mut off = 0;
+    for (b, &len) in lens.iter().enumerate() {
+        let kb = k.narrow(0, off, len)?.permute(&[1, 0, 2])?.unsqueeze(0)?;
+        let vb = v.narrow(0, off, len)?.permute(&[1, 0, 2])?.unsqueeze(0)?;
+        outs.push(attention(&q.narrow(0, b, 1)?, &kb, &vb, None, scale)?);
+        off += len;
+    }
+    let refs: Vec<&Tensor> = outs.iter().collect();
+    concat(&refs, 0)
+}
+
+/// Splits the output of a K|V projection (N, 2C) into K and V, each (N, heads, C/heads).
+pub(super) fn split_kv(kv: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
+    let (n, c2) = (kv.dim(0)?, kv.dim(1)?);
+    let kv = kv.reshape(&[n, 2, heads, c2 / 2 / heads])?;
+    Ok((kv.narrow(1, 0, 1)?.squeeze(1)?, kv.narrow(1, 1, 1)?.squeeze(1)?))
+}
+
+/// `[0 | v_bias]`: the K half of every K|V projection has no bias.
+pub(super) fn zero_k_bias(v_bias: &Tensor) -> Result<Tensor> {
+    let zeros = Tensor::zeros(v_bias.shape(), DType::F32);
+    concat(&[&zeros, v_bias], 0)
+}
+
+pub(super) struct TextPath {
+    pub cfg_uncond: Tensor,
+    norm: Tensor,
+    pool_q: Tensor,
+    pool_kv_w: Tensor,
+    pool_kv_b: Tensor,
+    pool_proj_w: Tensor,
+    pool_proj_b: Tensor,
+    ca0_w: Tensor,
+    ca0_b: Tensor,
+    ca2_w: Tensor,
+    ca2_b: Tensor,
+    shared_ada_w: Tensor,
+    shared_ada_b: Tensor,
+    head_ada_w: Tensor,
+    head_ada_b: Tensor,
+    pool_heads: usize,
+}
+
+/// What the blocks and the head need from the text, for a batch of B prompts.
+pub struct Conditioning {
+    pub lens: Vec<usize>,
+    /// (B, C): pooled text, the start token and the AdaLN input.
+    pub cond: Tensor,
+    /// (ΣLᵢ, C): cross-attention memory (before each block's own K/V projection).
+    pub memory: Tensor,
+    /// (B, 6, C): shared AdaLN table [gamma1, gamma2, scale1, scale2, shift1, shift2].
+    pub ada: Tensor,
+    /// (B, 2, C): the head's AdaLN [scale, shift].
+    pub head_ada: Tensor,
+}
+
+impl TextPath {
+    pub(super) fn load(p: &mut Params, c: &InfinityConfig) -> Result<Self> {
+        Ok(TextPath {
+            cfg_uncond: p.take("cfg_uncond")?,
+            norm: p.take("text_norm.weight")?,
+            pool_q: p.take("text_proj_for_sos.ca.mat_q")?,
+            pool_kv_w: p.take("text_proj_for_sos.ca.mat_kv.weight")?,
+            pool_kv_b: zero_k_bias(&p.take("text_proj_for_sos.ca.v_bias")?)?,
+            pool_proj_w: p.take("text_proj_for_sos.ca.proj.weight")?,
+            pool_proj_b: p.take("text_proj_for_sos.ca.proj.bias")?,
+            ca0_w: p.take("text_proj_for_ca.0.weight")?,
+            ca0_b: p.take("text_proj_for_ca.0.bias")?,
+            ca2_w: p.take("text_proj_for_ca.2.weight")?,
+            ca2_b: p.take("text_proj_for_ca.2.bias")?,
+            shared_ada_w: p.take("shared_ada_lin.1.weight")?,
+            shared_ada_b: p.take("shared_ada_lin.1.bias")?,
+            head_ada_w: p.take("head_nm.ada_lin.1.weight")?,
+            head_ada_b: p.take("head_nm.ada_lin.1.bias")?,
+            pool_heads: c.pool_heads(),
+        })
+    }
+
+    /// The learned null text for a prompt of `len` tokens: the first `len` rows of `cfg_uncond`.
+    pub(super) fn null_text(&self, len: usize) -> Result<Tensor> {
+        let rows = self.cfg_uncond.dim(0)?;
+        if len > rows {
+            return Err(Error::invalid("infinity.null_text", &[len], format!("prompt longer than the {rows} rows of cfg_uncond")));
+        }
+        self.cfg_uncond.narrow(0, 0, len)
+    }
+
+    /// RMS-normalised text → (normed, pooled cond).
+    pub(super) fn normalize_and_pool(&self, text: &PackedText) -> Result<(Tensor, Tensor)> {
+        let normed = rms_norm(&text.features, Some(&self.norm), EPS)?;
+        let (k, v) = split_kv(&linear(&normed, &self.pool_kv_w, Some(&self.pool_kv_b))?, self.pool_heads)?;
+        let dp = k.dim(2)?;
+        let b = text.batch();
+        // One learned query per head, the same for every sample: (B, Hp, 1, dp).
+        let q = self.pool_q.unsqueeze(2)?.broadcast_to(&[b, self.pool_heads, 1, dp])?;
+        let pooled = packed_attention(&q, &k, &v, &text.lens, 1.0 / (dp as f32).sqrt())?;
+        let cond = linear(&pooled.reshape(&[b, self.pool_heads * dp])?, &self.pool_proj_w, Some(&self.pool_proj_b))?;
+        Ok((normed, cond))
+    }
+
+    pub(super) fn condition(&self, text: &PackedText) -> Result<Conditioning> {
+        let (normed, cond) = self.normalize_and_pool(text)?;
+        let memory = linear(&gelu_tanh(&linear(&normed, &self.ca0_w, Some(&self.ca0_b))?)?, &self.ca2_w, Some(&self.ca2_b))?;
+        let (b, c) = (cond.dim(0)?, cond.dim(1)?);
+        let act = silu(&cond)?;
+        let ada = linear(&act, &self.shared_ada_w, Some(&self.shared_ada_b))?.reshape(&[b, 6, c])?;
+        let head_ada = linear(&act, &self.head_ada_w, Some(&self.head_ada_b))?.reshape(&[b, 2, c])?;
+        Ok(Conditioning { lens: text.lens.clone(), cond, memory, ada, head_ada })
+    }
+}

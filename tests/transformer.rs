@@ -1,0 +1,151 @@
+//! Infinity transformer parity with the official code on the dev goldens: text path, RoPE
+//! tables, teacher-forced logits (devA: 1:1; devB: 1:2 with half-to-even RoPE ties).
+
+mod common;
+
+use common::{assert_golden, fixture, open};
+use infinity::models::infinity::rope::scale_table;
+use infinity::models::infinity::{Infinity, PackedText};
+use infinity::models::schedule::{PixelBudget, Schedule, Template};
+use infinity::ops::index::concat;
+use infinity::runtime::Tensor;
+use infinity::runtime::io::Weights;
+
+const SETS: [(&str, f64); 2] = [("devA", 1.0), ("devB", 0.5)];
+
+fn schedule(ratio: f64) -> Schedule {
+    Template::exact(ratio).unwrap().schedule(PixelBudget::P006M)
+}
+
+/// The valid rows of each prompt's padded features (B, 512-ish, C) by the mask.
+fn prompts(golden: &Weights) -> Vec<Tensor> {
+    let feats = golden.get("text_features").unwrap();
+    let mask = golden.get("text_mask").unwrap();
+    (0..feats.dim(0).unwrap())
+        .map(|b| {
+            let len = mask.narrow(0, b, 1).unwrap().to_vec::<i64>().unwrap().iter().sum::<i64>() as usize;
+            feats.narrow(0, b, 1).unwrap().squeeze(0).unwrap().narrow(0, 0, len).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn text_path_matches_golden() {
+    for (set, _) in SETS {
+        let model = Infinity::open(fixture(&format!("{set}/transformer.safetensors"))).unwrap();
+        let golden = open(&format!("{set}/transformer_forward_golden.safetensors"));
+        let p = prompts(&golden);
+        let (normed, cond) = model.pooled_text(&PackedText::pack(&p).unwrap()).unwrap();
+        assert_golden(&format!("{set} text_norm"), &normed, golden.get("text_norm_out").unwrap(), 1e-4);
+        assert_golden(&format!("{set} cond"), &cond, golden.get("cond_BD").unwrap(), 1e-4);
+        let c = model.condition(&p).unwrap();
+        assert_golden(&format!("{set} ca memory"), &c.memory, golden.get("ca_kv_compact").unwrap(), 1e-4);
+        assert_golden(&format!("{set} shared ada"), &c.ada, golden.get("shared_ada_lin_out").unwrap(), 1e-4);
+        let x = golden.get("x_BLC_wo_prefix").unwrap();
+        let emb = model.embed(&x.narrow(0, 0, 1).unwrap()).unwrap().squeeze(0).unwrap();
+        assert_golden(&format!("{set} word_embed"), &emb, golden.get("word_embed_out_b0").unwrap(), 1e-4);
+    }
+}
+
+#[test]
+fn rope_tables_match_golden() {
+    for (set, ratio) in SETS {
+        let model = Infinity::open(fixture(&format!("{set}/transformer.safetensors"))).unwrap();
+        let golden = open(&format!("{set}/transformer_forward_golden.safetensors"));
+        let s = schedule(ratio);
+        let (mut cos, mut sin) = (vec![], vec![]);
+        for &g in &s.grids {
+            let (c, si) = scale_table(g, s.full_grid, model.config.head_dim()).unwrap();
+            cos.push(c);
+            sin.push(si);
+        }
+        let cat = |v: &Vec<Tensor>| concat(&v.iter().collect::<Vec<_>>(), 0).unwrap();
+        let table = golden.get("rope2d_cache").unwrap();
+        let l = s.seq_len();
+        let want = |i| table.narrow(0, i, 1).unwrap().squeeze(0).unwrap().narrow(0, 0, l).unwrap();
+        assert_golden(&format!("{set} rope cos"), &cat(&cos), &want(0), 1e-6);
+        assert_golden(&format!("{set} rope sin"), &cat(&sin), &want(1), 1e-6);
+    }
+}
+
+#[test]
+fn teacher_forced_logits_match_golden() {
+    for (set, ratio) in SETS {
+        let model = Infinity::open(fixture(&format!("{set}/transformer.safetensors"))).unwrap();
+        let golden = open(&format!("{set}/transformer_forward_golden.safetensors"));
+        let cond = model.condition(&prompts(&golden)).unwrap();
+        let logits = model.teacher_forced(&cond, golden.get("x_BLC_wo_prefix").unwrap(), &schedule(ratio)).unwrap();
+        assert_golden(&format!("{set} logits"), &logits, golden.get("logits").unwrap(), 1e-4);
+    }
+}
+
+#[test]
+fn pth_and_safetensors_give_the_same_logits() {
+    let golden = open("devB/transformer_forward_golden.safetensors");
+    let x = golden.get("x_BLC_wo_prefix").unwrap();
+    let run = |file: &str| {
+        let m = Infinity::open(fixture(file)).unwrap();
+        m.teacher_forced(&m.condition(&prompts(&golden)).unwrap(), x, &schedule(0.5)).unwrap()
+    };
+    assert!(run("devB/transformer.safetensors").same_values(&run("devB/transformer.pth")));
+}
+
+/// Greedy CFG generation (cfg 3, τ 1, top-k 1) on prompt 0, with the golden bits fed back
+/// after each scale: raw logits and next-scale inputs within 1e-4, our argmax bits equal to the
+/// golden ones wherever the golden CFG margin is ≥ 1e-3, then the summed codes and the decoded
+/// image within 1e-4 and the 8-bit image within one step of truncation.
+#[test]
+fn greedy_cfg_generation_matches_golden() {
+    use infinity::models::bitvae::BitVae;
+    use infinity::models::infinity::{SamplingConfig, generate};
+
+    for (set, ratio) in SETS {
+        let model = Infinity::open(fixture(&format!("{set}/transformer.safetensors"))).unwrap();
+        let vae = BitVae::open(fixture(&format!("{set}/vae.safetensors"))).unwrap();
+        let golden = open(&format!("{set}/generate_golden.safetensors"));
+        let s = schedule(ratio);
+        let golden_bits: Vec<Tensor> = (0..s.num_scales())
+            .map(|k| {
+                let b = golden.get(&format!("bits_scale{k:02}")).unwrap();
+                b.reshape(&[1, s.grids[k].0, s.grids[k].1, model.config.bits]).unwrap()
+            })
+            .collect();
+        let sampling = SamplingConfig { cfg: vec![3.0], tau: vec![1.0], top_k: 1, ..Default::default() };
+        let mut decisive = 0;
+        let out = generate(&model, &prompts(&golden), None, &s, &sampling, &golden_bits, |step| {
+            let k = step.index;
+            let want = golden.get(&format!("raw_logits_scale{k:02}")).unwrap();
+            assert_golden(&format!("{set} raw logits {k}"), step.raw_logits, want, 1e-4);
+            if let Some(next) = step.next_input {
+                assert_golden(&format!("{set} next input {}", k + 1), next, golden.get(&format!("next_scale_input_scale{:02}", k + 1)).unwrap(), 1e-4);
+            }
+            // Our greedy choice against the golden bit wherever the golden margin is clear.
+            let (ours, theirs) = (step.raw_logits.to_vec::<f32>().unwrap(), want.to_vec::<f32>().unwrap());
+            let half = ours.len() / 2;
+            let guided = |v: &[f32], i: usize| 3.0 * v[i] - 2.0 * v[half + i];
+            let gold = golden_bits[k].to_vec::<u8>().unwrap();
+            for (j, &g) in gold.iter().enumerate() {
+                let margin = guided(&theirs, 2 * j + 1) - guided(&theirs, 2 * j);
+                if margin.abs() >= 1e-3 {
+                    let mine = u8::from(guided(&ours, 2 * j + 1) > guided(&ours, 2 * j));
+                    assert_eq!(mine, g, "{set} scale {k} bit {j} (golden margin {margin})");
+                    decisive += 1;
+                }
+            }
+        })
+        .unwrap();
+        assert!(decisive > 0);
+        assert_golden(&format!("{set} summed codes"), &out.summed_codes, golden.get("summed_codes").unwrap(), 1e-4);
+        let img = vae.decode(&out.summed_codes).unwrap();
+        assert_golden(&format!("{set} decoded"), &img, golden.get("decoded").unwrap(), 1e-4);
+        // uint8 = trunc((v + 1) / 2 · 255), golden stored NHWC BGR.
+        let ours: Vec<f32> = img.permute(&[0, 2, 3, 1]).unwrap().to_vec::<f32>().unwrap();
+        let theirs = golden.get("image_u8_bgr").unwrap().to_vec::<u8>().unwrap();
+        for (px, (o, t)) in ours.chunks_exact(3).zip(theirs.chunks_exact(3)).enumerate() {
+            for c in 0..3 {
+                let u8_ours = ((o[c] + 1.0) / 2.0 * 255.0) as i32;
+                assert!((u8_ours - t[2 - c] as i32).abs() <= 1, "{set} pixel {px} channel {c}");
+            }
+        }
+    }
+}

@@ -1,1 +1,234 @@
-//! (in progress)
+//! 2-D convolution: x (N, Cin, H, W) ⊛ w (Cout, Cin, kh, kw) + bias, with a stride and
+//! asymmetric zero padding (BitVAE's downsample pads only right and bottom).
+//!
+//! Fast path: per image, the output (Cout × Ho·Wo) is the product of the weights
+//! (Cout × Cin·kh·kw) with a column matrix (Cin·kh·kw × Ho·Wo) on gemm. A plain 1×1 conv
+//! uses the input itself as that matrix; otherwise im2col builds it one band of output rows
+//! at a time, because the whole matrix is kh·kw times the input (4.8 GB for a 3×3 conv of
+//! 128 channels at 1024 × 1024). Within a band both im2col and gemm run on all threads.
+//! `reference` is the direct 7-loop.
+
+use std::ops::Range;
+
+use infinity_runtime::{Error, Result, Tensor};
+use rayon::prelude::*;
+
+use crate::matmul::{MatRef, gemm_into, parallelism_for};
+use crate::{f32_data, require_f32};
+
+/// Stride and zero padding of a convolution; `padding` is [top, bottom, left, right].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dParams {
+    pub stride: usize,
+    pub padding: [usize; 4],
+}
+
+impl Conv2dParams {
+    /// `stride` with `pad` zeros on every side.
+    pub fn new(stride: usize, pad: usize) -> Self {
+        Conv2dParams { stride, padding: [pad; 4] }
+    }
+
+    /// Stride 1 and the padding that keeps H × W for an odd `kernel` size (1 → 0, 3 → 1).
+    pub fn same(kernel: usize) -> Self {
+        Self::new(1, kernel / 2)
+    }
+}
+
+/// Most im2col elements held at once (8 MiB of f32): large enough that each band is a
+/// gemm of full efficiency, small enough to stay far from the input's size on big maps.
+const COL_BUDGET: usize = 1 << 21;
+
+/// Below this many elements per task, spreading im2col rows over threads costs more than it saves.
+const IM2COL_TASK_MIN: usize = 1 << 14;
+
+/// Validated sizes of one convolution.
+struct Geometry {
+    n: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    /// [top, bottom, left, right]
+    pad: [usize; 4],
+    ho: usize,
+    wo: usize,
+}
+
+impl Geometry {
+    fn new(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams) -> Result<Self> {
+        for t in [Some(x), Some(w), bias].into_iter().flatten() {
+            require_f32("conv2d", t)?;
+        }
+        let &[n, cin, h, wd] = x.shape() else {
+            return Err(Error::invalid("conv2d", x.shape(), "the input must be (N, C, H, W)"));
+        };
+        let &[cout, wcin, kh, kw] = w.shape() else {
+            return Err(Error::invalid("conv2d", w.shape(), "the weight must be (C_out, C_in, kh, kw)"));
+        };
+        if wcin != cin {
+            return Err(Error::ShapeMismatch { op: "conv2d", lhs: x.shape().to_vec(), rhs: w.shape().to_vec() });
+        }
+        if let Some(b) = bias.filter(|b| b.shape() != [cout]) {
+            return Err(Error::ShapeMismatch { op: "conv2d", lhs: w.shape().to_vec(), rhs: b.shape().to_vec() });
+        }
+        if p.stride == 0 {
+            return Err(Error::invalid("conv2d", x.shape(), "the stride must be at least 1"));
+        }
+        let [top, bottom, left, right] = p.padding;
+        let (ph, pw) = (h + top + bottom, wd + left + right);
+        if kh == 0 || kw == 0 || kh > ph || kw > pw {
+            return Err(Error::invalid(
+                "conv2d",
+                x.shape(),
+                format!("a {kh}×{kw} kernel does not fit the padded {ph}×{pw} input"),
+            ));
+        }
+        let (ho, wo) = ((ph - kh) / p.stride + 1, (pw - kw) / p.stride + 1);
+        Ok(Geometry { n, cin, h, w: wd, cout, kh, kw, stride: p.stride, pad: p.padding, ho, wo })
+    }
+
+    fn out_shape(&self) -> [usize; 4] {
+        [self.n, self.cout, self.ho, self.wo]
+    }
+
+    /// Rows of the column matrix: one per (input channel, kernel row, kernel column).
+    fn taps(&self) -> usize {
+        self.cin * self.kh * self.kw
+    }
+
+    /// A 1×1 conv without stride or padding is a plain product with the input.
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == [0; 4]
+    }
+
+    /// The output columns whose kernel column `kx` lands inside the image rather than in the
+    /// padding: left <= ox·stride + kx < left + w.
+    fn valid_columns(&self, kx: usize) -> Range<usize> {
+        let left = self.pad[2];
+        let lo = left.saturating_sub(kx).div_ceil(self.stride).min(self.wo);
+        let hi = match (left + self.w).checked_sub(kx + 1) {
+            Some(last) => (last / self.stride + 1).min(self.wo),
+            None => 0,
+        };
+        lo..hi.max(lo)
+    }
+
+    /// The input row under output row `oy` and kernel row `ky`, or None in the padding.
+    fn input_row(&self, oy: usize, ky: usize) -> Option<usize> {
+        (oy * self.stride + ky).checked_sub(self.pad[0]).filter(|&iy| iy < self.h)
+    }
+}
+
+/// Fills `col` (taps × band): row (ci, ky, kx) holds, for each output pixel of output rows
+/// `rows`, the input value under that kernel tap (0 in the padding).
+fn im2col(image: &[f32], g: &Geometry, rows: Range<usize>, col: &mut [f32]) {
+    let band = rows.len() * g.wo;
+    let min_len = IM2COL_TASK_MIN.div_ceil(band);
+    col.par_chunks_mut(band).with_min_len(min_len).enumerate().for_each(|(tap, dst)| {
+        let (ci, ky, kx) = (tap / (g.kh * g.kw), tap / g.kw % g.kh, tap % g.kw);
+        let plane = &image[ci * g.h * g.w..][..g.h * g.w];
+        let valid = g.valid_columns(kx);
+        for (oy, out) in rows.clone().zip(dst.chunks_mut(g.wo)) {
+            match g.input_row(oy, ky) {
+                Some(iy) if !valid.is_empty() => {
+                    out[..valid.start].fill(0.0);
+                    out[valid.end..].fill(0.0);
+                    let src = &plane[iy * g.w + valid.start * g.stride + kx - g.pad[2]..];
+                    let out = &mut out[valid.clone()];
+                    if g.stride == 1 {
+                        // The common case is a straight copy (memcpy rather than a strided loop).
+                        out.copy_from_slice(&src[..out.len()]);
+                    } else {
+                        out.iter_mut().zip(src.iter().step_by(g.stride)).for_each(|(o, &v)| *o = v);
+                    }
+                }
+                _ => out.fill(0.0),
+            }
+        }
+    });
+}
+
+/// x (N, Cin, H, W) ⊛ w (Cout, Cin, kh, kw) + bias (Cout) → (N, Cout, Ho, Wo).
+pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, params: Conv2dParams) -> Result<Tensor> {
+    let g = Geometry::new(x, w, bias, params)?;
+    let (plane_in, plane_out, taps) = (g.cin * g.h * g.w, g.ho * g.wo, g.taps());
+    let mut out = vec![0.0f32; g.out_shape().iter().product()];
+    if out.is_empty() {
+        return Tensor::from_vec(out, &g.out_shape());
+    }
+    let (xd, wd) = (f32_data("conv2d", x)?, f32_data("conv2d", w)?);
+    if let Some(bias) = bias {
+        // gemm accumulates onto the bias already in place.
+        let bias = f32_data("conv2d", bias)?;
+        out.chunks_mut(plane_out).zip(bias.iter().cycle()).for_each(|(plane, &b)| plane.fill(b));
+    }
+    let accumulate = bias.is_some();
+    let weights = MatRef { data: &wd, offset: 0, row_stride: taps, col_stride: 1 };
+
+    // Output rows per band: as many as fit the im2col budget, spread evenly over the bands.
+    let max_rows = (COL_BUDGET / (taps * g.wo).max(1)).clamp(1, g.ho);
+    let band_rows = g.ho.div_ceil(g.ho.div_ceil(max_rows));
+    let mut col = if g.is_pointwise() { Vec::new() } else { vec![0.0f32; taps * band_rows * g.wo] };
+
+    for (img, dst) in out.chunks_mut(g.cout * plane_out).enumerate() {
+        let image = &xd[img * plane_in..][..plane_in];
+        if g.is_pointwise() {
+            let rhs = MatRef { data: image, offset: 0, row_stride: plane_out, col_stride: 1 };
+            let par = parallelism_for(g.cout, taps, plane_out);
+            gemm_into(dst, plane_out, weights, rhs, (g.cout, taps, plane_out), accumulate, par);
+            continue;
+        }
+        for r0 in (0..g.ho).step_by(band_rows) {
+            let rows = r0..(r0 + band_rows).min(g.ho);
+            let cols = rows.len() * g.wo;
+            let col = &mut col[..taps * cols];
+            im2col(image, &g, rows, col);
+            let rhs = MatRef { data: col, offset: 0, row_stride: cols, col_stride: 1 };
+            let par = parallelism_for(g.cout, taps, cols);
+            gemm_into(&mut dst[r0 * g.wo..], plane_out, weights, rhs, (g.cout, taps, cols), accumulate, par);
+        }
+    }
+    Tensor::from_vec(out, &g.out_shape())
+}
+
+/// The direct 7-loop with f64 accumulation: the ground truth for the tests.
+pub mod reference {
+    use super::*;
+
+    pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, params: Conv2dParams) -> Result<Tensor> {
+        let g = Geometry::new(x, w, bias, params)?;
+        let (xd, wd) = (x.to_vec::<f32>()?, w.to_vec::<f32>()?);
+        let bias = bias.map(|b| b.to_vec::<f32>()).transpose()?;
+        let mut out = Vec::with_capacity(g.out_shape().iter().product());
+        for n in 0..g.n {
+            for co in 0..g.cout {
+                for oy in 0..g.ho {
+                    for ox in 0..g.wo {
+                        let mut acc = bias.as_ref().map_or(0.0, |b| b[co] as f64);
+                        for ci in 0..g.cin {
+                            for ky in 0..g.kh {
+                                for kx in 0..g.kw {
+                                    // Signed positions: taps left of / above the image are padding.
+                                    let iy = (oy * g.stride + ky) as isize - g.pad[0] as isize;
+                                    let ix = (ox * g.stride + kx) as isize - g.pad[2] as isize;
+                                    if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
+                                        continue;
+                                    }
+                                    let xv = xd[((n * g.cin + ci) * g.h + iy as usize) * g.w + ix as usize];
+                                    let wv = wd[((co * g.cin + ci) * g.kh + ky) * g.kw + kx];
+                                    acc += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                        out.push(acc as f32);
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(out, &g.out_shape())
+    }
+}

@@ -1,1 +1,286 @@
-//! (in progress)
+//! Matrix products: `matmul` ((..., M, K) × (..., K, N) with broadcast batch dimensions) and
+//! `linear` (x·wᵀ + b with PyTorch's (out, in) weight layout, the transformer's workhorse).
+//!
+//! The fast path hands every operand to the `gemm` crate as (storage, offset, row stride,
+//! column stride), so transposed and strided views — above all wᵀ — are multiplied in place
+//! without a copy. `gemm_into` is also the kernel behind `conv2d`. `reference` holds the
+//! f64 triple loops the tests compare the fast path with.
+
+use gemm::Parallelism;
+use infinity_runtime::layout::broadcast_shapes;
+use infinity_runtime::{Error, Layout, Result, Tensor};
+use rayon::prelude::*;
+
+use crate::{f32_data, require_f32};
+
+/// A matrix read in place: element (r, c) is `data[offset + r * row_stride + c * col_stride]`.
+#[derive(Clone, Copy)]
+pub(crate) struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub offset: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl MatRef<'_> {
+    /// True when every element of a `rows × cols` matrix lies inside `data`.
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        rows == 0
+            || cols == 0
+            || self.offset + (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// Multi-threads a product only when it is large enough to repay waking the pool. gemm's own
+/// threshold is the right measure: below it gemm would run on one thread anyway.
+pub(crate) fn parallelism_for(m: usize, k: usize, n: usize) -> Parallelism {
+    if m.saturating_mul(k).saturating_mul(n) >= gemm::get_threading_threshold() {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// `dst[r·dst_stride + c] = Σ_j lhs(r, j)·rhs(j, c)` for an (m × k)·(k × n) product; with
+/// `accumulate` the product is added to what `dst` holds (how biases are fused in).
+///
+/// Panics if an operand or `dst` does not hold its matrix: callers derive the views from
+/// validated tensor layouts, so that is a bug here, never a user error.
+pub(crate) fn gemm_into(
+    dst: &mut [f32],
+    dst_stride: usize,
+    lhs: MatRef<'_>,
+    rhs: MatRef<'_>,
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+    parallelism: Parallelism,
+) {
+    assert!(lhs.fits(m, k) && rhs.fits(k, n), "gemm_into: operand views exceed their storage");
+    assert!(m == 0 || n == 0 || (n <= dst_stride && (m - 1) * dst_stride + n <= dst.len()), "gemm_into: bad dst");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        // An empty sum; gemm is not asked to handle it.
+        if !accumulate {
+            dst.chunks_mut(dst_stride).take(m).for_each(|row| row[..n].fill(0.0));
+        }
+        return;
+    }
+    // SAFETY: the asserts above keep every element gemm reads inside `lhs.data`/`rhs.data` and
+    // every element it writes inside `dst`; the rows of `dst` do not overlap (n <= dst_stride),
+    // and the exclusive borrow of `dst` rules out aliasing with the inputs. Strides of storage
+    // that fits in memory fit in isize.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_stride as isize,
+            accumulate,
+            lhs.data.as_ptr().add(lhs.offset),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr().add(rhs.offset),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            // gemm computes dst = alpha·dst + beta·lhs·rhs (alpha and beta swapped from BLAS).
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// The validated shape of a product: `batch` (broadcast) × (m × k)·(k × n).
+struct Dims {
+    batch: Vec<usize>,
+    m: usize,
+    k: usize,
+    n: usize,
+}
+
+impl Dims {
+    /// `batch` × (rows × cols).
+    fn stacked(&self, rows: usize, cols: usize) -> Vec<usize> {
+        [&self.batch[..], &[rows, cols]].concat()
+    }
+
+    fn out_shape(&self) -> Vec<usize> {
+        self.stacked(self.m, self.n)
+    }
+
+    /// `t`'s view broadcast to `batch` × (rows × cols) (stride 0 on broadcast dimensions).
+    fn broadcast(&self, t: &Tensor, rows: usize, cols: usize) -> Result<Layout> {
+        t.layout().broadcast_to(&self.stacked(rows, cols))
+    }
+}
+
+fn matmul_dims(a: &Tensor, b: &Tensor) -> Result<Dims> {
+    require_f32("matmul", a)?;
+    require_f32("matmul", b)?;
+    let mismatch = || Error::ShapeMismatch { op: "matmul", lhs: a.shape().to_vec(), rhs: b.shape().to_vec() };
+    for t in [a, b] {
+        if t.rank() < 2 {
+            return Err(Error::invalid("matmul", t.shape(), "operands need at least 2 dimensions (..., rows, cols)"));
+        }
+    }
+    let (ab, am) = a.shape().split_at(a.rank() - 2);
+    let (bb, bm) = b.shape().split_at(b.rank() - 2);
+    if am[1] != bm[0] {
+        return Err(mismatch());
+    }
+    let batch = broadcast_shapes("matmul", ab, bb).map_err(|_| mismatch())?;
+    Ok(Dims { batch, m: am[0], k: am[1], n: bm[1] })
+}
+
+/// Checks x (..., in), w (out, in), bias (out) and returns x as a matrix stack of rank >= 2.
+fn linear_dims(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<(Tensor, Dims)> {
+    for t in [Some(x), Some(w), bias].into_iter().flatten() {
+        require_f32("linear", t)?;
+    }
+    if w.rank() != 2 {
+        return Err(Error::invalid("linear", w.shape(), "the weight must be (out_features, in_features)"));
+    }
+    let (out, inp) = (w.shape()[0], w.shape()[1]);
+    if x.shape().last() != Some(&inp) {
+        return Err(Error::ShapeMismatch { op: "linear", lhs: x.shape().to_vec(), rhs: w.shape().to_vec() });
+    }
+    if let Some(b) = bias.filter(|b| b.shape() != [out]) {
+        return Err(Error::ShapeMismatch { op: "linear", lhs: w.shape().to_vec(), rhs: b.shape().to_vec() });
+    }
+    // A single vector is a one-row matrix; `linear` squeezes that row off again.
+    let x = if x.rank() == 1 { x.unsqueeze(0)? } else { x.clone() };
+    let (batch, rows) = x.shape().split_at(x.rank() - 2);
+    let dims = Dims { batch: batch.to_vec(), m: rows[0], k: inp, n: out };
+    Ok((x, dims))
+}
+
+/// The single stride that walks the dimensions `shape`/`strides` as one flat row-major index,
+/// if there is one (size-1 dimensions never move, so their strides do not matter).
+fn merged_stride(shape: &[usize], strides: &[usize]) -> Option<usize> {
+    let mut dims = shape.iter().zip(strides).filter(|&(&d, _)| d != 1).rev();
+    let Some((&inner_len, &inner)) = dims.next() else { return Some(1) };
+    let mut expected = inner * inner_len;
+    for (&d, &s) in dims {
+        if s != expected {
+            return None;
+        }
+        expected = s * d;
+    }
+    Some(inner)
+}
+
+/// The matrix of a view laid out by `l` (rank >= 2) whose first element is at `offset`.
+fn operand<'a>(data: &'a [f32], l: &Layout, offset: usize) -> MatRef<'a> {
+    let r = l.rank();
+    MatRef { data, offset, row_stride: l.strides()[r - 2], col_stride: l.strides()[r - 1] }
+}
+
+/// a (..., m, k) · b (..., k, n) [+ bias (n)] on gemm, for operands validated into `dims`.
+fn product(op: &'static str, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, dims: &Dims) -> Result<Tensor> {
+    let Dims { m, k, n, .. } = *dims;
+    let (la, lb) = (dims.broadcast(a, m, k)?, dims.broadcast(b, k, n)?);
+    let rank = la.rank();
+    let (ad, bd) = (a.storage().elements::<f32>(), b.storage().elements::<f32>());
+    let mut out = vec![0.0f32; dims.out_shape().iter().product()];
+    if let Some(bias) = bias {
+        let bias = f32_data(op, bias)?;
+        out.chunks_mut(n.max(1)).for_each(|row| row.copy_from_slice(&bias));
+    }
+    let accumulate = bias.is_some();
+
+    // When b is the same matrix for every batch entry (a weight) and a's batch and row
+    // dimensions walk memory as one index, the whole stack is one tall product.
+    let b_shared = lb.strides()[..rank - 2].iter().all(|&s| s == 0);
+    if b_shared && let Some(row_stride) = merged_stride(&la.shape()[..rank - 1], &la.strides()[..rank - 1]) {
+        let rows = dims.batch.iter().product::<usize>() * m;
+        let lhs = MatRef { row_stride, ..operand(&ad, &la, la.offset()) };
+        let rhs = operand(&bd, &lb, lb.offset());
+        gemm_into(&mut out, n, lhs, rhs, (rows, k, n), accumulate, parallelism_for(rows, k, n));
+        return Tensor::from_vec(out, &dims.out_shape());
+    }
+
+    let offsets = |l: &Layout| {
+        let mut v = Vec::new();
+        Layout::new(dims.batch.clone(), l.strides()[..rank - 2].to_vec(), l.offset()).for_each_offset(|o| v.push(o));
+        v
+    };
+    let (oa, ob) = (offsets(&la), offsets(&lb));
+    let one = |(dst, (&a_off, &b_off)): (&mut [f32], (&usize, &usize)), parallelism| {
+        gemm_into(dst, n, operand(&ad, &la, a_off), operand(&bd, &lb, b_off), (m, k, n), accumulate, parallelism)
+    };
+    let per_matrix = parallelism_for(m, k, n);
+    if matches!(per_matrix, Parallelism::None) && oa.len() > 1 {
+        // Many small products: spread whole matrices over the threads instead.
+        out.par_chunks_mut((m * n).max(1)).zip(oa.par_iter().zip(&ob)).for_each(|job| one(job, Parallelism::None));
+    } else {
+        out.chunks_mut((m * n).max(1)).zip(oa.iter().zip(&ob)).for_each(|job| one(job, per_matrix));
+    }
+    Tensor::from_vec(out, &dims.out_shape())
+}
+
+/// a (..., M, K) · b (..., K, N) → (batch..., M, N), batch dimensions broadcast NumPy-style.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let dims = matmul_dims(a, b)?;
+    product("matmul", a, b, None, &dims)
+}
+
+/// x (..., in) · wᵀ + bias for w (out, in), bias (out) → (..., out).
+pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (x2, dims) = linear_dims(x, w, bias)?;
+    let y = product("linear", &x2, &w.transpose(0, 1)?, bias, &dims)?;
+    if x.rank() == 1 { y.squeeze(0) } else { Ok(y) }
+}
+
+/// Scalar triple loops with f64 accumulation: the ground truth for the tests.
+pub mod reference {
+    use super::*;
+
+    /// Row-major data of `t` broadcast to `batch` × (rows × cols).
+    fn expanded(t: &Tensor, dims: &Dims, rows: usize, cols: usize) -> Result<Vec<f32>> {
+        t.broadcast_to(&dims.stacked(rows, cols))?.to_vec::<f32>()
+    }
+
+    fn product(a: &[f32], b: &[f32], bias: Option<&[f32]>, dims: &Dims) -> Vec<f32> {
+        let Dims { m, k, n, .. } = *dims;
+        let batches: usize = dims.batch.iter().product();
+        let mut out = Vec::with_capacity(batches * m * n);
+        for p in 0..batches {
+            for i in 0..m {
+                for j in 0..n {
+                    let mut acc = bias.map_or(0.0, |b| b[j] as f64);
+                    for q in 0..k {
+                        acc += a[(p * m + i) * k + q] as f64 * b[(p * k + q) * n + j] as f64;
+                    }
+                    out.push(acc as f32);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let dims = matmul_dims(a, b)?;
+        let ad = expanded(a, &dims, dims.m, dims.k)?;
+        let bd = expanded(b, &dims, dims.k, dims.n)?;
+        Tensor::from_vec(product(&ad, &bd, None, &dims), &dims.out_shape())
+    }
+
+    pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let (x2, dims) = linear_dims(x, w, bias)?;
+        let xd = expanded(&x2, &dims, dims.m, dims.k)?;
+        let wd = expanded(&w.transpose(0, 1)?, &dims, dims.k, dims.n)?;
+        let bias = bias.map(|b| b.to_vec::<f32>()).transpose()?;
+        let mut shape = dims.out_shape();
+        if x.rank() == 1 {
+            shape.remove(0);
+        }
+        Tensor::from_vec(product(&xd, &wd, bias.as_deref(), &dims), &shape)
+    }
+}

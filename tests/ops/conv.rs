@@ -1,1 +1,115 @@
-//! (in progress)
+//! conv2d: the im2col/gemm fast path against the direct 7-loop for kernel sizes 1–3, strides
+//! 1–2 and asymmetric padding, on strided inputs and on maps large enough to be cut into
+//! several im2col bands; exact results for identity kernels and BitVAE's downsample padding;
+//! the argument errors.
+
+use infinity::ops::conv::{Conv2dParams, conv2d, reference};
+use infinity::runtime::{DType, Tensor};
+use proptest::prelude::*;
+
+use crate::matmul::{abs, assert_within_dot_bound};
+use crate::support::{config, padded_view, randn, strided_copy};
+
+/// Fast path vs reference, within the dot-product rounding bound (see `assert_within_dot_bound`)
+/// over the Cin·kh·kw products and the bias.
+#[track_caller]
+fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams) {
+    let got = conv2d(x, w, bias, p).unwrap();
+    let want = reference::conv2d(x, w, bias, p).unwrap();
+    let abs_bias = bias.map(abs);
+    let magnitude = reference::conv2d(&abs(x), &abs(w), abs_bias.as_ref(), p).unwrap();
+    let terms = w.shape()[1..].iter().product::<usize>() + 1;
+    assert_within_dot_bound(&got, &want, &magnitude, terms);
+}
+
+/// Random conv problems whose kernel fits the padded input.
+fn problem() -> impl Strategy<Value = ([usize; 4], [usize; 4], Conv2dParams)> {
+    let sizes = (1usize..=2, 1usize..=5, 1usize..=9, 1usize..=9, 1usize..=5, 1usize..=3, 1usize..=3);
+    let params = (1usize..=2, [0usize..=2, 0usize..=2, 0usize..=2, 0usize..=2]);
+    (sizes, params)
+        .prop_filter("kernel must fit the padded input", |&((_, _, h, w, _, kh, kw), (_, [t, b, l, r]))| {
+            kh <= h + t + b && kw <= w + l + r
+        })
+        .prop_map(|((n, cin, h, w, cout, kh, kw), (stride, padding))| {
+            ([n, cin, h, w], [cout, cin, kh, kw], Conv2dParams { stride, padding })
+        })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn conv_matches_reference((xs, ws, p) in problem(), with_bias: bool, seed: u64) {
+        let (x, w, bias) = (randn(&xs, seed, 1.0), randn(&ws, seed ^ 1, 0.5), randn(&ws[..1], seed ^ 2, 1.0));
+        check(&x, &w, with_bias.then_some(&bias), p);
+    }
+
+    #[test]
+    fn conv_takes_strided_inputs((xs, ws, p) in problem(), seed: u64) {
+        let (x, w, bias) = (randn(&xs, seed, 1.0), randn(&ws, seed ^ 1, 0.5), randn(&ws[..1], seed ^ 2, 1.0));
+        // Channels-last storage, padded rows, and a weight stored (kh, kw, Cin, Cout).
+        check(&strided_copy(&x, &[0, 2, 3, 1]), &strided_copy(&w, &[2, 3, 1, 0]), Some(&bias), p);
+        check(&padded_view(&x), &w, Some(&padded_view(&bias)), p);
+    }
+}
+
+#[test]
+fn large_maps_are_cut_into_bands() {
+    // 64 channels × 3×3 taps × 64×64 outputs exceeds one im2col band; stride 2 with BitVAE's
+    // right/bottom padding and a 1×1 conv on the same map take the other paths.
+    let x = randn(&[1, 64, 64, 64], 1, 1.0);
+    let bias = randn(&[3], 3, 1.0);
+    check(&x, &randn(&[3, 64, 3, 3], 2, 0.1), Some(&bias), Conv2dParams::same(3));
+    check(&x, &randn(&[3, 64, 3, 3], 4, 0.1), Some(&bias), Conv2dParams { stride: 2, padding: [0, 1, 0, 1] });
+    check(&x, &randn(&[3, 64, 1, 1], 5, 0.1), Some(&bias), Conv2dParams::same(1));
+}
+
+/// A (c, c, k, k) kernel that copies each channel through the centre tap.
+fn identity_kernel(c: usize, k: usize) -> Tensor {
+    let mut w = vec![0.0f32; c * c * k * k];
+    for i in 0..c {
+        w[((i * c + i) * k + k / 2) * k + k / 2] = 1.0;
+    }
+    Tensor::from_vec(w, &[c, c, k, k]).unwrap()
+}
+
+#[test]
+fn identity_kernels_copy_the_input() {
+    let x = randn(&[2, 3, 7, 5], 9, 1.0);
+    for k in [1, 3] {
+        let y = conv2d(&x, &identity_kernel(3, k), None, Conv2dParams::same(k)).unwrap();
+        assert!(y.same_values(&x), "k = {k}");
+    }
+}
+
+#[test]
+fn downsample_padding_is_right_and_bottom_only() {
+    // 4×4 input 0..16, all-ones 3×3 kernel, stride 2, one zero row/column after the data:
+    // the outputs sum rows×cols {0,1,2}×{0,1,2}, {0,1,2}×{2,3}, {2,3}×{0,1,2} and {2,3}×{2,3}.
+    let x = Tensor::from_vec::<f32>((0..16).map(|v| v as f32).collect(), &[1, 1, 4, 4]).unwrap();
+    let w = Tensor::full(&[1, 1, 3, 3], 1.0, DType::F32);
+    let p = Conv2dParams { stride: 2, padding: [0, 1, 0, 1] };
+    let y = conv2d(&x, &w, None, p).unwrap();
+    assert_eq!(y.shape(), [1, 1, 2, 2]);
+    assert_eq!(y.to_vec::<f32>().unwrap(), [45.0, 39.0, 66.0, 50.0]);
+    assert!(reference::conv2d(&x, &w, None, p).unwrap().same_values(&y));
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    let f = |s: &[usize]| Tensor::zeros(s, DType::F32);
+    let same = Conv2dParams::same(3);
+    for (x, w, b, p) in [
+        (f(&[3, 8, 8]), f(&[4, 3, 3, 3]), None, same),             // input rank
+        (f(&[1, 3, 8, 8]), f(&[4, 3, 3]), None, same),             // weight rank
+        (f(&[1, 3, 8, 8]), f(&[4, 2, 3, 3]), None, same),          // channels
+        (f(&[1, 3, 8, 8]), f(&[4, 3, 3, 3]), Some(f(&[3])), same), // bias length
+        (f(&[1, 3, 8, 8]), f(&[4, 3, 3, 3]), None, Conv2dParams::new(0, 1)), // stride 0
+        (f(&[1, 3, 2, 2]), f(&[4, 3, 5, 5]), None, Conv2dParams::new(1, 1)), // kernel too big
+        (f(&[1, 3, 8, 8]), f(&[4, 3, 0, 3]), None, same),          // empty kernel
+        (Tensor::zeros(&[1, 3, 8, 8], DType::BF16), f(&[4, 3, 3, 3]), None, same),
+    ] {
+        assert!(conv2d(&x, &w, b.as_ref(), p).is_err(), "{:?} {:?}", x.shape(), w.shape());
+        assert!(reference::conv2d(&x, &w, b.as_ref(), p).is_err());
+    }
+}

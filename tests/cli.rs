@@ -111,3 +111,66 @@ fn hostile_files_are_one_line_errors() {
         assert_one_line_error(&inspect(&file), &file);
     }
 }
+
+fn reconstruct(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_infinity-run")).arg("reconstruct").args(args).output().unwrap()
+}
+
+/// A PNG of the devA golden image (256×256 RGB), written with the library's own writer.
+fn golden_png(dir: &Path) -> PathBuf {
+    let golden = infinity::runtime::io::Weights::open(fixture("devA/vae_golden.safetensors")).unwrap();
+    let rgb = golden.get("image_u8_rgb").unwrap().to_vec::<u8>().unwrap();
+    let path = dir.join("input.png");
+    infinity::models::image::save_png(&path, 256, 256, &rgb, &[]).unwrap();
+    path
+}
+
+#[test]
+fn reconstruct_writes_what_the_library_computes() {
+    use infinity::models::bitvae::BitVae;
+    use infinity::models::image::{load_rgb, to_rgb8, to_tensor};
+
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-reconstruct");
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = golden_png(&dir);
+    let out_png = dir.join("out.png");
+    let vae = fixture("devA/vae.pth");
+    let out = reconstruct(&[
+        "--vae".as_ref(), vae.as_os_str(), "--image".as_ref(), input.as_os_str(), "--pn".as_ref(), "0.06M".as_ref(), "-o".as_ref(), out_png.as_os_str(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = stdout(&out);
+    assert!(text.contains("scale  6:  16x16     8192 bits") && text.contains("16672 bits in all") && text.contains("PSNR"), "{text}");
+
+    // The written pixels are the library's reconstruction of the same image.
+    let model = BitVae::open(&vae).unwrap();
+    let grids = infinity::models::schedule::Template::exact(1.0).unwrap().schedule(infinity::models::schedule::PixelBudget::P006M).grids;
+    let (_, decoded) = model.reconstruct(&to_tensor(&load_rgb(&input).unwrap()).unwrap(), &grids).unwrap();
+    assert_eq!(load_rgb(&out_png).unwrap().into_raw(), to_rgb8(&decoded).unwrap()[0]);
+}
+
+#[test]
+fn reconstruct_refuses_bad_input_without_writing() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-reconstruct-bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = golden_png(&dir);
+    let not_an_image = dir.join("not_an_image.png");
+    std::fs::write(&not_an_image, b"hello").unwrap();
+    let out_png = dir.join("never.png");
+    let vae = fixture("devA/vae.pth");
+    let not_a_vae = fixture("devB/transformer.safetensors");
+    let missing_dir = dir.join("no/such/dir/out.png");
+    let cases: [(&Path, &Path, &Path, &Path); 3] = [
+        (&vae, &not_an_image, &out_png, &not_an_image),
+        (&not_a_vae, &input, &out_png, &not_a_vae),
+        (&vae, &input, &missing_dir, &missing_dir),
+    ];
+    for (vae, image, out_path, named) in cases {
+        let out = reconstruct(&["--vae".as_ref(), vae.as_os_str(), "--image".as_ref(), image.as_os_str(), "-o".as_ref(), out_path.as_os_str()]);
+        assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+        let err = String::from_utf8(out.stderr.clone()).unwrap();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(&*named.to_string_lossy()), "{err}");
+        assert!(!out_path.exists());
+    }
+}

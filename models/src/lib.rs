@@ -1,5 +1,7 @@
 //! Models built on the op set: scale schedules shared by the tokenizer and the transformer.
 
 pub mod bitvae;
+pub mod image;
 pub mod infinity;
 pub mod schedule;
+pub mod t5;

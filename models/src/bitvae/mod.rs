@@ -81,6 +81,14 @@ impl BitVae {
         self.encoder.forward(image)
     }
 
+    /// Image → latent → bits at every scale of `grids` (the last one must be the latent grid)
+    /// → decoded image, clamped to [-1, 1]; the decoder sees only what the bits encode.
+    pub fn reconstruct(&self, image: &Tensor, grids: &[(usize, usize)]) -> Result<(quantizer::Quantized, Tensor)> {
+        let q = quantizer::quantize(&self.encode(image)?, grids)?;
+        let decoded = self.decode(&q.summed)?;
+        Ok((q, decoded))
+    }
+
     /// Latent (B, d, h, w) → image (B, 3, h·patch, w·patch) clamped to [-1, 1].
     pub fn decode(&self, latent: &Tensor) -> Result<Tensor> {
         if latent.rank() != 4 || latent.dim(1)? != self.config.z_channels {

@@ -1,0 +1,111 @@
+//! Image files in and out: PNG/JPEG decoding, the official preprocessing to a template's pixel
+//! size (scale to cover with Lanczos, centre crop, map to [-1, 1]), 8-bit conversion by
+//! truncation as the official generator does, PNG writing with text metadata (atomic), PSNR.
+
+use std::path::Path;
+
+use image::imageops::{self, FilterType};
+use image::{ImageReader, RgbImage};
+use infinity_runtime::io::write_atomically;
+use infinity_runtime::{Error, Result, Tensor};
+
+/// Decodes a PNG or JPEG file into 8-bit RGB.
+pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    let reader = ImageReader::open(path).map_err(|e| Error::io(path, e))?;
+    let reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
+    let img = reader.decode().map_err(|e| Error::format(path, format!("cannot decode the image: {e}")))?;
+    Ok(img.to_rgb8())
+}
+
+/// Resizes so the image covers `(height, width)` keeping its aspect ratio (the covering side
+/// is truncated to an integer, as the official loader does) and crops the centre.
+pub fn fit_to(img: &RgbImage, (height, width): (usize, usize)) -> Result<RgbImage> {
+    let (w_img, h_img) = (img.width() as usize, img.height() as usize);
+    if w_img == 0 || h_img == 0 || height == 0 || width == 0 {
+        return Err(Error::invalid("image.fit_to", &[h_img, w_img], "empty image or target size"));
+    }
+    // `max` keeps float truncation (e.g. 255.99 → 255) from leaving the crop one pixel short.
+    let (rw, rh) = if w_img * height <= h_img * width {
+        (width, ((width as f64 * h_img as f64 / w_img as f64) as usize).max(height))
+    } else {
+        (((w_img as f64 / h_img as f64 * height as f64) as usize).max(width), height)
+    };
+    let resized = if (rw, rh) == (w_img, h_img) {
+        img.clone()
+    } else {
+        imageops::resize(img, rw as u32, rh as u32, FilterType::Lanczos3)
+    };
+    let (left, top) = ((rw - width) / 2, (rh - height) / 2);
+    Ok(imageops::crop_imm(&resized, left as u32, top as u32, width as u32, height as u32).to_image())
+}
+
+/// RGB pixels → (1, 3, H, W) in [-1, 1]: t = u8/255, x = 2t − 1.
+pub fn to_tensor(img: &RgbImage) -> Result<Tensor> {
+    let (h, w) = (img.height() as usize, img.width() as usize);
+    let mut data = vec![0f32; 3 * h * w];
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            data[c * h * w + i] = f32::from(px[c]) / 255.0 * 2.0 - 1.0;
+        }
+    }
+    Tensor::from_vec(data, &[1, 3, h, w])
+}
+
+/// Images (B, 3, H, W) in [-1, 1] → one interleaved RGB buffer per image, trunc((v + 1)/2 · 255).
+pub fn to_rgb8(images: &Tensor) -> Result<Vec<Vec<u8>>> {
+    if images.rank() != 4 || images.dim(1)? != 3 {
+        return Err(Error::invalid("image.to_rgb8", images.shape(), "expected images (B, 3, H, W)"));
+    }
+    let hwc = images.permute(&[0, 2, 3, 1])?.to_vec::<f32>()?;
+    let per = hwc.len() / images.dim(0)?.max(1);
+    Ok(hwc.chunks(per.max(1)).map(|img| img.iter().map(|&v| ((v.clamp(-1.0, 1.0) + 1.0) / 2.0 * 255.0) as u8).collect()).collect())
+}
+
+/// Writes an 8-bit RGB PNG with `text` as tEXt chunks, atomically: a failed write leaves no
+/// file behind.
+pub fn save_png(path: &Path, width: usize, height: usize, rgb: &[u8], text: &[(&str, String)]) -> Result<()> {
+    if rgb.len() != width * height * 3 {
+        return Err(Error::invalid("image.save_png", &[height, width, 3], format!("{} bytes of pixels", rgb.len())));
+    }
+    let encode_err = |e: png::EncodingError| Error::format(path, format!("PNG encoding failed: {e}"));
+    let mut buf = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut buf, width as u32, height as u32);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        for (key, value) in text {
+            enc.add_text_chunk((*key).to_string(), value.clone()).map_err(encode_err)?;
+        }
+        let mut writer = enc.write_header().map_err(encode_err)?;
+        writer.write_image_data(rgb).map_err(encode_err)?;
+    }
+    write_atomically(path, |w| w.write_all(&buf))
+}
+
+/// Peak signal-to-noise ratio of two 8-bit buffers in dB (infinite when identical).
+pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    let mse = a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum::<f64>() / a.len().max(1) as f64;
+    10.0 * (255.0f64 * 255.0 / mse).log10()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cover_then_centre_crop() {
+        // A 4×2 (w×h) image into 2×2: scaled to 4×2 (already covering), crop columns 1..3.
+        let img = RgbImage::from_fn(4, 2, |x, _| image::Rgb([x as u8 * 50, 0, 255]));
+        let t = to_tensor(&fit_to(&img, (2, 2)).unwrap()).unwrap();
+        let r = t.narrow(1, 0, 1).unwrap().to_vec::<f32>().unwrap();
+        let expect = |v: u8| f32::from(v) / 255.0 * 2.0 - 1.0;
+        assert_eq!(r, [expect(50), expect(100), expect(50), expect(100)]);
+    }
+
+    #[test]
+    fn eight_bit_conversion_truncates() {
+        let t = Tensor::from_vec(vec![-1.0f32, 1.0, 0.0, 0.999, -0.999, 2.0], &[1, 3, 1, 2]).unwrap();
+        assert_eq!(to_rgb8(&t).unwrap()[0], [0, 255, 127, 254, 0, 255]);
+        assert!(psnr(&[1, 2], &[1, 2]).is_infinite());
+    }
+}

@@ -1,0 +1,11 @@
+//! The flan-t5 text encoder that turns prompts into Infinity's text features: the tokenizer,
+//! the encoder configuration with its state-dict entries, and the encoder itself.
+
+pub mod config;
+mod model;
+mod params;
+pub mod tokenizer;
+
+pub use config::T5Config;
+pub use model::{T5Encoder, relative_position_bucket};
+pub use tokenizer::{Encoded, T5Tokenizer};

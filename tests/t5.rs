@@ -1,0 +1,288 @@
+//! The flan-t5 text encoder: parity with Hugging Face's T5EncoderModel on the dev goldens
+//! (each prompt encoded on its valid tokens only), the relative-position buckets, the
+//! flan-t5-xl state dict against the release manifest, the checkpoint loader (tied embedding,
+//! shards, bad files) and the tokenizer's framing (EOS, truncation to 512) on a tiny Unigram
+//! tokenizer.json.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{assert_golden, fixture, open};
+use infinity::models::t5::tokenizer::MAX_TOKENS;
+use infinity::models::t5::{Encoded, T5Config, T5Encoder, T5Tokenizer, relative_position_bucket};
+use infinity::runtime::io::{Weights, save_safetensors};
+use infinity::runtime::{DType, Error, Tensor};
+use serde_json::Value;
+
+const SETS: [&str; 2] = ["devA", "devB"];
+
+fn config(set: &str) -> T5Config {
+    T5Config::open(fixture(&format!("{set}/t5_config.json"))).unwrap()
+}
+
+fn encoder(set: &str) -> T5Encoder {
+    T5Encoder::open(fixture(&format!("{set}/t5_encoder.safetensors")), config(set)).unwrap()
+}
+
+/// Each prompt's valid ids (attention mask 1, a prefix of the row: right padding).
+fn prompts(golden: &Weights) -> Vec<Vec<u32>> {
+    let ids = golden.get("input_ids").unwrap();
+    let mask = golden.get("attention_mask").unwrap();
+    (0..ids.dim(0).unwrap())
+        .map(|b| {
+            let row = |t: &Tensor| t.narrow(0, b, 1).unwrap().to_vec::<i64>().unwrap();
+            let len = row(mask).iter().sum::<i64>() as usize;
+            assert!(row(mask)[..len].iter().all(|&m| m == 1), "mask row {b} is not a prefix");
+            row(ids)[..len].iter().map(|&i| i as u32).collect()
+        })
+        .collect()
+}
+
+/// Rows 0..len of prompt `b` of the golden (B, L, D) hidden states.
+fn golden_rows(golden: &Weights, b: usize, len: usize) -> Tensor {
+    golden.get("last_hidden_state").unwrap().narrow(0, b, 1).unwrap().squeeze(0).unwrap().narrow(0, 0, len).unwrap()
+}
+
+#[test]
+fn encoder_matches_golden() {
+    for set in SETS {
+        let t5 = encoder(set);
+        let golden = open(&format!("{set}/t5_golden.safetensors"));
+        let prompts = prompts(&golden);
+        for (b, ids) in prompts.iter().enumerate() {
+            let got = t5.encode(ids).unwrap();
+            assert_golden(&format!("{set} prompt {b}"), &got, &golden_rows(&golden, b, ids.len()), 1e-4);
+        }
+        let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+        for (b, got) in t5.encode_batch(&refs).unwrap().iter().enumerate() {
+            assert_golden(&format!("{set} packed prompt {b}"), got, &golden_rows(&golden, b, refs[b].len()), 1e-4);
+        }
+    }
+}
+
+/// Hand-computed buckets for 32 buckets / max distance 128: 16 per direction (+16 when the key
+/// follows the query), exact below 8, then 8 + ⌊ln(n/8) / ln 16 · 8⌋ capped at 15. The
+/// distances 16, 32 and 64 sit exactly on bucket boundaries.
+#[test]
+fn relative_position_buckets() {
+    let cases: [(i64, usize); 22] = [
+        (0, 0),
+        (1, 17),
+        (-1, 1),
+        (7, 23),
+        (-7, 7),
+        (8, 24),
+        (-8, 8),
+        (-11, 8),
+        (-12, 9),
+        (-15, 9),
+        (-16, 10),
+        (16, 26),
+        (-31, 11),
+        (-32, 12),
+        (-63, 13),
+        (-64, 14),
+        (64, 30),
+        (-127, 15),
+        (-128, 15),
+        (128, 31),
+        (-100_000, 15),
+        (100_000, 31),
+    ];
+    for (rel, bucket) in cases {
+        assert_eq!(relative_position_bucket(rel, 32, 128), bucket, "relative position {rel}");
+    }
+}
+
+#[test]
+fn flan_t5_xl_entries_match_the_release_manifest() {
+    let manifest: Value = serde_json::from_str(include_str!("fixtures/manifests/flan_t5_xl_encoder.json")).unwrap();
+    let theirs: Vec<(String, Vec<usize>, Option<String>)> = manifest["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            assert_eq!(t["kind"], "param", "{t}");
+            let shape = t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+            (t["key"].as_str().unwrap().to_string(), shape, t["alias_of"].as_str().map(String::from))
+        })
+        .collect();
+    let entries = T5Config::flan_t5_xl().entries();
+    let ours: Vec<_> = entries.iter().map(|e| (e.key.clone(), e.shape.clone(), e.alias_of.clone())).collect();
+    assert_eq!(ours, theirs);
+    assert_eq!(ours.len() as u64, manifest["num_tensors"].as_u64().unwrap());
+    let params: u64 = entries.iter().filter(|e| e.alias_of.is_none()).map(|e| e.shape.iter().product::<usize>() as u64).sum();
+    assert_eq!(params, manifest["num_params"].as_u64().unwrap());
+    assert_eq!(params, 1_223_527_424);
+}
+
+/// A fresh temporary folder for one test.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("infinity-t5-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The devB encoder's (key, tensor) list.
+fn dev_tensors() -> Vec<(String, Tensor)> {
+    open("devB/t5_encoder.safetensors").iter().map(|(k, t)| (k.to_string(), t.clone())).collect()
+}
+
+fn save(path: &Path, tensors: &[(String, Tensor)]) {
+    save_safetensors(path, tensors.iter().map(|(k, t)| (k.as_str(), t)), &Default::default()).unwrap();
+}
+
+/// Writes the devB encoder with `edit` applied and loads it.
+fn load_edited(name: &str, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) -> Result<T5Encoder, Error> {
+    let mut tensors = dev_tensors();
+    edit(&mut tensors);
+    let dir = temp_dir(name);
+    let path = dir.join("t5.safetensors");
+    save(&path, &tensors);
+    let out = T5Encoder::open(&path, config("devB"));
+    std::fs::remove_dir_all(&dir).ok();
+    out
+}
+
+const PROMPT: [u32; 6] = [5, 17, 42, 3, 64, 1];
+
+#[test]
+fn either_name_of_the_tied_embedding_loads() {
+    let want = encoder("devB").encode(&PROMPT).unwrap();
+    let names = ["shared.weight", "encoder.embed_tokens.weight"];
+    for (i, name) in names.into_iter().enumerate() {
+        let t5 = load_edited(&format!("tied-{i}"), |ts| ts.retain(|(k, _)| k != name)).unwrap();
+        assert!(t5.encode(&PROMPT).unwrap().same_values(&want), "without {name}");
+    }
+    let neither = load_edited("tied-none", |ts| ts.retain(|(k, _)| !names.contains(&k.as_str())));
+    let msg = neither.err().unwrap().to_string();
+    assert!(msg.contains("'shared.weight'") && msg.contains("encoder.embed_tokens.weight"), "{msg}");
+}
+
+#[test]
+fn bad_checkpoints_are_refused_naming_the_key() {
+    let key = "encoder.block.1.layer.1.DenseReluDense.wi_1.weight";
+    let missing = load_edited("missing", |ts| ts.retain(|(k, _)| k != key)).err().unwrap().to_string();
+    assert!(missing.contains(key) && missing.contains("missing"), "{missing}");
+
+    let key = "encoder.block.0.layer.0.SelfAttention.q.weight";
+    let reshaped = load_edited("reshaped", |ts| {
+        ts.iter_mut().find(|(k, _)| k == key).unwrap().1 = Tensor::zeros(&[128, 128], DType::F32);
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(reshaped.contains(key) && reshaped.contains("[32, 128]"), "{reshaped}");
+
+    let key = "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight";
+    let extra = load_edited("extra", |ts| ts.push((key.into(), Tensor::zeros(&[32, 4], DType::F32)))).err().unwrap().to_string();
+    assert!(extra.contains(key) && extra.contains("unexpected"), "{extra}");
+
+    // A config that does not fit the checkpoint fails on the first entry it shapes differently.
+    let path = fixture("devA/t5_encoder.safetensors");
+    let wrong = T5Encoder::open(&path, config("devB")).err().unwrap().to_string();
+    assert!(wrong.contains("t5_encoder.safetensors") && wrong.contains("shared.weight"), "{wrong}");
+}
+
+/// A full encoder-decoder checkpoint, sharded: the decoder and LM head are skipped, the index
+/// and its folder load the same model as the single file.
+#[test]
+fn sharded_checkpoints_load_through_their_index() {
+    let dir = temp_dir("sharded");
+    let mut tensors = dev_tensors();
+    tensors.push(("decoder.block.0.layer.0.SelfAttention.q.weight".into(), Tensor::zeros(&[32, 128], DType::F32)));
+    tensors.push(("lm_head.weight".into(), Tensor::zeros(&[80, 128], DType::F32)));
+    let (first, second) = tensors.split_at(tensors.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (file, part) in [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)] {
+        save(&dir.join(file), part);
+        weight_map.extend(part.iter().map(|(k, _)| (k.clone(), Value::from(file))));
+    }
+    let index = serde_json::json!({ "metadata": { "total_size": 0 }, "weight_map": weight_map });
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+
+    let want = encoder("devB").encode(&PROMPT).unwrap();
+    for path in [dir.join("model.safetensors.index.json"), dir.clone()] {
+        let got = T5Encoder::open(&path, config("devB")).unwrap().encode(&PROMPT).unwrap();
+        assert!(got.same_values(&want), "{}", path.display());
+    }
+    std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
+    let err = T5Encoder::open(&dir, config("devB")).err().unwrap().to_string();
+    assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_config_files_are_named() {
+    let err = T5Config::open(fixture("devA/no_such_config.json")).unwrap_err().to_string();
+    assert!(err.contains("no_such_config.json"), "{err}");
+    let err = T5Config::open(fixture("devA/t5_golden.safetensors")).unwrap_err().to_string();
+    assert!(err.contains("t5_golden.safetensors"), "{err}");
+}
+
+#[test]
+fn random_model_encodes_packed_prompts() {
+    let t5 = T5Encoder::random(config("devA"), 7).unwrap();
+    let out = t5.encode_batch(&[&PROMPT, &PROMPT[2..]]).unwrap();
+    assert_eq!(out.iter().map(|t| t.shape().to_vec()).collect::<Vec<_>>(), [vec![6, 128], vec![4, 128]]);
+    assert!(out.iter().all(|t| t.to_f32_vec().iter().all(|v| v.is_finite())));
+    assert!(t5.encode(&[]).is_err());
+}
+
+fn tokenizer() -> T5Tokenizer {
+    T5Tokenizer::open(fixture("tokenizer/tokenizer.json")).unwrap()
+}
+
+/// The fixture's vocabulary: 0 <pad>, 1 </s>, 2 <unk>, 3 ▁, 4 ▁a, 5 ▁the, 6 ▁cat, 7 ▁dog,
+/// 8 ▁sit, 9 ▁on, 10 ▁mat, 11 s, then single letters c a t d o g m i n e (12..=21).
+fn expected_ids() -> [(&'static str, Vec<u32>); 6] {
+    [
+        ("a cat sits on the mat", vec![4, 6, 8, 11, 9, 5, 10, 1]),
+        ("the   dog", vec![5, 7, 1]),
+        ("cats", vec![6, 11, 1]),
+        ("zoo", vec![3, 2, 16, 16, 1]),
+        ("", vec![1]),
+        ("</s>", vec![1, 1]),
+    ]
+}
+
+#[test]
+fn tokenizer_appends_eos() {
+    let tok = tokenizer();
+    assert_eq!(tok.eos_id(), 1);
+    for (text, ids) in expected_ids() {
+        assert_eq!(tok.encode(text).unwrap(), Encoded { ids, truncated: false }, "{text:?}");
+    }
+    // The same without the file's post-processor: the framing is ours.
+    let mut json: Value = serde_json::from_str(&std::fs::read_to_string(fixture("tokenizer/tokenizer.json")).unwrap()).unwrap();
+    json["post_processor"] = Value::Null;
+    let dir = temp_dir("tokenizer");
+    let path = dir.join("tokenizer.json");
+    std::fs::write(&path, json.to_string()).unwrap();
+    let bare = T5Tokenizer::open(&path).unwrap();
+    for (text, ids) in expected_ids() {
+        assert_eq!(bare.encode(text).unwrap().ids, ids, "{text:?} without a post-processor");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn tokenizer_truncates_to_512_tokens() {
+    let tok = tokenizer();
+    let fits = tok.encode(&"a ".repeat(MAX_TOKENS - 1)).unwrap();
+    assert_eq!((fits.ids.len(), fits.truncated), (MAX_TOKENS, false));
+    let long = tok.encode(&"a ".repeat(600)).unwrap();
+    assert!(long.truncated);
+    assert_eq!(long.ids.len(), MAX_TOKENS);
+    assert!(long.ids[..MAX_TOKENS - 1].iter().all(|&i| i == 4));
+    assert_eq!(long.ids[MAX_TOKENS - 1], 1);
+}
+
+#[test]
+fn bad_tokenizer_files_are_named() {
+    let err = T5Tokenizer::open(fixture("tokenizer/missing.json")).err().unwrap().to_string();
+    assert!(err.contains("missing.json"), "{err}");
+    let err = T5Tokenizer::open(fixture("devA/t5_config.json")).err().unwrap().to_string();
+    assert!(err.contains("t5_config.json") && err.contains("tokenizer.json"), "{err}");
+}

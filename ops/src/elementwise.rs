@@ -2,42 +2,14 @@
 //! and unary math (`exp`, `log`, `tanh`, `sigmoid`, the two GELUs, `erf`, `silu`, `sign`,
 //! `neg`, `abs`, `sqrt`, `square`, `clamp`, `affine`), each a variant of one enum run by one
 //! generic kernel.
-//!
-//! Also home of the row-block driver (`for_row_blocks`) that the reduce, softmax and norm
-//! fast paths share to split work over the rayon pool.
 
 use std::f64::consts::{FRAC_1_SQRT_2, FRAC_2_SQRT_PI};
 
 use infinity_runtime::layout::{broadcast_shapes, contiguous_strides};
 use infinity_runtime::{Error, Result, Tensor};
-use rayon::prelude::*;
 
 use crate::f32_data;
-
-/// Elements (read plus written) that one parallel task should touch at least: below this,
-/// rayon's scheduling overhead (about a microsecond) outweighs the work.
-pub(crate) const TASK_WORK: usize = 1 << 15;
-
-/// Calls `f(first_row, block)` on consecutive blocks of whole `row_len`-element rows of
-/// `out`, on the rayon pool when there is more than one task's worth of work.
-/// `work_per_row` counts the elements one row reads and writes.
-pub(crate) fn for_row_blocks<T: Send>(
-    out: &mut [T],
-    row_len: usize,
-    work_per_row: usize,
-    f: impl Fn(usize, &mut [T]) + Sync + Send,
-) {
-    if out.is_empty() {
-        return;
-    }
-    let rows = out.len() / row_len;
-    let rows_per_task = (TASK_WORK / work_per_row.max(1)).max(1);
-    if rows <= rows_per_task {
-        f(0, out);
-    } else {
-        out.par_chunks_mut(rows_per_task * row_len).enumerate().for_each(|(i, block)| f(i * rows_per_task, block));
-    }
-}
+use crate::util::for_row_blocks;
 
 /// The four arithmetic operators, shared by the broadcast and the scalar forms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

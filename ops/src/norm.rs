@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use infinity_runtime::{Error, Result, Tensor};
 
-use crate::elementwise::for_row_blocks;
+use crate::util::for_row_blocks;
 use crate::f32_data;
 use crate::reduce::sum_map;
 

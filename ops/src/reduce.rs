@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use infinity_runtime::{Error, Result, Tensor};
 use rayon::prelude::*;
 
-use crate::elementwise::{TASK_WORK, for_row_blocks};
+use crate::util::{TASK_WORK, for_row_blocks};
 use crate::{f32_data, require_f32};
 
 /// The value reductions. `Max`/`Min` propagate NaN (any NaN in the reduced set gives NaN).

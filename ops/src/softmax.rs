@@ -3,7 +3,7 @@
 
 use infinity_runtime::{Error, Result, Tensor};
 
-use crate::elementwise::for_row_blocks;
+use crate::util::for_row_blocks;
 use crate::f32_data;
 use crate::reduce::{max_nan, sum_map};
 

@@ -7,8 +7,7 @@ use infinity::ops::conv::{Conv2dParams, conv2d, reference};
 use infinity::runtime::{DType, Tensor};
 use proptest::prelude::*;
 
-use crate::matmul::{abs, assert_within_dot_bound};
-use crate::support::{config, padded_view, randn, strided_copy};
+use crate::support::{abs, assert_within_dot_bound, config, padded_view, randn, strided_copy};
 
 /// Fast path vs reference, within the dot-product rounding bound (see `assert_within_dot_bound`)
 /// over the Cin·kh·kw products and the bias.

@@ -14,27 +14,7 @@ use infinity::ops::elementwise::{self as ew, BinaryOp, UnaryOp, reference};
 use infinity::runtime::{DType, Error, Tensor};
 use proptest::prelude::*;
 
-use crate::support::{assert_close, config, padded_view, randn, shape, strided_copy};
-
-/// A shape (rank 1..=4, dimensions 1..=7), a permutation of its dimensions and a data seed.
-pub(super) fn shape_perm_seed() -> impl Strategy<Value = (Vec<usize>, Vec<usize>, u64)> {
-    shape(4, 7).prop_flat_map(|s| {
-        let identity: Vec<usize> = (0..s.len()).collect();
-        (Just(s), Just(identity).prop_shuffle(), any::<u64>())
-    })
-}
-
-/// Runs `f` on `t`, on a copy of `t` stored in `perm` order and on a padded (offset,
-/// non-adjacent rows) view of it; asserts the three results are bit-identical (NaN included).
-pub(super) fn assert_layout_invariant(t: &Tensor, perm: &[usize], f: impl Fn(&Tensor) -> Tensor) {
-    let want = f(t);
-    let bits =
-        |t: &Tensor| (t.dtype(), t.shape().to_vec(), t.to_f32_vec().into_iter().map(f32::to_bits).collect::<Vec<_>>());
-    for (name, view) in [("strided", strided_copy(t, perm)), ("padded", padded_view(t))] {
-        let got = f(&view);
-        assert_eq!(bits(&got), bits(&want), "{name} input: {got:?} != {want:?}");
-    }
-}
+use crate::support::{assert_close, assert_layout_invariant, config, padded_view, randn, shape, shape_perm_seed, strided_copy};
 
 fn binary_op() -> impl Strategy<Value = BinaryOp> {
     prop_oneof![Just(BinaryOp::Add), Just(BinaryOp::Sub), Just(BinaryOp::Mul), Just(BinaryOp::Div)]

@@ -6,29 +6,7 @@ use infinity::ops::matmul::{linear, matmul, reference};
 use infinity::runtime::{DType, Tensor};
 use proptest::prelude::*;
 
-use crate::support::{config, padded_view, randn, strided_copy};
-
-/// Elementwise |t| (a contiguous f32 copy).
-pub(crate) fn abs(t: &Tensor) -> Tensor {
-    let v = t.to_vec::<f32>().unwrap().into_iter().map(f32::abs).collect();
-    Tensor::from_vec::<f32>(v, t.shape()).unwrap()
-}
-
-/// Asserts |got − want| ≤ terms·ε·magnitude + ε·|want| elementwise, where `magnitude` holds
-/// Σ|a_i·b_i| of each output's dot product (the same op run on absolute values) and `want` is
-/// the f64 result rounded to f32. The first term is the classical worst-case bound on the
-/// rounding error of an f32 sum of `terms` products in ANY order, with or without FMA
-/// (γ_n = n·u/(1 − n·u) ≤ n·ε for u = ε/2); the second covers the rounding of `want`.
-/// Being relative to Σ|a·b|, it neither loosens with the data's scale nor fails on cancellation.
-#[track_caller]
-pub(crate) fn assert_within_dot_bound(got: &Tensor, want: &Tensor, magnitude: &Tensor, terms: usize) {
-    assert_eq!(got.shape(), want.shape(), "shape");
-    let (g, w, m) = (got.to_vec::<f32>().unwrap(), want.to_vec::<f32>().unwrap(), magnitude.to_vec::<f32>().unwrap());
-    for (i, ((&g, &w), &m)) in g.iter().zip(&w).zip(&m).enumerate() {
-        let bound = terms as f32 * f32::EPSILON * m + f32::EPSILON * w.abs();
-        assert!((g - w).abs() <= bound, "index {i}: got {g}, want {w}, bound {bound}");
-    }
-}
+use crate::support::{abs, assert_within_dot_bound, config, padded_view, randn, strided_copy};
 
 #[track_caller]
 fn check_matmul(a: &Tensor, b: &Tensor) {

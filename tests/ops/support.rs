@@ -58,17 +58,63 @@ pub fn shape(max_rank: usize, max_dim: usize) -> impl Strategy<Value = Vec<usize
     prop::collection::vec(1..=max_dim, 1..=max_rank)
 }
 
-/// Asserts |a - b| <= atol + rtol * |b| elementwise (same shape required), naming the worst index.
+/// Asserts |a - b| <= atol + rtol * |b| elementwise (same shape required), naming the worst
+/// index. NaN must appear in both tensors at the same places.
 #[track_caller]
 pub fn assert_close(got: &Tensor, want: &Tensor, atol: f32, rtol: f32) {
     assert_eq!(got.shape(), want.shape(), "shape");
     let (g, w) = (got.to_f32_vec(), want.to_f32_vec());
     let mut worst = (0usize, 0f32);
     for (i, (&a, &b)) in g.iter().zip(&w).enumerate() {
+        if a.is_nan() && b.is_nan() {
+            continue;
+        }
         let excess = (a - b).abs() - (atol + rtol * b.abs());
         if !(excess <= 0.0) && (excess > worst.1 || excess.is_nan()) {
             worst = (i, if excess.is_nan() { f32::INFINITY } else { excess });
         }
     }
     assert!(worst.1 == 0.0, "mismatch at flat index {}: got {} want {} (atol {atol}, rtol {rtol})", worst.0, g[worst.0], w[worst.0]);
+}
+
+/// A shape (rank 1..=4, dimensions 1..=7), a permutation of its dimensions and a data seed.
+pub fn shape_perm_seed() -> impl Strategy<Value = (Vec<usize>, Vec<usize>, u64)> {
+    shape(4, 7).prop_flat_map(|s| {
+        let identity: Vec<usize> = (0..s.len()).collect();
+        (Just(s), Just(identity).prop_shuffle(), any::<u64>())
+    })
+}
+
+/// Runs `f` on `t`, on a copy of `t` stored in `perm` order and on a padded (offset,
+/// non-adjacent rows) view of it; asserts the three results are bit-identical (NaN included).
+pub fn assert_layout_invariant(t: &Tensor, perm: &[usize], f: impl Fn(&Tensor) -> Tensor) {
+    let want = f(t);
+    let bits =
+        |t: &Tensor| (t.dtype(), t.shape().to_vec(), t.to_f32_vec().into_iter().map(f32::to_bits).collect::<Vec<_>>());
+    for (name, view) in [("strided", strided_copy(t, perm)), ("padded", padded_view(t))] {
+        let got = f(&view);
+        assert_eq!(bits(&got), bits(&want), "{name} input: {got:?} != {want:?}");
+    }
+}
+
+/// Elementwise |t| (a contiguous f32 copy).
+pub fn abs(t: &Tensor) -> Tensor {
+    let v = t.to_vec::<f32>().unwrap().into_iter().map(f32::abs).collect();
+    Tensor::from_vec::<f32>(v, t.shape()).unwrap()
+}
+
+/// Asserts |got − want| ≤ terms·ε·magnitude + ε·|want| elementwise, where `magnitude` holds
+/// Σ|a_i·b_i| of each output's dot product (the same op run on absolute values) and `want` is
+/// the f64 result rounded to f32. The first term is the classical worst-case bound on the
+/// rounding error of an f32 sum of `terms` products in ANY order, with or without FMA
+/// (γ_n = n·u/(1 − n·u) ≤ n·ε for u = ε/2); the second covers the rounding of `want`.
+/// Being relative to Σ|a·b|, it neither loosens with the data's scale nor fails on cancellation.
+#[track_caller]
+pub fn assert_within_dot_bound(got: &Tensor, want: &Tensor, magnitude: &Tensor, terms: usize) {
+    assert_eq!(got.shape(), want.shape(), "shape");
+    let (g, w, m) = (got.to_vec::<f32>().unwrap(), want.to_vec::<f32>().unwrap(), magnitude.to_vec::<f32>().unwrap());
+    for (i, ((&g, &w), &m)) in g.iter().zip(&w).zip(&m).enumerate() {
+        let bound = terms as f32 * f32::EPSILON * m + f32::EPSILON * w.abs();
+        assert!((g - w).abs() <= bound, "index {i}: got {g}, want {w}, bound {bound}");
+    }
 }

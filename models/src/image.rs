@@ -104,8 +104,9 @@ mod tests {
 
     #[test]
     fn eight_bit_conversion_truncates() {
+        // Channels R = [-1, 1], G = [0, 0.999], B = [-0.999, 2]; pixels interleave them.
         let t = Tensor::from_vec(vec![-1.0f32, 1.0, 0.0, 0.999, -0.999, 2.0], &[1, 3, 1, 2]).unwrap();
-        assert_eq!(to_rgb8(&t).unwrap()[0], [0, 255, 127, 254, 0, 255]);
+        assert_eq!(to_rgb8(&t).unwrap()[0], [0, 127, 0, 255, 254, 255]);
         assert!(psnr(&[1, 2], &[1, 2]).is_infinite());
     }
 }

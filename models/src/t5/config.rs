@@ -70,7 +70,9 @@ impl T5Config {
         let uint = |key: &str, default: Option<usize>| -> std::result::Result<usize, String> {
             match v.get(key) {
                 None => default.ok_or_else(|| format!("'{key}' is missing")),
-                Some(x) => x.as_u64().map(|n| n as usize).ok_or_else(|| format!("'{key}' must be a non-negative integer")),
+                Some(x) => {
+                    x.as_u64().map(|n| n as usize).ok_or_else(|| format!("'{key}' must be a non-negative integer"))
+                }
             }
         };
         check_activation(v)?;
@@ -123,7 +125,8 @@ impl T5Config {
             shape: vec![self.vocab_size, d],
             alias_of: alias_of.map(Into::into),
         };
-        let mut e = vec![embedding("shared.weight", None), embedding("encoder.embed_tokens.weight", Some("shared.weight"))];
+        let mut e =
+            vec![embedding("shared.weight", None), embedding("encoder.embed_tokens.weight", Some("shared.weight"))];
         let mut push = |key: String, shape: Vec<usize>| e.push(Entry { key, shape, alias_of: None });
         for i in 0..self.num_layers {
             let attn = format!("encoder.block.{i}.layer.0.SelfAttention");
@@ -132,7 +135,10 @@ impl T5Config {
             }
             push(format!("{attn}.o.weight"), vec![d, inner]);
             if i == 0 {
-                push(format!("{attn}.relative_attention_bias.weight"), vec![self.relative_attention_num_buckets, self.num_heads]);
+                push(
+                    format!("{attn}.relative_attention_bias.weight"),
+                    vec![self.relative_attention_num_buckets, self.num_heads],
+                );
             }
             push(format!("encoder.block.{i}.layer.0.layer_norm.weight"), vec![d]);
             let ffn = format!("encoder.block.{i}.layer.1.DenseReluDense");
@@ -200,7 +206,9 @@ mod tests {
     #[test]
     fn refuses_other_activations_naming_the_field() {
         let mut relu = xl_json();
-        relu.as_object_mut().unwrap().retain(|k, _| !["feed_forward_proj", "dense_act_fn", "is_gated_act"].contains(&k.as_str()));
+        relu.as_object_mut()
+            .unwrap()
+            .retain(|k, _| !["feed_forward_proj", "dense_act_fn", "is_gated_act"].contains(&k.as_str()));
         assert!(T5Config::from_json(&relu).unwrap_err().contains("feed_forward_proj 'relu'"));
         let mut silu = xl_json();
         silu["dense_act_fn"] = json!("silu");

@@ -79,7 +79,9 @@ impl T5Encoder {
         let layers = (0..config.num_layers).map(|i| Layer::load(&mut p, i)).collect::<Result<_>>()?;
         Ok(T5Encoder {
             embed: p.take("shared.weight")?,
-            bias_table: p.take("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")?.to_vec::<f32>()?,
+            bias_table: p
+                .take("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")?
+                .to_vec::<f32>()?,
             layers,
             final_norm: p.take("encoder.final_layer_norm.weight")?,
             config,
@@ -110,6 +112,9 @@ impl T5Encoder {
 
     /// The last hidden state (Lᵢ, d_model) of each prompt, computed on its own tokens.
     pub fn encode_batch(&self, prompts: &[&[u32]]) -> Result<Vec<Tensor>> {
+        if prompts.is_empty() {
+            return Ok(Vec::new());
+        }
         let ids = prompts.concat();
         let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
         let hidden = self.forward(&ids, &lens)?;
@@ -124,7 +129,7 @@ impl T5Encoder {
 
     /// Encodes packed prompts (`ids` split into runs of `lens`) → (Σ lens, d_model).
     fn forward(&self, ids: &[u32], lens: &[usize]) -> Result<Tensor> {
-        if lens.is_empty() || lens.contains(&0) {
+        if lens.contains(&0) {
             return Err(Error::invalid("t5.encode", lens, "every prompt needs at least one token (its EOS)"));
         }
         let ids = Tensor::from_vec(ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(), &[ids.len()])?;
@@ -183,7 +188,9 @@ impl Layer {
         let mut offset = 0;
         for (&len, bias) in lens.iter().zip(biases) {
             // (len, heads·d_kv) rows of this prompt → (1, heads, len, d_kv).
-            let heads = |t: &Tensor| t.narrow(0, offset, len)?.reshape(&[len, c.num_heads, c.d_kv])?.permute(&[1, 0, 2])?.unsqueeze(0);
+            let heads = |t: &Tensor| {
+                t.narrow(0, offset, len)?.reshape(&[len, c.num_heads, c.d_kv])?.permute(&[1, 0, 2])?.unsqueeze(0)
+            };
             // T5 does not scale the scores by 1/√d_kv: its initialisation accounts for it.
             let a = attention(&heads(&q)?, &heads(&k)?, &heads(&v)?, Some(bias), 1.0)?;
             outs.push(a.squeeze(0)?.permute(&[1, 0, 2])?.reshape(&[len, c.inner_dim()])?);

@@ -37,7 +37,8 @@ pub(super) fn open_checkpoint(path: &Path) -> Result<Weights> {
 /// read from their shards (memory-mapped, not copied).
 fn open_sharded(index: &Path) -> Result<Weights> {
     let text = std::fs::read(index).map_err(|e| Error::io(index, e))?;
-    let json: Value = serde_json::from_slice(&text).map_err(|e| Error::format(index, format!("not valid JSON: {e}")))?;
+    let json: Value =
+        serde_json::from_slice(&text).map_err(|e| Error::format(index, format!("not valid JSON: {e}")))?;
     let map = json
         .get("weight_map")
         .and_then(Value::as_object)
@@ -83,7 +84,10 @@ impl Params {
             for &name in names.iter().filter(|n| weights.contains(n)) {
                 let t = weights.get(name)?;
                 if t.shape() != entry.shape.as_slice() {
-                    return Err(err(name, format!("shape {:?} does not fit the configuration, which needs {:?}", t.shape(), entry.shape)));
+                    return Err(err(
+                        name,
+                        format!("shape {:?} does not fit the configuration, which needs {:?}", t.shape(), entry.shape),
+                    ));
                 }
                 if !t.dtype().is_float() {
                     return Err(err(name, format!("dtype {} is not a floating-point type", t.dtype())));

@@ -149,3 +149,31 @@ fn greedy_cfg_generation_matches_golden() {
         }
     }
 }
+
+/// A bf16 checkpoint runs with its linear weights kept in bf16 (mapped, not widened) and gives
+/// the logits of an f32 model holding the same rounded values.
+#[test]
+fn bf16_checkpoints_match_their_widened_values() {
+    use infinity::runtime::DType;
+    use infinity::runtime::io::save_safetensors;
+
+    let w = open("devB/transformer.safetensors");
+    let round = |dtype: DType| -> Vec<(String, Tensor)> {
+        w.iter().map(|(k, t)| (k.to_string(), t.to_dtype(DType::BF16).to_dtype(dtype))).collect()
+    };
+    let dir = std::env::temp_dir().join(format!("infinity-bf16-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (bf16_path, f32_path) = (dir.join("bf16.safetensors"), dir.join("f32.safetensors"));
+    save_safetensors(&bf16_path, round(DType::BF16).iter().map(|(k, t)| (k.as_str(), t)), &Default::default()).unwrap();
+    save_safetensors(&f32_path, round(DType::F32).iter().map(|(k, t)| (k.as_str(), t)), &Default::default()).unwrap();
+
+    let golden = open("devB/transformer_forward_golden.safetensors");
+    let x = golden.get("x_BLC_wo_prefix").unwrap();
+    let run = |path: &std::path::Path| {
+        let m = Infinity::open(path).unwrap();
+        m.teacher_forced(&m.condition(&prompts(&golden)).unwrap(), x, &schedule(0.5)).unwrap()
+    };
+    let (half, full) = (run(&bf16_path), run(&f32_path));
+    std::fs::remove_dir_all(&dir).ok();
+    assert_golden("bf16 vs widened logits", &half, &full, 1e-5);
+}

@@ -3,12 +3,15 @@
 //!
 //! The fast path hands every operand to the `gemm` crate as (storage, offset, row stride,
 //! column stride), so transposed and strided views — above all wᵀ — are multiplied in place
-//! without a copy. `gemm_into` is also the kernel behind `conv2d`. `reference` holds the
-//! f64 triple loops the tests compare the fast path with.
+//! without a copy. `linear` also takes bf16/f16 weights as stored in a checkpoint: they are
+//! widened a block of output rows at a time, so a half-precision model never doubles in memory.
+//! `gemm_into` is also the kernel behind `conv2d`. `reference` holds the f64 triple loops the
+//! tests compare the fast path with.
 
 use gemm::Parallelism;
+use infinity_runtime::half::{bf16, f16};
 use infinity_runtime::layout::broadcast_shapes;
-use infinity_runtime::{Error, Layout, Result, Tensor};
+use infinity_runtime::{DType, Element, Error, Layout, Result, Tensor};
 use rayon::prelude::*;
 
 use crate::{f32_data, require_f32};
@@ -140,9 +143,13 @@ fn matmul_dims(a: &Tensor, b: &Tensor) -> Result<Dims> {
 }
 
 /// Checks x (..., in), w (out, in), bias (out) and returns x as a matrix stack of rank >= 2.
+/// The weight may be f32, bf16 or f16; x and the bias are f32.
 fn linear_dims(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<(Tensor, Dims)> {
-    for t in [Some(x), Some(w), bias].into_iter().flatten() {
+    for t in [Some(x), bias].into_iter().flatten() {
         require_f32("linear", t)?;
+    }
+    if !matches!(w.dtype(), DType::F32 | DType::BF16 | DType::F16) {
+        return Err(Error::UnsupportedDType { op: "linear", dtype: w.dtype() });
     }
     if w.rank() != 2 {
         return Err(Error::invalid("linear", w.shape(), "the weight must be (out_features, in_features)"));
@@ -231,11 +238,51 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     product("matmul", a, b, None, &dims)
 }
 
-/// x (..., in) · wᵀ + bias for w (out, in), bias (out) → (..., out).
+/// x (..., in) · wᵀ + bias for w (out, in), bias (out) → (..., out). The weight may be stored
+/// in bf16 or f16; the product is computed in f32 either way.
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (x2, dims) = linear_dims(x, w, bias)?;
-    let y = product("linear", &x2, &w.transpose(0, 1)?, bias, &dims)?;
+    let y = match w.dtype() {
+        DType::BF16 => linear_half::<bf16>(&x2, w, bias, &dims)?,
+        DType::F16 => linear_half::<f16>(&x2, w, bias, &dims)?,
+        _ => product("linear", &x2, &w.transpose(0, 1)?, bias, &dims)?,
+    };
     if x.rank() == 1 { y.squeeze(0) } else { Ok(y) }
+}
+
+/// Output features per widened block of a half-precision weight: about 1 MiB of f32, enough
+/// to keep gemm efficient, small enough to stay in cache and never to matter for memory.
+fn half_block_rows(k: usize) -> usize {
+    ((1 << 18) / k.max(1)).clamp(16, 4096)
+}
+
+/// `linear` for a half-precision weight: each block of output features is widened to f32 and
+/// multiplied straight into its columns of the output.
+fn linear_half<T: Element>(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, dims: &Dims) -> Result<Tensor> {
+    let Dims { m, k, n, .. } = *dims;
+    let rows = dims.batch.iter().product::<usize>() * m;
+    let xd = f32_data("linear", x)?;
+    let w = w.contiguous();
+    let wd = w.as_slice::<T>()?;
+    let mut out = vec![0.0f32; rows * n];
+    if let Some(bias) = bias {
+        let bias = f32_data("linear", bias)?;
+        out.chunks_mut(n.max(1)).for_each(|row| row.copy_from_slice(&bias));
+    }
+    let block = half_block_rows(k);
+    let mut widened = vec![0.0f32; block * k];
+    for start in (0..n).step_by(block) {
+        let nb = block.min(n - start);
+        let buf = &mut widened[..nb * k];
+        buf.par_chunks_mut(k.max(1)).zip(wd[start * k..(start + nb) * k].par_chunks(k.max(1))).for_each(|(d, s)| {
+            d.iter_mut().zip(s).for_each(|(d, &s)| *d = s.to_f32());
+        });
+        let lhs = MatRef { data: &xd, offset: 0, row_stride: k, col_stride: 1 };
+        // The block read transposed: element (j, c) of wᵀ is buf[c·k + j].
+        let rhs = MatRef { data: buf, offset: 0, row_stride: 1, col_stride: k };
+        gemm_into(&mut out[start..], n, lhs, rhs, (rows, k, nb), bias.is_some(), parallelism_for(rows, k, nb));
+    }
+    Tensor::from_vec(out, &dims.out_shape())
 }
 
 /// Scalar triple loops with f64 accumulation: the ground truth for the tests.
@@ -275,7 +322,7 @@ pub mod reference {
     pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let (x2, dims) = linear_dims(x, w, bias)?;
         let xd = expanded(&x2, &dims, dims.m, dims.k)?;
-        let wd = expanded(&w.transpose(0, 1)?, &dims, dims.k, dims.n)?;
+        let wd = expanded(&w.to_dtype(DType::F32).transpose(0, 1)?, &dims, dims.k, dims.n)?;
         let bias = bias.map(|b| b.to_vec::<f32>()).transpose()?;
         let mut shape = dims.out_shape();
         if x.rank() == 1 {

@@ -21,7 +21,7 @@ fn check_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) {
     let got = linear(x, w, bias).unwrap();
     let want = reference::linear(x, w, bias).unwrap();
     let abs_bias = bias.map(abs);
-    let magnitude = reference::linear(&abs(x), &abs(w), abs_bias.as_ref()).unwrap();
+    let magnitude = reference::linear(&abs(x), &abs(&w.to_dtype(DType::F32)), abs_bias.as_ref()).unwrap();
     // The bias is one more term of the sum.
     assert_within_dot_bound(&got, &want, &magnitude, w.shape()[1] + 1);
 }
@@ -78,6 +78,17 @@ proptest! {
         let w = randn(&[out, inp], seed ^ 1, 0.5);
         let bias = randn(&[out], seed ^ 2, 1.0);
         check_linear(&x, &w, with_bias.then_some(&bias));
+    }
+
+    #[test]
+    fn linear_takes_half_precision_weights(lead in 1usize..=5, inp in 1usize..=40, out in 1usize..=40,
+                                           with_bias: bool, seed: u64) {
+        let x = randn(&[lead, inp], seed, 1.0);
+        let bias = randn(&[out], seed ^ 2, 1.0);
+        for dtype in [DType::BF16, DType::F16] {
+            let w = randn(&[out, inp], seed ^ 1, 0.5).to_dtype(dtype);
+            check_linear(&x, &w, with_bias.then_some(&bias));
+        }
     }
 
     #[test]
@@ -154,4 +165,16 @@ fn bad_arguments_are_errors() {
         assert!(linear(&x, &w, b.as_ref()).is_err(), "{:?} {:?}", x.shape(), w.shape());
         assert!(reference::linear(&x, &w, b.as_ref()).is_err());
     }
+}
+
+/// A half-precision weight wide enough to be widened in several blocks, with a ragged last one.
+#[test]
+fn half_precision_weights_span_several_blocks() {
+    let x = randn(&[3, 2048], 5, 1.0);
+    let w = randn(&[300, 2048], 6, 0.02).to_dtype(DType::BF16);
+    let bias = randn(&[300], 7, 1.0);
+    check_linear(&x, &w, Some(&bias));
+    // The same numbers as multiplying the widened weight.
+    let widened = linear(&x, &w.to_dtype(DType::F32), Some(&bias)).unwrap();
+    assert_within_dot_bound(&linear(&x, &w, Some(&bias)).unwrap(), &widened, &reference::linear(&abs(&x), &abs(&w.to_dtype(DType::F32)), Some(&abs(&bias))).unwrap(), 2049);
 }

@@ -37,7 +37,10 @@ impl Params {
                 return Err(err(&entry.key, format!("dtype {} is not a floating-point type", t.dtype())));
             }
             if !entry.buffer {
-                tensors.insert(entry.key, t.to_dtype(DType::F32));
+                // Linear weights are used in their stored dtype (`linear` widens bf16/f16 a block
+                // at a time), so a half-precision checkpoint stays mapped instead of doubling.
+                let linear_weight = entry.shape.len() == 2 && entry.key.ends_with(".weight") && entry.key != "lvl_embed.weight";
+                tensors.insert(entry.key, if linear_weight { t.clone() } else { t.to_dtype(DType::F32) });
             }
         }
         let known: std::collections::HashSet<String> = config.entries().into_iter().map(|e| e.key).collect();

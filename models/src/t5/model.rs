@@ -16,7 +16,7 @@ use infinity_ops::matmul::linear;
 use infinity_ops::norm::rms_norm;
 use infinity_runtime::io::Weights;
 use infinity_runtime::rng::Philox;
-use infinity_runtime::{Error, Result, Tensor};
+use infinity_runtime::{DType, Error, Result, Tensor};
 
 use super::config::T5Config;
 use super::params::{Params, open_checkpoint};
@@ -133,7 +133,7 @@ impl T5Encoder {
             return Err(Error::invalid("t5.encode", lens, "every prompt needs at least one token (its EOS)"));
         }
         let ids = Tensor::from_vec(ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(), &[ids.len()])?;
-        let mut x = embedding(&self.embed, &ids)?;
+        let mut x = embedding(&self.embed, &ids)?.to_dtype(DType::F32);
         let biases = lens.iter().map(|&len| self.position_bias(len)).collect::<Result<Vec<_>>>()?;
         for layer in &self.layers {
             x = layer.forward(&x, lens, &biases, &self.config)?;

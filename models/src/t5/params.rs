@@ -99,7 +99,10 @@ impl Params {
                 let aliases = names[1..].iter().map(|a| format!(", nor under its alias '{a}'")).collect::<String>();
                 err(&entry.key, format!("missing{aliases} (expected shape {:?})", entry.shape))
             })?;
-            tensors.insert(entry.key.clone(), t.to_dtype(DType::F32));
+            // Matrices are used in their stored dtype (the linear layers and the embedding
+            // gather take bf16/f16 directly), so a half-precision checkpoint stays mapped.
+            let keep = entry.shape.len() == 2 && !entry.key.contains("relative_attention_bias");
+            tensors.insert(entry.key.clone(), if keep { t.clone() } else { t.to_dtype(DType::F32) });
         }
         if let Some((key, _)) = weights.iter().find(|(k, _)| !used.contains(k) && !is_ignored(k)) {
             return Err(err(key, "unexpected tensor: not part of the configured T5 encoder".into()));

@@ -1,20 +1,27 @@
 //! `infinity-run`: the command-line front end (argument parsing and reporting only).
-//! `inspect FILE` lists the tensors of a checkpoint; `reconstruct` runs an image through the
-//! BitVAE's bits and back. Any failure is one line on stderr, `error: <message>`, and exit
-//! code 2, before any output file is written.
+//! `generate` (the default) turns prompts into PNGs; `inspect FILE` lists the tensors of a
+//! checkpoint; `reconstruct` runs an image through the BitVAE's bits and back. Any failure is
+//! one line on stderr, `error: <message>`, and exit code 2, before any output file is written.
 
 use std::error::Error;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use infinity::models::bitvae::BitVae;
 use infinity::models::image::{fit_to, load_rgb, psnr, save_png, to_rgb8, to_tensor};
+use infinity::models::infinity::{SamplingConfig, generate};
+use infinity::models::pipeline::{ModelFiles, Pipeline};
 use infinity::models::schedule::{PATCH, PixelBudget, Template};
+use infinity::runtime::Device;
 use infinity::runtime::io::Weights;
+
+/// Where `generate` looks for a model when none is named.
+const DEFAULT_MODEL_DIR: &str = "assets/models/default";
 
 #[derive(Parser)]
 #[command(name = "infinity-run", version, about = "Infinity text-to-image inference")]
@@ -25,6 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate images from text prompts (the default command).
+    Generate(GenerateArgs),
     /// List the tensors of a checkpoint (.safetensors or PyTorch .pth).
     ///
     /// One line per tensor (name, dtype, shape) in file order, then the tensor count and the
@@ -53,8 +62,81 @@ enum Command {
     },
 }
 
+#[derive(Args)]
+struct GenerateArgs {
+    /// A prompt (repeat for several).
+    #[arg(short, long)]
+    prompt: Vec<String>,
+    /// Text for the unconditional half of guidance instead of the learned null text.
+    #[arg(long)]
+    negative_prompt: Option<String>,
+    /// A file with one prompt per line (blank lines skipped).
+    #[arg(long)]
+    prompt_file: Option<PathBuf>,
+    /// Random seed; chosen at random (and printed) when absent.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Guidance weight on the logits, one value or one per scale (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "3")]
+    cfg: Vec<f32>,
+    /// Logit temperature, one value or one per scale (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    tau: Vec<f32>,
+    /// Keep the k most likely values of each bit (1 = greedy; ≥ 2 keeps both).
+    #[arg(long, default_value_t = 900)]
+    top_k: usize,
+    /// Set a bit to its likelier value when the other has probability ≤ 1 − top_p (0 disables).
+    #[arg(long, default_value_t = 0.97)]
+    top_p: f32,
+    /// Take the likelier value of every bit (deterministic).
+    #[arg(long)]
+    greedy: bool,
+    /// Pixel budget: 0.06M (256²), 0.25M (512²), 0.60M or 1M (1024²); default: the model's, else 1M.
+    #[arg(long)]
+    pn: Option<PixelBudget>,
+    /// Aspect ratio H:W; the nearest official template is used.
+    #[arg(long, default_value = "1:1")]
+    ratio: String,
+    /// Images per prompt.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Output PNG; several images are numbered (out_0000.png, …).
+    #[arg(short, long, default_value = "out.png")]
+    out: PathBuf,
+    /// A model folder with config.json and the weight files.
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+    /// Transformer checkpoint (instead of --model-dir).
+    #[arg(long, requires_all = ["vae", "t5", "t5_config", "tokenizer"], conflicts_with = "model_dir")]
+    transformer: Option<PathBuf>,
+    /// BitVAE checkpoint.
+    #[arg(long, requires = "transformer")]
+    vae: Option<PathBuf>,
+    /// T5 encoder weights: file, sharded index json, or Hugging Face folder.
+    #[arg(long, requires = "transformer")]
+    t5: Option<PathBuf>,
+    /// T5 config.json.
+    #[arg(long, requires = "transformer")]
+    t5_config: Option<PathBuf>,
+    /// tokenizer.json of the T5 encoder.
+    #[arg(long, requires = "transformer")]
+    tokenizer: Option<PathBuf>,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+}
+
+/// The subcommand names; anything else on the command line means `generate`.
+const COMMANDS: [&str; 4] = ["generate", "inspect", "reconstruct", "help"];
+
 fn main() -> ExitCode {
-    let result = match Cli::parse().command {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let first = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
+    if !(COMMANDS.contains(&first) || ["-h", "--help", "-V", "--version"].contains(&first)) {
+        args.insert(1, "generate".into());
+    }
+    let result = match Cli::parse_from(args).command {
+        Command::Generate(g) => run_generate(g),
         Command::Inspect { file } => inspect(&file),
         Command::Reconstruct { vae, image, pn, out } => reconstruct(&vae, &image, pn, &out),
     };
@@ -77,6 +159,156 @@ fn inspect(file: &Path) -> Result<(), Box<dyn Error>> {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
     }
+}
+
+/// `H:W` → H/W, refusing ratios no template comes near.
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    let bad = || format!("--ratio '{s}' is not H:W with positive numbers (e.g. 16:9)");
+    let (h, w) = s.split_once(':').ok_or_else(bad)?;
+    let (h, w): (f64, f64) = (h.trim().parse().map_err(|_| bad())?, w.trim().parse().map_err(|_| bad())?);
+    let r = h / w;
+    if !(r.is_finite() && r > 0.0) {
+        return Err(bad());
+    }
+    if !(1.0 / 3.5..=3.5).contains(&r) {
+        return Err(format!("--ratio {s}: the templates span 1:3 to 3:1"));
+    }
+    Ok(r)
+}
+
+fn prompts_of(g: &GenerateArgs) -> Result<Vec<String>, Box<dyn Error>> {
+    let mut prompts = g.prompt.clone();
+    if let Some(file) = &g.prompt_file {
+        let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        prompts.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
+    }
+    if prompts.is_empty() {
+        return Err("no prompt: give -p/--prompt or --prompt-file".into());
+    }
+    Ok(prompts)
+}
+
+/// `out.png` for a single image, else `out_0000.png`, `out_0001.png`, ….
+fn output_path(out: &Path, index: usize, total: usize) -> PathBuf {
+    if total == 1 {
+        return out.to_path_buf();
+    }
+    let stem = out.file_stem().map_or("out".into(), |s| s.to_string_lossy().into_owned());
+    out.with_file_name(format!("{stem}_{index:04}.png"))
+}
+
+/// Peak resident memory of this process in MiB (Linux), if the kernel tells.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
+    // Everything that can be refused is refused before a weight is read.
+    g.device.ensure_available("generate")?;
+    let prompts = prompts_of(&g)?;
+    let ratio = parse_ratio(&g.ratio)?;
+    if g.batch == 0 {
+        return Err("--batch must be at least 1".into());
+    }
+    check_output(&g.out)?;
+    let files = match (&g.transformer, &g.model_dir) {
+        (Some(t), _) => ModelFiles {
+            transformer: t.clone(),
+            vae: g.vae.clone().ok_or("--vae is required with --transformer")?,
+            t5: g.t5.clone().ok_or("--t5 is required with --transformer")?,
+            t5_config: g.t5_config.clone().ok_or("--t5-config is required with --transformer")?,
+            tokenizer: g.tokenizer.clone().ok_or("--tokenizer is required with --transformer")?,
+            default_pn: None,
+        },
+        (None, Some(dir)) => ModelFiles::from_dir(dir)?,
+        (None, None) => ModelFiles::from_dir(Path::new(DEFAULT_MODEL_DIR)).map_err(|e| {
+            format!("no model given (--model-dir or --transformer …) and the default model could not be read: {e}")
+        })?,
+    };
+    files.check_exist()?;
+    let pn = g.pn.or(files.default_pn).unwrap_or(PixelBudget::P1M);
+    let template = Template::nearest(ratio).ok_or("bad ratio")?;
+    let schedule = template.schedule(pn);
+    let sampling = SamplingConfig {
+        cfg: g.cfg.clone(),
+        tau: g.tau.clone(),
+        top_k: g.top_k,
+        top_p: g.top_p,
+        greedy: g.greedy,
+        seed: g.seed.unwrap_or_else(random_seed),
+    };
+    sampling.validate(schedule.num_scales())?;
+    if g.seed.is_none() {
+        println!("seed {}", sampling.seed);
+    }
+    let (h, w) = schedule.pixel_size();
+    println!("{h}x{w} (H x W; template h/w {}, {pn}, {} scales, {} tokens)", template.ratio(), schedule.num_scales(), schedule.seq_len());
+
+    let start = Instant::now();
+    let mut pipeline = Pipeline::load(&files)?;
+    println!("loaded models in {:.2} s", start.elapsed().as_secs_f64());
+
+    let start = Instant::now();
+    let mut texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    texts.extend(g.negative_prompt.as_deref());
+    let mut encoded = pipeline.encode_prompts(&texts)?;
+    pipeline.drop_text_encoder();
+    let negative = if g.negative_prompt.is_some() { encoded.pop().map(|e| e.features) } else { None };
+    for (p, e) in prompts.iter().zip(&encoded) {
+        if e.truncated {
+            eprintln!("warning: prompt cut to the text encoder's 512 tokens: {p:.60}…");
+        }
+    }
+    let text_time = start.elapsed().as_secs_f64();
+
+    let total = prompts.len() * g.batch;
+    let (mut transformer_time, mut decode_time) = (0.0, 0.0);
+    for (i, (prompt, enc)) in prompts.iter().zip(&encoded).enumerate() {
+        let batch_prompts = vec![enc.features.clone(); g.batch];
+        let negatives = negative.as_ref().map(|n| vec![n.clone(); g.batch]);
+        let bar = ProgressBar::new(schedule.num_scales() as u64).with_style(
+            ProgressStyle::with_template("{msg:>12} [{bar:30}] scale {pos}/{len} {elapsed_precise}").unwrap_or(ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("prompt {}/{}", i + 1, prompts.len()));
+        let start = Instant::now();
+        let out = generate(&pipeline.transformer, &batch_prompts, negatives.as_deref(), &schedule, &sampling, &[], |_| bar.inc(1))?;
+        bar.finish_and_clear();
+        transformer_time += start.elapsed().as_secs_f64();
+
+        let start = Instant::now();
+        let images = to_rgb8(&pipeline.vae.decode(&out.summed_codes)?)?;
+        decode_time += start.elapsed().as_secs_f64();
+        for (b, rgb) in images.iter().enumerate() {
+            let index = i * g.batch + b;
+            let path = output_path(&g.out, index, total);
+            let mut text = vec![
+                ("prompt", prompt.clone()),
+                ("parameters", format!(
+                    "seed={} batch_index={b} cfg={:?} tau={:?} top_k={} top_p={} greedy={} pn={pn} ratio={} template={} size={w}x{h} transformer={}",
+                    sampling.seed, sampling.cfg, sampling.tau, sampling.top_k, sampling.top_p, sampling.greedy, g.ratio, template.ratio(), files.transformer.display()
+                )),
+                ("Software", format!("infinity-run {}", env!("CARGO_PKG_VERSION"))),
+            ];
+            if let Some(n) = &g.negative_prompt {
+                text.push(("negative_prompt", n.clone()));
+            }
+            save_png(&path, w, h, rgb, &text)?;
+            println!("wrote {}", path.display());
+        }
+    }
+    println!("time: text {text_time:.2} s, transformer {transformer_time:.2} s, decode {decode_time:.2} s");
+    if let Some(mib) = peak_rss_mib() {
+        println!("peak memory {mib:.0} MiB");
+    }
+    Ok(())
+}
+
+/// A seed from the clock and the process id, for runs that did not ask for one.
+fn random_seed() -> u64 {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    (nanos ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 1
 }
 
 /// Refuses an output path whose folder does not exist, before any slow work.

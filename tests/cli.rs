@@ -174,3 +174,81 @@ fn reconstruct_refuses_bad_input_without_writing() {
         assert!(!out_path.exists());
     }
 }
+
+/// A model folder over the devA fixtures (tiny random weights) and the test tokenizer.
+fn dev_model_dir(dir: &Path, vae_set: &str) -> PathBuf {
+    let model = dir.join(format!("model-{vae_set}"));
+    std::fs::create_dir_all(&model).unwrap();
+    let f = |rel: &str| fixture(rel).display().to_string();
+    let config = serde_json::json!({
+        "transformer": f("devA/transformer.safetensors"),
+        "vae": f(&format!("{vae_set}/vae.safetensors")),
+        "t5": f("devA/t5_encoder.safetensors"),
+        "t5_config": f("devA/t5_config.json"),
+        "tokenizer": f("tokenizer/tokenizer.json"),
+        "pn": "0.06M",
+    });
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+    model
+}
+
+fn run(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_infinity-run")).args(args).output().unwrap()
+}
+
+/// tEXt chunks of a PNG.
+fn png_text(path: &Path) -> Vec<(String, String)> {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let reader = decoder.read_info().unwrap();
+    reader.info().uncompressed_latin1_text.iter().map(|t| (t.keyword.clone(), t.text.clone())).collect()
+}
+
+#[test]
+fn generate_is_deterministic_per_seed_and_records_its_parameters() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-generate");
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dev_model_dir(&dir, "devA");
+    let generate = |out: &Path, seed: &str| {
+        let o = run(&["-p".as_ref(), "a red cat".as_ref(), "--model-dir".as_ref(), model.as_os_str(), "--seed".as_ref(), seed.as_ref(), "--batch".as_ref(), "2".as_ref(), "-o".as_ref(), out.as_os_str()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        stdout(&o)
+    };
+    let log = generate(&dir.join("a.png"), "7");
+    assert!(log.contains("256x256") && log.contains("peak memory"), "{log}");
+    generate(&dir.join("b.png"), "7");
+    generate(&dir.join("c.png"), "8");
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    assert_eq!(read("a_0000.png"), read("b_0000.png"), "same seed, same image");
+    assert_ne!(read("a_0000.png"), read("a_0001.png"), "batch entries differ");
+    assert_ne!(read("a_0000.png"), read("c_0000.png"), "another seed, another image");
+    let text = png_text(&dir.join("a_0001.png"));
+    assert!(text.contains(&("prompt".into(), "a red cat".into())), "{text:?}");
+    let params = &text.iter().find(|(k, _)| k == "parameters").unwrap().1;
+    assert!(params.contains("seed=7") && params.contains("batch_index=1") && params.contains("pn=0.06M"), "{params}");
+}
+
+#[test]
+fn generate_refuses_impossible_requests_before_working() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-generate-bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dev_model_dir(&dir, "devA");
+    let mismatched = dev_model_dir(&dir, "devB"); // 16-bit VAE under a 32-bit transformer
+    let out = dir.join("never.png");
+    let nowhere = dir.join("nowhere");
+    let cases: [(Vec<&std::ffi::OsStr>, &str); 5] = [
+        (vec!["-p".as_ref(), "x".as_ref(), "--model-dir".as_ref(), mismatched.as_os_str()], "vae.safetensors"),
+        (vec!["-p".as_ref(), "x".as_ref(), "--model-dir".as_ref(), good.as_os_str(), "--ratio".as_ref(), "wide".as_ref()], "--ratio"),
+        (vec!["-p".as_ref(), "x".as_ref(), "--model-dir".as_ref(), nowhere.as_os_str()], "nowhere"),
+        (vec!["--model-dir".as_ref(), good.as_os_str()], "no prompt"),
+        (vec!["-p".as_ref(), "x".as_ref(), "--model-dir".as_ref(), good.as_os_str(), "--device".as_ref(), "cuda".as_ref()], "cuda"),
+    ];
+    for (mut args, named) in cases {
+        args.extend(["-o".as_ref(), out.as_os_str()]);
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        let err = String::from_utf8(o.stderr.clone()).unwrap();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(named), "{named}: {err}");
+        assert!(!out.exists());
+    }
+}

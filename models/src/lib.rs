@@ -3,5 +3,6 @@
 pub mod bitvae;
 pub mod image;
 pub mod infinity;
+pub mod pipeline;
 pub mod schedule;
 pub mod t5;

@@ -28,7 +28,9 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 /// Asserts max |got − golden| ≤ `tol` (the golden may have extra unit dimensions).
 #[track_caller]
 pub fn assert_golden(what: &str, got: &Tensor, golden: &Tensor, tol: f32) {
-    let golden = golden.reshape(got.shape()).unwrap_or_else(|_| panic!("{what}: shape {:?} vs golden {:?}", got.shape(), golden.shape()));
+    let golden = golden
+        .reshape(got.shape())
+        .unwrap_or_else(|_| panic!("{what}: shape {:?} vs golden {:?}", got.shape(), golden.shape()));
     let diff = max_abs_diff(got, &golden);
     assert!(diff <= tol, "{what}: max |diff| {diff:e} > {tol:e}");
     eprintln!("{what}: max |diff| {diff:.2e} (tolerance {tol:.1e})");

@@ -6,7 +6,6 @@ mod net;
 mod params;
 pub mod quantizer;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use infinity_runtime::io::Weights;
@@ -54,10 +53,7 @@ impl BitVae {
 
     /// Builds the model, detecting the configuration from the tensor shapes.
     pub fn from_weights(weights: &Weights) -> Result<Self> {
-        let shapes: BTreeMap<String, Vec<usize>> = weights.iter().map(|(k, t)| (k.to_string(), t.shape().to_vec())).collect();
-        let config = BitVaeConfig::detect(&shapes)
-            .map_err(|msg| Error::format(weights.path(), format!("not a known BitVAE configuration: {msg}")))?;
-        Self::with_config(weights, config)
+        Self::with_config(weights, detect_config(weights)?)
     }
 
     pub fn with_config(weights: &Weights, config: BitVaeConfig) -> Result<Self> {
@@ -102,8 +98,14 @@ impl BitVae {
     }
 }
 
+/// The configuration a state dict's shapes imply; the error names the file.
+pub fn detect_config(weights: &Weights) -> Result<BitVaeConfig> {
+    BitVaeConfig::detect(&weights.shapes())
+        .map_err(|msg| Error::format(weights.path(), format!("not a known BitVAE configuration: {msg}")))
+}
+
 /// The VAE's state dict: official `.pth` files keep it under the key `vae`.
-fn state_dict(path: impl AsRef<Path>) -> Result<Weights> {
+pub fn state_dict(path: impl AsRef<Path>) -> Result<Weights> {
     let weights = Weights::open(path)?;
     if weights.iter().any(|(k, _)| k.starts_with("vae.")) { weights.strip_prefix("vae.") } else { Ok(weights) }
 }

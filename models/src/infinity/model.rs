@@ -1,7 +1,6 @@
 //! The Infinity transformer: loading, per-prompt conditioning, the per-scale forward pass
 //! through the KV cache, and the bitwise head.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use infinity_ops::elementwise::add;
@@ -43,10 +42,13 @@ impl Infinity {
     /// Loads a flat state dict (official `.pth` or safetensors), detecting the configuration.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let weights = Weights::open(path)?;
-        let shapes: BTreeMap<String, Vec<usize>> = weights.iter().map(|(k, t)| (k.to_string(), t.shape().to_vec())).collect();
-        let config = InfinityConfig::detect(&shapes)
-            .map_err(|msg| Error::format(weights.path(), format!("not a known Infinity transformer: {msg}")))?;
-        Self::with_config(&weights, config)
+        Self::with_config(&weights, Self::detect_config(&weights)?)
+    }
+
+    /// The configuration a state dict's shapes imply; the error names the file.
+    pub fn detect_config(weights: &Weights) -> Result<InfinityConfig> {
+        InfinityConfig::detect(&weights.shapes())
+            .map_err(|msg| Error::format(weights.path(), format!("not a known Infinity transformer: {msg}")))
     }
 
     pub fn open_with_config(path: impl AsRef<Path>, config: InfinityConfig) -> Result<Self> {

@@ -92,6 +92,11 @@ impl Weights {
         self.entries.iter().map(|(name, t)| (name.as_str(), t))
     }
 
+    /// Name → shape of every tensor: what configuration detection looks at.
+    pub fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        self.entries.iter().map(|(name, t)| (name.clone(), t.shape().to_vec())).collect()
+    }
+
     pub fn total_params(&self) -> usize {
         self.entries.iter().map(|(_, t)| t.numel()).sum()
     }

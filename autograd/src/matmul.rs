@@ -1,0 +1,44 @@
+//! `matmul` and `linear` on `Var`s, mirroring `infinity_ops::matmul`. The backward products
+//! run on the same gemm-backed ops with transposed views (no copies):
+//! for y = a·b, da = g·bᵀ and db = aᵀ·g, summed over broadcast batch dimensions;
+//! for y = x·wᵀ + bias, dx = g·w, dw = gᵀ·x over all rows, dbias = Σ_rows g.
+
+use infinity_ops::matmul as mm;
+use infinity_ops::reduce::sum;
+use infinity_runtime::Result;
+
+use crate::Var;
+use crate::util::sum_to_shape;
+
+/// a (..., M, K) · b (..., K, N) → (batch..., M, N), batch dimensions broadcast.
+pub fn matmul(a: &Var, b: &Var) -> Result<Var> {
+    let value = mm::matmul(a.value(), b.value())?;
+    let (av, bv) = (a.value().clone(), b.value().clone());
+    Var::record("matmul", &[a, b], value, move |g, needs| {
+        let last = |t: &infinity_runtime::Tensor| t.transpose(t.rank() - 2, t.rank() - 1);
+        let da = needs[0].then(|| sum_to_shape(&mm::matmul(g, &last(&bv)?)?, av.shape())).transpose()?;
+        let db = needs[1].then(|| sum_to_shape(&mm::matmul(&last(&av)?, g)?, bv.shape())).transpose()?;
+        Ok(vec![da, db])
+    })
+}
+
+/// x (..., in) · wᵀ + bias for w (out, in), bias (out) → (..., out).
+pub fn linear(x: &Var, w: &Var, bias: Option<&Var>) -> Result<Var> {
+    let value = mm::linear(x.value(), w.value(), bias.map(Var::value))?;
+    let (xv, wv) = (x.value().clone(), w.value().clone());
+    let inputs: Vec<&Var> = [Some(x), Some(w), bias].into_iter().flatten().collect();
+    Var::record("linear", &inputs, value, move |g, needs| {
+        let (out_f, in_f) = (wv.shape()[0], wv.shape()[1]);
+        // linear(g, wᵀ) = g·w.
+        let dx = needs[0].then(|| mm::linear(g, &wv.transpose(0, 1)?, None)).transpose()?;
+        // Every leading dimension is a row of the product.
+        let rows = g.numel() / out_f.max(1);
+        let g2 = g.reshape(&[rows, out_f])?;
+        let dw = needs[1].then(|| mm::matmul(&g2.transpose(0, 1)?, &xv.reshape(&[rows, in_f])?)).transpose()?;
+        let mut grads = vec![dx, dw];
+        if needs.len() == 3 {
+            grads.push(needs[2].then(|| sum(&g2, &[0], false)).transpose()?);
+        }
+        Ok(grads)
+    })
+}

@@ -1,0 +1,71 @@
+//! Plumbing shared by the backward rules: the elementwise map that evaluates derivative
+//! formulas, the sum that undoes broadcasting, and index-tensor reading.
+
+use std::borrow::Cow;
+
+use infinity_ops::f32_data;
+use infinity_ops::reduce::sum;
+use infinity_runtime::{DType, Error, Result, Tensor};
+use rayon::prelude::*;
+
+/// Elements per parallel task of `zip_map`: below this the pool's overhead dominates.
+const MAP_CHUNK: usize = 1 << 15;
+
+/// `out[i] = f([t[i] for t in inputs])` for f32 tensors of one shape (any layouts); the
+/// result is contiguous. Derivative formulas that no op expresses in one pass run here.
+pub(crate) fn zip_map<const N: usize>(
+    op: &'static str,
+    inputs: [&Tensor; N],
+    f: impl Fn([f32; N]) -> f32 + Sync,
+) -> Result<Tensor> {
+    let shape = inputs[0].shape();
+    if let Some(other) = inputs.iter().find(|t| t.shape() != shape) {
+        return Err(Error::ShapeMismatch { op, lhs: shape.to_vec(), rhs: other.shape().to_vec() });
+    }
+    let data = inputs.map(|t| f32_data(op, t));
+    let data: Vec<Cow<[f32]>> = data.into_iter().collect::<Result<_>>()?;
+    let mut out = vec![0f32; inputs[0].numel()];
+    let fill = |start: usize, chunk: &mut [f32]| {
+        for (i, o) in chunk.iter_mut().enumerate() {
+            *o = f(std::array::from_fn(|k| data[k][start + i]));
+        }
+    };
+    if out.len() <= MAP_CHUNK {
+        fill(0, &mut out);
+    } else {
+        out.par_chunks_mut(MAP_CHUNK).enumerate().for_each(|(c, chunk)| fill(c * MAP_CHUNK, chunk));
+    }
+    Tensor::from_vec(out, shape)
+}
+
+/// Sums `g` (shaped like a broadcast result) down to `shape`, the shape of an operand that
+/// was broadcast: the adjoint of broadcasting sums over every dimension it replicated.
+pub(crate) fn sum_to_shape(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    if g.shape() == shape {
+        return Ok(g.clone());
+    }
+    let lead = g.rank().checked_sub(shape.len()).ok_or_else(|| Error::ShapeMismatch {
+        op: "sum_to_shape",
+        lhs: g.shape().to_vec(),
+        rhs: shape.to_vec(),
+    })?;
+    let dims: Vec<usize> =
+        (0..g.rank()).filter(|&d| d < lead || (shape[d - lead] == 1 && g.shape()[d] != 1)).collect();
+    // An empty list would make `sum` reduce everything; here it means only size-1 dims differ.
+    if dims.is_empty() { g.reshape(shape) } else { sum(g, &dims, true)?.reshape(shape) }
+}
+
+/// The positions held by an I64 or I32 index tensor that an op's forward already validated.
+pub(crate) fn read_indices(op: &'static str, indices: &Tensor) -> Result<Vec<usize>> {
+    // The forward checked every index against its bound, so the casts cannot wrap.
+    match indices.dtype() {
+        DType::I64 => Ok(indices.to_vec::<i64>()?.into_iter().map(|i| i as usize).collect()),
+        DType::I32 => Ok(indices.to_vec::<i32>()?.into_iter().map(|i| i as usize).collect()),
+        dtype => Err(Error::UnsupportedDType { op, dtype }),
+    }
+}
+
+/// The products of the dimensions before and after `dim`.
+pub(crate) fn outer_inner(shape: &[usize], dim: usize) -> (usize, usize) {
+    (shape[..dim].iter().product(), shape[dim + 1..].iter().product())
+}

@@ -1,0 +1,112 @@
+//! End-to-end generation timing (a plain bench binary: one 2B image takes minutes on a CPU,
+//! beyond criterion's repetitions). Random weights; CFG on; 256² (0.06M, 7 scales).
+//!
+//! - layer12 (125M) with the d32 VAE: transformer and decode times, beside the official
+//!   PyTorch figures on this 2-core machine: 1.96 s (transformer, 220 GFLOP) + 4.61 s (decode).
+//! - 2B with bf16 weights written to a local safetensors file and mapped back (set
+//!   `INFINITY_BENCH_2B=1`; needs ~5 GB of disk and minutes): time and peak RSS.
+//!
+//! Under `cargo test` (no `--bench` argument) it runs a tiny configuration once as a smoke test.
+
+use std::time::Instant;
+
+use infinity::models::bitvae::{BitVae, BitVaeConfig};
+use infinity::models::infinity::{Infinity, InfinityConfig, SamplingConfig, generate};
+use infinity::models::schedule::{PixelBudget, Template};
+use infinity::runtime::io::{Weights, save_safetensors};
+use infinity::runtime::rng::Philox;
+use infinity::runtime::{DType, Tensor};
+
+/// Text features of one 16-token prompt.
+fn prompt(text_channels: usize) -> Tensor {
+    Tensor::from_vec(Philox::new(3).normal(16 * text_channels), &[16, text_channels]).unwrap()
+}
+
+/// Seconds of one transformer run and one decode.
+fn time_once(model: &Infinity, vae: &BitVae) -> (f64, f64) {
+    let schedule = Template::exact(1.0).unwrap().schedule(PixelBudget::P006M);
+    let sampling = SamplingConfig { seed: 1, ..Default::default() };
+    let t = Instant::now();
+    let out = generate(model, &[prompt(model.config.text_channels)], None, &schedule, &sampling, &[], |_| {}).unwrap();
+    let transformer = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    vae.decode(&out.summed_codes).unwrap();
+    (transformer, t.elapsed().as_secs_f64())
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+}
+
+fn layer12(runs: usize) {
+    let model = Infinity::random(InfinityConfig::preset("layer12").unwrap(), 0).unwrap();
+    let vae = BitVae::random(BitVaeConfig::preset("d32").unwrap(), 0).unwrap();
+    let mut times: Vec<(f64, f64)> = (0..runs).map(|_| time_once(&model, &vae)).collect();
+    times.sort_by(|a, b| (a.0 + a.1).total_cmp(&(b.0 + b.1)));
+    let (t, d) = times[times.len() / 2];
+    println!(
+        "layer12 256² CFG: transformer {t:.2} s ({:.0} GFLOP/s at ~220 GFLOP) + d32 decode {d:.2} s ({:.0} GFLOP/s at 616 GFLOP); official PyTorch here: 1.96 s + 4.61 s; median of {runs}",
+        220.0 / t,
+        616.0 / d
+    );
+}
+
+/// Writes random 2B weights in bf16 to `path` (what a bf16 release file holds), tensor by tensor.
+fn write_2b(path: &std::path::Path) {
+    let config = InfinityConfig::preset("2b").unwrap();
+    let mut rng = Philox::new(5);
+    let tensors: Vec<(String, Tensor)> = config
+        .entries()
+        .into_iter()
+        .filter(|e| !e.buffer)
+        .map(|e| {
+            let n: usize = e.shape.iter().product();
+            let scale = 1.0 / (*e.shape.last().unwrap() as f32).sqrt();
+            let values = if e.key.ends_with("scale_mul_1H11") { vec![4f32.ln(); n] } else { rng.normal(n).into_iter().map(|x| x * scale).collect() };
+            (e.key, Tensor::from_vec(values, &e.shape).unwrap().to_dtype(DType::BF16))
+        })
+        .collect();
+    save_safetensors(path, tensors.iter().map(|(k, t)| (k.as_str(), t)), &Default::default()).unwrap();
+}
+
+fn two_b() {
+    let dir = std::env::temp_dir().join("infinity-bench-2b");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("infinity_2b_random_bf16.safetensors");
+    if !path.exists() {
+        write_2b(&path);
+    }
+    let base_rss = peak_rss_mib();
+    let t = Instant::now();
+    let weights = Weights::open(&path).unwrap();
+    let model = Infinity::with_config(&weights, Infinity::detect_config(&weights).unwrap()).unwrap();
+    let load = t.elapsed().as_secs_f64();
+    let vae = BitVae::random(BitVaeConfig::preset("d32").unwrap(), 0).unwrap();
+    let (t, d) = time_once(&model, &vae);
+    println!(
+        "2B (bf16 file, mapped) 256² CFG: load {load:.1} s, transformer {t:.1} s ({:.0} GFLOP/s at ~4.1 TFLOP), decode {d:.1} s; peak RSS {:.0} MiB (before loading: {base_rss:.0} MiB; the file is {:.1} GB)",
+        4100.0 / t,
+        peak_rss_mib(),
+        std::fs::metadata(&path).map_or(0.0, |m| m.len() as f64 / 1e9)
+    );
+}
+
+fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    if !bench {
+        // Smoke test under `cargo test`: the smallest real presets' pipeline once, tiny widths.
+        let config = InfinityConfig { depth: 2, embed_dim: 64, num_heads: 2, mlp_hidden: 128, text_channels: 32, bits: 16, block_chunks: 2, text_maxlen: 32, spatial_patchify: false };
+        let model = Infinity::random(config, 0).unwrap();
+        let vae = BitVae::random(BitVaeConfig { base_ch: 32, ch_mult: vec![1; 5], num_res_blocks: 1, z_channels: 16, patch: 16 }, 0).unwrap();
+        let (t, d) = time_once(&model, &vae);
+        println!("generate bench smoke run: transformer {t:.2} s, decode {d:.2} s");
+        return;
+    }
+    layer12(3);
+    if std::env::var_os("INFINITY_BENCH_2B").is_some() {
+        two_b();
+    } else {
+        println!("SKIP: 2B generation (writes a 4.4 GB bf16 file and takes minutes): set INFINITY_BENCH_2B=1");
+    }
+}

@@ -1,0 +1,140 @@
+//! Text to image: where a model's files are (a model folder with `config.json`, or explicit
+//! paths), the checks that the three models fit together — made from tensor shapes alone,
+//! before any weight is converted — and the stages prompts → T5 features → bits → image.
+
+use std::path::{Path, PathBuf};
+
+use infinity_runtime::io::Weights;
+use infinity_runtime::{Error, Result, Tensor};
+use serde_json::Value;
+
+use crate::bitvae::{self, BitVae};
+use crate::infinity::Infinity;
+use crate::schedule::{PATCH, PixelBudget};
+use crate::t5::{T5Config, T5Encoder, T5Tokenizer};
+
+/// The files of one text-to-image model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelFiles {
+    pub transformer: PathBuf,
+    pub vae: PathBuf,
+    /// T5 encoder weights: a safetensors/.pth file, a sharded index json or a Hugging Face folder.
+    pub t5: PathBuf,
+    /// The encoder's Hugging Face `config.json`.
+    pub t5_config: PathBuf,
+    pub tokenizer: PathBuf,
+    /// The pixel budget the model was trained for, when its folder says so.
+    pub default_pn: Option<PixelBudget>,
+}
+
+impl ModelFiles {
+    /// Reads `dir/config.json`: `{"transformer", "vae", "t5", "t5_config", "tokenizer"}` file
+    /// names relative to the folder (defaults: transformer.safetensors, vae.safetensors,
+    /// t5.safetensors, t5_config.json, tokenizer.json) and optionally `"pn"`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| Error::format(&config_path, format!("not valid JSON: {e}")))?;
+        let file = |key: &str, default: &str| -> Result<PathBuf> {
+            match v.get(key) {
+                None => Ok(dir.join(default)),
+                Some(Value::String(name)) => Ok(dir.join(name)),
+                Some(_) => Err(Error::format(&config_path, format!("'{key}' must be a file name"))),
+            }
+        };
+        let default_pn = match v.get("pn") {
+            None => None,
+            Some(Value::String(s)) => Some(s.parse().map_err(|e: String| Error::format(&config_path, e))?),
+            Some(_) => return Err(Error::format(&config_path, "'pn' must be a string such as \"0.06M\"")),
+        };
+        Ok(ModelFiles {
+            transformer: file("transformer", "transformer.safetensors")?,
+            vae: file("vae", "vae.safetensors")?,
+            t5: file("t5", "t5.safetensors")?,
+            t5_config: file("t5_config", "t5_config.json")?,
+            tokenizer: file("tokenizer", "tokenizer.json")?,
+            default_pn,
+        })
+    }
+
+    /// Fails on the first file that does not exist, naming it.
+    pub fn check_exist(&self) -> Result<()> {
+        for p in [&self.transformer, &self.vae, &self.t5, &self.t5_config, &self.tokenizer] {
+            if !p.exists() {
+                return Err(Error::io(p, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The three models, loaded and checked against each other.
+pub struct Pipeline {
+    pub tokenizer: T5Tokenizer,
+    /// Dropped after the prompts are encoded (`drop_text_encoder`): it is the largest model.
+    pub t5: Option<T5Encoder>,
+    pub transformer: Infinity,
+    pub vae: BitVae,
+}
+
+/// One prompt's features and whether its text was cut to the tokenizer's limit.
+pub struct EncodedPrompt {
+    pub features: Tensor,
+    pub truncated: bool,
+}
+
+impl Pipeline {
+    /// Maps the weight files, detects every configuration from the tensor shapes and checks
+    /// that the models fit together before building them.
+    pub fn load(files: &ModelFiles) -> Result<Self> {
+        files.check_exist()?;
+        let t5_config = T5Config::open(&files.t5_config)?;
+        let tw = Weights::open(&files.transformer)?;
+        let tc = Infinity::detect_config(&tw)?;
+        let vw = bitvae::state_dict(&files.vae)?;
+        let vc = bitvae::detect_config(&vw)?;
+        let vae_bits = vc.z_channels * if tc.spatial_patchify { 4 } else { 1 };
+        if vae_bits != tc.bits {
+            return Err(Error::format(
+                &files.vae,
+                format!("the VAE makes {vae_bits}-bit tokens but {} predicts {} bits per token", files.transformer.display(), tc.bits),
+            ));
+        }
+        if vc.patch != PATCH {
+            return Err(Error::format(&files.vae, format!("patch {} VAEs do not fit the image schedules (patch {PATCH})", vc.patch)));
+        }
+        if t5_config.d_model != tc.text_channels {
+            return Err(Error::format(
+                &files.t5_config,
+                format!("the text encoder is {} wide but {} expects {}-wide text features", t5_config.d_model, files.transformer.display(), tc.text_channels),
+            ));
+        }
+        let tokenizer = T5Tokenizer::open(&files.tokenizer)?;
+        Ok(Pipeline {
+            tokenizer,
+            t5: Some(T5Encoder::open(&files.t5, t5_config)?),
+            transformer: Infinity::with_config(&tw, tc)?,
+            vae: BitVae::with_config(&vw, vc)?,
+        })
+    }
+
+    /// T5 features of each prompt (its valid tokens only, EOS included).
+    pub fn encode_prompts(&self, prompts: &[&str]) -> Result<Vec<EncodedPrompt>> {
+        let t5 = self.t5.as_ref().ok_or_else(|| Error::invalid("pipeline.encode_prompts", &[], "the text encoder was already dropped"))?;
+        let vocab = t5.config.vocab_size;
+        prompts
+            .iter()
+            .map(|p| {
+                let enc = self.tokenizer.encode(p)?;
+                if let Some(&bad) = enc.ids.iter().find(|&&id| id as usize >= vocab) {
+                    return Err(Error::invalid("pipeline.encode_prompts", &[enc.ids.len()], format!("token id {bad} is outside the text encoder's vocabulary of {vocab}: tokenizer and encoder do not belong together")));
+                }
+                Ok(EncodedPrompt { features: t5.encode(&enc.ids)?, truncated: enc.truncated })
+            })
+            .collect()
+    }
+
+    pub fn drop_text_encoder(&mut self) {
+        self.t5 = None;
+    }
+}

@@ -3,6 +3,7 @@
 pub mod bitvae;
 pub mod image;
 pub mod infinity;
+mod params;
 pub mod pipeline;
 pub mod schedule;
 pub mod t5;

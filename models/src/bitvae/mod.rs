@@ -58,7 +58,7 @@ impl BitVae {
 
     pub fn with_config(weights: &Weights, config: BitVaeConfig) -> Result<Self> {
         config.validate().map_err(|msg| Error::format(weights.path(), msg))?;
-        let mut p = params::Params::gather(weights, &config)?;
+        let mut p = params::gather(weights, &config)?;
         let encoder = Encoder::load(&mut p, &config)?;
         let decoder = Decoder::load(&mut p, &config)?;
         Ok(BitVae { config, encoder, decoder })

@@ -8,7 +8,7 @@ use infinity_ops::resize::{ResizeMode, resize};
 use infinity_runtime::{Result, Tensor};
 
 use super::config::BitVaeConfig;
-use super::params::Params;
+use crate::params::Params;
 
 const GROUPS: usize = 32;
 const EPS: f32 = 1e-6;

@@ -1,59 +1,29 @@
-//! Gathers a BitVAE's tensors from a checkpoint: accepts the native (`x.conv.weight`) and
-//! the flat (`x.weight`) key forms, checks every shape against the configuration, and fails
-//! on missing or unexpected tensors (the official loader silently ignores both).
+//! Gathers a BitVAE's tensors from a checkpoint in the native (`x.conv.weight`) or the flat
+//! (`x.weight`) key form, both of which the official loader accepts.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::HashSet;
 
+use infinity_runtime::Result;
 use infinity_runtime::io::Weights;
-use infinity_runtime::{DType, Error, Result, Tensor};
 
 use super::config::{BitVaeConfig, flat_key};
+use crate::params::{Params, Use, refuse_unexpected};
 
-pub(super) struct Params {
-    path: PathBuf,
-    tensors: HashMap<String, Tensor>,
-}
-
-impl Params {
-    pub(super) fn gather(weights: &Weights, config: &BitVaeConfig) -> Result<Self> {
-        let path = weights.path().to_path_buf();
-        let err = |key: &str, msg: String| Error::Tensor { path: path.clone(), key: key.to_string(), msg };
-        let mut tensors = HashMap::new();
-        let mut used = Vec::new();
-        for entry in config.entries().into_iter().filter(|e| !e.buffer) {
-            let flat = flat_key(&entry.key);
-            let (stored_key, t) = match (weights.contains(&entry.key), weights.contains(&flat)) {
-                (true, _) => (entry.key.clone(), weights.get(&entry.key)?),
-                (false, true) => (flat.clone(), weights.get(&flat)?),
-                (false, false) => return Err(err(&entry.key, format!("missing (expected shape {:?})", entry.shape))),
-            };
-            if t.shape() != entry.shape.as_slice() {
-                return Err(err(&stored_key, format!("shape {:?} does not fit the detected configuration, which needs {:?}", t.shape(), entry.shape)));
-            }
-            if !t.dtype().is_float() {
-                return Err(err(&stored_key, format!("dtype {} is not a floating-point type", t.dtype())));
-            }
-            used.push(stored_key);
-            tensors.insert(entry.key, t.to_dtype(DType::F32));
-        }
-        // Anything else inside the networks means an architecture we do not build (e.g. attention).
-        let known: std::collections::HashSet<&str> = used.iter().map(String::as_str).collect();
-        if let Some((key, _)) = weights
-            .iter()
-            .find(|(k, _)| (k.starts_with("encoder.") || k.starts_with("decoder.")) && !known.contains(k))
-        {
-            return Err(err(key, "unexpected tensor: not part of the detected BitVAE configuration".into()));
-        }
-        Ok(Params { path, tensors })
+pub(super) fn gather(weights: &Weights, config: &BitVaeConfig) -> Result<Params> {
+    let mut p = Params::new(weights);
+    let mut used = HashSet::new();
+    for entry in config.entries().into_iter().filter(|e| !e.buffer) {
+        let flat = flat_key(&entry.key);
+        let stored = match (weights.contains(&entry.key), weights.contains(&flat)) {
+            (true, _) => entry.key.clone(),
+            (false, true) => flat,
+            (false, false) => return Err(p.error(&entry.key, format!("missing (expected shape {:?})", entry.shape))),
+        };
+        // Convolutions and norms run in f32.
+        p.insert(weights, &entry.key, &stored, &entry.shape, Use::F32)?;
+        used.insert(stored);
     }
-
-    /// Removes and returns a tensor by its native key (present after `gather`).
-    pub(super) fn take(&mut self, key: &str) -> Result<Tensor> {
-        self.tensors.remove(key).ok_or_else(|| Error::Tensor {
-            path: self.path.clone(),
-            key: key.to_string(),
-            msg: "requested twice or not part of the configuration".into(),
-        })
-    }
+    // Inside the networks anything else means an architecture we do not build (e.g. attention).
+    refuse_unexpected(weights, |k| used.contains(k) || !(k.starts_with("encoder.") || k.starts_with("decoder.")), "BitVAE configuration")?;
+    Ok(p)
 }

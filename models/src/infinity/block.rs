@@ -11,7 +11,7 @@ use infinity_ops::rope::rope_interleaved;
 use infinity_runtime::{Result, Tensor};
 
 use super::config::InfinityConfig;
-use super::params::Params;
+use crate::params::Params;
 use super::text::{Conditioning, packed_attention, split_kv, zero_k_bias};
 
 pub(super) const EPS: f32 = 1e-6;

@@ -12,7 +12,7 @@ use infinity_runtime::{Error, Result, Tensor};
 
 use super::block::{Block, KvCache, TextKv, modulate};
 use super::config::InfinityConfig;
-use super::params::Params;
+use super::params::gather;
 use super::rope::scale_table;
 use super::text::{Conditioning, PackedText, TextPath};
 use crate::schedule::Schedule;
@@ -57,7 +57,7 @@ impl Infinity {
 
     pub fn with_config(weights: &Weights, config: InfinityConfig) -> Result<Self> {
         config.validate().map_err(|msg| Error::format(weights.path(), msg))?;
-        let mut p = Params::gather(weights, &config)?;
+        let mut p = gather(weights, &config)?;
         let blocks = (0..config.depth).map(|i| Block::load(&mut p, &config, i)).collect::<Result<_>>()?;
         Ok(Infinity {
             text: TextPath::load(&mut p, &config)?,

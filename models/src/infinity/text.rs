@@ -10,7 +10,7 @@ use infinity_ops::norm::rms_norm;
 use infinity_runtime::{DType, Error, Result, Tensor};
 
 use super::config::InfinityConfig;
-use super::params::Params;
+use crate::params::Params;
 
 const EPS: f32 = 1e-6;
 

@@ -19,7 +19,8 @@ use infinity_runtime::rng::Philox;
 use infinity_runtime::{DType, Error, Result, Tensor};
 
 use super::config::T5Config;
-use super::params::{Params, open_checkpoint};
+use super::params::{gather, open_checkpoint};
+use crate::params::Params;
 
 pub struct T5Encoder {
     pub config: T5Config,
@@ -75,7 +76,7 @@ impl T5Encoder {
 
     pub fn with_weights(weights: &Weights, config: T5Config) -> Result<Self> {
         config.validate().map_err(|msg| Error::format(weights.path(), msg))?;
-        let mut p = Params::gather(weights, &config)?;
+        let mut p = gather(weights, &config)?;
         let layers = (0..config.num_layers).map(|i| Layer::load(&mut p, i)).collect::<Result<_>>()?;
         Ok(T5Encoder {
             embed: p.take("shared.weight")?,

@@ -3,14 +3,15 @@
 //! entry must be present (the tied embedding under either of its names) with its exact shape;
 //! the decoder and LM head of a full T5 checkpoint are ignored, anything else is refused.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
 
 use infinity_runtime::io::Weights;
-use infinity_runtime::{DType, Error, Result, Tensor};
+use infinity_runtime::{Error, Result};
 use serde_json::Value;
 
 use super::config::T5Config;
+use crate::params::{Params, Use, refuse_unexpected};
 
 /// The files a Hugging Face T5 folder holds its weights in, sharded first.
 const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -63,58 +64,28 @@ fn open_sharded(index: &Path) -> Result<Weights> {
     Weights::new(index, entries, Default::default())
 }
 
-pub(super) struct Params {
-    path: PathBuf,
-    tensors: HashMap<String, Tensor>,
-}
-
-impl Params {
-    pub(super) fn gather(weights: &Weights, config: &T5Config) -> Result<Self> {
-        let path = weights.path().to_path_buf();
-        let err = |key: &str, msg: String| Error::Tensor { path: path.clone(), key: key.to_string(), msg };
-        let entries = config.entries();
-        let mut used = HashSet::new();
-        let mut tensors = HashMap::new();
-        for entry in entries.iter().filter(|e| e.alias_of.is_none()) {
-            // The entry's own name first, then its aliases; every stored name must fit.
-            let names: Vec<&String> = std::iter::once(&entry.key)
-                .chain(entries.iter().filter(|a| a.alias_of.as_ref() == Some(&entry.key)).map(|a| &a.key))
-                .collect();
-            let mut stored = None;
-            for &name in names.iter().filter(|n| weights.contains(n)) {
-                let t = weights.get(name)?;
-                if t.shape() != entry.shape.as_slice() {
-                    return Err(err(
-                        name,
-                        format!("shape {:?} does not fit the configuration, which needs {:?}", t.shape(), entry.shape),
-                    ));
-                }
-                if !t.dtype().is_float() {
-                    return Err(err(name, format!("dtype {} is not a floating-point type", t.dtype())));
-                }
-                used.insert(name.as_str());
-                stored.get_or_insert(t);
-            }
-            let t = stored.ok_or_else(|| {
-                let aliases = names[1..].iter().map(|a| format!(", nor under its alias '{a}'")).collect::<String>();
-                err(&entry.key, format!("missing{aliases} (expected shape {:?})", entry.shape))
-            })?;
-            // Matrices are used in their stored dtype (the linear layers and the embedding
-            // gather take bf16/f16 directly), so a half-precision checkpoint stays mapped.
-            let keep = entry.shape.len() == 2 && !entry.key.contains("relative_attention_bias");
-            tensors.insert(entry.key.clone(), if keep { t.clone() } else { t.to_dtype(DType::F32) });
+pub(super) fn gather(weights: &Weights, config: &T5Config) -> Result<Params> {
+    let mut p = Params::new(weights);
+    let entries = config.entries();
+    let mut used = HashSet::new();
+    for entry in entries.iter().filter(|e| e.alias_of.is_none()) {
+        // The entry's own name first, then its aliases; every stored name must fit.
+        let names: Vec<&String> = std::iter::once(&entry.key)
+            .chain(entries.iter().filter(|a| a.alias_of.as_ref() == Some(&entry.key)).map(|a| &a.key))
+            .collect();
+        let present: Vec<&String> = names.iter().copied().filter(|n| weights.contains(n)).collect();
+        if present.is_empty() {
+            let aliases = names[1..].iter().map(|a| format!(", nor under its alias '{a}'")).collect::<String>();
+            return Err(p.error(&entry.key, format!("missing{aliases} (expected shape {:?})", entry.shape)));
         }
-        if let Some((key, _)) = weights.iter().find(|(k, _)| !used.contains(k) && !is_ignored(k)) {
-            return Err(err(key, "unexpected tensor: not part of the configured T5 encoder".into()));
+        // Matrices are used in their stored dtype (the linear layers and the embedding gather
+        // take bf16/f16 directly), so a half-precision checkpoint stays mapped.
+        let use_ = if entry.shape.len() == 2 && !entry.key.contains("relative_attention_bias") { Use::AsStored } else { Use::F32 };
+        for &name in &present {
+            p.insert(weights, &entry.key, name, &entry.shape, use_)?;
+            used.insert(name.as_str());
         }
-        Ok(Params { path, tensors })
     }
-
-    pub(super) fn take(&mut self, key: &str) -> Result<Tensor> {
-        self.tensors.remove(key).ok_or_else(|| Error::Tensor {
-            path: self.path.clone(),
-            key: key.to_string(),
-            msg: "requested twice or not part of the configuration".into(),
-        })
-    }
+    refuse_unexpected(weights, |k| used.contains(k) || is_ignored(k), "T5 encoder configuration")?;
+    Ok(p)
 }

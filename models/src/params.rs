@@ -1,0 +1,67 @@
+//! A model's tensors gathered from a checkpoint: each one checked against the shape its
+//! configuration implies (errors name the file and the stored key), kept in its stored dtype
+//! where the model multiplies it as a linear weight (so half-precision files stay mapped) and
+//! widened to f32 otherwise, then handed to the layers by name. The official loaders skip
+//! missing and surplus tensors silently; these checks refuse both.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use infinity_runtime::io::Weights;
+use infinity_runtime::{DType, Error, Result, Tensor};
+
+/// How a layer uses a tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Use {
+    /// Multiplied by `linear` (or gathered row-wise), which takes bf16/f16 as stored.
+    AsStored,
+    /// Needed in f32 (norm weights, biases, embeddings added to activations, ...).
+    F32,
+}
+
+pub(crate) struct Params {
+    path: PathBuf,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl Params {
+    pub(crate) fn new(weights: &Weights) -> Self {
+        Params { path: weights.path().to_path_buf(), tensors: HashMap::new() }
+    }
+
+    pub(crate) fn error(&self, key: &str, msg: impl Into<String>) -> Error {
+        Error::Tensor { path: self.path.clone(), key: key.to_string(), msg: msg.into() }
+    }
+
+    /// Checks the stored tensor `stored` against `shape` and keeps it under `key` (the name the
+    /// layers ask for, which an alias or the flat key form may differ from).
+    pub(crate) fn insert(&mut self, weights: &Weights, key: &str, stored: &str, shape: &[usize], use_: Use) -> Result<()> {
+        let t = weights.get(stored)?;
+        if t.shape() != shape {
+            return Err(self.error(stored, format!("shape {:?} does not fit the configuration, which needs {shape:?}", t.shape())));
+        }
+        if !t.dtype().is_float() {
+            return Err(self.error(stored, format!("dtype {} is not a floating-point type", t.dtype())));
+        }
+        let t = match use_ {
+            Use::AsStored => t.clone(),
+            Use::F32 => t.to_dtype(DType::F32),
+        };
+        self.tensors.insert(key.to_string(), t);
+        Ok(())
+    }
+
+    /// Removes and returns a tensor by the name `insert` kept it under.
+    pub(crate) fn take(&mut self, key: &str) -> Result<Tensor> {
+        self.tensors.remove(key).ok_or_else(|| self.error(key, "requested twice or not part of the configuration"))
+    }
+}
+
+/// Refuses the first tensor that `expected` does not accept: a checkpoint holding more than the
+/// model builds is a different architecture, and its extra weights would be lost silently.
+pub(crate) fn refuse_unexpected(weights: &Weights, expected: impl Fn(&str) -> bool, model: &str) -> Result<()> {
+    match weights.iter().find(|(k, _)| !expected(k)) {
+        Some((key, _)) => Err(Error::tensor(weights.path(), key, format!("unexpected tensor: not part of the detected {model}"))),
+        None => Ok(()),
+    }
+}

@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Generate images from text prompts (the default command).
-    Generate(GenerateArgs),
+    Generate(Box<GenerateArgs>),
     /// List the tensors of a checkpoint (.safetensors or PyTorch .pth).
     ///
     /// One line per tensor (name, dtype, shape) in file order, then the tensor count and the
@@ -136,7 +136,7 @@ fn main() -> ExitCode {
         args.insert(1, "generate".into());
     }
     let result = match Cli::parse_from(args).command {
-        Command::Generate(g) => run_generate(g),
+        Command::Generate(g) => run_generate(*g),
         Command::Inspect { file } => inspect(&file),
         Command::Reconstruct { vae, image, pn, out } => reconstruct(&vae, &image, pn, &out),
     };

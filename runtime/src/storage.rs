@@ -45,7 +45,7 @@ impl CpuStorage {
 
     /// `range` must lie inside the map and hold a whole number of elements (checked by the loaders).
     pub(crate) fn mapped(map: Arc<Mmap>, range: Range<usize>, dtype: DType) -> Self {
-        debug_assert!(range.end <= map.len() && range.len() % dtype.size_in_bytes() == 0);
+        debug_assert!(range.end <= map.len() && range.len().is_multiple_of(dtype.size_in_bytes()));
         CpuStorage { buffer: Buffer::Mapped { map, range }, dtype }
     }
 

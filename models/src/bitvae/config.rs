@@ -96,7 +96,7 @@ impl BitVaeConfig {
         if self.num_downsamples() > self.num_levels() {
             return Err(format!("patch {} needs more than {} levels", self.patch, self.num_levels()));
         }
-        if self.ch_mult.iter().any(|&m| (self.base_ch * m) % 32 != 0) || self.base_ch == 0 {
+        if self.ch_mult.iter().any(|&m| !(self.base_ch * m).is_multiple_of(32)) || self.base_ch == 0 {
             return Err("every level's channel count must be a positive multiple of 32 (GroupNorm groups)".into());
         }
         if self.z_channels == 0 || self.num_res_blocks == 0 {

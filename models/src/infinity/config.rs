@@ -93,14 +93,14 @@ impl InfinityConfig {
         if positive.contains(&0) {
             return Err("every size must be positive".into());
         }
-        if self.embed_dim % self.num_heads != 0 || self.head_dim() % 4 != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) || !self.head_dim().is_multiple_of(4) {
             return Err(format!("width {} does not split into {} heads of a multiple of 4 (2-D RoPE)", self.embed_dim, self.num_heads));
         }
-        if self.depth % self.block_chunks != 0 {
+        if !self.depth.is_multiple_of(self.block_chunks) {
             return Err(format!("depth {} is not divisible into {} chunks", self.depth, self.block_chunks));
         }
         let hp = self.pool_heads();
-        if hp == 0 || self.text_channels % hp != 0 || self.embed_dim % hp != 0 {
+        if hp == 0 || !self.text_channels.is_multiple_of(hp) || !self.embed_dim.is_multiple_of(hp) {
             return Err(format!("text width {} and width {} do not split into the pool's heads", self.text_channels, self.embed_dim));
         }
         Ok(())

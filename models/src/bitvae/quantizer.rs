@@ -70,7 +70,7 @@ pub fn quantize(latent: &Tensor, grids: &[(usize, usize)]) -> Result<Quantized> 
 }
 
 /// (B, d, h, w) f32 → (B, h, w, d) u8 with 1 where the value is > 0 (0 and NaN give 0).
-fn sign_bits(x: &Tensor) -> Result<Tensor> {
+pub(crate) fn sign_bits(x: &Tensor) -> Result<Tensor> {
     let v = x.permute(&[0, 2, 3, 1])?.to_vec::<f32>()?;
     let (b, d, h, w) = (x.dim(0)?, x.dim(1)?, x.dim(2)?, x.dim(3)?);
     Tensor::from_vec(v.into_iter().map(|x| u8::from(x > 0.0)).collect::<Vec<u8>>(), &[b, h, w, d])

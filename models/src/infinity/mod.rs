@@ -8,6 +8,7 @@ mod model;
 mod params;
 pub mod rope;
 pub mod sampler;
+pub mod teacher;
 mod text;
 
 pub use block::KvCache;

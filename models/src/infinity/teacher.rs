@@ -1,0 +1,89 @@
+//! Training targets: the bit labels of every scale and the transformer's teacher-forcing
+//! inputs, built from a VAE latent the way the official trainer's Bitwise Self-Correction does.
+//! At each scale the labels are the signs of the residual against the codes accumulated so
+//! far; with BSC some bits are flipped before their codes join the accumulation, so later
+//! inputs carry the mistakes and later labels point back towards the true latent.
+
+use infinity_ops::elementwise::{add, sub};
+use infinity_ops::resize::{ResizeMode, resize};
+use infinity_runtime::rng::{Philox, philox_u32, u32_to_unit_f32};
+use infinity_runtime::{DType, Error, Result, Tensor};
+
+use crate::bitvae::quantizer::{codes_from_bits, resize_codes, sign_bits};
+
+/// Which bits are flipped before their codes are accumulated.
+pub enum Flips<'a> {
+    /// Plain teacher forcing.
+    None,
+    /// Given masks, one (B, h, w, d) u8 per scale (1 = flip): a recorded run replayed.
+    Masks(&'a [Tensor]),
+    /// BSC: per scale a probability p = k/100 with k uniform in 0..=100·`strength` (one p for
+    /// the whole batch, as the official trainer draws it), then each bit flipped with p.
+    Random { strength: f32, rng: &'a mut Philox },
+}
+
+pub struct TeacherForcing {
+    /// Per scale (B, h, w, d) u8: the bits the model must predict.
+    pub labels: Vec<Tensor>,
+    /// (B, L − 1, d): inputs of scales 1.. (scale 0 is fed the start token).
+    pub inputs: Tensor,
+    /// Per scale, the fraction of bits flipped.
+    pub flip_rates: Vec<f32>,
+}
+
+/// Draws the flip mask of one scale from `rng`.
+fn random_mask(shape: &[usize], strength: f32, rng: &mut Philox) -> Result<Tensor> {
+    let steps = (strength * 100.0).round() as u32;
+    let k = (u32_to_unit_f32(philox_u32(rng.seed, rng.offset)) * (steps + 1) as f32) as u32;
+    rng.offset += 1;
+    let rate = k.min(steps) as f32 / 100.0;
+    let mask: Vec<u8> = rng.uniform(shape.iter().product()).into_iter().map(|u| u8::from(u < rate)).collect();
+    Tensor::from_vec(mask, shape)
+}
+
+fn xor(bits: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    if mask.shape() != bits.shape() || mask.dtype() != DType::U8 {
+        return Err(Error::ShapeMismatch { op: "teacher_forcing (flip mask)", lhs: mask.shape().to_vec(), rhs: bits.shape().to_vec() });
+    }
+    let v: Vec<u8> = bits.to_vec::<u8>()?.iter().zip(mask.to_vec::<u8>()?).map(|(b, m)| b ^ (m & 1)).collect();
+    Tensor::from_vec(v, bits.shape())
+}
+
+/// Labels and inputs for `latent` (B, d, H, W) over `grids` (the last must be (H, W)).
+pub fn teacher_forcing(latent: &Tensor, grids: &[(usize, usize)], mut flips: Flips) -> Result<TeacherForcing> {
+    if latent.rank() != 4 || grids.last() != Some(&(latent.dim(2)?, latent.dim(3)?)) {
+        return Err(Error::invalid("teacher_forcing", latent.shape(), format!("the last scale of {grids:?} must be the latent grid")));
+    }
+    let (b, d) = (latent.dim(0)?, latent.dim(1)?);
+    let full = (latent.dim(2)?, latent.dim(3)?);
+    let mut cum = Tensor::zeros(latent.shape(), DType::F32);
+    let (mut labels, mut inputs, mut flip_rates) = (Vec::new(), Vec::new(), Vec::new());
+    for (k, &grid) in grids.iter().enumerate() {
+        let residual = sub(latent, &cum)?;
+        let r = if grid == full { residual } else { resize(&residual, grid, ResizeMode::Area)? };
+        let gt = sign_bits(&r)?;
+        let mask = match &mut flips {
+            Flips::None => None,
+            Flips::Masks(masks) => Some(
+                masks.get(k).cloned().ok_or_else(|| Error::invalid("teacher_forcing", &[masks.len()], format!("no flip mask for scale {k}")))?,
+            ),
+            Flips::Random { strength, rng } => Some(random_mask(gt.shape(), *strength, rng)?),
+        };
+        let (pred, rate) = match mask {
+            None => (gt.clone(), 0.0),
+            Some(m) => {
+                let flipped = m.to_vec::<u8>()?.iter().filter(|&&x| x & 1 == 1).count();
+                (xor(&gt, &m)?, flipped as f32 / m.numel().max(1) as f32)
+            }
+        };
+        cum = add(&cum, &resize_codes(&codes_from_bits(&pred)?, full)?)?;
+        if let Some(&(nh, nw)) = grids.get(k + 1) {
+            inputs.push(resize_codes(&cum, (nh, nw))?.permute(&[0, 2, 3, 1])?.reshape(&[b, nh * nw, d])?);
+        }
+        labels.push(gt);
+        flip_rates.push(rate);
+    }
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let inputs = if refs.is_empty() { Tensor::zeros(&[b, 0, d], DType::F32) } else { infinity_ops::index::concat(&refs, 1)? };
+    Ok(TeacherForcing { labels, inputs, flip_rates })
+}

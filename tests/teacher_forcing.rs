@@ -1,0 +1,62 @@
+//! Training targets against the official trainer (devA, one step): labels and teacher-forcing
+//! inputs without Bitwise Self-Correction, and with it, replaying the trainer's recorded flip
+//! masks; plus the statistics of our own random flips.
+
+mod common;
+
+use common::{assert_golden, open};
+use infinity::models::infinity::teacher::{Flips, teacher_forcing};
+use infinity::models::schedule::{PixelBudget, Template};
+use infinity::ops::index::concat;
+use infinity::runtime::Tensor;
+use infinity::runtime::rng::Philox;
+
+fn grids() -> Vec<(usize, usize)> {
+    Template::exact(1.0).unwrap().schedule(PixelBudget::P006M).grids
+}
+
+/// Per-scale (B, h, w, d) labels flattened and concatenated to (B, L, d).
+fn flat(labels: &[Tensor]) -> Tensor {
+    let rows: Vec<Tensor> = labels.iter().map(|t| { let s = t.shape(); t.reshape(&[s[0], s[1] * s[2], s[3]]).unwrap() }).collect();
+    concat(&rows.iter().collect::<Vec<_>>(), 1).unwrap()
+}
+
+#[test]
+fn plain_teacher_forcing_matches_the_trainer() {
+    let g = open("train/teacher_forcing.safetensors");
+    let tf = teacher_forcing(g.get("raw_features").unwrap(), &grids(), Flips::None).unwrap();
+    assert!(flat(&tf.labels).same_values(g.get("off.gt_bits").unwrap()), "labels");
+    assert_golden("inputs (BSC off)", &tf.inputs, g.get("off.x_BLC_wo_prefix").unwrap(), 1e-6);
+    assert!(tf.flip_rates.iter().all(|&r| r == 0.0));
+}
+
+#[test]
+fn bsc_with_recorded_flips_matches_the_trainer() {
+    let g = open("train/teacher_forcing.safetensors");
+    let masks: Vec<Tensor> = (0..7)
+        .map(|k| { let m = g.get(&format!("bsc.flip_mask_scale{k:02}")).unwrap(); let s = m.shape(); m.reshape(&[s[0], s[2], s[3], s[4]]).unwrap() })
+        .collect();
+    let tf = teacher_forcing(g.get("raw_features").unwrap(), &grids(), Flips::Masks(&masks)).unwrap();
+    assert!(flat(&tf.labels).same_values(g.get("bsc.gt_bits").unwrap()), "labels");
+    assert_golden("inputs (BSC)", &tf.inputs, g.get("bsc.x_BLC_wo_prefix").unwrap(), 1e-6);
+    // The README's flipped fractions per scale.
+    for (got, want) in tf.flip_rates.iter().zip([0.1875, 0.1367, 0.2959, 0.2235, 0.2278, 0.254, 0.1351]) {
+        assert!((got - want).abs() < 5e-4, "{got} vs {want}");
+    }
+}
+
+#[test]
+fn random_flips_follow_their_drawn_rates_and_the_seed() {
+    let latent = Tensor::from_vec(Philox::new(4).normal(2 * 16 * 64 * 64), &[2, 16, 64, 64]).unwrap();
+    let grids = Template::exact(1.0).unwrap().schedule(PixelBudget::P1M).grids;
+    let run = |seed| teacher_forcing(&latent, &grids, Flips::Random { strength: 0.3, rng: &mut Philox::new(seed) }).unwrap();
+    let (a, b) = (run(1), run(1));
+    assert!(a.inputs.same_values(&b.inputs) && a.flip_rates == b.flip_rates, "same seed, same flips");
+    assert!(!a.inputs.same_values(&run(2).inputs));
+    assert!(a.flip_rates.iter().all(|&r| (0.0..=0.31).contains(&r)));
+    // The big scales have enough bits for the drawn rate to show as a whole percentage.
+    for &r in &a.flip_rates[9..] {
+        let nearest = (r * 100.0).round() / 100.0;
+        assert!((r - nearest).abs() < 0.004, "{r}");
+    }
+}

@@ -44,8 +44,12 @@ fn input_grad(g: &Tensor, x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Ten
     let ((h, wd), (kh, kw), (ho, wo)) = (spatial(x), spatial(w), spatial(g));
     let [top, _, left, _] = p.padding.map(|v| v as isize);
     let dilated = |out: usize| ((out - 1) * p.stride + 1) as isize;
-    let pads =
-        [kh as isize - 1 - top, h as isize - dilated(ho) + top, kw as isize - 1 - left, wd as isize - dilated(wo) + left];
+    let pads = [
+        kh as isize - 1 - top,
+        h as isize - dilated(ho) + top,
+        kw as isize - 1 - left,
+        wd as isize - dilated(wo) + left,
+    ];
     let padded = dilate_pad(g, p.stride, pads)?;
     cv::conv2d(&padded, &flip_transpose(w)?, None, Conv2dParams::new(1, 0))
 }
@@ -71,9 +75,8 @@ fn dilate_pad(g: &Tensor, stride: usize, [top, bottom, left, right]: [isize; 4])
     };
     let (h2, w2) = (size(ho, top, bottom)?, size(wo, left, right)?);
     // Position of output row/column `i` in the padded map, if it lands inside.
-    let place = |i: usize, before: isize, len: usize| {
-        usize::try_from((i * stride) as isize + before).ok().filter(|&p| p < len)
-    };
+    let place =
+        |i: usize, before: isize, len: usize| usize::try_from((i * stride) as isize + before).ok().filter(|&p| p < len);
     let gd = f32_data("conv2d", g)?;
     let mut out = vec![0f32; n * c * h2 * w2];
     for (src, dst) in gd.chunks(ho * wo).zip(out.chunks_mut(h2 * w2)) {
@@ -98,7 +101,8 @@ fn flip_transpose(w: &Tensor) -> Result<Tensor> {
         for ci in 0..cin {
             for ky in 0..kh {
                 for kx in 0..kw {
-                    out[((ci * cout + co) * kh + kh - 1 - ky) * kw + kw - 1 - kx] = wd[((co * cin + ci) * kh + ky) * kw + kx];
+                    out[((ci * cout + co) * kh + kh - 1 - ky) * kw + kw - 1 - kx] =
+                        wd[((co * cin + ci) * kh + ky) * kw + kx];
                 }
             }
         }

@@ -56,6 +56,8 @@ fn operand_grads(
 /// Applies `op` to every element.
 pub fn unary(op: UnaryOp, x: &Var) -> Result<Var> {
     let value = ew::unary(op, x.value())?;
+    // Both views are kept, whichever the rule reads: in a network the activation it does not
+    // read is the neighbouring op's saved input or output anyway.
     let (xv, out) = (x.value().clone(), value.clone());
     Var::record(op.name(), &[x], value, move |g, _| Ok(vec![Some(unary_backward(op, g, &xv, &out)?)]))
 }
@@ -94,7 +96,15 @@ fn unary_backward(op: UnaryOp, g: &Tensor, x: &Tensor, y: &Tensor) -> Result<Ten
         // Piecewise constant: zero almost everywhere (PyTorch's convention at 0 too).
         UnaryOp::Sign => Ok(Tensor::zeros(x.shape(), DType::F32)),
         UnaryOp::Neg => ew::neg(g),
-        UnaryOp::Abs => zip_map(name, [g, x], |[g, x]| if x > 0.0 { g } else if x < 0.0 { -g } else { 0.0 }),
+        UnaryOp::Abs => zip_map(name, [g, x], |[g, x]| {
+            if x > 0.0 {
+                g
+            } else if x < 0.0 {
+                -g
+            } else {
+                0.0
+            }
+        }),
         UnaryOp::Sqrt => zip_map(name, [g, y], |[g, y]| g / (2.0 * y)),
         UnaryOp::Square => zip_map(name, [g, x], |[g, x]| 2.0 * x * g),
         // PyTorch passes the gradient where lo <= x <= hi (bounds included).
@@ -142,15 +152,15 @@ pub fn clamp(x: &Var, lo: f32, hi: f32) -> Result<Var> {
 
 /// Expands to one wrapper per scalar form: `name(x, s) = x op s`.
 macro_rules! scalar_fns {
-    ($($name:ident => $op:ident),* $(,)?) => {$(
-        #[doc = concat!("`x ", stringify!($op), " s` for a scalar `s`.")]
+    ($($name:ident => $op:ident $symbol:literal),* $(,)?) => {$(
+        #[doc = concat!("`x ", $symbol, " s` for a scalar `s`.")]
         pub fn $name(x: &Var, s: f32) -> Result<Var> {
             unary(UnaryOp::Scalar(BinaryOp::$op, s), x)
         }
     )*};
 }
 
-scalar_fns!(add_scalar => Add, sub_scalar => Sub, mul_scalar => Mul, div_scalar => Div);
+scalar_fns!(add_scalar => Add "+", sub_scalar => Sub "-", mul_scalar => Mul "*", div_scalar => Div "/");
 
 /// Expands to one wrapper per parameterless unary op.
 macro_rules! unary_fns {

@@ -26,9 +26,14 @@ pub struct BitwiseLoss {
 pub fn bitwise_cross_entropy(logits: &Var, labels: &Tensor, token_weights: &Tensor) -> Result<BitwiseLoss> {
     let dims = Dims::check(logits.value(), labels, token_weights)?;
     let (x, y) = (f32_data(OP, logits.value())?, labels.to_vec::<u8>()?);
+    let saved = logits.value().clone();
     let w = token_weights.broadcast_to(&[dims.batch, dims.tokens])?.to_vec::<f32>()?;
     if let Some(pos) = y.iter().position(|&b| b > 1) {
-        return Err(Error::invalid(OP, labels.shape(), format!("label {} at flat position {pos} is not 0 or 1", y[pos])));
+        return Err(Error::invalid(
+            OP,
+            labels.shape(),
+            format!("label {} at flat position {pos} is not 0 or 1", y[pos]),
+        ));
     }
     let d = dims.bits;
     let per_token: Vec<f32> = (0..dims.batch * dims.tokens)
@@ -43,6 +48,7 @@ pub fn bitwise_cross_entropy(logits: &Var, labels: &Tensor, token_weights: &Tens
     let shape = logits.shape().to_vec();
     let loss = Var::record(OP, &[logits], value, move |g, _| {
         let g = f64::from(g.to_f32_vec()[0]) / (dims.batch * d) as f64;
+        let x = f32_data(OP, &saved)?;
         let mut dx = vec![0f32; x.len()];
         for (t, row) in dx.chunks_mut(2 * d).enumerate() {
             let scale = g * f64::from(w[t]);
@@ -83,7 +89,8 @@ impl Dims {
         if width % 2 != 0 {
             return Err(Error::invalid(OP, logits.shape(), "the logit width must be even (one pair per bit)"));
         }
-        let mismatch = |t: &Tensor| Error::ShapeMismatch { op: OP, lhs: logits.shape().to_vec(), rhs: t.shape().to_vec() };
+        let mismatch =
+            |t: &Tensor| Error::ShapeMismatch { op: OP, lhs: logits.shape().to_vec(), rhs: t.shape().to_vec() };
         if labels.shape() != [batch, tokens, width / 2] {
             return Err(mismatch(labels));
         }

@@ -186,11 +186,11 @@ fn block_backward(norm: &Norm, x: &[f32], g: &[f32], w: &[f32], dx: &mut [f32], 
     let normalized = |i: usize| (f64::from(x[i]) - mean) * inv;
     let gy = |i: usize| f64::from(g[i]) * f64::from(w[channel(i)]);
     let (mut sum_gy, mut sum_gyx) = (0.0, 0.0);
-    for i in 0..x.len() {
+    for (i, &gi) in g.iter().enumerate() {
         sum_gy += gy(i);
         sum_gyx += gy(i) * normalized(i);
-        sums.dw[channel(i)] += f64::from(g[i]) * normalized(i);
-        sums.db[channel(i)] += f64::from(g[i]);
+        sums.dw[channel(i)] += f64::from(gi) * normalized(i);
+        sums.db[channel(i)] += f64::from(gi);
     }
     for (i, d) in dx.iter_mut().enumerate() {
         let v = match stat {

@@ -77,7 +77,11 @@ impl Tape {
     fn push(&self, node: Node) -> Result<usize> {
         let mut nodes = self.lock();
         if nodes.spent {
-            return Err(Error::invalid(node.op, &node.shape, "the tape was consumed by a backward pass; use a new tape"));
+            return Err(Error::invalid(
+                node.op,
+                &node.shape,
+                "the tape was consumed by a backward pass; use a new tape",
+            ));
         }
         nodes.nodes.push(node);
         Ok(nodes.nodes.len() - 1)

@@ -49,8 +49,7 @@ pub(crate) fn sum_to_shape(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
         lhs: g.shape().to_vec(),
         rhs: shape.to_vec(),
     })?;
-    let dims: Vec<usize> =
-        (0..g.rank()).filter(|&d| d < lead || (shape[d - lead] == 1 && g.shape()[d] != 1)).collect();
+    let dims: Vec<usize> = (0..g.rank()).filter(|&d| d < lead || (shape[d - lead] == 1 && g.shape()[d] != 1)).collect();
     // An empty list would make `sum` reduce everything; here it means only size-1 dims differ.
     if dims.is_empty() { g.reshape(shape) } else { sum(g, &dims, true)?.reshape(shape) }
 }

@@ -1,0 +1,87 @@
+//! The fused bitwise cross-entropy: gradients against finite differences, hand values,
+//! the official step's per-token losses, and input validation.
+
+use infinity::autograd::Var;
+use infinity::autograd::loss::bitwise_cross_entropy;
+use infinity::runtime::{DType, Tensor};
+use proptest::prelude::*;
+
+use crate::common::open;
+use crate::support::{check, config, layout, randn, randn_map};
+
+fn labels(shape: &[usize], seed: u64) -> Tensor {
+    let bits = randn(shape, seed, 1.0).to_vec::<f32>().unwrap().into_iter().map(|v| u8::from(v > 0.0)).collect();
+    Tensor::from_vec::<u8>(bits, shape).unwrap()
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn gradients(
+        (b, l, d) in (1usize..=2, 1usize..=4, 1usize..=4),
+        per_sample_weights in any::<bool>(),
+        seed in any::<u64>(),
+        lay in any::<u8>(),
+    ) {
+        let logits = layout(&randn(&[b, l, 2 * d], seed, 2.0), lay);
+        let y = labels(&[b, l, d], seed ^ 1);
+        let w_shape = if per_sample_weights { vec![b, l] } else { vec![l] };
+        // Positive weights, as the trainer's: weights of both signs could cancel in the sum,
+        // leaving a loss much smaller than its terms (outside the checker's tolerance rule).
+        let w = randn_map(&w_shape, seed ^ 2, |v| 0.1 + v.abs());
+        check(&[logits], |v| Ok(bitwise_cross_entropy(&v[0], &y, &w)?.loss));
+    }
+}
+
+/// All-zero logits: every bit costs ln 2, so each token's loss is ln 2 and the total is
+/// ln 2 × Σ weights (weights shared by the batch, mean over the batch).
+#[test]
+fn zero_logits_cost_ln2_per_bit() {
+    let logits = Var::constant(Tensor::zeros(&[2, 3, 8], DType::F32));
+    let y = labels(&[2, 3, 4], 7);
+    let w = Tensor::from_vec(vec![0.5f32, 0.25, 0.25], &[3]).unwrap();
+    let out = bitwise_cross_entropy(&logits, &y, &w).unwrap();
+    let ln2 = std::f32::consts::LN_2;
+    assert!(out.per_token.to_vec::<f32>().unwrap().iter().all(|&v| (v - ln2).abs() <= 1e-7));
+    assert!((out.loss.value().to_f32_vec()[0] - ln2).abs() <= 1e-7);
+}
+
+/// The official step's per-token losses (tokens 0..24 of both samples) within 1e-6 relative
+/// (the golden's own f32-vs-f64 difference is 6.5e-8 on the mean); the total over them with
+/// weight 1/L (L = 521, the golden's uniform weighting) matches an f64 recomputation.
+#[test]
+fn matches_the_official_per_token_loss() {
+    let g = open("train/train_golden_subset.safetensors");
+    let logits = Var::constant(g.get("logits_first24").unwrap().clone());
+    let bits = g.get("gt_bits_first24").unwrap();
+    let golden = g.get("loss_per_token_first24").unwrap().to_vec::<f32>().unwrap();
+    let w = Tensor::full(&[24], 1.0 / 521.0, DType::F32);
+    let out = bitwise_cross_entropy(&logits, bits, &w).unwrap();
+    let got = out.per_token.to_vec::<f32>().unwrap();
+    for (i, (&a, &b)) in got.iter().zip(&golden).enumerate() {
+        assert!((a - b).abs() <= 1e-6 * b.abs(), "token {i}: {a} vs golden {b}");
+    }
+    let want = golden.iter().map(|&v| f64::from(v) / 521.0).sum::<f64>() / 2.0;
+    let loss = f64::from(out.loss.value().to_f32_vec()[0]);
+    assert!((loss - want).abs() <= 1e-6 * want, "loss {loss} vs {want}");
+}
+
+#[test]
+fn rejects_bad_inputs() {
+    let logits = Var::constant(Tensor::zeros(&[1, 2, 4], DType::F32));
+    let w = Tensor::full(&[2], 0.5, DType::F32);
+    let two = Tensor::from_vec(vec![0u8, 1, 2, 0], &[1, 2, 2]).unwrap();
+    let err = bitwise_cross_entropy(&logits, &two, &w).err().expect("label 2");
+    assert!(err.to_string().contains("label 2 at flat position 2"), "{err}");
+    let wide = Tensor::zeros(&[1, 2, 3], DType::U8);
+    assert!(bitwise_cross_entropy(&logits, &wide, &w).is_err());
+    let float_labels = Tensor::zeros(&[1, 2, 2], DType::F32);
+    assert!(bitwise_cross_entropy(&logits, &float_labels, &w).is_err());
+    let odd = Var::constant(Tensor::zeros(&[1, 2, 3], DType::F32));
+    assert!(bitwise_cross_entropy(&odd, &Tensor::zeros(&[1, 2, 1], DType::U8), &w).is_err());
+    assert!(
+        bitwise_cross_entropy(&logits, &Tensor::zeros(&[1, 2, 2], DType::U8), &Tensor::zeros(&[3], DType::F32))
+            .is_err()
+    );
+}

@@ -175,7 +175,7 @@ fn reconstruct_refuses_bad_input_without_writing() {
     }
 }
 
-/// A model folder over the devA fixtures (tiny random weights) and the test tokenizer.
+/// A model folder over the devA fixtures (tiny random weights) with the VAE of `vae_set`.
 fn dev_model_dir(dir: &Path, vae_set: &str) -> PathBuf {
     let model = dir.join(format!("model-{vae_set}"));
     std::fs::create_dir_all(&model).unwrap();
@@ -207,7 +207,7 @@ fn png_text(path: &Path) -> Vec<(String, String)> {
 fn generate_is_deterministic_per_seed_and_records_its_parameters() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-generate");
     std::fs::create_dir_all(&dir).unwrap();
-    let model = dev_model_dir(&dir, "devA");
+    let model = fixture("devA"); // the README's model folder
     let generate = |out: &Path, seed: &str| {
         let o = run(&["-p".as_ref(), "a red cat".as_ref(), "--model-dir".as_ref(), model.as_os_str(), "--seed".as_ref(), seed.as_ref(), "--batch".as_ref(), "2".as_ref(), "-o".as_ref(), out.as_os_str()]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -231,7 +231,7 @@ fn generate_is_deterministic_per_seed_and_records_its_parameters() {
 fn generate_refuses_impossible_requests_before_working() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-generate-bad");
     std::fs::create_dir_all(&dir).unwrap();
-    let good = dev_model_dir(&dir, "devA");
+    let good = fixture("devA");
     let mismatched = dev_model_dir(&dir, "devB"); // 16-bit VAE under a 32-bit transformer
     let out = dir.join("never.png");
     let nowhere = dir.join("nowhere");

@@ -96,7 +96,7 @@ fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     if !bench {
         // Smoke test under `cargo test`: the smallest real presets' pipeline once, tiny widths.
-        let config = InfinityConfig { depth: 2, embed_dim: 64, num_heads: 2, mlp_hidden: 128, text_channels: 32, bits: 16, block_chunks: 2, text_maxlen: 32, spatial_patchify: false };
+        let config = InfinityConfig { depth: 2, embed_dim: 64, num_heads: 2, mlp_hidden: 128, text_channels: 128, bits: 16, block_chunks: 2, text_maxlen: 32, spatial_patchify: false };
         let model = Infinity::random(config, 0).unwrap();
         let vae = BitVae::random(BitVaeConfig { base_ch: 32, ch_mult: vec![1; 5], num_res_blocks: 1, z_channels: 16, patch: 16 }, 0).unwrap();
         let (t, d) = time_once(&model, &vae);

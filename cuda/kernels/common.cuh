@@ -27,6 +27,12 @@ __device__ __forceinline__ bf16 from_float<bf16>(float v) {
     return __float2bfloat16_rn(v);
 }
 
+/// Grid-stride loops: this thread's first flat index and the step. Launchers keep element
+/// counts and views below 2^31 (so 32-bit offsets suffice) and grids below 2^31 threads, so
+/// the unsigned index cannot wrap.
+__device__ __forceinline__ unsigned grid_first() { return blockIdx.x * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ unsigned grid_stride() { return gridDim.x * blockDim.x; }
+
 /// (1 − t)·a + t·b rounded after every operation, as the CPU code computes it: the GPU
 /// compiler would otherwise fuse a product into an FMA and change the last bit.
 __device__ __forceinline__ float lerp_exact(float a, float b, float t) {

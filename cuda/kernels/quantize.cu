@@ -33,7 +33,7 @@ struct Coord4 {
     int b, c, y, x;
 };
 
-__device__ __forceinline__ Coord4 unflatten4(long long i, int channels, int h, int w) {
+__device__ __forceinline__ Coord4 unflatten4(unsigned i, unsigned channels, unsigned h, unsigned w) {
     Coord4 k;
     k.x = int(i % w);
     i /= w;
@@ -44,18 +44,21 @@ __device__ __forceinline__ Coord4 unflatten4(long long i, int channels, int h, i
     return k;
 }
 
-__device__ __forceinline__ long long total_threads() { return (long long)gridDim.x * blockDim.x; }
-__device__ __forceinline__ long long first_index() { return (long long)blockIdx.x * blockDim.x + threadIdx.x; }
-
 extern "C" __global__ void __launch_bounds__(256) resize_bilinear(const ResizeParams p) {
-    const long long n = (long long)p.batch * p.channels * p.out_h * p.out_w;
-    for (long long i = first_index(); i < n; i += total_threads()) {
+    const unsigned n = unsigned(p.batch * p.channels * p.out_h * p.out_w);
+    for (unsigned i = grid_first(); i < n; i += grid_stride()) {
         const Coord4 o = unflatten4(i, p.channels, p.out_h, p.out_w);
+        const float* plane = p.src + o.b * p.src_stride[0] + o.c * p.src_stride[1];
+        if (p.in_h == p.out_h && p.in_w == p.out_w) {
+            // A copy, as the CPU path: the weights would be exact, but 0·inf in the unused
+            // neighbour would not.
+            p.dst[i] = plane[o.y * p.src_stride[2] + o.x * p.src_stride[3]];
+            continue;
+        }
         const Taps ty = bilinear_taps(o.y, p.in_h, p.out_h);
         const Taps tx = bilinear_taps(o.x, p.in_w, p.out_w);
-        const float* plane = p.src + (long long)o.b * p.src_stride[0] + (long long)o.c * p.src_stride[1];
-        const float* top = plane + (long long)ty.i0 * p.src_stride[2];
-        const float* bottom = plane + (long long)ty.i1 * p.src_stride[2];
+        const float* top = plane + ty.i0 * p.src_stride[2];
+        const float* bottom = plane + ty.i1 * p.src_stride[2];
         const int c0 = tx.i0 * p.src_stride[3], c1 = tx.i1 * p.src_stride[3];
         // PyTorch's grouping: along W in both rows, then along H.
         const float t = lerp_exact(top[c0], top[c1], tx.lambda);
@@ -68,17 +71,17 @@ INFINITY_SHIM_ENTRY(resize_bilinear, ResizeParams)
 /// PyTorch 'area' (adaptive average pooling): the mean over rows [⌊y·H/oh⌋, ⌈(y+1)·H/oh⌉) and
 /// the same for columns; windows may overlap.
 extern "C" __global__ void __launch_bounds__(256) resize_area(const ResizeParams p) {
-    const long long n = (long long)p.batch * p.channels * p.out_h * p.out_w;
-    for (long long i = first_index(); i < n; i += total_threads()) {
+    const unsigned n = unsigned(p.batch * p.channels * p.out_h * p.out_w);
+    for (unsigned i = grid_first(); i < n; i += grid_stride()) {
         const Coord4 o = unflatten4(i, p.channels, p.out_h, p.out_w);
         const int r0 = o.y * p.in_h / p.out_h, r1 = ((o.y + 1) * p.in_h + p.out_h - 1) / p.out_h;
         const int c0 = o.x * p.in_w / p.out_w, c1 = ((o.x + 1) * p.in_w + p.out_w - 1) / p.out_w;
-        const float* plane = p.src + (long long)o.b * p.src_stride[0] + (long long)o.c * p.src_stride[1];
+        const float* plane = p.src + o.b * p.src_stride[0] + o.c * p.src_stride[1];
         // One running sum in row-major order, divided by the window height, then its width:
         // the CPU's rounding.
         float sum = -0.0f;
         for (int r = r0; r < r1; ++r)
-            for (int c = c0; c < c1; ++c) sum += plane[(long long)r * p.src_stride[2] + (long long)c * p.src_stride[3]];
+            for (int c = c0; c < c1; ++c) sum += plane[r * p.src_stride[2] + c * p.src_stride[3]];
         p.dst[i] = __fdiv_rn(__fdiv_rn(sum, float(r1 - r0)), float(c1 - c0));
     }
 }
@@ -100,19 +103,19 @@ struct BsqQuantizeParams {
 };
 
 extern "C" __global__ void __launch_bounds__(256) bsq_quantize(const BsqQuantizeParams p) {
-    const long long tokens = (long long)p.batch * p.height * p.width;
+    const unsigned tokens = unsigned(p.batch * p.height * p.width);
     const int bytes = (p.dim + 7) / 8;
-    const long long plane = (long long)p.height * p.width;
-    for (long long t = first_index(); t < tokens; t += total_threads()) {
+    const int plane = p.height * p.width;
+    for (unsigned t = grid_first(); t < tokens; t += grid_stride()) {
         const int x = int(t % p.width), y = int(t / p.width % p.height), b = int(t / plane);
-        const float* r = p.residual + (long long)b * p.residual_stride[0] + (long long)y * p.residual_stride[2] +
-                         (long long)x * p.residual_stride[3];
+        const float* r = p.residual + b * p.residual_stride[0] + y * p.residual_stride[2] +
+                         x * p.residual_stride[3];
         unsigned char* bits = p.bits + t * p.dim;
-        float* codes = p.codes + (long long)b * p.dim * plane + (long long)y * p.width + x;
+        float* codes = p.codes + b * p.dim * plane + y * p.width + x;
         unsigned char* packed = p.packed + t * bytes;
         unsigned byte = 0;
         for (int j = 0; j < p.dim; ++j) {
-            const unsigned bit = r[(long long)j * p.residual_stride[1]] > 0.0f ? 1u : 0u;
+            const unsigned bit = r[j * p.residual_stride[1]] > 0.0f ? 1u : 0u;
             bits[j] = (unsigned char)bit;
             codes[j * plane] = bit ? p.code_scale : -p.code_scale;
             byte |= bit << (j & 7);
@@ -140,23 +143,23 @@ struct BsqUpdateParams {
 
 __device__ __forceinline__ float code_at(const BsqUpdateParams& p, int b, int j, int y, int x) {
     const int bytes = (p.dim + 7) / 8;
-    const unsigned char byte = p.packed[(((long long)b * p.height + y) * p.width + x) * bytes + (j >> 3)];
+    const unsigned char byte = p.packed[((b * p.height + y) * p.width + x) * bytes + (j >> 3)];
     return (byte >> (j & 7)) & 1u ? p.code_scale : -p.code_scale;
 }
 
 extern "C" __global__ void __launch_bounds__(256) bsq_update(const BsqUpdateParams p) {
-    const long long n = (long long)p.batch * p.dim * p.full_h * p.full_w;
-    for (long long i = first_index(); i < n; i += total_threads()) {
+    const unsigned n = unsigned(p.batch * p.dim * p.full_h * p.full_w);
+    for (unsigned i = grid_first(); i < n; i += grid_stride()) {
         const Coord4 o = unflatten4(i, p.dim, p.full_h, p.full_w);
         const Taps ty = bilinear_taps(o.y, p.height, p.full_h);
         const Taps tx = bilinear_taps(o.x, p.width, p.full_w);
         const float t = lerp_exact(code_at(p, o.b, o.c, ty.i0, tx.i0), code_at(p, o.b, o.c, ty.i0, tx.i1), tx.lambda);
         const float d = lerp_exact(code_at(p, o.b, o.c, ty.i1, tx.i0), code_at(p, o.b, o.c, ty.i1, tx.i1), tx.lambda);
         const float up = lerp_exact(t, d, ty.lambda);
-        float* r = p.residual + (long long)o.b * p.residual_stride[0] + (long long)o.c * p.residual_stride[1] +
-                   (long long)o.y * p.residual_stride[2] + (long long)o.x * p.residual_stride[3];
-        float* s = p.summed + (long long)o.b * p.summed_stride[0] + (long long)o.c * p.summed_stride[1] +
-                   (long long)o.y * p.summed_stride[2] + (long long)o.x * p.summed_stride[3];
+        float* r = p.residual + o.b * p.residual_stride[0] + o.c * p.residual_stride[1] +
+                   o.y * p.residual_stride[2] + o.x * p.residual_stride[3];
+        float* s = p.summed + o.b * p.summed_stride[0] + o.c * p.summed_stride[1] +
+                   o.y * p.summed_stride[2] + o.x * p.summed_stride[3];
         *r = *r - up;
         *s = *s + up;
     }

@@ -1,8 +1,34 @@
-//! The CUDA backend. So far it only finds out whether CUDA can be used here; the kernels
-//! and the tensor backend come next. cudarc loads the CUDA libraries by soname at run time
-//! and panics when one is missing, so every entry point probes first.
+//! The CUDA backend: hand-written kernels (cuda/kernels/*.cu) compiled by NVRTC on first use
+//! and launched through cudarc, and the same sources built by g++ against a CPU shim of the
+//! CUDA execution model, so that every kernel is tested against the CPU references on
+//! machines without a GPU. cudarc loads the CUDA libraries by soname at run time and panics
+//! when one is missing, so every entry point into them probes first.
+//!
+//! Kernels are launched through typed handles ([`kernels`]) with `#[repr(C)]` parameter
+//! structs; the public launchers ([`quantize`], [`bitwise_head`], [`adaln`], [`rng`]) check
+//! dtypes, shapes and arguments first and return typed errors.
+
+mod device;
+mod error;
+mod exec;
+mod gpu;
+
+pub mod adaln;
+pub mod bitwise_head;
+pub mod kernels;
+pub mod nvrtc;
+pub mod ptxas;
+pub mod quantize;
+pub mod rng;
+pub mod testing;
+pub mod toolkit;
 
 use std::fmt;
+
+pub use device::DeviceTensor;
+pub use error::{Error, Result};
+pub use exec::Executor;
+pub use gpu::Gpu;
 
 /// Why CUDA cannot be used, or which GPU was found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,7 +39,9 @@ pub enum Availability {
     NoDevice(String),
     /// NVRTC (libnvrtc.so.13) is missing: kernels cannot be compiled.
     NoNvrtc,
-    Available { devices: usize },
+    Available {
+        devices: usize,
+    },
 }
 
 impl fmt::Display for Availability {
@@ -35,16 +63,15 @@ pub fn probe() -> Availability {
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Availability::NoDriver;
     }
-    match cudarc::driver::CudaContext::device_count() {
-        Ok(n) if n > 0 => {}
+    let devices = match cudarc::driver::CudaContext::device_count() {
+        Ok(n) if n > 0 => n as usize,
         Ok(_) => return Availability::NoDevice("device count is 0".into()),
         Err(e) => return Availability::NoDevice(e.to_string()),
-    }
-    // SAFETY: as above.
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+    };
+    if !toolkit::nvrtc_present() {
         return Availability::NoNvrtc;
     }
-    Availability::Available { devices: cudarc::driver::CudaContext::device_count().unwrap_or(0) as usize }
+    Availability::Available { devices }
 }
 
 #[cfg(test)]

@@ -8,8 +8,12 @@
 //! its block (or warp) has arrived, and a thread that has returned no longer counts, as on the
 //! GPU. Because a block runs on one OS thread, `__shared__` is `static thread_local`: shared by
 //! the block's fibers, private to concurrent launches from other test threads.
-//! Not emulated: races between blocks (blocks are serial) and lanes reaching different warp
-//! collectives (the shim reports a deadlock instead).
+//! Between two barriers a fiber runs alone; passes alternate between descending and ascending
+//! thread order, so that a missing barrier shows as a wrong result whichever thread the
+//! unsynchronised read depends on.
+//! Not emulated: races between blocks (blocks are serial), and warp collectives reached from
+//! divergent code (undefined on the GPU too; the shim pairs whatever warp barriers meet). A
+//! block whose threads wait at barriers that can never all open is reported as a deadlock.
 #pragma once
 
 #include <math.h>

@@ -96,6 +96,17 @@ bool release(Block& b) {
     return released;
 }
 
+/// Points the fiber's context at the start of fiber_main on its own stack. Separate from the
+/// loop in run_block because getcontext returns twice, which may clobber a caller's locals.
+bool prepare(Fiber& f, char* stack, ucontext_t* scheduler) {
+    if (getcontext(&f.context) != 0) return false;
+    f.context.uc_stack.ss_sp = stack;
+    f.context.uc_stack.ss_size = kStackBytes;
+    f.context.uc_link = scheduler;
+    makecontext(&f.context, fiber_main, 0);
+    return true;
+}
+
 int run_block(Block& b, char* stacks) {
     for (size_t i = 0; i < b.fibers.size(); ++i) {
         Fiber& f = b.fibers[i];
@@ -105,15 +116,13 @@ int run_block(Block& b, char* stacks) {
         f.thread.warp = linear / kWarp;
         f.thread.warp_syncs = 0;
         f.state = State::Ready;
-        if (getcontext(&f.context) != 0) return kNoMemory;
-        f.context.uc_stack.ss_sp = stacks + i * kStackBytes;
-        f.context.uc_stack.ss_size = kStackBytes;
-        f.context.uc_link = &b.scheduler;
-        makecontext(&f.context, fiber_main, 0);
+        if (!prepare(f, stacks + i * kStackBytes, &b.scheduler)) return kNoMemory;
     }
-    for (;;) {
+    const size_t n = b.fibers.size();
+    for (bool descending = true;; descending = !descending) {
         bool done = true;
-        for (Fiber& f : b.fibers) {
+        for (size_t k = 0; k < n; ++k) {
+            Fiber& f = b.fibers[descending ? n - 1 - k : k];
             if (f.state == State::Ready) {
                 b.running = &f;
                 current_thread = &f.thread;

@@ -36,6 +36,7 @@ impl BitVae {
     /// A model with random weights (normals scaled by 1/√fan-in, unit norms, zero biases),
     /// for benchmarks and tests.
     pub fn random(config: BitVaeConfig, seed: u64) -> Result<Self> {
+        config.validate().map_err(|msg| Error::invalid("bitvae.random", &[config.z_channels], msg))?;
         let mut rng = Philox::new(seed);
         let mut tensors = Vec::new();
         for e in config.entries().into_iter().filter(|e| !e.buffer) {

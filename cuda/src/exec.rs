@@ -1,0 +1,275 @@
+//! `Executor`: where kernels run. `Shim` runs the kernels' C++ build on the CPU (always
+//! available; what CI tests), `Cuda` runs their NVRTC build on a GPU. Both take the same
+//! launches and the same tensors, so one test body checks both. Memory moves only through
+//! `upload` / `download`; launchers get checked views through `view` / `view_mut`.
+
+use std::ffi::c_int;
+use std::sync::Arc;
+
+use cudarc::driver::DeviceRepr;
+use infinity_runtime::{CpuStorage, DType, Element, Error as RuntimeError, Layout, Tensor, with_dtype};
+
+use crate::device::{Buffer, DevPtr, DeviceTensor, View};
+use crate::gpu::Gpu;
+use crate::kernels::KernelHandle;
+use crate::{Error, Result};
+
+pub enum Executor {
+    Shim,
+    Cuda(Gpu),
+}
+
+/// A one-dimensional launch shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Grid {
+    pub blocks: u32,
+    pub threads: u32,
+}
+
+/// Mirror of `shim::Grid` in kernels/shim/cuda_shim.h.
+#[repr(C)]
+pub(crate) struct ShimGrid {
+    blocks: [u32; 3],
+    threads: [u32; 3],
+}
+
+/// Blocks of a grid-stride launch under the shim. Its blocks run one after another, so more
+/// would only cost time; this few also makes the kernels' grid-stride loops wrap in tests.
+const SHIM_MAX_BLOCKS: usize = 4;
+/// Enough blocks to fill any current GPU several times over; grid-stride loops do the rest.
+const GPU_MAX_BLOCKS: usize = 1 << 16;
+
+/// The kernels index in 32 bits.
+const MAX_OFFSET: usize = i32::MAX as usize;
+
+impl Executor {
+    /// The GPU `ordinal` when CUDA can be used (see [`crate::probe`]).
+    pub fn cuda(ordinal: usize) -> Result<Executor> {
+        Gpu::new(ordinal).map(Executor::Cuda)
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Executor::Shim => "CPU shim".to_string(),
+            Executor::Cuda(gpu) => gpu.name(),
+        }
+    }
+
+    /// Copies the elements `t` can reach into this executor's memory, keeping its strides (a
+    /// strided host view stays a strided device view).
+    pub fn upload(&self, t: &Tensor) -> Result<DeviceTensor> {
+        let layout = t.layout();
+        if t.numel() == 0 {
+            return Err(
+                RuntimeError::invalid("upload", t.shape(), "empty tensors are not supported on the device").into()
+            );
+        }
+        let size = t.dtype().size_in_bytes();
+        let bytes = &t.storage().bytes()[layout.offset() * size..layout.max_extent() * size];
+        let buffer = match self {
+            Executor::Shim => {
+                let mut words = vec![0u128; bytes.len().div_ceil(16)].into_boxed_slice();
+                bytemuck::cast_slice_mut::<u128, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+                Buffer::Host(words)
+            }
+            Executor::Cuda(gpu) => Buffer::Cuda(gpu.upload(bytes)?),
+        };
+        let layout = Layout::new(layout.shape().to_vec(), layout.strides().to_vec(), 0);
+        Ok(DeviceTensor { buffer, dtype: t.dtype(), layout })
+    }
+
+    /// The tensor's elements back in host memory, with the same layout.
+    pub fn download(&self, t: &DeviceTensor) -> Result<Tensor> {
+        let extent = t.layout.max_extent() * t.dtype.size_in_bytes();
+        let storage = match (&t.buffer, self) {
+            (Buffer::Host(words), Executor::Shim) => storage(t.dtype, &bytemuck::cast_slice(words)[..extent]),
+            (Buffer::Cuda(slice), Executor::Cuda(gpu)) => storage(t.dtype, &gpu.download(slice)?[..extent]),
+            _ => return Err(self.foreign("download", t)),
+        };
+        Ok(Tensor::from_storage(Arc::new(storage), t.layout.clone())?)
+    }
+
+    /// A contiguous tensor of zeros for kernel `op` to write: nonempty and below 2^31
+    /// elements (checked before anything is allocated).
+    pub(crate) fn output(&self, op: &'static str, shape: &[usize], dtype: DType) -> Result<DeviceTensor> {
+        let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX);
+        if numel == 0 || numel > MAX_OFFSET {
+            return Err(
+                RuntimeError::invalid(op, shape, "the kernels write nonempty outputs below 2^31 elements").into()
+            );
+        }
+        let bytes = numel * dtype.size_in_bytes();
+        let buffer = match self {
+            Executor::Shim => Buffer::Host(vec![0u128; bytes.div_ceil(16)].into_boxed_slice()),
+            Executor::Cuda(gpu) => Buffer::Cuda(gpu.zeros(bytes)?),
+        };
+        Ok(DeviceTensor { buffer, dtype, layout: Layout::contiguous(shape) })
+    }
+
+    fn foreign(&self, op: &'static str, t: &DeviceTensor) -> Error {
+        let home = match t.buffer {
+            Buffer::Host(_) => "the CPU shim",
+            Buffer::Cuda(_) => "a GPU",
+        };
+        RuntimeError::invalid(
+            op,
+            t.shape(),
+            format!("the tensor lives in the memory of {home}, not of {}", self.name()),
+        )
+        .into()
+    }
+
+    /// `t` as kernel `op` reads it: dtype `T`, rank `N`, nonempty, offsets below 2^31.
+    pub(crate) fn view<T: Element, const N: usize>(&self, op: &'static str, t: &DeviceTensor) -> Result<View<T, N>> {
+        let addr = match (&t.buffer, self) {
+            (Buffer::Host(words), Executor::Shim) => words.as_ptr() as u64,
+            (Buffer::Cuda(slice), Executor::Cuda(gpu)) => gpu.address(slice),
+            _ => return Err(self.foreign(op, t)),
+        };
+        checked_view(op, t, addr)
+    }
+
+    /// As [`Executor::view`], for a tensor the kernel writes.
+    pub(crate) fn view_mut<T: Element, const N: usize>(
+        &self,
+        op: &'static str,
+        t: &mut DeviceTensor,
+    ) -> Result<View<T, N>> {
+        let addr = match (&mut t.buffer, self) {
+            (Buffer::Host(words), Executor::Shim) => words.as_mut_ptr() as u64,
+            (Buffer::Cuda(slice), Executor::Cuda(gpu)) => gpu.address_mut(slice),
+            _ => return Err(self.foreign(op, t)),
+        };
+        checked_view(op, t, addr)
+    }
+
+    /// A grid-stride launch over `elements` with `threads` per block.
+    pub(crate) fn grid_stride(&self, elements: usize, threads: u32) -> Grid {
+        let max = match self {
+            Executor::Shim => SHIM_MAX_BLOCKS,
+            Executor::Cuda(_) => GPU_MAX_BLOCKS,
+        };
+        // Launchers only pass nonempty views of fewer than 2^31 elements.
+        Grid { blocks: elements.div_ceil(threads as usize).clamp(1, max) as u32, threads }
+    }
+
+    /// Runs the kernel of `handle` with `params` and waits for the shim (the GPU runs
+    /// asynchronously; its errors surface at the next download).
+    ///
+    /// # Safety
+    /// Every address in `params` must come from a view of a live tensor of this executor taken
+    /// for this launch (`view_mut` for those the kernel writes), with the sizes and strides the
+    /// kernel will use.
+    pub(crate) unsafe fn launch<P: DeviceRepr>(&self, handle: KernelHandle<P>, grid: Grid, params: &P) -> Result<()> {
+        match self {
+            Executor::Shim => {
+                let shape = ShimGrid { blocks: [grid.blocks, 1, 1], threads: [grid.threads, 1, 1] };
+                // SAFETY: the caller vouches for the addresses; the launcher reads `params`
+                // during the call only.
+                shim_status(handle.kernel.name(), unsafe { (handle.shim)(&shape, params) })
+            }
+            Executor::Cuda(gpu) => gpu.launch(handle.kernel, grid, params),
+        }
+    }
+}
+
+fn storage(dtype: DType, bytes: &[u8]) -> CpuStorage {
+    with_dtype!(dtype, T => CpuStorage::from_vec(bytemuck::pod_collect_to_vec::<u8, T>(bytes)))
+}
+
+fn checked_view<T: Element, const N: usize>(op: &'static str, t: &DeviceTensor, base: u64) -> Result<View<T, N>> {
+    if t.dtype != T::DTYPE {
+        return Err(RuntimeError::DTypeMismatch { op, expected: T::DTYPE, got: t.dtype }.into());
+    }
+    let (shape, strides) = (t.layout.shape(), t.layout.strides());
+    if shape.len() != N {
+        return Err(RuntimeError::invalid(op, shape, format!("expected {N} dimensions")).into());
+    }
+    if t.layout.numel() == 0 || t.layout.max_extent() > MAX_OFFSET {
+        return Err(RuntimeError::invalid(op, shape, "the kernels need a nonempty view below 2^31 elements").into());
+    }
+    // Both fit: every size and stride is at most the extent.
+    let dims = std::array::from_fn(|i| shape[i] as i32);
+    let strides = std::array::from_fn(|i| strides[i] as i32);
+    let addr = base + (t.layout.offset() * T::DTYPE.size_in_bytes()) as u64;
+    Ok(View { ptr: DevPtr::new(addr), dims, strides })
+}
+
+/// The meaning of the shim launcher's return codes (kernels/shim/runtime.cpp).
+fn shim_status(kernel: &'static str, status: c_int) -> Result<()> {
+    let reason = match status {
+        0 => return Ok(()),
+        1 => "invalid launch shape (1 to 1024 threads per block, at least one block)",
+        2 => "the threads of a block stopped at different barriers (a deadlock on a GPU)",
+        3 => "could not allocate the fibers' stacks and contexts",
+        _ => "unknown status",
+    };
+    Err(Error::Shim { kernel, reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type SelfTest = unsafe extern "C" fn(*const ShimGrid, *const *mut i32) -> c_int;
+
+    unsafe extern "C" {
+        fn infinity_shim_shim_selftest_shuffle(grid: *const ShimGrid, out: *const *mut i32) -> c_int;
+        fn infinity_shim_shim_selftest_early_exit(grid: *const ShimGrid, out: *const *mut i32) -> c_int;
+        fn infinity_shim_shim_selftest_deadlock(grid: *const ShimGrid, out: *const *mut i32) -> c_int;
+    }
+
+    /// Runs one of kernels/shim/selftest.cpp's kernels as one block of `threads` threads.
+    fn selftest(kernel: SelfTest, threads: u32) -> (Result<()>, Vec<i32>) {
+        let mut out = vec![-1i32; threads as usize];
+        let grid = ShimGrid { blocks: [1, 1, 1], threads: [threads, 1, 1] };
+        // SAFETY: the kernels write out[threadIdx.x] only, below `threads`.
+        let status = unsafe { kernel(&grid, &out.as_mut_ptr()) };
+        (shim_status("shim selftest", status), out)
+    }
+
+    #[test]
+    fn shim_shuffles_within_each_warp() {
+        let (status, out) = selftest(infinity_shim_shim_selftest_shuffle, 64);
+        status.unwrap();
+        let want: Vec<i32> = (0..64).map(|t| if t < 32 { 496 } else { 32 * 32 + 496 }).collect();
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn shim_barriers_release_without_returned_threads() {
+        let (status, out) = selftest(infinity_shim_shim_selftest_early_exit, 70);
+        status.unwrap();
+        let want: Vec<i32> = (0..70).map(|t| if t % 2 == 1 { -1 } else { (t + 2) % 70 }).collect();
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn shim_reports_mismatched_barriers_and_bad_shapes() {
+        let (status, out) = selftest(infinity_shim_shim_selftest_deadlock, 32);
+        assert!(matches!(status, Err(Error::Shim { reason, .. }) if reason.contains("deadlock")), "{status:?}");
+        assert!(out.iter().all(|&v| v == -1), "no thread may pass its barrier");
+        let (status, _) = selftest(infinity_shim_shim_selftest_shuffle, 2048);
+        assert!(matches!(status, Err(Error::Shim { reason, .. }) if reason.contains("launch shape")), "{status:?}");
+    }
+
+    #[test]
+    fn upload_keeps_strides_and_download_restores_values() {
+        let exec = Executor::Shim;
+        let base = Tensor::from_vec((0..24).map(|i| i as f32).collect::<Vec<_>>(), &[2, 3, 4]).unwrap();
+        let view = base.permute(&[2, 0, 1]).unwrap().narrow(0, 1, 2).unwrap();
+        let device = exec.upload(&view).unwrap();
+        assert_eq!(device.layout().strides(), view.strides());
+        assert!(exec.download(&device).unwrap().same_values(&view));
+    }
+
+    #[test]
+    fn views_check_dtype_and_rank() {
+        let exec = Executor::Shim;
+        let t = exec.output("test", &[2, 3], DType::F32).unwrap();
+        assert!(exec.view::<f32, 2>("test", &t).is_ok());
+        assert!(matches!(exec.view::<u8, 2>("test", &t), Err(Error::Invalid(RuntimeError::DTypeMismatch { .. }))));
+        assert!(matches!(exec.view::<f32, 3>("test", &t), Err(Error::Invalid(RuntimeError::InvalidArgument { .. }))));
+        assert!(exec.output("test", &[1 << 20, 1 << 20], DType::U8).is_err(), "refused before allocating");
+    }
+}

@@ -1,0 +1,121 @@
+//! The GPU side of `Executor`: one device, its default stream, and the kernel modules, each
+//! compiled by NVRTC for the device's own architecture on first use (cubin, cached on disk)
+//! and kept loaded. Everything runs on the one stream, in order, so cudarc's cross-stream
+//! event tracking never comes into play.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
+    PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+use infinity_runtime::Error as RuntimeError;
+
+use crate::exec::Grid;
+use crate::kernels::{Kernel, Source};
+use crate::nvrtc::{Compiler, Output};
+use crate::toolkit::Toolkit;
+use crate::{Availability, Error, Result, probe};
+
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    /// `sm_XY` of the device: the cubins are built for exactly this architecture.
+    arch: String,
+    compiler: Compiler,
+    modules: Mutex<HashMap<Source, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<Kernel, CudaFunction>>,
+}
+
+impl Gpu {
+    pub(crate) fn new(ordinal: usize) -> Result<Gpu> {
+        match probe() {
+            Availability::Available { devices } if ordinal < devices => {}
+            Availability::Available { devices } => {
+                return Err(RuntimeError::invalid("cuda", &[devices], format!("no GPU {ordinal}")).into());
+            }
+            other => return Err(Error::Unavailable(other)),
+        }
+        let toolkit = Toolkit::locate()?;
+        let ctx = CudaContext::new(ordinal).map_err(Error::driver(format!("opening cuda:{ordinal}")))?;
+        let (major, minor) = ctx.compute_capability().map_err(Error::driver("reading the compute capability"))?;
+        let stream = ctx.default_stream();
+        Ok(Gpu {
+            ctx,
+            stream,
+            arch: format!("sm_{major}{minor}"),
+            compiler: Compiler::new(toolkit),
+            modules: Mutex::default(),
+            functions: Mutex::default(),
+        })
+    }
+
+    pub(crate) fn name(&self) -> String {
+        let device = self.ctx.name().unwrap_or_else(|_| "unnamed GPU".to_string());
+        format!("cuda:{} ({device}, {})", self.ctx.ordinal(), self.arch)
+    }
+
+    pub(crate) fn upload(&self, bytes: &[u8]) -> Result<CudaSlice<u8>> {
+        self.stream.clone_htod(bytes).map_err(Error::driver(format!("copying {} bytes to the GPU", bytes.len())))
+    }
+
+    pub(crate) fn zeros(&self, bytes: usize) -> Result<CudaSlice<u8>> {
+        self.stream.alloc_zeros(bytes).map_err(Error::driver(format!("allocating {bytes} bytes")))
+    }
+
+    /// Waits for the stream, so that errors of earlier launches surface here.
+    pub(crate) fn download(&self, slice: &CudaSlice<u8>) -> Result<Vec<u8>> {
+        let bytes = self.stream.clone_dtoh(slice).map_err(Error::driver("copying from the GPU"))?;
+        self.stream.synchronize().map_err(Error::driver("waiting for the GPU"))?;
+        Ok(bytes)
+    }
+
+    pub(crate) fn address(&self, slice: &CudaSlice<u8>) -> u64 {
+        slice.device_ptr(&self.stream).0
+    }
+
+    pub(crate) fn address_mut(&self, slice: &mut CudaSlice<u8>) -> u64 {
+        slice.device_ptr_mut(&self.stream).0
+    }
+
+    fn function(&self, kernel: Kernel) -> Result<CudaFunction> {
+        let mut functions = self.functions.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = functions.get(&kernel) {
+            return Ok(f.clone());
+        }
+        let f = self
+            .module(kernel.source())?
+            .load_function(kernel.name())
+            .map_err(Error::driver(format!("finding {} in its module", kernel.name())))?;
+        functions.insert(kernel, f.clone());
+        Ok(f)
+    }
+
+    fn module(&self, source: Source) -> Result<Arc<CudaModule>> {
+        let mut modules = self.modules.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = modules.get(&source) {
+            return Ok(m.clone());
+        }
+        let cubin = self.compiler.compile(source, &self.arch, Output::Cubin)?;
+        let module = self
+            .ctx
+            .load_module(Ptx::from_binary(cubin))
+            .map_err(Error::driver(format!("loading {}", source.file_name())))?;
+        modules.insert(source, module.clone());
+        Ok(module)
+    }
+
+    pub(crate) fn launch<P: DeviceRepr>(&self, kernel: Kernel, grid: Grid, params: &P) -> Result<()> {
+        let f = self.function(kernel)?;
+        let config =
+            LaunchConfig { grid_dim: (grid.blocks, 1, 1), block_dim: (grid.threads, 1, 1), shared_mem_bytes: 0 };
+        let mut launch = self.stream.launch_builder(&f);
+        launch.arg(params);
+        // SAFETY: `params` is the kernel's own parameter struct (a `KernelHandle` ties them)
+        // and the caller of `Executor::launch` vouches for the addresses in it.
+        unsafe { launch.launch(config) }.map_err(Error::driver(format!("launching {}", kernel.name())))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,160 @@
+//! The kernel registry: the source files of kernels/ (embedded in the binary, so a build is
+//! self-contained), one `Kernel` per `extern "C" __global__` entry point, and a typed handle per
+//! kernel that ties it to its `#[repr(C)]` parameter struct and to its CPU-shim launcher.
+//! Launch sites name a handle constant, never a string; a handle whose shim launcher is
+//! missing fails to link, and the PTX check (tests/cuda_ptxas.rs) fails on an entry point
+//! missing from the PTX.
+
+use std::ffi::c_int;
+
+use infinity_runtime::half::bf16;
+
+use crate::adaln::{AdaLnParams, GatedResidualParams};
+use crate::bitwise_head::{BitwiseLossParams, BitwiseSampleParams};
+use crate::exec::ShimGrid;
+use crate::quantize::{BsqQuantizeParams, BsqUpdateParams, ResizeParams};
+use crate::rng::PhiloxFillParams;
+
+/// The header every kernel file includes as "common.cuh"; NVRTC gets it from memory.
+pub const COMMON_HEADER: &str = include_str!("../kernels/common.cuh");
+
+/// One kernel source file of `kernels/`, compiled by NVRTC as one module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    Quantize,
+    BitwiseHead,
+    AdaLn,
+    Rng,
+}
+
+impl Source {
+    pub const ALL: [Source; 4] = [Source::Quantize, Source::BitwiseHead, Source::AdaLn, Source::Rng];
+
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Source::Quantize => "quantize.cu",
+            Source::BitwiseHead => "bitwise_head.cu",
+            Source::AdaLn => "adaln.cu",
+            Source::Rng => "rng.cu",
+        }
+    }
+
+    pub fn text(self) -> &'static str {
+        match self {
+            Source::Quantize => include_str!("../kernels/quantize.cu"),
+            Source::BitwiseHead => include_str!("../kernels/bitwise_head.cu"),
+            Source::AdaLn => include_str!("../kernels/adaln.cu"),
+            Source::Rng => include_str!("../kernels/rng.cu"),
+        }
+    }
+
+    /// The entry points this file defines.
+    pub fn kernels(self) -> impl Iterator<Item = Kernel> {
+        Kernel::ALL.iter().copied().filter(move |k| k.source() == self)
+    }
+}
+
+/// The CPU-shim launcher that `INFINITY_SHIM_ENTRY` exports for a kernel.
+pub(crate) type ShimLauncher<P> = unsafe extern "C" fn(*const ShimGrid, *const P) -> c_int;
+
+/// A kernel together with the parameter type it takes: `P` mirrors the kernel's C struct
+/// field for field, and launching through the handle is the only way to pass it one.
+pub struct KernelHandle<P> {
+    pub kernel: Kernel,
+    pub(crate) shim: ShimLauncher<P>,
+}
+
+macro_rules! kernels {
+    ($($(#[$doc:meta])* $variant:ident, $handle:ident = $name:ident($params:ty) in $source:ident;)*) => {
+        /// Every kernel entry point, by file.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Kernel {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Kernel {
+            pub const ALL: &'static [Kernel] = &[$(Kernel::$variant),*];
+
+            /// The `extern "C"` name of the entry point.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Kernel::$variant => stringify!($name),)*
+                }
+            }
+
+            pub fn source(self) -> Source {
+                match self {
+                    $(Kernel::$variant => Source::$source,)*
+                }
+            }
+
+            /// (size of the Rust parameter struct, size of the C one as g++ laid it out).
+            #[cfg(test)]
+            pub(crate) fn params_sizes(self) -> (usize, usize) {
+                match self {
+                    $(Kernel::$variant => {
+                        unsafe extern "C" {
+                            #[link_name = concat!("infinity_shim_", stringify!($name), "_params_size")]
+                            fn size() -> usize;
+                        }
+                        // SAFETY: the shim exports this function for every kernel; it only returns a sizeof.
+                        (std::mem::size_of::<$params>(), unsafe { size() })
+                    })*
+                }
+            }
+        }
+
+        $(
+            $(#[$doc])*
+            pub const $handle: KernelHandle<$params> = KernelHandle {
+                kernel: Kernel::$variant,
+                shim: {
+                    unsafe extern "C" {
+                        #[link_name = concat!("infinity_shim_", stringify!($name))]
+                        fn launch(grid: *const ShimGrid, params: *const $params) -> c_int;
+                    }
+                    launch
+                },
+            };
+        )*
+    };
+}
+
+kernels! {
+    /// Bilinear resize (align_corners = false) of (B, C, H, W) f32.
+    ResizeBilinear, RESIZE_BILINEAR = resize_bilinear(ResizeParams) in Quantize;
+    /// Area (adaptive average) resize of (B, C, H, W) f32.
+    ResizeArea, RESIZE_AREA = resize_area(ResizeParams) in Quantize;
+    /// One scale's sign quantization: bits, codes and packed bits.
+    BsqQuantize, BSQ_QUANTIZE = bsq_quantize(BsqQuantizeParams) in Quantize;
+    /// residual −= up(codes), summed += up(codes) on the latent grid.
+    BsqUpdate, BSQ_UPDATE = bsq_update(BsqUpdateParams) in Quantize;
+    /// Temperature + CFG + top-p + Philox bit sampling from logit pairs.
+    BitwiseSample, BITWISE_SAMPLE = bitwise_sample(BitwiseSampleParams) in BitwiseHead;
+    /// Two-way cross-entropy per bit and its gradient.
+    BitwiseLoss, BITWISE_LOSS = bitwise_loss(BitwiseLossParams) in BitwiseHead;
+    /// LN(x)·(1 + scale) + shift, f32 activations.
+    AdaLnModulateF32, ADALN_MODULATE_F32 = adaln_modulate_f32(AdaLnParams<f32>) in AdaLn;
+    /// LN(x)·(1 + scale) + shift, bf16 activations.
+    AdaLnModulateBf16, ADALN_MODULATE_BF16 = adaln_modulate_bf16(AdaLnParams<bf16>) in AdaLn;
+    /// x + gate·y, f32 activations.
+    GatedResidualF32, GATED_RESIDUAL_F32 = gated_residual_f32(GatedResidualParams<f32>) in AdaLn;
+    /// x + gate·y, bf16 activations.
+    GatedResidualBf16, GATED_RESIDUAL_BF16 = gated_residual_bf16(GatedResidualParams<bf16>) in AdaLn;
+    /// Raw words of the Philox stream.
+    PhiloxFill, PHILOX_FILL = philox_fill(PhiloxFillParams) in Rng;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Rust mirror that drifted from its C struct would hand the kernel garbage.
+    #[test]
+    fn parameter_structs_match_their_c_layout() {
+        for &k in Kernel::ALL {
+            let (rust, c) = k.params_sizes();
+            assert_eq!(rust, c, "{}: Rust params are {rust} bytes, C params {c}", k.name());
+        }
+    }
+}

@@ -57,6 +57,7 @@
 //! differences ([`gradcheck`]) by the `autograd` integration tests.
 
 pub mod attention;
+pub mod checkpoint;
 pub mod conv;
 pub mod elementwise;
 pub mod gradcheck;

@@ -1,6 +1,7 @@
 //! Models built on the op set: scale schedules shared by the tokenizer and the transformer.
 
 pub mod bitvae;
+pub mod data;
 pub mod image;
 pub mod infinity;
 mod params;

@@ -11,6 +11,7 @@ mod op_support;
 mod support;
 
 mod attention;
+mod checkpoint;
 mod conv;
 mod elementwise;
 mod index;

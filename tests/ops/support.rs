@@ -76,7 +76,13 @@ pub fn assert_close(got: &Tensor, want: &Tensor, atol: f32, rtol: f32) {
             worst = (i, excess);
         }
     }
-    assert!(worst.1 == 0.0, "mismatch at flat index {}: got {} want {} (atol {atol}, rtol {rtol})", worst.0, g[worst.0], w[worst.0]);
+    assert!(
+        worst.1 == 0.0,
+        "mismatch at flat index {}: got {} want {} (atol {atol}, rtol {rtol})",
+        worst.0,
+        g[worst.0],
+        w[worst.0]
+    );
 }
 
 /// A shape (rank 1..=4, dimensions 1..=7), a permutation of its dimensions and a data seed.

@@ -1,0 +1,111 @@
+//! Reading a dataset's item list: the official folder of `[h_div_w]_[count].jsonl` files, or a
+//! folder of images with same-named `.txt` captions. Only metadata is read here (for images,
+//! their header); pixels are decoded when a sample is loaded.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use infinity_runtime::{Error, Result};
+use serde_json::Value;
+
+use super::caption::Caption;
+use super::{Item, Skipped};
+use crate::schedule::{TEMPLATES, Template};
+
+const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+/// The files of `dir` with one of `extensions` (case-insensitive), sorted by name so that the
+/// item order, and so every shuffle, does not depend on the file system.
+fn files_with_extension(dir: &Path, extensions: &[&str]) -> Result<Vec<PathBuf>> {
+    let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        if path.is_file() && ext.is_some_and(|e| extensions.contains(&e.as_str())) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Every item of every `.jsonl` file in `dir`.
+pub(super) fn read_jsonl_dir(dir: &Path) -> Result<Vec<Item>> {
+    let files = files_with_extension(dir, &["jsonl"])?;
+    if files.is_empty() {
+        return Err(Error::format(dir, "no .jsonl files in the folder"));
+    }
+    let mut items = Vec::new();
+    for file in files {
+        items.extend(read_jsonl(&file)?);
+    }
+    Ok(items)
+}
+
+/// One `[h_div_w]_[count].jsonl` file: the template key must be known and the count exact
+/// (the official loader shards by it).
+fn read_jsonl(path: &Path) -> Result<Vec<Item>> {
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    let bad_name = |msg: String| Error::format(path, format!("file name '{stem}' is not <h_div_w>_<count>: {msg}"));
+    let (key, count) = stem.rsplit_once('_').ok_or_else(|| bad_name("no '_'".into()))?;
+    let ratio: f64 = key.parse().map_err(|_| bad_name(format!("'{key}' is not a number")))?;
+    if Template::exact(ratio).is_none() {
+        return Err(bad_name(format!("'{key}' is not a template key (one of {TEMPLATES:?})")));
+    }
+    let count: usize = count.parse().map_err(|_| bad_name(format!("'{count}' is not a count")))?;
+    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let folder = path.parent().unwrap_or(Path::new("."));
+    let items = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| parse_line(line, folder).map_err(|msg| Error::format(path, format!("line {}: {msg}", i + 1))))
+        .collect::<Result<Vec<Item>>>()?;
+    if items.len() != count {
+        return Err(Error::format(path, format!("the name promises {count} lines but the file has {}", items.len())));
+    }
+    Ok(items)
+}
+
+fn parse_line(line: &str, folder: &Path) -> std::result::Result<Item, String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    let string = |key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
+    let required = |key: &str| string(key).ok_or_else(|| format!("'{key}' is missing or not a string"));
+    let image = folder.join(required("image_path")?);
+    let h_div_w = v.get("h_div_w").and_then(Value::as_f64).ok_or("'h_div_w' is missing or not a number")?;
+    let template = Template::nearest(h_div_w).ok_or_else(|| format!("'h_div_w' {h_div_w} is not a positive ratio"))?;
+    let caption = Caption { long: required("long_caption")?, short: string("text"), kind: string("long_caption_type") };
+    Ok(Item { image, template, caption })
+}
+
+/// Images with a same-named `.txt` caption; the others are returned as skipped, as are images
+/// whose header cannot be read (their aspect ratio, and so their template, is unknown).
+pub(super) fn read_image_folder(dir: &Path) -> Result<(Vec<Item>, Vec<Skipped>)> {
+    let mut items = Vec::new();
+    let mut skipped = Vec::new();
+    for image in files_with_extension(dir, &IMAGE_EXTENSIONS)? {
+        let caption_path = image.with_extension("txt");
+        let caption = match fs::read_to_string(&caption_path) {
+            Ok(text) => text.trim().to_string(),
+            Err(e) => {
+                skipped.push(Skipped::new(image, format!("no caption {}: {e}", caption_path.display())));
+                continue;
+            }
+        };
+        let template = match image::image_dimensions(&image) {
+            Ok((w, h)) => Template::nearest(f64::from(h) / f64::from(w)),
+            Err(e) => {
+                skipped.push(Skipped::new(image, format!("unreadable image: {e}")));
+                continue;
+            }
+        };
+        match template {
+            Some(template) => {
+                items.push(Item { image, template, caption: Caption { long: caption, short: None, kind: None } })
+            }
+            None => skipped.push(Skipped::new(image, "the image has no pixels".to_string())),
+        }
+    }
+    Ok((items, skipped))
+}

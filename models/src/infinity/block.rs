@@ -1,17 +1,21 @@
 //! One transformer block run on the tokens of one scale: AdaLN-modulated self-attention
 //! (L2-normalised q/k, per-head learned scale, 2-D RoPE) over the KV cache of all earlier
 //! scales plus this one, cross-attention to the text, and a GELU-tanh FFN with a gate.
+//!
+//! Written against `Var`: with constant weights nothing is recorded (inference); with tracked
+//! weights every op, the KV-cache concatenation included, lands on the tape (training).
 
-use infinity_ops::attention::attention;
-use infinity_ops::elementwise::{add, add_scalar, gelu_tanh, mul};
-use infinity_ops::index::concat;
-use infinity_ops::matmul::linear;
-use infinity_ops::norm::{l2_normalize, layer_norm};
-use infinity_ops::rope::rope_interleaved;
-use infinity_runtime::{Result, Tensor};
+use infinity_autograd::Var;
+use infinity_autograd::attention::attention;
+use infinity_autograd::elementwise::{add, add_scalar, clamp, exp, gelu_tanh, mul};
+use infinity_autograd::index::concat;
+use infinity_autograd::matmul::linear;
+use infinity_autograd::norm::{l2_normalize, layer_norm};
+use infinity_autograd::rope::rope_interleaved;
+use infinity_runtime::{DType, Result, Tensor};
 
 use super::config::InfinityConfig;
-use crate::params::Params;
+use super::model::Source;
 use super::text::{Conditioning, packed_attention, split_kv, zero_k_bias};
 
 pub(super) const EPS: f32 = 1e-6;
@@ -19,7 +23,7 @@ pub(super) const EPS: f32 = 1e-6;
 const QK_EPS: f32 = 1e-12;
 
 /// LN(x)·(1 + scale) + shift with LN over C without affine; `scale`/`shift` are (B, C).
-pub(super) fn modulate(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+pub(super) fn modulate(x: &Var, scale: &Var, shift: &Var) -> Result<Var> {
     let n = layer_norm(x, None, None, EPS)?;
     add(&mul(&n, &add_scalar(&scale.unsqueeze(1)?, 1.0)?)?, &shift.unsqueeze(1)?)
 }
@@ -27,13 +31,15 @@ pub(super) fn modulate(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Ten
 /// Keys and values of earlier scales, already normalised and rotated: (B, H, tokens, hd).
 #[derive(Default)]
 pub struct KvCache {
-    k: Option<Tensor>,
-    v: Option<Tensor>,
+    k: Option<Var>,
+    v: Option<Var>,
 }
 
 impl KvCache {
-    fn append(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-        let joined = |old: &Option<Tensor>, new: Tensor| match old {
+    /// Appends one scale's keys and values; the concatenation is a recorded op, so in training
+    /// the gradient of a scale's keys collects the attention of every later scale.
+    fn append(&mut self, k: Var, v: Var) -> Result<(Var, Var)> {
+        let joined = |old: &Option<Var>, new: Var| match old {
             Some(o) => concat(&[o, &new], 2),
             None => Ok(new),
         };
@@ -54,47 +60,50 @@ impl KvCache {
 
 /// A block's cross-attention keys and values of the text memory: (ΣLᵢ, H, hd) each.
 pub struct TextKv {
-    k: Tensor,
-    v: Tensor,
+    k: Var,
+    v: Var,
 }
 
+/// The block's parameters; the derived ones (joined biases, per-head scale) are computed
+/// from the stored ones with `Var` ops once per model build, so in training their gradients
+/// reach the stored parameters.
 pub(super) struct Block {
-    ada_gss: Tensor,
-    qkv_w: Tensor,
-    qkv_b: Tensor,
+    /// (6, C).
+    ada_gss: Var,
+    qkv_w: Var,
+    /// `[q_bias | 0 | v_bias]`.
+    qkv_b: Var,
     /// exp(min(scale_mul, ln 100)) per head, shaped (1, H, 1, 1).
-    head_scale: Tensor,
-    proj_w: Tensor,
-    proj_b: Tensor,
-    ca_q_w: Tensor,
-    ca_q_b: Tensor,
-    ca_kv_w: Tensor,
-    ca_kv_b: Tensor,
-    ca_proj_w: Tensor,
-    ca_proj_b: Tensor,
-    ca_norm_w: Tensor,
-    ca_norm_b: Tensor,
-    fc1_w: Tensor,
-    fc1_b: Tensor,
-    fc2_w: Tensor,
-    fc2_b: Tensor,
+    head_scale: Var,
+    proj_w: Var,
+    proj_b: Var,
+    ca_q_w: Var,
+    ca_q_b: Var,
+    ca_kv_w: Var,
+    ca_kv_b: Var,
+    ca_proj_w: Var,
+    ca_proj_b: Var,
+    ca_norm_w: Var,
+    ca_norm_b: Var,
+    fc1_w: Var,
+    fc1_b: Var,
+    fc2_w: Var,
+    fc2_b: Var,
     heads: usize,
 }
 
 impl Block {
-    pub(super) fn load(p: &mut Params, c: &InfinityConfig, i: usize) -> Result<Self> {
+    pub(super) fn load(take: Source, c: &InfinityConfig, i: usize) -> Result<Self> {
         let pre = c.block_prefix(i);
-        let mut t = |name: &str| p.take(&format!("{pre}{name}"));
+        let mut t = |name: &str| take(&format!("{pre}{name}"));
         let q_bias = t("sa.q_bias")?;
-        let v_bias = t("sa.v_bias")?;
-        let zeros = Tensor::zeros(q_bias.shape(), infinity_runtime::DType::F32);
-        let max = 100f32.ln();
-        let scale: Vec<f32> = t("sa.scale_mul_1H11")?.to_vec::<f32>()?.into_iter().map(|s| s.min(max).exp()).collect();
+        let zeros = Var::constant(Tensor::zeros(q_bias.shape(), DType::F32));
+        let qkv_b = concat(&[&q_bias, &zeros, &t("sa.v_bias")?], 0)?;
         Ok(Block {
             ada_gss: t("ada_gss")?.reshape(&[6, c.embed_dim])?,
             qkv_w: t("sa.mat_qkv.weight")?,
-            qkv_b: concat(&[&q_bias, &zeros, &v_bias], 0)?,
-            head_scale: Tensor::from_vec(scale, &[1, c.num_heads, 1, 1])?,
+            qkv_b,
+            head_scale: exp(&clamp(&t("sa.scale_mul_1H11")?, f32::NEG_INFINITY, 100f32.ln())?)?,
             proj_w: t("sa.proj.weight")?,
             proj_b: t("sa.proj.bias")?,
             ca_q_w: t("ca.mat_q.weight")?,
@@ -114,7 +123,7 @@ impl Block {
     }
 
     /// Projects the text memory into this block's cross-attention keys and values.
-    pub(super) fn text_kv(&self, memory: &Tensor) -> Result<TextKv> {
+    pub(super) fn text_kv(&self, memory: &Var) -> Result<TextKv> {
         let (k, v) = split_kv(&linear(memory, &self.ca_kv_w, Some(&self.ca_kv_b))?, self.heads)?;
         Ok(TextKv { k, v })
     }
@@ -122,13 +131,13 @@ impl Block {
     /// `x` (B, n, C): the tokens of one scale; `cos`/`sin` (n, hd/2) their RoPE angles.
     pub(super) fn forward(
         &self,
-        x: &Tensor,
+        x: &Var,
         cond: &Conditioning,
         text_kv: &TextKv,
         cache: &mut KvCache,
         cos: &Tensor,
         sin: &Tensor,
-    ) -> Result<Tensor> {
+    ) -> Result<Var> {
         let (b, n, c) = (x.dim(0)?, x.dim(1)?, x.dim(2)?);
         let hd = c / self.heads;
         // P = ada_gss + G, rows [gamma1, gamma2, scale1, scale2, shift1, shift2], each (B, C).
@@ -138,18 +147,21 @@ impl Block {
 
         // Self-attention: softmax scale 1 on unit q/k, q carrying the learned per-head scale.
         let a = modulate(x, &scale1, &shift1)?;
-        let qkv = linear(&a, &self.qkv_w, Some(&self.qkv_b))?.reshape(&[b, n, 3, self.heads, hd])?.permute(&[2, 0, 3, 1, 4])?;
+        let qkv = linear(&a, &self.qkv_w, Some(&self.qkv_b))?
+            .reshape(&[b, n, 3, self.heads, hd])?
+            .permute(&[2, 0, 3, 1, 4])?;
         let part = |i: usize| qkv.narrow(0, i, 1).and_then(|t| t.squeeze(0));
         let q = mul(&l2_normalize(&part(0)?, QK_EPS)?, &self.head_scale)?;
         let k = l2_normalize(&part(1)?, QK_EPS)?;
         let (q, k) = (rope_interleaved(&q, cos, sin)?, rope_interleaved(&k, cos, sin)?);
-        let (k_all, v_all) = cache.append(k, part(2)?.contiguous())?;
+        let (k_all, v_all) = cache.append(k, part(2)?.contiguous()?)?;
         let o = attention(&q, &k_all, &v_all, None, 1.0)?.permute(&[0, 2, 1, 3])?.reshape(&[b, n, c])?;
         let x = add(x, &mul(&linear(&o, &self.proj_w, Some(&self.proj_b))?, &gamma1.unsqueeze(1)?)?)?;
 
         // Cross-attention to the sample's own text; no gate, no modulation.
         let h = layer_norm(&x, Some(&self.ca_norm_w), Some(&self.ca_norm_b), EPS)?;
-        let q = linear(&h, &self.ca_q_w, Some(&self.ca_q_b))?.reshape(&[b, n, self.heads, hd])?.permute(&[0, 2, 1, 3])?;
+        let q =
+            linear(&h, &self.ca_q_w, Some(&self.ca_q_b))?.reshape(&[b, n, self.heads, hd])?.permute(&[0, 2, 1, 3])?;
         let o = packed_attention(&q, &text_kv.k, &text_kv.v, &cond.lens, 1.0 / (hd as f32).sqrt())?;
         let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, n, c])?;
         let x = add(&x, &linear(&o, &self.ca_proj_w, Some(&self.ca_proj_b))?)?;

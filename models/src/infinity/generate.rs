@@ -2,8 +2,8 @@
 //! into codes, accumulated at the final latent grid, and the accumulation resized to the next
 //! scale becomes that scale's input.
 
+use infinity_autograd::index::concat;
 use infinity_ops::elementwise::add;
-use infinity_ops::index::concat;
 use infinity_runtime::rng::Philox;
 use infinity_runtime::{DType, Error, Result, Tensor};
 
@@ -60,7 +60,7 @@ pub fn generate(
 
     for (k, &(h, w)) in schedule.grids.iter().enumerate() {
         let hidden = model.forward_scale(&mut session, &x, schedule, k)?;
-        let raw = model.logits(&cond, &hidden)?;
+        let raw = model.logits(&cond, &hidden)?.into_value();
         let guided = guide(&raw, batch, sampling.cfg_at(k)?, sampling.tau_at(k)?, with_uncond)?;
         let sampled = sample_bits(&guided, sampling, &mut rng)?.reshape(&[batch, h, w, bits_dim])?;
         let bits = match forced.get(k) {

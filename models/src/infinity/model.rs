@@ -1,11 +1,19 @@
 //! The Infinity transformer: loading, per-prompt conditioning, the per-scale forward pass
 //! through the KV cache, and the bitwise head.
+//!
+//! The model holds its parameters as `Var`s and its one forward is written against `Var`.
+//! Loaded from a checkpoint, the parameters are constants and the forward records nothing:
+//! that is the inference path. Built with [`Infinity::on_tape`] from the leaves of a training
+//! step's tape, the same forward records every op, and the logits of
+//! [`Infinity::teacher_forced_logits`] can be backpropagated to the parameters. Data (text
+//! features, next-scale inputs) always enters as constants.
 
 use std::path::Path;
 
-use infinity_ops::elementwise::add;
-use infinity_ops::index::concat;
-use infinity_ops::matmul::linear;
+use infinity_autograd::elementwise::add;
+use infinity_autograd::index::concat;
+use infinity_autograd::matmul::linear;
+use infinity_autograd::{Params as TrainParams, Tracked, Var};
 use infinity_runtime::io::Weights;
 use infinity_runtime::rng::Philox;
 use infinity_runtime::{Error, Result, Tensor};
@@ -17,18 +25,21 @@ use super::rope::scale_table;
 use super::text::{Conditioning, PackedText, TextPath};
 use crate::schedule::Schedule;
 
+/// Hands out a parameter by its state-dict name, once each, while the model is built.
+pub(super) type Source<'a> = &'a mut dyn FnMut(&str) -> Result<Var>;
+
 pub struct Infinity {
     pub config: InfinityConfig,
     text: TextPath,
     /// (1, 1, C): added to the start token only.
-    pos_start: Tensor,
+    pos_start: Var,
     /// (15, C): one row per scale index, added once before the first block.
-    lvl_embed: Tensor,
-    word_embed_w: Tensor,
-    word_embed_b: Tensor,
+    lvl_embed: Var,
+    word_embed_w: Var,
+    word_embed_b: Var,
     blocks: Vec<Block>,
-    head_w: Tensor,
-    head_b: Tensor,
+    head_w: Var,
+    head_b: Var,
 }
 
 /// Per-generation state: the text's cross-attention K/V of every block and the KV caches.
@@ -55,26 +66,68 @@ impl Infinity {
         Self::with_config(&Weights::open(path)?, config)
     }
 
+    /// The model with constant weights (inference): linear weights stay in their stored dtype.
     pub fn with_config(weights: &Weights, config: InfinityConfig) -> Result<Self> {
         config.validate().map_err(|msg| Error::format(weights.path(), msg))?;
         let mut p = gather(weights, &config)?;
-        let blocks = (0..config.depth).map(|i| Block::load(&mut p, &config, i)).collect::<Result<_>>()?;
+        Self::build(config, &mut |key| p.take(key).map(Var::constant))
+    }
+
+    /// The trainable parameters of a checkpoint in f32 (master weights), in state-dict order,
+    /// checked against `config` as loading checks them; the zero K-bias buffers are left out.
+    pub fn parameters(weights: &Weights, config: &InfinityConfig) -> Result<TrainParams> {
+        config.validate().map_err(|msg| Error::format(weights.path(), msg))?;
+        let mut p = gather(weights, config)?;
+        let entries = config.entries().into_iter().filter(|e| !e.buffer);
+        TrainParams::new(entries.map(|e| Ok((e.key.clone(), p.take(&e.key)?))).collect::<Result<_>>()?)
+    }
+
+    /// The model on one training step's tape: every parameter is the tracked leaf of the same
+    /// name (as [`Infinity::parameters`] names them), so the forward records and its output
+    /// can be backpropagated. Build it anew for each step's tape.
+    pub fn on_tape(config: InfinityConfig, params: &Tracked) -> Result<Self> {
+        config.validate().map_err(|msg| Error::invalid("infinity.on_tape", &[], msg))?;
+        let shapes: std::collections::HashMap<String, Vec<usize>> =
+            config.entries().into_iter().map(|e| (e.key, e.shape)).collect();
+        Self::build(config, &mut |key| {
+            let var = params.get(key)?;
+            // `build` asks only for the configuration's keys.
+            let want = shapes.get(key).map_or(&[][..], Vec::as_slice);
+            if want != var.shape() {
+                return Err(Error::ShapeMismatch {
+                    op: "infinity.on_tape",
+                    lhs: want.to_vec(),
+                    rhs: var.shape().to_vec(),
+                });
+            }
+            Ok(var.clone())
+        })
+    }
+
+    fn build(config: InfinityConfig, take: Source) -> Result<Self> {
+        let blocks = (0..config.depth).map(|i| Block::load(take, &config, i)).collect::<Result<_>>()?;
         Ok(Infinity {
-            text: TextPath::load(&mut p, &config)?,
-            pos_start: p.take("pos_start")?,
-            lvl_embed: p.take("lvl_embed.weight")?,
-            word_embed_w: p.take("word_embed.weight")?,
-            word_embed_b: p.take("word_embed.bias")?,
+            text: TextPath::load(take, &config)?,
+            pos_start: take("pos_start")?,
+            lvl_embed: take("lvl_embed.weight")?,
+            word_embed_w: take("word_embed.weight")?,
+            word_embed_b: take("word_embed.bias")?,
             blocks,
-            head_w: p.take("head.weight")?,
-            head_b: p.take("head.bias")?,
+            head_w: take("head.weight")?,
+            head_b: take("head.bias")?,
             config,
         })
     }
 
-    /// Random weights (normals scaled by 1/√fan-in, zero biases; positive per-head attention
-    /// scales), for benchmarks and tests.
+    /// The model on [`Infinity::random_weights`], for benchmarks and tests.
     pub fn random(config: InfinityConfig, seed: u64) -> Result<Self> {
+        Self::with_config(&Self::random_weights(&config, seed)?, config)
+    }
+
+    /// A random state dict (normals scaled by 1/√fan-in, zero biases; positive per-head
+    /// attention scales): what [`Infinity::random`] loads, or the start of a training run.
+    pub fn random_weights(config: &InfinityConfig, seed: u64) -> Result<Weights> {
+        config.validate().map_err(|msg| Error::invalid("infinity.random", &[config.embed_dim], msg))?;
         let mut rng = Philox::new(seed);
         let mut tensors = Vec::new();
         for e in config.entries().into_iter().filter(|e| !e.buffer) {
@@ -89,7 +142,7 @@ impl Infinity {
             };
             tensors.push((e.key, Tensor::from_vec(values, &e.shape)?));
         }
-        Self::with_config(&Weights::new("<random Infinity>", tensors, Default::default())?, config)
+        Weights::new("<random Infinity>", tensors, Default::default())
     }
 
     /// Conditioning for prompts given as T5 features (Lᵢ, text_channels), each ≥ 1 token.
@@ -104,7 +157,11 @@ impl Infinity {
         match negatives {
             Some(neg) if neg.len() == prompts.len() => all.extend_from_slice(neg),
             Some(neg) => {
-                return Err(Error::invalid("infinity.condition_cfg", &[neg.len()], format!("{} negative prompts for {} prompts", neg.len(), prompts.len())));
+                return Err(Error::invalid(
+                    "infinity.condition_cfg",
+                    &[neg.len()],
+                    format!("{} negative prompts for {} prompts", neg.len(), prompts.len()),
+                ));
             }
             None => {
                 for p in prompts {
@@ -117,7 +174,8 @@ impl Infinity {
 
     /// The text-normalised, attention-pooled `cond` of packed features (for parity tests).
     pub fn pooled_text(&self, text: &PackedText) -> Result<(Tensor, Tensor)> {
-        self.text.normalize_and_pool(text)
+        let (normed, cond) = self.text.normalize_and_pool(text)?;
+        Ok((normed.into_value(), cond.into_value()))
     }
 
     pub fn session<'a>(&self, cond: &'a Conditioning) -> Result<Session<'a>> {
@@ -126,25 +184,32 @@ impl Infinity {
     }
 
     /// Start tokens (B, 1, C): cond + pos_start.
-    pub fn start_tokens(&self, cond: &Conditioning) -> Result<Tensor> {
+    pub fn start_tokens(&self, cond: &Conditioning) -> Result<Var> {
         add(&cond.cond.unsqueeze(1)?, &self.pos_start)
     }
 
     /// Token embeddings (B, n, C) of next-scale inputs (B, n, bits).
-    pub fn embed(&self, inputs: &Tensor) -> Result<Tensor> {
-        linear(inputs, &self.word_embed_w, Some(&self.word_embed_b))
+    pub fn embed(&self, inputs: &Tensor) -> Result<Var> {
+        linear(&Var::constant(inputs.clone()), &self.word_embed_w, Some(&self.word_embed_b))
     }
 
     /// Runs the tokens `x` (B, n, C) of scale `k` (grid `grid` of `schedule`) through every
     /// block, appending their keys and values to the session's caches. Returns the hidden
     /// states (B, n, C).
-    pub fn forward_scale(&self, session: &mut Session, x: &Tensor, schedule: &Schedule, k: usize) -> Result<Tensor> {
-        let grid = *schedule.grids.get(k).ok_or_else(|| Error::invalid("infinity.forward_scale", &[k], "scale index past the schedule"))?;
+    pub fn forward_scale(&self, session: &mut Session, x: &Var, schedule: &Schedule, k: usize) -> Result<Var> {
+        let grid = *schedule
+            .grids
+            .get(k)
+            .ok_or_else(|| Error::invalid("infinity.forward_scale", &[k], "scale index past the schedule"))?;
         if k >= self.lvl_embed.dim(0)? {
             return Err(Error::invalid("infinity.forward_scale", &[k], "schedules have at most 15 scales"));
         }
         if x.rank() != 3 || x.dim(1)? != grid.0 * grid.1 || x.dim(2)? != self.config.embed_dim {
-            return Err(Error::invalid("infinity.forward_scale", x.shape(), format!("expected (B, {}, {}) for grid {grid:?}", grid.0 * grid.1, self.config.embed_dim)));
+            return Err(Error::invalid(
+                "infinity.forward_scale",
+                x.shape(),
+                format!("expected (B, {}, {}) for grid {grid:?}", grid.0 * grid.1, self.config.embed_dim),
+            ));
         }
         let (cos, sin) = scale_table(grid, schedule.full_grid, self.config.head_dim())?;
         let mut h = add(x, &self.lvl_embed.narrow(0, k, 1)?)?;
@@ -155,7 +220,7 @@ impl Infinity {
     }
 
     /// Bit logits (B, n, 2·bits) from hidden states: pairs (bit 0, bit 1) per bit.
-    pub fn logits(&self, cond: &Conditioning, hidden: &Tensor) -> Result<Tensor> {
+    pub fn logits(&self, cond: &Conditioning, hidden: &Var) -> Result<Var> {
         let part = |i: usize| cond.head_ada.narrow(1, i, 1).and_then(|t| t.squeeze(1));
         linear(&modulate(hidden, &part(0)?, &part(1)?)?, &self.head_w, Some(&self.head_b))
     }
@@ -163,20 +228,36 @@ impl Infinity {
     /// Teacher-forced logits (B, L, 2·bits) for next-scale inputs `inputs` (B, L − 1, bits) of
     /// scales 1.. of `schedule` (scale 0 is fed the start token).
     pub fn teacher_forced(&self, cond: &Conditioning, inputs: &Tensor, schedule: &Schedule) -> Result<Tensor> {
+        Ok(self.teacher_forced_logits(cond, inputs, schedule)?.into_value())
+    }
+
+    /// [`Infinity::teacher_forced`] as a `Var`: the training forward. Running scale by scale
+    /// through the KV cache equals the official block-causal masked pass (a token sees its own
+    /// and earlier scales), and the cache's concatenations are recorded, so the backward
+    /// matches too.
+    pub fn teacher_forced_logits(&self, cond: &Conditioning, inputs: &Tensor, schedule: &Schedule) -> Result<Var> {
         let total = schedule.seq_len();
         if inputs.rank() != 3 || inputs.dim(1)? + 1 != total {
-            return Err(Error::invalid("infinity.teacher_forced", inputs.shape(), format!("expected (B, {}, bits)", total - 1)));
+            return Err(Error::invalid(
+                "infinity.teacher_forced",
+                inputs.shape(),
+                format!("expected (B, {}, bits)", total - 1),
+            ));
         }
         let embedded = self.embed(inputs)?;
         let offsets = schedule.offsets();
         let mut session = self.session(cond)?;
         let mut logits = Vec::with_capacity(schedule.num_scales());
         for k in 0..schedule.num_scales() {
-            let x = if k == 0 { self.start_tokens(cond)? } else { embedded.narrow(1, offsets[k] - 1, offsets[k + 1] - offsets[k])? };
+            let x = if k == 0 {
+                self.start_tokens(cond)?
+            } else {
+                embedded.narrow(1, offsets[k] - 1, offsets[k + 1] - offsets[k])?
+            };
             let h = self.forward_scale(&mut session, &x, schedule, k)?;
             logits.push(self.logits(cond, &h)?);
         }
-        let refs: Vec<&Tensor> = logits.iter().collect();
+        let refs: Vec<&Var> = logits.iter().collect();
         concat(&refs, 1)
     }
 }

@@ -1,16 +1,18 @@
 //! Text conditioning: RMS-normalised text features are attention-pooled into `cond` (the
 //! start token and the AdaLN input) and projected into the cross-attention memory; the
 //! shared AdaLN table and the head's scale/shift are derived from `cond` once per prompt.
+//! The text features are data (constants); with tracked weights the conditioning is tracked.
 
-use infinity_ops::attention::attention;
-use infinity_ops::elementwise::{gelu_tanh, silu};
-use infinity_ops::index::concat;
-use infinity_ops::matmul::linear;
-use infinity_ops::norm::rms_norm;
+use infinity_autograd::Var;
+use infinity_autograd::attention::attention;
+use infinity_autograd::elementwise::{gelu_tanh, silu};
+use infinity_autograd::index::concat;
+use infinity_autograd::matmul::linear;
+use infinity_autograd::norm::rms_norm;
 use infinity_runtime::{DType, Error, Result, Tensor};
 
 use super::config::InfinityConfig;
-use crate::params::Params;
+use super::model::Source;
 
 const EPS: f32 = 1e-6;
 
@@ -26,10 +28,17 @@ impl PackedText {
     /// Packs per-prompt features (Lᵢ, text_channels) — every Lᵢ ≥ 1.
     pub fn pack(items: &[Tensor]) -> Result<Self> {
         if let Some(t) = items.iter().find(|t| t.rank() != 2 || t.shape()[0] == 0) {
-            return Err(Error::invalid("text.pack", t.shape(), "each prompt's features must be (tokens ≥ 1, channels)"));
+            return Err(Error::invalid(
+                "text.pack",
+                t.shape(),
+                "each prompt's features must be (tokens ≥ 1, channels)",
+            ));
         }
         let refs: Vec<&Tensor> = items.iter().collect();
-        Ok(PackedText { features: concat(&refs, 0)?, lens: items.iter().map(|t| t.shape()[0]).collect() })
+        Ok(PackedText {
+            features: infinity_ops::index::concat(&refs, 0)?,
+            lens: items.iter().map(|t| t.shape()[0]).collect(),
+        })
     }
 
     pub fn batch(&self) -> usize {
@@ -47,7 +56,7 @@ impl PackedText {
 
 /// Attention of per-sample queries over that sample's own packed keys (varlen attention):
 /// `q` (B, H, n, d); `k`, `v` (ΣLᵢ, H, d) split by `lens`. Returns (B, H, n, d).
-pub(super) fn packed_attention(q: &Tensor, k: &Tensor, v: &Tensor, lens: &[usize], scale: f32) -> Result<Tensor> {
+pub(super) fn packed_attention(q: &Var, k: &Var, v: &Var, lens: &[usize], scale: f32) -> Result<Var> {
     let mut outs = Vec::with_capacity(lens.len());
     let mut off = 0;
     for (b, &len) in lens.iter().enumerate() {
@@ -56,39 +65,39 @@ pub(super) fn packed_attention(q: &Tensor, k: &Tensor, v: &Tensor, lens: &[usize
         outs.push(attention(&q.narrow(0, b, 1)?, &kb, &vb, None, scale)?);
         off += len;
     }
-    let refs: Vec<&Tensor> = outs.iter().collect();
+    let refs: Vec<&Var> = outs.iter().collect();
     concat(&refs, 0)
 }
 
 /// Splits the output of a K|V projection (N, 2C) into K and V, each (N, heads, C/heads).
-pub(super) fn split_kv(kv: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
+pub(super) fn split_kv(kv: &Var, heads: usize) -> Result<(Var, Var)> {
     let (n, c2) = (kv.dim(0)?, kv.dim(1)?);
     let kv = kv.reshape(&[n, 2, heads, c2 / 2 / heads])?;
     Ok((kv.narrow(1, 0, 1)?.squeeze(1)?, kv.narrow(1, 1, 1)?.squeeze(1)?))
 }
 
 /// `[0 | v_bias]`: the K half of every K|V projection has no bias.
-pub(super) fn zero_k_bias(v_bias: &Tensor) -> Result<Tensor> {
-    let zeros = Tensor::zeros(v_bias.shape(), DType::F32);
+pub(super) fn zero_k_bias(v_bias: &Var) -> Result<Var> {
+    let zeros = Var::constant(Tensor::zeros(v_bias.shape(), DType::F32));
     concat(&[&zeros, v_bias], 0)
 }
 
 pub(super) struct TextPath {
-    pub cfg_uncond: Tensor,
-    norm: Tensor,
-    pool_q: Tensor,
-    pool_kv_w: Tensor,
-    pool_kv_b: Tensor,
-    pool_proj_w: Tensor,
-    pool_proj_b: Tensor,
-    ca0_w: Tensor,
-    ca0_b: Tensor,
-    ca2_w: Tensor,
-    ca2_b: Tensor,
-    shared_ada_w: Tensor,
-    shared_ada_b: Tensor,
-    head_ada_w: Tensor,
-    head_ada_b: Tensor,
+    pub cfg_uncond: Var,
+    norm: Var,
+    pool_q: Var,
+    pool_kv_w: Var,
+    pool_kv_b: Var,
+    pool_proj_w: Var,
+    pool_proj_b: Var,
+    ca0_w: Var,
+    ca0_b: Var,
+    ca2_w: Var,
+    ca2_b: Var,
+    shared_ada_w: Var,
+    shared_ada_b: Var,
+    head_ada_w: Var,
+    head_ada_b: Var,
     pool_heads: usize,
 }
 
@@ -96,49 +105,54 @@ pub(super) struct TextPath {
 pub struct Conditioning {
     pub lens: Vec<usize>,
     /// (B, C): pooled text, the start token and the AdaLN input.
-    pub cond: Tensor,
+    pub cond: Var,
     /// (ΣLᵢ, C): cross-attention memory (before each block's own K/V projection).
-    pub memory: Tensor,
+    pub memory: Var,
     /// (B, 6, C): shared AdaLN table [gamma1, gamma2, scale1, scale2, shift1, shift2].
-    pub ada: Tensor,
+    pub ada: Var,
     /// (B, 2, C): the head's AdaLN [scale, shift].
-    pub head_ada: Tensor,
+    pub head_ada: Var,
 }
 
 impl TextPath {
-    pub(super) fn load(p: &mut Params, c: &InfinityConfig) -> Result<Self> {
+    pub(super) fn load(take: Source, c: &InfinityConfig) -> Result<Self> {
         Ok(TextPath {
-            cfg_uncond: p.take("cfg_uncond")?,
-            norm: p.take("text_norm.weight")?,
-            pool_q: p.take("text_proj_for_sos.ca.mat_q")?,
-            pool_kv_w: p.take("text_proj_for_sos.ca.mat_kv.weight")?,
-            pool_kv_b: zero_k_bias(&p.take("text_proj_for_sos.ca.v_bias")?)?,
-            pool_proj_w: p.take("text_proj_for_sos.ca.proj.weight")?,
-            pool_proj_b: p.take("text_proj_for_sos.ca.proj.bias")?,
-            ca0_w: p.take("text_proj_for_ca.0.weight")?,
-            ca0_b: p.take("text_proj_for_ca.0.bias")?,
-            ca2_w: p.take("text_proj_for_ca.2.weight")?,
-            ca2_b: p.take("text_proj_for_ca.2.bias")?,
-            shared_ada_w: p.take("shared_ada_lin.1.weight")?,
-            shared_ada_b: p.take("shared_ada_lin.1.bias")?,
-            head_ada_w: p.take("head_nm.ada_lin.1.weight")?,
-            head_ada_b: p.take("head_nm.ada_lin.1.bias")?,
+            cfg_uncond: take("cfg_uncond")?,
+            norm: take("text_norm.weight")?,
+            pool_q: take("text_proj_for_sos.ca.mat_q")?,
+            pool_kv_w: take("text_proj_for_sos.ca.mat_kv.weight")?,
+            pool_kv_b: zero_k_bias(&take("text_proj_for_sos.ca.v_bias")?)?,
+            pool_proj_w: take("text_proj_for_sos.ca.proj.weight")?,
+            pool_proj_b: take("text_proj_for_sos.ca.proj.bias")?,
+            ca0_w: take("text_proj_for_ca.0.weight")?,
+            ca0_b: take("text_proj_for_ca.0.bias")?,
+            ca2_w: take("text_proj_for_ca.2.weight")?,
+            ca2_b: take("text_proj_for_ca.2.bias")?,
+            shared_ada_w: take("shared_ada_lin.1.weight")?,
+            shared_ada_b: take("shared_ada_lin.1.bias")?,
+            head_ada_w: take("head_nm.ada_lin.1.weight")?,
+            head_ada_b: take("head_nm.ada_lin.1.bias")?,
             pool_heads: c.pool_heads(),
         })
     }
 
     /// The learned null text for a prompt of `len` tokens: the first `len` rows of `cfg_uncond`.
+    /// It is fed like prompt features, as data: no gradient reaches `cfg_uncond` through it.
     pub(super) fn null_text(&self, len: usize) -> Result<Tensor> {
         let rows = self.cfg_uncond.dim(0)?;
         if len > rows {
-            return Err(Error::invalid("infinity.null_text", &[len], format!("prompt longer than the {rows} rows of cfg_uncond")));
+            return Err(Error::invalid(
+                "infinity.null_text",
+                &[len],
+                format!("prompt longer than the {rows} rows of cfg_uncond"),
+            ));
         }
-        self.cfg_uncond.narrow(0, 0, len)
+        self.cfg_uncond.value().narrow(0, 0, len)
     }
 
     /// RMS-normalised text → (normed, pooled cond).
-    pub(super) fn normalize_and_pool(&self, text: &PackedText) -> Result<(Tensor, Tensor)> {
-        let normed = rms_norm(&text.features, Some(&self.norm), EPS)?;
+    pub(super) fn normalize_and_pool(&self, text: &PackedText) -> Result<(Var, Var)> {
+        let normed = rms_norm(&Var::constant(text.features.clone()), Some(&self.norm), EPS)?;
         let (k, v) = split_kv(&linear(&normed, &self.pool_kv_w, Some(&self.pool_kv_b))?, self.pool_heads)?;
         let dp = k.dim(2)?;
         let b = text.batch();
@@ -151,7 +165,8 @@ impl TextPath {
 
     pub(super) fn condition(&self, text: &PackedText) -> Result<Conditioning> {
         let (normed, cond) = self.normalize_and_pool(text)?;
-        let memory = linear(&gelu_tanh(&linear(&normed, &self.ca0_w, Some(&self.ca0_b))?)?, &self.ca2_w, Some(&self.ca2_b))?;
+        let memory =
+            linear(&gelu_tanh(&linear(&normed, &self.ca0_w, Some(&self.ca0_b))?)?, &self.ca2_w, Some(&self.ca2_b))?;
         let (b, c) = (cond.dim(0)?, cond.dim(1)?);
         let act = silu(&cond)?;
         let ada = linear(&act, &self.shared_ada_w, Some(&self.shared_ada_b))?.reshape(&[b, 6, c])?;

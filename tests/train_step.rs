@@ -1,0 +1,218 @@
+//! One training step of the Infinity transformer against the official trainer (devA weights,
+//! Bitwise Self-Correction off; shared/golden/train): the teacher-forced forward on a tape,
+//! the bitwise loss with the 1/L token weighting, the gradients of all 59 parameters, the
+//! gradient norm and the AdamW step with the official parameter groups.
+
+mod common;
+
+use common::{max_abs, max_abs_diff, open};
+use infinity::autograd::loss::bitwise_cross_entropy;
+use infinity::autograd::optim::official_groups;
+use infinity::autograd::{AdamW, AdamWConfig, Params, Tape};
+use infinity::models::infinity::teacher::{Flips, teacher_forcing};
+use infinity::models::infinity::{Infinity, InfinityConfig};
+use infinity::models::schedule::{PixelBudget, Schedule, Template};
+use infinity::ops::index::concat;
+use infinity::runtime::io::Weights;
+use infinity::runtime::{DType, Tensor};
+
+/// train_settings.json: lr, betas, eps, weight decay of the decay group, clipping threshold.
+const LR: f64 = 9.375e-5;
+const WEIGHT_DECAY: f64 = 0.005;
+const ADAMW: AdamWConfig = AdamWConfig { beta1: 0.9, beta2: 0.97, eps: 1e-8 };
+const CLIP: f32 = 5.0;
+
+fn schedule() -> Schedule {
+    Template::exact(1.0).unwrap().schedule(PixelBudget::P006M)
+}
+
+/// The mask-1 rows of each prompt's T5 features, as the trainer packs them.
+fn prompts(t5: &Weights) -> Vec<Tensor> {
+    let (feats, mask) = (t5.get("last_hidden_state").unwrap(), t5.get("attention_mask").unwrap());
+    (0..feats.dim(0).unwrap())
+        .map(|b| {
+            let len = mask.narrow(0, b, 1).unwrap().to_vec::<i64>().unwrap().iter().sum::<i64>() as usize;
+            feats.narrow(0, b, 1).unwrap().squeeze(0).unwrap().narrow(0, 0, len).unwrap()
+        })
+        .collect()
+}
+
+/// max |a − b| relative to max |b| (an all-zero golden asks for exact zeros).
+fn relative_diff(got: &Tensor, golden: &Tensor) -> f32 {
+    let golden = golden.reshape(got.shape()).unwrap();
+    let diff = max_abs_diff(got, &golden);
+    if diff == 0.0 { 0.0 } else { diff / max_abs(&golden) }
+}
+
+/// Per-scale (B, h, w, d) labels flattened and concatenated to (B, L, d), the loss's layout.
+fn flat_labels(labels: &[Tensor]) -> Tensor {
+    let rows: Vec<Tensor> = labels
+        .iter()
+        .map(|t| {
+            let d = t.shape();
+            t.reshape(&[d[0], d[1] * d[2], d[3]]).unwrap()
+        })
+        .collect();
+    concat(&rows.iter().collect::<Vec<_>>(), 1).unwrap()
+}
+
+fn scalar(t: &Tensor) -> f32 {
+    t.to_f32_vec()[0]
+}
+
+#[test]
+fn one_training_step_matches_the_official_trainer() {
+    let weights = open("devA/transformer.safetensors");
+    let config = Infinity::detect_config(&weights).unwrap();
+    let golden = open("train/train_step.safetensors");
+    let mut params = Infinity::parameters(&weights, &config).unwrap();
+    assert_eq!(params.len(), 59);
+
+    // Labels and inputs of plain teacher forcing from the VAE features the trainer encoded.
+    let s = schedule();
+    let tf =
+        teacher_forcing(open("train/teacher_forcing.safetensors").get("raw_features").unwrap(), &s.grids, Flips::None)
+            .unwrap();
+    let labels = flat_labels(&tf.labels);
+    let l = s.seq_len();
+    let token_weights = Tensor::full(&[l], 1.0 / l as f32, DType::F32);
+
+    // Forward on a tape, loss, backward.
+    let tape = Tape::new();
+    let tracked = params.track(&tape).unwrap();
+    let model = Infinity::on_tape(config.clone(), &tracked).unwrap();
+    let cond = model.condition(&prompts(&open("devA/t5_golden.safetensors"))).unwrap();
+    let logits = model.teacher_forced_logits(&cond, &tf.inputs, &s).unwrap();
+    let loss = bitwise_cross_entropy(&logits, &labels, &token_weights).unwrap();
+    let want = scalar(golden.get("loss").unwrap());
+    let got = scalar(loss.loss.value());
+    eprintln!("loss {got} vs {want} (relative {:.1e})", ((got - want) / want).abs());
+    assert!(((got - want) / want).abs() <= 1e-5);
+
+    // Per-scale losses: the mean CE over the batch and the tokens of each scale.
+    let per_token = loss.per_token.to_vec::<f32>().unwrap();
+    let offsets = s.offsets();
+    let scale_loss = golden.get("scale_loss").unwrap().to_vec::<f32>().unwrap();
+    for (k, &want) in scale_loss.iter().enumerate() {
+        let tokens = offsets[k]..offsets[k + 1];
+        let sum: f64 = (0..2).flat_map(|b| per_token[b * l..][tokens.clone()].iter()).map(|&v| f64::from(v)).sum();
+        let got = (sum / (2 * tokens.len()) as f64) as f32;
+        assert!(((got - want) / want).abs() <= 1e-5, "scale {k}: loss {got} vs {want}");
+    }
+
+    let mut grads = tracked.gradients(tape.backward(&loss.loss).unwrap());
+    let mut worst = (0.0f32, String::new());
+    for (name, p) in params.iter() {
+        let want = golden.get(&format!("grad.{name}")).unwrap();
+        // A parameter the loss does not reach gets no gradient (the golden's is all zero).
+        let got = grads.get(name).cloned().unwrap_or_else(|| Tensor::zeros(p.shape(), DType::F32));
+        let rel = relative_diff(&got, want);
+        assert!(rel <= 1e-4, "grad.{name}: max |diff| / max |golden| = {rel:e}");
+        if rel >= worst.0 {
+            worst = (rel, name.to_string());
+        }
+    }
+    eprintln!("worst gradient: {} (max |diff| / max |golden| = {:.1e})", worst.1, worst.0);
+
+    let norm = grads.clip_norm(CLIP).unwrap();
+    let want = scalar(golden.get("grad_norm").unwrap());
+    assert!(((norm - want) / want).abs() <= 1e-5, "gradient norm {norm} vs {want}");
+
+    // The AdamW step (clipping did not act: the norm is below 5). The first step moves each
+    // element by about lr·g/(|g| + eps): where |g| ≫ eps that is lr·sign(g), insensitive to
+    // f32 noise in g, and must match to 1e-6 of the tensor's scale; where |g| < 1e-6 the step
+    // depends on g's exact value (the golden README allows up to 2·lr there).
+    let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
+    opt.step(&mut params, &grads, LR, WEIGHT_DECAY).unwrap();
+    let (mut worst, mut worst_small) = ((0.0f32, String::new()), 0.0f32);
+    for (name, p) in params.iter() {
+        let want = golden.get(&format!("param_after.{name}")).unwrap();
+        let scale = max_abs(want);
+        let g = golden.get(&format!("grad.{name}")).unwrap().to_f32_vec();
+        for ((&ours, theirs), g) in p.to_f32_vec().iter().zip(want.to_f32_vec()).zip(g) {
+            let diff = (ours - theirs).abs();
+            if g.abs() < 1e-6 {
+                assert!(diff <= 2.0 * LR as f32, "param_after.{name}: {ours} vs {theirs} (|g| = {g:e})");
+                worst_small = worst_small.max(diff / LR as f32);
+            } else {
+                assert!(diff <= 1e-6 * scale, "param_after.{name}: {ours} vs {theirs} (|g| = {g:e})");
+                if diff / scale >= worst.0 {
+                    worst = (diff / scale, name.to_string());
+                }
+            }
+        }
+    }
+    eprintln!(
+        "worst parameter after the step: {} (max |diff| / max |golden| = {:.1e}); |g| < 1e-6: max |diff| = {worst_small:.1e}·lr",
+        worst.1, worst.0
+    );
+}
+
+/// A model on a tape refuses parameters whose shapes do not fit its configuration.
+#[test]
+fn on_tape_checks_parameter_shapes() {
+    let mut config = InfinityConfig::preset("layer12").unwrap();
+    (config.depth, config.embed_dim, config.num_heads, config.mlp_hidden, config.text_channels, config.block_chunks) =
+        (1, 64, 2, 256, 128, 1);
+    let params = Params::new(
+        config.entries().into_iter().filter(|e| !e.buffer).map(|e| (e.key, Tensor::zeros(&[1], DType::F32))).collect(),
+    )
+    .unwrap();
+    let tape = Tape::new();
+    assert!(Infinity::on_tape(config, &params.track(&tape).unwrap()).is_err());
+}
+
+/// Training end to end on a very small model: a few hundred AdamW steps on four random
+/// latents, each with its own random prompt, until greedy generation from the prompts
+/// reproduces every bit of every scale.
+#[test]
+fn a_tiny_model_overfits_four_latents() {
+    use infinity::models::infinity::{SamplingConfig, generate};
+    use infinity::runtime::rng::Philox;
+
+    const STEPS: usize = 300;
+    let config = InfinityConfig {
+        depth: 1,
+        embed_dim: 64,
+        num_heads: 2,
+        mlp_hidden: 128,
+        text_channels: 128,
+        bits: 8,
+        block_chunks: 1,
+        text_maxlen: 8,
+        spatial_patchify: false,
+    };
+    let s = Schedule { grids: vec![(1, 1), (2, 2), (4, 4)], full_grid: (4, 4) };
+    let mut rng = Philox::new(7);
+    let latents = Tensor::from_vec(rng.normal(4 * 8 * 16), &[4, 8, 4, 4]).unwrap();
+    let prompts: Vec<Tensor> = (0..4).map(|_| Tensor::from_vec(rng.normal(3 * 128), &[3, 128]).unwrap()).collect();
+    let tf = teacher_forcing(&latents, &s.grids, Flips::None).unwrap();
+    let labels = flat_labels(&tf.labels);
+    let token_weights = Tensor::full(&[s.seq_len()], 1.0 / s.seq_len() as f32, DType::F32);
+
+    let mut params = Infinity::parameters(&Infinity::random_weights(&config, 0).unwrap(), &config).unwrap();
+    let mut opt = AdamW::new(AdamWConfig::default(), official_groups(&params)).unwrap();
+    let mut losses = Vec::new();
+    for _ in 0..STEPS {
+        let tape = Tape::new();
+        let tracked = params.track(&tape).unwrap();
+        let model = Infinity::on_tape(config.clone(), &tracked).unwrap();
+        let logits = model.teacher_forced_logits(&model.condition(&prompts).unwrap(), &tf.inputs, &s).unwrap();
+        let loss = bitwise_cross_entropy(&logits, &labels, &token_weights).unwrap();
+        losses.push(scalar(loss.loss.value()));
+        let grads = tracked.gradients(tape.backward(&loss.loss).unwrap());
+        opt.step(&mut params, &grads, 3e-3, 0.0).unwrap();
+    }
+    eprintln!("loss {} → {}", losses[0], losses[STEPS - 1]);
+
+    let trained: Vec<(String, Tensor)> = params.iter().map(|(name, t)| (name.to_string(), t.clone())).collect();
+    let model =
+        Infinity::with_config(&Weights::new("<trained>", trained, Default::default()).unwrap(), config).unwrap();
+    let greedy = SamplingConfig { cfg: vec![1.0], top_k: 1, top_p: 0.0, ..Default::default() };
+    for (i, prompt) in prompts.iter().enumerate() {
+        let out = generate(&model, std::slice::from_ref(prompt), None, &s, &greedy, &[], |_| {}).unwrap();
+        for (k, (bits, label)) in out.bits.iter().zip(&tf.labels).enumerate() {
+            assert!(bits.same_values(&label.narrow(0, i, 1).unwrap()), "latent {i}, scale {k}");
+        }
+    }
+}

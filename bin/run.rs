@@ -10,6 +10,9 @@ use std::process::ExitCode;
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+mod report;
+use report::peak_rss_mib;
+
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use infinity::models::bitvae::BitVae;
@@ -140,15 +143,7 @@ fn main() -> ExitCode {
         Command::Inspect { file } => inspect(&file),
         Command::Reconstruct { vae, image, pn, out } => reconstruct(&vae, &image, pn, &out),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One line whatever the message holds, so scripts can grep it; if stderr itself is
-            // gone there is nobody left to tell.
-            let _ = writeln!(io::stderr(), "error: {}", e.to_string().replace('\n', " "));
-            ExitCode::from(2)
-        }
-    }
+    report::exit_code(result)
 }
 
 fn inspect(file: &Path) -> Result<(), Box<dyn Error>> {
@@ -195,13 +190,6 @@ fn output_path(out: &Path, index: usize, total: usize) -> PathBuf {
     }
     let stem = out.file_stem().map_or("out".into(), |s| s.to_string_lossy().into_owned());
     out.with_file_name(format!("{stem}_{index:04}.png"))
-}
-
-/// Peak resident memory of this process in MiB (Linux), if the kernel tells.
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
 }
 
 fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {

@@ -1,18 +1,18 @@
 //! One training step of the Infinity transformer against the official trainer (devA weights,
 //! Bitwise Self-Correction off; shared/golden/train): the teacher-forced forward on a tape,
 //! the bitwise loss with the 1/L token weighting, the gradients of all 59 parameters, the
-//! gradient norm and the AdamW step with the official parameter groups.
+//! gradient norm and the AdamW step with the official parameter groups — all through
+//! `models::train::train_step`, the step `infinity-train` runs.
 
 mod common;
 
 use common::{max_abs, max_abs_diff, open};
-use infinity::autograd::loss::bitwise_cross_entropy;
 use infinity::autograd::optim::official_groups;
 use infinity::autograd::{AdamW, AdamWConfig, Params, Tape};
+use infinity::models::train::{StepBatch, StepSettings, train_step};
 use infinity::models::infinity::teacher::{Flips, teacher_forcing};
 use infinity::models::infinity::{Infinity, InfinityConfig};
 use infinity::models::schedule::{PixelBudget, Schedule, Template};
-use infinity::ops::index::concat;
 use infinity::runtime::io::Weights;
 use infinity::runtime::{DType, Tensor};
 
@@ -44,18 +44,6 @@ fn relative_diff(got: &Tensor, golden: &Tensor) -> f32 {
     if diff == 0.0 { 0.0 } else { diff / max_abs(&golden) }
 }
 
-/// Per-scale (B, h, w, d) labels flattened and concatenated to (B, L, d), the loss's layout.
-fn flat_labels(labels: &[Tensor]) -> Tensor {
-    let rows: Vec<Tensor> = labels
-        .iter()
-        .map(|t| {
-            let d = t.shape();
-            t.reshape(&[d[0], d[1] * d[2], d[3]]).unwrap()
-        })
-        .collect();
-    concat(&rows.iter().collect::<Vec<_>>(), 1).unwrap()
-}
-
 fn scalar(t: &Tensor) -> f32 {
     t.to_f32_vec()[0]
 }
@@ -73,39 +61,35 @@ fn one_training_step_matches_the_official_trainer() {
     let tf =
         teacher_forcing(open("train/teacher_forcing.safetensors").get("raw_features").unwrap(), &s.grids, Flips::None)
             .unwrap();
-    let labels = flat_labels(&tf.labels);
-    let l = s.seq_len();
-    let token_weights = Tensor::full(&[l], 1.0 / l as f32, DType::F32);
+    let prompts = prompts(&open("devA/t5_golden.safetensors"));
+    let batch = StepBatch { prompts: &prompts, targets: &tf, schedule: &s };
+    let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
+    let stats =
+        train_step(&mut params, &mut opt, &config, &batch, StepSettings { lr: LR, weight_decay: WEIGHT_DECAY, clip: CLIP })
+            .unwrap();
 
-    // Forward on a tape, loss, backward.
-    let tape = Tape::new();
-    let tracked = params.track(&tape).unwrap();
-    let model = Infinity::on_tape(config.clone(), &tracked).unwrap();
-    let cond = model.condition(&prompts(&open("devA/t5_golden.safetensors"))).unwrap();
-    let logits = model.teacher_forced_logits(&cond, &tf.inputs, &s).unwrap();
-    let loss = bitwise_cross_entropy(&logits, &labels, &token_weights).unwrap();
     let want = scalar(golden.get("loss").unwrap());
-    let got = scalar(loss.loss.value());
+    let got = stats.loss;
     eprintln!("loss {got} vs {want} (relative {:.1e})", ((got - want) / want).abs());
     assert!(((got - want) / want).abs() <= 1e-5);
 
     // Per-scale losses: the mean CE over the batch and the tokens of each scale.
-    let per_token = loss.per_token.to_vec::<f32>().unwrap();
-    let offsets = s.offsets();
     let scale_loss = golden.get("scale_loss").unwrap().to_vec::<f32>().unwrap();
-    for (k, &want) in scale_loss.iter().enumerate() {
-        let tokens = offsets[k]..offsets[k + 1];
-        let sum: f64 = (0..2).flat_map(|b| per_token[b * l..][tokens.clone()].iter()).map(|&v| f64::from(v)).sum();
-        let got = (sum / (2 * tokens.len()) as f64) as f32;
+    assert_eq!(stats.scale_loss.len(), scale_loss.len());
+    for (k, (&got, &want)) in stats.scale_loss.iter().zip(&scale_loss).enumerate() {
         assert!(((got - want) / want).abs() <= 1e-5, "scale {k}: loss {got} vs {want}");
     }
+    assert!(stats.scale_accuracy.iter().all(|a| (0.0..=1.0).contains(a)));
 
-    let mut grads = tracked.gradients(tape.backward(&loss.loss).unwrap());
+    // Clipping does not act (the norm is below 5): the applied gradients are the raw ones.
+    let norm = stats.grad_norm;
+    let want = scalar(golden.get("grad_norm").unwrap());
+    assert!(((norm - want) / want).abs() <= 1e-5, "gradient norm {norm} vs {want}");
     let mut worst = (0.0f32, String::new());
     for (name, p) in params.iter() {
         let want = golden.get(&format!("grad.{name}")).unwrap();
         // A parameter the loss does not reach gets no gradient (the golden's is all zero).
-        let got = grads.get(name).cloned().unwrap_or_else(|| Tensor::zeros(p.shape(), DType::F32));
+        let got = stats.grads.get(name).cloned().unwrap_or_else(|| Tensor::zeros(p.shape(), DType::F32));
         let rel = relative_diff(&got, want);
         assert!(rel <= 1e-4, "grad.{name}: max |diff| / max |golden| = {rel:e}");
         if rel >= worst.0 {
@@ -114,16 +98,10 @@ fn one_training_step_matches_the_official_trainer() {
     }
     eprintln!("worst gradient: {} (max |diff| / max |golden| = {:.1e})", worst.1, worst.0);
 
-    let norm = grads.clip_norm(CLIP).unwrap();
-    let want = scalar(golden.get("grad_norm").unwrap());
-    assert!(((norm - want) / want).abs() <= 1e-5, "gradient norm {norm} vs {want}");
-
-    // The AdamW step (clipping did not act: the norm is below 5). The first step moves each
+    // The AdamW step. The first step moves each
     // element by about lr·g/(|g| + eps): where |g| ≫ eps that is lr·sign(g), insensitive to
     // f32 noise in g, and must match to 1e-6 of the tensor's scale; where |g| < 1e-6 the step
     // depends on g's exact value (the golden README allows up to 2·lr there).
-    let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
-    opt.step(&mut params, &grads, LR, WEIGHT_DECAY).unwrap();
     let (mut worst, mut worst_small) = ((0.0f32, String::new()), 0.0f32);
     for (name, p) in params.iter() {
         let want = golden.get(&format!("param_after.{name}")).unwrap();
@@ -187,22 +165,13 @@ fn a_tiny_model_overfits_four_latents() {
     let latents = Tensor::from_vec(rng.normal(4 * 8 * 16), &[4, 8, 4, 4]).unwrap();
     let prompts: Vec<Tensor> = (0..4).map(|_| Tensor::from_vec(rng.normal(3 * 128), &[3, 128]).unwrap()).collect();
     let tf = teacher_forcing(&latents, &s.grids, Flips::None).unwrap();
-    let labels = flat_labels(&tf.labels);
-    let token_weights = Tensor::full(&[s.seq_len()], 1.0 / s.seq_len() as f32, DType::F32);
 
     let mut params = Infinity::parameters(&Infinity::random_weights(&config, 0).unwrap(), &config).unwrap();
     let mut opt = AdamW::new(AdamWConfig::default(), official_groups(&params)).unwrap();
-    let mut losses = Vec::new();
-    for _ in 0..STEPS {
-        let tape = Tape::new();
-        let tracked = params.track(&tape).unwrap();
-        let model = Infinity::on_tape(config.clone(), &tracked).unwrap();
-        let logits = model.teacher_forced_logits(&model.condition(&prompts).unwrap(), &tf.inputs, &s).unwrap();
-        let loss = bitwise_cross_entropy(&logits, &labels, &token_weights).unwrap();
-        losses.push(scalar(loss.loss.value()));
-        let grads = tracked.gradients(tape.backward(&loss.loss).unwrap());
-        opt.step(&mut params, &grads, 3e-3, 0.0).unwrap();
-    }
+    let batch = StepBatch { prompts: &prompts, targets: &tf, schedule: &s };
+    let settings = StepSettings { lr: 3e-3, weight_decay: 0.0, clip: f32::INFINITY };
+    let losses: Vec<f32> =
+        (0..STEPS).map(|_| train_step(&mut params, &mut opt, &config, &batch, settings).unwrap().loss).collect();
     eprintln!("loss {} → {}", losses[0], losses[STEPS - 1]);
 
     let trained: Vec<(String, Tensor)> = params.iter().map(|(name, t)| (name.to_string(), t.clone())).collect();

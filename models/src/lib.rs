@@ -8,3 +8,4 @@ mod params;
 pub mod pipeline;
 pub mod schedule;
 pub mod t5;
+pub mod train;

@@ -8,8 +8,8 @@ use infinity_runtime::io::Weights;
 use infinity_runtime::{Error, Result, Tensor};
 use serde_json::Value;
 
-use crate::bitvae::{self, BitVae};
-use crate::infinity::Infinity;
+use crate::bitvae::{self, BitVae, BitVaeConfig};
+use crate::infinity::{Infinity, InfinityConfig};
 use crate::schedule::{PATCH, PixelBudget};
 use crate::t5::{T5Config, T5Encoder, T5Tokenizer};
 
@@ -70,9 +70,8 @@ impl ModelFiles {
 
 /// The three models, loaded and checked against each other.
 pub struct Pipeline {
-    pub tokenizer: T5Tokenizer,
     /// Dropped after the prompts are encoded (`drop_text_encoder`): it is the largest model.
-    pub t5: Option<T5Encoder>,
+    pub text: Option<TextEncoder>,
     pub transformer: Infinity,
     pub vae: BitVae,
 }
@@ -93,26 +92,9 @@ impl Pipeline {
         let tc = Infinity::detect_config(&tw)?;
         let vw = bitvae::state_dict(&files.vae)?;
         let vc = bitvae::detect_config(&vw)?;
-        let vae_bits = vc.z_channels * if tc.spatial_patchify { 4 } else { 1 };
-        if vae_bits != tc.bits {
-            return Err(Error::format(
-                &files.vae,
-                format!("the VAE makes {vae_bits}-bit tokens but {} predicts {} bits per token", files.transformer.display(), tc.bits),
-            ));
-        }
-        if vc.patch != PATCH {
-            return Err(Error::format(&files.vae, format!("patch {} VAEs do not fit the image schedules (patch {PATCH})", vc.patch)));
-        }
-        if t5_config.d_model != tc.text_channels {
-            return Err(Error::format(
-                &files.t5_config,
-                format!("the text encoder is {} wide but {} expects {}-wide text features", t5_config.d_model, files.transformer.display(), tc.text_channels),
-            ));
-        }
-        let tokenizer = T5Tokenizer::open(&files.tokenizer)?;
+        check_fit(&tc, &files.transformer.display().to_string(), &vc, &files.vae, &t5_config, &files.t5_config)?;
         Ok(Pipeline {
-            tokenizer,
-            t5: Some(T5Encoder::open(&files.t5, t5_config)?),
+            text: Some(TextEncoder::with_config(&files.t5, t5_config, &files.tokenizer)?),
             transformer: Infinity::with_config(&tw, tc)?,
             vae: BitVae::with_config(&vw, vc)?,
         })
@@ -120,8 +102,37 @@ impl Pipeline {
 
     /// T5 features of each prompt (its valid tokens only, EOS included).
     pub fn encode_prompts(&self, prompts: &[&str]) -> Result<Vec<EncodedPrompt>> {
-        let t5 = self.t5.as_ref().ok_or_else(|| Error::invalid("pipeline.encode_prompts", &[], "the text encoder was already dropped"))?;
-        let vocab = t5.config.vocab_size;
+        let text = self.text.as_ref().ok_or_else(|| Error::invalid("pipeline.encode_prompts", &[], "the text encoder was already dropped"))?;
+        text.encode(prompts)
+    }
+
+    pub fn drop_text_encoder(&mut self) {
+        self.text = None;
+    }
+}
+
+/// The T5 encoder and its tokenizer: prompts → features, without the other models (training
+/// needs only this part of the pipeline).
+pub struct TextEncoder {
+    pub tokenizer: T5Tokenizer,
+    pub t5: T5Encoder,
+}
+
+impl TextEncoder {
+    /// `t5`: weights (file, sharded index json or Hugging Face folder); `t5_config`: its
+    /// `config.json`; `tokenizer`: its `tokenizer.json`.
+    pub fn open(t5: &Path, t5_config: &Path, tokenizer: &Path) -> Result<Self> {
+        Self::with_config(t5, T5Config::open(t5_config)?, tokenizer)
+    }
+
+    /// As `open`, with the encoder's configuration already read (e.g. to check it first).
+    pub fn with_config(t5: &Path, config: T5Config, tokenizer: &Path) -> Result<Self> {
+        Ok(TextEncoder { tokenizer: T5Tokenizer::open(tokenizer)?, t5: T5Encoder::open(t5, config)? })
+    }
+
+    /// T5 features of each prompt (its valid tokens only, EOS included).
+    pub fn encode(&self, prompts: &[&str]) -> Result<Vec<EncodedPrompt>> {
+        let vocab = self.t5.config.vocab_size;
         prompts
             .iter()
             .map(|p| {
@@ -129,12 +140,34 @@ impl Pipeline {
                 if let Some(&bad) = enc.ids.iter().find(|&&id| id as usize >= vocab) {
                     return Err(Error::invalid("pipeline.encode_prompts", &[enc.ids.len()], format!("token id {bad} is outside the text encoder's vocabulary of {vocab}: tokenizer and encoder do not belong together")));
                 }
-                Ok(EncodedPrompt { features: t5.encode(&enc.ids)?, truncated: enc.truncated })
+                Ok(EncodedPrompt { features: self.t5.encode(&enc.ids)?, truncated: enc.truncated })
             })
             .collect()
     }
+}
 
-    pub fn drop_text_encoder(&mut self) {
-        self.t5 = None;
+/// Checks, from configurations alone, that a transformer (`transformer` names it in errors)
+/// predicts the VAE's tokens and reads the text encoder's features.
+pub fn check_fit(
+    tc: &InfinityConfig,
+    transformer: &str,
+    vc: &BitVaeConfig,
+    vae: &Path,
+    t5: &T5Config,
+    t5_config: &Path,
+) -> Result<()> {
+    let vae_bits = vc.z_channels * if tc.spatial_patchify { 4 } else { 1 };
+    if vae_bits != tc.bits {
+        return Err(Error::format(vae, format!("the VAE makes {vae_bits}-bit tokens but {transformer} predicts {} bits per token", tc.bits)));
     }
+    if vc.patch != PATCH {
+        return Err(Error::format(vae, format!("patch {} VAEs do not fit the image schedules (patch {PATCH})", vc.patch)));
+    }
+    if t5.d_model != tc.text_channels {
+        return Err(Error::format(
+            t5_config,
+            format!("the text encoder is {} wide but {transformer} expects {}-wide text features", t5.d_model, tc.text_channels),
+        ));
+    }
+    Ok(())
 }

@@ -1,0 +1,518 @@
+//! `infinity-train`: the training front end. `transformer` trains the Infinity transformer
+//! (spec §7) on a jsonl folder or a folder of captioned images — from scratch (`--preset`,
+//! `--config`) or fine-tuning (`--init`, or the transformer of `--model-dir`) — with the VAE
+//! and the text encoder frozen. Checkpoints hold the whole run state (parameters, optimizer,
+//! data position, RNG position), so re-running the same command resumes where the last
+//! checkpoint left off. The step itself is `models::train::train_step`; this file parses,
+//! validates, loops and reports. Any failure is one line on stderr, `error: <message>`, and
+//! exit code 2; every argument is checked before a weight is read.
+
+use std::collections::HashSet;
+use std::error::Error;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use infinity::autograd::checkpoint::{self, Checkpoint};
+use infinity::autograd::optim::official_groups;
+use infinity::autograd::{AdamW, AdamWConfig, Annealing, LrSchedule, Params};
+use infinity::models::bitvae::{self, BitVae};
+use infinity::models::data::{BatchOrder, Dataset, FeatureCache, OrderState};
+use infinity::models::infinity::teacher::{Flips, teacher_forcing};
+use infinity::models::infinity::{Infinity, InfinityConfig};
+use infinity::models::pipeline::{ModelFiles, TextEncoder, check_fit};
+use infinity::models::schedule::PixelBudget;
+use infinity::models::t5::T5Config;
+use infinity::models::train::{StepBatch, StepSettings, null_text, train_step};
+use infinity::runtime::io::Weights;
+use infinity::runtime::rng::Philox;
+use serde_json::{Value, json};
+
+mod report;
+use report::peak_rss_mib;
+
+/// Key of the trainer's own Philox stream (BSC flips, caption dropout), apart from the data
+/// order's stream of the same seed.
+const TRAINER_STREAM: u64 = 0x7472_6169_6e65_7221;
+/// Fraction of the peak learning rate the warm-up starts from (official `wp0`).
+const WARMUP_START: f64 = 0.005;
+
+#[derive(Parser)]
+#[command(name = "infinity-train", version, about = "Infinity training")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train the transformer; re-running the same command resumes from --out's latest checkpoint.
+    Transformer(Box<TransformerArgs>),
+}
+
+#[derive(Args)]
+struct TransformerArgs {
+    /// Training data: a folder of `<h_div_w>_<count>.jsonl` files, or of images with `.txt` captions.
+    #[arg(long)]
+    data: PathBuf,
+    /// A model folder (config.json as infinity-run reads it): its VAE and text encoder, and its
+    /// transformer as the starting point (fine-tuning).
+    #[arg(long, conflicts_with_all = ["vae", "t5", "t5_config", "tokenizer", "preset", "config", "init"])]
+    model_dir: Option<PathBuf>,
+    /// BitVAE checkpoint (frozen).
+    #[arg(long)]
+    vae: Option<PathBuf>,
+    /// T5 encoder weights: file, sharded index json, or Hugging Face folder (frozen).
+    #[arg(long)]
+    t5: Option<PathBuf>,
+    /// T5 config.json.
+    #[arg(long)]
+    t5_config: Option<PathBuf>,
+    /// tokenizer.json of the T5 encoder.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Train from scratch with an official model size: layer12, layer16, …, layer48, 2b.
+    #[arg(long, conflicts_with_all = ["config", "init"])]
+    preset: Option<String>,
+    /// Train from scratch with the transformer configuration in this JSON file.
+    #[arg(long, conflicts_with = "init")]
+    config: Option<PathBuf>,
+    /// Fine-tune this transformer checkpoint (official .pth or safetensors).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Pixel budget: 0.06M (256²), 0.25M (512²), 0.60M or 1M; default: the model folder's, else 0.06M.
+    #[arg(long)]
+    pn: Option<PixelBudget>,
+    /// Images per step (all of one aspect-ratio template).
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Total optimizer steps of the run (a resumed run continues up to this count).
+    #[arg(long, default_value_t = 1000)]
+    steps: u64,
+    /// Peak learning rate; default 6e-3 · batch / 256 (train.sh's tblr).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// AdamW weight decay (not applied to 1-D parameters, biases and embeddings).
+    #[arg(long, default_value_t = 0.005)]
+    wd: f64,
+    /// AdamW β₁,β₂.
+    #[arg(long, value_delimiter = ',', default_value = "0.9,0.97")]
+    betas: Vec<f64>,
+    /// Global gradient-norm clipping threshold (0 disables).
+    #[arg(long, default_value_t = 5.0)]
+    clip: f32,
+    /// Linear learning-rate warm-up from 0.005 × the peak over this many steps.
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: usize,
+    /// Bitwise Self-Correction: flip probabilities drawn up to this strength (0 disables).
+    #[arg(long, default_value_t = 0.3)]
+    bsc_strength: f32,
+    /// Probability of training a sample on the null text instead of its caption (for CFG).
+    #[arg(long, default_value_t = 0.1)]
+    cond_drop: f32,
+    /// Seed of the data order, the initial weights, BSC and caption dropout.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Run folder: checkpoints, train.log, metrics.csv and the text-feature cache.
+    #[arg(long)]
+    out: PathBuf,
+    /// Save a checkpoint every N steps (and after the last).
+    #[arg(long, default_value_t = 1000)]
+    save_every: u64,
+    /// Checkpoints kept (the newest).
+    #[arg(long, default_value_t = 3)]
+    keep: usize,
+}
+
+fn main() -> ExitCode {
+    report::exit_code(match Cli::parse().command {
+        Command::Transformer(args) => train_transformer(&args),
+    })
+}
+
+/// Where the transformer's starting weights come from.
+enum Start {
+    Scratch(InfinityConfig),
+    Checkpoint(PathBuf),
+}
+
+/// The validated command line.
+struct Plan {
+    vae: PathBuf,
+    t5: PathBuf,
+    t5_config: PathBuf,
+    tokenizer: PathBuf,
+    start: Start,
+    pn: PixelBudget,
+    /// Clipping threshold (`f32::INFINITY` for `--clip 0`).
+    clip: f32,
+    lr: LrSchedule,
+    adamw: AdamWConfig,
+}
+
+fn check_range(name: &str, value: f64, range: std::ops::RangeInclusive<f64>) -> Result<(), String> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("--{name} {value} is outside [{}, {}]", range.start(), range.end()))
+    }
+}
+
+/// `path` if it exists, else an error naming it and the flag it was given to.
+fn existing(path: &Path, flag: &str) -> Result<PathBuf, String> {
+    if path.exists() {
+        Ok(path.to_path_buf())
+    } else {
+        Err(format!("{}: no such file or folder (--{flag})", path.display()))
+    }
+}
+
+/// Everything that can be refused, refused before any slow work.
+fn plan(a: &TransformerArgs) -> Result<Plan, Box<dyn Error>> {
+    if !a.data.is_dir() {
+        return Err(format!("{}: the data folder does not exist or is not a folder", a.data.display()).into());
+    }
+    if a.batch == 0 || a.steps == 0 || a.save_every == 0 || a.keep == 0 {
+        return Err("--batch, --steps, --save-every and --keep must be at least 1".into());
+    }
+    let peak = a.lr.unwrap_or(6e-3 * a.batch as f64 / 256.0);
+    if !(peak.is_finite() && peak > 0.0) {
+        return Err(format!("--lr {peak} must be a positive number").into());
+    }
+    check_range("wd", a.wd, 0.0..=1.0)?;
+    let &[beta1, beta2] = a.betas.as_slice() else {
+        return Err("--betas takes two values, β₁,β₂ (e.g. 0.9,0.97)".into());
+    };
+    check_range("betas", beta1, 0.0..=0.999_999)?;
+    check_range("betas", beta2, 0.0..=0.999_999)?;
+    check_range("clip", f64::from(a.clip), 0.0..=f64::MAX)?;
+    check_range("bsc-strength", f64::from(a.bsc_strength), 0.0..=1.0)?;
+    check_range("cond-drop", f64::from(a.cond_drop), 0.0..=1.0)?;
+
+    let (files, start, default_pn) = match &a.model_dir {
+        Some(dir) => {
+            let files = ModelFiles::from_dir(dir)?;
+            files.check_exist()?;
+            let start = Start::Checkpoint(files.transformer.clone());
+            let pn = files.default_pn;
+            ((files.vae, files.t5, files.t5_config, files.tokenizer), start, pn)
+        }
+        None => {
+            let need = |p: &Option<PathBuf>, flag: &str| -> Result<PathBuf, String> {
+                let p = p.as_ref().ok_or_else(|| format!("--{flag} is required without --model-dir"))?;
+                existing(p, flag)
+            };
+            let start = match (&a.preset, &a.config, &a.init) {
+                (Some(name), ..) => Start::Scratch(InfinityConfig::preset(name).ok_or_else(|| {
+                    format!("unknown --preset '{name}' (expected one of {})", InfinityConfig::PRESETS.join(", "))
+                })?),
+                (_, Some(path), _) => Start::Scratch(read_config(path)?),
+                (.., Some(init)) => Start::Checkpoint(existing(init, "init")?),
+                _ => return Err("no transformer: give --preset, --config, --init or --model-dir".into()),
+            };
+            let files = (
+                need(&a.vae, "vae")?,
+                need(&a.t5, "t5")?,
+                need(&a.t5_config, "t5-config")?,
+                need(&a.tokenizer, "tokenizer")?,
+            );
+            (files, start, None)
+        }
+    };
+    if let Start::Scratch(config) = &start
+        && config.spatial_patchify
+    {
+        return Err("training spatially patchified (8b) transformers is not supported".into());
+    }
+    let (vae, t5, t5_config, tokenizer) = files;
+    Ok(Plan {
+        vae,
+        t5,
+        t5_config,
+        tokenizer,
+        start,
+        pn: a.pn.or(default_pn).unwrap_or(PixelBudget::P006M),
+        clip: if a.clip == 0.0 { f32::INFINITY } else { a.clip },
+        // train.sh's `lin0` with `wpe = 1`: after the warm-up the rate stays at the peak.
+        lr: LrSchedule {
+            peak,
+            warmup_iters: a.warmup_steps,
+            max_iters: a.steps as usize,
+            warmup_start: WARMUP_START,
+            end_ratio: 1.0,
+            annealing: Annealing::Constant,
+        },
+        adamw: AdamWConfig { beta1, beta2, eps: 1e-8 },
+    })
+}
+
+fn read_config(path: &Path) -> Result<InfinityConfig, String> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?;
+    InfinityConfig::from_json(&v).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A jsonl folder when it holds any `.jsonl` file, else a folder of captioned images.
+fn open_dataset(dir: &Path, pn: PixelBudget) -> Result<Dataset, Box<dyn Error>> {
+    let has_jsonl = fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .any(|e| e.path().extension().is_some_and(|x| x == "jsonl"));
+    Ok(if has_jsonl { Dataset::from_jsonl_dir(dir, pn)? } else { Dataset::from_image_folder(dir, pn)? })
+}
+
+/// The run state a checkpoint carries besides parameters and optimizer.
+struct RunState {
+    order: OrderState,
+    /// The trainer stream's position.
+    rng: Philox,
+}
+
+impl RunState {
+    fn to_json(&self, a: &TransformerArgs) -> Value {
+        json!({ "seed": a.seed, "batch": a.batch, "order": self.order.to_json(), "rng_offset": self.rng.offset })
+    }
+
+    /// The state of `saved`, refused when it was written by a run with another seed or batch
+    /// size (its data position would mean other batches).
+    fn from_checkpoint(saved: &Checkpoint, a: &TransformerArgs) -> Result<Self, Box<dyn Error>> {
+        let s = &saved.state;
+        let bad = || format!("{}: not a checkpoint of infinity-train transformer", saved.dir.display());
+        let (seed, batch) = (s.get("seed").and_then(Value::as_u64), s.get("batch").and_then(Value::as_u64));
+        if (seed, batch) != (Some(a.seed), Some(a.batch as u64)) {
+            return Err(format!(
+                "{}: saved by a run with --seed {} --batch {}; resume with the same values or use another --out",
+                saved.dir.display(),
+                seed.map_or("?".into(), |v| v.to_string()),
+                batch.map_or("?".into(), |v| v.to_string())
+            )
+            .into());
+        }
+        let order = OrderState::from_json(s.get("order").and_then(Value::as_str).ok_or_else(bad)?)?;
+        let offset = s.get("rng_offset").and_then(Value::as_u64).ok_or_else(bad)?;
+        Ok(RunState { order, rng: Philox { seed: a.seed ^ TRAINER_STREAM, offset } })
+    }
+}
+
+/// `metrics.csv`: one row per step. On a resumed run the rows past the checkpoint (written
+/// after it by the interrupted run) are dropped, so each step appears once.
+struct Metrics {
+    file: File,
+}
+
+impl Metrics {
+    fn open(path: &Path, header: &str, resumed_at: u64) -> Result<Self, Box<dyn Error>> {
+        let old = match fs::read_to_string(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            read => read.map_err(|e| format!("{}: {e}", path.display()))?,
+        };
+        let mut lines = old.lines();
+        let mut kept = format!("{header}\n");
+        if let Some(first) = lines.next() {
+            if first != header {
+                return Err(format!(
+                    "{}: its columns are not this run's ({header}); use another --out",
+                    path.display()
+                )
+                .into());
+            }
+            let steps_done =
+                |l: &&str| l.split(',').next().and_then(|s| s.parse::<u64>().ok()).is_some_and(|s| s <= resumed_at);
+            for line in lines.filter(steps_done) {
+                kept += line;
+                kept.push('\n');
+            }
+        }
+        fs::write(path, kept).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file = OpenOptions::new().append(true).open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Metrics { file })
+    }
+
+    fn row(&mut self, fields: &[String]) -> std::io::Result<()> {
+        writeln!(self.file, "{}", fields.join(","))
+    }
+}
+
+/// Whether every item's image has failed to load.
+fn all_images_broken(dataset: &Dataset) -> bool {
+    let skipped: HashSet<PathBuf> = dataset.skipped().into_iter().map(|s| s.image).collect();
+    dataset.items().iter().all(|item| skipped.contains(&item.image))
+}
+
+/// Appends a line to `train.log`.
+fn log(file: &mut File, line: &str) -> Result<(), Box<dyn Error>> {
+    writeln!(file, "{line}")?;
+    Ok(())
+}
+
+fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
+    let plan = plan(a)?;
+    fs::create_dir_all(&a.out).map_err(|e| format!("{}: cannot create the run folder: {e}", a.out.display()))?;
+    let dataset = open_dataset(&a.data, plan.pn)?;
+    let resume = checkpoint::latest(&a.out)?;
+    let step0 = resume.as_ref().map_or(0, |c| c.step);
+    let mut state = match &resume {
+        Some(saved) => RunState::from_checkpoint(saved, a)?,
+        None => RunState { order: OrderState::default(), rng: Philox::new(a.seed ^ TRAINER_STREAM) },
+    };
+    let mut order = BatchOrder::new(&dataset, a.batch, a.seed, state.order)?;
+    let scales = plan.pn.num_scales();
+    let header = ["step,loss,lr,grad_norm".to_string()]
+        .into_iter()
+        .chain((0..scales).map(|k| format!("bit_acc_{k}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut metrics = Metrics::open(&a.out.join("metrics.csv"), &header, step0)?;
+    let log_path = a.out.join("train.log");
+    let mut log_file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("{}: {e}", log_path.display()))?;
+    if step0 >= a.steps {
+        println!("{}: already at step {step0} of {}", a.out.display(), a.steps);
+        return Ok(());
+    }
+
+    // The models: configurations first, so a mismatch is reported before the large reads.
+    let start = Instant::now();
+    let t5_config = T5Config::open(&plan.t5_config)?;
+    let vae_weights = bitvae::state_dict(&plan.vae)?;
+    let vae_config = bitvae::detect_config(&vae_weights)?;
+    let (weights, config, source) = match &plan.start {
+        Start::Scratch(config) => {
+            (Infinity::random_weights(config, a.seed)?, config.clone(), "random init".to_string())
+        }
+        Start::Checkpoint(path) => {
+            let w = Weights::open(path)?;
+            let config = Infinity::detect_config(&w)?;
+            if config.spatial_patchify {
+                return Err(format!(
+                    "{}: training spatially patchified (8b) transformers is not supported",
+                    path.display()
+                )
+                .into());
+            }
+            (w, config, path.display().to_string())
+        }
+    };
+    check_fit(&config, &source, &vae_config, &plan.vae, &t5_config, &plan.t5_config)?;
+    let vae = BitVae::with_config(&vae_weights, vae_config)?;
+    let text = TextEncoder::with_config(&plan.t5, t5_config, &plan.tokenizer)?;
+    let cache = FeatureCache::new(
+        a.out.join("text-cache"),
+        format!("t5={} config={} tokenizer={}", plan.t5.display(), plan.t5_config.display(), plan.tokenizer.display()),
+    )?;
+    let mut params: Params = Infinity::parameters(&weights, &config)?;
+    // The f32 master copies are all training needs: release the checkpoint's mapping.
+    drop(weights);
+    let mut optimizer = AdamW::new(plan.adamw, official_groups(&params))?;
+    if let Some(saved) = &resume {
+        saved.restore(&mut params, &mut optimizer)?;
+    }
+    let n_params: usize = params.iter().map(|(_, t)| t.numel()).sum();
+    let what = match &resume {
+        Some(saved) => format!("resuming {} at step {step0}", saved.dir.display()),
+        None => format!("starting from {source}"),
+    };
+    let intro = format!(
+        "{what}: {n_params} parameters, {} items ({}), pn {}, batch {}, peak lr {:e}; models loaded in {:.2} s",
+        dataset.items().len(),
+        dataset.skip_report(),
+        plan.pn,
+        a.batch,
+        plan.lr.peak,
+        start.elapsed().as_secs_f64()
+    );
+    println!("{intro}");
+    let command: Vec<String> = std::env::args().collect();
+    log(&mut log_file, &format!("$ {}\n{intro}", command.join(" ")))?;
+
+    let bar = ProgressBar::new(a.steps).with_position(step0).with_style(
+        ProgressStyle::with_template("step {pos}/{len} [{bar:30}] {msg} {per_sec} ETA {eta}")
+            .unwrap_or(ProgressStyle::default_bar()),
+    );
+    let run_start = Instant::now();
+    let mut step = step0;
+    while step < a.steps {
+        let batch = order.next().ok_or("the batch order ended")?;
+        let samples = dataset.load(&batch)?;
+        let Some(images) = samples.images else {
+            // Every image of the batch failed to load (each is logged): no step to take, and
+            // no step ever if that holds for the whole dataset.
+            if all_images_broken(&dataset) {
+                return Err(format!("{}: no image of the dataset could be loaded", a.data.display()).into());
+            }
+            continue;
+        };
+        let schedule = samples.template.schedule(plan.pn);
+        let latent = vae.encode(&images)?;
+        let flips = if a.bsc_strength > 0.0 {
+            Flips::Random { strength: a.bsc_strength, rng: &mut state.rng }
+        } else {
+            Flips::None
+        };
+        let targets = teacher_forcing(&latent, &schedule.grids, flips)?;
+        let captions: Vec<&str> = samples.captions.iter().map(String::as_str).collect();
+        let mut prompts =
+            cache.features(&captions, |c| Ok(text.encode(c)?.into_iter().map(|p| p.features).collect()))?;
+        for (features, u) in prompts.iter_mut().zip(state.rng.uniform(captions.len())) {
+            if u < a.cond_drop {
+                *features = null_text(&params, features.dim(0)?)?;
+            }
+        }
+        let lr = plan.lr.lr(step as usize);
+        let settings = StepSettings { lr, weight_decay: a.wd, clip: plan.clip };
+        let stats = train_step(
+            &mut params,
+            &mut optimizer,
+            &config,
+            &StepBatch { prompts: &prompts, targets: &targets, schedule: &schedule },
+            settings,
+        )?;
+        step += 1;
+        state.order = order.state();
+
+        // `{:?}` prints the shortest text that reads back as the same f32: runs compare exactly.
+        let mut row =
+            vec![step.to_string(), format!("{:?}", stats.loss), format!("{lr:e}"), format!("{:?}", stats.grad_norm)];
+        row.extend(stats.scale_accuracy.iter().map(|acc| format!("{acc:.4}")));
+        metrics.row(&row)?;
+        let scale_loss: Vec<String> = stats.scale_loss.iter().map(|l| format!("{l:.4}")).collect();
+        let line = format!(
+            "step {step} loss {:.4} lr {lr:.3e} grad_norm {:.3} bit_acc(last scale) {:.4} scale losses [{}] {:.2} s/step",
+            stats.loss,
+            stats.grad_norm,
+            stats.scale_accuracy.last().copied().unwrap_or(0.0),
+            scale_loss.join(" "),
+            run_start.elapsed().as_secs_f64() / (step - step0) as f64
+        );
+        log(&mut log_file, &line)?;
+        bar.set_message(format!("loss {:.4}", stats.loss));
+        bar.set_position(step);
+
+        if step.is_multiple_of(a.save_every) || step == a.steps {
+            let dir = checkpoint::save(&a.out, step, &params, &optimizer, &state.to_json(a), a.keep)?;
+            let line = format!("saved {}", dir.display());
+            bar.println(&line);
+            log(&mut log_file, &line)?;
+        }
+    }
+    bar.finish_and_clear();
+    let done = format!(
+        "trained steps {}..{step} in {:.2} s; {}",
+        step0 + 1,
+        run_start.elapsed().as_secs_f64(),
+        dataset.skip_report()
+    );
+    println!("{done}");
+    log(&mut log_file, &done)?;
+    if let Some(mib) = peak_rss_mib() {
+        println!("peak memory {mib:.0} MiB");
+    }
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! Training the Infinity transformer (spec §7): one optimisation step — the teacher-forced
+//! forward on a tape, the bitwise loss with the uniform 1/L token weighting, backward, global
+//! gradient-norm clipping and AdamW — and the per-scale statistics a trainer logs. Shared by
+//! `infinity-train` and the parity test against the official trainer, so both run one code path.
+
+use infinity_autograd::loss::bitwise_cross_entropy;
+use infinity_autograd::{AdamW, GradStore, Params, Tape};
+use infinity_ops::index::concat;
+use infinity_runtime::{DType, Error, Result, Tensor};
+
+use crate::infinity::teacher::TeacherForcing;
+use crate::infinity::{Infinity, InfinityConfig};
+use crate::schedule::Schedule;
+
+/// What one step trains on.
+pub struct StepBatch<'a> {
+    /// Per sample, its text features (Lᵢ, text_channels); a dropped caption is already
+    /// replaced by [`null_text`].
+    pub prompts: &'a [Tensor],
+    /// Labels and next-scale inputs of the batch's latents.
+    pub targets: &'a TeacherForcing,
+    pub schedule: &'a Schedule,
+}
+
+/// The optimiser's settings for one step (scheduled values already applied).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepSettings {
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Largest global gradient norm; `f32::INFINITY` never clips.
+    pub clip: f32,
+}
+
+/// What a step reports.
+pub struct StepStats {
+    pub loss: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Per scale: the mean cross-entropy over the batch and the scale's tokens.
+    pub scale_loss: Vec<f32>,
+    /// Per scale: the fraction of bits whose likelier value is the label.
+    pub scale_accuracy: Vec<f32>,
+    /// The gradients the optimiser applied (after clipping).
+    pub grads: GradStore,
+}
+
+/// One AdamW step of `params` on `batch`; `optimizer` must hold groups over `params`' names.
+pub fn train_step(
+    params: &mut Params,
+    optimizer: &mut AdamW,
+    config: &InfinityConfig,
+    batch: &StepBatch,
+    settings: StepSettings,
+) -> Result<StepStats> {
+    let schedule = batch.schedule;
+    let labels = flat_labels(&batch.targets.labels)?;
+    let l = schedule.seq_len();
+    let token_weights = Tensor::full(&[l], 1.0 / l as f32, DType::F32);
+    let offsets = schedule.offsets();
+
+    let tape = Tape::new();
+    let tracked = params.track(&tape)?;
+    let model = Infinity::on_tape(config.clone(), &tracked)?;
+    let cond = model.condition(batch.prompts)?;
+    let logits = model.teacher_forced_logits(&cond, &batch.targets.inputs, schedule)?;
+    let loss = bitwise_cross_entropy(&logits, &labels, &token_weights)?;
+    let scale_accuracy = scale_accuracy(logits.value(), &labels, &offsets)?;
+    // Our handle would keep the largest activation alive through the backward sweep, which
+    // otherwise frees it once its gradient is taken.
+    drop(logits);
+
+    let mut grads = tracked.gradients(tape.backward(&loss.loss)?);
+    let grad_norm = grads.clip_norm(settings.clip)?;
+    optimizer.step(params, &grads, settings.lr, settings.weight_decay)?;
+    Ok(StepStats {
+        loss: loss.loss.value().to_f32_vec()[0],
+        grad_norm,
+        scale_loss: scale_means(&loss.per_token, &offsets)?,
+        scale_accuracy,
+        grads,
+    })
+}
+
+/// The learned null text for a caption of `len` tokens: the first `len` rows of the
+/// parameter `cfg_uncond`, taken as data (the rule of the model's own CFG null text), so
+/// caption dropout trains the unconditional branch guidance uses.
+pub fn null_text(params: &Params, len: usize) -> Result<Tensor> {
+    let table = params.get("cfg_uncond")?;
+    let rows = table.dim(0)?;
+    if len > rows {
+        return Err(Error::invalid(
+            "train.null_text",
+            &[len],
+            format!("a caption of {len} tokens is longer than the {rows} rows of cfg_uncond"),
+        ));
+    }
+    table.narrow(0, 0, len)
+}
+
+/// Per-scale (B, h, w, d) labels flattened and concatenated to (B, L, d), the loss's layout.
+fn flat_labels(labels: &[Tensor]) -> Result<Tensor> {
+    let rows = labels
+        .iter()
+        .map(|t| match t.shape() {
+            &[b, h, w, d] => t.reshape(&[b, h * w, d]),
+            s => Err(Error::invalid("train.flat_labels", s, "labels must be (B, h, w, d)")),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    concat(&rows.iter().collect::<Vec<_>>(), 1)
+}
+
+/// Means of `per_token` (B, L) over the batch and the tokens of each scale.
+fn scale_means(per_token: &Tensor, offsets: &[usize]) -> Result<Vec<f32>> {
+    let l = per_token.dim(1)?;
+    let values = per_token.to_vec::<f32>()?;
+    Ok(offsets
+        .windows(2)
+        .map(|w| {
+            let sum: f64 = values.chunks(l).flat_map(|row| &row[w[0]..w[1]]).map(|&v| f64::from(v)).sum();
+            (sum / ((w[1] - w[0]) * (values.len() / l)) as f64) as f32
+        })
+        .collect())
+}
+
+/// Per scale, the fraction of bits of `labels` (B, L, d) whose larger logit of the pair in
+/// `logits` (B, L, 2d) is the label's.
+fn scale_accuracy(logits: &Tensor, labels: &Tensor, offsets: &[usize]) -> Result<Vec<f32>> {
+    let (x, y) = (logits.to_f32_vec(), labels.to_vec::<u8>()?);
+    let (l, d) = (labels.dim(1)?, labels.dim(2)?);
+    let batch = labels.dim(0)?;
+    Ok(offsets
+        .windows(2)
+        .map(|w| {
+            let mut hits = 0usize;
+            for b in 0..batch {
+                for t in b * l + w[0]..b * l + w[1] {
+                    hits += (0..d)
+                        .filter(|&k| u8::from(x[t * 2 * d + 2 * k + 1] > x[t * 2 * d + 2 * k]) == y[t * d + k])
+                        .count();
+                }
+            }
+            hits as f32 / (batch * (w[1] - w[0]) * d).max(1) as f32
+        })
+        .collect())
+}

@@ -27,7 +27,7 @@ use infinity::models::infinity::{Infinity, InfinityConfig};
 use infinity::models::pipeline::{ModelFiles, TextEncoder, check_fit};
 use infinity::models::schedule::PixelBudget;
 use infinity::models::t5::T5Config;
-use infinity::models::train::{StepBatch, StepSettings, null_text, train_step};
+use infinity::models::train::{StepBatch, StepSettings, TokenWeighting, null_text, train_step};
 use infinity::runtime::io::Weights;
 use infinity::runtime::rng::Philox;
 use serde_json::{Value, json};
@@ -114,6 +114,9 @@ struct TransformerArgs {
     /// Probability of training a sample on the null text instead of its caption (for CFG).
     #[arg(long, default_value_t = 0.1)]
     cond_drop: f32,
+    /// Weigh every token equally (1/L) instead of by 1/√(scale area), scripts/train.sh's choice.
+    #[arg(long)]
+    uniform_token_weights: bool,
     /// Seed of the data order, the initial weights, BSC and caption dropout.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -466,7 +469,8 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
             }
         }
         let lr = plan.lr.lr(step as usize);
-        let settings = StepSettings { lr, weight_decay: a.wd, clip: plan.clip };
+        let weighting = if a.uniform_token_weights { TokenWeighting::Uniform } else { TokenWeighting::ByScale };
+        let settings = StepSettings { lr, weight_decay: a.wd, clip: plan.clip, weighting };
         let stats = train_step(
             &mut params,
             &mut optimizer,

@@ -1,12 +1,12 @@
 //! Training the Infinity transformer (spec §7): one optimisation step — the teacher-forced
-//! forward on a tape, the bitwise loss with the uniform 1/L token weighting, backward, global
+//! forward on a tape, the bitwise loss with its per-token weighting, backward, global
 //! gradient-norm clipping and AdamW — and the per-scale statistics a trainer logs. Shared by
 //! `infinity-train` and the parity test against the official trainer, so both run one code path.
 
 use infinity_autograd::loss::bitwise_cross_entropy;
 use infinity_autograd::{AdamW, GradStore, Params, Tape};
 use infinity_ops::index::concat;
-use infinity_runtime::{DType, Error, Result, Tensor};
+use infinity_runtime::{Error, Result, Tensor};
 
 use crate::infinity::teacher::TeacherForcing;
 use crate::infinity::{Infinity, InfinityConfig};
@@ -22,6 +22,33 @@ pub struct StepBatch<'a> {
     pub schedule: &'a Schedule,
 }
 
+/// How the loss weighs the tokens of the sequence (spec §7.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenWeighting {
+    /// 1/L each: the official trainer without `reweight_loss_by_scale`.
+    Uniform,
+    /// ∝ √(h_last·w_last) / √(h_k·w_k) for a token of scale k, normalised to sum 1, so the few
+    /// coarse tokens count as much as the many fine ones: scripts/train.sh's setting. (The
+    /// released trainer builds it with a tuple `.prod()` that raises; this is its intended formula.)
+    ByScale,
+}
+
+/// The weight of every token (L), summing to 1.
+pub fn token_weights(schedule: &Schedule, weighting: TokenWeighting) -> Result<Tensor> {
+    let l = schedule.seq_len();
+    let weights: Vec<f32> = match weighting {
+        TokenWeighting::Uniform => vec![1.0 / l as f32; l],
+        TokenWeighting::ByScale => {
+            let (h, w) = schedule.last();
+            let last = ((h * w) as f64).sqrt();
+            let raw: Vec<f64> = schedule.tokens().flat_map(|n| std::iter::repeat_n(last / (n as f64).sqrt(), n)).collect();
+            let total: f64 = raw.iter().sum();
+            raw.into_iter().map(|x| (x / total) as f32).collect()
+        }
+    };
+    Tensor::from_vec(weights, &[l])
+}
+
 /// The optimiser's settings for one step (scheduled values already applied).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepSettings {
@@ -29,6 +56,7 @@ pub struct StepSettings {
     pub weight_decay: f64,
     /// Largest global gradient norm; `f32::INFINITY` never clips.
     pub clip: f32,
+    pub weighting: TokenWeighting,
 }
 
 /// What a step reports.
@@ -54,8 +82,7 @@ pub fn train_step(
 ) -> Result<StepStats> {
     let schedule = batch.schedule;
     let labels = flat_labels(&batch.targets.labels)?;
-    let l = schedule.seq_len();
-    let token_weights = Tensor::full(&[l], 1.0 / l as f32, DType::F32);
+    let token_weights = token_weights(schedule, settings.weighting)?;
     let offsets = schedule.offsets();
 
     let tape = Tape::new();

@@ -4,8 +4,8 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use infinity::models::bitvae::{BitVae, BitVaeConfig};
-use infinity::runtime::rng::Philox;
 use infinity::runtime::Tensor;
+use infinity::runtime::rng::Philox;
 
 /// Multiply-adds × 2 of every convolution in the decoder for an h×w latent.
 fn decoder_flops(c: &BitVaeConfig, h: usize, w: usize) -> u64 {

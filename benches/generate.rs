@@ -36,7 +36,12 @@ fn time_once(model: &Infinity, vae: &BitVae) -> (f64, f64) {
 
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
 }
 
 fn layer12(runs: usize) {
@@ -63,7 +68,11 @@ fn write_2b(path: &std::path::Path) {
         .map(|e| {
             let n: usize = e.shape.iter().product();
             let scale = 1.0 / (*e.shape.last().unwrap() as f32).sqrt();
-            let values = if e.key.ends_with("scale_mul_1H11") { vec![4f32.ln(); n] } else { rng.normal(n).into_iter().map(|x| x * scale).collect() };
+            let values = if e.key.ends_with("scale_mul_1H11") {
+                vec![4f32.ln(); n]
+            } else {
+                rng.normal(n).into_iter().map(|x| x * scale).collect()
+            };
             (e.key, Tensor::from_vec(values, &e.shape).unwrap().to_dtype(DType::BF16))
         })
         .collect();
@@ -96,9 +105,23 @@ fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     if !bench {
         // Smoke test under `cargo test`: the smallest real presets' pipeline once, tiny widths.
-        let config = InfinityConfig { depth: 2, embed_dim: 64, num_heads: 2, mlp_hidden: 128, text_channels: 128, bits: 16, block_chunks: 2, text_maxlen: 32, spatial_patchify: false };
+        let config = InfinityConfig {
+            depth: 2,
+            embed_dim: 64,
+            num_heads: 2,
+            mlp_hidden: 128,
+            text_channels: 128,
+            bits: 16,
+            block_chunks: 2,
+            text_maxlen: 32,
+            spatial_patchify: false,
+        };
         let model = Infinity::random(config, 0).unwrap();
-        let vae = BitVae::random(BitVaeConfig { base_ch: 32, ch_mult: vec![1; 5], num_res_blocks: 1, z_channels: 16, patch: 16 }, 0).unwrap();
+        let vae = BitVae::random(
+            BitVaeConfig { base_ch: 32, ch_mult: vec![1; 5], num_res_blocks: 1, z_channels: 16, patch: 16 },
+            0,
+        )
+        .unwrap();
         let (t, d) = time_once(&model, &vae);
         println!("generate bench smoke run: transformer {t:.2} s, decode {d:.2} s");
         return;

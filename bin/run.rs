@@ -232,7 +232,12 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
         println!("seed {}", sampling.seed);
     }
     let (h, w) = schedule.pixel_size();
-    println!("{h}x{w} (H x W; template h/w {}, {pn}, {} scales, {} tokens)", template.ratio(), schedule.num_scales(), schedule.seq_len());
+    println!(
+        "{h}x{w} (H x W; template h/w {}, {pn}, {} scales, {} tokens)",
+        template.ratio(),
+        schedule.num_scales(),
+        schedule.seq_len()
+    );
 
     let start = Instant::now();
     let mut pipeline = Pipeline::load(&files)?;
@@ -257,11 +262,15 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
         let batch_prompts = vec![enc.features.clone(); g.batch];
         let negatives = negative.as_ref().map(|n| vec![n.clone(); g.batch]);
         let bar = ProgressBar::new(schedule.num_scales() as u64).with_style(
-            ProgressStyle::with_template("{msg:>12} [{bar:30}] scale {pos}/{len} {elapsed_precise}").unwrap_or(ProgressStyle::default_bar()),
+            ProgressStyle::with_template("{msg:>12} [{bar:30}] scale {pos}/{len} {elapsed_precise}")
+                .unwrap_or(ProgressStyle::default_bar()),
         );
         bar.set_message(format!("prompt {}/{}", i + 1, prompts.len()));
         let start = Instant::now();
-        let out = generate(&pipeline.transformer, &batch_prompts, negatives.as_deref(), &schedule, &sampling, &[], |_| bar.inc(1))?;
+        let out =
+            generate(&pipeline.transformer, &batch_prompts, negatives.as_deref(), &schedule, &sampling, &[], |_| {
+                bar.inc(1)
+            })?;
         bar.finish_and_clear();
         transformer_time += start.elapsed().as_secs_f64();
 
@@ -273,10 +282,21 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
             let path = output_path(&g.out, index, total);
             let mut text = vec![
                 ("prompt", prompt.clone()),
-                ("parameters", format!(
-                    "seed={} batch_index={b} cfg={:?} tau={:?} top_k={} top_p={} greedy={} pn={pn} ratio={} template={} size={w}x{h} transformer={}",
-                    sampling.seed, sampling.cfg, sampling.tau, sampling.top_k, sampling.top_p, sampling.greedy, g.ratio, template.ratio(), files.transformer.display()
-                )),
+                (
+                    "parameters",
+                    format!(
+                        "seed={} batch_index={b} cfg={:?} tau={:?} top_k={} top_p={} greedy={} pn={pn} ratio={} template={} size={w}x{h} transformer={}",
+                        sampling.seed,
+                        sampling.cfg,
+                        sampling.tau,
+                        sampling.top_k,
+                        sampling.top_p,
+                        sampling.greedy,
+                        g.ratio,
+                        template.ratio(),
+                        files.transformer.display()
+                    ),
+                ),
                 ("Software", format!("infinity-run {}", env!("CARGO_PKG_VERSION"))),
             ];
             if let Some(n) = &g.negative_prompt {
@@ -315,12 +335,24 @@ fn reconstruct(vae_path: &Path, image_path: &Path, pn: PixelBudget, out: &Path) 
     let template = Template::nearest(ratio).ok_or_else(|| format!("{}: image has no area", image_path.display()))?;
     let schedule = template.schedule(pn);
     let (h, w) = schedule.pixel_size();
-    println!("{}: {}x{} -> {h}x{w} (template h/w {}, {pn}, {} scales)", image_path.display(), img.width(), img.height(), template.ratio(), schedule.num_scales());
+    println!(
+        "{}: {}x{} -> {h}x{w} (template h/w {}, {pn}, {} scales)",
+        image_path.display(),
+        img.width(),
+        img.height(),
+        template.ratio(),
+        schedule.num_scales()
+    );
 
     let start = Instant::now();
     let vae = BitVae::open(vae_path)?;
     if vae.config.patch != PATCH {
-        return Err(format!("{}: patch {} VAEs are not supported by the image schedules (patch {PATCH})", vae_path.display(), vae.config.patch).into());
+        return Err(format!(
+            "{}: patch {} VAEs are not supported by the image schedules (patch {PATCH})",
+            vae_path.display(),
+            vae.config.patch
+        )
+        .into());
     }
     println!("loaded {} (d = {}) in {:.2} s", vae_path.display(), vae.config.z_channels, start.elapsed().as_secs_f64());
 
@@ -336,9 +368,16 @@ fn reconstruct(vae_path: &Path, image_path: &Path, pn: PixelBudget, out: &Path) 
         println!("scale {k:2}: {gh:3}x{gw:<3} {bits:7} bits ({:.1}% ones)", 100.0 * ones as f64 / bits as f64);
     }
     let rgb = to_rgb8(&decoded)?.swap_remove(0);
-    println!("{total} bits in all ({:.3} bits/pixel); encode + decode {:.2} s", total as f64 / (h * w) as f64, start.elapsed().as_secs_f64());
+    println!(
+        "{total} bits in all ({:.3} bits/pixel); encode + decode {:.2} s",
+        total as f64 / (h * w) as f64,
+        start.elapsed().as_secs_f64()
+    );
     println!("PSNR {:.2} dB", psnr(input.as_raw(), &rgb));
-    let text = [("Software", "infinity-run reconstruct".to_string()), ("Source", format!("vae={} image={} pn={pn}", vae_path.display(), image_path.display()))];
+    let text = [
+        ("Software", "infinity-run reconstruct".to_string()),
+        ("Source", format!("vae={} image={} pn={pn}", vae_path.display(), image_path.display())),
+    ];
     save_png(out, w, h, &rgb, &text)?;
     println!("wrote {}", out.display());
     Ok(())

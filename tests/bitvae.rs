@@ -22,7 +22,15 @@ const SETS: [Set; 2] = [Set { name: "devA", ratio: 1.0 }, Set { name: "devB", ra
 fn image_input(golden: &Weights) -> Tensor {
     let img = golden.get("image_u8_rgb").unwrap();
     let (h, w) = (img.dim(0).unwrap(), img.dim(1).unwrap());
-    let v: Vec<f32> = img.to_vec::<u8>().unwrap().into_iter().map(|u| { let t = u as f32 / 255.0; t + t - 1.0 }).collect();
+    let v: Vec<f32> = img
+        .to_vec::<u8>()
+        .unwrap()
+        .into_iter()
+        .map(|u| {
+            let t = u as f32 / 255.0;
+            t + t - 1.0
+        })
+        .collect();
     Tensor::from_vec(v, &[1, h, w, 3]).unwrap().permute(&[0, 3, 1, 2]).unwrap().contiguous()
 }
 
@@ -65,7 +73,12 @@ fn multiscale_bits_match_golden() {
                 got.iter().zip(&want).zip(&pre).filter(|((g, w), p)| g != w && p.abs() > 1e-4).count();
             assert_eq!(decisive_mismatches, 0, "{} scale {k}", set.name);
         }
-        assert_golden(&format!("{} summed codes", set.name), &q.summed, golden.get("summed_quantized_latent").unwrap(), 1e-4);
+        assert_golden(
+            &format!("{} summed codes", set.name),
+            &q.summed,
+            golden.get("summed_quantized_latent").unwrap(),
+            1e-4,
+        );
         // Bits → codes → latent gives the same sum as the quantizer's own accumulation.
         let bits: Vec<Tensor> = q.scales.iter().map(|s| s.bits.clone()).collect();
         let full = *grids(set).last().unwrap();
@@ -88,7 +101,8 @@ fn load_edited(edit: impl FnOnce(&mut Vec<(String, Tensor)>)) -> Result<BitVae, 
     let w = open("devB/vae.safetensors");
     let mut tensors: Vec<(String, Tensor)> = w.iter().map(|(k, t)| (k.to_string(), t.clone())).collect();
     edit(&mut tensors);
-    let dir = std::env::temp_dir().join(format!("infinity-bitvae-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let dir =
+        std::env::temp_dir().join(format!("infinity-bitvae-{}-{:?}", std::process::id(), std::thread::current().id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("vae.safetensors");
     save_safetensors(&path, tensors.iter().map(|(k, t)| (k.as_str(), t)), &Default::default()).unwrap();
@@ -125,7 +139,10 @@ fn bad_checkpoints_are_refused_naming_the_key() {
     assert!(reshaped.to_string().contains("decoder.mid.block_1.norm1.norm.weight"), "{reshaped}");
 
     let extra = load_edited(|ts| {
-        ts.push(("decoder.mid.attn_1.q.conv.weight".into(), Tensor::zeros(&[32, 32, 1, 1], infinity::runtime::DType::F32)))
+        ts.push((
+            "decoder.mid.attn_1.q.conv.weight".into(),
+            Tensor::zeros(&[32, 32, 1, 1], infinity::runtime::DType::F32),
+        ))
     })
     .err()
     .unwrap();

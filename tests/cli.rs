@@ -136,15 +136,28 @@ fn reconstruct_writes_what_the_library_computes() {
     let out_png = dir.join("out.png");
     let vae = fixture("devA/vae.pth");
     let out = reconstruct(&[
-        "--vae".as_ref(), vae.as_os_str(), "--image".as_ref(), input.as_os_str(), "--pn".as_ref(), "0.06M".as_ref(), "-o".as_ref(), out_png.as_os_str(),
+        "--vae".as_ref(),
+        vae.as_os_str(),
+        "--image".as_ref(),
+        input.as_os_str(),
+        "--pn".as_ref(),
+        "0.06M".as_ref(),
+        "-o".as_ref(),
+        out_png.as_os_str(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = stdout(&out);
-    assert!(text.contains("scale  6:  16x16     8192 bits") && text.contains("16672 bits in all") && text.contains("PSNR"), "{text}");
+    assert!(
+        text.contains("scale  6:  16x16     8192 bits") && text.contains("16672 bits in all") && text.contains("PSNR"),
+        "{text}"
+    );
 
     // The written pixels are the library's reconstruction of the same image.
     let model = BitVae::open(&vae).unwrap();
-    let grids = infinity::models::schedule::Template::exact(1.0).unwrap().schedule(infinity::models::schedule::PixelBudget::P006M).grids;
+    let grids = infinity::models::schedule::Template::exact(1.0)
+        .unwrap()
+        .schedule(infinity::models::schedule::PixelBudget::P006M)
+        .grids;
     let (_, decoded) = model.reconstruct(&to_tensor(&load_rgb(&input).unwrap()).unwrap(), &grids).unwrap();
     assert_eq!(load_rgb(&out_png).unwrap().into_raw(), to_rgb8(&decoded).unwrap()[0]);
 }
@@ -166,7 +179,14 @@ fn reconstruct_refuses_bad_input_without_writing() {
         (&vae, &input, &missing_dir, &missing_dir),
     ];
     for (vae, image, out_path, named) in cases {
-        let out = reconstruct(&["--vae".as_ref(), vae.as_os_str(), "--image".as_ref(), image.as_os_str(), "-o".as_ref(), out_path.as_os_str()]);
+        let out = reconstruct(&[
+            "--vae".as_ref(),
+            vae.as_os_str(),
+            "--image".as_ref(),
+            image.as_os_str(),
+            "-o".as_ref(),
+            out_path.as_os_str(),
+        ]);
         assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
         let err = String::from_utf8(out.stderr.clone()).unwrap();
         assert_eq!(err.lines().count(), 1, "{err}");
@@ -209,7 +229,18 @@ fn generate_is_deterministic_per_seed_and_records_its_parameters() {
     std::fs::create_dir_all(&dir).unwrap();
     let model = fixture("devA"); // the README's model folder
     let generate = |out: &Path, seed: &str| {
-        let o = run(&["-p".as_ref(), "a red cat".as_ref(), "--model-dir".as_ref(), model.as_os_str(), "--seed".as_ref(), seed.as_ref(), "--batch".as_ref(), "2".as_ref(), "-o".as_ref(), out.as_os_str()]);
+        let o = run(&[
+            "-p".as_ref(),
+            "a red cat".as_ref(),
+            "--model-dir".as_ref(),
+            model.as_os_str(),
+            "--seed".as_ref(),
+            seed.as_ref(),
+            "--batch".as_ref(),
+            "2".as_ref(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         stdout(&o)
     };
@@ -237,10 +268,30 @@ fn generate_refuses_impossible_requests_before_working() {
     let nowhere = dir.join("nowhere");
     let cases: [(Vec<&std::ffi::OsStr>, &str); 5] = [
         (vec!["-p".as_ref(), "x".as_ref(), "--model-dir".as_ref(), mismatched.as_os_str()], "vae.safetensors"),
-        (vec!["-p".as_ref(), "x".as_ref(), "--model-dir".as_ref(), good.as_os_str(), "--ratio".as_ref(), "wide".as_ref()], "--ratio"),
+        (
+            vec![
+                "-p".as_ref(),
+                "x".as_ref(),
+                "--model-dir".as_ref(),
+                good.as_os_str(),
+                "--ratio".as_ref(),
+                "wide".as_ref(),
+            ],
+            "--ratio",
+        ),
         (vec!["-p".as_ref(), "x".as_ref(), "--model-dir".as_ref(), nowhere.as_os_str()], "nowhere"),
         (vec!["--model-dir".as_ref(), good.as_os_str()], "no prompt"),
-        (vec!["-p".as_ref(), "x".as_ref(), "--model-dir".as_ref(), good.as_os_str(), "--device".as_ref(), "cuda".as_ref()], "cuda"),
+        (
+            vec![
+                "-p".as_ref(),
+                "x".as_ref(),
+                "--model-dir".as_ref(),
+                good.as_os_str(),
+                "--device".as_ref(),
+                "cuda".as_ref(),
+            ],
+            "cuda",
+        ),
     ];
     for (mut args, named) in cases {
         args.extend(["-o".as_ref(), out.as_os_str()]);

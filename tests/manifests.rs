@@ -23,7 +23,11 @@ fn manifest(json: &str) -> (Value, BTreeMap<String, (Vec<usize>, bool)>) {
 }
 
 #[track_caller]
-fn assert_same_entries(name: &str, ours: BTreeMap<String, (Vec<usize>, bool)>, theirs: &BTreeMap<String, (Vec<usize>, bool)>) {
+fn assert_same_entries(
+    name: &str,
+    ours: BTreeMap<String, (Vec<usize>, bool)>,
+    theirs: &BTreeMap<String, (Vec<usize>, bool)>,
+) {
     for (k, v) in theirs {
         assert_eq!(ours.get(k), Some(v), "{name}: manifest entry '{k}'");
     }

@@ -17,7 +17,13 @@ fn grids() -> Vec<(usize, usize)> {
 
 /// Per-scale (B, h, w, d) labels flattened and concatenated to (B, L, d).
 fn flat(labels: &[Tensor]) -> Tensor {
-    let rows: Vec<Tensor> = labels.iter().map(|t| { let s = t.shape(); t.reshape(&[s[0], s[1] * s[2], s[3]]).unwrap() }).collect();
+    let rows: Vec<Tensor> = labels
+        .iter()
+        .map(|t| {
+            let s = t.shape();
+            t.reshape(&[s[0], s[1] * s[2], s[3]]).unwrap()
+        })
+        .collect();
     concat(&rows.iter().collect::<Vec<_>>(), 1).unwrap()
 }
 
@@ -34,7 +40,11 @@ fn plain_teacher_forcing_matches_the_trainer() {
 fn bsc_with_recorded_flips_matches_the_trainer() {
     let g = open("train/teacher_forcing.safetensors");
     let masks: Vec<Tensor> = (0..7)
-        .map(|k| { let m = g.get(&format!("bsc.flip_mask_scale{k:02}")).unwrap(); let s = m.shape(); m.reshape(&[s[0], s[2], s[3], s[4]]).unwrap() })
+        .map(|k| {
+            let m = g.get(&format!("bsc.flip_mask_scale{k:02}")).unwrap();
+            let s = m.shape();
+            m.reshape(&[s[0], s[2], s[3], s[4]]).unwrap()
+        })
         .collect();
     let tf = teacher_forcing(g.get("raw_features").unwrap(), &grids(), Flips::Masks(&masks)).unwrap();
     assert!(flat(&tf.labels).same_values(g.get("bsc.gt_bits").unwrap()), "labels");
@@ -49,7 +59,8 @@ fn bsc_with_recorded_flips_matches_the_trainer() {
 fn random_flips_follow_their_drawn_rates_and_the_seed() {
     let latent = Tensor::from_vec(Philox::new(4).normal(2 * 16 * 64 * 64), &[2, 16, 64, 64]).unwrap();
     let grids = Template::exact(1.0).unwrap().schedule(PixelBudget::P1M).grids;
-    let run = |seed| teacher_forcing(&latent, &grids, Flips::Random { strength: 0.3, rng: &mut Philox::new(seed) }).unwrap();
+    let run =
+        |seed| teacher_forcing(&latent, &grids, Flips::Random { strength: 0.3, rng: &mut Philox::new(seed) }).unwrap();
     let (a, b) = (run(1), run(1));
     assert!(a.inputs.same_values(&b.inputs) && a.flip_rates == b.flip_rates, "same seed, same flips");
     assert!(!a.inputs.same_values(&run(2).inputs));

@@ -9,10 +9,10 @@ mod common;
 use common::{assert_golden, max_abs, max_abs_diff, open};
 use infinity::autograd::optim::official_groups;
 use infinity::autograd::{AdamW, AdamWConfig, Params, Tape};
-use infinity::models::train::{StepBatch, StepSettings, TokenWeighting, token_weights, train_step};
 use infinity::models::infinity::teacher::{Flips, teacher_forcing};
 use infinity::models::infinity::{Infinity, InfinityConfig};
 use infinity::models::schedule::{PixelBudget, Schedule, Template};
+use infinity::models::train::{StepBatch, StepSettings, TokenWeighting, token_weights, train_step};
 use infinity::runtime::io::Weights;
 use infinity::runtime::{DType, Tensor};
 
@@ -64,9 +64,14 @@ fn one_training_step_matches_the_official_trainer() {
     let prompts = prompts(&open("devA/t5_golden.safetensors"));
     let batch = StepBatch { prompts: &prompts, targets: &tf, schedule: &s };
     let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
-    let stats =
-        train_step(&mut params, &mut opt, &config, &batch, StepSettings { lr: LR, weight_decay: WEIGHT_DECAY, clip: CLIP, weighting: TokenWeighting::Uniform })
-            .unwrap();
+    let stats = train_step(
+        &mut params,
+        &mut opt,
+        &config,
+        &batch,
+        StepSettings { lr: LR, weight_decay: WEIGHT_DECAY, clip: CLIP, weighting: TokenWeighting::Uniform },
+    )
+    .unwrap();
 
     let want = scalar(golden.get("loss").unwrap());
     let got = stats.loss;
@@ -169,7 +174,8 @@ fn a_tiny_model_overfits_four_latents() {
     let mut params = Infinity::parameters(&Infinity::random_weights(&config, 0).unwrap(), &config).unwrap();
     let mut opt = AdamW::new(AdamWConfig::default(), official_groups(&params)).unwrap();
     let batch = StepBatch { prompts: &prompts, targets: &tf, schedule: &s };
-    let settings = StepSettings { lr: 3e-3, weight_decay: 0.0, clip: f32::INFINITY, weighting: TokenWeighting::Uniform };
+    let settings =
+        StepSettings { lr: 3e-3, weight_decay: 0.0, clip: f32::INFINITY, weighting: TokenWeighting::Uniform };
     let losses: Vec<f32> =
         (0..STEPS).map(|_| train_step(&mut params, &mut opt, &config, &batch, settings).unwrap().loss).collect();
     eprintln!("loss {} → {}", losses[0], losses[STEPS - 1]);
@@ -196,7 +202,9 @@ fn scale_weights_match_the_official_formula() {
     assert_golden("token weights", &w, golden.get("reweight_lw").unwrap(), 1e-9);
     let per_token = golden.get("loss_per_token").unwrap().to_vec::<f32>().unwrap();
     let (wv, l) = (w.to_vec::<f32>().unwrap(), schedule.seq_len());
-    let loss: f64 = per_token.chunks(l).map(|row| row.iter().zip(&wv).map(|(&x, &w)| f64::from(x * w)).sum::<f64>()).sum::<f64>() / 2.0;
+    let loss: f64 =
+        per_token.chunks(l).map(|row| row.iter().zip(&wv).map(|(&x, &w)| f64::from(x * w)).sum::<f64>()).sum::<f64>()
+            / 2.0;
     let want = f64::from(golden.get("loss_reweighted").unwrap().to_vec::<f32>().unwrap()[0]);
     assert!((loss - want).abs() <= 1e-6 * want, "{loss} vs {want}");
     let uniform = token_weights(&schedule, TokenWeighting::Uniform).unwrap().to_vec::<f32>().unwrap();

@@ -117,7 +117,12 @@ fn greedy_cfg_generation_matches_golden() {
             let want = golden.get(&format!("raw_logits_scale{k:02}")).unwrap();
             assert_golden(&format!("{set} raw logits {k}"), step.raw_logits, want, 1e-4);
             if let Some(next) = step.next_input {
-                assert_golden(&format!("{set} next input {}", k + 1), next, golden.get(&format!("next_scale_input_scale{:02}", k + 1)).unwrap(), 1e-4);
+                assert_golden(
+                    &format!("{set} next input {}", k + 1),
+                    next,
+                    golden.get(&format!("next_scale_input_scale{:02}", k + 1)).unwrap(),
+                    1e-4,
+                );
             }
             // Our greedy choice against the golden bit wherever the golden margin is clear.
             let (ours, theirs) = (step.raw_logits.to_vec::<f32>().unwrap(), want.to_vec::<f32>().unwrap());

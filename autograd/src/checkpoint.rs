@@ -43,7 +43,10 @@ pub fn save(root: &Path, step: u64, params: &Params, optimizer: &AdamW, state: &
     optimizer.save(dir.join(OPTIMIZER))?;
     write_json(&dir.join(STATE), &json!({ "step": step, "trainer": state }))?;
     // Only now is the folder complete: point at it.
-    write_json(&root.join(LATEST), &json!({ "dir": dir.file_name().map(|n| n.to_string_lossy().into_owned()), "step": step }))?;
+    write_json(
+        &root.join(LATEST),
+        &json!({ "dir": dir.file_name().map(|n| n.to_string_lossy().into_owned()), "step": step }),
+    )?;
     prune(root, keep.max(1))?;
     Ok(dir)
 }
@@ -73,7 +76,8 @@ pub fn latest(root: &Path) -> Result<Option<Checkpoint>> {
     let dir = root.join(name);
     let state_path = dir.join(STATE);
     let state = read_json(&state_path)?;
-    let step = state.get("step").and_then(Value::as_u64).ok_or_else(|| Error::format(&state_path, "no 'step' entry"))?;
+    let step =
+        state.get("step").and_then(Value::as_u64).ok_or_else(|| Error::format(&state_path, "no 'step' entry"))?;
     Ok(Some(Checkpoint { dir, step, state: state.get("trainer").cloned().unwrap_or(Value::Null) }))
 }
 

@@ -58,7 +58,10 @@ pub fn to_rgb8(images: &Tensor) -> Result<Vec<Vec<u8>>> {
     }
     let hwc = images.permute(&[0, 2, 3, 1])?.to_vec::<f32>()?;
     let per = hwc.len() / images.dim(0)?.max(1);
-    Ok(hwc.chunks(per.max(1)).map(|img| img.iter().map(|&v| ((v.clamp(-1.0, 1.0) + 1.0) / 2.0 * 255.0) as u8).collect()).collect())
+    Ok(hwc
+        .chunks(per.max(1))
+        .map(|img| img.iter().map(|&v| ((v.clamp(-1.0, 1.0) + 1.0) / 2.0 * 255.0) as u8).collect())
+        .collect())
 }
 
 /// Writes an 8-bit RGB PNG with `text` as tEXt chunks, atomically: a failed write leaves no
@@ -84,7 +87,8 @@ pub fn save_png(path: &Path, width: usize, height: usize, rgb: &[u8], text: &[(&
 
 /// Peak signal-to-noise ratio of two 8-bit buffers in dB (infinite when identical).
 pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
-    let mse = a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum::<f64>() / a.len().max(1) as f64;
+    let mse =
+        a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum::<f64>() / a.len().max(1) as f64;
     10.0 * (255.0f64 * 255.0 / mse).log10()
 }
 

@@ -35,10 +35,20 @@ impl Params {
 
     /// Checks the stored tensor `stored` against `shape` and keeps it under `key` (the name the
     /// layers ask for, which an alias or the flat key form may differ from).
-    pub(crate) fn insert(&mut self, weights: &Weights, key: &str, stored: &str, shape: &[usize], use_: Use) -> Result<()> {
+    pub(crate) fn insert(
+        &mut self,
+        weights: &Weights,
+        key: &str,
+        stored: &str,
+        shape: &[usize],
+        use_: Use,
+    ) -> Result<()> {
         let t = weights.get(stored)?;
         if t.shape() != shape {
-            return Err(self.error(stored, format!("shape {:?} does not fit the configuration, which needs {shape:?}", t.shape())));
+            return Err(self.error(
+                stored,
+                format!("shape {:?} does not fit the configuration, which needs {shape:?}", t.shape()),
+            ));
         }
         if !t.dtype().is_float() {
             return Err(self.error(stored, format!("dtype {} is not a floating-point type", t.dtype())));
@@ -61,7 +71,9 @@ impl Params {
 /// model builds is a different architecture, and its extra weights would be lost silently.
 pub(crate) fn refuse_unexpected(weights: &Weights, expected: impl Fn(&str) -> bool, model: &str) -> Result<()> {
     match weights.iter().find(|(k, _)| !expected(k)) {
-        Some((key, _)) => Err(Error::tensor(weights.path(), key, format!("unexpected tensor: not part of the detected {model}"))),
+        Some((key, _)) => {
+            Err(Error::tensor(weights.path(), key, format!("unexpected tensor: not part of the detected {model}")))
+        }
         None => Ok(()),
     }
 }

@@ -34,7 +34,8 @@ impl ModelFiles {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| Error::format(&config_path, format!("not valid JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| Error::format(&config_path, format!("not valid JSON: {e}")))?;
         let file = |key: &str, default: &str| -> Result<PathBuf> {
             match v.get(key) {
                 None => Ok(dir.join(default)),
@@ -102,7 +103,10 @@ impl Pipeline {
 
     /// T5 features of each prompt (its valid tokens only, EOS included).
     pub fn encode_prompts(&self, prompts: &[&str]) -> Result<Vec<EncodedPrompt>> {
-        let text = self.text.as_ref().ok_or_else(|| Error::invalid("pipeline.encode_prompts", &[], "the text encoder was already dropped"))?;
+        let text = self
+            .text
+            .as_ref()
+            .ok_or_else(|| Error::invalid("pipeline.encode_prompts", &[], "the text encoder was already dropped"))?;
         text.encode(prompts)
     }
 
@@ -158,15 +162,24 @@ pub fn check_fit(
 ) -> Result<()> {
     let vae_bits = vc.z_channels * if tc.spatial_patchify { 4 } else { 1 };
     if vae_bits != tc.bits {
-        return Err(Error::format(vae, format!("the VAE makes {vae_bits}-bit tokens but {transformer} predicts {} bits per token", tc.bits)));
+        return Err(Error::format(
+            vae,
+            format!("the VAE makes {vae_bits}-bit tokens but {transformer} predicts {} bits per token", tc.bits),
+        ));
     }
     if vc.patch != PATCH {
-        return Err(Error::format(vae, format!("patch {} VAEs do not fit the image schedules (patch {PATCH})", vc.patch)));
+        return Err(Error::format(
+            vae,
+            format!("patch {} VAEs do not fit the image schedules (patch {PATCH})", vc.patch),
+        ));
     }
     if t5.d_model != tc.text_channels {
         return Err(Error::format(
             t5_config,
-            format!("the text encoder is {} wide but {transformer} expects {}-wide text features", t5.d_model, tc.text_channels),
+            format!(
+                "the text encoder is {} wide but {transformer} expects {}-wide text features",
+                t5.d_model, tc.text_channels
+            ),
         ));
     }
     Ok(())

@@ -41,7 +41,8 @@ pub fn token_weights(schedule: &Schedule, weighting: TokenWeighting) -> Result<T
         TokenWeighting::ByScale => {
             let (h, w) = schedule.last();
             let last = ((h * w) as f64).sqrt();
-            let raw: Vec<f64> = schedule.tokens().flat_map(|n| std::iter::repeat_n(last / (n as f64).sqrt(), n)).collect();
+            let raw: Vec<f64> =
+                schedule.tokens().flat_map(|n| std::iter::repeat_n(last / (n as f64).sqrt(), n)).collect();
             let total: f64 = raw.iter().sum();
             raw.into_iter().map(|x| (x / total) as f32).collect()
         }

@@ -9,9 +9,9 @@ use std::borrow::Cow;
 
 use infinity_runtime::{Error, Result, Tensor};
 
-use crate::util::for_row_blocks;
 use crate::f32_data;
 use crate::reduce::sum_map;
+use crate::util::for_row_blocks;
 
 /// (x - mean) / √(var + eps) · weight + bias over the last dimension, with the biased
 /// variance (PyTorch `layer_norm` with `normalized_shape = [D]`). `weight` and `bias` must

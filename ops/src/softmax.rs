@@ -3,9 +3,9 @@
 
 use infinity_runtime::{Error, Result, Tensor};
 
-use crate::util::for_row_blocks;
 use crate::f32_data;
 use crate::reduce::{max_nan, sum_map};
+use crate::util::for_row_blocks;
 
 /// exp(x - max) / Σ exp(x - max) along `dim` (PyTorch `softmax`). As in PyTorch, a slice
 /// holding NaN or +inf, or only -inf, comes out all NaN. Input f32 with any layout; output

@@ -89,11 +89,7 @@ impl Layout {
     }
 
     fn check_dim(&self, op: &'static str, dim: usize) -> Result<()> {
-        if dim < self.rank() {
-            Ok(())
-        } else {
-            Err(Error::DimOutOfRange { op, dim, shape: self.shape.clone() })
-        }
+        if dim < self.rank() { Ok(()) } else { Err(Error::DimOutOfRange { op, dim, shape: self.shape.clone() }) }
     }
 
     /// A view with the new shape, when the element order allows one without copying.

@@ -73,7 +73,11 @@ fn old_saves_are_pruned_and_a_damaged_pointer_is_named() {
     for step in 1..=4 {
         save(&root, step, &params, &opt, &json!({}), 2).unwrap();
     }
-    let mut kept: Vec<String> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("step-")).collect();
+    let mut kept: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
     kept.sort();
     assert_eq!(kept, ["step-000000003", "step-000000004"]);
     std::fs::write(root.join("latest.json"), b"{oops").unwrap();

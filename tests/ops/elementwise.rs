@@ -14,7 +14,9 @@ use infinity::ops::elementwise::{self as ew, BinaryOp, UnaryOp, reference};
 use infinity::runtime::{DType, Error, Tensor};
 use proptest::prelude::*;
 
-use crate::support::{assert_close, assert_layout_invariant, config, padded_view, randn, shape, shape_perm_seed, strided_copy};
+use crate::support::{
+    assert_close, assert_layout_invariant, config, padded_view, randn, shape, shape_perm_seed, strided_copy,
+};
 
 fn binary_op() -> impl Strategy<Value = BinaryOp> {
     prop_oneof![Just(BinaryOp::Add), Just(BinaryOp::Sub), Just(BinaryOp::Mul), Just(BinaryOp::Div)]

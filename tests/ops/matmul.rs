@@ -176,5 +176,10 @@ fn half_precision_weights_span_several_blocks() {
     check_linear(&x, &w, Some(&bias));
     // The same numbers as multiplying the widened weight.
     let widened = linear(&x, &w.to_dtype(DType::F32), Some(&bias)).unwrap();
-    assert_within_dot_bound(&linear(&x, &w, Some(&bias)).unwrap(), &widened, &reference::linear(&abs(&x), &abs(&w.to_dtype(DType::F32)), Some(&abs(&bias))).unwrap(), 2049);
+    assert_within_dot_bound(
+        &linear(&x, &w, Some(&bias)).unwrap(),
+        &widened,
+        &reference::linear(&abs(&x), &abs(&w.to_dtype(DType::F32)), Some(&abs(&bias))).unwrap(),
+        2049,
+    );
 }

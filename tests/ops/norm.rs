@@ -12,7 +12,7 @@ use infinity::ops::norm::{self, reference};
 use infinity::runtime::{DType, Error, Tensor};
 use proptest::prelude::*;
 
-use crate::support::{assert_layout_invariant, shape_perm_seed, assert_close, config, padded_view, randn};
+use crate::support::{assert_close, assert_layout_invariant, config, padded_view, randn, shape_perm_seed};
 
 const ATOL: f32 = 1e-6;
 const RTOL: f32 = 1e-6;

@@ -11,7 +11,7 @@ use infinity::ops::reduce::{self, ReduceOp, reference};
 use infinity::runtime::{DType, Error, Tensor};
 use proptest::prelude::*;
 
-use crate::support::{assert_layout_invariant, shape_perm_seed, assert_close, config, randn};
+use crate::support::{assert_close, assert_layout_invariant, config, randn, shape_perm_seed};
 
 fn reduce_op() -> impl Strategy<Value = ReduceOp> {
     prop_oneof![

@@ -9,7 +9,7 @@ use infinity::ops::softmax::{self, reference};
 use infinity::runtime::{DType, Error, Tensor};
 use proptest::prelude::*;
 
-use crate::support::{assert_layout_invariant, shape_perm_seed, assert_close, config, randn};
+use crate::support::{assert_close, assert_layout_invariant, config, randn, shape_perm_seed};
 
 type Op = fn(&Tensor, usize) -> infinity::runtime::Result<Tensor>;
 

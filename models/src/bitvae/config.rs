@@ -33,7 +33,13 @@ impl BitVaeConfig {
     /// The released image tokenizers: d16, d24, d32 (and d32reg), d64 with patch 16, and the
     /// 8B model's d14 with patch 8 and four levels.
     pub fn preset(name: &str) -> Option<BitVaeConfig> {
-        let image = |d| BitVaeConfig { base_ch: 128, ch_mult: vec![1, 2, 4, 4, 4], num_res_blocks: 2, z_channels: d, patch: 16 };
+        let image = |d| BitVaeConfig {
+            base_ch: 128,
+            ch_mult: vec![1, 2, 4, 4, 4],
+            num_res_blocks: 2,
+            z_channels: d,
+            patch: 16,
+        };
         Some(match name {
             "d16" => image(16),
             "d24" => image(24),
@@ -207,7 +213,8 @@ impl BitVaeConfig {
         }
         let has = |native: String| shapes.contains_key(&native) || shapes.contains_key(&flat_key(&native));
         let num_res_blocks = (0..).take_while(|&b| has(format!("encoder.down.0.block.{b}.conv1.conv.weight"))).count();
-        let downsamples = (0..num_levels).take_while(|&l| has(format!("encoder.down.{l}.downsample.conv.conv.weight"))).count();
+        let downsamples =
+            (0..num_levels).take_while(|&l| has(format!("encoder.down.{l}.downsample.conv.conv.weight"))).count();
         let config = BitVaeConfig { base_ch, ch_mult, num_res_blocks, z_channels, patch: 1 << downsamples };
         config.validate()?;
         Ok(config)

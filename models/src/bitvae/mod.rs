@@ -68,7 +68,11 @@ impl BitVae {
     /// RGB image (B, 3, H, W) in [-1, 1], H and W multiples of the patch → latent (B, d, h, w).
     pub fn encode(&self, image: &Tensor) -> Result<Tensor> {
         let s = image.shape();
-        if s.len() != 4 || s[1] != 3 || !s[2].is_multiple_of(self.config.patch) || !s[3].is_multiple_of(self.config.patch) {
+        if s.len() != 4
+            || s[1] != 3
+            || !s[2].is_multiple_of(self.config.patch)
+            || !s[3].is_multiple_of(self.config.patch)
+        {
             return Err(Error::invalid(
                 "bitvae.encode",
                 image.shape(),

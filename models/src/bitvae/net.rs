@@ -21,7 +21,11 @@ struct Conv {
 
 impl Conv {
     fn load(p: &mut Params, name: &str, params: Conv2dParams) -> Result<Self> {
-        Ok(Conv { weight: p.take(&format!("{name}.conv.weight"))?, bias: p.take(&format!("{name}.conv.bias"))?, params })
+        Ok(Conv {
+            weight: p.take(&format!("{name}.conv.weight"))?,
+            bias: p.take(&format!("{name}.conv.bias"))?,
+            params,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -112,8 +116,10 @@ impl Encoder {
                 .collect::<Result<_>>()?;
             // The official Downsample pads right and bottom by one, then convolves unpadded.
             let down = Conv2dParams { stride: 2, padding: [0, 1, 0, 1] };
-            let resample =
-                c.encoder_downsamples(l).then(|| Conv::load(p, &format!("encoder.down.{l}.downsample.conv"), down)).transpose()?;
+            let resample = c
+                .encoder_downsamples(l)
+                .then(|| Conv::load(p, &format!("encoder.down.{l}.downsample.conv"), down))
+                .transpose()?;
             levels.push(Level { blocks, resample });
         }
         Ok(Encoder {

@@ -24,6 +24,10 @@ pub(super) fn gather(weights: &Weights, config: &BitVaeConfig) -> Result<Params>
         used.insert(stored);
     }
     // Inside the networks anything else means an architecture we do not build (e.g. attention).
-    refuse_unexpected(weights, |k| used.contains(k) || !(k.starts_with("encoder.") || k.starts_with("decoder.")), "BitVAE configuration")?;
+    refuse_unexpected(
+        weights,
+        |k| used.contains(k) || !(k.starts_with("encoder.") || k.starts_with("decoder.")),
+        "BitVAE configuration",
+    )?;
     Ok(p)
 }

@@ -32,10 +32,18 @@ fn check_latent(op: &'static str, latent: &Tensor, grids: &[(usize, usize)]) -> 
     }
     let full = (latent.dim(2)?, latent.dim(3)?);
     if grids.last() != Some(&full) {
-        return Err(Error::invalid(op, latent.shape(), format!("the last scale of {grids:?} must equal the latent grid {full:?}")));
+        return Err(Error::invalid(
+            op,
+            latent.shape(),
+            format!("the last scale of {grids:?} must equal the latent grid {full:?}"),
+        ));
     }
     if let Some(g) = grids.iter().find(|&&(h, w)| h == 0 || w == 0 || h > full.0 || w > full.1) {
-        return Err(Error::invalid(op, latent.shape(), format!("scale {g:?} does not fit inside the latent grid {full:?}")));
+        return Err(Error::invalid(
+            op,
+            latent.shape(),
+            format!("scale {g:?} does not fit inside the latent grid {full:?}"),
+        ));
     }
     Ok(full)
 }
@@ -79,14 +87,19 @@ pub(crate) fn sign_bits(x: &Tensor) -> Result<Tensor> {
 /// (B, h, w, d) bits (u8 0/1) → (B, d, h, w) codes (2·bit − 1)/√d.
 pub fn codes_from_bits(bits: &Tensor) -> Result<Tensor> {
     if bits.rank() != 4 || bits.dtype() != DType::U8 {
-        return Err(Error::invalid("bsq.codes_from_bits", bits.shape(), format!("expected u8 bits (B, h, w, d), got {}", bits.dtype())));
+        return Err(Error::invalid(
+            "bsq.codes_from_bits",
+            bits.shape(),
+            format!("expected u8 bits (B, h, w, d), got {}", bits.dtype()),
+        ));
     }
     let s = code_scale(bits.dim(3)?);
     let v = bits.to_vec::<u8>()?;
     if let Some(bad) = v.iter().find(|&&b| b > 1) {
         return Err(Error::invalid("bsq.codes_from_bits", bits.shape(), format!("bit value {bad} is not 0 or 1")));
     }
-    let codes = Tensor::from_vec(v.into_iter().map(|b| if b == 1 { s } else { -s }).collect::<Vec<f32>>(), bits.shape())?;
+    let codes =
+        Tensor::from_vec(v.into_iter().map(|b| if b == 1 { s } else { -s }).collect::<Vec<f32>>(), bits.shape())?;
     Ok(codes.permute(&[0, 3, 1, 2])?.contiguous())
 }
 

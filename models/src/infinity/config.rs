@@ -41,7 +41,8 @@ fn ffn_width(c: usize, mlp_ratio: usize) -> usize {
 }
 
 impl InfinityConfig {
-    pub const PRESETS: [&'static str; 8] = ["layer12", "layer16", "layer24", "layer32", "layer40", "layer48", "2b", "8b"];
+    pub const PRESETS: [&'static str; 8] =
+        ["layer12", "layer16", "layer24", "layer32", "layer40", "layer48", "2b", "8b"];
 
     /// Official model types (`tools/run_infinity.py`): depth, width, heads and chunk count.
     pub fn preset(name: &str) -> Option<InfinityConfig> {
@@ -89,26 +90,43 @@ impl InfinityConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        let positive = [self.depth, self.embed_dim, self.num_heads, self.mlp_hidden, self.text_channels, self.bits, self.block_chunks];
+        let positive = [
+            self.depth,
+            self.embed_dim,
+            self.num_heads,
+            self.mlp_hidden,
+            self.text_channels,
+            self.bits,
+            self.block_chunks,
+        ];
         if positive.contains(&0) {
             return Err("every size must be positive".into());
         }
         if !self.embed_dim.is_multiple_of(self.num_heads) || !self.head_dim().is_multiple_of(4) {
-            return Err(format!("width {} does not split into {} heads of a multiple of 4 (2-D RoPE)", self.embed_dim, self.num_heads));
+            return Err(format!(
+                "width {} does not split into {} heads of a multiple of 4 (2-D RoPE)",
+                self.embed_dim, self.num_heads
+            ));
         }
         if !self.depth.is_multiple_of(self.block_chunks) {
             return Err(format!("depth {} is not divisible into {} chunks", self.depth, self.block_chunks));
         }
         let hp = self.pool_heads();
         if hp == 0 || !self.text_channels.is_multiple_of(hp) || !self.embed_dim.is_multiple_of(hp) {
-            return Err(format!("text width {} and width {} do not split into the pool's heads", self.text_channels, self.embed_dim));
+            return Err(format!(
+                "text width {} and width {} do not split into the pool's heads",
+                self.text_channels, self.embed_dim
+            ));
         }
         Ok(())
     }
 
     pub fn from_json(v: &Value) -> Result<InfinityConfig, String> {
         let uint = |key: &str| -> Result<usize, String> {
-            v.get(key).and_then(Value::as_u64).map(|n| n as usize).ok_or_else(|| format!("'{key}' must be a non-negative integer"))
+            v.get(key)
+                .and_then(Value::as_u64)
+                .map(|n| n as usize)
+                .ok_or_else(|| format!("'{key}' must be a non-negative integer"))
         };
         let config = InfinityConfig {
             depth: uint("depth")?,
@@ -201,7 +219,8 @@ impl InfinityConfig {
             s.get(i).copied().ok_or_else(|| format!("tensor '{key}' has shape {s:?}, expected rank > {i}"))
         };
         // Chunk c holds blocks under `block_chunks.{c}.module.{j}.`; count both levels.
-        let has_block = |c: usize, j: usize| shapes.contains_key(&format!("block_chunks.{c}.module.{j}.ffn.fc1.weight"));
+        let has_block =
+            |c: usize, j: usize| shapes.contains_key(&format!("block_chunks.{c}.module.{j}.ffn.fc1.weight"));
         let block_chunks = (0..).take_while(|&c| has_block(c, 0)).count();
         if block_chunks == 0 {
             return Err("missing tensor 'block_chunks.0.module.0.ffn.fc1.weight' (no transformer blocks)".into());

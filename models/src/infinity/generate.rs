@@ -65,13 +65,20 @@ pub fn generate(
         let sampled = sample_bits(&guided, sampling, &mut rng)?.reshape(&[batch, h, w, bits_dim])?;
         let bits = match forced.get(k) {
             Some(f) if f.shape() == sampled.shape() => f.clone(),
-            Some(f) => return Err(Error::ShapeMismatch { op: "generate (forced bits)", lhs: f.shape().to_vec(), rhs: sampled.shape().to_vec() }),
+            Some(f) => {
+                return Err(Error::ShapeMismatch {
+                    op: "generate (forced bits)",
+                    lhs: f.shape().to_vec(),
+                    rhs: sampled.shape().to_vec(),
+                });
+            }
             None => sampled,
         };
         summed = add(&summed, &resize_codes(&codes_from_bits(&bits)?, full)?)?;
         let next = match schedule.grids.get(k + 1) {
             Some(&(nh, nw)) => {
-                let u = resize_codes(&summed, (nh, nw))?.permute(&[0, 2, 3, 1])?.reshape(&[batch, nh * nw, bits_dim])?;
+                let u =
+                    resize_codes(&summed, (nh, nw))?.permute(&[0, 2, 3, 1])?.reshape(&[batch, nh * nw, bits_dim])?;
                 let e = model.embed(&u)?;
                 x = if with_uncond { concat(&[&e, &e], 0)? } else { e };
                 Some(u)

@@ -29,7 +29,10 @@ impl Default for SamplingConfig {
 fn per_scale(name: &'static str, values: &[f32], k: usize) -> Result<f32> {
     match values {
         [v] => Ok(*v),
-        _ => values.get(k).copied().ok_or_else(|| Error::invalid(name, &[values.len()], format!("no value for scale {k}"))),
+        _ => values
+            .get(k)
+            .copied()
+            .ok_or_else(|| Error::invalid(name, &[values.len()], format!("no value for scale {k}"))),
     }
 }
 

@@ -43,7 +43,11 @@ fn random_mask(shape: &[usize], strength: f32, rng: &mut Philox) -> Result<Tenso
 
 fn xor(bits: &Tensor, mask: &Tensor) -> Result<Tensor> {
     if mask.shape() != bits.shape() || mask.dtype() != DType::U8 {
-        return Err(Error::ShapeMismatch { op: "teacher_forcing (flip mask)", lhs: mask.shape().to_vec(), rhs: bits.shape().to_vec() });
+        return Err(Error::ShapeMismatch {
+            op: "teacher_forcing (flip mask)",
+            lhs: mask.shape().to_vec(),
+            rhs: bits.shape().to_vec(),
+        });
     }
     let v: Vec<u8> = bits.to_vec::<u8>()?.iter().zip(mask.to_vec::<u8>()?).map(|(b, m)| b ^ (m & 1)).collect();
     Tensor::from_vec(v, bits.shape())
@@ -52,7 +56,11 @@ fn xor(bits: &Tensor, mask: &Tensor) -> Result<Tensor> {
 /// Labels and inputs for `latent` (B, d, H, W) over `grids` (the last must be (H, W)).
 pub fn teacher_forcing(latent: &Tensor, grids: &[(usize, usize)], mut flips: Flips) -> Result<TeacherForcing> {
     if latent.rank() != 4 || grids.last() != Some(&(latent.dim(2)?, latent.dim(3)?)) {
-        return Err(Error::invalid("teacher_forcing", latent.shape(), format!("the last scale of {grids:?} must be the latent grid")));
+        return Err(Error::invalid(
+            "teacher_forcing",
+            latent.shape(),
+            format!("the last scale of {grids:?} must be the latent grid"),
+        ));
     }
     let (b, d) = (latent.dim(0)?, latent.dim(1)?);
     let full = (latent.dim(2)?, latent.dim(3)?);
@@ -64,9 +72,9 @@ pub fn teacher_forcing(latent: &Tensor, grids: &[(usize, usize)], mut flips: Fli
         let gt = sign_bits(&r)?;
         let mask = match &mut flips {
             Flips::None => None,
-            Flips::Masks(masks) => Some(
-                masks.get(k).cloned().ok_or_else(|| Error::invalid("teacher_forcing", &[masks.len()], format!("no flip mask for scale {k}")))?,
-            ),
+            Flips::Masks(masks) => Some(masks.get(k).cloned().ok_or_else(|| {
+                Error::invalid("teacher_forcing", &[masks.len()], format!("no flip mask for scale {k}"))
+            })?),
             Flips::Random { strength, rng } => Some(random_mask(gt.shape(), *strength, rng)?),
         };
         let (pred, rate) = match mask {
@@ -84,6 +92,7 @@ pub fn teacher_forcing(latent: &Tensor, grids: &[(usize, usize)], mut flips: Fli
         flip_rates.push(rate);
     }
     let refs: Vec<&Tensor> = inputs.iter().collect();
-    let inputs = if refs.is_empty() { Tensor::zeros(&[b, 0, d], DType::F32) } else { infinity_ops::index::concat(&refs, 1)? };
+    let inputs =
+        if refs.is_empty() { Tensor::zeros(&[b, 0, d], DType::F32) } else { infinity_ops::index::concat(&refs, 1)? };
     Ok(TeacherForcing { labels, inputs, flip_rates })
 }

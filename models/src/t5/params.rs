@@ -80,7 +80,11 @@ pub(super) fn gather(weights: &Weights, config: &T5Config) -> Result<Params> {
         }
         // Matrices are used in their stored dtype (the linear layers and the embedding gather
         // take bf16/f16 directly), so a half-precision checkpoint stays mapped.
-        let use_ = if entry.shape.len() == 2 && !entry.key.contains("relative_attention_bias") { Use::AsStored } else { Use::F32 };
+        let use_ = if entry.shape.len() == 2 && !entry.key.contains("relative_attention_bias") {
+            Use::AsStored
+        } else {
+            Use::F32
+        };
         for &name in &present {
             p.insert(weights, &entry.key, name, &entry.shape, use_)?;
             used.insert(name.as_str());

@@ -1,10 +1,12 @@
 //! `infinity-train`: the training front end. `transformer` trains the Infinity transformer
 //! (spec §7) on a jsonl folder or a folder of captioned images — from scratch (`--preset`,
 //! `--config`) or fine-tuning (`--init`, or the transformer of `--model-dir`) — with the VAE
-//! and the text encoder frozen. Checkpoints hold the whole run state (parameters, optimizer,
+//! and the text encoder frozen. `vae` trains the BitVAE tokenizer (reconstruction, BSQ
+//! commitment and entropy losses; single-scale `--stage 1` or multi-scale `--stage 2`), from
+//! scratch or fine-tuning. Checkpoints hold the whole run state (parameters, optimizer,
 //! data position, RNG position), so re-running the same command resumes where the last
-//! checkpoint left off. The step itself is `models::train::train_step`; this file parses,
-//! validates, loops and reports. Any failure is one line on stderr, `error: <message>`, and
+//! checkpoint left off. The steps themselves are `models::train::train_step` and
+//! `models::train_vae::vae_train_step`; this file parses, validates, loops and reports. Any failure is one line on stderr, `error: <message>`, and
 //! exit code 2; every argument is checked before a weight is read.
 
 use std::collections::HashSet;
@@ -20,14 +22,16 @@ use indicatif::{ProgressBar, ProgressStyle};
 use infinity::autograd::checkpoint::{self, Checkpoint};
 use infinity::autograd::optim::official_groups;
 use infinity::autograd::{AdamW, AdamWConfig, Annealing, LrSchedule, Params};
-use infinity::models::bitvae::{self, BitVae};
-use infinity::models::data::{BatchOrder, Dataset, FeatureCache, OrderState};
+use infinity::models::bitvae::{self, BitVae, BitVaeConfig};
+use infinity::models::data::{BatchOrder, Dataset, FeatureCache, OrderState, Samples};
 use infinity::models::infinity::teacher::{Flips, teacher_forcing};
 use infinity::models::infinity::{Infinity, InfinityConfig};
 use infinity::models::pipeline::{ModelFiles, TextEncoder, check_fit};
 use infinity::models::schedule::PixelBudget;
 use infinity::models::t5::T5Config;
 use infinity::models::train::{StepBatch, StepSettings, TokenWeighting, null_text, train_step};
+use infinity::models::train_vae::{VaeLossWeights, VaeStepSettings, vae_train_step};
+use infinity::runtime::Tensor;
 use infinity::runtime::io::Weights;
 use infinity::runtime::rng::Philox;
 use serde_json::{Value, json};
@@ -52,6 +56,75 @@ struct Cli {
 enum Command {
     /// Train the transformer; re-running the same command resumes from --out's latest checkpoint.
     Transformer(Box<TransformerArgs>),
+    /// Train the BitVAE; re-running the same command resumes from --out's latest checkpoint.
+    Vae(Box<VaeArgs>),
+}
+
+#[derive(Args)]
+struct VaeArgs {
+    /// Training images: a folder of `<h_div_w>_<count>.jsonl` files, or of images with `.txt`
+    /// captions (captions are not used).
+    #[arg(long)]
+    data: PathBuf,
+    /// Train from scratch with a released architecture: d16, d24, d32, d64, d14_patchify.
+    #[arg(long, conflicts_with_all = ["config", "init"])]
+    preset: Option<String>,
+    /// Train from scratch with the architecture in this JSON file
+    /// (`{"base_ch", "ch_mult", "num_res_blocks", "z_channels", "patch"}`).
+    #[arg(long, conflicts_with = "init")]
+    config: Option<PathBuf>,
+    /// Fine-tune this BitVAE checkpoint (official .pth or safetensors).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// 1: quantize the whole latent once (single-scale BSQ); 2: the multi-scale quantizer over
+    /// the scales of --pn.
+    #[arg(long, default_value_t = 2)]
+    stage: u8,
+    /// Pixel budget (image size and scale schedule): 0.06M (256²), 0.25M (512²), 0.60M or 1M.
+    #[arg(long, default_value_t = PixelBudget::P006M)]
+    pn: PixelBudget,
+    /// Images per step (all of one aspect-ratio template).
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Total optimizer steps of the run (a resumed run continues up to this count).
+    #[arg(long, default_value_t = 1000)]
+    steps: u64,
+    /// Learning rate (constant after the warm-up).
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// AdamW weight decay (not applied to 1-D parameters and biases).
+    #[arg(long, default_value_t = 0.0)]
+    wd: f64,
+    /// AdamW β₁,β₂.
+    #[arg(long, value_delimiter = ',', default_value = "0.9,0.95")]
+    betas: Vec<f64>,
+    /// Global gradient-norm clipping threshold (0 disables).
+    #[arg(long, default_value_t = 1.0)]
+    clip: f32,
+    /// Linear learning-rate warm-up from 0.005 × the rate over this many steps.
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: usize,
+    /// Weight of the BSQ commitment loss ‖z − sg(q)‖² (official default).
+    #[arg(long, default_value_t = VaeLossWeights::default().commitment)]
+    commit_weight: f32,
+    /// Weight of the entropy penalty, applied divided by --inv-temperature (official default).
+    #[arg(long, default_value_t = VaeLossWeights::default().entropy)]
+    entropy_weight: f32,
+    /// Sharpness of the soft bit assignment in the entropy penalty (official default).
+    #[arg(long, default_value_t = VaeLossWeights::default().inv_temperature)]
+    inv_temperature: f32,
+    /// Seed of the data order and the initial weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Run folder: checkpoints, train.log and metrics.csv.
+    #[arg(long)]
+    out: PathBuf,
+    /// Save a checkpoint every N steps (and after the last).
+    #[arg(long, default_value_t = 1000)]
+    save_every: u64,
+    /// Checkpoints kept (the newest).
+    #[arg(long, default_value_t = 3)]
+    keep: usize,
 }
 
 #[derive(Args)]
@@ -134,7 +207,74 @@ struct TransformerArgs {
 fn main() -> ExitCode {
     report::exit_code(match Cli::parse().command {
         Command::Transformer(args) => train_transformer(&args),
+        Command::Vae(args) => train_vae(&args),
     })
+}
+
+/// Where the BitVAE's starting weights come from.
+enum VaeStart {
+    Scratch(BitVaeConfig),
+    Checkpoint(PathBuf),
+}
+
+/// The validated `vae` command line.
+struct VaePlan {
+    start: VaeStart,
+    optim: Optim,
+    lr: LrSchedule,
+    losses: VaeLossWeights,
+    /// Stage 2: quantize over the scales of --pn (else stage 1, the latent grid only).
+    multiscale: bool,
+}
+
+/// Everything the `vae` command can refuse before reading a weight.
+fn plan_vae(a: &VaeArgs) -> Result<VaePlan, Box<dyn Error>> {
+    check_data(&a.data)?;
+    check_counts(a.batch, a.steps, a.save_every, a.keep)?;
+    let optim = check_optimizer(a.lr, a.wd, &a.betas, a.clip)?;
+    let multiscale = match a.stage {
+        1 => false,
+        2 => true,
+        s => return Err(format!("--stage {s} must be 1 (single-scale) or 2 (multi-scale)").into()),
+    };
+    check_range("commit-weight", f64::from(a.commit_weight), 0.0..=f64::MAX)?;
+    check_range("entropy-weight", f64::from(a.entropy_weight), 0.0..=f64::MAX)?;
+    if !(a.inv_temperature.is_finite() && a.inv_temperature > 0.0) {
+        return Err(format!("--inv-temperature {} must be a positive number", a.inv_temperature).into());
+    }
+    let start = match (&a.preset, &a.config, &a.init) {
+        (Some(name), ..) => VaeStart::Scratch(BitVaeConfig::preset(name).ok_or_else(|| {
+            format!("unknown --preset '{name}' (expected one of {})", BitVaeConfig::PRESETS.join(", "))
+        })?),
+        (_, Some(path), _) => VaeStart::Scratch(read_json_config(path, BitVaeConfig::from_json)?),
+        (.., Some(init)) => VaeStart::Checkpoint(existing(init, "init")?),
+        _ => return Err("no BitVAE: give --preset, --config or --init".into()),
+    };
+    if let VaeStart::Scratch(config) = &start {
+        check_vae_patch(config, multiscale)?;
+    }
+    Ok(VaePlan {
+        start,
+        optim,
+        lr: constant_lr(a.lr, a.warmup_steps, a.steps),
+        losses: VaeLossWeights {
+            commitment: a.commit_weight,
+            entropy: a.entropy_weight,
+            inv_temperature: a.inv_temperature,
+        },
+        multiscale,
+    })
+}
+
+/// The --pn scale schedules are grids of 16-pixel tokens: the multi-scale stage needs patch 16.
+fn check_vae_patch(config: &BitVaeConfig, multiscale: bool) -> Result<(), String> {
+    if multiscale && config.patch != 16 {
+        return Err(format!(
+            "--stage 2 follows the --pn scale schedules, which need patch 16 (this BitVAE has patch {}); use --stage 1",
+            config.patch
+        ));
+    }
+    Ok(())
 }
 
 /// Where the transformer's starting weights come from.
@@ -176,23 +316,10 @@ fn existing(path: &Path, flag: &str) -> Result<PathBuf, String> {
 
 /// Everything that can be refused, refused before any slow work.
 fn plan(a: &TransformerArgs) -> Result<Plan, Box<dyn Error>> {
-    if !a.data.is_dir() {
-        return Err(format!("{}: the data folder does not exist or is not a folder", a.data.display()).into());
-    }
-    if a.batch == 0 || a.steps == 0 || a.save_every == 0 || a.keep == 0 {
-        return Err("--batch, --steps, --save-every and --keep must be at least 1".into());
-    }
+    check_data(&a.data)?;
+    check_counts(a.batch, a.steps, a.save_every, a.keep)?;
     let peak = a.lr.unwrap_or(6e-3 * a.batch as f64 / 256.0);
-    if !(peak.is_finite() && peak > 0.0) {
-        return Err(format!("--lr {peak} must be a positive number").into());
-    }
-    check_range("wd", a.wd, 0.0..=1.0)?;
-    let &[beta1, beta2] = a.betas.as_slice() else {
-        return Err("--betas takes two values, β₁,β₂ (e.g. 0.9,0.97)".into());
-    };
-    check_range("betas", beta1, 0.0..=0.999_999)?;
-    check_range("betas", beta2, 0.0..=0.999_999)?;
-    check_range("clip", f64::from(a.clip), 0.0..=f64::MAX)?;
+    let optim = check_optimizer(peak, a.wd, &a.betas, a.clip)?;
     check_range("bsc-strength", f64::from(a.bsc_strength), 0.0..=1.0)?;
     check_range("cond-drop", f64::from(a.cond_drop), 0.0..=1.0)?;
 
@@ -239,24 +366,71 @@ fn plan(a: &TransformerArgs) -> Result<Plan, Box<dyn Error>> {
         tokenizer,
         start,
         pn: a.pn.or(default_pn).unwrap_or(PixelBudget::P006M),
-        clip: if a.clip == 0.0 { f32::INFINITY } else { a.clip },
-        // train.sh's `lin0` with `wpe = 1`: after the warm-up the rate stays at the peak.
-        lr: LrSchedule {
-            peak,
-            warmup_iters: a.warmup_steps,
-            max_iters: a.steps as usize,
-            warmup_start: WARMUP_START,
-            end_ratio: 1.0,
-            annealing: Annealing::Constant,
-        },
-        adamw: AdamWConfig { beta1, beta2, eps: 1e-8 },
+        clip: optim.clip,
+        lr: constant_lr(peak, a.warmup_steps, a.steps),
+        adamw: optim.adamw,
     })
 }
 
+/// The checks every command's step and save counts get.
+fn check_counts(batch: usize, steps: u64, save_every: u64, keep: usize) -> Result<(), String> {
+    if batch == 0 || steps == 0 || save_every == 0 || keep == 0 {
+        return Err("--batch, --steps, --save-every and --keep must be at least 1".into());
+    }
+    Ok(())
+}
+
+/// The validated optimizer flags.
+struct Optim {
+    adamw: AdamWConfig,
+    /// Clipping threshold (`f32::INFINITY` for `--clip 0`).
+    clip: f32,
+}
+
+fn check_optimizer(lr: f64, wd: f64, betas: &[f64], clip: f32) -> Result<Optim, String> {
+    if !(lr.is_finite() && lr > 0.0) {
+        return Err(format!("--lr {lr} must be a positive number"));
+    }
+    check_range("wd", wd, 0.0..=1.0)?;
+    let &[beta1, beta2] = betas else {
+        return Err("--betas takes two values, β₁,β₂ (e.g. 0.9,0.97)".into());
+    };
+    check_range("betas", beta1, 0.0..=0.999_999)?;
+    check_range("betas", beta2, 0.0..=0.999_999)?;
+    check_range("clip", f64::from(clip), 0.0..=f64::MAX)?;
+    Ok(Optim { adamw: AdamWConfig { beta1, beta2, eps: 1e-8 }, clip: if clip == 0.0 { f32::INFINITY } else { clip } })
+}
+
+/// train.sh's `lin0` with `wpe = 1`: after the warm-up the rate stays at the peak.
+fn constant_lr(peak: f64, warmup_steps: usize, steps: u64) -> LrSchedule {
+    LrSchedule {
+        peak,
+        warmup_iters: warmup_steps,
+        max_iters: steps as usize,
+        warmup_start: WARMUP_START,
+        end_ratio: 1.0,
+        annealing: Annealing::Constant,
+    }
+}
+
+/// The `--data` folder, refused unless it is one.
+fn check_data(dir: &Path) -> Result<(), String> {
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(format!("{}: the data folder does not exist or is not a folder", dir.display()))
+    }
+}
+
 fn read_config(path: &Path) -> Result<InfinityConfig, String> {
+    read_json_config(path, InfinityConfig::from_json)
+}
+
+/// A configuration JSON file parsed by `parse`; errors name the file.
+fn read_json_config<T>(path: &Path, parse: impl FnOnce(&Value) -> Result<T, String>) -> Result<T, String> {
     let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?;
-    InfinityConfig::from_json(&v).map_err(|e| format!("{}: {e}", path.display()))
+    parse(&v).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// A jsonl folder when it holds any `.jsonl` file, else a folder of captioned images.
@@ -277,28 +451,48 @@ struct RunState {
 
 impl RunState {
     fn to_json(&self, a: &TransformerArgs) -> Value {
-        json!({ "seed": a.seed, "batch": a.batch, "order": self.order.to_json(), "rng_offset": self.rng.offset })
+        let mut state = run_json("transformer", a.seed, a.batch, self.order);
+        state["rng_offset"] = json!(self.rng.offset);
+        state
     }
 
-    /// The state of `saved`, refused when it was written by a run with another seed or batch
-    /// size (its data position would mean other batches).
     fn from_checkpoint(saved: &Checkpoint, a: &TransformerArgs) -> Result<Self, Box<dyn Error>> {
-        let s = &saved.state;
-        let bad = || format!("{}: not a checkpoint of infinity-train transformer", saved.dir.display());
-        let (seed, batch) = (s.get("seed").and_then(Value::as_u64), s.get("batch").and_then(Value::as_u64));
-        if (seed, batch) != (Some(a.seed), Some(a.batch as u64)) {
-            return Err(format!(
-                "{}: saved by a run with --seed {} --batch {}; resume with the same values or use another --out",
-                saved.dir.display(),
-                seed.map_or("?".into(), |v| v.to_string()),
-                batch.map_or("?".into(), |v| v.to_string())
-            )
-            .into());
-        }
-        let order = OrderState::from_json(s.get("order").and_then(Value::as_str).ok_or_else(bad)?)?;
-        let offset = s.get("rng_offset").and_then(Value::as_u64).ok_or_else(bad)?;
+        let order = saved_order(saved, "transformer", a.seed, a.batch)?;
+        let offset =
+            saved.state.get("rng_offset").and_then(Value::as_u64).ok_or_else(|| not_ours(saved, "transformer"))?;
         Ok(RunState { order, rng: Philox { seed: a.seed ^ TRAINER_STREAM, offset } })
     }
+}
+
+/// The run state every command saves: which command, its seed and batch size, and the data
+/// position.
+fn run_json(command: &str, seed: u64, batch: usize, order: OrderState) -> Value {
+    json!({ "command": command, "seed": seed, "batch": batch, "order": order.to_json() })
+}
+
+fn not_ours(saved: &Checkpoint, command: &str) -> String {
+    format!("{}: not a checkpoint of infinity-train {command}", saved.dir.display())
+}
+
+/// The data position of `saved`, refused when it was written by another command (runs of
+/// the transformer command from before the field existed count as `transformer`) or by a
+/// run with another seed or batch size (its data position would mean other batches).
+fn saved_order(saved: &Checkpoint, command: &str, seed: u64, batch: usize) -> Result<OrderState, Box<dyn Error>> {
+    let s = &saved.state;
+    if s.get("command").and_then(Value::as_str).unwrap_or("transformer") != command {
+        return Err(not_ours(saved, command).into());
+    }
+    let (saved_seed, saved_batch) = (s.get("seed").and_then(Value::as_u64), s.get("batch").and_then(Value::as_u64));
+    if (saved_seed, saved_batch) != (Some(seed), Some(batch as u64)) {
+        return Err(format!(
+            "{}: saved by a run with --seed {} --batch {}; resume with the same values or use another --out",
+            saved.dir.display(),
+            saved_seed.map_or("?".into(), |v| v.to_string()),
+            saved_batch.map_or("?".into(), |v| v.to_string())
+        )
+        .into());
+    }
+    Ok(OrderState::from_json(s.get("order").and_then(Value::as_str).ok_or_else(|| not_ours(saved, command))?)?)
 }
 
 /// `metrics.csv`: one row per step. On a resumed run the rows past the checkpoint (written
@@ -346,6 +540,107 @@ fn all_images_broken(dataset: &Dataset) -> bool {
     dataset.items().iter().all(|item| skipped.contains(&item.image))
 }
 
+/// `metrics.csv` and `train.log` of the run folder `out` resumed at `step0`, or `None` (after
+/// saying so) when the run has already reached `steps`.
+fn open_run(out: &Path, header: &str, step0: u64, steps: u64) -> Result<Option<(Metrics, File)>, Box<dyn Error>> {
+    let metrics = Metrics::open(&out.join("metrics.csv"), header, step0)?;
+    let log_path = out.join("train.log");
+    let log_file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("{}: {e}", log_path.display()))?;
+    if step0 >= steps {
+        println!("{}: already at step {step0} of {steps}", out.display());
+        return Ok(None);
+    }
+    Ok(Some((metrics, log_file)))
+}
+
+/// Prints the run's opening line and logs it after the command line.
+fn announce(log_file: &mut File, intro: &str) -> Result<(), Box<dyn Error>> {
+    println!("{intro}");
+    let command: Vec<String> = std::env::args().collect();
+    log(log_file, &format!("$ {}\n{intro}", command.join(" ")))
+}
+
+/// The progress bar of a run of `steps` steps resumed at `step0`.
+fn progress_bar(steps: u64, step0: u64) -> ProgressBar {
+    ProgressBar::new(steps).with_position(step0).with_style(
+        ProgressStyle::with_template("step {pos}/{len} [{bar:30}] {msg} {per_sec} ETA {eta}")
+            .unwrap_or(ProgressStyle::default_bar()),
+    )
+}
+
+/// The next batch and its images (taken out of the samples), skipping batches none of whose
+/// images load; an error when no image of the dataset loads at all.
+fn next_images(order: &mut BatchOrder, dataset: &Dataset, data: &Path) -> Result<(Samples, Tensor), Box<dyn Error>> {
+    loop {
+        let batch = order.next().ok_or("the batch order ended")?;
+        let mut samples = dataset.load(&batch)?;
+        if let Some(images) = samples.images.take() {
+            return Ok((samples, images));
+        }
+        // Every image of the batch failed to load (each is logged): no step to take, and
+        // no step ever if that holds for the whole dataset.
+        if all_images_broken(dataset) {
+            return Err(format!("{}: no image of the dataset could be loaded", data.display()).into());
+        }
+    }
+}
+
+/// Where a checkpoint goes and how many are kept.
+struct Saving<'a> {
+    out: &'a Path,
+    every: u64,
+    last: u64,
+    keep: usize,
+}
+
+impl Saving<'_> {
+    /// Saves after `step` when it is due (every `every` steps and the last), and logs it.
+    fn after(
+        &self,
+        step: u64,
+        params: &Params,
+        optimizer: &AdamW,
+        state: &Value,
+        bar: &ProgressBar,
+        log_file: &mut File,
+    ) -> Result<(), Box<dyn Error>> {
+        if step.is_multiple_of(self.every) || step == self.last {
+            let dir = checkpoint::save(self.out, step, params, optimizer, state, self.keep)?;
+            let line = format!("saved {}", dir.display());
+            bar.println(&line);
+            log(log_file, &line)?;
+        }
+        Ok(())
+    }
+}
+
+/// Closes the progress bar and reports the run's time, skipped images and peak memory.
+fn finish(
+    bar: &ProgressBar,
+    log_file: &mut File,
+    (step0, step): (u64, u64),
+    run_start: Instant,
+    dataset: &Dataset,
+) -> Result<(), Box<dyn Error>> {
+    bar.finish_and_clear();
+    let done = format!(
+        "trained steps {}..{step} in {:.2} s; {}",
+        step0 + 1,
+        run_start.elapsed().as_secs_f64(),
+        dataset.skip_report()
+    );
+    println!("{done}");
+    log(log_file, &done)?;
+    if let Some(mib) = peak_rss_mib() {
+        println!("peak memory {mib:.0} MiB");
+    }
+    Ok(())
+}
+
 /// Appends a line to `train.log`.
 fn log(file: &mut File, line: &str) -> Result<(), Box<dyn Error>> {
     writeln!(file, "{line}")?;
@@ -369,17 +664,7 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
         .chain((0..scales).map(|k| format!("bit_acc_{k}")))
         .collect::<Vec<_>>()
         .join(",");
-    let mut metrics = Metrics::open(&a.out.join("metrics.csv"), &header, step0)?;
-    let log_path = a.out.join("train.log");
-    let mut log_file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| format!("{}: {e}", log_path.display()))?;
-    if step0 >= a.steps {
-        println!("{}: already at step {step0} of {}", a.out.display(), a.steps);
-        return Ok(());
-    }
+    let Some((mut metrics, mut log_file)) = open_run(&a.out, &header, step0, a.steps)? else { return Ok(()) };
 
     // The models: configurations first, so a mismatch is reported before the large reads.
     let start = Instant::now();
@@ -431,27 +716,14 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
         plan.lr.peak,
         start.elapsed().as_secs_f64()
     );
-    println!("{intro}");
-    let command: Vec<String> = std::env::args().collect();
-    log(&mut log_file, &format!("$ {}\n{intro}", command.join(" ")))?;
+    announce(&mut log_file, &intro)?;
 
-    let bar = ProgressBar::new(a.steps).with_position(step0).with_style(
-        ProgressStyle::with_template("step {pos}/{len} [{bar:30}] {msg} {per_sec} ETA {eta}")
-            .unwrap_or(ProgressStyle::default_bar()),
-    );
+    let bar = progress_bar(a.steps, step0);
+    let saving = Saving { out: &a.out, every: a.save_every, last: a.steps, keep: a.keep };
     let run_start = Instant::now();
     let mut step = step0;
     while step < a.steps {
-        let batch = order.next().ok_or("the batch order ended")?;
-        let samples = dataset.load(&batch)?;
-        let Some(images) = samples.images else {
-            // Every image of the batch failed to load (each is logged): no step to take, and
-            // no step ever if that holds for the whole dataset.
-            if all_images_broken(&dataset) {
-                return Err(format!("{}: no image of the dataset could be loaded", a.data.display()).into());
-            }
-            continue;
-        };
+        let (samples, images) = next_images(&mut order, &dataset, &a.data)?;
         let schedule = samples.template.schedule(plan.pn);
         let latent = vae.encode(&images)?;
         let flips = if a.bsc_strength > 0.0 {
@@ -499,24 +771,107 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
         bar.set_message(format!("loss {:.4}", stats.loss));
         bar.set_position(step);
 
-        if step.is_multiple_of(a.save_every) || step == a.steps {
-            let dir = checkpoint::save(&a.out, step, &params, &optimizer, &state.to_json(a), a.keep)?;
-            let line = format!("saved {}", dir.display());
-            bar.println(&line);
-            log(&mut log_file, &line)?;
+        saving.after(step, &params, &optimizer, &state.to_json(a), &bar, &mut log_file)?;
+    }
+    finish(&bar, &mut log_file, (step0, step), run_start, &dataset)
+}
+
+fn train_vae(a: &VaeArgs) -> Result<(), Box<dyn Error>> {
+    let plan = plan_vae(a)?;
+    fs::create_dir_all(&a.out).map_err(|e| format!("{}: cannot create the run folder: {e}", a.out.display()))?;
+    let dataset = open_dataset(&a.data, a.pn)?;
+    let resume = checkpoint::latest(&a.out)?;
+    let step0 = resume.as_ref().map_or(0, |c| c.step);
+    let order_state = match &resume {
+        Some(saved) => saved_order(saved, "vae", a.seed, a.batch)?,
+        None => OrderState::default(),
+    };
+    let mut order = BatchOrder::new(&dataset, a.batch, a.seed, order_state)?;
+    let header = "step,loss,lr,grad_norm,reconstruction,commitment,entropy";
+    let Some((mut metrics, mut log_file)) = open_run(&a.out, header, step0, a.steps)? else { return Ok(()) };
+
+    let start = Instant::now();
+    let (weights, config, source) = match &plan.start {
+        VaeStart::Scratch(config) => {
+            (BitVae::random_weights(config, a.seed)?, config.clone(), "random init".to_string())
         }
+        VaeStart::Checkpoint(path) => {
+            let w = bitvae::state_dict(path)?;
+            let config = bitvae::detect_config(&w)?;
+            check_vae_patch(&config, plan.multiscale).map_err(|e| format!("{}: {e}", path.display()))?;
+            (w, config, path.display().to_string())
+        }
+    };
+    let mut params = BitVae::parameters(&weights, &config)?;
+    drop(weights);
+    let mut optimizer = AdamW::new(plan.optim.adamw, official_groups(&params))?;
+    if let Some(saved) = &resume {
+        saved.restore(&mut params, &mut optimizer)?;
     }
-    bar.finish_and_clear();
-    let done = format!(
-        "trained steps {}..{step} in {:.2} s; {}",
-        step0 + 1,
-        run_start.elapsed().as_secs_f64(),
-        dataset.skip_report()
+    let n_params: usize = params.iter().map(|(_, t)| t.numel()).sum();
+    let what = match &resume {
+        Some(saved) => format!("resuming {} at step {step0}", saved.dir.display()),
+        None => format!("starting from {source}"),
+    };
+    let intro = format!(
+        "{what}: BitVAE {}, {n_params} parameters, stage {}, {} items ({}), pn {}, batch {}, lr {:e}; loaded in {:.2} s",
+        config.to_json(),
+        a.stage,
+        dataset.items().len(),
+        dataset.skip_report(),
+        a.pn,
+        a.batch,
+        a.lr,
+        start.elapsed().as_secs_f64()
     );
-    println!("{done}");
-    log(&mut log_file, &done)?;
-    if let Some(mib) = peak_rss_mib() {
-        println!("peak memory {mib:.0} MiB");
+    announce(&mut log_file, &intro)?;
+
+    let bar = progress_bar(a.steps, step0);
+    let saving = Saving { out: &a.out, every: a.save_every, last: a.steps, keep: a.keep };
+    let run_start = Instant::now();
+    let mut step = step0;
+    while step < a.steps {
+        let (samples, images) = next_images(&mut order, &dataset, &a.data)?;
+        let grids = if plan.multiscale {
+            samples.template.schedule(a.pn).grids
+        } else {
+            vec![(images.dim(2)? / config.patch, images.dim(3)? / config.patch)]
+        };
+        let lr = plan.lr.lr(step as usize);
+        let settings = VaeStepSettings { lr, weight_decay: a.wd, clip: plan.optim.clip, losses: plan.losses };
+        let stats = vae_train_step(&mut params, &mut optimizer, &config, &images, &grids, settings)?;
+        step += 1;
+
+        // `{:?}` prints the shortest text that reads back as the same f32: runs compare exactly.
+        metrics.row(&[
+            step.to_string(),
+            format!("{:?}", stats.loss),
+            format!("{lr:e}"),
+            format!("{:?}", stats.grad_norm),
+            format!("{:?}", stats.reconstruction),
+            format!("{:?}", stats.commitment),
+            format!("{:?}", stats.entropy),
+        ])?;
+        let line = format!(
+            "step {step} loss {:.4} (reconstruction {:.4} commitment {:.4} entropy {:.4}) lr {lr:.3e} grad_norm {:.3} {:.2} s/step",
+            stats.loss,
+            stats.reconstruction,
+            stats.commitment,
+            stats.entropy,
+            stats.grad_norm,
+            run_start.elapsed().as_secs_f64() / (step - step0) as f64
+        );
+        log(&mut log_file, &line)?;
+        bar.set_message(format!("loss {:.4}", stats.loss));
+        bar.set_position(step);
+        saving.after(
+            step,
+            &params,
+            &optimizer,
+            &run_json("vae", a.seed, a.batch, order.state()),
+            &bar,
+            &mut log_file,
+        )?;
     }
-    Ok(())
+    finish(&bar, &mut log_file, (step0, step), run_start, &dataset)
 }

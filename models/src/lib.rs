@@ -9,3 +9,4 @@ pub mod pipeline;
 pub mod schedule;
 pub mod t5;
 pub mod train;
+pub mod train_vae;

@@ -30,6 +30,9 @@ pub struct Entry {
 }
 
 impl BitVaeConfig {
+    /// The names [`BitVaeConfig::preset`] knows.
+    pub const PRESETS: [&str; 6] = ["d16", "d24", "d32", "d32reg", "d64", "d14_patchify"];
+
     /// The released image tokenizers: d16, d24, d32 (and d32reg), d64 with patch 16, and the
     /// 8B model's d14 with patch 8 and four levels.
     pub fn preset(name: &str) -> Option<BitVaeConfig> {

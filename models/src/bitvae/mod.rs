@@ -1,5 +1,6 @@
 //! BitVAE: the convolutional image tokenizer (encoder, decoder) and its multi-scale bitwise
-//! quantizer.
+//! quantizer. Loaded from a checkpoint the weights are constants (inference); built with
+//! [`BitVae::on_tape`] from a training step's leaves, the same forward records for backward.
 
 pub mod config;
 mod net;
@@ -8,6 +9,7 @@ pub mod quantizer;
 
 use std::path::Path;
 
+use infinity_autograd::{Params as TrainParams, Tracked, Var};
 use infinity_runtime::io::Weights;
 use infinity_runtime::rng::Philox;
 use infinity_runtime::{Error, Result, Tensor};
@@ -33,9 +35,14 @@ impl BitVae {
         Self::with_config(&state_dict(path)?, config)
     }
 
-    /// A model with random weights (normals scaled by 1/√fan-in, unit norms, zero biases),
-    /// for benchmarks and tests.
+    /// A model with random weights (see [`BitVae::random_weights`]), for benchmarks and tests.
     pub fn random(config: BitVaeConfig, seed: u64) -> Result<Self> {
+        Self::with_config(&Self::random_weights(&config, seed)?, config)
+    }
+
+    /// A state dict of random weights — normals scaled by 1/√fan-in, unit norms, zero biases —
+    /// the starting point of training from scratch.
+    pub fn random_weights(config: &BitVaeConfig, seed: u64) -> Result<Weights> {
         config.validate().map_err(|msg| Error::invalid("bitvae.random", &[config.z_channels], msg))?;
         let mut rng = Philox::new(seed);
         let mut tensors = Vec::new();
@@ -49,7 +56,7 @@ impl BitVae {
             };
             tensors.push((e.key, Tensor::from_vec::<f32>(values, &e.shape)?));
         }
-        Self::with_config(&Weights::new("<random BitVAE>", tensors, Default::default())?, config)
+        Weights::new("<random BitVAE>", tensors, Default::default())
     }
 
     /// Builds the model, detecting the configuration from the tensor shapes.
@@ -60,25 +67,61 @@ impl BitVae {
     pub fn with_config(weights: &Weights, config: BitVaeConfig) -> Result<Self> {
         config.validate().map_err(|msg| Error::format(weights.path(), msg))?;
         let mut p = params::gather(weights, &config)?;
-        let encoder = Encoder::load(&mut p, &config)?;
-        let decoder = Decoder::load(&mut p, &config)?;
+        Self::build(config, &mut |key| p.take(key).map(Var::constant))
+    }
+
+    /// The trainable parameters of a checkpoint in f32 under their native names (the keys
+    /// [`BitVae::open`] reads back), checked against `config` as loading checks them.
+    pub fn parameters(weights: &Weights, config: &BitVaeConfig) -> Result<TrainParams> {
+        config.validate().map_err(|msg| Error::format(weights.path(), msg))?;
+        let mut p = params::gather(weights, config)?;
+        let entries = config.entries().into_iter().filter(|e| !e.buffer);
+        TrainParams::new(entries.map(|e| Ok((e.key.clone(), p.take(&e.key)?))).collect::<Result<_>>()?)
+    }
+
+    /// The model on one training step's tape: every parameter is the tracked leaf of the same
+    /// name (as [`BitVae::parameters`] names them). Build it anew for each step's tape.
+    pub fn on_tape(config: BitVaeConfig, params: &Tracked) -> Result<Self> {
+        config.validate().map_err(|msg| Error::invalid("bitvae.on_tape", &[], msg))?;
+        let shapes: std::collections::HashMap<String, Vec<usize>> =
+            config.entries().into_iter().map(|e| (e.key, e.shape)).collect();
+        Self::build(config, &mut |key| {
+            let var = params.get(key)?;
+            // `build` asks only for the configuration's keys.
+            let want = shapes.get(key).map_or(&[][..], Vec::as_slice);
+            if want != var.shape() {
+                return Err(Error::ShapeMismatch {
+                    op: "bitvae.on_tape",
+                    lhs: want.to_vec(),
+                    rhs: var.shape().to_vec(),
+                });
+            }
+            Ok(var.clone())
+        })
+    }
+
+    fn build(config: BitVaeConfig, take: net::Source) -> Result<Self> {
+        let encoder = Encoder::load(take, &config)?;
+        let decoder = Decoder::load(take, &config)?;
         Ok(BitVae { config, encoder, decoder })
+    }
+
+    /// Refuses anything but an RGB batch (B, 3, H, W) with H and W multiples of the patch.
+    pub fn check_image(&self, shape: &[usize]) -> Result<()> {
+        let p = self.config.patch;
+        if shape.len() != 4 || shape[1] != 3 || !shape[2].is_multiple_of(p) || !shape[3].is_multiple_of(p) {
+            return Err(Error::invalid(
+                "bitvae.encode",
+                shape,
+                format!("expected an RGB image (B, 3, H, W) with H and W multiples of {p}"),
+            ));
+        }
+        Ok(())
     }
 
     /// RGB image (B, 3, H, W) in [-1, 1], H and W multiples of the patch → latent (B, d, h, w).
     pub fn encode(&self, image: &Tensor) -> Result<Tensor> {
-        let s = image.shape();
-        if s.len() != 4
-            || s[1] != 3
-            || !s[2].is_multiple_of(self.config.patch)
-            || !s[3].is_multiple_of(self.config.patch)
-        {
-            return Err(Error::invalid(
-                "bitvae.encode",
-                image.shape(),
-                format!("expected an RGB image (B, 3, H, W) with H and W multiples of {}", self.config.patch),
-            ));
-        }
+        self.check_image(image.shape())?;
         self.encoder.forward(image)
     }
 

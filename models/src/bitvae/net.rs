@@ -1,50 +1,56 @@
 //! The BitVAE encoder and decoder: GroupNorm + SiLU ResBlocks, stride-2 convolutions down,
 //! nearest ×2 + convolution up, no attention.
+//!
+//! The layers hold their parameters as `Var`s and have one forward written against `Var`
+//! (as the transformer does): with constant weights it is the inference path and records
+//! nothing; built from a training tape's leaves ([`super::BitVae::on_tape`]) it records every
+//! op for backpropagation.
 
-use infinity_ops::conv::{Conv2dParams, conv2d};
-use infinity_ops::elementwise::{add, clamp, silu};
-use infinity_ops::norm::group_norm;
-use infinity_ops::resize::{ResizeMode, resize};
+use infinity_autograd::Var;
+use infinity_autograd::conv::conv2d;
+use infinity_autograd::elementwise::{add, clamp, silu};
+use infinity_autograd::norm::group_norm;
+use infinity_autograd::resize::resize;
+use infinity_ops::conv::Conv2dParams;
+use infinity_ops::resize::ResizeMode;
 use infinity_runtime::{Result, Tensor};
 
 use super::config::BitVaeConfig;
-use crate::params::Params;
+
+/// Hands out a parameter by its native state-dict name, once each, while the model is built.
+pub(super) type Source<'a> = &'a mut dyn FnMut(&str) -> Result<Var>;
 
 const GROUPS: usize = 32;
 const EPS: f32 = 1e-6;
 
 struct Conv {
-    weight: Tensor,
-    bias: Tensor,
+    weight: Var,
+    bias: Var,
     params: Conv2dParams,
 }
 
 impl Conv {
-    fn load(p: &mut Params, name: &str, params: Conv2dParams) -> Result<Self> {
-        Ok(Conv {
-            weight: p.take(&format!("{name}.conv.weight"))?,
-            bias: p.take(&format!("{name}.conv.bias"))?,
-            params,
-        })
+    fn load(p: Source, name: &str, params: Conv2dParams) -> Result<Self> {
+        Ok(Conv { weight: p(&format!("{name}.conv.weight"))?, bias: p(&format!("{name}.conv.bias"))?, params })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Var) -> Result<Var> {
         conv2d(x, &self.weight, Some(&self.bias), self.params)
     }
 }
 
 struct GroupNorm {
-    weight: Tensor,
-    bias: Tensor,
+    weight: Var,
+    bias: Var,
 }
 
 impl GroupNorm {
-    fn load(p: &mut Params, name: &str) -> Result<Self> {
-        Ok(GroupNorm { weight: p.take(&format!("{name}.norm.weight"))?, bias: p.take(&format!("{name}.norm.bias"))? })
+    fn load(p: Source, name: &str) -> Result<Self> {
+        Ok(GroupNorm { weight: p(&format!("{name}.norm.weight"))?, bias: p(&format!("{name}.norm.bias"))? })
     }
 
     /// GroupNorm followed by SiLU: the only way the network uses its norms.
-    fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward_silu(&self, x: &Var) -> Result<Var> {
         silu(&group_norm(x, GROUPS, Some(&self.weight), Some(&self.bias), EPS)?)
     }
 }
@@ -59,7 +65,7 @@ struct ResBlock {
 }
 
 impl ResBlock {
-    fn load(p: &mut Params, name: &str, cin: usize, cout: usize) -> Result<Self> {
+    fn load(p: Source, name: &str, cin: usize, cout: usize) -> Result<Self> {
         let same = Conv2dParams::new(1, 1);
         Ok(ResBlock {
             norm1: GroupNorm::load(p, &format!("{name}.norm1"))?,
@@ -72,7 +78,7 @@ impl ResBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Var) -> Result<Var> {
         let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         match &self.shortcut {
@@ -82,7 +88,7 @@ impl ResBlock {
     }
 }
 
-fn run_blocks(blocks: &[ResBlock], mut h: Tensor) -> Result<Tensor> {
+fn run_blocks(blocks: &[ResBlock], mut h: Var) -> Result<Var> {
     for b in blocks {
         h = b.forward(&h)?;
     }
@@ -104,7 +110,7 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    pub(super) fn load(p: &mut Params, c: &BitVaeConfig) -> Result<Self> {
+    pub(super) fn load(p: Source, c: &BitVaeConfig) -> Result<Self> {
         let top = c.base_ch * c.ch_mult[c.num_levels() - 1];
         let mut levels = Vec::with_capacity(c.num_levels());
         for l in 0..c.num_levels() {
@@ -133,6 +139,11 @@ impl Encoder {
 
     /// Image (B, 3, H, W) in [-1, 1] → latent (B, d, H/patch, W/patch), unnormalised.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_var(&Var::constant(x.clone()))?.into_value())
+    }
+
+    /// [`Encoder::forward`] on `Var`s: records when the parameters are on a tape.
+    pub fn forward_var(&self, x: &Var) -> Result<Var> {
         let mut h = self.conv_in.forward(x)?;
         for level in &self.levels {
             h = run_blocks(&level.blocks, h)?;
@@ -155,7 +166,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub(super) fn load(p: &mut Params, c: &BitVaeConfig) -> Result<Self> {
+    pub(super) fn load(p: Source, c: &BitVaeConfig) -> Result<Self> {
         let top = c.base_ch * c.ch_mult[c.num_levels() - 1];
         let conv_in = Conv::load(p, "decoder.conv_in", Conv2dParams::new(1, 1))?;
         let mid = mid_blocks(p, "decoder", top)?;
@@ -184,6 +195,13 @@ impl Decoder {
 
     /// Latent (B, d, h, w) → image (B, 3, h·patch, w·patch), clamped to [-1, 1].
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
+        let out = self.forward_var(&Var::constant(z.clone()))?;
+        Ok(clamp(&out, -1.0, 1.0)?.into_value())
+    }
+
+    /// [`Decoder::forward`] on `Var`s, unclamped: the clamp is display post-processing, and
+    /// in training it would cut the gradient of every out-of-range pixel.
+    pub fn forward_var(&self, z: &Var) -> Result<Var> {
         let mut h = run_blocks(&self.mid, self.conv_in.forward(z)?)?;
         for level in self.levels.iter().rev() {
             h = run_blocks(&level.blocks, h)?;
@@ -192,11 +210,10 @@ impl Decoder {
                 h = up.forward(&resize(&h, (2 * hh, 2 * ww), ResizeMode::Nearest)?)?;
             }
         }
-        let out = self.conv_out.forward(&self.norm_out.forward_silu(&h)?)?;
-        clamp(&out, -1.0, 1.0)
+        self.conv_out.forward(&self.norm_out.forward_silu(&h)?)
     }
 }
 
-fn mid_blocks(p: &mut Params, part: &str, c: usize) -> Result<Vec<ResBlock>> {
+fn mid_blocks(p: Source, part: &str, c: usize) -> Result<Vec<ResBlock>> {
     ["block_1", "block_2"].iter().map(|m| ResBlock::load(p, &format!("{part}.mid.{m}"), c, c)).collect()
 }

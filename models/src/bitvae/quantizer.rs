@@ -2,8 +2,17 @@
 //! residual to sign codes ±1/√d (the L2 normalisation in the official code never changes a
 //! sign, so only the sign matters), upsamples the codes bilinearly to the latent grid and
 //! subtracts them from the residual. Bit j of a token is latent channel j.
+//!
+//! The quantizer runs on `Var`s with a straight-through estimator, so the one code path
+//! serves inference (a constant latent) and training: each scale's codes pass the gradient
+//! unchanged to the residual they were taken from. The official quantizer also
+//! L2-normalises the residual before the sign; that changes no sign, and dropping it makes
+//! the backward the plain identity.
 
-use infinity_ops::elementwise::{add, sub};
+use infinity_autograd::Var;
+use infinity_autograd::elementwise::{add, sub};
+use infinity_autograd::resize::resize as resize_var;
+use infinity_ops::elementwise::add as add_tensors;
 use infinity_ops::resize::{ResizeMode, resize};
 use infinity_runtime::{DType, Error, Result, Tensor};
 
@@ -26,7 +35,7 @@ pub struct Quantized {
     pub summed: Tensor,
 }
 
-fn check_latent(op: &'static str, latent: &Tensor, grids: &[(usize, usize)]) -> Result<(usize, usize)> {
+fn check_latent(op: &'static str, latent: &Var, grids: &[(usize, usize)]) -> Result<(usize, usize)> {
     if latent.rank() != 4 {
         return Err(Error::invalid(op, latent.shape(), "expected a latent (B, d, h, w)"));
     }
@@ -62,19 +71,57 @@ pub fn resize_codes(x: &Tensor, to: (usize, usize)) -> Result<Tensor> {
 /// Encodes a latent into bits, scale by scale, following `grids` (coarse to fine; the last
 /// grid must be the latent's own).
 pub fn quantize(latent: &Tensor, grids: &[(usize, usize)]) -> Result<Quantized> {
+    let st = quantize_straight_through(&Var::constant(latent.contiguous()), grids)?;
+    let scales = st.scales.into_iter().map(|s| ScaleBits { bits: s.bits, pre_sign: s.pre_sign.into_value() }).collect();
+    Ok(Quantized { scales, summed: st.summed.into_value() })
+}
+
+/// One scale of [`quantize_straight_through`].
+pub struct ScaleCodes {
+    /// (B, h, w, d) u8 labels.
+    pub bits: Tensor,
+    /// (B, d, h, w) codes ±1/√d of `bits`, on the scale's grid.
+    pub codes: Tensor,
+    /// (B, d, h, w) the residual that was quantized; tracked when the latent is.
+    pub pre_sign: Var,
+}
+
+pub struct StraightThrough {
+    pub scales: Vec<ScaleCodes>,
+    /// Sum of all scales' upsampled codes; its gradient reaches the latent as
+    /// Σₖ areaₖᵀ · upₖᵀ · g (each scale's straight-through path).
+    pub summed: Var,
+}
+
+fn resize_var_unless_same(x: &Var, to: (usize, usize), mode: ResizeMode) -> Result<Var> {
+    if (x.dim(2)?, x.dim(3)?) == to { Ok(x.clone()) } else { resize_var(x, to, mode) }
+}
+
+/// [`quantize`] on `Var`s: forward the codes, backward the identity from each scale's codes
+/// to its (area-downsampled) residual. As in the official default, the residual subtracts
+/// the codes detached, so later scales add no gradient path through earlier ones.
+pub fn quantize_straight_through(latent: &Var, grids: &[(usize, usize)]) -> Result<StraightThrough> {
     let full = check_latent("bsq.quantize", latent, grids)?;
-    let mut residual = latent.contiguous();
-    let mut summed = Tensor::zeros(latent.shape(), DType::F32);
+    let mut residual = latent.clone();
+    let mut summed: Option<Var> = None;
     let mut scales = Vec::with_capacity(grids.len());
     for &grid in grids {
-        let r = resize_unless_same(&residual, grid, ResizeMode::Area)?;
-        let bits = sign_bits(&r)?;
-        let up = resize_codes(&codes_from_bits(&bits)?, full)?;
-        residual = sub(&residual, &up)?;
-        summed = add(&summed, &up)?;
-        scales.push(ScaleBits { bits, pre_sign: r });
+        let r = resize_var_unless_same(&residual, grid, ResizeMode::Area)?;
+        let bits = sign_bits(r.value())?;
+        let codes = codes_from_bits(&bits)?;
+        // codes + (r − sg(r)): exactly the codes forward (r − r = 0), the identity backward.
+        let q = add(&Var::constant(codes.clone()), &sub(&r, &r.detach())?)?;
+        let up = resize_var_unless_same(&q, full, ResizeMode::Bilinear)?;
+        residual = sub(&residual, &up.detach())?;
+        summed = Some(match summed {
+            Some(s) => add(&s, &up)?,
+            None => up,
+        });
+        scales.push(ScaleCodes { bits, codes, pre_sign: r });
     }
-    Ok(Quantized { scales, summed })
+    // `check_latent` refused an empty schedule (its last grid must be the latent's).
+    let summed = summed.ok_or_else(|| Error::invalid("bsq.quantize", latent.shape(), "no scales given"))?;
+    Ok(StraightThrough { scales, summed })
 }
 
 /// (B, d, h, w) f32 → (B, h, w, d) u8 with 1 where the value is > 0 (0 and NaN give 0).
@@ -109,7 +156,7 @@ pub fn sum_codes(bits: &[Tensor], full: (usize, usize)) -> Result<Tensor> {
     for b in bits {
         let up = resize_codes(&codes_from_bits(b)?, full)?;
         summed = Some(match summed {
-            Some(s) => add(&s, &up)?,
+            Some(s) => add_tensors(&s, &up)?,
             None => up,
         });
     }

@@ -50,29 +50,22 @@ fn train(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_infinity-train")).arg("transformer").args(args).output().unwrap()
 }
 
-/// Fine-tunes devA for `steps` steps into `out` (BSC and caption dropout on, so their random
-/// streams are part of what must repeat).
+/// The arguments that fine-tune devA for `steps` steps into `out` (BSC and caption dropout on,
+/// so their random streams are part of what must repeat).
+fn fine_tune_args(data: &Path, model: &Path, out: &Path, steps: u64) -> Vec<String> {
+    let mut args: Vec<String> = ["--data", data.to_str().unwrap(), "--model-dir", model.to_str().unwrap()]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    args.extend(["--out".into(), out.to_str().unwrap().into(), "--steps".into(), steps.to_string()]);
+    let rest = ["--batch", "2", "--save-every", "2", "--lr", "1e-3", "--cond-drop", "0.5", "--seed", "3"];
+    args.extend(rest.into_iter().map(String::from));
+    args
+}
+
 fn fine_tune(data: &Path, model: &Path, out: &Path, steps: u64) -> Output {
-    let out = train(&[
-        "--data",
-        data.to_str().unwrap(),
-        "--model-dir",
-        model.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--batch",
-        "2",
-        "--steps",
-        &steps.to_string(),
-        "--save-every",
-        "2",
-        "--lr",
-        "1e-3",
-        "--cond-drop",
-        "0.5",
-        "--seed",
-        "3",
-    ]);
+    let args = fine_tune_args(data, model, out, steps);
+    let out = train(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     out
 }
@@ -119,6 +112,36 @@ fn a_resumed_run_continues_exactly_like_an_unbroken_one() {
     // Nothing left to do: the same command again returns at once, changing nothing.
     fine_tune(&data, &model, &parts, 4);
     assert_eq!(metrics(&parts), b);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A run killed without warning (SIGKILL) at whatever point it has reached after its first
+/// checkpoint, then started again with the same command, ends with the losses of an unbroken run.
+#[test]
+fn a_killed_run_resumes_to_the_losses_of_an_unbroken_one() {
+    let dir = temp_dir("kill");
+    let (data, model) = setup(&dir);
+    let (whole, killed) = (dir.join("whole"), dir.join("killed"));
+    fine_tune(&data, &model, &whole, 6);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_infinity-train"))
+        .arg("transformer")
+        .args(fine_tune_args(&data, &model, &killed, 6))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !killed.join("latest.json").exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before its first checkpoint");
+        assert!(std::time::Instant::now() < deadline, "no checkpoint within 5 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let resumed = fine_tune(&data, &model, &killed, 6);
+    assert!(String::from_utf8_lossy(&resumed.stdout).contains("resuming"));
+    assert_eq!(losses(&metrics(&whole)), losses(&metrics(&killed)));
     fs::remove_dir_all(&dir).unwrap();
 }
 

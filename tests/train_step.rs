@@ -210,3 +210,32 @@ fn scale_weights_match_the_official_formula() {
     let uniform = token_weights(&schedule, TokenWeighting::Uniform).unwrap().to_vec::<f32>().unwrap();
     assert!(uniform.iter().all(|&u| u == 1.0 / l as f32));
 }
+
+/// The BSC step of the official trainer: replaying its recorded flip masks gives its inputs
+/// and labels (tests/teacher_forcing.rs) and, through the model, its loss and per-scale losses.
+#[test]
+fn bsc_step_with_recorded_flips_gives_the_official_loss() {
+    let weights = open("devA/transformer.safetensors");
+    let config = Infinity::detect_config(&weights).unwrap();
+    let mut params = Infinity::parameters(&weights, &config).unwrap();
+    let g = open("train/teacher_forcing.safetensors");
+    let masks: Vec<Tensor> = (0..7)
+        .map(|k| {
+            let m = g.get(&format!("bsc.flip_mask_scale{k:02}")).unwrap();
+            let s = m.shape();
+            m.reshape(&[s[0], s[2], s[3], s[4]]).unwrap()
+        })
+        .collect();
+    let s = schedule();
+    let tf = teacher_forcing(g.get("raw_features").unwrap(), &s.grids, Flips::Masks(&masks)).unwrap();
+    let prompts = prompts(&open("devA/t5_golden.safetensors"));
+    let batch = StepBatch { prompts: &prompts, targets: &tf, schedule: &s };
+    let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
+    let settings = StepSettings { lr: LR, weight_decay: WEIGHT_DECAY, clip: CLIP, weighting: TokenWeighting::Uniform };
+    let stats = train_step(&mut params, &mut opt, &config, &batch, settings).unwrap();
+    let want = scalar(g.get("bsc.loss").unwrap());
+    assert!(((stats.loss - want) / want).abs() <= 1e-5, "loss {} vs {want}", stats.loss);
+    for (k, (&got, want)) in stats.scale_loss.iter().zip(g.get("bsc.scale_loss").unwrap().to_f32_vec()).enumerate() {
+        assert!(((got - want) / want).abs() <= 1e-5, "scale {k}: {got} vs {want}");
+    }
+}

@@ -1,4 +1,6 @@
-//! Models built on the op set: scale schedules shared by the tokenizer and the transformer.
+//! The models, written on the op set and autograd: the BitVAE tokenizer, the flan-T5 text
+//! encoder and the Infinity transformer with its sampler; the scale schedules they share; the
+//! text-to-image pipeline; and what training needs (data, training steps for both models).
 
 pub mod bitvae;
 pub mod data;

@@ -2,8 +2,9 @@
 //! (spec §7) on a jsonl folder or a folder of captioned images — from scratch (`--preset`,
 //! `--config`) or fine-tuning (`--init`, or the transformer of `--model-dir`) — with the VAE
 //! and the text encoder frozen. `vae` trains the BitVAE tokenizer (reconstruction, BSQ
-//! commitment and entropy losses; single-scale `--stage 1` or multi-scale `--stage 2`), from
-//! scratch or fine-tuning. Checkpoints hold the whole run state (parameters, optimizer,
+//! commitment and entropy losses; single-scale `--stage 1` or multi-scale `--stage 2`; with
+//! `--disc-weight`, a PatchGAN discriminator's hinge loss), from scratch or fine-tuning.
+//! Checkpoints hold the whole run state (parameters, optimizer,
 //! data position, RNG position), so re-running the same command resumes where the last
 //! checkpoint left off. The steps themselves are `models::train::train_step` and
 //! `models::train_vae::vae_train_step`; this file parses, validates, loops and reports. Any failure is one line on stderr, `error: <message>`, and
@@ -30,7 +31,9 @@ use infinity::models::pipeline::{ModelFiles, TextEncoder, check_fit};
 use infinity::models::schedule::PixelBudget;
 use infinity::models::t5::T5Config;
 use infinity::models::train::{StepBatch, StepSettings, TokenWeighting, null_text, train_step};
-use infinity::models::train_vae::{VaeLossWeights, VaeStepSettings, vae_train_step};
+use infinity::models::train_vae::{
+    Adversary, Discriminator, VaeLossWeights, VaeStepSettings, vae_gan_train_step, vae_train_step,
+};
 use infinity::runtime::Tensor;
 use infinity::runtime::io::Weights;
 use infinity::runtime::rng::Philox;
@@ -113,6 +116,18 @@ struct VaeArgs {
     /// Sharpness of the soft bit assignment in the entropy penalty (official default).
     #[arg(long, default_value_t = VaeLossWeights::default().inv_temperature)]
     inv_temperature: f32,
+    /// Weight of the adversarial loss of a PatchGAN discriminator trained alongside with the
+    /// hinge loss (0: no discriminator).
+    // A negative value reaches the range check (one clear error) instead of reading as a flag.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    disc_weight: f32,
+    /// Width of the discriminator's first conv (the next two are 2× and 4× as wide).
+    #[arg(long, default_value_t = 64)]
+    disc_channels: usize,
+    /// Steps taken before the adversarial loss enters the VAE's loss (the discriminator
+    /// learns from the first step).
+    #[arg(long, default_value_t = 0)]
+    disc_start: u64,
     /// Seed of the data order and the initial weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -239,6 +254,12 @@ fn plan_vae(a: &VaeArgs) -> Result<VaePlan, Box<dyn Error>> {
     };
     check_range("commit-weight", f64::from(a.commit_weight), 0.0..=f64::MAX)?;
     check_range("entropy-weight", f64::from(a.entropy_weight), 0.0..=f64::MAX)?;
+    if !(a.disc_weight.is_finite() && a.disc_weight >= 0.0) {
+        return Err(format!("--disc-weight {} must be a non-negative number", a.disc_weight).into());
+    }
+    if a.disc_channels == 0 {
+        return Err("--disc-channels must be at least 1".into());
+    }
     if !(a.inv_temperature.is_finite() && a.inv_temperature > 0.0) {
         return Err(format!("--inv-temperature {} must be a positive number", a.inv_temperature).into());
     }
@@ -589,6 +610,9 @@ fn next_images(order: &mut BatchOrder, dataset: &Dataset, data: &Path) -> Result
     }
 }
 
+/// The sub-folder of a `vae` checkpoint holding the discriminator's own checkpoint.
+const DISCRIMINATOR_DIR: &str = "discriminator";
+
 /// Where a checkpoint goes and how many are kept.
 struct Saving<'a> {
     out: &'a Path,
@@ -598,7 +622,23 @@ struct Saving<'a> {
 }
 
 impl Saving<'_> {
-    /// Saves after `step` when it is due (every `every` steps and the last), and logs it.
+    /// Whether a checkpoint is due after `step`: every `every` steps and the last.
+    fn due(&self, step: u64) -> bool {
+        step.is_multiple_of(self.every) || step == self.last
+    }
+
+    /// Saves the discriminator when a checkpoint is due after `step`, into the sub-folder of
+    /// the folder `checkpoint::save` is about to fill (its naming). It must come before
+    /// [`Saving::after`], so that the folder `latest.json` points at is always complete.
+    fn discriminator_before(&self, step: u64, d: &Discriminator) -> Result<(), Box<dyn Error>> {
+        if self.due(step) {
+            let dir = self.out.join(format!("step-{step:09}")).join(DISCRIMINATOR_DIR);
+            checkpoint::save(&dir, step, &d.params, &d.optimizer, &Value::Null, 1)?;
+        }
+        Ok(())
+    }
+
+    /// Saves after `step` when it is due, and logs it.
     fn after(
         &self,
         step: u64,
@@ -608,7 +648,7 @@ impl Saving<'_> {
         bar: &ProgressBar,
         log_file: &mut File,
     ) -> Result<(), Box<dyn Error>> {
-        if step.is_multiple_of(self.every) || step == self.last {
+        if self.due(step) {
             let dir = checkpoint::save(self.out, step, params, optimizer, state, self.keep)?;
             let line = format!("saved {}", dir.display());
             bar.println(&line);
@@ -787,7 +827,12 @@ fn train_vae(a: &VaeArgs) -> Result<(), Box<dyn Error>> {
         None => OrderState::default(),
     };
     let mut order = BatchOrder::new(&dataset, a.batch, a.seed, order_state)?;
-    let header = "step,loss,lr,grad_norm,reconstruction,commitment,entropy";
+    let with_disc = a.disc_weight > 0.0;
+    let header = if with_disc {
+        "step,loss,lr,grad_norm,reconstruction,commitment,entropy,disc_loss,gen_adv"
+    } else {
+        "step,loss,lr,grad_norm,reconstruction,commitment,entropy"
+    };
     let Some((mut metrics, mut log_file)) = open_run(&a.out, header, step0, a.steps)? else { return Ok(()) };
 
     let start = Instant::now();
@@ -805,16 +850,31 @@ fn train_vae(a: &VaeArgs) -> Result<(), Box<dyn Error>> {
     let mut params = BitVae::parameters(&weights, &config)?;
     drop(weights);
     let mut optimizer = AdamW::new(plan.optim.adamw, official_groups(&params))?;
+    let mut discriminator =
+        with_disc.then(|| Discriminator::new(a.disc_channels, a.seed, plan.optim.adamw)).transpose()?;
     if let Some(saved) = &resume {
         saved.restore(&mut params, &mut optimizer)?;
+        if let Some(d) = &mut discriminator {
+            let dir = saved.dir.join(DISCRIMINATOR_DIR);
+            let inner = checkpoint::latest(&dir)?
+                .ok_or_else(|| format!("{}: no discriminator checkpoint to resume", dir.display()))?;
+            inner.restore(&mut d.params, &mut d.optimizer)?;
+        }
     }
     let n_params: usize = params.iter().map(|(_, t)| t.numel()).sum();
     let what = match &resume {
         Some(saved) => format!("resuming {} at step {step0}", saved.dir.display()),
         None => format!("starting from {source}"),
     };
+    let adversary = match &discriminator {
+        Some(d) => {
+            let n: usize = d.params.iter().map(|(_, t)| t.numel()).sum();
+            format!(", discriminator {n} parameters (weight {} after step {})", a.disc_weight, a.disc_start)
+        }
+        None => String::new(),
+    };
     let intro = format!(
-        "{what}: BitVAE {}, {n_params} parameters, stage {}, {} items ({}), pn {}, batch {}, lr {:e}; loaded in {:.2} s",
+        "{what}: BitVAE {}, {n_params} parameters{adversary}, stage {}, {} items ({}), pn {}, batch {}, lr {:e}; loaded in {:.2} s",
         config.to_json(),
         a.stage,
         dataset.items().len(),
@@ -839,11 +899,20 @@ fn train_vae(a: &VaeArgs) -> Result<(), Box<dyn Error>> {
         };
         let lr = plan.lr.lr(step as usize);
         let settings = VaeStepSettings { lr, weight_decay: a.wd, clip: plan.optim.clip, losses: plan.losses };
-        let stats = vae_train_step(&mut params, &mut optimizer, &config, &images, &grids, settings)?;
+        let (stats, gan) = match &mut discriminator {
+            Some(discriminator) => {
+                let weight = if step >= a.disc_start { a.disc_weight } else { 0.0 };
+                let adversary = Adversary { discriminator, weight };
+                let (stats, gan) =
+                    vae_gan_train_step(&mut params, &mut optimizer, &config, &images, &grids, settings, adversary)?;
+                (stats, Some(gan))
+            }
+            None => (vae_train_step(&mut params, &mut optimizer, &config, &images, &grids, settings)?, None),
+        };
         step += 1;
 
         // `{:?}` prints the shortest text that reads back as the same f32: runs compare exactly.
-        metrics.row(&[
+        let mut row = vec![
             step.to_string(),
             format!("{:?}", stats.loss),
             format!("{lr:e}"),
@@ -851,9 +920,15 @@ fn train_vae(a: &VaeArgs) -> Result<(), Box<dyn Error>> {
             format!("{:?}", stats.reconstruction),
             format!("{:?}", stats.commitment),
             format!("{:?}", stats.entropy),
-        ])?;
+        ];
+        let mut adversarial = String::new();
+        if let Some(gan) = gan {
+            row.extend([format!("{:?}", gan.disc_loss), format!("{:?}", gan.gen_adv)]);
+            adversarial = format!(" disc_loss {:.4} gen_adv {:.4}", gan.disc_loss, gan.gen_adv);
+        }
+        metrics.row(&row)?;
         let line = format!(
-            "step {step} loss {:.4} (reconstruction {:.4} commitment {:.4} entropy {:.4}) lr {lr:.3e} grad_norm {:.3} {:.2} s/step",
+            "step {step} loss {:.4} (reconstruction {:.4} commitment {:.4} entropy {:.4}{adversarial}) lr {lr:.3e} grad_norm {:.3} {:.2} s/step",
             stats.loss,
             stats.reconstruction,
             stats.commitment,
@@ -864,6 +939,9 @@ fn train_vae(a: &VaeArgs) -> Result<(), Box<dyn Error>> {
         log(&mut log_file, &line)?;
         bar.set_message(format!("loss {:.4}", stats.loss));
         bar.set_position(step);
+        if let Some(d) = &discriminator {
+            saving.discriminator_before(step, d)?;
+        }
         saving.after(
             step,
             &params,

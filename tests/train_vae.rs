@@ -1,8 +1,10 @@
 //! BitVAE training: the straight-through multi-scale quantizer passes the gradient the
-//! estimator defines, a tiny VAE learns to reconstruct through the library step, and
+//! estimator defines, a tiny VAE learns to reconstruct through the library step, its PatchGAN
+//! discriminator learns alongside, and
 //! `infinity-train vae` end to end on 256² images with the devA tokenizer — the same command
 //! gives the same metrics, a run stopped at a checkpoint and re-run continues bit-identically,
-//! a from-scratch run leaves a checkpoint `BitVae::open` reads, and bad input is one line on
+//! a from-scratch run leaves a checkpoint `BitVae::open` reads, a run with the discriminator
+//! resumes bit-identically too, and bad input is one line on
 //! stderr with exit code 2 before any work.
 
 mod common;
@@ -19,7 +21,9 @@ use infinity::autograd::{AdamW, AdamWConfig, Tape, Var};
 use infinity::models::bitvae::quantizer::{quantize, quantize_straight_through};
 use infinity::models::bitvae::{BitVae, BitVaeConfig};
 use infinity::models::image::save_png;
-use infinity::models::train_vae::{VaeLossWeights, VaeStepSettings, vae_train_step};
+use infinity::models::train_vae::{
+    Adversary, Discriminator, VaeLossWeights, VaeStepSettings, vae_gan_train_step, vae_train_step,
+};
 use infinity::runtime::Tensor;
 use infinity::runtime::rng::Philox;
 use serde_json::json;
@@ -59,12 +63,9 @@ fn the_straight_through_quantizer_passes_each_scales_gradient_to_the_latent() {
     assert_eq!(summed.to_f32_vec(), quantize(&latent, &[(1, 1), (2, 2)]).unwrap().summed.to_f32_vec());
 }
 
-#[test]
-fn a_tiny_vae_learns_to_reconstruct() {
+/// The tiny VAE's configuration and two smooth 16×16 images (latent 8×8, four scales).
+fn tiny_vae() -> (BitVaeConfig, Tensor) {
     let config = BitVaeConfig { base_ch: 32, ch_mult: vec![1, 1], num_res_blocks: 1, z_channels: 8, patch: 2 };
-    let mut params = BitVae::parameters(&BitVae::random_weights(&config, 1).unwrap(), &config).unwrap();
-    let mut optimizer = AdamW::new(AdamWConfig::default(), official_groups(&params)).unwrap();
-    // Two smooth 16×16 images (latent 8×8, four scales).
     let (h, w) = (16, 16);
     let pixels: Vec<f32> = (0..2 * 3 * h * w)
         .map(|i| {
@@ -72,8 +73,17 @@ fn a_tiny_vae_learns_to_reconstruct() {
             (0.3 * (x as f32 * (0.3 + 0.2 * c as f32) + y as f32 * 0.25 * (n as f32 + 1.0)).sin()) + 0.1 * c as f32
         })
         .collect();
-    let images = Tensor::from_vec(pixels, &[2, 3, h, w]).unwrap();
-    let grids = [(1, 1), (2, 2), (4, 4), (8, 8)];
+    (config, Tensor::from_vec(pixels, &[2, 3, h, w]).unwrap())
+}
+
+const TINY_GRIDS: [(usize, usize); 4] = [(1, 1), (2, 2), (4, 4), (8, 8)];
+
+#[test]
+fn a_tiny_vae_learns_to_reconstruct() {
+    let (config, images) = tiny_vae();
+    let mut params = BitVae::parameters(&BitVae::random_weights(&config, 1).unwrap(), &config).unwrap();
+    let mut optimizer = AdamW::new(AdamWConfig::default(), official_groups(&params)).unwrap();
+    let grids = TINY_GRIDS;
     let settings = VaeStepSettings { lr: 2e-3, weight_decay: 0.0, clip: 1.0, losses: VaeLossWeights::default() };
     let recon: Vec<f32> = (0..30)
         .map(|_| {
@@ -84,6 +94,38 @@ fn a_tiny_vae_learns_to_reconstruct() {
         .collect();
     let (first, last) = (recon[0], recon[25..].iter().sum::<f32>() / 5.0);
     assert!(last < 0.6 * first, "reconstruction {first} → {last}: {recon:?}");
+}
+
+#[test]
+fn the_discriminator_learns_alongside_the_tiny_vae() {
+    let (config, images) = tiny_vae();
+    let mut params = BitVae::parameters(&BitVae::random_weights(&config, 1).unwrap(), &config).unwrap();
+    let mut optimizer = AdamW::new(AdamWConfig::default(), official_groups(&params)).unwrap();
+    let mut discriminator = Discriminator::new(8, 3, AdamWConfig::default()).unwrap();
+    let before: Vec<Vec<f32>> = discriminator.params.iter().map(|(_, t)| t.to_f32_vec()).collect();
+    let settings = VaeStepSettings { lr: 2e-3, weight_decay: 0.0, clip: 1.0, losses: VaeLossWeights::default() };
+    for weight in [0.0, 0.1, 0.1] {
+        let adversary = Adversary { discriminator: &mut discriminator, weight };
+        let (stats, gan) =
+            vae_gan_train_step(&mut params, &mut optimizer, &config, &images, &TINY_GRIDS, settings, adversary)
+                .unwrap();
+        assert!(stats.loss.is_finite() && gan.disc_loss.is_finite() && gan.gen_adv.is_finite(), "{stats:?} {gan:?}");
+        // Hinge terms are non-negative; near init both sit close to 1.
+        assert!(gan.disc_loss >= 0.0, "{gan:?}");
+        let no_adversary = stats.reconstruction
+            + VaeLossWeights::default().commitment * stats.commitment
+            + VaeLossWeights::default().entropy / VaeLossWeights::default().inv_temperature * stats.entropy;
+        let expected = no_adversary + weight * gan.gen_adv;
+        assert!((stats.loss - expected).abs() < 1e-4, "loss {} vs {expected}", stats.loss);
+    }
+    for ((name, t), old) in discriminator.params.iter().zip(&before) {
+        assert_eq!(discriminator.optimizer.step_count(name), 3, "{name}");
+        // The last bias shifts both hinge terms alike: while every logit is inside the
+        // margin, its gradients from the real and the fake half cancel exactly.
+        if name != "disc.3.bias" {
+            assert_ne!(&t.to_f32_vec(), old, "{name} did not change");
+        }
+    }
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -186,6 +228,71 @@ fn a_single_scale_run_from_scratch_leaves_a_loadable_bitvae() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A from-scratch single-scale run (a tiny architecture in `dir`) with a narrow discriminator,
+/// its adversarial term from the second step, for `steps` steps into `out`.
+fn train_with_discriminator(dir: &Path, data: &Path, out: &Path, steps: u64) {
+    let config = dir.join("vae.json");
+    let arch = json!({ "base_ch": 32, "ch_mult": [1, 1, 1], "num_res_blocks": 1, "z_channels": 8, "patch": 4 });
+    fs::write(&config, arch.to_string()).unwrap();
+    let run = train(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--stage",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+        "--batch",
+        "1",
+        "--steps",
+        &steps.to_string(),
+        "--save-every",
+        "1",
+        "--lr",
+        "1e-3",
+        "--disc-weight",
+        "0.1",
+        "--disc-start",
+        "1",
+        // Narrow, to keep the test quick on 256² images.
+        "--disc-channels",
+        "8",
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+}
+
+#[test]
+fn a_run_with_the_discriminator_resumes_exactly() {
+    let dir = temp_dir("disc");
+    let data = setup(&dir);
+    let (unbroken, stopped) = (dir.join("unbroken"), dir.join("stopped"));
+    // 1 + 1 steps against 2 (a from-scratch step takes seconds here): the resumed step is
+    // the first with the adversarial term, its discriminator restored from the checkpoint.
+    train_with_discriminator(&dir, &data, &unbroken, 2);
+    train_with_discriminator(&dir, &data, &stopped, 1);
+    train_with_discriminator(&dir, &data, &stopped, 2);
+    let full = metrics(&unbroken);
+    assert!(full.starts_with("step,loss,lr,grad_norm,reconstruction,commitment,entropy,disc_loss,gen_adv\n"), "{full}");
+    assert_eq!(full.lines().count(), 3, "{full}");
+    for row in full.lines().skip(1) {
+        let disc_loss: f32 = row.split(',').nth(7).unwrap().parse().unwrap();
+        assert!(disc_loss.is_finite(), "{row}");
+    }
+    assert_eq!(metrics(&stopped), full);
+    let last = |out: &Path, file: &str| fs::read(out.join("step-000000002").join(file)).unwrap();
+    for file in [
+        "params.safetensors",
+        "discriminator/step-000000002/params.safetensors",
+        "discriminator/step-000000002/optimizer.safetensors",
+    ] {
+        assert_eq!(last(&stopped, file), last(&unbroken, file), "{file} is bit-identical");
+    }
+    let disc = |step: &str| fs::read(unbroken.join(step).join("discriminator").join(step).join("params.safetensors"));
+    assert_ne!(disc("step-000000001").unwrap(), disc("step-000000002").unwrap(), "the discriminator learns");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn bad_input_is_one_line_and_exit_code_2() {
     let dir = temp_dir("errors");
@@ -195,11 +302,12 @@ fn bad_input_is_one_line_and_exit_code_2() {
     let arch = json!({ "base_ch": 32, "ch_mult": [1, 1, 1], "num_res_blocks": 1, "z_channels": 8, "patch": 8 });
     fs::write(&patch8, arch.to_string()).unwrap();
     let (data, patch8) = (data.to_str().unwrap(), patch8.to_str().unwrap());
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--data", "/no/such/folder", "--preset", "d16"], "data folder"),
         (&["--data", data, "--preset", "d17"], "unknown --preset 'd17'"),
         (&["--data", data, "--preset", "d16", "--stage", "3"], "--stage 3"),
         (&["--data", data, "--preset", "d16", "--lr", "0"], "--lr"),
+        (&["--data", data, "--preset", "d16", "--disc-weight", "-0.1"], "--disc-weight -0.1"),
         (&["--data", data, "--config", patch8], "patch 16"),
         (&["--data", data], "give --preset, --config or --init"),
     ];

@@ -10,10 +10,21 @@
 //! entropy penalty H(per sample) − H(codebook) of the analytical soft assignment
 //! p = σ(−4·z·τ/√d), weighted by `entropy / τ` as the official `zeta · penalty /
 //! inv_temperature · entropy_weight` with ζ = γ₀ = γ = 1; both are averaged over the scales.
+//!
+//! Optionally a PatchGAN [`Discriminator`] joins in ([`vae_gan_train_step`]): it learns with
+//! the hinge loss to tell the images from their (detached) reconstructions, and the VAE adds
+//! −mean(D(reconstruction)) weighted as asked. The perceptual (LPIPS) term of the recipe stays
+//! out: it needs pretrained VGG weights.
 
-use infinity_autograd::elementwise::{abs, add, add_scalar, affine, log, mul, mul_scalar, neg, sigmoid, square, sub};
+use infinity_autograd::conv::conv2d;
+use infinity_autograd::elementwise::{
+    abs, add, add_scalar, affine, clamp, log, mul, mul_scalar, neg, sigmoid, square, sub,
+};
+use infinity_autograd::optim::official_groups;
 use infinity_autograd::reduce::{mean, sum};
-use infinity_autograd::{AdamW, Params, Tape, Var};
+use infinity_autograd::{AdamW, AdamWConfig, Params, Tape, Var};
+use infinity_ops::conv::Conv2dParams;
+use infinity_runtime::rng::Philox;
 use infinity_runtime::{Error, Result, Tensor};
 
 use crate::bitvae::quantizer::quantize_straight_through;
@@ -40,6 +51,8 @@ impl Default for VaeLossWeights {
 /// The loss of one batch and its parts (scalars; `total` is tracked when the model is).
 pub struct VaeLosses {
     pub total: Var,
+    /// The reconstruction (B, 3, H, W), on the tape.
+    pub decoded: Var,
     /// Mean |decoded − image|.
     pub reconstruction: f32,
     /// Commitment, averaged over the scales.
@@ -72,6 +85,7 @@ pub fn vae_losses(model: &BitVae, images: &Tensor, grids: &[(usize, usize)], w: 
     Ok(VaeLosses {
         total,
         reconstruction: scalar(&reconstruction)?,
+        decoded,
         commitment: scalar(&commitment)?,
         entropy: scalar(&entropy)?,
     })
@@ -142,18 +156,158 @@ pub fn vae_train_step(
     grids: &[(usize, usize)],
     settings: VaeStepSettings,
 ) -> Result<VaeStepStats> {
+    let (stats, _) = vae_step(params, optimizer, config, images, grids, settings, None)?;
+    Ok(stats)
+}
+
+/// The adversary of a [`vae_gan_train_step`]: the discriminator and the weight of the VAE's
+/// adversarial term (0 leaves the term out of the VAE's loss, as before `--disc-start`,
+/// while the discriminator still learns).
+pub struct Adversary<'a> {
+    pub discriminator: &'a mut Discriminator,
+    pub weight: f32,
+}
+
+/// What the adversarial part of a step reports.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GanStats {
+    /// The discriminator's hinge loss, mean(relu(1 − D(real))) + mean(relu(1 + D(fake))).
+    pub disc_loss: f32,
+    /// The VAE's adversarial term −mean(D(fake)), before its weight.
+    pub gen_adv: f32,
+}
+
+/// [`vae_train_step`] with a discriminator: the VAE's loss gains `weight` · −mean(D(fake))
+/// (D frozen for it), then the discriminator takes one AdamW step (same lr, weight decay and
+/// clipping) on the images and the detached reconstructions, scored before the VAE's update.
+pub fn vae_gan_train_step(
+    params: &mut Params,
+    optimizer: &mut AdamW,
+    config: &BitVaeConfig,
+    images: &Tensor,
+    grids: &[(usize, usize)],
+    settings: VaeStepSettings,
+    adversary: Adversary,
+) -> Result<(VaeStepStats, GanStats)> {
+    let (stats, gan) = vae_step(params, optimizer, config, images, grids, settings, Some(adversary))?;
+    let gan = gan.ok_or_else(|| Error::invalid("train_vae", &[], "the adversarial step reported nothing"))?;
+    Ok((stats, gan))
+}
+
+/// The step both entry points share; with an adversary it also returns its stats.
+fn vae_step(
+    params: &mut Params,
+    optimizer: &mut AdamW,
+    config: &BitVaeConfig,
+    images: &Tensor,
+    grids: &[(usize, usize)],
+    settings: VaeStepSettings,
+    adversary: Option<Adversary>,
+) -> Result<(VaeStepStats, Option<GanStats>)> {
     let tape = Tape::new();
     let tracked = params.track(&tape)?;
     let model = BitVae::on_tape(config.clone(), &tracked)?;
     let losses = vae_losses(&model, images, grids, settings.losses)?;
-    let mut grads = tracked.gradients(tape.backward(&losses.total)?);
+    // The VAE's adversarial term, the discriminator's weights as constants: it trains the
+    // VAE only.
+    let adversarial = adversary
+        .map(|adv| -> Result<(Adversary, Var)> {
+            let frozen = |name: &str| Ok(Var::constant(adv.discriminator.params.get(name)?.clone()));
+            let term = neg(&mean(&patch_logits(&losses.decoded, frozen)?, &[], false)?)?;
+            Ok((adv, term))
+        })
+        .transpose()?;
+    let total = match &adversarial {
+        Some((adv, term)) if adv.weight != 0.0 => add(&losses.total, &mul_scalar(term, adv.weight)?)?,
+        _ => losses.total,
+    };
+    let mut grads = tracked.gradients(tape.backward(&total)?);
     let grad_norm = grads.clip_norm(settings.clip)?;
     optimizer.step(params, &grads, settings.lr, settings.weight_decay)?;
-    Ok(VaeStepStats {
-        loss: scalar(&losses.total)?,
+    let stats = VaeStepStats {
+        loss: scalar(&total)?,
         reconstruction: losses.reconstruction,
         commitment: losses.commitment,
         entropy: losses.entropy,
         grad_norm,
-    })
+    };
+    let gan = adversarial
+        .map(|(adv, term)| -> Result<GanStats> {
+            let disc_loss = adv.discriminator.step(images, losses.decoded.value(), settings)?;
+            Ok(GanStats { disc_loss, gen_adv: scalar(&term)? })
+        })
+        .transpose()?;
+    Ok((stats, gan))
+}
+
+/// A PatchGAN discriminator (pix2pix's 70×70 layout without normalisation): 4×4 convs of
+/// stride 2, 2, 2, 1 from 3 to c, 2c, 4c and 1 channels (c = 64 in pix2pix), LeakyReLU(0.2)
+/// between them, one real-vs-fake logit per patch; with its own parameters and AdamW.
+pub struct Discriminator {
+    pub params: Params,
+    pub optimizer: AdamW,
+}
+
+/// The strides of the discriminator's convs, in order.
+const DISC_STRIDES: [usize; 4] = [2, 2, 2, 1];
+const DISC_KERNEL: usize = 4;
+/// Key of the discriminator's Philox stream, apart from the VAE's stream of the same seed.
+const DISC_STREAM: u64 = 0x6469_7363_7269_6d21;
+
+impl Discriminator {
+    /// `channels` (c) wide; weights drawn from N(0, 0.02²) (pix2pix's init), biases zero; the
+    /// official AdamW groups.
+    pub fn new(channels: usize, seed: u64, adamw: AdamWConfig) -> Result<Self> {
+        if channels == 0 {
+            return Err(Error::invalid("discriminator", &[], "needs at least one channel"));
+        }
+        let widths = [3, channels, 2 * channels, 4 * channels, 1];
+        let mut rng = Philox::new(seed ^ DISC_STREAM);
+        let mut entries = Vec::with_capacity(2 * DISC_STRIDES.len());
+        for (i, io) in widths.windows(2).enumerate() {
+            let (cin, cout) = (io[0], io[1]);
+            let shape = [cout, cin, DISC_KERNEL, DISC_KERNEL];
+            let w: Vec<f32> = rng.normal(shape.iter().product()).into_iter().map(|x| 0.02 * x).collect();
+            entries.push((format!("disc.{i}.weight"), Tensor::from_vec(w, &shape)?));
+            entries.push((format!("disc.{i}.bias"), Tensor::from_vec(vec![0.0f32; cout], &[cout])?));
+        }
+        let params = Params::new(entries)?;
+        let optimizer = AdamW::new(adamw, official_groups(&params))?;
+        Ok(Discriminator { params, optimizer })
+    }
+
+    /// One hinge-loss AdamW step on `real` and `fake` images (both constants); the loss.
+    fn step(&mut self, real: &Tensor, fake: &Tensor, settings: VaeStepSettings) -> Result<f32> {
+        let tape = Tape::new();
+        let tracked = self.params.track(&tape)?;
+        let weight = |name: &str| tracked.get(name).cloned();
+        let real = patch_logits(&Var::constant(real.clone()), weight)?;
+        let fake = patch_logits(&Var::constant(fake.clone()), weight)?;
+        let real_term = mean(&relu(&affine(&real, -1.0, 1.0)?)?, &[], false)?;
+        let fake_term = mean(&relu(&add_scalar(&fake, 1.0)?)?, &[], false)?;
+        let loss = add(&real_term, &fake_term)?;
+        let mut grads = tracked.gradients(tape.backward(&loss)?);
+        grads.clip_norm(settings.clip)?;
+        self.optimizer.step(&mut self.params, &grads, settings.lr, settings.weight_decay)?;
+        scalar(&loss)
+    }
+}
+
+/// The discriminator's patch logits (B, 1, h, w) of `images`, its weights looked up by name.
+fn patch_logits(images: &Var, weight: impl Fn(&str) -> Result<Var>) -> Result<Var> {
+    let mut x = images.clone();
+    for (i, &stride) in DISC_STRIDES.iter().enumerate() {
+        let (w, b) = (weight(&format!("disc.{i}.weight"))?, weight(&format!("disc.{i}.bias"))?);
+        x = conv2d(&x, &w, Some(&b), Conv2dParams::new(stride, 1))?;
+        if i + 1 < DISC_STRIDES.len() {
+            // LeakyReLU(0.2) composed as 0.2·x + 0.8·relu(x): autograd has no leaky op.
+            x = add(&mul_scalar(&x, 0.2)?, &mul_scalar(&relu(&x)?, 0.8)?)?;
+        }
+    }
+    Ok(x)
+}
+
+/// max(x, 0), as a clamp with no upper bound.
+fn relu(x: &Var) -> Result<Var> {
+    clamp(x, 0.0, f32::INFINITY)
 }

@@ -7,8 +7,13 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use infinity_autograd::{Params as TrainParams, Tracked, Var};
 use infinity_runtime::io::Weights;
 use infinity_runtime::{DType, Error, Result, Tensor};
+
+/// Where a model's layers get their parameters by name: constants from a checkpoint for
+/// inference, or a training step's tracked leaves.
+pub(crate) type Source<'a> = &'a mut dyn FnMut(&str) -> Result<Var>;
 
 /// How a layer uses a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,5 +80,28 @@ pub(crate) fn refuse_unexpected(weights: &Weights, expected: impl Fn(&str) -> bo
             Err(Error::tensor(weights.path(), key, format!("unexpected tensor: not part of the detected {model}")))
         }
         None => Ok(()),
+    }
+}
+
+/// The entries `keys` of a gathered checkpoint as trainable parameters, in that order.
+pub(crate) fn trainable(p: &mut Params, keys: impl IntoIterator<Item = String>) -> Result<TrainParams> {
+    TrainParams::new(keys.into_iter().map(|k| Ok((k.clone(), p.take(&k)?))).collect::<Result<_>>()?)
+}
+
+/// A parameter source over a training step's tracked leaves that checks each one against the
+/// shape its configuration implies (`shapes`: key → shape); `op` names the model in errors.
+pub(crate) fn tracked_source<'a>(
+    op: &'static str,
+    shapes: HashMap<String, Vec<usize>>,
+    params: &'a Tracked,
+) -> impl FnMut(&str) -> Result<Var> + 'a {
+    move |key| {
+        let var = params.get(key)?;
+        // Models ask only for their configuration's keys.
+        let want = shapes.get(key).map_or(&[][..], Vec::as_slice);
+        if want != var.shape() {
+            return Err(Error::ShapeMismatch { op, lhs: want.to_vec(), rhs: var.shape().to_vec() });
+        }
+        Ok(var.clone())
     }
 }

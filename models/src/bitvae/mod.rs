@@ -14,6 +14,8 @@ use infinity_runtime::io::Weights;
 use infinity_runtime::rng::Philox;
 use infinity_runtime::{Error, Result, Tensor};
 
+use crate::params::{Source, tracked_source, trainable};
+
 pub use config::BitVaeConfig;
 pub use net::{Decoder, Encoder};
 
@@ -75,32 +77,18 @@ impl BitVae {
     pub fn parameters(weights: &Weights, config: &BitVaeConfig) -> Result<TrainParams> {
         config.validate().map_err(|msg| Error::format(weights.path(), msg))?;
         let mut p = params::gather(weights, config)?;
-        let entries = config.entries().into_iter().filter(|e| !e.buffer);
-        TrainParams::new(entries.map(|e| Ok((e.key.clone(), p.take(&e.key)?))).collect::<Result<_>>()?)
+        trainable(&mut p, config.entries().into_iter().filter(|e| !e.buffer).map(|e| e.key))
     }
 
     /// The model on one training step's tape: every parameter is the tracked leaf of the same
     /// name (as [`BitVae::parameters`] names them). Build it anew for each step's tape.
     pub fn on_tape(config: BitVaeConfig, params: &Tracked) -> Result<Self> {
         config.validate().map_err(|msg| Error::invalid("bitvae.on_tape", &[], msg))?;
-        let shapes: std::collections::HashMap<String, Vec<usize>> =
-            config.entries().into_iter().map(|e| (e.key, e.shape)).collect();
-        Self::build(config, &mut |key| {
-            let var = params.get(key)?;
-            // `build` asks only for the configuration's keys.
-            let want = shapes.get(key).map_or(&[][..], Vec::as_slice);
-            if want != var.shape() {
-                return Err(Error::ShapeMismatch {
-                    op: "bitvae.on_tape",
-                    lhs: want.to_vec(),
-                    rhs: var.shape().to_vec(),
-                });
-            }
-            Ok(var.clone())
-        })
+        let shapes = config.entries().into_iter().map(|e| (e.key, e.shape)).collect();
+        Self::build(config, &mut tracked_source("bitvae.on_tape", shapes, params))
     }
 
-    fn build(config: BitVaeConfig, take: net::Source) -> Result<Self> {
+    fn build(config: BitVaeConfig, take: Source) -> Result<Self> {
         let encoder = Encoder::load(take, &config)?;
         let decoder = Decoder::load(take, &config)?;
         Ok(BitVae { config, encoder, decoder })

@@ -16,9 +16,7 @@ use infinity_ops::resize::ResizeMode;
 use infinity_runtime::{Result, Tensor};
 
 use super::config::BitVaeConfig;
-
-/// Hands out a parameter by its native state-dict name, once each, while the model is built.
-pub(super) type Source<'a> = &'a mut dyn FnMut(&str) -> Result<Var>;
+use crate::params::Source;
 
 const GROUPS: usize = 32;
 const EPS: f32 = 1e-6;

@@ -15,8 +15,8 @@ use infinity_autograd::rope::rope_interleaved;
 use infinity_runtime::{DType, Result, Tensor};
 
 use super::config::InfinityConfig;
-use super::model::Source;
 use super::text::{Conditioning, packed_attention, split_kv, zero_k_bias};
+use crate::params::Source;
 
 pub(super) const EPS: f32 = 1e-6;
 /// q/k normalisation floor (F.normalize's default).

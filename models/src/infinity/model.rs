@@ -23,10 +23,8 @@ use super::config::InfinityConfig;
 use super::params::gather;
 use super::rope::scale_table;
 use super::text::{Conditioning, PackedText, TextPath};
+use crate::params::{Source, tracked_source, trainable};
 use crate::schedule::Schedule;
-
-/// Hands out a parameter by its state-dict name, once each, while the model is built.
-pub(super) type Source<'a> = &'a mut dyn FnMut(&str) -> Result<Var>;
 
 pub struct Infinity {
     pub config: InfinityConfig,
@@ -78,8 +76,7 @@ impl Infinity {
     pub fn parameters(weights: &Weights, config: &InfinityConfig) -> Result<TrainParams> {
         config.validate().map_err(|msg| Error::format(weights.path(), msg))?;
         let mut p = gather(weights, config)?;
-        let entries = config.entries().into_iter().filter(|e| !e.buffer);
-        TrainParams::new(entries.map(|e| Ok((e.key.clone(), p.take(&e.key)?))).collect::<Result<_>>()?)
+        trainable(&mut p, config.entries().into_iter().filter(|e| !e.buffer).map(|e| e.key))
     }
 
     /// The model on one training step's tape: every parameter is the tracked leaf of the same
@@ -87,21 +84,8 @@ impl Infinity {
     /// can be backpropagated. Build it anew for each step's tape.
     pub fn on_tape(config: InfinityConfig, params: &Tracked) -> Result<Self> {
         config.validate().map_err(|msg| Error::invalid("infinity.on_tape", &[], msg))?;
-        let shapes: std::collections::HashMap<String, Vec<usize>> =
-            config.entries().into_iter().map(|e| (e.key, e.shape)).collect();
-        Self::build(config, &mut |key| {
-            let var = params.get(key)?;
-            // `build` asks only for the configuration's keys.
-            let want = shapes.get(key).map_or(&[][..], Vec::as_slice);
-            if want != var.shape() {
-                return Err(Error::ShapeMismatch {
-                    op: "infinity.on_tape",
-                    lhs: want.to_vec(),
-                    rhs: var.shape().to_vec(),
-                });
-            }
-            Ok(var.clone())
-        })
+        let shapes = config.entries().into_iter().map(|e| (e.key, e.shape)).collect();
+        Self::build(config, &mut tracked_source("infinity.on_tape", shapes, params))
     }
 
     fn build(config: InfinityConfig, take: Source) -> Result<Self> {

@@ -12,7 +12,7 @@ use infinity_autograd::norm::rms_norm;
 use infinity_runtime::{DType, Error, Result, Tensor};
 
 use super::config::InfinityConfig;
-use super::model::Source;
+use crate::params::Source;
 
 const EPS: f32 = 1e-6;
 

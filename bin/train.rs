@@ -63,8 +63,36 @@ enum Command {
     Vae(Box<VaeArgs>),
 }
 
+/// What every training run takes: batch, length, randomness and where it is saved.
+#[derive(Args)]
+struct RunArgs {
+    /// Images per step (all of one aspect-ratio template).
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Total optimizer steps of the run (a resumed run continues up to this count).
+    #[arg(long, default_value_t = 1000)]
+    steps: u64,
+    /// Linear learning-rate warm-up from 0.005 × the peak over this many steps.
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: usize,
+    /// Seed of the data order, the initial weights and every random draw of training.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Run folder: checkpoints, train.log, metrics.csv (and the text-feature cache).
+    #[arg(long)]
+    out: PathBuf,
+    /// Save a checkpoint every N steps (and after the last).
+    #[arg(long, default_value_t = 1000)]
+    save_every: u64,
+    /// Checkpoints kept (the newest).
+    #[arg(long, default_value_t = 3)]
+    keep: usize,
+}
+
 #[derive(Args)]
 struct VaeArgs {
+    #[command(flatten)]
+    run: RunArgs,
     /// Training images: a folder of `<h_div_w>_<count>.jsonl` files, or of images with `.txt`
     /// captions (captions are not used).
     #[arg(long)]
@@ -86,12 +114,6 @@ struct VaeArgs {
     /// Pixel budget (image size and scale schedule): 0.06M (256²), 0.25M (512²), 0.60M or 1M.
     #[arg(long, default_value_t = PixelBudget::P006M)]
     pn: PixelBudget,
-    /// Images per step (all of one aspect-ratio template).
-    #[arg(long, default_value_t = 4)]
-    batch: usize,
-    /// Total optimizer steps of the run (a resumed run continues up to this count).
-    #[arg(long, default_value_t = 1000)]
-    steps: u64,
     /// Learning rate (constant after the warm-up).
     #[arg(long, default_value_t = 1e-4)]
     lr: f64,
@@ -104,9 +126,6 @@ struct VaeArgs {
     /// Global gradient-norm clipping threshold (0 disables).
     #[arg(long, default_value_t = 1.0)]
     clip: f32,
-    /// Linear learning-rate warm-up from 0.005 × the rate over this many steps.
-    #[arg(long, default_value_t = 0)]
-    warmup_steps: usize,
     /// Weight of the BSQ commitment loss ‖z − sg(q)‖² (official default).
     #[arg(long, default_value_t = VaeLossWeights::default().commitment)]
     commit_weight: f32,
@@ -128,22 +147,12 @@ struct VaeArgs {
     /// learns from the first step).
     #[arg(long, default_value_t = 0)]
     disc_start: u64,
-    /// Seed of the data order and the initial weights.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Run folder: checkpoints, train.log and metrics.csv.
-    #[arg(long)]
-    out: PathBuf,
-    /// Save a checkpoint every N steps (and after the last).
-    #[arg(long, default_value_t = 1000)]
-    save_every: u64,
-    /// Checkpoints kept (the newest).
-    #[arg(long, default_value_t = 3)]
-    keep: usize,
 }
 
 #[derive(Args)]
 struct TransformerArgs {
+    #[command(flatten)]
+    run: RunArgs,
     /// Training data: a folder of `<h_div_w>_<count>.jsonl` files, or of images with `.txt` captions.
     #[arg(long)]
     data: PathBuf,
@@ -175,12 +184,6 @@ struct TransformerArgs {
     /// Pixel budget: 0.06M (256²), 0.25M (512²), 0.60M or 1M; default: the model folder's, else 0.06M.
     #[arg(long)]
     pn: Option<PixelBudget>,
-    /// Images per step (all of one aspect-ratio template).
-    #[arg(long, default_value_t = 4)]
-    batch: usize,
-    /// Total optimizer steps of the run (a resumed run continues up to this count).
-    #[arg(long, default_value_t = 1000)]
-    steps: u64,
     /// Peak learning rate; default 6e-3 · batch / 256 (train.sh's tblr).
     #[arg(long)]
     lr: Option<f64>,
@@ -193,9 +196,6 @@ struct TransformerArgs {
     /// Global gradient-norm clipping threshold (0 disables).
     #[arg(long, default_value_t = 5.0)]
     clip: f32,
-    /// Linear learning-rate warm-up from 0.005 × the peak over this many steps.
-    #[arg(long, default_value_t = 0)]
-    warmup_steps: usize,
     /// Bitwise Self-Correction: flip probabilities drawn up to this strength (0 disables).
     #[arg(long, default_value_t = 0.3)]
     bsc_strength: f32,
@@ -205,18 +205,6 @@ struct TransformerArgs {
     /// Weigh every token equally (1/L) instead of by 1/√(scale area), scripts/train.sh's choice.
     #[arg(long)]
     uniform_token_weights: bool,
-    /// Seed of the data order, the initial weights, BSC and caption dropout.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Run folder: checkpoints, train.log, metrics.csv and the text-feature cache.
-    #[arg(long)]
-    out: PathBuf,
-    /// Save a checkpoint every N steps (and after the last).
-    #[arg(long, default_value_t = 1000)]
-    save_every: u64,
-    /// Checkpoints kept (the newest).
-    #[arg(long, default_value_t = 3)]
-    keep: usize,
 }
 
 fn main() -> ExitCode {
@@ -245,7 +233,7 @@ struct VaePlan {
 /// Everything the `vae` command can refuse before reading a weight.
 fn plan_vae(a: &VaeArgs) -> Result<VaePlan, Box<dyn Error>> {
     check_data(&a.data)?;
-    check_counts(a.batch, a.steps, a.save_every, a.keep)?;
+    check_counts(a.run.batch, a.run.steps, a.run.save_every, a.run.keep)?;
     let optim = check_optimizer(a.lr, a.wd, &a.betas, a.clip)?;
     let multiscale = match a.stage {
         1 => false,
@@ -277,7 +265,7 @@ fn plan_vae(a: &VaeArgs) -> Result<VaePlan, Box<dyn Error>> {
     Ok(VaePlan {
         start,
         optim,
-        lr: constant_lr(a.lr, a.warmup_steps, a.steps),
+        lr: constant_lr(a.lr, a.run.warmup_steps, a.run.steps),
         losses: VaeLossWeights {
             commitment: a.commit_weight,
             entropy: a.entropy_weight,
@@ -338,8 +326,8 @@ fn existing(path: &Path, flag: &str) -> Result<PathBuf, String> {
 /// Everything that can be refused, refused before any slow work.
 fn plan(a: &TransformerArgs) -> Result<Plan, Box<dyn Error>> {
     check_data(&a.data)?;
-    check_counts(a.batch, a.steps, a.save_every, a.keep)?;
-    let peak = a.lr.unwrap_or(6e-3 * a.batch as f64 / 256.0);
+    check_counts(a.run.batch, a.run.steps, a.run.save_every, a.run.keep)?;
+    let peak = a.lr.unwrap_or(6e-3 * a.run.batch as f64 / 256.0);
     let optim = check_optimizer(peak, a.wd, &a.betas, a.clip)?;
     check_range("bsc-strength", f64::from(a.bsc_strength), 0.0..=1.0)?;
     check_range("cond-drop", f64::from(a.cond_drop), 0.0..=1.0)?;
@@ -388,7 +376,7 @@ fn plan(a: &TransformerArgs) -> Result<Plan, Box<dyn Error>> {
         start,
         pn: a.pn.or(default_pn).unwrap_or(PixelBudget::P006M),
         clip: optim.clip,
-        lr: constant_lr(peak, a.warmup_steps, a.steps),
+        lr: constant_lr(peak, a.run.warmup_steps, a.run.steps),
         adamw: optim.adamw,
     })
 }
@@ -472,16 +460,16 @@ struct RunState {
 
 impl RunState {
     fn to_json(&self, a: &TransformerArgs) -> Value {
-        let mut state = run_json("transformer", a.seed, a.batch, self.order);
+        let mut state = run_json("transformer", a.run.seed, a.run.batch, self.order);
         state["rng_offset"] = json!(self.rng.offset);
         state
     }
 
     fn from_checkpoint(saved: &Checkpoint, a: &TransformerArgs) -> Result<Self, Box<dyn Error>> {
-        let order = saved_order(saved, "transformer", a.seed, a.batch)?;
+        let order = saved_order(saved, "transformer", a.run.seed, a.run.batch)?;
         let offset =
             saved.state.get("rng_offset").and_then(Value::as_u64).ok_or_else(|| not_ours(saved, "transformer"))?;
-        Ok(RunState { order, rng: Philox { seed: a.seed ^ TRAINER_STREAM, offset } })
+        Ok(RunState { order, rng: Philox { seed: a.run.seed ^ TRAINER_STREAM, offset } })
     }
 }
 
@@ -689,22 +677,23 @@ fn log(file: &mut File, line: &str) -> Result<(), Box<dyn Error>> {
 
 fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
     let plan = plan(a)?;
-    fs::create_dir_all(&a.out).map_err(|e| format!("{}: cannot create the run folder: {e}", a.out.display()))?;
+    fs::create_dir_all(&a.run.out)
+        .map_err(|e| format!("{}: cannot create the run folder: {e}", a.run.out.display()))?;
     let dataset = open_dataset(&a.data, plan.pn)?;
-    let resume = checkpoint::latest(&a.out)?;
+    let resume = checkpoint::latest(&a.run.out)?;
     let step0 = resume.as_ref().map_or(0, |c| c.step);
     let mut state = match &resume {
         Some(saved) => RunState::from_checkpoint(saved, a)?,
-        None => RunState { order: OrderState::default(), rng: Philox::new(a.seed ^ TRAINER_STREAM) },
+        None => RunState { order: OrderState::default(), rng: Philox::new(a.run.seed ^ TRAINER_STREAM) },
     };
-    let mut order = BatchOrder::new(&dataset, a.batch, a.seed, state.order)?;
+    let mut order = BatchOrder::new(&dataset, a.run.batch, a.run.seed, state.order)?;
     let scales = plan.pn.num_scales();
     let header = ["step,loss,lr,grad_norm".to_string()]
         .into_iter()
         .chain((0..scales).map(|k| format!("bit_acc_{k}")))
         .collect::<Vec<_>>()
         .join(",");
-    let Some((mut metrics, mut log_file)) = open_run(&a.out, &header, step0, a.steps)? else { return Ok(()) };
+    let Some((mut metrics, mut log_file)) = open_run(&a.run.out, &header, step0, a.run.steps)? else { return Ok(()) };
 
     // The models: configurations first, so a mismatch is reported before the large reads.
     let start = Instant::now();
@@ -713,7 +702,7 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
     let vae_config = bitvae::detect_config(&vae_weights)?;
     let (weights, config, source) = match &plan.start {
         Start::Scratch(config) => {
-            (Infinity::random_weights(config, a.seed)?, config.clone(), "random init".to_string())
+            (Infinity::random_weights(config, a.run.seed)?, config.clone(), "random init".to_string())
         }
         Start::Checkpoint(path) => {
             let w = Weights::open(path)?;
@@ -732,7 +721,7 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
     let vae = BitVae::with_config(&vae_weights, vae_config)?;
     let text = TextEncoder::with_config(&plan.t5, t5_config, &plan.tokenizer)?;
     let cache = FeatureCache::new(
-        a.out.join("text-cache"),
+        a.run.out.join("text-cache"),
         format!("t5={} config={} tokenizer={}", plan.t5.display(), plan.t5_config.display(), plan.tokenizer.display()),
     )?;
     let mut params: Params = Infinity::parameters(&weights, &config)?;
@@ -752,17 +741,17 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
         dataset.items().len(),
         dataset.skip_report(),
         plan.pn,
-        a.batch,
+        a.run.batch,
         plan.lr.peak,
         start.elapsed().as_secs_f64()
     );
     announce(&mut log_file, &intro)?;
 
-    let bar = progress_bar(a.steps, step0);
-    let saving = Saving { out: &a.out, every: a.save_every, last: a.steps, keep: a.keep };
+    let bar = progress_bar(a.run.steps, step0);
+    let saving = Saving { out: &a.run.out, every: a.run.save_every, last: a.run.steps, keep: a.run.keep };
     let run_start = Instant::now();
     let mut step = step0;
-    while step < a.steps {
+    while step < a.run.steps {
         let (samples, images) = next_images(&mut order, &dataset, &a.data)?;
         let schedule = samples.template.schedule(plan.pn);
         let latent = vae.encode(&images)?;
@@ -818,27 +807,28 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
 
 fn train_vae(a: &VaeArgs) -> Result<(), Box<dyn Error>> {
     let plan = plan_vae(a)?;
-    fs::create_dir_all(&a.out).map_err(|e| format!("{}: cannot create the run folder: {e}", a.out.display()))?;
+    fs::create_dir_all(&a.run.out)
+        .map_err(|e| format!("{}: cannot create the run folder: {e}", a.run.out.display()))?;
     let dataset = open_dataset(&a.data, a.pn)?;
-    let resume = checkpoint::latest(&a.out)?;
+    let resume = checkpoint::latest(&a.run.out)?;
     let step0 = resume.as_ref().map_or(0, |c| c.step);
     let order_state = match &resume {
-        Some(saved) => saved_order(saved, "vae", a.seed, a.batch)?,
+        Some(saved) => saved_order(saved, "vae", a.run.seed, a.run.batch)?,
         None => OrderState::default(),
     };
-    let mut order = BatchOrder::new(&dataset, a.batch, a.seed, order_state)?;
+    let mut order = BatchOrder::new(&dataset, a.run.batch, a.run.seed, order_state)?;
     let with_disc = a.disc_weight > 0.0;
     let header = if with_disc {
         "step,loss,lr,grad_norm,reconstruction,commitment,entropy,disc_loss,gen_adv"
     } else {
         "step,loss,lr,grad_norm,reconstruction,commitment,entropy"
     };
-    let Some((mut metrics, mut log_file)) = open_run(&a.out, header, step0, a.steps)? else { return Ok(()) };
+    let Some((mut metrics, mut log_file)) = open_run(&a.run.out, header, step0, a.run.steps)? else { return Ok(()) };
 
     let start = Instant::now();
     let (weights, config, source) = match &plan.start {
         VaeStart::Scratch(config) => {
-            (BitVae::random_weights(config, a.seed)?, config.clone(), "random init".to_string())
+            (BitVae::random_weights(config, a.run.seed)?, config.clone(), "random init".to_string())
         }
         VaeStart::Checkpoint(path) => {
             let w = bitvae::state_dict(path)?;
@@ -851,7 +841,7 @@ fn train_vae(a: &VaeArgs) -> Result<(), Box<dyn Error>> {
     drop(weights);
     let mut optimizer = AdamW::new(plan.optim.adamw, official_groups(&params))?;
     let mut discriminator =
-        with_disc.then(|| Discriminator::new(a.disc_channels, a.seed, plan.optim.adamw)).transpose()?;
+        with_disc.then(|| Discriminator::new(a.disc_channels, a.run.seed, plan.optim.adamw)).transpose()?;
     if let Some(saved) = &resume {
         saved.restore(&mut params, &mut optimizer)?;
         if let Some(d) = &mut discriminator {
@@ -880,17 +870,17 @@ fn train_vae(a: &VaeArgs) -> Result<(), Box<dyn Error>> {
         dataset.items().len(),
         dataset.skip_report(),
         a.pn,
-        a.batch,
+        a.run.batch,
         a.lr,
         start.elapsed().as_secs_f64()
     );
     announce(&mut log_file, &intro)?;
 
-    let bar = progress_bar(a.steps, step0);
-    let saving = Saving { out: &a.out, every: a.save_every, last: a.steps, keep: a.keep };
+    let bar = progress_bar(a.run.steps, step0);
+    let saving = Saving { out: &a.run.out, every: a.run.save_every, last: a.run.steps, keep: a.run.keep };
     let run_start = Instant::now();
     let mut step = step0;
-    while step < a.steps {
+    while step < a.run.steps {
         let (samples, images) = next_images(&mut order, &dataset, &a.data)?;
         let grids = if plan.multiscale {
             samples.template.schedule(a.pn).grids
@@ -946,7 +936,7 @@ fn train_vae(a: &VaeArgs) -> Result<(), Box<dyn Error>> {
             step,
             &params,
             &optimizer,
-            &run_json("vae", a.seed, a.batch, order.state()),
+            &run_json("vae", a.run.seed, a.run.batch, order.state()),
             &bar,
             &mut log_file,
         )?;

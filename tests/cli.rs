@@ -1,12 +1,13 @@
-//! `infinity-run inspect`: the same listing for both formats of one checkpoint, the right
-//! totals, and one-line errors with exit code 2 for files that cannot be loaded.
+//! `infinity-run` end to end: `inspect` lists both formats of one checkpoint alike;
+//! `reconstruct` writes what the library computes; `generate` is deterministic per seed and
+//! records its parameters; and every refusal is one line with exit code 2, nothing written.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
+use common::fixture;
 
 fn inspect(file: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_infinity-run")).arg("inspect").arg(file).output().unwrap()

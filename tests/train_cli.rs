@@ -3,16 +3,16 @@
 //! metrics, a run stopped at a checkpoint and re-run continues bit-identically to an unbroken
 //! one, and bad input is one line on stderr with exit code 2 before any work.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::fixture;
+
 use infinity::models::image::save_png;
 use serde_json::json;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("infinity-train-{name}-{}", std::process::id()));
@@ -251,11 +251,7 @@ fn bad_input_is_one_line_and_exit_code_2() {
     for (args, want) in cases {
         let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
         args.extend(["--out", out.to_str().unwrap()]);
-        let run = train(&args);
-        let err = String::from_utf8(run.stderr).unwrap();
-        assert_eq!(run.status.code(), Some(2), "{err}");
-        assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(err.starts_with("error: ") && err.contains(want), "{err}");
+        common::assert_refused(&train(&args), want);
         assert!(!out.exists(), "nothing is written before the arguments are checked");
     }
     fs::remove_dir_all(&dir).unwrap();

@@ -314,11 +314,7 @@ fn bad_input_is_one_line_and_exit_code_2() {
     for (args, want) in cases {
         let mut args = args.to_vec();
         args.extend(["--out", out.to_str().unwrap()]);
-        let run = train(&args);
-        let err = String::from_utf8(run.stderr).unwrap();
-        assert_eq!(run.status.code(), Some(2), "{err}");
-        assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(err.starts_with("error: ") && err.contains(want), "{err}");
+        common::assert_refused(&train(&args), want);
         assert!(!out.exists(), "nothing is written before the arguments are checked");
     }
     fs::remove_dir_all(&dir).unwrap();

@@ -35,3 +35,13 @@ pub fn assert_golden(what: &str, got: &Tensor, golden: &Tensor, tol: f32) {
     assert!(diff <= tol, "{what}: max |diff| {diff:e} > {tol:e}");
     eprintln!("{what}: max |diff| {diff:.2e} (tolerance {tol:.1e})");
 }
+
+/// A command refused as the CLIs promise: exit code 2 and one line `error: …` on stderr that
+/// contains `named`.
+#[track_caller]
+pub fn assert_refused(run: &std::process::Output, named: &str) {
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: ") && err.contains(named), "{err}");
+}

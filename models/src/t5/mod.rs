@@ -8,4 +8,4 @@ pub mod tokenizer;
 
 pub use config::T5Config;
 pub use model::{T5Encoder, relative_position_bucket};
-pub use tokenizer::{Encoded, T5Tokenizer};
+pub use tokenizer::{Encoded, T5Tokenizer, train_tokenizer};

@@ -1,0 +1,202 @@
+//! `infinity-prep`: builds the training data of the default model and its tokenizer.
+//!
+//! `emoji` fetches the Twemoji SVGs and the emojibase names and keywords through npm (pinned
+//! versions), renders every emoji onto a white square, writes captions in several phrasings and
+//! lays them out as the official jsonl folders, `train/` and `eval/` (a held-out ~5 % of the
+//! emojis, chosen by a hash of the code point so the split never depends on listing order).
+//! `tokenizer` trains a SentencePiece-style Unigram tokenizer on a jsonl folder's captions.
+//! Any failure is one line on stderr and exit code 2.
+
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Process, ExitCode};
+
+mod emoji;
+// Shared with the other binaries; this one reports no memory figure.
+#[allow(dead_code)]
+mod report;
+
+use clap::{Parser, Subcommand};
+use infinity::models::data::fnv1a64;
+use infinity::models::t5::train_tokenizer;
+use infinity::runtime::io::write_atomically;
+use infinity::runtime::rng::philox_u32;
+use serde_json::Value;
+
+use emoji::Package;
+
+#[derive(Parser)]
+#[command(name = "infinity-prep", version, about = "Prepare the default model's data and tokenizer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch (npm), render and caption the Twemoji set as jsonl folders `train/` and `eval/`.
+    Emoji {
+        /// Output folder; the npm packages are kept in its `packages/` (fetched once).
+        #[arg(long, default_value = "data/emoji")]
+        out: PathBuf,
+        /// Side of the square images in pixels (256 is the 0.06M pixel budget).
+        #[arg(long, default_value_t = 256)]
+        size: u32,
+        /// Fraction of the emojis (with all their captions) held out for evaluation.
+        #[arg(long, default_value_t = 0.05)]
+        holdout: f64,
+    },
+    /// Train a Unigram tokenizer (T5 framing: <pad> 0, </s> 1, <unk> 2) on a jsonl folder's captions.
+    Tokenizer {
+        /// A folder of `<h_div_w>_<count>.jsonl` files.
+        #[arg(long)]
+        data: PathBuf,
+        /// Vocabulary size, special tokens included.
+        #[arg(long, default_value_t = 1024)]
+        vocab_size: usize,
+        /// Where to write `tokenizer.json`.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    report::exit_code(run(Cli::parse()))
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
+    match cli.command {
+        Command::Emoji { out, size, holdout } => {
+            if !(0.0..1.0).contains(&holdout) {
+                return Err(format!("--holdout {holdout} must be in [0, 1)").into());
+            }
+            if !(16..=4096).contains(&size) {
+                return Err(format!("--size {size} must be between 16 and 4096").into());
+            }
+            prepare_emoji(&out, size, holdout)
+        }
+        Command::Tokenizer { data, vocab_size, out } => {
+            let captions = jsonl_captions(&data)?;
+            if captions.is_empty() {
+                return Err(format!("{}: no captions in the folder's .jsonl files", data.display()).into());
+            }
+            let json = train_tokenizer(&captions, vocab_size)?;
+            write_atomically(&out, |w| w.write_all(json.as_bytes()))?;
+            eprintln!("tokenizer: {} captions → {}", captions.len(), out.display());
+            Ok(())
+        }
+    }
+}
+
+fn prepare_emoji(out: &Path, size: u32, holdout: f64) -> Result<(), Box<dyn Error>> {
+    let packages = out.join("packages");
+    let twemoji = fetch(&emoji::TWEMOJI, &packages)?;
+    let emojibase = fetch(&emoji::EMOJIBASE, &packages)?;
+    let entries = emoji::read_emojibase(&emojibase.join("en/data.json"), &emojibase.join("en/messages.json"))?;
+
+    let images = out.join("images");
+    std::fs::create_dir_all(&images).map_err(|e| format!("{}: {e}", images.display()))?;
+    let mut splits: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let (mut missing, mut rendered) = (Vec::new(), 0usize);
+    for entry in &entries {
+        let Some(svg) = emoji::twemoji_file(&twemoji, &entry.hexcode) else {
+            missing.push(entry.hexcode.clone());
+            continue;
+        };
+        let name = format!("{}.png", entry.hexcode.to_lowercase());
+        emoji::render_png(&svg, size, &images.join(&name))?;
+        rendered += 1;
+        // A hash of the code point (FNV-1a, then Philox to mix its poorly mixed high bits), not
+        // a draw from a stream: adding or removing emojis in a later release moves no other
+        // emoji across the split.
+        let unit = philox_u32(fnv1a64(entry.hexcode.as_bytes()), 0) as f64 / 2f64.powi(32);
+        let split = if unit < holdout { "eval" } else { "train" };
+        for caption in entry.captions() {
+            let line = serde_json::json!({
+                "image_path": format!("../images/{name}"),
+                "h_div_w": 1.0,
+                "long_caption": caption,
+                "long_caption_type": "user_prompt",
+                "hexcode": entry.hexcode,
+            });
+            splits.entry(split).or_default().push(line.to_string());
+        }
+    }
+    for (split, lines) in &splits {
+        let dir = out.join(split);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        // A previous run's file under another count would be read as more data.
+        for old in std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+            let old = old?.path();
+            if old.extension().is_some_and(|e| e == "jsonl") {
+                std::fs::remove_file(&old).map_err(|e| format!("{}: {e}", old.display()))?;
+            }
+        }
+        let file = dir.join(format!("1.000_{}.jsonl", lines.len()));
+        write_atomically(&file, |w| w.write_all((lines.join("\n") + "\n").as_bytes()))?;
+        eprintln!("{split}: {} captions → {}", lines.len(), file.display());
+    }
+    write_atomically(out.join("ATTRIBUTION.md"), |w| w.write_all(emoji::ATTRIBUTION.as_bytes()))?;
+    eprintln!("{rendered} emojis rendered at {size}×{size}; {} without a Twemoji image: {}", missing.len(), missing.join(" "));
+    Ok(())
+}
+
+/// The unpacked package folder, fetched with `npm pack` (which checks the registry's
+/// integrity hash) on first use.
+fn fetch(package: &Package, dir: &Path) -> Result<PathBuf, Box<dyn Error>> {
+    let unpacked = dir.join(package.folder());
+    if unpacked.join("package.json").exists() {
+        return Ok(unpacked);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let spec = package.spec();
+    eprintln!("fetching {spec} with npm");
+    let pack = Process::new("npm")
+        .args(["pack", &spec, "--silent", "--pack-destination"])
+        .arg(dir)
+        .output()
+        .map_err(|e| format!("cannot run npm (needed to fetch {spec}): {e}"))?;
+    if !pack.status.success() {
+        return Err(format!("npm pack {spec} failed: {}", String::from_utf8_lossy(&pack.stderr).trim()).into());
+    }
+    let tarball = dir.join(String::from_utf8_lossy(&pack.stdout).trim().lines().last().unwrap_or_default());
+    let staging = dir.join(format!("{}.partial", package.folder()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+    let untar = Process::new("tar")
+        .arg("-xzf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&staging)
+        .arg("--strip-components=1")
+        .status()
+        .map_err(|e| format!("cannot run tar: {e}"))?;
+    if !untar.success() {
+        return Err(format!("{}: tar could not unpack it", tarball.display()).into());
+    }
+    // Renamed into place only once complete, so an interrupted fetch is redone, not trusted.
+    std::fs::rename(&staging, &unpacked).map_err(|e| format!("{}: {e}", unpacked.display()))?;
+    Ok(unpacked)
+}
+
+/// Every `long_caption` of the `.jsonl` files in `dir`.
+fn jsonl_captions(dir: &Path) -> Result<Vec<String>, Box<dyn Error>> {
+    let mut captions = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let v: Value = serde_json::from_str(line).map_err(|e| format!("{}: line {}: {e}", file.display(), i + 1))?;
+            let caption = v.get("long_caption").and_then(Value::as_str);
+            let caption = caption.ok_or_else(|| format!("{}: line {}: no 'long_caption'", file.display(), i + 1))?;
+            captions.push(caption.to_string());
+        }
+    }
+    Ok(captions)
+}

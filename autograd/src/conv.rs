@@ -1,16 +1,13 @@
 //! `conv2d` on `Var`s with stride and asymmetric padding, mirroring `infinity_ops::conv`.
-//! Both weight-side adjoints are themselves stride-1 convolutions run by the forward op:
 //!
 //! - dx is the full correlation of the stride-dilated output gradient with the weights
-//!   flipped in space and with in/out channels swapped. The dilated gradient is zero-padded
-//!   by kh−1−top above and H − Hd + top below (Hd its dilated height; likewise for the width),
-//!   or cropped where a pad is negative (padding larger than the kernel).
-//! - dw[co, ci] is the correlation of the padded input (images as channels) with the dilated
-//!   output gradient (as the kernel); its first kh × kw outputs are the weight gradient.
+//!   flipped in space and with in/out channels swapped, a stride-1 convolution run by the
+//!   forward op. The dilated gradient is zero-padded by kh−1−top above and H − Hd + top below
+//!   (Hd its dilated height; likewise for the width), or cropped where a pad is negative
+//!   (padding larger than the kernel). Dilation spends stride² multiplications on zeros, but
+//!   only the BitVAE's few downsampling convs have a stride.
+//! - dw is the forward's product transposed (`infinity_ops::conv::conv2d_weight_grad`).
 //! - dbias sums the output gradient over images and positions.
-//!
-//! Dilation spends stride² multiplications on zeros; the BitVAE, the only user of strided
-//! convs, is frozen while training Infinity, so simplicity wins over speed here.
 
 use infinity_ops::conv::{self as cv, Conv2dParams};
 use infinity_ops::f32_data;
@@ -26,7 +23,7 @@ pub fn conv2d(x: &Var, w: &Var, bias: Option<&Var>, params: Conv2dParams) -> Res
     let inputs: Vec<&Var> = [Some(x), Some(w), bias].into_iter().flatten().collect();
     Var::record("conv2d", &inputs, value, move |g, needs| {
         let dx = needs[0].then(|| input_grad(g, &xv, &wv, params)).transpose()?;
-        let dw = needs[1].then(|| weight_grad(g, &xv, &wv, params)).transpose()?;
+        let dw = needs[1].then(|| cv::conv2d_weight_grad(&xv, g, spatial(&wv), params)).transpose()?;
         let mut grads = vec![dx, dw];
         if needs.len() == 3 {
             grads.push(needs[2].then(|| sum(g, &[0, 2, 3], false)).transpose()?);
@@ -54,13 +51,6 @@ fn input_grad(g: &Tensor, x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Ten
     cv::conv2d(&padded, &flip_transpose(w)?, None, Conv2dParams::new(1, 0))
 }
 
-fn weight_grad(g: &Tensor, x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
-    let (kh, kw) = spatial(w);
-    let kernel = dilate_pad(g, p.stride, [0; 4])?.permute(&[1, 0, 2, 3])?;
-    let images_as_channels = x.permute(&[1, 0, 2, 3])?;
-    let full = cv::conv2d(&images_as_channels, &kernel, None, Conv2dParams { stride: 1, padding: p.padding })?;
-    Ok(full.narrow(2, 0, kh)?.narrow(3, 0, kw)?.permute(&[1, 0, 2, 3])?.contiguous())
-}
 
 /// `g` (N, C, Ho, Wo) with stride − 1 zeros between neighbours, then `pads` ([top, bottom,
 /// left, right]) zeros added around it, or rows/columns removed where a pad is negative.

@@ -63,32 +63,39 @@ impl Geometry {
         for t in [Some(x), Some(w), bias].into_iter().flatten() {
             require_f32("conv2d", t)?;
         }
-        let &[n, cin, h, wd] = x.shape() else {
-            return Err(Error::invalid("conv2d", x.shape(), "the input must be (N, C, H, W)"));
-        };
-        let &[cout, wcin, kh, kw] = w.shape() else {
-            return Err(Error::invalid("conv2d", w.shape(), "the weight must be (C_out, C_in, kh, kw)"));
-        };
-        if wcin != cin {
-            return Err(Error::ShapeMismatch { op: "conv2d", lhs: x.shape().to_vec(), rhs: w.shape().to_vec() });
-        }
-        if let Some(b) = bias.filter(|b| b.shape() != [cout]) {
+        let g = Self::from_shapes(x.shape(), w.shape(), p)?;
+        if let Some(b) = bias.filter(|b| b.shape() != [g.cout]) {
             return Err(Error::ShapeMismatch { op: "conv2d", lhs: w.shape().to_vec(), rhs: b.shape().to_vec() });
         }
+        Ok(g)
+    }
+
+    fn from_shapes(x: &[usize], w: &[usize], p: Conv2dParams) -> Result<Self> {
+        let &[n, cin, h, wd] = x else {
+            return Err(Error::invalid("conv2d", x, "the input must be (N, C, H, W)"));
+        };
+        let &[cout, wcin, kh, kw] = w else {
+            return Err(Error::invalid("conv2d", w, "the weight must be (C_out, C_in, kh, kw)"));
+        };
+        if wcin != cin {
+            return Err(Error::ShapeMismatch { op: "conv2d", lhs: x.to_vec(), rhs: w.to_vec() });
+        }
         if p.stride == 0 {
-            return Err(Error::invalid("conv2d", x.shape(), "the stride must be at least 1"));
+            return Err(Error::invalid("conv2d", x, "the stride must be at least 1"));
         }
         let [top, bottom, left, right] = p.padding;
         let (ph, pw) = (h + top + bottom, wd + left + right);
         if kh == 0 || kw == 0 || kh > ph || kw > pw {
-            return Err(Error::invalid(
-                "conv2d",
-                x.shape(),
-                format!("a {kh}×{kw} kernel does not fit the padded {ph}×{pw} input"),
-            ));
+            return Err(Error::invalid("conv2d", x, format!("a {kh}×{kw} kernel does not fit the padded {ph}×{pw} input")));
         }
         let (ho, wo) = ((ph - kh) / p.stride + 1, (pw - kw) / p.stride + 1);
         Ok(Geometry { n, cin, h, w: wd, cout, kh, kw, stride: p.stride, pad: p.padding, ho, wo })
+    }
+
+    /// Output rows per im2col band: as many as fit the budget, spread evenly over the bands.
+    fn band_rows(&self) -> usize {
+        let max_rows = (COL_BUDGET / (self.taps() * self.wo).max(1)).clamp(1, self.ho);
+        self.ho.div_ceil(self.ho.div_ceil(max_rows))
     }
 
     fn out_shape(&self) -> [usize; 4] {
@@ -169,9 +176,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, params: Conv2dParam
     let accumulate = bias.is_some();
     let weights = MatRef { data: &wd, offset: 0, row_stride: taps, col_stride: 1 };
 
-    // Output rows per band: as many as fit the im2col budget, spread evenly over the bands.
-    let max_rows = (COL_BUDGET / (taps * g.wo).max(1)).clamp(1, g.ho);
-    let band_rows = g.ho.div_ceil(g.ho.div_ceil(max_rows));
+    let band_rows = g.band_rows();
     let mut col = if g.is_pointwise() { Vec::new() } else { vec![0.0f32; taps * band_rows * g.wo] };
 
     for (img, dst) in out.chunks_mut(g.cout * plane_out).enumerate() {
@@ -193,6 +198,48 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, params: Conv2dParam
         }
     }
     Tensor::from_vec(out, &g.out_shape())
+}
+
+/// The weight gradient of [`conv2d`]: for x (N, Cin, H, W) and the output gradient
+/// dy (N, Cout, Ho, Wo), dw (Cout, Cin, kh, kw) = Σ over images and output pixels of
+/// dy · the input under each tap. It is the transposed product of the forward's: dy
+/// (Cout × Ho·Wo) times the column matrix transposed (Ho·Wo × Cin·kh·kw), built by the same
+/// im2col one band at a time and accumulated in place, so strides and padding cost nothing extra.
+pub fn conv2d_weight_grad(x: &Tensor, dy: &Tensor, kernel: (usize, usize), params: Conv2dParams) -> Result<Tensor> {
+    let (cout, cin) = (dy.shape().get(1).copied().unwrap_or(0), x.shape().get(1).copied().unwrap_or(0));
+    let g = Geometry::from_shapes(x.shape(), &[cout, cin, kernel.0, kernel.1], params)?;
+    require_f32("conv2d", x)?;
+    require_f32("conv2d", dy)?;
+    if dy.shape() != g.out_shape() {
+        return Err(Error::ShapeMismatch { op: "conv2d", lhs: g.out_shape().to_vec(), rhs: dy.shape().to_vec() });
+    }
+    let (plane_in, plane_out, taps) = (g.cin * g.h * g.w, g.ho * g.wo, g.taps());
+    let mut dw = vec![0.0f32; g.cout * taps];
+    let (xd, gd) = (f32_data("conv2d", x)?, f32_data("conv2d", dy)?);
+    let band_rows = g.band_rows();
+    let mut col = if g.is_pointwise() { Vec::new() } else { vec![0.0f32; taps * band_rows * g.wo] };
+    let mut accumulate = false;
+    for img in 0..g.n {
+        let image = &xd[img * plane_in..][..plane_in];
+        let grad = &gd[img * g.cout * plane_out..][..g.cout * plane_out];
+        for r0 in (0..g.ho).step_by(band_rows) {
+            let rows = r0..(r0 + band_rows).min(g.ho);
+            let cols = rows.len() * g.wo;
+            // The column matrix (taps × cols): the input itself for a plain 1×1 conv (taps a
+            // plane apart), else this band's im2col.
+            let rhs = if g.is_pointwise() {
+                MatRef { data: image, offset: r0 * g.wo, row_stride: 1, col_stride: plane_out }
+            } else {
+                im2col(image, &g, rows, &mut col[..taps * cols]);
+                MatRef { data: &col[..taps * cols], offset: 0, row_stride: 1, col_stride: cols }
+            };
+            let lhs = MatRef { data: grad, offset: r0 * g.wo, row_stride: plane_out, col_stride: 1 };
+            let par = parallelism_for(g.cout, cols, taps);
+            gemm_into(&mut dw, taps, lhs, rhs, (g.cout, cols, taps), accumulate, par);
+            accumulate = true;
+        }
+    }
+    Tensor::from_vec(dw, &[g.cout, g.cin, g.kh, g.kw])
 }
 
 /// The direct 7-loop with f64 accumulation: the ground truth for the tests.
@@ -230,5 +277,45 @@ pub mod reference {
             }
         }
         Tensor::from_vec(out, &g.out_shape())
+    }
+
+    /// dw[co, ci, ky, kx] = Σ over images and output pixels of dy · the input under the tap,
+    /// accumulated in f64.
+    pub fn conv2d_weight_grad(
+        x: &Tensor,
+        dy: &Tensor,
+        (kh, kw): (usize, usize),
+        params: Conv2dParams,
+    ) -> Result<Tensor> {
+        let (cout, cin) = (dy.shape().get(1).copied().unwrap_or(0), x.shape().get(1).copied().unwrap_or(0));
+        let g = Geometry::from_shapes(x.shape(), &[cout, cin, kh, kw], params)?;
+        if dy.shape() != g.out_shape() {
+            return Err(Error::ShapeMismatch { op: "conv2d", lhs: g.out_shape().to_vec(), rhs: dy.shape().to_vec() });
+        }
+        let (xd, gd) = (x.to_vec::<f32>()?, dy.to_vec::<f32>()?);
+        let mut dw = vec![0f64; g.cout * g.taps()];
+        for n in 0..g.n {
+            for co in 0..g.cout {
+                for oy in 0..g.ho {
+                    for ox in 0..g.wo {
+                        let gv = gd[((n * g.cout + co) * g.ho + oy) * g.wo + ox] as f64;
+                        for ci in 0..g.cin {
+                            for ky in 0..g.kh {
+                                for kx in 0..g.kw {
+                                    let iy = (oy * g.stride + ky) as isize - g.pad[0] as isize;
+                                    let ix = (ox * g.stride + kx) as isize - g.pad[2] as isize;
+                                    if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
+                                        continue;
+                                    }
+                                    let xv = xd[((n * g.cin + ci) * g.h + iy as usize) * g.w + ix as usize];
+                                    dw[((co * g.cin + ci) * g.kh + ky) * g.kw + kx] += gv * xv as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(dw.into_iter().map(|v| v as f32).collect(), &[g.cout, g.cin, g.kh, g.kw])
     }
 }

@@ -1,9 +1,10 @@
 //! conv2d: the im2col/gemm fast path against the direct 7-loop for kernel sizes 1–3, strides
 //! 1–2 and asymmetric padding, on strided inputs and on maps large enough to be cut into
 //! several im2col bands; exact results for identity kernels and BitVAE's downsample padding;
-//! the argument errors.
+//! the argument errors. The weight gradient (the forward's product transposed) against its own
+//! direct loop on the same problems.
 
-use infinity::ops::conv::{Conv2dParams, conv2d, reference};
+use infinity::ops::conv::{Conv2dParams, conv2d, conv2d_weight_grad, reference};
 use infinity::runtime::{DType, Tensor};
 use proptest::prelude::*;
 
@@ -19,6 +20,22 @@ fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams) {
     let magnitude = reference::conv2d(&abs(x), &abs(w), abs_bias.as_ref(), p).unwrap();
     let terms = w.shape()[1..].iter().product::<usize>() + 1;
     assert_within_dot_bound(&got, &want, &magnitude, terms);
+}
+
+/// Weight gradient vs reference, within the rounding bound of its N·Ho·Wo-term sums.
+#[track_caller]
+fn check_weight_grad(x: &Tensor, dy: &Tensor, kernel: (usize, usize), p: Conv2dParams) {
+    let got = conv2d_weight_grad(x, dy, kernel, p).unwrap();
+    let want = reference::conv2d_weight_grad(x, dy, kernel, p).unwrap();
+    let magnitude = reference::conv2d_weight_grad(&abs(x), &abs(dy), kernel, p).unwrap();
+    let terms = dy.shape()[0] * dy.shape()[2] * dy.shape()[3];
+    assert_within_dot_bound(&got, &want, &magnitude, terms);
+}
+
+/// The output shape of `conv2d` for these shapes.
+fn out_shape(xs: [usize; 4], ws: [usize; 4], p: Conv2dParams) -> [usize; 4] {
+    let [top, bottom, left, right] = p.padding;
+    [xs[0], ws[0], (xs[2] + top + bottom - ws[2]) / p.stride + 1, (xs[3] + left + right - ws[3]) / p.stride + 1]
 }
 
 /// Random conv problems whose kernel fits the padded input.
@@ -50,6 +67,13 @@ proptest! {
         check(&strided_copy(&x, &[0, 2, 3, 1]), &strided_copy(&w, &[2, 3, 1, 0]), Some(&bias), p);
         check(&padded_view(&x), &w, Some(&padded_view(&bias)), p);
     }
+
+    #[test]
+    fn weight_grad_matches_reference((xs, ws, p) in problem(), seed: u64) {
+        let (x, dy) = (randn(&xs, seed, 1.0), randn(&out_shape(xs, ws, p), seed ^ 3, 1.0));
+        check_weight_grad(&x, &dy, (ws[2], ws[3]), p);
+        check_weight_grad(&strided_copy(&x, &[0, 2, 3, 1]), &padded_view(&dy), (ws[2], ws[3]), p);
+    }
 }
 
 #[test]
@@ -61,6 +85,10 @@ fn large_maps_are_cut_into_bands() {
     check(&x, &randn(&[3, 64, 3, 3], 2, 0.1), Some(&bias), Conv2dParams::same(3));
     check(&x, &randn(&[3, 64, 3, 3], 4, 0.1), Some(&bias), Conv2dParams { stride: 2, padding: [0, 1, 0, 1] });
     check(&x, &randn(&[3, 64, 1, 1], 5, 0.1), Some(&bias), Conv2dParams::same(1));
+    for (k, p) in [(3, Conv2dParams::same(3)), (3, Conv2dParams { stride: 2, padding: [0, 1, 0, 1] }), (1, Conv2dParams::same(1))] {
+        let dy = randn(&out_shape([1, 64, 64, 64], [3, 64, k, k], p), 6, 1.0);
+        check_weight_grad(&x, &dy, (k, k), p);
+    }
 }
 
 /// A (c, c, k, k) kernel that copies each channel through the centre tap.

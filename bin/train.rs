@@ -28,15 +28,16 @@ use infinity::models::data::{BatchOrder, Dataset, FeatureCache, OrderState, Samp
 use infinity::models::infinity::teacher::{Flips, teacher_forcing};
 use infinity::models::infinity::{Infinity, InfinityConfig};
 use infinity::models::pipeline::{ModelFiles, TextEncoder, check_fit};
-use infinity::models::schedule::PixelBudget;
+use infinity::models::schedule::{PATCH, PixelBudget};
 use infinity::models::t5::T5Config;
 use infinity::models::train::{StepBatch, StepSettings, TokenWeighting, null_text, train_step};
 use infinity::models::train_vae::{
     Adversary, Discriminator, VaeLossWeights, VaeStepSettings, vae_gan_train_step, vae_train_step,
 };
+use infinity::ops::index::concat;
 use infinity::runtime::Tensor;
 use infinity::runtime::io::Weights;
-use infinity::runtime::rng::Philox;
+use infinity::runtime::rng::{Philox, philox_u32};
 use serde_json::{Value, json};
 
 mod report;
@@ -45,6 +46,8 @@ use report::peak_rss_mib;
 /// Key of the trainer's own Philox stream (BSC flips, caption dropout), apart from the data
 /// order's stream of the same seed.
 const TRAINER_STREAM: u64 = 0x7472_6169_6e65_7221;
+/// Key of the VAE trainer's crop positions.
+const CROP_STREAM: u64 = 0x6372_6f70_7321;
 /// Fraction of the peak learning rate the warm-up starts from (official `wp0`).
 const WARMUP_START: f64 = 0.005;
 
@@ -147,6 +150,11 @@ struct VaeArgs {
     /// learns from the first step).
     #[arg(long, default_value_t = 0)]
     disc_start: u64,
+    /// Stage 1 only: train on random square crops of this many pixels (a multiple of the
+    /// patch), one per image and step. The networks are convolutional, so a crop teaches the
+    /// same filters at a fraction of the cost of the whole image.
+    #[arg(long)]
+    crop: Option<usize>,
 }
 
 #[derive(Args)]
@@ -261,6 +269,15 @@ fn plan_vae(a: &VaeArgs) -> Result<VaePlan, Box<dyn Error>> {
     };
     if let VaeStart::Scratch(config) = &start {
         check_vae_patch(config, multiscale)?;
+    }
+    match a.crop {
+        Some(_) if multiscale => {
+            return Err("--crop is for --stage 1: the multi-scale stage follows the whole image's schedule".into());
+        }
+        Some(c) if c == 0 || c % PATCH != 0 => {
+            return Err(format!("--crop {c} must be a positive multiple of {PATCH} pixels").into());
+        }
+        _ => {}
     }
     Ok(VaePlan {
         start,
@@ -598,6 +615,24 @@ fn next_images(order: &mut BatchOrder, dataset: &Dataset, data: &Path) -> Result
     }
 }
 
+/// A `size`² crop of each image at a position drawn from the crop stream at (`seed`, `step`),
+/// so a resumed run crops exactly as the uninterrupted one. Errors name the flag when an
+/// image is smaller than the crop.
+fn random_crops(images: &Tensor, size: usize, seed: u64, step: u64) -> Result<Tensor, Box<dyn Error>> {
+    let (n, h, w) = (images.dim(0)?, images.dim(2)?, images.dim(3)?);
+    if size > h || size > w {
+        return Err(format!("--crop {size} is larger than the {h}×{w} training images").into());
+    }
+    let draw = |i: usize, axis: u64, room: usize| {
+        let u = philox_u32(seed ^ CROP_STREAM, (step * n as u64 + i as u64) * 2 + axis);
+        (u as u64 * (room as u64 + 1) >> 32) as usize
+    };
+    let crops = (0..n)
+        .map(|i| images.narrow(0, i, 1)?.narrow(2, draw(i, 0, h - size), size)?.narrow(3, draw(i, 1, w - size), size))
+        .collect::<infinity::runtime::Result<Vec<_>>>()?;
+    Ok(concat(&crops.iter().collect::<Vec<_>>(), 0)?)
+}
+
 /// The sub-folder of a `vae` checkpoint holding the discriminator's own checkpoint.
 const DISCRIMINATOR_DIR: &str = "discriminator";
 
@@ -882,6 +917,10 @@ fn train_vae(a: &VaeArgs) -> Result<(), Box<dyn Error>> {
     let mut step = step0;
     while step < a.run.steps {
         let (samples, images) = next_images(&mut order, &dataset, &a.data)?;
+        let images = match a.crop {
+            Some(size) => random_crops(&images, size, a.run.seed, step)?,
+            None => images,
+        };
         let grids = if plan.multiscale {
             samples.template.schedule(a.pn).grids
         } else {

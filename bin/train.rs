@@ -10,7 +10,7 @@
 //! `models::train_vae::vae_train_step`; this file parses, validates, loops and reports. Any failure is one line on stderr, `error: <message>`, and
 //! exit code 2; every argument is checked before a weight is read.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::error::Error;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -29,8 +29,10 @@ use infinity::models::infinity::teacher::{Flips, teacher_forcing};
 use infinity::models::infinity::{Infinity, InfinityConfig};
 use infinity::models::pipeline::{ModelFiles, TextEncoder, check_fit};
 use infinity::models::schedule::{PATCH, PixelBudget};
-use infinity::models::t5::T5Config;
-use infinity::models::train::{StepBatch, StepSettings, TokenWeighting, null_text, train_step};
+use infinity::models::t5::{self, T5Config, T5Encoder, T5Tokenizer};
+use infinity::models::train::{
+    StepBatch, StepSettings, StepText, TEXT_ENCODER_PREFIX, TokenWeighting, null_text, train_step,
+};
 use infinity::models::train_vae::{
     Adversary, Discriminator, VaeLossWeights, VaeStepSettings, vae_gan_train_step, vae_train_step,
 };
@@ -48,6 +50,8 @@ use report::peak_rss_mib;
 const TRAINER_STREAM: u64 = 0x7472_6169_6e65_7221;
 /// Key of the VAE trainer's crop positions.
 const CROP_STREAM: u64 = 0x6372_6f70_7321;
+/// Key of a text encoder's random initial weights, apart from the transformer's of the same seed.
+const TEXT_ENCODER_SEED: u64 = 0x7465_7874_2d65_6e63;
 /// Fraction of the peak learning rate the warm-up starts from (official `wp0`).
 const WARMUP_START: f64 = 0.005;
 
@@ -171,7 +175,8 @@ struct TransformerArgs {
     /// BitVAE checkpoint (frozen).
     #[arg(long)]
     vae: Option<PathBuf>,
-    /// T5 encoder weights: file, sharded index json, or Hugging Face folder (frozen).
+    /// T5 encoder weights: file, sharded index json, or Hugging Face folder (frozen, unless
+    /// --train-text-encoder makes them the starting point).
     #[arg(long)]
     t5: Option<PathBuf>,
     /// T5 config.json.
@@ -213,6 +218,14 @@ struct TransformerArgs {
     /// Weigh every token equally (1/L) instead of by 1/√(scale area), scripts/train.sh's choice.
     #[arg(long)]
     uniform_token_weights: bool,
+    /// Train the T5 encoder with the transformer (one optimiser, one checkpoint), from --t5 or,
+    /// without it, from random weights of --t5-config's shape.
+    #[arg(long)]
+    train_text_encoder: bool,
+    /// Keep each image's BitVAE latent in memory after its first encoding (the VAE is frozen):
+    /// for data sets small enough to hold every latent.
+    #[arg(long)]
+    cache_latents: bool,
 }
 
 fn main() -> ExitCode {
@@ -312,7 +325,8 @@ enum Start {
 /// The validated command line.
 struct Plan {
     vae: PathBuf,
-    t5: PathBuf,
+    /// None: a text encoder trained from scratch.
+    t5: Option<PathBuf>,
     t5_config: PathBuf,
     tokenizer: PathBuf,
     start: Start,
@@ -355,7 +369,7 @@ fn plan(a: &TransformerArgs) -> Result<Plan, Box<dyn Error>> {
             files.check_exist()?;
             let start = Start::Checkpoint(files.transformer.clone());
             let pn = files.default_pn;
-            ((files.vae, files.t5, files.t5_config, files.tokenizer), start, pn)
+            ((files.vae, Some(files.t5), files.t5_config, files.tokenizer), start, pn)
         }
         None => {
             let need = |p: &Option<PathBuf>, flag: &str| -> Result<PathBuf, String> {
@@ -370,9 +384,14 @@ fn plan(a: &TransformerArgs) -> Result<Plan, Box<dyn Error>> {
                 (.., Some(init)) => Start::Checkpoint(existing(init, "init")?),
                 _ => return Err("no transformer: give --preset, --config, --init or --model-dir".into()),
             };
+            let t5 = match &a.t5 {
+                Some(p) => Some(existing(p, "t5")?),
+                None if a.train_text_encoder => None,
+                None => return Err("--t5 is required without --model-dir, unless --train-text-encoder".into()),
+            };
             let files = (
                 need(&a.vae, "vae")?,
-                need(&a.t5, "t5")?,
+                t5,
                 need(&a.t5_config, "t5-config")?,
                 need(&a.tokenizer, "tokenizer")?,
             );
@@ -710,6 +729,55 @@ fn log(file: &mut File, line: &str) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
+/// The transformer's text side: a frozen encoder whose features are cached on disk, or an
+/// encoder training alongside, fed token ids.
+enum Text {
+    Frozen { encoder: TextEncoder, cache: FeatureCache },
+    Trained { tokenizer: T5Tokenizer, config: T5Config },
+}
+
+impl Text {
+    fn prompts(&self, captions: &[&str]) -> Result<Vec<StepText>, Box<dyn Error>> {
+        Ok(match self {
+            Text::Frozen { encoder, cache } => cache
+                .features(captions, |c| Ok(encoder.encode(c)?.into_iter().map(|p| p.features).collect()))?
+                .into_iter()
+                .map(StepText::Features)
+                .collect(),
+            Text::Trained { tokenizer, .. } => {
+                captions.iter().map(|c| Ok(StepText::Tokens(tokenizer.encode(c)?.ids))).collect::<Result<_, Box<dyn Error>>>()?
+            }
+        })
+    }
+
+    fn trained(&self) -> Option<&T5Config> {
+        match self {
+            Text::Trained { config, .. } => Some(config),
+            Text::Frozen { .. } => None,
+        }
+    }
+}
+
+/// BitVAE latents of the batch's images, kept per image path with --cache-latents.
+struct Latents {
+    cache: Option<HashMap<PathBuf, Tensor>>,
+}
+
+impl Latents {
+    fn encode(&mut self, vae: &BitVae, images: &Tensor, samples: &Samples, dataset: &Dataset) -> Result<Tensor, Box<dyn Error>> {
+        let Some(cache) = &mut self.cache else { return Ok(vae.encode(images)?) };
+        let mut rows = Vec::with_capacity(samples.items.len());
+        for (i, &item) in samples.items.iter().enumerate() {
+            let path = &dataset.items()[item].image;
+            if !cache.contains_key(path) {
+                cache.insert(path.clone(), vae.encode(&images.narrow(0, i, 1)?)?);
+            }
+            rows.push(cache[path].clone());
+        }
+        Ok(concat(&rows.iter().collect::<Vec<_>>(), 0)?)
+    }
+}
+
 fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
     let plan = plan(a)?;
     fs::create_dir_all(&a.run.out)
@@ -737,7 +805,7 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
     let vae_config = bitvae::detect_config(&vae_weights)?;
     let (weights, config, source) = match &plan.start {
         Start::Scratch(config) => {
-            (Infinity::random_weights(config, a.run.seed)?, config.clone(), "random init".to_string())
+            (Infinity::initial_weights(config, a.run.seed)?, config.clone(), "the official initialisation".to_string())
         }
         Start::Checkpoint(path) => {
             let w = Weights::open(path)?;
@@ -754,14 +822,26 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
     };
     check_fit(&config, &source, &vae_config, &plan.vae, &t5_config, &plan.t5_config)?;
     let vae = BitVae::with_config(&vae_weights, vae_config)?;
-    let text = TextEncoder::with_config(&plan.t5, t5_config, &plan.tokenizer)?;
-    let cache = FeatureCache::new(
-        a.run.out.join("text-cache"),
-        format!("t5={} config={} tokenizer={}", plan.t5.display(), plan.t5_config.display(), plan.tokenizer.display()),
-    )?;
     let mut params: Params = Infinity::parameters(&weights, &config)?;
     // The f32 master copies are all training needs: release the checkpoint's mapping.
     drop(weights);
+    let text = if a.train_text_encoder {
+        let t5_weights = match &plan.t5 {
+            Some(path) => t5::open_checkpoint(path)?,
+            None => T5Encoder::random_weights(&t5_config, a.run.seed ^ TEXT_ENCODER_SEED)?,
+        };
+        let encoder = T5Encoder::parameters(&t5_weights, &t5_config, TEXT_ENCODER_PREFIX)?;
+        params = Params::new(params.iter().chain(encoder.iter()).map(|(n, t)| (n.to_string(), t.clone())).collect())?;
+        Text::Trained { tokenizer: T5Tokenizer::open(&plan.tokenizer)?, config: t5_config }
+    } else {
+        let t5 = plan.t5.as_ref().ok_or("a frozen text encoder needs --t5")?;
+        let encoder = TextEncoder::with_config(t5, t5_config, &plan.tokenizer)?;
+        let cache = FeatureCache::new(
+            a.run.out.join("text-cache"),
+            format!("t5={} config={} tokenizer={}", t5.display(), plan.t5_config.display(), plan.tokenizer.display()),
+        )?;
+        Text::Frozen { encoder, cache }
+    };
     let mut optimizer = AdamW::new(plan.adamw, official_groups(&params))?;
     if let Some(saved) = &resume {
         saved.restore(&mut params, &mut optimizer)?;
@@ -784,12 +864,13 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
 
     let bar = progress_bar(a.run.steps, step0);
     let saving = Saving { out: &a.run.out, every: a.run.save_every, last: a.run.steps, keep: a.run.keep };
+    let mut latents = Latents { cache: a.cache_latents.then(HashMap::new) };
     let run_start = Instant::now();
     let mut step = step0;
     while step < a.run.steps {
         let (samples, images) = next_images(&mut order, &dataset, &a.data)?;
         let schedule = samples.template.schedule(plan.pn);
-        let latent = vae.encode(&images)?;
+        let latent = latents.encode(&vae, &images, &samples, &dataset)?;
         let flips = if a.bsc_strength > 0.0 {
             Flips::Random { strength: a.bsc_strength, rng: &mut state.rng }
         } else {
@@ -797,11 +878,14 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
         };
         let targets = teacher_forcing(&latent, &schedule.grids, flips)?;
         let captions: Vec<&str> = samples.captions.iter().map(String::as_str).collect();
-        let mut prompts =
-            cache.features(&captions, |c| Ok(text.encode(c)?.into_iter().map(|p| p.features).collect()))?;
-        for (features, u) in prompts.iter_mut().zip(state.rng.uniform(captions.len())) {
+        let mut prompts = text.prompts(&captions)?;
+        for (prompt, u) in prompts.iter_mut().zip(state.rng.uniform(captions.len())) {
             if u < a.cond_drop {
-                *features = null_text(&params, features.dim(0)?)?;
+                let len = match prompt {
+                    StepText::Features(t) => t.dim(0)?,
+                    StepText::Tokens(ids) => ids.len(),
+                };
+                *prompt = StepText::Features(null_text(&params, len)?);
             }
         }
         let lr = plan.lr.lr(step as usize);
@@ -811,7 +895,7 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
             &mut params,
             &mut optimizer,
             &config,
-            &StepBatch { prompts: &prompts, targets: &targets, schedule: &schedule },
+            &StepBatch { prompts: &prompts, text_encoder: text.trained(), targets: &targets, schedule: &schedule },
             settings,
         )?;
         step += 1;

@@ -292,3 +292,89 @@ fn bad_tokenizer_files_are_named() {
     let err = T5Tokenizer::open(fixture("devA/t5_config.json")).err().unwrap().to_string();
     assert!(err.contains("t5_config.json") && err.contains("tokenizer.json"), "{err}");
 }
+
+/// A T5 small enough for a finite-difference check of every parameter element.
+fn tiny_config() -> T5Config {
+    T5Config {
+        vocab_size: 12,
+        d_model: 8,
+        d_kv: 3,
+        num_heads: 2,
+        d_ff: 10,
+        num_layers: 2,
+        relative_attention_num_buckets: 8,
+        relative_attention_max_distance: 12,
+        layer_norm_epsilon: 1e-6,
+    }
+}
+
+/// The encoder trains with the transformer: the gradients of every parameter (the shared
+/// relative position bias included) against finite differences of packed prompts' features.
+#[test]
+fn encoder_gradients_match_finite_differences() {
+    use infinity::autograd::gradcheck::GradCheck;
+    use infinity::autograd::index::concat;
+    use infinity::autograd::{Tracked, Var};
+
+    let config = tiny_config();
+    let params = T5Encoder::parameters(&T5Encoder::random_weights(&config, 3).unwrap(), &config, "te.").unwrap();
+    let names: Vec<String> = params.iter().map(|(n, _)| n.to_string()).collect();
+    let inputs: Vec<Tensor> = params.iter().map(|(_, t)| t.clone()).collect();
+    assert!(names.iter().all(|n| n.starts_with("te.")) && names.len() == 2 + 9 * 2 + 1);
+    let prompts: [&[u32]; 2] = [&[4, 7, 7, 1], &[9, 1, 3, 5, 11, 2, 1]];
+    let report = GradCheck::default()
+        .check(
+            |vars| {
+                let tracked = Tracked::from_vars(names.iter().cloned().zip(vars.iter().cloned()).collect());
+                let out = T5Encoder::on_tape(config.clone(), &tracked, "te.")?.encode_vars(&prompts)?;
+                concat(&out.iter().collect::<Vec<&Var>>(), 0)
+            },
+            &inputs,
+        )
+        .unwrap();
+    assert!(report.passed(), "{report}");
+}
+
+/// The trained parameters read back as an encoder that gives the same features.
+#[test]
+fn trained_parameters_load_as_an_encoder() {
+    let config = tiny_config();
+    let weights = T5Encoder::random_weights(&config, 5).unwrap();
+    let params = T5Encoder::parameters(&weights, &config, "text_encoder.").unwrap();
+    let stripped: Vec<(String, Tensor)> =
+        params.iter().map(|(n, t)| (n.strip_prefix("text_encoder.").unwrap().to_string(), t.clone())).collect();
+    let back = T5Encoder::with_weights(&Weights::new("<trained>", stripped, Default::default()).unwrap(), config.clone());
+    let ids = [3u32, 8, 1];
+    let want = T5Encoder::with_weights(&weights, config).unwrap().encode(&ids).unwrap();
+    assert!(back.unwrap().encode(&ids).unwrap().same_values(&want));
+}
+
+/// A Unigram tokenizer trained on captions frames prompts as flan-t5's does (specials at T5's
+/// ids, EOS appended), lower-cases, and still tokenises words it never saw.
+#[test]
+fn trained_tokenizer_frames_prompts_like_t5() {
+    use infinity::models::t5::train_tokenizer;
+
+    let captions: Vec<String> = ["red apple", "green apple emoji", "a red fox", "Fox face", "grinning face"]
+        .iter()
+        .cycle()
+        .take(50)
+        .map(|s| s.to_string())
+        .collect();
+    let json = train_tokenizer(&captions, 40).unwrap();
+    let path = temp_dir("trained-tokenizer").join("tokenizer.json");
+    std::fs::write(&path, &json).unwrap();
+    let tok = T5Tokenizer::open(&path).unwrap();
+    assert_eq!(tok.eos_id(), 1);
+    let v: Value = serde_json::from_str(&json).unwrap();
+    let vocab = v["model"]["vocab"].as_array().unwrap();
+    // A corpus this small has fewer pieces than asked for; never more.
+    assert!((4..=40).contains(&vocab.len()), "{} pieces", vocab.len());
+    let specials: Vec<&str> = vocab[..3].iter().map(|e| e[0].as_str().unwrap()).collect();
+    assert_eq!(specials, ["<pad>", "</s>", "<unk>"]);
+    let red = tok.encode("RED Fox").unwrap();
+    assert_eq!(red, tok.encode("red fox").unwrap(), "lower-cased");
+    assert_eq!(*red.ids.last().unwrap(), 1);
+    assert!(tok.encode("zebra").unwrap().ids.len() >= 2, "unseen words still tokenise");
+    assert!(train_tokenizer(&captions, 3).is_err(), "no room beyond the special tokens");
+}

@@ -12,7 +12,7 @@ use infinity::autograd::{AdamW, AdamWConfig, Params, Tape};
 use infinity::models::infinity::teacher::{Flips, teacher_forcing};
 use infinity::models::infinity::{Infinity, InfinityConfig};
 use infinity::models::schedule::{PixelBudget, Schedule, Template};
-use infinity::models::train::{StepBatch, StepSettings, TokenWeighting, token_weights, train_step};
+use infinity::models::train::{StepBatch, StepSettings, StepText, TokenWeighting, token_weights, train_step};
 use infinity::runtime::io::Weights;
 use infinity::runtime::{DType, Tensor};
 
@@ -27,12 +27,12 @@ fn schedule() -> Schedule {
 }
 
 /// The mask-1 rows of each prompt's T5 features, as the trainer packs them.
-fn prompts(t5: &Weights) -> Vec<Tensor> {
+fn prompts(t5: &Weights) -> Vec<StepText> {
     let (feats, mask) = (t5.get("last_hidden_state").unwrap(), t5.get("attention_mask").unwrap());
     (0..feats.dim(0).unwrap())
         .map(|b| {
             let len = mask.narrow(0, b, 1).unwrap().to_vec::<i64>().unwrap().iter().sum::<i64>() as usize;
-            feats.narrow(0, b, 1).unwrap().squeeze(0).unwrap().narrow(0, 0, len).unwrap()
+            StepText::Features(feats.narrow(0, b, 1).unwrap().squeeze(0).unwrap().narrow(0, 0, len).unwrap())
         })
         .collect()
 }
@@ -62,7 +62,7 @@ fn one_training_step_matches_the_official_trainer() {
         teacher_forcing(open("train/teacher_forcing.safetensors").get("raw_features").unwrap(), &s.grids, Flips::None)
             .unwrap();
     let prompts = prompts(&open("devA/t5_golden.safetensors"));
-    let batch = StepBatch { prompts: &prompts, targets: &tf, schedule: &s };
+    let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
     let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
     let stats = train_step(
         &mut params,
@@ -168,12 +168,13 @@ fn a_tiny_model_overfits_four_latents() {
     let s = Schedule { grids: vec![(1, 1), (2, 2), (4, 4)], full_grid: (4, 4) };
     let mut rng = Philox::new(7);
     let latents = Tensor::from_vec(rng.normal(4 * 8 * 16), &[4, 8, 4, 4]).unwrap();
-    let prompts: Vec<Tensor> = (0..4).map(|_| Tensor::from_vec(rng.normal(3 * 128), &[3, 128]).unwrap()).collect();
+    let features: Vec<Tensor> = (0..4).map(|_| Tensor::from_vec(rng.normal(3 * 128), &[3, 128]).unwrap()).collect();
+    let prompts: Vec<StepText> = features.iter().cloned().map(StepText::Features).collect();
     let tf = teacher_forcing(&latents, &s.grids, Flips::None).unwrap();
 
     let mut params = Infinity::parameters(&Infinity::random_weights(&config, 0).unwrap(), &config).unwrap();
     let mut opt = AdamW::new(AdamWConfig::default(), official_groups(&params)).unwrap();
-    let batch = StepBatch { prompts: &prompts, targets: &tf, schedule: &s };
+    let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
     let settings =
         StepSettings { lr: 3e-3, weight_decay: 0.0, clip: f32::INFINITY, weighting: TokenWeighting::Uniform };
     let losses: Vec<f32> =
@@ -184,7 +185,7 @@ fn a_tiny_model_overfits_four_latents() {
     let model =
         Infinity::with_config(&Weights::new("<trained>", trained, Default::default()).unwrap(), config).unwrap();
     let greedy = SamplingConfig { cfg: vec![1.0], top_k: 1, top_p: 0.0, ..Default::default() };
-    for (i, prompt) in prompts.iter().enumerate() {
+    for (i, prompt) in features.iter().enumerate() {
         let out = generate(&model, std::slice::from_ref(prompt), None, &s, &greedy, &[], |_| {}).unwrap();
         for (k, (bits, label)) in out.bits.iter().zip(&tf.labels).enumerate() {
             assert!(bits.same_values(&label.narrow(0, i, 1).unwrap()), "latent {i}, scale {k}");
@@ -229,7 +230,7 @@ fn bsc_step_with_recorded_flips_gives_the_official_loss() {
     let s = schedule();
     let tf = teacher_forcing(g.get("raw_features").unwrap(), &s.grids, Flips::Masks(&masks)).unwrap();
     let prompts = prompts(&open("devA/t5_golden.safetensors"));
-    let batch = StepBatch { prompts: &prompts, targets: &tf, schedule: &s };
+    let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
     let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
     let settings = StepSettings { lr: LR, weight_decay: WEIGHT_DECAY, clip: CLIP, weighting: TokenWeighting::Uniform };
     let stats = train_step(&mut params, &mut opt, &config, &batch, settings).unwrap();

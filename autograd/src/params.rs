@@ -92,6 +92,12 @@ pub struct Tracked {
 }
 
 impl Tracked {
+    /// Named leaves made elsewhere (a gradient check's), for a model that looks them up by name.
+    pub fn from_vars(vars: Vec<(String, Var)>) -> Self {
+        let index = vars.iter().enumerate().map(|(i, (name, _))| (name.clone(), i)).collect();
+        Tracked { vars, index }
+    }
+
     pub fn get(&self, name: &str) -> Result<&Var> {
         self.index.get(name).map(|&i| &self.vars[i].1).ok_or_else(|| unknown("tracked", name))
     }

@@ -4,19 +4,35 @@
 //! `infinity-train` and the parity test against the official trainer, so both run one code path.
 
 use infinity_autograd::loss::bitwise_cross_entropy;
-use infinity_autograd::{AdamW, GradStore, Params, Tape};
+use infinity_autograd::{AdamW, GradStore, Params, Tape, Tracked, Var};
 use infinity_ops::index::concat;
 use infinity_runtime::{Error, Result, Tensor};
 
 use crate::infinity::teacher::TeacherForcing;
 use crate::infinity::{Infinity, InfinityConfig};
 use crate::schedule::Schedule;
+use crate::t5::{T5Config, T5Encoder};
+
+/// Prefix of a text encoder's parameters when it trains with the transformer: both share one
+/// parameter set, optimiser and checkpoint.
+pub const TEXT_ENCODER_PREFIX: &str = "text_encoder.";
+
+/// One sample's text.
+#[derive(Clone, Debug)]
+pub enum StepText {
+    /// Features (Lᵢ, text_channels) of a frozen encoder, or the [`null_text`] of a dropped caption.
+    Features(Tensor),
+    /// Token ids (EOS last) for the text encoder that trains with the transformer.
+    Tokens(Vec<u32>),
+}
 
 /// What one step trains on.
 pub struct StepBatch<'a> {
-    /// Per sample, its text features (Lᵢ, text_channels); a dropped caption is already
-    /// replaced by [`null_text`].
-    pub prompts: &'a [Tensor],
+    /// Per sample, its text.
+    pub prompts: &'a [StepText],
+    /// The text encoder training alongside, whose parameters are in the step's set under
+    /// [`TEXT_ENCODER_PREFIX`]; required when any prompt is [`StepText::Tokens`].
+    pub text_encoder: Option<&'a T5Config>,
     /// Labels and next-scale inputs of the batch's latents.
     pub targets: &'a TeacherForcing,
     pub schedule: &'a Schedule,
@@ -89,7 +105,7 @@ pub fn train_step(
     let tape = Tape::new();
     let tracked = params.track(&tape)?;
     let model = Infinity::on_tape(config.clone(), &tracked)?;
-    let cond = model.condition(batch.prompts)?;
+    let cond = model.condition_vars(&text_features(batch, &tracked)?)?;
     let logits = model.teacher_forced_logits(&cond, &batch.targets.inputs, schedule)?;
     let loss = bitwise_cross_entropy(&logits, &labels, &token_weights)?;
     let scale_accuracy = scale_accuracy(logits.value(), &labels, &offsets)?;
@@ -107,6 +123,36 @@ pub fn train_step(
         scale_accuracy,
         grads,
     })
+}
+
+/// Every prompt's features as a `Var`: the given ones as constants, the tokenised ones encoded
+/// together by the text encoder on the step's tape.
+fn text_features(batch: &StepBatch, tracked: &Tracked) -> Result<Vec<Var>> {
+    let tokens: Vec<&[u32]> = batch
+        .prompts
+        .iter()
+        .filter_map(|p| match p {
+            StepText::Tokens(ids) => Some(ids.as_slice()),
+            StepText::Features(_) => None,
+        })
+        .collect();
+    let mut encoded = match (batch.text_encoder, tokens.is_empty()) {
+        (_, true) => Vec::new(),
+        (Some(config), false) => T5Encoder::on_tape(config.clone(), tracked, TEXT_ENCODER_PREFIX)?.encode_vars(&tokens)?,
+        (None, false) => {
+            return Err(Error::invalid("train.step", &[tokens.len()], "token prompts need a text encoder to train"));
+        }
+    }
+    .into_iter();
+    batch
+        .prompts
+        .iter()
+        .map(|p| match p {
+            StepText::Features(t) => Ok(Var::constant(t.clone())),
+            // One encoded prompt per token prompt, in order.
+            StepText::Tokens(_) => encoded.next().ok_or_else(|| Error::invalid("train.step", &[], "prompt count")),
+        })
+        .collect()
 }
 
 /// The learned null text for a caption of `len` tokens: the first `len` rows of the

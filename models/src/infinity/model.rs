@@ -47,6 +47,16 @@ pub struct Session<'a> {
     caches: Vec<KvCache>,
 }
 
+/// `n` normals of standard deviation `std` redrawn until inside [−2, 2], PyTorch's
+/// `trunc_normal_` with its default absolute bounds.
+fn truncated_normal(rng: &mut Philox, n: usize, std: f32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        out.extend(rng.normal(n - out.len()).into_iter().map(|x| x * std).filter(|x| x.abs() <= 2.0));
+    }
+    out
+}
+
 impl Infinity {
     /// Loads a flat state dict (official `.pth` or safetensors), detecting the configuration.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
@@ -129,9 +139,65 @@ impl Infinity {
         Weights::new("<random Infinity>", tensors, Default::default())
     }
 
+    /// The official initialisation for training from scratch (spec §4.9): every linear and
+    /// embedding weight truncated-normal with std √(1/3C), biases zero; the residual branches'
+    /// output projections scaled by 1/√(2·depth), the head by 0.02, the head's AdaLN by 1e-3
+    /// and each block's AdaLN gains `ada_gss` (N(0,1)/√C) by 5e-6 (the gates, scripts/train.sh's
+    /// `alng`) and 1e-3 (scales and shifts), so every block starts close to the identity.
+    pub fn initial_weights(config: &InfinityConfig, seed: u64) -> Result<Weights> {
+        config.validate().map_err(|msg| Error::invalid("infinity.init", &[config.embed_dim], msg))?;
+        let c = config.embed_dim as f32;
+        let tini = (1.0 / (3.0 * c)).sqrt();
+        let residual_out = 1.0 / (2.0 * config.depth as f32).sqrt();
+        let mut rng = Philox::new(seed);
+        let mut tensors = Vec::new();
+        for e in config.entries().into_iter().filter(|e| !e.buffer) {
+            let n: usize = e.shape.iter().product();
+            let key = e.key.as_str();
+            let values: Vec<f32> = if key.ends_with("scale_mul_1H11") {
+                vec![4f32.ln(); n]
+            } else if key.ends_with("norm.weight") {
+                vec![1.0; n]
+            } else if key.ends_with("bias") {
+                vec![0.0; n]
+            } else if key.ends_with("ada_gss") {
+                // (1, 1, 6, C): rows 0..2 are the gates, 2..6 the scales and shifts.
+                let gains = rng.normal(n);
+                gains.chunks(e.shape[3]).enumerate().flat_map(|(row, r)| {
+                    let m = if row < 2 { 5e-6 } else { 1e-3 };
+                    r.iter().map(move |x| x / c.sqrt() * m).collect::<Vec<_>>()
+                })
+                .collect()
+            } else if key == "cfg_uncond" {
+                let t = config.text_channels as f32;
+                truncated_normal(&mut rng, n, 1.2).into_iter().map(|x| x / t.sqrt()).collect()
+            } else {
+                let multiplier = if key == "head.weight" {
+                    0.02
+                } else if key == "head_nm.ada_lin.1.weight" {
+                    1e-3
+                } else if key.starts_with("block_chunks.")
+                    && ["sa.proj.weight", "ca.proj.weight", "ffn.fc2.weight"].iter().any(|s| key.ends_with(s))
+                {
+                    residual_out
+                } else {
+                    1.0
+                };
+                truncated_normal(&mut rng, n, tini).into_iter().map(|x| x * multiplier).collect()
+            };
+            tensors.push((e.key, Tensor::from_vec(values, &e.shape)?));
+        }
+        Weights::new("<initial Infinity>", tensors, Default::default())
+    }
+
     /// Conditioning for prompts given as T5 features (Lᵢ, text_channels), each ≥ 1 token.
     pub fn condition(&self, prompts: &[Tensor]) -> Result<Conditioning> {
         self.text.condition(&PackedText::pack(prompts)?)
+    }
+
+    /// [`Infinity::condition`] of features that may be tracked (a text encoder training along).
+    pub fn condition_vars(&self, prompts: &[Var]) -> Result<Conditioning> {
+        self.text.condition(&PackedText::pack_vars(prompts)?)
     }
 
     /// Conditioning of the doubled CFG batch: the prompts, then for each prompt its negative

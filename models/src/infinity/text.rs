@@ -1,7 +1,8 @@
 //! Text conditioning: RMS-normalised text features are attention-pooled into `cond` (the
 //! start token and the AdaLN input) and projected into the cross-attention memory; the
 //! shared AdaLN table and the head's scale/shift are derived from `cond` once per prompt.
-//! The text features are data (constants); with tracked weights the conditioning is tracked.
+//! The text features are data (constants) or, when a text encoder trains alongside, tracked;
+//! with tracked weights the conditioning is tracked.
 
 use infinity_autograd::Var;
 use infinity_autograd::attention::attention;
@@ -17,16 +18,22 @@ use crate::params::Source;
 const EPS: f32 = 1e-6;
 
 /// Text features of a batch packed along the token axis: `features` (ΣLᵢ, text_channels),
-/// sample i owning rows `offsets[i]..offsets[i+1]`.
+/// sample i owning rows `offsets[i]..offsets[i+1]`. Features are data (constants) unless a
+/// text encoder trained alongside produced them on the same tape.
 #[derive(Clone, Debug)]
 pub struct PackedText {
-    pub features: Tensor,
+    pub features: Var,
     pub lens: Vec<usize>,
 }
 
 impl PackedText {
     /// Packs per-prompt features (Lᵢ, text_channels) — every Lᵢ ≥ 1.
     pub fn pack(items: &[Tensor]) -> Result<Self> {
+        Self::pack_vars(&items.iter().cloned().map(Var::constant).collect::<Vec<_>>())
+    }
+
+    /// [`PackedText::pack`] of features that may be tracked.
+    pub fn pack_vars(items: &[Var]) -> Result<Self> {
         if let Some(t) = items.iter().find(|t| t.rank() != 2 || t.shape()[0] == 0) {
             return Err(Error::invalid(
                 "text.pack",
@@ -34,11 +41,8 @@ impl PackedText {
                 "each prompt's features must be (tokens ≥ 1, channels)",
             ));
         }
-        let refs: Vec<&Tensor> = items.iter().collect();
-        Ok(PackedText {
-            features: infinity_ops::index::concat(&refs, 0)?,
-            lens: items.iter().map(|t| t.shape()[0]).collect(),
-        })
+        let refs: Vec<&Var> = items.iter().collect();
+        Ok(PackedText { features: concat(&refs, 0)?, lens: items.iter().map(|t| t.shape()[0]).collect() })
     }
 
     pub fn batch(&self) -> usize {
@@ -152,7 +156,7 @@ impl TextPath {
 
     /// RMS-normalised text → (normed, pooled cond).
     pub(super) fn normalize_and_pool(&self, text: &PackedText) -> Result<(Var, Var)> {
-        let normed = rms_norm(&Var::constant(text.features.clone()), Some(&self.norm), EPS)?;
+        let normed = rms_norm(&text.features, Some(&self.norm), EPS)?;
         let (k, v) = split_kv(&linear(&normed, &self.pool_kv_w, Some(&self.pool_kv_b))?, self.pool_heads)?;
         let dp = k.dim(2)?;
         let b = text.batch();

@@ -8,4 +8,5 @@ pub mod tokenizer;
 
 pub use config::T5Config;
 pub use model::{T5Encoder, relative_position_bucket};
+pub use params::open_checkpoint;
 pub use tokenizer::{Encoded, T5Tokenizer, train_tokenizer};

@@ -24,7 +24,7 @@ fn is_ignored(key: &str) -> bool {
 
 /// Opens a checkpoint: a `.safetensors`/`.pth` file, a `*.index.json` of shards, or a Hugging
 /// Face folder holding `model.safetensors.index.json` or `model.safetensors`.
-pub(super) fn open_checkpoint(path: &Path) -> Result<Weights> {
+pub fn open_checkpoint(path: &Path) -> Result<Weights> {
     if path.is_dir() {
         return match [INDEX_FILE, SINGLE_FILE].map(|f| path.join(f)).into_iter().find(|p| p.is_file()) {
             Some(file) => open_checkpoint(&file),

@@ -196,6 +196,76 @@ fn a_tiny_model_trains_from_scratch() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Arguments training a tiny transformer and, from random weights, a T5 of devA's shape with
+/// it on the fixture data (`extra` appended).
+fn joint_args(data: &Path, config: &Path, out: &Path, steps: u64, extra: &[&str]) -> Vec<String> {
+    let f = |rel: &str| fixture(rel).display().to_string();
+    let mut args: Vec<String> = vec![
+        "--data".into(),
+        data.display().to_string(),
+        "--config".into(),
+        config.display().to_string(),
+        "--vae".into(),
+        f("devA/vae.safetensors"),
+        "--t5-config".into(),
+        f("devA/t5_config.json"),
+        "--tokenizer".into(),
+        f("tokenizer/tokenizer.json"),
+        "--train-text-encoder".into(),
+        "--batch".into(),
+        "2".into(),
+        "--save-every".into(),
+        "2".into(),
+        "--lr".into(),
+        "1e-3".into(),
+        "--out".into(),
+        out.display().to_string(),
+        "--steps".into(),
+        steps.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn run_ok(args: &[String]) -> Output {
+    let out = train(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// The text encoder trains from scratch with the transformer: its parameters are saved in the
+/// run's checkpoints and move, a resumed run continues exactly, and caching the frozen VAE's
+/// latents changes no number.
+#[test]
+fn a_text_encoder_trains_with_the_transformer() {
+    use infinity::runtime::io::Weights;
+
+    let dir = temp_dir("joint");
+    let (data, _) = setup(&dir);
+    let config = dir.join("tiny.json");
+    let tiny = json!({
+        "depth": 1, "embed_dim": 64, "num_heads": 2, "mlp_hidden": 128, "text_channels": 128,
+        "bits": 32, "block_chunks": 1, "text_maxlen": 64,
+    });
+    fs::write(&config, tiny.to_string()).unwrap();
+    let (whole, parts, cached) = (dir.join("whole"), dir.join("parts"), dir.join("cached"));
+    run_ok(&joint_args(&data, &config, &whole, 4, &[]));
+    run_ok(&joint_args(&data, &config, &parts, 2, &[]));
+    run_ok(&joint_args(&data, &config, &parts, 4, &[]));
+    run_ok(&joint_args(&data, &config, &cached, 4, &["--cache-latents"]));
+    assert_eq!(losses(&metrics(&whole)).len(), 4);
+    assert_eq!(metrics(&whole), metrics(&parts));
+    assert_eq!(metrics(&whole), metrics(&cached));
+
+    let key = "text_encoder.encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight";
+    let at = |step: u64| {
+        let w = Weights::open(whole.join(format!("step-{step:09}/params.safetensors"))).unwrap();
+        w.get(key).unwrap().to_f32_vec()
+    };
+    assert_ne!(at(2), at(4), "the text encoder's parameters are trained");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn bad_input_is_one_line_and_exit_code_2() {
     let dir = temp_dir("errors");
@@ -203,7 +273,22 @@ fn bad_input_is_one_line_and_exit_code_2() {
     let out = dir.join("out");
     let f = |rel: &str| fixture(rel).display().to_string();
     let missing = dir.join("no-such-folder");
-    let cases: [(Vec<String>, &str); 4] = [
+    let cases: [(Vec<String>, &str); 5] = [
+        (
+            vec![
+                "--data".into(),
+                data.display().to_string(),
+                "--preset".into(),
+                "layer12".into(),
+                "--vae".into(),
+                f("devA/vae.safetensors"),
+                "--t5-config".into(),
+                f("devA/t5_config.json"),
+                "--tokenizer".into(),
+                f("tokenizer/tokenizer.json"),
+            ],
+            "--t5 is required without --model-dir, unless --train-text-encoder",
+        ),
         (
             vec!["--data".into(), missing.display().to_string(), "--model-dir".into(), model.display().to_string()],
             "data folder",

@@ -228,6 +228,47 @@ fn a_single_scale_run_from_scratch_leaves_a_loadable_bitvae() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Stage 1 on random 64² crops for `steps` steps into `out` (a tiny architecture in `dir`).
+fn train_on_crops(dir: &Path, data: &Path, out: &Path, steps: u64) {
+    let config = dir.join("vae.json");
+    let arch = json!({ "base_ch": 32, "ch_mult": [1, 1, 1], "num_res_blocks": 1, "z_channels": 8, "patch": 4 });
+    fs::write(&config, arch.to_string()).unwrap();
+    let run = train(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--stage",
+        "1",
+        "--crop",
+        "64",
+        "--out",
+        out.to_str().unwrap(),
+        "--batch",
+        "2",
+        "--steps",
+        &steps.to_string(),
+        "--save-every",
+        "1",
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+}
+
+/// Crops are drawn per image from the seed and the step: a resumed run crops, and so trains,
+/// exactly as an unbroken one.
+#[test]
+fn a_run_on_crops_resumes_exactly() {
+    let dir = temp_dir("crops");
+    let data = setup(&dir);
+    let (unbroken, stopped) = (dir.join("unbroken"), dir.join("stopped"));
+    train_on_crops(&dir, &data, &unbroken, 3);
+    train_on_crops(&dir, &data, &stopped, 1);
+    train_on_crops(&dir, &data, &stopped, 3);
+    assert_eq!(metrics(&unbroken).lines().count(), 4);
+    assert_eq!(metrics(&stopped), metrics(&unbroken));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A from-scratch single-scale run (a tiny architecture in `dir`) with a narrow discriminator,
 /// its adversarial term from the second step, for `steps` steps into `out`.
 fn train_with_discriminator(dir: &Path, data: &Path, out: &Path, steps: u64) {
@@ -302,7 +343,9 @@ fn bad_input_is_one_line_and_exit_code_2() {
     let arch = json!({ "base_ch": 32, "ch_mult": [1, 1, 1], "num_res_blocks": 1, "z_channels": 8, "patch": 8 });
     fs::write(&patch8, arch.to_string()).unwrap();
     let (data, patch8) = (data.to_str().unwrap(), patch8.to_str().unwrap());
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 9] = [
+        (&["--data", data, "--preset", "d16", "--stage", "1", "--crop", "100"], "--crop 100"),
+        (&["--data", data, "--preset", "d16", "--crop", "128"], "--crop is for --stage 1"),
         (&["--data", "/no/such/folder", "--preset", "d16"], "data folder"),
         (&["--data", data, "--preset", "d17"], "unknown --preset 'd17'"),
         (&["--data", data, "--preset", "d16", "--stage", "3"], "--stage 3"),

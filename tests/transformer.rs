@@ -182,3 +182,59 @@ fn bf16_checkpoints_match_their_widened_values() {
     std::fs::remove_dir_all(&dir).ok();
     assert_golden("bf16 vs widened logits", &half, &full, 1e-5);
 }
+
+/// The official from-scratch initialisation (spec §4.9), checked by its statistics: the
+/// standard deviation of each kind of tensor, the zero biases, the bounded null text.
+#[test]
+fn initial_weights_follow_the_official_init() {
+    use infinity::models::infinity::InfinityConfig;
+
+    let config = InfinityConfig {
+        depth: 8,
+        embed_dim: 256,
+        num_heads: 4,
+        mlp_hidden: 1024,
+        text_channels: 128,
+        bits: 16,
+        block_chunks: 2,
+        text_maxlen: 64,
+        spatial_patchify: false,
+    };
+    let w = Infinity::initial_weights(&config, 1).unwrap();
+    let std = |key: &str| {
+        let v = w.get(key).unwrap().to_f32_vec();
+        (v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+    };
+    let close = |key: &str, want: f64| {
+        let got = std(key);
+        assert!((got / want - 1.0).abs() < 0.05, "{key}: std {got:e}, expected {want:e}");
+    };
+    let tini = (1.0 / (3.0 * 256.0f64)).sqrt();
+    let block = "block_chunks.1.module.2.";
+    close(&format!("{block}sa.mat_qkv.weight"), tini);
+    close(&format!("{block}ffn.fc1.weight"), tini);
+    close("text_proj_for_sos.ca.proj.weight", tini);
+    for out in ["sa.proj.weight", "ca.proj.weight", "ffn.fc2.weight"] {
+        close(&format!("{block}{out}"), tini / 4.0);
+    }
+    close("head.weight", 0.02 * tini);
+    close("head_nm.ada_lin.1.weight", 1e-3 * tini);
+    let gss = w.get(&format!("{block}ada_gss")).unwrap().to_f32_vec();
+    let row_std = |r: std::ops::Range<usize>| {
+        let v = &gss[r.start * 256..r.end * 256];
+        (v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+    };
+    assert!((row_std(0..2) / (5e-6 / 16.0) - 1.0).abs() < 0.1, "gates");
+    assert!((row_std(2..6) / (1e-3 / 16.0) - 1.0).abs() < 0.1, "scales and shifts");
+    for key in ["head.bias", "word_embed.bias", &format!("{block}sa.q_bias"), &format!("{block}ca_norm.bias")] {
+        assert!(w.get(key).unwrap().to_f32_vec().iter().all(|&x| x == 0.0), "{key}");
+    }
+    assert!(w.get(&format!("{block}ca_norm.weight")).unwrap().to_f32_vec().iter().all(|&x| x == 1.0));
+    let scale = w.get(&format!("{block}sa.scale_mul_1H11")).unwrap().to_f32_vec();
+    assert!(scale.iter().all(|&x| x == 4f32.ln()));
+    let null = w.get("cfg_uncond").unwrap().to_f32_vec();
+    let bound = 2.0 / 128f32.sqrt();
+    assert!(null.iter().all(|x| x.abs() <= bound) && null.iter().any(|x| x.abs() > 0.9 * bound), "truncated at ±2");
+    // Every entry of the configuration, and a model that runs.
+    Infinity::with_config(&w, config).unwrap();
+}

@@ -27,7 +27,7 @@ use infinity::models::bitvae::{self, BitVae, BitVaeConfig};
 use infinity::models::data::{BatchOrder, Dataset, FeatureCache, OrderState, Samples};
 use infinity::models::infinity::teacher::{Flips, teacher_forcing};
 use infinity::models::infinity::{Infinity, InfinityConfig};
-use infinity::models::pipeline::{ModelFiles, TextEncoder, check_fit};
+use infinity::models::pipeline::{ModelFiles, Pipeline, TextEncoder, check_fit};
 use infinity::models::schedule::{PATCH, PixelBudget};
 use infinity::models::t5::{self, T5Config, T5Encoder, T5Tokenizer};
 use infinity::models::train::{
@@ -38,7 +38,7 @@ use infinity::models::train_vae::{
 };
 use infinity::ops::index::concat;
 use infinity::runtime::Tensor;
-use infinity::runtime::io::Weights;
+use infinity::runtime::io::{Weights, save_safetensors};
 use infinity::runtime::rng::{Philox, philox_u32};
 use serde_json::{Value, json};
 
@@ -68,6 +68,36 @@ enum Command {
     Transformer(Box<TransformerArgs>),
     /// Train the BitVAE; re-running the same command resumes from --out's latest checkpoint.
     Vae(Box<VaeArgs>),
+    /// Write a model folder that infinity-run reads (config.json and the models' files) from
+    /// a transformer run and a BitVAE; the folder is checked by loading it before config.json,
+    /// the file that makes it a model folder, is written.
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// A transformer run folder (its latest checkpoint) or one checkpoint's params.safetensors.
+    #[arg(long)]
+    run: PathBuf,
+    /// The BitVAE: a `vae` run folder (its latest checkpoint) or a checkpoint file.
+    #[arg(long)]
+    vae: PathBuf,
+    /// T5 weights, for a run whose text encoder was frozen (a run that trained its text
+    /// encoder holds it).
+    #[arg(long)]
+    t5: Option<PathBuf>,
+    /// The text encoder's config.json.
+    #[arg(long)]
+    t5_config: PathBuf,
+    /// The text encoder's tokenizer.json.
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// The pixel budget the model was trained at, recorded as the folder's default.
+    #[arg(long, default_value_t = PixelBudget::P006M)]
+    pn: PixelBudget,
+    /// The model folder to write.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 /// What every training run takes: batch, length, randomness and where it is saved.
@@ -231,6 +261,7 @@ struct TransformerArgs {
 fn main() -> ExitCode {
     report::exit_code(match Cli::parse().command {
         Command::Transformer(args) => train_transformer(&args),
+        Command::Export(args) => export(&args),
         Command::Vae(args) => train_vae(&args),
     })
 }
@@ -726,6 +757,69 @@ fn finish(
 /// Appends a line to `train.log`.
 fn log(file: &mut File, line: &str) -> Result<(), Box<dyn Error>> {
     writeln!(file, "{line}")?;
+    Ok(())
+}
+
+/// A run folder's latest checkpoint parameters, or `path` itself when it is a file.
+fn checkpoint_params(path: &Path, flag: &str) -> Result<PathBuf, Box<dyn Error>> {
+    if path.is_dir() {
+        let saved = checkpoint::latest(path)?
+            .ok_or_else(|| format!("{}: no checkpoint in the run folder (--{flag})", path.display()))?;
+        return Ok(saved.dir.join("params.safetensors"));
+    }
+    Ok(existing(path, flag)?)
+}
+
+fn export(a: &ExportArgs) -> Result<(), Box<dyn Error>> {
+    let run = checkpoint_params(&a.run, "run")?;
+    let vae = checkpoint_params(&a.vae, "vae")?;
+    for (path, flag) in [(&a.t5_config, "t5-config"), (&a.tokenizer, "tokenizer")] {
+        existing(path, flag)?;
+    }
+    let weights = Weights::open(&run)?;
+    let (text, transformer): (Vec<_>, Vec<_>) =
+        weights.iter().partition(|(key, _)| key.starts_with(TEXT_ENCODER_PREFIX));
+    if text.is_empty() && a.t5.is_none() {
+        return Err(format!("{}: the run did not train a text encoder; give its weights with --t5", run.display()).into());
+    }
+    fs::create_dir_all(&a.out).map_err(|e| format!("{}: cannot create the folder: {e}", a.out.display()))?;
+    let copy = |from: &Path, name: &str| -> Result<(), Box<dyn Error>> {
+        let bytes = fs::read(from).map_err(|e| format!("{}: {e}", from.display()))?;
+        infinity::runtime::io::write_atomically(a.out.join(name), |w| w.write_all(&bytes))?;
+        Ok(())
+    };
+    let metadata = std::collections::BTreeMap::from([("source".to_string(), run.display().to_string())]);
+    save_safetensors(a.out.join("transformer.safetensors"), transformer, &metadata)?;
+    match &a.t5 {
+        Some(t5) => copy(t5, "t5.safetensors")?,
+        None => {
+            let stripped = text.iter().map(|(k, t)| (k.trim_start_matches(TEXT_ENCODER_PREFIX), *t));
+            save_safetensors(a.out.join("t5.safetensors"), stripped, &metadata)?;
+        }
+    }
+    copy(&vae, "vae.safetensors")?;
+    copy(&a.t5_config, "t5_config.json")?;
+    copy(&a.tokenizer, "tokenizer.json")?;
+    let files = ModelFiles {
+        transformer: a.out.join("transformer.safetensors"),
+        vae: a.out.join("vae.safetensors"),
+        t5: a.out.join("t5.safetensors"),
+        t5_config: a.out.join("t5_config.json"),
+        tokenizer: a.out.join("tokenizer.json"),
+        default_pn: Some(a.pn),
+    };
+    Pipeline::load(&files)?;
+    let config = json!({
+        "transformer": "transformer.safetensors",
+        "vae": "vae.safetensors",
+        "t5": "t5.safetensors",
+        "t5_config": "t5_config.json",
+        "tokenizer": "tokenizer.json",
+        "pn": a.pn.to_string(),
+    });
+    let text = serde_json::to_string_pretty(&config)? + "\n";
+    infinity::runtime::io::write_atomically(a.out.join("config.json"), |w| w.write_all(text.as_bytes()))?;
+    println!("exported {} and {} to {}", run.display(), vae.display(), a.out.display());
     Ok(())
 }
 

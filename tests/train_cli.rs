@@ -263,6 +263,42 @@ fn a_text_encoder_trains_with_the_transformer() {
         w.get(key).unwrap().to_f32_vec()
     };
     assert_ne!(at(2), at(4), "the text encoder's parameters are trained");
+
+    // The run becomes a model folder that infinity-run generates from.
+    let model = dir.join("model");
+    let f = |rel: &str| fixture(rel).display().to_string();
+    let export = |extra: &[&str]| {
+        let mut args = vec!["export", "--run", whole.to_str().unwrap(), "--vae"];
+        let vae = f("devA/vae.safetensors");
+        let (t5_config, tokenizer) = (f("devA/t5_config.json"), f("tokenizer/tokenizer.json"));
+        args.extend([vae.as_str(), "--t5-config", &t5_config, "--tokenizer", &tokenizer]);
+        args.extend(["--out", model.to_str().unwrap()]);
+        args.extend(extra);
+        Command::new(env!("CARGO_BIN_EXE_infinity-train")).args(&args).output().unwrap()
+    };
+    let out = export(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let t5 = Weights::open(model.join("t5.safetensors")).unwrap();
+    assert!(t5.iter().all(|(k, _)| !k.starts_with("text_encoder.")));
+    let trained = Weights::open(whole.join("step-000000004/params.safetensors")).unwrap();
+    assert!(t5.get(key.trim_start_matches("text_encoder.")).unwrap().same_values(trained.get(key).unwrap()));
+    let png = dir.join("out.png");
+    let generated = Command::new(env!("CARGO_BIN_EXE_infinity-run"))
+        .args(["-p", "a cat", "--model-dir", model.to_str().unwrap(), "-o", png.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    assert!(png.exists());
+
+    // A folder is only a model folder once it loads: a transformer that does not fit the VAE
+    // leaves no config.json.
+    let wrong = dir.join("wrong");
+    let mut args = vec!["export", "--run", whole.to_str().unwrap(), "--vae"];
+    let (vae, t5_config, tokenizer) = (f("devB/vae.safetensors"), f("devA/t5_config.json"), f("tokenizer/tokenizer.json"));
+    args.extend([vae.as_str(), "--t5-config", &t5_config, "--tokenizer", &tokenizer, "--out", wrong.to_str().unwrap()]);
+    let out = Command::new(env!("CARGO_BIN_EXE_infinity-train")).args(&args).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!wrong.join("config.json").exists());
     fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -103,9 +103,12 @@ struct GenerateArgs {
     /// Images per prompt.
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Output PNG; several images are numbered (out_0000.png, …).
+    /// Output PNG; several images are numbered (out_0000.png, …), unless --grid puts them in one.
     #[arg(short, long, default_value = "out.png")]
     out: PathBuf,
+    /// Write all images as one PNG, this many per row (in prompt order, then batch order).
+    #[arg(long)]
+    grid: Option<usize>,
     /// A model folder with config.json and the weight files.
     #[arg(long)]
     model_dir: Option<PathBuf>,
@@ -200,6 +203,9 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
     if g.batch == 0 {
         return Err("--batch must be at least 1".into());
     }
+    if g.grid == Some(0) {
+        return Err("--grid must be at least 1 image per row".into());
+    }
     check_output(&g.out)?;
     let files = match (&g.transformer, &g.model_dir) {
         (Some(t), _) => ModelFiles {
@@ -258,6 +264,7 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
 
     let total = prompts.len() * g.batch;
     let (mut transformer_time, mut decode_time) = (0.0, 0.0);
+    let mut tiles = Vec::new();
     for (i, (prompt, enc)) in prompts.iter().zip(&encoded).enumerate() {
         let batch_prompts = vec![enc.features.clone(); g.batch];
         let negatives = negative.as_ref().map(|n| vec![n.clone(); g.batch]);
@@ -302,15 +309,53 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
             if let Some(n) = &g.negative_prompt {
                 text.push(("negative_prompt", n.clone()));
             }
+            if g.grid.is_some() {
+                tiles.push(rgb.clone());
+                continue;
+            }
             save_png(&path, w, h, rgb, &text)?;
             println!("wrote {}", path.display());
         }
+    }
+    if let Some(cols) = g.grid {
+        let (sheet, sheet_w, sheet_h) = tile(&tiles, (h, w), cols);
+        let listing = prompts.iter().enumerate().map(|(i, p)| format!("{i}: {p}")).collect::<Vec<_>>().join("\n");
+        let parameters = format!(
+            "seed={} batch={} cfg={:?} tau={:?} top_k={} top_p={} greedy={} pn={pn} size={w}x{h} grid={cols}",
+            sampling.seed, g.batch, sampling.cfg, sampling.tau, sampling.top_k, sampling.top_p, sampling.greedy
+        );
+        let text = [
+            ("prompts", listing),
+            ("parameters", parameters),
+            ("Software", format!("infinity-run {}", env!("CARGO_PKG_VERSION"))),
+        ];
+        save_png(&g.out, sheet_w, sheet_h, &sheet, &text)?;
+        println!("wrote {} ({} images, {cols} per row)", g.out.display(), tiles.len());
     }
     println!("time: text {text_time:.2} s, transformer {transformer_time:.2} s, decode {decode_time:.2} s");
     if let Some(mib) = peak_rss_mib() {
         println!("peak memory {mib:.0} MiB");
     }
     Ok(())
+}
+
+/// White space between the images of a grid, in pixels.
+const GRID_GAP: usize = 4;
+
+/// RGB images of `(h, w)` laid out `cols` per row on white, `GRID_GAP` apart → (pixels, width, height).
+fn tile(images: &[Vec<u8>], (h, w): (usize, usize), cols: usize) -> (Vec<u8>, usize, usize) {
+    let cols = cols.min(images.len()).max(1);
+    let rows = images.len().div_ceil(cols);
+    let (sheet_w, sheet_h) = (cols * w + (cols - 1) * GRID_GAP, rows * h + rows.saturating_sub(1) * GRID_GAP);
+    let mut sheet = vec![255u8; sheet_w * sheet_h * 3];
+    for (i, img) in images.iter().enumerate() {
+        let (x0, y0) = ((i % cols) * (w + GRID_GAP), (i / cols) * (h + GRID_GAP));
+        for (y, row) in img.chunks(w * 3).enumerate() {
+            let start = ((y0 + y) * sheet_w + x0) * 3;
+            sheet[start..start + w * 3].copy_from_slice(row);
+        }
+    }
+    (sheet, sheet_w, sheet_h)
 }
 
 /// A seed from the clock and the process id, for runs that did not ask for one.

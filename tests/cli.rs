@@ -259,6 +259,37 @@ fn generate_is_deterministic_per_seed_and_records_its_parameters() {
     assert!(params.contains("seed=7") && params.contains("batch_index=1") && params.contains("pn=0.06M"), "{params}");
 }
 
+/// `--grid` lays out exactly the images the same command writes one by one, prompt-major,
+/// on white between them, and lists the prompts in its text.
+#[test]
+fn a_grid_holds_the_same_images_in_order() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-grid");
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = fixture("devA");
+    let generate = |out: &Path, extra: &[&str]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["--model-dir".as_ref(), model.as_os_str(), "-o".as_ref(), out.as_os_str()];
+        for a in ["-p", "a red cat", "-p", "a dog", "--seed", "3", "--batch", "2"].iter().chain(extra) {
+            args.push(a.as_ref());
+        }
+        let o = run(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    generate(&dir.join("one.png"), &[]);
+    generate(&dir.join("grid.png"), &["--grid", "3"]);
+    let decode = |p: &Path| image::open(p).unwrap().to_rgb8();
+    let grid = decode(&dir.join("grid.png"));
+    assert_eq!(grid.dimensions(), (3 * 256 + 2 * 4, 2 * 256 + 4));
+    for i in 0..4u32 {
+        let tile = image::imageops::crop_imm(&grid, (i % 3) * 260, (i / 3) * 260, 256, 256).to_image();
+        assert_eq!(tile, decode(&dir.join(format!("one_{i:04}.png"))), "image {i}");
+    }
+    assert_eq!(grid.get_pixel(257, 10).0, [255, 255, 255], "the gap is white");
+    assert_eq!(grid.get_pixel(2 * 260 + 10, 260 + 10).0, [255, 255, 255], "the empty cell is white");
+    let text = png_text(&dir.join("grid.png"));
+    assert!(text.contains(&("prompts".into(), "0: a red cat\n1: a dog".into())), "{text:?}");
+    assert!(!dir.join("grid_0000.png").exists());
+}
+
 #[test]
 fn generate_refuses_impossible_requests_before_working() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-generate-bad");
@@ -267,8 +298,9 @@ fn generate_refuses_impossible_requests_before_working() {
     let mismatched = dev_model_dir(&dir, "devB"); // 16-bit VAE under a 32-bit transformer
     let out = dir.join("never.png");
     let nowhere = dir.join("nowhere");
-    let cases: [(Vec<&std::ffi::OsStr>, &str); 5] = [
+    let cases: [(Vec<&std::ffi::OsStr>, &str); 6] = [
         (vec!["-p".as_ref(), "x".as_ref(), "--model-dir".as_ref(), mismatched.as_os_str()], "vae.safetensors"),
+        (vec!["-p".as_ref(), "x".as_ref(), "--model-dir".as_ref(), good.as_os_str(), "--grid".as_ref(), "0".as_ref()], "--grid"),
         (
             vec![
                 "-p".as_ref(),

@@ -42,6 +42,7 @@ use infinity::runtime::io::{Weights, save_safetensors};
 use infinity::runtime::rng::{Philox, philox_u32};
 use serde_json::{Value, json};
 
+mod plot;
 mod report;
 use report::peak_rss_mib;
 
@@ -72,6 +73,15 @@ enum Command {
     /// a transformer run and a BitVAE; the folder is checked by loading it before config.json,
     /// the file that makes it a model folder, is written.
     Export(ExportArgs),
+    /// Draw a run's training curves (metrics.csv) as an SVG: loss, and bit accuracy per scale.
+    Plot {
+        /// The run folder.
+        #[arg(long)]
+        run: PathBuf,
+        /// The SVG to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -262,6 +272,7 @@ fn main() -> ExitCode {
     report::exit_code(match Cli::parse().command {
         Command::Transformer(args) => train_transformer(&args),
         Command::Export(args) => export(&args),
+        Command::Plot { run, out } => plot_run(&run, &out),
         Command::Vae(args) => train_vae(&args),
     })
 }
@@ -757,6 +768,15 @@ fn finish(
 /// Appends a line to `train.log`.
 fn log(file: &mut File, line: &str) -> Result<(), Box<dyn Error>> {
     writeln!(file, "{line}")?;
+    Ok(())
+}
+
+fn plot_run(run: &Path, out: &Path) -> Result<(), Box<dyn Error>> {
+    let path = run.join("metrics.csv");
+    let csv = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let svg = plot::metrics_svg(&csv, &run.display().to_string()).map_err(|e| format!("{}: {e}", path.display()))?;
+    infinity::runtime::io::write_atomically(out, |w| w.write_all(svg.as_bytes()))?;
+    println!("wrote {}", out.display());
     Ok(())
 }
 

@@ -98,6 +98,7 @@ fn prepare_emoji(out: &Path, size: u32, holdout: f64) -> Result<(), Box<dyn Erro
     let images = out.join("images");
     std::fs::create_dir_all(&images).map_err(|e| format!("{}: {e}", images.display()))?;
     let mut splits: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut held_out_images = Vec::new();
     let (mut missing, mut rendered) = (Vec::new(), 0usize);
     for entry in &entries {
         let Some(svg) = emoji::twemoji_file(&twemoji, &entry.hexcode) else {
@@ -112,6 +113,9 @@ fn prepare_emoji(out: &Path, size: u32, holdout: f64) -> Result<(), Box<dyn Erro
         // emoji across the split.
         let unit = philox_u32(fnv1a64(entry.hexcode.as_bytes()), 0) as f64 / 2f64.powi(32);
         let split = if unit < holdout { "eval" } else { "train" };
+        if split == "eval" {
+            held_out_images.push(format!("../images/{name}"));
+        }
         for caption in entry.captions() {
             let line = serde_json::json!({
                 "image_path": format!("../images/{name}"),
@@ -137,6 +141,9 @@ fn prepare_emoji(out: &Path, size: u32, holdout: f64) -> Result<(), Box<dyn Erro
         write_atomically(&file, |w| w.write_all((lines.join("\n") + "\n").as_bytes()))?;
         eprintln!("{split}: {} captions → {}", lines.len(), file.display());
     }
+    // The held-out images, as `infinity-run reconstruct --image-list` reads them.
+    let list = out.join("eval").join("images.txt");
+    write_atomically(&list, |w| w.write_all((held_out_images.join("\n") + "\n").as_bytes()))?;
     write_atomically(out.join("ATTRIBUTION.md"), |w| w.write_all(emoji::ATTRIBUTION.as_bytes()))?;
     eprintln!("{rendered} emojis rendered at {size}×{size}; {} without a Twemoji image: {}", missing.len(), missing.join(" "));
     Ok(())

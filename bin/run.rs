@@ -16,6 +16,7 @@ use report::peak_rss_mib;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use infinity::models::bitvae::BitVae;
+use infinity::models::bitvae::quantizer::Quantized;
 use infinity::models::image::{fit_to, load_rgb, psnr, save_png, to_rgb8, to_tensor};
 use infinity::models::infinity::{SamplingConfig, generate};
 use infinity::models::pipeline::{ModelFiles, Pipeline};
@@ -49,22 +50,36 @@ enum Command {
     ///
     /// The image is scaled to cover the nearest aspect-ratio template at the pixel budget and
     /// centre-cropped; prints the bits per scale and the PSNR of the reconstruction.
-    Reconstruct {
-        /// BitVAE checkpoint (official .pth or safetensors).
-        #[arg(long)]
-        vae: PathBuf,
-        /// Input image (PNG or JPEG).
-        #[arg(long)]
-        image: PathBuf,
-        /// Pixel budget: 0.06M (256²), 0.25M (512²), 0.60M or 1M (1024²).
-        #[arg(long, default_value = "0.25M")]
-        pn: PixelBudget,
-        /// Output PNG.
-        #[arg(short, long)]
-        out: PathBuf,
-    },
+    Reconstruct(ReconstructArgs),
 }
 
+/// Encode images into multi-scale bits with a BitVAE and decode them back.
+///
+/// Each image is scaled to cover the nearest aspect-ratio template at the pixel budget and
+/// centre-cropped; prints the bits per scale (one image) and each image's PSNR, then their mean.
+#[derive(Args)]
+struct ReconstructArgs {
+    /// BitVAE checkpoint (official .pth or safetensors).
+    #[arg(long)]
+    vae: PathBuf,
+    /// Input image (PNG or JPEG); repeat for several.
+    #[arg(long)]
+    image: Vec<PathBuf>,
+    /// A file listing input images, one path per line (relative to the file's folder).
+    #[arg(long)]
+    image_list: Option<PathBuf>,
+    /// Pixel budget: 0.06M (256²), 0.25M (512²), 0.60M or 1M (1024²).
+    #[arg(long, default_value = "0.25M")]
+    pn: PixelBudget,
+    /// Output PNG; several reconstructions are numbered (out_0000.png, …), unless --grid puts
+    /// them in one.
+    #[arg(short, long)]
+    out: PathBuf,
+    /// Write one PNG of (original, reconstruction) pairs, this many pairs per row (images of
+    /// one template only).
+    #[arg(long)]
+    grid: Option<usize>,
+}
 #[derive(Args)]
 struct GenerateArgs {
     /// A prompt (repeat for several).
@@ -144,7 +159,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse_from(args).command {
         Command::Generate(g) => run_generate(*g),
         Command::Inspect { file } => inspect(&file),
-        Command::Reconstruct { vae, image, pn, out } => reconstruct(&vae, &image, pn, &out),
+        Command::Reconstruct(r) => reconstruct(&r),
     };
     report::exit_code(result)
 }
@@ -373,58 +388,109 @@ fn check_output(out: &Path) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-fn reconstruct(vae_path: &Path, image_path: &Path, pn: PixelBudget, out: &Path) -> Result<(), Box<dyn Error>> {
-    check_output(out)?;
-    let img = load_rgb(image_path)?;
-    let ratio = f64::from(img.height()) / f64::from(img.width());
-    let template = Template::nearest(ratio).ok_or_else(|| format!("{}: image has no area", image_path.display()))?;
-    let schedule = template.schedule(pn);
-    let (h, w) = schedule.pixel_size();
-    println!(
-        "{}: {}x{} -> {h}x{w} (template h/w {}, {pn}, {} scales)",
-        image_path.display(),
-        img.width(),
-        img.height(),
-        template.ratio(),
-        schedule.num_scales()
-    );
+/// The images of `--image` and `--image-list`, in that order; refuses none given or a list it
+/// cannot read.
+fn reconstruct_inputs(r: &ReconstructArgs) -> Result<Vec<PathBuf>, Box<dyn Error>> {
+    let mut images = r.image.clone();
+    if let Some(list) = &r.image_list {
+        let text = std::fs::read_to_string(list).map_err(|e| format!("{}: {e}", list.display()))?;
+        let folder = list.parent().unwrap_or(Path::new("."));
+        images.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(|l| folder.join(l)));
+    }
+    if images.is_empty() {
+        return Err("no image: give --image or --image-list".into());
+    }
+    Ok(images)
+}
 
+fn reconstruct(r: &ReconstructArgs) -> Result<(), Box<dyn Error>> {
+    check_output(&r.out)?;
+    if r.grid == Some(0) {
+        return Err("--grid must be at least 1 pair per row".into());
+    }
+    let images = reconstruct_inputs(r)?;
+    // Every image decoded before any work, so a bad one leaves no partial output behind.
+    let decoded_inputs = images.iter().map(|p| load_rgb(p)).collect::<Result<Vec<_>, _>>()?;
     let start = Instant::now();
-    let vae = BitVae::open(vae_path)?;
+    let vae = BitVae::open(&r.vae)?;
     if vae.config.patch != PATCH {
         return Err(format!(
             "{}: patch {} VAEs are not supported by the image schedules (patch {PATCH})",
-            vae_path.display(),
+            r.vae.display(),
             vae.config.patch
         )
         .into());
     }
-    println!("loaded {} (d = {}) in {:.2} s", vae_path.display(), vae.config.z_channels, start.elapsed().as_secs_f64());
+    println!("loaded {} (d = {}) in {:.2} s", r.vae.display(), vae.config.z_channels, start.elapsed().as_secs_f64());
 
-    let input = fit_to(&img, (h, w))?;
-    let start = Instant::now();
-    let (q, decoded) = vae.reconstruct(&to_tensor(&input)?, &schedule.grids)?;
-    let d = vae.config.z_channels;
+    let (mut psnrs, mut pairs, mut size) = (Vec::new(), Vec::new(), None);
+    for (index, (path, img)) in images.iter().zip(decoded_inputs).enumerate() {
+        let ratio = f64::from(img.height()) / f64::from(img.width());
+        let template = Template::nearest(ratio).ok_or_else(|| format!("{}: image has no area", path.display()))?;
+        let schedule = template.schedule(r.pn);
+        let (h, w) = schedule.pixel_size();
+        if r.grid.is_some() && *size.get_or_insert((h, w)) != (h, w) {
+            return Err(format!("{}: --grid needs images of one template ({h}x{w} after others)", path.display()).into());
+        }
+        let input = fit_to(&img, (h, w))?;
+        let start = Instant::now();
+        let (q, decoded) = vae.reconstruct(&to_tensor(&input)?, &schedule.grids)?;
+        let rgb = to_rgb8(&decoded)?.swap_remove(0);
+        let quality = psnr(input.as_raw(), &rgb);
+        psnrs.push(quality);
+        if images.len() == 1 {
+            println!(
+                "{}: {}x{} -> {h}x{w} (template h/w {}, {}, {} scales)",
+                path.display(),
+                img.width(),
+                img.height(),
+                template.ratio(),
+                r.pn,
+                schedule.num_scales()
+            );
+            print_bits(&q, &schedule.grids, vae.config.z_channels, (h, w))?;
+            println!("encode + decode {:.2} s", start.elapsed().as_secs_f64());
+        }
+        println!("{}: PSNR {quality:.2} dB", path.display());
+        if r.grid.is_some() {
+            pairs.extend([input.into_raw(), rgb]);
+            continue;
+        }
+        let text = [
+            ("Software", "infinity-run reconstruct".to_string()),
+            ("Source", format!("vae={} image={} pn={}", r.vae.display(), path.display(), r.pn)),
+        ];
+        let out = output_path(&r.out, index, images.len());
+        save_png(&out, w, h, &rgb, &text)?;
+        println!("wrote {}", out.display());
+    }
+    if images.len() > 1 {
+        println!("mean PSNR {:.2} dB over {} images", psnrs.iter().sum::<f64>() / psnrs.len() as f64, psnrs.len());
+    }
+    if let (Some(cols), Some((h, w))) = (r.grid, size) {
+        let (sheet, sheet_w, sheet_h) = tile(&pairs, (h, w), 2 * cols);
+        let listing = images.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join("\n");
+        let text = [
+            ("Software", "infinity-run reconstruct".to_string()),
+            ("Source", format!("vae={} pn={} pairs of original and reconstruction", r.vae.display(), r.pn)),
+            ("images", listing),
+        ];
+        save_png(&r.out, sheet_w, sheet_h, &sheet, &text)?;
+        println!("wrote {} ({} pairs, {cols} per row)", r.out.display(), images.len());
+    }
+    Ok(())
+}
+
+/// The bits of each scale (and the share of ones), and the total per pixel.
+fn print_bits(q: &Quantized, grids: &[(usize, usize)], d: usize, (h, w): (usize, usize)) -> Result<(), Box<dyn Error>> {
     let mut total = 0;
-    for (k, &(gh, gw)) in schedule.grids.iter().enumerate() {
+    for (k, &(gh, gw)) in grids.iter().enumerate() {
         let bits = gh * gw * d;
         total += bits;
         let ones = q.scales[k].bits.to_vec::<u8>()?.iter().filter(|&&b| b == 1).count();
         println!("scale {k:2}: {gh:3}x{gw:<3} {bits:7} bits ({:.1}% ones)", 100.0 * ones as f64 / bits as f64);
     }
-    let rgb = to_rgb8(&decoded)?.swap_remove(0);
-    println!(
-        "{total} bits in all ({:.3} bits/pixel); encode + decode {:.2} s",
-        total as f64 / (h * w) as f64,
-        start.elapsed().as_secs_f64()
-    );
-    println!("PSNR {:.2} dB", psnr(input.as_raw(), &rgb));
-    let text = [
-        ("Software", "infinity-run reconstruct".to_string()),
-        ("Source", format!("vae={} image={} pn={pn}", vae_path.display(), image_path.display())),
-    ];
-    save_png(out, w, h, &rgb, &text)?;
-    println!("wrote {}", out.display());
+    println!("{total} bits in all ({:.3} bits/pixel)", total as f64 / (h * w) as f64);
     Ok(())
 }
 

@@ -336,3 +336,50 @@ fn generate_refuses_impossible_requests_before_working() {
         assert!(!out.exists());
     }
 }
+
+/// Several images (from `--image` and an `--image-list` of relative paths): each one's PSNR and
+/// their mean, numbered outputs, or with `--grid` one sheet of (original, reconstruction) pairs.
+#[test]
+fn reconstruct_takes_several_images_and_reports_the_mean_psnr() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-reconstruct-many");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("list")).unwrap();
+    let input = golden_png(&dir);
+    std::fs::copy(&input, dir.join("list/second.png")).unwrap();
+    std::fs::write(dir.join("list/images.txt"), "second.png\n\n../input.png\n").unwrap();
+    let vae = fixture("devA/vae.pth");
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "--vae".as_ref(),
+            vae.as_os_str(),
+            "--image".as_ref(),
+            input.as_os_str(),
+            "--pn".as_ref(),
+            "0.06M".as_ref(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ];
+        let list = dir.join("list/images.txt");
+        args.extend(["--image-list".as_ref(), list.as_os_str()]);
+        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(a)));
+        let o = reconstruct(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        stdout(&o)
+    };
+    let text = run(&dir.join("r.png"), &[]);
+    assert_eq!(text.matches(": PSNR ").count(), 3, "{text}");
+    assert!(text.contains("mean PSNR") && text.contains("over 3 images"), "{text}");
+    let pixels = |name: &str| image::open(dir.join(name)).unwrap().to_rgb8();
+    assert!(pixels("r_0000.png") == pixels("r_0002.png"), "the same image twice");
+
+    run(&dir.join("grid.png"), &["--grid", "2"]);
+    let grid = image::open(dir.join("grid.png")).unwrap().to_rgb8();
+    assert_eq!(grid.dimensions(), (4 * 256 + 3 * 4, 2 * 256 + 4));
+    let tile = |i: u32| image::imageops::crop_imm(&grid, (i % 4) * 260, (i / 4) * 260, 256, 256).to_image();
+    assert_eq!(tile(0), image::open(&input).unwrap().to_rgb8(), "the original first");
+    assert_eq!(tile(1), image::open(dir.join("r_0000.png")).unwrap().to_rgb8(), "then its reconstruction");
+
+    let none = reconstruct(&["--vae".as_ref(), vae.as_os_str(), "-o".as_ref(), dir.join("x.png").as_os_str()]);
+    assert_eq!(none.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("--image"));
+}

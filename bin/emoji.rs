@@ -102,7 +102,9 @@ pub fn read_emojibase(data_file: &Path, messages: &Path) -> Result<Vec<Entry>, S
             continue;
         }
         let field = |key: &str| {
-            e.get(key).and_then(Value::as_str).ok_or_else(|| format!("{}: emoji {i} has no '{key}'", data_file.display()))
+            e.get(key)
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("{}: emoji {i} has no '{key}'", data_file.display()))
         };
         let tags = e.get("tags").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
         let group_name = groups

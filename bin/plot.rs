@@ -45,7 +45,8 @@ pub fn metrics_svg(csv: &str, title: &str) -> Result<String, String> {
     let column = |j: usize| Series { name: header[j].to_string(), values: rows.iter().map(|r| r[j]).collect() };
     let losses: Vec<Series> =
         (1..header.len()).filter(|&j| ["loss", "reconstruction"].contains(&header[j])).map(column).collect();
-    let accuracies: Vec<Series> = (1..header.len()).filter(|&j| header[j].starts_with("bit_acc_")).map(column).collect();
+    let accuracies: Vec<Series> =
+        (1..header.len()).filter(|&j| header[j].starts_with("bit_acc_")).map(column).collect();
 
     let panels = if accuracies.is_empty() { 1.0 } else { 2.0 };
     let (width, height) = (panels * (PANEL_W + MARGIN) + MARGIN, PANEL_H + 2.0 * MARGIN);
@@ -75,10 +76,8 @@ fn panel(svg: &mut String, x0: f64, steps: &[f64], series: &[Series], title: &st
     let x = |step: f64| x0 + (step - first) / (last - first).max(1.0) * PANEL_W;
     let y = |v: f64| y0 + PANEL_H - (v - lo) / (hi - lo) * PANEL_H;
     let _ = writeln!(svg, r#"<text x="{x0}" y="{}" font-size="13">{title}</text>"#, y0 - 10.0);
-    let _ = writeln!(
-        svg,
-        r##"<rect x="{x0}" y="{y0}" width="{PANEL_W}" height="{PANEL_H}" fill="none" stroke="#888"/>"##
-    );
+    let _ =
+        writeln!(svg, r##"<rect x="{x0}" y="{y0}" width="{PANEL_W}" height="{PANEL_H}" fill="none" stroke="#888"/>"##);
     for (v, anchor_y) in [(lo, y0 + PANEL_H), (hi, y0 + 10.0)] {
         let _ = writeln!(svg, r#"<text x="{}" y="{anchor_y}" text-anchor="end">{}</text>"#, x0 - 4.0, short(v));
     }
@@ -97,7 +96,8 @@ fn panel(svg: &mut String, x0: f64, steps: &[f64], series: &[Series], title: &st
                 points(&s.values)
             );
         }
-        let _ = writeln!(svg, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, points(smooth));
+        let _ =
+            writeln!(svg, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, points(smooth));
         let ly = y0 + 16.0 + 15.0 * i as f64;
         let lx = x0 + PANEL_W - 150.0;
         let _ = writeln!(svg, r#"<rect x="{lx}" y="{}" width="12" height="3" fill="{color}"/>"#, ly - 4.0);
@@ -124,7 +124,8 @@ fn moving_mean(values: &[f64]) -> Vec<f64> {
 
 /// The finite values' range, widened when flat so the plot has a height.
 fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    let (lo, hi) =
+        values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
     if !lo.is_finite() {
         return (0.0, 1.0);
     }

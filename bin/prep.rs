@@ -145,7 +145,11 @@ fn prepare_emoji(out: &Path, size: u32, holdout: f64) -> Result<(), Box<dyn Erro
     let list = out.join("eval").join("images.txt");
     write_atomically(&list, |w| w.write_all((held_out_images.join("\n") + "\n").as_bytes()))?;
     write_atomically(out.join("ATTRIBUTION.md"), |w| w.write_all(emoji::ATTRIBUTION.as_bytes()))?;
-    eprintln!("{rendered} emojis rendered at {size}×{size}; {} without a Twemoji image: {}", missing.len(), missing.join(" "));
+    eprintln!(
+        "{rendered} emojis rendered at {size}×{size}; {} without a Twemoji image: {}",
+        missing.len(),
+        missing.join(" ")
+    );
     Ok(())
 }
 
@@ -199,7 +203,8 @@ fn jsonl_captions(dir: &Path) -> Result<Vec<String>, Box<dyn Error>> {
     for file in files {
         let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let v: Value = serde_json::from_str(line).map_err(|e| format!("{}: line {}: {e}", file.display(), i + 1))?;
+            let v: Value =
+                serde_json::from_str(line).map_err(|e| format!("{}: line {}: {e}", file.display(), i + 1))?;
             let caption = v.get("long_caption").and_then(Value::as_str);
             let caption = caption.ok_or_else(|| format!("{}: line {}: no 'long_caption'", file.display(), i + 1))?;
             captions.push(caption.to_string());

@@ -430,7 +430,9 @@ fn reconstruct(r: &ReconstructArgs) -> Result<(), Box<dyn Error>> {
         let schedule = template.schedule(r.pn);
         let (h, w) = schedule.pixel_size();
         if r.grid.is_some() && *size.get_or_insert((h, w)) != (h, w) {
-            return Err(format!("{}: --grid needs images of one template ({h}x{w} after others)", path.display()).into());
+            return Err(
+                format!("{}: --grid needs images of one template ({h}x{w} after others)", path.display()).into()
+            );
         }
         let input = fit_to(&img, (h, w))?;
         let start = Instant::now();

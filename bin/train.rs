@@ -431,12 +431,7 @@ fn plan(a: &TransformerArgs) -> Result<Plan, Box<dyn Error>> {
                 None if a.train_text_encoder => None,
                 None => return Err("--t5 is required without --model-dir, unless --train-text-encoder".into()),
             };
-            let files = (
-                need(&a.vae, "vae")?,
-                t5,
-                need(&a.t5_config, "t5-config")?,
-                need(&a.tokenizer, "tokenizer")?,
-            );
+            let files = (need(&a.vae, "vae")?, t5, need(&a.t5_config, "t5-config")?, need(&a.tokenizer, "tokenizer")?);
             (files, start, None)
         }
     };
@@ -686,7 +681,7 @@ fn random_crops(images: &Tensor, size: usize, seed: u64, step: u64) -> Result<Te
     }
     let draw = |i: usize, axis: u64, room: usize| {
         let u = philox_u32(seed ^ CROP_STREAM, (step * n as u64 + i as u64) * 2 + axis);
-        (u as u64 * (room as u64 + 1) >> 32) as usize
+        ((u as u64 * (room as u64 + 1)) >> 32) as usize
     };
     let crops = (0..n)
         .map(|i| images.narrow(0, i, 1)?.narrow(2, draw(i, 0, h - size), size)?.narrow(3, draw(i, 1, w - size), size))
@@ -800,7 +795,9 @@ fn export(a: &ExportArgs) -> Result<(), Box<dyn Error>> {
     let (text, transformer): (Vec<_>, Vec<_>) =
         weights.iter().partition(|(key, _)| key.starts_with(TEXT_ENCODER_PREFIX));
     if text.is_empty() && a.t5.is_none() {
-        return Err(format!("{}: the run did not train a text encoder; give its weights with --t5", run.display()).into());
+        return Err(
+            format!("{}: the run did not train a text encoder; give its weights with --t5", run.display()).into()
+        );
     }
     fs::create_dir_all(&a.out).map_err(|e| format!("{}: cannot create the folder: {e}", a.out.display()))?;
     let copy = |from: &Path, name: &str| -> Result<(), Box<dyn Error>> {
@@ -846,8 +843,8 @@ fn export(a: &ExportArgs) -> Result<(), Box<dyn Error>> {
 /// The transformer's text side: a frozen encoder whose features are cached on disk, or an
 /// encoder training alongside, fed token ids.
 enum Text {
-    Frozen { encoder: TextEncoder, cache: FeatureCache },
-    Trained { tokenizer: T5Tokenizer, config: T5Config },
+    Frozen { encoder: Box<TextEncoder>, cache: FeatureCache },
+    Trained { tokenizer: Box<T5Tokenizer>, config: T5Config },
 }
 
 impl Text {
@@ -858,9 +855,10 @@ impl Text {
                 .into_iter()
                 .map(StepText::Features)
                 .collect(),
-            Text::Trained { tokenizer, .. } => {
-                captions.iter().map(|c| Ok(StepText::Tokens(tokenizer.encode(c)?.ids))).collect::<Result<_, Box<dyn Error>>>()?
-            }
+            Text::Trained { tokenizer, .. } => captions
+                .iter()
+                .map(|c| Ok(StepText::Tokens(tokenizer.encode(c)?.ids)))
+                .collect::<Result<_, Box<dyn Error>>>()?,
         })
     }
 
@@ -878,7 +876,13 @@ struct Latents {
 }
 
 impl Latents {
-    fn encode(&mut self, vae: &BitVae, images: &Tensor, samples: &Samples, dataset: &Dataset) -> Result<Tensor, Box<dyn Error>> {
+    fn encode(
+        &mut self,
+        vae: &BitVae,
+        images: &Tensor,
+        samples: &Samples,
+        dataset: &Dataset,
+    ) -> Result<Tensor, Box<dyn Error>> {
         let Some(cache) = &mut self.cache else { return Ok(vae.encode(images)?) };
         let mut rows = Vec::with_capacity(samples.items.len());
         for (i, &item) in samples.items.iter().enumerate() {
@@ -946,7 +950,7 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
         };
         let encoder = T5Encoder::parameters(&t5_weights, &t5_config, TEXT_ENCODER_PREFIX)?;
         params = Params::new(params.iter().chain(encoder.iter()).map(|(n, t)| (n.to_string(), t.clone())).collect())?;
-        Text::Trained { tokenizer: T5Tokenizer::open(&plan.tokenizer)?, config: t5_config }
+        Text::Trained { tokenizer: Box::new(T5Tokenizer::open(&plan.tokenizer)?), config: t5_config }
     } else {
         let t5 = plan.t5.as_ref().ok_or("a frozen text encoder needs --t5")?;
         let encoder = TextEncoder::with_config(t5, t5_config, &plan.tokenizer)?;
@@ -954,7 +958,7 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
             a.run.out.join("text-cache"),
             format!("t5={} config={} tokenizer={}", t5.display(), plan.t5_config.display(), plan.tokenizer.display()),
         )?;
-        Text::Frozen { encoder, cache }
+        Text::Frozen { encoder: Box::new(encoder), cache }
     };
     let mut optimizer = AdamW::new(plan.adamw, official_groups(&params))?;
     if let Some(saved) = &resume {

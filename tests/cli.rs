@@ -267,7 +267,8 @@ fn a_grid_holds_the_same_images_in_order() {
     std::fs::create_dir_all(&dir).unwrap();
     let model = fixture("devA");
     let generate = |out: &Path, extra: &[&str]| {
-        let mut args: Vec<&std::ffi::OsStr> = vec!["--model-dir".as_ref(), model.as_os_str(), "-o".as_ref(), out.as_os_str()];
+        let mut args: Vec<&std::ffi::OsStr> =
+            vec!["--model-dir".as_ref(), model.as_os_str(), "-o".as_ref(), out.as_os_str()];
         for a in ["-p", "a red cat", "-p", "a dog", "--seed", "3", "--batch", "2"].iter().chain(extra) {
             args.push(a.as_ref());
         }
@@ -300,7 +301,17 @@ fn generate_refuses_impossible_requests_before_working() {
     let nowhere = dir.join("nowhere");
     let cases: [(Vec<&std::ffi::OsStr>, &str); 6] = [
         (vec!["-p".as_ref(), "x".as_ref(), "--model-dir".as_ref(), mismatched.as_os_str()], "vae.safetensors"),
-        (vec!["-p".as_ref(), "x".as_ref(), "--model-dir".as_ref(), good.as_os_str(), "--grid".as_ref(), "0".as_ref()], "--grid"),
+        (
+            vec![
+                "-p".as_ref(),
+                "x".as_ref(),
+                "--model-dir".as_ref(),
+                good.as_os_str(),
+                "--grid".as_ref(),
+                "0".as_ref(),
+            ],
+            "--grid",
+        ),
         (
             vec![
                 "-p".as_ref(),
@@ -361,7 +372,7 @@ fn reconstruct_takes_several_images_and_reports_the_mean_psnr() {
         ];
         let list = dir.join("list/images.txt");
         args.extend(["--image-list".as_ref(), list.as_os_str()]);
-        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(a)));
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
         let o = reconstruct(&args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         stdout(&o)

@@ -343,7 +343,8 @@ fn trained_parameters_load_as_an_encoder() {
     let params = T5Encoder::parameters(&weights, &config, "text_encoder.").unwrap();
     let stripped: Vec<(String, Tensor)> =
         params.iter().map(|(n, t)| (n.strip_prefix("text_encoder.").unwrap().to_string(), t.clone())).collect();
-    let back = T5Encoder::with_weights(&Weights::new("<trained>", stripped, Default::default()).unwrap(), config.clone());
+    let back =
+        T5Encoder::with_weights(&Weights::new("<trained>", stripped, Default::default()).unwrap(), config.clone());
     let ids = [3u32, 8, 1];
     let want = T5Encoder::with_weights(&weights, config).unwrap().encode(&ids).unwrap();
     assert!(back.unwrap().encode(&ids).unwrap().same_values(&want));

@@ -294,7 +294,8 @@ fn a_text_encoder_trains_with_the_transformer() {
     // leaves no config.json.
     let wrong = dir.join("wrong");
     let mut args = vec!["export", "--run", whole.to_str().unwrap(), "--vae"];
-    let (vae, t5_config, tokenizer) = (f("devB/vae.safetensors"), f("devA/t5_config.json"), f("tokenizer/tokenizer.json"));
+    let (vae, t5_config, tokenizer) =
+        (f("devB/vae.safetensors"), f("devA/t5_config.json"), f("tokenizer/tokenizer.json"));
     args.extend([vae.as_str(), "--t5-config", &t5_config, "--tokenizer", &tokenizer, "--out", wrong.to_str().unwrap()]);
     let out = Command::new(env!("CARGO_BIN_EXE_infinity-train")).args(&args).output().unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -51,7 +51,6 @@ fn input_grad(g: &Tensor, x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Ten
     cv::conv2d(&padded, &flip_transpose(w)?, None, Conv2dParams::new(1, 0))
 }
 
-
 /// `g` (N, C, Ho, Wo) with stride − 1 zeros between neighbours, then `pads` ([top, bottom,
 /// left, right]) zeros added around it, or rows/columns removed where a pad is negative.
 fn dilate_pad(g: &Tensor, stride: usize, [top, bottom, left, right]: [isize; 4]) -> Result<Tensor> {

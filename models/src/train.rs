@@ -138,7 +138,9 @@ fn text_features(batch: &StepBatch, tracked: &Tracked) -> Result<Vec<Var>> {
         .collect();
     let mut encoded = match (batch.text_encoder, tokens.is_empty()) {
         (_, true) => Vec::new(),
-        (Some(config), false) => T5Encoder::on_tape(config.clone(), tracked, TEXT_ENCODER_PREFIX)?.encode_vars(&tokens)?,
+        (Some(config), false) => {
+            T5Encoder::on_tape(config.clone(), tracked, TEXT_ENCODER_PREFIX)?.encode_vars(&tokens)?
+        }
         (None, false) => {
             return Err(Error::invalid("train.step", &[tokens.len()], "token prompts need a text encoder to train"));
         }

@@ -86,7 +86,11 @@ impl Geometry {
         let [top, bottom, left, right] = p.padding;
         let (ph, pw) = (h + top + bottom, wd + left + right);
         if kh == 0 || kw == 0 || kh > ph || kw > pw {
-            return Err(Error::invalid("conv2d", x, format!("a {kh}×{kw} kernel does not fit the padded {ph}×{pw} input")));
+            return Err(Error::invalid(
+                "conv2d",
+                x,
+                format!("a {kh}×{kw} kernel does not fit the padded {ph}×{pw} input"),
+            ));
         }
         let (ho, wo) = ((ph - kh) / p.stride + 1, (pw - kw) / p.stride + 1);
         Ok(Geometry { n, cin, h, w: wd, cout, kh, kw, stride: p.stride, pad: p.padding, ho, wo })

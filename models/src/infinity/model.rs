@@ -163,11 +163,14 @@ impl Infinity {
             } else if key.ends_with("ada_gss") {
                 // (1, 1, 6, C): rows 0..2 are the gates, 2..6 the scales and shifts.
                 let gains = rng.normal(n);
-                gains.chunks(e.shape[3]).enumerate().flat_map(|(row, r)| {
-                    let m = if row < 2 { 5e-6 } else { 1e-3 };
-                    r.iter().map(move |x| x / c.sqrt() * m).collect::<Vec<_>>()
-                })
-                .collect()
+                gains
+                    .chunks(e.shape[3])
+                    .enumerate()
+                    .flat_map(|(row, r)| {
+                        let m = if row < 2 { 5e-6 } else { 1e-3 };
+                        r.iter().map(move |x| x / c.sqrt() * m).collect::<Vec<_>>()
+                    })
+                    .collect()
             } else if key == "cfg_uncond" {
                 let t = config.text_channels as f32;
                 truncated_normal(&mut rng, n, 1.2).into_iter().map(|x| x / t.sqrt()).collect()

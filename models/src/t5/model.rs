@@ -210,8 +210,11 @@ impl T5Encoder {
         let mut buckets = Vec::with_capacity(len * len);
         for i in 0..len as i64 {
             for j in 0..len as i64 {
-                let bucket =
-                    relative_position_bucket(j - i, c.relative_attention_num_buckets, c.relative_attention_max_distance);
+                let bucket = relative_position_bucket(
+                    j - i,
+                    c.relative_attention_num_buckets,
+                    c.relative_attention_max_distance,
+                );
                 buckets.push(bucket as i64);
             }
         }

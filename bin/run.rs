@@ -24,8 +24,10 @@ use infinity::models::schedule::{PATCH, PixelBudget, Template};
 use infinity::runtime::Device;
 use infinity::runtime::io::Weights;
 
-/// Where `generate` looks for a model when none is named.
+/// Where `generate` looks for a model when none is named: in the working folder (a checkout's
+/// root), else in the checkout this binary was built from.
 const DEFAULT_MODEL_DIR: &str = "assets/models/default";
+const BUILT_MODEL_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/models/default");
 
 #[derive(Parser)]
 #[command(name = "infinity-run", version, about = "Infinity text-to-image inference")]
@@ -232,9 +234,12 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
             default_pn: None,
         },
         (None, Some(dir)) => ModelFiles::from_dir(dir)?,
-        (None, None) => ModelFiles::from_dir(Path::new(DEFAULT_MODEL_DIR)).map_err(|e| {
-            format!("no model given (--model-dir or --transformer …) and the default model could not be read: {e}")
-        })?,
+        (None, None) => {
+            let dir = [DEFAULT_MODEL_DIR, BUILT_MODEL_DIR].map(Path::new).into_iter().find(|d| d.is_dir());
+            ModelFiles::from_dir(dir.unwrap_or(Path::new(DEFAULT_MODEL_DIR))).map_err(|e| {
+                format!("no model given (--model-dir or --transformer …) and the default model could not be read: {e}")
+            })?
+        }
     };
     files.check_exist()?;
     let pn = g.pn.or(files.default_pn).unwrap_or(PixelBudget::P1M);

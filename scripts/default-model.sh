@@ -48,6 +48,7 @@ stage() {
     export)
         "$train" export --run "$RUNS/transformer" --vae "$RUNS/vae-s2/step-000000250/params.safetensors" \
             --t5-config "$CONFIGS/t5_config.json" --tokenizer "$CONFIGS/tokenizer.json" --out "$MODEL"
+        cp "$DATA/ATTRIBUTION.md" "$MODEL/ATTRIBUTION.md"
         "$train" plot --run "$RUNS/transformer" --out "$MODEL/training-transformer.svg"
         "$train" plot --run "$RUNS/vae-s1" --out "$MODEL/training-vae-stage1.svg"
         "$train" plot --run "$RUNS/vae-s2" --out "$MODEL/training-vae-stage2.svg" ;;

@@ -32,21 +32,23 @@ stage() {
         [ -f "$CONFIGS/tokenizer.json" ] ||
             "$prep" tokenizer --data "$DATA/train" --vocab-size 2000 --out "$CONFIGS/tokenizer.json" ;;
     vae1)
-        # Stage 1: single-scale BSQ on random 128² crops (4x cheaper than whole images).
+        # Stage 1: single-scale BSQ on random 128² crops, to learn the filters quickly.
         "$train" vae --data "$DATA/train" --config "$CONFIGS/vae.json" --stage 1 --crop 128 \
-            --batch 8 --steps 1400 --warmup-steps 100 --lr 4e-4 --save-every 200 --out "$RUNS/vae-s1" ;;
+            --batch 8 --steps 800 --warmup-steps 100 --lr 4e-4 --save-every 200 --out "$RUNS/vae-s1" ;;
     vae2)
-        # Stage 2: the multi-scale quantizer of the 0.06M schedule on whole images.
-        "$train" vae --data "$DATA/train" --init "$RUNS/vae-s1/step-000001400/params.safetensors" --stage 2 \
-            --batch 4 --steps 250 --lr 1e-4 --save-every 50 --out "$RUNS/vae-s2" ;;
+        # Stage 2: the multi-scale quantizer of the 0.06M schedule on whole images. The decoder
+        # must learn its inputs, sums of the scales' codes (16.0 → 18.3 dB held-out PSNR in the
+        # first 20 steps); per pixel it costs about what stage 1 does.
+        "$train" vae --data "$DATA/train" --init "$RUNS/vae-s1/step-000000800/params.safetensors" --stage 2 \
+            --batch 4 --steps 450 --warmup-steps 20 --lr 3e-4 --save-every 50 --out "$RUNS/vae-s2" ;;
     transformer)
         "$train" transformer --data "$DATA/train" --config "$CONFIGS/transformer.json" \
-            --vae "$RUNS/vae-s2/step-000000250/params.safetensors" \
+            --vae "$RUNS/vae-s2/step-000000450/params.safetensors" \
             --t5-config "$CONFIGS/t5_config.json" --tokenizer "$CONFIGS/tokenizer.json" \
             --train-text-encoder --cache-latents --batch 16 --steps "$TRANSFORMER_STEPS" \
             --warmup-steps 200 --lr 8e-4 --save-every 100 --out "$RUNS/transformer" ;;
     export)
-        "$train" export --run "$RUNS/transformer" --vae "$RUNS/vae-s2/step-000000250/params.safetensors" \
+        "$train" export --run "$RUNS/transformer" --vae "$RUNS/vae-s2/step-000000450/params.safetensors" \
             --t5-config "$CONFIGS/t5_config.json" --tokenizer "$CONFIGS/tokenizer.json" --out "$MODEL"
         cp "$DATA/ATTRIBUTION.md" "$MODEL/ATTRIBUTION.md"
         "$train" plot --run "$RUNS/transformer" --out "$MODEL/training-transformer.svg"

@@ -28,6 +28,10 @@ fn main() {
         // The kernels round each float operation as the CPU reference does; FMA contraction
         // would break the exact comparisons.
         .flag("-ffp-contract=off")
+        // Kernels read bf16 tiles as 32- and 128-bit words, as CUDA code does.
+        .flag("-fno-strict-aliasing")
+        // `#pragma unroll` is for NVRTC.
+        .flag("-Wno-unknown-pragmas")
         .flag("-include")
         .flag(kernels.join("shim/cuda_shim.h").to_str().expect("the source path is UTF-8"))
         // .cu is not a suffix g++ knows.

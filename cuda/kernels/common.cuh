@@ -1,7 +1,8 @@
 //! Helpers shared by every kernel file: element conversions, exact (never fused) float
-//! arithmetic, warp and block reductions, and the Philox 4x32-10 stream of
-//! runtime/src/rng.rs. Compiled by NVRTC for the GPU and, under cuda_shim.h, by g++ for the
-//! CPU shim; nothing here may depend on which.
+//! arithmetic, warp and block reductions, the bf16 tensor-core mma with its fragment helpers,
+//! and the Philox 4x32-10 stream of runtime/src/rng.rs. Compiled by NVRTC for the GPU and,
+//! under cuda_shim.h, by g++ for the CPU shim; only the mma (inline PTX or the shim's
+//! emulation) depends on which.
 #pragma once
 
 #ifndef INFINITY_CUDA_SHIM
@@ -11,6 +12,41 @@
 #endif
 
 typedef __nv_bfloat16 bf16;
+
+/// D = A·B + D on the tensor cores for one warp: A 16×16 and B 16×8 bf16, D 16×8 f32. Each
+/// lane holds fragments (PTX ISA, mma.m16n8k16 with .bf16), with g = lane / 4, t = lane % 4
+/// and the lower-indexed element in the low half of each 32-bit register:
+///   a[0] = A(g, 2t..2t+1)  a[1] = A(g+8, 2t..2t+1)  a[2] = A(g, 2t+8..2t+9)  a[3] = A(g+8, 2t+8..2t+9)
+///   b[0] = B(2t..2t+1, g)  b[1] = B(2t+8..2t+9, g)
+///   d[0], d[1] = D(g, 2t), D(g, 2t+1)       d[2], d[3] = D(g+8, 2t), D(g+8, 2t+1)
+/// All 32 lanes must call it. The CPU shim rebuilds A and B from the lanes' fragments.
+#ifdef INFINITY_CUDA_SHIM
+__device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2]) {
+    shim::mma_m16n8k16_bf16(d, a, b);
+}
+#else
+__device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2]) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
+/// Two adjacent bf16 (p[0] low, p[1] high) as one 32-bit fragment register; p 4-byte aligned.
+__device__ __forceinline__ unsigned load_bf16x2(const bf16* p) { return *reinterpret_cast<const unsigned*>(p); }
+
+/// p[0] (low half) and p[stride] (high half) as one fragment register: a pair along the
+/// slow dimension of a row-major tile.
+__device__ __forceinline__ unsigned gather_bf16x2(const bf16* p, int stride) {
+    return unsigned(__bfloat16_as_ushort(p[0])) | unsigned(__bfloat16_as_ushort(p[stride])) << 16;
+}
+
+/// lo and hi rounded to bf16 (nearest even) and packed as one fragment register.
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+    return unsigned(__bfloat16_as_ushort(__float2bfloat16_rn(lo))) |
+           unsigned(__bfloat16_as_ushort(__float2bfloat16_rn(hi))) << 16;
+}
 
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(bf16 v) { return __bfloat162float(v); }
@@ -43,6 +79,17 @@ __device__ __forceinline__ float lerp_exact(float a, float b, float t) {
 __device__ __forceinline__ float warp_sum(float v) {
     for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
     return v;
+}
+
+/// Reductions over the four lanes that share g = lane / 4 in the mma fragment layout (one
+/// row of a C fragment); every lane of the warp must call them.
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+__device__ __forceinline__ float quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
 }
 
 /// Sum over a one-dimensional block whose size is a multiple of 32; every thread gets the

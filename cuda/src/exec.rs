@@ -209,6 +209,8 @@ fn shim_status(kernel: &'static str, status: c_int) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use infinity_runtime::half::bf16;
+
     use super::*;
 
     type SelfTest = unsafe extern "C" fn(*const ShimGrid, *const *mut i32) -> c_int;
@@ -251,6 +253,51 @@ mod tests {
         assert!(out.iter().all(|&v| v == -1), "no thread may pass its barrier");
         let (status, _) = selftest(infinity_shim_shim_selftest_shuffle, 2048);
         assert!(matches!(status, Err(Error::Shim { reason, .. }) if reason.contains("launch shape")), "{status:?}");
+    }
+
+    /// Mirror of `MmaTestParams` in kernels/shim/selftest.cpp.
+    #[repr(C)]
+    struct MmaTest {
+        a: *const u16,
+        b: *const u16,
+        c: *const f32,
+        d: *mut f32,
+    }
+
+    unsafe extern "C" {
+        fn infinity_shim_shim_selftest_mma(grid: *const ShimGrid, params: *const MmaTest) -> c_int;
+    }
+
+    /// D = A·B + C (A 16×16, B 16×8, C 16×8, row-major) through the shim's mma, by a kernel
+    /// that loads and stores the fragments by the PTX ISA layout.
+    fn shim_mma(a: &[f32], b: &[f32], c: &[f32]) -> Vec<f32> {
+        let bits = |x: &[f32]| x.iter().map(|&v| bf16::from_f32(v).to_bits()).collect::<Vec<_>>();
+        let (a, b) = (bits(a), bits(b));
+        let mut d = vec![f32::NAN; 128];
+        let params = MmaTest { a: a.as_ptr(), b: b.as_ptr(), c: c.as_ptr(), d: d.as_mut_ptr() };
+        let grid = ShimGrid { blocks: [1, 1, 1], threads: [32, 1, 1] };
+        // SAFETY: the kernel reads 256, 128 and 128 elements and writes 128.
+        shim_status("shim selftest", unsafe { infinity_shim_shim_selftest_mma(&grid, &params) }).unwrap();
+        d
+    }
+
+    #[test]
+    fn shim_mma_follows_the_fragment_layout() {
+        // Small integers: every product and sum is exact.
+        let b: Vec<f32> = (0..128).map(|i| (i % 13) as f32 - 6.0).collect();
+        let c: Vec<f32> = (0..128).map(|i| (i % 7) as f32).collect();
+        let identity: Vec<f32> = (0..256).map(|i| f32::from(u8::from(i / 16 == i % 16))).collect();
+        let want: Vec<f32> = b.iter().zip(&c).map(|(x, y)| x + y).collect();
+        assert_eq!(shim_mma(&identity, &b, &c), want, "I·B + C");
+
+        let a: Vec<f32> = (0..256).map(|i| (i * 5 % 11) as f32 - 5.0).collect();
+        let want: Vec<f32> = (0..128)
+            .map(|i| {
+                let (row, col) = (i / 8, i % 8);
+                c[i] + (0..16).map(|k| a[row * 16 + k] * b[k * 8 + col]).sum::<f32>()
+            })
+            .collect();
+        assert_eq!(shim_mma(&a, &b, &c), want, "A·B + C");
     }
 
     #[test]

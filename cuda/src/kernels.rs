@@ -10,6 +10,7 @@ use std::ffi::c_int;
 use infinity_runtime::half::bf16;
 
 use crate::adaln::{AdaLnParams, GatedResidualParams};
+use crate::attention::{AttentionBackwardParams, AttentionCosineParams, AttentionForwardParams, AttentionRowsParams};
 use crate::bitwise_head::{BitwiseLossParams, BitwiseSampleParams};
 use crate::exec::ShimGrid;
 use crate::quantize::{BsqQuantizeParams, BsqUpdateParams, ResizeParams};
@@ -25,10 +26,11 @@ pub enum Source {
     BitwiseHead,
     AdaLn,
     Rng,
+    Attention,
 }
 
 impl Source {
-    pub const ALL: [Source; 4] = [Source::Quantize, Source::BitwiseHead, Source::AdaLn, Source::Rng];
+    pub const ALL: [Source; 5] = [Source::Quantize, Source::BitwiseHead, Source::AdaLn, Source::Rng, Source::Attention];
 
     pub fn file_name(self) -> &'static str {
         match self {
@@ -36,6 +38,7 @@ impl Source {
             Source::BitwiseHead => "bitwise_head.cu",
             Source::AdaLn => "adaln.cu",
             Source::Rng => "rng.cu",
+            Source::Attention => "attention.cu",
         }
     }
 
@@ -45,6 +48,7 @@ impl Source {
             Source::BitwiseHead => include_str!("../kernels/bitwise_head.cu"),
             Source::AdaLn => include_str!("../kernels/adaln.cu"),
             Source::Rng => include_str!("../kernels/rng.cu"),
+            Source::Attention => include_str!("../kernels/attention.cu"),
         }
     }
 
@@ -143,6 +147,18 @@ kernels! {
     GatedResidualBf16, GATED_RESIDUAL_BF16 = gated_residual_bf16(GatedResidualParams<bf16>) in AdaLn;
     /// Raw words of the Philox stream.
     PhiloxFill, PHILOX_FILL = philox_fill(PhiloxFillParams) in Rng;
+    /// Block-causal flash attention, head dim 64: O and the row logsumexp.
+    AttentionForwardD64, ATTENTION_FORWARD_D64 = attention_forward_d64(AttentionForwardParams) in Attention;
+    /// Block-causal flash attention, head dim 128: O and the row logsumexp.
+    AttentionForwardD128, ATTENTION_FORWARD_D128 = attention_forward_d128(AttentionForwardParams) in Attention;
+    /// rowsum(dO ∘ O) and q's inverse row norms, the first step of the attention backward.
+    AttentionBackwardRows, ATTENTION_BACKWARD_ROWS = attention_backward_rows(AttentionRowsParams) in Attention;
+    /// dK, dV and the dQ accumulation of block-causal attention, head dim 64.
+    AttentionBackwardD64, ATTENTION_BACKWARD_D64 = attention_backward_d64(AttentionBackwardParams) in Attention;
+    /// dK, dV and the dQ accumulation of block-causal attention, head dim 128.
+    AttentionBackwardD128, ATTENTION_BACKWARD_D128 = attention_backward_d128(AttentionBackwardParams) in Attention;
+    /// dQ through the cosine normalisation, and the per-head scale's gradient.
+    AttentionBackwardCosine, ATTENTION_BACKWARD_COSINE = attention_backward_cosine(AttentionCosineParams) in Attention;
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! when one is missing, so every entry point into them probes first.
 //!
 //! Kernels are launched through typed handles ([`kernels`]) with `#[repr(C)]` parameter
-//! structs; the public launchers ([`quantize`], [`bitwise_head`], [`adaln`], [`rng`]) check
+//! structs; the public launchers ([`quantize`], [`bitwise_head`], [`adaln`], [`attention`], [`rng`]) check
 //! dtypes, shapes and arguments first and return typed errors.
 
 mod device;
@@ -14,6 +14,7 @@ mod exec;
 mod gpu;
 
 pub mod adaln;
+pub mod attention;
 pub mod bitwise_head;
 pub mod kernels;
 pub mod nvrtc;

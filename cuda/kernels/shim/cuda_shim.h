@@ -31,10 +31,14 @@
 #define __forceinline__ inline __attribute__((always_inline))
 #define __launch_bounds__(...)
 #define __shared__ static thread_local
-#define __align__(n) alignas(n)
+#define __align__(n) __attribute__((aligned(n)))
 
 struct uint3 {
     unsigned x, y, z;
+};
+
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
 };
 
 namespace shim {
@@ -69,6 +73,11 @@ struct Grid {
 /// Runs `body(arg)` as every thread of every block of `grid`. Returns 0, or a nonzero code
 /// that the Rust side turns into an error (see cuda/src/exec.rs).
 int run_grid(const Grid& grid, void (*body)(const void*), const void* arg);
+
+/// `mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32` for the calling warp (fragment layout
+/// in common.cuh): the lanes deposit their A and B fragments in the warp's slots, meet, and
+/// each computes its own four outputs from the rebuilt matrices. Every live lane must call it.
+void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2]);
 
 /// Lane `src` of the calling warp's values of `v` (every live lane must call it).
 template <class T>
@@ -121,6 +130,19 @@ inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 
+inline float __uint_as_float(unsigned u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/// Fibers switch only at barriers, so a read-modify-write is atomic.
+inline float atomicAdd(float* address, float v) {
+    const float old = *address;
+    *address = old + v;
+    return old;
+}
+
 /// bfloat16 with the GPU's conversions: round to nearest even, NaN to the canonical 0x7FFF.
 struct __nv_bfloat16 {
     uint16_t bits;
@@ -132,6 +154,8 @@ inline float __bfloat162float(__nv_bfloat16 h) {
     memcpy(&f, &u, sizeof f);
     return f;
 }
+
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.bits; }
 
 inline __nv_bfloat16 __float2bfloat16_rn(float f) {
     uint32_t u;

@@ -36,12 +36,19 @@ struct Fiber {
     ucontext_t context;
 };
 
+/// One warp's fragments of an mma in flight (see mma_m16n8k16_bf16).
+struct MmaSlots {
+    unsigned a[kWarp][4];
+    unsigned b[kWarp][2];
+};
+
 struct Block {
     ucontext_t scheduler;
     // Sized once per launch: a ucontext points into itself, so fibers must never move.
     std::vector<Fiber> fibers;
     // Two buffers of 32 exchange slots per warp.
     std::vector<uint64_t> slots;
+    std::vector<MmaSlots> mma;
     Fiber* running = nullptr;
     void (*body)(const void*) = nullptr;
     const void* arg = nullptr;
@@ -149,6 +156,38 @@ uint64_t* exchange_slots(unsigned parity) {
     return &active->slots[(current_thread->warp * 2 + parity) * kWarp];
 }
 
+namespace {
+
+/// Element `half` (0 low, 1 high) of a fragment register, as a float.
+float bf16_half(unsigned reg, unsigned half) { return __bfloat162float({uint16_t(reg >> (16 * half))}); }
+
+/// A(row, k) and B(k, n) of the warp's deposited fragments, by the PTX ISA layout of
+/// m16n8k16 .bf16 (common.cuh): the inverse of the assignment of elements to lanes.
+float a_at(const MmaSlots& s, unsigned row, unsigned k) {
+    return bf16_half(s.a[(row % 8) * 4 + (k % 8) / 2][row / 8 + 2 * (k / 8)], k % 2);
+}
+float b_at(const MmaSlots& s, unsigned k, unsigned n) { return bf16_half(s.b[n * 4 + (k % 8) / 2][k / 8], k % 2); }
+
+}  // namespace
+
+void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2]) {
+    ThreadState& t = *current_thread;
+    MmaSlots& s = active->mma[t.warp];
+    memcpy(s.a[t.lane], a, sizeof s.a[0]);
+    memcpy(s.b[t.lane], b, sizeof s.b[0]);
+    sync_warp();
+    const unsigned g = t.lane / 4, col = 2 * (t.lane % 4);
+    for (unsigned r = 0; r < 4; ++r) {
+        const unsigned row = g + 8 * (r / 2), n = col + r % 2;
+        // Products of bf16 values are exact in f32; they are summed in k order.
+        float sum = 0.0f;
+        for (unsigned k = 0; k < 16; ++k) sum += a_at(s, row, k) * b_at(s, k, n);
+        d[r] += sum;
+    }
+    // No lane may deposit its next fragments before every lane has read these.
+    sync_warp();
+}
+
 int run_grid(const Grid& grid, void (*body)(const void*), const void* arg) {
     const unsigned* t = grid.threads;
     const unsigned* g = grid.blocks;
@@ -159,6 +198,7 @@ int run_grid(const Grid& grid, void (*body)(const void*), const void* arg) {
         Block b;
         b.fibers.resize(threads);
         b.slots.resize((threads + kWarp - 1) / kWarp * 2 * kWarp);
+        b.mma.resize((threads + kWarp - 1) / kWarp);
         b.body = body;
         b.arg = arg;
         active = &b;

@@ -1,6 +1,7 @@
 //! Kernels that test the CPU shim itself (built into the shim library only, never for the GPU;
 //! cuda/src/exec.rs runs them): warp shuffles within full and partial warps, threads that
-//! return before a barrier, and a barrier mismatch that must be reported as a deadlock.
+//! return before a barrier, a barrier mismatch that must be reported as a deadlock, and the
+//! fragment layout of the emulated tensor-core mma.
 
 struct SelfTestParams {
     int* out;
@@ -36,3 +37,31 @@ extern "C" void shim_selftest_deadlock(const SelfTestParams p) {
     p.out[threadIdx.x] = 1;
 }
 INFINITY_SHIM_ENTRY(shim_selftest_deadlock, SelfTestParams)
+
+struct MmaTestParams {
+    const unsigned short* a;
+    const unsigned short* b;
+    const float* c;
+    float* d;
+};
+
+/// D = A·B + C for row-major A (16×16) and B (16×8) bf16 bits and C, D (16×8) f32, one warp,
+/// with every fragment loaded and stored by the PTX ISA layout that common.cuh documents.
+extern "C" void shim_selftest_mma(const MmaTestParams p) {
+    const unsigned g = threadIdx.x / 4, t = threadIdx.x % 4;
+    auto pair = [](unsigned short lo, unsigned short hi) { return unsigned(lo) | unsigned(hi) << 16; };
+    unsigned a[4], b[2];
+    for (unsigned r = 0; r < 4; ++r) {
+        const unsigned row = g + 8 * (r % 2), col = 2 * t + 8 * (r / 2);
+        a[r] = pair(p.a[row * 16 + col], p.a[row * 16 + col + 1]);
+    }
+    for (unsigned r = 0; r < 2; ++r) {
+        const unsigned k = 2 * t + 8 * r;
+        b[r] = pair(p.b[k * 8 + g], p.b[(k + 1) * 8 + g]);
+    }
+    float d[4];
+    for (unsigned r = 0; r < 4; ++r) d[r] = p.c[(g + 8 * (r / 2)) * 8 + 2 * t + r % 2];
+    shim::mma_m16n8k16_bf16(d, a, b);
+    for (unsigned r = 0; r < 4; ++r) p.d[(g + 8 * (r / 2)) * 8 + 2 * t + r % 2] = d[r];
+}
+INFINITY_SHIM_ENTRY(shim_selftest_mma, MmaTestParams)

@@ -1,0 +1,343 @@
+//! The block-causal flash-attention kernels (cuda/kernels/attention.cu) against the CPU
+//! attention and its autograd, on every executor of `infinity_cuda::testing::executors()`:
+//! odd scale blocks that are no multiple of the 64-row tiles, B and H up to 2, strided
+//! operands, KV-cache windows (q_start > 0), plain and cosine scores, head dims 64 and 128.
+//!
+//! Both sides see the same bf16-rounded q, k, v (and dO); the CPU computes in f64 (forward) or
+//! f32 (autograd) from there. What remains is the kernels' own rounding, bounded below.
+
+#[allow(dead_code)] // this binary uses part of the op tests' helpers
+#[path = "ops/support.rs"]
+mod support;
+
+use infinity::autograd::attention::attention as autograd_attention;
+use infinity::autograd::elementwise::mul as autograd_mul;
+use infinity::autograd::norm::l2_normalize as autograd_l2_normalize;
+use infinity::autograd::{Tape, Var};
+use infinity::ops::attention::block_causal_mask;
+use infinity::ops::attention::reference::attention as reference_attention;
+use infinity::ops::elementwise::mul;
+use infinity::ops::norm::l2_normalize;
+use infinity::runtime::{DType, Error as RuntimeError, Tensor};
+use infinity_cuda::attention::{Attention, BlockCausal, Output, Scores};
+use infinity_cuda::testing::executors;
+use infinity_cuda::{DeviceTensor, Error, Executor};
+use proptest::prelude::*;
+
+use support::{randn, strided_copy};
+
+/// Infinity's norm floor (F.normalize's eps).
+const NORM_EPS: f32 = 1e-12;
+
+/// Every emulated case runs thousands of fibered threads; 16 cases keep the file to seconds.
+fn config() -> ProptestConfig {
+    ProptestConfig { cases: 16, ..ProptestConfig::default() }
+}
+
+/// One test problem: bf16 operands and the f32 values they hold.
+struct Case {
+    lens: Vec<usize>,
+    q_start: usize,
+    heads: usize,
+    /// (B, H, Lq, D), (B, H, Lk, D) ×2, f32 holding bf16 values.
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    /// Per-head multipliers of cosine attention (H,), or None for scale·q·kᵀ.
+    head_scale: Option<Tensor>,
+    scale: f32,
+}
+
+/// Standard normals rounded to bf16, returned as f32.
+fn bf16_values(shape: &[usize], seed: u64, scale: f32) -> Tensor {
+    randn(shape, seed, scale).to_dtype(DType::BF16).to_dtype(DType::F32)
+}
+
+impl Case {
+    /// Queries from block `first_block` to the end: the whole sequence for 0, the last scale
+    /// against its KV cache for lens.len() − 1.
+    fn new(b: usize, heads: usize, d: usize, lens: Vec<usize>, first_block: usize, cosine: bool, seed: u64) -> Case {
+        let lk: usize = lens.iter().sum();
+        let q_start: usize = lens[..first_block].iter().sum();
+        let lq = lk - q_start;
+        // Cosine scores are bounded by the head scale; plain ones get a scale that keeps the
+        // softmax away from one-hot.
+        let head_scale = cosine.then(|| {
+            let v: Vec<f32> = (0..heads).map(|h| 2.0 + 3.0 * h as f32 + (seed % 5) as f32).collect();
+            Tensor::from_vec(v, &[heads]).unwrap()
+        });
+        Case {
+            q: bf16_values(&[b, heads, lq, d], seed, 1.0),
+            k: bf16_values(&[b, heads, lk, d], seed ^ 1, 1.0),
+            v: bf16_values(&[b, heads, lk, d], seed ^ 2, 1.0),
+            lens,
+            q_start,
+            heads,
+            head_scale,
+            scale: 1.0 / (d as f32).sqrt(),
+        }
+    }
+
+    fn offsets(&self) -> Vec<usize> {
+        let mut offsets = vec![0];
+        for n in &self.lens {
+            offsets.push(offsets[offsets.len() - 1] + n);
+        }
+        offsets
+    }
+
+    /// The additive mask of the query rows (Lq, Lk).
+    fn mask(&self) -> Tensor {
+        let lq = self.q.shape()[2];
+        block_causal_mask(&self.lens).unwrap().narrow(0, self.q_start, lq).unwrap().contiguous()
+    }
+
+    /// head_scale as (1, H, 1, 1), to scale q̂ per head.
+    fn head_scale_column(&self) -> Option<Tensor> {
+        self.head_scale.as_ref().map(|s| s.reshape(&[1, self.heads, 1, 1]).unwrap())
+    }
+
+    /// CPU forward: (q̂·s_h, k̂) for cosine scores, then the f64 reference attention.
+    fn reference(&self) -> Tensor {
+        match self.head_scale_column() {
+            None => reference_attention(&self.q, &self.k, &self.v, Some(&self.mask()), self.scale).unwrap(),
+            Some(s) => {
+                let q = mul(&l2_normalize(&self.q, NORM_EPS).unwrap(), &s).unwrap();
+                let k = l2_normalize(&self.k, NORM_EPS).unwrap();
+                reference_attention(&q, &k, &self.v, Some(&self.mask()), 1.0).unwrap()
+            }
+        }
+    }
+
+    /// The kernels' call on `exec`, with the operands arranged by `layout` (0: contiguous,
+    /// 1: stored as (B, L, H, D), the layout of a fused qkv projection).
+    fn run<T>(&self, exec: &Executor, layout: usize, body: impl FnOnce(&Attention, &Self) -> T) -> T {
+        let put = |t: &Tensor| {
+            let t = t.to_dtype(DType::BF16);
+            let t = if layout == 1 { strided_copy(&t, &[0, 2, 1, 3]) } else { t };
+            upload(exec, &t)
+        };
+        let (q, k, v) = (put(&self.q), put(&self.k), put(&self.v));
+        let head_scale = self.head_scale.as_ref().map(|s| upload(exec, s));
+        let offsets = self.offsets();
+        let attention = Attention {
+            q: &q,
+            k: &k,
+            v: &v,
+            mask: BlockCausal { offsets: &offsets, q_start: self.q_start },
+            scores: head_scale.as_ref().map_or(Scores::Dot(self.scale), Scores::Cosine),
+        };
+        body(&attention, self)
+    }
+}
+
+fn upload(exec: &Executor, t: &Tensor) -> DeviceTensor {
+    exec.upload(t).unwrap_or_else(|e| panic!("{}: {e}", exec.name()))
+}
+
+fn host(exec: &Executor, t: &DeviceTensor) -> Tensor {
+    exec.download(t).unwrap_or_else(|e| panic!("{}: {e}", exec.name())).to_dtype(DType::F32)
+}
+
+fn max_abs(t: &Tensor) -> f32 {
+    t.to_vec::<f32>().unwrap().iter().fold(0.0, |m, x| m.max(x.abs()))
+}
+
+/// ln Σ_j exp(score_ij) over the visible keys, in f64, with the scores of the reference.
+fn reference_lse(case: &Case) -> Vec<f32> {
+    let (q, k) = match case.head_scale_column() {
+        None => (case.q.clone(), case.k.clone()),
+        Some(s) => {
+            (mul(&l2_normalize(&case.q, NORM_EPS).unwrap(), &s).unwrap(), l2_normalize(&case.k, NORM_EPS).unwrap())
+        }
+    };
+    let scale = if case.head_scale.is_some() { 1.0 } else { f64::from(case.scale) };
+    let [b, h, lq, d] = q.shape().try_into().unwrap();
+    let lk = k.shape()[2];
+    let (q, k, mask) = (q.to_vec::<f32>().unwrap(), k.to_vec::<f32>().unwrap(), case.mask().to_vec::<f32>().unwrap());
+    let mut out = Vec::with_capacity(b * h * lq);
+    for bh in 0..b * h {
+        for i in 0..lq {
+            let scores: Vec<f64> = (0..lk)
+                .filter(|&j| mask[i * lk + j] == 0.0)
+                .map(|j| {
+                    let dot: f64 =
+                        (0..d).map(|e| f64::from(q[(bh * lq + i) * d + e]) * f64::from(k[(bh * lk + j) * d + e])).sum();
+                    dot * scale
+                })
+                .collect();
+            let top = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            out.push((top + scores.iter().map(|s| (s - top).exp()).sum::<f64>().ln()) as f32);
+        }
+    }
+    out
+}
+
+/// Forward bound. O = bf16(Σ_j bf16(p_j)·v_j / Σ_j p_j): rounding each p_j to bf16 moves O by
+/// at most 2⁻⁹·max|v| (a convex combination of relative errors ≤ 2⁻⁹), rounding O to bf16 by
+/// 2⁻⁹·|O| ≤ 2⁻⁹·max|v|; the f32 scores, exponentials and sums add a few f32 ulps, covered by
+/// the 2⁻¹² margin. So |O − O_ref| ≤ (2⁻⁸ + 2⁻¹²)·max|v|.
+fn check_forward(exec: &Executor, case: &Case, layout: usize) {
+    let (out, lse) = case.run(exec, layout, |attention, _| {
+        let Output { out, lse } = attention.forward(exec).unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
+        (host(exec, &out), host(exec, &lse))
+    });
+    let want = case.reference();
+    let bound = (2f32.powi(-8) + 2f32.powi(-12)) * max_abs(&case.v);
+    for (i, (g, w)) in out.to_vec::<f32>().unwrap().iter().zip(want.to_vec::<f32>().unwrap()).enumerate() {
+        assert!((g - w).abs() <= bound, "{}: O[{i}] = {g}, want {w} (bound {bound})", exec.name());
+    }
+    // The logsumexp is f32 arithmetic on exact-product scores: relative 1e-5 covers it.
+    for (i, (g, w)) in lse.to_vec::<f32>().unwrap().iter().zip(reference_lse(case)).enumerate() {
+        assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{}: lse[{i}] = {g}, want {w}", exec.name());
+    }
+}
+
+/// The autograd's gradients of Σ O·dO for q, k, v (and head_scale).
+fn reference_gradients(case: &Case, dout: &Tensor) -> Vec<Tensor> {
+    let tape = Tape::new();
+    let leaf = |t: &Tensor| tape.leaf(t.clone()).unwrap();
+    let (q, k, v) = (leaf(&case.q), leaf(&case.k), leaf(&case.v));
+    let head_scale = case.head_scale_column().map(|s| leaf(&s));
+    let out = match &head_scale {
+        None => autograd_attention(&q, &k, &v, Some(&case.mask()), case.scale),
+        Some(s) => {
+            let q_hat = autograd_mul(&autograd_l2_normalize(&q, NORM_EPS).unwrap(), s).unwrap();
+            let k_hat = autograd_l2_normalize(&k, NORM_EPS).unwrap();
+            autograd_attention(&q_hat, &k_hat, &v, Some(&case.mask()), 1.0)
+        }
+    }
+    .unwrap();
+    let grads = tape.backward_with_grad(&out, dout.clone()).unwrap();
+    let vars: Vec<&Var> = [&q, &k, &v].into_iter().chain(head_scale.as_ref()).collect();
+    vars.into_iter().map(|x| grads.get(x).unwrap().clone()).collect()
+}
+
+/// Backward bound. Each gradient is a sum of products in which one factor was rounded to bf16
+/// for the tensor cores (P for dV; dS = P∘(dP − delta) for dK and dQ) — 2⁻⁹ relative each —
+/// and delta = rowsum(dO∘O) uses the bf16 output (2⁻⁸·max|v| per element, see the forward);
+/// the cosine chain rule then projects dq̂ and dk̂, which keeps their size. Sums with
+/// cancellation make a per-element bound loose, so the error is held to 2⁻⁶ of the largest
+/// entry of each gradient: four bf16 roundings' worth.
+fn check_backward(exec: &Executor, case: &Case, layout: usize, seed: u64) {
+    let dout = bf16_values(case.q.shape(), seed ^ 3, 1.0);
+    let got = case.run(exec, layout, |attention, _| {
+        let fail = |e: Error| -> ! { panic!("{}: {e}", exec.name()) };
+        let output = attention.forward(exec).unwrap_or_else(|e| fail(e));
+        let dout = upload(exec, &dout.to_dtype(DType::BF16));
+        let grads = attention.backward(exec, &output, &dout).unwrap_or_else(|e| fail(e));
+        let mut all: Vec<Tensor> = [&grads.dq, &grads.dk, &grads.dv].into_iter().map(|t| host(exec, t)).collect();
+        all.extend(grads.head_scale.as_ref().map(|t| host(exec, t)));
+        all
+    });
+    let want = reference_gradients(case, &dout);
+    assert_eq!(got.len(), want.len(), "a head-scale gradient exactly for cosine scores");
+    for (name, (g, w)) in ["dq", "dk", "dv", "d_head_scale"].iter().zip(got.iter().zip(&want)) {
+        let bound = 2f32.powi(-6) * max_abs(w);
+        let (g, w) = (g.to_vec::<f32>().unwrap(), w.to_vec::<f32>().unwrap());
+        assert_eq!(g.len(), w.len(), "{name}");
+        for (i, (g, w)) in g.iter().zip(&w).enumerate() {
+            assert!((g - w).abs() <= bound, "{}: {name}[{i}] = {g}, want {w} (bound {bound})", exec.name());
+        }
+    }
+}
+
+/// Scale blocks summing to at most ~80, most of them not multiples of 8 or 16.
+fn scale_lens() -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(1usize..=23, 1..=5)
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn forward_matches_the_cpu_attention(b in 1usize..=2, h in 1usize..=2, lens in scale_lens(), cached: bool,
+                                         cosine: bool, layout in 0usize..2, seed: u64) {
+        // The last scale against its cache, or the whole sequence.
+        let first = if cached { lens.len() - 1 } else { 0 };
+        let case = Case::new(b, h, 64, lens, first, cosine, seed);
+        for exec in executors() {
+            check_forward(exec, &case, layout);
+        }
+    }
+
+    #[test]
+    fn backward_matches_the_cpu_autograd(b in 1usize..=2, h in 1usize..=2, lens in scale_lens(),
+                                         first_pick in 0usize..8, cosine: bool, layout in 0usize..2, seed: u64) {
+        // Queries from any block start: the whole sequence half of the time.
+        let first = if first_pick < 4 { 0 } else { first_pick % lens.len() };
+        let case = Case::new(b, h, 64, lens, first, cosine, seed);
+        for exec in executors() {
+            check_backward(exec, &case, layout, seed);
+        }
+    }
+}
+
+/// Head dim 128 (the 2B model's): the other instantiation of both kernels.
+#[test]
+fn head_dim_128_forward_and_backward() {
+    for cosine in [false, true] {
+        let case = Case::new(1, 2, 128, vec![1, 4, 9, 16, 41], 0, cosine, 7);
+        let cached = Case::new(2, 1, 128, vec![1, 4, 9, 16, 41], 4, cosine, 8);
+        for exec in executors() {
+            check_forward(exec, &case, 1);
+            check_forward(exec, &cached, 0);
+            check_backward(exec, &case, 0, 9);
+        }
+    }
+}
+
+/// Asserts an argument or shape error whose message starts with the op's name.
+#[track_caller]
+fn assert_invalid<T>(result: infinity_cuda::Result<T>, op: &str) {
+    match result {
+        Err(Error::Invalid(e @ (RuntimeError::InvalidArgument { .. } | RuntimeError::ShapeMismatch { .. }))) => {
+            assert!(e.to_string().starts_with(op), "{e}")
+        }
+        Err(e) => panic!("{op}: unexpected error {e}"),
+        Ok(_) => panic!("{op}: accepted bad input"),
+    }
+}
+
+/// Bad input is a typed error naming the op, never a panic or a launch.
+#[test]
+fn preconditions_are_typed_errors() {
+    let exec = &executors()[0];
+    let t = |shape: &[usize], dtype: DType| upload(exec, &Tensor::zeros(shape, dtype));
+    let (q, k) = (t(&[1, 2, 5, 64], DType::BF16), t(&[1, 2, 5, 64], DType::BF16));
+    let offsets = [0, 1, 5];
+    let call = |q: &DeviceTensor, k: &DeviceTensor, v: &DeviceTensor, offsets: &[usize], q_start, scores| {
+        Attention { q, k, v, mask: BlockCausal { offsets, q_start }, scores }.forward(exec).map(|_| ())
+    };
+    let dot = Scores::Dot(0.125);
+    const OP: &str = "attention_forward";
+    assert!(call(&q, &k, &k, &offsets, 0, dot).is_ok());
+
+    let d32 = t(&[1, 2, 5, 32], DType::BF16);
+    assert_invalid(call(&d32, &d32, &d32, &offsets, 0, dot), OP);
+    for bad in [&[0, 5, 1][..], &[0, 1, 4], &[1, 5], &[0, 2, 2, 5], &[5], &[]] {
+        assert_invalid(call(&q, &k, &k, bad, 0, dot), OP);
+    }
+    assert_invalid(call(&q, &k, &k, &offsets, 1, dot), OP);
+    assert_invalid(call(&q, &t(&[1, 1, 5, 64], DType::BF16), &k, &offsets, 0, dot), OP);
+    assert_invalid(call(&q, &k, &t(&[1, 2, 4, 64], DType::BF16), &[0, 4], 0, dot), OP);
+    assert_invalid(call(&q, &k, &k, &offsets, 0, Scores::Dot(f32::NAN)), OP);
+    let three_heads = t(&[3], DType::F32);
+    assert_invalid(call(&q, &k, &k, &offsets, 0, Scores::Cosine(&three_heads)), OP);
+    let f32_q = t(&[1, 2, 5, 64], DType::F32);
+    assert!(matches!(
+        call(&f32_q, &k, &k, &offsets, 0, dot),
+        Err(Error::Invalid(RuntimeError::DTypeMismatch { op: OP, .. }))
+    ));
+    // Rows are moved as 16-byte words: their strides must be multiples of 8 elements.
+    let wide = upload(exec, &Tensor::zeros(&[1, 2, 5, 72], DType::BF16).narrow(3, 8, 64).unwrap());
+    assert!(call(&wide, &k, &k, &offsets, 0, dot).is_ok());
+    let odd_rows = upload(exec, &Tensor::zeros(&[1, 2, 5, 68], DType::BF16).narrow(3, 0, 64).unwrap());
+    assert_invalid(call(&odd_rows, &k, &k, &offsets, 0, dot), OP);
+    let transposed = upload(exec, &Tensor::zeros(&[1, 2, 64, 5], DType::BF16).transpose(2, 3).unwrap());
+    assert_invalid(call(&transposed, &k, &k, &offsets, 0, dot), OP);
+
+    let attention = Attention { q: &q, k: &k, v: &k, mask: BlockCausal { offsets: &offsets, q_start: 0 }, scores: dot };
+    let output = attention.forward(exec).unwrap();
+    assert_invalid(attention.backward(exec, &output, &t(&[1, 2, 4, 64], DType::BF16)), "attention_backward");
+}

@@ -1,8 +1,8 @@
 //! Helpers shared by every kernel file: element conversions, exact (never fused) float
-//! arithmetic, warp and block reductions, the bf16 tensor-core mma with its fragment helpers,
-//! and the Philox 4x32-10 stream of runtime/src/rng.rs. Compiled by NVRTC for the GPU and,
-//! under cuda_shim.h, by g++ for the CPU shim; only the mma (inline PTX or the shim's
-//! emulation) depends on which.
+//! arithmetic, warp and block reductions, strided indexing of N-D views, SiLU, the bf16
+//! tensor-core mma with its fragment helpers, and the Philox 4x32-10 stream of
+//! runtime/src/rng.rs. Compiled by NVRTC for the GPU and, under cuda_shim.h, by g++ for the
+//! CPU shim; only the mma (inline PTX or the shim's emulation) depends on which.
 #pragma once
 
 #ifndef INFINITY_CUDA_SHIM
@@ -75,11 +75,25 @@ __device__ __forceinline__ float lerp_exact(float a, float b, float t) {
     return __fadd_rn(__fmul_rn(__fsub_rn(1.0f, t), a), __fmul_rn(t, b));
 }
 
-/// Sum over the warp; every lane gets the total. All 32 lanes must call it.
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+/// The reduction operators of the warp and block reductions below.
+struct Sum {
+    __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }
+};
+/// The larger of a and b, and NaN when either is NaN (fmaxf would drop a NaN), so that a row
+/// holding NaN reduces to NaN as in the CPU reference's max.
+struct MaxNan {
+    __device__ __forceinline__ float operator()(float a, float b) const { return (a > b || a != a) ? a : b; }
+};
+
+/// `op` over the warp by a butterfly; every lane gets the result. All 32 lanes must call it.
+template <class Op>
+__device__ __forceinline__ float warp_reduce(float v, Op op) {
+    for (int offset = 16; offset > 0; offset >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
     return v;
 }
+
+/// Sum over the warp; every lane gets the total. All 32 lanes must call it.
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce(v, Sum()); }
 
 /// Reductions over the four lanes that share g = lane / 4 in the mma fragment layout (one
 /// row of a C fragment); every lane of the warp must call them.
@@ -92,19 +106,52 @@ __device__ __forceinline__ float quad_max(float v) {
     return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
 }
 
-/// Sum over a one-dimensional block whose size is a multiple of 32; every thread gets the
-/// total, reduced in the same order for all. Every thread of the block must call it.
-__device__ __forceinline__ float block_sum(float v) {
+/// `op` over a one-dimensional block whose size is a multiple of 32; every thread gets the
+/// result, reduced in the same order for all. Every thread of the block must call it.
+template <class Op>
+__device__ __forceinline__ float block_reduce(float v, Op op) {
     __shared__ float partial[32];
-    v = warp_sum(v);
+    v = warp_reduce(v, op);
     if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;
     __syncthreads();
-    float total = 0.0f;
-    for (unsigned w = 0; w < (blockDim.x >> 5); ++w) total += partial[w];
+    float total = partial[0];
+    for (unsigned w = 1; w < (blockDim.x >> 5); ++w) total = op(total, partial[w]);
     // The next call overwrites `partial`: every thread must have read it first.
     __syncthreads();
     return total;
 }
+
+__device__ __forceinline__ float block_sum(float v) { return block_reduce(v, Sum()); }
+
+/// Row-major coordinates of a flat index in a view of N dimensions.
+template <int N>
+struct Coords {
+    int at[N];
+};
+
+/// The coordinates of flat index `i` in a view of sizes `dims` (row-major, last fastest).
+template <int N>
+__device__ __forceinline__ Coords<N> unflatten(unsigned i, const int* dims) {
+    Coords<N> k;
+#pragma unroll
+    for (int d = N - 1; d >= 0; --d) {
+        k.at[d] = int(i % unsigned(dims[d]));
+        i /= unsigned(dims[d]);
+    }
+    return k;
+}
+
+/// Element offset of coordinates `k` in a view with element strides `stride`.
+template <int N>
+__device__ __forceinline__ int offset_of(const Coords<N>& k, const int* stride) {
+    int offset = 0;
+#pragma unroll
+    for (int d = 0; d < N; ++d) offset += k.at[d] * stride[d];
+    return offset;
+}
+
+/// x·sigmoid(x) as x / (1 + e^−x): one rounding fewer than the product form.
+__device__ __forceinline__ float silu(float x) { return __fdiv_rn(x, __fadd_rn(1.0f, expf(-x))); }
 
 /// The 32-bit word at absolute position `n` of the Philox 4x32-10 stream of `seed`: word
 /// n % 4 of the block with counter (n / 4 low, n / 4 high, 0, 0) and key (seed low, seed high).

@@ -20,6 +20,11 @@ impl<T> DevPtr<T> {
     pub(crate) fn new(addr: u64) -> Self {
         DevPtr { addr, _element: PhantomData }
     }
+
+    /// The null address: an optional operand that is absent (the kernel tests for it).
+    pub(crate) fn null() -> Self {
+        DevPtr::new(0)
+    }
 }
 
 impl<T> Clone for DevPtr<T> {

@@ -121,12 +121,7 @@ impl Executor {
 
     /// `t` as kernel `op` reads it: dtype `T`, rank `N`, nonempty, offsets below 2^31.
     pub(crate) fn view<T: Element, const N: usize>(&self, op: &'static str, t: &DeviceTensor) -> Result<View<T, N>> {
-        let addr = match (&t.buffer, self) {
-            (Buffer::Host(words), Executor::Shim) => words.as_ptr() as u64,
-            (Buffer::Cuda(slice), Executor::Cuda(gpu)) => gpu.address(slice),
-            _ => return Err(self.foreign(op, t)),
-        };
-        checked_view(op, t, addr)
+        checked_view(op, t, self.address(op, t)?, N)
     }
 
     /// As [`Executor::view`], for a tensor the kernel writes.
@@ -135,12 +130,44 @@ impl Executor {
         op: &'static str,
         t: &mut DeviceTensor,
     ) -> Result<View<T, N>> {
-        let addr = match (&mut t.buffer, self) {
-            (Buffer::Host(words), Executor::Shim) => words.as_mut_ptr() as u64,
-            (Buffer::Cuda(slice), Executor::Cuda(gpu)) => gpu.address_mut(slice),
-            _ => return Err(self.foreign(op, t)),
-        };
-        checked_view(op, t, addr)
+        let addr = self.address_mut(op, t)?;
+        checked_view(op, t, addr, N)
+    }
+
+    /// As [`Executor::view`] for a tensor of rank 1 to `N`, seen as rank `N` with leading
+    /// sizes 1 (stride 0): NumPy's right alignment, for the kernels that take any rank.
+    pub(crate) fn view_padded<T: Element, const N: usize>(
+        &self,
+        op: &'static str,
+        t: &DeviceTensor,
+    ) -> Result<View<T, N>> {
+        checked_view(op, t, self.address(op, t)?, 1)
+    }
+
+    /// As [`Executor::view_padded`], for a tensor the kernel writes.
+    pub(crate) fn view_mut_padded<T: Element, const N: usize>(
+        &self,
+        op: &'static str,
+        t: &mut DeviceTensor,
+    ) -> Result<View<T, N>> {
+        let addr = self.address_mut(op, t)?;
+        checked_view(op, t, addr, 1)
+    }
+
+    fn address(&self, op: &'static str, t: &DeviceTensor) -> Result<u64> {
+        match (&t.buffer, self) {
+            (Buffer::Host(words), Executor::Shim) => Ok(words.as_ptr() as u64),
+            (Buffer::Cuda(slice), Executor::Cuda(gpu)) => Ok(gpu.address(slice)),
+            _ => Err(self.foreign(op, t)),
+        }
+    }
+
+    fn address_mut(&self, op: &'static str, t: &mut DeviceTensor) -> Result<u64> {
+        match (&mut t.buffer, self) {
+            (Buffer::Host(words), Executor::Shim) => Ok(words.as_mut_ptr() as u64),
+            (Buffer::Cuda(slice), Executor::Cuda(gpu)) => Ok(gpu.address_mut(slice)),
+            _ => Err(self.foreign(op, t)),
+        }
     }
 
     /// A grid-stride launch over `elements` with `threads` per block.
@@ -177,20 +204,29 @@ fn storage(dtype: DType, bytes: &[u8]) -> CpuStorage {
     with_dtype!(dtype, T => CpuStorage::from_vec(bytemuck::pod_collect_to_vec::<u8, T>(bytes)))
 }
 
-fn checked_view<T: Element, const N: usize>(op: &'static str, t: &DeviceTensor, base: u64) -> Result<View<T, N>> {
+/// `t` as a view of rank `N`, from a rank of `min_rank` to `N` (lower ranks get leading sizes 1
+/// with stride 0).
+fn checked_view<T: Element, const N: usize>(
+    op: &'static str,
+    t: &DeviceTensor,
+    base: u64,
+    min_rank: usize,
+) -> Result<View<T, N>> {
     if t.dtype != T::DTYPE {
         return Err(RuntimeError::DTypeMismatch { op, expected: T::DTYPE, got: t.dtype }.into());
     }
     let (shape, strides) = (t.layout.shape(), t.layout.strides());
-    if shape.len() != N {
-        return Err(RuntimeError::invalid(op, shape, format!("expected {N} dimensions")).into());
+    if !(min_rank..=N).contains(&shape.len()) {
+        let expected = if min_rank == N { format!("{N}") } else { format!("{min_rank} to {N}") };
+        return Err(RuntimeError::invalid(op, shape, format!("expected {expected} dimensions")).into());
     }
     if t.layout.numel() == 0 || t.layout.max_extent() > MAX_OFFSET {
         return Err(RuntimeError::invalid(op, shape, "the kernels need a nonempty view below 2^31 elements").into());
     }
     // Both fit: every size and stride is at most the extent.
-    let dims = std::array::from_fn(|i| shape[i] as i32);
-    let strides = std::array::from_fn(|i| strides[i] as i32);
+    let lead = N - shape.len();
+    let dims = std::array::from_fn(|i| if i < lead { 1 } else { shape[i - lead] as i32 });
+    let strides = std::array::from_fn(|i| if i < lead { 0 } else { strides[i - lead] as i32 });
     let addr = base + (t.layout.offset() * T::DTYPE.size_in_bytes()) as u64;
     Ok(View { ptr: DevPtr::new(addr), dims, strides })
 }
@@ -318,5 +354,17 @@ mod tests {
         assert!(matches!(exec.view::<u8, 2>("test", &t), Err(Error::Invalid(RuntimeError::DTypeMismatch { .. }))));
         assert!(matches!(exec.view::<f32, 3>("test", &t), Err(Error::Invalid(RuntimeError::InvalidArgument { .. }))));
         assert!(exec.output("test", &[1 << 20, 1 << 20], DType::U8).is_err(), "refused before allocating");
+    }
+
+    #[test]
+    fn padded_views_align_to_the_right() {
+        let exec = Executor::Shim;
+        let t = exec.output("test", &[2, 3], DType::F32).unwrap();
+        let v = exec.view_padded::<f32, 4>("test", &t).unwrap();
+        assert_eq!((v.dims, v.strides), ([1, 1, 2, 3], [0, 0, 3, 1]));
+        assert!(matches!(
+            exec.view_padded::<f32, 1>("test", &t),
+            Err(Error::Invalid(RuntimeError::InvalidArgument { .. }))
+        ));
     }
 }

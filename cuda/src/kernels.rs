@@ -12,9 +12,13 @@ use infinity_runtime::half::bf16;
 use crate::adaln::{AdaLnParams, GatedResidualParams};
 use crate::attention::{AttentionBackwardParams, AttentionCosineParams, AttentionForwardParams, AttentionRowsParams};
 use crate::bitwise_head::{BitwiseLossParams, BitwiseSampleParams};
+use crate::elementwise::{BinaryParams, UnaryParams};
 use crate::exec::ShimGrid;
+use crate::index::EmbeddingParams;
+use crate::norm::{GroupNormParams, RmsNormParams, SoftmaxParams};
 use crate::quantize::{BsqQuantizeParams, BsqUpdateParams, ResizeParams};
 use crate::rng::PhiloxFillParams;
+use crate::rope::RopeParams;
 
 /// The header every kernel file includes as "common.cuh"; NVRTC gets it from memory.
 pub const COMMON_HEADER: &str = include_str!("../kernels/common.cuh");
@@ -27,10 +31,24 @@ pub enum Source {
     AdaLn,
     Rng,
     Attention,
+    Norm,
+    Elementwise,
+    Index,
+    Rope,
 }
 
 impl Source {
-    pub const ALL: [Source; 5] = [Source::Quantize, Source::BitwiseHead, Source::AdaLn, Source::Rng, Source::Attention];
+    pub const ALL: [Source; 9] = [
+        Source::Quantize,
+        Source::BitwiseHead,
+        Source::AdaLn,
+        Source::Rng,
+        Source::Attention,
+        Source::Norm,
+        Source::Elementwise,
+        Source::Index,
+        Source::Rope,
+    ];
 
     pub fn file_name(self) -> &'static str {
         match self {
@@ -39,6 +57,10 @@ impl Source {
             Source::AdaLn => "adaln.cu",
             Source::Rng => "rng.cu",
             Source::Attention => "attention.cu",
+            Source::Norm => "norm.cu",
+            Source::Elementwise => "elementwise.cu",
+            Source::Index => "index.cu",
+            Source::Rope => "rope.cu",
         }
     }
 
@@ -49,6 +71,10 @@ impl Source {
             Source::AdaLn => include_str!("../kernels/adaln.cu"),
             Source::Rng => include_str!("../kernels/rng.cu"),
             Source::Attention => include_str!("../kernels/attention.cu"),
+            Source::Norm => include_str!("../kernels/norm.cu"),
+            Source::Elementwise => include_str!("../kernels/elementwise.cu"),
+            Source::Index => include_str!("../kernels/index.cu"),
+            Source::Rope => include_str!("../kernels/rope.cu"),
         }
     }
 
@@ -159,6 +185,34 @@ kernels! {
     AttentionBackwardD128, ATTENTION_BACKWARD_D128 = attention_backward_d128(AttentionBackwardParams) in Attention;
     /// dQ through the cosine normalisation, and the per-head scale's gradient.
     AttentionBackwardCosine, ATTENTION_BACKWARD_COSINE = attention_backward_cosine(AttentionCosineParams) in Attention;
+    /// x / √(mean(x²) + eps) · weight over the last dimension, f32 activations.
+    RmsNormF32, RMS_NORM_F32 = rms_norm_f32(RmsNormParams<f32>) in Norm;
+    /// x / √(mean(x²) + eps) · weight over the last dimension, bf16 activations.
+    RmsNormBf16, RMS_NORM_BF16 = rms_norm_bf16(RmsNormParams<bf16>) in Norm;
+    /// Group norm of (N, C, H, W) f32 with affine weight and bias, optionally followed by SiLU.
+    GroupNorm, GROUP_NORM = group_norm(GroupNormParams) in Norm;
+    /// Softmax over the last dimension, f32.
+    SoftmaxF32, SOFTMAX_F32 = softmax_f32(SoftmaxParams) in Norm;
+    /// Broadcast add or multiply of f32 operands.
+    BinaryF32, BINARY_F32 = binary_f32(BinaryParams<f32>) in Elementwise;
+    /// Broadcast add or multiply of bf16 operands, f32 result.
+    BinaryBf16, BINARY_BF16 = binary_bf16(BinaryParams<bf16>) in Elementwise;
+    /// Tanh GELU or SiLU of f32 elements.
+    UnaryF32, UNARY_F32 = unary_f32(UnaryParams<f32>) in Elementwise;
+    /// Tanh GELU or SiLU of bf16 elements, f32 result.
+    UnaryBf16, UNARY_BF16 = unary_bf16(UnaryParams<bf16>) in Elementwise;
+    /// Embedding rows of an f32 table for I64 ids.
+    EmbeddingF32I64, EMBEDDING_F32_I64 = embedding_f32_i64(EmbeddingParams<f32, i64>) in Index;
+    /// Embedding rows of an f32 table for I32 ids.
+    EmbeddingF32I32, EMBEDDING_F32_I32 = embedding_f32_i32(EmbeddingParams<f32, i32>) in Index;
+    /// Embedding rows of a bf16 table for I64 ids.
+    EmbeddingBf16I64, EMBEDDING_BF16_I64 = embedding_bf16_i64(EmbeddingParams<bf16, i64>) in Index;
+    /// Embedding rows of a bf16 table for I32 ids.
+    EmbeddingBf16I32, EMBEDDING_BF16_I32 = embedding_bf16_i32(EmbeddingParams<bf16, i32>) in Index;
+    /// Interleaved rotary embedding of (B, H, L, D) f32.
+    RopeInterleavedF32, ROPE_INTERLEAVED_F32 = rope_interleaved_f32(RopeParams<f32>) in Rope;
+    /// Interleaved rotary embedding of (B, H, L, D) bf16.
+    RopeInterleavedBf16, ROPE_INTERLEAVED_BF16 = rope_interleaved_bf16(RopeParams<bf16>) in Rope;
 }
 
 #[cfg(test)]

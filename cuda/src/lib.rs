@@ -5,8 +5,9 @@
 //! when one is missing, so every entry point into them probes first.
 //!
 //! Kernels are launched through typed handles ([`kernels`]) with `#[repr(C)]` parameter
-//! structs; the public launchers ([`quantize`], [`bitwise_head`], [`adaln`], [`attention`], [`rng`]) check
-//! dtypes, shapes and arguments first and return typed errors.
+//! structs; the public launchers ([`quantize`], [`bitwise_head`], [`adaln`], [`attention`], [`rng`],
+//! [`norm`], [`elementwise`], [`index`], [`rope`]) check dtypes, shapes and arguments first and
+//! return typed errors.
 
 mod device;
 mod error;
@@ -16,11 +17,15 @@ mod gpu;
 pub mod adaln;
 pub mod attention;
 pub mod bitwise_head;
+pub mod elementwise;
+pub mod index;
 pub mod kernels;
+pub mod norm;
 pub mod nvrtc;
 pub mod ptxas;
 pub mod quantize;
 pub mod rng;
+pub mod rope;
 pub mod testing;
 pub mod toolkit;
 

@@ -1,0 +1,70 @@
+//! Elementwise ops of the three networks (ops/src/elementwise.rs): the broadcast add and
+//! multiply of residuals, biases and gates, and the tanh GELU (T5's gated FFN, Infinity's MLP)
+//! and SiLU (the BitVAE) activations. One thread per output element over a grid-stride loop;
+//! inputs are read through element strides (a stride of 0 broadcasts), the output is
+//! contiguous f32. The arithmetic runs in f32 on f32 or bf16 inputs.
+#include "common.cuh"
+
+/// The op codes of `BinaryParams::op` and `UnaryParams::op` (mirrored in src/elementwise.rs).
+enum BinaryOp : int { kAdd = 0, kMul = 1 };
+enum UnaryOp : int { kGeluTanh = 0, kSilu = 1 };
+
+/// out (dims, contiguous) = a op b, with a and b seen at the output's 4-D shape through their
+/// element strides (0 along broadcast dimensions).
+template <class T>
+struct BinaryParams {
+    const T* a;
+    const T* b;
+    float* out;
+    int dims[4];
+    int a_stride[4];
+    int b_stride[4];
+    int op;
+};
+
+/// Correctly rounded, never fused: f32 inputs give the CPU's results bit for bit.
+template <class T>
+__device__ __forceinline__ void binary(const BinaryParams<T>& p) {
+    const unsigned n = unsigned(p.dims[0] * p.dims[1] * p.dims[2] * p.dims[3]);
+    for (unsigned i = grid_first(); i < n; i += grid_stride()) {
+        const Coords<4> k = unflatten<4>(i, p.dims);
+        const float a = to_float(p.a[offset_of(k, p.a_stride)]), b = to_float(p.b[offset_of(k, p.b_stride)]);
+        p.out[i] = p.op == kAdd ? __fadd_rn(a, b) : __fmul_rn(a, b);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) binary_f32(const BinaryParams<float> p) { binary(p); }
+INFINITY_SHIM_ENTRY(binary_f32, BinaryParams<float>)
+extern "C" __global__ void __launch_bounds__(256) binary_bf16(const BinaryParams<bf16> p) { binary(p); }
+INFINITY_SHIM_ENTRY(binary_bf16, BinaryParams<bf16>)
+
+/// out (dims, contiguous) = f(x), x a 4-D view with element strides.
+template <class T>
+struct UnaryParams {
+    const T* x;
+    float* out;
+    int dims[4];
+    int x_stride[4];
+    int op;
+};
+
+/// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) written as x·sigmoid(2√(2/π)·(…)), which
+/// does not cancel for large negative x as 1 + tanh would.
+__device__ __forceinline__ float gelu_tanh(float x) {
+    const float two_k = 1.5957691216057308f;  // 2·√(2/π)
+    return __fdiv_rn(x, __fadd_rn(1.0f, expf(-two_k * (x + 0.044715f * x * x * x))));
+}
+
+template <class T>
+__device__ __forceinline__ void unary(const UnaryParams<T>& p) {
+    const unsigned n = unsigned(p.dims[0] * p.dims[1] * p.dims[2] * p.dims[3]);
+    for (unsigned i = grid_first(); i < n; i += grid_stride()) {
+        const float x = to_float(p.x[offset_of(unflatten<4>(i, p.dims), p.x_stride)]);
+        p.out[i] = p.op == kGeluTanh ? gelu_tanh(x) : silu(x);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) unary_f32(const UnaryParams<float> p) { unary(p); }
+INFINITY_SHIM_ENTRY(unary_f32, UnaryParams<float>)
+extern "C" __global__ void __launch_bounds__(256) unary_bf16(const UnaryParams<bf16> p) { unary(p); }
+INFINITY_SHIM_ENTRY(unary_bf16, UnaryParams<bf16>)

@@ -1,0 +1,157 @@
+//! Launchers of kernels/elementwise.cu: add and multiply with NumPy broadcasting, and the tanh
+//! GELU and SiLU activations, on f32 or bf16 inputs of rank 1 to 4 with any strides, to a
+//! contiguous f32 output. Broadcasting is done by strides: a size-1 (or missing leading)
+//! dimension of an operand is read with stride 0, so nothing is materialised.
+
+use cudarc::driver::DeviceRepr;
+use infinity_runtime::half::bf16;
+use infinity_runtime::layout::broadcast_shapes;
+use infinity_runtime::{DType, Element, Error as RuntimeError};
+
+use crate::Result;
+use crate::device::{DevPtr, DeviceTensor, View};
+use crate::exec::Executor;
+use crate::kernels::{BINARY_BF16, BINARY_F32, KernelHandle, UNARY_BF16, UNARY_F32};
+
+const THREADS: u32 = 256;
+/// Highest rank the kernels index.
+const MAX_RANK: usize = 4;
+
+/// The binary operators; the discriminants are elementwise.cu's `BinaryOp` codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add = 0,
+    Mul = 1,
+}
+
+/// The activations; the discriminants are elementwise.cu's `UnaryOp` codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnaryOp {
+    /// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), PyTorch's `gelu(approximate="tanh")`.
+    GeluTanh = 0,
+    /// x·sigmoid(x).
+    Silu = 1,
+}
+
+#[repr(C)]
+pub struct BinaryParams<T> {
+    a: DevPtr<T>,
+    b: DevPtr<T>,
+    out: DevPtr<f32>,
+    dims: [i32; MAX_RANK],
+    a_stride: [i32; MAX_RANK],
+    b_stride: [i32; MAX_RANK],
+    op: i32,
+}
+
+#[repr(C)]
+pub struct UnaryParams<T> {
+    x: DevPtr<T>,
+    out: DevPtr<f32>,
+    dims: [i32; MAX_RANK],
+    x_stride: [i32; MAX_RANK],
+    op: i32,
+}
+
+// SAFETY: #[repr(C)] mirrors of the C structs of elementwise.cu (sizes checked by a test)
+// made of plain numbers and addresses.
+unsafe impl<T> DeviceRepr for BinaryParams<T> {}
+unsafe impl<T> DeviceRepr for UnaryParams<T> {}
+
+/// `a + b` with NumPy broadcasting; see [`binary`].
+pub fn add(exec: &Executor, a: &DeviceTensor, b: &DeviceTensor) -> Result<DeviceTensor> {
+    binary(exec, BinaryOp::Add, a, b)
+}
+
+/// `a * b` with NumPy broadcasting; see [`binary`].
+pub fn mul(exec: &Executor, a: &DeviceTensor, b: &DeviceTensor) -> Result<DeviceTensor> {
+    binary(exec, BinaryOp::Mul, a, b)
+}
+
+/// `a op b` with NumPy broadcasting (shapes aligned at the last dimension, rank ≤ 4), a and b
+/// both f32 or both bf16. The output is contiguous f32 with the broadcast shape; each result is
+/// the correctly rounded f32 sum or product, so f32 inputs agree with the CPU op bit for bit.
+pub fn binary(exec: &Executor, op: BinaryOp, a: &DeviceTensor, b: &DeviceTensor) -> Result<DeviceTensor> {
+    match (a.dtype(), b.dtype()) {
+        (DType::F32, DType::F32) => binary_as(exec, BINARY_F32, op, a, b),
+        (DType::BF16, DType::BF16) => binary_as::<bf16>(exec, BINARY_BF16, op, a, b),
+        (expected @ (DType::F32 | DType::BF16), got) => {
+            Err(RuntimeError::DTypeMismatch { op: "binary", expected, got }.into())
+        }
+        (dtype, _) => Err(RuntimeError::UnsupportedDType { op: "binary", dtype }.into()),
+    }
+}
+
+fn binary_as<T: Element>(
+    exec: &Executor,
+    handle: KernelHandle<BinaryParams<T>>,
+    op: BinaryOp,
+    a: &DeviceTensor,
+    b: &DeviceTensor,
+) -> Result<DeviceTensor> {
+    let name = handle.kernel.name();
+    let (av, bv) = (exec.view_padded::<T, MAX_RANK>(name, a)?, exec.view_padded::<T, MAX_RANK>(name, b)?);
+    let shape = broadcast_shapes(name, a.shape(), b.shape())?;
+    let mut out = exec.output(name, &shape, DType::F32)?;
+    let ov = exec.view_mut_padded::<f32, MAX_RANK>(name, &mut out)?;
+    let params = BinaryParams {
+        a: av.ptr,
+        b: bv.ptr,
+        out: ov.ptr,
+        dims: ov.dims,
+        a_stride: broadcast_strides(&av, &ov.dims),
+        b_stride: broadcast_strides(&bv, &ov.dims),
+        op: op as i32,
+    };
+    // SAFETY: the addresses come from views of live tensors of `exec`; every operand offset
+    // the kernel forms is one of its view's (a broadcast dimension is read at index 0), and the
+    // output was allocated with the broadcast shape.
+    unsafe { exec.launch(handle, exec.grid_stride(out.layout().numel(), THREADS), &params)? };
+    Ok(out)
+}
+
+/// The strides that read operand `v` at the broadcast shape `dims`: 0 where it has size 1.
+fn broadcast_strides<T>(v: &View<T, MAX_RANK>, dims: &[i32; MAX_RANK]) -> [i32; MAX_RANK] {
+    std::array::from_fn(|i| if v.dims[i] == 1 && dims[i] != 1 { 0 } else { v.strides[i] })
+}
+
+/// The tanh GELU of every element; see [`unary`].
+pub fn gelu_tanh(exec: &Executor, x: &DeviceTensor) -> Result<DeviceTensor> {
+    unary(exec, UnaryOp::GeluTanh, x)
+}
+
+/// x·sigmoid(x) of every element; see [`unary`].
+pub fn silu(exec: &Executor, x: &DeviceTensor) -> Result<DeviceTensor> {
+    unary(exec, UnaryOp::Silu, x)
+}
+
+/// `op` of every element of x (f32 or bf16, rank 1 to 4, any strides), computed in f32 as
+/// x·sigmoid(·) with the library expf. The output is contiguous f32.
+pub fn unary(exec: &Executor, op: UnaryOp, x: &DeviceTensor) -> Result<DeviceTensor> {
+    match x.dtype() {
+        DType::F32 => unary_as(exec, UNARY_F32, op, x),
+        DType::BF16 => unary_as::<bf16>(exec, UNARY_BF16, op, x),
+        dtype => Err(RuntimeError::UnsupportedDType { op: "unary", dtype }.into()),
+    }
+}
+
+fn unary_as<T: Element>(
+    exec: &Executor,
+    handle: KernelHandle<UnaryParams<T>>,
+    op: UnaryOp,
+    x: &DeviceTensor,
+) -> Result<DeviceTensor> {
+    let name = handle.kernel.name();
+    let xv = exec.view_padded::<T, MAX_RANK>(name, x)?;
+    let mut out = exec.output(name, x.shape(), DType::F32)?;
+    let params = UnaryParams {
+        x: xv.ptr,
+        out: exec.view_mut_padded::<f32, MAX_RANK>(name, &mut out)?.ptr,
+        dims: xv.dims,
+        x_stride: xv.strides,
+        op: op as i32,
+    };
+    // SAFETY: both addresses come from views of live tensors of `exec` of x's shape.
+    unsafe { exec.launch(handle, exec.grid_stride(out.layout().numel(), THREADS), &params)? };
+    Ok(out)
+}

@@ -1,0 +1,100 @@
+//! Launcher of kernels/index.cu: the embedding lookup, rows of a (V, D) table (f32 or bf16)
+//! for I64 or I32 ids of rank 1 to 4, copied exactly.
+//!
+//! The ids are on the device, where the launcher cannot read them without a copy. The kernel
+//! checks each id and raises a flag for one outside 0..V; the launcher reads the flag back
+//! (which waits for the kernel) and only then, on failure, downloads the ids to name the first
+//! bad one, with the message of ops' `embedding`.
+
+use cudarc::driver::DeviceRepr;
+use infinity_runtime::half::bf16;
+use infinity_runtime::{DType, Element, Error as RuntimeError};
+
+use crate::Result;
+use crate::device::{DevPtr, DeviceTensor};
+use crate::exec::Executor;
+use crate::kernels::{EMBEDDING_BF16_I32, EMBEDDING_BF16_I64, EMBEDDING_F32_I32, EMBEDDING_F32_I64, KernelHandle};
+
+const THREADS: u32 = 256;
+/// Highest rank of the ids.
+const MAX_RANK: usize = 4;
+
+#[repr(C)]
+pub struct EmbeddingParams<T, Id> {
+    weight: DevPtr<T>,
+    ids: DevPtr<Id>,
+    out: DevPtr<T>,
+    bad: DevPtr<i32>,
+    ids_dims: [i32; MAX_RANK],
+    ids_stride: [i32; MAX_RANK],
+    weight_stride: [i32; 2],
+    vocab: i32,
+    width: i32,
+}
+
+// SAFETY: a #[repr(C)] mirror of the C struct of index.cu (sizes checked by a test) made of
+// plain numbers and addresses.
+unsafe impl<T, Id> DeviceRepr for EmbeddingParams<T, Id> {}
+
+/// weight[ids] of shape (ids.shape…, D) in weight's dtype, contiguous. An id outside 0..V is an
+/// `InvalidArgument` error naming it and its flat position (found after the launch; see the
+/// module documentation), and no tensor is returned.
+pub fn embedding(exec: &Executor, weight: &DeviceTensor, ids: &DeviceTensor) -> Result<DeviceTensor> {
+    match (weight.dtype(), ids.dtype()) {
+        (DType::F32, DType::I64) => embedding_as(exec, EMBEDDING_F32_I64, weight, ids),
+        (DType::F32, DType::I32) => embedding_as(exec, EMBEDDING_F32_I32, weight, ids),
+        (DType::BF16, DType::I64) => embedding_as::<bf16, i64>(exec, EMBEDDING_BF16_I64, weight, ids),
+        (DType::BF16, DType::I32) => embedding_as::<bf16, i32>(exec, EMBEDDING_BF16_I32, weight, ids),
+        (DType::F32 | DType::BF16, dtype) | (dtype, _) => {
+            Err(RuntimeError::UnsupportedDType { op: "embedding", dtype }.into())
+        }
+    }
+}
+
+fn embedding_as<T: Element, Id: Element>(
+    exec: &Executor,
+    handle: KernelHandle<EmbeddingParams<T, Id>>,
+    weight: &DeviceTensor,
+    ids: &DeviceTensor,
+) -> Result<DeviceTensor> {
+    let op = handle.kernel.name();
+    let w = exec.view::<T, 2>(op, weight)?;
+    let iv = exec.view_padded::<Id, MAX_RANK>(op, ids)?;
+    let [vocab, width] = w.dims;
+    let mut shape = ids.shape().to_vec();
+    shape.push(width as usize);
+    let mut out = exec.output(op, &shape, T::DTYPE)?;
+    let mut bad = exec.output(op, &[1], DType::I32)?;
+    let params = EmbeddingParams {
+        weight: w.ptr,
+        ids: iv.ptr,
+        out: exec.view_mut_padded::<T, { MAX_RANK + 1 }>(op, &mut out)?.ptr,
+        bad: exec.view_mut::<i32, 1>(op, &mut bad)?.ptr,
+        ids_dims: iv.dims,
+        ids_stride: iv.strides,
+        weight_stride: w.strides,
+        vocab,
+        width,
+    };
+    // SAFETY: the addresses come from views of live tensors of `exec`; the kernel reads the
+    // table only at ids it checked to lie in 0..V, and the output has (ids…, D) elements.
+    unsafe { exec.launch(handle, exec.grid_stride(out.layout().numel(), THREADS), &params)? };
+    if exec.download(&bad)?.to_vec::<i32>()?[0] != 0 {
+        return Err(out_of_range(exec, op, ids, vocab)?);
+    }
+    Ok(out)
+}
+
+/// The error for the first id outside 0..vocab, in row-major order.
+fn out_of_range(exec: &Executor, op: &'static str, ids: &DeviceTensor, vocab: i32) -> Result<crate::Error> {
+    let host = exec.download(ids)?;
+    let values: Vec<i64> = match host.dtype() {
+        DType::I32 => host.to_vec::<i32>()?.into_iter().map(i64::from).collect(),
+        _ => host.to_vec::<i64>()?,
+    };
+    let msg = match values.iter().position(|id| !(0..i64::from(vocab)).contains(id)) {
+        Some(pos) => format!("index {} at flat position {pos} is outside 0..{vocab}", values[pos]),
+        None => format!("the kernel flagged an id outside 0..{vocab}, but the ids read back hold none"),
+    };
+    Ok(RuntimeError::invalid(op, ids.shape(), msg).into())
+}

@@ -1,0 +1,206 @@
+//! Launchers of kernels/norm.cu: the RMS norm (T5, Infinity's text norm), the group norm with
+//! an optional fused SiLU (BitVAE decoder) and the softmax over the last dimension, each one
+//! CUDA block per normalised block of elements with f32 statistics. Inputs may be strided;
+//! outputs are contiguous.
+
+use cudarc::driver::DeviceRepr;
+use infinity_runtime::half::bf16;
+use infinity_runtime::{DType, Element, Error as RuntimeError};
+
+use crate::Result;
+use crate::device::{DevPtr, DeviceTensor, View};
+use crate::exec::{Executor, Grid};
+use crate::kernels::{GROUP_NORM, KernelHandle, RMS_NORM_BF16, RMS_NORM_F32, SOFTMAX_F32};
+
+/// Threads per row of the row kernels (RMS norm, softmax); a multiple of 32 (the block
+/// reduction's rule). Rows longer than this are strided over.
+const ROW_THREADS: u32 = 128;
+/// Threads per (sample, group) of the group norm, whose groups hold C/G channels × H·W.
+const GROUP_THREADS: u32 = 256;
+/// Highest rank of the tensors the row kernels take (leading dimensions are rows).
+const MAX_RANK: usize = 4;
+
+#[repr(C)]
+pub struct RmsNormParams<T> {
+    x: DevPtr<T>,
+    weight: DevPtr<f32>,
+    out: DevPtr<T>,
+    dims: [i32; MAX_RANK],
+    x_stride: [i32; MAX_RANK],
+    weight_stride: i32,
+    eps: f32,
+}
+
+#[repr(C)]
+pub struct GroupNormParams {
+    x: DevPtr<f32>,
+    weight: DevPtr<f32>,
+    bias: DevPtr<f32>,
+    out: DevPtr<f32>,
+    x_stride: [i32; 4],
+    weight_stride: i32,
+    bias_stride: i32,
+    channels: i32,
+    height: i32,
+    width: i32,
+    groups: i32,
+    eps: f32,
+    silu: i32,
+}
+
+#[repr(C)]
+pub struct SoftmaxParams {
+    x: DevPtr<f32>,
+    out: DevPtr<f32>,
+    dims: [i32; MAX_RANK],
+    x_stride: [i32; MAX_RANK],
+}
+
+// SAFETY: #[repr(C)] mirrors of the C structs of norm.cu (sizes checked by a test) made of
+// plain numbers and addresses.
+unsafe impl<T> DeviceRepr for RmsNormParams<T> {}
+unsafe impl DeviceRepr for GroupNormParams {}
+unsafe impl DeviceRepr for SoftmaxParams {}
+
+/// x / √(mean(x²) + eps) · weight over the last dimension of x (rank 1 to 4, f32 or bf16),
+/// with weight (D) f32 or none (T5's and Infinity's RMS norm; eps = 1e-6 there). The output is
+/// contiguous, in x's dtype; the statistic and the arithmetic are f32.
+pub fn rms_norm(exec: &Executor, x: &DeviceTensor, weight: Option<&DeviceTensor>, eps: f32) -> Result<DeviceTensor> {
+    match x.dtype() {
+        DType::F32 => rms_norm_as(exec, RMS_NORM_F32, x, weight, eps),
+        DType::BF16 => rms_norm_as::<bf16>(exec, RMS_NORM_BF16, x, weight, eps),
+        dtype => Err(RuntimeError::UnsupportedDType { op: "rms_norm", dtype }.into()),
+    }
+}
+
+fn rms_norm_as<T: Element>(
+    exec: &Executor,
+    handle: KernelHandle<RmsNormParams<T>>,
+    x: &DeviceTensor,
+    weight: Option<&DeviceTensor>,
+    eps: f32,
+) -> Result<DeviceTensor> {
+    let op = handle.kernel.name();
+    let xv = exec.view_padded::<T, MAX_RANK>(op, x)?;
+    check_eps(op, x, eps)?;
+    let (weight, weight_stride) = match weight {
+        None => (DevPtr::null(), 0),
+        Some(w) => {
+            let wv = per_channel(exec, op, x, w, xv.dims[MAX_RANK - 1])?;
+            (wv.ptr, wv.strides[0])
+        }
+    };
+    let mut out = exec.output(op, x.shape(), T::DTYPE)?;
+    let params = RmsNormParams {
+        x: xv.ptr,
+        weight,
+        out: exec.view_mut_padded::<T, MAX_RANK>(op, &mut out)?.ptr,
+        dims: xv.dims,
+        x_stride: xv.strides,
+        weight_stride,
+        eps,
+    };
+    // SAFETY: the addresses come from views of live tensors of `exec` (the weight checked to
+    // have D elements, or null, which the kernel tests for); the output has x's shape.
+    unsafe { exec.launch(handle, row_grid(&xv.dims), &params)? };
+    Ok(out)
+}
+
+/// PyTorch's group norm of x (N, C, H, W) f32 in `groups` groups of C / groups consecutive
+/// channels (biased variance, eps inside the root), then ·weight[c] + bias[c] (both (C) f32),
+/// then SiLU when `silu` is set (the BitVAE decoder's GroupNorm(32, eps 1e-6) → SiLU). The
+/// output is contiguous f32.
+///
+/// One block per (sample, group) reads its group three times. That is simple, but N·G blocks
+/// (32 at batch 1) leave most of a large GPU idle on the decoder's biggest feature maps;
+/// splitting a group over blocks (partial sums, then a finishing pass) would fill it.
+pub fn group_norm(
+    exec: &Executor,
+    x: &DeviceTensor,
+    groups: usize,
+    weight: &DeviceTensor,
+    bias: &DeviceTensor,
+    eps: f32,
+    silu: bool,
+) -> Result<DeviceTensor> {
+    let op = GROUP_NORM.kernel.name();
+    let xv = exec.view::<f32, 4>(op, x)?;
+    let [batch, channels, height, width] = xv.dims;
+    if groups == 0 || !(channels as usize).is_multiple_of(groups) {
+        return Err(
+            RuntimeError::invalid(op, x.shape(), format!("{groups} groups do not divide {channels} channels")).into()
+        );
+    }
+    check_eps(op, x, eps)?;
+    let (w, b) = (per_channel(exec, op, x, weight, channels)?, per_channel(exec, op, x, bias, channels)?);
+    let mut out = exec.output(op, x.shape(), DType::F32)?;
+    let params = GroupNormParams {
+        x: xv.ptr,
+        weight: w.ptr,
+        bias: b.ptr,
+        out: exec.view_mut::<f32, 4>(op, &mut out)?.ptr,
+        x_stride: xv.strides,
+        weight_stride: w.strides[0],
+        bias_stride: b.strides[0],
+        channels,
+        height,
+        width,
+        // Below `channels`, which fits in i32.
+        groups: groups as i32,
+        eps,
+        silu: i32::from(silu),
+    };
+    let grid = Grid { blocks: (batch as usize * groups) as u32, threads: GROUP_THREADS };
+    // SAFETY: the addresses come from views of live tensors of `exec`, weight and bias checked
+    // to have C elements; the output has x's shape and each block writes its own group.
+    unsafe { exec.launch(GROUP_NORM, grid, &params)? };
+    Ok(out)
+}
+
+/// exp(x − max) / Σ exp(x − max) over the last dimension of x (rank 1 to 4, f32), as ops'
+/// `softmax(x, rank − 1)`: a row holding NaN or +inf, or only −inf, comes out all NaN. The
+/// output is contiguous f32.
+pub fn softmax(exec: &Executor, x: &DeviceTensor) -> Result<DeviceTensor> {
+    let op = SOFTMAX_F32.kernel.name();
+    let xv = exec.view_padded::<f32, MAX_RANK>(op, x)?;
+    let mut out = exec.output(op, x.shape(), DType::F32)?;
+    let params = SoftmaxParams {
+        x: xv.ptr,
+        out: exec.view_mut_padded::<f32, MAX_RANK>(op, &mut out)?.ptr,
+        dims: xv.dims,
+        x_stride: xv.strides,
+    };
+    // SAFETY: both addresses come from views of live tensors of `exec` of x's shape.
+    unsafe { exec.launch(SOFTMAX_F32, row_grid(&xv.dims), &params)? };
+    Ok(out)
+}
+
+/// One block per row: every dimension but the last.
+fn row_grid(dims: &[i32; MAX_RANK]) -> Grid {
+    // Below 2^31: the view's element count is.
+    let rows: i32 = dims[..MAX_RANK - 1].iter().product();
+    Grid { blocks: rows as u32, threads: ROW_THREADS }
+}
+
+fn check_eps(op: &'static str, x: &DeviceTensor, eps: f32) -> Result<()> {
+    if eps >= 0.0 && eps.is_finite() {
+        Ok(())
+    } else {
+        Err(RuntimeError::invalid(op, x.shape(), format!("eps {eps} must be finite and ≥ 0")).into())
+    }
+}
+
+/// A per-channel parameter of x: f32 of shape (channels), any stride.
+fn per_channel(
+    exec: &Executor,
+    op: &'static str,
+    x: &DeviceTensor,
+    p: &DeviceTensor,
+    channels: i32,
+) -> Result<View<f32, 1>> {
+    let v = exec.view::<f32, 1>(op, p)?;
+    if v.dims != [channels] {
+        return Err(RuntimeError::ShapeMismatch { op, lhs: x.shape().to_vec(), rhs: p.shape().to_vec() }.into());
+    }
+    Ok(v)
+}

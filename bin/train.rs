@@ -769,7 +769,9 @@ fn log(file: &mut File, line: &str) -> Result<(), Box<dyn Error>> {
 fn plot_run(run: &Path, out: &Path) -> Result<(), Box<dyn Error>> {
     let path = run.join("metrics.csv");
     let csv = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let svg = plot::metrics_svg(&csv, &run.display().to_string()).map_err(|e| format!("{}: {e}", path.display()))?;
+    // The run folder's own name: where it lives is nobody's business in a committed plot.
+    let title = run.file_name().map_or_else(|| run.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let svg = plot::metrics_svg(&csv, &title).map_err(|e| format!("{}: {e}", path.display()))?;
     infinity::runtime::io::write_atomically(out, |w| w.write_all(svg.as_bytes()))?;
     println!("wrote {}", out.display());
     Ok(())

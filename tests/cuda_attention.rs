@@ -115,7 +115,8 @@ impl Case {
     /// magnitude, not of the (cancelled) result. Plain f64 loops, for cosine cases.
     fn head_scale_magnitude(&self, dout: &Tensor) -> Vec<f64> {
         let values = |t: &Tensor| t.to_vec::<f32>().unwrap().into_iter().map(f64::from).collect::<Vec<f64>>();
-        let (q, k) = (values(&l2_normalize(&self.q, NORM_EPS).unwrap()), values(&l2_normalize(&self.k, NORM_EPS).unwrap()));
+        let (q, k) =
+            (values(&l2_normalize(&self.q, NORM_EPS).unwrap()), values(&l2_normalize(&self.k, NORM_EPS).unwrap()));
         let (v, dout, mask) = (values(&self.v), values(dout), values(&self.mask()));
         let scales = values(self.head_scale.as_ref().expect("a cosine case"));
         let [b, h, lq, d] = self.q.shape().try_into().unwrap();

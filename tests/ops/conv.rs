@@ -85,7 +85,9 @@ fn large_maps_are_cut_into_bands() {
     check(&x, &randn(&[3, 64, 3, 3], 2, 0.1), Some(&bias), Conv2dParams::same(3));
     check(&x, &randn(&[3, 64, 3, 3], 4, 0.1), Some(&bias), Conv2dParams { stride: 2, padding: [0, 1, 0, 1] });
     check(&x, &randn(&[3, 64, 1, 1], 5, 0.1), Some(&bias), Conv2dParams::same(1));
-    for (k, p) in [(3, Conv2dParams::same(3)), (3, Conv2dParams { stride: 2, padding: [0, 1, 0, 1] }), (1, Conv2dParams::same(1))] {
+    for (k, p) in
+        [(3, Conv2dParams::same(3)), (3, Conv2dParams { stride: 2, padding: [0, 1, 0, 1] }), (1, Conv2dParams::same(1))]
+    {
         let dy = randn(&out_shape([1, 64, 64, 64], [3, 64, k, k], p), 6, 1.0);
         check_weight_grad(&x, &dy, (k, k), p);
     }

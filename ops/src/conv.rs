@@ -96,6 +96,17 @@ impl Geometry {
         Ok(Geometry { n, cin, h, w: wd, cout, kh, kw, stride: p.stride, pad: p.padding, ho, wo })
     }
 
+    /// The geometry of the weight gradient of x ⊛ w for x, the output gradient dy and w's
+    /// spatial size; refuses a dy whose shape is not the convolution's output.
+    fn of_weight_grad(x: &Tensor, dy: &Tensor, (kh, kw): (usize, usize), p: Conv2dParams) -> Result<Self> {
+        let (cout, cin) = (dy.shape().get(1).copied().unwrap_or(0), x.shape().get(1).copied().unwrap_or(0));
+        let g = Self::from_shapes(x.shape(), &[cout, cin, kh, kw], p)?;
+        if dy.shape() != g.out_shape() {
+            return Err(Error::ShapeMismatch { op: "conv2d", lhs: g.out_shape().to_vec(), rhs: dy.shape().to_vec() });
+        }
+        Ok(g)
+    }
+
     /// Output rows per im2col band: as many as fit the budget, spread evenly over the bands.
     fn band_rows(&self) -> usize {
         let max_rows = (COL_BUDGET / (self.taps() * self.wo).max(1)).clamp(1, self.ho);
@@ -210,13 +221,9 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, params: Conv2dParam
 /// (Cout × Ho·Wo) times the column matrix transposed (Ho·Wo × Cin·kh·kw), built by the same
 /// im2col one band at a time and accumulated in place, so strides and padding cost nothing extra.
 pub fn conv2d_weight_grad(x: &Tensor, dy: &Tensor, kernel: (usize, usize), params: Conv2dParams) -> Result<Tensor> {
-    let (cout, cin) = (dy.shape().get(1).copied().unwrap_or(0), x.shape().get(1).copied().unwrap_or(0));
-    let g = Geometry::from_shapes(x.shape(), &[cout, cin, kernel.0, kernel.1], params)?;
+    let g = Geometry::of_weight_grad(x, dy, kernel, params)?;
     require_f32("conv2d", x)?;
     require_f32("conv2d", dy)?;
-    if dy.shape() != g.out_shape() {
-        return Err(Error::ShapeMismatch { op: "conv2d", lhs: g.out_shape().to_vec(), rhs: dy.shape().to_vec() });
-    }
     let (plane_in, plane_out, taps) = (g.cin * g.h * g.w, g.ho * g.wo, g.taps());
     let mut dw = vec![0.0f32; g.cout * taps];
     let (xd, gd) = (f32_data("conv2d", x)?, f32_data("conv2d", dy)?);
@@ -250,16 +257,14 @@ pub fn conv2d_weight_grad(x: &Tensor, dy: &Tensor, kernel: (usize, usize), param
 pub mod reference {
     use super::*;
 
-    pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, params: Conv2dParams) -> Result<Tensor> {
-        let g = Geometry::new(x, w, bias, params)?;
-        let (xd, wd) = (x.to_vec::<f32>()?, w.to_vec::<f32>()?);
-        let bias = bias.map(|b| b.to_vec::<f32>()).transpose()?;
-        let mut out = Vec::with_capacity(g.out_shape().iter().product());
+    /// Calls `f(out, x, w)` with the flat indices of the output element, input element and
+    /// weight of every tap that lands inside the image (taps in the padding contribute 0).
+    fn for_each_tap(g: &Geometry, mut f: impl FnMut(usize, usize, usize)) {
         for n in 0..g.n {
             for co in 0..g.cout {
                 for oy in 0..g.ho {
                     for ox in 0..g.wo {
-                        let mut acc = bias.as_ref().map_or(0.0, |b| b[co] as f64);
+                        let out = ((n * g.cout + co) * g.ho + oy) * g.wo + ox;
                         for ci in 0..g.cin {
                             for ky in 0..g.kh {
                                 for kx in 0..g.kw {
@@ -269,57 +274,38 @@ pub mod reference {
                                     if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
                                         continue;
                                     }
-                                    let xv = xd[((n * g.cin + ci) * g.h + iy as usize) * g.w + ix as usize];
-                                    let wv = wd[((co * g.cin + ci) * g.kh + ky) * g.kw + kx];
-                                    acc += xv as f64 * wv as f64;
+                                    let x = ((n * g.cin + ci) * g.h + iy as usize) * g.w + ix as usize;
+                                    f(out, x, ((co * g.cin + ci) * g.kh + ky) * g.kw + kx);
                                 }
                             }
                         }
-                        out.push(acc as f32);
                     }
                 }
             }
         }
-        Tensor::from_vec(out, &g.out_shape())
+    }
+
+    /// The direct 7-loop with f64 accumulation.
+    pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, params: Conv2dParams) -> Result<Tensor> {
+        let g = Geometry::new(x, w, bias, params)?;
+        let (xd, wd) = (x.to_vec::<f32>()?, w.to_vec::<f32>()?);
+        let mut acc = vec![0f64; g.out_shape().iter().product()];
+        if let Some(bias) = bias {
+            let b = bias.to_vec::<f32>()?;
+            let plane = g.ho * g.wo;
+            acc.iter_mut().enumerate().for_each(|(i, a)| *a = f64::from(b[i / plane % g.cout]));
+        }
+        for_each_tap(&g, |out, xi, wi| acc[out] += f64::from(xd[xi]) * f64::from(wd[wi]));
+        Tensor::from_vec(acc.into_iter().map(|v| v as f32).collect(), &g.out_shape())
     }
 
     /// dw[co, ci, ky, kx] = Σ over images and output pixels of dy · the input under the tap,
     /// accumulated in f64.
-    pub fn conv2d_weight_grad(
-        x: &Tensor,
-        dy: &Tensor,
-        (kh, kw): (usize, usize),
-        params: Conv2dParams,
-    ) -> Result<Tensor> {
-        let (cout, cin) = (dy.shape().get(1).copied().unwrap_or(0), x.shape().get(1).copied().unwrap_or(0));
-        let g = Geometry::from_shapes(x.shape(), &[cout, cin, kh, kw], params)?;
-        if dy.shape() != g.out_shape() {
-            return Err(Error::ShapeMismatch { op: "conv2d", lhs: g.out_shape().to_vec(), rhs: dy.shape().to_vec() });
-        }
+    pub fn conv2d_weight_grad(x: &Tensor, dy: &Tensor, kernel: (usize, usize), params: Conv2dParams) -> Result<Tensor> {
+        let g = Geometry::of_weight_grad(x, dy, kernel, params)?;
         let (xd, gd) = (x.to_vec::<f32>()?, dy.to_vec::<f32>()?);
         let mut dw = vec![0f64; g.cout * g.taps()];
-        for n in 0..g.n {
-            for co in 0..g.cout {
-                for oy in 0..g.ho {
-                    for ox in 0..g.wo {
-                        let gv = gd[((n * g.cout + co) * g.ho + oy) * g.wo + ox] as f64;
-                        for ci in 0..g.cin {
-                            for ky in 0..g.kh {
-                                for kx in 0..g.kw {
-                                    let iy = (oy * g.stride + ky) as isize - g.pad[0] as isize;
-                                    let ix = (ox * g.stride + kx) as isize - g.pad[2] as isize;
-                                    if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
-                                        continue;
-                                    }
-                                    let xv = xd[((n * g.cin + ci) * g.h + iy as usize) * g.w + ix as usize];
-                                    dw[((co * g.cin + ci) * g.kh + ky) * g.kw + kx] += gv * xv as f64;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        for_each_tap(&g, |out, xi, wi| dw[wi] += f64::from(gd[out]) * f64::from(xd[xi]));
         Tensor::from_vec(dw.into_iter().map(|v| v as f32).collect(), &[g.cout, g.cin, g.kh, g.kw])
     }
 }

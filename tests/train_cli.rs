@@ -267,16 +267,15 @@ fn a_text_encoder_trains_with_the_transformer() {
     // The run becomes a model folder that infinity-run generates from.
     let model = dir.join("model");
     let f = |rel: &str| fixture(rel).display().to_string();
-    let export = |extra: &[&str]| {
-        let mut args = vec!["export", "--run", whole.to_str().unwrap(), "--vae"];
-        let vae = f("devA/vae.safetensors");
+    // Exports the run with the BitVAE of fixture set `vae_set` into `to`.
+    let export = |vae_set: &str, to: &Path| {
+        let vae = f(&format!("{vae_set}/vae.safetensors"));
         let (t5_config, tokenizer) = (f("devA/t5_config.json"), f("tokenizer/tokenizer.json"));
-        args.extend([vae.as_str(), "--t5-config", &t5_config, "--tokenizer", &tokenizer]);
-        args.extend(["--out", model.to_str().unwrap()]);
-        args.extend(extra);
+        let mut args = vec!["export", "--run", whole.to_str().unwrap(), "--vae", vae.as_str()];
+        args.extend(["--t5-config", &t5_config, "--tokenizer", &tokenizer, "--out", to.to_str().unwrap()]);
         Command::new(env!("CARGO_BIN_EXE_infinity-train")).args(&args).output().unwrap()
     };
-    let out = export(&[]);
+    let out = export("devA", &model);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let t5 = Weights::open(model.join("t5.safetensors")).unwrap();
     assert!(t5.iter().all(|(k, _)| !k.starts_with("text_encoder.")));
@@ -293,11 +292,7 @@ fn a_text_encoder_trains_with_the_transformer() {
     // A folder is only a model folder once it loads: a transformer that does not fit the VAE
     // leaves no config.json.
     let wrong = dir.join("wrong");
-    let mut args = vec!["export", "--run", whole.to_str().unwrap(), "--vae"];
-    let (vae, t5_config, tokenizer) =
-        (f("devB/vae.safetensors"), f("devA/t5_config.json"), f("tokenizer/tokenizer.json"));
-    args.extend([vae.as_str(), "--t5-config", &t5_config, "--tokenizer", &tokenizer, "--out", wrong.to_str().unwrap()]);
-    let out = Command::new(env!("CARGO_BIN_EXE_infinity-train")).args(&args).output().unwrap();
+    let out = export("devB", &wrong);
     assert_eq!(out.status.code(), Some(2));
     assert!(!wrong.join("config.json").exists());
     fs::remove_dir_all(&dir).unwrap();

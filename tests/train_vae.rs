@@ -199,59 +199,35 @@ fn the_same_command_gives_the_same_metrics_and_a_resumed_run_continues_exactly()
     fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A from-scratch stage-1 run of a tiny architecture (written into `dir`) for `steps` steps
+/// into `out`, saving after every step, with `extra` flags.
+fn train_tiny(dir: &Path, data: &Path, out: &Path, steps: u64, extra: &[&str]) {
+    let config = dir.join("vae.json");
+    let arch = json!({ "base_ch": 32, "ch_mult": [1, 1, 1], "num_res_blocks": 1, "z_channels": 8, "patch": 4 });
+    fs::write(&config, arch.to_string()).unwrap();
+    let steps = steps.to_string();
+    let mut args = vec!["--data", data.to_str().unwrap(), "--config", config.to_str().unwrap(), "--stage", "1"];
+    args.extend(["--out", out.to_str().unwrap(), "--steps", &steps, "--save-every", "1"]);
+    args.extend(extra);
+    let run = train(&args);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+}
+
 #[test]
 fn a_single_scale_run_from_scratch_leaves_a_loadable_bitvae() {
     let dir = temp_dir("scratch");
     let data = setup(&dir);
-    let config = dir.join("vae.json");
-    let arch = json!({ "base_ch": 32, "ch_mult": [1, 1, 1], "num_res_blocks": 1, "z_channels": 8, "patch": 4 });
-    fs::write(&config, arch.to_string()).unwrap();
     let out = dir.join("out");
-    let run = train(&[
-        "--data",
-        data.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--stage",
-        "1",
-        "--out",
-        out.to_str().unwrap(),
-        "--batch",
-        "1",
-        "--steps",
-        "1",
-    ]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    train_tiny(&dir, &data, &out, 1, &["--batch", "1"]);
     assert_eq!(metrics(&out).lines().count(), 2);
     let vae = BitVae::open(out.join("step-000000001/params.safetensors")).unwrap();
     assert_eq!(vae.config.patch, 4);
     fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Stage 1 on random 64² crops for `steps` steps into `out` (a tiny architecture in `dir`).
+/// Stage 1 on random 64² crops for `steps` steps into `out`.
 fn train_on_crops(dir: &Path, data: &Path, out: &Path, steps: u64) {
-    let config = dir.join("vae.json");
-    let arch = json!({ "base_ch": 32, "ch_mult": [1, 1, 1], "num_res_blocks": 1, "z_channels": 8, "patch": 4 });
-    fs::write(&config, arch.to_string()).unwrap();
-    let run = train(&[
-        "--data",
-        data.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--stage",
-        "1",
-        "--crop",
-        "64",
-        "--out",
-        out.to_str().unwrap(),
-        "--batch",
-        "2",
-        "--steps",
-        &steps.to_string(),
-        "--save-every",
-        "1",
-    ]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    train_tiny(dir, data, out, steps, &["--crop", "64", "--batch", "2"]);
 }
 
 /// Crops are drawn per image from the seed and the step: a resumed run crops, and so trains,
@@ -269,38 +245,11 @@ fn a_run_on_crops_resumes_exactly() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A from-scratch single-scale run (a tiny architecture in `dir`) with a narrow discriminator,
-/// its adversarial term from the second step, for `steps` steps into `out`.
+/// A from-scratch single-scale run with a narrow discriminator (narrow, to keep the test quick
+/// on 256² images), its adversarial term from the second step, for `steps` steps into `out`.
 fn train_with_discriminator(dir: &Path, data: &Path, out: &Path, steps: u64) {
-    let config = dir.join("vae.json");
-    let arch = json!({ "base_ch": 32, "ch_mult": [1, 1, 1], "num_res_blocks": 1, "z_channels": 8, "patch": 4 });
-    fs::write(&config, arch.to_string()).unwrap();
-    let run = train(&[
-        "--data",
-        data.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--stage",
-        "1",
-        "--out",
-        out.to_str().unwrap(),
-        "--batch",
-        "1",
-        "--steps",
-        &steps.to_string(),
-        "--save-every",
-        "1",
-        "--lr",
-        "1e-3",
-        "--disc-weight",
-        "0.1",
-        "--disc-start",
-        "1",
-        // Narrow, to keep the test quick on 256² images.
-        "--disc-channels",
-        "8",
-    ]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let flags = ["--batch", "1", "--lr", "1e-3", "--disc-weight", "0.1", "--disc-start", "1", "--disc-channels", "8"];
+    train_tiny(dir, data, out, steps, &flags);
 }
 
 #[test]

@@ -16,7 +16,7 @@ mod support;
 use std::f64::consts::{FRAC_1_SQRT_2, FRAC_2_SQRT_PI};
 
 use infinity::ops::elementwise::reference as elementwise;
-use infinity::ops::index::embedding as cpu_embedding;
+use infinity::ops::index::{concat, embedding as cpu_embedding};
 use infinity::ops::norm::reference::{group_norm as cpu_group_norm, rms_norm as cpu_rms_norm};
 use infinity::ops::rope::reference::rope_interleaved as cpu_rope;
 use infinity::ops::rope::rope2d_table;
@@ -214,6 +214,56 @@ proptest! {
         }
     }
 
+    /// `cast` copies any strided f32/bf16 view (uploaded strided, or a device-side narrow and
+    /// permute of an upload) into a contiguous tensor of either dtype: exact, except f32 → bf16,
+    /// which rounds to nearest even as the host's `to_dtype` does.
+    #[test]
+    fn cast_gathers_views_and_rounds_like_the_host(shape in prop::collection::vec(1usize..=6, 1..=4), from_bf16: bool,
+                                                   to_bf16: bool, layout in 0usize..3, device_view: bool, seed: u64) {
+        let x = randn(&shape, seed, 3.0).to_dtype(dtype(from_bf16));
+        let input = arrange(&x, layout);
+        // The same elements reached through device-side views: a reversed permutation of a
+        // tensor one row longer along dimension 0, narrowed back.
+        let rank = shape.len();
+        let reversed: Vec<usize> = (0..rank).rev().collect();
+        let padded = concat(&[&x, &x.narrow(0, 0, 1).unwrap()], 0).unwrap().permute(&reversed).unwrap().contiguous();
+        for exec in executors() {
+            let source = if device_view {
+                upload(exec, &padded).permute(&reversed).unwrap().narrow(0, 0, shape[0]).unwrap()
+            } else {
+                upload(exec, &input)
+            };
+            let got = host(exec, gpu_elementwise::cast(exec, &source, dtype(to_bf16)));
+            let want = x.to_dtype(dtype(to_bf16));
+            prop_assert!(got.layout().is_contiguous(), "{}: contiguous", exec.name());
+            prop_assert!(got.same_values(&want), "{}: {:?} got {:?} want {:?}", exec.name(), shape, got, want);
+        }
+    }
+
+    /// `copy_into` writes a source into rows `start..` of one dimension of a larger tensor (the KV
+    /// cache's append) and leaves every other element as it was.
+    #[test]
+    fn copy_into_writes_only_its_slice(shape in prop::collection::vec(1usize..=5, 1..=4), dim_pick: usize, extra in 0usize..=4,
+                                       start_pick: usize, src_bf16: bool, dst_bf16: bool, seed: u64) {
+        let dim = dim_pick % shape.len();
+        let start = start_pick % (extra + 1);
+        let mut big = shape.clone();
+        big[dim] += extra;
+        let src = randn(&shape, seed, 2.0).to_dtype(dtype(src_bf16));
+        let dst = randn(&big, seed ^ 7, 2.0).to_dtype(dtype(dst_bf16));
+        // The host's answer: the destination's rows before, the (cast) source, the rows after.
+        let after = big[dim] - start - shape[dim];
+        let parts = [dst.narrow(dim, 0, start).ok(), Some(src.to_dtype(dtype(dst_bf16))), dst.narrow(dim, start + shape[dim], after).ok()];
+        let parts: Vec<&Tensor> = parts.iter().flatten().filter(|t| t.numel() > 0).collect();
+        let want = concat(&parts, dim).unwrap();
+        for exec in executors() {
+            let mut target = upload(exec, &dst);
+            gpu_elementwise::copy_into(exec, &upload(exec, &src), &mut target, dim, start).unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
+            let got = exec.download(&target).unwrap();
+            prop_assert!(got.same_values(&want), "{}: {:?} into {:?} at {} of dim {}", exec.name(), shape, big, start, dim);
+        }
+    }
+
     /// The embedding gather equals ops' `embedding` exactly, for f32 and bf16 tables (strided
     /// too) and I64 or I32 ids of rank 1 to 3 (strided too).
     #[test]
@@ -394,6 +444,16 @@ fn preconditions_are_typed_errors() {
     assert_dtype_error(gpu_elementwise::add(exec, &x, &t(&[8], DType::BF16)));
     assert_dtype_error(gpu_elementwise::silu(exec, &t(&[8], DType::U8)));
     assert_invalid(gpu_elementwise::gelu_tanh(exec, &t(&[1, 1, 1, 1, 2], DType::BF16)), "unary_bf16");
+
+    let mut cache = t(&[2, 4, 8], DType::BF16);
+    assert_invalid(gpu_elementwise::copy_into(exec, &x, &mut cache, 1, 2), "copy_f32_bf16");
+    assert_invalid(gpu_elementwise::copy_into(exec, &x, &mut cache, 3, 0), "copy_f32_bf16");
+    let view = cache.narrow(1, 0, 3).unwrap();
+    assert_invalid(gpu_elementwise::copy_into(exec, &x, &mut cache, 1, 0), "copy_f32_bf16");
+    drop(view);
+    assert!(gpu_elementwise::copy_into(exec, &x, &mut cache, 1, 1).is_ok(), "owned again once the view is gone");
+    assert_dtype_error(gpu_elementwise::cast(exec, &x, DType::I32));
+    assert_invalid(cache.permute(&[1, 0, 2]).unwrap().reshape(&[64]), "reshape");
 
     let table = t(&[5, 3], DType::F32);
     assert_invalid(index::embedding(exec, &t(&[5, 3, 1], DType::F32), &t(&[2], DType::I64)), "embedding_f32_i64");

@@ -1,8 +1,9 @@
 //! Elementwise ops of the three networks (ops/src/elementwise.rs): the broadcast add and
 //! multiply of residuals, biases and gates, and the tanh GELU (T5's gated FFN, Infinity's MLP)
-//! and SiLU (the BitVAE) activations. One thread per output element over a grid-stride loop;
-//! inputs are read through element strides (a stride of 0 broadcasts), the output is
-//! contiguous f32. The arithmetic runs in f32 on f32 or bf16 inputs.
+//! and SiLU (the BitVAE) activations, and the strided copy that casts, gathers views into
+//! contiguous operands and writes into a slice of a larger tensor (the KV cache). One thread
+//! per output element over a grid-stride loop; inputs are read through element strides (a
+//! stride of 0 broadcasts); the arithmetic runs in f32 on f32 or bf16 inputs.
 #include "common.cuh"
 
 /// The op codes of `BinaryParams::op` and `UnaryParams::op` (mirrored in src/elementwise.rs).
@@ -68,3 +69,33 @@ extern "C" __global__ void __launch_bounds__(256) unary_f32(const UnaryParams<fl
 INFINITY_SHIM_ENTRY(unary_f32, UnaryParams<float>)
 extern "C" __global__ void __launch_bounds__(256) unary_bf16(const UnaryParams<bf16> p) { unary(p); }
 INFINITY_SHIM_ENTRY(unary_bf16, UnaryParams<bf16>)
+
+/// dst[k] = src[k] over a 4-D index space, both read and written through element strides;
+/// a bf16 destination gets the f32 value rounded to nearest even.
+template <class S, class D>
+struct CopyParams {
+    const S* src;
+    D* dst;
+    int dims[4];
+    int src_stride[4];
+    int dst_stride[4];
+};
+
+template <class S, class D>
+__device__ __forceinline__ void copy(const CopyParams<S, D>& p) {
+    const unsigned n = unsigned(p.dims[0] * p.dims[1] * p.dims[2] * p.dims[3]);
+    for (unsigned i = grid_first(); i < n; i += grid_stride()) {
+        const Coords<4> k = unflatten<4>(i, p.dims);
+        p.dst[offset_of(k, p.dst_stride)] = from_float<D>(to_float(p.src[offset_of(k, p.src_stride)]));
+    }
+}
+
+// The typedef keeps the template's comma out of INFINITY_SHIM_ENTRY's arguments.
+#define INFINITY_COPY(NAME, S, D)                                                              \
+    typedef CopyParams<S, D> NAME##_params;                                                    \
+    extern "C" __global__ void __launch_bounds__(256) NAME(const NAME##_params p) { copy(p); } \
+    INFINITY_SHIM_ENTRY(NAME, NAME##_params)
+INFINITY_COPY(copy_f32_f32, float, float)
+INFINITY_COPY(copy_f32_bf16, float, bf16)
+INFINITY_COPY(copy_bf16_f32, bf16, float)
+INFINITY_COPY(copy_bf16_bf16, bf16, bf16)

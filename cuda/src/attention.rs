@@ -444,19 +444,21 @@ fn mismatch(op: &'static str, lhs: &DeviceTensor, rhs: &DeviceTensor) -> crate::
     RuntimeError::ShapeMismatch { op, lhs: lhs.shape().to_vec(), rhs: rhs.shape().to_vec() }.into()
 }
 
-/// A (B, H, L, D) bf16 operand whose rows the kernels can move as 16-byte words: D contiguous
-/// and every other stride (of a dimension longer than 1) a multiple of 8. Device tensors start
-/// at the beginning of their 16-byte aligned buffer, so that is all it takes.
+/// A (B, H, L, D) bf16 operand whose rows the kernels can move as 16-byte words: D contiguous,
+/// every other stride (of a dimension longer than 1) a multiple of 8, and the first element
+/// 16-byte aligned (buffers are; a view's offset must keep it so).
 fn rows_view(exec: &Executor, op: &'static str, t: &DeviceTensor) -> Result<View<bf16, 4>> {
     let view = exec.view::<bf16, 4>(op, t)?;
     let aligned = (0..3).all(|i| view.dims[i] == 1 || (view.strides[i] as usize).is_multiple_of(ROW_ALIGN));
-    if view.strides[3] != 1 || !aligned {
+    if view.strides[3] != 1 || !aligned || !view.ptr.is_aligned(16) {
         return Err(RuntimeError::invalid(
             op,
             t.shape(),
             format!(
-                "strides {:?}: the head dimension must be contiguous and the other strides multiples of {ROW_ALIGN}",
-                t.layout().strides()
+                "strides {:?}, offset {}: the head dimension must be contiguous, the other strides and the \
+                 offset multiples of {ROW_ALIGN}",
+                t.layout().strides(),
+                t.layout().offset()
             ),
         )
         .into());

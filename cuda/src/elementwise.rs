@@ -1,7 +1,9 @@
 //! Launchers of kernels/elementwise.cu: add and multiply with NumPy broadcasting, and the tanh
 //! GELU and SiLU activations, on f32 or bf16 inputs of rank 1 to 4 with any strides, to a
 //! contiguous f32 output. Broadcasting is done by strides: a size-1 (or missing leading)
-//! dimension of an operand is read with stride 0, so nothing is materialised.
+//! dimension of an operand is read with stride 0, so nothing is materialised. And the strided
+//! copy: [`cast`] (a contiguous copy, in any of f32/bf16) and [`copy_into`] (into a slice of
+//! a larger tensor).
 
 use cudarc::driver::DeviceRepr;
 use infinity_runtime::half::bf16;
@@ -11,7 +13,10 @@ use infinity_runtime::{DType, Element, Error as RuntimeError};
 use crate::Result;
 use crate::device::{DevPtr, DeviceTensor, View};
 use crate::exec::Executor;
-use crate::kernels::{BINARY_BF16, BINARY_F32, KernelHandle, UNARY_BF16, UNARY_F32};
+use crate::kernels::{
+    BINARY_BF16, BINARY_F32, COPY_BF16_BF16, COPY_BF16_F32, COPY_F32_BF16, COPY_F32_F32, KernelHandle, UNARY_BF16,
+    UNARY_F32,
+};
 
 const THREADS: u32 = 256;
 /// Highest rank the kernels index.
@@ -53,10 +58,20 @@ pub struct UnaryParams<T> {
     op: i32,
 }
 
+#[repr(C)]
+pub struct CopyParams<S, D> {
+    src: DevPtr<S>,
+    dst: DevPtr<D>,
+    dims: [i32; MAX_RANK],
+    src_stride: [i32; MAX_RANK],
+    dst_stride: [i32; MAX_RANK],
+}
+
 // SAFETY: #[repr(C)] mirrors of the C structs of elementwise.cu (sizes checked by a test)
 // made of plain numbers and addresses.
 unsafe impl<T> DeviceRepr for BinaryParams<T> {}
 unsafe impl<T> DeviceRepr for UnaryParams<T> {}
+unsafe impl<S, D> DeviceRepr for CopyParams<S, D> {}
 
 /// `a + b` with NumPy broadcasting; see [`binary`].
 pub fn add(exec: &Executor, a: &DeviceTensor, b: &DeviceTensor) -> Result<DeviceTensor> {
@@ -154,4 +169,66 @@ fn unary_as<T: Element>(
     // SAFETY: both addresses come from views of live tensors of `exec` of x's shape.
     unsafe { exec.launch(handle, exec.grid_stride(out.layout().numel(), THREADS), &params)? };
     Ok(out)
+}
+
+/// x's elements copied into a new contiguous tensor of `dtype` (f32 or bf16; x f32 or bf16,
+/// rank 1 to 4, any strides): the cast, and the gather of a strided view into the contiguous
+/// operand a GEMM needs. f32 → bf16 rounds to nearest even; every other pair is exact.
+pub fn cast(exec: &Executor, x: &DeviceTensor, dtype: DType) -> Result<DeviceTensor> {
+    let mut out = exec.output("cast", x.shape(), dtype)?;
+    copy(exec, x, &mut out, 0, 0)?;
+    Ok(out)
+}
+
+/// Writes `src` into `dst` at `start..start + src.shape()[dim]` along `dim`: every other
+/// dimension of the two must agree. `dst` may be in the other dtype (the value is cast) and
+/// must own its buffer: a tensor with live views cannot be written.
+pub fn copy_into(exec: &Executor, src: &DeviceTensor, dst: &mut DeviceTensor, dim: usize, start: usize) -> Result<()> {
+    copy(exec, src, dst, dim, start)
+}
+
+fn copy(exec: &Executor, src: &DeviceTensor, dst: &mut DeviceTensor, dim: usize, start: usize) -> Result<()> {
+    match (src.dtype(), dst.dtype()) {
+        (DType::F32, DType::F32) => copy_as(exec, COPY_F32_F32, src, dst, dim, start),
+        (DType::F32, DType::BF16) => copy_as::<f32, bf16>(exec, COPY_F32_BF16, src, dst, dim, start),
+        (DType::BF16, DType::F32) => copy_as::<bf16, f32>(exec, COPY_BF16_F32, src, dst, dim, start),
+        (DType::BF16, DType::BF16) => copy_as::<bf16, bf16>(exec, COPY_BF16_BF16, src, dst, dim, start),
+        (DType::F32 | DType::BF16, dtype) | (dtype, _) => {
+            Err(RuntimeError::UnsupportedDType { op: "copy", dtype }.into())
+        }
+    }
+}
+
+fn copy_as<S: Element, D: Element>(
+    exec: &Executor,
+    handle: KernelHandle<CopyParams<S, D>>,
+    src: &DeviceTensor,
+    dst: &mut DeviceTensor,
+    dim: usize,
+    start: usize,
+) -> Result<()> {
+    let name = handle.kernel.name();
+    let (shape, dst_shape) = (src.shape(), dst.shape());
+    let fits = shape.len() == dst_shape.len()
+        && dim < shape.len()
+        && shape.iter().zip(dst_shape).enumerate().all(|(i, (&s, &d))| if i == dim { start + s <= d } else { s == d });
+    if !fits {
+        return Err(RuntimeError::invalid(
+            name,
+            dst_shape,
+            format!("cannot hold a {shape:?} source at {start} along dimension {dim}"),
+        )
+        .into());
+    }
+    let sv = exec.view_padded::<S, MAX_RANK>(name, src)?;
+    let mut dv = exec.view_mut_padded::<D, MAX_RANK>(name, dst)?;
+    // The destination seen at the source's shape: the slice starts `start` rows further in.
+    let slice_dim = MAX_RANK - shape.len() + dim;
+    dv.ptr = dv.ptr.add(start * dv.strides[slice_dim] as usize);
+    let params = CopyParams { src: sv.ptr, dst: dv.ptr, dims: sv.dims, src_stride: sv.strides, dst_stride: dv.strides };
+    // SAFETY: both addresses come from views of live tensors of `exec`; the source's shape was
+    // checked to fit in the destination at `start`, so every destination offset is one of its
+    // view's. `dst` owns its buffer (`view_mut` checked), so no other tensor reads it.
+    unsafe { exec.launch(handle, exec.grid_stride(src.layout().numel(), THREADS), &params)? };
+    Ok(())
 }

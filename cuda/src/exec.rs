@@ -75,13 +75,13 @@ impl Executor {
             Executor::Cuda(gpu) => Buffer::Cuda(gpu.upload(bytes)?),
         };
         let layout = Layout::new(layout.shape().to_vec(), layout.strides().to_vec(), 0);
-        Ok(DeviceTensor { buffer, dtype: t.dtype(), layout })
+        Ok(DeviceTensor { buffer: Arc::new(buffer), dtype: t.dtype(), layout })
     }
 
     /// The tensor's elements back in host memory, with the same layout.
     pub fn download(&self, t: &DeviceTensor) -> Result<Tensor> {
         let extent = t.layout.max_extent() * t.dtype.size_in_bytes();
-        let storage = match (&t.buffer, self) {
+        let storage = match (&*t.buffer, self) {
             (Buffer::Host(words), Executor::Shim) => storage(t.dtype, &bytemuck::cast_slice(words)[..extent]),
             (Buffer::Cuda(slice), Executor::Cuda(gpu)) => storage(t.dtype, &gpu.download(slice)?[..extent]),
             _ => return Err(self.foreign("download", t)),
@@ -103,11 +103,11 @@ impl Executor {
             Executor::Shim => Buffer::Host(vec![0u128; bytes.div_ceil(16)].into_boxed_slice()),
             Executor::Cuda(gpu) => Buffer::Cuda(gpu.zeros(bytes)?),
         };
-        Ok(DeviceTensor { buffer, dtype, layout: Layout::contiguous(shape) })
+        Ok(DeviceTensor { buffer: Arc::new(buffer), dtype, layout: Layout::contiguous(shape) })
     }
 
     fn foreign(&self, op: &'static str, t: &DeviceTensor) -> Error {
-        let home = match t.buffer {
+        let home = match *t.buffer {
             Buffer::Host(_) => "the CPU shim",
             Buffer::Cuda(_) => "a GPU",
         };
@@ -155,7 +155,7 @@ impl Executor {
     }
 
     fn address(&self, op: &'static str, t: &DeviceTensor) -> Result<u64> {
-        match (&t.buffer, self) {
+        match (&*t.buffer, self) {
             (Buffer::Host(words), Executor::Shim) => Ok(words.as_ptr() as u64),
             (Buffer::Cuda(slice), Executor::Cuda(gpu)) => Ok(gpu.address(slice)),
             _ => Err(self.foreign(op, t)),
@@ -163,11 +163,21 @@ impl Executor {
     }
 
     fn address_mut(&self, op: &'static str, t: &mut DeviceTensor) -> Result<u64> {
-        match (&mut t.buffer, self) {
-            (Buffer::Host(words), Executor::Shim) => Ok(words.as_mut_ptr() as u64),
-            (Buffer::Cuda(slice), Executor::Cuda(gpu)) => Ok(gpu.address_mut(slice)),
-            _ => Err(self.foreign(op, t)),
-        }
+        let shape = t.shape().to_vec();
+        let Some(buffer) = Arc::get_mut(&mut t.buffer) else {
+            return Err(RuntimeError::invalid(
+                op,
+                &shape,
+                "the tensor shares its buffer with a view; a kernel writes only memory no other tensor reads",
+            )
+            .into());
+        };
+        let addr = match (buffer, self) {
+            (Buffer::Host(words), Executor::Shim) => Some(words.as_mut_ptr() as u64),
+            (Buffer::Cuda(slice), Executor::Cuda(gpu)) => Some(gpu.address_mut(slice)),
+            _ => None,
+        };
+        addr.ok_or_else(|| self.foreign(op, t))
     }
 
     /// A grid-stride launch over `elements` with `threads` per block.

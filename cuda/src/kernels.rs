@@ -12,7 +12,7 @@ use infinity_runtime::half::bf16;
 use crate::adaln::{AdaLnParams, GatedResidualParams};
 use crate::attention::{AttentionBackwardParams, AttentionCosineParams, AttentionForwardParams, AttentionRowsParams};
 use crate::bitwise_head::{BitwiseLossParams, BitwiseSampleParams};
-use crate::elementwise::{BinaryParams, UnaryParams};
+use crate::elementwise::{BinaryParams, CopyParams, UnaryParams};
 use crate::exec::ShimGrid;
 use crate::index::EmbeddingParams;
 use crate::norm::{GroupNormParams, RmsNormParams, SoftmaxParams};
@@ -201,6 +201,14 @@ kernels! {
     UnaryF32, UNARY_F32 = unary_f32(UnaryParams<f32>) in Elementwise;
     /// Tanh GELU or SiLU of bf16 elements, f32 result.
     UnaryBf16, UNARY_BF16 = unary_bf16(UnaryParams<bf16>) in Elementwise;
+    /// Strided copy of f32 into f32.
+    CopyF32F32, COPY_F32_F32 = copy_f32_f32(CopyParams<f32, f32>) in Elementwise;
+    /// Strided copy of f32 into bf16 (rounded to nearest even).
+    CopyF32Bf16, COPY_F32_BF16 = copy_f32_bf16(CopyParams<f32, bf16>) in Elementwise;
+    /// Strided copy of bf16 into f32.
+    CopyBf16F32, COPY_BF16_F32 = copy_bf16_f32(CopyParams<bf16, f32>) in Elementwise;
+    /// Strided copy of bf16 into bf16.
+    CopyBf16Bf16, COPY_BF16_BF16 = copy_bf16_bf16(CopyParams<bf16, bf16>) in Elementwise;
     /// Embedding rows of an f32 table for I64 ids.
     EmbeddingF32I64, EMBEDDING_F32_I64 = embedding_f32_i64(EmbeddingParams<f32, i64>) in Index;
     /// Embedding rows of an f32 table for I32 ids.

@@ -15,9 +15,11 @@ use report::peak_rss_mib;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use infinity::cuda::Executor;
 use infinity::models::bitvae::BitVae;
 use infinity::models::bitvae::quantizer::Quantized;
 use infinity::models::image::{fit_to, load_rgb, psnr, save_png, to_rgb8, to_tensor};
+use infinity::models::infinity::device::{self as device_generate, DeviceInfinity};
 use infinity::models::infinity::{SamplingConfig, generate};
 use infinity::models::pipeline::{ModelFiles, Pipeline};
 use infinity::models::schedule::{PATCH, PixelBudget, Template};
@@ -144,7 +146,7 @@ struct GenerateArgs {
     /// tokenizer.json of the T5 encoder.
     #[arg(long, requires = "transformer")]
     tokenizer: Option<PathBuf>,
-    /// cpu or cuda.
+    /// cpu, or cuda / cuda:N: the transformer runs on that GPU in bf16.
     #[arg(long, default_value = "cpu")]
     device: Device,
 }
@@ -214,7 +216,10 @@ fn output_path(out: &Path, index: usize, total: usize) -> PathBuf {
 
 fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
     // Everything that can be refused is refused before a weight is read.
-    g.device.ensure_available("generate")?;
+    let executor = match g.device {
+        Device::Cpu => None,
+        Device::Cuda(i) => Some(Executor::cuda(i).map_err(|e| format!("--device {}: {e}", g.device))?),
+    };
     let prompts = prompts_of(&g)?;
     let ratio = parse_ratio(&g.ratio)?;
     if g.batch == 0 {
@@ -267,7 +272,13 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
 
     let start = Instant::now();
     let mut pipeline = Pipeline::load(&files)?;
-    println!("loaded models in {:.2} s", start.elapsed().as_secs_f64());
+    let engine = executor.as_ref().map(|exec| DeviceInfinity::upload(exec, &pipeline.transformer)).transpose()?;
+    match &executor {
+        Some(exec) => {
+            println!("loaded models in {:.2} s; transformer on {}", start.elapsed().as_secs_f64(), exec.name())
+        }
+        None => println!("loaded models in {:.2} s", start.elapsed().as_secs_f64()),
+    }
 
     let start = Instant::now();
     let mut texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
@@ -294,10 +305,20 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
         );
         bar.set_message(format!("prompt {}/{}", i + 1, prompts.len()));
         let start = Instant::now();
-        let out =
-            generate(&pipeline.transformer, &batch_prompts, negatives.as_deref(), &schedule, &sampling, &[], |_| {
-                bar.inc(1)
-            })?;
+        let (transformer, negatives) = (&pipeline.transformer, negatives.as_deref());
+        let out = match &engine {
+            Some(engine) => device_generate::generate(
+                engine,
+                transformer,
+                &batch_prompts,
+                negatives,
+                &schedule,
+                &sampling,
+                &[],
+                |_| bar.inc(1),
+            )?,
+            None => generate(transformer, &batch_prompts, negatives, &schedule, &sampling, &[], |_| bar.inc(1))?,
+        };
         bar.finish_and_clear();
         transformer_time += start.elapsed().as_secs_f64();
 

@@ -78,6 +78,13 @@ impl Case {
         }
     }
 
+    /// Cross-attention: `lq` queries, any number, each seeing all `lk` keys (one block).
+    fn cross(b: usize, heads: usize, lq: usize, lk: usize, seed: u64) -> Case {
+        let mut case = Case::new(b, heads, 64, vec![lk], 0, false, seed);
+        case.q = bf16_values(&[b, heads, lq, 64], seed ^ 3, 1.0);
+        case
+    }
+
     fn offsets(&self) -> Vec<usize> {
         let mut offsets = vec![0];
         for n in &self.lens {
@@ -89,6 +96,9 @@ impl Case {
     /// The additive mask of the query rows (Lq, Lk).
     fn mask(&self) -> Tensor {
         let lq = self.q.shape()[2];
+        if self.lens.len() == 1 {
+            return Tensor::zeros(&[lq, self.lens[0]], DType::F32);
+        }
         block_causal_mask(&self.lens).unwrap().narrow(0, self.q_start, lq).unwrap().contiguous()
     }
 
@@ -299,6 +309,16 @@ proptest! {
         }
     }
 
+    /// Cross-attention to a text memory: more or fewer queries than keys, nothing masked.
+    #[test]
+    fn unmasked_forward_takes_any_query_count(b in 1usize..=2, h in 1usize..=2, lq in 1usize..=40, lk in 1usize..=20,
+                                              layout in 0usize..2, seed: u64) {
+        let case = Case::cross(b, h, lq, lk, seed);
+        for exec in executors() {
+            check_forward(exec, &case, layout);
+        }
+    }
+
     #[test]
     fn backward_matches_the_cpu_autograd(b in 1usize..=2, h in 1usize..=2, lens in scale_lens(),
                                          first_pick in 0usize..8, cosine: bool, layout in 0usize..2, seed: u64) {
@@ -367,6 +387,9 @@ fn preconditions_are_typed_errors() {
         assert_invalid(call(&q, &k, &k, bad, 0, dot), OP);
     }
     assert_invalid(call(&q, &k, &k, &offsets, 1, dot), OP);
+    // Rows 8-aligned in stride but starting one element into a 16-byte word.
+    let misaligned = t(&[1, 2, 5, 72], DType::BF16).narrow(3, 1, 64).unwrap();
+    assert_invalid(call(&misaligned, &k, &k, &offsets, 0, dot), OP);
     assert_invalid(call(&q, &t(&[1, 1, 5, 64], DType::BF16), &k, &offsets, 0, dot), OP);
     assert_invalid(call(&q, &k, &t(&[1, 2, 4, 64], DType::BF16), &[0, 4], 0, dot), OP);
     assert_invalid(call(&q, &k, &k, &offsets, 0, Scores::Dot(f32::NAN)), OP);

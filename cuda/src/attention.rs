@@ -136,7 +136,8 @@ pub struct BlockCausal<'a> {
     /// 0 = offsets[0] < offsets[1] < … < offsets[n] = Lk, with 1 ≤ n ≤ [`MAX_SCALES`].
     pub offsets: &'a [usize],
     /// 0 when queries and keys are the same sequence (training); the start of the current
-    /// scale when the keys are a KV cache (inference). q_start + Lq ≤ Lk.
+    /// scale when the keys are a KV cache (inference). q_start + Lq ≤ Lk, unless there is one
+    /// block: every query then sees every key (cross-attention, `offsets` = [0, Lk]).
     pub q_start: usize,
 }
 
@@ -308,7 +309,9 @@ impl Attention<'_> {
         }
         let kv_len = k.dims[2];
         let (offsets, scales) = self.offsets(op, kv_len as usize)?;
-        if self.mask.q_start.checked_add(q_len as usize).is_none_or(|end| end > kv_len as usize) {
+        // One block masks nothing: any number of queries may see all keys (cross-attention).
+        let past_keys = self.mask.q_start.checked_add(q_len as usize).is_none_or(|end| end > kv_len as usize);
+        if scales > 1 && past_keys {
             return Err(RuntimeError::invalid(
                 op,
                 self.q.shape(),

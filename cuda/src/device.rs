@@ -25,6 +25,11 @@ impl<T> DevPtr<T> {
         DevPtr { addr, _element: PhantomData }
     }
 
+    /// The raw address, for the library calls (cuBLAS) that take untyped pointers.
+    pub(crate) fn addr(self) -> u64 {
+        self.addr
+    }
+
     /// The address `elements` further on.
     pub(crate) fn add(self, elements: usize) -> Self {
         DevPtr::new(self.addr + (elements * std::mem::size_of::<T>()) as u64)

@@ -1,6 +1,7 @@
 //! Errors of the CUDA backend. A failed precondition (dtype, rank, shape, argument) is the
 //! runtime's own typed error with the kernel's name as the op; the other variants say which
-//! kernel or source file failed, and where: the toolchain, the driver or the CPU shim.
+//! kernel, source file or GEMM failed, and where: the toolchain, the driver, cuBLAS or the CPU
+//! shim.
 
 use crate::Availability;
 
@@ -29,6 +30,15 @@ pub enum Error {
     #[error("{what}: CUDA driver: {source}")]
     Driver { what: String, source: cudarc::driver::DriverError },
 
+    #[error(
+        "cuBLAS (libcublas.so.13) not found, so GEMMs cannot run on the GPU; put the lib folder of NVIDIA's \
+         CUDA 13 cuBLAS (the nvidia-cublas wheel or the toolkit) on LD_LIBRARY_PATH"
+    )]
+    NoCublas,
+
+    #[error("{what}: cuBLAS: {source}")]
+    Cublas { what: String, source: cudarc::cublas::result::CublasError },
+
     #[error("{kernel}: CPU shim: {reason}")]
     Shim { kernel: &'static str, reason: &'static str },
 }
@@ -37,5 +47,10 @@ impl Error {
     pub(crate) fn driver(what: impl Into<String>) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
         let what = what.into();
         move |source| Error::Driver { what, source }
+    }
+
+    pub(crate) fn cublas(what: impl Into<String>) -> impl FnOnce(cudarc::cublas::result::CublasError) -> Error {
+        let what = what.into();
+        move |source| Error::Cublas { what, source }
     }
 }

@@ -16,7 +16,9 @@ use crate::{Error, Result};
 
 pub enum Executor {
     Shim,
-    Cuda(Gpu),
+    /// Boxed: the GPU's state (context, stream, module and cuBLAS caches) is much larger than
+    /// the shim's nothing.
+    Cuda(Box<Gpu>),
 }
 
 /// A one-dimensional launch shape.
@@ -45,7 +47,7 @@ const MAX_OFFSET: usize = i32::MAX as usize;
 impl Executor {
     /// The GPU `ordinal` when CUDA can be used (see [`crate::probe`]).
     pub fn cuda(ordinal: usize) -> Result<Executor> {
-        Gpu::new(ordinal).map(Executor::Cuda)
+        Gpu::new(ordinal).map(|gpu| Executor::Cuda(Box::new(gpu)))
     }
 
     pub fn name(&self) -> String {

@@ -1,11 +1,14 @@
 //! The GPU side of `Executor`: one device, its default stream, and the kernel modules, each
 //! compiled by NVRTC for the device's own architecture on first use (cubin, cached on disk)
-//! and kept loaded. Everything runs on the one stream, in order, so cudarc's cross-stream
-//! event tracking never comes into play.
+//! and kept loaded; and the cuBLAS handle of the GEMMs. Everything runs on the one stream, in
+//! order, so cudarc's cross-stream event tracking never comes into play.
 
 use std::collections::HashMap;
+use std::ffi::c_void;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use cudarc::cublas::CudaBlas;
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
     PushKernelArg,
@@ -14,6 +17,7 @@ use cudarc::nvrtc::Ptx;
 use infinity_runtime::Error as RuntimeError;
 
 use crate::exec::Grid;
+use crate::gemm::{GemmArgs, GemmType, Transpose};
 use crate::kernels::{Kernel, Source};
 use crate::nvrtc::{Compiler, Output};
 use crate::toolkit::Toolkit;
@@ -27,6 +31,9 @@ pub struct Gpu {
     compiler: Compiler,
     modules: Mutex<HashMap<Source, Arc<CudaModule>>>,
     functions: Mutex<HashMap<Kernel, CudaFunction>>,
+    /// The cuBLAS handle, bound to `stream`; made by the first GEMM, so that libcublas is
+    /// needed only by processes that multiply.
+    blas: Mutex<Option<CudaBlas>>,
 }
 
 impl Gpu {
@@ -49,6 +56,7 @@ impl Gpu {
             compiler: Compiler::new(toolkit),
             modules: Mutex::default(),
             functions: Mutex::default(),
+            blas: Mutex::default(),
         })
     }
 
@@ -117,5 +125,71 @@ impl Gpu {
         // and the caller of `Executor::launch` vouches for the addresses in it.
         unsafe { launch.launch(config) }.map_err(Error::driver(format!("launching {}", kernel.name())))?;
         Ok(())
+    }
+
+    /// Queues one `cublasGemmStridedBatchedEx` call on the stream, after the kernels launched
+    /// before it.
+    ///
+    /// # Safety
+    /// Every address in `args` must come from a view of a live tensor of this GPU that holds
+    /// every element the call addresses, C's written by nothing else meanwhile.
+    pub(crate) unsafe fn gemm(&self, args: &GemmArgs) -> Result<()> {
+        let mut blas = self.blas.lock().unwrap_or_else(PoisonError::into_inner);
+        let blas = match &mut *blas {
+            Some(blas) => blas,
+            slot @ None => slot.insert(self.new_blas()?),
+        };
+        // cuBLAS launches into the context current on the calling thread.
+        self.ctx.bind_to_thread().map_err(Error::driver("binding the GPU's context"))?;
+        let op = |t| match t {
+            Transpose::No => cublasOperation_t::CUBLAS_OP_N,
+            Transpose::Yes => cublasOperation_t::CUBLAS_OP_T,
+        };
+        let dtype = |t| match t {
+            GemmType::Bf16 => cudaDataType::CUDA_R_16BF,
+            GemmType::F32 => cudaDataType::CUDA_R_32F,
+        };
+        let (a, b, c) = (&args.a, &args.b, &args.c);
+        // SAFETY: the handle is live and bound to this GPU's stream; the caller vouches for
+        // the addresses; alpha and beta are f32 on the host, as CUBLAS_COMPUTE_32F reads them
+        // in the default pointer mode.
+        unsafe {
+            cudarc::cublas::result::gemm_strided_batched_ex(
+                *blas.handle(),
+                op(args.transa),
+                op(args.transb),
+                args.m,
+                args.n,
+                args.k,
+                (&args.alpha as *const f32).cast::<c_void>(),
+                a.addr as *const c_void,
+                dtype(a.dtype),
+                a.ld,
+                a.stride,
+                b.addr as *const c_void,
+                dtype(b.dtype),
+                b.ld,
+                b.stride,
+                (&args.beta as *const f32).cast::<c_void>(),
+                c.addr as *mut c_void,
+                dtype(c.dtype),
+                c.ld,
+                c.stride,
+                args.batch,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(Error::cublas(format!("a {}×{}×{} GEMM, batch {}", args.m, args.n, args.k, args.batch)))
+    }
+
+    /// A cuBLAS handle on this GPU's stream, or [`Error::NoCublas`] when the library is
+    /// missing (cudarc would panic on the first call into it).
+    fn new_blas(&self) -> Result<CudaBlas> {
+        // SAFETY: the presence check only tries to dlopen the library; it calls nothing in it.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(Error::NoCublas);
+        }
+        CudaBlas::new(self.stream.clone()).map_err(Error::cublas("creating a handle"))
     }
 }

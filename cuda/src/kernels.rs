@@ -14,6 +14,7 @@ use crate::attention::{AttentionBackwardParams, AttentionCosineParams, Attention
 use crate::bitwise_head::{BitwiseLossParams, BitwiseSampleParams};
 use crate::elementwise::{BinaryParams, CopyParams, UnaryParams};
 use crate::exec::ShimGrid;
+use crate::gemm::BiasRowsParams;
 use crate::index::EmbeddingParams;
 use crate::norm::{GroupNormParams, RmsNormParams, SoftmaxParams};
 use crate::quantize::{BsqQuantizeParams, BsqUpdateParams, ResizeParams};
@@ -35,10 +36,11 @@ pub enum Source {
     Elementwise,
     Index,
     Rope,
+    Gemm,
 }
 
 impl Source {
-    pub const ALL: [Source; 9] = [
+    pub const ALL: [Source; 10] = [
         Source::Quantize,
         Source::BitwiseHead,
         Source::AdaLn,
@@ -48,6 +50,7 @@ impl Source {
         Source::Elementwise,
         Source::Index,
         Source::Rope,
+        Source::Gemm,
     ];
 
     pub fn file_name(self) -> &'static str {
@@ -61,6 +64,7 @@ impl Source {
             Source::Elementwise => "elementwise.cu",
             Source::Index => "index.cu",
             Source::Rope => "rope.cu",
+            Source::Gemm => "gemm.cu",
         }
     }
 
@@ -75,6 +79,7 @@ impl Source {
             Source::Elementwise => include_str!("../kernels/elementwise.cu"),
             Source::Index => include_str!("../kernels/index.cu"),
             Source::Rope => include_str!("../kernels/rope.cu"),
+            Source::Gemm => include_str!("../kernels/gemm.cu"),
         }
     }
 
@@ -221,6 +226,10 @@ kernels! {
     RopeInterleavedF32, ROPE_INTERLEAVED_F32 = rope_interleaved_f32(RopeParams<f32>) in Rope;
     /// Interleaved rotary embedding of (B, H, L, D) bf16.
     RopeInterleavedBf16, ROPE_INTERLEAVED_BF16 = rope_interleaved_bf16(RopeParams<bf16>) in Rope;
+    /// A linear layer's f32 bias in every row of its f32 output, before the GEMM adds to it.
+    BiasRowsF32, BIAS_ROWS_F32 = bias_rows_f32(BiasRowsParams<f32>) in Gemm;
+    /// A linear layer's f32 bias, rounded, in every row of its bf16 output, before the GEMM adds to it.
+    BiasRowsBf16, BIAS_ROWS_BF16 = bias_rows_bf16(BiasRowsParams<bf16>) in Gemm;
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@
 //!
 //! Kernels are launched through typed handles ([`kernels`]) with `#[repr(C)]` parameter
 //! structs; the public launchers ([`quantize`], [`bitwise_head`], [`adaln`], [`attention`], [`rng`],
-//! [`norm`], [`elementwise`], [`index`], [`rope`]) check dtypes, shapes and arguments first and
-//! return typed errors.
+//! [`norm`], [`elementwise`], [`index`], [`rope`] and [`gemm`], which runs cuBLAS)
+//! check dtypes, shapes and arguments first and return typed errors.
 
 mod device;
 mod error;
@@ -18,6 +18,7 @@ pub mod adaln;
 pub mod attention;
 pub mod bitwise_head;
 pub mod elementwise;
+pub mod gemm;
 pub mod index;
 pub mod kernels;
 pub mod norm;

@@ -1,30 +1,15 @@
-//! Where a tensor lives. The CPU is always present; the CUDA backend lives in the `cuda/`
-//! crate and is not wired into tensors yet, so a CUDA request fails with a clear error.
+//! Where work runs. The runtime's tensors are host memory; a CUDA device's memory and kernels
+//! are the `cuda/` crate's (`DeviceTensor`, `Executor`), which the pipeline uses for the
+//! stages it runs there.
 
 use std::fmt;
 use std::str::FromStr;
-
-use crate::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Device {
     #[default]
     Cpu,
     Cuda(usize),
-}
-
-impl Device {
-    /// Fails unless tensors can be placed on this device by this build.
-    pub fn ensure_available(self, op: &'static str) -> Result<()> {
-        match self {
-            Device::Cpu => Ok(()),
-            Device::Cuda(_) => Err(Error::DeviceUnavailable {
-                op,
-                device: self.to_string(),
-                reason: "the CUDA tensor backend is not implemented in this build yet; use --device cpu".into(),
-            }),
-        }
-    }
 }
 
 impl fmt::Display for Device {

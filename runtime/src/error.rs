@@ -27,6 +27,10 @@ pub enum Error {
     #[error("{op}: the {device} device is not available: {reason}")]
     DeviceUnavailable { op: &'static str, device: String, reason: String },
 
+    /// A device that was available failed to run something (driver, library or launch error).
+    #[error("{op} on {device}: {reason}")]
+    DeviceFailed { op: &'static str, device: String, reason: String },
+
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::layout::Layout;
 use crate::storage::CpuStorage;
-use crate::{DType, Device, Element, Error, Result, with_dtype};
+use crate::{DType, Element, Error, Result, with_dtype};
 
 #[derive(Clone)]
 pub struct Tensor {
@@ -74,10 +74,6 @@ impl Tensor {
 
     pub fn dtype(&self) -> DType {
         self.storage.dtype()
-    }
-
-    pub fn device(&self) -> Device {
-        Device::Cpu
     }
 
     pub fn rank(&self) -> usize {
@@ -197,11 +193,6 @@ impl Tensor {
             storage: Arc::new(CpuStorage::from_vec(data.into_iter().map(T::from_f32).collect::<Vec<T>>())),
             layout: Layout::contiguous(self.shape()),
         })
-    }
-
-    pub fn to_device(&self, device: Device) -> Result<Tensor> {
-        device.ensure_available("to_device")?;
-        Ok(self.clone())
     }
 
     /// Raw little-endian bytes of the contiguous data (what a checkpoint writer stores).

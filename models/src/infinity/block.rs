@@ -60,8 +60,8 @@ impl KvCache {
 
 /// A block's cross-attention keys and values of the text memory: (ΣLᵢ, H, hd) each.
 pub struct TextKv {
-    k: Var,
-    v: Var,
+    pub(super) k: Var,
+    pub(super) v: Var,
 }
 
 /// The block's parameters; the derived ones (joined biases, per-head scale) are computed
@@ -69,27 +69,27 @@ pub struct TextKv {
 /// reach the stored parameters.
 pub(super) struct Block {
     /// (6, C).
-    ada_gss: Var,
-    qkv_w: Var,
+    pub(super) ada_gss: Var,
+    pub(super) qkv_w: Var,
     /// `[q_bias | 0 | v_bias]`.
-    qkv_b: Var,
+    pub(super) qkv_b: Var,
     /// exp(min(scale_mul, ln 100)) per head, shaped (1, H, 1, 1).
-    head_scale: Var,
-    proj_w: Var,
-    proj_b: Var,
-    ca_q_w: Var,
-    ca_q_b: Var,
-    ca_kv_w: Var,
-    ca_kv_b: Var,
-    ca_proj_w: Var,
-    ca_proj_b: Var,
-    ca_norm_w: Var,
-    ca_norm_b: Var,
-    fc1_w: Var,
-    fc1_b: Var,
-    fc2_w: Var,
-    fc2_b: Var,
-    heads: usize,
+    pub(super) head_scale: Var,
+    pub(super) proj_w: Var,
+    pub(super) proj_b: Var,
+    pub(super) ca_q_w: Var,
+    pub(super) ca_q_b: Var,
+    pub(super) ca_kv_w: Var,
+    pub(super) ca_kv_b: Var,
+    pub(super) ca_proj_w: Var,
+    pub(super) ca_proj_b: Var,
+    pub(super) ca_norm_w: Var,
+    pub(super) ca_norm_b: Var,
+    pub(super) fc1_w: Var,
+    pub(super) fc1_b: Var,
+    pub(super) fc2_w: Var,
+    pub(super) fc2_b: Var,
+    pub(super) heads: usize,
 }
 
 impl Block {

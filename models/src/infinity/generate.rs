@@ -7,8 +7,9 @@ use infinity_ops::elementwise::add;
 use infinity_runtime::rng::Philox;
 use infinity_runtime::{DType, Error, Result, Tensor};
 
-use super::model::Infinity;
+use super::model::{Infinity, Session};
 use super::sampler::{SamplingConfig, guide, sample_bits};
+use super::text::Conditioning;
 use crate::bitvae::quantizer::{codes_from_bits, resize_codes};
 use crate::schedule::Schedule;
 
@@ -30,6 +31,37 @@ pub struct Generated {
     pub summed_codes: Tensor,
 }
 
+/// A transformer as generation drives it: the raw head logits of each scale in turn.
+pub trait ScaleLogits {
+    /// Raw logits (R, n, 2·bits) of scale `k` (R = B, or 2B with the unconditional half),
+    /// fed the start tokens at k = 0 and the next-scale input (B, n, bits) after that; each
+    /// call extends the KV caches by the scale's tokens.
+    fn scale_logits(&mut self, k: usize, input: Option<&Tensor>) -> Result<Tensor>;
+}
+
+/// [`ScaleLogits`] of the CPU model for one batch of conditioning.
+struct CpuScales<'a> {
+    model: &'a Infinity,
+    session: Session<'a>,
+    schedule: &'a Schedule,
+    with_uncond: bool,
+}
+
+impl ScaleLogits for CpuScales<'_> {
+    fn scale_logits(&mut self, k: usize, input: Option<&Tensor>) -> Result<Tensor> {
+        let cond = self.session.cond;
+        let x = match input {
+            None => self.model.start_tokens(cond)?,
+            Some(u) => {
+                let e = self.model.embed(u)?;
+                if self.with_uncond { concat(&[&e, &e], 0)? } else { e }
+            }
+        };
+        let hidden = self.model.forward_scale(&mut self.session, &x, self.schedule, k)?;
+        Ok(self.model.logits(cond, &hidden)?.into_value())
+    }
+}
+
 /// Generates the bits of `prompts` (T5 features (Lᵢ, text_channels) each), optionally with
 /// negative prompts for the unconditional half. `forced` replaces the sampled bits of the first
 /// scales (teacher forcing of a generation, used to compare with a reference run).
@@ -40,27 +72,52 @@ pub fn generate(
     schedule: &Schedule,
     sampling: &SamplingConfig,
     forced: &[Tensor],
-    mut observe: impl FnMut(ScaleStep),
+    observe: impl FnMut(ScaleStep),
 ) -> Result<Generated> {
+    let cond = conditioning(model, prompts, negatives, schedule, sampling)?;
+    let session = model.session(&cond)?;
+    let mut scales = CpuScales { model, session, schedule, with_uncond: sampling.uses_cfg() };
+    sample_scales(&mut scales, prompts.len(), model.config.bits, schedule, sampling, forced, observe)
+}
+
+/// The conditioning of a generation (the doubled CFG batch when guidance is on), after
+/// checking the sampling knobs against the schedule.
+pub fn conditioning(
+    model: &Infinity,
+    prompts: &[Tensor],
+    negatives: Option<&[Tensor]>,
+    schedule: &Schedule,
+    sampling: &SamplingConfig,
+) -> Result<Conditioning> {
     let num_scales = schedule.num_scales();
     sampling.validate(num_scales)?;
     if num_scales > 15 {
         return Err(Error::invalid("generate", &[num_scales], "schedules have at most 15 scales"));
     }
-    let batch = prompts.len();
+    if sampling.uses_cfg() { model.condition_cfg(prompts, negatives) } else { model.condition(prompts) }
+}
+
+/// The scale loop of [`generate`] over any [`ScaleLogits`] of `batch` prompts with `bits_dim`
+/// bits per token.
+pub fn sample_scales(
+    scales: &mut dyn ScaleLogits,
+    batch: usize,
+    bits_dim: usize,
+    schedule: &Schedule,
+    sampling: &SamplingConfig,
+    forced: &[Tensor],
+    mut observe: impl FnMut(ScaleStep),
+) -> Result<Generated> {
+    let num_scales = schedule.num_scales();
     let with_uncond = sampling.uses_cfg();
-    let cond = if with_uncond { model.condition_cfg(prompts, negatives)? } else { model.condition(prompts)? };
-    let mut session = model.session(&cond)?;
-    let bits_dim = model.config.bits;
     let full = schedule.last();
     let mut summed = Tensor::zeros(&[batch, bits_dim, full.0, full.1], DType::F32);
     let mut rng = Philox::new(sampling.seed);
-    let mut x = model.start_tokens(&cond)?;
+    let mut input: Option<Tensor> = None;
     let mut all_bits = Vec::with_capacity(num_scales);
 
     for (k, &(h, w)) in schedule.grids.iter().enumerate() {
-        let hidden = model.forward_scale(&mut session, &x, schedule, k)?;
-        let raw = model.logits(&cond, &hidden)?.into_value();
+        let raw = scales.scale_logits(k, input.as_ref())?;
         let guided = guide(&raw, batch, sampling.cfg_at(k)?, sampling.tau_at(k)?, with_uncond)?;
         let sampled = sample_bits(&guided, sampling, &mut rng)?.reshape(&[batch, h, w, bits_dim])?;
         let bits = match forced.get(k) {
@@ -75,17 +132,15 @@ pub fn generate(
             None => sampled,
         };
         summed = add(&summed, &resize_codes(&codes_from_bits(&bits)?, full)?)?;
-        let next = match schedule.grids.get(k + 1) {
-            Some(&(nh, nw)) => {
-                let u =
-                    resize_codes(&summed, (nh, nw))?.permute(&[0, 2, 3, 1])?.reshape(&[batch, nh * nw, bits_dim])?;
-                let e = model.embed(&u)?;
-                x = if with_uncond { concat(&[&e, &e], 0)? } else { e };
-                Some(u)
-            }
-            None => None,
-        };
+        let next = schedule
+            .grids
+            .get(k + 1)
+            .map(|&(nh, nw)| {
+                resize_codes(&summed, (nh, nw))?.permute(&[0, 2, 3, 1])?.reshape(&[batch, nh * nw, bits_dim])
+            })
+            .transpose()?;
         observe(ScaleStep { index: k, raw_logits: &raw, bits: &bits, next_input: next.as_ref() });
+        input = next;
         all_bits.push(bits);
     }
     Ok(Generated { bits: all_bits, summed_codes: summed })

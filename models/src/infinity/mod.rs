@@ -3,6 +3,7 @@
 
 mod block;
 pub mod config;
+pub mod device;
 pub mod generate;
 mod model;
 mod params;
@@ -13,7 +14,7 @@ mod text;
 
 pub use block::KvCache;
 pub use config::InfinityConfig;
-pub use generate::{Generated, ScaleStep, generate};
+pub use generate::{Generated, ScaleLogits, ScaleStep, generate};
 pub use model::{Infinity, Session};
 pub use sampler::SamplingConfig;
 pub use text::{Conditioning, PackedText};

@@ -28,16 +28,16 @@ use crate::schedule::Schedule;
 
 pub struct Infinity {
     pub config: InfinityConfig,
-    text: TextPath,
+    pub(super) text: TextPath,
     /// (1, 1, C): added to the start token only.
-    pos_start: Var,
+    pub(super) pos_start: Var,
     /// (15, C): one row per scale index, added once before the first block.
-    lvl_embed: Var,
-    word_embed_w: Var,
-    word_embed_b: Var,
-    blocks: Vec<Block>,
-    head_w: Var,
-    head_b: Var,
+    pub(super) lvl_embed: Var,
+    pub(super) word_embed_w: Var,
+    pub(super) word_embed_b: Var,
+    pub(super) blocks: Vec<Block>,
+    pub(super) head_w: Var,
+    pub(super) head_b: Var,
 }
 
 /// Per-generation state: the text's cross-attention K/V of every block and the KV caches.

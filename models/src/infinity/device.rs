@@ -1,0 +1,352 @@
+//! The transformer's inference forward on a CUDA [`Executor`] (a GPU, or the CPU shim that
+//! runs the same kernels in tests): linear weights in bf16, GEMMs through cuBLAS with f32
+//! accumulation, the residual stream in f32, fused AdaLN, RoPE and block-causal flash
+//! attention over a KV cache preallocated for the whole schedule.
+//!
+//! What is computed once per prompt batch stays on the CPU model and is uploaded: the text
+//! conditioning (pooling, cross-attention memory, AdaLN tables) and each block's text keys and
+//! values. The scale loop itself ([`super::generate::sample_scales`]) is shared with the CPU
+//! path: only the logits of each scale come from the device.
+
+use infinity_autograd::Var;
+use infinity_cuda::adaln::{gated_residual, modulate};
+use infinity_cuda::attention::HEAD_DIMS;
+use infinity_cuda::attention::{Attention, BlockCausal, Scores};
+use infinity_cuda::elementwise::{add, cast, copy_into, gelu_tanh};
+use infinity_cuda::gemm::linear;
+use infinity_cuda::rope::rope_interleaved;
+use infinity_cuda::{DeviceTensor, Error as CudaError, Executor, Result as CudaResult};
+use infinity_runtime::{DType, Error, Result, Tensor};
+
+use super::block::{Block, EPS};
+use super::generate::{Generated, ScaleLogits, ScaleStep, conditioning, sample_scales};
+use super::model::Infinity;
+use super::rope::scale_table;
+use super::sampler::SamplingConfig;
+use super::text::Conditioning;
+use crate::schedule::Schedule;
+
+/// A CUDA-backend error as the runtime's: a precondition stays the typed error it is, and a
+/// failure of the device names it.
+fn runtime_error(exec: &Executor, op: &'static str) -> impl FnOnce(CudaError) -> Error {
+    move |e| match e {
+        CudaError::Invalid(e) => e,
+        other => Error::DeviceFailed { op, device: exec.name(), reason: other.to_string() },
+    }
+}
+
+/// `t` on the device in `dtype`.
+fn put(exec: &Executor, t: &Tensor, dtype: DType) -> CudaResult<DeviceTensor> {
+    exec.upload(&t.to_dtype(dtype))
+}
+
+/// A linear layer's weight (N, K) in bf16 and bias (N,) in f32.
+fn linear_weights(exec: &Executor, w: &Var, b: &Var) -> CudaResult<(DeviceTensor, DeviceTensor)> {
+    Ok((put(exec, w.value(), DType::BF16)?, put(exec, b.value(), DType::F32)?))
+}
+
+/// The linear layers of one block on the device: weights bf16 (N, K), biases f32.
+struct DeviceBlock {
+    qkv: (DeviceTensor, DeviceTensor),
+    /// (H,) f32: the cosine attention's per-head multiplier.
+    head_scale: DeviceTensor,
+    proj: (DeviceTensor, DeviceTensor),
+    ca_q: (DeviceTensor, DeviceTensor),
+    ca_proj: (DeviceTensor, DeviceTensor),
+    fc1: (DeviceTensor, DeviceTensor),
+    fc2: (DeviceTensor, DeviceTensor),
+}
+
+impl DeviceBlock {
+    fn upload(exec: &Executor, b: &Block) -> CudaResult<Self> {
+        let pair = |w: &Var, bias: &Var| linear_weights(exec, w, bias);
+        let heads = b.head_scale.value().numel();
+        Ok(DeviceBlock {
+            qkv: pair(&b.qkv_w, &b.qkv_b)?,
+            head_scale: put(exec, &b.head_scale.value().reshape(&[heads])?, DType::F32)?,
+            proj: pair(&b.proj_w, &b.proj_b)?,
+            ca_q: pair(&b.ca_q_w, &b.ca_q_b)?,
+            ca_proj: pair(&b.ca_proj_w, &b.ca_proj_b)?,
+            fc1: pair(&b.fc1_w, &b.fc1_b)?,
+            fc2: pair(&b.fc2_w, &b.fc2_b)?,
+        })
+    }
+}
+
+/// The transformer's weights in an executor's memory.
+pub struct DeviceInfinity<'e> {
+    exec: &'e Executor,
+    blocks: Vec<DeviceBlock>,
+    /// (15, C) f32.
+    lvl_embed: DeviceTensor,
+    word_embed: (DeviceTensor, DeviceTensor),
+    head: (DeviceTensor, DeviceTensor),
+    heads: usize,
+    head_dim: usize,
+}
+
+impl<'e> DeviceInfinity<'e> {
+    /// Uploads `model`'s weights (linear weights rounded to bf16).
+    pub fn upload(exec: &'e Executor, model: &Infinity) -> Result<Self> {
+        const OP: &str = "infinity.upload";
+        let c = &model.config;
+        if !HEAD_DIMS.contains(&c.head_dim()) {
+            return Err(Error::invalid(
+                OP,
+                &[c.head_dim()],
+                format!("head dim {}: the attention kernels are built for {HEAD_DIMS:?}", c.head_dim()),
+            ));
+        }
+        let upload = || -> CudaResult<Self> {
+            Ok(DeviceInfinity {
+                exec,
+                blocks: model.blocks.iter().map(|b| DeviceBlock::upload(exec, b)).collect::<CudaResult<_>>()?,
+                lvl_embed: put(exec, model.lvl_embed.value(), DType::F32)?,
+                word_embed: linear_weights(exec, &model.word_embed_w, &model.word_embed_b)?,
+                head: linear_weights(exec, &model.head_w, &model.head_b)?,
+                heads: c.num_heads,
+                head_dim: c.head_dim(),
+            })
+        };
+        upload().map_err(runtime_error(exec, OP))
+    }
+
+    /// The per-batch state of one generation over `schedule`: conditioning rows, text keys and
+    /// values, and KV caches sized for every scale.
+    pub fn session<'s>(
+        &'s self,
+        model: &Infinity,
+        cond: &Conditioning,
+        schedule: &'s Schedule,
+        with_uncond: bool,
+    ) -> Result<DeviceSession<'s, 'e>> {
+        self.try_session(model, cond, schedule, with_uncond).map_err(runtime_error(self.exec, "infinity.session"))
+    }
+
+    fn try_session<'s>(
+        &'s self,
+        model: &Infinity,
+        cond: &Conditioning,
+        schedule: &'s Schedule,
+        with_uncond: bool,
+    ) -> CudaResult<DeviceSession<'s, 'e>> {
+        let exec = self.exec;
+        let rows = cond.cond.dim(0)?;
+        let total = schedule.seq_len();
+        let cache_shape = [rows, self.heads, total, self.head_dim];
+        let zeros = || exec.upload(&Tensor::zeros(&cache_shape, DType::BF16));
+        // Row i of a (R, N, C) table as its own (R, C) tensor.
+        fn row_tensors<const N: usize>(exec: &Executor, table: &Tensor) -> CudaResult<[DeviceTensor; N]> {
+            let rows: Vec<DeviceTensor> = (0..N)
+                .map(|i| put(exec, &table.narrow(1, i, 1)?.squeeze(1)?, DType::F32))
+                .collect::<CudaResult<_>>()?;
+            rows.try_into()
+                .map_err(|_| Error::invalid("infinity.session", table.shape(), format!("expected {N} rows")).into())
+        }
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for block in &model.blocks {
+            let ada = infinity_ops::elementwise::add(cond.ada.value(), block.ada_gss.value())?;
+            let c = block.ada_gss.dim(1)?;
+            let broadcast = |t: &Tensor| put(exec, &t.reshape(&[1, c])?.broadcast_to(&[rows, c])?, DType::F32);
+            let norm_scale = infinity_ops::elementwise::add_scalar(block.ca_norm_w.value(), -1.0)?;
+            let text = block.text_kv(&cond.memory)?;
+            let mut text_kv = Vec::with_capacity(rows);
+            let mut offset = 0;
+            for &len in &cond.lens {
+                let per_sample = |t: &Tensor| -> CudaResult<DeviceTensor> {
+                    put(exec, &t.narrow(0, offset, len)?.permute(&[1, 0, 2])?.unsqueeze(0)?.contiguous(), DType::BF16)
+                };
+                text_kv.push((per_sample(text.k.value())?, per_sample(text.v.value())?));
+                offset += len;
+            }
+            blocks.push(BlockState {
+                ada: row_tensors(exec, &ada)?,
+                ca_norm: (broadcast(&norm_scale)?, broadcast(block.ca_norm_b.value())?),
+                text_kv,
+                cache: (zeros()?, zeros()?),
+            });
+        }
+        Ok(DeviceSession {
+            engine: self,
+            schedule,
+            blocks,
+            head_ada: row_tensors(exec, cond.head_ada.value())?,
+            start: put(exec, model.start_tokens(cond)?.value(), DType::F32)?,
+            with_uncond,
+            filled: 0,
+        })
+    }
+}
+
+/// [`super::generate`] with the transformer's forward on the device: the same conditioning,
+/// sampling and bit bookkeeping, the logits of each scale from `engine`.
+#[allow(clippy::too_many_arguments)]
+pub fn generate(
+    engine: &DeviceInfinity,
+    model: &Infinity,
+    prompts: &[Tensor],
+    negatives: Option<&[Tensor]>,
+    schedule: &Schedule,
+    sampling: &SamplingConfig,
+    forced: &[Tensor],
+    observe: impl FnMut(ScaleStep),
+) -> Result<Generated> {
+    let cond = conditioning(model, prompts, negatives, schedule, sampling)?;
+    let mut session = engine.session(model, &cond, schedule, sampling.uses_cfg())?;
+    sample_scales(&mut session, prompts.len(), model.config.bits, schedule, sampling, forced, observe)
+}
+
+/// One block's per-batch state.
+struct BlockState {
+    /// [gamma1, gamma2, scale1, scale2, shift1, shift2], each (R, C) f32.
+    ada: [DeviceTensor; 6],
+    /// The cross-attention LayerNorm's affine as AdaLN rows (weight − 1, bias), (R, C) views.
+    ca_norm: (DeviceTensor, DeviceTensor),
+    /// Per sample: the text's keys and values (1, H, Lᵢ, hd) bf16.
+    text_kv: Vec<(DeviceTensor, DeviceTensor)>,
+    /// Keys (normalised by the kernel, rotated) and values of every scale so far: (R, H, L, hd).
+    cache: (DeviceTensor, DeviceTensor),
+}
+
+/// A generation in progress on the device.
+pub struct DeviceSession<'s, 'e> {
+    engine: &'s DeviceInfinity<'e>,
+    schedule: &'s Schedule,
+    blocks: Vec<BlockState>,
+    /// The head's AdaLN [scale, shift], (R, C) f32.
+    head_ada: [DeviceTensor; 2],
+    /// (R, 1, C) f32.
+    start: DeviceTensor,
+    with_uncond: bool,
+    /// Tokens already in the caches.
+    filled: usize,
+}
+
+impl DeviceSession<'_, '_> {
+    /// Embeds a next-scale input (B, n, bits), doubled for the unconditional half.
+    fn embed(&self, input: &Tensor) -> CudaResult<DeviceTensor> {
+        let input = if self.with_uncond { infinity_ops::index::concat(&[input, input], 0)? } else { input.clone() };
+        let (w, b) = &self.engine.word_embed;
+        linear(self.engine.exec, &put(self.engine.exec, &input, DType::BF16)?, w, Some(b), DType::F32)
+    }
+
+    fn forward_scale(&mut self, x: &DeviceTensor, k: usize) -> CudaResult<DeviceTensor> {
+        let exec = self.engine.exec;
+        let grid = self.schedule.grids[k];
+        let n = grid.0 * grid.1;
+        let (cos, sin) = scale_table(grid, self.schedule.full_grid, self.engine.head_dim)?;
+        let (cos, sin) = (put(exec, &cos, DType::F32)?, put(exec, &sin, DType::F32)?);
+        let offsets = &self.schedule.offsets()[..=k + 1];
+        let mut h = add(exec, x, &self.engine.lvl_embed.narrow(0, k, 1)?)?;
+        for (block, state) in self.engine.blocks.iter().zip(&mut self.blocks) {
+            let step =
+                BlockStep { exec, heads: self.engine.heads, n, start: self.filled, offsets, cos: &cos, sin: &sin };
+            h = step.run(block, state, &h)?;
+        }
+        self.filled += n;
+        Ok(h)
+    }
+
+    fn logits(&self, hidden: &DeviceTensor) -> CudaResult<DeviceTensor> {
+        let exec = self.engine.exec;
+        let a = modulate(exec, hidden, &self.head_ada[0], &self.head_ada[1], EPS)?;
+        let (w, b) = &self.engine.head;
+        linear(exec, &cast(exec, &a, DType::BF16)?, w, Some(b), DType::F32)
+    }
+}
+
+impl ScaleLogits for DeviceSession<'_, '_> {
+    fn scale_logits(&mut self, k: usize, input: Option<&Tensor>) -> Result<Tensor> {
+        if k >= self.schedule.num_scales() || self.filled != self.schedule.offsets()[k] {
+            return Err(Error::invalid("infinity.device", &[k], "scales must run in order, each once"));
+        }
+        let mut run = || -> CudaResult<Tensor> {
+            let x = match input {
+                None => self.start.clone(),
+                Some(u) => self.embed(u)?,
+            };
+            let hidden = self.forward_scale(&x, k)?;
+            self.engine.exec.download(&self.logits(&hidden)?)
+        };
+        run().map_err(runtime_error(self.engine.exec, "infinity.scale_logits"))
+    }
+}
+
+/// What one block's forward over one scale needs besides its weights and state.
+struct BlockStep<'a> {
+    exec: &'a Executor,
+    heads: usize,
+    /// Tokens of this scale.
+    n: usize,
+    /// Cache position of the scale's first token.
+    start: usize,
+    /// Scale offsets up to the end of this scale.
+    offsets: &'a [usize],
+    cos: &'a DeviceTensor,
+    sin: &'a DeviceTensor,
+}
+
+impl BlockStep<'_> {
+    /// models/src/infinity/block.rs's `Block::forward`, op for op.
+    fn run(&self, w: &DeviceBlock, s: &mut BlockState, x: &DeviceTensor) -> CudaResult<DeviceTensor> {
+        let exec = self.exec;
+        let [gamma1, gamma2, scale1, scale2, shift1, shift2] = &s.ada;
+        let rows = x.shape()[0];
+        let c = x.shape()[2];
+        let hd = c / self.heads;
+        let bf16 = |t: &DeviceTensor| cast(exec, t, DType::BF16);
+
+        // Self-attention over the cache: q and k rotated here, normalised inside the kernel
+        // (the rotation keeps norms, so the order does not matter).
+        let a = bf16(&modulate(exec, x, scale1, shift1, EPS)?)?;
+        let qkv = linear(exec, &a, &w.qkv.0, Some(&w.qkv.1), DType::BF16)?
+            .reshape(&[rows, self.n, 3, self.heads, hd])?
+            .permute(&[2, 0, 3, 1, 4])?;
+        let part = |i: usize| qkv.narrow(0, i, 1).and_then(|t| t.squeeze(0));
+        let q = rope_interleaved(exec, &part(0)?, self.cos, self.sin)?;
+        let k = rope_interleaved(exec, &part(1)?, self.cos, self.sin)?;
+        copy_into(exec, &k, &mut s.cache.0, 2, self.start)?;
+        copy_into(exec, &part(2)?, &mut s.cache.1, 2, self.start)?;
+        let end = self.start + self.n;
+        let o = Attention {
+            q: &q,
+            k: &s.cache.0.narrow(2, 0, end)?,
+            v: &s.cache.1.narrow(2, 0, end)?,
+            mask: BlockCausal { offsets: self.offsets, q_start: self.start },
+            scores: Scores::Cosine(&w.head_scale),
+        }
+        .forward(exec)?
+        .out;
+        let o = bf16(&o.permute(&[0, 2, 1, 3])?)?.reshape(&[rows, self.n, c])?;
+        let y = linear(exec, &o, &w.proj.0, Some(&w.proj.1), DType::F32)?;
+        let x = gated_residual(exec, x, &y, gamma1)?;
+
+        // Cross-attention of each sample's queries to its own text.
+        let h = bf16(&modulate(exec, &x, &s.ca_norm.0, &s.ca_norm.1, EPS)?)?;
+        let q = linear(exec, &h, &w.ca_q.0, Some(&w.ca_q.1), DType::BF16)?
+            .reshape(&[rows, self.n, self.heads, hd])?
+            .permute(&[0, 2, 1, 3])?;
+        let mut o = exec.upload(&Tensor::zeros(&[rows, self.n, self.heads, hd], DType::BF16))?;
+        for (b, (tk, tv)) in s.text_kv.iter().enumerate() {
+            let len = tk.shape()[2];
+            let ob = Attention {
+                q: &q.narrow(0, b, 1)?,
+                k: tk,
+                v: tv,
+                mask: BlockCausal { offsets: &[0, len], q_start: 0 },
+                scores: Scores::Dot(1.0 / (hd as f32).sqrt()),
+            }
+            .forward(exec)?
+            .out;
+            copy_into(exec, &ob.permute(&[0, 2, 1, 3])?, &mut o, 0, b)?;
+        }
+        let o = o.reshape(&[rows, self.n, c])?;
+        let x = add(exec, &x, &linear(exec, &o, &w.ca_proj.0, Some(&w.ca_proj.1), DType::F32)?)?;
+
+        // FFN with the second gate.
+        let f = bf16(&modulate(exec, &x, scale2, shift2, EPS)?)?;
+        let f = bf16(&gelu_tanh(exec, &linear(exec, &f, &w.fc1.0, Some(&w.fc1.1), DType::F32)?)?)?;
+        let f = linear(exec, &f, &w.fc2.0, Some(&w.fc2.1), DType::F32)?;
+        gated_residual(exec, &x, &f, gamma2)
+    }
+}

@@ -1,0 +1,88 @@
+//! The transformer's device forward (models/src/infinity/device.rs) against the official
+//! goldens of devA (head dim 64, the one dev config the attention kernels take): a greedy CFG
+//! generation teacher-forced with the golden bits, on every executor (the CPU shim here, a GPU
+//! as well when present). The device runs bf16 weights and GEMM operands, so it is held to bf16
+//! bounds, not the f32 path's 1e-4: the raw logits of every scale within 2⁻⁵ of the largest
+//! golden logit of that scale (about eight bf16 roundings of a ~2⁻⁹ relative step each, in a
+//! chain of two blocks, the head and the embedding), and the greedy bit wherever the golden
+//! guided margin is clear of that error.
+
+mod common;
+
+use common::{fixture, max_abs, max_abs_diff, open};
+use infinity::models::infinity::device::{DeviceInfinity, generate};
+use infinity::models::infinity::{Infinity, SamplingConfig};
+use infinity::models::schedule::{PixelBudget, Template};
+use infinity::runtime::{Error, Tensor};
+use infinity_cuda::testing::executors;
+
+/// Relative bound on the raw logits (see the module header).
+const LOGIT_BOUND: f32 = 1.0 / 32.0;
+
+fn prompts(golden: &infinity::runtime::io::Weights) -> Vec<Tensor> {
+    let feats = golden.get("text_features").unwrap();
+    let mask = golden.get("text_mask").unwrap();
+    (0..feats.dim(0).unwrap())
+        .map(|b| {
+            let len = mask.narrow(0, b, 1).unwrap().to_vec::<i64>().unwrap().iter().sum::<i64>() as usize;
+            feats.narrow(0, b, 1).unwrap().squeeze(0).unwrap().narrow(0, 0, len).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn greedy_cfg_generation_follows_the_golden_in_bf16() {
+    let model = Infinity::open(fixture("devA/transformer.safetensors")).unwrap();
+    let golden = open("devA/generate_golden.safetensors");
+    let schedule = Template::exact(1.0).unwrap().schedule(PixelBudget::P006M);
+    let bits = model.config.bits;
+    let golden_bits: Vec<Tensor> = (0..schedule.num_scales())
+        .map(|k| {
+            let (h, w) = schedule.grids[k];
+            golden.get(&format!("bits_scale{k:02}")).unwrap().reshape(&[1, h, w, bits]).unwrap()
+        })
+        .collect();
+    let sampling = SamplingConfig { cfg: vec![3.0], tau: vec![1.0], top_k: 1, ..Default::default() };
+    for exec in executors() {
+        let engine = DeviceInfinity::upload(exec, &model).unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
+        let mut decisive = 0;
+        let mut worst = 0f32;
+        generate(&engine, &model, &prompts(&golden), None, &schedule, &sampling, &golden_bits, |step| {
+            let k = step.index;
+            let want =
+                golden.get(&format!("raw_logits_scale{k:02}")).unwrap().reshape(step.raw_logits.shape()).unwrap();
+            let scale = max_abs(&want);
+            let diff = max_abs_diff(step.raw_logits, &want);
+            worst = worst.max(diff / scale);
+            assert!(
+                diff <= LOGIT_BOUND * scale,
+                "{}: scale {k}: max |diff| {diff:e} of max |logit| {scale:e}",
+                exec.name()
+            );
+            let (ours, theirs) = (step.raw_logits.to_vec::<f32>().unwrap(), want.to_vec::<f32>().unwrap());
+            let half = ours.len() / 2;
+            let guided = |v: &[f32], i: usize| 3.0 * v[i] - 2.0 * v[half + i];
+            for (j, &g) in golden_bits[k].to_vec::<u8>().unwrap().iter().enumerate() {
+                let margin = guided(&theirs, 2 * j + 1) - guided(&theirs, 2 * j);
+                // Guidance multiplies the logit error by at most 3 + 2 per logit, two logits.
+                if margin.abs() > 10.0 * LOGIT_BOUND * scale {
+                    let mine = u8::from(guided(&ours, 2 * j + 1) > guided(&ours, 2 * j));
+                    assert_eq!(mine, g, "{}: scale {k} bit {j} (golden margin {margin})", exec.name());
+                    decisive += 1;
+                }
+            }
+        })
+        .unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
+        assert!(decisive > 0, "{}: no bit had a clear margin", exec.name());
+        eprintln!("{}: worst logit error {worst:.2e} of the scale's largest; {decisive} clear bits agree", exec.name());
+    }
+}
+
+#[test]
+fn unsupported_head_dims_are_refused_by_name() {
+    // devB has head dim 16.
+    let model = Infinity::open(fixture("devB/transformer.safetensors")).unwrap();
+    let err = DeviceInfinity::upload(&executors()[0], &model).err().expect("head dim 16 refused");
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    assert!(err.to_string().contains("head dim 16"), "{err}");
+}

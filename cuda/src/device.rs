@@ -6,10 +6,10 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use cudarc::driver::CudaSlice;
 use infinity_runtime::{DType, Error as RuntimeError, Layout};
 
 use crate::Result;
+use crate::alloc::Buffer;
 
 /// An element address in an executor's memory: a host address under the CPU shim, a device
 /// address on the GPU. `#[repr(transparent)]` over u64, so that it has the size and alignment
@@ -53,13 +53,6 @@ impl<T> Clone for DevPtr<T> {
 }
 
 impl<T> Copy for DevPtr<T> {}
-
-/// Memory owned by one executor.
-pub(crate) enum Buffer {
-    /// The CPU shim's memory; u128 words give every dtype (and vector loads) their alignment.
-    Host(Box<[u128]>),
-    Cuda(CudaSlice<u8>),
-}
 
 /// A tensor stored in an executor's memory. Made by [`crate::Executor::upload`] or by a
 /// launcher; read back with [`crate::Executor::download`]. Views (`narrow`, `permute`, …)

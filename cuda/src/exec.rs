@@ -9,12 +9,19 @@ use std::sync::Arc;
 use cudarc::driver::DeviceRepr;
 use infinity_runtime::{CpuStorage, DType, Element, Error as RuntimeError, Layout, Tensor, with_dtype};
 
-use crate::device::{Buffer, DevPtr, DeviceTensor, View};
+use crate::alloc::{Memory, MemoryStats, Pool, size_class};
+use crate::device::{DevPtr, DeviceTensor, View};
 use crate::gpu::Gpu;
 use crate::kernels::KernelHandle;
 use crate::{Error, Result};
 
-pub enum Executor {
+pub struct Executor {
+    backend: Backend,
+    /// Where its tensors' memory comes from and goes back to.
+    pool: Arc<Pool>,
+}
+
+pub(crate) enum Backend {
     Shim,
     /// Boxed: the GPU's state (context, stream, module and cuBLAS caches) is much larger than
     /// the shim's nothing.
@@ -45,16 +52,86 @@ const GPU_MAX_BLOCKS: usize = 1 << 16;
 const MAX_OFFSET: usize = i32::MAX as usize;
 
 impl Executor {
+    /// The CPU shim: always available.
+    pub fn shim() -> Executor {
+        Executor { backend: Backend::Shim, pool: Arc::default() }
+    }
+
     /// The GPU `ordinal` when CUDA can be used (see [`crate::probe`]).
     pub fn cuda(ordinal: usize) -> Result<Executor> {
-        Gpu::new(ordinal).map(|gpu| Executor::Cuda(Box::new(gpu)))
+        let gpu = Gpu::new(ordinal)?;
+        Ok(Executor { backend: Backend::Cuda(Box::new(gpu)), pool: Arc::default() })
+    }
+
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     pub fn name(&self) -> String {
-        match self {
-            Executor::Shim => "CPU shim".to_string(),
-            Executor::Cuda(gpu) => gpu.name(),
+        match &self.backend {
+            Backend::Shim => "CPU shim".to_string(),
+            Backend::Cuda(gpu) => gpu.name(),
         }
+    }
+
+    /// Memory in use, its peak and the allocator's cache, in bytes.
+    pub fn memory(&self) -> MemoryStats {
+        self.pool.stats()
+    }
+
+    /// Starts a new peak measurement from what is in use now.
+    pub fn reset_peak(&self) {
+        self.pool.reset_peak();
+    }
+
+    /// Frees the cached blocks no tensor uses.
+    pub fn empty_cache(&self) {
+        self.pool.empty_cache();
+    }
+
+    /// Waits until every launch so far has finished (for timing); the shim runs synchronously.
+    pub fn synchronize(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Shim => Ok(()),
+            Backend::Cuda(gpu) => gpu.synchronize(),
+        }
+    }
+
+    /// A block of at least `bytes` from the pool, its first `bytes` set to `init` (zeros when
+    /// `None`).
+    fn block(&self, bytes: usize, init: Option<&[u8]>) -> Result<crate::alloc::Buffer> {
+        let class = size_class(bytes);
+        let reused = self.pool.reuse(class);
+        let was_reused = reused.is_some();
+        let memory = match (&self.backend, reused) {
+            (Backend::Shim, Some(Memory::Host(mut words))) => {
+                let fill = bytemuck::cast_slice_mut::<u128, u8>(&mut words);
+                match init {
+                    Some(src) => fill[..src.len()].copy_from_slice(src),
+                    None => fill.fill(0),
+                }
+                Memory::Host(words)
+            }
+            (Backend::Shim, _) => {
+                let mut words = vec![0u128; class / 16].into_boxed_slice();
+                if let Some(src) = init {
+                    bytemuck::cast_slice_mut::<u128, u8>(&mut words)[..src.len()].copy_from_slice(src);
+                }
+                Memory::Host(words)
+            }
+            (Backend::Cuda(gpu), reused) => {
+                let mut slice = match reused {
+                    Some(Memory::Cuda(slice)) => slice,
+                    _ => gpu.alloc(class)?,
+                };
+                match init {
+                    Some(src) => gpu.write(&mut slice, src)?,
+                    None => gpu.zero(&mut slice)?,
+                }
+                Memory::Cuda(slice)
+            }
+        };
+        Ok(self.pool.adopt(memory, class, was_reused))
     }
 
     /// Copies the elements `t` can reach into this executor's memory, keeping its strides (a
@@ -68,14 +145,7 @@ impl Executor {
         }
         let size = t.dtype().size_in_bytes();
         let bytes = &t.storage().bytes()[layout.offset() * size..layout.max_extent() * size];
-        let buffer = match self {
-            Executor::Shim => {
-                let mut words = vec![0u128; bytes.len().div_ceil(16)].into_boxed_slice();
-                bytemuck::cast_slice_mut::<u128, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
-                Buffer::Host(words)
-            }
-            Executor::Cuda(gpu) => Buffer::Cuda(gpu.upload(bytes)?),
-        };
+        let buffer = self.block(bytes.len(), Some(bytes))?;
         let layout = Layout::new(layout.shape().to_vec(), layout.strides().to_vec(), 0);
         Ok(DeviceTensor { buffer: Arc::new(buffer), dtype: t.dtype(), layout })
     }
@@ -83,9 +153,12 @@ impl Executor {
     /// The tensor's elements back in host memory, with the same layout.
     pub fn download(&self, t: &DeviceTensor) -> Result<Tensor> {
         let extent = t.layout.max_extent() * t.dtype.size_in_bytes();
-        let storage = match (&*t.buffer, self) {
-            (Buffer::Host(words), Executor::Shim) => storage(t.dtype, &bytemuck::cast_slice(words)[..extent]),
-            (Buffer::Cuda(slice), Executor::Cuda(gpu)) => storage(t.dtype, &gpu.download(slice)?[..extent]),
+        if !t.buffer.is_from(&self.pool) {
+            return Err(self.foreign("download", t));
+        }
+        let storage = match (t.buffer.memory(), &self.backend) {
+            (Memory::Host(words), Backend::Shim) => storage(t.dtype, &bytemuck::cast_slice(words)[..extent]),
+            (Memory::Cuda(slice), Backend::Cuda(gpu)) => storage(t.dtype, &gpu.download(slice, extent)?),
             _ => return Err(self.foreign("download", t)),
         };
         Ok(Tensor::from_storage(Arc::new(storage), t.layout.clone())?)
@@ -100,23 +173,19 @@ impl Executor {
                 RuntimeError::invalid(op, shape, "the kernels write nonempty outputs below 2^31 elements").into()
             );
         }
-        let bytes = numel * dtype.size_in_bytes();
-        let buffer = match self {
-            Executor::Shim => Buffer::Host(vec![0u128; bytes.div_ceil(16)].into_boxed_slice()),
-            Executor::Cuda(gpu) => Buffer::Cuda(gpu.zeros(bytes)?),
-        };
+        let buffer = self.block(numel * dtype.size_in_bytes(), None)?;
         Ok(DeviceTensor { buffer: Arc::new(buffer), dtype, layout: Layout::contiguous(shape) })
     }
 
     fn foreign(&self, op: &'static str, t: &DeviceTensor) -> Error {
-        let home = match *t.buffer {
-            Buffer::Host(_) => "the CPU shim",
-            Buffer::Cuda(_) => "a GPU",
+        let home = match t.buffer.memory() {
+            Memory::Host(_) => "a CPU shim",
+            Memory::Cuda(_) => "a GPU",
         };
         RuntimeError::invalid(
             op,
             t.shape(),
-            format!("the tensor lives in the memory of {home}, not of {}", self.name()),
+            format!("the tensor lives in the memory of {home}, not of this executor ({})", self.name()),
         )
         .into()
     }
@@ -157,9 +226,9 @@ impl Executor {
     }
 
     fn address(&self, op: &'static str, t: &DeviceTensor) -> Result<u64> {
-        match (&*t.buffer, self) {
-            (Buffer::Host(words), Executor::Shim) => Ok(words.as_ptr() as u64),
-            (Buffer::Cuda(slice), Executor::Cuda(gpu)) => Ok(gpu.address(slice)),
+        match (t.buffer.memory(), &self.backend) {
+            (Memory::Host(words), Backend::Shim) if t.buffer.is_from(&self.pool) => Ok(words.as_ptr() as u64),
+            (Memory::Cuda(slice), Backend::Cuda(gpu)) if t.buffer.is_from(&self.pool) => Ok(gpu.address(slice)),
             _ => Err(self.foreign(op, t)),
         }
     }
@@ -174,9 +243,10 @@ impl Executor {
             )
             .into());
         };
-        let addr = match (buffer, self) {
-            (Buffer::Host(words), Executor::Shim) => Some(words.as_mut_ptr() as u64),
-            (Buffer::Cuda(slice), Executor::Cuda(gpu)) => Some(gpu.address_mut(slice)),
+        let ours = buffer.is_from(&self.pool);
+        let addr = match (buffer.memory_mut(), &self.backend) {
+            (Memory::Host(words), Backend::Shim) if ours => Some(words.as_mut_ptr() as u64),
+            (Memory::Cuda(slice), Backend::Cuda(gpu)) if ours => Some(gpu.address_mut(slice)),
             _ => None,
         };
         addr.ok_or_else(|| self.foreign(op, t))
@@ -184,9 +254,9 @@ impl Executor {
 
     /// A grid-stride launch over `elements` with `threads` per block.
     pub(crate) fn grid_stride(&self, elements: usize, threads: u32) -> Grid {
-        let max = match self {
-            Executor::Shim => SHIM_MAX_BLOCKS,
-            Executor::Cuda(_) => GPU_MAX_BLOCKS,
+        let max = match &self.backend {
+            Backend::Shim => SHIM_MAX_BLOCKS,
+            Backend::Cuda(_) => GPU_MAX_BLOCKS,
         };
         // Launchers only pass nonempty views of fewer than 2^31 elements.
         Grid { blocks: elements.div_ceil(threads as usize).clamp(1, max) as u32, threads }
@@ -200,14 +270,14 @@ impl Executor {
     /// for this launch (`view_mut` for those the kernel writes), with the sizes and strides the
     /// kernel will use.
     pub(crate) unsafe fn launch<P: DeviceRepr>(&self, handle: KernelHandle<P>, grid: Grid, params: &P) -> Result<()> {
-        match self {
-            Executor::Shim => {
+        match &self.backend {
+            Backend::Shim => {
                 let shape = ShimGrid { blocks: [grid.blocks, 1, 1], threads: [grid.threads, 1, 1] };
                 // SAFETY: the caller vouches for the addresses; the launcher reads `params`
                 // during the call only.
                 shim_status(handle.kernel.name(), unsafe { (handle.shim)(&shape, params) })
             }
-            Executor::Cuda(gpu) => gpu.launch(handle.kernel, grid, params),
+            Backend::Cuda(gpu) => gpu.launch(handle.kernel, grid, params),
         }
     }
 }
@@ -350,7 +420,7 @@ mod tests {
 
     #[test]
     fn upload_keeps_strides_and_download_restores_values() {
-        let exec = Executor::Shim;
+        let exec = Executor::shim();
         let base = Tensor::from_vec((0..24).map(|i| i as f32).collect::<Vec<_>>(), &[2, 3, 4]).unwrap();
         let view = base.permute(&[2, 0, 1]).unwrap().narrow(0, 1, 2).unwrap();
         let device = exec.upload(&view).unwrap();
@@ -359,8 +429,45 @@ mod tests {
     }
 
     #[test]
+    fn memory_is_reused_zeroed_and_counted() {
+        let exec = Executor::shim();
+        let ones = Tensor::from_vec(vec![1.0f32; 300], &[300]).unwrap();
+        let first = exec.upload(&ones).unwrap();
+        let address = exec.address("test", &first).unwrap();
+        let class = size_class(1200);
+        assert_eq!(exec.memory(), MemoryStats { in_use: class, peak: class, cached: 0 });
+        let view = first.narrow(0, 10, 5).unwrap();
+        drop(first);
+        assert_eq!(exec.memory().in_use, class, "a live view keeps the buffer");
+        drop(view);
+        assert_eq!(exec.memory(), MemoryStats { in_use: 0, peak: class, cached: class });
+
+        // A request of the same class gets the same block back, zeroed for a kernel output.
+        let again = exec.output("test", &[290], DType::F32).unwrap();
+        assert_eq!(exec.address("test", &again).unwrap(), address);
+        assert!(exec.download(&again).unwrap().to_vec::<f32>().unwrap().iter().all(|&v| v == 0.0));
+        let other = exec.output("test", &[1000], DType::F32).unwrap();
+        assert_eq!(
+            exec.memory(),
+            MemoryStats { in_use: class + size_class(4000), peak: class + size_class(4000), cached: 0 }
+        );
+        drop((again, other));
+        exec.reset_peak();
+        exec.empty_cache();
+        assert_eq!(exec.memory(), MemoryStats::default());
+    }
+
+    #[test]
+    fn tensors_stay_with_their_executor() {
+        let (a, b) = (Executor::shim(), Executor::shim());
+        let t = a.upload(&Tensor::zeros(&[4], DType::F32)).unwrap();
+        let err = b.download(&t).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("not of this executor"), "{err}");
+    }
+
+    #[test]
     fn views_check_dtype_and_rank() {
-        let exec = Executor::Shim;
+        let exec = Executor::shim();
         let t = exec.output("test", &[2, 3], DType::F32).unwrap();
         assert!(exec.view::<f32, 2>("test", &t).is_ok());
         assert!(matches!(exec.view::<u8, 2>("test", &t), Err(Error::Invalid(RuntimeError::DTypeMismatch { .. }))));
@@ -370,7 +477,7 @@ mod tests {
 
     #[test]
     fn padded_views_align_to_the_right() {
-        let exec = Executor::Shim;
+        let exec = Executor::shim();
         let t = exec.output("test", &[2, 3], DType::F32).unwrap();
         let v = exec.view_padded::<f32, 4>("test", &t).unwrap();
         assert_eq!((v.dims, v.strides), ([1, 1, 2, 3], [0, 0, 3, 1]));

@@ -18,7 +18,7 @@ use infinity_runtime::{DType, Element, Error as RuntimeError};
 
 use crate::Result;
 use crate::device::{DevPtr, DeviceTensor, View};
-use crate::exec::Executor;
+use crate::exec::{Backend, Executor};
 use crate::kernels::{BIAS_ROWS_BF16, BIAS_ROWS_F32, KernelHandle};
 
 const THREADS: u32 = 256;
@@ -307,14 +307,14 @@ unsafe fn gemm(
         c: Operand { addr: c_addr, dtype: c_type, ld: n, stride: i64::from(m) * i64::from(n) },
         batch,
     };
-    match exec {
-        Executor::Shim => {
+    match exec.backend() {
+        Backend::Shim => {
             // SAFETY: the caller vouches for A and B; C is the whole of `c`.
             unsafe { emulate(&args) };
             Ok(())
         }
         // SAFETY: as above.
-        Executor::Cuda(gpu) => unsafe { gpu.gemm(&args) },
+        Backend::Cuda(gpu) => unsafe { gpu.gemm(&args) },
     }
 }
 

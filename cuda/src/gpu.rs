@@ -65,19 +65,34 @@ impl Gpu {
         format!("cuda:{} ({device}, {})", self.ctx.ordinal(), self.arch)
     }
 
-    pub(crate) fn upload(&self, bytes: &[u8]) -> Result<CudaSlice<u8>> {
-        self.stream.clone_htod(bytes).map_err(Error::driver(format!("copying {} bytes to the GPU", bytes.len())))
+    /// A new block of `bytes` (contents unspecified: every caller writes it first).
+    pub(crate) fn alloc(&self, bytes: usize) -> Result<CudaSlice<u8>> {
+        // SAFETY: u8 has no invalid bit patterns, and the pool's callers fill the block (a copy
+        // or zeros) before any kernel reads it.
+        unsafe { self.stream.alloc::<u8>(bytes) }.map_err(Error::driver(format!("allocating {bytes} bytes")))
     }
 
-    pub(crate) fn zeros(&self, bytes: usize) -> Result<CudaSlice<u8>> {
-        self.stream.alloc_zeros(bytes).map_err(Error::driver(format!("allocating {bytes} bytes")))
+    /// Copies `bytes` into the start of `slice`.
+    pub(crate) fn write(&self, slice: &mut CudaSlice<u8>, bytes: &[u8]) -> Result<()> {
+        self.stream
+            .memcpy_htod(bytes, &mut slice.slice_mut(..bytes.len()))
+            .map_err(Error::driver(format!("copying {} bytes to the GPU", bytes.len())))
     }
 
-    /// Waits for the stream, so that errors of earlier launches surface here.
-    pub(crate) fn download(&self, slice: &CudaSlice<u8>) -> Result<Vec<u8>> {
-        let bytes = self.stream.clone_dtoh(slice).map_err(Error::driver("copying from the GPU"))?;
-        self.stream.synchronize().map_err(Error::driver("waiting for the GPU"))?;
+    pub(crate) fn zero(&self, slice: &mut CudaSlice<u8>) -> Result<()> {
+        self.stream.memset_zeros(slice).map_err(Error::driver("zeroing GPU memory"))
+    }
+
+    /// The first `len` bytes of `slice`, after waiting for the stream, so that errors of
+    /// earlier launches surface here.
+    pub(crate) fn download(&self, slice: &CudaSlice<u8>, len: usize) -> Result<Vec<u8>> {
+        let bytes = self.stream.clone_dtoh(&slice.slice(..len)).map_err(Error::driver("copying from the GPU"))?;
+        self.synchronize()?;
         Ok(bytes)
+    }
+
+    pub(crate) fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(Error::driver("waiting for the GPU"))
     }
 
     pub(crate) fn address(&self, slice: &CudaSlice<u8>) -> u64 {

@@ -9,6 +9,7 @@
 //! [`norm`], [`elementwise`], [`index`], [`rope`] and [`gemm`], which runs cuBLAS)
 //! check dtypes, shapes and arguments first and return typed errors.
 
+mod alloc;
 mod device;
 mod error;
 mod exec;
@@ -32,6 +33,7 @@ pub mod toolkit;
 
 use std::fmt;
 
+pub use alloc::MemoryStats;
 pub use device::DeviceTensor;
 pub use error::{Error, Result};
 pub use exec::Executor;

@@ -23,7 +23,7 @@ pub fn skip(what: &str, why: impl Display) {
 pub fn executors() -> &'static [Executor] {
     static EXECUTORS: OnceLock<Vec<Executor>> = OnceLock::new();
     EXECUTORS.get_or_init(|| {
-        let mut all = vec![Executor::Shim];
+        let mut all = vec![Executor::shim()];
         match Executor::cuda(0) {
             Ok(gpu) => all.push(gpu),
             Err(why) => skip("kernel tests on a GPU (the CPU shim runs them)", why),

@@ -1,0 +1,136 @@
+//! GPU throughput of the CUDA backend, beside the H100 anchors: bf16 dense peak 989 TFLOP/s
+//! (cuBLAS reaches ~800 on 8192³ there), FlashAttention-3 ~630 TFLOP/s at head dim 128,
+//! ~3 TB/s for memory-bound kernels. Each measurement launches `iters` times and then waits for
+//! the device (`Executor::synchronize`), so criterion's time is the device's.
+//!
+//! - GEMM: 4096³ bf16 → f32, and the 2B transformer's linear layers at the last 1024² scale
+//!   (2 × 4096 tokens with CFG, C = 2048).
+//! - Attention: that scale's block-causal cosine attention against the full KV cache
+//!   (B = 2, H = 16, Lq = 4096, Lk = 10521, D = 128).
+//! - The transformer's device forward over a whole 1024² schedule (13 scales) with CFG, for
+//!   the layer12 preset (and the 2B one with `INFINITY_BENCH_2B=1`): seconds per image.
+//!
+//! Without a GPU it prints a SKIP line and measures nothing (the CPU shim's speed means nothing).
+
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group};
+use infinity::cuda::attention::{Attention, BlockCausal, Scores};
+use infinity::cuda::gemm::{linear, matmul};
+use infinity::cuda::testing::skip;
+use infinity::cuda::{DeviceTensor, Executor};
+use infinity::models::infinity::device::{DeviceInfinity, generate};
+use infinity::models::infinity::{Infinity, InfinityConfig, SamplingConfig};
+use infinity::models::schedule::{PixelBudget, Template};
+use infinity::runtime::rng::Philox;
+use infinity::runtime::{DType, Tensor};
+
+fn random(exec: &Executor, shape: &[usize], dtype: DType, seed: u64) -> DeviceTensor {
+    let values = Philox::new(seed).normal(shape.iter().product());
+    let t = Tensor::from_vec(values, shape).expect("shape matches").to_dtype(dtype);
+    exec.upload(&t).expect("upload")
+}
+
+/// Criterion's time for `iters` runs of `op`, waiting for the device at the end.
+fn device_time(exec: &Executor, iters: u64, mut op: impl FnMut()) -> Duration {
+    exec.synchronize().expect("device");
+    let start = Instant::now();
+    for _ in 0..iters {
+        op();
+    }
+    exec.synchronize().expect("device");
+    start.elapsed()
+}
+
+fn gemms(c: &mut Criterion, exec: &Executor) {
+    let mut group = c.benchmark_group("gemm_bf16");
+    let n = 4096;
+    let (a, b) = (random(exec, &[n, n], DType::BF16, 1), random(exec, &[n, n], DType::BF16, 2));
+    group.throughput(Throughput::Elements(2 * (n * n * n) as u64));
+    group.bench_function("4096^3", |bench| {
+        bench.iter_custom(|iters| device_time(exec, iters, || drop(matmul(exec, &a, &b, DType::F32).expect("gemm"))))
+    });
+    // The 2B model's projections at the last 1024² scale with CFG: (tokens, in) → out.
+    let tokens = 2 * 4096;
+    for (name, k, m) in [("qkv", 2048, 6144), ("proj", 2048, 2048), ("fc1", 2048, 8192), ("fc2", 8192, 2048)] {
+        let x = random(exec, &[tokens, k], DType::BF16, 3);
+        let w = random(exec, &[m, k], DType::BF16, 4);
+        let bias = random(exec, &[m], DType::F32, 5);
+        group.throughput(Throughput::Elements(2 * (tokens * k * m) as u64));
+        group.bench_function(format!("2b_{name}"), |bench| {
+            bench.iter_custom(|iters| {
+                device_time(exec, iters, || drop(linear(exec, &x, &w, Some(&bias), DType::BF16).expect("linear")))
+            })
+        });
+    }
+    group.finish();
+}
+
+fn attention(c: &mut Criterion, exec: &Executor) {
+    let schedule = Template::exact(1.0).expect("1:1").schedule(PixelBudget::P1M);
+    let offsets = schedule.offsets();
+    let (lk, lq) = (schedule.seq_len(), schedule.grids.last().map_or(0, |(h, w)| h * w));
+    let (b, h, d) = (2, 16, 128);
+    let q = random(exec, &[b, h, lq, d], DType::BF16, 6);
+    let (k, v) = (random(exec, &[b, h, lk, d], DType::BF16, 7), random(exec, &[b, h, lk, d], DType::BF16, 8));
+    let head_scale = exec.upload(&Tensor::from_vec(vec![4.0f32; h], &[h]).expect("shape")).expect("upload");
+    let call = Attention {
+        q: &q,
+        k: &k,
+        v: &v,
+        mask: BlockCausal { offsets: &offsets, q_start: lk - lq },
+        scores: Scores::Cosine(&head_scale),
+    };
+    let mut group = c.benchmark_group("attention");
+    // The last scale sees every key: QKᵀ and PV, 2 FLOP per multiply-add each.
+    group.throughput(Throughput::Elements((4 * b * h * lq * lk * d) as u64));
+    group.bench_function(format!("last_scale_1024_lq{lq}_lk{lk}_d{d}"), |bench| {
+        bench.iter_custom(|iters| device_time(exec, iters, || drop(call.forward(exec).expect("attention"))))
+    });
+    group.finish();
+}
+
+/// Seconds per 1024² image of the transformer's device forward (CFG, 13 scales), sampling on
+/// the host as `infinity-run --device cuda` does.
+fn transformer(exec: &Executor, preset: &str) {
+    let model = Infinity::random(InfinityConfig::preset(preset).expect("preset"), 0).expect("model");
+    let engine = DeviceInfinity::upload(exec, &model).expect("upload");
+    let schedule = Template::exact(1.0).expect("1:1").schedule(PixelBudget::P1M);
+    let prompt =
+        Tensor::from_vec(Philox::new(3).normal(16 * model.config.text_channels), &[16, model.config.text_channels])
+            .expect("shape");
+    let sampling = SamplingConfig { seed: 1, ..Default::default() };
+    let run = || {
+        let start = Instant::now();
+        generate(&engine, &model, std::slice::from_ref(&prompt), None, &schedule, &sampling, &[], |_| {})
+            .expect("generate");
+        start.elapsed().as_secs_f64()
+    };
+    run(); // compiles the kernels and fills the allocator's cache
+    let mut times: Vec<f64> = (0..5).map(|_| run()).collect();
+    times.sort_by(f64::total_cmp);
+    let memory = exec.memory();
+    println!(
+        "{preset} 1024² CFG transformer on {}: {:.3} s per image (median of 5); peak device memory {:.0} MiB",
+        exec.name(),
+        times[2],
+        memory.peak as f64 / (1 << 20) as f64
+    );
+}
+
+fn benches(c: &mut Criterion) {
+    let exec = match Executor::cuda(0) {
+        Ok(exec) => exec,
+        Err(why) => return skip("CUDA benchmarks", why),
+    };
+    eprintln!("{}: anchors 989 TFLOP/s bf16 dense, ~630 TFLOP/s FlashAttention-3 (d128), ~3 TB/s", exec.name());
+    gemms(c, &exec);
+    attention(c, &exec);
+    transformer(&exec, "layer12");
+    if std::env::var_os("INFINITY_BENCH_2B").is_some() {
+        transformer(&exec, "2b");
+    }
+}
+
+criterion_group!(cuda, benches);
+criterion::criterion_main!(cuda);

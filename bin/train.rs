@@ -24,14 +24,14 @@ use infinity::autograd::checkpoint::{self, Checkpoint};
 use infinity::autograd::optim::official_groups;
 use infinity::autograd::{AdamW, AdamWConfig, Annealing, LrSchedule, Params};
 use infinity::models::bitvae::{self, BitVae, BitVaeConfig};
-use infinity::models::data::{BatchOrder, Dataset, FeatureCache, OrderState, Samples};
+use infinity::models::data::{BatchOrder, CaptionRule, Dataset, FeatureCache, OrderState, Samples};
 use infinity::models::infinity::teacher::{Flips, teacher_forcing};
 use infinity::models::infinity::{Infinity, InfinityConfig};
 use infinity::models::pipeline::{ModelFiles, Pipeline, TextEncoder, check_fit};
 use infinity::models::schedule::{PATCH, PixelBudget};
 use infinity::models::t5::{self, T5Config, T5Encoder, T5Tokenizer};
 use infinity::models::train::{
-    StepBatch, StepSettings, StepText, TEXT_ENCODER_PREFIX, TokenWeighting, null_text, train_step,
+    StepBatch, StepSettings, StepText, TEXT_ENCODER_PREFIX, TokenWeighting, evaluate, null_text, train_step,
 };
 use infinity::models::train_vae::{
     Adversary, Discriminator, VaeLossWeights, VaeStepSettings, vae_gan_train_step, vae_train_step,
@@ -73,6 +73,9 @@ enum Command {
     /// a transformer run and a BitVAE; the folder is checked by loading it before config.json,
     /// the file that makes it a model folder, is written.
     Export(ExportArgs),
+    /// Score a model folder on a dataset without training it: the teacher-forced loss and the
+    /// bit accuracy per scale (for held-out data, and for choosing between checkpoints).
+    Eval(EvalArgs),
     /// Draw a run's training curves (metrics.csv) as an SVG: loss, and bit accuracy per scale.
     Plot {
         /// The run folder.
@@ -82,6 +85,20 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// A model folder (config.json as infinity-run reads it).
+    #[arg(long)]
+    model_dir: PathBuf,
+    /// A jsonl folder or a folder of captioned images; every item is scored once, with its
+    /// whole caption.
+    #[arg(long)]
+    data: PathBuf,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
 }
 
 #[derive(Args)]
@@ -272,6 +289,7 @@ fn main() -> ExitCode {
     report::exit_code(match Cli::parse().command {
         Command::Transformer(args) => train_transformer(&args),
         Command::Export(args) => export(&args),
+        Command::Eval(args) => eval(&args),
         Command::Plot { run, out } => plot_run(&run, &out),
         Command::Vae(args) => train_vae(&args),
     })
@@ -1042,6 +1060,59 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
         saving.after(step, &params, &optimizer, &state.to_json(a), &bar, &mut log_file)?;
     }
     finish(&bar, &mut log_file, (step0, step), run_start, &dataset)
+}
+
+fn eval(a: &EvalArgs) -> Result<(), Box<dyn Error>> {
+    if a.batch == 0 {
+        return Err("--batch must be at least 1".into());
+    }
+    check_data(&a.data)?;
+    let files = ModelFiles::from_dir(&a.model_dir)?;
+    files.check_exist()?;
+    let pn = files.default_pn.unwrap_or(PixelBudget::P1M);
+    let dataset = open_dataset(&a.data, pn)?.with_caption_rule(CaptionRule::Plain);
+    let pipeline = Pipeline::load(&files)?;
+    let start = Instant::now();
+    let scales = pn.num_scales();
+    let (mut weighted_loss, mut scale_loss, mut scale_accuracy) = (0.0, vec![0.0; scales], vec![0.0; scales]);
+    let mut scored = 0usize;
+    for bucket in dataset.buckets() {
+        let schedule = bucket.template.schedule(pn);
+        for chunk in bucket.items.chunks(a.batch) {
+            let (images, captions): (Vec<Tensor>, Vec<&str>) = chunk
+                .iter()
+                .filter_map(|&i| Some((dataset.load_image(i)?, dataset.items()[i].caption.long.as_str())))
+                .unzip();
+            if images.is_empty() {
+                continue;
+            }
+            let latent = pipeline.vae.encode(&concat(&images.iter().collect::<Vec<_>>(), 0)?)?;
+            let targets = teacher_forcing(&latent, &schedule.grids, Flips::None)?;
+            let prompts: Vec<Tensor> = pipeline.encode_prompts(&captions)?.into_iter().map(|p| p.features).collect();
+            let stats = evaluate(&pipeline.transformer, &prompts, &targets, &schedule, TokenWeighting::ByScale)?;
+            // Sample-weighted means over the batches.
+            let n = images.len() as f64;
+            weighted_loss += f64::from(stats.loss) * n;
+            for (sums, values) in [(&mut scale_loss, &stats.scale_loss), (&mut scale_accuracy, &stats.scale_accuracy)] {
+                sums.iter_mut().zip(values).for_each(|(sum, v)| *sum += f64::from(*v) * n);
+            }
+            scored += images.len();
+            eprintln!("scored {scored} of {} items", dataset.items().len());
+        }
+    }
+    if scored == 0 {
+        return Err(format!("{}: no image of the dataset could be loaded", a.data.display()).into());
+    }
+    let mean = |v: &[f64]| v.iter().map(|x| format!("{:.4}", x / scored as f64)).collect::<Vec<_>>().join(" ");
+    println!(
+        "{scored} items ({}) in {:.1} s: loss {:.4}; per scale: loss [{}], bit accuracy [{}]",
+        dataset.skip_report(),
+        start.elapsed().as_secs_f64(),
+        weighted_loss / scored as f64,
+        mean(&scale_loss),
+        mean(&scale_accuracy)
+    );
+    Ok(())
 }
 
 fn train_vae(a: &VaeArgs) -> Result<(), Box<dyn Error>> {

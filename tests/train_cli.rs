@@ -298,6 +298,34 @@ fn a_text_encoder_trains_with_the_transformer() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `eval` scores every item of a folder once with the model folder's own parts, and refuses
+/// what it cannot score in one line with exit code 2.
+#[test]
+fn eval_scores_a_model_folder_on_a_dataset() {
+    let dir = temp_dir("eval");
+    let (data, model) = setup(&dir);
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--model-dir", model.to_str().unwrap(), "--data", data.to_str().unwrap()];
+        args.extend(extra);
+        Command::new(env!("CARGO_BIN_EXE_infinity-train")).args(&args).output().unwrap()
+    };
+    let out = eval(&["--batch", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = String::from_utf8(out.stdout).unwrap();
+    assert!(report.starts_with("4 items (0 of 4 images skipped)"), "{report}");
+    let accuracy = report.split("bit accuracy [").nth(1).and_then(|r| r.split(']').next()).unwrap();
+    let values: Vec<f32> = accuracy.split_whitespace().map(|v| v.parse().unwrap()).collect();
+    assert_eq!(values.len(), 7, "{report}");
+    assert!(values.iter().all(|v| (0.0..=1.0).contains(v)), "{report}");
+    // Batching changes nothing but the grouping.
+    let again = String::from_utf8(eval(&["--batch", "4"]).stdout).unwrap();
+    assert_eq!(again.split(": loss").nth(1), report.split(": loss").nth(1));
+
+    let refused = eval(&["--batch", "0"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--batch"));
+}
+
 #[test]
 fn bad_input_is_one_line_and_exit_code_2() {
     let dir = temp_dir("errors");

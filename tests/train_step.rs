@@ -12,7 +12,7 @@ use infinity::autograd::{AdamW, AdamWConfig, Params, Tape};
 use infinity::models::infinity::teacher::{Flips, teacher_forcing};
 use infinity::models::infinity::{Infinity, InfinityConfig};
 use infinity::models::schedule::{PixelBudget, Schedule, Template};
-use infinity::models::train::{StepBatch, StepSettings, StepText, TokenWeighting, token_weights, train_step};
+use infinity::models::train::{StepBatch, StepSettings, StepText, TokenWeighting, evaluate, token_weights, train_step};
 use infinity::runtime::io::Weights;
 use infinity::runtime::{DType, Tensor};
 
@@ -239,4 +239,35 @@ fn bsc_step_with_recorded_flips_gives_the_official_loss() {
     for (k, (&got, want)) in stats.scale_loss.iter().zip(g.get("bsc.scale_loss").unwrap().to_f32_vec()).enumerate() {
         assert!(((got - want) / want).abs() <= 1e-5, "scale {k}: {got} vs {want}");
     }
+}
+
+/// `evaluate` scores exactly what a training step optimises: the same loss and per-scale
+/// statistics as the step reports for the parameters it starts from.
+#[test]
+fn evaluation_scores_what_a_step_trains_on() {
+    let weights = open("devA/transformer.safetensors");
+    let config = Infinity::detect_config(&weights).unwrap();
+    let s = schedule();
+    let tf =
+        teacher_forcing(open("train/teacher_forcing.safetensors").get("raw_features").unwrap(), &s.grids, Flips::None)
+            .unwrap();
+    let prompts = prompts(&open("devA/t5_golden.safetensors"));
+    let features: Vec<Tensor> = prompts
+        .iter()
+        .filter_map(|p| match p {
+            StepText::Features(t) => Some(t.clone()),
+            StepText::Tokens(_) => None,
+        })
+        .collect();
+    let model = Infinity::with_config(&weights, config.clone()).unwrap();
+    let eval = evaluate(&model, &features, &tf, &s, TokenWeighting::ByScale).unwrap();
+
+    let mut params = Infinity::parameters(&weights, &config).unwrap();
+    let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
+    let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
+    let settings = StepSettings { lr: LR, weight_decay: WEIGHT_DECAY, clip: CLIP, weighting: TokenWeighting::ByScale };
+    let stats = train_step(&mut params, &mut opt, &config, &batch, settings).unwrap();
+    assert_eq!(eval.loss, stats.loss);
+    assert_eq!(eval.scale_loss, stats.scale_loss);
+    assert_eq!(eval.scale_accuracy, stats.scale_accuracy);
 }

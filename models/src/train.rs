@@ -2,14 +2,15 @@
 //! forward on a tape, the bitwise loss with its per-token weighting, backward, global
 //! gradient-norm clipping and AdamW — and the per-scale statistics a trainer logs. Shared by
 //! `infinity-train` and the parity test against the official trainer, so both run one code path.
+//! [`evaluate`] scores a model the same way without training it (held-out loss and accuracy).
 
-use infinity_autograd::loss::bitwise_cross_entropy;
+use infinity_autograd::loss::{BitwiseLoss, bitwise_cross_entropy};
 use infinity_autograd::{AdamW, GradStore, Params, Tape, Tracked, Var};
 use infinity_ops::index::concat;
 use infinity_runtime::{Error, Result, Tensor};
 
 use crate::infinity::teacher::TeacherForcing;
-use crate::infinity::{Infinity, InfinityConfig};
+use crate::infinity::{Conditioning, Infinity, InfinityConfig};
 use crate::schedule::Schedule;
 use crate::t5::{T5Config, T5Encoder};
 
@@ -97,21 +98,11 @@ pub fn train_step(
     batch: &StepBatch,
     settings: StepSettings,
 ) -> Result<StepStats> {
-    let schedule = batch.schedule;
-    let labels = flat_labels(&batch.targets.labels)?;
-    let token_weights = token_weights(schedule, settings.weighting)?;
-    let offsets = schedule.offsets();
-
     let tape = Tape::new();
     let tracked = params.track(&tape)?;
     let model = Infinity::on_tape(config.clone(), &tracked)?;
     let cond = model.condition_vars(&text_features(batch, &tracked)?)?;
-    let logits = model.teacher_forced_logits(&cond, &batch.targets.inputs, schedule)?;
-    let loss = bitwise_cross_entropy(&logits, &labels, &token_weights)?;
-    let scale_accuracy = scale_accuracy(logits.value(), &labels, &offsets)?;
-    // Our handle would keep the largest activation alive through the backward sweep, which
-    // otherwise frees it once its gradient is taken.
-    drop(logits);
+    let (loss, scale_accuracy) = score(&model, &cond, batch.targets, batch.schedule, settings.weighting)?;
 
     let mut grads = tracked.gradients(tape.backward(&loss.loss)?);
     let grad_norm = grads.clip_norm(settings.clip)?;
@@ -119,9 +110,55 @@ pub fn train_step(
     Ok(StepStats {
         loss: loss.loss.value().to_f32_vec()[0],
         grad_norm,
-        scale_loss: scale_means(&loss.per_token, &offsets)?,
+        scale_loss: scale_means(&loss.per_token, &batch.schedule.offsets())?,
         scale_accuracy,
         grads,
+    })
+}
+
+/// The teacher-forced loss of `targets` and the per-scale bit accuracy.
+fn score(
+    model: &Infinity,
+    cond: &Conditioning,
+    targets: &TeacherForcing,
+    schedule: &Schedule,
+    weighting: TokenWeighting,
+) -> Result<(BitwiseLoss, Vec<f32>)> {
+    let labels = flat_labels(&targets.labels)?;
+    let logits = model.teacher_forced_logits(cond, &targets.inputs, schedule)?;
+    let loss = bitwise_cross_entropy(&logits, &labels, &token_weights(schedule, weighting)?)?;
+    let accuracy = scale_accuracy(logits.value(), &labels, &schedule.offsets())?;
+    // In training, our handle would keep the largest activation alive through the backward
+    // sweep, which otherwise frees it once its gradient is taken.
+    drop(logits);
+    Ok((loss, accuracy))
+}
+
+/// A model's scores on one batch, without training it.
+pub struct EvalStats {
+    /// The weighted loss of the batch (the training objective).
+    pub loss: f32,
+    /// Per scale: the mean cross-entropy over the batch and the scale's tokens.
+    pub scale_loss: Vec<f32>,
+    /// Per scale: the fraction of bits whose likelier value is the label.
+    pub scale_accuracy: Vec<f32>,
+}
+
+/// The teacher-forced loss and bit accuracy of `model` on one batch: `prompts` the features
+/// (Lᵢ, text_channels) of each sample's caption.
+pub fn evaluate(
+    model: &Infinity,
+    prompts: &[Tensor],
+    targets: &TeacherForcing,
+    schedule: &Schedule,
+    weighting: TokenWeighting,
+) -> Result<EvalStats> {
+    let cond = model.condition(prompts)?;
+    let (loss, scale_accuracy) = score(model, &cond, targets, schedule, weighting)?;
+    Ok(EvalStats {
+        loss: loss.loss.value().to_f32_vec()[0],
+        scale_loss: scale_means(&loss.per_token, &schedule.offsets())?,
+        scale_accuracy,
     })
 }
 

@@ -12,6 +12,7 @@ use infinity_runtime::half::bf16;
 use crate::adaln::{AdaLnParams, GatedResidualParams};
 use crate::attention::{AttentionBackwardParams, AttentionCosineParams, AttentionForwardParams, AttentionRowsParams};
 use crate::bitwise_head::{BitwiseLossParams, BitwiseSampleParams};
+use crate::conv::{Im2colParams, Upsample2xParams};
 use crate::elementwise::{BinaryParams, CopyParams, UnaryParams};
 use crate::exec::ShimGrid;
 use crate::gemm::BiasRowsParams;
@@ -37,10 +38,11 @@ pub enum Source {
     Index,
     Rope,
     Gemm,
+    Conv,
 }
 
 impl Source {
-    pub const ALL: [Source; 10] = [
+    pub const ALL: [Source; 11] = [
         Source::Quantize,
         Source::BitwiseHead,
         Source::AdaLn,
@@ -51,6 +53,7 @@ impl Source {
         Source::Index,
         Source::Rope,
         Source::Gemm,
+        Source::Conv,
     ];
 
     pub fn file_name(self) -> &'static str {
@@ -65,6 +68,7 @@ impl Source {
             Source::Index => "index.cu",
             Source::Rope => "rope.cu",
             Source::Gemm => "gemm.cu",
+            Source::Conv => "conv.cu",
         }
     }
 
@@ -80,6 +84,7 @@ impl Source {
             Source::Index => include_str!("../kernels/index.cu"),
             Source::Rope => include_str!("../kernels/rope.cu"),
             Source::Gemm => include_str!("../kernels/gemm.cu"),
+            Source::Conv => include_str!("../kernels/conv.cu"),
         }
     }
 
@@ -230,6 +235,10 @@ kernels! {
     BiasRowsF32, BIAS_ROWS_F32 = bias_rows_f32(BiasRowsParams<f32>) in Gemm;
     /// A linear layer's f32 bias, rounded, in every row of its bf16 output, before the GEMM adds to it.
     BiasRowsBf16, BIAS_ROWS_BF16 = bias_rows_bf16(BiasRowsParams<bf16>) in Gemm;
+    /// The bf16 column matrix of a convolution's input, one row per (channel, kernel tap).
+    Im2col, IM2COL = im2col(Im2colParams) in Conv;
+    /// Nearest ×2 upsampling of (B, C, H, W) f32.
+    UpsampleNearest2x, UPSAMPLE_NEAREST2X = upsample_nearest2x(Upsample2xParams) in Conv;
 }
 
 #[cfg(test)]

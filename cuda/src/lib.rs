@@ -6,7 +6,7 @@
 //!
 //! Kernels are launched through typed handles ([`kernels`]) with `#[repr(C)]` parameter
 //! structs; the public launchers ([`quantize`], [`bitwise_head`], [`adaln`], [`attention`], [`rng`],
-//! [`norm`], [`elementwise`], [`index`], [`rope`] and [`gemm`], which runs cuBLAS)
+//! [`norm`], [`elementwise`], [`index`], [`rope`], [`conv`], and [`gemm`], which runs cuBLAS)
 //! check dtypes, shapes and arguments first and return typed errors.
 
 mod alloc;
@@ -18,6 +18,7 @@ mod gpu;
 pub mod adaln;
 pub mod attention;
 pub mod bitwise_head;
+pub mod conv;
 pub mod elementwise;
 pub mod gemm;
 pub mod index;

@@ -1,8 +1,10 @@
 //! BitVAE: the convolutional image tokenizer (encoder, decoder) and its multi-scale bitwise
 //! quantizer. Loaded from a checkpoint the weights are constants (inference); built with
 //! [`BitVae::on_tape`] from a training step's leaves, the same forward records for backward.
+//! [`device`] runs the decoder on a CUDA executor.
 
 pub mod config;
+pub mod device;
 mod net;
 mod params;
 pub mod quantizer;

@@ -18,13 +18,13 @@ use infinity_runtime::{Result, Tensor};
 use super::config::BitVaeConfig;
 use crate::params::Source;
 
-const GROUPS: usize = 32;
-const EPS: f32 = 1e-6;
+pub(super) const GROUPS: usize = 32;
+pub(super) const EPS: f32 = 1e-6;
 
-struct Conv {
-    weight: Var,
-    bias: Var,
-    params: Conv2dParams,
+pub(super) struct Conv {
+    pub(super) weight: Var,
+    pub(super) bias: Var,
+    pub(super) params: Conv2dParams,
 }
 
 impl Conv {
@@ -37,9 +37,9 @@ impl Conv {
     }
 }
 
-struct GroupNorm {
-    weight: Var,
-    bias: Var,
+pub(super) struct GroupNorm {
+    pub(super) weight: Var,
+    pub(super) bias: Var,
 }
 
 impl GroupNorm {
@@ -53,13 +53,13 @@ impl GroupNorm {
     }
 }
 
-struct ResBlock {
-    norm1: GroupNorm,
-    conv1: Conv,
-    norm2: GroupNorm,
-    conv2: Conv,
+pub(super) struct ResBlock {
+    pub(super) norm1: GroupNorm,
+    pub(super) conv1: Conv,
+    pub(super) norm2: GroupNorm,
+    pub(super) conv2: Conv,
     /// 1×1 projection when the channel count changes.
-    shortcut: Option<Conv>,
+    pub(super) shortcut: Option<Conv>,
 }
 
 impl ResBlock {
@@ -94,9 +94,9 @@ fn run_blocks(blocks: &[ResBlock], mut h: Var) -> Result<Var> {
 }
 
 /// One resolution level: its ResBlocks and the optional resampling convolution after them.
-struct Level {
-    blocks: Vec<ResBlock>,
-    resample: Option<Conv>,
+pub(super) struct Level {
+    pub(super) blocks: Vec<ResBlock>,
+    pub(super) resample: Option<Conv>,
 }
 
 pub struct Encoder {
@@ -155,12 +155,12 @@ impl Encoder {
 }
 
 pub struct Decoder {
-    conv_in: Conv,
-    mid: Vec<ResBlock>,
+    pub(super) conv_in: Conv,
+    pub(super) mid: Vec<ResBlock>,
     /// Indexed by level (0 = finest); executed from the top level down.
-    levels: Vec<Level>,
-    norm_out: GroupNorm,
-    conv_out: Conv,
+    pub(super) levels: Vec<Level>,
+    pub(super) norm_out: GroupNorm,
+    pub(super) conv_out: Conv,
 }
 
 impl Decoder {

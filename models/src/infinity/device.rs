@@ -15,7 +15,7 @@ use infinity_cuda::attention::{Attention, BlockCausal, Scores};
 use infinity_cuda::elementwise::{add, cast, copy_into, gelu_tanh};
 use infinity_cuda::gemm::linear;
 use infinity_cuda::rope::rope_interleaved;
-use infinity_cuda::{DeviceTensor, Error as CudaError, Executor, Result as CudaResult};
+use infinity_cuda::{DeviceTensor, Executor, Result as CudaResult};
 use infinity_runtime::{DType, Error, Result, Tensor};
 
 use super::block::{Block, EPS};
@@ -24,21 +24,8 @@ use super::model::Infinity;
 use super::rope::scale_table;
 use super::sampler::SamplingConfig;
 use super::text::Conditioning;
+use crate::device_util::{put, runtime_error};
 use crate::schedule::Schedule;
-
-/// A CUDA-backend error as the runtime's: a precondition stays the typed error it is, and a
-/// failure of the device names it.
-fn runtime_error(exec: &Executor, op: &'static str) -> impl FnOnce(CudaError) -> Error {
-    move |e| match e {
-        CudaError::Invalid(e) => e,
-        other => Error::DeviceFailed { op, device: exec.name(), reason: other.to_string() },
-    }
-}
-
-/// `t` on the device in `dtype`.
-fn put(exec: &Executor, t: &Tensor, dtype: DType) -> CudaResult<DeviceTensor> {
-    exec.upload(&t.to_dtype(dtype))
-}
 
 /// A linear layer's weight (N, K) in bf16 and bias (N,) in f32.
 fn linear_weights(exec: &Executor, w: &Var, b: &Var) -> CudaResult<(DeviceTensor, DeviceTensor)> {

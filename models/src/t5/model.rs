@@ -31,23 +31,23 @@ use crate::params::{Source, tracked_source, trainable};
 pub struct T5Encoder {
     pub config: T5Config,
     /// (vocab, d_model).
-    embed: Var,
+    pub(super) embed: Var,
     /// (num_buckets, num_heads): block 0's relative position bias, used by all blocks.
-    bias_table: Var,
-    layers: Vec<Layer>,
-    final_norm: Var,
+    pub(super) bias_table: Var,
+    pub(super) layers: Vec<Layer>,
+    pub(super) final_norm: Var,
 }
 
-struct Layer {
-    attn_norm: Var,
-    q: Var,
-    k: Var,
-    v: Var,
-    o: Var,
-    ffn_norm: Var,
-    wi_0: Var,
-    wi_1: Var,
-    wo: Var,
+pub(super) struct Layer {
+    pub(super) attn_norm: Var,
+    pub(super) q: Var,
+    pub(super) k: Var,
+    pub(super) v: Var,
+    pub(super) o: Var,
+    pub(super) ffn_norm: Var,
+    pub(super) wi_0: Var,
+    pub(super) wi_1: Var,
+    pub(super) wo: Var,
 }
 
 /// T5's bucket (`_relative_position_bucket`, bidirectional) of `relative_position` = key
@@ -196,31 +196,30 @@ impl T5Encoder {
         let x = embedding(&self.embed, &ids)?;
         // A half-precision table is only ever a stored constant (training widens to f32).
         let mut x = if x.value().dtype() == DType::F32 { x } else { Var::constant(x.value().to_dtype(DType::F32)) };
-        let biases = lens.iter().map(|&len| self.position_bias(len)).collect::<Result<Vec<_>>>()?;
+        let biases =
+            lens.iter().map(|&len| position_bias(&self.bias_table, &self.config, len)).collect::<Result<Vec<_>>>()?;
         for layer in &self.layers {
             x = layer.forward(&x, lens, &biases, &self.config)?;
         }
         rms_norm(&x, Some(&self.final_norm), self.config.layer_norm_epsilon)
     }
+}
 
-    /// The additive attention bias (heads, len, len) of a prompt of `len` tokens: entry
-    /// (h, i, j) is the table's row for the bucket of j − i, column h.
-    fn position_bias(&self, len: usize) -> Result<Var> {
-        let c = &self.config;
-        let mut buckets = Vec::with_capacity(len * len);
-        for i in 0..len as i64 {
-            for j in 0..len as i64 {
-                let bucket = relative_position_bucket(
-                    j - i,
-                    c.relative_attention_num_buckets,
-                    c.relative_attention_max_distance,
-                );
-                buckets.push(bucket as i64);
-            }
+/// The additive attention bias (heads, len, len) of a prompt of `len` tokens from the bias
+/// `table` (num_buckets, heads): entry (h, i, j) is the table's row for the bucket of j − i,
+/// column h. A free function so that the device encoder, which keeps only the table, forms the
+/// same bias.
+pub(super) fn position_bias(table: &Var, c: &T5Config, len: usize) -> Result<Var> {
+    let mut buckets = Vec::with_capacity(len * len);
+    for i in 0..len as i64 {
+        for j in 0..len as i64 {
+            let bucket =
+                relative_position_bucket(j - i, c.relative_attention_num_buckets, c.relative_attention_max_distance);
+            buckets.push(bucket as i64);
         }
-        let rows = embedding(&self.bias_table, &Tensor::from_vec(buckets, &[len * len])?)?;
-        rows.reshape(&[len, len, c.num_heads])?.permute(&[2, 0, 1])
     }
+    let rows = embedding(table, &Tensor::from_vec(buckets, &[len * len])?)?;
+    rows.reshape(&[len, len, c.num_heads])?.permute(&[2, 0, 1])
 }
 
 /// The encoder's own entries (the tied embedding under its first name only), as (key, shape).

@@ -1,0 +1,72 @@
+//! The BitVAE decoder's device forward (models/src/bitvae/device.rs) against the official
+//! goldens of devA (256×256) and devB (176×352): the golden summed latent decoded on every
+//! executor (the CPU shim here, a GPU as well when present) and compared with the golden
+//! image, which the f32 CPU decoder matches within 1e-4 (tests/bitvae.rs).
+//!
+//! Bound: the device rounds every convolution's input and weights to bf16, a relative error
+//! of up to u = 2⁻⁹ each; f32 accumulation adds nothing comparable. The dev decoders chain
+//! L = 30 convolutions (conv_in; two in each of the 2 mid blocks and of the 2 blocks of each
+//! of the 5 levels; 4 after upsampling; conv_out), and the group norms keep the activations at
+//! unit scale, so the independent roundings add up like a random walk: about √(2L)·u ≈ 1.5% of
+//! a typical pixel. The test allows twice that on average, mean |error| ≤ 2⁻⁵·mean |golden|
+//! (measured on the shim: 1.9% of mean |golden| ≈ 0.25 for devA, 1.6% for devB), and for the
+//! worst pixel of an image in [-1, 1] 2⁻² absolute (measured: 0.091 and 0.083; 0.118 on the
+//! generation goldens' latents). Both fail for real bugs (checked on devA by breaking the code
+//! on purpose): convolutions whose top padding row reads the image instead of zeros give a
+//! mean error of 22% and a worst pixel of 1.2, and skipping the second mid block 104% and 2.0.
+
+mod common;
+
+use common::{fixture, open};
+use infinity::models::bitvae::BitVae;
+use infinity::models::bitvae::device::DeviceDecoder;
+use infinity::runtime::{Error, Tensor};
+use infinity_cuda::testing::executors;
+
+/// Bound on the mean |error| relative to the mean |golden| pixel (see the module doc).
+const MEAN_BOUND: f32 = 1.0 / 32.0;
+/// Bound on the largest |error| of any pixel (see the module doc).
+const MAX_BOUND: f32 = 0.25;
+
+fn mean_abs(v: impl Iterator<Item = f32>, n: usize) -> f32 {
+    (v.map(|x| f64::from(x.abs())).sum::<f64>() / n as f64) as f32
+}
+
+#[test]
+fn decoded_images_follow_the_goldens_in_bf16() {
+    for set in ["devA", "devB"] {
+        let vae = BitVae::open(fixture(&format!("{set}/vae.safetensors"))).unwrap();
+        let golden = open(&format!("{set}/vae_golden.safetensors"));
+        let want = golden.get("decoded").unwrap().to_f32_vec();
+        let scale = mean_abs(want.iter().copied(), want.len());
+        for exec in executors() {
+            let decoder = DeviceDecoder::upload(exec, &vae).unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
+            let image = decoder
+                .decode(golden.get("summed_quantized_latent").unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
+            assert_eq!(image.shape(), golden.get("decoded").unwrap().shape(), "{set} on {}", exec.name());
+            let errors: Vec<f32> = image.to_f32_vec().iter().zip(&want).map(|(g, w)| g - w).collect();
+            let mean = mean_abs(errors.iter().copied(), errors.len());
+            let worst = errors.iter().fold(0f32, |m, e| m.max(e.abs()));
+            eprintln!(
+                "{set} on {}: mean |error| {:.2}% of mean |golden| {scale:.3}, worst {worst:.3}",
+                exec.name(),
+                100.0 * mean / scale
+            );
+            assert!(mean <= MEAN_BOUND * scale, "{set} on {}: mean |error| {mean:e}", exec.name());
+            assert!(worst <= MAX_BOUND, "{set} on {}: worst |error| {worst:e}", exec.name());
+        }
+    }
+}
+
+#[test]
+fn latents_of_the_wrong_shape_are_refused() {
+    let vae = BitVae::open(fixture("devB/vae.safetensors")).unwrap();
+    let exec = &executors()[0];
+    let decoder = DeviceDecoder::upload(exec, &vae).unwrap();
+    for shape in [&[1, 32, 2, 2][..], &[16, 2, 2]] {
+        let err = decoder.decode(&Tensor::zeros(shape, infinity::runtime::DType::F32)).expect_err("refused");
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+        assert!(err.to_string().contains("(B, 16, h, w)"), "{err}");
+    }
+}

@@ -19,9 +19,9 @@ use infinity::cuda::Executor;
 use infinity::models::bitvae::BitVae;
 use infinity::models::bitvae::quantizer::Quantized;
 use infinity::models::image::{fit_to, load_rgb, psnr, save_png, to_rgb8, to_tensor};
-use infinity::models::infinity::device::{self as device_generate, DeviceInfinity};
+use infinity::models::infinity::device::generate as device_generate;
 use infinity::models::infinity::{SamplingConfig, generate};
-use infinity::models::pipeline::{ModelFiles, Pipeline};
+use infinity::models::pipeline::{DevicePipeline, ModelFiles, Pipeline};
 use infinity::models::schedule::{PATCH, PixelBudget, Template};
 use infinity::runtime::Device;
 use infinity::runtime::io::Weights;
@@ -146,7 +146,8 @@ struct GenerateArgs {
     /// tokenizer.json of the T5 encoder.
     #[arg(long, requires = "transformer")]
     tokenizer: Option<PathBuf>,
-    /// cpu, or cuda / cuda:N: the transformer runs on that GPU in bf16.
+    /// cpu, or cuda / cuda:N: the T5 encoder, the transformer and the BitVAE decoder run on that
+    /// GPU (bf16 weights and GEMM operands, f32 accumulation); tokenizing and sampling stay here.
     #[arg(long, default_value = "cpu")]
     device: Device,
 }
@@ -272,18 +273,23 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
 
     let start = Instant::now();
     let mut pipeline = Pipeline::load(&files)?;
-    let engine = executor.as_ref().map(|exec| DeviceInfinity::upload(exec, &pipeline.transformer)).transpose()?;
+    let mut device = executor.as_ref().map(|exec| DevicePipeline::upload(exec, &pipeline)).transpose()?;
     match &executor {
-        Some(exec) => {
-            println!("loaded models in {:.2} s; transformer on {}", start.elapsed().as_secs_f64(), exec.name())
-        }
+        Some(exec) => println!("loaded models in {:.2} s; running on {}", start.elapsed().as_secs_f64(), exec.name()),
         None => println!("loaded models in {:.2} s", start.elapsed().as_secs_f64()),
     }
 
     let start = Instant::now();
     let mut texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
     texts.extend(g.negative_prompt.as_deref());
-    let mut encoded = pipeline.encode_prompts(&texts)?;
+    let mut encoded = match &mut device {
+        Some(device) => {
+            let encoded = device.encode_prompts(&pipeline, &texts)?;
+            device.drop_text_encoder();
+            encoded
+        }
+        None => pipeline.encode_prompts(&texts)?,
+    };
     pipeline.drop_text_encoder();
     let negative = if g.negative_prompt.is_some() { encoded.pop().map(|e| e.features) } else { None };
     for (p, e) in prompts.iter().zip(&encoded) {
@@ -306,9 +312,9 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
         bar.set_message(format!("prompt {}/{}", i + 1, prompts.len()));
         let start = Instant::now();
         let (transformer, negatives) = (&pipeline.transformer, negatives.as_deref());
-        let out = match &engine {
-            Some(engine) => device_generate::generate(
-                engine,
+        let out = match &device {
+            Some(device) => device_generate(
+                &device.transformer,
                 transformer,
                 &batch_prompts,
                 negatives,
@@ -323,7 +329,11 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
         transformer_time += start.elapsed().as_secs_f64();
 
         let start = Instant::now();
-        let images = to_rgb8(&pipeline.vae.decode(&out.summed_codes)?)?;
+        let image = match &device {
+            Some(device) => device.vae.decode(&out.summed_codes)?,
+            None => pipeline.vae.decode(&out.summed_codes)?,
+        };
+        let images = to_rgb8(&image)?;
         decode_time += start.elapsed().as_secs_f64();
         for (b, rgb) in images.iter().enumerate() {
             let index = i * g.batch + b;

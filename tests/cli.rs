@@ -283,7 +283,7 @@ fn device_cuda_runs_on_a_gpu_or_is_refused_by_name() {
     match infinity::cuda::probe() {
         infinity::cuda::Availability::Available { .. } => {
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            assert!(stdout(&o).contains("transformer on cuda:0"), "{}", stdout(&o));
+            assert!(stdout(&o).contains("running on cuda:0"), "{}", stdout(&o));
             assert!(out.exists());
         }
         why => {

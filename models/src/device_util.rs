@@ -1,5 +1,6 @@
-//! What the models' device forwards (`infinity::device`, `t5::device`, `bitvae::device`) share: the mapping
-//! of the CUDA backend's errors into the runtime's, and weight uploads in a chosen dtype.
+//! What the models' device forwards (`infinity::device`, `t5::device`, `bitvae::device`)
+//! share: the mapping of the CUDA backend's errors into the runtime's, and weight uploads in a
+//! chosen dtype.
 
 use infinity_cuda::{DeviceTensor, Error as CudaError, Executor, Result as CudaResult};
 use infinity_runtime::{DType, Error, Tensor};

@@ -8,9 +8,15 @@ use infinity_runtime::io::Weights;
 use infinity_runtime::{Error, Result, Tensor};
 use serde_json::Value;
 
+use infinity_cuda::Executor;
+
+use crate::bitvae::device::DeviceDecoder;
 use crate::bitvae::{self, BitVae, BitVaeConfig};
+use crate::infinity::device::DeviceInfinity;
 use crate::infinity::{Infinity, InfinityConfig};
 use crate::schedule::{PATCH, PixelBudget};
+use crate::t5::device::DeviceT5;
+use crate::t5::tokenizer::Encoded;
 use crate::t5::{T5Config, T5Encoder, T5Tokenizer};
 
 /// The files of one text-to-image model.
@@ -103,11 +109,11 @@ impl Pipeline {
 
     /// T5 features of each prompt (its valid tokens only, EOS included).
     pub fn encode_prompts(&self, prompts: &[&str]) -> Result<Vec<EncodedPrompt>> {
-        let text = self
-            .text
-            .as_ref()
-            .ok_or_else(|| Error::invalid("pipeline.encode_prompts", &[], "the text encoder was already dropped"))?;
-        text.encode(prompts)
+        self.text_encoder("pipeline.encode_prompts")?.encode(prompts)
+    }
+
+    fn text_encoder(&self, op: &'static str) -> Result<&TextEncoder> {
+        self.text.as_ref().ok_or_else(|| Error::invalid(op, &[], "the text encoder was already dropped"))
     }
 
     pub fn drop_text_encoder(&mut self) {
@@ -134,8 +140,8 @@ impl TextEncoder {
         Ok(TextEncoder { tokenizer: T5Tokenizer::open(tokenizer)?, t5: T5Encoder::open(t5, config)? })
     }
 
-    /// T5 features of each prompt (its valid tokens only, EOS included).
-    pub fn encode(&self, prompts: &[&str]) -> Result<Vec<EncodedPrompt>> {
+    /// Each prompt's token ids, checked against the encoder's vocabulary.
+    pub fn tokenize(&self, prompts: &[&str]) -> Result<Vec<Encoded>> {
         let vocab = self.t5.config.vocab_size;
         prompts
             .iter()
@@ -144,9 +150,59 @@ impl TextEncoder {
                 if let Some(&bad) = enc.ids.iter().find(|&&id| id as usize >= vocab) {
                     return Err(Error::invalid("pipeline.encode_prompts", &[enc.ids.len()], format!("token id {bad} is outside the text encoder's vocabulary of {vocab}: tokenizer and encoder do not belong together")));
                 }
-                Ok(EncodedPrompt { features: self.t5.encode(&enc.ids)?, truncated: enc.truncated })
+                Ok(enc)
             })
             .collect()
+    }
+
+    /// T5 features of each prompt (its valid tokens only, EOS included).
+    pub fn encode(&self, prompts: &[&str]) -> Result<Vec<EncodedPrompt>> {
+        self.tokenize(prompts)?
+            .into_iter()
+            .map(|enc| Ok(EncodedPrompt { features: self.t5.encode(&enc.ids)?, truncated: enc.truncated }))
+            .collect()
+    }
+}
+
+/// The pipeline's three models in an executor's memory (`infinity-run --device cuda`): the
+/// host pipeline keeps the tokenizer and the sampling loop.
+pub struct DevicePipeline<'e> {
+    exec: &'e Executor,
+    /// Dropped after the prompts are encoded, as the host's.
+    t5: Option<DeviceT5<'e>>,
+    pub transformer: DeviceInfinity<'e>,
+    pub vae: DeviceDecoder<'e>,
+}
+
+impl<'e> DevicePipeline<'e> {
+    /// Uploads the models of `pipeline`, whose text encoder must still be loaded.
+    pub fn upload(exec: &'e Executor, pipeline: &Pipeline) -> Result<Self> {
+        Ok(DevicePipeline {
+            exec,
+            t5: Some(DeviceT5::upload(exec, &pipeline.text_encoder("pipeline.upload")?.t5)?),
+            transformer: DeviceInfinity::upload(exec, &pipeline.transformer)?,
+            vae: DeviceDecoder::upload(exec, &pipeline.vae)?,
+        })
+    }
+
+    /// T5 features of each prompt, tokenized by `pipeline` and encoded on the device.
+    pub fn encode_prompts(&self, pipeline: &Pipeline, prompts: &[&str]) -> Result<Vec<EncodedPrompt>> {
+        const OP: &str = "pipeline.encode_prompts";
+        let t5 = self.t5.as_ref().ok_or_else(|| Error::invalid(OP, &[], "the text encoder was already dropped"))?;
+        let tokens = pipeline.text_encoder(OP)?.tokenize(prompts)?;
+        let ids: Vec<&[u32]> = tokens.iter().map(|t| t.ids.as_slice()).collect();
+        let features = t5.encode_batch(&ids)?;
+        Ok(features
+            .into_iter()
+            .zip(&tokens)
+            .map(|(features, t)| EncodedPrompt { features, truncated: t.truncated })
+            .collect())
+    }
+
+    /// Frees the encoder's device memory for the transformer and the decoder.
+    pub fn drop_text_encoder(&mut self) {
+        self.t5 = None;
+        self.exec.empty_cache();
     }
 }
 

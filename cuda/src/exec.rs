@@ -164,6 +164,11 @@ impl Executor {
         Ok(Tensor::from_storage(Arc::new(storage), t.layout.clone())?)
     }
 
+    /// A contiguous tensor of zeros, filled on the device (a KV cache, an accumulator).
+    pub fn zeros(&self, shape: &[usize], dtype: DType) -> Result<DeviceTensor> {
+        self.output("zeros", shape, dtype)
+    }
+
     /// A contiguous tensor of zeros for kernel `op` to write: nonempty and below 2^31
     /// elements (checked before anything is allocated).
     pub(crate) fn output(&self, op: &'static str, shape: &[usize], dtype: DType) -> Result<DeviceTensor> {

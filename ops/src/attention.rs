@@ -9,20 +9,22 @@
 //! online-softmax kernel yields naturally (its running sum stays 0) and keeps padding finite.
 //!
 //! The fast path is the flash-attention formulation (running max and sum per query row over
-//! blocks of keys) that the CUDA kernel mirrors; `reference` is the naive two-pass softmax in f64.
+//! blocks of keys, each block's products done by GEMMs) that the CUDA kernel mirrors; `reference` is the naive two-pass softmax in f64.
 
 use std::borrow::Cow;
 
+use gemm::Parallelism;
 use infinity_runtime::{Error, Layout, Result, Tensor};
 use rayon::prelude::*;
 
+use crate::matmul::{MatRef, gemm_into};
 use crate::{f32_data, require_f32};
 
-/// Queries per parallel task.
-const QUERY_BLOCK: usize = 16;
-/// Keys per online-softmax step: one block of k rows (KEY_BLOCK·D floats) stays in cache while
-/// every query of the task is scored against it.
-const KEY_BLOCK: usize = 64;
+/// Queries per parallel task: the rows of its GEMMs.
+const QUERY_BLOCK: usize = 64;
+/// Keys per online-softmax step: the scores of a task's queries against one block of keys
+/// (QUERY_BLOCK·KEY_BLOCK floats) stay in cache between the two GEMMs.
+const KEY_BLOCK: usize = 128;
 
 #[derive(Clone, Copy)]
 struct Dims {
@@ -93,19 +95,6 @@ fn prepare<'a>(
     Ok(Inputs { dims, q: f32_data(op, q)?, k: f32_data(op, k)?, v: f32_data(op, v)?, mask })
 }
 
-/// f32 dot product with eight independent partial sums, so that the compiler can vectorise it.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// softmax(q·kᵀ·scale + mask)·v; see the module header for shapes and fully masked rows.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f32) -> Result<Tensor> {
     let inp = prepare("attention", q, k, v, mask)?;
@@ -125,24 +114,21 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scal
 /// Online softmax for the queries i0.. of head `bh` whose output rows are `out` (zeroed on
 /// entry, used as the accumulator). Per row it keeps the running max `m` of the scores seen so
 /// far and the running sum `l` of exp(score − m); when a key block raises the max, the sum and
-/// the accumulated output are rescaled by exp(m_old − m_new).
+/// the accumulated output are rescaled by exp(m_old − m_new). The block's scores and its
+/// P·V update are two small GEMMs (k read transposed in place).
 fn attend_block(inp: &Inputs, bh: usize, i0: usize, out: &mut [f32], scale: f32) {
     let Dims { h, lq, lk, d, dv, .. } = inp.dims;
     let rows = out.len() / dv;
-    let q = &inp.q[(bh * lq + i0) * d..(bh * lq + i0 + rows) * d];
-    let k = &inp.k[bh * lk * d..(bh + 1) * lk * d];
-    let v = &inp.v[bh * lk * dv..(bh + 1) * lk * dv];
+    let q = MatRef { data: &inp.q, offset: (bh * lq + i0) * d, row_stride: d, col_stride: 1 };
     let mut m = vec![f32::NEG_INFINITY; rows];
     let mut l = vec![0f32; rows];
-    let mut s = vec![0f32; KEY_BLOCK];
+    let mut s = vec![0f32; rows * KEY_BLOCK];
     for j0 in (0..lk).step_by(KEY_BLOCK) {
         let kn = KEY_BLOCK.min(lk - j0);
-        for r in 0..rows {
-            let scores = &mut s[..kn];
-            let qr = &q[r * d..(r + 1) * d];
-            for (c, sc) in scores.iter_mut().enumerate() {
-                *sc = dot(qr, &k[(j0 + c) * d..(j0 + c + 1) * d]) * scale;
-            }
+        let kt = MatRef { data: &inp.k, offset: (bh * lk + j0) * d, row_stride: 1, col_stride: d };
+        gemm_into(&mut s, kn, q, kt, (rows, d, kn), false, Parallelism::None);
+        for (r, scores) in s.chunks_exact_mut(kn).take(rows).enumerate() {
+            scores.iter_mut().for_each(|sc| *sc *= scale);
             if let Some(mask) = &inp.mask {
                 let (base, stride) = mask.row(bh / h, bh % h, i0 + r);
                 for (c, sc) in scores.iter_mut().enumerate() {
@@ -150,24 +136,27 @@ fn attend_block(inp: &Inputs, bh: usize, i0: usize, out: &mut [f32], scale: f32)
                 }
             }
             let m_new = scores.iter().fold(m[r], |a, &x| a.max(x));
-            // Every key so far is masked: nothing to add, and exp(-inf − -inf) would be NaN.
+            // Every key so far is masked: nothing to add (the zero probabilities leave the
+            // accumulator as it is), and exp(-inf − -inf) would be NaN.
             if m_new == f32::NEG_INFINITY {
+                scores.fill(0.0);
                 continue;
             }
-            let acc = &mut out[r * dv..(r + 1) * dv];
             if m_new > m[r] {
-                // exp(-inf) = 0 on the first unmasked block, where acc and l are still zero.
+                // exp(-inf) = 0 on the first unmasked block, where the row and l are still zero.
                 let correction = (m[r] - m_new).exp();
                 l[r] *= correction;
-                acc.iter_mut().for_each(|a| *a *= correction);
+                out[r * dv..(r + 1) * dv].iter_mut().for_each(|a| *a *= correction);
                 m[r] = m_new;
             }
-            for (c, &sc) in scores.iter().enumerate() {
-                let p = (sc - m_new).exp();
-                l[r] += p;
-                acc.iter_mut().zip(&v[(j0 + c) * dv..(j0 + c + 1) * dv]).for_each(|(a, &x)| *a += p * x);
+            for sc in scores.iter_mut() {
+                *sc = (*sc - m_new).exp();
+                l[r] += *sc;
             }
         }
+        let p = MatRef { data: &s, offset: 0, row_stride: kn, col_stride: 1 };
+        let vb = MatRef { data: &inp.v, offset: (bh * lk + j0) * dv, row_stride: dv, col_stride: 1 };
+        gemm_into(out, dv, p, vb, (rows, kn, dv), true, Parallelism::None);
     }
     for (acc, &sum) in out.chunks_exact_mut(dv).zip(&l) {
         // sum ≥ 1 whenever the row saw an unmasked key (its max contributes exp(0)); a fully

@@ -10,6 +10,10 @@
 #[path = "ops/support.rs"]
 mod support;
 
+#[path = "common/cuda.rs"]
+mod cuda_support;
+
+use cuda_support::assert_invalid;
 use infinity::autograd::attention::attention as autograd_attention;
 use infinity::autograd::elementwise::mul as autograd_mul;
 use infinity::autograd::norm::l2_normalize as autograd_l2_normalize;
@@ -352,18 +356,6 @@ fn head_dim_128_forward_and_backward() {
             check_forward(exec, &cached, 0);
             check_backward(exec, &case, 0, 9);
         }
-    }
-}
-
-/// Asserts an argument or shape error whose message starts with the op's name.
-#[track_caller]
-fn assert_invalid<T>(result: infinity_cuda::Result<T>, op: &str) {
-    match result {
-        Err(Error::Invalid(e @ (RuntimeError::InvalidArgument { .. } | RuntimeError::ShapeMismatch { .. }))) => {
-            assert!(e.to_string().starts_with(op), "{e}")
-        }
-        Err(e) => panic!("{op}: unexpected error {e}"),
-        Ok(_) => panic!("{op}: accepted bad input"),
     }
 }
 

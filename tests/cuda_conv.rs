@@ -16,13 +16,17 @@
 #[path = "ops/support.rs"]
 mod support;
 
+#[path = "common/cuda.rs"]
+mod cuda_support;
+
+use cuda_support::{assert_dtype_error, assert_invalid};
 use infinity::ops::conv::Conv2dParams;
 use infinity::ops::conv::reference::conv2d as cpu_conv2d;
 use infinity::ops::resize::{ResizeMode, resize};
-use infinity::runtime::{DType, Error as RuntimeError, Tensor};
+use infinity::runtime::{DType, Tensor};
 use infinity_cuda::conv::{conv2d, im2col, upsample_nearest2x};
 use infinity_cuda::testing::executors;
-use infinity_cuda::{DeviceTensor, Error, Executor};
+use infinity_cuda::{DeviceTensor, Executor};
 use proptest::prelude::*;
 
 use support::{abs, padded_view, randn, strided_copy};
@@ -103,29 +107,6 @@ proptest! {
             prop_assert!(got.same_values(&want), "{}: got {:?} want {:?}", exec.name(), got, want);
         }
     }
-}
-
-/// Asserts an argument or shape error whose message starts with `op`.
-#[track_caller]
-fn assert_invalid<T>(result: infinity_cuda::Result<T>, op: &str) {
-    match result {
-        Err(Error::Invalid(e @ (RuntimeError::InvalidArgument { .. } | RuntimeError::ShapeMismatch { .. }))) => {
-            assert!(e.to_string().starts_with(op), "{e}")
-        }
-        Err(e) => panic!("{op}: unexpected error {e}"),
-        Ok(_) => panic!("{op}: accepted bad input"),
-    }
-}
-
-#[track_caller]
-fn assert_dtype_error<T>(result: infinity_cuda::Result<T>) {
-    assert!(
-        matches!(
-            result,
-            Err(Error::Invalid(RuntimeError::UnsupportedDType { .. } | RuntimeError::DTypeMismatch { .. }))
-        ),
-        "expected a dtype error"
-    );
 }
 
 /// Bad input is a typed error naming the op, never a panic or a launch.

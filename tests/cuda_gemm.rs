@@ -18,9 +18,13 @@
 #[path = "ops/support.rs"]
 mod support;
 
+#[path = "common/cuda.rs"]
+mod cuda_support;
+
+use cuda_support::{assert_dtype_error, assert_invalid_with};
 use std::sync::OnceLock;
 
-use infinity::runtime::{DType, Error as RuntimeError, Tensor};
+use infinity::runtime::{DType, Tensor};
 use infinity_cuda::gemm::{linear, matmul};
 use infinity_cuda::testing::{executors, skip};
 use infinity_cuda::{DeviceTensor, Error, Executor};
@@ -241,30 +245,6 @@ fn device_permuted_operands_are_read_in_place() {
     }
 }
 
-/// Asserts an argument or shape error whose message starts with `op` and contains `says`.
-#[track_caller]
-fn assert_invalid<T>(result: infinity_cuda::Result<T>, op: &str, says: &str) {
-    match result {
-        Err(Error::Invalid(e @ (RuntimeError::InvalidArgument { .. } | RuntimeError::ShapeMismatch { .. }))) => {
-            let msg = e.to_string();
-            assert!(msg.starts_with(op) && msg.contains(says), "{msg}")
-        }
-        Err(e) => panic!("{op}: unexpected error {e}"),
-        Ok(_) => panic!("{op}: accepted bad input"),
-    }
-}
-
-#[track_caller]
-fn assert_dtype_error<T>(result: infinity_cuda::Result<T>) {
-    assert!(
-        matches!(
-            result,
-            Err(Error::Invalid(RuntimeError::UnsupportedDType { .. } | RuntimeError::DTypeMismatch { .. }))
-        ),
-        "expected a dtype error"
-    );
-}
-
 /// Bad input is a typed error naming the op, never a panic or a launch.
 #[test]
 fn preconditions_are_typed_errors() {
@@ -277,28 +257,32 @@ fn preconditions_are_typed_errors() {
     assert_dtype_error(linear(exec, &x, &t(&[5, 8], DType::F32), None, DType::F32));
     assert_dtype_error(linear(exec, &x, &w, Some(&t(&[5], DType::BF16)), DType::F32));
     assert_dtype_error(linear(exec, &x, &w, None, DType::I32));
-    assert_invalid(linear(exec, &x, &t(&[5, 7], DType::BF16), None, DType::F32), "linear", "[3, 8] and [5, 7]");
-    assert_invalid(linear(exec, &x, &w, Some(&t(&[4], DType::F32)), DType::F32), "linear", "[5, 8] and [4]");
-    assert_invalid(linear(exec, &t(&[8], DType::BF16), &w, None, DType::F32), "linear", "2 or 3 dimensions");
-    assert_invalid(linear(exec, &t(&[1, 1, 3, 8], DType::BF16), &w, None, DType::F32), "linear", "2 or 3 dimensions");
+    assert_invalid_with(linear(exec, &x, &t(&[5, 7], DType::BF16), None, DType::F32), "linear", "[3, 8] and [5, 7]");
+    assert_invalid_with(linear(exec, &x, &w, Some(&t(&[4], DType::F32)), DType::F32), "linear", "[5, 8] and [4]");
+    assert_invalid_with(linear(exec, &t(&[8], DType::BF16), &w, None, DType::F32), "linear", "2 or 3 dimensions");
+    assert_invalid_with(
+        linear(exec, &t(&[1, 1, 3, 8], DType::BF16), &w, None, DType::F32),
+        "linear",
+        "2 or 3 dimensions",
+    );
     // x (3, 8) as the transpose of an (8, 3) tensor: K is not contiguous.
     let x_t = t(&[8, 3], DType::BF16).permute(&[1, 0]).unwrap();
-    assert_invalid(linear(exec, &x_t, &w, None, DType::F32), "linear", "last dimension must be contiguous");
+    assert_invalid_with(linear(exec, &x_t, &w, None, DType::F32), "linear", "last dimension must be contiguous");
     // x (2, 3, 8) with its two leading dimensions swapped: no single row stride.
     let x_swapped = t(&[3, 2, 8], DType::BF16).permute(&[1, 0, 2]).unwrap();
-    assert_invalid(linear(exec, &x_swapped, &w, None, DType::F32), "linear", "collapse to rows");
+    assert_invalid_with(linear(exec, &x_swapped, &w, None, DType::F32), "linear", "collapse to rows");
     // w (5, 8) with neither dimension contiguous.
     let w_strided = t(&[5, 8, 2], DType::BF16).narrow(2, 0, 1).unwrap().squeeze(2).unwrap();
-    assert_invalid(linear(exec, &x, &w_strided, None, DType::F32), "linear", "cannot be read in place");
+    assert_invalid_with(linear(exec, &x, &w_strided, None, DType::F32), "linear", "cannot be read in place");
 
     let (a, b) = (t(&[2, 3, 4], DType::BF16), t(&[2, 4, 5], DType::BF16));
     assert!(matmul(exec, &a, &b, DType::BF16).is_ok());
     assert_dtype_error(matmul(exec, &a, &t(&[4, 5], DType::F32), DType::F32));
     assert_dtype_error(matmul(exec, &a, &b, DType::U8));
-    assert_invalid(matmul(exec, &a, &t(&[2, 3, 5], DType::BF16), DType::F32), "matmul", "[2, 3, 4] and [2, 3, 5]");
-    assert_invalid(matmul(exec, &a, &t(&[3, 4, 5], DType::BF16), DType::F32), "matmul", "[2, 3, 4] and [3, 4, 5]");
-    assert_invalid(matmul(exec, &t(&[4], DType::BF16), &b, DType::F32), "matmul", "2 or 3 dimensions");
+    assert_invalid_with(matmul(exec, &a, &t(&[2, 3, 5], DType::BF16), DType::F32), "matmul", "[2, 3, 4] and [2, 3, 5]");
+    assert_invalid_with(matmul(exec, &a, &t(&[3, 4, 5], DType::BF16), DType::F32), "matmul", "[2, 3, 4] and [3, 4, 5]");
+    assert_invalid_with(matmul(exec, &t(&[4], DType::BF16), &b, DType::F32), "matmul", "2 or 3 dimensions");
     // a (2, 3, 4) with strides (1, 8, 2): neither of its last two dimensions is contiguous.
     let a_strided = t(&[3, 4, 2], DType::BF16).permute(&[2, 0, 1]).unwrap();
-    assert_invalid(matmul(exec, &a_strided, &b, DType::F32), "matmul", "cannot be read in place");
+    assert_invalid_with(matmul(exec, &a_strided, &b, DType::F32), "matmul", "cannot be read in place");
 }

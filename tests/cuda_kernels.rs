@@ -11,6 +11,10 @@
 #[path = "ops/support.rs"]
 mod support;
 
+#[path = "common/cuda.rs"]
+mod cuda_support;
+
+use cuda_support::assert_invalid;
 use infinity::models::bitvae::quantizer::{codes_from_bits, quantize as cpu_quantize};
 use infinity::models::infinity::sampler::{SamplingConfig, guide, sample_bits as cpu_sample_bits};
 use infinity::ops::elementwise::{add, add_scalar, mul};
@@ -252,18 +256,6 @@ fn modulate_bound(x: &Tensor, normalized: &Tensor, scale: &Tensor, want: &Tensor
         }
     }
     bound
-}
-
-/// Asserts an argument or shape error whose message starts with the kernel's name.
-#[track_caller]
-fn assert_invalid<T>(result: infinity_cuda::Result<T>, kernel: &str) {
-    match result {
-        Err(Error::Invalid(e @ (RuntimeError::InvalidArgument { .. } | RuntimeError::ShapeMismatch { .. }))) => {
-            assert!(e.to_string().starts_with(kernel), "{e}")
-        }
-        Err(e) => panic!("{kernel}: unexpected error {e}"),
-        Ok(_) => panic!("{kernel}: accepted bad input"),
-    }
 }
 
 /// Bad input is a typed error naming the kernel, never a panic or a launch.

@@ -13,6 +13,10 @@
 #[path = "ops/support.rs"]
 mod support;
 
+#[path = "common/cuda.rs"]
+mod cuda_support;
+
+use cuda_support::{assert_dtype_error, assert_invalid};
 use std::f64::consts::{FRAC_1_SQRT_2, FRAC_2_SQRT_PI};
 
 use infinity::ops::elementwise::reference as elementwise;
@@ -22,10 +26,10 @@ use infinity::ops::rope::reference::rope_interleaved as cpu_rope;
 use infinity::ops::rope::rope2d_table;
 use infinity::ops::softmax::reference::softmax as cpu_softmax;
 use infinity::runtime::rng::Philox;
-use infinity::runtime::{DType, Error as RuntimeError, Tensor};
+use infinity::runtime::{DType, Tensor};
 use infinity_cuda::elementwise::{self as gpu_elementwise, BinaryOp, UnaryOp};
 use infinity_cuda::testing::executors;
-use infinity_cuda::{DeviceTensor, Error, Executor, index, norm, rope};
+use infinity_cuda::{DeviceTensor, Executor, index, norm, rope};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -391,29 +395,6 @@ fn embedding_rejects_ids_out_of_range() {
         let err = index::embedding(exec, &t, &upload(exec, &ids)).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("index -1 at flat position 0"), "{err}");
     }
-}
-
-/// Asserts an argument or shape error whose message starts with the kernel's name.
-#[track_caller]
-fn assert_invalid<T>(result: infinity_cuda::Result<T>, kernel: &str) {
-    match result {
-        Err(Error::Invalid(e @ (RuntimeError::InvalidArgument { .. } | RuntimeError::ShapeMismatch { .. }))) => {
-            assert!(e.to_string().starts_with(kernel), "{e}")
-        }
-        Err(e) => panic!("{kernel}: unexpected error {e}"),
-        Ok(_) => panic!("{kernel}: accepted bad input"),
-    }
-}
-
-#[track_caller]
-fn assert_dtype_error<T>(result: infinity_cuda::Result<T>) {
-    assert!(
-        matches!(
-            result,
-            Err(Error::Invalid(RuntimeError::UnsupportedDType { .. } | RuntimeError::DTypeMismatch { .. }))
-        ),
-        "expected a dtype error"
-    );
 }
 
 /// Bad input is a typed error naming the kernel, never a panic or a launch.

@@ -21,10 +21,9 @@
 
 mod common;
 
-use common::{fixture, max_abs, max_abs_diff, open};
+use common::{fixture, max_abs, max_abs_diff, open, prompt_ids};
 use infinity::models::t5::device::DeviceT5;
 use infinity::models::t5::{T5Config, T5Encoder};
-use infinity::runtime::io::Weights;
 use infinity::runtime::{Error, Tensor};
 use infinity_cuda::testing::executors;
 
@@ -36,19 +35,6 @@ const SETS: [&str; 2] = ["devA", "devB"];
 fn encoder(set: &str) -> T5Encoder {
     let config = T5Config::open(fixture(&format!("{set}/t5_config.json"))).unwrap();
     T5Encoder::open(fixture(&format!("{set}/t5_encoder.safetensors")), config).unwrap()
-}
-
-/// Each prompt's valid ids (attention mask 1, a prefix of the row), as tests/t5.rs reads them.
-fn prompts(golden: &Weights) -> Vec<Vec<u32>> {
-    let ids = golden.get("input_ids").unwrap();
-    let mask = golden.get("attention_mask").unwrap();
-    (0..ids.dim(0).unwrap())
-        .map(|b| {
-            let row = |t: &Tensor| t.narrow(0, b, 1).unwrap().to_vec::<i64>().unwrap();
-            let len = row(mask).iter().sum::<i64>() as usize;
-            row(ids)[..len].iter().map(|&i| i as u32).collect()
-        })
-        .collect()
 }
 
 /// Asserts, for every prompt, max |got − want| ≤ FEATURE_BOUND · max |want| (shapes equal);
@@ -68,7 +54,7 @@ fn features_match_the_goldens_in_bf16() {
         let t5 = encoder(set);
         let golden = open(&format!("{set}/t5_golden.safetensors"));
         let hidden = golden.get("last_hidden_state").unwrap();
-        let prompts = prompts(&golden);
+        let prompts = prompt_ids(&golden);
         let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
         let want: Vec<Tensor> = refs
             .iter()

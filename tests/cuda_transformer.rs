@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{fixture, max_abs, max_abs_diff, open};
+use common::{fixture, max_abs, max_abs_diff, open, text_prompts};
 use infinity::models::infinity::device::{DeviceInfinity, generate};
 use infinity::models::infinity::{Infinity, SamplingConfig};
 use infinity::models::schedule::{PixelBudget, Template};
@@ -18,17 +18,6 @@ use infinity_cuda::testing::executors;
 
 /// Relative bound on the raw logits (see the module header).
 const LOGIT_BOUND: f32 = 1.0 / 32.0;
-
-fn prompts(golden: &infinity::runtime::io::Weights) -> Vec<Tensor> {
-    let feats = golden.get("text_features").unwrap();
-    let mask = golden.get("text_mask").unwrap();
-    (0..feats.dim(0).unwrap())
-        .map(|b| {
-            let len = mask.narrow(0, b, 1).unwrap().to_vec::<i64>().unwrap().iter().sum::<i64>() as usize;
-            feats.narrow(0, b, 1).unwrap().squeeze(0).unwrap().narrow(0, 0, len).unwrap()
-        })
-        .collect()
-}
 
 #[test]
 fn greedy_cfg_generation_follows_the_golden_in_bf16() {
@@ -47,7 +36,7 @@ fn greedy_cfg_generation_follows_the_golden_in_bf16() {
         let engine = DeviceInfinity::upload(exec, &model).unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
         let mut decisive = 0;
         let mut worst = 0f32;
-        generate(&engine, &model, &prompts(&golden), None, &schedule, &sampling, &golden_bits, |step| {
+        generate(&engine, &model, &text_prompts(&golden), None, &schedule, &sampling, &golden_bits, |step| {
             let k = step.index;
             let want =
                 golden.get(&format!("raw_logits_scale{k:02}")).unwrap().reshape(step.raw_logits.shape()).unwrap();

@@ -8,7 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{assert_golden, fixture, open};
+use common::{assert_golden, fixture, open, prompt_ids};
 use infinity::models::t5::tokenizer::MAX_TOKENS;
 use infinity::models::t5::{Encoded, T5Config, T5Encoder, T5Tokenizer, relative_position_bucket};
 use infinity::runtime::io::{Weights, save_safetensors};
@@ -25,20 +25,6 @@ fn encoder(set: &str) -> T5Encoder {
     T5Encoder::open(fixture(&format!("{set}/t5_encoder.safetensors")), config(set)).unwrap()
 }
 
-/// Each prompt's valid ids (attention mask 1, a prefix of the row: right padding).
-fn prompts(golden: &Weights) -> Vec<Vec<u32>> {
-    let ids = golden.get("input_ids").unwrap();
-    let mask = golden.get("attention_mask").unwrap();
-    (0..ids.dim(0).unwrap())
-        .map(|b| {
-            let row = |t: &Tensor| t.narrow(0, b, 1).unwrap().to_vec::<i64>().unwrap();
-            let len = row(mask).iter().sum::<i64>() as usize;
-            assert!(row(mask)[..len].iter().all(|&m| m == 1), "mask row {b} is not a prefix");
-            row(ids)[..len].iter().map(|&i| i as u32).collect()
-        })
-        .collect()
-}
-
 /// Rows 0..len of prompt `b` of the golden (B, L, D) hidden states.
 fn golden_rows(golden: &Weights, b: usize, len: usize) -> Tensor {
     golden.get("last_hidden_state").unwrap().narrow(0, b, 1).unwrap().squeeze(0).unwrap().narrow(0, 0, len).unwrap()
@@ -49,7 +35,7 @@ fn encoder_matches_golden() {
     for set in SETS {
         let t5 = encoder(set);
         let golden = open(&format!("{set}/t5_golden.safetensors"));
-        let prompts = prompts(&golden);
+        let prompts = prompt_ids(&golden);
         for (b, ids) in prompts.iter().enumerate() {
             let got = t5.encode(ids).unwrap();
             assert_golden(&format!("{set} prompt {b}"), &got, &golden_rows(&golden, b, ids.len()), 1e-4);

@@ -3,13 +3,12 @@
 
 mod common;
 
-use common::{assert_golden, fixture, open};
+use common::{assert_golden, fixture, open, text_prompts};
 use infinity::models::infinity::rope::scale_table;
 use infinity::models::infinity::{Infinity, PackedText};
 use infinity::models::schedule::{PixelBudget, Schedule, Template};
 use infinity::ops::index::concat;
 use infinity::runtime::Tensor;
-use infinity::runtime::io::Weights;
 
 const SETS: [(&str, f64); 2] = [("devA", 1.0), ("devB", 0.5)];
 
@@ -17,24 +16,12 @@ fn schedule(ratio: f64) -> Schedule {
     Template::exact(ratio).unwrap().schedule(PixelBudget::P006M)
 }
 
-/// The valid rows of each prompt's padded features (B, 512-ish, C) by the mask.
-fn prompts(golden: &Weights) -> Vec<Tensor> {
-    let feats = golden.get("text_features").unwrap();
-    let mask = golden.get("text_mask").unwrap();
-    (0..feats.dim(0).unwrap())
-        .map(|b| {
-            let len = mask.narrow(0, b, 1).unwrap().to_vec::<i64>().unwrap().iter().sum::<i64>() as usize;
-            feats.narrow(0, b, 1).unwrap().squeeze(0).unwrap().narrow(0, 0, len).unwrap()
-        })
-        .collect()
-}
-
 #[test]
 fn text_path_matches_golden() {
     for (set, _) in SETS {
         let model = Infinity::open(fixture(&format!("{set}/transformer.safetensors"))).unwrap();
         let golden = open(&format!("{set}/transformer_forward_golden.safetensors"));
-        let p = prompts(&golden);
+        let p = text_prompts(&golden);
         let (normed, cond) = model.pooled_text(&PackedText::pack(&p).unwrap()).unwrap();
         assert_golden(&format!("{set} text_norm"), &normed, golden.get("text_norm_out").unwrap(), 1e-4);
         assert_golden(&format!("{set} cond"), &cond, golden.get("cond_BD").unwrap(), 1e-4);
@@ -73,7 +60,7 @@ fn teacher_forced_logits_match_golden() {
     for (set, ratio) in SETS {
         let model = Infinity::open(fixture(&format!("{set}/transformer.safetensors"))).unwrap();
         let golden = open(&format!("{set}/transformer_forward_golden.safetensors"));
-        let cond = model.condition(&prompts(&golden)).unwrap();
+        let cond = model.condition(&text_prompts(&golden)).unwrap();
         let logits = model.teacher_forced(&cond, golden.get("x_BLC_wo_prefix").unwrap(), &schedule(ratio)).unwrap();
         assert_golden(&format!("{set} logits"), &logits, golden.get("logits").unwrap(), 1e-4);
     }
@@ -85,7 +72,7 @@ fn pth_and_safetensors_give_the_same_logits() {
     let x = golden.get("x_BLC_wo_prefix").unwrap();
     let run = |file: &str| {
         let m = Infinity::open(fixture(file)).unwrap();
-        m.teacher_forced(&m.condition(&prompts(&golden)).unwrap(), x, &schedule(0.5)).unwrap()
+        m.teacher_forced(&m.condition(&text_prompts(&golden)).unwrap(), x, &schedule(0.5)).unwrap()
     };
     assert!(run("devB/transformer.safetensors").same_values(&run("devB/transformer.pth")));
 }
@@ -112,7 +99,7 @@ fn greedy_cfg_generation_matches_golden() {
             .collect();
         let sampling = SamplingConfig { cfg: vec![3.0], tau: vec![1.0], top_k: 1, ..Default::default() };
         let mut decisive = 0;
-        let out = generate(&model, &prompts(&golden), None, &s, &sampling, &golden_bits, |step| {
+        let out = generate(&model, &text_prompts(&golden), None, &s, &sampling, &golden_bits, |step| {
             let k = step.index;
             let want = golden.get(&format!("raw_logits_scale{k:02}")).unwrap();
             assert_golden(&format!("{set} raw logits {k}"), step.raw_logits, want, 1e-4);
@@ -176,7 +163,7 @@ fn bf16_checkpoints_match_their_widened_values() {
     let x = golden.get("x_BLC_wo_prefix").unwrap();
     let run = |path: &std::path::Path| {
         let m = Infinity::open(path).unwrap();
-        m.teacher_forced(&m.condition(&prompts(&golden)).unwrap(), x, &schedule(0.5)).unwrap()
+        m.teacher_forced(&m.condition(&text_prompts(&golden)).unwrap(), x, &schedule(0.5)).unwrap()
     };
     let (half, full) = (run(&bf16_path), run(&f32_path));
     std::fs::remove_dir_all(&dir).ok();

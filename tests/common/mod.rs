@@ -16,6 +16,33 @@ pub fn open(rel: &str) -> Weights {
     Weights::open(fixture(rel)).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The text features of each golden prompt: the rows of `text_features` (B, L, C) that
+/// `text_mask` marks valid.
+pub fn text_prompts(golden: &Weights) -> Vec<Tensor> {
+    let feats = golden.get("text_features").unwrap();
+    let mask = golden.get("text_mask").unwrap();
+    (0..feats.dim(0).unwrap())
+        .map(|b| {
+            let len = mask.narrow(0, b, 1).unwrap().to_vec::<i64>().unwrap().iter().sum::<i64>() as usize;
+            feats.narrow(0, b, 1).unwrap().squeeze(0).unwrap().narrow(0, 0, len).unwrap()
+        })
+        .collect()
+}
+
+/// Each golden prompt's valid token ids (attention mask 1, a prefix of the row: right padding).
+pub fn prompt_ids(golden: &Weights) -> Vec<Vec<u32>> {
+    let ids = golden.get("input_ids").unwrap();
+    let mask = golden.get("attention_mask").unwrap();
+    (0..ids.dim(0).unwrap())
+        .map(|b| {
+            let row = |t: &Tensor| t.narrow(0, b, 1).unwrap().to_vec::<i64>().unwrap();
+            let len = row(mask).iter().sum::<i64>() as usize;
+            assert!(row(mask)[..len].iter().all(|&m| m == 1), "mask row {b} is not a prefix");
+            row(ids)[..len].iter().map(|&i| i as u32).collect()
+        })
+        .collect()
+}
+
 pub fn max_abs(t: &Tensor) -> f32 {
     t.to_f32_vec().iter().fold(0.0, |m, v| m.max(v.abs()))
 }

@@ -193,14 +193,23 @@ impl Layout {
         }
         let rank = self.rank();
         let (inner, inner_stride) = (self.shape[rank - 1], self.strides[rank - 1]);
-        let mut index = vec![0usize; rank - 1];
+        self.for_each_row(|base| (0..inner).for_each(|i| f(base + i * inner_stride)));
+    }
+
+    /// Calls `f` with the storage offset of the first element of every innermost row (rank ≥ 1),
+    /// in row-major order: the row's `shape[rank − 1]` elements lie `strides[rank − 1]` apart, so
+    /// with a unit inner stride each row is one slice of storage.
+    pub fn for_each_row(&self, mut f: impl FnMut(usize)) {
+        if self.numel() == 0 || self.rank() == 0 {
+            return;
+        }
+        let outer = self.rank() - 1;
+        let mut index = vec![0usize; outer];
         let mut base = self.offset;
         loop {
-            for i in 0..inner {
-                f(base + i * inner_stride);
-            }
+            f(base);
             // Odometer over the outer dimensions.
-            let mut d = rank - 1;
+            let mut d = outer;
             loop {
                 if d == 0 {
                     return;
@@ -235,6 +244,19 @@ mod tests {
         l.for_each_offset(|o| got.push(o));
         assert_eq!(got, vec![1, 5, 9, 2, 6, 10]);
         assert_eq!(l.max_extent(), 11);
+    }
+
+    #[test]
+    fn rows_of_a_permuted_view_keep_their_inner_run() {
+        // (2, 3, 4) viewed as (3, 2, 4) from offset 1 along the last dimension, 3 wide.
+        let l = Layout::contiguous(&[2, 3, 4]).permute(&[1, 0, 2]).unwrap().narrow(2, 1, 3).unwrap();
+        let mut rows = vec![];
+        l.for_each_row(|base| rows.push(base));
+        assert_eq!(rows, vec![1, 13, 5, 17, 9, 21]);
+        let mut offsets = vec![];
+        l.for_each_offset(|o| offsets.push(o));
+        let from_rows: Vec<usize> = rows.iter().flat_map(|&b| b..b + 3).collect();
+        assert_eq!(offsets, from_rows);
     }
 
     #[test]

@@ -147,7 +147,13 @@ impl Tensor {
             return src[o..o + self.numel()].to_vec();
         }
         let mut out = Vec::with_capacity(self.numel());
-        self.layout.for_each_offset(|i| out.push(src[i]));
+        match (self.shape().last(), self.strides().last()) {
+            // Rows contiguous in storage (a permute that keeps the last dimension): slice copies.
+            (Some(&inner), Some(&1)) => {
+                self.layout.for_each_row(|base| out.extend_from_slice(&src[base..base + inner]))
+            }
+            _ => self.layout.for_each_offset(|i| out.push(src[i])),
+        }
         out
     }
 

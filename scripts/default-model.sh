@@ -46,11 +46,16 @@ stage() {
                 --batch 4 --steps "$steps" --warmup-steps 20 --lr "$lr" --save-every 50 --out "$RUNS/vae-s2"
         done ;;
     transformer)
-        "$train" transformer --data "$DATA/train" --config "$CONFIGS/transformer.json" \
-            --vae "$RUNS/vae-s2/step-000000450/params.safetensors" \
-            --t5-config "$CONFIGS/t5_config.json" --tokenizer "$CONFIGS/tokenizer.json" \
-            --train-text-encoder --cache-latents --batch 16 --steps "$TRANSFORMER_STEPS" \
-            --warmup-steps 200 --lr 8e-4 --save-every 100 --out "$RUNS/transformer" ;;
+        # 8e-4 after the warm-up was noisy (step 400 drew most prompts near-blank): from step 400
+        # on, the same run continues at half the rate.
+        for leg in "400 8e-4" "$TRANSFORMER_STEPS 4e-4"; do
+            read -r steps lr <<< "$leg"
+            "$train" transformer --data "$DATA/train" --config "$CONFIGS/transformer.json" \
+                --vae "$RUNS/vae-s2/step-000000450/params.safetensors" \
+                --t5-config "$CONFIGS/t5_config.json" --tokenizer "$CONFIGS/tokenizer.json" \
+                --train-text-encoder --cache-latents --batch 16 --steps "$steps" \
+                --warmup-steps 200 --lr "$lr" --save-every 100 --out "$RUNS/transformer"
+        done ;;
     export)
         "$train" export --run "$RUNS/transformer" --vae "$RUNS/vae-s2/step-000000450/params.safetensors" \
             --t5-config "$CONFIGS/t5_config.json" --tokenizer "$CONFIGS/tokenizer.json" --out "$MODEL"

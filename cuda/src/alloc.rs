@@ -65,14 +65,18 @@ impl Pool {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A cached block of size class `class`, counted as in use; or none, and then the caller
-    /// allocates one and hands it to [`Pool::adopt`].
-    pub(crate) fn reuse(&self, class: usize) -> Option<Memory> {
+    /// A cached block for a request of size class `class`, with its own class: the smallest
+    /// free block of at least `class` and at most twice it, counted as in use. A scale's
+    /// activations thus reuse the blocks of a larger scale instead of adding their own, for at
+    /// most half a block of slack. None: the caller allocates one and hands it to
+    /// [`Pool::adopt`].
+    pub(crate) fn reuse(&self, class: usize) -> Option<(Memory, usize)> {
         let mut state = self.state();
-        let memory = state.free.get_mut(&class)?.pop()?;
-        state.stats.cached -= class;
-        state.count_in(class);
-        Some(memory)
+        let (&found, _) = state.free.range(class..=2 * class).find(|(_, blocks)| !blocks.is_empty())?;
+        let memory = state.free.get_mut(&found)?.pop()?;
+        state.stats.cached -= found;
+        state.count_in(found);
+        Some((memory, found))
     }
 
     /// Wraps a block of size class `class` that the caller got from [`Pool::reuse`] or

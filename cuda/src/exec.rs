@@ -102,8 +102,8 @@ impl Executor {
     fn block(&self, bytes: usize, init: Option<&[u8]>) -> Result<crate::alloc::Buffer> {
         let class = size_class(bytes);
         let reused = self.pool.reuse(class);
-        let was_reused = reused.is_some();
-        let memory = match (&self.backend, reused) {
+        let (block_class, was_reused) = reused.as_ref().map_or((class, false), |&(_, found)| (found, true));
+        let memory = match (&self.backend, reused.map(|(memory, _)| memory)) {
             (Backend::Shim, Some(Memory::Host(mut words))) => {
                 let fill = bytemuck::cast_slice_mut::<u128, u8>(&mut words);
                 match init {
@@ -131,7 +131,7 @@ impl Executor {
                 Memory::Cuda(slice)
             }
         };
-        Ok(self.pool.adopt(memory, class, was_reused))
+        Ok(self.pool.adopt(memory, block_class, was_reused))
     }
 
     /// Copies the elements `t` can reach into this executor's memory, keeping its strides (a
@@ -452,11 +452,18 @@ mod tests {
         assert_eq!(exec.address("test", &again).unwrap(), address);
         assert!(exec.download(&again).unwrap().to_vec::<f32>().unwrap().iter().all(|&v| v == 0.0));
         let other = exec.output("test", &[1000], DType::F32).unwrap();
-        assert_eq!(
-            exec.memory(),
-            MemoryStats { in_use: class + size_class(4000), peak: class + size_class(4000), cached: 0 }
-        );
+        let other_class = size_class(4000);
+        assert_eq!(exec.memory(), MemoryStats { in_use: class + other_class, peak: class + other_class, cached: 0 });
+        let other_address = exec.address("test", &other).unwrap();
         drop((again, other));
+
+        // A smaller request takes the smallest cached block up to twice its class, not more.
+        let smaller = exec.output("test", &[700], DType::F32).unwrap();
+        assert_eq!(exec.address("test", &smaller).unwrap(), other_address, "2800 bytes reuse the 4096-byte block");
+        assert_eq!(exec.memory().in_use, other_class);
+        let tiny = exec.output("test", &[10], DType::F32).unwrap();
+        assert_eq!(exec.memory().cached, class, "40 bytes do not take a block 1536 bytes large");
+        drop((smaller, tiny));
         exec.reset_peak();
         exec.empty_cache();
         assert_eq!(exec.memory(), MemoryStats::default());

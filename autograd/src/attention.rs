@@ -46,8 +46,16 @@ impl Saved {
         let (kt, vt) = (self.k.transpose(2, 3)?, self.v.transpose(2, 3)?);
         let rows = (SCORE_BUDGET / (b * h * lk).max(1)).clamp(1, lq.max(1));
         let mut dq_blocks = Vec::new();
-        let mut dk = Tensor::zeros(self.k.shape(), DType::F32);
-        let mut dv = Tensor::zeros(self.v.shape(), DType::F32);
+        // Sums over the query blocks; the first block's product starts each (no zero-filled
+        // tensor to add it to).
+        let (mut dk, mut dv): (Option<Tensor>, Option<Tensor>) = (None, None);
+        let accumulate = |sum: &mut Option<Tensor>, term: Tensor| -> Result<()> {
+            *sum = Some(match sum.take() {
+                Some(s) => add(&s, &term)?,
+                None => term,
+            });
+            Ok(())
+        };
         for i0 in (0..lq).step_by(rows) {
             let n = rows.min(lq - i0);
             let (qb, gb) = (self.q.narrow(2, i0, n)?, g.narrow(2, i0, n)?);
@@ -57,7 +65,7 @@ impl Saved {
             }
             let p = probabilities(&scores, mask.is_some())?;
             if needs[2] {
-                dv = add(&dv, &matmul(&p.transpose(2, 3)?, &gb)?)?;
+                accumulate(&mut dv, matmul(&p.transpose(2, 3)?, &gb)?)?;
             }
             if needs[0] || needs[1] {
                 let ds = mul_scalar(&softmax_backward(&p, &matmul(&gb, &vt)?, 3)?, self.scale)?;
@@ -65,7 +73,7 @@ impl Saved {
                     dq_blocks.push(matmul(&ds, &self.k)?);
                 }
                 if needs[1] {
-                    dk = add(&dk, &matmul(&ds.transpose(2, 3)?, &qb)?)?;
+                    accumulate(&mut dk, matmul(&ds.transpose(2, 3)?, &qb)?)?;
                 }
             }
         }
@@ -74,7 +82,10 @@ impl Saved {
             [] => needs[0].then(|| Tensor::zeros(self.q.shape(), DType::F32)),
             blocks => Some(concat(&blocks.iter().collect::<Vec<_>>(), 2)?),
         };
-        Ok(vec![dq, needs[1].then_some(dk), needs[2].then_some(dv)])
+        // No query rows: nothing reached k or v.
+        let or_zeros =
+            |sum: Option<Tensor>, like: &Tensor| sum.unwrap_or_else(|| Tensor::zeros(like.shape(), DType::F32));
+        Ok(vec![dq, needs[1].then(|| or_zeros(dk, &self.k)), needs[2].then(|| or_zeros(dv, &self.v))])
     }
 }
 

@@ -111,6 +111,17 @@ impl Plan {
         Ok(Plan { reduced, out_shape, count })
     }
 
+    /// Whether `x` is contiguous and its reduced dimensions are leading ones with a kept one
+    /// after them (a bias gradient's sum over tokens), which [`leading_sums`] reduces in place.
+    fn leading_of_contiguous(&self, x: &Tensor) -> bool {
+        let leading = self.reduced.iter().take_while(|&&r| r).count();
+        x.numel() > 0
+            && x.is_contiguous()
+            && leading > 0
+            && leading < self.reduced.len()
+            && !self.reduced[leading..].contains(&true)
+    }
+
     /// The elements of `x` as rows of `count`: kept dimensions outermost, reduced ones
     /// innermost. Borrowed (no copy) when the reduced dimensions already are innermost.
     fn rows<'a>(&self, op: &'static str, x: &'a Tensor) -> Result<Cow<'a, [f32]>> {
@@ -132,8 +143,13 @@ impl Plan {
 pub fn reduce(op: ReduceOp, x: &Tensor, dims: &[usize], keepdim: bool) -> Result<Tensor> {
     let name = op.name();
     let plan = Plan::new(name, x, dims, keepdim, op.needs_elements())?;
-    let data = plan.rows(name, x)?;
     let n = plan.count as f64;
+    if let (ReduceOp::Sum | ReduceOp::Mean, true) = (op, plan.leading_of_contiguous(x)) {
+        let sums = leading_sums(&f32_data(name, x)?, plan.count);
+        let out = sums.into_iter().map(|s| if op == ReduceOp::Sum { s as f32 } else { (s / n) as f32 }).collect();
+        return Tensor::from_vec(out, &plan.out_shape);
+    }
+    let data = plan.rows(name, x)?;
     let sum = |row: &[f32]| fold_long(row, |_, c| sum_map(c, f64::from), |a, b| a + b);
     let out = reduce_rows(&data, plan.count, &plan.out_shape, |row| match op {
         ReduceOp::Sum => sum(row) as f32,
@@ -167,6 +183,17 @@ pub fn argmax(x: &Tensor, dim: usize, keepdim: bool) -> Result<Tensor> {
         index as i64
     });
     Tensor::from_vec(out, &plan.out_shape)
+}
+
+/// Per column, the f64 sum of `count` rows of `data` (row-major): each row is added to the
+/// accumulators in turn, instead of gathering the columns into rows by a transposed copy.
+fn leading_sums(data: &[f32], count: usize) -> Vec<f64> {
+    let width = data.len() / count;
+    let mut sums = vec![0f64; width];
+    for row in data.chunks_exact(width) {
+        sums.iter_mut().zip(row).for_each(|(s, &v)| *s += f64::from(v));
+    }
+    sums
 }
 
 /// Folds consecutive `count`-element rows of `data` into one output element each, rows in

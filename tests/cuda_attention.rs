@@ -123,34 +123,98 @@ impl Case {
         }
     }
 
-    /// Per head, Σ over images and (query, visible key) of |dS·ĉ|: dS = P∘(dP − delta) the
-    /// score gradient and ĉ = q̂·k̂ the cosine the head scale multiplies. d_head_scale[h] is
-    /// the signed sum of those terms, so its rounding error is bounded by a multiple of this
-    /// magnitude, not of the (cancelled) result. Plain f64 loops, for cosine cases.
-    fn head_scale_magnitude(&self, dout: &Tensor) -> Vec<f64> {
+    /// Per-element bounds on the kernels' gradient errors, from the magnitudes of the terms each
+    /// gradient sums (not of the sum: cancellation would make those vanish). Plain f64 loops.
+    ///
+    /// Write the scores as qe·ke (qe = scale·q, ke = k; for cosine scores qe = s_h·q̂, ke = k̂).
+    /// The kernels round P to bf16 for dV (2⁻⁹ relative) and dS = P∘(dP − delta) to bf16 for
+    /// dQ and dK (P's and dS's roundings: 2⁻⁸ of |dS|), and take delta = rowsum(dO∘O) from their
+    /// own bf16 output `out`, which moves each dS_ij by P_ij·|Δdelta_i| (computed exactly here).
+    /// So with e_ij = 2⁻⁸|dS_ij| + P_ij(|Δdelta_i| + the f32 rounding of dP_ij and delta_i):
+    ///   |ΔdV_j| ≤ 2⁻⁹ Σ_i P_ij|dO_i|,  |ΔdQe_i| ≤ Σ_j e_ij|ke_j|,  |ΔdKe_j| ≤ Σ_i e_ij|qe_i|,
+    ///   |Δd_head_scale_h| ≤ Σ_ij e_ij|q̂_i·k̂_j|,
+    /// and the cosine chain rule dq = (dq̂ − q̂(q̂·dq̂))/‖q‖ maps an error bound b of dq̂ to
+    /// (b + |q̂|(|q̂|·b))/‖q‖ (likewise for k).
+    fn gradient_bounds(&self, dout: &Tensor, out: &Tensor) -> Vec<Vec<f64>> {
         let values = |t: &Tensor| t.to_vec::<f32>().unwrap().into_iter().map(f64::from).collect::<Vec<f64>>();
-        let (q, k) =
-            (values(&l2_normalize(&self.q, NORM_EPS).unwrap()), values(&l2_normalize(&self.k, NORM_EPS).unwrap()));
-        let (v, dout, mask) = (values(&self.v), values(dout), values(&self.mask()));
-        let scales = values(self.head_scale.as_ref().expect("a cosine case"));
         let [b, h, lq, d] = self.q.shape().try_into().unwrap();
         let lk = self.k.shape()[2];
+        let (dout, v, mask) = (values(dout), values(&self.v), values(&self.mask()));
+        let (out, reference_out) = (values(out), values(&self.reference()));
+        // Effective operands: scores = qe·ke.
+        let (mut qe, ke) = match &self.head_scale {
+            None => (values(&self.q).iter().map(|x| x * f64::from(self.scale)).collect(), values(&self.k)),
+            Some(_) => {
+                (values(&l2_normalize(&self.q, NORM_EPS).unwrap()), values(&l2_normalize(&self.k, NORM_EPS).unwrap()))
+            }
+        };
+        // Multiplies each (b, h, i) row of a query-shaped buffer by head_scale[h].
+        let per_head = |x: &mut [f64], s: &[f64]| {
+            for (n, row) in x.chunks_mut(d).enumerate() {
+                row.iter_mut().for_each(|x| *x *= s[(n / lq) % h]);
+            }
+        };
+        let head_scale = self.head_scale.as_ref().map(values);
+        if let Some(s) = &head_scale {
+            per_head(&mut qe, s);
+        }
         let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
-        let mut magnitude = vec![0.0; h];
-        for (bh, m) in (0..b * h).map(|bh| (bh, bh % h)) {
-            let row = |t: &[f64], len: usize, i: usize| t[(bh * len + i) * d..][..d].to_vec();
+        let (mut dq, mut dk, mut dv) = (vec![0.0; qe.len()], vec![0.0; ke.len()], vec![0.0; ke.len()]);
+        let mut d_head_scale = vec![0.0; h];
+        for bh in 0..b * h {
+            let (qrow, krow) = (
+                |i: usize| (bh * lq + i) * d..(bh * lq + i + 1) * d,
+                |j: usize| (bh * lk + j) * d..(bh * lk + j + 1) * d,
+            );
             for i in 0..lq {
                 let visible: Vec<usize> = (0..lk).filter(|&j| mask[i * lk + j].is_finite()).collect();
-                let cos: Vec<f64> = visible.iter().map(|&j| dot(&row(&q, lq, i), &row(&k, lk, j))).collect();
-                let top = cos.iter().fold(f64::NEG_INFINITY, |a, &c| a.max(scales[m] * c));
-                let e: Vec<f64> = cos.iter().map(|c| (scales[m] * c - top).exp()).collect();
-                let p: Vec<f64> = e.iter().map(|x| x / e.iter().sum::<f64>()).collect();
-                let dp: Vec<f64> = visible.iter().map(|&j| dot(&row(&dout, lq, i), &row(&v, lk, j))).collect();
+                let scores: Vec<f64> = visible.iter().map(|&j| dot(&qe[qrow(i)], &ke[krow(j)])).collect();
+                let top = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - top).exp()).collect();
+                let total: f64 = e.iter().sum();
+                let dp: Vec<f64> = visible.iter().map(|&j| dot(&dout[qrow(i)], &v[krow(j)])).collect();
+                let p: Vec<f64> = e.iter().map(|x| x / total).collect();
                 let delta = dot(&p, &dp);
-                magnitude[m] += (0..visible.len()).map(|n| (p[n] * (dp[n] - delta) * cos[n]).abs()).sum::<f64>();
+                let delta_error = dout[qrow(i)]
+                    .iter()
+                    .zip(out[qrow(i)].iter().zip(&reference_out[qrow(i)]))
+                    .map(|(g, (o, r))| g * (o - r))
+                    .sum::<f64>()
+                    .abs();
+                for (n, &j) in visible.iter().enumerate() {
+                    // dP_ij and delta_i are f32 dot products of D terms: their rounding, generously.
+                    let f32_dots = 2f64.powi(-20)
+                        * (qrow(i).zip(krow(j))).map(|(a, c)| dout[a].abs() * (v[c].abs() + out[a].abs())).sum::<f64>();
+                    let ds_error = 2f64.powi(-8) * (p[n] * (dp[n] - delta)).abs() + p[n] * (delta_error + f32_dots);
+                    for e in 0..d {
+                        dv[krow(j).start + e] += 2f64.powi(-9) * p[n] * dout[qrow(i).start + e].abs();
+                        dq[qrow(i).start + e] += ds_error * ke[krow(j).start + e].abs();
+                        dk[krow(j).start + e] += ds_error * qe[qrow(i).start + e].abs();
+                    }
+                    if let Some(s) = &head_scale {
+                        d_head_scale[bh % h] += ds_error * (scores[n] / s[bh % h]).abs();
+                    }
+                }
             }
         }
-        magnitude
+        let Some(scales) = head_scale else {
+            return vec![dq, dk, dv];
+        };
+        // Through the normalisations: q = q̂‖q‖, so the unit rows and norms of the inputs.
+        let project = |bound: &mut [f64], x: &Tensor| {
+            let (x, unit) = (values(x), values(&l2_normalize(x, NORM_EPS).unwrap()));
+            for ((b, x), u) in bound.chunks_mut(d).zip(x.chunks(d)).zip(unit.chunks(d)) {
+                let (norm, along) = (
+                    dot(x, x).sqrt().max(f64::from(NORM_EPS)),
+                    u.iter().zip(b.iter()).map(|(u, b)| u.abs() * b).sum::<f64>(),
+                );
+                b.iter_mut().zip(u).for_each(|(b, u)| *b = (*b + u.abs() * along) / norm);
+            }
+        };
+        per_head(&mut dq, &scales); // dq̂ = s_h·dQe
+        project(&mut dq, &self.q);
+        project(&mut dk, &self.k);
+        vec![dq, dk, dv, d_head_scale]
     }
 
     /// The kernels' call on `exec`, with the operands arranged by `layout` (0: contiguous,
@@ -257,39 +321,28 @@ fn reference_gradients(case: &Case, dout: &Tensor) -> Vec<Tensor> {
     vars.into_iter().map(|x| grads.get(x).unwrap().clone()).collect()
 }
 
-/// Backward bound. Each gradient is a sum of products in which one factor was rounded to bf16
-/// for the tensor cores (P for dV; dS = P∘(dP − delta) for dK and dQ) — 2⁻⁹ relative each —
-/// and delta = rowsum(dO∘O) uses the bf16 output (2⁻⁸·max|v| per element, see the forward);
-/// the cosine chain rule then projects dq̂ and dk̂, which keeps their size. Sums with
-/// cancellation make a per-element bound loose, so the error is held to 2⁻⁶ of the largest
-/// entry of each gradient: four bf16 roundings' worth. The head-scale gradient sums every
-/// score gradient of its head, with much cancellation: it is held to 2⁻⁶ of the magnitude of
-/// its terms ([`Case::head_scale_magnitude`]).
+/// Backward bound: twice [`Case::gradient_bounds`] per element, the factor covering the f32
+/// arithmetic of both sides and second-order terms.
 fn check_backward(exec: &Executor, case: &Case, layout: usize, seed: u64) {
     let dout = bf16_values(case.q.shape(), seed ^ 3, 1.0);
-    let got = case.run(exec, layout, |attention, _| {
+    let (out, got) = case.run(exec, layout, |attention, _| {
         let fail = |e: Error| -> ! { panic!("{}: {e}", exec.name()) };
         let output = attention.forward(exec).unwrap_or_else(|e| fail(e));
         let dout = upload(exec, &dout.to_dtype(DType::BF16));
         let grads = attention.backward(exec, &output, &dout).unwrap_or_else(|e| fail(e));
         let mut all: Vec<Tensor> = [&grads.dq, &grads.dk, &grads.dv].into_iter().map(|t| host(exec, t)).collect();
         all.extend(grads.head_scale.as_ref().map(|t| host(exec, t)));
-        all
+        (host(exec, &output.out), all)
     });
     let want = reference_gradients(case, &dout);
     assert_eq!(got.len(), want.len(), "a head-scale gradient exactly for cosine scores");
-    let head_bounds = case.head_scale.as_ref().map(|_| case.head_scale_magnitude(&dout));
-    for (name, (g, w)) in ["dq", "dk", "dv", "d_head_scale"].iter().zip(got.iter().zip(&want)) {
-        let largest = f64::from(max_abs(w));
+    let bounds = case.gradient_bounds(&dout, &out);
+    for (name, ((g, w), bound)) in ["dq", "dk", "dv", "d_head_scale"].iter().zip(got.iter().zip(&want).zip(&bounds)) {
         let (g, w) = (g.to_vec::<f32>().unwrap(), w.to_vec::<f32>().unwrap());
         assert_eq!(g.len(), w.len(), "{name}");
-        for (i, (g, w)) in g.iter().zip(&w).enumerate() {
-            let bound = match (*name, &head_bounds) {
-                ("d_head_scale", Some(m)) => 2f64.powi(-6) * m[i],
-                _ => 2f64.powi(-6) * largest,
-            };
+        for (i, ((g, w), bound)) in g.iter().zip(&w).zip(bound).enumerate() {
             let error = f64::from((g - w).abs());
-            assert!(error <= bound, "{}: {name}[{i}] = {g}, want {w} (bound {bound})", exec.name());
+            assert!(error <= 2.0 * bound, "{}: {name}[{i}] = {g}, want {w} (bound {})", exec.name(), 2.0 * bound);
         }
     }
 }

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The CUDA checks on a lent GPU machine, which has the NVIDIA driver and CUDA toolkit but no
+# Rust: the test and benchmark binaries are built here and travel with the working tree.
+#
+#   bash scripts/gpu.sh pack      # here: builds and packs them into .gpu/ (git-ignored, ~15 MB)
+#   bash scripts/gpu.sh run       # there, from the repository root: tests, then benchmarks
+#
+# `run` writes one log per binary under $OUT (or /tmp/gpu-out) and ends with a summary.
+# INFINITY_GPU_BENCH=0 skips the benchmarks, INFINITY_GPU_TESTS=0 the tests. Test binaries find tests/fixtures through the path they were built
+# at, so `run` links that path to the repository root.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+pack=.gpu
+
+# Executables of the cargo messages on stdin: "name path" per test or bench target.
+executables() {
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"][0] in ("test", "bench"):
+        print(m["target"]["name"], m["executable"])'
+}
+
+do_pack() {
+    set -e
+    rm -rf "$pack" && mkdir -p "$pack/bin"
+    {
+        cargo test --no-run --test 'cuda_*' --test cli --message-format=json
+        cargo bench --no-run --bench cuda --message-format=json
+    } | executables >"$pack/targets"
+    cargo build --bin infinity-run # the debug binary the cli tests name
+    while read -r name path; do strip -o "$pack/bin/$name" "$path"; done <"$pack/targets"
+    strip -o "$pack/bin/infinity-run" target/debug/infinity-run
+    tar -C "$pack" -cJf "$pack/bins.tar.xz" bin && rm -rf "$pack/bin"
+    echo "built at: $PWD" >"$pack/origin"
+    du -h "$pack/bins.tar.xz"
+}
+
+do_run() {
+    local out=${OUT:-/tmp/gpu-out} origin
+    mkdir -p "$out"
+    origin=$(sed -n 's/^built at: //p' "$pack/origin")
+    if [ "$origin" != "$PWD" ] && [ ! -e "$origin" ]; then mkdir -p "$(dirname "$origin")" && ln -s "$PWD" "$origin"; fi
+    tar -C "$pack" -xJf "$pack/bins.tar.xz"
+    mkdir -p target/debug && cp "$pack/bin/infinity-run" target/debug/
+
+    # cudarc dlopens libnvrtc.so.13 and libcublas.so.13 by soname.
+    local dirs
+    dirs=$(find /usr/local /opt -name 'libnvrtc.so.13' -o -name 'libcublas.so.13' 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
+    export LD_LIBRARY_PATH="$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export INFINITY_CUDA_REQUIRE_TOOLKIT=1 RUST_BACKTRACE=1
+    {
+        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+        echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+        ls -d /usr/local/cuda/include/cuda_bf16.h /usr/local/cuda/bin/ptxas
+    } 2>&1 | tee "$out/env.log"
+
+    local summary=() name
+    while [ "${INFINITY_GPU_TESTS:-1}" != 0 ] && read -r name _; do
+        [ "$name" = cuda ] && continue
+        local filter=()
+        [ "$name" = cli ] && filter=(device)
+        timeout 300 "$pack/bin/$name" "${filter[@]}" --test-threads 8 >"$out/$name.log" 2>&1
+        summary+=("$name: exit $? $(grep -E '^test result' "$out/$name.log" | tail -1)")
+        grep -E 'SKIP|panicked|FAILED' "$out/$name.log" | head -5
+    done <"$pack/targets"
+    if [ "${INFINITY_GPU_BENCH:-1}" != 0 ]; then
+        timeout 300 "$pack/bin/cuda" --bench --warm-up-time 1 \
+            --measurement-time 3 >"$out/bench.log" 2>&1
+        summary+=("bench: exit $?")
+        grep -E 'thrpt|time:|per image|per scale|anchors|SKIP|panicked' "$out/bench.log"
+    fi
+    printf '%s\n' "${summary[@]}"
+}
+
+case "${1:-}" in
+pack) do_pack ;;
+run) do_run ;;
+*) echo "usage: bash scripts/gpu.sh pack|run" >&2 && exit 2 ;;
+esac

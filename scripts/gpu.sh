@@ -6,7 +6,8 @@
 #   bash scripts/gpu.sh run       # there, from the repository root: tests, then benchmarks
 #
 # `run` writes one log per binary under $OUT (or /tmp/gpu-out) and ends with a summary.
-# INFINITY_GPU_BENCH=0 skips the benchmarks, INFINITY_GPU_TESTS=0 the tests. Test binaries find tests/fixtures through the path they were built
+# INFINITY_GPU_BENCH=0 skips the benchmarks; INFINITY_GPU_TESTS=0 skips the tests, or names the
+# test binaries to run ("cuda_attention cuda_transformer"). Test binaries find tests/fixtures through the path they were built
 # at, so `run` links that path to the repository root.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -57,8 +58,10 @@ do_run() {
     } 2>&1 | tee "$out/env.log"
 
     local summary=() name
-    while [ "${INFINITY_GPU_TESTS:-1}" != 0 ] && read -r name _; do
+    local only=${INFINITY_GPU_TESTS:-1}
+    while [ "$only" != 0 ] && read -r name _; do
         [ "$name" = cuda ] && continue
+        [ "$only" = 1 ] || [[ " $only " == *" $name "* ]] || continue
         local filter=()
         [ "$name" = cli ] && filter=(device)
         timeout 300 "$pack/bin/$name" "${filter[@]}" --test-threads 8 >"$out/$name.log" 2>&1

@@ -74,28 +74,46 @@ __device__ __forceinline__ float head_factor(const AttentionShape& s, int h) {
     return s.cosine ? s.scale * s.head_scale[h] : s.scale;
 }
 
-/// 1 / max(‖row‖₂, 1e-12) of D contiguous bf16.
-template <int D>
-__device__ __forceinline__ float inverse_norm(const bf16* row) {
-    float squares = 0.0f;
-    for (int c = 0; c < D; ++c) {
-        const float x = to_float(row[c]);
-        squares += x * x;
+/// inv[r] = 1 / max(‖row r‖₂, 1e-12) for the ROWS rows of a shared tile (D + kPad apart):
+/// D / 8 lanes read a row in 16-byte pieces and add their squares with shuffles, the block's
+/// warps taking rows in turn. Every thread of the block takes part; sync before reading inv.
+template <int ROWS, int D>
+__device__ __forceinline__ void inverse_norms(float* inv, const bf16* tile) {
+    constexpr int kLanes = D / 8, kRowsPerPass = 32 / kLanes;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    for (int r0 = warp * kRowsPerPass; r0 < ROWS; r0 += kWarps * kRowsPerPass) {
+        const int r = r0 + lane / kLanes;
+        const uint4 piece = *reinterpret_cast<const uint4*>(tile + r * (D + kPad) + lane % kLanes * 8);
+        const bf16* x = reinterpret_cast<const bf16*>(&piece);
+        float squares = 0.0f;
+#pragma unroll
+        for (int c = 0; c < 8; ++c) squares += to_float(x[c]) * to_float(x[c]);
+#pragma unroll
+        for (int offset = kLanes / 2; offset > 0; offset >>= 1) squares += __shfl_xor_sync(0xffffffffu, squares, offset);
+        if (lane % kLanes == 0) inv[r] = 1.0f / fmaxf(sqrtf(squares), kNormFloor);
     }
-    return 1.0f / fmaxf(sqrtf(squares), kNormFloor);
 }
 
 /// Rows [0, rows) of a matrix with D contiguous bf16 per row, `stride` elements apart (rows
 /// 16-byte aligned), into a shared tile of ROWS padded rows; rows past `rows` become zeros,
-/// so that padding contributes nothing to the products. Every thread of the block takes part.
+/// so that padding contributes nothing to the products. Every thread of the block (kWarps
+/// warps) takes part. Each thread issues all its global loads before its first shared store:
+/// through generic pointers the compiler cannot tell the two apart, so a loop that stored
+/// each piece as it arrived would wait out one global latency per piece.
 template <int ROWS, int D>
 __device__ __forceinline__ void load_tile(bf16* tile, const bf16* src, int stride, int rows) {
-    constexpr int kChunks = D / 8;
-    for (int i = threadIdx.x; i < ROWS * kChunks; i += blockDim.x) {
-        const int r = i / kChunks, c = i % kChunks * 8;
-        uint4 v = {0, 0, 0, 0};
-        if (r < rows) v = *reinterpret_cast<const uint4*>(src + r * stride + c);
-        *reinterpret_cast<uint4*>(tile + r * (D + kPad) + c) = v;
+    constexpr int kChunks = D / 8, kThreads = 32 * kWarps, kPieces = ROWS * kChunks / kThreads;
+    static_assert(ROWS * kChunks % kThreads == 0, "whole pieces per thread");
+    uint4 pieces[kPieces];
+#pragma unroll
+    for (int n = 0; n < kPieces; ++n) {
+        const int i = int(threadIdx.x) + n * kThreads, r = i / kChunks, c = i % kChunks * 8;
+        pieces[n] = r < rows ? *reinterpret_cast<const uint4*>(src + r * stride + c) : uint4{0, 0, 0, 0};
+    }
+#pragma unroll
+    for (int n = 0; n < kPieces; ++n) {
+        const int i = int(threadIdx.x) + n * kThreads, r = i / kChunks, c = i % kChunks * 8;
+        *reinterpret_cast<uint4*>(tile + r * (D + kPad) + c) = pieces[n];
     }
 }
 
@@ -154,13 +172,17 @@ __device__ __forceinline__ void attention_forward(const AttentionForwardParams& 
     __shared__ __align__(16) bf16 k_tile[kKeys * S];
     // Holds the block's query tile until its fragments are in registers.
     __shared__ __align__(16) bf16 v_tile[kKeys * S];
+    // 1/‖row‖ of the key tile (cosine scores), and of the query tile before the key loop.
     __shared__ float k_inv[kKeys];
+    static_assert(kRows == kKeys, "the query tile's norms borrow k_inv");
     const AttentionShape& sh = p.shape;
     const int tiles = (sh.q_len + kRows - 1) / kRows;
     // The last query tiles see the most keys: start them first.
     const int tile = tiles - 1 - int(blockIdx.x) % tiles, bh = int(blockIdx.x) / tiles;
     const int b = bh / sh.heads, h = bh % sh.heads;
     const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+    // The 8×8 matrix of an ldmatrix whose row this lane names, and the row.
+    const int mat = threadIdx.x % 32 / 8, mat_row = threadIdx.x % 8;
     const int row0 = tile * kRows, rows = min(kRows, sh.q_len - row0);
     const float neg_inf = __uint_as_float(0xff800000u);
 
@@ -168,6 +190,10 @@ __device__ __forceinline__ void attention_forward(const AttentionForwardParams& 
     const bf16* q = p.q + b * p.q_stride[0] + h * p.q_stride[1] + row0 * p.q_stride[2];
     load_tile<kRows, D>(q_tile, q, p.q_stride[2], rows);
     __syncthreads();
+    if (sh.cosine) {
+        inverse_norms<kRows, D>(k_inv, q_tile);
+        __syncthreads();
+    }
     // This warp's 16 query rows, in registers for the whole key loop.
     const bf16* q_warp = q_tile + warp * 16 * S;
     unsigned qf[D / 16][4];
@@ -179,12 +205,12 @@ __device__ __forceinline__ void attention_forward(const AttentionForwardParams& 
     int end[2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-        const float inv = sh.cosine ? inverse_norm<D>(q_warp + (g + 8 * i) * S) : 1.0f;
+        const float inv = sh.cosine ? k_inv[warp * 16 + g + 8 * i] : 1.0f;
         factor[i] = head_factor(sh, h) * inv * kLog2e;
         end[i] = visible_end(sh, sh.q_start + min(row0 + warp * 16 + g + 8 * i, sh.q_len - 1));
     }
     const int tile_end = visible_end(sh, sh.q_start + row0 + rows - 1);
-    // The query tile is overwritten next.
+    // The query tile and its norms are overwritten next.
     __syncthreads();
 
     const bf16* k = p.k + b * p.k_stride[0] + h * p.k_stride[1];
@@ -197,18 +223,21 @@ __device__ __forceinline__ void attention_forward(const AttentionForwardParams& 
         load_tile<kKeys, D>(v_tile, v + key0 * p.v_stride[2], p.v_stride[2], keys);
         __syncthreads();
         if (sh.cosine) {
-            if (threadIdx.x < kKeys) k_inv[threadIdx.x] = inverse_norm<D>(k_tile + threadIdx.x * S);
+            inverse_norms<kKeys, D>(k_inv, k_tile);
             __syncthreads();
         }
 
+        // S = Q·Kᵀ. One ldmatrix gives the B fragments of key tiles nt and nt + 1: matrix m
+        // holds keys (nt + m / 2)·8.. and columns kk·16 + (m % 2)·8.. of the tile.
         float s[kKeys / 8][4] = {};
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk)
 #pragma unroll
-            for (int nt = 0; nt < kKeys / 8; ++nt) {
-                unsigned kb[2];
-                load_b_rows(kb, k_tile, S, nt * 8, kk * 16, g, t);
+            for (int nt = 0; nt < kKeys / 8; nt += 2) {
+                unsigned kb[4];
+                ldmatrix_x4<false>(kb, k_tile + ((nt + mat / 2) * 8 + mat_row) * S + kk * 16 + mat % 2 * 8);
                 mma_m16n8k16_bf16(s[nt], qf[kk], kb);
+                mma_m16n8k16_bf16(s[nt + 1], qf[kk], kb + 2);
             }
 
         // Online softmax in the log2 domain: element [nt][2i + c] is row i's key nt·8 + 2t + c.
@@ -247,16 +276,19 @@ __device__ __forceinline__ void attention_forward(const AttentionForwardParams& 
                 }
         }
 
-        // O += P·V, P rounded to bf16.
+        // O += P·V, P rounded to bf16. A transposing ldmatrix gives the B fragments of
+        // column tiles nt and nt + 1: matrix m holds keys kk·16 + (m % 2)·8.. and columns
+        // (nt + m / 2)·8.. of the tile.
 #pragma unroll
         for (int kk = 0; kk < kKeys / 16; ++kk) {
             unsigned pa[4];
             accumulators_to_a(pa, s[2 * kk], s[2 * kk + 1]);
 #pragma unroll
-            for (int nt = 0; nt < D / 8; ++nt) {
-                unsigned vb[2];
-                load_b_cols(vb, v_tile, S, kk * 16, nt * 8, g, t);
+            for (int nt = 0; nt < D / 8; nt += 2) {
+                unsigned vb[4];
+                ldmatrix_x4<true>(vb, v_tile + (kk * 16 + mat % 2 * 8 + mat_row) * S + (nt + mat / 2) * 8);
                 mma_m16n8k16_bf16(o[nt], pa, vb);
+                mma_m16n8k16_bf16(o[nt + 1], pa, vb + 2);
             }
         }
         // The tiles are overwritten next.
@@ -382,7 +414,10 @@ __device__ __forceinline__ void attention_backward(const AttentionBackwardParams
     load_tile<kKeys, D>(k_tile, k, p.k_stride[2], min(kKeys, sh.kv_len - key0));
     load_tile<kKeys, D>(v_tile, v, p.v_stride[2], min(kKeys, sh.kv_len - key0));
     __syncthreads();
-    if (threadIdx.x < kKeys) k_inv[threadIdx.x] = sh.cosine ? inverse_norm<D>(k_tile + threadIdx.x * S) : 1.0f;
+    if (sh.cosine)
+        inverse_norms<kKeys, D>(k_inv, k_tile);
+    else if (threadIdx.x < kKeys)
+        k_inv[threadIdx.x] = 1.0f;
     __syncthreads();
     // 1/‖k‖ of the lane's two keys, warp_key + g + 8i (1 without cosine scores).
     const float key_inv[2] = {k_inv[warp_key + g], k_inv[warp_key + g + 8]};

@@ -33,6 +33,40 @@ __device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const unsigned a[4
 }
 #endif
 
+/// `ldmatrix.sync.aligned.m8n8.x4(.trans).shared.b16`: four 8×8 bf16 matrices from shared
+/// memory, lane l naming row l % 8 of matrix l / 8 (16 bytes, 16-byte aligned). r[m] is the
+/// calling lane's fragment word of matrix m: (row g, columns 2t..2t+1), or with `trans`
+/// (rows 2t..2t+1, column g), g = lane / 4, t = lane % 4. One instruction for what would be
+/// four 32-bit (or eight 16-bit) shared loads per lane. All 32 lanes must call it.
+#ifdef INFINITY_CUDA_SHIM
+template <bool trans>
+__device__ __forceinline__ void ldmatrix_x4(unsigned r[4], const bf16* row) {
+    const unsigned lane = shim::current_thread->lane, g = lane / 4, t = lane % 4;
+    for (int m = 0; m < 4; ++m) {
+        if (trans) {
+            const bf16* lo = shim::exchange(row, 8 * m + 2 * t);
+            const bf16* hi = shim::exchange(row, 8 * m + 2 * t + 1);
+            r[m] = unsigned(__bfloat16_as_ushort(lo[g])) | unsigned(__bfloat16_as_ushort(hi[g])) << 16;
+        } else {
+            r[m] = *reinterpret_cast<const unsigned*>(shim::exchange(row, 8 * m + g) + 2 * t);
+        }
+    }
+}
+#else
+template <bool trans>
+__device__ __forceinline__ void ldmatrix_x4(unsigned r[4], const bf16* row) {
+    const unsigned address = unsigned(__cvta_generic_to_shared(row));
+    if (trans)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(address));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(address));
+}
+#endif
+
 /// Two adjacent bf16 (p[0] low, p[1] high) as one 32-bit fragment register; p 4-byte aligned.
 __device__ __forceinline__ unsigned load_bf16x2(const bf16* p) { return *reinterpret_cast<const unsigned*>(p); }
 

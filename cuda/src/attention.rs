@@ -254,7 +254,7 @@ impl Attention<'_> {
 
         let terms = row_terms(exec, &o, &d_out, &ops)?;
         let kv_rows = [full[0], full[1], ops.k.dims[2] as usize, full[3]];
-        let mut dq = exec.output(OP, &full, DType::F32)?;
+        let mut dq = exec.accumulator(OP, &full, DType::F32)?;
         let mut dk = exec.output(OP, &kv_rows, DType::F32)?;
         let mut dv = exec.output(OP, &kv_rows, DType::F32)?;
         let params = AttentionBackwardParams {
@@ -424,7 +424,7 @@ fn cosine_gradients(
 ) -> Result<DeviceTensor> {
     const OP: &str = "attention_backward_cosine";
     let [batch, heads, q_len, head_dim] = ops.q.dims;
-    let mut d_head_scale = exec.output(OP, &[heads as usize], DType::F32)?;
+    let mut d_head_scale = exec.accumulator(OP, &[heads as usize], DType::F32)?;
     let params = AttentionCosineParams {
         q: ops.q.ptr,
         q_inv,

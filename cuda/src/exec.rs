@@ -15,6 +15,17 @@ use crate::gpu::Gpu;
 use crate::kernels::KernelHandle;
 use crate::{Error, Result};
 
+/// The byte the shim fills undefined memory with: NaN in f32 and bf16, −1 in i32, 255 in u8.
+pub const POISON: u8 = 0xff;
+
+/// How a new block's bytes start.
+enum Init<'a> {
+    Bytes(&'a [u8]),
+    Zeros,
+    /// Undefined: [`POISON`] on the shim, left as found on a GPU.
+    Poison,
+}
+
 pub struct Executor {
     backend: Backend,
     /// Where its tensors' memory comes from and goes back to.
@@ -97,25 +108,22 @@ impl Executor {
         }
     }
 
-    /// A block of at least `bytes` from the pool, its first `bytes` set to `init` (zeros when
-    /// `None`).
-    fn block(&self, bytes: usize, init: Option<&[u8]>) -> Result<crate::alloc::Buffer> {
+    /// A block of at least `bytes` from the pool, its first `bytes` set as `init` says.
+    fn block(&self, bytes: usize, init: Init) -> Result<crate::alloc::Buffer> {
         let class = size_class(bytes);
         let reused = self.pool.reuse(class);
         let (block_class, was_reused) = reused.as_ref().map_or((class, false), |&(_, found)| (found, true));
         let memory = match (&self.backend, reused.map(|(memory, _)| memory)) {
-            (Backend::Shim, Some(Memory::Host(mut words))) => {
+            (Backend::Shim, reused) => {
+                let mut words = match reused {
+                    Some(Memory::Host(words)) => words,
+                    _ => vec![0u128; class / 16].into_boxed_slice(),
+                };
                 let fill = bytemuck::cast_slice_mut::<u128, u8>(&mut words);
                 match init {
-                    Some(src) => fill[..src.len()].copy_from_slice(src),
-                    None => fill.fill(0),
-                }
-                Memory::Host(words)
-            }
-            (Backend::Shim, _) => {
-                let mut words = vec![0u128; class / 16].into_boxed_slice();
-                if let Some(src) = init {
-                    bytemuck::cast_slice_mut::<u128, u8>(&mut words)[..src.len()].copy_from_slice(src);
+                    Init::Bytes(src) => fill[..src.len()].copy_from_slice(src),
+                    Init::Zeros => fill.fill(0),
+                    Init::Poison => fill.fill(POISON),
                 }
                 Memory::Host(words)
             }
@@ -125,8 +133,10 @@ impl Executor {
                     _ => gpu.alloc(class)?,
                 };
                 match init {
-                    Some(src) => gpu.write(&mut slice, src)?,
-                    None => gpu.zero(&mut slice)?,
+                    Init::Bytes(src) => gpu.write(&mut slice, src)?,
+                    Init::Zeros => gpu.zero(&mut slice)?,
+                    // A launch of its own per output would double the launches of a forward.
+                    Init::Poison => {}
                 }
                 Memory::Cuda(slice)
             }
@@ -145,7 +155,7 @@ impl Executor {
         }
         let size = t.dtype().size_in_bytes();
         let bytes = &t.storage().bytes()[layout.offset() * size..layout.max_extent() * size];
-        let buffer = self.block(bytes.len(), Some(bytes))?;
+        let buffer = self.block(bytes.len(), Init::Bytes(bytes))?;
         let layout = Layout::new(layout.shape().to_vec(), layout.strides().to_vec(), 0);
         Ok(DeviceTensor { buffer: Arc::new(buffer), dtype: t.dtype(), layout })
     }
@@ -164,21 +174,38 @@ impl Executor {
         Ok(Tensor::from_storage(Arc::new(storage), t.layout.clone())?)
     }
 
-    /// A contiguous tensor of zeros, filled on the device (a KV cache, an accumulator).
+    /// A contiguous tensor of zeros, filled on the device (an accumulator).
     pub fn zeros(&self, shape: &[usize], dtype: DType) -> Result<DeviceTensor> {
-        self.output("zeros", shape, dtype)
+        self.tensor("zeros", shape, dtype, Init::Zeros)
     }
 
-    /// A contiguous tensor of zeros for kernel `op` to write: nonempty and below 2^31
-    /// elements (checked before anything is allocated).
+    /// A contiguous tensor whose elements are undefined until the caller writes them (a KV
+    /// cache, a buffer filled piece by piece); on the shim every byte is [`POISON`].
+    pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<DeviceTensor> {
+        self.tensor("empty", shape, dtype, Init::Poison)
+    }
+
+    /// The output of kernel `op`, which writes every element: undefined until then (poisoned
+    /// on the shim, so that a kernel that misses an element fails its tests there).
     pub(crate) fn output(&self, op: &'static str, shape: &[usize], dtype: DType) -> Result<DeviceTensor> {
+        self.tensor(op, shape, dtype, Init::Poison)
+    }
+
+    /// The output of kernel `op`, which adds into it: zeros.
+    pub(crate) fn accumulator(&self, op: &'static str, shape: &[usize], dtype: DType) -> Result<DeviceTensor> {
+        self.tensor(op, shape, dtype, Init::Zeros)
+    }
+
+    /// A contiguous tensor, nonempty and below 2^31 elements as the kernels need (checked
+    /// before anything is allocated).
+    fn tensor(&self, op: &'static str, shape: &[usize], dtype: DType, init: Init) -> Result<DeviceTensor> {
         let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX);
         if numel == 0 || numel > MAX_OFFSET {
             return Err(
                 RuntimeError::invalid(op, shape, "the kernels write nonempty outputs below 2^31 elements").into()
             );
         }
-        let buffer = self.block(numel * dtype.size_in_bytes(), None)?;
+        let buffer = self.block(numel * dtype.size_in_bytes(), init)?;
         Ok(DeviceTensor { buffer: Arc::new(buffer), dtype, layout: Layout::contiguous(shape) })
     }
 
@@ -434,7 +461,7 @@ mod tests {
     }
 
     #[test]
-    fn memory_is_reused_zeroed_and_counted() {
+    fn memory_is_reused_initialised_as_asked_and_counted() {
         let exec = Executor::shim();
         let ones = Tensor::from_vec(vec![1.0f32; 300], &[300]).unwrap();
         let first = exec.upload(&ones).unwrap();
@@ -447,8 +474,13 @@ mod tests {
         drop(view);
         assert_eq!(exec.memory(), MemoryStats { in_use: 0, peak: class, cached: class });
 
-        // A request of the same class gets the same block back, zeroed for a kernel output.
+        // A request of the same class gets the same block back: poisoned for a kernel output,
+        // zeroed for an accumulator.
         let again = exec.output("test", &[290], DType::F32).unwrap();
+        assert_eq!(exec.address("test", &again).unwrap(), address);
+        assert!(exec.download(&again).unwrap().to_vec::<f32>().unwrap().iter().all(|v| v.is_nan()));
+        drop(again);
+        let again = exec.accumulator("test", &[290], DType::F32).unwrap();
         assert_eq!(exec.address("test", &again).unwrap(), address);
         assert!(exec.download(&again).unwrap().to_vec::<f32>().unwrap().iter().all(|&v| v == 0.0));
         let other = exec.output("test", &[1000], DType::F32).unwrap();

@@ -64,7 +64,7 @@ fn embedding_as<T: Element, Id: Element>(
     let mut shape = ids.shape().to_vec();
     shape.push(width as usize);
     let mut out = exec.output(op, &shape, T::DTYPE)?;
-    let mut bad = exec.output(op, &[1], DType::I32)?;
+    let mut bad = exec.accumulator(op, &[1], DType::I32)?;
     let params = EmbeddingParams {
         weight: w.ptr,
         ids: iv.ptr,

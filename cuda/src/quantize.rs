@@ -212,7 +212,7 @@ pub fn quantize(exec: &Executor, latent: &DeviceTensor, grids: &[(usize, usize)]
     // Area resize to the same size is an exact copy (a one-element window): this makes the
     // residual a private contiguous copy, and the last scale's input equal to the residual.
     let mut residual = resize_area(exec, latent, (full_h, full_w))?;
-    let mut summed = exec.output(op, &[batch, dim, full_h, full_w], DType::F32)?;
+    let mut summed = exec.accumulator(op, &[batch, dim, full_h, full_w], DType::F32)?;
     let mut scales = Vec::with_capacity(grids.len());
     for &grid in grids {
         let scale = quantize_scale(exec, &resize_area(exec, &residual, grid)?)?;

@@ -121,7 +121,7 @@ impl<'e> DeviceInfinity<'e> {
         let rows = cond.cond.dim(0)?;
         let total = schedule.seq_len();
         let cache_shape = [rows, self.heads, total, self.head_dim];
-        let zeros = || exec.zeros(&cache_shape, DType::BF16);
+        let cache = || exec.empty(&cache_shape, DType::BF16);
         // Row i of a (R, N, C) table as its own (R, C) tensor.
         fn row_tensors<const N: usize>(exec: &Executor, table: &Tensor) -> CudaResult<[DeviceTensor; N]> {
             let rows: Vec<DeviceTensor> = (0..N)
@@ -150,7 +150,7 @@ impl<'e> DeviceInfinity<'e> {
                 ada: row_tensors(exec, &ada)?,
                 ca_norm: (broadcast(&norm_scale)?, broadcast(block.ca_norm_b.value())?),
                 text_kv,
-                cache: (zeros()?, zeros()?),
+                cache: (cache()?, cache()?),
             });
         }
         Ok(DeviceSession {
@@ -313,7 +313,7 @@ impl BlockStep<'_> {
         let q = linear(exec, &h, &w.ca_q.0, Some(&w.ca_q.1), DType::BF16)?
             .reshape(&[rows, self.n, self.heads, hd])?
             .permute(&[0, 2, 1, 3])?;
-        let mut o = exec.zeros(&[rows, self.n, self.heads, hd], DType::BF16)?;
+        let mut o = exec.empty(&[rows, self.n, self.heads, hd], DType::BF16)?;
         for (b, (tk, tv)) in s.text_kv.iter().enumerate() {
             let len = tk.shape()[2];
             let ob = Attention {

@@ -161,7 +161,7 @@ impl<'e> DeviceT5<'e> {
         // (N, 3, heads, d_kv): each token's q, k and v.
         let qkv = linear(exec, &normed(x, &w.attn_norm)?, &w.qkv, None, DType::BF16)?;
         let qkv = qkv.reshape(&[n, 3, c.num_heads, c.d_kv])?;
-        let mut attended = exec.zeros(&[n, c.num_heads, c.d_kv], DType::BF16)?;
+        let mut attended = exec.empty(&[n, c.num_heads, c.d_kv], DType::BF16)?;
         let mut offset = 0;
         for (&len, bias) in lens.iter().zip(biases) {
             let rows = qkv.narrow(0, offset, len)?;

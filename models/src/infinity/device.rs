@@ -3,9 +3,10 @@
 //! accumulation, the residual stream in f32, fused AdaLN, RoPE and block-causal flash
 //! attention over a KV cache preallocated for the whole schedule.
 //!
-//! What is computed once per prompt batch stays on the CPU model and is uploaded: the text
-//! conditioning (pooling, cross-attention memory, AdaLN tables) and each block's text keys and
-//! values. The scale loop itself ([`super::generate::sample_scales`]) is shared with the CPU
+//! What is computed once per prompt batch from a few dozen text tokens stays on the CPU model
+//! and is uploaded: the text conditioning (pooling, cross-attention memory, AdaLN tables). Each
+//! block's text keys and values are projected on the device (a host GEMM per block cost the
+//! 2B model ~90 ms per image). The scale loop itself ([`super::generate::sample_scales`]) is shared with the CPU
 //! path: only the logits of each scale come from the device.
 
 use infinity_autograd::Var;
@@ -39,6 +40,8 @@ struct DeviceBlock {
     head_scale: DeviceTensor,
     proj: (DeviceTensor, DeviceTensor),
     ca_q: (DeviceTensor, DeviceTensor),
+    /// The text memory's K|V projection (2C, C), its K half without bias.
+    ca_kv: (DeviceTensor, DeviceTensor),
     ca_proj: (DeviceTensor, DeviceTensor),
     fc1: (DeviceTensor, DeviceTensor),
     fc2: (DeviceTensor, DeviceTensor),
@@ -53,6 +56,7 @@ impl DeviceBlock {
             head_scale: put(exec, &b.head_scale.value().reshape(&[heads])?, DType::F32)?,
             proj: pair(&b.proj_w, &b.proj_b)?,
             ca_q: pair(&b.ca_q_w, &b.ca_q_b)?,
+            ca_kv: pair(&b.ca_kv_w, &b.ca_kv_b)?,
             ca_proj: pair(&b.ca_proj_w, &b.ca_proj_b)?,
             fc1: pair(&b.fc1_w, &b.fc1_b)?,
             fc2: pair(&b.fc2_w, &b.fc2_b)?,
@@ -130,20 +134,26 @@ impl<'e> DeviceInfinity<'e> {
             rows.try_into()
                 .map_err(|_| Error::invalid("infinity.session", table.shape(), format!("expected {N} rows")).into())
         }
+        let memory = put(exec, cond.memory.value(), DType::BF16)?;
+        let memory_len = memory.shape()[0];
         let mut blocks = Vec::with_capacity(self.blocks.len());
-        for block in &model.blocks {
+        for (block, weights) in model.blocks.iter().zip(&self.blocks) {
             let ada = infinity_ops::elementwise::add(cond.ada.value(), block.ada_gss.value())?;
             let c = block.ada_gss.dim(1)?;
             let broadcast = |t: &Tensor| put(exec, &t.reshape(&[1, c])?.broadcast_to(&[rows, c])?, DType::F32);
             let norm_scale = infinity_ops::elementwise::add_scalar(block.ca_norm_w.value(), -1.0)?;
-            let text = block.text_kv(&cond.memory)?;
+            // (ΣLᵢ, 2, H, hd): the keys and values of every sample's text, one GEMM.
+            let (w, b) = &weights.ca_kv;
+            let text =
+                linear(exec, &memory, w, Some(b), DType::BF16)?.reshape(&[memory_len, 2, self.heads, self.head_dim])?;
             let mut text_kv = Vec::with_capacity(rows);
             let mut offset = 0;
             for &len in &cond.lens {
-                let per_sample = |t: &Tensor| -> CudaResult<DeviceTensor> {
-                    put(exec, &t.narrow(0, offset, len)?.permute(&[1, 0, 2])?.unsqueeze(0)?.contiguous(), DType::BF16)
+                // Sample i's keys (i = 0) or values (i = 1) as a (1, H, Lᵢ, hd) view.
+                let part = |i: usize| {
+                    text.narrow(0, offset, len)?.narrow(1, i, 1)?.squeeze(1)?.permute(&[1, 0, 2])?.unsqueeze(0)
                 };
-                text_kv.push((per_sample(text.k.value())?, per_sample(text.v.value())?));
+                text_kv.push((part(0)?, part(1)?));
                 offset += len;
             }
             blocks.push(BlockState {

@@ -117,6 +117,19 @@ __device__ __forceinline__ void load_tile(bf16* tile, const bf16* src, int strid
     }
 }
 
+/// load_tile's copy as cp.async groups' worth of copies: nothing passes through registers and
+/// the caller computes while it lands (commit, then wait and sync before reading).
+template <int ROWS, int D>
+__device__ __forceinline__ void load_tile_async(bf16* tile, const bf16* src, int stride, int rows) {
+    constexpr int kChunks = D / 8, kThreads = 32 * kWarps;
+    static_assert(ROWS * kChunks % kThreads == 0, "whole pieces per thread");
+#pragma unroll
+    for (int n = 0; n < ROWS * kChunks / kThreads; ++n) {
+        const int i = int(threadIdx.x) + n * kThreads, r = i / kChunks, c = i % kChunks * 8;
+        cp_async_16(tile + r * (D + kPad) + c, src + (r < rows ? r * stride + c : 0), r < rows);
+    }
+}
+
 /// The A fragment of rows [0, 16) × columns [k0, k0 + 16) of a row-major shared tile, for the
 /// calling lane (g = lane / 4, t = lane % 4).
 __device__ __forceinline__ void load_a(unsigned a[4], const bf16* tile, int stride, int k0, int g, int t) {
@@ -188,6 +201,11 @@ __device__ __forceinline__ void attention_forward(const AttentionForwardParams& 
 
     bf16* const q_tile = v_tile;
     const bf16* q = p.q + b * p.q_stride[0] + h * p.q_stride[1] + row0 * p.q_stride[2];
+    const bf16* k = p.k + b * p.k_stride[0] + h * p.k_stride[1];
+    const bf16* v = p.v + b * p.v_stride[0] + h * p.v_stride[1];
+    // The first key tile lands while the queries are set up.
+    load_tile_async<kKeys, D>(k_tile, k, p.k_stride[2], min(kKeys, sh.kv_len));
+    cp_async_commit();
     load_tile<kRows, D>(q_tile, q, p.q_stride[2], rows);
     __syncthreads();
     if (sh.cosine) {
@@ -213,14 +231,13 @@ __device__ __forceinline__ void attention_forward(const AttentionForwardParams& 
     // The query tile and its norms are overwritten next.
     __syncthreads();
 
-    const bf16* k = p.k + b * p.k_stride[0] + h * p.k_stride[1];
-    const bf16* v = p.v + b * p.v_stride[0] + h * p.v_stride[1];
     float o[D / 8][4] = {};
     float m[2] = {neg_inf, neg_inf}, l[2] = {0.0f, 0.0f};
+    // Each step's V lands while its scores are computed, the next step's K while P·V is.
     for (int key0 = 0; key0 < tile_end; key0 += kKeys) {
-        const int keys = min(kKeys, sh.kv_len - key0);
-        load_tile<kKeys, D>(k_tile, k + key0 * p.k_stride[2], p.k_stride[2], keys);
-        load_tile<kKeys, D>(v_tile, v + key0 * p.v_stride[2], p.v_stride[2], keys);
+        load_tile_async<kKeys, D>(v_tile, v + key0 * p.v_stride[2], p.v_stride[2], min(kKeys, sh.kv_len - key0));
+        cp_async_commit();
+        cp_async_wait<1>(); // this step's K
         __syncthreads();
         if (sh.cosine) {
             inverse_norms<kKeys, D>(k_inv, k_tile);
@@ -276,6 +293,14 @@ __device__ __forceinline__ void attention_forward(const AttentionForwardParams& 
                 }
         }
 
+        cp_async_wait<0>(); // this step's V
+        // Every warp is done with K and its norms: the next step's K may land.
+        __syncthreads();
+        const int next = key0 + kKeys;
+        if (next < tile_end)
+            load_tile_async<kKeys, D>(k_tile, k + next * p.k_stride[2], p.k_stride[2], min(kKeys, sh.kv_len - next));
+        cp_async_commit();
+
         // O += P·V, P rounded to bf16. A transposing ldmatrix gives the B fragments of
         // column tiles nt and nt + 1: matrix m holds keys kk·16 + (m % 2)·8.. and columns
         // (nt + m / 2)·8.. of the tile.
@@ -291,7 +316,7 @@ __device__ __forceinline__ void attention_forward(const AttentionForwardParams& 
                 mma_m16n8k16_bf16(o[nt + 1], pa, vb + 2);
             }
         }
-        // The tiles are overwritten next.
+        // V is overwritten next.
         __syncthreads();
     }
 

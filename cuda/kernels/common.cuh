@@ -67,6 +67,34 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned r[4], const bf16* row) {
 }
 #endif
 
+/// `cp.async.cg.shared.global`: 16 bytes from global `src` to shared `dst` (both 16-byte
+/// aligned) without passing through registers, or 16 zero bytes when `!valid` (src is then not
+/// read). Copies are grouped by cp_async_commit; cp_async_wait<N> waits until at most N of the
+/// calling thread's groups are still in flight (a __syncthreads must follow before other threads
+/// read the data). The shim copies at once, so its waits have nothing to do.
+#ifdef INFINITY_CUDA_SHIM
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
+    if (valid)
+        memcpy(dst, src, 16);
+    else
+        memset(dst, 0, 16);
+}
+__device__ __forceinline__ void cp_async_commit() {}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {}
+#else
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
+    const unsigned address = unsigned(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(address), "l"(src), "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+#endif
+
 /// Two adjacent bf16 (p[0] low, p[1] high) as one 32-bit fragment register; p 4-byte aligned.
 __device__ __forceinline__ unsigned load_bf16x2(const bf16* p) { return *reinterpret_cast<const unsigned*>(p); }
 

@@ -7,6 +7,8 @@
 //!   (2 × 4096 tokens with CFG, C = 2048).
 //! - Attention: that scale's block-causal cosine attention against the full KV cache
 //!   (B = 2, H = 16, Lq = 4096, Lk = 10521, D = 128).
+//! - Memory-bound kernels at that scale (AdaLN, gated residual, cast, GELU, RoPE), the
+//!   bit quantizer and the bitwise sampler: GB/s of their reads and writes.
 //! - The 2B transformer's device forward over a whole 1024² schedule (13 scales) with CFG:
 //!   seconds per image (the official code's 0.8 s is for this model) and per scale.
 //!
@@ -15,8 +17,13 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
+use infinity::cuda::adaln::{gated_residual, modulate};
 use infinity::cuda::attention::{Attention, BlockCausal, Scores};
+use infinity::cuda::bitwise_head::{Sampling, sample_bits};
+use infinity::cuda::elementwise::{cast, gelu_tanh};
 use infinity::cuda::gemm::{linear, matmul};
+use infinity::cuda::quantize::quantize_scale;
+use infinity::cuda::rope::rope_interleaved;
 use infinity::cuda::testing::skip;
 use infinity::cuda::{DeviceTensor, Executor};
 use infinity::models::infinity::device::{DeviceInfinity, generate};
@@ -90,6 +97,55 @@ fn attention(c: &mut Criterion, exec: &Executor) {
     group.finish();
 }
 
+/// The memory-bound kernels at the 2B model's last 1024² scale with CFG (2 × 4096 tokens,
+/// C = 2048, 16 heads of 128), beside ~3 TB/s: the throughput counts each input read once and
+/// each output written once.
+fn memory_bound(c: &mut Criterion, exec: &Executor) {
+    let mut group = c.benchmark_group("memory_bound");
+    let (rows, tokens, channels) = (2, 4096, 2048);
+    let x = random(exec, &[rows, tokens, channels], DType::F32, 9);
+    let y = random(exec, &[rows, tokens, channels], DType::F32, 10);
+    let (scale, shift) =
+        (random(exec, &[rows, channels], DType::F32, 11), random(exec, &[rows, channels], DType::F32, 12));
+    let stream = (rows * tokens * channels * 4) as u64;
+    let mut bench = |name: &str, bytes: u64, op: &mut dyn FnMut()| {
+        group.throughput(Throughput::Bytes(bytes));
+        group.bench_function(name, |bench| bench.iter_custom(|iters| device_time(exec, iters, &mut *op)));
+    };
+    bench("adaln_modulate_f32", 2 * stream, &mut || drop(modulate(exec, &x, &scale, &shift, 1e-6).expect("modulate")));
+    bench("gated_residual_f32", 3 * stream, &mut || drop(gated_residual(exec, &x, &y, &scale).expect("gated")));
+    bench("cast_f32_bf16", stream + stream / 2, &mut || drop(cast(exec, &x, DType::BF16).expect("cast")));
+    bench("gelu_tanh_f32", 2 * stream, &mut || drop(gelu_tanh(exec, &x).expect("gelu")));
+
+    // q of the last scale (B, H, L, D) bf16 as the fused qkv projection leaves it, rotated.
+    let (heads, head_dim) = (16, 128);
+    let qkv = random(exec, &[rows, tokens, 3, heads, head_dim], DType::BF16, 13);
+    let q = qkv.narrow(2, 0, 1).and_then(|t| t.squeeze(2)).and_then(|t| t.permute(&[0, 2, 1, 3])).expect("view");
+    let (cos, sin) =
+        (random(exec, &[tokens, head_dim / 2], DType::F32, 14), random(exec, &[tokens, head_dim / 2], DType::F32, 15));
+    let angles = (2 * tokens * head_dim / 2 * 4) as u64;
+    bench("rope_bf16", (2 * rows * heads * tokens * head_dim * 2) as u64 + angles, &mut || {
+        drop(rope_interleaved(exec, &q, &cos, &sin).expect("rope"))
+    });
+
+    // Training's quantizer on a batch of 16 latents (32 bits, 64 × 64): residual in; bits,
+    // codes and packed bits out.
+    let residual = random(exec, &[16, 32, 64, 64], DType::F32, 16);
+    let elements = (16 * 32 * 64 * 64) as u64;
+    bench("bsq_quantize", elements * (4 + 1 + 4) + elements / 8, &mut || {
+        drop(quantize_scale(exec, &residual).expect("quantize"))
+    });
+
+    // Sampling one 64 × 64 scale of 32 bits for 16 images with CFG: logits in, bits out.
+    let logits = random(exec, &[32, tokens, 64], DType::F32, 17);
+    let sampling = Sampling { cfg: 3.0, tau: 1.0, top_p: 0.9, greedy: false };
+    let mut rng = Philox::new(18);
+    bench("bitwise_sample", (32 * tokens * 64 * 4 + 16 * tokens * 32) as u64, &mut || {
+        drop(sample_bits(exec, &logits, 16, &sampling, &mut rng).expect("sample"))
+    });
+    group.finish();
+}
+
 /// Seconds per 1024² image of the 2B transformer's device forward (random weights, CFG, 13
 /// scales), sampling on the host as `infinity-run --device cuda` does, and where they go: the
 /// time from one scale's sampled bits to the next (that scale's forward, its logits' download
@@ -138,6 +194,7 @@ fn benches(c: &mut Criterion) {
     eprintln!("{}: anchors 989 TFLOP/s bf16 dense, ~630 TFLOP/s FlashAttention-3 (d128), ~3 TB/s", exec.name());
     gemms(c, &exec);
     attention(c, &exec);
+    memory_bound(c, &exec);
     transformer(&exec);
 }
 

@@ -13,9 +13,10 @@
 //! products unchanged. RoPE commutes with the normalisation (a rotation keeps norms), so it
 //! may be applied to q and k before this kernel.
 //!
-//! Forward: 4 warps own 16 query rows each (a 64-row tile per block) and walk 64-key tiles;
-//! P is rounded to bf16 for the P·V product, its row sums stay f32. Outputs O and the row
-//! logsumexp. Backward (FlashAttention-2 order): a block owns 64 keys (16 per warp),
+//! Forward: 4 warps own 16 query rows each (a 64-row tile per block) and walk 64-key tiles,
+//! their fragments read by ldmatrix; the K and V tiles arrive by cp.async, each while the
+//! other's half of the step computes. P is rounded to bf16 for the P·V product, its row sums
+//! stay f32. Outputs O and the row logsumexp. Backward (FlashAttention-2 order): a block owns 64 keys (16 per warp),
 //! accumulates dK and dV in registers over the query tiles that see them, recomputing P from
 //! the logsumexp, and adds its share of dQ to an f32 buffer with atomics. The gradients of
 //! the cosine normalisation and of head_scale are fused: for keys at the end of the block,

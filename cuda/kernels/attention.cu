@@ -16,9 +16,10 @@
 //! Forward: 4 warps own 16 query rows each (a 64-row tile per block) and walk 64-key tiles,
 //! their fragments read by ldmatrix; the K and V tiles arrive by cp.async, each while the
 //! other's half of the step computes. P is rounded to bf16 for the P·V product, its row sums
-//! stay f32. Outputs O and the row logsumexp. Backward (FlashAttention-2 order): a block owns 64 keys (16 per warp),
-//! accumulates dK and dV in registers over the query tiles that see them, recomputing P from
-//! the logsumexp, and adds its share of dQ to an f32 buffer with atomics. The gradients of
+//! stay f32. Outputs O and the row logsumexp.
+//!
+//! Backward (FlashAttention-2 order): a block owns 64 keys (16 per warp), accumulates dK and
+//! dV in registers over the query tiles that see them, recomputing P from the logsumexp, and adds its share of dQ to an f32 buffer with atomics. The gradients of
 //! the cosine normalisation and of head_scale are fused: for keys at the end of the block,
 //! for queries in `attention_backward_cosine` once every key tile has added to dQ.
 #include "common.cuh"
@@ -81,6 +82,7 @@ __device__ __forceinline__ float head_factor(const AttentionShape& s, int h) {
 template <int ROWS, int D>
 __device__ __forceinline__ void inverse_norms(float* inv, const bf16* tile) {
     constexpr int kLanes = D / 8, kRowsPerPass = 32 / kLanes;
+    static_assert(32 % kLanes == 0, "whole rows per warp pass");
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     for (int r0 = warp * kRowsPerPass; r0 < ROWS; r0 += kWarps * kRowsPerPass) {
         const int r = r0 + lane / kLanes;
@@ -101,33 +103,46 @@ __device__ __forceinline__ void inverse_norms(float* inv, const bf16* tile) {
 /// warps) takes part. Each thread issues all its global loads before its first shared store:
 /// through generic pointers the compiler cannot tell the two apart, so a loop that stored
 /// each piece as it arrived would wait out one global latency per piece.
+/// How load_tile and load_tile_async split a ROWS × D tile into 16-byte pieces: the calling
+/// thread's piece n is row `row`, columns [col, col + 8).
+template <int ROWS, int D>
+struct TilePiece {
+    static constexpr int kChunks = D / 8, kThreads = 32 * kWarps, kPerThread = ROWS * kChunks / kThreads;
+    static_assert(ROWS * kChunks % kThreads == 0, "whole pieces per thread");
+    int row, col;
+    __device__ __forceinline__ explicit TilePiece(int n) {
+        const int i = int(threadIdx.x) + n * kThreads;
+        row = i / kChunks;
+        col = i % kChunks * 8;
+    }
+};
+
 template <int ROWS, int D>
 __device__ __forceinline__ void load_tile(bf16* tile, const bf16* src, int stride, int rows) {
-    constexpr int kChunks = D / 8, kThreads = 32 * kWarps, kPieces = ROWS * kChunks / kThreads;
-    static_assert(ROWS * kChunks % kThreads == 0, "whole pieces per thread");
-    uint4 pieces[kPieces];
+    using Piece = TilePiece<ROWS, D>;
+    uint4 pieces[Piece::kPerThread];
 #pragma unroll
-    for (int n = 0; n < kPieces; ++n) {
-        const int i = int(threadIdx.x) + n * kThreads, r = i / kChunks, c = i % kChunks * 8;
-        pieces[n] = r < rows ? *reinterpret_cast<const uint4*>(src + r * stride + c) : uint4{0, 0, 0, 0};
+    for (int n = 0; n < Piece::kPerThread; ++n) {
+        const Piece at(n);
+        pieces[n] = at.row < rows ? *reinterpret_cast<const uint4*>(src + at.row * stride + at.col) : uint4{0, 0, 0, 0};
     }
 #pragma unroll
-    for (int n = 0; n < kPieces; ++n) {
-        const int i = int(threadIdx.x) + n * kThreads, r = i / kChunks, c = i % kChunks * 8;
-        *reinterpret_cast<uint4*>(tile + r * (D + kPad) + c) = pieces[n];
+    for (int n = 0; n < Piece::kPerThread; ++n) {
+        const Piece at(n);
+        *reinterpret_cast<uint4*>(tile + at.row * (D + kPad) + at.col) = pieces[n];
     }
 }
 
-/// load_tile's copy as cp.async groups' worth of copies: nothing passes through registers and
-/// the caller computes while it lands (commit, then wait and sync before reading).
+/// load_tile's copy as cp.async copies: nothing passes through registers and the caller
+/// computes while it lands (commit, then wait and sync before reading).
 template <int ROWS, int D>
 __device__ __forceinline__ void load_tile_async(bf16* tile, const bf16* src, int stride, int rows) {
-    constexpr int kChunks = D / 8, kThreads = 32 * kWarps;
-    static_assert(ROWS * kChunks % kThreads == 0, "whole pieces per thread");
+    using Piece = TilePiece<ROWS, D>;
 #pragma unroll
-    for (int n = 0; n < ROWS * kChunks / kThreads; ++n) {
-        const int i = int(threadIdx.x) + n * kThreads, r = i / kChunks, c = i % kChunks * 8;
-        cp_async_16(tile + r * (D + kPad) + c, src + (r < rows ? r * stride + c : 0), r < rows);
+    for (int n = 0; n < Piece::kPerThread; ++n) {
+        const Piece at(n);
+        const bool real = at.row < rows;
+        cp_async_16(tile + at.row * (D + kPad) + at.col, src + (real ? at.row * stride + at.col : 0), real);
     }
 }
 

@@ -174,11 +174,6 @@ impl Executor {
         Ok(Tensor::from_storage(Arc::new(storage), t.layout.clone())?)
     }
 
-    /// A contiguous tensor of zeros, filled on the device (an accumulator).
-    pub fn zeros(&self, shape: &[usize], dtype: DType) -> Result<DeviceTensor> {
-        self.tensor("zeros", shape, dtype, Init::Zeros)
-    }
-
     /// A contiguous tensor whose elements are undefined until the caller writes them (a KV
     /// cache, a buffer filled piece by piece); on the shim every byte is [`POISON`].
     pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<DeviceTensor> {

@@ -6,8 +6,8 @@
 //! What is computed once per prompt batch from a few dozen text tokens stays on the CPU model
 //! and is uploaded: the text conditioning (pooling, cross-attention memory, AdaLN tables). Each
 //! block's text keys and values are projected on the device (a host GEMM per block cost the
-//! 2B model ~90 ms per image). The scale loop itself ([`super::generate::sample_scales`]) is shared with the CPU
-//! path: only the logits of each scale come from the device.
+//! 2B model ~90 ms per image). The scale loop itself ([`super::generate::sample_scales`]) is
+//! shared with the CPU path: only the logits of each scale come from the device.
 
 use infinity_autograd::Var;
 use infinity_cuda::adaln::{gated_residual, modulate};

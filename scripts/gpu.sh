@@ -8,7 +8,8 @@
 # `run` writes one log per binary under $OUT (or /tmp/gpu-out) and ends with a summary.
 # INFINITY_GPU_BENCH=0 skips the benchmarks; INFINITY_GPU_TESTS=0 skips the tests, or names the
 # test binaries to run ("cuda_attention cuda_transformer"). Test binaries find tests/fixtures through the path they were built
-# at, so `run` links that path to the repository root.
+# at, so `run` links that path to the repository root. The working tree travels to the GPU
+# machine under a 64 MiB limit: move assets/models/default/*.safetensors aside for the call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 pack=.gpu

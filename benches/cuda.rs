@@ -112,10 +112,13 @@ fn memory_bound(c: &mut Criterion, exec: &Executor) {
         group.throughput(Throughput::Bytes(bytes));
         group.bench_function(name, |bench| bench.iter_custom(|iters| device_time(exec, iters, &mut *op)));
     };
-    bench("adaln_modulate_f32", 2 * stream, &mut || drop(modulate(exec, &x, &scale, &shift, 1e-6).expect("modulate")));
+    bench("adaln_modulate_f32_bf16", stream + stream / 2, &mut || {
+        drop(modulate(exec, &x, &scale, &shift, 1e-6, DType::BF16).expect("modulate"))
+    });
     bench("gated_residual_f32", 3 * stream, &mut || drop(gated_residual(exec, &x, &y, &scale).expect("gated")));
     bench("cast_f32_bf16", stream + stream / 2, &mut || drop(cast(exec, &x, DType::BF16).expect("cast")));
-    bench("gelu_tanh_f32", 2 * stream, &mut || drop(gelu_tanh(exec, &x).expect("gelu")));
+    let hidden = random(exec, &[rows, tokens, 4 * channels], DType::BF16, 16);
+    bench("gelu_tanh_bf16", 4 * stream, &mut || drop(gelu_tanh(exec, &hidden, DType::BF16).expect("gelu")));
 
     // q of the last scale (B, H, L, D) bf16 as the fused qkv projection leaves it, rotated.
     let (heads, head_dim) = (16, 128);

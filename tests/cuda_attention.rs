@@ -285,11 +285,21 @@ fn reference_lse(case: &Case) -> Vec<f32> {
 /// at most 2⁻⁹·max|v| (a convex combination of relative errors ≤ 2⁻⁹), rounding O to bf16 by
 /// 2⁻⁹·|O| ≤ 2⁻⁹·max|v|; the f32 scores, exponentials and sums add a few f32 ulps, covered by
 /// the 2⁻¹² margin. So |O − O_ref| ≤ (2⁻⁸ + 2⁻¹²)·max|v|.
+///
+/// `forward_into` must write the same O, token-major, into samples 1.. of a zeroed tensor and
+/// leave sample 0 as it was.
 fn check_forward(exec: &Executor, case: &Case, layout: usize) {
-    let (out, lse) = case.run(exec, layout, |attention, _| {
+    let (out, lse, into) = case.run(exec, layout, |attention, _| {
         let Output { out, lse } = attention.forward(exec).unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
-        (host(exec, &out), host(exec, &lse))
+        let &[b, h, lq, d] = attention.q.shape() else { unreachable!("q is 4-D") };
+        let mut into = upload(exec, &Tensor::zeros(&[b + 1, lq, h, d], DType::BF16));
+        attention.forward_into(exec, &mut into, 1).unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
+        (host(exec, &out), host(exec, &lse), host(exec, &into))
     });
+    let untouched = into.narrow(0, 0, 1).unwrap();
+    assert!(untouched.to_vec::<f32>().unwrap().iter().all(|&x| x == 0.0), "{}: sample 0 was written", exec.name());
+    let written = into.narrow(0, 1, case.q.shape()[0]).unwrap().permute(&[0, 2, 1, 3]).unwrap();
+    assert!(written.same_values(&out), "{}: forward_into differs from forward", exec.name());
     let want = case.reference();
     let bound = (2f32.powi(-8) + 2f32.powi(-12)) * max_abs(&case.v);
     for (i, (g, w)) in out.to_vec::<f32>().unwrap().iter().zip(want.to_vec::<f32>().unwrap()).enumerate() {
@@ -454,6 +464,17 @@ fn preconditions_are_typed_errors() {
     assert_invalid(call(&transposed, &k, &k, &offsets, 0, dot), OP);
 
     let attention = Attention { q: &q, k: &k, v: &k, mask: BlockCausal { offsets: &offsets, q_start: 0 }, scores: dot };
+    // forward_into: a contiguous (B, Lq, H, D) tensor with room for the samples.
+    assert!(attention.forward_into(exec, &mut t(&[2, 5, 2, 64], DType::BF16), 1).is_ok());
+    for (shape, start) in [([1, 5, 2, 64], 1), ([1, 2, 5, 64], 0), ([1, 5, 2, 128], 0)] {
+        assert_invalid(attention.forward_into(exec, &mut t(&shape, DType::BF16), start), OP);
+    }
+    let mut transposed = t(&[1, 2, 5, 64], DType::BF16).permute(&[0, 2, 1, 3]).unwrap();
+    assert_invalid(attention.forward_into(exec, &mut transposed, 0), OP);
+    assert!(matches!(
+        attention.forward_into(exec, &mut t(&[1, 5, 2, 64], DType::F32), 0),
+        Err(Error::Invalid(RuntimeError::DTypeMismatch { op: OP, .. }))
+    ));
     let output = attention.forward(exec).unwrap();
     assert_invalid(attention.backward(exec, &output, &t(&[1, 2, 4, 64], DType::BF16)), "attention_backward");
 }

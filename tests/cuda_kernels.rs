@@ -187,17 +187,19 @@ proptest! {
     }
 
     /// LN(x)·(1 + scale) + shift against models' `modulate` (ops' layer_norm in f64, then
-    /// f32 ops), f32 and bf16 activations, C not a multiple of the 128-thread block.
+    /// f32 ops), f32 and bf16 activations, f32 activations to bf16 outputs, C not a multiple
+    /// of the 128-thread block.
     #[test]
     fn adaln_modulate_matches_layer_norm(b in 1usize..=2, n in 1usize..=5, c in 1usize..=700, mean in -4.0f32..4.0,
-                                         use_bf16: bool, padded: bool, seed: u64) {
+                                         use_bf16: bool, bf16_out: bool, padded: bool, seed: u64) {
         let x = add_scalar(&randn(&[b, n, c], seed, 1.5), mean).unwrap();
         let x = if use_bf16 { x.to_dtype(DType::BF16).to_dtype(DType::F32) } else { x };
         let (scale, shift) = (randn(&[b, c], seed ^ 2, 0.5), randn(&[b, c], seed ^ 3, 0.5));
         let normalized = layer_norm(&x, None, None, 1e-6).unwrap();
         let want = add(&mul(&normalized, &add_scalar(&scale.unsqueeze(1).unwrap(), 1.0).unwrap()).unwrap(),
                        &shift.unsqueeze(1).unwrap()).unwrap();
-        let bound = modulate_bound(&x, &normalized, &scale, &want, use_bf16);
+        let out_dtype = if use_bf16 || bf16_out { DType::BF16 } else { DType::F32 };
+        let bound = modulate_bound(&x, &normalized, &scale, &want, out_dtype == DType::BF16);
         // padded_view builds f32 views only; bf16 inputs stay contiguous.
         let input = match (use_bf16, padded) {
             (true, _) => x.to_dtype(DType::BF16),
@@ -205,9 +207,9 @@ proptest! {
             (false, false) => x.clone(),
         };
         for exec in executors() {
-            let out = adaln::modulate(exec, &upload(exec, &input), &upload(exec, &scale), &upload(exec, &shift), 1e-6);
-            let got = host(exec, out);
-            prop_assert_eq!(got.dtype(), input.dtype());
+            let (scale, shift) = (upload(exec, &scale), upload(exec, &shift));
+            let got = host(exec, adaln::modulate(exec, &upload(exec, &input), &scale, &shift, 1e-6, out_dtype));
+            prop_assert_eq!(got.dtype(), out_dtype);
             for (i, ((g, w), tol)) in got.to_f32_vec().iter().zip(want.to_f32_vec()).zip(&bound).enumerate() {
                 prop_assert!((g - w).abs() <= *tol, "{}: index {}: got {} want {} tolerance {}", exec.name(), i, g, w, tol);
             }
@@ -277,17 +279,20 @@ fn preconditions_are_typed_errors() {
     assert_invalid(bit_loss(exec, &t(&[1, 2, 8], DType::F32), &t(&[1, 2, 3], DType::U8), 1.0), "bitwise_loss");
     let x = t(&[2, 3, 5], DType::F32);
     assert_invalid(
-        adaln::modulate(exec, &x, &t(&[2, 4], DType::F32), &t(&[2, 5], DType::F32), 1e-6),
-        "adaln_modulate_f32",
+        adaln::modulate(exec, &x, &t(&[2, 4], DType::F32), &t(&[2, 5], DType::F32), 1e-6, DType::BF16),
+        "adaln_modulate_f32_bf16",
     );
     assert_invalid(
         adaln::gated_residual(exec, &x, &t(&[2, 3, 4], DType::F32), &t(&[2, 5], DType::F32)),
         "gated_residual_f32",
     );
-    assert!(matches!(
-        adaln::modulate(exec, &t(&[2, 3, 5], DType::U8), &t(&[2, 5], DType::F32), &t(&[2, 5], DType::F32), 1e-6),
-        Err(Error::Invalid(RuntimeError::UnsupportedDType { .. }))
-    ));
+    let (scale, shift) = (t(&[2, 5], DType::F32), t(&[2, 5], DType::F32));
+    for (input, out) in [(DType::U8, DType::F32), (DType::BF16, DType::F32), (DType::F32, DType::U8)] {
+        assert!(matches!(
+            adaln::modulate(exec, &t(&[2, 3, 5], input), &scale, &shift, 1e-6, out),
+            Err(Error::Invalid(RuntimeError::UnsupportedDType { op: "adaln_modulate", .. }))
+        ));
+    }
     assert!(exec.upload(&Tensor::zeros(&[0, 3], DType::F32)).is_err(), "empty tensors are refused");
 }
 

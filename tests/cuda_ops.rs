@@ -21,7 +21,9 @@ use std::f64::consts::{FRAC_1_SQRT_2, FRAC_2_SQRT_PI};
 
 use infinity::ops::elementwise::reference as elementwise;
 use infinity::ops::index::{concat, embedding as cpu_embedding};
-use infinity::ops::norm::reference::{group_norm as cpu_group_norm, rms_norm as cpu_rms_norm};
+use infinity::ops::norm::reference::{
+    group_norm as cpu_group_norm, l2_normalize as cpu_l2_normalize, rms_norm as cpu_rms_norm,
+};
 use infinity::ops::rope::reference::rope_interleaved as cpu_rope;
 use infinity::ops::rope::rope2d_table;
 use infinity::ops::softmax::reference::softmax as cpu_softmax;
@@ -201,8 +203,10 @@ proptest! {
     /// true value there, which the bound adds.
     #[test]
     fn activations_match_the_reference(shape in prop::collection::vec(1usize..=7, 1..=4), gelu: bool, scale in 0.5f32..4.0,
-                                       use_bf16: bool, layout in 0usize..3, seed: u64) {
+                                       use_bf16: bool, bf16_out: bool, layout in 0usize..3, seed: u64) {
         let x = rounded(&randn(&shape, seed, scale), dtype(use_bf16));
+        // bf16 outputs come from bf16 inputs only.
+        let out = dtype(use_bf16 && bf16_out);
         let (want, op) = if gelu { (elementwise::gelu_tanh(&x), UnaryOp::GeluTanh) } else { (elementwise::silu(&x), UnaryOp::Silu) };
         let want = want.unwrap();
         let xs = x.to_f32_vec();
@@ -210,10 +214,12 @@ proptest! {
         let z = |v: f32| if gelu { two_k * (v + 0.044715 * v * v * v) } else { v };
         let input = arrange(&x.to_dtype(dtype(use_bf16)), layout);
         for exec in executors() {
-            let got = host(exec, gpu_elementwise::unary(exec, op, &upload(exec, &input)));
+            let got = host(exec, gpu_elementwise::unary(exec, op, &upload(exec, &input), out));
+            prop_assert_eq!(got.dtype(), out);
             let reference_error = |v: f32| if gelu { f64::EPSILON as f32 * v.abs() } else { 0.0 };
             check_within(exec, &got, &want, |i, w| {
-                (6.0 * z(xs[i]).abs() + 8.0) * EPS * w.abs() + reference_error(xs[i]) + f32::MIN_POSITIVE
+                let f32_bound = (6.0 * z(xs[i]).abs() + 8.0) * EPS * w.abs() + reference_error(xs[i]);
+                output_bound(f32_bound, w, out == DType::BF16) + f32::MIN_POSITIVE
             })?;
         }
     }
@@ -304,6 +310,54 @@ proptest! {
             let got = host(exec, rope::rope_interleaved(exec, &upload(exec, &input), &upload(exec, &cos_in), &upload(exec, &sin_in)));
             prop_assert_eq!(got.dtype(), input.dtype());
             check_within(exec, &got, &want, |i, w| output_bound(bound[i] + EPS * w.abs(), w, use_bf16))?;
+        }
+    }
+
+    /// The fused attention inputs against the CPU block's own ops: q̃ = rope(l2_normalize(q)·s),
+    /// k̃ = rope(l2_normalize(k)) and v, q̃ returned and k̃, v written into the caches at
+    /// `start..start + n`, every other cache position left as it was. Normalised components
+    /// are at most 1 (q̃'s at most s), so the f32 arithmetic of kernel and reference each err
+    /// by a few ε·s; the bf16 output adds half an ulp.
+    #[test]
+    fn attention_inputs_match_the_block(b in 1usize..=2, heads in 1usize..=3, n in 1usize..=7, start in 0usize..5,
+                                        d in prop::sample::select(vec![64usize, 128]), transposed: bool, seed: u64) {
+        let positions: Vec<(usize, usize)> = (0..n).map(|l| (l / 3, l % 3 + seed as usize % 4)).collect();
+        let (cos, sin) = rope2d_table(&positions, d, 10_000.0).unwrap();
+        let qkv = rounded(&randn(&[b, n, 3, heads, d], seed, 2.0), DType::BF16);
+        // Head 0 zero now and then: the norm's floor keeps it zero.
+        let keep: Vec<f32> = (0..heads).map(|h| if h == 0 && seed % 5 == 0 { 0.0 } else { 1.0 }).collect();
+        let qkv = elementwise::mul(&qkv, &Tensor::from_vec(keep, &[heads, 1]).unwrap()).unwrap();
+        let head_scale = elementwise::add_scalar(&randn(&[heads], seed ^ 1, 1.0), 3.0).unwrap();
+        let part = |i: usize| qkv.narrow(2, i, 1).unwrap().squeeze(2).unwrap().permute(&[0, 2, 1, 3]).unwrap().contiguous();
+        let scale_column = head_scale.reshape(&[1, heads, 1, 1]).unwrap();
+        let q_want = cpu_rope(&elementwise::mul(&cpu_l2_normalize(&part(0), 1e-12).unwrap(), &scale_column).unwrap(), &cos, &sin).unwrap();
+        let k_want = cpu_rope(&cpu_l2_normalize(&part(1), 1e-12).unwrap(), &cos, &sin).unwrap();
+        let cache_len = start + n + 2;
+        let cache = rounded(&randn(&[b, heads, cache_len, d], seed ^ 2, 1.0), DType::BF16).to_dtype(DType::BF16);
+        let input = qkv.to_dtype(DType::BF16);
+        // Stored with tokens outermost: the kernel takes any strides but D's.
+        let input = if transposed { strided_copy(&input, &[1, 0, 2, 3, 4]) } else { input };
+        let tolerance = |scale: f32| move |_: usize, w: f32| output_bound(64.0 * EPS * scale, w, true);
+        let s_max = head_scale.to_f32_vec().into_iter().fold(0f32, |m, v| m.max(v.abs()));
+        for exec in executors() {
+            let (mut k_cache, mut v_cache) = (upload(exec, &cache), upload(exec, &cache));
+            let q = rope::attention_inputs(exec, &upload(exec, &input), &upload(exec, &cos), &upload(exec, &sin),
+                                           &upload(exec, &head_scale), &mut k_cache, &mut v_cache, start);
+            let q = host(exec, q);
+            check_within(exec, &q.to_dtype(DType::F32), &q_want, tolerance(s_max))?;
+            let download = |t: &DeviceTensor| exec.download(t).unwrap().to_dtype(DType::F32);
+            let (k_got, v_got) = (download(&k_cache), download(&v_cache));
+            check_within(exec, &k_got.narrow(2, start, n).unwrap(), &k_want, tolerance(1.0))?;
+            prop_assert!(v_got.narrow(2, start, n).unwrap().same_values(&part(2)), "{}: v", exec.name());
+            for got in [&k_got, &v_got] {
+                for (from, len) in [(0, start), (start + n, cache_len - start - n)] {
+                    if len > 0 {
+                        let kept = got.narrow(2, from, len).unwrap();
+                        prop_assert!(kept.same_values(&cache.to_dtype(DType::F32).narrow(2, from, len).unwrap()),
+                                     "{}: cache positions {}..{} were written", exec.name(), from, from + len);
+                    }
+                }
+            }
         }
     }
 }
@@ -423,8 +477,9 @@ fn preconditions_are_typed_errors() {
     assert_invalid(gpu_elementwise::add(exec, &x, &t(&[3, 3], DType::F32)), "binary_f32");
     assert_invalid(gpu_elementwise::mul(exec, &t(&[1, 1, 1, 1, 2], DType::F32), &x), "binary_f32");
     assert_dtype_error(gpu_elementwise::add(exec, &x, &t(&[8], DType::BF16)));
-    assert_dtype_error(gpu_elementwise::silu(exec, &t(&[8], DType::U8)));
-    assert_invalid(gpu_elementwise::gelu_tanh(exec, &t(&[1, 1, 1, 1, 2], DType::BF16)), "unary_bf16");
+    assert_dtype_error(gpu_elementwise::silu(exec, &t(&[8], DType::U8), DType::F32));
+    assert_dtype_error(gpu_elementwise::silu(exec, &t(&[8], DType::F32), DType::BF16));
+    assert_invalid(gpu_elementwise::gelu_tanh(exec, &t(&[1, 1, 1, 1, 2], DType::BF16), DType::F32), "unary_bf16");
 
     let mut cache = t(&[2, 4, 8], DType::BF16);
     assert_invalid(gpu_elementwise::copy_into(exec, &x, &mut cache, 1, 2), "copy_f32_bf16");
@@ -447,4 +502,24 @@ fn preconditions_are_typed_errors() {
         rope::rope_interleaved(exec, &t(&[1, 2, 3, 8], DType::BF16), &cos, &t(&[3, 3], DType::F32)),
         "rope_interleaved_bf16",
     );
+
+    // attention_inputs: qkv (B, n, 3, H, D) with D 64 or 128, tables (n, D/2), head_scale
+    // (H,), caches (B, H, L, D) with room for the scale.
+    const OP: &str = "attention_inputs";
+    let (cos, sin, scale) = (t(&[3, 32], DType::F32), t(&[3, 32], DType::F32), t(&[2], DType::F32));
+    let cache = || t(&[1, 2, 8, 64], DType::BF16);
+    let call = |qkv: &DeviceTensor, cos: &DeviceTensor, scale: &DeviceTensor, k: &mut DeviceTensor, start| {
+        rope::attention_inputs(exec, qkv, cos, &sin, scale, k, &mut cache(), start).map(|_| ())
+    };
+    let qkv = t(&[1, 3, 3, 2, 64], DType::BF16);
+    assert!(call(&qkv, &cos, &scale, &mut cache(), 5).is_ok());
+    assert_invalid(call(&qkv, &cos, &scale, &mut cache(), 6), OP);
+    assert_invalid(call(&t(&[1, 3, 2, 2, 64], DType::BF16), &cos, &scale, &mut cache(), 0), OP);
+    assert_invalid(call(&t(&[1, 3, 3, 2, 32], DType::BF16), &cos, &scale, &mut cache(), 0), OP);
+    assert_invalid(call(&qkv, &t(&[2, 32], DType::F32), &scale, &mut cache(), 0), OP);
+    assert_invalid(call(&qkv, &cos, &t(&[3], DType::F32), &mut cache(), 0), OP);
+    assert_invalid(call(&qkv, &cos, &scale, &mut t(&[1, 3, 8, 64], DType::BF16), 0), OP);
+    let mut transposed = t(&[1, 2, 64, 8], DType::BF16).permute(&[0, 1, 3, 2]).unwrap();
+    assert_invalid(call(&qkv, &cos, &scale, &mut transposed, 0), OP);
+    assert_dtype_error(call(&t(&[1, 3, 3, 2, 64], DType::F32), &cos, &scale, &mut cache(), 0));
 }

@@ -39,12 +39,12 @@ fn every_kernel_assembles_without_spills() {
     }
 
     let mut table = format!(
-        "{:<16} {:<20} {:<7} {:>9} {:>11} {:>11} {:>12} {:>11}\n",
+        "{:<16} {:<24} {:<7} {:>9} {:>11} {:>11} {:>12} {:>11}\n",
         "file", "kernel", "arch", "registers", "smem bytes", "stack bytes", "spill stores", "spill loads"
     );
     for (file, arch, r) in &rows {
         table += &format!(
-            "{file:<16} {:<20} {arch:<7} {:>9} {:>11} {:>11} {:>12} {:>11}\n",
+            "{file:<16} {:<24} {arch:<7} {:>9} {:>11} {:>11} {:>12} {:>11}\n",
             r.kernel, r.registers, r.shared_bytes, r.stack_bytes, r.spill_stores, r.spill_loads
         );
     }

@@ -14,6 +14,7 @@ use infinity::models::infinity::device::{DeviceInfinity, generate};
 use infinity::models::infinity::{Infinity, SamplingConfig};
 use infinity::models::schedule::{PixelBudget, Template};
 use infinity::runtime::{Error, Tensor};
+use infinity_cuda::Executor;
 use infinity_cuda::testing::executors;
 
 /// Relative bound on the raw logits (see the module header).
@@ -74,4 +75,38 @@ fn unsupported_head_dims_are_refused_by_name() {
     let err = DeviceInfinity::upload(&executors()[0], &model).err().expect("head dim 16 refused");
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
     assert!(err.to_string().contains("head dim 16"), "{err}");
+}
+
+/// Launches per block and scale: each is a few microseconds of fixed cost on a GPU, which is
+/// most of what a small scale costs (cuda/PERF.md), so the count is held to a budget: per
+/// block 21 plus one cross-attention per sample, per scale 6 more (embedding, level
+/// embedding, head). Before the fusions of the inference path a block took 29 plus 2 per sample.
+#[test]
+fn a_block_stays_within_its_launch_budget() {
+    const PER_BLOCK: u64 = 21;
+    const PER_SCALE: u64 = 6;
+    let model = Infinity::open(fixture("devA/transformer.safetensors")).unwrap();
+    let golden = open("devA/generate_golden.safetensors");
+    let schedule = Template::exact(1.0).unwrap().schedule(PixelBudget::P006M);
+    let sampling = SamplingConfig { cfg: vec![3.0], tau: vec![1.0], top_k: 1, ..Default::default() };
+    // An executor of its own: the other tests' launches must not be counted.
+    let exec = &Executor::shim();
+    let engine = DeviceInfinity::upload(exec, &model).unwrap();
+    let prompts = text_prompts(&golden);
+    // The conditional and unconditional halves.
+    let samples = 2 * prompts.len() as u64;
+    let depth = model.config.depth as u64;
+    let mut counts = Vec::new();
+    let mut last = exec.launches();
+    generate(&engine, &model, &prompts, None, &schedule, &sampling, &[], |_| {
+        counts.push(exec.launches() - last);
+        last = exec.launches();
+    })
+    .unwrap();
+    eprintln!("launches per scale ({depth} blocks, {samples} samples): {counts:?}");
+    // Scale 0 also projects each block's text keys and values.
+    let budget = depth * (PER_BLOCK + samples) + PER_SCALE;
+    for (k, &n) in counts.iter().enumerate().skip(1) {
+        assert!(n <= budget, "scale {k}: {n} launches, over the budget of {budget}");
+    }
 }

@@ -4,14 +4,15 @@
 #include "common.cuh"
 
 /// x (B, n, C) with element strides, scale and shift (B, C) f32 with their own strides (they
-/// are rows of one modulation tensor); out (B, n, C) contiguous. One block per token row; the
-/// block size must be a multiple of 32.
-template <class T>
+/// are rows of one modulation tensor); out (B, n, C) contiguous, in x's dtype or, from an f32
+/// stream, directly in the bf16 a GEMM reads. One block per token row; the block size must be
+/// a multiple of 32.
+template <class In, class Out>
 struct AdaLnParams {
-    const T* x;
+    const In* x;
     const float* scale;
     const float* shift;
-    T* out;
+    Out* out;
     int x_stride[3];
     int scale_stride[2];
     int shift_stride[2];
@@ -19,13 +20,13 @@ struct AdaLnParams {
     float eps;
 };
 
-template <class T>
-__device__ __forceinline__ void adaln_modulate(const AdaLnParams<T>& p) {
+template <class In, class Out>
+__device__ __forceinline__ void adaln_modulate(const AdaLnParams<In, Out>& p) {
     const int row = blockIdx.x, b = row / p.tokens, t = row % p.tokens;
-    const T* x = p.x + b * p.x_stride[0] + t * p.x_stride[1];
+    const In* x = p.x + b * p.x_stride[0] + t * p.x_stride[1];
     const float* scale = p.scale + b * p.scale_stride[0];
     const float* shift = p.shift + b * p.shift_stride[0];
-    T* out = p.out + row * p.channels;
+    Out* out = p.out + row * p.channels;
     // Two passes over the row (it stays in L1): the centred second pass keeps the variance
     // accurate when |mean| ≫ std.
     float sum = 0.0f;
@@ -39,14 +40,18 @@ __device__ __forceinline__ void adaln_modulate(const AdaLnParams<T>& p) {
     const float rstd = 1.0f / sqrtf(block_sum(squares) / p.channels + p.eps);
     for (int c = threadIdx.x; c < p.channels; c += blockDim.x) {
         const float n = (to_float(x[c * p.x_stride[2]]) - mean) * rstd;
-        out[c] = from_float<T>(n * (1.0f + scale[c * p.scale_stride[1]]) + shift[c * p.shift_stride[1]]);
+        out[c] = from_float<Out>(n * (1.0f + scale[c * p.scale_stride[1]]) + shift[c * p.shift_stride[1]]);
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) adaln_modulate_f32(const AdaLnParams<float> p) { adaln_modulate(p); }
-INFINITY_SHIM_ENTRY(adaln_modulate_f32, AdaLnParams<float>)
-extern "C" __global__ void __launch_bounds__(256) adaln_modulate_bf16(const AdaLnParams<bf16> p) { adaln_modulate(p); }
-INFINITY_SHIM_ENTRY(adaln_modulate_bf16, AdaLnParams<bf16>)
+// The typedef keeps the template's comma out of INFINITY_SHIM_ENTRY's arguments.
+#define INFINITY_MODULATE(NAME, IN, OUT)                                                                  \
+    typedef AdaLnParams<IN, OUT> NAME##_params;                                                           \
+    extern "C" __global__ void __launch_bounds__(256) NAME(const NAME##_params p) { adaln_modulate(p); } \
+    INFINITY_SHIM_ENTRY(NAME, NAME##_params)
+INFINITY_MODULATE(adaln_modulate_f32, float, float)
+INFINITY_MODULATE(adaln_modulate_f32_bf16, float, bf16)
+INFINITY_MODULATE(adaln_modulate_bf16, bf16, bf16)
 
 /// out = x + gate·y with x, y (B, n, C) and gate (B, C) f32, all with element strides; out
 /// contiguous. The product and the sum are rounded separately, as the CPU's `add(x, mul(y,

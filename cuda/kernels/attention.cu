@@ -97,12 +97,6 @@ __device__ __forceinline__ void inverse_norms(float* inv, const bf16* tile) {
     }
 }
 
-/// Rows [0, rows) of a matrix with D contiguous bf16 per row, `stride` elements apart (rows
-/// 16-byte aligned), into a shared tile of ROWS padded rows; rows past `rows` become zeros,
-/// so that padding contributes nothing to the products. Every thread of the block (kWarps
-/// warps) takes part. Each thread issues all its global loads before its first shared store:
-/// through generic pointers the compiler cannot tell the two apart, so a loop that stored
-/// each piece as it arrived would wait out one global latency per piece.
 /// How load_tile and load_tile_async split a ROWS × D tile into 16-byte pieces: the calling
 /// thread's piece n is row `row`, columns [col, col + 8).
 template <int ROWS, int D>
@@ -117,6 +111,12 @@ struct TilePiece {
     }
 };
 
+/// Rows [0, rows) of a matrix with D contiguous bf16 per row, `stride` elements apart (rows
+/// 16-byte aligned), into a shared tile of ROWS padded rows; rows past `rows` become zeros,
+/// so that padding contributes nothing to the products. Every thread of the block (kWarps
+/// warps) takes part. Each thread issues all its global loads before its first shared store:
+/// through generic pointers the compiler cannot tell the two apart, so a loop that stored
+/// each piece as it arrived would wait out one global latency per piece.
 template <int ROWS, int D>
 __device__ __forceinline__ void load_tile(bf16* tile, const bf16* src, int stride, int rows) {
     using Piece = TilePiece<ROWS, D>;
@@ -180,8 +180,10 @@ __device__ __forceinline__ void accumulators_to_a(unsigned a[4], const float c0[
     a[3] = pack_bf16x2(c1[2], c1[3]);
 }
 
-/// q (B, H, Lq, D), k and v (B, H, Lk, D) with element strides for (B, H, L); out (B, H, Lq, D)
-/// bf16 and lse (B, H, Lq) f32 contiguous. Grid: B·H·⌈Lq / 64⌉ blocks of 128 threads.
+/// q (B, H, Lq, D), k and v (B, H, Lk, D) and out (B, H, Lq, D) bf16, each with element
+/// strides for (B, H, L) (a token-major out is the (B, Lq, H·D) operand of the projection
+/// that follows); lse (B, H, Lq) f32 contiguous, or null when no backward follows. Grid:
+/// B·H·⌈Lq / 64⌉ blocks of 128 threads.
 struct AttentionForwardParams {
     const bf16* q;
     const bf16* k;
@@ -192,6 +194,7 @@ struct AttentionForwardParams {
     int q_stride[3];
     int k_stride[3];
     int v_stride[3];
+    int out_stride[3];
     AttentionShape shape;
 };
 
@@ -341,13 +344,12 @@ __device__ __forceinline__ void attention_forward(const AttentionForwardParams& 
         const float total = quad_sum(l[i]);
         const int row = row0 + warp * 16 + g + 8 * i;
         if (row >= sh.q_len) continue;
-        const int flat = bh * sh.q_len + row;
         const float inv = 1.0f / total;
-        bf16* out = p.out + flat * D + 2 * t;
+        bf16* out = p.out + b * p.out_stride[0] + h * p.out_stride[1] + row * p.out_stride[2] + 2 * t;
 #pragma unroll
         for (int nt = 0; nt < D / 8; ++nt)
             *reinterpret_cast<unsigned*>(out + nt * 8) = pack_bf16x2(o[nt][2 * i] * inv, o[nt][2 * i + 1] * inv);
-        if (t == 0) p.lse[flat] = (m[i] + log2f(total)) * kLn2;
+        if (t == 0 && p.lse != nullptr) p.lse[bh * sh.q_len + row] = (m[i] + log2f(total)) * kLn2;
     }
 }
 

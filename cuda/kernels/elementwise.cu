@@ -39,11 +39,12 @@ INFINITY_SHIM_ENTRY(binary_f32, BinaryParams<float>)
 extern "C" __global__ void __launch_bounds__(256) binary_bf16(const BinaryParams<bf16> p) { binary(p); }
 INFINITY_SHIM_ENTRY(binary_bf16, BinaryParams<bf16>)
 
-/// out (dims, contiguous) = f(x), x a 4-D view with element strides.
-template <class T>
+/// out (dims, contiguous) = f(x), x a 4-D view with element strides; out in f32, or in the
+/// bf16 a GEMM reads next.
+template <class In, class Out>
 struct UnaryParams {
-    const T* x;
-    float* out;
+    const In* x;
+    Out* out;
     int dims[4];
     int x_stride[4];
     int op;
@@ -56,19 +57,23 @@ __device__ __forceinline__ float gelu_tanh(float x) {
     return __fdiv_rn(x, __fadd_rn(1.0f, expf(-two_k * (x + 0.044715f * x * x * x))));
 }
 
-template <class T>
-__device__ __forceinline__ void unary(const UnaryParams<T>& p) {
+template <class In, class Out>
+__device__ __forceinline__ void unary(const UnaryParams<In, Out>& p) {
     const unsigned n = unsigned(p.dims[0] * p.dims[1] * p.dims[2] * p.dims[3]);
     for (unsigned i = grid_first(); i < n; i += grid_stride()) {
         const float x = to_float(p.x[offset_of(unflatten<4>(i, p.dims), p.x_stride)]);
-        p.out[i] = p.op == kGeluTanh ? gelu_tanh(x) : silu(x);
+        p.out[i] = from_float<Out>(p.op == kGeluTanh ? gelu_tanh(x) : silu(x));
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) unary_f32(const UnaryParams<float> p) { unary(p); }
-INFINITY_SHIM_ENTRY(unary_f32, UnaryParams<float>)
-extern "C" __global__ void __launch_bounds__(256) unary_bf16(const UnaryParams<bf16> p) { unary(p); }
-INFINITY_SHIM_ENTRY(unary_bf16, UnaryParams<bf16>)
+// The typedefs keep the templates' commas out of INFINITY_SHIM_ENTRY's arguments.
+#define INFINITY_UNARY(NAME, IN, OUT)                                                            \
+    typedef UnaryParams<IN, OUT> NAME##_params;                                                  \
+    extern "C" __global__ void __launch_bounds__(256) NAME(const NAME##_params p) { unary(p); } \
+    INFINITY_SHIM_ENTRY(NAME, NAME##_params)
+INFINITY_UNARY(unary_f32, float, float)
+INFINITY_UNARY(unary_bf16, bf16, float)
+INFINITY_UNARY(unary_bf16_bf16, bf16, bf16)
 
 /// dst[k] = src[k] over a 4-D index space, both read and written through element strides;
 /// a bf16 destination gets the f32 value rounded to nearest even.
@@ -90,7 +95,6 @@ __device__ __forceinline__ void copy(const CopyParams<S, D>& p) {
     }
 }
 
-// The typedef keeps the template's comma out of INFINITY_SHIM_ENTRY's arguments.
 #define INFINITY_COPY(NAME, S, D)                                                              \
     typedef CopyParams<S, D> NAME##_params;                                                    \
     extern "C" __global__ void __launch_bounds__(256) NAME(const NAME##_params p) { copy(p); } \

@@ -3,6 +3,10 @@
 //! of its position l, column j of the (L, D/2) cos and sin tables:
 //!   out[2j] = cos·x[2j] − sin·x[2j+1],   out[2j+1] = sin·x[2j] + cos·x[2j+1].
 //! One thread per pair over a grid-stride loop, f32 arithmetic on f32 or bf16 vectors.
+//!
+//! And the inference path's fusion of everything between the qkv projection and the
+//! attention kernel (models/src/infinity/block.rs): the cosine attention's L2 normalisation,
+//! the per-head scale on q, the rotation, and the KV-cache append, in one pass over qkv.
 #include "common.cuh"
 
 /// x (B, H, L, D) with element strides, cos and sin (L, D/2) f32 with their strides; out
@@ -46,3 +50,84 @@ extern "C" __global__ void __launch_bounds__(256) rope_interleaved_bf16(const Ro
     rope_interleaved(p);
 }
 INFINITY_SHIM_ENTRY(rope_interleaved_bf16, RopeParams<bf16>)
+
+/// qkv (B, n, 3, H, D) bf16 as the fused projection leaves it, with element strides for its
+/// first four dimensions (D contiguous); cos and sin (n, D/2) f32 with strides; head_scale (H,)
+/// f32. Writes q (B, H, n, D) bf16 contiguous, and keys and values to the caches, (B, H, ·, D)
+/// with element strides, whose pointers address the scale's first position.
+struct AttentionInputsParams {
+    const bf16* qkv;
+    const float* cos;
+    const float* sin;
+    const float* head_scale;
+    bf16* q;
+    bf16* k_cache;
+    bf16* v_cache;
+    int qkv_stride[4];
+    int cos_stride[2];
+    int sin_stride[2];
+    int k_stride[3];
+    int v_stride[3];
+    int batch, tokens, heads;
+};
+
+/// A warp per (sample, token, head), each lane D / 32 neighbouring elements (whole rotation
+/// pairs): q ← head_scale·rope(q / max(‖q‖, 1e-12)), k ← rope(k / max(‖k‖, 1e-12)), v as it is.
+/// The norms are f32 sums of the bf16 inputs; each output is rounded to bf16 once.
+template <int D>
+__device__ __forceinline__ void attention_inputs(const AttentionInputsParams& p) {
+    constexpr int E = D / 32;
+    static_assert(E % 2 == 0, "whole rotation pairs per lane");
+    const int lane = threadIdx.x % 32;
+    const unsigned rows = unsigned(p.batch * p.tokens * p.heads);
+    const unsigned warps = gridDim.x * blockDim.x / 32;
+    for (unsigned r = (blockIdx.x * blockDim.x + threadIdx.x) / 32; r < rows; r += warps) {
+        const int h = int(r % unsigned(p.heads)), t = int(r / unsigned(p.heads) % unsigned(p.tokens));
+        const int b = int(r / unsigned(p.heads * p.tokens));
+        const bf16* src = p.qkv + b * p.qkv_stride[0] + t * p.qkv_stride[1] + h * p.qkv_stride[3] + lane * E;
+        float c[E / 2], s[E / 2];
+#pragma unroll
+        for (int e = 0; e < E / 2; ++e) {
+            const int j = lane * E / 2 + e;
+            c[e] = p.cos[t * p.cos_stride[0] + j * p.cos_stride[1]];
+            s[e] = p.sin[t * p.sin_stride[0] + j * p.sin_stride[1]];
+        }
+        bf16* const dst[3] = {
+            p.q + ((b * p.heads + h) * p.tokens + t) * D,
+            p.k_cache + b * p.k_stride[0] + h * p.k_stride[1] + t * p.k_stride[2],
+            p.v_cache + b * p.v_stride[0] + h * p.v_stride[1] + t * p.v_stride[2],
+        };
+#pragma unroll
+        for (int part = 0; part < 3; ++part) {
+            float x[E];
+#pragma unroll
+            for (int e = 0; e < E; ++e) x[e] = to_float(src[part * p.qkv_stride[2] + e]);
+            bf16* out = dst[part] + lane * E;
+            if (part == 2) {
+#pragma unroll
+                for (int e = 0; e < E; ++e) out[e] = from_float<bf16>(x[e]);
+                continue;
+            }
+            float squares = 0.0f;
+#pragma unroll
+            for (int e = 0; e < E; ++e) squares += x[e] * x[e];
+            float factor = 1.0f / fmaxf(sqrtf(warp_sum(squares)), 1e-12f);
+            if (part == 0) factor *= p.head_scale[h];
+#pragma unroll
+            for (int e = 0; e < E / 2; ++e) {
+                const float a = x[2 * e] * factor, bb = x[2 * e + 1] * factor;
+                out[2 * e] = from_float<bf16>(c[e] * a - s[e] * bb);
+                out[2 * e + 1] = from_float<bf16>(s[e] * a + c[e] * bb);
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) attention_inputs_d64(const AttentionInputsParams p) {
+    attention_inputs<64>(p);
+}
+INFINITY_SHIM_ENTRY(attention_inputs_d64, AttentionInputsParams)
+extern "C" __global__ void __launch_bounds__(256) attention_inputs_d128(const AttentionInputsParams p) {
+    attention_inputs<128>(p);
+}
+INFINITY_SHIM_ENTRY(attention_inputs_d128, AttentionInputsParams)

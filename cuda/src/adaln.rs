@@ -9,18 +9,21 @@ use infinity_runtime::{DType, Element, Error as RuntimeError};
 use crate::Result;
 use crate::device::{DevPtr, DeviceTensor};
 use crate::exec::{Executor, Grid};
-use crate::kernels::{ADALN_MODULATE_BF16, ADALN_MODULATE_F32, GATED_RESIDUAL_BF16, GATED_RESIDUAL_F32, KernelHandle};
+use crate::kernels::{
+    ADALN_MODULATE_BF16, ADALN_MODULATE_F32, ADALN_MODULATE_F32_BF16, GATED_RESIDUAL_BF16, GATED_RESIDUAL_F32,
+    KernelHandle,
+};
 
 /// One block per token row for the LayerNorm; a multiple of 32 (the block reduction's rule).
 const ROW_THREADS: u32 = 128;
 const THREADS: u32 = 256;
 
 #[repr(C)]
-pub struct AdaLnParams<T> {
-    x: DevPtr<T>,
+pub struct AdaLnParams<In, Out> {
+    x: DevPtr<In>,
     scale: DevPtr<f32>,
     shift: DevPtr<f32>,
-    out: DevPtr<T>,
+    out: DevPtr<Out>,
     x_stride: [i32; 3],
     scale_stride: [i32; 2],
     shift_stride: [i32; 2],
@@ -46,36 +49,40 @@ pub struct GatedResidualParams<T> {
 
 // SAFETY: #[repr(C)] mirrors of the C structs of adaln.cu (sizes checked by a test) made of
 // plain numbers and addresses.
-unsafe impl<T> DeviceRepr for AdaLnParams<T> {}
+unsafe impl<In, Out> DeviceRepr for AdaLnParams<In, Out> {}
 unsafe impl<T> DeviceRepr for GatedResidualParams<T> {}
 
 /// LN(x)·(1 + scale) + shift: x (B, n, C) f32 or bf16 normalised over C without affine
 /// (biased variance, `eps` inside the root; Infinity uses 1e-6), scale and shift (B, C) f32.
-/// The output is contiguous, in x's dtype; statistics and arithmetic are f32.
+/// The output is contiguous in `out`: x's dtype, or bf16 from f32 x (the GEMM operand that
+/// follows, rounded once, without an f32 copy in memory); statistics and arithmetic are f32.
 pub fn modulate(
     exec: &Executor,
     x: &DeviceTensor,
     scale: &DeviceTensor,
     shift: &DeviceTensor,
     eps: f32,
+    out: DType,
 ) -> Result<DeviceTensor> {
-    match x.dtype() {
-        DType::F32 => modulate_as(exec, ADALN_MODULATE_F32, x, scale, shift, eps),
-        DType::BF16 => modulate_as::<bf16>(exec, ADALN_MODULATE_BF16, x, scale, shift, eps),
-        dtype => Err(RuntimeError::UnsupportedDType { op: "adaln_modulate", dtype }.into()),
+    const OP: &str = "adaln_modulate";
+    match (x.dtype(), out) {
+        (DType::F32, DType::F32) => modulate_as(exec, ADALN_MODULATE_F32, x, scale, shift, eps),
+        (DType::F32, DType::BF16) => modulate_as::<f32, bf16>(exec, ADALN_MODULATE_F32_BF16, x, scale, shift, eps),
+        (DType::BF16, DType::BF16) => modulate_as::<bf16, bf16>(exec, ADALN_MODULATE_BF16, x, scale, shift, eps),
+        (DType::F32 | DType::BF16, dtype) | (dtype, _) => Err(RuntimeError::UnsupportedDType { op: OP, dtype }.into()),
     }
 }
 
-fn modulate_as<T: Element>(
+fn modulate_as<In: Element, Out: Element>(
     exec: &Executor,
-    handle: KernelHandle<AdaLnParams<T>>,
+    handle: KernelHandle<AdaLnParams<In, Out>>,
     x: &DeviceTensor,
     scale: &DeviceTensor,
     shift: &DeviceTensor,
     eps: f32,
 ) -> Result<DeviceTensor> {
     let op = handle.kernel.name();
-    let xv = exec.view::<T, 3>(op, x)?;
+    let xv = exec.view::<In, 3>(op, x)?;
     let (sc, sh) = (exec.view::<f32, 2>(op, scale)?, exec.view::<f32, 2>(op, shift)?);
     let [batch, tokens, channels] = xv.dims;
     for (name, m) in [(scale, &sc), (shift, &sh)] {
@@ -86,12 +93,12 @@ fn modulate_as<T: Element>(
     if !(eps >= 0.0 && eps.is_finite()) {
         return Err(RuntimeError::invalid(op, x.shape(), format!("eps {eps} must be finite and ≥ 0")).into());
     }
-    let mut out = exec.output(op, x.shape(), T::DTYPE)?;
+    let mut out = exec.output(op, x.shape(), Out::DTYPE)?;
     let params = AdaLnParams {
         x: xv.ptr,
         scale: sc.ptr,
         shift: sh.ptr,
-        out: exec.view_mut::<T, 3>(op, &mut out)?.ptr,
+        out: exec.view_mut::<Out, 3>(op, &mut out)?.ptr,
         x_stride: xv.strides,
         scale_stride: sc.strides,
         shift_stride: sh.strides,

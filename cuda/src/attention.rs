@@ -68,6 +68,7 @@ pub struct AttentionForwardParams {
     q_stride: [i32; 3],
     k_stride: [i32; 3],
     v_stride: [i32; 3],
+    out_stride: [i32; 3],
     shape: AttentionShape,
 }
 
@@ -208,29 +209,44 @@ impl Attention<'_> {
     pub fn forward(&self, exec: &Executor) -> Result<Output> {
         const OP: &str = "attention_forward";
         let ops = self.operands(exec, OP)?;
-        let handle = match ops.head_dim() {
-            64 => ATTENTION_FORWARD_D64,
-            _ => ATTENTION_FORWARD_D128,
-        };
         let (rows, full) = ops.row_shapes();
         let mut out = exec.output(OP, &full, DType::BF16)?;
         let mut lse = exec.output(OP, &rows, DType::F32)?;
-        let params = AttentionForwardParams {
-            q: ops.q.ptr,
-            k: ops.k.ptr,
-            v: ops.v.ptr,
-            out: exec.view_mut::<bf16, 4>(OP, &mut out)?.ptr,
-            lse: exec.view_mut::<f32, 3>(OP, &mut lse)?.ptr,
-            q_stride: row_strides(&ops.q),
-            k_stride: row_strides(&ops.k),
-            v_stride: row_strides(&ops.v),
-            shape: ops.shape,
-        };
-        let grid = tiles(&ops.q, rows[2]);
-        // SAFETY: the addresses come from views of live tensors of `exec` whose shapes,
-        // strides and mask were checked above; the outputs were allocated with the q rows.
-        unsafe { exec.launch(handle, grid, &params)? };
+        let out_view = exec.view_mut::<bf16, 4>(OP, &mut out)?;
+        let lse_ptr = exec.view_mut::<f32, 3>(OP, &mut lse)?.ptr;
+        // SAFETY: both outputs were just allocated with the q rows.
+        unsafe { launch_forward(exec, &ops, &out_view, lse_ptr)? };
         Ok(Output { out, lse })
+    }
+
+    /// The forward for inference, no logsumexp: O written into `out`, a contiguous
+    /// (B', Lq, H, D) bf16 tensor, as its samples `batch_start..batch_start + B`. Token-major,
+    /// so that (B', Lq, H·D) is the output projection's operand as it stands, and the samples
+    /// of several calls (one per text length in cross-attention) share one tensor.
+    pub fn forward_into(&self, exec: &Executor, out: &mut DeviceTensor, batch_start: usize) -> Result<()> {
+        const OP: &str = "attention_forward";
+        let ops = self.operands(exec, OP)?;
+        let [batch, heads, q_len, head_dim] = ops.q.dims.map(|n| n as usize);
+        let fits = out.shape().len() == 4
+            && out.shape()[1..] == [q_len, heads, head_dim]
+            && batch_start + batch <= out.shape()[0]
+            && out.layout().is_contiguous();
+        if !fits {
+            let msg = format!(
+                "cannot hold the output of q {:?} as samples {batch_start}.. of a contiguous (B, Lq, H, D) tensor",
+                self.q.shape()
+            );
+            return Err(RuntimeError::invalid(OP, out.shape(), msg).into());
+        }
+        let view = exec.view_mut::<bf16, 4>(OP, out)?;
+        let [sample, token, head, _] = view.strides;
+        let slice = View {
+            ptr: view.ptr.add(batch_start * sample as usize),
+            dims: ops.q.dims,
+            strides: [sample, head, token, 1],
+        };
+        // SAFETY: `slice` addresses samples batch_start.. of `out`, checked above to hold them.
+        unsafe { launch_forward(exec, &ops, &slice, DevPtr::new(0)) }
     }
 
     /// The gradients for output gradient `dout` (B, H, Lq, D) bf16 (strided like q), given the
@@ -368,6 +384,33 @@ impl Attention<'_> {
         table.iter_mut().zip(given).for_each(|(slot, &o)| *slot = o as i32);
         Ok((table, given.len() as i32 - 1))
     }
+}
+
+/// Runs the forward kernel of `ops`, O into `out` (q's dims, any (B, H, L) strides, D
+/// contiguous) and the logsumexp into `lse` ((B, H, Lq) contiguous) unless it is null.
+///
+/// # Safety
+/// `out` and a non-null `lse` must address writable memory of `exec` holding those elements.
+unsafe fn launch_forward(exec: &Executor, ops: &Operands, out: &View<bf16, 4>, lse: DevPtr<f32>) -> Result<()> {
+    let handle = match ops.head_dim() {
+        64 => ATTENTION_FORWARD_D64,
+        _ => ATTENTION_FORWARD_D128,
+    };
+    let params = AttentionForwardParams {
+        q: ops.q.ptr,
+        k: ops.k.ptr,
+        v: ops.v.ptr,
+        out: out.ptr,
+        lse,
+        q_stride: row_strides(&ops.q),
+        k_stride: row_strides(&ops.k),
+        v_stride: row_strides(&ops.v),
+        out_stride: row_strides(out),
+        shape: ops.shape,
+    };
+    // SAFETY: q, k, v and the mask were checked by `operands`; the caller vouches for the
+    // outputs.
+    unsafe { exec.launch(handle, tiles(&ops.q, ops.q.dims[2] as usize), &params) }
 }
 
 /// The per-row terms of the backward, (B, H, Lq) f32.

@@ -1,6 +1,6 @@
 //! Launchers of kernels/elementwise.cu: add and multiply with NumPy broadcasting, and the tanh
 //! GELU and SiLU activations, on f32 or bf16 inputs of rank 1 to 4 with any strides, to a
-//! contiguous f32 output. Broadcasting is done by strides: a size-1 (or missing leading)
+//! contiguous f32 output (bf16 too for the activations). Broadcasting is done by strides: a size-1 (or missing leading)
 //! dimension of an operand is read with stride 0, so nothing is materialised. And the strided
 //! copy: [`cast`] (a contiguous copy, in any of f32/bf16) and [`copy_into`] (into a slice of
 //! a larger tensor).
@@ -15,7 +15,7 @@ use crate::device::{DevPtr, DeviceTensor, View};
 use crate::exec::Executor;
 use crate::kernels::{
     BINARY_BF16, BINARY_F32, COPY_BF16_BF16, COPY_BF16_F32, COPY_F32_BF16, COPY_F32_F32, KernelHandle, UNARY_BF16,
-    UNARY_F32,
+    UNARY_BF16_BF16, UNARY_F32,
 };
 
 const THREADS: u32 = 256;
@@ -50,9 +50,9 @@ pub struct BinaryParams<T> {
 }
 
 #[repr(C)]
-pub struct UnaryParams<T> {
-    x: DevPtr<T>,
-    out: DevPtr<f32>,
+pub struct UnaryParams<In, Out> {
+    x: DevPtr<In>,
+    out: DevPtr<Out>,
     dims: [i32; MAX_RANK],
     x_stride: [i32; MAX_RANK],
     op: i32,
@@ -70,7 +70,7 @@ pub struct CopyParams<S, D> {
 // SAFETY: #[repr(C)] mirrors of the C structs of elementwise.cu (sizes checked by a test)
 // made of plain numbers and addresses.
 unsafe impl<T> DeviceRepr for BinaryParams<T> {}
-unsafe impl<T> DeviceRepr for UnaryParams<T> {}
+unsafe impl<In, Out> DeviceRepr for UnaryParams<In, Out> {}
 unsafe impl<S, D> DeviceRepr for CopyParams<S, D> {}
 
 /// `a + b` with NumPy broadcasting; see [`binary`].
@@ -131,37 +131,41 @@ fn broadcast_strides<T>(v: &View<T, MAX_RANK>, dims: &[i32; MAX_RANK]) -> [i32; 
 }
 
 /// The tanh GELU of every element; see [`unary`].
-pub fn gelu_tanh(exec: &Executor, x: &DeviceTensor) -> Result<DeviceTensor> {
-    unary(exec, UnaryOp::GeluTanh, x)
+pub fn gelu_tanh(exec: &Executor, x: &DeviceTensor, out: DType) -> Result<DeviceTensor> {
+    unary(exec, UnaryOp::GeluTanh, x, out)
 }
 
 /// x·sigmoid(x) of every element; see [`unary`].
-pub fn silu(exec: &Executor, x: &DeviceTensor) -> Result<DeviceTensor> {
-    unary(exec, UnaryOp::Silu, x)
+pub fn silu(exec: &Executor, x: &DeviceTensor, out: DType) -> Result<DeviceTensor> {
+    unary(exec, UnaryOp::Silu, x, out)
 }
 
 /// `op` of every element of x (f32 or bf16, rank 1 to 4, any strides), computed in f32 as
-/// x·sigmoid(·) with the library expf. The output is contiguous f32.
-pub fn unary(exec: &Executor, op: UnaryOp, x: &DeviceTensor) -> Result<DeviceTensor> {
-    match x.dtype() {
-        DType::F32 => unary_as(exec, UNARY_F32, op, x),
-        DType::BF16 => unary_as::<bf16>(exec, UNARY_BF16, op, x),
-        dtype => Err(RuntimeError::UnsupportedDType { op: "unary", dtype }.into()),
+/// x·sigmoid(·) with the library expf. The output is contiguous in `out`: f32, or bf16 from
+/// bf16 x (an activation between two bf16 GEMMs, rounded once).
+pub fn unary(exec: &Executor, op: UnaryOp, x: &DeviceTensor, out: DType) -> Result<DeviceTensor> {
+    match (x.dtype(), out) {
+        (DType::F32, DType::F32) => unary_as(exec, UNARY_F32, op, x),
+        (DType::BF16, DType::F32) => unary_as::<bf16, f32>(exec, UNARY_BF16, op, x),
+        (DType::BF16, DType::BF16) => unary_as::<bf16, bf16>(exec, UNARY_BF16_BF16, op, x),
+        (DType::F32 | DType::BF16, dtype) | (dtype, _) => {
+            Err(RuntimeError::UnsupportedDType { op: "unary", dtype }.into())
+        }
     }
 }
 
-fn unary_as<T: Element>(
+fn unary_as<In: Element, Out: Element>(
     exec: &Executor,
-    handle: KernelHandle<UnaryParams<T>>,
+    handle: KernelHandle<UnaryParams<In, Out>>,
     op: UnaryOp,
     x: &DeviceTensor,
 ) -> Result<DeviceTensor> {
     let name = handle.kernel.name();
-    let xv = exec.view_padded::<T, MAX_RANK>(name, x)?;
-    let mut out = exec.output(name, x.shape(), DType::F32)?;
+    let xv = exec.view_padded::<In, MAX_RANK>(name, x)?;
+    let mut out = exec.output(name, x.shape(), Out::DTYPE)?;
     let params = UnaryParams {
         x: xv.ptr,
-        out: exec.view_mut_padded::<f32, MAX_RANK>(name, &mut out)?.ptr,
+        out: exec.view_mut_padded::<Out, MAX_RANK>(name, &mut out)?.ptr,
         dims: xv.dims,
         x_stride: xv.strides,
         op: op as i32,

@@ -5,6 +5,7 @@
 
 use std::ffi::c_int;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use cudarc::driver::DeviceRepr;
 use infinity_runtime::{CpuStorage, DType, Element, Error as RuntimeError, Layout, Tensor, with_dtype};
@@ -30,6 +31,8 @@ pub struct Executor {
     backend: Backend,
     /// Where its tensors' memory comes from and goes back to.
     pool: Arc<Pool>,
+    /// Work items issued so far (see [`Executor::launches`]).
+    launches: AtomicU64,
 }
 
 pub(crate) enum Backend {
@@ -65,13 +68,13 @@ const MAX_OFFSET: usize = i32::MAX as usize;
 impl Executor {
     /// The CPU shim: always available.
     pub fn shim() -> Executor {
-        Executor { backend: Backend::Shim, pool: Arc::default() }
+        Executor { backend: Backend::Shim, pool: Arc::default(), launches: AtomicU64::new(0) }
     }
 
     /// The GPU `ordinal` when CUDA can be used (see [`crate::probe`]).
     pub fn cuda(ordinal: usize) -> Result<Executor> {
         let gpu = Gpu::new(ordinal)?;
-        Ok(Executor { backend: Backend::Cuda(Box::new(gpu)), pool: Arc::default() })
+        Ok(Executor { backend: Backend::Cuda(Box::new(gpu)), pool: Arc::default(), launches: AtomicU64::new(0) })
     }
 
     pub(crate) fn backend(&self) -> &Backend {
@@ -88,6 +91,17 @@ impl Executor {
     /// Memory in use, its peak and the allocator's cache, in bytes.
     pub fn memory(&self) -> MemoryStats {
         self.pool.stats()
+    }
+
+    /// Kernels, GEMMs and zero fills issued since the executor started: what a small scale of
+    /// a generation costs on a GPU is mostly these launches, not their arithmetic.
+    pub fn launches(&self) -> u64 {
+        self.launches.load(Ordering::Relaxed)
+    }
+
+    /// Counts one kernel, GEMM or zero fill.
+    pub(crate) fn count_launch(&self) {
+        self.launches.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Starts a new peak measurement from what is in use now.
@@ -122,7 +136,10 @@ impl Executor {
                 let fill = bytemuck::cast_slice_mut::<u128, u8>(&mut words);
                 match init {
                     Init::Bytes(src) => fill[..src.len()].copy_from_slice(src),
-                    Init::Zeros => fill.fill(0),
+                    Init::Zeros => {
+                        self.count_launch();
+                        fill.fill(0)
+                    }
                     Init::Poison => fill.fill(POISON),
                 }
                 Memory::Host(words)
@@ -134,7 +151,10 @@ impl Executor {
                 };
                 match init {
                     Init::Bytes(src) => gpu.write(&mut slice, src)?,
-                    Init::Zeros => gpu.zero(&mut slice)?,
+                    Init::Zeros => {
+                        self.count_launch();
+                        gpu.zero(&mut slice)?
+                    }
                     // A launch of its own per output would double the launches of a forward.
                     Init::Poison => {}
                 }
@@ -297,6 +317,7 @@ impl Executor {
     /// for this launch (`view_mut` for those the kernel writes), with the sizes and strides the
     /// kernel will use.
     pub(crate) unsafe fn launch<P: DeviceRepr>(&self, handle: KernelHandle<P>, grid: Grid, params: &P) -> Result<()> {
+        self.count_launch();
         match &self.backend {
             Backend::Shim => {
                 let shape = ShimGrid { blocks: [grid.blocks, 1, 1], threads: [grid.threads, 1, 1] };

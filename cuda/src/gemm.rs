@@ -307,6 +307,7 @@ unsafe fn gemm(
         c: Operand { addr: c_addr, dtype: c_type, ld: n, stride: i64::from(m) * i64::from(n) },
         batch,
     };
+    exec.count_launch();
     match exec.backend() {
         Backend::Shim => {
             // SAFETY: the caller vouches for A and B; C is the whole of `c`.

@@ -20,7 +20,7 @@ use crate::index::EmbeddingParams;
 use crate::norm::{GroupNormParams, RmsNormParams, SoftmaxParams};
 use crate::quantize::{BsqQuantizeParams, BsqUpdateParams, ResizeParams};
 use crate::rng::PhiloxFillParams;
-use crate::rope::RopeParams;
+use crate::rope::{AttentionInputsParams, RopeParams};
 
 /// The header every kernel file includes as "common.cuh"; NVRTC gets it from memory.
 pub const COMMON_HEADER: &str = include_str!("../kernels/common.cuh");
@@ -174,9 +174,11 @@ kernels! {
     /// Two-way cross-entropy per bit and its gradient.
     BitwiseLoss, BITWISE_LOSS = bitwise_loss(BitwiseLossParams) in BitwiseHead;
     /// LN(x)·(1 + scale) + shift, f32 activations.
-    AdaLnModulateF32, ADALN_MODULATE_F32 = adaln_modulate_f32(AdaLnParams<f32>) in AdaLn;
+    AdaLnModulateF32, ADALN_MODULATE_F32 = adaln_modulate_f32(AdaLnParams<f32, f32>) in AdaLn;
+    /// LN(x)·(1 + scale) + shift, f32 activations to a bf16 GEMM operand.
+    AdaLnModulateF32Bf16, ADALN_MODULATE_F32_BF16 = adaln_modulate_f32_bf16(AdaLnParams<f32, bf16>) in AdaLn;
     /// LN(x)·(1 + scale) + shift, bf16 activations.
-    AdaLnModulateBf16, ADALN_MODULATE_BF16 = adaln_modulate_bf16(AdaLnParams<bf16>) in AdaLn;
+    AdaLnModulateBf16, ADALN_MODULATE_BF16 = adaln_modulate_bf16(AdaLnParams<bf16, bf16>) in AdaLn;
     /// x + gate·y, f32 activations.
     GatedResidualF32, GATED_RESIDUAL_F32 = gated_residual_f32(GatedResidualParams<f32>) in AdaLn;
     /// x + gate·y, bf16 activations.
@@ -208,9 +210,11 @@ kernels! {
     /// Broadcast add or multiply of bf16 operands, f32 result.
     BinaryBf16, BINARY_BF16 = binary_bf16(BinaryParams<bf16>) in Elementwise;
     /// Tanh GELU or SiLU of f32 elements.
-    UnaryF32, UNARY_F32 = unary_f32(UnaryParams<f32>) in Elementwise;
+    UnaryF32, UNARY_F32 = unary_f32(UnaryParams<f32, f32>) in Elementwise;
     /// Tanh GELU or SiLU of bf16 elements, f32 result.
-    UnaryBf16, UNARY_BF16 = unary_bf16(UnaryParams<bf16>) in Elementwise;
+    UnaryBf16, UNARY_BF16 = unary_bf16(UnaryParams<bf16, f32>) in Elementwise;
+    /// Tanh GELU or SiLU of bf16 elements, bf16 result.
+    UnaryBf16Bf16, UNARY_BF16_BF16 = unary_bf16_bf16(UnaryParams<bf16, bf16>) in Elementwise;
     /// Strided copy of f32 into f32.
     CopyF32F32, COPY_F32_F32 = copy_f32_f32(CopyParams<f32, f32>) in Elementwise;
     /// Strided copy of f32 into bf16 (rounded to nearest even).
@@ -231,6 +235,10 @@ kernels! {
     RopeInterleavedF32, ROPE_INTERLEAVED_F32 = rope_interleaved_f32(RopeParams<f32>) in Rope;
     /// Interleaved rotary embedding of (B, H, L, D) bf16.
     RopeInterleavedBf16, ROPE_INTERLEAVED_BF16 = rope_interleaved_bf16(RopeParams<bf16>) in Rope;
+    /// q, k, v of one scale from the fused projection: normalised, scaled, rotated, cached; D 64.
+    AttentionInputsD64, ATTENTION_INPUTS_D64 = attention_inputs_d64(AttentionInputsParams) in Rope;
+    /// The same for D 128.
+    AttentionInputsD128, ATTENTION_INPUTS_D128 = attention_inputs_d128(AttentionInputsParams) in Rope;
     /// A linear layer's f32 bias in every row of its f32 output, before the GEMM adds to it.
     BiasRowsF32, BIAS_ROWS_F32 = bias_rows_f32(BiasRowsParams<f32>) in Gemm;
     /// A linear layer's f32 bias, rounded, in every row of its bf16 output, before the GEMM adds to it.

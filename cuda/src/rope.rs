@@ -1,15 +1,18 @@
-//! Launcher of kernels/rope.cu: Infinity's interleaved rotary embedding of q or k (B, H, L, D)
+//! Launchers of kernels/rope.cu: Infinity's interleaved rotary embedding of q or k (B, H, L, D)
 //! by (L, D/2) cos and sin tables (ops/src/rope.rs's `rope_interleaved`; the tables come from
-//! its `rope2d_table`).
+//! its `rope2d_table`), and [`attention_inputs`], which fuses it with the rest of what lies
+//! between the qkv projection and the attention kernel at inference.
 
 use cudarc::driver::DeviceRepr;
 use infinity_runtime::half::bf16;
 use infinity_runtime::{DType, Element, Error as RuntimeError};
 
 use crate::Result;
-use crate::device::{DevPtr, DeviceTensor};
+use crate::device::{DevPtr, DeviceTensor, View};
 use crate::exec::Executor;
-use crate::kernels::{KernelHandle, ROPE_INTERLEAVED_BF16, ROPE_INTERLEAVED_F32};
+use crate::kernels::{
+    ATTENTION_INPUTS_D64, ATTENTION_INPUTS_D128, KernelHandle, ROPE_INTERLEAVED_BF16, ROPE_INTERLEAVED_F32,
+};
 
 const THREADS: u32 = 256;
 
@@ -25,9 +28,29 @@ pub struct RopeParams<T> {
     sin_stride: [i32; 2],
 }
 
-// SAFETY: a #[repr(C)] mirror of the C struct of rope.cu (sizes checked by a test) made of
+#[repr(C)]
+pub struct AttentionInputsParams {
+    qkv: DevPtr<bf16>,
+    cos: DevPtr<f32>,
+    sin: DevPtr<f32>,
+    head_scale: DevPtr<f32>,
+    q: DevPtr<bf16>,
+    k_cache: DevPtr<bf16>,
+    v_cache: DevPtr<bf16>,
+    qkv_stride: [i32; 4],
+    cos_stride: [i32; 2],
+    sin_stride: [i32; 2],
+    k_stride: [i32; 3],
+    v_stride: [i32; 3],
+    batch: i32,
+    tokens: i32,
+    heads: i32,
+}
+
+// SAFETY: #[repr(C)] mirrors of the C structs of rope.cu (sizes checked by a test) made of
 // plain numbers and addresses.
 unsafe impl<T> DeviceRepr for RopeParams<T> {}
+unsafe impl DeviceRepr for AttentionInputsParams {}
 
 /// Rotates pair (2j, 2j+1) of every head vector of x (B, H, L, D), f32 or bf16 with any
 /// strides, by the angle whose cosine and sine are cos[l, j] and sin[l, j] ((L, D/2) f32, any
@@ -84,4 +107,104 @@ fn rope_as<T: Element>(
     // (L, D/2); the output has x's shape.
     unsafe { exec.launch(handle, exec.grid_stride(out.layout().numel() / 2, THREADS), &params)? };
     Ok(out)
+}
+
+/// The self-attention inputs of one scale at inference, from the fused projection qkv
+/// (B, n, 3, H, D) bf16 (D 64 or 128, contiguous; other strides free) in one pass, as
+/// models/src/infinity/block.rs forms them: returns q̃ = head_scale[h]·rope(q / max(‖q‖, 1e-12))
+/// (B, H, n, D) bf16, and writes k̃ = rope(k / max(‖k‖, 1e-12)) and v into the caches
+/// (B, H, L, D) bf16 at positions `start..start + n`. cos and sin are the scale's (n, D/2) f32
+/// tables, head_scale (H,) f32. Attention over q̃ and the caches is then plain scale-1
+/// attention: the cosine scores' normalisation is done once per token here, not per key tile.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_inputs(
+    exec: &Executor,
+    qkv: &DeviceTensor,
+    cos: &DeviceTensor,
+    sin: &DeviceTensor,
+    head_scale: &DeviceTensor,
+    k_cache: &mut DeviceTensor,
+    v_cache: &mut DeviceTensor,
+    start: usize,
+) -> Result<DeviceTensor> {
+    const OP: &str = "attention_inputs";
+    let xv = exec.view::<bf16, 5>(OP, qkv)?;
+    let [batch, tokens, three, heads, head_dim] = xv.dims;
+    let handle = match head_dim {
+        64 => ATTENTION_INPUTS_D64,
+        128 => ATTENTION_INPUTS_D128,
+        _ => {
+            let msg = format!("head dim {head_dim}: the kernel is built for 64 and 128");
+            return Err(RuntimeError::invalid(OP, qkv.shape(), msg).into());
+        }
+    };
+    if three != 3 || xv.strides[4] != 1 {
+        let msg = "expected (B, n, 3, H, D) with D contiguous";
+        return Err(RuntimeError::invalid(OP, qkv.shape(), msg).into());
+    }
+    let (cv, sv) = (exec.view::<f32, 2>(OP, cos)?, exec.view::<f32, 2>(OP, sin)?);
+    for (table, v) in [(cos, &cv), (sin, &sv)] {
+        if v.dims != [tokens, head_dim / 2] {
+            return Err(
+                RuntimeError::ShapeMismatch { op: OP, lhs: qkv.shape().to_vec(), rhs: table.shape().to_vec() }.into()
+            );
+        }
+    }
+    let scale = exec.view::<f32, 1>(OP, head_scale)?;
+    if scale.dims != [heads] {
+        return Err(RuntimeError::ShapeMismatch {
+            op: OP,
+            lhs: qkv.shape().to_vec(),
+            rhs: head_scale.shape().to_vec(),
+        }
+        .into());
+    }
+    let (k_slot, k_stride) = cache_slot(exec, OP, k_cache, [batch, heads, head_dim], start, tokens)?;
+    let (v_slot, v_stride) = cache_slot(exec, OP, v_cache, [batch, heads, head_dim], start, tokens)?;
+    let mut q = exec.output(OP, &[batch, heads, tokens, head_dim].map(|n| n as usize), DType::BF16)?;
+    let params = AttentionInputsParams {
+        qkv: xv.ptr,
+        cos: cv.ptr,
+        sin: sv.ptr,
+        head_scale: scale.ptr,
+        q: exec.view_mut::<bf16, 4>(OP, &mut q)?.ptr,
+        k_cache: k_slot,
+        v_cache: v_slot,
+        qkv_stride: [xv.strides[0], xv.strides[1], xv.strides[2], xv.strides[3]],
+        cos_stride: cv.strides,
+        sin_stride: sv.strides,
+        k_stride,
+        v_stride,
+        batch,
+        tokens,
+        heads,
+    };
+    let rows = (batch * tokens * heads) as usize;
+    // SAFETY: the addresses come from views of live tensors of `exec`: qkv's and the tables'
+    // shapes were checked above, q was allocated with (B, H, n, D), and each cache holds
+    // positions start..start + n of (B, H, ·, D) (`cache_slot`).
+    unsafe { exec.launch(handle, exec.grid_stride(rows * 32, THREADS), &params)? };
+    Ok(q)
+}
+
+/// The address of position `start` of a (B, H, L, D) bf16 cache that must hold `len` positions
+/// from there (D contiguous), and its (B, H, L) strides.
+fn cache_slot(
+    exec: &Executor,
+    op: &'static str,
+    cache: &mut DeviceTensor,
+    [batch, heads, head_dim]: [i32; 3],
+    start: usize,
+    len: i32,
+) -> Result<(DevPtr<bf16>, [i32; 3])> {
+    let View { ptr, dims, strides } = exec.view_mut::<bf16, 4>(op, cache)?;
+    if dims[0] != batch || dims[1] != heads || dims[3] != head_dim || strides[3] != 1 {
+        let msg = format!("a cache for {batch} samples of {heads} heads of {head_dim}, the last dimension contiguous");
+        return Err(RuntimeError::invalid(op, cache.shape(), msg).into());
+    }
+    if start + len as usize > dims[2] as usize {
+        let msg = format!("positions {start}..{} run past the cache's {}", start + len as usize, dims[2]);
+        return Err(RuntimeError::invalid(op, cache.shape(), msg).into());
+    }
+    Ok((ptr.add(start * strides[2] as usize), [strides[0], strides[1], strides[2]]))
 }

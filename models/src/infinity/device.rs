@@ -1,7 +1,10 @@
 //! The transformer's inference forward on a CUDA [`Executor`] (a GPU, or the CPU shim that
 //! runs the same kernels in tests): linear weights in bf16, GEMMs through cuBLAS with f32
-//! accumulation, the residual stream in f32, fused AdaLN, RoPE and block-causal flash
-//! attention over a KV cache preallocated for the whole schedule.
+//! accumulation, the residual stream in f32 and every other activation in bf16, written
+//! directly in the layout the next GEMM reads. A block is 22 launches: AdaLN modulation
+//! straight to bf16, one pass from the qkv projection to the KV cache (normalisation, RoPE,
+//! append), and block-causal flash attention writing token-major output, over a KV cache
+//! preallocated for the whole schedule.
 //!
 //! What is computed once per prompt batch from a few dozen text tokens stays on the CPU model
 //! and is uploaded: the text conditioning (pooling, cross-attention memory, AdaLN tables). Each
@@ -13,9 +16,9 @@ use infinity_autograd::Var;
 use infinity_cuda::adaln::{gated_residual, modulate};
 use infinity_cuda::attention::HEAD_DIMS;
 use infinity_cuda::attention::{Attention, BlockCausal, Scores};
-use infinity_cuda::elementwise::{add, cast, copy_into, gelu_tanh};
+use infinity_cuda::elementwise::{add, gelu_tanh};
 use infinity_cuda::gemm::linear;
-use infinity_cuda::rope::rope_interleaved;
+use infinity_cuda::rope::attention_inputs;
 use infinity_cuda::{DeviceTensor, Executor, Result as CudaResult};
 use infinity_runtime::{DType, Error, Result, Tensor};
 
@@ -36,7 +39,7 @@ fn linear_weights(exec: &Executor, w: &Var, b: &Var) -> CudaResult<(DeviceTensor
 /// The linear layers of one block on the device: weights bf16 (N, K), biases f32.
 struct DeviceBlock {
     qkv: (DeviceTensor, DeviceTensor),
-    /// (H,) f32: the cosine attention's per-head multiplier.
+    /// (H,) f32: the cosine attention's per-head multiplier, applied to q.
     head_scale: DeviceTensor,
     proj: (DeviceTensor, DeviceTensor),
     ca_q: (DeviceTensor, DeviceTensor),
@@ -201,7 +204,7 @@ struct BlockState {
     ca_norm: (DeviceTensor, DeviceTensor),
     /// Per sample: the text's keys and values (1, H, Lᵢ, hd) bf16.
     text_kv: Vec<(DeviceTensor, DeviceTensor)>,
-    /// Keys (normalised by the kernel, rotated) and values of every scale so far: (R, H, L, hd).
+    /// Keys (normalised, rotated) and values of every scale so far: (R, H, L, hd).
     cache: (DeviceTensor, DeviceTensor),
 }
 
@@ -246,9 +249,9 @@ impl DeviceSession<'_, '_> {
 
     fn logits(&self, hidden: &DeviceTensor) -> CudaResult<DeviceTensor> {
         let exec = self.engine.exec;
-        let a = modulate(exec, hidden, &self.head_ada[0], &self.head_ada[1], EPS)?;
+        let a = modulate(exec, hidden, &self.head_ada[0], &self.head_ada[1], EPS, DType::BF16)?;
         let (w, b) = &self.engine.head;
-        linear(exec, &cast(exec, &a, DType::BF16)?, w, Some(b), DType::F32)
+        linear(exec, &a, w, Some(b), DType::F32)
     }
 }
 
@@ -291,58 +294,51 @@ impl BlockStep<'_> {
         let rows = x.shape()[0];
         let c = x.shape()[2];
         let hd = c / self.heads;
-        let bf16 = |t: &DeviceTensor| cast(exec, t, DType::BF16);
 
-        // Self-attention over the cache: q and k rotated here, normalised inside the kernel
-        // (the rotation keeps norms, so the order does not matter).
-        let a = bf16(&modulate(exec, x, scale1, shift1, EPS)?)?;
-        let qkv = linear(exec, &a, &w.qkv.0, Some(&w.qkv.1), DType::BF16)?
-            .reshape(&[rows, self.n, 3, self.heads, hd])?
-            .permute(&[2, 0, 3, 1, 4])?;
-        let part = |i: usize| qkv.narrow(0, i, 1).and_then(|t| t.squeeze(0));
-        let q = rope_interleaved(exec, &part(0)?, self.cos, self.sin)?;
-        let k = rope_interleaved(exec, &part(1)?, self.cos, self.sin)?;
-        copy_into(exec, &k, &mut s.cache.0, 2, self.start)?;
-        copy_into(exec, &part(2)?, &mut s.cache.1, 2, self.start)?;
+        // Self-attention over the cache. q and k are normalised, scaled and rotated once per
+        // token as the cache is filled, so the kernel computes plain scale-1 scores.
+        let a = modulate(exec, x, scale1, shift1, EPS, DType::BF16)?;
+        let qkv =
+            linear(exec, &a, &w.qkv.0, Some(&w.qkv.1), DType::BF16)?.reshape(&[rows, self.n, 3, self.heads, hd])?;
+        let (k_cache, v_cache) = &mut s.cache;
+        let q = attention_inputs(exec, &qkv, self.cos, self.sin, &w.head_scale, k_cache, v_cache, self.start)?;
         let end = self.start + self.n;
-        let o = Attention {
+        let mut o = exec.empty(&[rows, self.n, self.heads, hd], DType::BF16)?;
+        Attention {
             q: &q,
-            k: &s.cache.0.narrow(2, 0, end)?,
-            v: &s.cache.1.narrow(2, 0, end)?,
+            k: &k_cache.narrow(2, 0, end)?,
+            v: &v_cache.narrow(2, 0, end)?,
             mask: BlockCausal { offsets: self.offsets, q_start: self.start },
-            scores: Scores::Cosine(&w.head_scale),
+            scores: Scores::Dot(1.0),
         }
-        .forward(exec)?
-        .out;
-        let o = bf16(&o.permute(&[0, 2, 1, 3])?)?.reshape(&[rows, self.n, c])?;
-        let y = linear(exec, &o, &w.proj.0, Some(&w.proj.1), DType::F32)?;
+        .forward_into(exec, &mut o, 0)?;
+        let y = linear(exec, &o.reshape(&[rows, self.n, c])?, &w.proj.0, Some(&w.proj.1), DType::F32)?;
         let x = gated_residual(exec, x, &y, gamma1)?;
 
         // Cross-attention of each sample's queries to its own text.
-        let h = bf16(&modulate(exec, &x, &s.ca_norm.0, &s.ca_norm.1, EPS)?)?;
+        let h = modulate(exec, &x, &s.ca_norm.0, &s.ca_norm.1, EPS, DType::BF16)?;
         let q = linear(exec, &h, &w.ca_q.0, Some(&w.ca_q.1), DType::BF16)?
             .reshape(&[rows, self.n, self.heads, hd])?
             .permute(&[0, 2, 1, 3])?;
         let mut o = exec.empty(&[rows, self.n, self.heads, hd], DType::BF16)?;
         for (b, (tk, tv)) in s.text_kv.iter().enumerate() {
             let len = tk.shape()[2];
-            let ob = Attention {
+            Attention {
                 q: &q.narrow(0, b, 1)?,
                 k: tk,
                 v: tv,
                 mask: BlockCausal { offsets: &[0, len], q_start: 0 },
                 scores: Scores::Dot(1.0 / (hd as f32).sqrt()),
             }
-            .forward(exec)?
-            .out;
-            copy_into(exec, &ob.permute(&[0, 2, 1, 3])?, &mut o, 0, b)?;
+            .forward_into(exec, &mut o, b)?;
         }
         let o = o.reshape(&[rows, self.n, c])?;
         let x = add(exec, &x, &linear(exec, &o, &w.ca_proj.0, Some(&w.ca_proj.1), DType::F32)?)?;
 
         // FFN with the second gate.
-        let f = bf16(&modulate(exec, &x, scale2, shift2, EPS)?)?;
-        let f = bf16(&gelu_tanh(exec, &linear(exec, &f, &w.fc1.0, Some(&w.fc1.1), DType::F32)?)?)?;
+        let f = modulate(exec, &x, scale2, shift2, EPS, DType::BF16)?;
+        // The hidden layer (4C wide) only ever exists in bf16.
+        let f = gelu_tanh(exec, &linear(exec, &f, &w.fc1.0, Some(&w.fc1.1), DType::BF16)?, DType::BF16)?;
         let f = linear(exec, &f, &w.fc2.0, Some(&w.fc2.1), DType::F32)?;
         gated_residual(exec, &x, &f, gamma2)
     }

@@ -179,7 +179,8 @@ impl<'e> DeviceT5<'e> {
         let x = add(exec, x, &linear(exec, &attended, &w.o, None, DType::F32)?)?;
 
         let wi = linear(exec, &normed(&x, &w.ffn_norm)?, &w.wi, None, DType::F32)?;
-        let gated = mul(exec, &gelu_tanh(exec, &wi.narrow(1, 0, c.d_ff)?)?, &wi.narrow(1, c.d_ff, c.d_ff)?)?;
+        let gated =
+            mul(exec, &gelu_tanh(exec, &wi.narrow(1, 0, c.d_ff)?, DType::F32)?, &wi.narrow(1, c.d_ff, c.d_ff)?)?;
         add(exec, &x, &linear(exec, &cast(exec, &gated, DType::BF16)?, &w.wo, None, DType::F32)?)
     }
 }

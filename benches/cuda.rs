@@ -5,10 +5,11 @@
 //!
 //! - GEMM: 4096³ bf16 → f32, and the 2B transformer's linear layers at the last 1024² scale
 //!   (2 × 4096 tokens with CFG, C = 2048).
-//! - Attention: that scale's block-causal cosine attention against the full KV cache
-//!   (B = 2, H = 16, Lq = 4096, Lk = 10521, D = 128).
-//! - Memory-bound kernels at that scale (AdaLN, gated residual, cast, GELU, RoPE), the
-//!   bit quantizer and the bitwise sampler: GB/s of their reads and writes.
+//! - Attention: that scale's block-causal attention against the full KV cache as inference
+//!   runs it (B = 2, H = 16, Lq = 4096, Lk = 10521, D = 128; q and k normalised beforehand).
+//! - Memory-bound kernels at that scale (AdaLN to bf16, gated residual, cast, GELU in bf16,
+//!   the fused attention inputs), the bit quantizer and the bitwise sampler: GB/s of their
+//!   reads and writes.
 //! - The 2B transformer's device forward over a whole 1024² schedule (13 scales) with CFG:
 //!   seconds per image (the official code's 0.8 s is for this model) and per scale.
 //!
@@ -23,7 +24,7 @@ use infinity::cuda::bitwise_head::{Sampling, sample_bits};
 use infinity::cuda::elementwise::{cast, gelu_tanh};
 use infinity::cuda::gemm::{linear, matmul};
 use infinity::cuda::quantize::quantize_scale;
-use infinity::cuda::rope::rope_interleaved;
+use infinity::cuda::rope::attention_inputs;
 use infinity::cuda::testing::skip;
 use infinity::cuda::{DeviceTensor, Executor};
 use infinity::models::infinity::device::{DeviceInfinity, generate};
@@ -80,19 +81,21 @@ fn attention(c: &mut Criterion, exec: &Executor) {
     let (b, h, d) = (2, 16, 128);
     let q = random(exec, &[b, h, lq, d], DType::BF16, 6);
     let (k, v) = (random(exec, &[b, h, lk, d], DType::BF16, 7), random(exec, &[b, h, lk, d], DType::BF16, 8));
-    let head_scale = exec.upload(&Tensor::from_vec(vec![4.0f32; h], &[h]).expect("shape")).expect("upload");
+    // As inference calls it: q and k already normalised and scaled (`attention_inputs`), the
+    // output token-major, no logsumexp.
     let call = Attention {
         q: &q,
         k: &k,
         v: &v,
         mask: BlockCausal { offsets: &offsets, q_start: lk - lq },
-        scores: Scores::Cosine(&head_scale),
+        scores: Scores::Dot(1.0),
     };
+    let mut out = exec.empty(&[b, lq, h, d], DType::BF16).expect("output");
     let mut group = c.benchmark_group("attention");
     // The last scale sees every key: QKᵀ and PV, 2 FLOP per multiply-add each.
     group.throughput(Throughput::Elements((4 * b * h * lq * lk * d) as u64));
     group.bench_function(format!("last_scale_1024_lq{lq}_lk{lk}_d{d}"), |bench| {
-        bench.iter_custom(|iters| device_time(exec, iters, || drop(call.forward(exec).expect("attention"))))
+        bench.iter_custom(|iters| device_time(exec, iters, || call.forward_into(exec, &mut out, 0).expect("attention")))
     });
     group.finish();
 }
@@ -120,15 +123,18 @@ fn memory_bound(c: &mut Criterion, exec: &Executor) {
     let hidden = random(exec, &[rows, tokens, 4 * channels], DType::BF16, 16);
     bench("gelu_tanh_bf16", 4 * stream, &mut || drop(gelu_tanh(exec, &hidden, DType::BF16).expect("gelu")));
 
-    // q of the last scale (B, H, L, D) bf16 as the fused qkv projection leaves it, rotated.
+    // The last scale's qkv projection (B, n, 3, H, D) bf16 into q and the KV caches.
     let (heads, head_dim) = (16, 128);
     let qkv = random(exec, &[rows, tokens, 3, heads, head_dim], DType::BF16, 13);
-    let q = qkv.narrow(2, 0, 1).and_then(|t| t.squeeze(2)).and_then(|t| t.permute(&[0, 2, 1, 3])).expect("view");
     let (cos, sin) =
         (random(exec, &[tokens, head_dim / 2], DType::F32, 14), random(exec, &[tokens, head_dim / 2], DType::F32, 15));
+    let head_scale = random(exec, &[heads], DType::F32, 19);
+    let cache = || exec.empty(&[rows, heads, tokens, head_dim], DType::BF16).expect("cache");
+    let (mut k_cache, mut v_cache) = (cache(), cache());
     let angles = (2 * tokens * head_dim / 2 * 4) as u64;
-    bench("rope_bf16", (2 * rows * heads * tokens * head_dim * 2) as u64 + angles, &mut || {
-        drop(rope_interleaved(exec, &q, &cos, &sin).expect("rope"))
+    bench("attention_inputs", (2 * 3 * rows * heads * tokens * head_dim * 2) as u64 + angles, &mut || {
+        let q = attention_inputs(exec, &qkv, &cos, &sin, &head_scale, &mut k_cache, &mut v_cache, 0);
+        drop(q.expect("attention inputs"))
     });
 
     // Training's quantizer on a batch of 16 latents (32 bits, 64 × 64): residual in; bits,

@@ -23,7 +23,7 @@ use infinity::ops::attention::reference::attention as reference_attention;
 use infinity::ops::elementwise::mul;
 use infinity::ops::norm::l2_normalize;
 use infinity::runtime::{DType, Error as RuntimeError, Tensor};
-use infinity_cuda::attention::{Attention, BlockCausal, Output, Scores};
+use infinity_cuda::attention::{Attention, BlockCausal, Output, PackedKeys, Scores};
 use infinity_cuda::testing::executors;
 use infinity_cuda::{DeviceTensor, Error, Executor};
 use proptest::prelude::*;
@@ -386,6 +386,38 @@ proptest! {
         }
     }
 
+    /// Cross-attention over packed texts of different lengths: one launch gives each sample
+    /// exactly what a launch of its own gives (its keys fall into the same tiles), and writes
+    /// nothing outside the samples it was given.
+    #[test]
+    fn packed_keys_match_one_launch_per_sample(h in 1usize..=2, lq in 1usize..=40,
+                                               lens in prop::collection::vec(1usize..=70, 1..=3),
+                                               d in prop::sample::select(vec![64usize, 128]), seed: u64) {
+        let (b, total) = (lens.len(), lens.iter().sum::<usize>());
+        let bf16 = |shape: &[usize], seed| bf16_values(shape, seed, 1.0).to_dtype(DType::BF16);
+        let (q, k, v) = (bf16(&[b, h, lq, d], seed), bf16(&[1, h, total, d], seed ^ 1), bf16(&[1, h, total, d], seed ^ 2));
+        let dot = Scores::Dot(0.125);
+        for exec in executors() {
+            let (q, k, v) = (upload(exec, &q), upload(exec, &k), upload(exec, &v));
+            let keys = PackedKeys::new(exec, &lens).unwrap();
+            let mut packed = upload(exec, &Tensor::zeros(&[b + 1, lq, h, d], DType::BF16));
+            let attention = Attention { q: &q, k: &k, v: &v, mask: BlockCausal { offsets: &[0, total], q_start: 0 }, scores: dot };
+            attention.forward_packed_into(exec, &keys, &mut packed, 1).unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
+            let packed = host(exec, &packed);
+            prop_assert!(packed.narrow(0, 0, 1).unwrap().to_vec::<f32>().unwrap().iter().all(|&x| x == 0.0));
+            let mut start = 0;
+            for (i, &len) in lens.iter().enumerate() {
+                let (ki, vi) = (k.narrow(2, start, len).unwrap(), v.narrow(2, start, len).unwrap());
+                let mut alone = upload(exec, &Tensor::zeros(&[1, lq, h, d], DType::BF16));
+                Attention { q: &q.narrow(0, i, 1).unwrap(), k: &ki, v: &vi, mask: BlockCausal { offsets: &[0, len], q_start: 0 }, scores: dot }
+                    .forward_into(exec, &mut alone, 0)
+                    .unwrap();
+                prop_assert!(host(exec, &alone).same_values(&packed.narrow(0, i + 1, 1).unwrap()), "{}: sample {}", exec.name(), i);
+                start += len;
+            }
+        }
+    }
+
     #[test]
     fn backward_matches_the_cpu_autograd(b in 1usize..=2, h in 1usize..=2, lens in scale_lens(),
                                          first_pick in 0usize..8, cosine: bool, layout in 0usize..2, seed: u64) {
@@ -475,6 +507,21 @@ fn preconditions_are_typed_errors() {
         attention.forward_into(exec, &mut t(&[1, 5, 2, 64], DType::F32), 0),
         Err(Error::Invalid(RuntimeError::DTypeMismatch { op: OP, .. }))
     ));
+    // Packed keys: offsets that cover k's rows exactly, k of one sample, the one-block mask.
+    let (q2, k1) = (t(&[2, 2, 5, 64], DType::BF16), t(&[1, 2, 7, 64], DType::BF16));
+    let packed = |q: &DeviceTensor, k: &DeviceTensor, offsets: &[usize], lens: &[usize]| {
+        let keys = PackedKeys::new(exec, lens).unwrap();
+        let call = Attention { q, k, v: k, mask: BlockCausal { offsets, q_start: 0 }, scores: dot };
+        call.forward_packed_into(exec, &keys, &mut t(&[2, 5, 2, 64], DType::BF16), 0)
+    };
+    assert!(packed(&q2, &k1, &[0, 7], &[3, 4]).is_ok());
+    assert_invalid(packed(&q2, &k1, &[0, 7], &[3, 3]), OP);
+    assert_invalid(packed(&q2, &k1, &[0, 7], &[7]), OP);
+    assert_invalid(packed(&q2, &k1, &[0, 3, 7], &[3, 4]), OP);
+    assert_invalid(packed(&q2, &t(&[2, 2, 7, 64], DType::BF16), &[0, 7], &[3, 4]), OP);
+    for lens in [&[][..], &[3, 0, 4]] {
+        assert_invalid(PackedKeys::new(exec, lens), "packed_keys");
+    }
     let output = attention.forward(exec).unwrap();
     assert_invalid(attention.backward(exec, &output, &t(&[1, 2, 4, 64], DType::BF16)), "attention_backward");
 }

@@ -184,6 +184,10 @@ __device__ __forceinline__ void accumulators_to_a(unsigned a[4], const float c0[
 /// strides for (B, H, L) (a token-major out is the (B, Lq, H·D) operand of the projection
 /// that follows); lse (B, H, Lq) f32 contiguous, or null when no backward follows. Grid:
 /// B·H·⌈Lq / 64⌉ blocks of 128 threads.
+///
+/// With `kv_starts` (B + 1 rising offsets) the keys are packed instead: sample b's are rows
+/// kv_starts[b] .. kv_starts[b + 1] of k and v's sample 0, all visible to each of its queries
+/// (cross-attention to texts of different lengths, one launch for the batch).
 struct AttentionForwardParams {
     const bf16* q;
     const bf16* k;
@@ -191,6 +195,7 @@ struct AttentionForwardParams {
     bf16* out;
     /// ln Σ_j exp(score_ij) over the visible keys, per query row.
     float* lse;
+    const int* kv_starts;
     int q_stride[3];
     int k_stride[3];
     int v_stride[3];
@@ -222,8 +227,15 @@ __device__ __forceinline__ void attention_forward(const AttentionForwardParams& 
     const bf16* q = p.q + b * p.q_stride[0] + h * p.q_stride[1] + row0 * p.q_stride[2];
     const bf16* k = p.k + b * p.k_stride[0] + h * p.k_stride[1];
     const bf16* v = p.v + b * p.v_stride[0] + h * p.v_stride[1];
+    int kv_len = sh.kv_len;
+    if (p.kv_starts != nullptr) {
+        const int first = p.kv_starts[b];
+        kv_len = p.kv_starts[b + 1] - first;
+        k = p.k + h * p.k_stride[1] + first * p.k_stride[2];
+        v = p.v + h * p.v_stride[1] + first * p.v_stride[2];
+    }
     // The first key tile lands while the queries are set up.
-    load_tile_async<kKeys, D>(k_tile, k, p.k_stride[2], min(kKeys, sh.kv_len));
+    load_tile_async<kKeys, D>(k_tile, k, p.k_stride[2], min(kKeys, kv_len));
     cp_async_commit();
     load_tile<kRows, D>(q_tile, q, p.q_stride[2], rows);
     __syncthreads();
@@ -244,9 +256,9 @@ __device__ __forceinline__ void attention_forward(const AttentionForwardParams& 
     for (int i = 0; i < 2; ++i) {
         const float inv = sh.cosine ? k_inv[warp * 16 + g + 8 * i] : 1.0f;
         factor[i] = head_factor(sh, h) * inv * kLog2e;
-        end[i] = visible_end(sh, sh.q_start + min(row0 + warp * 16 + g + 8 * i, sh.q_len - 1));
+        end[i] = p.kv_starts ? kv_len : visible_end(sh, sh.q_start + min(row0 + warp * 16 + g + 8 * i, sh.q_len - 1));
     }
-    const int tile_end = visible_end(sh, sh.q_start + row0 + rows - 1);
+    const int tile_end = p.kv_starts ? kv_len : visible_end(sh, sh.q_start + row0 + rows - 1);
     // The query tile and its norms are overwritten next.
     __syncthreads();
 
@@ -254,7 +266,7 @@ __device__ __forceinline__ void attention_forward(const AttentionForwardParams& 
     float m[2] = {neg_inf, neg_inf}, l[2] = {0.0f, 0.0f};
     // Each step's V lands while its scores are computed, the next step's K while P·V is.
     for (int key0 = 0; key0 < tile_end; key0 += kKeys) {
-        load_tile_async<kKeys, D>(v_tile, v + key0 * p.v_stride[2], p.v_stride[2], min(kKeys, sh.kv_len - key0));
+        load_tile_async<kKeys, D>(v_tile, v + key0 * p.v_stride[2], p.v_stride[2], min(kKeys, kv_len - key0));
         cp_async_commit();
         cp_async_wait<1>(); // this step's K
         __syncthreads();
@@ -317,7 +329,7 @@ __device__ __forceinline__ void attention_forward(const AttentionForwardParams& 
         __syncthreads();
         const int next = key0 + kKeys;
         if (next < tile_end)
-            load_tile_async<kKeys, D>(k_tile, k + next * p.k_stride[2], p.k_stride[2], min(kKeys, sh.kv_len - next));
+            load_tile_async<kKeys, D>(k_tile, k + next * p.k_stride[2], p.k_stride[2], min(kKeys, kv_len - next));
         cp_async_commit();
 
         // O += P·V, P rounded to bf16. A transposing ldmatrix gives the B fragments of

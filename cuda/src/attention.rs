@@ -19,7 +19,7 @@
 
 use cudarc::driver::DeviceRepr;
 use infinity_runtime::half::bf16;
-use infinity_runtime::{DType, Error as RuntimeError};
+use infinity_runtime::{DType, Error as RuntimeError, Tensor};
 
 use crate::Result;
 use crate::device::{DevPtr, DeviceTensor, View};
@@ -65,6 +65,7 @@ pub struct AttentionForwardParams {
     v: DevPtr<bf16>,
     out: DevPtr<bf16>,
     lse: DevPtr<f32>,
+    kv_starts: DevPtr<i32>,
     q_stride: [i32; 3],
     k_stride: [i32; 3],
     v_stride: [i32; 3],
@@ -153,6 +154,36 @@ pub enum Scores<'a> {
     Cosine(&'a DeviceTensor),
 }
 
+/// Where each sample's keys lie in a packed k and v (the text memories of a batch, of
+/// different lengths): sample i's are rows starts[i]..starts[i + 1], each at least one. Kept
+/// on the device too, so that a launch reads them without a copy; made once per batch.
+pub struct PackedKeys {
+    starts: Vec<usize>,
+    /// The same offsets, (B + 1,) i32.
+    device: DeviceTensor,
+}
+
+impl PackedKeys {
+    /// The packing of samples with `lens` keys each, in order.
+    pub fn new(exec: &Executor, lens: &[usize]) -> Result<PackedKeys> {
+        const OP: &str = "packed_keys";
+        let starts: Vec<usize> = std::iter::once(0)
+            .chain(lens.iter().scan(0, |end, &len| {
+                *end += len;
+                Some(*end)
+            }))
+            .collect();
+        if lens.is_empty() || lens.contains(&0) || starts.last().is_some_and(|&n| n > i32::MAX as usize) {
+            return Err(
+                RuntimeError::invalid(OP, lens, "each sample needs at least one key, 2^31 in all at most").into()
+            );
+        }
+        let table: Vec<i32> = starts.iter().map(|&s| s as i32).collect();
+        let device = exec.upload(&Tensor::from_vec(table, &[starts.len()])?)?;
+        Ok(PackedKeys { starts, device })
+    }
+}
+
 /// One attention call: the tensors (see the module header for shapes) and how they interact.
 #[derive(Clone, Copy)]
 pub struct Attention<'a> {
@@ -215,7 +246,7 @@ impl Attention<'_> {
         let out_view = exec.view_mut::<bf16, 4>(OP, &mut out)?;
         let lse_ptr = exec.view_mut::<f32, 3>(OP, &mut lse)?.ptr;
         // SAFETY: both outputs were just allocated with the q rows.
-        unsafe { launch_forward(exec, &ops, &out_view, lse_ptr)? };
+        unsafe { launch_forward(exec, &ops, &out_view, lse_ptr, DevPtr::new(0))? };
         Ok(Output { out, lse })
     }
 
@@ -226,6 +257,21 @@ impl Attention<'_> {
     pub fn forward_into(&self, exec: &Executor, out: &mut DeviceTensor, batch_start: usize) -> Result<()> {
         const OP: &str = "attention_forward";
         let ops = self.operands(exec, OP)?;
+        let slice = self.output_slice(exec, OP, &ops, out, batch_start)?;
+        // SAFETY: `slice` addresses samples batch_start.. of `out`.
+        unsafe { launch_forward(exec, &ops, &slice, DevPtr::new(0), DevPtr::new(0)) }
+    }
+
+    /// Samples `batch_start..` of a contiguous (B', Lq, H, D) bf16 `out` as the kernel's
+    /// (B, H, Lq, D) output view, checked to hold the output of q.
+    fn output_slice(
+        &self,
+        exec: &Executor,
+        op: &'static str,
+        ops: &Operands,
+        out: &mut DeviceTensor,
+        batch_start: usize,
+    ) -> Result<View<bf16, 4>> {
         let [batch, heads, q_len, head_dim] = ops.q.dims.map(|n| n as usize);
         let fits = out.shape().len() == 4
             && out.shape()[1..] == [q_len, heads, head_dim]
@@ -236,17 +282,35 @@ impl Attention<'_> {
                 "cannot hold the output of q {:?} as samples {batch_start}.. of a contiguous (B, Lq, H, D) tensor",
                 self.q.shape()
             );
-            return Err(RuntimeError::invalid(OP, out.shape(), msg).into());
+            return Err(RuntimeError::invalid(op, out.shape(), msg).into());
         }
-        let view = exec.view_mut::<bf16, 4>(OP, out)?;
+        let view = exec.view_mut::<bf16, 4>(op, out)?;
         let [sample, token, head, _] = view.strides;
-        let slice = View {
+        Ok(View {
             ptr: view.ptr.add(batch_start * sample as usize),
             dims: ops.q.dims,
             strides: [sample, head, token, 1],
-        };
-        // SAFETY: `slice` addresses samples batch_start.. of `out`, checked above to hold them.
-        unsafe { launch_forward(exec, &ops, &slice, DevPtr::new(0)) }
+        })
+    }
+
+    /// [`Attention::forward_into`] for samples whose keys differ in number (cross-attention
+    /// to each sample's own text), in one launch: k and v are (1, H, ΣLᵢ, D), sample i's keys
+    /// the rows `keys` gives it, every one visible to each of its queries; the mask is the one
+    /// block [0, ΣLᵢ].
+    pub fn forward_packed_into(
+        &self,
+        exec: &Executor,
+        keys: &PackedKeys,
+        out: &mut DeviceTensor,
+        batch_start: usize,
+    ) -> Result<()> {
+        const OP: &str = "attention_forward";
+        let ops = self.checked_operands(exec, OP, Some(keys))?;
+        let slice = self.output_slice(exec, OP, &ops, out, batch_start)?;
+        let starts = exec.view::<i32, 1>(OP, &keys.device)?.ptr;
+        // SAFETY: `slice` addresses samples batch_start.. of `out`; the packed offsets were
+        // checked against k's rows (`checked_operands`), and the device copy holds the same.
+        unsafe { launch_forward(exec, &ops, &slice, DevPtr::new(0), starts) }
     }
 
     /// The gradients for output gradient `dout` (B, H, Lq, D) bf16 (strided like q), given the
@@ -307,10 +371,29 @@ impl Attention<'_> {
 
     /// Checks dtypes, shapes, strides, the mask and the scores, and builds the kernels' shape.
     fn operands(&self, exec: &Executor, op: &'static str) -> Result<Operands> {
+        self.checked_operands(exec, op, None)
+    }
+
+    /// As [`Attention::operands`]; with `packed` k and v hold one sample (the packed keys of
+    /// every sample), which must be those `packed` describes, seen through the one-block mask.
+    fn checked_operands(&self, exec: &Executor, op: &'static str, packed: Option<&PackedKeys>) -> Result<Operands> {
         let (q, k, v) = (rows_view(exec, op, self.q)?, rows_view(exec, op, self.k)?, rows_view(exec, op, self.v)?);
         let [batch, heads, q_len, head_dim] = q.dims;
-        if k.dims != [batch, heads, k.dims[2], head_dim] {
+        let k_batch = if packed.is_some() { 1 } else { batch };
+        if k.dims != [k_batch, heads, k.dims[2], head_dim] {
             return Err(mismatch(op, self.q, self.k));
+        }
+        if let Some(keys) = packed {
+            let fits = keys.starts.len() == batch as usize + 1
+                && keys.starts.last() == Some(&(k.dims[2] as usize))
+                && self.mask.offsets.len() == 2;
+            if !fits {
+                let msg = format!(
+                    "packed keys {:?} for {batch} samples of {} keys, with the one-block mask",
+                    keys.starts, k.dims[2]
+                );
+                return Err(RuntimeError::invalid(op, self.k.shape(), msg).into());
+            }
         }
         if v.dims != k.dims {
             return Err(mismatch(op, self.k, self.v));
@@ -387,11 +470,19 @@ impl Attention<'_> {
 }
 
 /// Runs the forward kernel of `ops`, O into `out` (q's dims, any (B, H, L) strides, D
-/// contiguous) and the logsumexp into `lse` ((B, H, Lq) contiguous) unless it is null.
+/// contiguous) and the logsumexp into `lse` ((B, H, Lq) contiguous) unless it is null; with a
+/// non-null `kv_starts`, the keys are packed (see [`Attention::forward_packed_into`]).
 ///
 /// # Safety
-/// `out` and a non-null `lse` must address writable memory of `exec` holding those elements.
-unsafe fn launch_forward(exec: &Executor, ops: &Operands, out: &View<bf16, 4>, lse: DevPtr<f32>) -> Result<()> {
+/// `out` and a non-null `lse` must address writable memory of `exec` holding those elements;
+/// a non-null `kv_starts` must hold B + 1 rising offsets within k's rows.
+unsafe fn launch_forward(
+    exec: &Executor,
+    ops: &Operands,
+    out: &View<bf16, 4>,
+    lse: DevPtr<f32>,
+    kv_starts: DevPtr<i32>,
+) -> Result<()> {
     let handle = match ops.head_dim() {
         64 => ATTENTION_FORWARD_D64,
         _ => ATTENTION_FORWARD_D128,
@@ -402,6 +493,7 @@ unsafe fn launch_forward(exec: &Executor, ops: &Operands, out: &View<bf16, 4>, l
         v: ops.v.ptr,
         out: out.ptr,
         lse,
+        kv_starts,
         q_stride: row_strides(&ops.q),
         k_stride: row_strides(&ops.k),
         v_stride: row_strides(&ops.v),

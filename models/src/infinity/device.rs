@@ -1,10 +1,11 @@
 //! The transformer's inference forward on a CUDA [`Executor`] (a GPU, or the CPU shim that
 //! runs the same kernels in tests): linear weights in bf16, GEMMs through cuBLAS with f32
 //! accumulation, the residual stream in f32 and every other activation in bf16, written
-//! directly in the layout the next GEMM reads. A block is 22 launches: AdaLN modulation
-//! straight to bf16, one pass from the qkv projection to the KV cache (normalisation, RoPE,
-//! append), and block-causal flash attention writing token-major output, over a KV cache
-//! preallocated for the whole schedule.
+//! directly in the layout the next GEMM reads. A block is 22 launches whatever the batch:
+//! AdaLN modulation straight to bf16, one pass from the qkv projection to the KV cache
+//! (normalisation, RoPE, append), block-causal flash attention writing token-major output, over
+//! a KV cache preallocated for the whole schedule, and one cross-attention over the batch's
+//! packed texts.
 //!
 //! What is computed once per prompt batch from a few dozen text tokens stays on the CPU model
 //! and is uploaded: the text conditioning (pooling, cross-attention memory, AdaLN tables). Each
@@ -15,7 +16,7 @@
 use infinity_autograd::Var;
 use infinity_cuda::adaln::{gated_residual, modulate};
 use infinity_cuda::attention::HEAD_DIMS;
-use infinity_cuda::attention::{Attention, BlockCausal, Scores};
+use infinity_cuda::attention::{Attention, BlockCausal, PackedKeys, Scores};
 use infinity_cuda::elementwise::{add, gelu_tanh};
 use infinity_cuda::gemm::linear;
 use infinity_cuda::rope::attention_inputs;
@@ -149,20 +150,12 @@ impl<'e> DeviceInfinity<'e> {
             let (w, b) = &weights.ca_kv;
             let text =
                 linear(exec, &memory, w, Some(b), DType::BF16)?.reshape(&[memory_len, 2, self.heads, self.head_dim])?;
-            let mut text_kv = Vec::with_capacity(rows);
-            let mut offset = 0;
-            for &len in &cond.lens {
-                // Sample i's keys (i = 0) or values (i = 1) as a (1, H, Lᵢ, hd) view.
-                let part = |i: usize| {
-                    text.narrow(0, offset, len)?.narrow(1, i, 1)?.squeeze(1)?.permute(&[1, 0, 2])?.unsqueeze(0)
-                };
-                text_kv.push((part(0)?, part(1)?));
-                offset += len;
-            }
+            // The keys (i = 0) or values (i = 1) of every sample as a packed (1, H, ΣLᵢ, hd) view.
+            let part = |i: usize| text.narrow(1, i, 1)?.squeeze(1)?.permute(&[1, 0, 2])?.unsqueeze(0);
             blocks.push(BlockState {
                 ada: row_tensors(exec, &ada)?,
                 ca_norm: (broadcast(&norm_scale)?, broadcast(block.ca_norm_b.value())?),
-                text_kv,
+                text_kv: (part(0)?, part(1)?),
                 cache: (cache()?, cache()?),
             });
         }
@@ -170,6 +163,7 @@ impl<'e> DeviceInfinity<'e> {
             engine: self,
             schedule,
             blocks,
+            text_keys: PackedKeys::new(exec, &cond.lens)?,
             head_ada: row_tensors(exec, cond.head_ada.value())?,
             start: put(exec, model.start_tokens(cond)?.value(), DType::F32)?,
             with_uncond,
@@ -202,8 +196,8 @@ struct BlockState {
     ada: [DeviceTensor; 6],
     /// The cross-attention LayerNorm's affine as AdaLN rows (weight − 1, bias), (R, C) views.
     ca_norm: (DeviceTensor, DeviceTensor),
-    /// Per sample: the text's keys and values (1, H, Lᵢ, hd) bf16.
-    text_kv: Vec<(DeviceTensor, DeviceTensor)>,
+    /// Every sample's text keys and values, packed: (1, H, ΣLᵢ, hd) bf16 each.
+    text_kv: (DeviceTensor, DeviceTensor),
     /// Keys (normalised, rotated) and values of every scale so far: (R, H, L, hd).
     cache: (DeviceTensor, DeviceTensor),
 }
@@ -213,6 +207,8 @@ pub struct DeviceSession<'s, 'e> {
     engine: &'s DeviceInfinity<'e>,
     schedule: &'s Schedule,
     blocks: Vec<BlockState>,
+    /// Where each sample's text lies in the blocks' packed text keys and values.
+    text_keys: PackedKeys,
     /// The head's AdaLN [scale, shift], (R, C) f32.
     head_ada: [DeviceTensor; 2],
     /// (R, 1, C) f32.
@@ -239,8 +235,16 @@ impl DeviceSession<'_, '_> {
         let offsets = &self.schedule.offsets()[..=k + 1];
         let mut h = add(exec, x, &self.engine.lvl_embed.narrow(0, k, 1)?)?;
         for (block, state) in self.engine.blocks.iter().zip(&mut self.blocks) {
-            let step =
-                BlockStep { exec, heads: self.engine.heads, n, start: self.filled, offsets, cos: &cos, sin: &sin };
+            let step = BlockStep {
+                exec,
+                heads: self.engine.heads,
+                n,
+                start: self.filled,
+                offsets,
+                cos: &cos,
+                sin: &sin,
+                text_keys: &self.text_keys,
+            };
             h = step.run(block, state, &h)?;
         }
         self.filled += n;
@@ -284,6 +288,7 @@ struct BlockStep<'a> {
     offsets: &'a [usize],
     cos: &'a DeviceTensor,
     sin: &'a DeviceTensor,
+    text_keys: &'a PackedKeys,
 }
 
 impl BlockStep<'_> {
@@ -315,23 +320,21 @@ impl BlockStep<'_> {
         let y = linear(exec, &o.reshape(&[rows, self.n, c])?, &w.proj.0, Some(&w.proj.1), DType::F32)?;
         let x = gated_residual(exec, x, &y, gamma1)?;
 
-        // Cross-attention of each sample's queries to its own text.
+        // Cross-attention of each sample's queries to its own text, one launch for the batch.
         let h = modulate(exec, &x, &s.ca_norm.0, &s.ca_norm.1, EPS, DType::BF16)?;
         let q = linear(exec, &h, &w.ca_q.0, Some(&w.ca_q.1), DType::BF16)?
             .reshape(&[rows, self.n, self.heads, hd])?
             .permute(&[0, 2, 1, 3])?;
+        let (text_k, text_v) = &s.text_kv;
         let mut o = exec.empty(&[rows, self.n, self.heads, hd], DType::BF16)?;
-        for (b, (tk, tv)) in s.text_kv.iter().enumerate() {
-            let len = tk.shape()[2];
-            Attention {
-                q: &q.narrow(0, b, 1)?,
-                k: tk,
-                v: tv,
-                mask: BlockCausal { offsets: &[0, len], q_start: 0 },
-                scores: Scores::Dot(1.0 / (hd as f32).sqrt()),
-            }
-            .forward_into(exec, &mut o, b)?;
+        Attention {
+            q: &q,
+            k: text_k,
+            v: text_v,
+            mask: BlockCausal { offsets: &[0, text_k.shape()[2]], q_start: 0 },
+            scores: Scores::Dot(1.0 / (hd as f32).sqrt()),
         }
+        .forward_packed_into(exec, self.text_keys, &mut o, 0)?;
         let o = o.reshape(&[rows, self.n, c])?;
         let x = add(exec, &x, &linear(exec, &o, &w.ca_proj.0, Some(&w.ca_proj.1), DType::F32)?)?;
 

@@ -44,14 +44,9 @@ __device__ __forceinline__ void adaln_modulate(const AdaLnParams<In, Out>& p) {
     }
 }
 
-// The typedef keeps the template's comma out of INFINITY_SHIM_ENTRY's arguments.
-#define INFINITY_MODULATE(NAME, IN, OUT)                                                                  \
-    typedef AdaLnParams<IN, OUT> NAME##_params;                                                           \
-    extern "C" __global__ void __launch_bounds__(256) NAME(const NAME##_params p) { adaln_modulate(p); } \
-    INFINITY_SHIM_ENTRY(NAME, NAME##_params)
-INFINITY_MODULATE(adaln_modulate_f32, float, float)
-INFINITY_MODULATE(adaln_modulate_f32_bf16, float, bf16)
-INFINITY_MODULATE(adaln_modulate_bf16, bf16, bf16)
+INFINITY_KERNEL(adaln_modulate_f32, adaln_modulate, AdaLnParams<float, float>)
+INFINITY_KERNEL(adaln_modulate_f32_bf16, adaln_modulate, AdaLnParams<float, bf16>)
+INFINITY_KERNEL(adaln_modulate_bf16, adaln_modulate, AdaLnParams<bf16, bf16>)
 
 /// out = x + gate·y with x, y (B, n, C) and gate (B, C) f32, all with element strides; out
 /// contiguous. The product and the sum are rounded separately, as the CPU's `add(x, mul(y,

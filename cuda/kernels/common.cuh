@@ -13,6 +13,14 @@
 
 typedef __nv_bfloat16 bf16;
 
+/// Entry point NAME of 256-thread blocks running BODY(p) on its parameters, whose type (a
+/// template instance) comes last so that its commas pass through; the typedef names it for
+/// INFINITY_SHIM_ENTRY.
+#define INFINITY_KERNEL(NAME, BODY, ...)                                                        \
+    typedef __VA_ARGS__ NAME##_params;                                                          \
+    extern "C" __global__ void __launch_bounds__(256) NAME(const NAME##_params p) { BODY(p); } \
+    INFINITY_SHIM_ENTRY(NAME, NAME##_params)
+
 /// D = A·B + D on the tensor cores for one warp: A 16×16 and B 16×8 bf16, D 16×8 f32. Each
 /// lane holds fragments (PTX ISA, mma.m16n8k16 with .bf16), with g = lane / 4, t = lane % 4
 /// and the lower-indexed element in the low half of each 32-bit register:

@@ -66,14 +66,9 @@ __device__ __forceinline__ void unary(const UnaryParams<In, Out>& p) {
     }
 }
 
-// The typedefs keep the templates' commas out of INFINITY_SHIM_ENTRY's arguments.
-#define INFINITY_UNARY(NAME, IN, OUT)                                                            \
-    typedef UnaryParams<IN, OUT> NAME##_params;                                                  \
-    extern "C" __global__ void __launch_bounds__(256) NAME(const NAME##_params p) { unary(p); } \
-    INFINITY_SHIM_ENTRY(NAME, NAME##_params)
-INFINITY_UNARY(unary_f32, float, float)
-INFINITY_UNARY(unary_bf16, bf16, float)
-INFINITY_UNARY(unary_bf16_bf16, bf16, bf16)
+INFINITY_KERNEL(unary_f32, unary, UnaryParams<float, float>)
+INFINITY_KERNEL(unary_bf16, unary, UnaryParams<bf16, float>)
+INFINITY_KERNEL(unary_bf16_bf16, unary, UnaryParams<bf16, bf16>)
 
 /// dst[k] = src[k] over a 4-D index space, both read and written through element strides;
 /// a bf16 destination gets the f32 value rounded to nearest even.
@@ -95,11 +90,7 @@ __device__ __forceinline__ void copy(const CopyParams<S, D>& p) {
     }
 }
 
-#define INFINITY_COPY(NAME, S, D)                                                              \
-    typedef CopyParams<S, D> NAME##_params;                                                    \
-    extern "C" __global__ void __launch_bounds__(256) NAME(const NAME##_params p) { copy(p); } \
-    INFINITY_SHIM_ENTRY(NAME, NAME##_params)
-INFINITY_COPY(copy_f32_f32, float, float)
-INFINITY_COPY(copy_f32_bf16, float, bf16)
-INFINITY_COPY(copy_bf16_f32, bf16, float)
-INFINITY_COPY(copy_bf16_bf16, bf16, bf16)
+INFINITY_KERNEL(copy_f32_f32, copy, CopyParams<float, float>)
+INFINITY_KERNEL(copy_f32_bf16, copy, CopyParams<float, bf16>)
+INFINITY_KERNEL(copy_bf16_f32, copy, CopyParams<bf16, float>)
+INFINITY_KERNEL(copy_bf16_bf16, copy, CopyParams<bf16, bf16>)

@@ -518,6 +518,8 @@ fn preconditions_are_typed_errors() {
     assert_invalid(call(&t(&[1, 3, 3, 2, 32], DType::BF16), &cos, &scale, &mut cache(), 0), OP);
     assert_invalid(call(&qkv, &t(&[2, 32], DType::F32), &scale, &mut cache(), 0), OP);
     assert_invalid(call(&qkv, &cos, &t(&[3], DType::F32), &mut cache(), 0), OP);
+    let every_other = t(&[2, 2], DType::F32).narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
+    assert_invalid(call(&qkv, &cos, &every_other, &mut cache(), 0), OP);
     assert_invalid(call(&qkv, &cos, &scale, &mut t(&[1, 3, 8, 64], DType::BF16), 0), OP);
     let mut transposed = t(&[1, 2, 64, 8], DType::BF16).permute(&[0, 1, 3, 2]).unwrap();
     assert_invalid(call(&qkv, &cos, &scale, &mut transposed, 0), OP);

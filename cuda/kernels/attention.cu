@@ -33,7 +33,6 @@ constexpr int kKeys = 64;
 constexpr int kPad = 8;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
-constexpr float kNormFloor = 1e-12f;
 
 /// What every attention kernel needs to know besides its tensors.
 struct AttentionShape {

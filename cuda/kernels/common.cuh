@@ -13,6 +13,10 @@
 
 typedef __nv_bfloat16 bf16;
 
+/// The floor of a vector norm that divides it (F.normalize's eps): the cosine attention's q
+/// and k.
+constexpr float kNormFloor = 1e-12f;
+
 /// Entry point NAME of 256-thread blocks running BODY(p) on its parameters, whose type (a
 /// template instance) comes last so that its commas pass through; the typedef names it for
 /// INFINITY_SHIM_ENTRY.

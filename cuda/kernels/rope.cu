@@ -111,7 +111,7 @@ __device__ __forceinline__ void attention_inputs(const AttentionInputsParams& p)
             float squares = 0.0f;
 #pragma unroll
             for (int e = 0; e < E; ++e) squares += x[e] * x[e];
-            float factor = 1.0f / fmaxf(sqrtf(warp_sum(squares)), 1e-12f);
+            float factor = 1.0f / fmaxf(sqrtf(warp_sum(squares)), kNormFloor);
             if (part == 0) factor *= p.head_scale[h];
 #pragma unroll
             for (int e = 0; e < E / 2; ++e) {

@@ -253,7 +253,7 @@ impl Attention<'_> {
     /// The forward for inference, no logsumexp: O written into `out`, a contiguous
     /// (B', Lq, H, D) bf16 tensor, as its samples `batch_start..batch_start + B`. Token-major,
     /// so that (B', Lq, H·D) is the output projection's operand as it stands, and the samples
-    /// of several calls (one per text length in cross-attention) share one tensor.
+    /// of several calls can share one tensor.
     pub fn forward_into(&self, exec: &Executor, out: &mut DeviceTensor, batch_start: usize) -> Result<()> {
         const OP: &str = "attention_forward";
         let ops = self.operands(exec, OP)?;

@@ -1,9 +1,9 @@
 //! Launchers of kernels/elementwise.cu: add and multiply with NumPy broadcasting, and the tanh
 //! GELU and SiLU activations, on f32 or bf16 inputs of rank 1 to 4 with any strides, to a
-//! contiguous f32 output (bf16 too for the activations). Broadcasting is done by strides: a size-1 (or missing leading)
-//! dimension of an operand is read with stride 0, so nothing is materialised. And the strided
-//! copy: [`cast`] (a contiguous copy, in any of f32/bf16) and [`copy_into`] (into a slice of
-//! a larger tensor).
+//! contiguous f32 output (bf16 too for the activations). Broadcasting is done by strides: a
+//! size-1 (or missing leading) dimension of an operand is read with stride 0, so nothing is
+//! materialised. And the strided copy: [`cast`] (a contiguous copy, in any of f32/bf16) and
+//! [`copy_into`] (into a slice of a larger tensor).
 
 use cudarc::driver::DeviceRepr;
 use infinity_runtime::half::bf16;

@@ -151,7 +151,8 @@ pub fn attention_inputs(
         }
     }
     let scale = exec.view::<f32, 1>(OP, head_scale)?;
-    if scale.dims != [heads] {
+    // The kernel indexes head_scale by head.
+    if scale.dims != [heads] || (heads > 1 && scale.strides != [1]) {
         return Err(RuntimeError::ShapeMismatch {
             op: OP,
             lhs: qkv.shape().to_vec(),

@@ -18,6 +18,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
+use infinity::cuda::Executor;
 use infinity::cuda::adaln::{gated_residual, modulate};
 use infinity::cuda::attention::{Attention, BlockCausal, Scores};
 use infinity::cuda::bitwise_head::{Sampling, sample_bits};
@@ -26,17 +27,16 @@ use infinity::cuda::gemm::{linear, matmul};
 use infinity::cuda::quantize::quantize_scale;
 use infinity::cuda::rope::attention_inputs;
 use infinity::cuda::testing::skip;
-use infinity::cuda::{DeviceTensor, Executor};
 use infinity::models::infinity::device::{DeviceInfinity, generate};
 use infinity::models::infinity::{Infinity, InfinityConfig, SamplingConfig};
 use infinity::models::schedule::{PixelBudget, Template};
 use infinity::runtime::rng::Philox;
 use infinity::runtime::{DType, Tensor};
 
-fn random(exec: &Executor, shape: &[usize], dtype: DType, seed: u64) -> DeviceTensor {
+fn random(exec: &Executor, shape: &[usize], dtype: DType, seed: u64) -> Tensor {
     let values = Philox::new(seed).normal(shape.iter().product());
-    let t = Tensor::from_vec(values, shape).expect("shape matches").to_dtype(dtype);
-    exec.upload(&t).expect("upload")
+    let t = Tensor::from_vec(values, shape).expect("shape matches").to_dtype(dtype).expect("cast");
+    t.to_device(&exec.device()).expect("upload")
 }
 
 /// Criterion's time for `iters` runs of `op`, waiting for the device at the end.

@@ -73,7 +73,7 @@ fn write_2b(path: &std::path::Path) {
             } else {
                 rng.normal(n).into_iter().map(|x| x * scale).collect()
             };
-            (e.key, Tensor::from_vec(values, &e.shape).unwrap().to_dtype(DType::BF16))
+            (e.key, Tensor::from_vec(values, &e.shape).unwrap().to_dtype(DType::BF16).unwrap())
         })
         .collect();
     save_safetensors(path, tensors.iter().map(|(k, t)| (k.as_str(), t)), &Default::default()).unwrap();

@@ -23,7 +23,7 @@ use infinity::models::infinity::device::generate as device_generate;
 use infinity::models::infinity::{SamplingConfig, generate};
 use infinity::models::pipeline::{DevicePipeline, ModelFiles, Pipeline};
 use infinity::models::schedule::{PATCH, PixelBudget, Template};
-use infinity::runtime::Device;
+use infinity::runtime::DeviceName;
 use infinity::runtime::io::Weights;
 
 /// Where `generate` looks for a model when none is named: in the working folder (a checkout's
@@ -146,10 +146,12 @@ struct GenerateArgs {
     /// tokenizer.json of the T5 encoder.
     #[arg(long, requires = "transformer")]
     tokenizer: Option<PathBuf>,
-    /// cpu, or cuda / cuda:N: the T5 encoder, the transformer and the BitVAE decoder run on that
-    /// GPU (bf16 weights and GEMM operands, f32 accumulation); tokenizing and sampling stay here.
+    /// cpu, cuda / cuda:N, or shim: on a GPU the T5 encoder, the transformer and the BitVAE
+    /// decoder run there (bf16 weights and GEMM operands, f32 accumulation); tokenizing and
+    /// sampling stay here. `shim` runs the same GPU kernels on the CPU (slowly): for checking
+    /// and debugging the GPU path without a GPU.
     #[arg(long, default_value = "cpu")]
-    device: Device,
+    device: DeviceName,
 }
 
 /// The subcommand names; anything else on the command line means `generate`.
@@ -218,8 +220,9 @@ fn output_path(out: &Path, index: usize, total: usize) -> PathBuf {
 fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
     // Everything that can be refused is refused before a weight is read.
     let executor = match g.device {
-        Device::Cpu => None,
-        Device::Cuda(i) => Some(Executor::cuda(i).map_err(|e| format!("--device {}: {e}", g.device))?),
+        DeviceName::Cpu => None,
+        DeviceName::Shim => Some(Executor::shim()),
+        DeviceName::Cuda(i) => Some(Executor::cuda(i).map_err(|e| format!("--device {}: {e}", g.device))?),
     };
     let prompts = prompts_of(&g)?;
     let ratio = parse_ratio(&g.ratio)?;

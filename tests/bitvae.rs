@@ -31,7 +31,7 @@ fn image_input(golden: &Weights) -> Tensor {
             t + t - 1.0
         })
         .collect();
-    Tensor::from_vec(v, &[1, h, w, 3]).unwrap().permute(&[0, 3, 1, 2]).unwrap().contiguous()
+    Tensor::from_vec(v, &[1, h, w, 3]).unwrap().permute(&[0, 3, 1, 2]).unwrap().contiguous().unwrap()
 }
 
 fn grids(set: &Set) -> Vec<(usize, usize)> {

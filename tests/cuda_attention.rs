@@ -22,10 +22,10 @@ use infinity::ops::attention::block_causal_mask;
 use infinity::ops::attention::reference::attention as reference_attention;
 use infinity::ops::elementwise::mul;
 use infinity::ops::norm::l2_normalize;
-use infinity::runtime::{DType, Error as RuntimeError, Tensor};
+use infinity::runtime::{DType, Error, Tensor};
+use infinity_cuda::Executor;
 use infinity_cuda::attention::{Attention, BlockCausal, Output, PackedKeys, Scores};
 use infinity_cuda::testing::executors;
-use infinity_cuda::{DeviceTensor, Error, Executor};
 use proptest::prelude::*;
 
 use support::{randn, strided_copy};
@@ -54,7 +54,7 @@ struct Case {
 
 /// Standard normals rounded to bf16, returned as f32.
 fn bf16_values(shape: &[usize], seed: u64, scale: f32) -> Tensor {
-    randn(shape, seed, scale).to_dtype(DType::BF16).to_dtype(DType::F32)
+    randn(shape, seed, scale).to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap()
 }
 
 impl Case {
@@ -103,7 +103,7 @@ impl Case {
         if self.lens.len() == 1 {
             return Tensor::zeros(&[lq, self.lens[0]], DType::F32);
         }
-        block_causal_mask(&self.lens).unwrap().narrow(0, self.q_start, lq).unwrap().contiguous()
+        block_causal_mask(&self.lens).unwrap().narrow(0, self.q_start, lq).unwrap().contiguous().unwrap()
     }
 
     /// head_scale as (1, H, 1, 1), to scale q̂ per head.
@@ -221,7 +221,7 @@ impl Case {
     /// 1: stored as (B, L, H, D), the layout of a fused qkv projection).
     fn run<T>(&self, exec: &Executor, layout: usize, body: impl FnOnce(&Attention, &Self) -> T) -> T {
         let put = |t: &Tensor| {
-            let t = t.to_dtype(DType::BF16);
+            let t = t.to_dtype(DType::BF16).unwrap();
             let t = if layout == 1 { strided_copy(&t, &[0, 2, 1, 3]) } else { t };
             upload(exec, &t)
         };
@@ -239,12 +239,12 @@ impl Case {
     }
 }
 
-fn upload(exec: &Executor, t: &Tensor) -> DeviceTensor {
-    exec.upload(t).unwrap_or_else(|e| panic!("{}: {e}", exec.name()))
+fn upload(exec: &Executor, t: &Tensor) -> Tensor {
+    t.to_device(&exec.device()).unwrap_or_else(|e| panic!("{}: {e}", exec.name()))
 }
 
-fn host(exec: &Executor, t: &DeviceTensor) -> Tensor {
-    exec.download(t).unwrap_or_else(|e| panic!("{}: {e}", exec.name())).to_dtype(DType::F32)
+fn host(exec: &Executor, t: &Tensor) -> Tensor {
+    t.to_cpu().unwrap_or_else(|e| panic!("{}: {e}", exec.name())).to_dtype(DType::F32).unwrap()
 }
 
 fn max_abs(t: &Tensor) -> f32 {
@@ -338,7 +338,7 @@ fn check_backward(exec: &Executor, case: &Case, layout: usize, seed: u64) {
     let (out, got) = case.run(exec, layout, |attention, _| {
         let fail = |e: Error| -> ! { panic!("{}: {e}", exec.name()) };
         let output = attention.forward(exec).unwrap_or_else(|e| fail(e));
-        let dout = upload(exec, &dout.to_dtype(DType::BF16));
+        let dout = upload(exec, &dout.to_dtype(DType::BF16).unwrap());
         let grads = attention.backward(exec, &output, &dout).unwrap_or_else(|e| fail(e));
         let mut all: Vec<Tensor> = [&grads.dq, &grads.dk, &grads.dv].into_iter().map(|t| host(exec, t)).collect();
         all.extend(grads.head_scale.as_ref().map(|t| host(exec, t)));
@@ -394,7 +394,7 @@ proptest! {
                                                lens in prop::collection::vec(1usize..=70, 1..=3),
                                                d in prop::sample::select(vec![64usize, 128]), seed: u64) {
         let (b, total) = (lens.len(), lens.iter().sum::<usize>());
-        let bf16 = |shape: &[usize], seed| bf16_values(shape, seed, 1.0).to_dtype(DType::BF16);
+        let bf16 = |shape: &[usize], seed| bf16_values(shape, seed, 1.0).to_dtype(DType::BF16).unwrap();
         let (q, k, v) = (bf16(&[b, h, lq, d], seed), bf16(&[1, h, total, d], seed ^ 1), bf16(&[1, h, total, d], seed ^ 2));
         let dot = Scores::Dot(0.125);
         for exec in executors() {
@@ -461,7 +461,7 @@ fn preconditions_are_typed_errors() {
     let t = |shape: &[usize], dtype: DType| upload(exec, &Tensor::zeros(shape, dtype));
     let (q, k) = (t(&[1, 2, 5, 64], DType::BF16), t(&[1, 2, 5, 64], DType::BF16));
     let offsets = [0, 1, 5];
-    let call = |q: &DeviceTensor, k: &DeviceTensor, v: &DeviceTensor, offsets: &[usize], q_start, scores| {
+    let call = |q: &Tensor, k: &Tensor, v: &Tensor, offsets: &[usize], q_start, scores| {
         Attention { q, k, v, mask: BlockCausal { offsets, q_start }, scores }.forward(exec).map(|_| ())
     };
     let dot = Scores::Dot(0.125);
@@ -483,10 +483,7 @@ fn preconditions_are_typed_errors() {
     let three_heads = t(&[3], DType::F32);
     assert_invalid(call(&q, &k, &k, &offsets, 0, Scores::Cosine(&three_heads)), OP);
     let f32_q = t(&[1, 2, 5, 64], DType::F32);
-    assert!(matches!(
-        call(&f32_q, &k, &k, &offsets, 0, dot),
-        Err(Error::Invalid(RuntimeError::DTypeMismatch { op: OP, .. }))
-    ));
+    assert!(matches!(call(&f32_q, &k, &k, &offsets, 0, dot), Err(Error::DTypeMismatch { op: OP, .. })));
     // Rows are moved as 16-byte words: their strides must be multiples of 8 elements.
     let wide = upload(exec, &Tensor::zeros(&[1, 2, 5, 72], DType::BF16).narrow(3, 8, 64).unwrap());
     assert!(call(&wide, &k, &k, &offsets, 0, dot).is_ok());
@@ -505,11 +502,11 @@ fn preconditions_are_typed_errors() {
     assert_invalid(attention.forward_into(exec, &mut transposed, 0), OP);
     assert!(matches!(
         attention.forward_into(exec, &mut t(&[1, 5, 2, 64], DType::F32), 0),
-        Err(Error::Invalid(RuntimeError::DTypeMismatch { op: OP, .. }))
+        Err(Error::DTypeMismatch { op: OP, .. })
     ));
     // Packed keys: offsets that cover k's rows exactly, k of one sample, the one-block mask.
     let (q2, k1) = (t(&[2, 2, 5, 64], DType::BF16), t(&[1, 2, 7, 64], DType::BF16));
-    let packed = |q: &DeviceTensor, k: &DeviceTensor, offsets: &[usize], lens: &[usize]| {
+    let packed = |q: &Tensor, k: &Tensor, offsets: &[usize], lens: &[usize]| {
         let keys = PackedKeys::new(exec, lens).unwrap();
         let call = Attention { q, k, v: k, mask: BlockCausal { offsets, q_start: 0 }, scores: dot };
         call.forward_packed_into(exec, &keys, &mut t(&[2, 5, 2, 64], DType::BF16), 0)

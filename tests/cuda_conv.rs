@@ -24,9 +24,9 @@ use infinity::ops::conv::Conv2dParams;
 use infinity::ops::conv::reference::conv2d as cpu_conv2d;
 use infinity::ops::resize::{ResizeMode, resize};
 use infinity::runtime::{DType, Tensor};
+use infinity_cuda::Executor;
 use infinity_cuda::conv::{conv2d, im2col, upsample_nearest2x};
 use infinity_cuda::testing::executors;
-use infinity_cuda::{DeviceTensor, Executor};
 use proptest::prelude::*;
 
 use support::{abs, padded_view, randn, strided_copy};
@@ -46,19 +46,19 @@ fn arrange(t: &Tensor, layout: usize) -> Tensor {
     }
 }
 
-fn upload(exec: &Executor, t: &Tensor) -> DeviceTensor {
-    exec.upload(t).unwrap_or_else(|e| panic!("{}: {e}", exec.name()))
+fn upload(exec: &Executor, t: &Tensor) -> Tensor {
+    t.to_device(&exec.device()).unwrap_or_else(|e| panic!("{}: {e}", exec.name()))
 }
 
 /// Runs a launcher and brings its result back to the host, naming the executor on failure.
-fn host(exec: &Executor, result: infinity_cuda::Result<DeviceTensor>) -> Tensor {
+fn host(exec: &Executor, result: infinity_cuda::Result<Tensor>) -> Tensor {
     let t = result.unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
-    exec.download(&t).unwrap_or_else(|e| panic!("{}: {e}", exec.name()))
+    t.to_cpu().unwrap_or_else(|e| panic!("{}: {e}", exec.name()))
 }
 
 /// `t` rounded to bf16 and widened back: values the device's bf16 operands hold exactly.
 fn bf16_values(t: &Tensor) -> Tensor {
-    t.to_dtype(DType::BF16).to_dtype(DType::F32)
+    t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap()
 }
 
 proptest! {
@@ -81,11 +81,11 @@ proptest! {
         let terms = (cin * kernel * kernel + 1) as f32;
         let input = arrange(&x, layout);
         for exec in executors() {
-            let dw = upload(exec, &weight.to_dtype(DType::BF16));
+            let dw = upload(exec, &weight.to_dtype(DType::BF16).unwrap());
             let db = bias.as_ref().map(|b| upload(exec, &padded_view(b)));
             let got = host(exec, conv2d(exec, &upload(exec, &input), &dw, db.as_ref(), stride, padding));
             prop_assert_eq!(got.shape(), want.shape(), "{}", exec.name());
-            let (g, t, m) = (got.to_f32_vec(), want.to_f32_vec(), magnitude.to_f32_vec());
+            let (g, t, m) = (got.to_f32_vec().unwrap(), want.to_f32_vec().unwrap(), magnitude.to_f32_vec().unwrap());
             for (i, ((&g, &t), &m)) in g.iter().zip(&t).zip(&m).enumerate() {
                 let bound = terms * f32::EPSILON * m + f32::EPSILON * t.abs();
                 prop_assert!((g - t).abs() <= bound, "{}: index {}: got {} want {} bound {}", exec.name(), i, g, t,
@@ -128,7 +128,10 @@ fn preconditions_are_typed_errors() {
     assert_invalid(conv2d(exec, &x, &w, None, 0, 1), "conv2d");
     assert_invalid(conv2d(exec, &x, &t(&[2, 4, 9, 9], DType::BF16), None, 1, 1), "conv2d");
     assert_invalid(conv2d(exec, &x, &w, None, 1, usize::MAX / 2), "conv2d");
-    assert_invalid(conv2d(exec, &x, &w.permute(&[0, 1, 3, 2]).unwrap(), None, 1, 1), "reshape");
+    // A strided weight is copied first, as a host tensor's would be.
+    let w_t = w.permute(&[0, 1, 3, 2]).unwrap();
+    let strided = conv2d(exec, &x, &w_t, None, 1, 1).unwrap();
+    assert!(strided.same_values(&conv2d(exec, &x, &w_t.contiguous().unwrap(), None, 1, 1).unwrap()));
 
     assert_invalid(im2col(exec, &x, (3, 3), 0, 0), "im2col");
     assert_invalid(im2col(exec, &x, (6, 1), 1, 0), "im2col");

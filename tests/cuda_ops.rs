@@ -31,7 +31,7 @@ use infinity::runtime::rng::Philox;
 use infinity::runtime::{DType, Tensor};
 use infinity_cuda::elementwise::{self as gpu_elementwise, BinaryOp, UnaryOp};
 use infinity_cuda::testing::executors;
-use infinity_cuda::{DeviceTensor, Executor, index, norm, rope};
+use infinity_cuda::{Executor, index, norm, rope};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -62,17 +62,17 @@ fn dtype(use_bf16: bool) -> DType {
 
 /// `t` rounded to `dtype` and back: the f32 values the reference sees for a `dtype` input.
 fn rounded(t: &Tensor, dtype: DType) -> Tensor {
-    t.to_dtype(dtype).to_dtype(DType::F32)
+    t.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap()
 }
 
-fn upload(exec: &Executor, t: &Tensor) -> DeviceTensor {
-    exec.upload(t).unwrap_or_else(|e| panic!("{}: {e}", exec.name()))
+fn upload(exec: &Executor, t: &Tensor) -> Tensor {
+    t.to_device(&exec.device()).unwrap_or_else(|e| panic!("{}: {e}", exec.name()))
 }
 
 /// Runs a launcher and brings its result back to the host, naming the executor on failure.
-fn host(exec: &Executor, result: infinity_cuda::Result<DeviceTensor>) -> Tensor {
+fn host(exec: &Executor, result: infinity_cuda::Result<Tensor>) -> Tensor {
     let t = result.unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
-    exec.download(&t).unwrap_or_else(|e| panic!("{}: {e}", exec.name()))
+    t.to_cpu().unwrap_or_else(|e| panic!("{}: {e}", exec.name()))
 }
 
 /// |got − want| ≤ bound elementwise (NaN only where want is NaN), with the dtype and shape of
@@ -84,7 +84,7 @@ fn check_within(
     bound: impl Fn(usize, f32) -> f32,
 ) -> Result<(), TestCaseError> {
     prop_assert_eq!(got.shape(), want.shape(), "{}: shape", exec.name());
-    for (i, (g, w)) in got.to_f32_vec().into_iter().zip(want.to_f32_vec()).enumerate() {
+    for (i, (g, w)) in got.to_f32_vec().unwrap().into_iter().zip(want.to_f32_vec().unwrap()).enumerate() {
         let tol = bound(i, w);
         let ok = if w.is_nan() { g.is_nan() } else { (g - w).abs() <= tol };
         prop_assert!(ok, "{}: index {}: got {} want {} bound {}", exec.name(), i, g, w, tol);
@@ -119,7 +119,7 @@ proptest! {
         let weight = randn(&[d], seed ^ 1, 1.0);
         let weight = weighted.then_some(&weight);
         let want = cpu_rms_norm(&x, weight, 1e-6).unwrap();
-        let input = arrange(&x.to_dtype(dtype(use_bf16)), layout);
+        let input = arrange(&x.to_dtype(dtype(use_bf16)).unwrap(), layout);
         for exec in executors() {
             let w = weight.map(|w| upload(exec, &padded_view(w)));
             let got = host(exec, norm::rms_norm(exec, &upload(exec, &input), w.as_ref(), 1e-6));
@@ -159,7 +159,7 @@ proptest! {
         let x = randn(&shape, seed, scale);
         let want = cpu_softmax(&x, x.rank() - 1).unwrap();
         let width = *shape.last().unwrap();
-        let spread: Vec<f32> = x.to_f32_vec().chunks(width)
+        let spread: Vec<f32> = x.to_f32_vec().unwrap().chunks(width)
             .map(|row| {
                 let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 row.iter().map(|v| (v - m).abs()).fold(0.0, f32::max)
@@ -184,8 +184,8 @@ proptest! {
         let b = rounded(&randn(&sb, seed ^ 1, 2.0), dtype(use_bf16));
         let (cpu, op) = if multiply { (elementwise::mul(&a, &b), BinaryOp::Mul) } else { (elementwise::add(&a, &b), BinaryOp::Add) };
         let want = cpu.unwrap();
-        let a_in = arrange(&a.to_dtype(dtype(use_bf16)), layout);
-        let b_in = b.to_dtype(dtype(use_bf16));
+        let a_in = arrange(&a.to_dtype(dtype(use_bf16)).unwrap(), layout);
+        let b_in = b.to_dtype(dtype(use_bf16)).unwrap();
         // A view with stride 0 where the operand is broadcast, as the backend may pass one.
         let b_in = if expand_b { b_in.broadcast_to(want.shape()).unwrap() } else { arrange(&b_in, 2 - layout) };
         for exec in executors() {
@@ -209,10 +209,10 @@ proptest! {
         let out = dtype(use_bf16 && bf16_out);
         let (want, op) = if gelu { (elementwise::gelu_tanh(&x), UnaryOp::GeluTanh) } else { (elementwise::silu(&x), UnaryOp::Silu) };
         let want = want.unwrap();
-        let xs = x.to_f32_vec();
+        let xs = x.to_f32_vec().unwrap();
         let two_k = (2.0 * FRAC_2_SQRT_PI * FRAC_1_SQRT_2) as f32;
         let z = |v: f32| if gelu { two_k * (v + 0.044715 * v * v * v) } else { v };
-        let input = arrange(&x.to_dtype(dtype(use_bf16)), layout);
+        let input = arrange(&x.to_dtype(dtype(use_bf16)).unwrap(), layout);
         for exec in executors() {
             let got = host(exec, gpu_elementwise::unary(exec, op, &upload(exec, &input), out));
             prop_assert_eq!(got.dtype(), out);
@@ -230,13 +230,13 @@ proptest! {
     #[test]
     fn cast_gathers_views_and_rounds_like_the_host(shape in prop::collection::vec(1usize..=6, 1..=4), from_bf16: bool,
                                                    to_bf16: bool, layout in 0usize..3, device_view: bool, seed: u64) {
-        let x = randn(&shape, seed, 3.0).to_dtype(dtype(from_bf16));
+        let x = randn(&shape, seed, 3.0).to_dtype(dtype(from_bf16)).unwrap();
         let input = arrange(&x, layout);
         // The same elements reached through device-side views: a reversed permutation of a
         // tensor one row longer along dimension 0, narrowed back.
         let rank = shape.len();
         let reversed: Vec<usize> = (0..rank).rev().collect();
-        let padded = concat(&[&x, &x.narrow(0, 0, 1).unwrap()], 0).unwrap().permute(&reversed).unwrap().contiguous();
+        let padded = concat(&[&x, &x.narrow(0, 0, 1).unwrap()], 0).unwrap().permute(&reversed).unwrap().contiguous().unwrap();
         for exec in executors() {
             let source = if device_view {
                 upload(exec, &padded).permute(&reversed).unwrap().narrow(0, 0, shape[0]).unwrap()
@@ -244,7 +244,7 @@ proptest! {
                 upload(exec, &input)
             };
             let got = host(exec, gpu_elementwise::cast(exec, &source, dtype(to_bf16)));
-            let want = x.to_dtype(dtype(to_bf16));
+            let want = x.to_dtype(dtype(to_bf16)).unwrap();
             prop_assert!(got.layout().is_contiguous(), "{}: contiguous", exec.name());
             prop_assert!(got.same_values(&want), "{}: {:?} got {:?} want {:?}", exec.name(), shape, got, want);
         }
@@ -259,17 +259,17 @@ proptest! {
         let start = start_pick % (extra + 1);
         let mut big = shape.clone();
         big[dim] += extra;
-        let src = randn(&shape, seed, 2.0).to_dtype(dtype(src_bf16));
-        let dst = randn(&big, seed ^ 7, 2.0).to_dtype(dtype(dst_bf16));
+        let src = randn(&shape, seed, 2.0).to_dtype(dtype(src_bf16)).unwrap();
+        let dst = randn(&big, seed ^ 7, 2.0).to_dtype(dtype(dst_bf16)).unwrap();
         // The host's answer: the destination's rows before, the (cast) source, the rows after.
         let after = big[dim] - start - shape[dim];
-        let parts = [dst.narrow(dim, 0, start).ok(), Some(src.to_dtype(dtype(dst_bf16))), dst.narrow(dim, start + shape[dim], after).ok()];
+        let parts = [dst.narrow(dim, 0, start).ok(), Some(src.to_dtype(dtype(dst_bf16)).unwrap()), dst.narrow(dim, start + shape[dim], after).ok()];
         let parts: Vec<&Tensor> = parts.iter().flatten().filter(|t| t.numel() > 0).collect();
         let want = concat(&parts, dim).unwrap();
         for exec in executors() {
             let mut target = upload(exec, &dst);
             gpu_elementwise::copy_into(exec, &upload(exec, &src), &mut target, dim, start).unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
-            let got = exec.download(&target).unwrap();
+            let got = target.to_cpu().unwrap();
             prop_assert!(got.same_values(&want), "{}: {:?} into {:?} at {} of dim {}", exec.name(), shape, big, start, dim);
         }
     }
@@ -279,7 +279,7 @@ proptest! {
     #[test]
     fn embedding_gathers_the_rows(vocab in 1usize..=20, width in 1usize..=40, ids_shape in prop::collection::vec(1usize..=5, 1..=3),
                                   use_bf16: bool, i32_ids: bool, layout in 0usize..3, seed: u64) {
-        let table = randn(&[vocab, width], seed, 1.0).to_dtype(dtype(use_bf16));
+        let table = randn(&[vocab, width], seed, 1.0).to_dtype(dtype(use_bf16)).unwrap();
         let count = ids_shape.iter().product();
         let raw: Vec<i64> = Philox::new(seed ^ 1).uniform(count).into_iter().map(|u| (u * vocab as f32) as i64 % vocab as i64).collect();
         let ids = Tensor::from_vec(raw, &ids_shape).unwrap();
@@ -304,7 +304,7 @@ proptest! {
         let x = rounded(&randn(&[b, heads, len, d], seed, 2.0), dtype(use_bf16));
         let want = cpu_rope(&x, &cos, &sin).unwrap();
         let bound = rope_bound(&x, &cos, &sin);
-        let input = arrange(&x.to_dtype(dtype(use_bf16)), layout);
+        let input = arrange(&x.to_dtype(dtype(use_bf16)).unwrap(), layout);
         let (cos_in, sin_in) = if padded_tables { (padded_view(&cos), padded_view(&sin)) } else { (cos.clone(), sin.clone()) };
         for exec in executors() {
             let got = host(exec, rope::rope_interleaved(exec, &upload(exec, &input), &upload(exec, &cos_in), &upload(exec, &sin_in)));
@@ -328,24 +328,24 @@ proptest! {
         let keep: Vec<f32> = (0..heads).map(|h| if h == 0 && seed % 5 == 0 { 0.0 } else { 1.0 }).collect();
         let qkv = elementwise::mul(&qkv, &Tensor::from_vec(keep, &[heads, 1]).unwrap()).unwrap();
         let head_scale = elementwise::add_scalar(&randn(&[heads], seed ^ 1, 1.0), 3.0).unwrap();
-        let part = |i: usize| qkv.narrow(2, i, 1).unwrap().squeeze(2).unwrap().permute(&[0, 2, 1, 3]).unwrap().contiguous();
+        let part = |i: usize| qkv.narrow(2, i, 1).unwrap().squeeze(2).unwrap().permute(&[0, 2, 1, 3]).unwrap().contiguous().unwrap();
         let scale_column = head_scale.reshape(&[1, heads, 1, 1]).unwrap();
         let q_want = cpu_rope(&elementwise::mul(&cpu_l2_normalize(&part(0), 1e-12).unwrap(), &scale_column).unwrap(), &cos, &sin).unwrap();
         let k_want = cpu_rope(&cpu_l2_normalize(&part(1), 1e-12).unwrap(), &cos, &sin).unwrap();
         let cache_len = start + n + 2;
-        let cache = rounded(&randn(&[b, heads, cache_len, d], seed ^ 2, 1.0), DType::BF16).to_dtype(DType::BF16);
-        let input = qkv.to_dtype(DType::BF16);
+        let cache = rounded(&randn(&[b, heads, cache_len, d], seed ^ 2, 1.0), DType::BF16).to_dtype(DType::BF16).unwrap();
+        let input = qkv.to_dtype(DType::BF16).unwrap();
         // Stored with tokens outermost: the kernel takes any strides but D's.
         let input = if transposed { strided_copy(&input, &[1, 0, 2, 3, 4]) } else { input };
         let tolerance = |scale: f32| move |_: usize, w: f32| output_bound(64.0 * EPS * scale, w, true);
-        let s_max = head_scale.to_f32_vec().into_iter().fold(0f32, |m, v| m.max(v.abs()));
+        let s_max = head_scale.to_f32_vec().unwrap().into_iter().fold(0f32, |m, v| m.max(v.abs()));
         for exec in executors() {
             let (mut k_cache, mut v_cache) = (upload(exec, &cache), upload(exec, &cache));
             let q = rope::attention_inputs(exec, &upload(exec, &input), &upload(exec, &cos), &upload(exec, &sin),
                                            &upload(exec, &head_scale), &mut k_cache, &mut v_cache, start);
             let q = host(exec, q);
-            check_within(exec, &q.to_dtype(DType::F32), &q_want, tolerance(s_max))?;
-            let download = |t: &DeviceTensor| exec.download(t).unwrap().to_dtype(DType::F32);
+            check_within(exec, &q.to_dtype(DType::F32).unwrap(), &q_want, tolerance(s_max))?;
+            let download = |t: &Tensor| t.to_cpu().unwrap().to_dtype(DType::F32).unwrap();
             let (k_got, v_got) = (download(&k_cache), download(&v_cache));
             check_within(exec, &k_got.narrow(2, start, n).unwrap(), &k_want, tolerance(1.0))?;
             prop_assert!(v_got.narrow(2, start, n).unwrap().same_values(&part(2)), "{}: v", exec.name());
@@ -353,7 +353,7 @@ proptest! {
                 for (from, len) in [(0, start), (start + n, cache_len - start - n)] {
                     if len > 0 {
                         let kept = got.narrow(2, from, len).unwrap();
-                        prop_assert!(kept.same_values(&cache.to_dtype(DType::F32).narrow(2, from, len).unwrap()),
+                        prop_assert!(kept.same_values(&cache.to_dtype(DType::F32).unwrap().narrow(2, from, len).unwrap()),
                                      "{}: cache positions {}..{} were written", exec.name(), from, from + len);
                     }
                 }
@@ -370,7 +370,7 @@ proptest! {
 /// relative (see `activations_match_the_reference`).
 fn group_norm_bound(x: &Tensor, groups: usize, weight: &Tensor, affine: &Tensor, silu: bool) -> Vec<f32> {
     let &[n, c, h, w] = x.shape() else { unreachable!("group norm inputs are 4-D") };
-    let (xv, wv, yv) = (x.to_f32_vec(), weight.to_f32_vec(), affine.to_f32_vec());
+    let (xv, wv, yv) = (x.to_f32_vec().unwrap(), weight.to_f32_vec().unwrap(), affine.to_f32_vec().unwrap());
     let members = c / groups * h * w;
     let mut bound = vec![0f32; xv.len()];
     for (g, group) in xv.chunks(members).enumerate() {
@@ -401,7 +401,7 @@ fn group_norm_bound(x: &Tensor, groups: usize, weight: &Tensor, affine: &Tensor,
 /// output element of the rotation of x (B, H, L, D) by (L, D/2) tables.
 fn rope_bound(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Vec<f32> {
     let &[.., len, d] = x.shape() else { unreachable!("rope inputs are 4-D") };
-    let (xv, cv, sv) = (x.to_f32_vec(), cos.to_f32_vec(), sin.to_f32_vec());
+    let (xv, cv, sv) = (x.to_f32_vec().unwrap(), cos.to_f32_vec().unwrap(), sin.to_f32_vec().unwrap());
     let half = d / 2;
     let mut bound = vec![0f32; xv.len()];
     for (row, pairs) in xv.chunks(d).enumerate() {
@@ -423,10 +423,10 @@ fn softmax_special_rows_follow_the_cpu() {
     let (inf, nan) = (f32::INFINITY, f32::NAN);
     let rows = [[1.0, nan, 2.0], [inf, 0.0, 1.0], [-inf, -inf, -inf], [-inf, 0.0, 0.0]];
     let x = Tensor::from_vec(rows.concat(), &[4, 3]).unwrap();
-    let want = cpu_softmax(&x, 1).unwrap().to_f32_vec();
+    let want = cpu_softmax(&x, 1).unwrap().to_f32_vec().unwrap();
     assert!(want[..9].iter().all(|v| v.is_nan()) && want[9..] == [0.0, 0.5, 0.5], "{want:?}");
     for exec in executors() {
-        let got = host(exec, norm::softmax(exec, &upload(exec, &x))).to_f32_vec();
+        let got = host(exec, norm::softmax(exec, &upload(exec, &x))).to_f32_vec().unwrap();
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "{}: {i}: {g} vs {w}", exec.name());
         }
@@ -489,7 +489,11 @@ fn preconditions_are_typed_errors() {
     drop(view);
     assert!(gpu_elementwise::copy_into(exec, &x, &mut cache, 1, 1).is_ok(), "owned again once the view is gone");
     assert_dtype_error(gpu_elementwise::cast(exec, &x, DType::I32));
-    assert_invalid(cache.permute(&[1, 0, 2]).unwrap().reshape(&[64]), "reshape");
+    // A strided device view reshapes through a copy on the device, as a host view does.
+    let host = Tensor::from_vec((0..24).map(|i| i as f32).collect::<Vec<_>>(), &[2, 3, 4]).unwrap();
+    let flat = |t: &Tensor| t.permute(&[1, 0, 2]).unwrap().reshape(&[24]).unwrap();
+    let on_device = flat(&host.to_device(&exec.device()).unwrap());
+    assert!(on_device.device() == exec.device() && on_device.same_values(&flat(&host)));
 
     let table = t(&[5, 3], DType::F32);
     assert_invalid(index::embedding(exec, &t(&[5, 3, 1], DType::F32), &t(&[2], DType::I64)), "embedding_f32_i64");
@@ -508,7 +512,7 @@ fn preconditions_are_typed_errors() {
     const OP: &str = "attention_inputs";
     let (cos, sin, scale) = (t(&[3, 32], DType::F32), t(&[3, 32], DType::F32), t(&[2], DType::F32));
     let cache = || t(&[1, 2, 8, 64], DType::BF16);
-    let call = |qkv: &DeviceTensor, cos: &DeviceTensor, scale: &DeviceTensor, k: &mut DeviceTensor, start| {
+    let call = |qkv: &Tensor, cos: &Tensor, scale: &Tensor, k: &mut Tensor, start| {
         rope::attention_inputs(exec, qkv, cos, &sin, scale, k, &mut cache(), start).map(|_| ())
     };
     let qkv = t(&[1, 3, 3, 2, 64], DType::BF16);

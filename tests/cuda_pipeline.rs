@@ -19,7 +19,7 @@ use infinity::ops::elementwise::sub;
 use infinity::runtime::Tensor;
 
 fn mean_abs(t: &Tensor) -> f32 {
-    let v = t.to_f32_vec();
+    let v = t.to_f32_vec().unwrap();
     v.iter().map(|x| x.abs()).sum::<f32>() / v.len() as f32
 }
 

@@ -59,7 +59,7 @@ fn jsonl_items_are_bucketed_by_nearest_template_and_loaded_at_the_budget_size() 
     }
     let wide = ds.load_image(0).unwrap();
     assert_eq!(wide.shape(), [1, 3, 176, 352]);
-    assert!(wide.to_f32_vec().iter().all(|v| (-1.0..=1.0).contains(v)));
+    assert!(wide.to_f32_vec().unwrap().iter().all(|v| (-1.0..=1.0).contains(v)));
 
     let mut order = BatchOrder::new(&ds, 2, 0, OrderState::default()).unwrap();
     let samples = ds.load(&order.next().unwrap()).unwrap();

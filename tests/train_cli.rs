@@ -260,7 +260,7 @@ fn a_text_encoder_trains_with_the_transformer() {
     let key = "text_encoder.encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight";
     let at = |step: u64| {
         let w = Weights::open(whole.join(format!("step-{step:09}/params.safetensors"))).unwrap();
-        w.get(key).unwrap().to_f32_vec()
+        w.get(key).unwrap().to_f32_vec().unwrap()
     };
     assert_ne!(at(2), at(4), "the text encoder's parameters are trained");
 

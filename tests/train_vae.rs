@@ -35,7 +35,7 @@ fn straight_through_grad(latent: &Tensor, w: &Tensor, grids: &[(usize, usize)]) 
     let q = quantize_straight_through(&z, grids).unwrap();
     let loss = sum(&mul(&q.summed, &Var::constant(w.clone())).unwrap(), &[], false).unwrap();
     let grads = tape.backward(&loss).unwrap();
-    (grads.get(&z).unwrap().to_f32_vec(), q.summed.into_value())
+    (grads.get(&z).unwrap().to_f32_vec().unwrap(), q.summed.into_value())
 }
 
 #[test]
@@ -44,7 +44,7 @@ fn the_straight_through_quantizer_passes_each_scales_gradient_to_the_latent() {
     let mut rng = Philox::new(7);
     let latent = Tensor::from_vec(rng.normal(b * d * 4), &[b, d, 2, 2]).unwrap();
     let w = Tensor::from_vec(rng.normal(b * d * 4), &[b, d, 2, 2]).unwrap();
-    let wv = w.to_f32_vec();
+    let wv = w.to_f32_vec().unwrap();
 
     // Single scale: the codes' gradient is the latent's.
     let (grad, _) = straight_through_grad(&latent, &w, &[(2, 2)]);
@@ -60,7 +60,10 @@ fn the_straight_through_quantizer_passes_each_scales_gradient_to_the_latent() {
         }
     }
     // The forward is exactly the inference quantizer's.
-    assert_eq!(summed.to_f32_vec(), quantize(&latent, &[(1, 1), (2, 2)]).unwrap().summed.to_f32_vec());
+    assert_eq!(
+        summed.to_f32_vec().unwrap(),
+        quantize(&latent, &[(1, 1), (2, 2)]).unwrap().summed.to_f32_vec().unwrap()
+    );
 }
 
 /// The tiny VAE's configuration and two smooth 16×16 images (latent 8×8, four scales).
@@ -102,7 +105,7 @@ fn the_discriminator_learns_alongside_the_tiny_vae() {
     let mut params = BitVae::parameters(&BitVae::random_weights(&config, 1).unwrap(), &config).unwrap();
     let mut optimizer = AdamW::new(AdamWConfig::default(), official_groups(&params)).unwrap();
     let mut discriminator = Discriminator::new(8, 3, AdamWConfig::default()).unwrap();
-    let before: Vec<Vec<f32>> = discriminator.params.iter().map(|(_, t)| t.to_f32_vec()).collect();
+    let before: Vec<Vec<f32>> = discriminator.params.iter().map(|(_, t)| t.to_f32_vec().unwrap()).collect();
     let settings = VaeStepSettings { lr: 2e-3, weight_decay: 0.0, clip: 1.0, losses: VaeLossWeights::default() };
     for weight in [0.0, 0.1, 0.1] {
         let adversary = Adversary { discriminator: &mut discriminator, weight };
@@ -123,7 +126,7 @@ fn the_discriminator_learns_alongside_the_tiny_vae() {
         // The last bias shifts both hinge terms alike: while every logit is inside the
         // margin, its gradients from the real and the fake half cancel exactly.
         if name != "disc.3.bias" {
-            assert_ne!(&t.to_f32_vec(), old, "{name} did not change");
+            assert_ne!(&t.to_f32_vec().unwrap(), old, "{name} did not change");
         }
     }
 }

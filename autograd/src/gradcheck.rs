@@ -117,19 +117,19 @@ impl GradCheck {
         // φ and M = Σ|r·y| of `f` evaluated on constants.
         let phi = |values: &[Tensor]| -> Result<(f64, f64)> {
             let vars: Vec<Var> = values.iter().cloned().map(Var::constant).collect();
-            let y = f(&vars)?.into_value().to_f32_vec();
+            let y = f(&vars)?.into_value().to_f32_vec()?;
             Ok(y.iter()
                 .zip(&r)
                 .fold((0.0, 0.0), |(s, m), (&y, &r)| (s + r * f64::from(y), m + (r * f64::from(y)).abs())))
         };
-        let mut values: Vec<Tensor> = inputs.iter().map(Tensor::contiguous).collect();
+        let mut values: Vec<Tensor> = inputs.iter().map(Tensor::contiguous).collect::<Result<_>>()?;
         let (_, magnitude) = phi(&values)?;
         let noise = self.noise * f64::from(f32::EPSILON) * magnitude / self.step;
 
         let mut worst: Option<Comparison> = None;
         for (input, leaf) in leaves.iter().enumerate() {
             let analytic = match grads.take(leaf) {
-                Some(g) => g.to_f32_vec(),
+                Some(g) => g.to_f32_vec()?,
                 None => vec![0.0; leaf.value().numel()],
             };
             let base = values[input].to_vec::<f32>()?;

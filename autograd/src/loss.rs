@@ -47,7 +47,7 @@ pub fn bitwise_cross_entropy(logits: &Var, labels: &Tensor, token_weights: &Tens
     let per_token = Tensor::from_vec(per_token, &[dims.batch, dims.tokens])?;
     let shape = logits.shape().to_vec();
     let loss = Var::record(OP, &[logits], value, move |g, _| {
-        let g = f64::from(g.to_f32_vec()[0]) / (dims.batch * d) as f64;
+        let g = f64::from(g.to_f32_vec()?[0]) / (dims.batch * d) as f64;
         let x = f32_data(OP, &saved)?;
         let mut dx = vec![0f32; x.len()];
         for (t, row) in dx.chunks_mut(2 * d).enumerate() {

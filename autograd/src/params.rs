@@ -33,7 +33,7 @@ impl Params {
             if params.index.insert(name.clone(), params.entries.len()).is_some() {
                 return Err(Error::invalid("params", t.shape(), format!("the name '{name}' occurs twice")));
             }
-            params.entries.push((name, t.to_dtype(DType::F32).contiguous()));
+            params.entries.push((name, t.to_dtype(DType::F32)?.contiguous()?));
         }
         Ok(params)
     }
@@ -73,7 +73,7 @@ impl Params {
             });
         }
         infinity_ops::require_f32("params", &value)?;
-        self.entries[i].1 = value.contiguous();
+        self.entries[i].1 = value.contiguous()?;
         Ok(())
     }
 
@@ -175,8 +175,12 @@ impl GradStore {
     }
 
     /// The L2 norm of all gradients together (the norm of the per-tensor norms), in f64.
-    pub fn total_norm(&self) -> f64 {
-        self.grads.iter().flat_map(|(_, g)| g.to_f32_vec()).map(|v| f64::from(v).powi(2)).sum::<f64>().sqrt()
+    pub fn total_norm(&self) -> Result<f64> {
+        let mut sum = 0.0;
+        for (_, g) in &self.grads {
+            sum += g.to_f32_vec()?.into_iter().map(|v| f64::from(v).powi(2)).sum::<f64>();
+        }
+        Ok(sum.sqrt())
     }
 
     /// `torch.nn.utils.clip_grad_norm_(params, max_norm)`: when the total norm exceeds
@@ -184,7 +188,7 @@ impl GradStore {
     /// norm before clipping (NaN or inf when a gradient is not finite; the gradients are then
     /// scaled by 0 or NaN exactly as PyTorch's are, and the caller decides whether to step).
     pub fn clip_norm(&mut self, max_norm: f32) -> Result<f32> {
-        let norm = self.total_norm() as f32;
+        let norm = self.total_norm()? as f32;
         // The coefficient in f32 like PyTorch's (a 0-dim f32 tensor), clamped to at most 1.
         let coefficient = max_norm / (norm + 1e-6);
         if coefficient < 1.0 || coefficient.is_nan() {

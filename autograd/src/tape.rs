@@ -144,7 +144,7 @@ impl Tape {
             let id = nodes.len();
             let Some(g) = grads[id].take() else { continue };
             let Some(backward) = node.backward else {
-                leaves.insert(id, g.contiguous());
+                leaves.insert(id, g.contiguous()?);
                 continue;
             };
             let needs: Vec<bool> = node.inputs.iter().map(Option::is_some).collect();

@@ -55,7 +55,7 @@ impl Var {
 
     /// The same values in a contiguous layout (what a kernel that needs one would copy).
     pub fn contiguous(&self) -> Result<Var> {
-        Var::record("contiguous", &[self], self.value().contiguous(), |g, _| Ok(vec![Some(g.clone())]))
+        Var::record("contiguous", &[self], self.value().contiguous()?, |g, _| Ok(vec![Some(g.clone())]))
     }
 }
 

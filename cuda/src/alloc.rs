@@ -129,6 +129,11 @@ impl Buffer {
         &mut self.memory
     }
 
+    /// Bytes of the block (its size class: at least what was asked for).
+    pub(crate) fn bytes(&self) -> usize {
+        self.class
+    }
+
     /// Whether `pool` is the one this buffer came from (and so the executor it belongs to).
     pub(crate) fn is_from(&self, pool: &Arc<Pool>) -> bool {
         Arc::ptr_eq(&self.pool, pool)

@@ -19,15 +19,15 @@
 
 use cudarc::driver::DeviceRepr;
 use infinity_runtime::half::bf16;
-use infinity_runtime::{DType, Error as RuntimeError, Tensor};
+use infinity_runtime::{DType, Error, Tensor};
 
 use crate::Result;
-use crate::device::{DevPtr, DeviceTensor, View};
 use crate::exec::{Executor, Grid};
 use crate::kernels::{
     ATTENTION_BACKWARD_COSINE, ATTENTION_BACKWARD_D64, ATTENTION_BACKWARD_D128, ATTENTION_BACKWARD_ROWS,
     ATTENTION_FORWARD_D64, ATTENTION_FORWARD_D128,
 };
+use crate::view::{DevPtr, View};
 
 /// Most scale blocks a mask may have (`kMaxScales` in attention.cu; Infinity uses at most 15).
 pub const MAX_SCALES: usize = 32;
@@ -151,7 +151,7 @@ pub enum Scores<'a> {
     /// Infinity's cosine attention, head_scale[h]·q̂·k̂ᵀ with q̂ and k̂ the rows divided by
     /// max(‖·‖₂, 1e-12) and head_scale (H,) f32 (exp of the clamped `scale_mul_1H11`). RoPE may
     /// be applied to q and k before, as the normalisation commutes with it.
-    Cosine(&'a DeviceTensor),
+    Cosine(&'a Tensor),
 }
 
 /// Where each sample's keys lie in a packed k and v (the text memories of a batch, of
@@ -160,7 +160,7 @@ pub enum Scores<'a> {
 pub struct PackedKeys {
     starts: Vec<usize>,
     /// The same offsets, (B + 1,) i32.
-    device: DeviceTensor,
+    device: Tensor,
 }
 
 impl PackedKeys {
@@ -174,12 +174,10 @@ impl PackedKeys {
             }))
             .collect();
         if lens.is_empty() || lens.contains(&0) || starts.last().is_some_and(|&n| n > i32::MAX as usize) {
-            return Err(
-                RuntimeError::invalid(OP, lens, "each sample needs at least one key, 2^31 in all at most").into()
-            );
+            return Err(Error::invalid(OP, lens, "each sample needs at least one key, 2^31 in all at most"));
         }
         let table: Vec<i32> = starts.iter().map(|&s| s as i32).collect();
-        let device = exec.upload(&Tensor::from_vec(table, &[starts.len()])?)?;
+        let device = Tensor::from_vec(table, &[starts.len()])?.to_device(&exec.device())?;
         Ok(PackedKeys { starts, device })
     }
 }
@@ -187,9 +185,9 @@ impl PackedKeys {
 /// One attention call: the tensors (see the module header for shapes) and how they interact.
 #[derive(Clone, Copy)]
 pub struct Attention<'a> {
-    pub q: &'a DeviceTensor,
-    pub k: &'a DeviceTensor,
-    pub v: &'a DeviceTensor,
+    pub q: &'a Tensor,
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
     pub mask: BlockCausal<'a>,
     pub scores: Scores<'a>,
 }
@@ -197,22 +195,22 @@ pub struct Attention<'a> {
 /// The forward's results, contiguous.
 pub struct Output {
     /// (B, H, Lq, D) bf16.
-    pub out: DeviceTensor,
+    pub out: Tensor,
     /// (B, H, Lq) f32: ln Σ_j exp(score_ij) over each row's visible keys (what the backward
     /// recomputes the probabilities from).
-    pub lse: DeviceTensor,
+    pub lse: Tensor,
 }
 
 /// Gradients of a loss, f32 and contiguous, given its gradient with respect to the output.
 pub struct Gradients {
     /// (B, H, Lq, D), with respect to the raw q (through the normalisation for cosine scores).
-    pub dq: DeviceTensor,
+    pub dq: Tensor,
     /// (B, H, Lk, D), with respect to the raw k.
-    pub dk: DeviceTensor,
+    pub dk: Tensor,
     /// (B, H, Lk, D).
-    pub dv: DeviceTensor,
+    pub dv: Tensor,
     /// (H,) with respect to head_scale, for cosine scores.
-    pub head_scale: Option<DeviceTensor>,
+    pub head_scale: Option<Tensor>,
 }
 
 /// The checked operands of a call.
@@ -254,7 +252,7 @@ impl Attention<'_> {
     /// (B', Lq, H, D) bf16 tensor, as its samples `batch_start..batch_start + B`. Token-major,
     /// so that (B', Lq, H·D) is the output projection's operand as it stands, and the samples
     /// of several calls can share one tensor.
-    pub fn forward_into(&self, exec: &Executor, out: &mut DeviceTensor, batch_start: usize) -> Result<()> {
+    pub fn forward_into(&self, exec: &Executor, out: &mut Tensor, batch_start: usize) -> Result<()> {
         const OP: &str = "attention_forward";
         let ops = self.operands(exec, OP)?;
         let slice = self.output_slice(exec, OP, &ops, out, batch_start)?;
@@ -269,7 +267,7 @@ impl Attention<'_> {
         exec: &Executor,
         op: &'static str,
         ops: &Operands,
-        out: &mut DeviceTensor,
+        out: &mut Tensor,
         batch_start: usize,
     ) -> Result<View<bf16, 4>> {
         let [batch, heads, q_len, head_dim] = ops.q.dims.map(|n| n as usize);
@@ -282,7 +280,7 @@ impl Attention<'_> {
                 "cannot hold the output of q {:?} as samples {batch_start}.. of a contiguous (B, Lq, H, D) tensor",
                 self.q.shape()
             );
-            return Err(RuntimeError::invalid(op, out.shape(), msg).into());
+            return Err(Error::invalid(op, out.shape(), msg));
         }
         let view = exec.view_mut::<bf16, 4>(op, out)?;
         let [sample, token, head, _] = view.strides;
@@ -301,7 +299,7 @@ impl Attention<'_> {
         &self,
         exec: &Executor,
         keys: &PackedKeys,
-        out: &mut DeviceTensor,
+        out: &mut Tensor,
         batch_start: usize,
     ) -> Result<()> {
         const OP: &str = "attention_forward";
@@ -315,7 +313,7 @@ impl Attention<'_> {
 
     /// The gradients for output gradient `dout` (B, H, Lq, D) bf16 (strided like q), given the
     /// forward's `output` for the same call.
-    pub fn backward(&self, exec: &Executor, output: &Output, dout: &DeviceTensor) -> Result<Gradients> {
+    pub fn backward(&self, exec: &Executor, output: &Output, dout: &Tensor) -> Result<Gradients> {
         const OP: &str = "attention_backward";
         let ops = self.operands(exec, OP)?;
         let (_, full) = ops.row_shapes();
@@ -392,36 +390,34 @@ impl Attention<'_> {
                     "packed keys {:?} for {batch} samples of {} keys, with the one-block mask",
                     keys.starts, k.dims[2]
                 );
-                return Err(RuntimeError::invalid(op, self.k.shape(), msg).into());
+                return Err(Error::invalid(op, self.k.shape(), msg));
             }
         }
         if v.dims != k.dims {
             return Err(mismatch(op, self.k, self.v));
         }
         if !HEAD_DIMS.contains(&(head_dim as usize)) {
-            return Err(RuntimeError::invalid(
+            return Err(Error::invalid(
                 op,
                 self.q.shape(),
                 format!("head dim {head_dim}: the kernels are built for {HEAD_DIMS:?}"),
-            )
-            .into());
+            ));
         }
         let kv_len = k.dims[2];
         let (offsets, scales) = self.offsets(op, kv_len as usize)?;
         // One block masks nothing: any number of queries may see all keys (cross-attention).
         let past_keys = self.mask.q_start.checked_add(q_len as usize).is_none_or(|end| end > kv_len as usize);
         if scales > 1 && past_keys {
-            return Err(RuntimeError::invalid(
+            return Err(Error::invalid(
                 op,
                 self.q.shape(),
                 format!("queries at positions {}.. run past the {kv_len} keys", self.mask.q_start),
-            )
-            .into());
+            ));
         }
         let (head_scale, scale, cosine) = match self.scores {
             Scores::Dot(scale) if scale.is_finite() => (DevPtr::new(0), scale, 0),
             Scores::Dot(scale) => {
-                return Err(RuntimeError::invalid(op, self.q.shape(), format!("scale {scale} is not finite")).into());
+                return Err(Error::invalid(op, self.q.shape(), format!("scale {scale} is not finite")));
             }
             Scores::Cosine(t) => {
                 let view = exec.view::<f32, 1>(op, t)?;
@@ -455,12 +451,11 @@ impl Attention<'_> {
             && given.windows(2).all(|w| w[0] < w[1])
             && given.last() == Some(&kv_len);
         if !valid {
-            return Err(RuntimeError::invalid(
+            return Err(Error::invalid(
                 op,
                 given,
                 format!("block offsets must rise strictly from 0 to the {kv_len} keys, with 1 to {MAX_SCALES} blocks"),
-            )
-            .into());
+            ));
         }
         let mut table = [0; MAX_SCALES + 1];
         // Each offset is at most kv_len, which fits in i32.
@@ -508,9 +503,9 @@ unsafe fn launch_forward(
 /// The per-row terms of the backward, (B, H, Lq) f32.
 struct RowTerms {
     /// rowsum(dO ∘ O).
-    delta: DeviceTensor,
+    delta: Tensor,
     /// 1 / max(‖q row‖₂, 1e-12), for cosine scores.
-    q_inv: Option<DeviceTensor>,
+    q_inv: Option<Tensor>,
 }
 
 impl RowTerms {
@@ -551,12 +546,7 @@ fn row_terms(exec: &Executor, o: &View<bf16, 4>, d_out: &View<bf16, 4>, ops: &Op
 
 /// Turns dq's accumulated scale·Σ dS·k̂ into the gradient of the raw q, and returns the
 /// gradient of head_scale.
-fn cosine_gradients(
-    exec: &Executor,
-    ops: &Operands,
-    q_inv: DevPtr<f32>,
-    dq: &mut DeviceTensor,
-) -> Result<DeviceTensor> {
+fn cosine_gradients(exec: &Executor, ops: &Operands, q_inv: DevPtr<f32>, dq: &mut Tensor) -> Result<Tensor> {
     const OP: &str = "attention_backward_cosine";
     let [batch, heads, q_len, head_dim] = ops.q.dims;
     let mut d_head_scale = exec.accumulator(OP, &[heads as usize], DType::F32)?;
@@ -578,18 +568,18 @@ fn cosine_gradients(
     Ok(d_head_scale)
 }
 
-fn mismatch(op: &'static str, lhs: &DeviceTensor, rhs: &DeviceTensor) -> crate::Error {
-    RuntimeError::ShapeMismatch { op, lhs: lhs.shape().to_vec(), rhs: rhs.shape().to_vec() }.into()
+fn mismatch(op: &'static str, lhs: &Tensor, rhs: &Tensor) -> crate::Error {
+    Error::ShapeMismatch { op, lhs: lhs.shape().to_vec(), rhs: rhs.shape().to_vec() }
 }
 
 /// A (B, H, L, D) bf16 operand whose rows the kernels can move as 16-byte words: D contiguous,
 /// every other stride (of a dimension longer than 1) a multiple of 8, and the first element
 /// 16-byte aligned (buffers are; a view's offset must keep it so).
-fn rows_view(exec: &Executor, op: &'static str, t: &DeviceTensor) -> Result<View<bf16, 4>> {
+fn rows_view(exec: &Executor, op: &'static str, t: &Tensor) -> Result<View<bf16, 4>> {
     let view = exec.view::<bf16, 4>(op, t)?;
     let aligned = (0..3).all(|i| view.dims[i] == 1 || (view.strides[i] as usize).is_multiple_of(ROW_ALIGN));
     if view.strides[3] != 1 || !aligned || !view.ptr.is_aligned(16) {
-        return Err(RuntimeError::invalid(
+        return Err(Error::invalid(
             op,
             t.shape(),
             format!(
@@ -598,8 +588,7 @@ fn rows_view(exec: &Executor, op: &'static str, t: &DeviceTensor) -> Result<View
                 t.layout().strides(),
                 t.layout().offset()
             ),
-        )
-        .into());
+        ));
     }
     Ok(view)
 }

@@ -5,12 +5,12 @@
 
 use cudarc::driver::DeviceRepr;
 use infinity_runtime::rng::Philox;
-use infinity_runtime::{DType, Error as RuntimeError};
+use infinity_runtime::{DType, Error, Tensor};
 
 use crate::Result;
-use crate::device::{DevPtr, DeviceTensor};
 use crate::exec::Executor;
 use crate::kernels::{BITWISE_LOSS, BITWISE_SAMPLE};
+use crate::view::DevPtr;
 
 const THREADS: u32 = 256;
 
@@ -70,11 +70,11 @@ pub struct Sampling {
 /// bits needed a draw.
 pub fn sample_bits(
     exec: &Executor,
-    logits: &DeviceTensor,
+    logits: &Tensor,
     batch: usize,
     sampling: &Sampling,
     rng: &mut Philox,
-) -> Result<DeviceTensor> {
+) -> Result<Tensor> {
     let op = BITWISE_SAMPLE.kernel.name();
     let l = exec.view::<f32, 3>(op, logits)?;
     let [rows, tokens, pairs2] = l.dims.map(|v| v as usize);
@@ -84,20 +84,17 @@ pub fn sample_bits(
         r if r == 2 * batch => Some(true),
         _ => None,
     }
-    .ok_or_else(|| RuntimeError::invalid(op, logits.shape(), format!("{rows} rows are neither B = {batch} nor 2B")))?;
+    .ok_or_else(|| Error::invalid(op, logits.shape(), format!("{rows} rows are neither B = {batch} nor 2B")))?;
     if pairs2 % 2 != 0 {
-        return Err(
-            RuntimeError::invalid(op, logits.shape(), "the last dimension holds logit pairs: it must be even").into()
-        );
+        return Err(Error::invalid(op, logits.shape(), "the last dimension holds logit pairs: it must be even"));
     }
     let Sampling { cfg, tau, top_p, greedy } = *sampling;
     if !(tau > 0.0 && tau.is_finite() && cfg.is_finite() && (0.0..=1.0).contains(&top_p)) {
-        return Err(RuntimeError::invalid(
+        return Err(Error::invalid(
             op,
             logits.shape(),
             format!("need τ > 0, finite cfg and top_p in [0, 1]; got τ {tau}, cfg {cfg}, top_p {top_p}"),
-        )
-        .into());
+        ));
     }
     let dim = pairs2 / 2;
     let mut bits = exec.output(op, &[batch, tokens, dim], DType::U8)?;
@@ -129,25 +126,23 @@ pub fn sample_bits(
 /// Per-bit loss and its gradient.
 pub struct BitLoss {
     /// (B, n, d): logsumexp(l0, l1) − l_label.
-    pub loss: DeviceTensor,
+    pub loss: Tensor,
     /// (B, n, 2d): (softmax − onehot) · grad_scale.
-    pub grad: DeviceTensor,
+    pub grad: Tensor,
 }
 
 /// Two-way cross-entropy of logits (B, n, 2d) f32 against bit labels (B, n, d) u8 (any
 /// nonzero label counts as 1), and its gradient scaled by `grad_scale` (1/count for a mean).
-pub fn bit_loss(exec: &Executor, logits: &DeviceTensor, labels: &DeviceTensor, grad_scale: f32) -> Result<BitLoss> {
+pub fn bit_loss(exec: &Executor, logits: &Tensor, labels: &Tensor, grad_scale: f32) -> Result<BitLoss> {
     let op = BITWISE_LOSS.kernel.name();
     let l = exec.view::<f32, 3>(op, logits)?;
     let y = exec.view::<u8, 3>(op, labels)?;
     let [batch, tokens, pairs2] = l.dims;
     if y.dims != [batch, tokens, pairs2 / 2] || pairs2 % 2 != 0 {
-        return Err(
-            RuntimeError::ShapeMismatch { op, lhs: logits.shape().to_vec(), rhs: labels.shape().to_vec() }.into()
-        );
+        return Err(Error::ShapeMismatch { op, lhs: logits.shape().to_vec(), rhs: labels.shape().to_vec() });
     }
     if !grad_scale.is_finite() {
-        return Err(RuntimeError::invalid(op, logits.shape(), format!("grad_scale {grad_scale} is not finite")).into());
+        return Err(Error::invalid(op, logits.shape(), format!("grad_scale {grad_scale} is not finite")));
     }
     let (b, n, d) = (batch as usize, tokens as usize, pairs2 as usize / 2);
     let mut loss = exec.output(op, &[b, n, d], DType::F32)?;

@@ -5,14 +5,14 @@
 
 use cudarc::driver::DeviceRepr;
 use infinity_runtime::half::bf16;
-use infinity_runtime::{DType, Error as RuntimeError};
+use infinity_runtime::{DType, Error, Tensor};
 
 use crate::Result;
-use crate::device::{DevPtr, DeviceTensor};
 use crate::elementwise::{add, cast, copy_into};
 use crate::exec::Executor;
 use crate::gemm::matmul;
 use crate::kernels::{IM2COL, UPSAMPLE_NEAREST2X};
+use crate::view::DevPtr;
 
 const THREADS: u32 = 256;
 
@@ -59,14 +59,14 @@ unsafe impl DeviceRepr for Upsample2xParams {}
 /// and the stride stay below 2^31, so the kernels' 32-bit positions cannot overflow.
 fn output_size(
     op: &'static str,
-    x: &DeviceTensor,
+    x: &Tensor,
     (h, w): (usize, usize),
     (kh, kw): (usize, usize),
     stride: usize,
     padding: usize,
 ) -> Result<(usize, usize)> {
     const LIMIT: usize = i32::MAX as usize;
-    let invalid = |msg: String| Err(RuntimeError::invalid(op, x.shape(), msg).into());
+    let invalid = |msg: String| Err(Error::invalid(op, x.shape(), msg));
     if !(1..=LIMIT).contains(&stride) {
         return invalid(format!("the stride {stride} must be in 1..2^31"));
     }
@@ -84,13 +84,7 @@ fn output_size(
 /// with `stride` and `padding` zeros on every side: (B, C·kh·kw, Ho·Wo) bf16, contiguous, row
 /// c·kh·kw + i·kw + j holding tap (i, j) of channel c for every output pixel (the order of a
 /// (Cout, C, kh, kw) weight reshaped to (Cout, C·kh·kw)). x is rounded to bf16 to nearest even.
-pub fn im2col(
-    exec: &Executor,
-    x: &DeviceTensor,
-    kernel: (usize, usize),
-    stride: usize,
-    padding: usize,
-) -> Result<DeviceTensor> {
+pub fn im2col(exec: &Executor, x: &Tensor, kernel: (usize, usize), stride: usize, padding: usize) -> Result<Tensor> {
     let op = IM2COL.kernel.name();
     let xv = exec.view::<f32, 4>(op, x)?;
     let [batch, channels, height, width] = xv.dims;
@@ -123,7 +117,7 @@ pub fn im2col(
 
 /// PyTorch's `interpolate(scale_factor=2, mode="nearest")` of x (B, C, H, W) f32 (any
 /// strides): (B, C, 2H, 2W) f32, contiguous, each input element repeated in a 2×2 square.
-pub fn upsample_nearest2x(exec: &Executor, x: &DeviceTensor) -> Result<DeviceTensor> {
+pub fn upsample_nearest2x(exec: &Executor, x: &Tensor) -> Result<Tensor> {
     let op = UPSAMPLE_NEAREST2X.kernel.name();
     let xv = exec.view::<f32, 4>(op, x)?;
     let [batch, channels, in_h, in_w] = xv.dims;
@@ -154,37 +148,37 @@ pub fn upsample_nearest2x(exec: &Executor, x: &DeviceTensor) -> Result<DeviceTen
 /// matrix, for the whole batch when it stays within a budget, else image by image.
 pub fn conv2d(
     exec: &Executor,
-    x: &DeviceTensor,
-    w: &DeviceTensor,
-    bias: Option<&DeviceTensor>,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
-) -> Result<DeviceTensor> {
+) -> Result<Tensor> {
     conv2d_within(exec, x, w, bias, stride, padding, COL_BUDGET)
 }
 
 /// [`conv2d`] with at most `col_budget` column-matrix elements for the whole batch.
 fn conv2d_within(
     exec: &Executor,
-    x: &DeviceTensor,
-    w: &DeviceTensor,
-    bias: Option<&DeviceTensor>,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
     col_budget: usize,
-) -> Result<DeviceTensor> {
+) -> Result<Tensor> {
     const OP: &str = "conv2d";
     let xv = exec.view::<f32, 4>(OP, x)?;
     let wv = exec.view::<bf16, 4>(OP, w)?;
     let [batch, cin, height, width] = xv.dims.map(|d| d as usize);
     let [cout, w_cin, kh, kw] = wv.dims.map(|d| d as usize);
     if w_cin != cin {
-        return Err(RuntimeError::ShapeMismatch { op: OP, lhs: x.shape().to_vec(), rhs: w.shape().to_vec() }.into());
+        return Err(Error::ShapeMismatch { op: OP, lhs: x.shape().to_vec(), rhs: w.shape().to_vec() });
     }
     if let Some(b) = bias {
         let bv = exec.view::<f32, 1>(OP, b)?;
         if bv.dims != [cout as i32] {
-            return Err(RuntimeError::ShapeMismatch { op: OP, lhs: w.shape().to_vec(), rhs: b.shape().to_vec() }.into());
+            return Err(Error::ShapeMismatch { op: OP, lhs: w.shape().to_vec(), rhs: b.shape().to_vec() });
         }
     }
     let (out_h, out_w) = output_size(OP, x, (height, width), (kh, kw), stride, padding)?;
@@ -214,7 +208,6 @@ fn conv2d_within(
 
 #[cfg(test)]
 mod tests {
-    use infinity_runtime::Tensor;
     use infinity_runtime::rng::Philox;
 
     use super::*;
@@ -226,7 +219,7 @@ mod tests {
         let exec = Executor::shim();
         let normal = |shape: &[usize], seed, dtype| {
             let values = Philox::new(seed).normal(shape.iter().product());
-            exec.upload(&Tensor::from_vec(values, shape).unwrap().to_dtype(dtype)).unwrap()
+            Tensor::from_vec(values, shape).unwrap().to_dtype(dtype).unwrap().to_device(&exec.device()).unwrap()
         };
         let x = normal(&[3, 4, 7, 6], 1, DType::F32);
         let w = normal(&[5, 4, 3, 3], 2, DType::BF16);
@@ -235,6 +228,6 @@ mod tests {
         // Less than two images' worth of columns (36 rows × 12 pixels each).
         let split = conv2d_within(&exec, &x, &w, Some(&bias), 2, 1, 36 * 12 + 1).unwrap();
         assert_eq!(whole.shape(), [3, 5, 4, 3]);
-        assert!(exec.download(&split).unwrap().same_values(&exec.download(&whole).unwrap()));
+        assert!(split.same_values(&whole));
     }
 }

@@ -8,15 +8,15 @@
 use cudarc::driver::DeviceRepr;
 use infinity_runtime::half::bf16;
 use infinity_runtime::layout::broadcast_shapes;
-use infinity_runtime::{DType, Element, Error as RuntimeError};
+use infinity_runtime::{DType, Element, Error, Tensor};
 
 use crate::Result;
-use crate::device::{DevPtr, DeviceTensor, View};
 use crate::exec::Executor;
 use crate::kernels::{
     BINARY_BF16, BINARY_F32, COPY_BF16_BF16, COPY_BF16_F32, COPY_F32_BF16, COPY_F32_F32, KernelHandle, UNARY_BF16,
     UNARY_BF16_BF16, UNARY_F32,
 };
+use crate::view::{DevPtr, View};
 
 const THREADS: u32 = 256;
 /// Highest rank the kernels index.
@@ -74,26 +74,24 @@ unsafe impl<In, Out> DeviceRepr for UnaryParams<In, Out> {}
 unsafe impl<S, D> DeviceRepr for CopyParams<S, D> {}
 
 /// `a + b` with NumPy broadcasting; see [`binary`].
-pub fn add(exec: &Executor, a: &DeviceTensor, b: &DeviceTensor) -> Result<DeviceTensor> {
+pub fn add(exec: &Executor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     binary(exec, BinaryOp::Add, a, b)
 }
 
 /// `a * b` with NumPy broadcasting; see [`binary`].
-pub fn mul(exec: &Executor, a: &DeviceTensor, b: &DeviceTensor) -> Result<DeviceTensor> {
+pub fn mul(exec: &Executor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     binary(exec, BinaryOp::Mul, a, b)
 }
 
 /// `a op b` with NumPy broadcasting (shapes aligned at the last dimension, rank ≤ 4), a and b
 /// both f32 or both bf16. The output is contiguous f32 with the broadcast shape; each result is
 /// the correctly rounded f32 sum or product, so f32 inputs agree with the CPU op bit for bit.
-pub fn binary(exec: &Executor, op: BinaryOp, a: &DeviceTensor, b: &DeviceTensor) -> Result<DeviceTensor> {
+pub fn binary(exec: &Executor, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     match (a.dtype(), b.dtype()) {
         (DType::F32, DType::F32) => binary_as(exec, BINARY_F32, op, a, b),
         (DType::BF16, DType::BF16) => binary_as::<bf16>(exec, BINARY_BF16, op, a, b),
-        (expected @ (DType::F32 | DType::BF16), got) => {
-            Err(RuntimeError::DTypeMismatch { op: "binary", expected, got }.into())
-        }
-        (dtype, _) => Err(RuntimeError::UnsupportedDType { op: "binary", dtype }.into()),
+        (expected @ (DType::F32 | DType::BF16), got) => Err(Error::DTypeMismatch { op: "binary", expected, got }),
+        (dtype, _) => Err(Error::UnsupportedDType { op: "binary", dtype }),
     }
 }
 
@@ -101,9 +99,9 @@ fn binary_as<T: Element>(
     exec: &Executor,
     handle: KernelHandle<BinaryParams<T>>,
     op: BinaryOp,
-    a: &DeviceTensor,
-    b: &DeviceTensor,
-) -> Result<DeviceTensor> {
+    a: &Tensor,
+    b: &Tensor,
+) -> Result<Tensor> {
     let name = handle.kernel.name();
     let (av, bv) = (exec.view_padded::<T, MAX_RANK>(name, a)?, exec.view_padded::<T, MAX_RANK>(name, b)?);
     let shape = broadcast_shapes(name, a.shape(), b.shape())?;
@@ -131,26 +129,24 @@ fn broadcast_strides<T>(v: &View<T, MAX_RANK>, dims: &[i32; MAX_RANK]) -> [i32; 
 }
 
 /// The tanh GELU of every element; see [`unary`].
-pub fn gelu_tanh(exec: &Executor, x: &DeviceTensor, out: DType) -> Result<DeviceTensor> {
+pub fn gelu_tanh(exec: &Executor, x: &Tensor, out: DType) -> Result<Tensor> {
     unary(exec, UnaryOp::GeluTanh, x, out)
 }
 
 /// x·sigmoid(x) of every element; see [`unary`].
-pub fn silu(exec: &Executor, x: &DeviceTensor, out: DType) -> Result<DeviceTensor> {
+pub fn silu(exec: &Executor, x: &Tensor, out: DType) -> Result<Tensor> {
     unary(exec, UnaryOp::Silu, x, out)
 }
 
 /// `op` of every element of x (f32 or bf16, rank 1 to 4, any strides), computed in f32 as
 /// x·sigmoid(·) with the library expf. The output is contiguous in `out`: f32, or bf16 from
 /// bf16 x (an activation between two bf16 GEMMs, rounded once).
-pub fn unary(exec: &Executor, op: UnaryOp, x: &DeviceTensor, out: DType) -> Result<DeviceTensor> {
+pub fn unary(exec: &Executor, op: UnaryOp, x: &Tensor, out: DType) -> Result<Tensor> {
     match (x.dtype(), out) {
         (DType::F32, DType::F32) => unary_as(exec, UNARY_F32, op, x),
         (DType::BF16, DType::F32) => unary_as::<bf16, f32>(exec, UNARY_BF16, op, x),
         (DType::BF16, DType::BF16) => unary_as::<bf16, bf16>(exec, UNARY_BF16_BF16, op, x),
-        (DType::F32 | DType::BF16, dtype) | (dtype, _) => {
-            Err(RuntimeError::UnsupportedDType { op: "unary", dtype }.into())
-        }
+        (DType::F32 | DType::BF16, dtype) | (dtype, _) => Err(Error::UnsupportedDType { op: "unary", dtype }),
     }
 }
 
@@ -158,8 +154,8 @@ fn unary_as<In: Element, Out: Element>(
     exec: &Executor,
     handle: KernelHandle<UnaryParams<In, Out>>,
     op: UnaryOp,
-    x: &DeviceTensor,
-) -> Result<DeviceTensor> {
+    x: &Tensor,
+) -> Result<Tensor> {
     let name = handle.kernel.name();
     let xv = exec.view_padded::<In, MAX_RANK>(name, x)?;
     let mut out = exec.output(name, x.shape(), Out::DTYPE)?;
@@ -178,7 +174,7 @@ fn unary_as<In: Element, Out: Element>(
 /// x's elements copied into a new contiguous tensor of `dtype` (f32 or bf16; x f32 or bf16,
 /// rank 1 to 4, any strides): the cast, and the gather of a strided view into the contiguous
 /// operand a GEMM needs. f32 → bf16 rounds to nearest even; every other pair is exact.
-pub fn cast(exec: &Executor, x: &DeviceTensor, dtype: DType) -> Result<DeviceTensor> {
+pub fn cast(exec: &Executor, x: &Tensor, dtype: DType) -> Result<Tensor> {
     let mut out = exec.output("cast", x.shape(), dtype)?;
     copy(exec, x, &mut out, 0, 0)?;
     Ok(out)
@@ -187,27 +183,25 @@ pub fn cast(exec: &Executor, x: &DeviceTensor, dtype: DType) -> Result<DeviceTen
 /// Writes `src` into `dst` at `start..start + src.shape()[dim]` along `dim`: every other
 /// dimension of the two must agree. `dst` may be in the other dtype (the value is cast) and
 /// must own its buffer: a tensor with live views cannot be written.
-pub fn copy_into(exec: &Executor, src: &DeviceTensor, dst: &mut DeviceTensor, dim: usize, start: usize) -> Result<()> {
+pub fn copy_into(exec: &Executor, src: &Tensor, dst: &mut Tensor, dim: usize, start: usize) -> Result<()> {
     copy(exec, src, dst, dim, start)
 }
 
-fn copy(exec: &Executor, src: &DeviceTensor, dst: &mut DeviceTensor, dim: usize, start: usize) -> Result<()> {
+fn copy(exec: &Executor, src: &Tensor, dst: &mut Tensor, dim: usize, start: usize) -> Result<()> {
     match (src.dtype(), dst.dtype()) {
         (DType::F32, DType::F32) => copy_as(exec, COPY_F32_F32, src, dst, dim, start),
         (DType::F32, DType::BF16) => copy_as::<f32, bf16>(exec, COPY_F32_BF16, src, dst, dim, start),
         (DType::BF16, DType::F32) => copy_as::<bf16, f32>(exec, COPY_BF16_F32, src, dst, dim, start),
         (DType::BF16, DType::BF16) => copy_as::<bf16, bf16>(exec, COPY_BF16_BF16, src, dst, dim, start),
-        (DType::F32 | DType::BF16, dtype) | (dtype, _) => {
-            Err(RuntimeError::UnsupportedDType { op: "copy", dtype }.into())
-        }
+        (DType::F32 | DType::BF16, dtype) | (dtype, _) => Err(Error::UnsupportedDType { op: "copy", dtype }),
     }
 }
 
 fn copy_as<S: Element, D: Element>(
     exec: &Executor,
     handle: KernelHandle<CopyParams<S, D>>,
-    src: &DeviceTensor,
-    dst: &mut DeviceTensor,
+    src: &Tensor,
+    dst: &mut Tensor,
     dim: usize,
     start: usize,
 ) -> Result<()> {
@@ -217,12 +211,11 @@ fn copy_as<S: Element, D: Element>(
         && dim < shape.len()
         && shape.iter().zip(dst_shape).enumerate().all(|(i, (&s, &d))| if i == dim { start + s <= d } else { s == d });
     if !fits {
-        return Err(RuntimeError::invalid(
+        return Err(Error::invalid(
             name,
             dst_shape,
             format!("cannot hold a {shape:?} source at {start} along dimension {dim}"),
-        )
-        .into());
+        ));
     }
     let sv = exec.view_padded::<S, MAX_RANK>(name, src)?;
     let mut dv = exec.view_mut_padded::<D, MAX_RANK>(name, dst)?;

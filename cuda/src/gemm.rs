@@ -14,12 +14,12 @@
 
 use cudarc::driver::DeviceRepr;
 use infinity_runtime::half::bf16;
-use infinity_runtime::{DType, Element, Error as RuntimeError};
+use infinity_runtime::{DType, Element, Error, Tensor};
 
 use crate::Result;
-use crate::device::{DevPtr, DeviceTensor, View};
 use crate::exec::{Backend, Executor};
 use crate::kernels::{BIAS_ROWS_BF16, BIAS_ROWS_F32, KernelHandle};
+use crate::view::{DevPtr, View};
 
 const THREADS: u32 = 256;
 
@@ -58,7 +58,7 @@ impl GemmType {
         match dtype {
             DType::BF16 => Ok(GemmType::Bf16),
             DType::F32 => Ok(GemmType::F32),
-            dtype => Err(RuntimeError::UnsupportedDType { op, dtype }.into()),
+            dtype => Err(Error::UnsupportedDType { op, dtype }),
         }
     }
 }
@@ -139,14 +139,14 @@ impl<'a> Matrix<'a> {
              contiguous, with the other's stride at least the first's size",
             self.row_stride, self.col_stride
         );
-        Err(RuntimeError::invalid(op, self.shape, msg).into())
+        Err(Error::invalid(op, self.shape, msg))
     }
 }
 
 /// `t` (rank 2 or 3, bf16) as a batch of matrices; rank 2 is a batch of one.
-fn matrices(exec: &Executor, op: &'static str, t: &DeviceTensor) -> Result<View<bf16, 3>> {
+fn matrices(exec: &Executor, op: &'static str, t: &Tensor) -> Result<View<bf16, 3>> {
     if !(2..=3).contains(&t.shape().len()) {
-        return Err(RuntimeError::invalid(op, t.shape(), "expected 2 or 3 dimensions").into());
+        return Err(Error::invalid(op, t.shape(), "expected 2 or 3 dimensions"));
     }
     exec.view_padded::<bf16, 3>(op, t)
 }
@@ -158,25 +158,19 @@ fn matrices(exec: &Executor, op: &'static str, t: &DeviceTensor) -> Result<View<
 /// `out` (f32 or bf16): products are accumulated in f32, and the sum with the bias is rounded
 /// once to `out`. A bf16 output starts as the bias rounded to bf16 (cuBLAS adds the product
 /// to it with beta = 1), so there the bias is rounded twice.
-pub fn linear(
-    exec: &Executor,
-    x: &DeviceTensor,
-    w: &DeviceTensor,
-    bias: Option<&DeviceTensor>,
-    out: DType,
-) -> Result<DeviceTensor> {
+pub fn linear(exec: &Executor, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, out: DType) -> Result<Tensor> {
     const OP: &str = "linear";
     let out_type = GemmType::of(OP, out)?;
     let (xv, wv) = (matrices(exec, OP, x)?, exec.view::<bf16, 2>(OP, w)?);
     let [n, k] = wv.dims;
     if xv.dims[2] != k {
-        return Err(RuntimeError::ShapeMismatch { op: OP, lhs: x.shape().to_vec(), rhs: w.shape().to_vec() }.into());
+        return Err(Error::ShapeMismatch { op: OP, lhs: x.shape().to_vec(), rhs: w.shape().to_vec() });
     }
     let bias = bias.map(|b| exec.view::<f32, 1>(OP, b).map(|v| (b, v))).transpose()?;
     if let Some((b, bv)) = &bias
         && bv.dims != [n]
     {
-        return Err(RuntimeError::ShapeMismatch { op: OP, lhs: w.shape().to_vec(), rhs: b.shape().to_vec() }.into());
+        return Err(Error::ShapeMismatch { op: OP, lhs: w.shape().to_vec(), rhs: b.shape().to_vec() });
     }
     let rows = x_rows(OP, x, &xv)?;
     let wt = Matrix {
@@ -204,12 +198,12 @@ pub fn linear(
 
 /// The rows of x (B, T, K), B = 1 for rank 2, as one (B·T)×K matrix: possible when its last
 /// dimension is contiguous and (B, T) collapse to a single row stride.
-fn x_rows<'a>(op: &'static str, x: &'a DeviceTensor, xv: &View<bf16, 3>) -> Result<Matrix<'a>> {
+fn x_rows<'a>(op: &'static str, x: &'a Tensor, xv: &View<bf16, 3>) -> Result<Matrix<'a>> {
     let [b, t, k] = xv.dims;
     let [sb, st, sk] = xv.strides;
     let invalid = |msg: &str| {
         let msg = format!("x with strides {:?}: {msg}", x.layout().strides());
-        Err(RuntimeError::invalid(op, x.shape(), msg).into())
+        Err(Error::invalid(op, x.shape(), msg))
     };
     if k != 1 && sk != 1 {
         return invalid("the last dimension must be contiguous");
@@ -236,7 +230,7 @@ fn fill_bias<T: Element>(
     exec: &Executor,
     handle: KernelHandle<BiasRowsParams<T>>,
     bias: &View<f32, 1>,
-    y: &mut DeviceTensor,
+    y: &mut Tensor,
 ) -> Result<()> {
     let yv = exec.view_mut_padded::<T, 3>(handle.kernel.name(), y)?;
     let [b, t, n] = yv.dims;
@@ -251,13 +245,13 @@ fn fill_bias<T: Element>(
 /// `permute` are read in place); the batch sizes are equal, or one is 1 or missing and that
 /// side broadcasts. The output, (Bt, M, N) or (M, N) when both are rank 2, is contiguous in
 /// `out` (f32 or bf16), each element rounded once from its f32 sum.
-pub fn matmul(exec: &Executor, a: &DeviceTensor, b: &DeviceTensor, out: DType) -> Result<DeviceTensor> {
+pub fn matmul(exec: &Executor, a: &Tensor, b: &Tensor, out: DType) -> Result<Tensor> {
     const OP: &str = "matmul";
     GemmType::of(OP, out)?;
     let (av, bv) = (matrices(exec, OP, a)?, matrices(exec, OP, b)?);
     let ([batch_a, m, k], [batch_b, k_b, n]) = (av.dims, bv.dims);
     if k != k_b || (batch_a != batch_b && batch_a != 1 && batch_b != 1) {
-        return Err(RuntimeError::ShapeMismatch { op: OP, lhs: a.shape().to_vec(), rhs: b.shape().to_vec() }.into());
+        return Err(Error::ShapeMismatch { op: OP, lhs: a.shape().to_vec(), rhs: b.shape().to_vec() });
     }
     let batch = batch_a.max(batch_b);
     let mut shape = vec![batch as usize, m as usize, n as usize];
@@ -283,7 +277,7 @@ unsafe fn gemm(
     a: &Matrix,
     b: &Matrix,
     batch: i32,
-    c: &mut DeviceTensor,
+    c: &mut Tensor,
     accumulate: bool,
 ) -> Result<()> {
     let (transb, b_operand) = a.transposed_operand(op)?;

@@ -14,14 +14,15 @@ use cudarc::driver::{
     PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
-use infinity_runtime::Error as RuntimeError;
+use infinity_runtime::Error;
 
+use crate::error::{self, Result};
 use crate::exec::Grid;
 use crate::gemm::{GemmArgs, GemmType, Transpose};
 use crate::kernels::{Kernel, Source};
 use crate::nvrtc::{Compiler, Output};
 use crate::toolkit::Toolkit;
-use crate::{Availability, Error, Result, probe};
+use crate::{Availability, probe};
 
 pub struct Gpu {
     ctx: Arc<CudaContext>,
@@ -41,13 +42,13 @@ impl Gpu {
         match probe() {
             Availability::Available { devices } if ordinal < devices => {}
             Availability::Available { devices } => {
-                return Err(RuntimeError::invalid("cuda", &[devices], format!("no GPU {ordinal}")).into());
+                return Err(Error::invalid("cuda", &[devices], format!("no GPU {ordinal}")));
             }
-            other => return Err(Error::Unavailable(other)),
+            other => return Err(error::unavailable(other)),
         }
         let toolkit = Toolkit::locate()?;
-        let ctx = CudaContext::new(ordinal).map_err(Error::driver(format!("opening cuda:{ordinal}")))?;
-        let (major, minor) = ctx.compute_capability().map_err(Error::driver("reading the compute capability"))?;
+        let ctx = CudaContext::new(ordinal).map_err(error::driver(format!("opening cuda:{ordinal}")))?;
+        let (major, minor) = ctx.compute_capability().map_err(error::driver("reading the compute capability"))?;
         let stream = ctx.default_stream();
         Ok(Gpu {
             ctx,
@@ -69,30 +70,30 @@ impl Gpu {
     pub(crate) fn alloc(&self, bytes: usize) -> Result<CudaSlice<u8>> {
         // SAFETY: u8 has no invalid bit patterns, and the pool's callers fill the block (a copy
         // or zeros) before any kernel reads it.
-        unsafe { self.stream.alloc::<u8>(bytes) }.map_err(Error::driver(format!("allocating {bytes} bytes")))
+        unsafe { self.stream.alloc::<u8>(bytes) }.map_err(error::driver(format!("allocating {bytes} bytes")))
     }
 
     /// Copies `bytes` into the start of `slice`.
     pub(crate) fn write(&self, slice: &mut CudaSlice<u8>, bytes: &[u8]) -> Result<()> {
         self.stream
             .memcpy_htod(bytes, &mut slice.slice_mut(..bytes.len()))
-            .map_err(Error::driver(format!("copying {} bytes to the GPU", bytes.len())))
+            .map_err(error::driver(format!("copying {} bytes to the GPU", bytes.len())))
     }
 
     pub(crate) fn zero(&self, slice: &mut CudaSlice<u8>) -> Result<()> {
-        self.stream.memset_zeros(slice).map_err(Error::driver("zeroing GPU memory"))
+        self.stream.memset_zeros(slice).map_err(error::driver("zeroing GPU memory"))
     }
 
     /// The first `len` bytes of `slice`, after waiting for the stream, so that errors of
     /// earlier launches surface here.
     pub(crate) fn download(&self, slice: &CudaSlice<u8>, len: usize) -> Result<Vec<u8>> {
-        let bytes = self.stream.clone_dtoh(&slice.slice(..len)).map_err(Error::driver("copying from the GPU"))?;
+        let bytes = self.stream.clone_dtoh(&slice.slice(..len)).map_err(error::driver("copying from the GPU"))?;
         self.synchronize()?;
         Ok(bytes)
     }
 
     pub(crate) fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(Error::driver("waiting for the GPU"))
+        self.stream.synchronize().map_err(error::driver("waiting for the GPU"))
     }
 
     pub(crate) fn address(&self, slice: &CudaSlice<u8>) -> u64 {
@@ -111,7 +112,7 @@ impl Gpu {
         let f = self
             .module(kernel.source())?
             .load_function(kernel.name())
-            .map_err(Error::driver(format!("finding {} in its module", kernel.name())))?;
+            .map_err(error::driver(format!("finding {} in its module", kernel.name())))?;
         functions.insert(kernel, f.clone());
         Ok(f)
     }
@@ -125,7 +126,7 @@ impl Gpu {
         let module = self
             .ctx
             .load_module(Ptx::from_binary(cubin))
-            .map_err(Error::driver(format!("loading {}", source.file_name())))?;
+            .map_err(error::driver(format!("loading {}", source.file_name())))?;
         modules.insert(source, module.clone());
         Ok(module)
     }
@@ -138,7 +139,7 @@ impl Gpu {
         launch.arg(params);
         // SAFETY: `params` is the kernel's own parameter struct (a `KernelHandle` ties them)
         // and the caller of `Executor::launch` vouches for the addresses in it.
-        unsafe { launch.launch(config) }.map_err(Error::driver(format!("launching {}", kernel.name())))?;
+        unsafe { launch.launch(config) }.map_err(error::driver(format!("launching {}", kernel.name())))?;
         Ok(())
     }
 
@@ -155,7 +156,7 @@ impl Gpu {
             slot @ None => slot.insert(self.new_blas()?),
         };
         // cuBLAS launches into the context current on the calling thread.
-        self.ctx.bind_to_thread().map_err(Error::driver("binding the GPU's context"))?;
+        self.ctx.bind_to_thread().map_err(error::driver("binding the GPU's context"))?;
         let op = |t| match t {
             Transpose::No => cublasOperation_t::CUBLAS_OP_N,
             Transpose::Yes => cublasOperation_t::CUBLAS_OP_T,
@@ -195,16 +196,16 @@ impl Gpu {
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .map_err(Error::cublas(format!("a {}×{}×{} GEMM, batch {}", args.m, args.n, args.k, args.batch)))
+        .map_err(error::cublas(format!("a {}×{}×{} GEMM, batch {}", args.m, args.n, args.k, args.batch)))
     }
 
-    /// A cuBLAS handle on this GPU's stream, or [`Error::NoCublas`] when the library is
+    /// A cuBLAS handle on this GPU's stream, or an unavailable-device error when the library is
     /// missing (cudarc would panic on the first call into it).
     fn new_blas(&self) -> Result<CudaBlas> {
         // SAFETY: the presence check only tries to dlopen the library; it calls nothing in it.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-            return Err(Error::NoCublas);
+            return Err(error::no_cublas());
         }
-        CudaBlas::new(self.stream.clone()).map_err(Error::cublas("creating a handle"))
+        CudaBlas::new(self.stream.clone()).map_err(error::cublas("creating a handle"))
     }
 }

@@ -8,12 +8,12 @@
 
 use cudarc::driver::DeviceRepr;
 use infinity_runtime::half::bf16;
-use infinity_runtime::{DType, Element, Error as RuntimeError};
+use infinity_runtime::{DType, Element, Error, Tensor};
 
 use crate::Result;
-use crate::device::{DevPtr, DeviceTensor};
 use crate::exec::Executor;
 use crate::kernels::{EMBEDDING_BF16_I32, EMBEDDING_BF16_I64, EMBEDDING_F32_I32, EMBEDDING_F32_I64, KernelHandle};
+use crate::view::DevPtr;
 
 const THREADS: u32 = 256;
 /// Highest rank of the ids.
@@ -39,24 +39,22 @@ unsafe impl<T, Id> DeviceRepr for EmbeddingParams<T, Id> {}
 /// weight[ids] of shape (ids.shape…, D) in weight's dtype, contiguous. An id outside 0..V is an
 /// `InvalidArgument` error naming it and its flat position (found after the launch; see the
 /// module documentation), and no tensor is returned.
-pub fn embedding(exec: &Executor, weight: &DeviceTensor, ids: &DeviceTensor) -> Result<DeviceTensor> {
+pub fn embedding(exec: &Executor, weight: &Tensor, ids: &Tensor) -> Result<Tensor> {
     match (weight.dtype(), ids.dtype()) {
         (DType::F32, DType::I64) => embedding_as(exec, EMBEDDING_F32_I64, weight, ids),
         (DType::F32, DType::I32) => embedding_as(exec, EMBEDDING_F32_I32, weight, ids),
         (DType::BF16, DType::I64) => embedding_as::<bf16, i64>(exec, EMBEDDING_BF16_I64, weight, ids),
         (DType::BF16, DType::I32) => embedding_as::<bf16, i32>(exec, EMBEDDING_BF16_I32, weight, ids),
-        (DType::F32 | DType::BF16, dtype) | (dtype, _) => {
-            Err(RuntimeError::UnsupportedDType { op: "embedding", dtype }.into())
-        }
+        (DType::F32 | DType::BF16, dtype) | (dtype, _) => Err(Error::UnsupportedDType { op: "embedding", dtype }),
     }
 }
 
 fn embedding_as<T: Element, Id: Element>(
     exec: &Executor,
     handle: KernelHandle<EmbeddingParams<T, Id>>,
-    weight: &DeviceTensor,
-    ids: &DeviceTensor,
-) -> Result<DeviceTensor> {
+    weight: &Tensor,
+    ids: &Tensor,
+) -> Result<Tensor> {
     let op = handle.kernel.name();
     let w = exec.view::<T, 2>(op, weight)?;
     let iv = exec.view_padded::<Id, MAX_RANK>(op, ids)?;
@@ -79,15 +77,15 @@ fn embedding_as<T: Element, Id: Element>(
     // SAFETY: the addresses come from views of live tensors of `exec`; the kernel reads the
     // table only at ids it checked to lie in 0..V, and the output has (ids…, D) elements.
     unsafe { exec.launch(handle, exec.grid_stride(out.layout().numel(), THREADS), &params)? };
-    if exec.download(&bad)?.to_vec::<i32>()?[0] != 0 {
-        return Err(out_of_range(exec, op, ids, vocab)?);
+    if bad.to_vec::<i32>()?[0] != 0 {
+        return Err(out_of_range(op, ids, vocab)?);
     }
     Ok(out)
 }
 
 /// The error for the first id outside 0..vocab, in row-major order.
-fn out_of_range(exec: &Executor, op: &'static str, ids: &DeviceTensor, vocab: i32) -> Result<crate::Error> {
-    let host = exec.download(ids)?;
+fn out_of_range(op: &'static str, ids: &Tensor, vocab: i32) -> Result<Error> {
+    let host = ids.to_cpu()?;
     let values: Vec<i64> = match host.dtype() {
         DType::I32 => host.to_vec::<i32>()?.into_iter().map(i64::from).collect(),
         _ => host.to_vec::<i64>()?,
@@ -96,5 +94,5 @@ fn out_of_range(exec: &Executor, op: &'static str, ids: &DeviceTensor, vocab: i3
         Some(pos) => format!("index {} at flat position {pos} is outside 0..{vocab}", values[pos]),
         None => format!("the kernel flagged an id outside 0..{vocab}, but the ids read back hold none"),
     };
-    Ok(RuntimeError::invalid(op, ids.shape(), msg).into())
+    Ok(Error::invalid(op, ids.shape(), msg))
 }

@@ -10,10 +10,10 @@
 //! check dtypes, shapes and arguments first and return typed errors.
 
 mod alloc;
-mod device;
 mod error;
 mod exec;
 mod gpu;
+mod view;
 
 pub mod adaln;
 pub mod attention;
@@ -35,7 +35,6 @@ pub mod toolkit;
 use std::fmt;
 
 pub use alloc::MemoryStats;
-pub use device::DeviceTensor;
 pub use error::{Error, Result};
 pub use exec::Executor;
 pub use gpu::Gpu;

@@ -5,12 +5,12 @@
 
 use cudarc::driver::DeviceRepr;
 use infinity_runtime::half::bf16;
-use infinity_runtime::{DType, Element, Error as RuntimeError};
+use infinity_runtime::{DType, Element, Error, Tensor};
 
 use crate::Result;
-use crate::device::{DevPtr, DeviceTensor, View};
 use crate::exec::{Executor, Grid};
 use crate::kernels::{GROUP_NORM, KernelHandle, RMS_NORM_BF16, RMS_NORM_F32, SOFTMAX_F32};
+use crate::view::{DevPtr, View};
 
 /// Threads per row of the row kernels (RMS norm, softmax); a multiple of 32 (the block
 /// reduction's rule). Rows longer than this are strided over.
@@ -65,21 +65,21 @@ unsafe impl DeviceRepr for SoftmaxParams {}
 /// x / √(mean(x²) + eps) · weight over the last dimension of x (rank 1 to 4, f32 or bf16),
 /// with weight (D) f32 or none (T5's and Infinity's RMS norm; eps = 1e-6 there). The output is
 /// contiguous, in x's dtype; the statistic and the arithmetic are f32.
-pub fn rms_norm(exec: &Executor, x: &DeviceTensor, weight: Option<&DeviceTensor>, eps: f32) -> Result<DeviceTensor> {
+pub fn rms_norm(exec: &Executor, x: &Tensor, weight: Option<&Tensor>, eps: f32) -> Result<Tensor> {
     match x.dtype() {
         DType::F32 => rms_norm_as(exec, RMS_NORM_F32, x, weight, eps),
         DType::BF16 => rms_norm_as::<bf16>(exec, RMS_NORM_BF16, x, weight, eps),
-        dtype => Err(RuntimeError::UnsupportedDType { op: "rms_norm", dtype }.into()),
+        dtype => Err(Error::UnsupportedDType { op: "rms_norm", dtype }),
     }
 }
 
 fn rms_norm_as<T: Element>(
     exec: &Executor,
     handle: KernelHandle<RmsNormParams<T>>,
-    x: &DeviceTensor,
-    weight: Option<&DeviceTensor>,
+    x: &Tensor,
+    weight: Option<&Tensor>,
     eps: f32,
-) -> Result<DeviceTensor> {
+) -> Result<Tensor> {
     let op = handle.kernel.name();
     let xv = exec.view_padded::<T, MAX_RANK>(op, x)?;
     check_eps(op, x, eps)?;
@@ -116,20 +116,18 @@ fn rms_norm_as<T: Element>(
 /// splitting a group over blocks (partial sums, then a finishing pass) would fill it.
 pub fn group_norm(
     exec: &Executor,
-    x: &DeviceTensor,
+    x: &Tensor,
     groups: usize,
-    weight: &DeviceTensor,
-    bias: &DeviceTensor,
+    weight: &Tensor,
+    bias: &Tensor,
     eps: f32,
     silu: bool,
-) -> Result<DeviceTensor> {
+) -> Result<Tensor> {
     let op = GROUP_NORM.kernel.name();
     let xv = exec.view::<f32, 4>(op, x)?;
     let [batch, channels, height, width] = xv.dims;
     if groups == 0 || !(channels as usize).is_multiple_of(groups) {
-        return Err(
-            RuntimeError::invalid(op, x.shape(), format!("{groups} groups do not divide {channels} channels")).into()
-        );
+        return Err(Error::invalid(op, x.shape(), format!("{groups} groups do not divide {channels} channels")));
     }
     check_eps(op, x, eps)?;
     let (w, b) = (per_channel(exec, op, x, weight, channels)?, per_channel(exec, op, x, bias, channels)?);
@@ -160,7 +158,7 @@ pub fn group_norm(
 /// exp(x − max) / Σ exp(x − max) over the last dimension of x (rank 1 to 4, f32), as ops'
 /// `softmax(x, rank − 1)`: a row holding NaN or +inf, or only −inf, comes out all NaN. The
 /// output is contiguous f32.
-pub fn softmax(exec: &Executor, x: &DeviceTensor) -> Result<DeviceTensor> {
+pub fn softmax(exec: &Executor, x: &Tensor) -> Result<Tensor> {
     let op = SOFTMAX_F32.kernel.name();
     let xv = exec.view_padded::<f32, MAX_RANK>(op, x)?;
     let mut out = exec.output(op, x.shape(), DType::F32)?;
@@ -182,25 +180,19 @@ fn row_grid(dims: &[i32; MAX_RANK]) -> Grid {
     Grid { blocks: rows as u32, threads: ROW_THREADS }
 }
 
-fn check_eps(op: &'static str, x: &DeviceTensor, eps: f32) -> Result<()> {
+fn check_eps(op: &'static str, x: &Tensor, eps: f32) -> Result<()> {
     if eps >= 0.0 && eps.is_finite() {
         Ok(())
     } else {
-        Err(RuntimeError::invalid(op, x.shape(), format!("eps {eps} must be finite and ≥ 0")).into())
+        Err(Error::invalid(op, x.shape(), format!("eps {eps} must be finite and ≥ 0")))
     }
 }
 
 /// A per-channel parameter of x: f32 of shape (channels), any stride.
-fn per_channel(
-    exec: &Executor,
-    op: &'static str,
-    x: &DeviceTensor,
-    p: &DeviceTensor,
-    channels: i32,
-) -> Result<View<f32, 1>> {
+fn per_channel(exec: &Executor, op: &'static str, x: &Tensor, p: &Tensor, channels: i32) -> Result<View<f32, 1>> {
     let v = exec.view::<f32, 1>(op, p)?;
     if v.dims != [channels] {
-        return Err(RuntimeError::ShapeMismatch { op, lhs: x.shape().to_vec(), rhs: p.shape().to_vec() }.into());
+        return Err(Error::ShapeMismatch { op, lhs: x.shape().to_vec(), rhs: p.shape().to_vec() });
     }
     Ok(v)
 }

@@ -10,9 +10,10 @@ use std::ptr;
 use cudarc::nvrtc::sys::{self, nvrtcProgram, nvrtcResult};
 use infinity_runtime::io::write_atomically;
 
+use crate::Availability;
+use crate::error::{self, Result};
 use crate::kernels::{COMMON_HEADER, Source};
 use crate::toolkit::{Toolkit, nvrtc_present};
-use crate::{Availability, Error, Result};
 
 /// What NVRTC produces: PTX text for a virtual architecture (`compute_80`), or a cubin of
 /// machine code for a real one (`sm_90`).
@@ -58,7 +59,7 @@ impl Compiler {
     /// reads the result of an identical compilation from the cache.
     pub fn compile(&self, source: Source, arch: &str, output: Output) -> Result<Vec<u8>> {
         if !nvrtc_present() {
-            return Err(Error::Unavailable(Availability::NoNvrtc));
+            return Err(error::unavailable(Availability::NoNvrtc));
         }
         let options = vec![
             format!("--gpu-architecture={arch}"),
@@ -119,7 +120,7 @@ fn version(source: Source, arch: &str) -> Result<(i32, i32)> {
 fn check(status: nvrtcResult, source: Source, arch: &str, step: &'static str) -> Result<()> {
     match status {
         nvrtcResult::NVRTC_SUCCESS => Ok(()),
-        _ => Err(Error::Compile { file: source.file_name(), arch: arch.to_string(), step, log: format!("{status:?}") }),
+        _ => Err(error::compile(source.file_name(), arch, step, format!("{status:?}"))),
     }
 }
 
@@ -150,14 +151,10 @@ fn run(source: Source, arch: &str, output: Output, options: &[String]) -> Result
     // SAFETY: `option_ptrs` holds `options.len()` valid strings.
     let compiled = unsafe { sys::nvrtcCompileProgram(program.0, option_ptrs.len() as i32, option_ptrs.as_ptr()) };
     if compiled != nvrtcResult::NVRTC_SUCCESS {
-        return Err(Error::Compile {
-            file: source.file_name(),
-            arch: arch.to_string(),
-            step: "compile",
-            log: read(&program, sys::nvrtcGetProgramLogSize, sys::nvrtcGetProgramLog)
-                .map(|log| String::from_utf8_lossy(&log).trim_end_matches('\0').to_string())
-                .unwrap_or_else(|status| format!("{status:?} (and no log)")),
-        });
+        let log = read(&program, sys::nvrtcGetProgramLogSize, sys::nvrtcGetProgramLog)
+            .map(|log| String::from_utf8_lossy(&log).trim_end_matches('\0').to_string())
+            .unwrap_or_else(|status| format!("{status:?} (and no log)"));
+        return Err(error::compile(source.file_name(), arch, "compile", log));
     }
     let result = match output {
         Output::Ptx => read(&program, sys::nvrtcGetPTXSize, sys::nvrtcGetPTX).map(|mut ptx| {
@@ -167,12 +164,7 @@ fn run(source: Source, arch: &str, output: Output, options: &[String]) -> Result
         }),
         Output::Cubin => read(&program, sys::nvrtcGetCUBINSize, sys::nvrtcGetCUBIN),
     };
-    result.map_err(|status| Error::Compile {
-        file: source.file_name(),
-        arch: arch.to_string(),
-        step: "reading the output",
-        log: format!("{status:?}"),
-    })
+    result.map_err(|status| error::compile(source.file_name(), arch, "reading the output", format!("{status:?}")))
 }
 
 type SizeFn = unsafe fn(nvrtcProgram, *mut usize) -> nvrtcResult;

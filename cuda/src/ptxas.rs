@@ -5,9 +5,9 @@
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::error::{self, Result};
 use crate::kernels::Source;
 use crate::toolkit::Toolkit;
-use crate::{Error, Result};
 
 /// What ptxas reports for one kernel.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -30,7 +30,7 @@ impl Resources {
 /// Assembles `ptx` (NVRTC's output for `source`) for `arch` (`sm_80`, `sm_90a`, …) and returns
 /// the report of every kernel in it.
 pub fn assemble(toolkit: &Toolkit, source: Source, ptx: &[u8], arch: &str) -> Result<Vec<Resources>> {
-    let fail = |msg: String| Error::Ptxas { file: source.file_name(), arch: arch.to_string(), msg };
+    let fail = |msg: String| error::ptxas(source.file_name(), arch, msg);
     let ptxas = toolkit.ptxas().ok_or_else(|| fail(format!("no ptxas in {}/bin", toolkit.home().display())))?;
     // ptxas reads only files; the name is unique within and across processes.
     static NEXT: AtomicU64 = AtomicU64::new(0);

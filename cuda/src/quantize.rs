@@ -4,12 +4,12 @@
 //! operation as the CPU code does, so bits and sums equal the CPU path's exactly.
 
 use cudarc::driver::DeviceRepr;
-use infinity_runtime::{DType, Error as RuntimeError};
+use infinity_runtime::{DType, Error, Tensor};
 
 use crate::Result;
-use crate::device::{DevPtr, DeviceTensor};
 use crate::exec::Executor;
 use crate::kernels::{BSQ_QUANTIZE, BSQ_UPDATE, KernelHandle, RESIZE_AREA, RESIZE_BILINEAR};
+use crate::view::DevPtr;
 
 const THREADS: u32 = 256;
 
@@ -64,22 +64,17 @@ unsafe impl DeviceRepr for BsqUpdateParams {}
 
 /// PyTorch 'bilinear' (align_corners = false, no antialias, also when shrinking) of
 /// (B, C, H, W) f32 to (B, C, size.0, size.1), contiguous. The same size is an exact copy.
-pub fn resize_bilinear(exec: &Executor, x: &DeviceTensor, size: (usize, usize)) -> Result<DeviceTensor> {
+pub fn resize_bilinear(exec: &Executor, x: &Tensor, size: (usize, usize)) -> Result<Tensor> {
     resize(exec, RESIZE_BILINEAR, x, size)
 }
 
 /// PyTorch 'area' (adaptive average pooling) of (B, C, H, W) f32 to (B, C, size.0, size.1),
 /// contiguous. The same size is an exact copy.
-pub fn resize_area(exec: &Executor, x: &DeviceTensor, size: (usize, usize)) -> Result<DeviceTensor> {
+pub fn resize_area(exec: &Executor, x: &Tensor, size: (usize, usize)) -> Result<Tensor> {
     resize(exec, RESIZE_AREA, x, size)
 }
 
-fn resize(
-    exec: &Executor,
-    handle: KernelHandle<ResizeParams>,
-    x: &DeviceTensor,
-    (oh, ow): (usize, usize),
-) -> Result<DeviceTensor> {
+fn resize(exec: &Executor, handle: KernelHandle<ResizeParams>, x: &Tensor, (oh, ow): (usize, usize)) -> Result<Tensor> {
     let op = handle.kernel.name();
     let src = exec.view::<f32, 4>(op, x)?;
     let [batch, channels, in_h, in_w] = src.dims;
@@ -109,16 +104,16 @@ fn code_scale(dim: i32) -> f32 {
 /// One scale's quantization result, all contiguous.
 pub struct ScaleBits {
     /// (B, h, w, d) u8: 1 where the residual is > 0 (0 and NaN give 0).
-    pub bits: DeviceTensor,
+    pub bits: Tensor,
     /// (B, d, h, w) f32: ±1/√d.
-    pub codes: DeviceTensor,
+    pub codes: Tensor,
     /// (B, h, w, ⌈d/8⌉) u8: bit j of a token in bit j % 8 of byte j / 8.
-    pub packed: DeviceTensor,
+    pub packed: Tensor,
 }
 
 /// Quantizes one scale's residual (B, d, h, w) f32 (already resized to the scale) to bits,
 /// codes and packed bits in one pass.
-pub fn quantize_scale(exec: &Executor, residual: &DeviceTensor) -> Result<ScaleBits> {
+pub fn quantize_scale(exec: &Executor, residual: &Tensor) -> Result<ScaleBits> {
     let op = BSQ_QUANTIZE.kernel.name();
     let r = exec.view::<f32, 4>(op, residual)?;
     let [b, d, h, w] = r.dims.map(|v| v as usize);
@@ -145,12 +140,7 @@ pub fn quantize_scale(exec: &Executor, residual: &DeviceTensor) -> Result<ScaleB
 
 /// residual −= up(codes) and summed += up(codes), where `up` resizes the scale's codes
 /// bilinearly to the latent grid of `residual` and `summed` (both (B, d, H, W) f32).
-pub fn accumulate(
-    exec: &Executor,
-    scale: &ScaleBits,
-    residual: &mut DeviceTensor,
-    summed: &mut DeviceTensor,
-) -> Result<()> {
+pub fn accumulate(exec: &Executor, scale: &ScaleBits, residual: &mut Tensor, summed: &mut Tensor) -> Result<()> {
     let op = BSQ_UPDATE.kernel.name();
     let packed = exec.view::<u8, 4>(op, &scale.packed)?;
     let bits = exec.view::<u8, 4>(op, &scale.bits)?;
@@ -158,17 +148,10 @@ pub fn accumulate(
     let s = exec.view_mut::<f32, 4>(op, summed)?;
     let [batch, height, width, dim] = bits.dims;
     if r.dims != s.dims {
-        return Err(
-            RuntimeError::ShapeMismatch { op, lhs: residual.shape().to_vec(), rhs: summed.shape().to_vec() }.into()
-        );
+        return Err(Error::ShapeMismatch { op, lhs: residual.shape().to_vec(), rhs: summed.shape().to_vec() });
     }
     if [r.dims[0], r.dims[1]] != [batch, dim] || packed.dims != [batch, height, width, (dim + 7) / 8] {
-        return Err(RuntimeError::ShapeMismatch {
-            op,
-            lhs: residual.shape().to_vec(),
-            rhs: scale.bits.shape().to_vec(),
-        }
-        .into());
+        return Err(Error::ShapeMismatch { op, lhs: residual.shape().to_vec(), rhs: scale.bits.shape().to_vec() });
     }
     let params = BsqUpdateParams {
         packed: packed.ptr,
@@ -193,21 +176,19 @@ pub fn accumulate(
 pub struct Quantized {
     pub scales: Vec<ScaleBits>,
     /// Σ over scales of the codes resized to the latent grid: the decoder's input.
-    pub summed: DeviceTensor,
+    pub summed: Tensor,
 }
 
 /// Quantizes a latent (B, d, H, W) f32 scale by scale following `grids` (coarse to fine, each
 /// inside the latent grid): area-resize the residual to the scale, quantize it, subtract the
 /// upsampled codes. models/src/bitvae/quantizer.rs's `quantize`, with the same bits.
-pub fn quantize(exec: &Executor, latent: &DeviceTensor, grids: &[(usize, usize)]) -> Result<Quantized> {
+pub fn quantize(exec: &Executor, latent: &Tensor, grids: &[(usize, usize)]) -> Result<Quantized> {
     let op = "bsq.quantize";
     let &[batch, dim, full_h, full_w] = latent.shape() else {
-        return Err(RuntimeError::invalid(op, latent.shape(), "expected a latent (B, d, H, W)").into());
+        return Err(Error::invalid(op, latent.shape(), "expected a latent (B, d, H, W)"));
     };
     if let Some(g) = grids.iter().find(|&&(h, w)| h == 0 || w == 0 || h > full_h || w > full_w) {
-        return Err(
-            RuntimeError::invalid(op, latent.shape(), format!("scale {g:?} is not inside the latent grid")).into()
-        );
+        return Err(Error::invalid(op, latent.shape(), format!("scale {g:?} is not inside the latent grid")));
     }
     // Area resize to the same size is an exact copy (a one-element window): this makes the
     // residual a private contiguous copy, and the last scale's input equal to the residual.

@@ -2,13 +2,13 @@
 //! device position for position (the building block of device-side noise).
 
 use cudarc::driver::DeviceRepr;
-use infinity_runtime::DType;
 use infinity_runtime::rng::Philox;
+use infinity_runtime::{DType, Tensor};
 
 use crate::Result;
-use crate::device::{DevPtr, DeviceTensor};
 use crate::exec::Executor;
 use crate::kernels::PHILOX_FILL;
+use crate::view::DevPtr;
 
 const THREADS: u32 = 256;
 
@@ -28,7 +28,7 @@ unsafe impl DeviceRepr for PhiloxFillParams {}
 /// The `len` words at stream positions `rng.offset ..` (`infinity_runtime::rng::philox_u32`),
 /// as a (len,) I32 tensor holding the words' bits (the runtime has no u32 dtype); advances
 /// the offset by `len`.
-pub fn philox_words(exec: &Executor, rng: &mut Philox, len: usize) -> Result<DeviceTensor> {
+pub fn philox_words(exec: &Executor, rng: &mut Philox, len: usize) -> Result<Tensor> {
     let op = PHILOX_FILL.kernel.name();
     let mut out = exec.output(op, &[len], DType::I32)?;
     let view = exec.view_mut::<i32, 1>(op, &mut out)?;

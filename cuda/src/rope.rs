@@ -5,14 +5,14 @@
 
 use cudarc::driver::DeviceRepr;
 use infinity_runtime::half::bf16;
-use infinity_runtime::{DType, Element, Error as RuntimeError};
+use infinity_runtime::{DType, Element, Error, Tensor};
 
 use crate::Result;
-use crate::device::{DevPtr, DeviceTensor, View};
 use crate::exec::Executor;
 use crate::kernels::{
     ATTENTION_INPUTS_D64, ATTENTION_INPUTS_D128, KernelHandle, ROPE_INTERLEAVED_BF16, ROPE_INTERLEAVED_F32,
 };
+use crate::view::{DevPtr, View};
 
 const THREADS: u32 = 256;
 
@@ -55,41 +55,35 @@ unsafe impl DeviceRepr for AttentionInputsParams {}
 /// Rotates pair (2j, 2j+1) of every head vector of x (B, H, L, D), f32 or bf16 with any
 /// strides, by the angle whose cosine and sine are cos[l, j] and sin[l, j] ((L, D/2) f32, any
 /// strides) for position l. The output is contiguous, in x's dtype; the arithmetic is f32.
-pub fn rope_interleaved(
-    exec: &Executor,
-    x: &DeviceTensor,
-    cos: &DeviceTensor,
-    sin: &DeviceTensor,
-) -> Result<DeviceTensor> {
+pub fn rope_interleaved(exec: &Executor, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     match x.dtype() {
         DType::F32 => rope_as(exec, ROPE_INTERLEAVED_F32, x, cos, sin),
         DType::BF16 => rope_as::<bf16>(exec, ROPE_INTERLEAVED_BF16, x, cos, sin),
-        dtype => Err(RuntimeError::UnsupportedDType { op: "rope_interleaved", dtype }.into()),
+        dtype => Err(Error::UnsupportedDType { op: "rope_interleaved", dtype }),
     }
 }
 
 fn rope_as<T: Element>(
     exec: &Executor,
     handle: KernelHandle<RopeParams<T>>,
-    x: &DeviceTensor,
-    cos: &DeviceTensor,
-    sin: &DeviceTensor,
-) -> Result<DeviceTensor> {
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> Result<Tensor> {
     let op = handle.kernel.name();
     let xv = exec.view::<T, 4>(op, x)?;
     let (cv, sv) = (exec.view::<f32, 2>(op, cos)?, exec.view::<f32, 2>(op, sin)?);
     let [_, _, len, head_dim] = xv.dims;
     if head_dim % 2 != 0 {
-        return Err(RuntimeError::invalid(
+        return Err(Error::invalid(
             op,
             x.shape(),
             format!("head dim {head_dim} is odd, so it does not split into pairs"),
-        )
-        .into());
+        ));
     }
     for (table, v) in [(cos, &cv), (sin, &sv)] {
         if v.dims != [len, head_dim / 2] {
-            return Err(RuntimeError::ShapeMismatch { op, lhs: x.shape().to_vec(), rhs: table.shape().to_vec() }.into());
+            return Err(Error::ShapeMismatch { op, lhs: x.shape().to_vec(), rhs: table.shape().to_vec() });
         }
     }
     let mut out = exec.output(op, x.shape(), T::DTYPE)?;
@@ -119,14 +113,14 @@ fn rope_as<T: Element>(
 #[allow(clippy::too_many_arguments)]
 pub fn attention_inputs(
     exec: &Executor,
-    qkv: &DeviceTensor,
-    cos: &DeviceTensor,
-    sin: &DeviceTensor,
-    head_scale: &DeviceTensor,
-    k_cache: &mut DeviceTensor,
-    v_cache: &mut DeviceTensor,
+    qkv: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    head_scale: &Tensor,
+    k_cache: &mut Tensor,
+    v_cache: &mut Tensor,
     start: usize,
-) -> Result<DeviceTensor> {
+) -> Result<Tensor> {
     const OP: &str = "attention_inputs";
     let xv = exec.view::<bf16, 5>(OP, qkv)?;
     let [batch, tokens, three, heads, head_dim] = xv.dims;
@@ -135,30 +129,23 @@ pub fn attention_inputs(
         128 => ATTENTION_INPUTS_D128,
         _ => {
             let msg = format!("head dim {head_dim}: the kernel is built for 64 and 128");
-            return Err(RuntimeError::invalid(OP, qkv.shape(), msg).into());
+            return Err(Error::invalid(OP, qkv.shape(), msg));
         }
     };
     if three != 3 || xv.strides[4] != 1 {
         let msg = "expected (B, n, 3, H, D) with D contiguous";
-        return Err(RuntimeError::invalid(OP, qkv.shape(), msg).into());
+        return Err(Error::invalid(OP, qkv.shape(), msg));
     }
     let (cv, sv) = (exec.view::<f32, 2>(OP, cos)?, exec.view::<f32, 2>(OP, sin)?);
     for (table, v) in [(cos, &cv), (sin, &sv)] {
         if v.dims != [tokens, head_dim / 2] {
-            return Err(
-                RuntimeError::ShapeMismatch { op: OP, lhs: qkv.shape().to_vec(), rhs: table.shape().to_vec() }.into()
-            );
+            return Err(Error::ShapeMismatch { op: OP, lhs: qkv.shape().to_vec(), rhs: table.shape().to_vec() });
         }
     }
     let scale = exec.view::<f32, 1>(OP, head_scale)?;
     // The kernel indexes head_scale by head.
     if scale.dims != [heads] || (heads > 1 && scale.strides != [1]) {
-        return Err(RuntimeError::ShapeMismatch {
-            op: OP,
-            lhs: qkv.shape().to_vec(),
-            rhs: head_scale.shape().to_vec(),
-        }
-        .into());
+        return Err(Error::ShapeMismatch { op: OP, lhs: qkv.shape().to_vec(), rhs: head_scale.shape().to_vec() });
     }
     let (k_slot, k_stride) = cache_slot(exec, OP, k_cache, [batch, heads, head_dim], start, tokens)?;
     let (v_slot, v_stride) = cache_slot(exec, OP, v_cache, [batch, heads, head_dim], start, tokens)?;
@@ -193,7 +180,7 @@ pub fn attention_inputs(
 fn cache_slot(
     exec: &Executor,
     op: &'static str,
-    cache: &mut DeviceTensor,
+    cache: &mut Tensor,
     [batch, heads, head_dim]: [i32; 3],
     start: usize,
     len: i32,
@@ -201,11 +188,11 @@ fn cache_slot(
     let View { ptr, dims, strides } = exec.view_mut::<bf16, 4>(op, cache)?;
     if dims[0] != batch || dims[1] != heads || dims[3] != head_dim || strides[3] != 1 {
         let msg = format!("a cache for {batch} samples of {heads} heads of {head_dim}, the last dimension contiguous");
-        return Err(RuntimeError::invalid(op, cache.shape(), msg).into());
+        return Err(Error::invalid(op, cache.shape(), msg));
     }
     if start + len as usize > dims[2] as usize {
         let msg = format!("positions {start}..{} run past the cache's {}", start + len as usize, dims[2]);
-        return Err(RuntimeError::invalid(op, cache.shape(), msg).into());
+        return Err(Error::invalid(op, cache.shape(), msg));
     }
     Ok((ptr.add(start * strides[2] as usize), [strides[0], strides[1], strides[2]]))
 }

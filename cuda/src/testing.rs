@@ -4,7 +4,7 @@
 
 use std::fmt::Display;
 use std::io::Write;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use crate::toolkit::{Toolkit, nvrtc_present};
 use crate::{Availability, Executor};
@@ -20,8 +20,8 @@ pub fn skip(what: &str, why: impl Display) {
 }
 
 /// The executors every kernel test runs on. The first call announces a GPU that is missing.
-pub fn executors() -> &'static [Executor] {
-    static EXECUTORS: OnceLock<Vec<Executor>> = OnceLock::new();
+pub fn executors() -> &'static [Arc<Executor>] {
+    static EXECUTORS: OnceLock<Vec<Arc<Executor>>> = OnceLock::new();
     EXECUTORS.get_or_init(|| {
         let mut all = vec![Executor::shim()];
         match Executor::cuda(0) {

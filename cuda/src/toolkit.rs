@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{Error, Result};
+use crate::error::{self, Result};
 
 /// The variables and the default location searched, in order.
 const HOME_VARS: [&str; 3] = ["INFINITY_CUDA_HOME", "CUDA_HOME", "CUDA_PATH"];
@@ -30,8 +30,8 @@ impl Toolkit {
             .iter()
             .find(|home| home.join("include/cuda_bf16.h").is_file())
             .map(|home| Toolkit { home: home.clone() })
-            .ok_or_else(|| Error::NoToolkit {
-                searched: candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            .ok_or_else(|| {
+                error::no_toolkit(candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))
             })
     }
 

@@ -60,7 +60,7 @@ impl Params {
         }
         let t = match use_ {
             Use::AsStored => t.clone(),
-            Use::F32 => t.to_dtype(DType::F32),
+            Use::F32 => t.to_dtype(DType::F32)?,
         };
         self.tensors.insert(key.to_string(), t);
         Ok(())

@@ -108,7 +108,7 @@ pub fn train_step(
     let grad_norm = grads.clip_norm(settings.clip)?;
     optimizer.step(params, &grads, settings.lr, settings.weight_decay)?;
     Ok(StepStats {
-        loss: loss.loss.value().to_f32_vec()[0],
+        loss: loss.loss.value().to_f32_vec()?[0],
         grad_norm,
         scale_loss: scale_means(&loss.per_token, &batch.schedule.offsets())?,
         scale_accuracy,
@@ -156,7 +156,7 @@ pub fn evaluate(
     let cond = model.condition(prompts)?;
     let (loss, scale_accuracy) = score(model, &cond, targets, schedule, weighting)?;
     Ok(EvalStats {
-        loss: loss.loss.value().to_f32_vec()[0],
+        loss: loss.loss.value().to_f32_vec()?[0],
         scale_loss: scale_means(&loss.per_token, &schedule.offsets())?,
         scale_accuracy,
     })
@@ -238,7 +238,7 @@ fn scale_means(per_token: &Tensor, offsets: &[usize]) -> Result<Vec<f32>> {
 /// Per scale, the fraction of bits of `labels` (B, L, d) whose larger logit of the pair in
 /// `logits` (B, L, 2d) is the label's.
 fn scale_accuracy(logits: &Tensor, labels: &Tensor, offsets: &[usize]) -> Result<Vec<f32>> {
-    let (x, y) = (logits.to_f32_vec(), labels.to_vec::<u8>()?);
+    let (x, y) = (logits.to_f32_vec()?, labels.to_vec::<u8>()?);
     let (l, d) = (labels.dim(1)?, labels.dim(2)?);
     let batch = labels.dim(0)?;
     Ok(offsets

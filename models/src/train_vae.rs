@@ -92,7 +92,7 @@ pub fn vae_losses(model: &BitVae, images: &Tensor, grids: &[(usize, usize)], w: 
 }
 
 fn scalar(v: &Var) -> Result<f32> {
-    v.value().to_f32_vec().first().copied().ok_or_else(|| Error::invalid("train_vae", v.shape(), "an empty loss"))
+    v.value().to_f32_vec()?.first().copied().ok_or_else(|| Error::invalid("train_vae", v.shape(), "an empty loss"))
 }
 
 /// The mean of per-scale scalar losses.

@@ -89,7 +89,7 @@ fn prepare<'a>(
                 lhs: m.shape().to_vec(),
                 rhs: vec![b, h, lq, lk],
             })?;
-            Some(Mask { data: m.storage().elements::<f32>(), layout })
+            Some(Mask { data: m.cpu_storage(op)?.elements::<f32>(), layout })
         }
     };
     Ok(Inputs { dims, q: f32_data(op, q)?, k: f32_data(op, k)?, v: f32_data(op, v)?, mask })

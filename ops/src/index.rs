@@ -149,7 +149,7 @@ pub fn gather(x: &Tensor, dim: usize, index: &Tensor) -> Result<Tensor> {
 fn gather_typed<T: Element>(x: &Tensor, dim: usize, index_shape: &[usize], idx: &[usize]) -> Result<Tensor> {
     // Read straight through the strides of `x`: a gather usually touches a small part of a
     // large tensor (e.g. one logit per row), so making `x` contiguous first would waste a copy.
-    let data = x.storage().elements::<T>();
+    let data = x.cpu_storage("gather")?.elements::<T>();
     let (strides, base) = (x.strides(), x.layout().offset());
     let mut coord = vec![0usize; index_shape.len()];
     let mut out = Vec::with_capacity(idx.len());

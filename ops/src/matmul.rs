@@ -194,7 +194,7 @@ fn product(op: &'static str, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, dims
     let Dims { m, k, n, .. } = *dims;
     let (la, lb) = (dims.broadcast(a, m, k)?, dims.broadcast(b, k, n)?);
     let rank = la.rank();
-    let (ad, bd) = (a.storage().elements::<f32>(), b.storage().elements::<f32>());
+    let (ad, bd) = (a.cpu_storage(op)?.elements::<f32>(), b.cpu_storage(op)?.elements::<f32>());
     let mut out = vec![0.0f32; dims.out_shape().iter().product()];
     if let Some(bias) = bias {
         let bias = f32_data(op, bias)?;
@@ -262,7 +262,7 @@ fn linear_half<T: Element>(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, dims: 
     let Dims { m, k, n, .. } = *dims;
     let rows = dims.batch.iter().product::<usize>() * m;
     let xd = f32_data("linear", x)?;
-    let w = w.contiguous();
+    let w = w.contiguous()?;
     let wd = w.as_slice::<T>()?;
     let mut out = vec![0.0f32; rows * n];
     if let Some(bias) = bias {
@@ -322,7 +322,7 @@ pub mod reference {
     pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let (x2, dims) = linear_dims(x, w, bias)?;
         let xd = expanded(&x2, &dims, dims.m, dims.k)?;
-        let wd = expanded(&w.to_dtype(DType::F32).transpose(0, 1)?, &dims, dims.k, dims.n)?;
+        let wd = expanded(&w.to_dtype(DType::F32)?.transpose(0, 1)?, &dims, dims.k, dims.n)?;
         let bias = bias.map(|b| b.to_vec::<f32>()).transpose()?;
         let mut shape = dims.out_shape();
         if x.rank() == 1 {

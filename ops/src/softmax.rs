@@ -45,7 +45,7 @@ fn run(x: &Tensor, dim: usize, log: bool) -> Result<Tensor> {
             normalize_row(&data[(start + r) * d..][..d], out_row, log);
         }
     });
-    Tensor::from_vec(out, moved.shape())?.transpose(dim, last).map(|t| t.contiguous())
+    Tensor::from_vec(out, moved.shape())?.transpose(dim, last)?.contiguous()
 }
 
 fn normalize_row(x: &[f32], out: &mut [f32], log: bool) {

@@ -10,10 +10,10 @@ pub mod rng;
 mod storage;
 mod tensor;
 
-pub use device::Device;
+pub use device::{Accelerator, Device, DeviceName};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use half;
 pub use layout::Layout;
-pub use storage::CpuStorage;
+pub use storage::{CpuStorage, DeviceStorage, Storage};
 pub use tensor::Tensor;

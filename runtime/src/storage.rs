@@ -1,6 +1,8 @@
-//! CPU storage: an owned typed buffer, or a byte range of a memory-mapped weight file that
-//! is read (and, if misaligned, copied) only when a tensor's data is used.
+//! A tensor's storage: host memory ([`CpuStorage`]: an owned typed buffer, or a byte range of a
+//! memory-mapped weight file that is read, and if misaligned copied, only when a tensor's data
+//! is used), or an accelerator's memory ([`DeviceStorage`], opaque here: its backend's buffer).
 
+use std::any::Any;
 use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
@@ -8,7 +10,7 @@ use std::sync::Arc;
 use half::{bf16, f16};
 use memmap2::Mmap;
 
-use crate::{DType, Element};
+use crate::{Accelerator, DType, Device, Element};
 
 pub(crate) enum Owned {
     F32(Vec<f32>),
@@ -86,5 +88,96 @@ impl CpuStorage {
             Ok(s) => Cow::Borrowed(s),
             Err(_) => Cow::Owned(bytes.chunks_exact(size_of::<T>()).map(bytemuck::pod_read_unaligned).collect()),
         }
+    }
+}
+
+/// Memory of an accelerator: the backend's buffer, which the runtime only holds, and the
+/// accelerator it belongs to (so a tensor can always be read back).
+pub struct DeviceStorage {
+    buffer: Box<dyn Any + Send + Sync>,
+    /// Elements of `dtype` the buffer holds.
+    len: usize,
+    dtype: DType,
+    accelerator: Arc<dyn Accelerator>,
+}
+
+impl DeviceStorage {
+    pub fn new(buffer: impl Any + Send + Sync, len: usize, dtype: DType, accelerator: Arc<dyn Accelerator>) -> Self {
+        DeviceStorage { buffer: Box::new(buffer), len, dtype, accelerator }
+    }
+
+    pub fn accelerator(&self) -> &Arc<dyn Accelerator> {
+        &self.accelerator
+    }
+
+    /// The backend's buffer, when it is of type `B`.
+    pub fn buffer<B: Any>(&self) -> Option<&B> {
+        self.buffer.downcast_ref()
+    }
+
+    pub fn buffer_mut<B: Any>(&mut self) -> Option<&mut B> {
+        self.buffer.downcast_mut()
+    }
+}
+
+/// Where a tensor's elements are.
+pub enum Storage {
+    Cpu(CpuStorage),
+    Device(DeviceStorage),
+}
+
+impl Storage {
+    pub fn dtype(&self) -> DType {
+        match self {
+            Storage::Cpu(s) => s.dtype(),
+            Storage::Device(s) => s.dtype,
+        }
+    }
+
+    /// Elements held.
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(s) => s.len(),
+            Storage::Device(s) => s.len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn device(&self) -> Device {
+        match self {
+            Storage::Cpu(_) => Device::Cpu,
+            Storage::Device(s) => Device::Accelerator(s.accelerator.clone()),
+        }
+    }
+
+    /// The host storage; `None` for an accelerator's.
+    pub fn cpu(&self) -> Option<&CpuStorage> {
+        match self {
+            Storage::Cpu(s) => Some(s),
+            Storage::Device(_) => None,
+        }
+    }
+
+    /// The accelerator's storage; `None` for host memory.
+    pub fn on_device(&self) -> Option<&DeviceStorage> {
+        match self {
+            Storage::Cpu(_) => None,
+            Storage::Device(s) => Some(s),
+        }
+    }
+
+    pub fn on_device_mut(&mut self) -> Option<&mut DeviceStorage> {
+        match self {
+            Storage::Cpu(_) => None,
+            Storage::Device(s) => Some(s),
+        }
+    }
+
+    /// Whether the elements are a memory-mapped range of a file.
+    pub fn is_mapped(&self) -> bool {
+        self.cpu().is_some_and(CpuStorage::is_mapped)
     }
 }

@@ -1,23 +1,28 @@
-//! `Tensor`: shared storage plus a strided view of it. View transforms are free; data is
-//! copied only by `contiguous`, `to_dtype` and the ops.
+//! `Tensor`: shared storage plus a strided view of it, on the CPU or an accelerator (the
+//! device is the storage's). View transforms are free on every device; data is copied only by
+//! `contiguous`, `to_dtype`, `to_device` and the ops.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
 use crate::layout::Layout;
-use crate::storage::CpuStorage;
-use crate::{DType, Element, Error, Result, with_dtype};
+use crate::storage::{CpuStorage, Storage};
+use crate::{DType, Device, Element, Error, Result, with_dtype};
 
 #[derive(Clone)]
 pub struct Tensor {
-    storage: Arc<CpuStorage>,
+    storage: Arc<Storage>,
     layout: Layout,
+}
+
+fn host(storage: CpuStorage) -> Arc<Storage> {
+    Arc::new(Storage::Cpu(storage))
 }
 
 impl Tensor {
     /// Wraps storage in a view after checking that the view stays inside it.
-    pub fn from_storage(storage: Arc<CpuStorage>, layout: Layout) -> Result<Self> {
+    pub fn from_storage(storage: Arc<Storage>, layout: Layout) -> Result<Self> {
         if layout.max_extent() > storage.len() {
             return Err(Error::invalid(
                 "from_storage",
@@ -33,7 +38,7 @@ impl Tensor {
         if numel != data.len() {
             return Err(Error::invalid("from_vec", shape, format!("{} values do not fill the shape", data.len())));
         }
-        Ok(Tensor { storage: Arc::new(CpuStorage::from_vec(data)), layout: Layout::contiguous(shape) })
+        Ok(Tensor { storage: host(CpuStorage::from_vec(data)), layout: Layout::contiguous(shape) })
     }
 
     pub fn from_slice<T: Element>(data: &[T], shape: &[usize]) -> Result<Self> {
@@ -41,13 +46,13 @@ impl Tensor {
     }
 
     pub fn scalar<T: Element>(v: T) -> Self {
-        Tensor { storage: Arc::new(CpuStorage::from_vec(vec![v])), layout: Layout::contiguous(&[]) }
+        Tensor { storage: host(CpuStorage::from_vec(vec![v])), layout: Layout::contiguous(&[]) }
     }
 
     pub fn full(shape: &[usize], value: f32, dtype: DType) -> Self {
         let n = shape.iter().product();
         with_dtype!(dtype, T => Tensor {
-            storage: Arc::new(CpuStorage::from_vec(vec![T::from_f32(value); n])),
+            storage: host(CpuStorage::from_vec(vec![T::from_f32(value); n])),
             layout: Layout::contiguous(shape),
         })
     }
@@ -68,8 +73,48 @@ impl Tensor {
         &self.layout
     }
 
-    pub fn storage(&self) -> &Arc<CpuStorage> {
+    pub fn storage(&self) -> &Arc<Storage> {
         &self.storage
+    }
+
+    /// The storage for a kernel to write: `None` while another tensor shares it, so that no
+    /// op writes memory a live view reads.
+    pub fn storage_mut(&mut self) -> Option<&mut Storage> {
+        Arc::get_mut(&mut self.storage)
+    }
+
+    /// The host storage for a CPU op named `op`; an error names the device it is on.
+    pub fn cpu_storage(&self, op: &'static str) -> Result<&CpuStorage> {
+        self.storage.cpu().ok_or_else(|| self.not_on_cpu(op))
+    }
+
+    fn not_on_cpu(&self, op: &'static str) -> Error {
+        Error::invalid(op, self.shape(), format!("runs on the CPU, but the tensor is on {}", self.device()))
+    }
+
+    pub fn device(&self) -> Device {
+        self.storage.device()
+    }
+
+    pub fn is_cpu(&self) -> bool {
+        self.storage.cpu().is_some()
+    }
+
+    /// The same values on `device`: uploaded (strides kept), downloaded (layout kept) or, when
+    /// already there, shared.
+    pub fn to_device(&self, device: &Device) -> Result<Tensor> {
+        match (&*self.storage, device) {
+            (Storage::Cpu(_), Device::Cpu) => Ok(self.clone()),
+            (Storage::Cpu(_), Device::Accelerator(to)) => to.upload(self),
+            (Storage::Device(s), Device::Cpu) => s.accelerator().download(self),
+            (Storage::Device(s), Device::Accelerator(to)) if Arc::ptr_eq(s.accelerator(), to) => Ok(self.clone()),
+            (Storage::Device(s), Device::Accelerator(to)) => to.upload(&s.accelerator().download(self)?),
+        }
+    }
+
+    /// The tensor in host memory (shared when already there).
+    pub fn to_cpu(&self) -> Result<Tensor> {
+        self.to_device(&Device::Cpu)
     }
 
     pub fn dtype(&self) -> DType {
@@ -101,7 +146,7 @@ impl Tensor {
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         match self.layout.reshape(shape)? {
             Some(l) => Ok(self.view(l)),
-            None => self.contiguous().reshape(shape),
+            None => self.contiguous()?.reshape(shape),
         }
     }
 
@@ -129,19 +174,23 @@ impl Tensor {
         Ok(self.view(self.layout.squeeze(dim)?))
     }
 
-    /// The same tensor with a row-major contiguous layout starting at offset 0.
-    pub fn contiguous(&self) -> Tensor {
+    /// The same tensor with a row-major contiguous layout starting at offset 0, on the same
+    /// device.
+    pub fn contiguous(&self) -> Result<Tensor> {
         if self.is_contiguous() && self.layout.offset() == 0 && self.numel() == self.storage.len() {
-            return self.clone();
+            return Ok(self.clone());
         }
-        with_dtype!(self.dtype(), T => {
-            let data = self.gather::<T>();
-            Tensor { storage: Arc::new(CpuStorage::from_vec(data)), layout: Layout::contiguous(self.shape()) }
-        })
+        match &*self.storage {
+            Storage::Cpu(s) => Ok(with_dtype!(self.dtype(), T => Tensor {
+                storage: host(CpuStorage::from_vec(self.gather::<T>(s))),
+                layout: Layout::contiguous(self.shape()),
+            })),
+            Storage::Device(s) => s.accelerator().copy(self, self.dtype()),
+        }
     }
 
-    fn gather<T: Element>(&self) -> Vec<T> {
-        let src = self.storage.elements::<T>();
+    fn gather<T: Element>(&self, storage: &CpuStorage) -> Vec<T> {
+        let src = storage.elements::<T>();
         if self.is_contiguous() {
             let o = self.layout.offset();
             return src[o..o + self.numel()].to_vec();
@@ -165,61 +214,84 @@ impl Tensor {
         }
     }
 
-    /// The elements in row-major order of the view. The dtype must be exactly `T`.
+    /// The elements in row-major order of the view, read back from the device if need be. The
+    /// dtype must be exactly `T`.
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
         self.check_dtype::<T>("to_vec")?;
-        Ok(self.gather())
+        let host = self.to_cpu()?;
+        Ok(host.gather(host.cpu_storage("to_vec")?))
     }
 
-    /// The elements of a contiguous view, borrowed when possible. Errors on a strided view.
+    /// The elements of a contiguous host view, borrowed when possible. Errors on a strided view
+    /// or a device tensor.
     pub fn as_slice<T: Element>(&self) -> Result<Cow<'_, [T]>> {
         self.check_dtype::<T>("as_slice")?;
+        let storage = self.cpu_storage("as_slice")?;
         if !self.is_contiguous() {
             return Err(Error::invalid("as_slice", self.shape(), "the view is not contiguous"));
         }
         let o = self.layout.offset();
-        Ok(match self.storage.elements::<T>() {
+        Ok(match storage.elements::<T>() {
             Cow::Borrowed(s) => Cow::Borrowed(&s[o..o + self.numel()]),
             Cow::Owned(v) => Cow::Owned(v[o..o + self.numel()].to_vec()),
         })
     }
 
-    /// All elements converted to f32 (exact for every dtype but i64/i32 beyond 2^24).
-    pub fn to_f32_vec(&self) -> Vec<f32> {
-        with_dtype!(self.dtype(), T => self.gather::<T>().into_iter().map(Element::to_f32).collect())
+    /// All elements converted to f32 (exact for every dtype but i64/i32 beyond 2^24), read back
+    /// from the device if need be.
+    pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        let host = self.to_cpu()?;
+        let storage = host.cpu_storage("to_f32_vec")?;
+        Ok(with_dtype!(self.dtype(), T => host.gather::<T>(storage).into_iter().map(Element::to_f32).collect()))
     }
 
-    /// Converts through f32; rounds to nearest even into the half types.
-    pub fn to_dtype(&self, dtype: DType) -> Tensor {
+    /// A contiguous copy in `dtype` on the same device (shared when the dtype is already
+    /// `dtype`); converts through f32, rounding to nearest even into the half types.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype() {
-            return self.clone();
+            return Ok(self.clone());
         }
-        let data = self.to_f32_vec();
-        with_dtype!(dtype, T => Tensor {
-            storage: Arc::new(CpuStorage::from_vec(data.into_iter().map(T::from_f32).collect::<Vec<T>>())),
-            layout: Layout::contiguous(self.shape()),
-        })
+        match &*self.storage {
+            Storage::Cpu(_) => {
+                let data = self.to_f32_vec()?;
+                Ok(with_dtype!(dtype, T => Tensor {
+                    storage: host(CpuStorage::from_vec(data.into_iter().map(T::from_f32).collect::<Vec<T>>())),
+                    layout: Layout::contiguous(self.shape()),
+                }))
+            }
+            Storage::Device(s) => s.accelerator().copy(self, dtype),
+        }
     }
 
     /// Raw little-endian bytes of the contiguous data (what a checkpoint writer stores).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let t = self.contiguous();
-        t.storage.bytes().to_vec()
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let t = self.to_cpu()?.contiguous()?;
+        Ok(t.cpu_storage("to_bytes")?.bytes().to_vec())
     }
 
-    /// True when the two tensors have the same shape, dtype and element values (NaN never equal).
+    /// True when the two tensors have the same shape, dtype and element values (NaN never
+    /// equal), wherever they live; values that cannot be read back are not the same.
     pub fn same_values(&self, other: &Tensor) -> bool {
-        self.shape() == other.shape()
-            && self.dtype() == other.dtype()
-            && with_dtype!(self.dtype(), T => self.gather::<T>() == other.gather::<T>())
+        let values = |t: &Tensor| t.to_cpu().ok();
+        let (Some(a), Some(b)) = (values(self), values(other)) else { return false };
+        let (Some(sa), Some(sb)) = (a.storage.cpu(), b.storage.cpu()) else { return false };
+        a.shape() == b.shape()
+            && a.dtype() == b.dtype()
+            && with_dtype!(a.dtype(), T => a.gather::<T>(sa) == b.gather::<T>(sb))
     }
 }
 
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Tensor({}, {:?}", self.dtype(), self.shape())?;
-        if self.numel() <= 8 {
-            write!(f, ", {:?}", self.to_f32_vec())?;
+        match self.storage.cpu() {
+            Some(s) if self.numel() <= 8 => {
+                let values: Vec<f32> =
+                    with_dtype!(self.dtype(), T => self.gather::<T>(s).into_iter().map(Element::to_f32).collect());
+                write!(f, ", {values:?}")?;
+            }
+            Some(_) => {}
+            None => write!(f, ", on {}", self.device())?,
         }
         f.write_str(")")
     }

@@ -62,7 +62,7 @@ fn tracked_parameters_collect_named_gradients() {
     let params = Params::new(vec![
         ("w".into(), vector(&[1.0, 2.0])),
         ("frozen_by_use".into(), vector(&[0.0])),
-        ("half".into(), vector(&[1.0]).to_dtype(DType::BF16)),
+        ("half".into(), vector(&[1.0]).to_dtype(DType::BF16).unwrap()),
     ])
     .unwrap();
     assert_eq!(params.get("half").unwrap().dtype(), DType::F32, "master weights are f32");

@@ -2,14 +2,13 @@
 //! the kernel or op, never a panic or a launch.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use infinity::runtime::Error as RuntimeError;
-use infinity_cuda::Error;
+use infinity::runtime::{Error, Result};
 
 /// Asserts an argument or shape error whose message starts with `op` and contains `says`.
 #[track_caller]
-pub fn assert_invalid_with<T>(result: infinity_cuda::Result<T>, op: &str, says: &str) {
+pub fn assert_invalid_with<T>(result: Result<T>, op: &str, says: &str) {
     match result {
-        Err(Error::Invalid(e @ (RuntimeError::InvalidArgument { .. } | RuntimeError::ShapeMismatch { .. }))) => {
+        Err(e @ (Error::InvalidArgument { .. } | Error::ShapeMismatch { .. })) => {
             let msg = e.to_string();
             assert!(msg.starts_with(op) && msg.contains(says), "{msg}")
         }
@@ -20,17 +19,14 @@ pub fn assert_invalid_with<T>(result: infinity_cuda::Result<T>, op: &str, says: 
 
 /// Asserts an argument or shape error whose message starts with `op`.
 #[track_caller]
-pub fn assert_invalid<T>(result: infinity_cuda::Result<T>, op: &str) {
+pub fn assert_invalid<T>(result: Result<T>, op: &str) {
     assert_invalid_with(result, op, "")
 }
 
 #[track_caller]
-pub fn assert_dtype_error<T>(result: infinity_cuda::Result<T>) {
+pub fn assert_dtype_error<T>(result: Result<T>) {
     assert!(
-        matches!(
-            result,
-            Err(Error::Invalid(RuntimeError::UnsupportedDType { .. } | RuntimeError::DTypeMismatch { .. }))
-        ),
+        matches!(result, Err(Error::UnsupportedDType { .. } | Error::DTypeMismatch { .. })),
         "expected a dtype error"
     );
 }

@@ -44,12 +44,12 @@ pub fn prompt_ids(golden: &Weights) -> Vec<Vec<u32>> {
 }
 
 pub fn max_abs(t: &Tensor) -> f32 {
-    t.to_f32_vec().iter().fold(0.0, |m, v| m.max(v.abs()))
+    t.to_f32_vec().unwrap().iter().fold(0.0, |m, v| m.max(v.abs()))
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.shape(), b.shape(), "shapes differ");
-    a.to_f32_vec().iter().zip(b.to_f32_vec()).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
+    a.to_f32_vec().unwrap().iter().zip(b.to_f32_vec().unwrap()).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
 }
 
 /// Asserts max |got − golden| ≤ `tol` (the golden may have extra unit dimensions).

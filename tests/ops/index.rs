@@ -17,7 +17,7 @@ use crate::support::{config, strided_copy};
 fn numbered(shape: &[usize], dtype: DType) -> Tensor {
     let n: usize = shape.iter().product();
     assert!(n <= 256, "numbered tensors must stay exact in u8 and bf16");
-    Tensor::from_vec((0..n).map(|p| p as f32).collect::<Vec<_>>(), shape).unwrap().to_dtype(dtype)
+    Tensor::from_vec((0..n).map(|p| p as f32).collect::<Vec<_>>(), shape).unwrap().to_dtype(dtype).unwrap()
 }
 
 /// The same values as `t` stored with the dimensions in reverse order, i.e. a non-contiguous view.
@@ -27,7 +27,7 @@ fn reversed_storage(t: &Tensor) -> Tensor {
 }
 
 fn index_tensor(values: &[i64], shape: &[usize], dtype: DType) -> Tensor {
-    Tensor::from_vec(values.to_vec(), shape).unwrap().to_dtype(dtype)
+    Tensor::from_vec(values.to_vec(), shape).unwrap().to_dtype(dtype).unwrap()
 }
 
 fn f32s(values: &[f32], shape: &[usize]) -> Tensor {
@@ -189,7 +189,7 @@ proptest! {
             Philox::new(seed).uniform(count).iter().map(|u| ((u * shape[dim] as f32) as usize).min(shape[dim] - 1) as i64).collect();
         let got = gather(&x, dim, &index_tensor(&idx, &index_shape, idx_dtype)).unwrap();
         prop_assert_eq!(got.shape(), &index_shape[..]);
-        let values = got.to_f32_vec();
+        let values = got.to_f32_vec().unwrap();
         for (p, &i) in idx.iter().enumerate() {
             let mut c = coords(p, &index_shape);
             c[dim] = i as usize;
@@ -264,7 +264,7 @@ fn bad_dims_and_shapes_are_errors() {
     assert!(matches!(concat(&[&x, &y], 1), Err(Error::ShapeMismatch { .. })));
     assert!(concat(&[&x, &y], 0).is_ok());
     assert!(matches!(concat(&[&x, &numbered(&[2, 3, 1], DType::F32)], 0), Err(Error::ShapeMismatch { .. })));
-    assert!(matches!(concat(&[&x, &x.to_dtype(DType::F16)], 0), Err(Error::DTypeMismatch { .. })));
+    assert!(matches!(concat(&[&x, &x.to_dtype(DType::F16).unwrap()], 0), Err(Error::DTypeMismatch { .. })));
     // Split sizes must cover the dimension exactly.
     assert!(matches!(split(&x, &[1, 1], 1), Err(Error::InvalidArgument { .. })));
     assert!(matches!(split(&x, &[usize::MAX, 4], 1), Err(Error::InvalidArgument { .. })));

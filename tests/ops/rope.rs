@@ -14,7 +14,7 @@ const U: f32 = f32::EPSILON / 2.0;
 const BASE: f32 = 10000.0;
 
 fn max_abs(t: &Tensor) -> f32 {
-    t.to_f32_vec().iter().fold(0.0, |m, &x| m.max(x.abs()))
+    t.to_f32_vec().unwrap().iter().fold(0.0, |m, &x| m.max(x.abs()))
 }
 
 fn f32s(values: &[f32], shape: &[usize]) -> Tensor {
@@ -56,7 +56,7 @@ proptest! {
             if strided { (strided_copy(&x, &[0, 2, 1, 3]), strided_copy(&cos, &[1, 0]), strided_copy(&sin, &[1, 0])) } else { (x, cos, sin) };
         let got = rope_interleaved(&x, &cos, &sin).unwrap();
         let want = reference::rope_interleaved(&x, &cos, &sin).unwrap();
-        let (c, s) = (cos.to_f32_vec(), sin.to_f32_vec());
+        let (c, s) = (cos.to_f32_vec().unwrap(), sin.to_f32_vec().unwrap());
         let max_cs = c.iter().zip(&s).fold(0f32, |m, (c, s)| m.max(c.abs() + s.abs()));
         prop_assert!(got.is_contiguous());
         assert_close(&got, &want, 3.0 * U * max_abs(&x) * max_cs, 0.0);
@@ -71,7 +71,7 @@ proptest! {
         let hd = 4 * quads;
         let x = randn(&[1, 1, len, hd], seed, 1.0);
         let (cos, sin) = rope2d_table(&positions(len, 128, seed ^ 1), hd, BASE).unwrap();
-        let (xv, ov) = (x.to_f32_vec(), rope_interleaved(&x, &cos, &sin).unwrap().to_f32_vec());
+        let (xv, ov) = (x.to_f32_vec().unwrap(), rope_interleaved(&x, &cos, &sin).unwrap().to_f32_vec().unwrap());
         for (a, o) in xv.chunks_exact(2).zip(ov.chunks_exact(2)) {
             let (na, no) = (f64::from(a[0]).hypot(f64::from(a[1])), f64::from(o[0]).hypot(f64::from(o[1])));
             // Relative error: cos² + sin² is 1 within ~2u, and each output rounds twice.
@@ -100,11 +100,11 @@ proptest! {
         let k = randn(&[1, 1, 1, hd], seed ^ 1, 1.0);
         let at = |t: &Tensor, row: usize| {
             let (c, s) = (cos.narrow(0, row, 1).unwrap(), sin.narrow(0, row, 1).unwrap());
-            rope_interleaved(t, &c, &s).unwrap().to_f32_vec()
+            rope_interleaved(t, &c, &s).unwrap().to_f32_vec().unwrap()
         };
         let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum::<f64>();
         let (s12, s_shifted) = (dot(&at(&q, 0), &at(&k, 1)), dot(&at(&q, 2), &at(&k, 3)));
-        let norms = dot(&q.to_f32_vec(), &q.to_f32_vec()).sqrt() * dot(&k.to_f32_vec(), &k.to_f32_vec()).sqrt();
+        let norms = dot(&q.to_f32_vec().unwrap(), &q.to_f32_vec().unwrap()).sqrt() * dot(&k.to_f32_vec().unwrap(), &k.to_f32_vec().unwrap()).sqrt();
         prop_assert!((s12 - s_shifted).abs() <= 1e-4 * norms, "{s12} vs {s_shifted}");
     }
 }
@@ -179,8 +179,14 @@ fn bad_arguments_are_errors() {
         assert!(matches!(rope_interleaved(&x, &bad, &table), Err(Error::ShapeMismatch { .. })));
         assert!(matches!(reference::rope_interleaved(&x, &table, &bad), Err(Error::ShapeMismatch { .. })));
     }
-    assert!(matches!(rope_interleaved(&x.to_dtype(DType::BF16), &table, &table), Err(Error::UnsupportedDType { .. })));
-    assert!(matches!(rope_interleaved(&x, &table.to_dtype(DType::F16), &table), Err(Error::UnsupportedDType { .. })));
+    assert!(matches!(
+        rope_interleaved(&x.to_dtype(DType::BF16).unwrap(), &table, &table),
+        Err(Error::UnsupportedDType { .. })
+    ));
+    assert!(matches!(
+        rope_interleaved(&x, &table.to_dtype(DType::F16).unwrap(), &table),
+        Err(Error::UnsupportedDType { .. })
+    ));
     // 2-D tables need hd a positive multiple of 4 and a positive finite base.
     for hd in [0, 2, 6, 10] {
         assert!(matches!(rope2d_table(&[(0, 0)], hd, BASE), Err(Error::InvalidArgument { .. })));

@@ -19,7 +19,7 @@ pub fn randn(shape: &[usize], seed: u64, scale: f32) -> Tensor {
 /// The same values as `t` but laid out with non-contiguous strides: the data is stored in
 /// the order given by `perm` of the dimensions and viewed back through the inverse permutation.
 pub fn strided_copy(t: &Tensor, perm: &[usize]) -> Tensor {
-    let permuted = t.permute(perm).unwrap().contiguous();
+    let permuted = t.permute(perm).unwrap().contiguous().unwrap();
     let mut inverse = vec![0; perm.len()];
     for (i, &p) in perm.iter().enumerate() {
         inverse[p] = i;
@@ -63,7 +63,7 @@ pub fn shape(max_rank: usize, max_dim: usize) -> impl Strategy<Value = Vec<usize
 #[track_caller]
 pub fn assert_close(got: &Tensor, want: &Tensor, atol: f32, rtol: f32) {
     assert_eq!(got.shape(), want.shape(), "shape");
-    let (g, w) = (got.to_f32_vec(), want.to_f32_vec());
+    let (g, w) = (got.to_f32_vec().unwrap(), want.to_f32_vec().unwrap());
     let mut worst = (0usize, 0f32);
     for (i, (&a, &b)) in g.iter().zip(&w).enumerate() {
         if a.is_nan() && b.is_nan() {
@@ -97,8 +97,9 @@ pub fn shape_perm_seed() -> impl Strategy<Value = (Vec<usize>, Vec<usize>, u64)>
 /// non-adjacent rows) view of it; asserts the three results are bit-identical (NaN included).
 pub fn assert_layout_invariant(t: &Tensor, perm: &[usize], f: impl Fn(&Tensor) -> Tensor) {
     let want = f(t);
-    let bits =
-        |t: &Tensor| (t.dtype(), t.shape().to_vec(), t.to_f32_vec().into_iter().map(f32::to_bits).collect::<Vec<_>>());
+    let bits = |t: &Tensor| {
+        (t.dtype(), t.shape().to_vec(), t.to_f32_vec().unwrap().into_iter().map(f32::to_bits).collect::<Vec<_>>())
+    };
     for (name, view) in [("strided", strided_copy(t, perm)), ("padded", padded_view(t))] {
         let got = f(&view);
         assert_eq!(bits(&got), bits(&want), "{name} input: {got:?} != {want:?}");

@@ -6,21 +6,21 @@
 //! top down (ResBlocks, then nearest ×2 + conv), norm_out + SiLU, conv_out, and the clamp to
 //! [-1, 1], which runs on the host after the download (three channels, one pass).
 
+use infinity_cuda::Executor;
 use infinity_cuda::conv::{conv2d, upsample_nearest2x};
 use infinity_cuda::elementwise::add;
 use infinity_cuda::norm::group_norm;
-use infinity_cuda::{DeviceTensor, Executor, Result as CudaResult};
 use infinity_ops::elementwise::clamp;
 use infinity_runtime::{DType, Error, Result, Tensor};
 
 use super::BitVae;
 use super::net::{Conv, EPS, GROUPS, GroupNorm, Level, ResBlock};
-use crate::device_util::{put, runtime_error};
+use crate::device_util::put;
 
 /// A convolution's weight (Cout, Cin, kh, kw) bf16, bias (Cout,) f32, stride and padding.
 struct DeviceConv {
-    weight: DeviceTensor,
-    bias: DeviceTensor,
+    weight: Tensor,
+    bias: Tensor,
     stride: usize,
     padding: usize,
 }
@@ -28,11 +28,11 @@ struct DeviceConv {
 impl DeviceConv {
     /// Refuses an asymmetric padding, which the device convolution does not take (only the
     /// encoder's downsampling has one).
-    fn upload(exec: &Executor, c: &Conv) -> CudaResult<Self> {
+    fn upload(exec: &Executor, c: &Conv) -> Result<Self> {
         let [padding, bottom, left, right] = c.params.padding;
         if [bottom, left, right] != [padding; 3] {
             let msg = format!("padding {:?}: the device convolution pads every side alike", c.params.padding);
-            return Err(Error::invalid("bitvae.upload", c.weight.value().shape(), msg).into());
+            return Err(Error::invalid("bitvae.upload", c.weight.value().shape(), msg));
         }
         Ok(DeviceConv {
             weight: put(exec, c.weight.value(), DType::BF16)?,
@@ -42,19 +42,19 @@ impl DeviceConv {
         })
     }
 
-    fn forward(&self, exec: &Executor, x: &DeviceTensor) -> CudaResult<DeviceTensor> {
+    fn forward(&self, exec: &Executor, x: &Tensor) -> Result<Tensor> {
         conv2d(exec, x, &self.weight, Some(&self.bias), self.stride, self.padding)
     }
 }
 
 /// A group norm's affine weight and bias, (C,) f32.
 struct DeviceNorm {
-    weight: DeviceTensor,
-    bias: DeviceTensor,
+    weight: Tensor,
+    bias: Tensor,
 }
 
 impl DeviceNorm {
-    fn upload(exec: &Executor, n: &GroupNorm) -> CudaResult<Self> {
+    fn upload(exec: &Executor, n: &GroupNorm) -> Result<Self> {
         Ok(DeviceNorm {
             weight: put(exec, n.weight.value(), DType::F32)?,
             bias: put(exec, n.bias.value(), DType::F32)?,
@@ -62,7 +62,7 @@ impl DeviceNorm {
     }
 
     /// GroupNorm followed by SiLU, fused in one kernel.
-    fn forward_silu(&self, exec: &Executor, x: &DeviceTensor) -> CudaResult<DeviceTensor> {
+    fn forward_silu(&self, exec: &Executor, x: &Tensor) -> Result<Tensor> {
         group_norm(exec, x, GROUPS, &self.weight, &self.bias, EPS, true)
     }
 }
@@ -76,7 +76,7 @@ struct DeviceResBlock {
 }
 
 impl DeviceResBlock {
-    fn upload(exec: &Executor, b: &ResBlock) -> CudaResult<Self> {
+    fn upload(exec: &Executor, b: &ResBlock) -> Result<Self> {
         Ok(DeviceResBlock {
             norm1: DeviceNorm::upload(exec, &b.norm1)?,
             conv1: DeviceConv::upload(exec, &b.conv1)?,
@@ -86,7 +86,7 @@ impl DeviceResBlock {
         })
     }
 
-    fn forward(&self, exec: &Executor, x: &DeviceTensor) -> CudaResult<DeviceTensor> {
+    fn forward(&self, exec: &Executor, x: &Tensor) -> Result<Tensor> {
         let h = self.conv1.forward(exec, &self.norm1.forward_silu(exec, x)?)?;
         let h = self.conv2.forward(exec, &self.norm2.forward_silu(exec, &h)?)?;
         match &self.shortcut {
@@ -96,11 +96,11 @@ impl DeviceResBlock {
     }
 }
 
-fn upload_blocks(exec: &Executor, blocks: &[ResBlock]) -> CudaResult<Vec<DeviceResBlock>> {
+fn upload_blocks(exec: &Executor, blocks: &[ResBlock]) -> Result<Vec<DeviceResBlock>> {
     blocks.iter().map(|b| DeviceResBlock::upload(exec, b)).collect()
 }
 
-fn run_blocks(exec: &Executor, blocks: &[DeviceResBlock], mut h: DeviceTensor) -> CudaResult<DeviceTensor> {
+fn run_blocks(exec: &Executor, blocks: &[DeviceResBlock], mut h: Tensor) -> Result<Tensor> {
     for b in blocks {
         h = b.forward(exec, &h)?;
     }
@@ -114,7 +114,7 @@ struct DeviceLevel {
 }
 
 impl DeviceLevel {
-    fn upload(exec: &Executor, l: &Level) -> CudaResult<Self> {
+    fn upload(exec: &Executor, l: &Level) -> Result<Self> {
         Ok(DeviceLevel {
             blocks: upload_blocks(exec, &l.blocks)?,
             upsample: l.resample.as_ref().map(|c| DeviceConv::upload(exec, c)).transpose()?,
@@ -139,18 +139,15 @@ impl<'e> DeviceDecoder<'e> {
     /// affines in f32.
     pub fn upload(exec: &'e Executor, vae: &BitVae) -> Result<Self> {
         let d = &vae.decoder;
-        let upload = || -> CudaResult<Self> {
-            Ok(DeviceDecoder {
-                exec,
-                z_channels: vae.config.z_channels,
-                conv_in: DeviceConv::upload(exec, &d.conv_in)?,
-                mid: upload_blocks(exec, &d.mid)?,
-                levels: d.levels.iter().map(|l| DeviceLevel::upload(exec, l)).collect::<CudaResult<_>>()?,
-                norm_out: DeviceNorm::upload(exec, &d.norm_out)?,
-                conv_out: DeviceConv::upload(exec, &d.conv_out)?,
-            })
-        };
-        upload().map_err(runtime_error(exec, "bitvae.upload"))
+        Ok(DeviceDecoder {
+            exec,
+            z_channels: vae.config.z_channels,
+            conv_in: DeviceConv::upload(exec, &d.conv_in)?,
+            mid: upload_blocks(exec, &d.mid)?,
+            levels: d.levels.iter().map(|l| DeviceLevel::upload(exec, l)).collect::<Result<_>>()?,
+            norm_out: DeviceNorm::upload(exec, &d.norm_out)?,
+            conv_out: DeviceConv::upload(exec, &d.conv_out)?,
+        })
     }
 
     /// Latent (B, d, h, w) on the host → image (B, 3, h·patch, w·patch) f32 on the host,
@@ -163,12 +160,12 @@ impl<'e> DeviceDecoder<'e> {
                 format!("expected a latent (B, {}, h, w)", self.z_channels),
             ));
         }
-        let image = self.forward(z).map_err(runtime_error(self.exec, "bitvae.decode"))?;
+        let image = self.forward(z)?;
         clamp(&image, -1.0, 1.0)
     }
 
     /// The unclamped image, downloaded.
-    fn forward(&self, z: &Tensor) -> CudaResult<Tensor> {
+    fn forward(&self, z: &Tensor) -> Result<Tensor> {
         let exec = self.exec;
         let mut h = run_blocks(exec, &self.mid, self.conv_in.forward(exec, &put(exec, z, DType::F32)?)?)?;
         for level in self.levels.iter().rev() {
@@ -178,6 +175,6 @@ impl<'e> DeviceDecoder<'e> {
             }
         }
         let image = self.conv_out.forward(exec, &self.norm_out.forward_silu(exec, &h)?)?;
-        exec.download(&image)
+        image.to_cpu()
     }
 }

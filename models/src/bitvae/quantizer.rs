@@ -71,7 +71,7 @@ pub fn resize_codes(x: &Tensor, to: (usize, usize)) -> Result<Tensor> {
 /// Encodes a latent into bits, scale by scale, following `grids` (coarse to fine; the last
 /// grid must be the latent's own).
 pub fn quantize(latent: &Tensor, grids: &[(usize, usize)]) -> Result<Quantized> {
-    let st = quantize_straight_through(&Var::constant(latent.contiguous()), grids)?;
+    let st = quantize_straight_through(&Var::constant(latent.contiguous()?), grids)?;
     let scales = st.scales.into_iter().map(|s| ScaleBits { bits: s.bits, pre_sign: s.pre_sign.into_value() }).collect();
     Ok(Quantized { scales, summed: st.summed.into_value() })
 }
@@ -147,7 +147,7 @@ pub fn codes_from_bits(bits: &Tensor) -> Result<Tensor> {
     }
     let codes =
         Tensor::from_vec(v.into_iter().map(|b| if b == 1 { s } else { -s }).collect::<Vec<f32>>(), bits.shape())?;
-    Ok(codes.permute(&[0, 3, 1, 2])?.contiguous())
+    codes.permute(&[0, 3, 1, 2])?.contiguous()
 }
 
 /// The decoder's input from per-scale bits: Σ_k bilinear(codes_k → `full`).

@@ -14,13 +14,13 @@
 //! shared with the CPU path: only the logits of each scale come from the device.
 
 use infinity_autograd::Var;
+use infinity_cuda::Executor;
 use infinity_cuda::adaln::{gated_residual, modulate};
 use infinity_cuda::attention::HEAD_DIMS;
 use infinity_cuda::attention::{Attention, BlockCausal, PackedKeys, Scores};
 use infinity_cuda::elementwise::{add, gelu_tanh};
 use infinity_cuda::gemm::linear;
 use infinity_cuda::rope::attention_inputs;
-use infinity_cuda::{DeviceTensor, Executor, Result as CudaResult};
 use infinity_runtime::{DType, Error, Result, Tensor};
 
 use super::block::{Block, EPS};
@@ -29,30 +29,30 @@ use super::model::Infinity;
 use super::rope::scale_table;
 use super::sampler::SamplingConfig;
 use super::text::Conditioning;
-use crate::device_util::{put, runtime_error};
+use crate::device_util::put;
 use crate::schedule::Schedule;
 
 /// A linear layer's weight (N, K) in bf16 and bias (N,) in f32.
-fn linear_weights(exec: &Executor, w: &Var, b: &Var) -> CudaResult<(DeviceTensor, DeviceTensor)> {
+fn linear_weights(exec: &Executor, w: &Var, b: &Var) -> Result<(Tensor, Tensor)> {
     Ok((put(exec, w.value(), DType::BF16)?, put(exec, b.value(), DType::F32)?))
 }
 
 /// The linear layers of one block on the device: weights bf16 (N, K), biases f32.
 struct DeviceBlock {
-    qkv: (DeviceTensor, DeviceTensor),
+    qkv: (Tensor, Tensor),
     /// (H,) f32: the cosine attention's per-head multiplier, applied to q.
-    head_scale: DeviceTensor,
-    proj: (DeviceTensor, DeviceTensor),
-    ca_q: (DeviceTensor, DeviceTensor),
+    head_scale: Tensor,
+    proj: (Tensor, Tensor),
+    ca_q: (Tensor, Tensor),
     /// The text memory's K|V projection (2C, C), its K half without bias.
-    ca_kv: (DeviceTensor, DeviceTensor),
-    ca_proj: (DeviceTensor, DeviceTensor),
-    fc1: (DeviceTensor, DeviceTensor),
-    fc2: (DeviceTensor, DeviceTensor),
+    ca_kv: (Tensor, Tensor),
+    ca_proj: (Tensor, Tensor),
+    fc1: (Tensor, Tensor),
+    fc2: (Tensor, Tensor),
 }
 
 impl DeviceBlock {
-    fn upload(exec: &Executor, b: &Block) -> CudaResult<Self> {
+    fn upload(exec: &Executor, b: &Block) -> Result<Self> {
         let pair = |w: &Var, bias: &Var| linear_weights(exec, w, bias);
         let heads = b.head_scale.value().numel();
         Ok(DeviceBlock {
@@ -73,9 +73,9 @@ pub struct DeviceInfinity<'e> {
     exec: &'e Executor,
     blocks: Vec<DeviceBlock>,
     /// (15, C) f32.
-    lvl_embed: DeviceTensor,
-    word_embed: (DeviceTensor, DeviceTensor),
-    head: (DeviceTensor, DeviceTensor),
+    lvl_embed: Tensor,
+    word_embed: (Tensor, Tensor),
+    head: (Tensor, Tensor),
     heads: usize,
     head_dim: usize,
 }
@@ -92,18 +92,15 @@ impl<'e> DeviceInfinity<'e> {
                 format!("head dim {}: the attention kernels are built for {HEAD_DIMS:?}", c.head_dim()),
             ));
         }
-        let upload = || -> CudaResult<Self> {
-            Ok(DeviceInfinity {
-                exec,
-                blocks: model.blocks.iter().map(|b| DeviceBlock::upload(exec, b)).collect::<CudaResult<_>>()?,
-                lvl_embed: put(exec, model.lvl_embed.value(), DType::F32)?,
-                word_embed: linear_weights(exec, &model.word_embed_w, &model.word_embed_b)?,
-                head: linear_weights(exec, &model.head_w, &model.head_b)?,
-                heads: c.num_heads,
-                head_dim: c.head_dim(),
-            })
-        };
-        upload().map_err(runtime_error(exec, OP))
+        Ok(DeviceInfinity {
+            exec,
+            blocks: model.blocks.iter().map(|b| DeviceBlock::upload(exec, b)).collect::<Result<_>>()?,
+            lvl_embed: put(exec, model.lvl_embed.value(), DType::F32)?,
+            word_embed: linear_weights(exec, &model.word_embed_w, &model.word_embed_b)?,
+            head: linear_weights(exec, &model.head_w, &model.head_b)?,
+            heads: c.num_heads,
+            head_dim: c.head_dim(),
+        })
     }
 
     /// The per-batch state of one generation over `schedule`: conditioning rows, text keys and
@@ -115,28 +112,16 @@ impl<'e> DeviceInfinity<'e> {
         schedule: &'s Schedule,
         with_uncond: bool,
     ) -> Result<DeviceSession<'s, 'e>> {
-        self.try_session(model, cond, schedule, with_uncond).map_err(runtime_error(self.exec, "infinity.session"))
-    }
-
-    fn try_session<'s>(
-        &'s self,
-        model: &Infinity,
-        cond: &Conditioning,
-        schedule: &'s Schedule,
-        with_uncond: bool,
-    ) -> CudaResult<DeviceSession<'s, 'e>> {
         let exec = self.exec;
         let rows = cond.cond.dim(0)?;
         let total = schedule.seq_len();
         let cache_shape = [rows, self.heads, total, self.head_dim];
         let cache = || exec.empty(&cache_shape, DType::BF16);
         // Row i of a (R, N, C) table as its own (R, C) tensor.
-        fn row_tensors<const N: usize>(exec: &Executor, table: &Tensor) -> CudaResult<[DeviceTensor; N]> {
-            let rows: Vec<DeviceTensor> = (0..N)
-                .map(|i| put(exec, &table.narrow(1, i, 1)?.squeeze(1)?, DType::F32))
-                .collect::<CudaResult<_>>()?;
-            rows.try_into()
-                .map_err(|_| Error::invalid("infinity.session", table.shape(), format!("expected {N} rows")).into())
+        fn row_tensors<const N: usize>(exec: &Executor, table: &Tensor) -> Result<[Tensor; N]> {
+            let rows: Vec<Tensor> =
+                (0..N).map(|i| put(exec, &table.narrow(1, i, 1)?.squeeze(1)?, DType::F32)).collect::<Result<_>>()?;
+            rows.try_into().map_err(|_| Error::invalid("infinity.session", table.shape(), format!("expected {N} rows")))
         }
         let memory = put(exec, cond.memory.value(), DType::BF16)?;
         let memory_len = memory.shape()[0];
@@ -193,13 +178,13 @@ pub fn generate(
 /// One block's per-batch state.
 struct BlockState {
     /// [gamma1, gamma2, scale1, scale2, shift1, shift2], each (R, C) f32.
-    ada: [DeviceTensor; 6],
+    ada: [Tensor; 6],
     /// The cross-attention LayerNorm's affine as AdaLN rows (weight − 1, bias), (R, C) views.
-    ca_norm: (DeviceTensor, DeviceTensor),
+    ca_norm: (Tensor, Tensor),
     /// Every sample's text keys and values, packed: (1, H, ΣLᵢ, hd) bf16 each.
-    text_kv: (DeviceTensor, DeviceTensor),
+    text_kv: (Tensor, Tensor),
     /// Keys (normalised, rotated) and values of every scale so far: (R, H, L, hd).
-    cache: (DeviceTensor, DeviceTensor),
+    cache: (Tensor, Tensor),
 }
 
 /// A generation in progress on the device.
@@ -210,9 +195,9 @@ pub struct DeviceSession<'s, 'e> {
     /// Where each sample's text lies in the blocks' packed text keys and values.
     text_keys: PackedKeys,
     /// The head's AdaLN [scale, shift], (R, C) f32.
-    head_ada: [DeviceTensor; 2],
+    head_ada: [Tensor; 2],
     /// (R, 1, C) f32.
-    start: DeviceTensor,
+    start: Tensor,
     with_uncond: bool,
     /// Tokens already in the caches.
     filled: usize,
@@ -220,13 +205,13 @@ pub struct DeviceSession<'s, 'e> {
 
 impl DeviceSession<'_, '_> {
     /// Embeds a next-scale input (B, n, bits), doubled for the unconditional half.
-    fn embed(&self, input: &Tensor) -> CudaResult<DeviceTensor> {
+    fn embed(&self, input: &Tensor) -> Result<Tensor> {
         let input = if self.with_uncond { infinity_ops::index::concat(&[input, input], 0)? } else { input.clone() };
         let (w, b) = &self.engine.word_embed;
         linear(self.engine.exec, &put(self.engine.exec, &input, DType::BF16)?, w, Some(b), DType::F32)
     }
 
-    fn forward_scale(&mut self, x: &DeviceTensor, k: usize) -> CudaResult<DeviceTensor> {
+    fn forward_scale(&mut self, x: &Tensor, k: usize) -> Result<Tensor> {
         let exec = self.engine.exec;
         let grid = self.schedule.grids[k];
         let n = grid.0 * grid.1;
@@ -251,7 +236,7 @@ impl DeviceSession<'_, '_> {
         Ok(h)
     }
 
-    fn logits(&self, hidden: &DeviceTensor) -> CudaResult<DeviceTensor> {
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let exec = self.engine.exec;
         let a = modulate(exec, hidden, &self.head_ada[0], &self.head_ada[1], EPS, DType::BF16)?;
         let (w, b) = &self.engine.head;
@@ -264,15 +249,12 @@ impl ScaleLogits for DeviceSession<'_, '_> {
         if k >= self.schedule.num_scales() || self.filled != self.schedule.offsets()[k] {
             return Err(Error::invalid("infinity.device", &[k], "scales must run in order, each once"));
         }
-        let mut run = || -> CudaResult<Tensor> {
-            let x = match input {
-                None => self.start.clone(),
-                Some(u) => self.embed(u)?,
-            };
-            let hidden = self.forward_scale(&x, k)?;
-            self.engine.exec.download(&self.logits(&hidden)?)
+        let x = match input {
+            None => self.start.clone(),
+            Some(u) => self.embed(u)?,
         };
-        run().map_err(runtime_error(self.engine.exec, "infinity.scale_logits"))
+        let hidden = self.forward_scale(&x, k)?;
+        self.logits(&hidden)?.to_cpu()
     }
 }
 
@@ -286,14 +268,14 @@ struct BlockStep<'a> {
     start: usize,
     /// Scale offsets up to the end of this scale.
     offsets: &'a [usize],
-    cos: &'a DeviceTensor,
-    sin: &'a DeviceTensor,
+    cos: &'a Tensor,
+    sin: &'a Tensor,
     text_keys: &'a PackedKeys,
 }
 
 impl BlockStep<'_> {
     /// models/src/infinity/block.rs's `Block::forward`, op for op.
-    fn run(&self, w: &DeviceBlock, s: &mut BlockState, x: &DeviceTensor) -> CudaResult<DeviceTensor> {
+    fn run(&self, w: &DeviceBlock, s: &mut BlockState, x: &Tensor) -> Result<Tensor> {
         let exec = self.exec;
         let [gamma1, gamma2, scale1, scale2, shift1, shift2] = &s.ada;
         let rows = x.shape()[0];

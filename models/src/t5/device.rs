@@ -13,39 +13,39 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
 use infinity_autograd::Var;
+use infinity_cuda::Executor;
 use infinity_cuda::elementwise::{add, cast, copy_into, gelu_tanh, mul};
 use infinity_cuda::gemm::{linear, matmul};
 use infinity_cuda::index::embedding;
 use infinity_cuda::norm::{rms_norm, softmax};
-use infinity_cuda::{DeviceTensor, Executor, Result as CudaResult};
 use infinity_ops::index::concat;
 use infinity_runtime::{DType, Error, Result, Tensor};
 
 use super::config::T5Config;
 use super::model::{Layer, T5Encoder, position_bias};
-use crate::device_util::{put, runtime_error};
+use crate::device_util::put;
 
 /// Weights (N, K) stacked along N into one bf16 matrix, so that projections of the same input
 /// run as one GEMM (each output element is still its own row's dot product).
-fn stacked(exec: &Executor, weights: &[&Var]) -> CudaResult<DeviceTensor> {
-    let bf16: Vec<Tensor> = weights.iter().map(|w| w.value().to_dtype(DType::BF16)).collect();
-    exec.upload(&concat(&bf16.iter().collect::<Vec<_>>(), 0)?)
+fn stacked(exec: &Executor, weights: &[&Var]) -> Result<Tensor> {
+    let bf16: Vec<Tensor> = weights.iter().map(|w| w.value().to_dtype(DType::BF16)).collect::<Result<_>>()?;
+    concat(&bf16.iter().collect::<Vec<_>>(), 0)?.to_device(&exec.device())
 }
 
 /// One block's weights on the device: norms (d_model) f32, matrices bf16.
 struct DeviceLayer {
-    attn_norm: DeviceTensor,
+    attn_norm: Tensor,
     /// (3·inner, d_model): q, k and v.
-    qkv: DeviceTensor,
-    o: DeviceTensor,
-    ffn_norm: DeviceTensor,
+    qkv: Tensor,
+    o: Tensor,
+    ffn_norm: Tensor,
     /// (2·d_ff, d_model): wi_0 (the GELU's input) then wi_1 (the gate).
-    wi: DeviceTensor,
-    wo: DeviceTensor,
+    wi: Tensor,
+    wo: Tensor,
 }
 
 impl DeviceLayer {
-    fn upload(exec: &Executor, l: &Layer) -> CudaResult<Self> {
+    fn upload(exec: &Executor, l: &Layer) -> Result<Self> {
         Ok(DeviceLayer {
             attn_norm: put(exec, l.attn_norm.value(), DType::F32)?,
             qkv: stacked(exec, &[&l.q, &l.k, &l.v])?,
@@ -62,31 +62,28 @@ pub struct DeviceT5<'e> {
     exec: &'e Executor,
     config: T5Config,
     /// (vocab, d_model), bf16 or f32 (see the module doc).
-    embed: DeviceTensor,
+    embed: Tensor,
     /// (num_buckets, num_heads) on the host: each prompt length's bias is formed from it there
     /// by the CPU encoder's own code, then uploaded. A constant, so that this never records on
     /// the tape of an encoder built for training.
     bias_table: Var,
     layers: Vec<DeviceLayer>,
-    final_norm: DeviceTensor,
+    final_norm: Tensor,
 }
 
 impl<'e> DeviceT5<'e> {
     /// Uploads `encoder`'s weights (matrices rounded to bf16).
     pub fn upload(exec: &'e Executor, encoder: &T5Encoder) -> Result<Self> {
-        let upload = || -> CudaResult<Self> {
-            let table = encoder.embed.value();
-            let table_dtype = if table.dtype() == DType::BF16 { DType::BF16 } else { DType::F32 };
-            Ok(DeviceT5 {
-                exec,
-                config: encoder.config.clone(),
-                embed: put(exec, table, table_dtype)?,
-                bias_table: Var::constant(encoder.bias_table.value().clone()),
-                layers: encoder.layers.iter().map(|l| DeviceLayer::upload(exec, l)).collect::<CudaResult<_>>()?,
-                final_norm: put(exec, encoder.final_norm.value(), DType::F32)?,
-            })
-        };
-        upload().map_err(runtime_error(exec, "t5.upload"))
+        let table = encoder.embed.value();
+        let table_dtype = if table.dtype() == DType::BF16 { DType::BF16 } else { DType::F32 };
+        Ok(DeviceT5 {
+            exec,
+            config: encoder.config.clone(),
+            embed: put(exec, table, table_dtype)?,
+            bias_table: Var::constant(encoder.bias_table.value().clone()),
+            layers: encoder.layers.iter().map(|l| DeviceLayer::upload(exec, l)).collect::<Result<_>>()?,
+            final_norm: put(exec, encoder.final_norm.value(), DType::F32)?,
+        })
     }
 
     /// The last hidden state (Lᵢ, d_model) f32 of each prompt (content ids then EOS), computed
@@ -102,7 +99,7 @@ impl<'e> DeviceT5<'e> {
         if lens.contains(&0) {
             return Err(Error::invalid(OP, &lens, "every prompt needs at least one token (its EOS)"));
         }
-        let hidden = self.forward(&prompts.concat(), &lens).map_err(runtime_error(self.exec, OP))?;
+        let hidden = self.forward(&prompts.concat(), &lens)?;
         let mut offset = 0;
         lens.iter()
             .map(|&len| {
@@ -114,16 +111,16 @@ impl<'e> DeviceT5<'e> {
 
     /// Encodes packed prompts (`ids` split into runs of `lens`, none empty) → (Σ lens, d_model)
     /// on the host.
-    fn forward(&self, ids: &[u32], lens: &[usize]) -> CudaResult<Tensor> {
+    fn forward(&self, ids: &[u32], lens: &[usize]) -> Result<Tensor> {
         let exec = self.exec;
         // i64, not i32: every u32 id reaches the kernel's range check unchanged.
         let ids = Tensor::from_vec(ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(), &[ids.len()])?;
-        let mut x = embedding(exec, &self.embed, &exec.upload(&ids)?)?;
+        let mut x = embedding(exec, &self.embed, &ids.to_device(&exec.device())?)?;
         if x.dtype() != DType::F32 {
             x = cast(exec, &x, DType::F32)?;
         }
         // One upload per distinct length; every block and every prompt of that length shares it.
-        let mut by_len: HashMap<usize, DeviceTensor> = HashMap::new();
+        let mut by_len: HashMap<usize, Tensor> = HashMap::new();
         let mut biases = Vec::with_capacity(lens.len());
         for &len in lens {
             biases.push(match by_len.entry(len) {
@@ -134,29 +131,23 @@ impl<'e> DeviceT5<'e> {
         for layer in &self.layers {
             x = self.block(layer, &x, lens, &biases)?;
         }
-        exec.download(&rms_norm(exec, &x, Some(&self.final_norm), self.config.layer_norm_epsilon)?)
+        rms_norm(exec, &x, Some(&self.final_norm), self.config.layer_norm_epsilon)?.to_cpu()
     }
 
     /// The (heads, len, len) f32 position bias of a prompt of `len` tokens, contiguous so that
     /// every block reads it in row order.
-    fn position_bias(&self, len: usize) -> CudaResult<DeviceTensor> {
+    fn position_bias(&self, len: usize) -> Result<Tensor> {
         let bias = position_bias(&self.bias_table, &self.config, len)?;
-        put(self.exec, &bias.value().contiguous(), DType::F32)
+        put(self.exec, &bias.value().contiguous()?, DType::F32)
     }
 
     /// One block on packed tokens `x` (N, d_model) f32: each prompt (a run of `lens`) attends to
     /// its own tokens with its own bias.
-    fn block(
-        &self,
-        w: &DeviceLayer,
-        x: &DeviceTensor,
-        lens: &[usize],
-        biases: &[DeviceTensor],
-    ) -> CudaResult<DeviceTensor> {
+    fn block(&self, w: &DeviceLayer, x: &Tensor, lens: &[usize], biases: &[Tensor]) -> Result<Tensor> {
         let (exec, c) = (self.exec, &self.config);
         let n = x.shape()[0];
         let normed =
-            |x: &DeviceTensor, weight| cast(exec, &rms_norm(exec, x, Some(weight), c.layer_norm_epsilon)?, DType::BF16);
+            |x: &Tensor, weight| cast(exec, &rms_norm(exec, x, Some(weight), c.layer_norm_epsilon)?, DType::BF16);
 
         // (N, 3, heads, d_kv): each token's q, k and v.
         let qkv = linear(exec, &normed(x, &w.attn_norm)?, &w.qkv, None, DType::BF16)?;

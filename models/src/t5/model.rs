@@ -96,7 +96,7 @@ impl T5Encoder {
         TrainParams::new(
             params
                 .iter()
-                .map(|(key, t)| Ok((format!("{prefix}{key}"), t.to_dtype(DType::F32))))
+                .map(|(key, t)| Ok((format!("{prefix}{key}"), t.to_dtype(DType::F32)?)))
                 .collect::<Result<_>>()?,
         )
     }
@@ -195,7 +195,7 @@ impl T5Encoder {
         let ids = Tensor::from_vec(ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(), &[ids.len()])?;
         let x = embedding(&self.embed, &ids)?;
         // A half-precision table is only ever a stored constant (training widens to f32).
-        let mut x = if x.value().dtype() == DType::F32 { x } else { Var::constant(x.value().to_dtype(DType::F32)) };
+        let mut x = if x.value().dtype() == DType::F32 { x } else { Var::constant(x.value().to_dtype(DType::F32)?) };
         let biases =
             lens.iter().map(|&len| position_bias(&self.bias_table, &self.config, len)).collect::<Result<Vec<_>>>()?;
         for layer in &self.layers {

@@ -14,7 +14,7 @@ use zip::{CompressionMethod, ZipArchive};
 
 use super::Weights;
 use super::pickle::{self, ObjId, Object, Pickle, StorageRef, TensorRef, Value};
-use crate::{CpuStorage, DType, Error, Layout, Result, Tensor};
+use crate::{CpuStorage, DType, Error, Layout, Result, Storage, Tensor};
 
 /// Far deeper than any real checkpoint (a training checkpoint nests three levels); bounds the
 /// recursion over a hostile pickle.
@@ -185,12 +185,12 @@ struct Storages<'a> {
     map: &'a Arc<Mmap>,
     archive: Archive<'a>,
     prefix: String,
-    mapped: HashMap<String, (DType, usize, Arc<CpuStorage>)>,
+    mapped: HashMap<String, (DType, usize, Arc<Storage>)>,
 }
 
 impl Storages<'_> {
     /// The storage `s`, checked against its archive entry; `tensor` is named in errors.
-    fn get(&mut self, tensor: &str, s: &StorageRef) -> Result<Arc<CpuStorage>> {
+    fn get(&mut self, tensor: &str, s: &StorageRef) -> Result<Arc<Storage>> {
         if let Some((dtype, numel, storage)) = self.mapped.get(&s.key) {
             if (*dtype, *numel) != (s.dtype, s.numel) {
                 return Err(Error::tensor(
@@ -217,7 +217,7 @@ impl Storages<'_> {
                 format!("storage '{}' holds {} bytes, not {}", s.key, range.len(), describe(s.dtype, s.numel)),
             ));
         }
-        let storage = Arc::new(CpuStorage::mapped(self.map.clone(), range, s.dtype));
+        let storage = Arc::new(Storage::Cpu(CpuStorage::mapped(self.map.clone(), range, s.dtype)));
         self.mapped.insert(s.key.clone(), (s.dtype, s.numel, storage.clone()));
         Ok(storage)
     }

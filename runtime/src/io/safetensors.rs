@@ -6,6 +6,7 @@
 //! data, whose tensors tile it exactly (offsets relative to the end of the header).
 
 use std::collections::{BTreeMap, HashSet};
+use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use memmap2::Mmap;
 use serde_json::{Map, Value, json};
 
 use super::{Weights, write_atomically};
-use crate::{CpuStorage, DType, Error, Layout, Result, Tensor};
+use crate::{CpuStorage, DType, Error, Layout, Result, Storage, Tensor};
 
 const LEN_BYTES: usize = 8;
 const METADATA_KEY: &str = "__metadata__";
@@ -83,7 +84,7 @@ pub(super) fn read(path: &Path, map: Arc<Mmap>) -> Result<Weights> {
         }
         next = end;
         let storage = CpuStorage::mapped(map.clone(), data_start + begin..data_start + end, dtype);
-        entries.push((name, Tensor::from_storage(Arc::new(storage), Layout::contiguous(&info.shape))?));
+        entries.push((name, Tensor::from_storage(Arc::new(Storage::Cpu(storage)), Layout::contiguous(&info.shape))?));
     }
     if next != data_len {
         return Err(Error::format(path, format!("{} bytes after the last tensor", data_len - next)));
@@ -105,8 +106,8 @@ pub fn save<'a, N: AsRef<str>>(
         out.write_all(&(header.len() as u64).to_le_bytes())?;
         out.write_all(&header)?;
         for (_, t) in &tensors {
-            // After `contiguous` the storage holds exactly the tensor's elements.
-            out.write_all(t.contiguous().storage().bytes())?;
+            // One tensor at a time in host memory, in its stored dtype.
+            out.write_all(&t.to_bytes().map_err(io::Error::other)?)?;
         }
         Ok(())
     })

@@ -297,6 +297,50 @@ fn device_cuda_runs_on_a_gpu_or_is_refused_by_name() {
     }
 }
 
+/// `--device shim` runs the GPU path (T5, transformer and decoder as the GPU runs them, bf16
+/// GEMM operands) on the CPU shim: it writes the image with its parameters, and the same seed
+/// draws the same image again. (Its numbers against the CPU's are tests/cuda_pipeline.rs's,
+/// stage by stage: freely sampled bits of a random model part ways wherever a margin is within
+/// bf16 rounding.) An unknown device is refused by name.
+#[test]
+fn device_shim_runs_the_gpu_path_on_the_cpu() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-generate-shim");
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = fixture("devA");
+    let generate = |device: &str, name: &str| {
+        let out = dir.join(name);
+        let _ = std::fs::remove_file(&out);
+        let o = run(&[
+            "-p".as_ref(),
+            "a red cat".as_ref(),
+            "--model-dir".as_ref(),
+            model.as_os_str(),
+            "--seed".as_ref(),
+            "1".as_ref(),
+            "--device".as_ref(),
+            device.as_ref(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ]);
+        (o, out)
+    };
+    let (first, first_png) = generate("shim", "first.png");
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(stdout(&first).contains("running on CPU shim"), "{}", stdout(&first));
+    let image = infinity::models::image::load_rgb(&first_png).unwrap();
+    assert_eq!(image.dimensions(), (256, 256));
+    assert!(png_text(&first_png).contains(&("prompt".into(), "a red cat".into())));
+    let (second, second_png) = generate("shim", "second.png");
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert_eq!(std::fs::read(&first_png).unwrap(), std::fs::read(&second_png).unwrap(), "same seed, same image");
+
+    let (o, out) = generate("gpu", "gpu.png");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.starts_with("error: ") && err.lines().next().is_some_and(|l| l.contains("'gpu'")), "{err}");
+    assert!(!out.exists());
+}
+
 /// `--grid` lays out exactly the images the same command writes one by one, prompt-major,
 /// on white between them, and lists the prompts in its text.
 #[test]

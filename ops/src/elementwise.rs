@@ -6,8 +6,9 @@
 use std::f64::consts::{FRAC_1_SQRT_2, FRAC_2_SQRT_PI};
 
 use infinity_runtime::layout::{broadcast_shapes, contiguous_strides};
-use infinity_runtime::{Error, Result, Tensor};
+use infinity_runtime::{DType, Error, Result, Tensor};
 
+use crate::device::{executor, no_kernel};
 use crate::f32_data;
 use crate::util::for_row_blocks;
 
@@ -234,6 +235,14 @@ named_ops!();
 /// with the broadcast shape. Errors: `UnsupportedDType`, `ShapeMismatch` (not broadcastable).
 pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let name = op.name();
+    if let Some(exec) = executor(name, &[a, b])? {
+        crate::require_f32(name, a)?;
+        return match op {
+            BinaryOp::Add => infinity_cuda::elementwise::add(&exec, a, b),
+            BinaryOp::Mul => infinity_cuda::elementwise::mul(&exec, a, b),
+            _ => Err(no_kernel(name, a)),
+        };
+    }
     let (ad, bd) = (f32_data(name, a)?, f32_data(name, b)?);
     let shape = broadcast_shapes(name, a.shape(), b.shape())?;
     let plan = BroadcastPlan::new(&shape, a.shape(), b.shape());
@@ -315,6 +324,15 @@ fn broadcast_strides(shape: &[usize], own: &[usize]) -> Vec<usize> {
 /// Errors: `UnsupportedDType`, `InvalidArgument` (NaN clamp bounds).
 pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
     op.check(x)?;
+    if let Some(exec) = executor(op.name(), &[x])? {
+        crate::require_f32(op.name(), x)?;
+        let kernel = match op {
+            UnaryOp::GeluTanh => infinity_cuda::elementwise::UnaryOp::GeluTanh,
+            UnaryOp::Silu => infinity_cuda::elementwise::UnaryOp::Silu,
+            _ => return Err(no_kernel(op.name(), x)),
+        };
+        return infinity_cuda::elementwise::unary(&exec, kernel, x, DType::F32);
+    }
     let data = f32_data(op.name(), x)?;
     let mut out = vec![0f32; data.len()];
     match op {

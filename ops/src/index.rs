@@ -13,6 +13,8 @@ use std::borrow::Cow;
 
 use infinity_runtime::{DType, Element, Error, Result, Tensor, with_dtype};
 
+use crate::device::executor;
+
 /// The elements of `t` in row-major order: borrowed for a contiguous view, gathered otherwise.
 /// The caller has matched `T` to the dtype of `t`.
 fn row_major<T: Element>(t: &Tensor) -> Result<Cow<'_, [T]>> {
@@ -176,6 +178,9 @@ pub fn embedding(weight: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let &[vocab, width] = weight.shape() else {
         return Err(Error::invalid(OP, weight.shape(), "the weight must be 2-D (vocabulary, width)"));
     };
+    if let Some(exec) = executor(OP, &[weight, ids])? {
+        return infinity_cuda::index::embedding(&exec, weight, ids);
+    }
     let idx = read_indices(OP, ids, vocab)?;
     let mut shape = ids.shape().to_vec();
     shape.push(width);

@@ -3,9 +3,14 @@
 //! accumulation) and, where speed matters, a fast path that the tests compare with it.
 //!
 //! Ops compute in f32: they take f32 tensors (any strides) and return contiguous f32 tensors.
+//! An op runs on the device its inputs live on ([`device`]): on the CPU through the paths
+//! here, on a CUDA executor (GPU or CPU shim) through the CUDA backend's kernels. The ops with
+//! a kernel so far: add, mul, GELU (tanh), SiLU, softmax over the last dimension, RMS norm,
+//! group norm with an affine, embedding.
 
 pub mod attention;
 pub mod conv;
+mod device;
 pub mod elementwise;
 pub mod index;
 pub mod matmul;

@@ -9,6 +9,7 @@ use std::borrow::Cow;
 
 use infinity_runtime::{Error, Result, Tensor};
 
+use crate::device::{executor, no_kernel};
 use crate::f32_data;
 use crate::reduce::sum_map;
 use crate::util::for_row_blocks;
@@ -26,6 +27,12 @@ pub fn layer_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, ep
 /// subtraction and no bias. `weight` must have shape `[D]`. Infinity uses eps = 1e-6.
 /// Errors: `UnsupportedDType`, `ShapeMismatch` (weight), `InvalidArgument` (rank 0, eps < 0).
 pub fn rms_norm(x: &Tensor, weight: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+    // The kernels validate as the CPU path does; its setup reads the weights on the host.
+    let inputs: Vec<&Tensor> = [Some(x), weight].into_iter().flatten().collect();
+    if let Some(exec) = executor("rms_norm", &inputs)? {
+        crate::require_f32("rms_norm", x)?;
+        return infinity_cuda::norm::rms_norm(&exec, x, weight, eps);
+    }
     let setup = Setup::last_dim("rms_norm", x, weight, None, eps)?;
     normalize("rms_norm", x, &setup, eps, Scale::Rms)
 }
@@ -52,6 +59,12 @@ pub fn group_norm(
     bias: Option<&Tensor>,
     eps: f32,
 ) -> Result<Tensor> {
+    let inputs: Vec<&Tensor> = [Some(x), weight, bias].into_iter().flatten().collect();
+    if let Some(exec) = executor("group_norm", &inputs)? {
+        // The kernel takes the affine it applies in every BitVAE norm.
+        let (Some(weight), Some(bias)) = (weight, bias) else { return Err(no_kernel("group_norm", x)) };
+        return infinity_cuda::norm::group_norm(&exec, x, groups, weight, bias, eps, false);
+    }
     let setup = Setup::groups("group_norm", x, groups, weight, bias, eps)?;
     normalize("group_norm", x, &setup, eps, Scale::Std)
 }

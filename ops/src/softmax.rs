@@ -3,6 +3,7 @@
 
 use infinity_runtime::{Error, Result, Tensor};
 
+use crate::device::{executor, no_kernel};
 use crate::f32_data;
 use crate::reduce::{max_nan, sum_map};
 use crate::util::for_row_blocks;
@@ -33,6 +34,13 @@ fn check(x: &Tensor, dim: usize, log: bool) -> Result<()> {
 
 fn run(x: &Tensor, dim: usize, log: bool) -> Result<Tensor> {
     check(x, dim, log)?;
+    if let Some(exec) = executor(op_name(log), &[x])? {
+        // The kernel normalises the last dimension of rank 1 to 4.
+        return match (log, dim + 1 == x.rank()) {
+            (false, true) => infinity_cuda::norm::softmax(&exec, x),
+            _ => Err(no_kernel(op_name(log), x)),
+        };
+    }
     // The kernel wants the normalised dimension innermost: swap it there and back. This
     // copies (transposes) only when `dim` is not innermost or `x` is strided.
     let last = x.rank() - 1;

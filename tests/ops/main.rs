@@ -5,6 +5,7 @@ mod support;
 
 mod attention;
 mod conv;
+mod devices;
 mod elementwise;
 mod index;
 mod matmul;

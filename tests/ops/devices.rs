@@ -1,0 +1,105 @@
+//! One harness for every device (as ggml's test-backend-ops): each op case runs through the
+//! public op on the CPU and, with its inputs moved there, on every executor (the CPU shim,
+//! and a GPU when there is one); the device's result must stay on the device and agree with
+//! the CPU's within the case's bound. Inputs have odd sizes, strides, offsets and broadcasts.
+
+use infinity::cuda::testing::executors;
+use infinity::ops::elementwise::{add, gelu_tanh, mul, silu, sub};
+use infinity::ops::index::embedding;
+use infinity::ops::norm::{group_norm, rms_norm};
+use infinity::ops::softmax::{log_softmax, softmax};
+use infinity::runtime::{Result, Tensor};
+
+use super::support::{assert_close, padded_view, randn, strided_copy};
+
+/// One op on given inputs, with the bound its device results are held to.
+struct Case {
+    name: &'static str,
+    inputs: Vec<Tensor>,
+    run: fn(&[Tensor]) -> Result<Tensor>,
+    /// |device − cpu| ≤ atol + rtol·|cpu|.
+    atol: f32,
+    rtol: f32,
+}
+
+fn ids(values: &[i64], shape: &[usize]) -> Tensor {
+    Tensor::from_vec(values.to_vec(), shape).unwrap()
+}
+
+/// f32 results of one rounding (a sum, a product) agree bit for bit; those through exp and a
+/// reduction within a few ulps.
+fn cases() -> Vec<Case> {
+    let x = randn(&[3, 5, 7], 1, 1.0);
+    let strided = strided_copy(&x, &[2, 0, 1]);
+    let padded = padded_view(&randn(&[4, 9], 2, 2.0));
+    vec![
+        Case {
+            name: "add",
+            inputs: vec![strided.clone(), randn(&[5, 1], 3, 1.0)],
+            run: |t| add(&t[0], &t[1]),
+            atol: 0.0,
+            rtol: 0.0,
+        },
+        Case {
+            name: "mul",
+            inputs: vec![padded.clone(), randn(&[9], 4, 1.0)],
+            run: |t| mul(&t[0], &t[1]),
+            atol: 0.0,
+            rtol: 0.0,
+        },
+        Case { name: "gelu_tanh", inputs: vec![strided.clone()], run: |t| gelu_tanh(&t[0]), atol: 1e-7, rtol: 1e-6 },
+        Case { name: "silu", inputs: vec![padded.clone()], run: |t| silu(&t[0]), atol: 1e-7, rtol: 1e-6 },
+        Case { name: "softmax", inputs: vec![strided.clone()], run: |t| softmax(&t[0], 2), atol: 1e-7, rtol: 1e-5 },
+        Case {
+            name: "rms_norm",
+            inputs: vec![padded.clone(), randn(&[9], 5, 1.0)],
+            run: |t| rms_norm(&t[0], Some(&t[1]), 1e-6),
+            atol: 1e-6,
+            rtol: 1e-5,
+        },
+        Case {
+            name: "group_norm",
+            inputs: vec![randn(&[2, 6, 3, 5], 6, 1.5), randn(&[6], 7, 1.0), randn(&[6], 8, 1.0)],
+            run: |t| group_norm(&t[0], 3, Some(&t[1]), Some(&t[2]), 1e-6),
+            atol: 1e-5,
+            rtol: 1e-5,
+        },
+        Case {
+            name: "embedding",
+            inputs: vec![randn(&[11, 6], 9, 1.0), ids(&[3, 0, 10, 3, 7, 1], &[2, 3])],
+            run: |t| embedding(&t[0], &t[1]),
+            atol: 0.0,
+            rtol: 0.0,
+        },
+    ]
+}
+
+#[test]
+fn every_op_case_agrees_with_the_cpu_on_every_executor() {
+    for exec in executors() {
+        let device = exec.device();
+        for case in cases() {
+            let want = (case.run)(&case.inputs).unwrap_or_else(|e| panic!("{} on the CPU: {e}", case.name));
+            let inputs: Vec<Tensor> = case.inputs.iter().map(|t| t.to_device(&device).unwrap()).collect();
+            let got = (case.run)(&inputs).unwrap_or_else(|e| panic!("{} on {device}: {e}", case.name));
+            assert_eq!(got.device(), device, "{}: the result stays on the device", case.name);
+            eprintln!("{} on {device}: checked", case.name);
+            assert_close(&got.to_cpu().unwrap(), &want, case.atol, case.rtol);
+        }
+    }
+}
+
+/// Inputs on two devices are refused by name (nothing is moved behind the caller's back), and
+/// an op without a kernel on a device says so.
+#[test]
+fn mixed_devices_and_missing_kernels_are_errors_naming_the_op() {
+    let exec = &executors()[0];
+    let (a, b) = (randn(&[2, 3], 1, 1.0), randn(&[2, 3], 2, 1.0));
+    let on_device = a.to_device(&exec.device()).unwrap();
+    let err = add(&on_device, &b).unwrap_err().to_string();
+    assert!(err.starts_with("add: ") && err.contains("move them to one device"), "{err}");
+    let err = sub(&on_device, &on_device).unwrap_err().to_string();
+    assert!(err.starts_with("sub: ") && err.contains("has no kernel on CPU shim"), "{err}");
+    let err = log_softmax(&on_device, 1).unwrap_err().to_string();
+    assert!(err.starts_with("log_softmax: ") && err.contains("no kernel"), "{err}");
+}

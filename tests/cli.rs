@@ -259,6 +259,23 @@ fn generate_is_deterministic_per_seed_and_records_its_parameters() {
     assert!(params.contains("seed=7") && params.contains("batch_index=1") && params.contains("pn=0.06M"), "{params}");
 }
 
+/// `infinity-run` generating "a red cat" with devA's model folder, seed 1, on `device`, into `out`.
+fn generate_on(device: &str, out: &Path) -> Output {
+    let model = fixture("devA");
+    run(&[
+        "-p".as_ref(),
+        "a red cat".as_ref(),
+        "--model-dir".as_ref(),
+        model.as_os_str(),
+        "--seed".as_ref(),
+        "1".as_ref(),
+        "--device".as_ref(),
+        device.as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ])
+}
+
 /// `--device cuda` runs the transformer on the GPU when there is one; without, it is refused in
 /// one line naming the argument and why, before any output.
 #[test]
@@ -267,19 +284,7 @@ fn device_cuda_runs_on_a_gpu_or_is_refused_by_name() {
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("cuda.png");
     let _ = std::fs::remove_file(&out);
-    let model = fixture("devA");
-    let o = run(&[
-        "-p".as_ref(),
-        "a red cat".as_ref(),
-        "--model-dir".as_ref(),
-        model.as_os_str(),
-        "--seed".as_ref(),
-        "1".as_ref(),
-        "--device".as_ref(),
-        "cuda".as_ref(),
-        "-o".as_ref(),
-        out.as_os_str(),
-    ]);
+    let o = generate_on("cuda", &out);
     match infinity::cuda::probe() {
         infinity::cuda::Availability::Available { .. } => {
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -306,23 +311,10 @@ fn device_cuda_runs_on_a_gpu_or_is_refused_by_name() {
 fn device_shim_runs_the_gpu_path_on_the_cpu() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-generate-shim");
     std::fs::create_dir_all(&dir).unwrap();
-    let model = fixture("devA");
     let generate = |device: &str, name: &str| {
         let out = dir.join(name);
         let _ = std::fs::remove_file(&out);
-        let o = run(&[
-            "-p".as_ref(),
-            "a red cat".as_ref(),
-            "--model-dir".as_ref(),
-            model.as_os_str(),
-            "--seed".as_ref(),
-            "1".as_ref(),
-            "--device".as_ref(),
-            device.as_ref(),
-            "-o".as_ref(),
-            out.as_os_str(),
-        ]);
-        (o, out)
+        (generate_on(device, &out), out)
     };
     let (first, first_png) = generate("shim", "first.png");
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));

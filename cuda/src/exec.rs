@@ -211,6 +211,7 @@ impl Executor {
         let buffer = t.storage().on_device().and_then(|s| s.buffer::<Buffer>());
         buffer.filter(|b| b.is_from(&self.pool)).ok_or_else(|| self.foreign(op, t))
     }
+
     /// A contiguous tensor whose elements are undefined until the caller writes them (a KV
     /// cache, a buffer filled piece by piece); on the shim every byte is [`POISON`].
     pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
@@ -280,21 +281,20 @@ impl Executor {
 
     fn address_mut(&self, op: &'static str, t: &mut Tensor) -> Result<u64> {
         self.buffer(op, t)?;
-        let (shape, device) = (t.shape().to_vec(), t.device());
-        let Some(storage) = t.storage_mut() else {
+        if t.storage_mut().is_none() {
             return Err(Error::invalid(
                 op,
-                &shape,
+                t.shape(),
                 "the tensor shares its buffer with a view; a kernel writes only memory no other tensor reads",
             ));
-        };
-        let buffer = storage.on_device_mut().and_then(|s| s.buffer_mut::<Buffer>());
+        }
+        let buffer = t.storage_mut().and_then(Storage::on_device_mut).and_then(|s| s.buffer_mut::<Buffer>());
         let addr = match (buffer.map(Buffer::memory_mut), &self.backend) {
             (Some(Memory::Host(words)), Backend::Shim) => Some(words.as_mut_ptr() as u64),
             (Some(Memory::Cuda(slice)), Backend::Cuda(gpu)) => Some(gpu.address_mut(slice)),
             _ => None,
         };
-        addr.ok_or_else(|| Error::invalid(op, &shape, format!("the tensor is on {device}, not on {}", self.name())))
+        addr.ok_or_else(|| self.foreign(op, t))
     }
 
     /// A grid-stride launch over `elements` with `threads` per block.
@@ -511,6 +511,9 @@ mod tests {
         assert_eq!(device.device(), exec.device());
         let back = device.to_cpu().unwrap();
         assert!(back.is_cpu() && back.same_values(&view));
+        // A dense device tensor is already contiguous, though its block is a larger size class.
+        let dense = Tensor::zeros(&[3, 5], DType::F32).to_device(&exec.device()).unwrap();
+        assert!(Arc::ptr_eq(dense.storage(), dense.contiguous().unwrap().storage()), "no copy");
     }
 
     #[test]

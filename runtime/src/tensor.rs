@@ -177,14 +177,16 @@ impl Tensor {
     /// The same tensor with a row-major contiguous layout starting at offset 0, on the same
     /// device.
     pub fn contiguous(&self) -> Result<Tensor> {
-        if self.is_contiguous() && self.layout.offset() == 0 && self.numel() == self.storage.len() {
-            return Ok(self.clone());
-        }
+        let dense = self.is_contiguous() && self.layout.offset() == 0;
         match &*self.storage {
+            // On the host the storage then holds exactly the tensor's elements (`to_bytes`).
+            Storage::Cpu(s) if dense && self.numel() == s.len() => Ok(self.clone()),
             Storage::Cpu(s) => Ok(with_dtype!(self.dtype(), T => Tensor {
                 storage: host(CpuStorage::from_vec(self.gather::<T>(s))),
                 layout: Layout::contiguous(self.shape()),
             })),
+            // A device block is a size class, larger than the tensor: only the layout matters.
+            Storage::Device(_) if dense => Ok(self.clone()),
             Storage::Device(s) => s.accelerator().copy(self, self.dtype()),
         }
     }

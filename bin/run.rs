@@ -23,8 +23,8 @@ use infinity::models::infinity::device::generate as device_generate;
 use infinity::models::infinity::{SamplingConfig, generate};
 use infinity::models::pipeline::{DevicePipeline, ModelFiles, Pipeline};
 use infinity::models::schedule::{PATCH, PixelBudget, Template};
-use infinity::runtime::DeviceName;
 use infinity::runtime::io::Weights;
+use infinity::runtime::{Device, DeviceName};
 
 /// Where `generate` looks for a model when none is named: in the working folder (a checkout's
 /// root), else in the checkout this binary was built from.
@@ -275,7 +275,8 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
     );
 
     let start = Instant::now();
-    let mut pipeline = Pipeline::load(&files)?;
+    let device_of_models = executor.as_ref().map_or(Device::Cpu, |exec| exec.device());
+    let mut pipeline = Pipeline::load(&files, &device_of_models)?;
     let mut device = executor.as_ref().map(|exec| DevicePipeline::upload(exec, &pipeline)).transpose()?;
     match &executor {
         Some(exec) => println!("loaded models in {:.2} s; running on {}", start.elapsed().as_secs_f64(), exec.name()),
@@ -332,10 +333,7 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
         transformer_time += start.elapsed().as_secs_f64();
 
         let start = Instant::now();
-        let image = match &device {
-            Some(device) => device.vae.decode(&out.summed_codes)?,
-            None => pipeline.vae.decode(&out.summed_codes)?,
-        };
+        let image = pipeline.vae.decode(&out.summed_codes)?;
         let images = to_rgb8(&image)?;
         decode_time += start.elapsed().as_secs_f64();
         for (b, rgb) in images.iter().enumerate() {

@@ -37,9 +37,9 @@ use infinity::models::train_vae::{
     Adversary, Discriminator, VaeLossWeights, VaeStepSettings, vae_gan_train_step, vae_train_step,
 };
 use infinity::ops::index::concat;
-use infinity::runtime::Tensor;
 use infinity::runtime::io::{Weights, save_safetensors};
 use infinity::runtime::rng::{Philox, philox_u32};
+use infinity::runtime::{Device, Tensor};
 use serde_json::{Value, json};
 
 mod plot;
@@ -845,7 +845,7 @@ fn export(a: &ExportArgs) -> Result<(), Box<dyn Error>> {
         tokenizer: a.out.join("tokenizer.json"),
         default_pn: Some(a.pn),
     };
-    Pipeline::load(&files)?;
+    Pipeline::load(&files, &Device::Cpu)?;
     let config = json!({
         "transformer": "transformer.safetensors",
         "vae": "vae.safetensors",
@@ -1071,7 +1071,7 @@ fn eval(a: &EvalArgs) -> Result<(), Box<dyn Error>> {
     files.check_exist()?;
     let pn = files.default_pn.unwrap_or(PixelBudget::P1M);
     let dataset = open_dataset(&a.data, pn)?.with_caption_rule(CaptionRule::Plain);
-    let pipeline = Pipeline::load(&files)?;
+    let pipeline = Pipeline::load(&files, &Device::Cpu)?;
     let start = Instant::now();
     let scales = pn.num_scales();
     let (mut weighted_loss, mut scale_loss, mut scale_accuracy) = (0.0, vec![0.0; scales], vec![0.0; scales]);

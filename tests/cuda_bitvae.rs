@@ -1,6 +1,6 @@
-//! The BitVAE decoder's device forward (models/src/bitvae/device.rs) against the official
-//! goldens of devA (256×256) and devB (176×352): the golden summed latent decoded on every
-//! executor (the CPU shim here, a GPU as well when present) and compared with the golden
+//! The BitVAE decoder, loaded onto each executor (its one forward, models/src/bitvae/net.rs,
+//! running the ops' kernels there), against the official goldens of devA (256×256) and devB
+//! (176×352): the golden summed latent decoded on every executor (the CPU shim here, a GPU as well when present) and compared with the golden
 //! image, which the f32 CPU decoder matches within 1e-4 (tests/bitvae.rs).
 //!
 //! Bound: the device rounds every convolution's input and weights to bf16, a relative error
@@ -19,7 +19,6 @@ mod common;
 
 use common::{fixture, open};
 use infinity::models::bitvae::BitVae;
-use infinity::models::bitvae::device::DeviceDecoder;
 use infinity::runtime::{Error, Tensor};
 use infinity_cuda::testing::executors;
 
@@ -35,13 +34,13 @@ fn mean_abs(v: impl Iterator<Item = f32>, n: usize) -> f32 {
 #[test]
 fn decoded_images_follow_the_goldens_in_bf16() {
     for set in ["devA", "devB"] {
-        let vae = BitVae::open(fixture(&format!("{set}/vae.safetensors"))).unwrap();
+        let path = fixture(&format!("{set}/vae.safetensors"));
         let golden = open(&format!("{set}/vae_golden.safetensors"));
         let want = golden.get("decoded").unwrap().to_f32_vec().unwrap();
         let scale = mean_abs(want.iter().copied(), want.len());
         for exec in executors() {
-            let decoder = DeviceDecoder::upload(exec, &vae).unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
-            let image = decoder
+            let vae = BitVae::open_on(&path, &exec.device()).unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
+            let image = vae
                 .decode(golden.get("summed_quantized_latent").unwrap())
                 .unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
             assert_eq!(image.shape(), golden.get("decoded").unwrap().shape(), "{set} on {}", exec.name());
@@ -61,11 +60,9 @@ fn decoded_images_follow_the_goldens_in_bf16() {
 
 #[test]
 fn latents_of_the_wrong_shape_are_refused() {
-    let vae = BitVae::open(fixture("devB/vae.safetensors")).unwrap();
-    let exec = &executors()[0];
-    let decoder = DeviceDecoder::upload(exec, &vae).unwrap();
+    let vae = BitVae::open_on(fixture("devB/vae.safetensors"), &executors()[0].device()).unwrap();
     for shape in [&[1, 32, 2, 2][..], &[16, 2, 2]] {
-        let err = decoder.decode(&Tensor::zeros(shape, infinity::runtime::DType::F32)).expect_err("refused");
+        let err = vae.decode(&Tensor::zeros(shape, infinity::runtime::DType::F32)).expect_err("refused");
         assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
         assert!(err.to_string().contains("(B, 16, h, w)"), "{err}");
     }

@@ -11,12 +11,13 @@ mod common;
 
 use common::{fixture, max_abs, max_abs_diff};
 use infinity::cuda::testing::executors;
+use infinity::models::bitvae::BitVae;
 use infinity::models::infinity::device::generate as device_generate;
 use infinity::models::infinity::{SamplingConfig, generate};
 use infinity::models::pipeline::{DevicePipeline, ModelFiles, Pipeline};
 use infinity::models::schedule::{PixelBudget, Template};
 use infinity::ops::elementwise::sub;
-use infinity::runtime::Tensor;
+use infinity::runtime::{Device, Tensor};
 
 fn mean_abs(t: &Tensor) -> f32 {
     let v = t.to_f32_vec().unwrap();
@@ -26,7 +27,7 @@ fn mean_abs(t: &Tensor) -> f32 {
 #[test]
 fn the_device_pipeline_follows_the_cpu_stage_by_stage() {
     let files = ModelFiles::from_dir(&fixture("devA")).unwrap();
-    let pipeline = Pipeline::load(&files).unwrap();
+    let pipeline = Pipeline::load(&files, &Device::Cpu).unwrap();
     let prompts = ["a red cat on a mat", "x"];
     let cpu_text = pipeline.encode_prompts(&prompts).unwrap();
     let schedule = Template::exact(1.0).unwrap().schedule(files.default_pn.unwrap_or(PixelBudget::P006M));
@@ -68,7 +69,8 @@ fn the_device_pipeline_follows_the_cpu_stage_by_stage() {
         .unwrap();
         assert_eq!(k, schedule.num_scales());
         assert!(out.summed_codes.same_values(&cpu.summed_codes), "{name}: the forced bits sum to the same codes");
-        let image = device.vae.decode(&out.summed_codes).unwrap();
+        let vae = BitVae::open_on(&files.vae, &exec.device()).unwrap();
+        let image = vae.decode(&out.summed_codes).unwrap();
         let error = sub(&image, &cpu_image).unwrap();
         assert!(mean_abs(&error) <= mean_abs(&cpu_image) / 32.0, "{name}: mean image error {}", mean_abs(&error));
         assert!(max_abs(&error) <= 0.25, "{name}: worst pixel off by {}", max_abs(&error));

@@ -9,7 +9,7 @@ use infinity::models::image::{load_rgb, to_tensor};
 use infinity::models::infinity::{SamplingConfig, generate};
 use infinity::models::pipeline::{ModelFiles, Pipeline};
 use infinity::models::schedule::{PixelBudget, Template};
-use infinity::runtime::Tensor;
+use infinity::runtime::{Device, Tensor};
 
 const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/models/default");
 
@@ -45,7 +45,7 @@ fn infinity_run_uses_it_by_default() {
 fn generations_are_nearest_their_own_emoji() {
     let cases = [("red apple", "1f34e"), ("blue heart", "1f499"), ("grinning face", "1f600"), ("frog", "1f438")];
     let files = ModelFiles::from_dir(Path::new(MODEL)).unwrap();
-    let pipeline = Pipeline::load(&files).unwrap();
+    let pipeline = Pipeline::load(&files, &Device::Cpu).unwrap();
     let schedule = Template::exact(1.0).unwrap().schedule(files.default_pn.unwrap_or(PixelBudget::P006M));
     let sampling = SamplingConfig { greedy: true, ..Default::default() };
     let fixture = |hex: &str| {

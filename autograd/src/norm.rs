@@ -91,6 +91,15 @@ pub fn group_norm(x: &Var, groups: usize, weight: Option<&Var>, bias: Option<&Va
     record("group_norm", value, x, weight, bias, norm)
 }
 
+/// [`infinity_ops::norm::group_norm_silu`]: the fused op when nothing is tracked (inference),
+/// else the two recorded ops, whose backward rules compose.
+pub fn group_norm_silu(x: &Var, groups: usize, weight: &Var, bias: &Var, eps: f32) -> Result<Var> {
+    if [x, weight, bias].iter().any(|v| v.is_tracked()) {
+        return crate::elementwise::silu(&group_norm(x, groups, Some(weight), Some(bias), eps)?);
+    }
+    nm::group_norm_silu(x.value(), groups, weight.value(), bias.value(), eps).map(Var::constant)
+}
+
 fn record(
     op: &'static str,
     value: Tensor,

@@ -1,5 +1,5 @@
-//! What the models' device forwards (`infinity::device`, `t5::device`, `bitvae::device`)
-//! share: weight uploads in a chosen dtype.
+//! What the models' device forwards (`infinity::device`, `t5::device`) share: weight uploads
+//! in a chosen dtype.
 
 use infinity_cuda::Executor;
 use infinity_runtime::{DType, Result, Tensor};

@@ -1,15 +1,17 @@
 //! A model's tensors gathered from a checkpoint: each one checked against the shape its
-//! configuration implies (errors name the file and the stored key), kept in its stored dtype
-//! where the model multiplies it as a linear weight (so half-precision files stay mapped) and
-//! widened to f32 otherwise, then handed to the layers by name. The official loaders skip
-//! missing and surplus tensors silently; these checks refuse both.
+//! configuration implies (errors name the file and the stored key), then handed to the layers
+//! by name on the model's device in the dtype its use asks for there (the dtype policy): on
+//! the CPU a linear weight stays in its stored dtype (so half-precision files stay mapped) and
+//! the rest is widened to f32; on an accelerator every GEMM operand is bf16 and the rest f32,
+//! each tensor converted and uploaded as it is taken, never a host copy of the whole model.
+//! The official loaders skip missing and surplus tensors silently; these checks refuse both.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use infinity_autograd::{Params as TrainParams, Tracked, Var};
 use infinity_runtime::io::Weights;
-use infinity_runtime::{DType, Error, Result, Tensor};
+use infinity_runtime::{DType, Device, Error, Result, Tensor};
 
 /// Where a model's layers get their parameters by name: constants from a checkpoint for
 /// inference, or a training step's tracked leaves.
@@ -20,18 +22,39 @@ pub(crate) type Source<'a> = &'a mut dyn FnMut(&str) -> Result<Var>;
 pub(crate) enum Use {
     /// Multiplied by `linear` (or gathered row-wise), which takes bf16/f16 as stored.
     AsStored,
+    /// A convolution's weight: the GEMM operand its unfolded input is multiplied by.
+    ConvWeight,
     /// Needed in f32 (norm weights, biases, embeddings added to activations, ...).
     F32,
 }
 
+impl Use {
+    /// The dtype a tensor stored as `stored` takes on `device`.
+    fn dtype(self, stored: DType, device: &Device) -> DType {
+        match (self, device) {
+            (Use::AsStored, Device::Cpu) => stored,
+            (Use::AsStored | Use::ConvWeight, Device::Accelerator(_)) => DType::BF16,
+            (Use::ConvWeight | Use::F32, _) => DType::F32,
+        }
+    }
+}
+
 pub(crate) struct Params {
     path: PathBuf,
-    tensors: HashMap<String, Tensor>,
+    /// As stored, with their use.
+    tensors: HashMap<String, (Tensor, Use)>,
+    /// Where `take` puts them.
+    device: Device,
 }
 
 impl Params {
     pub(crate) fn new(weights: &Weights) -> Self {
-        Params { path: weights.path().to_path_buf(), tensors: HashMap::new() }
+        Params { path: weights.path().to_path_buf(), tensors: HashMap::new(), device: Device::Cpu }
+    }
+
+    /// Hands the tensors out on `device` from now on.
+    pub(crate) fn place_on(&mut self, device: &Device) {
+        self.device = device.clone();
     }
 
     pub(crate) fn error(&self, key: &str, msg: impl Into<String>) -> Error {
@@ -58,17 +81,18 @@ impl Params {
         if !t.dtype().is_float() {
             return Err(self.error(stored, format!("dtype {} is not a floating-point type", t.dtype())));
         }
-        let t = match use_ {
-            Use::AsStored => t.clone(),
-            Use::F32 => t.to_dtype(DType::F32)?,
-        };
-        self.tensors.insert(key.to_string(), t);
+        self.tensors.insert(key.to_string(), (t.clone(), use_));
         Ok(())
     }
 
-    /// Removes and returns a tensor by the name `insert` kept it under.
+    /// Removes a tensor by the name `insert` kept it under and returns it on the device, in
+    /// the dtype its use takes there.
     pub(crate) fn take(&mut self, key: &str) -> Result<Tensor> {
-        self.tensors.remove(key).ok_or_else(|| self.error(key, "requested twice or not part of the configuration"))
+        let (t, use_) = self
+            .tensors
+            .remove(key)
+            .ok_or_else(|| self.error(key, "requested twice or not part of the configuration"))?;
+        t.to_dtype(use_.dtype(t.dtype(), &self.device))?.to_device(&self.device)
     }
 }
 

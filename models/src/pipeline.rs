@@ -5,12 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use infinity_runtime::io::Weights;
-use infinity_runtime::{Error, Result, Tensor};
+use infinity_runtime::{Device, Error, Result, Tensor};
 use serde_json::Value;
 
 use infinity_cuda::Executor;
 
-use crate::bitvae::device::DeviceDecoder;
 use crate::bitvae::{self, BitVae, BitVaeConfig};
 use crate::infinity::device::DeviceInfinity;
 use crate::infinity::{Infinity, InfinityConfig};
@@ -91,8 +90,10 @@ pub struct EncodedPrompt {
 
 impl Pipeline {
     /// Maps the weight files, detects every configuration from the tensor shapes and checks
-    /// that the models fit together before building them.
-    pub fn load(files: &ModelFiles) -> Result<Self> {
+    /// that the models fit together before building them. The BitVAE is loaded onto `device`;
+    /// the text encoder and the transformer are built on the CPU, and a [`DevicePipeline`]
+    /// uploads them (until their forwards, too, are written once for every device).
+    pub fn load(files: &ModelFiles, device: &Device) -> Result<Self> {
         files.check_exist()?;
         let t5_config = T5Config::open(&files.t5_config)?;
         let tw = Weights::open(&files.transformer)?;
@@ -103,7 +104,7 @@ impl Pipeline {
         Ok(Pipeline {
             text: Some(TextEncoder::with_config(&files.t5, t5_config, &files.tokenizer)?),
             transformer: Infinity::with_config(&tw, tc)?,
-            vae: BitVae::with_config(&vw, vc)?,
+            vae: BitVae::with_config_on(&vw, vc, device)?,
         })
     }
 
@@ -164,14 +165,14 @@ impl TextEncoder {
     }
 }
 
-/// The pipeline's three models in an executor's memory (`infinity-run --device cuda`): the
-/// host pipeline keeps the tokenizer and the sampling loop.
+/// The text encoder and the transformer in an executor's memory (`infinity-run --device
+/// cuda`): the host pipeline keeps the tokenizer and the sampling loop, and its BitVAE is
+/// already on the executor ([`Pipeline::load`]).
 pub struct DevicePipeline<'e> {
     exec: &'e Executor,
     /// Dropped after the prompts are encoded, as the host's.
     t5: Option<DeviceT5<'e>>,
     pub transformer: DeviceInfinity<'e>,
-    pub vae: DeviceDecoder<'e>,
 }
 
 impl<'e> DevicePipeline<'e> {
@@ -181,7 +182,6 @@ impl<'e> DevicePipeline<'e> {
             exec,
             t5: Some(DeviceT5::upload(exec, &pipeline.text_encoder("pipeline.upload")?.t5)?),
             transformer: DeviceInfinity::upload(exec, &pipeline.transformer)?,
-            vae: DeviceDecoder::upload(exec, &pipeline.vae)?,
         })
     }
 

@@ -13,6 +13,7 @@ use std::ops::Range;
 use infinity_runtime::{Error, Result, Tensor};
 use rayon::prelude::*;
 
+use crate::device::{executor, no_kernel};
 use crate::matmul::{MatRef, gemm_into, parallelism_for};
 use crate::{f32_data, require_f32};
 
@@ -175,7 +176,18 @@ fn im2col(image: &[f32], g: &Geometry, rows: Range<usize>, col: &mut [f32]) {
 }
 
 /// x (N, Cin, H, W) ⊛ w (Cout, Cin, kh, kw) + bias (Cout) → (N, Cout, Ho, Wo).
+///
+/// On an executor the weight is a bf16 GEMM operand (x is rounded to bf16 as it is unfolded)
+/// and the padding must be the same on every side.
 pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, params: Conv2dParams) -> Result<Tensor> {
+    let inputs: Vec<&Tensor> = [Some(x), Some(w), bias].into_iter().flatten().collect();
+    if let Some(exec) = executor("conv2d", &inputs)? {
+        let [top, rest @ ..] = params.padding;
+        if rest != [top; 3] {
+            return Err(no_kernel("conv2d", x));
+        }
+        return infinity_cuda::conv::conv2d(&exec, x, w, bias, params.stride, top);
+    }
     let g = Geometry::new(x, w, bias, params)?;
     let (plane_in, plane_out, taps) = (g.cin * g.h * g.w, g.ho * g.wo, g.taps());
     let mut out = vec![0.0f32; g.out_shape().iter().product()];

@@ -6,7 +6,8 @@
 //! An op runs on the device its inputs live on ([`device`]): on the CPU through the paths
 //! here, on a CUDA executor (GPU or CPU shim) through the CUDA backend's kernels. The ops with
 //! a kernel so far: add, mul, GELU (tanh), SiLU, softmax over the last dimension, RMS norm,
-//! group norm with an affine, embedding.
+//! group norm with an affine (and fused with SiLU), embedding, conv2d with even padding, and
+//! nearest ×2 resizing.
 
 pub mod attention;
 pub mod conv;

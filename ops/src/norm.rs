@@ -69,6 +69,16 @@ pub fn group_norm(
     normalize("group_norm", x, &setup, eps, Scale::Std)
 }
 
+/// SiLU of [`group_norm`] with an affine, fused: how the BitVAE uses its norms. On the CPU the
+/// composition of the two ops; on an executor one kernel.
+pub fn group_norm_silu(x: &Tensor, groups: usize, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+    if let Some(exec) = executor("group_norm_silu", &[x, weight, bias])? {
+        crate::require_f32("group_norm_silu", x)?;
+        return infinity_cuda::norm::group_norm(&exec, x, groups, weight, bias, eps, true);
+    }
+    crate::elementwise::silu(&group_norm(x, groups, Some(weight), Some(bias), eps)?)
+}
+
 /// What each block is divided by.
 #[derive(Clone, Copy)]
 enum Scale {

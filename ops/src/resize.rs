@@ -12,6 +12,7 @@ use std::ops::Range;
 use infinity_runtime::{Error, Result, Tensor};
 use rayon::prelude::*;
 
+use crate::device::{executor, no_kernel};
 use crate::{f32_data, require_f32};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,8 +76,18 @@ fn out_shape(x: &Tensor, (oh, ow): (usize, usize)) -> Vec<usize> {
 }
 
 /// Resizes the last two dimensions of `x` to `size` = (out_h, out_w).
+///
+/// On an executor: nearest ×2 of (B, C, H, W), the BitVAE decoder's upsampling.
 pub fn resize(x: &Tensor, size: (usize, usize), mode: ResizeMode) -> Result<Tensor> {
     let (_, h, w) = check(x, size)?;
+    if let Some(exec) = executor("resize", &[x])? {
+        return match mode {
+            ResizeMode::Nearest if x.rank() == 4 && size == (2 * h, 2 * w) => {
+                infinity_cuda::conv::upsample_nearest2x(&exec, x)
+            }
+            _ => Err(no_kernel("resize", x)),
+        };
+    }
     let xd = f32_data("resize", x)?;
     if (h, w) == size {
         // Exact in every mode, NaN, infinities and signed zeros included.

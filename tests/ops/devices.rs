@@ -4,11 +4,13 @@
 //! the CPU's within the case's bound. Inputs have odd sizes, strides, offsets and broadcasts.
 
 use infinity::cuda::testing::executors;
+use infinity::ops::conv::{Conv2dParams, conv2d};
 use infinity::ops::elementwise::{add, gelu_tanh, mul, silu, sub};
 use infinity::ops::index::embedding;
-use infinity::ops::norm::{group_norm, rms_norm};
+use infinity::ops::norm::{group_norm, group_norm_silu, rms_norm};
+use infinity::ops::resize::{ResizeMode, resize};
 use infinity::ops::softmax::{log_softmax, softmax};
-use infinity::runtime::{Result, Tensor};
+use infinity::runtime::{DType, Result, Tensor};
 
 use super::support::{assert_close, padded_view, randn, strided_copy};
 
@@ -20,6 +22,14 @@ struct Case {
     /// |device − cpu| ≤ atol + rtol·|cpu|.
     atol: f32,
     rtol: f32,
+    /// Inputs that take bf16 on a device (GEMM operands, by the models' dtype policy); their
+    /// values are bf16-exact, so both sides multiply the same numbers.
+    bf16_on_device: &'static [usize],
+}
+
+/// Normals rounded to bf16 (kept in f32).
+fn bf16_exact(shape: &[usize], seed: u64) -> Tensor {
+    randn(shape, seed, 1.0).to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap()
 }
 
 fn ids(values: &[i64], shape: &[usize]) -> Tensor {
@@ -39,6 +49,7 @@ fn cases() -> Vec<Case> {
             run: |t| add(&t[0], &t[1]),
             atol: 0.0,
             rtol: 0.0,
+            bf16_on_device: &[],
         },
         Case {
             name: "mul",
@@ -46,16 +57,39 @@ fn cases() -> Vec<Case> {
             run: |t| mul(&t[0], &t[1]),
             atol: 0.0,
             rtol: 0.0,
+            bf16_on_device: &[],
         },
-        Case { name: "gelu_tanh", inputs: vec![strided.clone()], run: |t| gelu_tanh(&t[0]), atol: 1e-7, rtol: 1e-6 },
-        Case { name: "silu", inputs: vec![padded.clone()], run: |t| silu(&t[0]), atol: 1e-7, rtol: 1e-6 },
-        Case { name: "softmax", inputs: vec![strided.clone()], run: |t| softmax(&t[0], 2), atol: 1e-7, rtol: 1e-5 },
+        Case {
+            name: "gelu_tanh",
+            inputs: vec![strided.clone()],
+            run: |t| gelu_tanh(&t[0]),
+            atol: 1e-7,
+            rtol: 1e-6,
+            bf16_on_device: &[],
+        },
+        Case {
+            name: "silu",
+            inputs: vec![padded.clone()],
+            run: |t| silu(&t[0]),
+            atol: 1e-7,
+            rtol: 1e-6,
+            bf16_on_device: &[],
+        },
+        Case {
+            name: "softmax",
+            inputs: vec![strided.clone()],
+            run: |t| softmax(&t[0], 2),
+            atol: 1e-7,
+            rtol: 1e-5,
+            bf16_on_device: &[],
+        },
         Case {
             name: "rms_norm",
             inputs: vec![padded.clone(), randn(&[9], 5, 1.0)],
             run: |t| rms_norm(&t[0], Some(&t[1]), 1e-6),
             atol: 1e-6,
             rtol: 1e-5,
+            bf16_on_device: &[],
         },
         Case {
             name: "group_norm",
@@ -63,6 +97,7 @@ fn cases() -> Vec<Case> {
             run: |t| group_norm(&t[0], 3, Some(&t[1]), Some(&t[2]), 1e-6),
             atol: 1e-5,
             rtol: 1e-5,
+            bf16_on_device: &[],
         },
         Case {
             name: "embedding",
@@ -70,6 +105,36 @@ fn cases() -> Vec<Case> {
             run: |t| embedding(&t[0], &t[1]),
             atol: 0.0,
             rtol: 0.0,
+            bf16_on_device: &[],
+        },
+        Case {
+            name: "group_norm_silu",
+            inputs: vec![
+                strided_copy(&randn(&[2, 4, 3, 5], 10, 2.0), &[0, 2, 3, 1]),
+                randn(&[4], 11, 1.0),
+                randn(&[4], 12, 1.0),
+            ],
+            run: |t| group_norm_silu(&t[0], 2, &t[1], &t[2], 1e-6),
+            atol: 1e-5,
+            rtol: 1e-5,
+            bf16_on_device: &[],
+        },
+        // Sums of a few dozen exact products, in another order: f32 rounding only.
+        Case {
+            name: "conv2d",
+            inputs: vec![bf16_exact(&[2, 3, 7, 6], 13), bf16_exact(&[5, 3, 3, 3], 14), randn(&[5], 15, 1.0)],
+            run: |t| conv2d(&t[0], &t[1], Some(&t[2]), Conv2dParams::new(2, 1)),
+            atol: 1e-5,
+            rtol: 1e-5,
+            bf16_on_device: &[1],
+        },
+        Case {
+            name: "resize nearest ×2",
+            inputs: vec![padded_view(&randn(&[2, 3, 4, 5], 16, 1.0))],
+            run: |t| resize(&t[0], (8, 10), ResizeMode::Nearest),
+            atol: 0.0,
+            rtol: 0.0,
+            bf16_on_device: &[],
         },
     ]
 }
@@ -80,7 +145,12 @@ fn every_op_case_agrees_with_the_cpu_on_every_executor() {
         let device = exec.device();
         for case in cases() {
             let want = (case.run)(&case.inputs).unwrap_or_else(|e| panic!("{} on the CPU: {e}", case.name));
-            let inputs: Vec<Tensor> = case.inputs.iter().map(|t| t.to_device(&device).unwrap()).collect();
+            let inputs: Vec<Tensor> = (case.inputs.iter().enumerate())
+                .map(|(i, t)| {
+                    let t = if case.bf16_on_device.contains(&i) { t.to_dtype(DType::BF16).unwrap() } else { t.clone() };
+                    t.to_device(&device).unwrap()
+                })
+                .collect();
             let got = (case.run)(&inputs).unwrap_or_else(|e| panic!("{} on {device}: {e}", case.name));
             assert_eq!(got.device(), device, "{}: the result stays on the device", case.name);
             eprintln!("{} on {device}: checked", case.name);

@@ -1,10 +1,9 @@
 //! BitVAE: the convolutional image tokenizer (encoder, decoder) and its multi-scale bitwise
-//! quantizer. Loaded from a checkpoint the weights are constants (inference); built with
-//! [`BitVae::on_tape`] from a training step's leaves, the same forward records for backward.
-//! [`device`] runs the decoder on a CUDA executor.
+//! quantizer. Loaded from a checkpoint the weights are constants (inference), on the CPU or an
+//! accelerator ([`BitVae::open_on`]); built with [`BitVae::on_tape`] from a training step's
+//! leaves, the same forward records for backward.
 
 pub mod config;
-pub mod device;
 mod net;
 mod params;
 pub mod quantizer;
@@ -14,7 +13,7 @@ use std::path::Path;
 use infinity_autograd::{Params as TrainParams, Tracked, Var};
 use infinity_runtime::io::Weights;
 use infinity_runtime::rng::Philox;
-use infinity_runtime::{Error, Result, Tensor};
+use infinity_runtime::{Device, Error, Result, Tensor};
 
 use crate::params::{Source, tracked_source, trainable};
 
@@ -32,6 +31,14 @@ impl BitVae {
     /// configuration from the tensor shapes.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::from_weights(&state_dict(path)?)
+    }
+
+    /// [`BitVae::open`] with the weights loaded onto `device` (convolution weights bf16 on an
+    /// accelerator, the rest f32). On an accelerator the decoder runs there; the encoder's
+    /// downsampling (padded on two sides only) has no kernel yet.
+    pub fn open_on(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let weights = state_dict(path)?;
+        Self::with_config_on(&weights, detect_config(&weights)?, device)
     }
 
     /// Loads a checkpoint that must have the given configuration (from a `config.json`).
@@ -69,8 +76,14 @@ impl BitVae {
     }
 
     pub fn with_config(weights: &Weights, config: BitVaeConfig) -> Result<Self> {
+        Self::with_config_on(weights, config, &Device::Cpu)
+    }
+
+    /// [`BitVae::with_config`] with the weights on `device` (see [`BitVae::open_on`]).
+    pub fn with_config_on(weights: &Weights, config: BitVaeConfig, device: &Device) -> Result<Self> {
         config.validate().map_err(|msg| Error::format(weights.path(), msg))?;
         let mut p = params::gather(weights, &config)?;
+        p.place_on(device);
         Self::build(config, &mut |key| p.take(key).map(Var::constant))
     }
 
@@ -123,7 +136,8 @@ impl BitVae {
         Ok((q, decoded))
     }
 
-    /// Latent (B, d, h, w) → image (B, 3, h·patch, w·patch) clamped to [-1, 1].
+    /// Latent (B, d, h, w) on any device → image (B, 3, h·patch, w·patch) on the host, clamped
+    /// to [-1, 1].
     pub fn decode(&self, latent: &Tensor) -> Result<Tensor> {
         if latent.rank() != 4 || latent.dim(1)? != self.config.z_channels {
             return Err(Error::invalid(

@@ -8,23 +8,24 @@
 
 use infinity_autograd::Var;
 use infinity_autograd::conv::conv2d;
-use infinity_autograd::elementwise::{add, clamp, silu};
-use infinity_autograd::norm::group_norm;
+use infinity_autograd::elementwise::add;
+use infinity_autograd::norm::group_norm_silu;
 use infinity_autograd::resize::resize;
 use infinity_ops::conv::Conv2dParams;
+use infinity_ops::elementwise::clamp;
 use infinity_ops::resize::ResizeMode;
 use infinity_runtime::{Result, Tensor};
 
 use super::config::BitVaeConfig;
 use crate::params::Source;
 
-pub(super) const GROUPS: usize = 32;
-pub(super) const EPS: f32 = 1e-6;
+const GROUPS: usize = 32;
+const EPS: f32 = 1e-6;
 
-pub(super) struct Conv {
-    pub(super) weight: Var,
-    pub(super) bias: Var,
-    pub(super) params: Conv2dParams,
+struct Conv {
+    weight: Var,
+    bias: Var,
+    params: Conv2dParams,
 }
 
 impl Conv {
@@ -37,9 +38,9 @@ impl Conv {
     }
 }
 
-pub(super) struct GroupNorm {
-    pub(super) weight: Var,
-    pub(super) bias: Var,
+struct GroupNorm {
+    weight: Var,
+    bias: Var,
 }
 
 impl GroupNorm {
@@ -49,17 +50,17 @@ impl GroupNorm {
 
     /// GroupNorm followed by SiLU: the only way the network uses its norms.
     fn forward_silu(&self, x: &Var) -> Result<Var> {
-        silu(&group_norm(x, GROUPS, Some(&self.weight), Some(&self.bias), EPS)?)
+        group_norm_silu(x, GROUPS, &self.weight, &self.bias, EPS)
     }
 }
 
-pub(super) struct ResBlock {
-    pub(super) norm1: GroupNorm,
-    pub(super) conv1: Conv,
-    pub(super) norm2: GroupNorm,
-    pub(super) conv2: Conv,
+struct ResBlock {
+    norm1: GroupNorm,
+    conv1: Conv,
+    norm2: GroupNorm,
+    conv2: Conv,
     /// 1×1 projection when the channel count changes.
-    pub(super) shortcut: Option<Conv>,
+    shortcut: Option<Conv>,
 }
 
 impl ResBlock {
@@ -94,9 +95,9 @@ fn run_blocks(blocks: &[ResBlock], mut h: Var) -> Result<Var> {
 }
 
 /// One resolution level: its ResBlocks and the optional resampling convolution after them.
-pub(super) struct Level {
-    pub(super) blocks: Vec<ResBlock>,
-    pub(super) resample: Option<Conv>,
+struct Level {
+    blocks: Vec<ResBlock>,
+    resample: Option<Conv>,
 }
 
 pub struct Encoder {
@@ -135,9 +136,11 @@ impl Encoder {
         })
     }
 
-    /// Image (B, 3, H, W) in [-1, 1] → latent (B, d, H/patch, W/patch), unnormalised.
+    /// Image (B, 3, H, W) in [-1, 1], on any device → latent (B, d, H/patch, W/patch),
+    /// unnormalised, on the encoder's device.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.forward_var(&Var::constant(x.clone()))?.into_value())
+        let x = x.to_device(&self.conv_in.weight.value().device())?;
+        Ok(self.forward_var(&Var::constant(x))?.into_value())
     }
 
     /// [`Encoder::forward`] on `Var`s: records when the parameters are on a tape.
@@ -155,12 +158,12 @@ impl Encoder {
 }
 
 pub struct Decoder {
-    pub(super) conv_in: Conv,
-    pub(super) mid: Vec<ResBlock>,
+    conv_in: Conv,
+    mid: Vec<ResBlock>,
     /// Indexed by level (0 = finest); executed from the top level down.
-    pub(super) levels: Vec<Level>,
-    pub(super) norm_out: GroupNorm,
-    pub(super) conv_out: Conv,
+    levels: Vec<Level>,
+    norm_out: GroupNorm,
+    conv_out: Conv,
 }
 
 impl Decoder {
@@ -191,10 +194,11 @@ impl Decoder {
         })
     }
 
-    /// Latent (B, d, h, w) → image (B, 3, h·patch, w·patch), clamped to [-1, 1].
+    /// Latent (B, d, h, w) on any device → image (B, 3, h·patch, w·patch) on the host (where
+    /// images are written), clamped to [-1, 1].
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
-        let out = self.forward_var(&Var::constant(z.clone()))?;
-        Ok(clamp(&out, -1.0, 1.0)?.into_value())
+        let z = z.to_device(&self.conv_in.weight.value().device())?;
+        clamp(&self.forward_var(&Var::constant(z))?.into_value().to_cpu()?, -1.0, 1.0)
     }
 
     /// [`Decoder::forward`] on `Var`s, unclamped: the clamp is display post-processing, and

@@ -19,8 +19,8 @@ pub(super) fn gather(weights: &Weights, config: &BitVaeConfig) -> Result<Params>
             (false, true) => flat,
             (false, false) => return Err(p.error(&entry.key, format!("missing (expected shape {:?})", entry.shape))),
         };
-        // Convolutions and norms run in f32.
-        p.insert(weights, &entry.key, &stored, &entry.shape, Use::F32)?;
+        let use_ = if entry.shape.len() == 4 { Use::ConvWeight } else { Use::F32 };
+        p.insert(weights, &entry.key, &stored, &entry.shape, use_)?;
         used.insert(stored);
     }
     // Inside the networks anything else means an architecture we do not build (e.g. attention).

@@ -275,9 +275,9 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
     );
 
     let start = Instant::now();
-    let device_of_models = executor.as_ref().map_or(Device::Cpu, |exec| exec.device());
-    let mut pipeline = Pipeline::load(&files, &device_of_models)?;
-    let mut device = executor.as_ref().map(|exec| DevicePipeline::upload(exec, &pipeline)).transpose()?;
+    let device = executor.as_ref().map_or(Device::Cpu, |exec| exec.device());
+    let mut pipeline = Pipeline::load(&files, &device)?;
+    let on_device = executor.as_ref().map(|exec| DevicePipeline::upload(exec, &pipeline)).transpose()?;
     match &executor {
         Some(exec) => println!("loaded models in {:.2} s; running on {}", start.elapsed().as_secs_f64(), exec.name()),
         None => println!("loaded models in {:.2} s", start.elapsed().as_secs_f64()),
@@ -286,15 +286,12 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
     let start = Instant::now();
     let mut texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
     texts.extend(g.negative_prompt.as_deref());
-    let mut encoded = match &mut device {
-        Some(device) => {
-            let encoded = device.encode_prompts(&pipeline, &texts)?;
-            device.drop_text_encoder();
-            encoded
-        }
-        None => pipeline.encode_prompts(&texts)?,
-    };
+    let mut encoded = pipeline.encode_prompts(&texts)?;
     pipeline.drop_text_encoder();
+    if let Some(exec) = &executor {
+        // The encoder's memory goes back to the GPU for the transformer's activations.
+        exec.empty_cache();
+    }
     let negative = if g.negative_prompt.is_some() { encoded.pop().map(|e| e.features) } else { None };
     for (p, e) in prompts.iter().zip(&encoded) {
         if e.truncated {
@@ -316,9 +313,9 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
         bar.set_message(format!("prompt {}/{}", i + 1, prompts.len()));
         let start = Instant::now();
         let (transformer, negatives) = (&pipeline.transformer, negatives.as_deref());
-        let out = match &device {
-            Some(device) => device_generate(
-                &device.transformer,
+        let out = match &on_device {
+            Some(on_device) => device_generate(
+                &on_device.transformer,
                 transformer,
                 &batch_prompts,
                 negatives,

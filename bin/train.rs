@@ -973,7 +973,7 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
         Text::Trained { tokenizer: Box::new(T5Tokenizer::open(&plan.tokenizer)?), config: t5_config }
     } else {
         let t5 = plan.t5.as_ref().ok_or("a frozen text encoder needs --t5")?;
-        let encoder = TextEncoder::with_config(t5, t5_config, &plan.tokenizer)?;
+        let encoder = TextEncoder::with_config(t5, t5_config, &plan.tokenizer, &Device::Cpu)?;
         let cache = FeatureCache::new(
             a.run.out.join("text-cache"),
             format!("t5={} config={} tokenizer={}", t5.display(), plan.t5_config.display(), plan.tokenizer.display()),

@@ -11,7 +11,6 @@ mod common;
 
 use common::{fixture, max_abs, max_abs_diff};
 use infinity::cuda::testing::executors;
-use infinity::models::bitvae::BitVae;
 use infinity::models::infinity::device::generate as device_generate;
 use infinity::models::infinity::{SamplingConfig, generate};
 use infinity::models::pipeline::{DevicePipeline, ModelFiles, Pipeline};
@@ -42,9 +41,11 @@ fn the_device_pipeline_follows_the_cpu_stage_by_stage() {
 
     for exec in executors() {
         let name = exec.name();
-        let mut device = DevicePipeline::upload(exec, &pipeline).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let text = device.encode_prompts(&pipeline, &prompts).unwrap();
-        device.drop_text_encoder();
+        // The text encoder and the BitVAE loaded onto the executor, the transformer uploaded.
+        let mut on_exec = Pipeline::load(&files, &exec.device()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let device = DevicePipeline::upload(exec, &on_exec).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let text = on_exec.encode_prompts(&prompts).unwrap();
+        on_exec.drop_text_encoder();
         for (got, want) in text.iter().zip(&cpu_text) {
             let (diff, scale) = (max_abs_diff(&got.features, &want.features), max_abs(&want.features));
             assert!(diff <= scale / 64.0, "{name}: features off by {diff:e} of {scale:e}");
@@ -53,7 +54,7 @@ fn the_device_pipeline_follows_the_cpu_stage_by_stage() {
         let mut k = 0;
         let out = device_generate(
             &device.transformer,
-            &pipeline.transformer,
+            &on_exec.transformer,
             &features,
             None,
             &schedule,
@@ -69,8 +70,7 @@ fn the_device_pipeline_follows_the_cpu_stage_by_stage() {
         .unwrap();
         assert_eq!(k, schedule.num_scales());
         assert!(out.summed_codes.same_values(&cpu.summed_codes), "{name}: the forced bits sum to the same codes");
-        let vae = BitVae::open_on(&files.vae, &exec.device()).unwrap();
-        let image = vae.decode(&out.summed_codes).unwrap();
+        let image = on_exec.vae.decode(&out.summed_codes).unwrap();
         let error = sub(&image, &cpu_image).unwrap();
         assert!(mean_abs(&error) <= mean_abs(&cpu_image) / 32.0, "{name}: mean image error {}", mean_abs(&error));
         assert!(max_abs(&error) <= 0.25, "{name}: worst pixel off by {}", max_abs(&error));

@@ -4,7 +4,6 @@
 
 pub mod bitvae;
 pub mod data;
-mod device_util;
 pub mod image;
 pub mod infinity;
 mod params;

@@ -24,6 +24,9 @@ pub(crate) enum Use {
     AsStored,
     /// A convolution's weight: the GEMM operand its unfolded input is multiplied by.
     ConvWeight,
+    /// An embedding table, gathered row-wise: the lookup copies rows exactly, so a bf16 table
+    /// stays bf16 on every device (elsewhere f32 on an accelerator, whose lookup takes f32 or bf16).
+    Rows,
     /// Needed in f32 (norm weights, biases, embeddings added to activations, ...).
     F32,
 }
@@ -32,9 +35,10 @@ impl Use {
     /// The dtype a tensor stored as `stored` takes on `device`.
     fn dtype(self, stored: DType, device: &Device) -> DType {
         match (self, device) {
-            (Use::AsStored, Device::Cpu) => stored,
+            (Use::AsStored | Use::Rows, Device::Cpu) => stored,
             (Use::AsStored | Use::ConvWeight, Device::Accelerator(_)) => DType::BF16,
-            (Use::ConvWeight | Use::F32, _) => DType::F32,
+            (Use::Rows, Device::Accelerator(_)) if stored == DType::BF16 => DType::BF16,
+            (Use::Rows | Use::ConvWeight | Use::F32, _) => DType::F32,
         }
     }
 }

@@ -14,7 +14,6 @@ use crate::bitvae::{self, BitVae, BitVaeConfig};
 use crate::infinity::device::DeviceInfinity;
 use crate::infinity::{Infinity, InfinityConfig};
 use crate::schedule::{PATCH, PixelBudget};
-use crate::t5::device::DeviceT5;
 use crate::t5::tokenizer::Encoded;
 use crate::t5::{T5Config, T5Encoder, T5Tokenizer};
 
@@ -90,9 +89,9 @@ pub struct EncodedPrompt {
 
 impl Pipeline {
     /// Maps the weight files, detects every configuration from the tensor shapes and checks
-    /// that the models fit together before building them. The BitVAE is loaded onto `device`;
-    /// the text encoder and the transformer are built on the CPU, and a [`DevicePipeline`]
-    /// uploads them (until their forwards, too, are written once for every device).
+    /// that the models fit together before building them. The text encoder and the BitVAE are
+    /// loaded onto `device`; the transformer is built on the CPU, and a [`DevicePipeline`]
+    /// uploads it (until its forward, too, is written once for every device).
     pub fn load(files: &ModelFiles, device: &Device) -> Result<Self> {
         files.check_exist()?;
         let t5_config = T5Config::open(&files.t5_config)?;
@@ -102,7 +101,7 @@ impl Pipeline {
         let vc = bitvae::detect_config(&vw)?;
         check_fit(&tc, &files.transformer.display().to_string(), &vc, &files.vae, &t5_config, &files.t5_config)?;
         Ok(Pipeline {
-            text: Some(TextEncoder::with_config(&files.t5, t5_config, &files.tokenizer)?),
+            text: Some(TextEncoder::with_config(&files.t5, t5_config, &files.tokenizer, device)?),
             transformer: Infinity::with_config(&tw, tc)?,
             vae: BitVae::with_config_on(&vw, vc, device)?,
         })
@@ -133,12 +132,13 @@ impl TextEncoder {
     /// `t5`: weights (file, sharded index json or Hugging Face folder); `t5_config`: its
     /// `config.json`; `tokenizer`: its `tokenizer.json`.
     pub fn open(t5: &Path, t5_config: &Path, tokenizer: &Path) -> Result<Self> {
-        Self::with_config(t5, T5Config::open(t5_config)?, tokenizer)
+        Self::with_config(t5, T5Config::open(t5_config)?, tokenizer, &Device::Cpu)
     }
 
-    /// As `open`, with the encoder's configuration already read (e.g. to check it first).
-    pub fn with_config(t5: &Path, config: T5Config, tokenizer: &Path) -> Result<Self> {
-        Ok(TextEncoder { tokenizer: T5Tokenizer::open(tokenizer)?, t5: T5Encoder::open(t5, config)? })
+    /// As `open`, with the encoder's configuration already read (e.g. to check it first) and
+    /// the encoder on `device`.
+    pub fn with_config(t5: &Path, config: T5Config, tokenizer: &Path, device: &Device) -> Result<Self> {
+        Ok(TextEncoder { tokenizer: T5Tokenizer::open(tokenizer)?, t5: T5Encoder::open_on(t5, config, device)? })
     }
 
     /// Each prompt's token ids, checked against the encoder's vocabulary.
@@ -156,53 +156,30 @@ impl TextEncoder {
             .collect()
     }
 
-    /// T5 features of each prompt (its valid tokens only, EOS included).
+    /// T5 features of each prompt (its valid tokens only, EOS included), on the host, where
+    /// the transformer's conditioning is computed; the prompts are encoded as one batch.
     pub fn encode(&self, prompts: &[&str]) -> Result<Vec<EncodedPrompt>> {
-        self.tokenize(prompts)?
+        let tokens = self.tokenize(prompts)?;
+        let ids: Vec<&[u32]> = tokens.iter().map(|t| t.ids.as_slice()).collect();
+        let features = self.t5.encode_batch(&ids)?;
+        features
             .into_iter()
-            .map(|enc| Ok(EncodedPrompt { features: self.t5.encode(&enc.ids)?, truncated: enc.truncated }))
+            .zip(&tokens)
+            .map(|(features, t)| Ok(EncodedPrompt { features: features.to_cpu()?, truncated: t.truncated }))
             .collect()
     }
 }
 
-/// The text encoder and the transformer in an executor's memory (`infinity-run --device
-/// cuda`): the host pipeline keeps the tokenizer and the sampling loop, and its BitVAE is
-/// already on the executor ([`Pipeline::load`]).
+/// The transformer in an executor's memory (`infinity-run --device cuda`), uploaded from the
+/// host pipeline, which keeps the sampling loop; its text encoder and BitVAE are already on the
+/// executor ([`Pipeline::load`]).
 pub struct DevicePipeline<'e> {
-    exec: &'e Executor,
-    /// Dropped after the prompts are encoded, as the host's.
-    t5: Option<DeviceT5<'e>>,
     pub transformer: DeviceInfinity<'e>,
 }
 
 impl<'e> DevicePipeline<'e> {
-    /// Uploads the models of `pipeline`, whose text encoder must still be loaded.
     pub fn upload(exec: &'e Executor, pipeline: &Pipeline) -> Result<Self> {
-        Ok(DevicePipeline {
-            exec,
-            t5: Some(DeviceT5::upload(exec, &pipeline.text_encoder("pipeline.upload")?.t5)?),
-            transformer: DeviceInfinity::upload(exec, &pipeline.transformer)?,
-        })
-    }
-
-    /// T5 features of each prompt, tokenized by `pipeline` and encoded on the device.
-    pub fn encode_prompts(&self, pipeline: &Pipeline, prompts: &[&str]) -> Result<Vec<EncodedPrompt>> {
-        const OP: &str = "pipeline.encode_prompts";
-        let t5 = self.t5.as_ref().ok_or_else(|| Error::invalid(OP, &[], "the text encoder was already dropped"))?;
-        let tokens = pipeline.text_encoder(OP)?.tokenize(prompts)?;
-        let ids: Vec<&[u32]> = tokens.iter().map(|t| t.ids.as_slice()).collect();
-        let features = t5.encode_batch(&ids)?;
-        Ok(features
-            .into_iter()
-            .zip(&tokens)
-            .map(|(features, t)| EncodedPrompt { features, truncated: t.truncated })
-            .collect())
-    }
-
-    /// Frees the encoder's device memory for the transformer and the decoder.
-    pub fn drop_text_encoder(&mut self) {
-        self.t5 = None;
-        self.exec.empty_cache();
+        Ok(DevicePipeline { transformer: DeviceInfinity::upload(exec, &pipeline.transformer)? })
     }
 }
 

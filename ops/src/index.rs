@@ -67,6 +67,16 @@ pub fn concat(tensors: &[&Tensor], dim: usize) -> Result<Tensor> {
         }
         shape[dim] += t.shape()[dim];
     }
+    if let Some(exec) = executor(OP, tensors)? {
+        // Each piece copied into its slice of the output (f32 or bf16, rank ≤ 4).
+        let mut out = exec.empty(&shape, first.dtype())?;
+        let mut start = 0;
+        for t in tensors {
+            infinity_cuda::elementwise::copy_into(&exec, t, &mut out, dim, start)?;
+            start += t.shape()[dim];
+        }
+        return Ok(out);
+    }
     with_dtype!(first.dtype(), T => concat_typed::<T>(tensors, dim, &shape))
 }
 

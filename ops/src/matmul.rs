@@ -14,6 +14,7 @@ use infinity_runtime::layout::broadcast_shapes;
 use infinity_runtime::{DType, Element, Error, Layout, Result, Tensor};
 use rayon::prelude::*;
 
+use crate::device::executor;
 use crate::{f32_data, require_f32};
 
 /// A matrix read in place: element (r, c) is `data[offset + r * row_stride + c * col_stride]`.
@@ -233,14 +234,29 @@ fn product(op: &'static str, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, dims
 }
 
 /// a (..., M, K) · b (..., K, N) → (batch..., M, N), batch dimensions broadcast NumPy-style.
+///
+/// On an executor (rank 2 or 3, f32 output) the operands are rounded to bf16 and the products
+/// accumulated in f32: the models' dtype policy for every GEMM there.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if let Some(exec) = executor("matmul", &[a, b])? {
+        let (a, b) = (gemm_operand("matmul", a)?, gemm_operand("matmul", b)?);
+        return infinity_cuda::gemm::matmul(&exec, &a, &b, DType::F32);
+    }
     let dims = matmul_dims(a, b)?;
     product("matmul", a, b, None, &dims)
 }
 
 /// x (..., in) · wᵀ + bias for w (out, in), bias (out) → (..., out). The weight may be stored
 /// in bf16 or f16; the product is computed in f32 either way.
+///
+/// On an executor x (rank 2 or 3) and w are rounded to bf16 and the products accumulated in
+/// f32, with the bias added in f32 (see [`matmul`]).
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let inputs: Vec<&Tensor> = [Some(x), Some(w), bias].into_iter().flatten().collect();
+    if let Some(exec) = executor("linear", &inputs)? {
+        let (x, w) = (gemm_operand("linear", x)?, gemm_operand("linear", w)?);
+        return infinity_cuda::gemm::linear(&exec, &x, &w, bias, DType::F32);
+    }
     let (x2, dims) = linear_dims(x, w, bias)?;
     let y = match w.dtype() {
         DType::BF16 => linear_half::<bf16>(&x2, w, bias, &dims)?,
@@ -248,6 +264,15 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         _ => product("linear", &x2, &w.transpose(0, 1)?, bias, &dims)?,
     };
     if x.rank() == 1 { y.squeeze(0) } else { Ok(y) }
+}
+
+/// A GEMM operand on an executor: bf16 as it is, f32 rounded to bf16 (a copy on the device).
+fn gemm_operand(op: &'static str, t: &Tensor) -> Result<Tensor> {
+    match t.dtype() {
+        DType::BF16 => Ok(t.clone()),
+        DType::F32 => t.to_dtype(DType::BF16),
+        dtype => Err(Error::UnsupportedDType { op, dtype }),
+    }
 }
 
 /// Output features per widened block of a half-precision weight: about 1 MiB of f32, enough

@@ -6,7 +6,8 @@
 use infinity::cuda::testing::executors;
 use infinity::ops::conv::{Conv2dParams, conv2d};
 use infinity::ops::elementwise::{add, gelu_tanh, mul, silu, sub};
-use infinity::ops::index::embedding;
+use infinity::ops::index::{concat, embedding};
+use infinity::ops::matmul::{linear, matmul};
 use infinity::ops::norm::{group_norm, group_norm_silu, rms_norm};
 use infinity::ops::resize::{ResizeMode, resize};
 use infinity::ops::softmax::{log_softmax, softmax};
@@ -127,6 +128,30 @@ fn cases() -> Vec<Case> {
             atol: 1e-5,
             rtol: 1e-5,
             bf16_on_device: &[1],
+        },
+        Case {
+            name: "linear",
+            inputs: vec![bf16_exact(&[2, 5, 24], 17), bf16_exact(&[7, 24], 18), randn(&[7], 19, 1.0)],
+            run: |t| linear(&t[0], &t[1], Some(&t[2])),
+            atol: 1e-5,
+            rtol: 1e-5,
+            bf16_on_device: &[1],
+        },
+        Case {
+            name: "matmul",
+            inputs: vec![bf16_exact(&[3, 4, 9], 20), bf16_exact(&[3, 6, 9], 21).transpose(1, 2).unwrap()],
+            run: |t| matmul(&t[0], &t[1]),
+            atol: 1e-5,
+            rtol: 1e-5,
+            bf16_on_device: &[],
+        },
+        Case {
+            name: "concat",
+            inputs: vec![randn(&[2, 3, 4], 22, 1.0), strided_copy(&randn(&[2, 5, 4], 23, 1.0), &[2, 1, 0])],
+            run: |t| concat(&[&t[0], &t[1]], 1),
+            atol: 0.0,
+            rtol: 0.0,
+            bf16_on_device: &[],
         },
         Case {
             name: "resize nearest ×2",

@@ -29,8 +29,12 @@ use super::model::Infinity;
 use super::rope::scale_table;
 use super::sampler::SamplingConfig;
 use super::text::Conditioning;
-use crate::device_util::put;
 use crate::schedule::Schedule;
+
+/// `t` on the executor in `dtype`.
+fn put(exec: &Executor, t: &Tensor, dtype: DType) -> Result<Tensor> {
+    t.to_dtype(dtype)?.to_device(&exec.device())
+}
 
 /// A linear layer's weight (N, K) in bf16 and bias (N,) in f32.
 fn linear_weights(exec: &Executor, w: &Var, b: &Var) -> Result<(Tensor, Tensor)> {

@@ -1,9 +1,8 @@
 //! The flan-t5 text encoder that turns prompts into Infinity's text features: the tokenizer,
-//! the encoder configuration with its state-dict entries, and the encoder itself, with its
-//! forward on a CUDA executor in [`device`].
+//! the encoder configuration with its state-dict entries, and the encoder itself, on any
+//! device.
 
 pub mod config;
-pub mod device;
 mod model;
 mod params;
 pub mod tokenizer;

@@ -8,8 +8,9 @@
 //! its own tokens.
 //!
 //! The layers hold `Var`s and the forward is written once against them (as the transformer
-//! and the BitVAE are): with constant weights it is inference and records nothing; built from
-//! a training tape's leaves ([`T5Encoder::on_tape`]) the encoder trains with the transformer.
+//! and the BitVAE are): with constant weights it is inference and records nothing, on the CPU
+//! or an accelerator ([`T5Encoder::open_on`]: GEMM operands bf16, the rest f32); built from a
+//! training tape's leaves ([`T5Encoder::on_tape`]) the encoder trains with the transformer.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -22,7 +23,7 @@ use infinity_autograd::reduce::softmax;
 use infinity_autograd::{Params as TrainParams, Tracked, Var};
 use infinity_runtime::io::Weights;
 use infinity_runtime::rng::Philox;
-use infinity_runtime::{DType, Error, Result, Tensor};
+use infinity_runtime::{DType, Device, Error, Result, Tensor};
 
 use super::config::T5Config;
 use super::params::{gather, open_checkpoint};
@@ -31,23 +32,23 @@ use crate::params::{Source, tracked_source, trainable};
 pub struct T5Encoder {
     pub config: T5Config,
     /// (vocab, d_model).
-    pub(super) embed: Var,
+    embed: Var,
     /// (num_buckets, num_heads): block 0's relative position bias, used by all blocks.
-    pub(super) bias_table: Var,
-    pub(super) layers: Vec<Layer>,
-    pub(super) final_norm: Var,
+    bias_table: Var,
+    layers: Vec<Layer>,
+    final_norm: Var,
 }
 
-pub(super) struct Layer {
-    pub(super) attn_norm: Var,
-    pub(super) q: Var,
-    pub(super) k: Var,
-    pub(super) v: Var,
-    pub(super) o: Var,
-    pub(super) ffn_norm: Var,
-    pub(super) wi_0: Var,
-    pub(super) wi_1: Var,
-    pub(super) wo: Var,
+struct Layer {
+    attn_norm: Var,
+    q: Var,
+    k: Var,
+    v: Var,
+    o: Var,
+    ffn_norm: Var,
+    wi_0: Var,
+    wi_1: Var,
+    wo: Var,
 }
 
 /// T5's bucket (`_relative_position_bucket`, bidirectional) of `relative_position` = key
@@ -77,12 +78,22 @@ impl T5Encoder {
     /// Loads the encoder from a `.safetensors`/`.pth` file, a sharded checkpoint's
     /// `*.index.json`, or a Hugging Face folder holding either form.
     pub fn open(path: impl AsRef<Path>, config: T5Config) -> Result<Self> {
-        Self::with_weights(&open_checkpoint(path.as_ref())?, config)
+        Self::open_on(path, config, &Device::Cpu)
+    }
+
+    /// [`T5Encoder::open`] with the weights loaded onto `device`, where the encoder then runs.
+    pub fn open_on(path: impl AsRef<Path>, config: T5Config, device: &Device) -> Result<Self> {
+        Self::with_weights_on(&open_checkpoint(path.as_ref())?, config, device)
     }
 
     pub fn with_weights(weights: &Weights, config: T5Config) -> Result<Self> {
+        Self::with_weights_on(weights, config, &Device::Cpu)
+    }
+
+    pub fn with_weights_on(weights: &Weights, config: T5Config, device: &Device) -> Result<Self> {
         config.validate().map_err(|msg| Error::format(weights.path(), msg))?;
         let mut p = gather(weights, &config)?;
+        p.place_on(device);
         Self::build(config, &mut |key| p.take(key).map(Var::constant))
     }
 
@@ -160,7 +171,8 @@ impl T5Encoder {
         Self::with_weights(&Self::random_weights(&config, seed)?, config)
     }
 
-    /// The last hidden state (L, d_model) of one prompt's tokens (content ids then EOS).
+    /// The last hidden state (L, d_model), on the encoder's device, of one prompt's tokens
+    /// (content ids then EOS).
     pub fn encode(&self, ids: &[u32]) -> Result<Tensor> {
         Ok(self.forward(ids, &[ids.len()])?.into_value())
     }
@@ -193,7 +205,7 @@ impl T5Encoder {
             return Err(Error::invalid("t5.encode", lens, "every prompt needs at least one token (its EOS)"));
         }
         let ids = Tensor::from_vec(ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(), &[ids.len()])?;
-        let x = embedding(&self.embed, &ids)?;
+        let x = embedding(&self.embed, &ids.to_device(&self.embed.value().device())?)?;
         // A half-precision table is only ever a stored constant (training widens to f32).
         let mut x = if x.value().dtype() == DType::F32 { x } else { Var::constant(x.value().to_dtype(DType::F32)?) };
         let biases =
@@ -207,9 +219,8 @@ impl T5Encoder {
 
 /// The additive attention bias (heads, len, len) of a prompt of `len` tokens from the bias
 /// `table` (num_buckets, heads): entry (h, i, j) is the table's row for the bucket of j − i,
-/// column h. A free function so that the device encoder, which keeps only the table, forms the
-/// same bias.
-pub(super) fn position_bias(table: &Var, c: &T5Config, len: usize) -> Result<Var> {
+/// column h.
+fn position_bias(table: &Var, c: &T5Config, len: usize) -> Result<Var> {
     let mut buckets = Vec::with_capacity(len * len);
     for i in 0..len as i64 {
         for j in 0..len as i64 {
@@ -218,7 +229,8 @@ pub(super) fn position_bias(table: &Var, c: &T5Config, len: usize) -> Result<Var
             buckets.push(bucket as i64);
         }
     }
-    let rows = embedding(table, &Tensor::from_vec(buckets, &[len * len])?)?;
+    let buckets = Tensor::from_vec(buckets, &[len * len])?.to_device(&table.value().device())?;
+    let rows = embedding(table, &buckets)?;
     rows.reshape(&[len, len, c.num_heads])?.permute(&[2, 0, 1])
 }
 

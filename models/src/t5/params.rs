@@ -78,9 +78,11 @@ pub(super) fn gather(weights: &Weights, config: &T5Config) -> Result<Params> {
             let aliases = names[1..].iter().map(|a| format!(", nor under its alias '{a}'")).collect::<String>();
             return Err(p.error(&entry.key, format!("missing{aliases} (expected shape {:?})", entry.shape)));
         }
-        // Matrices are used in their stored dtype (the linear layers and the embedding gather
-        // take bf16/f16 directly), so a half-precision checkpoint stays mapped.
-        let use_ = if entry.shape.len() == 2 && !entry.key.contains("relative_attention_bias") {
+        // Matrices are used in their stored dtype on the CPU (the linear layers and the
+        // embedding gather take bf16/f16 directly), so a half-precision checkpoint stays mapped.
+        let use_ = if entry.key == "shared.weight" {
+            Use::Rows
+        } else if entry.shape.len() == 2 && !entry.key.contains("relative_attention_bias") {
             Use::AsStored
         } else {
             Use::F32

@@ -7,7 +7,7 @@
 #include "common.cuh"
 
 /// The op codes of `BinaryParams::op` and `UnaryParams::op` (mirrored in src/elementwise.rs).
-enum BinaryOp : int { kAdd = 0, kMul = 1 };
+enum BinaryOp : int { kAdd = 0, kMul = 1, kSub = 2, kDiv = 3 };
 enum UnaryOp : int { kGeluTanh = 0, kSilu = 1 };
 
 /// out (dims, contiguous) = a op b, with a and b seen at the output's 4-D shape through their
@@ -24,13 +24,22 @@ struct BinaryParams {
 };
 
 /// Correctly rounded, never fused: f32 inputs give the CPU's results bit for bit.
+__device__ __forceinline__ float apply(int op, float a, float b) {
+    switch (op) {
+        case kAdd: return __fadd_rn(a, b);
+        case kMul: return __fmul_rn(a, b);
+        case kSub: return __fsub_rn(a, b);
+        default: return __fdiv_rn(a, b);
+    }
+}
+
 template <class T>
 __device__ __forceinline__ void binary(const BinaryParams<T>& p) {
     const unsigned n = unsigned(p.dims[0] * p.dims[1] * p.dims[2] * p.dims[3]);
     for (unsigned i = grid_first(); i < n; i += grid_stride()) {
         const Coords<4> k = unflatten<4>(i, p.dims);
         const float a = to_float(p.a[offset_of(k, p.a_stride)]), b = to_float(p.b[offset_of(k, p.b_stride)]);
-        p.out[i] = p.op == kAdd ? __fadd_rn(a, b) : __fmul_rn(a, b);
+        p.out[i] = apply(p.op, a, b);
     }
 }
 

@@ -27,6 +27,8 @@ const MAX_RANK: usize = 4;
 pub enum BinaryOp {
     Add = 0,
     Mul = 1,
+    Sub = 2,
+    Div = 3,
 }
 
 /// The activations; the discriminants are elementwise.cu's `UnaryOp` codes.

@@ -237,11 +237,14 @@ pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let name = op.name();
     if let Some(exec) = executor(name, &[a, b])? {
         crate::require_f32(name, a)?;
-        return match op {
-            BinaryOp::Add => infinity_cuda::elementwise::add(&exec, a, b),
-            BinaryOp::Mul => infinity_cuda::elementwise::mul(&exec, a, b),
-            _ => Err(no_kernel(name, a)),
+        use infinity_cuda::elementwise::BinaryOp as Kernel;
+        let kernel = match op {
+            BinaryOp::Add => Kernel::Add,
+            BinaryOp::Sub => Kernel::Sub,
+            BinaryOp::Mul => Kernel::Mul,
+            BinaryOp::Div => Kernel::Div,
         };
+        return infinity_cuda::elementwise::binary(&exec, kernel, a, b);
     }
     let (ad, bd) = (f32_data(name, a)?, f32_data(name, b)?);
     let shape = broadcast_shapes(name, a.shape(), b.shape())?;

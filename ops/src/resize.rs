@@ -77,15 +77,17 @@ fn out_shape(x: &Tensor, (oh, ow): (usize, usize)) -> Vec<usize> {
 
 /// Resizes the last two dimensions of `x` to `size` = (out_h, out_w).
 ///
-/// On an executor: nearest ×2 of (B, C, H, W), the BitVAE decoder's upsampling.
+/// On an executor, of (B, C, H, W): bilinear and area to any size (the multi-scale quantizer's
+/// resizes), nearest ×2 (the BitVAE decoder's upsampling).
 pub fn resize(x: &Tensor, size: (usize, usize), mode: ResizeMode) -> Result<Tensor> {
     let (_, h, w) = check(x, size)?;
     if let Some(exec) = executor("resize", &[x])? {
         return match mode {
-            ResizeMode::Nearest if x.rank() == 4 && size == (2 * h, 2 * w) => {
-                infinity_cuda::conv::upsample_nearest2x(&exec, x)
-            }
-            _ => Err(no_kernel("resize", x)),
+            _ if x.rank() != 4 => Err(no_kernel("resize", x)),
+            ResizeMode::Bilinear => infinity_cuda::quantize::resize_bilinear(&exec, x, size),
+            ResizeMode::Area => infinity_cuda::quantize::resize_area(&exec, x, size),
+            ResizeMode::Nearest if size == (2 * h, 2 * w) => infinity_cuda::conv::upsample_nearest2x(&exec, x),
+            ResizeMode::Nearest => Err(no_kernel("resize", x)),
         };
     }
     let xd = f32_data("resize", x)?;

@@ -7,6 +7,7 @@ use std::error::Error;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -83,6 +84,9 @@ struct ReconstructArgs {
     /// one template only).
     #[arg(long)]
     grid: Option<usize>,
+    /// cpu, cuda / cuda:N, or shim: where the encoder, the quantizer and the decoder run.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceName,
 }
 #[derive(Args)]
 struct GenerateArgs {
@@ -219,11 +223,7 @@ fn output_path(out: &Path, index: usize, total: usize) -> PathBuf {
 
 fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
     // Everything that can be refused is refused before a weight is read.
-    let executor = match g.device {
-        DeviceName::Cpu => None,
-        DeviceName::Shim => Some(Executor::shim()),
-        DeviceName::Cuda(i) => Some(Executor::cuda(i).map_err(|e| format!("--device {}: {e}", g.device))?),
-    };
+    let executor = executor(g.device)?;
     let prompts = prompts_of(&g)?;
     let ratio = parse_ratio(&g.ratio)?;
     if g.batch == 0 {
@@ -437,7 +437,17 @@ fn reconstruct_inputs(r: &ReconstructArgs) -> Result<Vec<PathBuf>, Box<dyn Error
     Ok(images)
 }
 
+/// The executor `--device` names; none for the CPU.
+fn executor(name: DeviceName) -> Result<Option<Arc<Executor>>, String> {
+    match name {
+        DeviceName::Cpu => Ok(None),
+        DeviceName::Shim => Ok(Some(Executor::shim())),
+        DeviceName::Cuda(i) => Executor::cuda(i).map(Some).map_err(|e| format!("--device {name}: {e}")),
+    }
+}
+
 fn reconstruct(r: &ReconstructArgs) -> Result<(), Box<dyn Error>> {
+    let device = executor(r.device)?.map_or(Device::Cpu, |exec| exec.device());
     check_output(&r.out)?;
     if r.grid == Some(0) {
         return Err("--grid must be at least 1 pair per row".into());
@@ -446,7 +456,7 @@ fn reconstruct(r: &ReconstructArgs) -> Result<(), Box<dyn Error>> {
     // Every image decoded before any work, so a bad one leaves no partial output behind.
     let decoded_inputs = images.iter().map(|p| load_rgb(p)).collect::<Result<Vec<_>, _>>()?;
     let start = Instant::now();
-    let vae = BitVae::open(&r.vae)?;
+    let vae = BitVae::open_on(&r.vae, &device)?;
     if vae.config.patch != PATCH {
         return Err(format!(
             "{}: patch {} VAEs are not supported by the image schedules (patch {PATCH})",
@@ -455,7 +465,12 @@ fn reconstruct(r: &ReconstructArgs) -> Result<(), Box<dyn Error>> {
         )
         .into());
     }
-    println!("loaded {} (d = {}) in {:.2} s", r.vae.display(), vae.config.z_channels, start.elapsed().as_secs_f64());
+    println!(
+        "loaded {} (d = {}) in {:.2} s; running on {device}",
+        r.vae.display(),
+        vae.config.z_channels,
+        start.elapsed().as_secs_f64()
+    );
 
     let (mut psnrs, mut pairs, mut size) = (Vec::new(), Vec::new(), None);
     for (index, (path, img)) in images.iter().zip(decoded_inputs).enumerate() {

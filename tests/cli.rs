@@ -126,41 +126,51 @@ fn golden_png(dir: &Path) -> PathBuf {
     path
 }
 
+/// On the CPU and on the shim (`--device shim`: encoder, quantizer and decoder all there).
 #[test]
 fn reconstruct_writes_what_the_library_computes() {
+    use infinity::cuda::Executor;
     use infinity::models::bitvae::BitVae;
     use infinity::models::image::{load_rgb, to_rgb8, to_tensor};
+    use infinity::runtime::Device;
 
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-reconstruct");
     std::fs::create_dir_all(&dir).unwrap();
     let input = golden_png(&dir);
-    let out_png = dir.join("out.png");
     let vae = fixture("devA/vae.pth");
-    let out = reconstruct(&[
-        "--vae".as_ref(),
-        vae.as_os_str(),
-        "--image".as_ref(),
-        input.as_os_str(),
-        "--pn".as_ref(),
-        "0.06M".as_ref(),
-        "-o".as_ref(),
-        out_png.as_os_str(),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = stdout(&out);
-    assert!(
-        text.contains("scale  6:  16x16     8192 bits") && text.contains("16672 bits in all") && text.contains("PSNR"),
-        "{text}"
-    );
+    for (name, device) in [("cpu", Device::Cpu), ("shim", Executor::shim().device())] {
+        let out_png = dir.join(format!("out-{name}.png"));
+        let out = reconstruct(&[
+            "--vae".as_ref(),
+            vae.as_os_str(),
+            "--image".as_ref(),
+            input.as_os_str(),
+            "--pn".as_ref(),
+            "0.06M".as_ref(),
+            "--device".as_ref(),
+            name.as_ref(),
+            "-o".as_ref(),
+            out_png.as_os_str(),
+        ]);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = stdout(&out);
+        assert!(
+            text.contains("scale  6:  16x16     8192 bits")
+                && text.contains("16672 bits in all")
+                && text.contains("PSNR"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("running on {device}")), "{text}");
 
-    // The written pixels are the library's reconstruction of the same image.
-    let model = BitVae::open(&vae).unwrap();
-    let grids = infinity::models::schedule::Template::exact(1.0)
-        .unwrap()
-        .schedule(infinity::models::schedule::PixelBudget::P006M)
-        .grids;
-    let (_, decoded) = model.reconstruct(&to_tensor(&load_rgb(&input).unwrap()).unwrap(), &grids).unwrap();
-    assert_eq!(load_rgb(&out_png).unwrap().into_raw(), to_rgb8(&decoded).unwrap()[0]);
+        // The written pixels are the library's reconstruction of the same image on that device.
+        let model = BitVae::open_on(&vae, &device).unwrap();
+        let grids = infinity::models::schedule::Template::exact(1.0)
+            .unwrap()
+            .schedule(infinity::models::schedule::PixelBudget::P006M)
+            .grids;
+        let (_, decoded) = model.reconstruct(&to_tensor(&load_rgb(&input).unwrap()).unwrap(), &grids).unwrap();
+        assert_eq!(load_rgb(&out_png).unwrap().into_raw(), to_rgb8(&decoded).unwrap()[0], "{name}");
+    }
 }
 
 #[test]

@@ -17,8 +17,10 @@
 
 mod common;
 
-use common::{fixture, open};
+use common::{assert_quantized_like_golden, fixture, max_abs, max_abs_diff, open, vae_image_input};
 use infinity::models::bitvae::BitVae;
+use infinity::models::bitvae::quantizer::quantize;
+use infinity::models::schedule::{PixelBudget, Template};
 use infinity::runtime::{Error, Tensor};
 use infinity_cuda::testing::executors;
 
@@ -65,5 +67,41 @@ fn latents_of_the_wrong_shape_are_refused() {
         let err = vae.decode(&Tensor::zeros(shape, infinity::runtime::DType::F32)).expect_err("refused");
         assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
         assert!(err.to_string().contains("(B, 16, h, w)"), "{err}");
+    }
+}
+
+/// The encoder and the multi-scale quantizer on every executor. The quantizer's resizes and
+/// sums are f32 there too, so from the golden latent it is held to the CPU test's own checks
+/// (tests/bitvae.rs). The encoder rounds its convolutions' operands to bf16, as the decoder
+/// does: the same bound on the mean error; its largest error, relative to the largest latent
+/// value, within 2⁻⁴. Measured on the shim: mean 1.8% (devA) and 2.0% (devB) of the mean
+/// |latent|, worst 2.5e-2 and 2.2e-2 of the largest. Padding the encoder's downsampling on the
+/// wrong sides (top and left) fails it: mean 104%.
+#[test]
+fn encoded_latents_and_bits_follow_the_goldens() {
+    for (set, ratio) in [("devA", 1.0), ("devB", 0.5)] {
+        let golden = open(&format!("{set}/vae_golden.safetensors"));
+        let grids = Template::exact(ratio).unwrap().schedule(PixelBudget::P006M).grids;
+        let want = golden.get("encoder_latent").unwrap();
+        for exec in executors() {
+            let device = exec.device();
+            let vae = BitVae::open_on(fixture(&format!("{set}/vae.safetensors")), &device).unwrap();
+            let latent = vae.encode(&vae_image_input(&golden)).unwrap_or_else(|e| panic!("{set} on {device}: {e}"));
+            assert_eq!(latent.device(), device);
+            let got = latent.to_f32_vec().unwrap();
+            let errors: Vec<f32> = got.iter().zip(want.to_f32_vec().unwrap()).map(|(g, w)| g - w).collect();
+            let (mean, scale) =
+                (mean_abs(errors.iter().copied(), errors.len()), mean_abs(got.iter().copied(), got.len()));
+            let worst = max_abs_diff(&latent, &want.reshape(latent.shape()).unwrap()) / max_abs(want);
+            eprintln!(
+                "{set} latent on {device}: mean |error| {:.2}% of mean |latent|, worst {worst:.2e} of the largest",
+                100.0 * mean / scale
+            );
+            assert!(mean <= MEAN_BOUND * scale, "{set} on {device}: mean |error| {mean:e}");
+            assert!(worst <= 1.0 / 16.0, "{set} on {device}: worst |error| {worst:e} of the largest");
+
+            let q = quantize(&want.to_device(&device).unwrap(), &grids).unwrap();
+            assert_quantized_like_golden(&format!("{set} on {device}"), &q, &golden, &grids);
+        }
     }
 }

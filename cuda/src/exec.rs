@@ -218,6 +218,11 @@ impl Executor {
         self.tensor("empty", shape, dtype, Init::Poison)
     }
 
+    /// A contiguous tensor of zeros, filled on the device.
+    pub fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        self.tensor("zeros", shape, dtype, Init::Zeros)
+    }
+
     /// The output of kernel `op`, which writes every element: undefined until then (poisoned
     /// on the shim, so that a kernel that misses an element fails its tests there).
     pub(crate) fn output(&self, op: &'static str, shape: &[usize], dtype: DType) -> Result<Tensor> {

@@ -10,10 +10,11 @@
 
 use std::ops::Range;
 
+use infinity_cuda::Executor;
 use infinity_runtime::{Error, Result, Tensor};
 use rayon::prelude::*;
 
-use crate::device::{executor, no_kernel};
+use crate::device::executor;
 use crate::matmul::{MatRef, gemm_into, parallelism_for};
 use crate::{f32_data, require_f32};
 
@@ -177,16 +178,15 @@ fn im2col(image: &[f32], g: &Geometry, rows: Range<usize>, col: &mut [f32]) {
 
 /// x (N, Cin, H, W) ⊛ w (Cout, Cin, kh, kw) + bias (Cout) → (N, Cout, Ho, Wo).
 ///
-/// On an executor the weight is a bf16 GEMM operand (x is rounded to bf16 as it is unfolded)
-/// and the padding must be the same on every side.
+/// On an executor the weight is a bf16 GEMM operand (x is rounded to bf16 as it is unfolded).
+/// The kernel pads every side alike; what a side has beyond that (the BitVAE encoder's
+/// downsampling pads only bottom and right) is added as zeros first.
 pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, params: Conv2dParams) -> Result<Tensor> {
     let inputs: Vec<&Tensor> = [Some(x), Some(w), bias].into_iter().flatten().collect();
     if let Some(exec) = executor("conv2d", &inputs)? {
-        let [top, rest @ ..] = params.padding;
-        if rest != [top; 3] {
-            return Err(no_kernel("conv2d", x));
-        }
-        return infinity_cuda::conv::conv2d(&exec, x, w, bias, params.stride, top);
+        let even = params.padding.into_iter().min().unwrap_or(0);
+        let x = pad_zeros(&exec, x, params.padding.map(|p| p - even))?;
+        return infinity_cuda::conv::conv2d(&exec, &x, w, bias, params.stride, even);
     }
     let g = Geometry::new(x, w, bias, params)?;
     let (plane_in, plane_out, taps) = (g.cin * g.h * g.w, g.ho * g.wo, g.taps());
@@ -225,6 +225,28 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, params: Conv2dParam
         }
     }
     Tensor::from_vec(out, &g.out_shape())
+}
+
+/// x (B, C, H, W) on `exec` with [top, bottom, left, right] rows and columns of zeros around
+/// it (shared when there are none).
+fn pad_zeros(exec: &Executor, x: &Tensor, [top, bottom, left, right]: [usize; 4]) -> Result<Tensor> {
+    if x.rank() != 4 {
+        return Err(Error::invalid("conv2d", x.shape(), "expected an input (B, C, H, W)"));
+    }
+    let mut x = x.clone();
+    for (dim, before, after) in [(2, top, bottom), (3, left, right)] {
+        let zeros = |n: usize| -> Result<Option<Tensor>> {
+            let mut shape = x.shape().to_vec();
+            shape[dim] = n;
+            if n == 0 { Ok(None) } else { exec.zeros(&shape, x.dtype()).map(Some) }
+        };
+        let (before, after) = (zeros(before)?, zeros(after)?);
+        if before.is_some() || after.is_some() {
+            let pieces: Vec<&Tensor> = [before.as_ref(), Some(&x), after.as_ref()].into_iter().flatten().collect();
+            x = crate::index::concat(&pieces, dim)?;
+        }
+    }
+    Ok(x)
 }
 
 /// The weight gradient of [`conv2d`]: for x (N, Cin, H, W) and the output gradient

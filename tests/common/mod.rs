@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use infinity::models::bitvae::quantizer::{Quantized, sum_codes};
 use infinity::runtime::Tensor;
 use infinity::runtime::io::Weights;
 
@@ -71,4 +72,42 @@ pub fn assert_refused(run: &std::process::Output, named: &str) {
     assert_eq!(run.status.code(), Some(2), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("error: ") && err.contains(named), "{err}");
+}
+
+/// The VAE input from a golden's stored u8 RGB image: t = u8/255, x = t + t − 1, NCHW.
+pub fn vae_image_input(golden: &Weights) -> Tensor {
+    let img = golden.get("image_u8_rgb").unwrap();
+    let (h, w) = (img.dim(0).unwrap(), img.dim(1).unwrap());
+    let v: Vec<f32> = img
+        .to_vec::<u8>()
+        .unwrap()
+        .into_iter()
+        .map(|u| {
+            let t = u as f32 / 255.0;
+            t + t - 1.0
+        })
+        .collect();
+    Tensor::from_vec(v, &[1, h, w, 3]).unwrap().permute(&[0, 3, 1, 2]).unwrap().contiguous().unwrap()
+}
+
+/// Asserts the multi-scale quantization `q` of a golden's encoder latent over `grids` against
+/// the golden: each scale's residual within 1e-4, its bits equal wherever the golden residual is
+/// not within 1e-4 of zero, the summed codes within 1e-4, and those codes rebuilt from the bits.
+#[track_caller]
+pub fn assert_quantized_like_golden(set: &str, q: &Quantized, golden: &Weights, grids: &[(usize, usize)]) {
+    for (k, scale) in q.scales.iter().enumerate() {
+        let want_pre = golden.get(&format!("bsq_input_scale{k:02}")).unwrap();
+        assert_golden(&format!("{set} bsq input {k}"), &scale.pre_sign, want_pre, 1e-4);
+        let want = golden.get(&format!("bits_scale{k:02}")).unwrap().to_vec::<u8>().unwrap();
+        let got = scale.bits.to_vec::<u8>().unwrap();
+        let pre = want_pre.permute(&[0, 2, 3, 4, 1]).unwrap().to_vec::<f32>().unwrap(); // (B,t,h,w,d) order
+        let decisive_mismatches =
+            got.iter().zip(&want).zip(&pre).filter(|((g, w), p)| g != w && p.abs() > 1e-4).count();
+        assert_eq!(decisive_mismatches, 0, "{set} scale {k}");
+    }
+    assert_golden(&format!("{set} summed codes"), &q.summed, golden.get("summed_quantized_latent").unwrap(), 1e-4);
+    // Bits → codes → latent gives the same sum as the quantizer's own accumulation.
+    let bits: Vec<Tensor> = q.scales.iter().map(|s| s.bits.clone()).collect();
+    let full = *grids.last().unwrap();
+    assert_golden(&format!("{set} codes from bits"), &sum_codes(&bits, full).unwrap(), &q.summed, 1e-6);
 }

@@ -185,6 +185,15 @@ fn cases() -> Vec<Case> {
             rtol: 1e-6,
             bf16_on_device: &[],
         },
+        // The BitVAE encoder's downsampling: zeros added below and right only.
+        Case {
+            name: "conv2d padded on two sides",
+            inputs: vec![bf16_exact(&[1, 4, 6, 5], 28), bf16_exact(&[3, 4, 3, 3], 29), randn(&[3], 30, 1.0)],
+            run: |t| conv2d(&t[0], &t[1], Some(&t[2]), Conv2dParams { stride: 2, padding: [0, 1, 0, 1] }),
+            atol: 1e-5,
+            rtol: 1e-5,
+            bf16_on_device: &[1],
+        },
         Case {
             name: "resize nearest ×2",
             inputs: vec![padded_view(&randn(&[2, 3, 4, 5], 16, 1.0))],

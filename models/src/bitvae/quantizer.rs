@@ -107,8 +107,10 @@ pub fn quantize_straight_through(latent: &Var, grids: &[(usize, usize)]) -> Resu
     let mut scales = Vec::with_capacity(grids.len());
     for &grid in grids {
         let r = resize_var_unless_same(&residual, grid, ResizeMode::Area)?;
+        // The bits come to the host (their consumers, labels and reports, are there); the codes
+        // go back to the residual's device.
         let bits = sign_bits(r.value())?;
-        let codes = codes_from_bits(&bits)?;
+        let codes = codes_from_bits(&bits)?.to_device(&r.value().device())?;
         // codes + (r − sg(r)): exactly the codes forward (r − r = 0), the identity backward.
         let q = add(&Var::constant(codes.clone()), &sub(&r, &r.detach())?)?;
         let up = resize_var_unless_same(&q, full, ResizeMode::Bilinear)?;

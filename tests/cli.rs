@@ -117,6 +117,22 @@ fn reconstruct(args: &[&std::ffi::OsStr]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_infinity-run")).arg("reconstruct").args(args).output().unwrap()
 }
 
+/// `reconstruct` of `input` with `vae` at 0.06M into `out`, then `extra` arguments.
+fn reconstruct_at_006m(vae: &Path, input: &Path, out: &Path, extra: &[&std::ffi::OsStr]) -> Output {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "--vae".as_ref(),
+        vae.as_os_str(),
+        "--image".as_ref(),
+        input.as_os_str(),
+        "--pn".as_ref(),
+        "0.06M".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ];
+    args.extend(extra);
+    reconstruct(&args)
+}
+
 /// A PNG of the devA golden image (256×256 RGB), written with the library's own writer.
 fn golden_png(dir: &Path) -> PathBuf {
     let golden = infinity::runtime::io::Weights::open(fixture("devA/vae_golden.safetensors")).unwrap();
@@ -140,18 +156,7 @@ fn reconstruct_writes_what_the_library_computes() {
     let vae = fixture("devA/vae.pth");
     for (name, device) in [("cpu", Device::Cpu), ("shim", Executor::shim().device())] {
         let out_png = dir.join(format!("out-{name}.png"));
-        let out = reconstruct(&[
-            "--vae".as_ref(),
-            vae.as_os_str(),
-            "--image".as_ref(),
-            input.as_os_str(),
-            "--pn".as_ref(),
-            "0.06M".as_ref(),
-            "--device".as_ref(),
-            name.as_ref(),
-            "-o".as_ref(),
-            out_png.as_os_str(),
-        ]);
+        let out = reconstruct_at_006m(&vae, &input, &out_png, &["--device".as_ref(), name.as_ref()]);
         assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
         let text = stdout(&out);
         assert!(
@@ -433,20 +438,10 @@ fn reconstruct_takes_several_images_and_reports_the_mean_psnr() {
     std::fs::write(dir.join("list/images.txt"), "second.png\n\n../input.png\n").unwrap();
     let vae = fixture("devA/vae.pth");
     let run = |out: &Path, extra: &[&str]| {
-        let mut args: Vec<&std::ffi::OsStr> = vec![
-            "--vae".as_ref(),
-            vae.as_os_str(),
-            "--image".as_ref(),
-            input.as_os_str(),
-            "--pn".as_ref(),
-            "0.06M".as_ref(),
-            "-o".as_ref(),
-            out.as_os_str(),
-        ];
         let list = dir.join("list/images.txt");
-        args.extend(["--image-list".as_ref(), list.as_os_str()]);
+        let mut args: Vec<&std::ffi::OsStr> = vec!["--image-list".as_ref(), list.as_os_str()];
         args.extend(extra.iter().map(std::ffi::OsStr::new));
-        let o = reconstruct(&args);
+        let o = reconstruct_at_006m(&vae, &input, out, &args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         stdout(&o)
     };

@@ -13,7 +13,7 @@ mod support;
 #[path = "common/cuda.rs"]
 mod cuda_support;
 
-use cuda_support::assert_invalid;
+use cuda_support::{assert_invalid, upload};
 use infinity::autograd::attention::attention as autograd_attention;
 use infinity::autograd::elementwise::mul as autograd_mul;
 use infinity::autograd::norm::l2_normalize as autograd_l2_normalize;
@@ -237,10 +237,6 @@ impl Case {
         };
         body(&attention, self)
     }
-}
-
-fn upload(exec: &Executor, t: &Tensor) -> Tensor {
-    t.to_device(&exec.device()).unwrap_or_else(|e| panic!("{}: {e}", exec.name()))
 }
 
 fn host(exec: &Executor, t: &Tensor) -> Tensor {

@@ -19,12 +19,11 @@ mod support;
 #[path = "common/cuda.rs"]
 mod cuda_support;
 
-use cuda_support::{assert_dtype_error, assert_invalid};
+use cuda_support::{assert_dtype_error, assert_invalid, host, upload};
 use infinity::ops::conv::Conv2dParams;
 use infinity::ops::conv::reference::conv2d as cpu_conv2d;
 use infinity::ops::resize::{ResizeMode, resize};
 use infinity::runtime::{DType, Tensor};
-use infinity_cuda::Executor;
 use infinity_cuda::conv::{conv2d, im2col, upsample_nearest2x};
 use infinity_cuda::testing::executors;
 use proptest::prelude::*;
@@ -44,16 +43,6 @@ fn arrange(t: &Tensor, layout: usize) -> Tensor {
         1 => strided_copy(t, &(0..t.rank()).rev().collect::<Vec<_>>()),
         _ => padded_view(t),
     }
-}
-
-fn upload(exec: &Executor, t: &Tensor) -> Tensor {
-    t.to_device(&exec.device()).unwrap_or_else(|e| panic!("{}: {e}", exec.name()))
-}
-
-/// Runs a launcher and brings its result back to the host, naming the executor on failure.
-fn host(exec: &Executor, result: infinity_cuda::Result<Tensor>) -> Tensor {
-    let t = result.unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
-    t.to_cpu().unwrap_or_else(|e| panic!("{}: {e}", exec.name()))
 }
 
 /// `t` rounded to bf16 and widened back: values the device's bf16 operands hold exactly.

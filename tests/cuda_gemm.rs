@@ -21,7 +21,7 @@ mod support;
 #[path = "common/cuda.rs"]
 mod cuda_support;
 
-use cuda_support::{assert_dtype_error, assert_invalid_with};
+use cuda_support::{assert_dtype_error, assert_invalid_with, host, upload};
 use std::sync::{Arc, OnceLock};
 
 use infinity::runtime::{DType, Tensor};
@@ -70,16 +70,6 @@ fn gemm_executors() -> &'static [&'static Arc<Executor>] {
             })
             .collect()
     })
-}
-
-fn upload(exec: &Executor, t: &Tensor) -> Tensor {
-    t.to_device(&exec.device()).unwrap_or_else(|e| panic!("{}: {e}", exec.name()))
-}
-
-/// Runs a GEMM and brings its result back to the host, naming the executor on failure.
-fn host(exec: &Executor, result: infinity_cuda::Result<Tensor>) -> Tensor {
-    let t = result.unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
-    t.to_cpu().unwrap_or_else(|e| panic!("{}: {e}", exec.name()))
 }
 
 /// A bf16 tensor of `shape` (rank ≥ 2, last two dimensions R×C) with normal values: stored

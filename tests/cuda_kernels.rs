@@ -14,7 +14,7 @@ mod support;
 #[path = "common/cuda.rs"]
 mod cuda_support;
 
-use cuda_support::assert_invalid;
+use cuda_support::{assert_invalid, host, upload};
 use infinity::models::bitvae::quantizer::{codes_from_bits, quantize as cpu_quantize};
 use infinity::models::infinity::sampler::{SamplingConfig, guide, sample_bits as cpu_sample_bits};
 use infinity::ops::elementwise::{add, add_scalar, mul};
@@ -26,7 +26,7 @@ use infinity::runtime::rng::{Philox, philox_u32};
 use infinity::runtime::{DType, Error, Tensor};
 use infinity_cuda::bitwise_head::{Sampling, bit_loss, sample_bits};
 use infinity_cuda::testing::executors;
-use infinity_cuda::{Executor, adaln, quantize, rng};
+use infinity_cuda::{adaln, quantize, rng};
 use proptest::prelude::*;
 
 use support::{padded_view, randn, strided_copy};
@@ -44,16 +44,6 @@ fn arrange(t: &Tensor, layout: usize) -> Tensor {
         1 => strided_copy(t, &(0..t.rank()).rev().collect::<Vec<_>>()),
         _ => padded_view(t),
     }
-}
-
-/// Runs a launcher and brings its result back to the host, naming the executor on failure.
-fn host(exec: &Executor, result: infinity_cuda::Result<Tensor>) -> Tensor {
-    let t = result.unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
-    t.to_cpu().unwrap_or_else(|e| panic!("{}: {e}", exec.name()))
-}
-
-fn upload(exec: &Executor, t: &Tensor) -> Tensor {
-    t.to_device(&exec.device()).unwrap_or_else(|e| panic!("{}: {e}", exec.name()))
 }
 
 /// The CPU's packed form of bits (B, h, w, d): bit j in bit j % 8 of byte j / 8.

@@ -16,7 +16,7 @@ mod support;
 #[path = "common/cuda.rs"]
 mod cuda_support;
 
-use cuda_support::{assert_dtype_error, assert_invalid};
+use cuda_support::{assert_dtype_error, assert_invalid, host, upload};
 use std::f64::consts::{FRAC_1_SQRT_2, FRAC_2_SQRT_PI};
 
 use infinity::ops::elementwise::reference as elementwise;
@@ -63,16 +63,6 @@ fn dtype(use_bf16: bool) -> DType {
 /// `t` rounded to `dtype` and back: the f32 values the reference sees for a `dtype` input.
 fn rounded(t: &Tensor, dtype: DType) -> Tensor {
     t.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap()
-}
-
-fn upload(exec: &Executor, t: &Tensor) -> Tensor {
-    t.to_device(&exec.device()).unwrap_or_else(|e| panic!("{}: {e}", exec.name()))
-}
-
-/// Runs a launcher and brings its result back to the host, naming the executor on failure.
-fn host(exec: &Executor, result: infinity_cuda::Result<Tensor>) -> Tensor {
-    let t = result.unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
-    t.to_cpu().unwrap_or_else(|e| panic!("{}: {e}", exec.name()))
 }
 
 /// |got − want| ≤ bound elementwise (NaN only where want is NaN), with the dtype and shape of

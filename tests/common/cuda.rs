@@ -1,8 +1,21 @@
-//! The assertions of the CUDA tests' precondition checks: bad input is a typed error naming
-//! the kernel or op, never a panic or a launch.
+//! What the CUDA tests share: moving tensors to and from an executor with errors that name it,
+//! and the assertions of the precondition checks (bad input is a typed error naming the kernel
+//! or op, never a panic or a launch).
 #![allow(dead_code)] // each test binary uses a different subset
 
-use infinity::runtime::{Error, Result};
+use infinity::cuda::Executor;
+use infinity::runtime::{Error, Result, Tensor};
+
+/// `t` on `exec`, strides kept.
+pub fn upload(exec: &Executor, t: &Tensor) -> Tensor {
+    t.to_device(&exec.device()).unwrap_or_else(|e| panic!("{}: {e}", exec.name()))
+}
+
+/// Runs a launcher and brings its result back to the host, naming the executor on failure.
+pub fn host(exec: &Executor, result: Result<Tensor>) -> Tensor {
+    let t = result.unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
+    t.to_cpu().unwrap_or_else(|e| panic!("{}: {e}", exec.name()))
+}
 
 /// Asserts an argument or shape error whose message starts with `op` and contains `says`.
 #[track_caller]

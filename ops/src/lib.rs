@@ -4,10 +4,11 @@
 //!
 //! Ops compute in f32: they take f32 tensors (any strides) and return contiguous f32 tensors.
 //! An op runs on the device its inputs live on ([`device`]): on the CPU through the paths
-//! here, on a CUDA executor (GPU or CPU shim) through the CUDA backend's kernels. The ops with
-//! a kernel so far: add, mul, GELU (tanh), SiLU, softmax over the last dimension, RMS norm,
-//! group norm with an affine (and fused with SiLU), embedding, conv2d with even padding, and
-//! nearest ×2 resizing.
+//! here, on a CUDA executor (GPU or CPU shim) through the CUDA backend's kernels, where GEMM
+//! operands are rounded to bf16 and accumulated in f32. The ops with a kernel so far: add,
+//! sub, mul, div, GELU (tanh), SiLU, softmax over the last dimension, RMS norm, group norm with
+//! an affine (and fused with SiLU), embedding, linear, matmul, concat, conv2d, and the nearest
+//! ×2, bilinear and area resizes; the others say they have none.
 
 pub mod attention;
 pub mod conv;

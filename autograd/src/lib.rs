@@ -56,6 +56,7 @@
 //! plus the fused bitwise cross-entropy of [`loss`]. Each is checked against central finite
 //! differences ([`gradcheck`]) by the `autograd` integration tests.
 
+pub mod adaln;
 pub mod attention;
 pub mod checkpoint;
 pub mod conv;

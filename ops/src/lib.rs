@@ -7,9 +7,11 @@
 //! here, on a CUDA executor (GPU or CPU shim) through the CUDA backend's kernels, where GEMM
 //! operands are rounded to bf16 and accumulated in f32. The ops with a kernel so far: add,
 //! sub, mul, div, GELU (tanh), SiLU, softmax over the last dimension, RMS norm, group norm with
-//! an affine (and fused with SiLU), embedding, linear, matmul, concat, conv2d, and the nearest
-//! ×2, bilinear and area resizes; the others say they have none.
+//! an affine (and fused with SiLU), embedding, linear, matmul, concat, conv2d, the nearest ×2,
+//! bilinear and area resizes, and the AdaLN modulation and gated residual; the others say
+//! they have none.
 
+pub mod adaln;
 pub mod attention;
 pub mod conv;
 mod device;

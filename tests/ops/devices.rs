@@ -4,6 +4,7 @@
 //! the CPU's within the case's bound. Inputs have odd sizes, strides, offsets and broadcasts.
 
 use infinity::cuda::testing::executors;
+use infinity::ops::adaln::{gated_residual, modulate};
 use infinity::ops::conv::{Conv2dParams, conv2d};
 use infinity::ops::elementwise::{add, div, exp, gelu_tanh, mul, silu, sub};
 use infinity::ops::index::{concat, embedding};
@@ -193,6 +194,30 @@ fn cases() -> Vec<Case> {
             atol: 1e-5,
             rtol: 1e-5,
             bf16_on_device: &[1],
+        },
+        Case {
+            name: "modulate",
+            inputs: vec![
+                strided_copy(&randn(&[2, 5, 24], 31, 2.0), &[1, 0, 2]),
+                randn(&[2, 24], 32, 0.5),
+                randn(&[2, 24], 33, 0.5),
+            ],
+            run: |t| modulate(&t[0], &t[1], &t[2], 1e-6),
+            atol: 1e-5,
+            rtol: 1e-5,
+            bf16_on_device: &[],
+        },
+        Case {
+            name: "gated_residual",
+            inputs: vec![
+                randn(&[2, 5, 24], 34, 1.0),
+                padded_view(&randn(&[2, 5, 24], 35, 1.0)),
+                randn(&[2, 24], 36, 1.0),
+            ],
+            run: |t| gated_residual(&t[0], &t[1], &t[2]),
+            atol: 0.0,
+            rtol: 0.0,
+            bf16_on_device: &[],
         },
         Case {
             name: "resize nearest ×2",

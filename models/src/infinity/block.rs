@@ -6,8 +6,9 @@
 //! weights every op, the KV-cache concatenation included, lands on the tape (training).
 
 use infinity_autograd::Var;
+use infinity_autograd::adaln::{self, gated_residual};
 use infinity_autograd::attention::attention;
-use infinity_autograd::elementwise::{add, add_scalar, clamp, exp, gelu_tanh, mul};
+use infinity_autograd::elementwise::{add, clamp, exp, gelu_tanh, mul};
 use infinity_autograd::index::concat;
 use infinity_autograd::matmul::linear;
 use infinity_autograd::norm::{l2_normalize, layer_norm};
@@ -24,8 +25,7 @@ const QK_EPS: f32 = 1e-12;
 
 /// LN(x)·(1 + scale) + shift with LN over C without affine; `scale`/`shift` are (B, C).
 pub(super) fn modulate(x: &Var, scale: &Var, shift: &Var) -> Result<Var> {
-    let n = layer_norm(x, None, None, EPS)?;
-    add(&mul(&n, &add_scalar(&scale.unsqueeze(1)?, 1.0)?)?, &shift.unsqueeze(1)?)
+    adaln::modulate(x, scale, shift, EPS)
 }
 
 /// Keys and values of earlier scales, already normalised and rotated: (B, H, tokens, hd).
@@ -156,7 +156,7 @@ impl Block {
         let (q, k) = (rope_interleaved(&q, cos, sin)?, rope_interleaved(&k, cos, sin)?);
         let (k_all, v_all) = cache.append(k, part(2)?.contiguous()?)?;
         let o = attention(&q, &k_all, &v_all, None, 1.0)?.permute(&[0, 2, 1, 3])?.reshape(&[b, n, c])?;
-        let x = add(x, &mul(&linear(&o, &self.proj_w, Some(&self.proj_b))?, &gamma1.unsqueeze(1)?)?)?;
+        let x = gated_residual(x, &linear(&o, &self.proj_w, Some(&self.proj_b))?, &gamma1)?;
 
         // Cross-attention to the sample's own text; no gate, no modulation.
         let h = layer_norm(&x, Some(&self.ca_norm_w), Some(&self.ca_norm_b), EPS)?;
@@ -169,6 +169,6 @@ impl Block {
         // FFN with the second gate.
         let f = modulate(&x, &scale2, &shift2)?;
         let f = linear(&gelu_tanh(&linear(&f, &self.fc1_w, Some(&self.fc1_b))?)?, &self.fc2_w, Some(&self.fc2_b))?;
-        add(&x, &mul(&f, &gamma2.unsqueeze(1)?)?)
+        gated_residual(&x, &f, &gamma2)
     }
 }

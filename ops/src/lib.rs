@@ -8,8 +8,8 @@
 //! operands are rounded to bf16 and accumulated in f32. The ops with a kernel so far: add,
 //! sub, mul, div, GELU (tanh), SiLU, softmax over the last dimension, RMS norm, group norm with
 //! an affine (and fused with SiLU), embedding, linear, matmul, concat, conv2d, the nearest ×2,
-//! bilinear and area resizes, and the AdaLN modulation and gated residual; the others say
-//! they have none.
+//! bilinear and area resizes, interleaved RoPE, and the AdaLN modulation and gated residual;
+//! the others say they have none.
 
 pub mod adaln;
 pub mod attention;

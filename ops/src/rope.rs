@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use infinity_runtime::{Error, Result, Tensor};
 use rayon::prelude::*;
 
+use crate::device::executor;
 use crate::f32_data;
 
 /// Validated inputs in row-major order, shared by the fast path and the reference.
@@ -43,6 +44,15 @@ fn prepare<'a>(op: &'static str, x: &'a Tensor, cos: &'a Tensor, sin: &'a Tensor
 /// Rotates the pairs of every head vector of `x` (..., L, hd), typically (B, H, L, hd), by the
 /// angles whose cosines and sines are `cos` and `sin` (L, hd/2): position l uses row l.
 pub fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if let Some(exec) = executor("rope_interleaved", &[x, cos, sin])? {
+        crate::require_f32("rope_interleaved", x)?;
+        // The kernel takes (B, H, L, D): lower ranks get leading sizes 1.
+        let mut x4 = x.clone();
+        while x4.rank() < 4 {
+            x4 = x4.unsqueeze(0)?;
+        }
+        return infinity_cuda::rope::rope_interleaved(&exec, &x4, cos, sin)?.reshape(x.shape());
+    }
     let inp = prepare("rope_interleaved", x, cos, sin)?;
     let (len, hd, half) = (inp.len, inp.head_dim, inp.head_dim / 2);
     let mut out = vec![0f32; inp.x.len()];

@@ -11,6 +11,7 @@ use infinity::ops::index::{concat, embedding};
 use infinity::ops::matmul::{linear, matmul};
 use infinity::ops::norm::{group_norm, group_norm_silu, rms_norm};
 use infinity::ops::resize::{ResizeMode, resize};
+use infinity::ops::rope::rope_interleaved;
 use infinity::ops::softmax::{log_softmax, softmax};
 use infinity::runtime::{DType, Result, Tensor};
 
@@ -217,6 +218,26 @@ fn cases() -> Vec<Case> {
             run: |t| gated_residual(&t[0], &t[1], &t[2]),
             atol: 0.0,
             rtol: 0.0,
+            bf16_on_device: &[],
+        },
+        Case {
+            name: "rope_interleaved",
+            inputs: vec![
+                strided_copy(&randn(&[2, 3, 5, 8], 37, 1.0), &[0, 2, 1, 3]),
+                randn(&[5, 4], 38, 1.0),
+                randn(&[5, 4], 39, 1.0),
+            ],
+            run: |t| rope_interleaved(&t[0], &t[1], &t[2]),
+            atol: 1e-6,
+            rtol: 1e-6,
+            bf16_on_device: &[],
+        },
+        Case {
+            name: "rope_interleaved of rank 3",
+            inputs: vec![randn(&[3, 5, 8], 40, 1.0), randn(&[5, 4], 41, 1.0), randn(&[5, 4], 42, 1.0)],
+            run: |t| rope_interleaved(&t[0], &t[1], &t[2]),
+            atol: 1e-6,
+            rtol: 1e-6,
             bf16_on_device: &[],
         },
         Case {

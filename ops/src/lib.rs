@@ -3,7 +3,7 @@
 //! accumulation) and, where speed matters, a fast path that the tests compare with it.
 //!
 //! Ops compute in f32: they take f32 tensors (any strides) and return contiguous f32 tensors.
-//! An op runs on the device its inputs live on ([`device`]): on the CPU through the paths
+//! An op runs on the device its inputs live on (`device.rs`): on the CPU through the paths
 //! here, on a CUDA executor (GPU or CPU shim) through the CUDA backend's kernels, where GEMM
 //! operands are rounded to bf16 and accumulated in f32. The ops with a kernel so far: add,
 //! sub, mul, div, GELU (tanh), SiLU, softmax over the last dimension, RMS norm, group norm with

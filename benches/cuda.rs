@@ -10,7 +10,7 @@
 //! - Memory-bound kernels at that scale (AdaLN to bf16, gated residual, cast, GELU in bf16,
 //!   the fused attention inputs), the bit quantizer and the bitwise sampler: GB/s of their
 //!   reads and writes.
-//! - The 2B transformer's device forward over a whole 1024² schedule (13 scales) with CFG:
+//! - The 2B transformer on the device over a whole 1024² schedule (13 scales) with CFG:
 //!   seconds per image (the official code's 0.8 s is for this model) and per scale.
 //!
 //! Without a GPU it prints a SKIP line and measures nothing (the CPU shim's speed means nothing).
@@ -27,8 +27,7 @@ use infinity::cuda::gemm::{linear, matmul};
 use infinity::cuda::quantize::quantize_scale;
 use infinity::cuda::rope::attention_inputs;
 use infinity::cuda::testing::skip;
-use infinity::models::infinity::device::{DeviceInfinity, generate};
-use infinity::models::infinity::{Infinity, InfinityConfig, SamplingConfig};
+use infinity::models::infinity::{Infinity, InfinityConfig, SamplingConfig, generate};
 use infinity::models::schedule::{PixelBudget, Template};
 use infinity::runtime::rng::Philox;
 use infinity::runtime::{DType, Tensor};
@@ -155,13 +154,15 @@ fn memory_bound(c: &mut Criterion, exec: &Executor) {
     group.finish();
 }
 
-/// Seconds per 1024² image of the 2B transformer's device forward (random weights, CFG, 13
-/// scales), sampling on the host as `infinity-run --device cuda` does, and where they go: the
+/// Seconds per 1024² image of the 2B transformer on the device (random weights, CFG, 13
+/// scales; the conditioning on the device too), sampling on the host as `infinity-run --device cuda` does, and where they go: the
 /// time from one scale's sampled bits to the next (that scale's forward, its logits' download
 /// and the host's sampling).
 fn transformer(exec: &Executor) {
-    let model = Infinity::random(InfinityConfig::preset("2b").expect("preset"), 0).expect("model");
-    let engine = DeviceInfinity::upload(exec, &model).expect("upload");
+    let config = InfinityConfig::preset("2b").expect("preset");
+    let weights = Infinity::random_weights(&config, 0).expect("weights");
+    let model = Infinity::with_config_on(&weights, config, &exec.device()).expect("model");
+    drop(weights);
     let schedule = Template::exact(1.0).expect("1:1").schedule(PixelBudget::P1M);
     let prompt =
         Tensor::from_vec(Philox::new(3).normal(16 * model.config.text_channels), &[16, model.config.text_channels])
@@ -170,7 +171,7 @@ fn transformer(exec: &Executor) {
     let run = || {
         let start = Instant::now();
         let mut marks = Vec::new();
-        generate(&engine, &model, std::slice::from_ref(&prompt), None, &schedule, &sampling, &[], |_| {
+        generate(&model, std::slice::from_ref(&prompt), None, &schedule, &sampling, &[], |_| {
             marks.push(start.elapsed().as_secs_f64())
         })
         .expect("generate");

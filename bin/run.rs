@@ -20,9 +20,8 @@ use infinity::cuda::Executor;
 use infinity::models::bitvae::BitVae;
 use infinity::models::bitvae::quantizer::Quantized;
 use infinity::models::image::{fit_to, load_rgb, psnr, save_png, to_rgb8, to_tensor};
-use infinity::models::infinity::device::generate as device_generate;
 use infinity::models::infinity::{SamplingConfig, generate};
-use infinity::models::pipeline::{DevicePipeline, ModelFiles, Pipeline};
+use infinity::models::pipeline::{ModelFiles, Pipeline};
 use infinity::models::schedule::{PATCH, PixelBudget, Template};
 use infinity::runtime::io::Weights;
 use infinity::runtime::{Device, DeviceName};
@@ -277,7 +276,6 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
     let start = Instant::now();
     let device = executor.as_ref().map_or(Device::Cpu, |exec| exec.device());
     let mut pipeline = Pipeline::load(&files, &device)?;
-    let on_device = executor.as_ref().map(|exec| DevicePipeline::upload(exec, &pipeline)).transpose()?;
     match &executor {
         Some(exec) => println!("loaded models in {:.2} s; running on {}", start.elapsed().as_secs_f64(), exec.name()),
         None => println!("loaded models in {:.2} s", start.elapsed().as_secs_f64()),
@@ -313,19 +311,7 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
         bar.set_message(format!("prompt {}/{}", i + 1, prompts.len()));
         let start = Instant::now();
         let (transformer, negatives) = (&pipeline.transformer, negatives.as_deref());
-        let out = match &on_device {
-            Some(on_device) => device_generate(
-                &on_device.transformer,
-                transformer,
-                &batch_prompts,
-                negatives,
-                &schedule,
-                &sampling,
-                &[],
-                |_| bar.inc(1),
-            )?,
-            None => generate(transformer, &batch_prompts, negatives, &schedule, &sampling, &[], |_| bar.inc(1))?,
-        };
+        let out = generate(transformer, &batch_prompts, negatives, &schedule, &sampling, &[], |_| bar.inc(1))?;
         bar.finish_and_clear();
         transformer_time += start.elapsed().as_secs_f64();
 

@@ -1,6 +1,6 @@
 //! The whole pipeline on an executor (what `infinity-run --device cuda` runs): prompts → T5 on
-//! the device → the transformer's scales on the device → the BitVAE decoder on the device,
-//! against the same model folder run on the CPU. The device computes in bf16, so a sampled bit
+//! the device → the transformer's scales on the device (the conditioning included) → the
+//! BitVAE decoder on the device, against the same model folder run on the CPU. The device computes in bf16, so a sampled bit
 //! may differ wherever the CPU's margin is within rounding; the device generation is therefore
 //! teacher-forced with the CPU's bits, and what is compared is each stage's numbers: features
 //! and logits within the bounds of tests/cuda_t5.rs and tests/cuda_transformer.rs (2⁻⁶ and
@@ -11,9 +11,8 @@ mod common;
 
 use common::{fixture, max_abs, max_abs_diff};
 use infinity::cuda::testing::executors;
-use infinity::models::infinity::device::generate as device_generate;
 use infinity::models::infinity::{SamplingConfig, generate};
-use infinity::models::pipeline::{DevicePipeline, ModelFiles, Pipeline};
+use infinity::models::pipeline::{ModelFiles, Pipeline};
 use infinity::models::schedule::{PixelBudget, Template};
 use infinity::ops::elementwise::sub;
 use infinity::runtime::{Device, Tensor};
@@ -41,9 +40,8 @@ fn the_device_pipeline_follows_the_cpu_stage_by_stage() {
 
     for exec in executors() {
         let name = exec.name();
-        // The text encoder and the BitVAE loaded onto the executor, the transformer uploaded.
+        // All three models loaded onto the executor.
         let mut on_exec = Pipeline::load(&files, &exec.device()).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let device = DevicePipeline::upload(exec, &on_exec).unwrap_or_else(|e| panic!("{name}: {e}"));
         let text = on_exec.encode_prompts(&prompts).unwrap();
         on_exec.drop_text_encoder();
         for (got, want) in text.iter().zip(&cpu_text) {
@@ -52,21 +50,12 @@ fn the_device_pipeline_follows_the_cpu_stage_by_stage() {
         }
         // The CPU's features and bits: each stage is compared on the same inputs.
         let mut k = 0;
-        let out = device_generate(
-            &device.transformer,
-            &on_exec.transformer,
-            &features,
-            None,
-            &schedule,
-            &sampling,
-            &cpu.bits,
-            |step| {
-                let want = &cpu_logits[k];
-                let (diff, scale) = (max_abs_diff(step.raw_logits, want), max_abs(want));
-                assert!(diff <= scale / 32.0, "{name}: scale {k} logits off by {diff:e} of {scale:e}");
-                k += 1;
-            },
-        )
+        let out = generate(&on_exec.transformer, &features, None, &schedule, &sampling, &cpu.bits, |step| {
+            let want = &cpu_logits[k];
+            let (diff, scale) = (max_abs_diff(step.raw_logits, want), max_abs(want));
+            assert!(diff <= scale / 32.0, "{name}: scale {k} logits off by {diff:e} of {scale:e}");
+            k += 1;
+        })
         .unwrap();
         assert_eq!(k, schedule.num_scales());
         assert!(out.summed_codes.same_values(&cpu.summed_codes), "{name}: the forced bits sum to the same codes");

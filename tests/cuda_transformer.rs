@@ -1,5 +1,5 @@
-//! The transformer's device forward (models/src/infinity/device.rs) against the official
-//! goldens of devA (head dim 64, the one dev config the attention kernels take): a greedy CFG
+//! The transformer on an executor (the one forward of models/src/infinity, loaded onto the
+//! device) against the official goldens of devA (head dim 64, the one dev config the attention kernels take): a greedy CFG
 //! generation teacher-forced with the golden bits, on every executor (the CPU shim here, a GPU
 //! as well when present). The device runs bf16 weights and GEMM operands, so it is held to bf16
 //! bounds, not the f32 path's 1e-4: the raw logits of every scale within 2⁻⁵ of the largest
@@ -10,8 +10,7 @@
 mod common;
 
 use common::{fixture, max_abs, max_abs_diff, open, text_prompts};
-use infinity::models::infinity::device::{DeviceInfinity, generate};
-use infinity::models::infinity::{Infinity, SamplingConfig};
+use infinity::models::infinity::{Infinity, SamplingConfig, generate};
 use infinity::models::schedule::{PixelBudget, Template};
 use infinity::runtime::{Error, Tensor};
 use infinity_cuda::Executor;
@@ -34,10 +33,11 @@ fn greedy_cfg_generation_follows_the_golden_in_bf16() {
         .collect();
     let sampling = SamplingConfig { cfg: vec![3.0], tau: vec![1.0], top_k: 1, ..Default::default() };
     for exec in executors() {
-        let engine = DeviceInfinity::upload(exec, &model).unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
+        let on_exec = Infinity::open_on(fixture("devA/transformer.safetensors"), &exec.device())
+            .unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
         let mut decisive = 0;
         let mut worst = 0f32;
-        generate(&engine, &model, &text_prompts(&golden), None, &schedule, &sampling, &golden_bits, |step| {
+        generate(&on_exec, &text_prompts(&golden), None, &schedule, &sampling, &golden_bits, |step| {
             let k = step.index;
             let want =
                 golden.get(&format!("raw_logits_scale{k:02}")).unwrap().reshape(step.raw_logits.shape()).unwrap();
@@ -71,10 +71,10 @@ fn greedy_cfg_generation_follows_the_golden_in_bf16() {
 #[test]
 fn unsupported_head_dims_are_refused_by_name() {
     // devB has head dim 16.
-    let model = Infinity::open(fixture("devB/transformer.safetensors")).unwrap();
-    let err = DeviceInfinity::upload(&executors()[0], &model).err().expect("head dim 16 refused");
-    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
-    assert!(err.to_string().contains("head dim 16"), "{err}");
+    let path = fixture("devB/transformer.safetensors");
+    let err = Infinity::open_on(&path, &executors()[0].device()).err().expect("head dim 16 refused");
+    assert!(matches!(err, Error::Format { .. }), "{err}");
+    assert!(err.to_string().contains("head dim 16") && err.to_string().contains("devB"), "{err}");
 }
 
 /// Launches per block and scale: each is a few microseconds of fixed cost on a GPU, which is
@@ -91,14 +91,14 @@ fn a_block_stays_within_its_launch_budget() {
     let sampling = SamplingConfig { cfg: vec![3.0], tau: vec![1.0], top_k: 1, ..Default::default() };
     // An executor of its own: the other tests' launches must not be counted.
     let exec = &Executor::shim();
-    let engine = DeviceInfinity::upload(exec, &model).unwrap();
+    let on_exec = Infinity::open_on(fixture("devA/transformer.safetensors"), &exec.device()).unwrap();
     let prompts = text_prompts(&golden);
     // The conditional and unconditional halves.
     let samples = 2 * prompts.len() as u64;
     let depth = model.config.depth as u64;
     let mut counts = Vec::new();
     let mut last = exec.launches();
-    generate(&engine, &model, &prompts, None, &schedule, &sampling, &[], |_| {
+    generate(&on_exec, &prompts, None, &schedule, &sampling, &[], |_| {
         counts.push(exec.launches() - last);
         last = exec.launches();
     })

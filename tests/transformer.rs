@@ -8,7 +8,7 @@ use infinity::models::infinity::rope::scale_table;
 use infinity::models::infinity::{Infinity, PackedText};
 use infinity::models::schedule::{PixelBudget, Schedule, Template};
 use infinity::ops::index::concat;
-use infinity::runtime::Tensor;
+use infinity::runtime::{Device, Tensor};
 
 const SETS: [(&str, f64); 2] = [("devA", 1.0), ("devB", 0.5)];
 
@@ -22,7 +22,7 @@ fn text_path_matches_golden() {
         let model = Infinity::open(fixture(&format!("{set}/transformer.safetensors"))).unwrap();
         let golden = open(&format!("{set}/transformer_forward_golden.safetensors"));
         let p = text_prompts(&golden);
-        let (normed, cond) = model.pooled_text(&PackedText::pack(&p).unwrap()).unwrap();
+        let (normed, cond) = model.pooled_text(&PackedText::pack(&p, &Device::Cpu).unwrap()).unwrap();
         assert_golden(&format!("{set} text_norm"), &normed, golden.get("text_norm_out").unwrap(), 1e-4);
         assert_golden(&format!("{set} cond"), &cond, golden.get("cond_BD").unwrap(), 1e-4);
         let c = model.condition(&p).unwrap();

@@ -6,8 +6,11 @@
 //! dK = scale·dSᵀ·Q. P is recomputed from q and k, one block of query rows at a time, so the
 //! backward holds at most `SCORE_BUDGET` scores at once whatever the sequence length. Rows
 //! whose keys are all masked output zero in the forward, so they get P = 0 (no gradient).
+//!
+//! [`packed_attention`] is the fused op when nothing is tracked, else the per-sample
+//! composition of recorded attentions.
 
-use infinity_ops::attention as at;
+use infinity_ops::attention::{self as at, Packing};
 use infinity_ops::elementwise::{add, mul_scalar};
 use infinity_ops::index::concat;
 use infinity_ops::matmul::matmul;
@@ -16,6 +19,7 @@ use infinity_ops::softmax::softmax;
 use infinity_runtime::{DType, Result, Tensor};
 
 use crate::Var;
+use crate::index::concat as concat_vars;
 use crate::reduce::softmax_backward;
 use crate::util::zip_map;
 
@@ -28,6 +32,22 @@ pub fn attention(q: &Var, k: &Var, v: &Var, mask: Option<&Tensor>, scale: f32) -
     let value = at::attention(q.value(), k.value(), v.value(), mask, scale)?;
     let saved = Saved { q: q.value().clone(), k: k.value().clone(), v: v.value().clone(), mask: mask.cloned(), scale };
     Var::record("attention", &[q, k, v], value, move |g, needs| saved.backward(g, needs))
+}
+
+/// Each sample's queries q (B, H, n, D) over its own keys in k, v (ΣLᵢ, H, D); see
+/// [`infinity_ops::attention::packed_attention`].
+pub fn packed_attention(q: &Var, k: &Var, v: &Var, packing: &Packing, scale: f32) -> Result<Var> {
+    if [q, k, v].iter().all(|t| !t.is_tracked()) {
+        return at::packed_attention(q.value(), k.value(), v.value(), packing, scale).map(Var::constant);
+    }
+    let mut outs = Vec::with_capacity(packing.lens().len());
+    let mut start = 0;
+    for (b, &len) in packing.lens().iter().enumerate() {
+        let part = |t: &Var| t.narrow(0, start, len)?.permute(&[1, 0, 2])?.unsqueeze(0);
+        outs.push(attention(&q.narrow(0, b, 1)?, &part(k)?, &part(v)?, None, scale)?);
+        start += len;
+    }
+    concat_vars(&outs.iter().collect::<Vec<_>>(), 0)
 }
 
 struct Saved {

@@ -5,10 +5,10 @@
 
 use infinity_ops::matmul as mm;
 use infinity_ops::reduce::sum;
-use infinity_runtime::Result;
+use infinity_runtime::{DType, Result};
 
 use crate::Var;
-use crate::util::sum_to_shape;
+use crate::util::{require_f32_output, sum_to_shape};
 
 /// a (..., M, K) · b (..., K, N) → (batch..., M, N), batch dimensions broadcast.
 pub fn matmul(a: &Var, b: &Var) -> Result<Var> {
@@ -24,9 +24,19 @@ pub fn matmul(a: &Var, b: &Var) -> Result<Var> {
 
 /// x (..., in) · wᵀ + bias for w (out, in), bias (out) → (..., out).
 pub fn linear(x: &Var, w: &Var, bias: Option<&Var>) -> Result<Var> {
+    linear_to(x, w, bias, DType::F32)
+}
+
+/// [`linear`] delivered in `out`; see [`infinity_ops::matmul::linear_to`]. Recorded in f32
+/// only.
+pub fn linear_to(x: &Var, w: &Var, bias: Option<&Var>, out: DType) -> Result<Var> {
+    let inputs: Vec<&Var> = [Some(x), Some(w), bias].into_iter().flatten().collect();
+    if inputs.iter().all(|v| !v.is_tracked()) {
+        return mm::linear_to(x.value(), w.value(), bias.map(Var::value), out).map(Var::constant);
+    }
+    require_f32_output("linear", x, out)?;
     let value = mm::linear(x.value(), w.value(), bias.map(Var::value))?;
     let (xv, wv) = (x.value().clone(), w.value().clone());
-    let inputs: Vec<&Var> = [Some(x), Some(w), bias].into_iter().flatten().collect();
     Var::record("linear", &inputs, value, move |g, needs| {
         let (out_f, in_f) = (wv.shape()[0], wv.shape()[1]);
         // linear(g, wᵀ) = g·w.

@@ -6,6 +6,8 @@ use std::borrow::Cow;
 use infinity_ops::f32_data;
 use infinity_ops::reduce::sum;
 use infinity_runtime::{DType, Error, Result, Tensor};
+
+use crate::Var;
 use rayon::prelude::*;
 
 /// Elements per parallel task of `zip_map`: below this the pool's overhead dominates.
@@ -67,4 +69,13 @@ pub(crate) fn read_indices(op: &'static str, indices: &Tensor) -> Result<Vec<usi
 /// The products of the dimensions before and after `dim`.
 pub(crate) fn outer_inner(shape: &[usize], dim: usize) -> (usize, usize) {
     (shape[..dim].iter().product(), shape[dim + 1..].iter().product())
+}
+
+/// Refuses a recorded op asked for an output other than f32: the backward rules are f32.
+pub(crate) fn require_f32_output(op: &'static str, x: &Var, out: DType) -> Result<()> {
+    if out == DType::F32 {
+        return Ok(());
+    }
+    let msg = format!("a {out} output cannot be recorded for training yet; ask for f32");
+    Err(Error::invalid(op, x.shape(), msg))
 }

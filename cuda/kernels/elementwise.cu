@@ -1,6 +1,6 @@
 //! Elementwise ops of the three networks (ops/src/elementwise.rs): the broadcast add and
-//! multiply of residuals, biases and gates, and the tanh GELU (T5's gated FFN, Infinity's MLP)
-//! and SiLU (the BitVAE) activations, and the strided copy that casts, gathers views into
+//! multiply of residuals, biases and gates, the tanh GELU (T5's gated FFN, Infinity's MLP)
+//! and SiLU (the BitVAE) activations, exp, clamp and x·a + b (the scalar forms), and the strided copy that casts, gathers views into
 //! contiguous operands and writes into a slice of a larger tensor (the KV cache). One thread
 //! per output element over a grid-stride loop; inputs are read through element strides (a
 //! stride of 0 broadcasts); the arithmetic runs in f32 on f32 or bf16 inputs.
@@ -8,7 +8,7 @@
 
 /// The op codes of `BinaryParams::op` and `UnaryParams::op` (mirrored in src/elementwise.rs).
 enum BinaryOp : int { kAdd = 0, kMul = 1, kSub = 2, kDiv = 3 };
-enum UnaryOp : int { kGeluTanh = 0, kSilu = 1 };
+enum UnaryOp : int { kGeluTanh = 0, kSilu = 1, kExp = 2, kClamp = 3, kAffine = 4 };
 
 /// out (dims, contiguous) = a op b, with a and b seen at the output's 4-D shape through their
 /// element strides (0 along broadcast dimensions).
@@ -49,7 +49,8 @@ extern "C" __global__ void __launch_bounds__(256) binary_bf16(const BinaryParams
 INFINITY_SHIM_ENTRY(binary_bf16, BinaryParams<bf16>)
 
 /// out (dims, contiguous) = f(x), x a 4-D view with element strides; out in f32, or in the
-/// bf16 a GEMM reads next.
+/// bf16 a GEMM reads next. `a` and `b` are the constants of clamp (lo, hi) and affine
+/// (mul, add).
 template <class In, class Out>
 struct UnaryParams {
     const In* x;
@@ -57,6 +58,8 @@ struct UnaryParams {
     int dims[4];
     int x_stride[4];
     int op;
+    float a;
+    float b;
 };
 
 /// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) written as x·sigmoid(2√(2/π)·(…)), which
@@ -71,7 +74,17 @@ __device__ __forceinline__ void unary(const UnaryParams<In, Out>& p) {
     const unsigned n = unsigned(p.dims[0] * p.dims[1] * p.dims[2] * p.dims[3]);
     for (unsigned i = grid_first(); i < n; i += grid_stride()) {
         const float x = to_float(p.x[offset_of(unflatten<4>(i, p.dims), p.x_stride)]);
-        p.out[i] = from_float<Out>(p.op == kGeluTanh ? gelu_tanh(x) : silu(x));
+        float y;
+        switch (p.op) {
+            case kGeluTanh: y = gelu_tanh(x); break;
+            case kSilu: y = silu(x); break;
+            case kExp: y = expf(x); break;
+            // NaN stays NaN, as fminf/fmaxf would not keep it.
+            case kClamp: y = x != x ? x : fminf(fmaxf(x, p.a), p.b); break;
+            // Two roundings, like the CPU's x * mul + add.
+            default: y = __fadd_rn(__fmul_rn(x, p.a), p.b); break;
+        }
+        p.out[i] = from_float<Out>(y);
     }
 }
 

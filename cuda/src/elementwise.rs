@@ -31,13 +31,37 @@ pub enum BinaryOp {
     Div = 3,
 }
 
-/// The activations; the discriminants are elementwise.cu's `UnaryOp` codes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The one-input functions; [`UnaryOp::code`] gives elementwise.cu's `UnaryOp` code.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum UnaryOp {
     /// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), PyTorch's `gelu(approximate="tanh")`.
-    GeluTanh = 0,
+    GeluTanh,
     /// x·sigmoid(x).
-    Silu = 1,
+    Silu,
+    Exp,
+    /// min(max(x, lo), hi), NaN kept.
+    Clamp {
+        lo: f32,
+        hi: f32,
+    },
+    /// x·mul + add, rounded after each step.
+    Affine {
+        mul: f32,
+        add: f32,
+    },
+}
+
+impl UnaryOp {
+    /// The kernel's op code and its two constants.
+    fn code(self) -> (i32, f32, f32) {
+        match self {
+            UnaryOp::GeluTanh => (0, 0.0, 0.0),
+            UnaryOp::Silu => (1, 0.0, 0.0),
+            UnaryOp::Exp => (2, 0.0, 0.0),
+            UnaryOp::Clamp { lo, hi } => (3, lo, hi),
+            UnaryOp::Affine { mul, add } => (4, mul, add),
+        }
+    }
 }
 
 #[repr(C)]
@@ -58,6 +82,8 @@ pub struct UnaryParams<In, Out> {
     dims: [i32; MAX_RANK],
     x_stride: [i32; MAX_RANK],
     op: i32,
+    a: f32,
+    b: f32,
 }
 
 #[repr(C)]
@@ -140,8 +166,8 @@ pub fn silu(exec: &Executor, x: &Tensor, out: DType) -> Result<Tensor> {
     unary(exec, UnaryOp::Silu, x, out)
 }
 
-/// `op` of every element of x (f32 or bf16, rank 1 to 4, any strides), computed in f32 as
-/// x·sigmoid(·) with the library expf. The output is contiguous in `out`: f32, or bf16 from
+/// `op` of every element of x (f32 or bf16, rank 1 to 4, any strides), computed in f32 (the
+/// activations as x·sigmoid(·) with the library expf). The output is contiguous in `out`: f32, or bf16 from
 /// bf16 x (an activation between two bf16 GEMMs, rounded once).
 pub fn unary(exec: &Executor, op: UnaryOp, x: &Tensor, out: DType) -> Result<Tensor> {
     match (x.dtype(), out) {
@@ -161,12 +187,15 @@ fn unary_as<In: Element, Out: Element>(
     let name = handle.kernel.name();
     let xv = exec.view_padded::<In, MAX_RANK>(name, x)?;
     let mut out = exec.output(name, x.shape(), Out::DTYPE)?;
+    let (code, a, b) = op.code();
     let params = UnaryParams {
         x: xv.ptr,
         out: exec.view_mut_padded::<Out, MAX_RANK>(name, &mut out)?.ptr,
         dims: xv.dims,
         x_stride: xv.strides,
-        op: op as i32,
+        op: code,
+        a,
+        b,
     };
     // SAFETY: both addresses come from views of live tensors of `exec` of x's shape.
     unsafe { exec.launch(handle, exec.grid_stride(out.layout().numel(), THREADS), &params)? };

@@ -102,14 +102,15 @@ impl Executor {
 
     /// The executor whose memory holds `t`; an error names the device it is on otherwise.
     pub fn of(op: &'static str, t: &Tensor) -> Result<Arc<Executor>> {
-        let executor = t.storage().on_device().and_then(|s| {
-            let a = s.accelerator().clone();
-            let any: Arc<dyn std::any::Any + Send + Sync> = a;
-            any.downcast::<Executor>().ok()
-        });
-        executor.ok_or_else(|| {
+        Self::on(&t.device()).ok_or_else(|| {
             Error::invalid(op, t.shape(), format!("runs on a CUDA executor, but the tensor is on {}", t.device()))
         })
+    }
+
+    /// The executor `device` is; `None` for the CPU.
+    pub fn on(device: &Device) -> Option<Arc<Executor>> {
+        let any: Arc<dyn std::any::Any + Send + Sync> = device.accelerator()?.clone();
+        any.downcast::<Executor>().ok()
     }
 
     pub(crate) fn backend(&self) -> &Backend {
@@ -365,6 +366,10 @@ impl Accelerator for Executor {
 
     fn copy(&self, t: &Tensor, dtype: DType) -> Result<Tensor> {
         crate::elementwise::cast(self, t, dtype)
+    }
+
+    fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        Executor::zeros(self, shape, dtype)
     }
 }
 

@@ -1,7 +1,7 @@
-//! The models, written on the op set and autograd, each loaded onto the device it runs on:
-//! the BitVAE tokenizer, the flan-T5 text encoder and the Infinity transformer with its
-//! sampler (whose device forward is still its own, `infinity::device`); the scale schedules they share; the
-//! text-to-image pipeline; and what training needs (data, training steps for both models).
+//! The models, each written once on the op set and autograd and loaded onto the device it
+//! runs on: the BitVAE tokenizer, the flan-T5 text encoder and the Infinity transformer with
+//! its sampler; the scale schedules they share; the text-to-image pipeline; and what training
+//! needs (data, training steps for both models).
 
 pub mod bitvae;
 pub mod data;

@@ -8,10 +8,7 @@ use infinity_runtime::io::Weights;
 use infinity_runtime::{Device, Error, Result, Tensor};
 use serde_json::Value;
 
-use infinity_cuda::Executor;
-
 use crate::bitvae::{self, BitVae, BitVaeConfig};
-use crate::infinity::device::DeviceInfinity;
 use crate::infinity::{Infinity, InfinityConfig};
 use crate::schedule::{PATCH, PixelBudget};
 use crate::t5::tokenizer::Encoded;
@@ -89,9 +86,7 @@ pub struct EncodedPrompt {
 
 impl Pipeline {
     /// Maps the weight files, detects every configuration from the tensor shapes and checks
-    /// that the models fit together before building them. The text encoder and the BitVAE are
-    /// loaded onto `device`; the transformer is built on the CPU, and a [`DevicePipeline`]
-    /// uploads it (until its forward, too, is written once for every device).
+    /// that the models fit together before building them, each straight onto `device`.
     pub fn load(files: &ModelFiles, device: &Device) -> Result<Self> {
         files.check_exist()?;
         let t5_config = T5Config::open(&files.t5_config)?;
@@ -102,7 +97,7 @@ impl Pipeline {
         check_fit(&tc, &files.transformer.display().to_string(), &vc, &files.vae, &t5_config, &files.t5_config)?;
         Ok(Pipeline {
             text: Some(TextEncoder::with_config(&files.t5, t5_config, &files.tokenizer, device)?),
-            transformer: Infinity::with_config(&tw, tc)?,
+            transformer: Infinity::with_config_on(&tw, tc, device)?,
             vae: BitVae::with_config_on(&vw, vc, device)?,
         })
     }
@@ -167,19 +162,6 @@ impl TextEncoder {
             .zip(&tokens)
             .map(|(features, t)| Ok(EncodedPrompt { features: features.to_cpu()?, truncated: t.truncated }))
             .collect()
-    }
-}
-
-/// The transformer in an executor's memory (`infinity-run --device cuda`), uploaded from the
-/// host pipeline, which keeps the sampling loop; its text encoder and BitVAE are already on the
-/// executor ([`Pipeline::load`]).
-pub struct DevicePipeline<'e> {
-    pub transformer: DeviceInfinity<'e>,
-}
-
-impl<'e> DevicePipeline<'e> {
-    pub fn upload(exec: &'e Executor, pipeline: &Pipeline) -> Result<Self> {
-        Ok(DevicePipeline { transformer: DeviceInfinity::upload(exec, &pipeline.transformer)? })
     }
 }
 

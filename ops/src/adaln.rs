@@ -3,20 +3,21 @@
 //! tokens x, y (B, n, C). On the CPU each is the composition of plainer ops, in the official
 //! code's order; on an executor one kernel.
 
-use infinity_runtime::{Result, Tensor};
+use infinity_runtime::{DType, Result, Tensor};
 
 use crate::device::executor;
 use crate::elementwise::{add, add_scalar, mul};
 use crate::norm::layer_norm;
 
-/// LN(x)·(1 + scale) + shift, the LayerNorm over C without affine (`eps` inside the root).
-pub fn modulate(x: &Tensor, scale: &Tensor, shift: &Tensor, eps: f32) -> Result<Tensor> {
+/// LN(x)·(1 + scale) + shift, the LayerNorm over C without affine (`eps` inside the root),
+/// delivered in `out`: f32, or bf16 for the GEMM that follows on an executor, which rounds
+/// once from f32 without an f32 copy in memory (on the CPU the f32 result is rounded).
+pub fn modulate(x: &Tensor, scale: &Tensor, shift: &Tensor, eps: f32, out: DType) -> Result<Tensor> {
     if let Some(exec) = executor("modulate", &[x, scale, shift])? {
-        crate::require_f32("modulate", x)?;
-        return infinity_cuda::adaln::modulate(&exec, x, scale, shift, eps, x.dtype());
+        return infinity_cuda::adaln::modulate(&exec, x, scale, shift, eps, out);
     }
     let n = layer_norm(x, None, None, eps)?;
-    add(&mul(&n, &add_scalar(&scale.unsqueeze(1)?, 1.0)?)?, &shift.unsqueeze(1)?)
+    add(&mul(&n, &add_scalar(&scale.unsqueeze(1)?, 1.0)?)?, &shift.unsqueeze(1)?)?.to_dtype(out)
 }
 
 /// x + y·gate, the product and the sum rounded separately.

@@ -9,15 +9,36 @@
 //! online-softmax kernel yields naturally (its running sum stays 0) and keeps padding finite.
 //!
 //! The fast path is the flash-attention formulation (running max and sum per query row over
-//! blocks of keys, each block's products done by GEMMs) that the CUDA kernel mirrors; `reference` is the naive two-pass softmax in f64.
+//! blocks of keys, each block's products done by GEMMs) that the CUDA kernel mirrors;
+//! `reference` is the naive two-pass softmax in f64.
+//!
+//! On an executor, attention without a mask and of a head dimension the CUDA kernels are built
+//! for runs as one flash-attention launch (bf16 operands, f32 softmax and accumulation, bf16
+//! output written token-major and returned as a (B, H, Lq, D) view of it, so that the output
+//! projection reads it in place); anything else runs as the composition of device GEMMs and
+//! softmax (f32 output; a fully masked row is NaN there, not zero).
+//!
+//! Two more ops serve a transformer's inference: [`packed_attention`], each sample's queries
+//! over its own keys packed with the other samples' (cross-attention to texts of different
+//! lengths, one launch for the batch), and [`attention_inputs`], the pass from a qkv
+//! projection to the KV cache.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use gemm::Parallelism;
-use infinity_runtime::{Error, Layout, Result, Tensor};
+use infinity_cuda::Executor;
+use infinity_cuda::attention::{Attention, BlockCausal, HEAD_DIMS, PackedKeys, Scores};
+use infinity_runtime::{DType, Device, Error, Layout, Result, Tensor};
 use rayon::prelude::*;
 
-use crate::matmul::{MatRef, gemm_into};
+use crate::device::executor;
+use crate::elementwise::{add, mul, mul_scalar};
+use crate::index::{concat, copy_into};
+use crate::matmul::{MatRef, gemm_into, matmul};
+use crate::norm::l2_normalize;
+use crate::rope::rope_interleaved;
+use crate::softmax::softmax;
 use crate::{f32_data, require_f32};
 
 /// Queries per parallel task: the rows of its GEMMs.
@@ -97,6 +118,12 @@ fn prepare<'a>(
 
 /// softmax(q·kᵀ·scale + mask)·v; see the module header for shapes and fully masked rows.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f32) -> Result<Tensor> {
+    if let Some(exec) = executor("attention", &[q, k, v])? {
+        return match mask {
+            None if flash_fits(q, k, v) => flash(&exec, q, k, v, None, scale),
+            _ => composed(q, k, v, mask, scale),
+        };
+    }
     let inp = prepare("attention", q, k, v, mask)?;
     let Dims { b, h, lq, dv, .. } = inp.dims;
     let mut out = vec![0f32; b * h * lq * dv];
@@ -110,6 +137,175 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scal
     }
     Tensor::from_vec(out, &[b, h, lq, dv])
 }
+
+/// Whether the flash kernel takes these shapes: 4-D, one head dim it is built for, v as wide
+/// as q, at least one key.
+fn flash_fits(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
+    q.rank() == 4
+        && k.rank() == 4
+        && v.rank() == 4
+        && HEAD_DIMS.contains(&q.shape()[3])
+        && v.shape()[3] == q.shape()[3]
+        && k.shape()[2] > 0
+}
+
+/// A flash-attention operand: bf16 as it is, f32 rounded to bf16.
+fn bf16_operand(t: &Tensor) -> Result<Tensor> {
+    if t.dtype() == DType::BF16 { Ok(t.clone()) } else { t.to_dtype(DType::BF16) }
+}
+
+/// The flash kernel over q (B, H, Lq, D) and k, v (B, H, Lk, D), or with `packing` over k, v
+/// (1, H, ΣLᵢ, D) holding every sample's keys. The output is allocated token-major
+/// (B, Lq, H, D) and returned as its (B, H, Lq, D) view.
+fn flash(
+    exec: &Executor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    packing: Option<&PackedKeys>,
+    scale: f32,
+) -> Result<Tensor> {
+    let (q, k, v) = (bf16_operand(q)?, bf16_operand(k)?, bf16_operand(v)?);
+    let (&[b, h, lq, d], lk) = (q.shape(), k.shape()[2]) else {
+        return Err(Error::invalid("attention", q.shape(), "q must be 4-D (batch, heads, length, head dim)"));
+    };
+    let mut out = exec.empty(&[b, lq, h, d], DType::BF16)?;
+    // One block: every query sees every key.
+    let call = Attention {
+        q: &q,
+        k: &k,
+        v: &v,
+        mask: BlockCausal { offsets: &[0, lk], q_start: 0 },
+        scores: Scores::Dot(scale),
+    };
+    match packing {
+        None => call.forward_into(exec, &mut out, 0)?,
+        Some(keys) => call.forward_packed_into(exec, keys, &mut out, 0)?,
+    }
+    out.permute(&[0, 2, 1, 3])
+}
+
+/// softmax(q·kᵀ·scale + mask)·v from device GEMMs and softmax (heads of any width, a mask).
+fn composed(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f32) -> Result<Tensor> {
+    let (&[b, h, lq, d], &[_, _, lk, _], &[_, _, _, dv]) = (q.shape(), k.shape(), v.shape()) else {
+        let bad = [q, k, v].into_iter().find(|t| t.rank() != 4).unwrap_or(q);
+        return Err(Error::invalid(
+            "attention",
+            bad.shape(),
+            "q, k and v must be 4-D (batch, heads, length, head dim)",
+        ));
+    };
+    let heads = |t: &Tensor, rows: usize, cols: usize| t.reshape(&[b * h, rows, cols]);
+    let scores = mul_scalar(&matmul(&heads(q, lq, d)?, &heads(k, lk, d)?.transpose(1, 2)?)?, scale)?;
+    let mut scores = scores.reshape(&[b, h, lq, lk])?;
+    if let Some(m) = mask {
+        scores = add(&scores, m)?;
+    }
+    let p = softmax(&scores, 3)?.reshape(&[b * h, lq, lk])?;
+    matmul(&p, &heads(v, lk, dv)?)?.reshape(&[b, h, lq, dv])
+}
+
+/// How the keys of a batch's samples lie in one packed tensor of ΣLᵢ rows (each sample's own
+/// text, of its own length): sample i owns rows Σ_{j<i} Lⱼ .. Σ_{j≤i} Lⱼ, at least one. Made
+/// once per batch for the device its keys are on; on an executor it holds the row offsets in
+/// device memory too, so that no launch waits on a host copy.
+#[derive(Clone)]
+pub struct Packing {
+    lens: Vec<usize>,
+    device: Device,
+    keys: Option<Arc<PackedKeys>>,
+}
+
+impl Packing {
+    pub fn new(lens: &[usize], device: &Device) -> Result<Self> {
+        if lens.is_empty() || lens.contains(&0) {
+            return Err(Error::invalid("packing", lens, "each sample needs at least one key"));
+        }
+        let keys = Executor::on(device).map(|exec| PackedKeys::new(&exec, lens).map(Arc::new)).transpose()?;
+        Ok(Packing { lens: lens.to_vec(), device: device.clone(), keys })
+    }
+
+    /// Keys per sample.
+    pub fn lens(&self) -> &[usize] {
+        &self.lens
+    }
+}
+
+/// Attention of each sample's queries over its own keys: q (B, H, n, D), k and v (ΣLᵢ, H, D)
+/// packed as `packing` says. Returns (B, H, n, D). On an executor with a head dim the flash
+/// kernel takes, one launch for the batch; otherwise [`attention`] per sample.
+pub fn packed_attention(q: &Tensor, k: &Tensor, v: &Tensor, packing: &Packing, scale: f32) -> Result<Tensor> {
+    const OP: &str = "packed_attention";
+    let total: usize = packing.lens.iter().sum();
+    if q.rank() != 4 || q.shape()[0] != packing.lens.len() || k.rank() != 3 || k.shape()[0] != total {
+        let msg =
+            format!("q (B, H, n, D) and k (ΣLᵢ, H, D) for {} samples of {:?} keys", packing.lens.len(), packing.lens);
+        return Err(Error::invalid(OP, k.shape(), msg));
+    }
+    let exec = executor(OP, &[q, k, v])?;
+    if q.device() != packing.device {
+        return Err(Error::invalid(
+            OP,
+            q.shape(),
+            format!("a packing made for {}, tensors on {}", packing.device, q.device()),
+        ));
+    }
+    // (ΣLᵢ, H, D) → (1, H, ΣLᵢ, D).
+    let heads_first = |t: &Tensor| t.permute(&[1, 0, 2])?.unsqueeze(0);
+    if let (Some(exec), Some(keys)) = (&exec, &packing.keys)
+        && flash_fits(q, &heads_first(k)?, &heads_first(v)?)
+    {
+        return flash(exec, q, &heads_first(k)?, &heads_first(v)?, Some(keys), scale);
+    }
+    let mut outs = Vec::with_capacity(packing.lens.len());
+    let mut start = 0;
+    for (b, &len) in packing.lens.iter().enumerate() {
+        let part = |t: &Tensor| heads_first(&t.narrow(0, start, len)?);
+        outs.push(attention(&q.narrow(0, b, 1)?, &part(k)?, &part(v)?, None, scale)?);
+        start += len;
+    }
+    concat(&outs.iter().collect::<Vec<_>>(), 0)
+}
+
+/// Infinity's self-attention inputs of one scale at inference, from the fused projection qkv
+/// (B, n, 3, H, D): returns q̃ = head_scale[h]·rope(q / max(‖q‖, 1e-12)) (B, H, n, D), and
+/// writes k̃ = rope(k / max(‖k‖, 1e-12)) and v into the caches (B, H, L, D) at positions
+/// `start..start + n`. cos and sin are the scale's (n, D/2) tables, head_scale (H,). Attention
+/// over q̃ and the caches is then plain scale-1 attention. On an executor one pass (bf16 qkv
+/// and caches, D 64 or 128); on the CPU the composition, in the official order.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_inputs(
+    qkv: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    head_scale: &Tensor,
+    k_cache: &mut Tensor,
+    v_cache: &mut Tensor,
+    start: usize,
+) -> Result<Tensor> {
+    const OP: &str = "attention_inputs";
+    if let Some(exec) = executor(OP, &[qkv, cos, sin, head_scale, k_cache, v_cache])? {
+        return infinity_cuda::rope::attention_inputs(&exec, qkv, cos, sin, head_scale, k_cache, v_cache, start);
+    }
+    let &[_, _, 3, heads, _] = qkv.shape() else {
+        return Err(Error::invalid(OP, qkv.shape(), "expected (B, n, 3, H, D)"));
+    };
+    // (3, B, H, n, D).
+    let parts = qkv.permute(&[2, 0, 3, 1, 4])?;
+    let part = |i: usize| parts.narrow(0, i, 1)?.squeeze(0);
+    let q = mul(&l2_normalize(&part(0)?, QK_EPS)?, &head_scale.reshape(&[1, heads, 1, 1])?)?;
+    let k = l2_normalize(&part(1)?, QK_EPS)?;
+    copy_into(&rope_interleaved(&k, cos, sin)?, k_cache, 2, start)?;
+    copy_into(&part(2)?, v_cache, 2, start)?;
+    rope_interleaved(&q, cos, sin)
+}
+
+/// The floor of the q/k norms (F.normalize's default).
+pub const QK_EPS: f32 = 1e-12;
+
+/// The head dims the attention kernels of an executor are built for (flash attention and
+/// [`attention_inputs`]); [`attention`] of other widths runs as a composition there.
+pub const KERNEL_HEAD_DIMS: [usize; 2] = HEAD_DIMS;
 
 /// Online softmax for the queries i0.. of head `bh` whose output rows are `out` (zeroed on
 /// entry, used as the accumulator). Per row it keeps the running max `m` of the scores seen so

@@ -6,7 +6,7 @@
 use std::f64::consts::{FRAC_1_SQRT_2, FRAC_2_SQRT_PI};
 
 use infinity_runtime::layout::{broadcast_shapes, contiguous_strides};
-use infinity_runtime::{DType, Error, Result, Tensor};
+use infinity_runtime::{Error, Result, Tensor};
 
 use crate::device::{executor, no_kernel};
 use crate::f32_data;
@@ -328,13 +328,21 @@ fn broadcast_strides(shape: &[usize], own: &[usize]) -> Vec<usize> {
 pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
     op.check(x)?;
     if let Some(exec) = executor(op.name(), &[x])? {
-        crate::require_f32(op.name(), x)?;
+        use infinity_cuda::elementwise::UnaryOp as Kernel;
         let kernel = match op {
-            UnaryOp::GeluTanh => infinity_cuda::elementwise::UnaryOp::GeluTanh,
-            UnaryOp::Silu => infinity_cuda::elementwise::UnaryOp::Silu,
+            UnaryOp::GeluTanh => Kernel::GeluTanh,
+            UnaryOp::Silu => Kernel::Silu,
+            UnaryOp::Exp => Kernel::Exp,
+            UnaryOp::Clamp { lo, hi } => Kernel::Clamp { lo, hi },
+            UnaryOp::Affine { mul, add } => Kernel::Affine { mul, add },
+            // x·1 + s and x·s + 0 round as x + s and x·s do.
+            UnaryOp::Scalar(BinaryOp::Add, s) => Kernel::Affine { mul: 1.0, add: s },
+            UnaryOp::Scalar(BinaryOp::Sub, s) => Kernel::Affine { mul: 1.0, add: -s },
+            UnaryOp::Scalar(BinaryOp::Mul, s) => Kernel::Affine { mul: s, add: 0.0 },
             _ => return Err(no_kernel(op.name(), x)),
         };
-        return infinity_cuda::elementwise::unary(&exec, kernel, x, DType::F32);
+        // bf16 activations (between two bf16 GEMMs) stay bf16.
+        return infinity_cuda::elementwise::unary(&exec, kernel, x, x.dtype());
     }
     let data = f32_data(op.name(), x)?;
     let mut out = vec![0f32; data.len()];

@@ -1,8 +1,9 @@
-//! Index and data-movement ops: `concat`, `split`, `index_select`, `gather` and `embedding`.
+//! Index and data-movement ops: `concat`, `split`, `copy_into`, `index_select`, `gather` and
+//! `embedding`.
 //!
 //! They move elements without arithmetic, so they work for every dtype and are exact (no round
 //! trip through f32). Inputs may have any strides; results are contiguous, except `split`,
-//! which returns views. Index tensors are I64 or I32, and every index is checked: the error
+//! which returns views, and `copy_into`, which writes into a tensor it is given. Index tensors are I64 or I32, and every index is checked: the error
 //! names the first bad one and its position.
 //!
 //! There is no `reference` module here: a plain copy loop is already the obvious
@@ -91,6 +92,49 @@ fn concat_typed<T: Element>(tensors: &[&Tensor], dim: usize, shape: &[usize]) ->
         }
     }
     Tensor::from_vec(out, shape)
+}
+
+/// Writes `src` into `dst` at `start..start + src.shape()[dim]` along `dim` (every other size
+/// equal, one dtype): how a preallocated KV cache is filled. `dst` must be contiguous and own
+/// its storage (no live views, not a mapped file), so that no other tensor sees it change.
+pub fn copy_into(src: &Tensor, dst: &mut Tensor, dim: usize, start: usize) -> Result<()> {
+    const OP: &str = "copy_into";
+    check_dim(OP, dst, dim)?;
+    if src.dtype() != dst.dtype() {
+        return Err(Error::DTypeMismatch { op: OP, expected: dst.dtype(), got: src.dtype() });
+    }
+    let fits = src.rank() == dst.rank()
+        && (src.shape().iter().zip(dst.shape()).enumerate())
+            .all(|(d, (&s, &t))| if d == dim { start + s <= t } else { s == t });
+    if !fits {
+        let msg = format!("cannot hold a {:?} source at {start} along dimension {dim}", src.shape());
+        return Err(Error::invalid(OP, dst.shape(), msg));
+    }
+    if let Some(exec) = executor(OP, &[src, dst])? {
+        return infinity_cuda::elementwise::copy_into(&exec, src, dst, dim, start);
+    }
+    with_dtype!(dst.dtype(), T => copy_into_typed::<T>(src, dst, dim, start))
+}
+
+fn copy_into_typed<T: Element>(src: &Tensor, dst: &mut Tensor, dim: usize, start: usize) -> Result<()> {
+    const OP: &str = "copy_into";
+    let src_data = row_major::<T>(src)?;
+    let (outer, inner) = outer_inner(dst.shape(), dim);
+    let (chunk, dst_chunk) = (src.shape()[dim] * inner, dst.shape()[dim] * inner);
+    let (offset, shape) = (dst.layout().offset(), dst.shape().to_vec());
+    let writable = dst.is_contiguous().then(|| dst.storage_mut()).flatten().and_then(|s| s.cpu_mut());
+    let Some(data) = writable.and_then(|s| s.elements_mut::<T>()) else {
+        return Err(Error::invalid(
+            OP,
+            &shape,
+            "the destination must be contiguous and the only tensor of its storage",
+        ));
+    };
+    for o in 0..outer {
+        let at = offset + o * dst_chunk + start * inner;
+        data[at..at + chunk].copy_from_slice(&src_data[o * chunk..(o + 1) * chunk]);
+    }
+    Ok(())
 }
 
 /// Cuts `x` along `dim` into consecutive pieces of the given sizes, which must add up to the

@@ -5,11 +5,9 @@
 //! Ops compute in f32: they take f32 tensors (any strides) and return contiguous f32 tensors.
 //! An op runs on the device its inputs live on (`device.rs`): on the CPU through the paths
 //! here, on a CUDA executor (GPU or CPU shim) through the CUDA backend's kernels, where GEMM
-//! operands are rounded to bf16 and accumulated in f32. The ops with a kernel so far: add,
-//! sub, mul, div, GELU (tanh), SiLU, softmax over the last dimension, RMS norm, group norm with
-//! an affine (and fused with SiLU), embedding, linear, matmul, concat, conv2d, the nearest ×2,
-//! bilinear and area resizes, interleaved RoPE, and the AdaLN modulation and gated residual;
-//! the others say they have none.
+//! and attention operands are bf16 and accumulation is f32 (a few ops, `linear_to` and
+//! `modulate`, deliver a chosen dtype for the GEMM that follows). docs/architecture.md lists
+//! the ops with a kernel; the others say they have none.
 
 pub mod adaln;
 pub mod attention;

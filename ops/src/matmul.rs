@@ -252,11 +252,22 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// On an executor x (rank 2 or 3) and w are rounded to bf16 and the products accumulated in
 /// f32, with the bias added in f32 (see [`matmul`]).
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    linear_to(x, w, bias, DType::F32)
+}
+
+/// [`linear`] delivered in `out` (f32 or bf16): on an executor the f32 sum is rounded once to
+/// a bf16 output, the operand of the GEMM or attention that follows; on the CPU the f32 result
+/// is rounded.
+pub fn linear_to(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, out: DType) -> Result<Tensor> {
     let inputs: Vec<&Tensor> = [Some(x), Some(w), bias].into_iter().flatten().collect();
     if let Some(exec) = executor("linear", &inputs)? {
         let (x, w) = (gemm_operand("linear", x)?, gemm_operand("linear", w)?);
-        return infinity_cuda::gemm::linear(&exec, &x, &w, bias, DType::F32);
+        return infinity_cuda::gemm::linear(&exec, &x, &w, bias, out);
     }
+    linear_cpu(x, w, bias)?.to_dtype(out)
+}
+
+fn linear_cpu(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (x2, dims) = linear_dims(x, w, bias)?;
     let y = match w.dtype() {
         DType::BF16 => linear_half::<bf16>(&x2, w, bias, &dims)?,

@@ -1,7 +1,8 @@
 //! Where a tensor lives and its ops run: host memory (`Device::Cpu`) or the memory of an
 //! accelerator, an executor of the CUDA backend (a GPU, or the CPU shim that runs the same
 //! kernels). The runtime sees an accelerator only through [`Accelerator`]: moving tensors in
-//! and out and the one copy every layout change needs; its kernels are the op layer's.
+//! and out, the one copy every layout change needs and a fill with zeros; its kernels are the
+//! op layer's.
 //!
 //! A user names a device with [`DeviceName`] (`cpu`, `shim`, `cuda`, `cuda:N`); the CUDA
 //! backend opens the named accelerator as a [`Device`].
@@ -28,6 +29,9 @@ pub trait Accelerator: Any + Send + Sync {
 
     /// A contiguous copy of `t` (a tensor of this accelerator) converted to `dtype`.
     fn copy(&self, t: &Tensor, dtype: DType) -> Result<Tensor>;
+
+    /// A contiguous tensor of zeros, filled in this accelerator's memory (nothing uploaded).
+    fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor>;
 }
 
 /// A live device. Accelerators compare equal when they are the same executor.

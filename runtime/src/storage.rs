@@ -89,6 +89,25 @@ impl CpuStorage {
             Err(_) => Cow::Owned(bytes.chunks_exact(size_of::<T>()).map(bytemuck::pod_read_unaligned).collect()),
         }
     }
+
+    /// The elements for a CPU op to write in place: `None` for a mapped file's (read-only) or
+    /// when `T` is not the storage's element type.
+    pub fn elements_mut<T: Element>(&mut self) -> Option<&mut [T]> {
+        if T::DTYPE != self.dtype {
+            return None;
+        }
+        let Buffer::Owned(owned) = &mut self.buffer else { return None };
+        let bytes: &mut [u8] = match owned {
+            Owned::F32(v) => bytemuck::cast_slice_mut(v),
+            Owned::BF16(v) => bytemuck::cast_slice_mut(v),
+            Owned::F16(v) => bytemuck::cast_slice_mut(v),
+            Owned::I64(v) => bytemuck::cast_slice_mut(v),
+            Owned::I32(v) => bytemuck::cast_slice_mut(v),
+            Owned::U8(v) => bytemuck::cast_slice_mut(v),
+        };
+        // The element type is the vector's own, so the bytes are aligned for it.
+        Some(bytemuck::cast_slice_mut(bytes))
+    }
 }
 
 /// Memory of an accelerator: the backend's buffer, which the runtime only holds, and the
@@ -166,6 +185,13 @@ impl Storage {
         match self {
             Storage::Cpu(_) => None,
             Storage::Device(s) => Some(s),
+        }
+    }
+
+    pub fn cpu_mut(&mut self) -> Option<&mut CpuStorage> {
+        match self {
+            Storage::Cpu(s) => Some(s),
+            Storage::Device(_) => None,
         }
     }
 

@@ -61,6 +61,14 @@ impl Tensor {
         Self::full(shape, 0.0, dtype)
     }
 
+    /// Zeros made where they are needed: on an accelerator without a host copy to upload.
+    pub fn zeros_on(shape: &[usize], dtype: DType, device: &Device) -> Result<Self> {
+        match device {
+            Device::Cpu => Ok(Self::zeros(shape, dtype)),
+            Device::Accelerator(a) => a.zeros(shape, dtype),
+        }
+    }
+
     pub fn shape(&self) -> &[usize] {
         self.layout.shape()
     }

@@ -5,9 +5,12 @@
 
 use infinity::cuda::testing::executors;
 use infinity::ops::adaln::{gated_residual, modulate};
+use infinity::ops::attention::{Packing, attention, attention_inputs, packed_attention};
 use infinity::ops::conv::{Conv2dParams, conv2d};
-use infinity::ops::elementwise::{add, div, exp, gelu_tanh, mul, silu, sub};
-use infinity::ops::index::{concat, embedding};
+use infinity::ops::elementwise::{
+    add, add_scalar, affine, clamp, div, exp, gelu_tanh, log, mul, mul_scalar, silu, sub, sub_scalar,
+};
+use infinity::ops::index::{concat, copy_into, embedding};
 use infinity::ops::matmul::{linear, matmul};
 use infinity::ops::norm::{group_norm, group_norm_silu, rms_norm};
 use infinity::ops::resize::{ResizeMode, resize};
@@ -37,6 +40,26 @@ fn bf16_exact(shape: &[usize], seed: u64) -> Tensor {
 
 fn ids(values: &[i64], shape: &[usize]) -> Tensor {
     Tensor::from_vec(values.to_vec(), shape).unwrap()
+}
+
+/// Bound of results delivered in bf16 (attention on an executor): 2⁻⁸ relative on top of
+/// the bf16 rounding of its probabilities.
+const BF16_RESULT: f32 = 1.0 / 128.0;
+
+/// The self-attention inputs of a 5-token scale written at position 2 of 8-token caches,
+/// returned as q̃ followed by both caches along the token axis.
+fn attention_inputs_case(t: &[Tensor]) -> Result<Tensor> {
+    let device = t[0].device();
+    let (b, heads, d) = (t[0].shape()[0], t[0].shape()[3], t[0].shape()[4]);
+    let cache = || Tensor::zeros_on(&[b, heads, 8, d], t[0].dtype(), &device);
+    let (mut k, mut v) = (cache()?, cache()?);
+    let q = attention_inputs(&t[0], &t[1], &t[2], &t[3], &mut k, &mut v, 2)?;
+    concat(&[&q, &k, &v], 2)
+}
+
+/// Each of two samples' 3 queries over its own 2 or 4 packed keys.
+fn packed_case(t: &[Tensor]) -> Result<Tensor> {
+    packed_attention(&t[0], &t[1], &t[2], &Packing::new(&[2, 4], &t[0].device())?, 0.3)
 }
 
 /// f32 results of one rounding (a sum, a product) agree bit for bit; those through exp and a
@@ -203,7 +226,7 @@ fn cases() -> Vec<Case> {
                 randn(&[2, 24], 32, 0.5),
                 randn(&[2, 24], 33, 0.5),
             ],
-            run: |t| modulate(&t[0], &t[1], &t[2], 1e-6),
+            run: |t| modulate(&t[0], &t[1], &t[2], 1e-6, DType::F32),
             atol: 1e-5,
             rtol: 1e-5,
             bf16_on_device: &[],
@@ -239,6 +262,106 @@ fn cases() -> Vec<Case> {
             atol: 1e-6,
             rtol: 1e-6,
             bf16_on_device: &[],
+        },
+        Case {
+            name: "exp",
+            inputs: vec![strided.clone()],
+            run: |t| exp(&t[0]),
+            atol: 0.0,
+            rtol: 1e-6,
+            bf16_on_device: &[],
+        },
+        Case {
+            name: "clamp",
+            inputs: vec![padded.clone()],
+            run: |t| clamp(&t[0], -0.5, 0.7),
+            atol: 0.0,
+            rtol: 0.0,
+            bf16_on_device: &[],
+        },
+        Case {
+            name: "affine",
+            inputs: vec![strided.clone()],
+            run: |t| affine(&t[0], 1.5, -0.25),
+            atol: 0.0,
+            rtol: 0.0,
+            bf16_on_device: &[],
+        },
+        Case {
+            name: "scalar forms",
+            inputs: vec![padded.clone()],
+            run: |t| sub_scalar(&mul_scalar(&add_scalar(&t[0], 0.3)?, -1.7)?, 0.1),
+            atol: 0.0,
+            rtol: 0.0,
+            bf16_on_device: &[],
+        },
+        Case {
+            name: "copy_into",
+            inputs: vec![strided_copy(&randn(&[2, 3, 4], 43, 1.0), &[1, 0, 2])],
+            run: |t| {
+                let mut dst = Tensor::zeros_on(&[2, 7, 4], DType::F32, &t[0].device())?;
+                copy_into(&t[0], &mut dst, 1, 2)?;
+                Ok(dst)
+            },
+            atol: 0.0,
+            rtol: 0.0,
+            bf16_on_device: &[],
+        },
+        // Head dim 64: the flash kernel on an executor (its output bf16).
+        Case {
+            name: "attention (flash)",
+            inputs: vec![
+                bf16_exact(&[2, 3, 5, 64], 44),
+                strided_copy(&bf16_exact(&[2, 3, 7, 64], 45), &[0, 2, 1, 3]),
+                bf16_exact(&[2, 3, 7, 64], 46),
+            ],
+            run: |t| attention(&t[0], &t[1], &t[2], None, 0.125),
+            atol: BF16_RESULT,
+            rtol: BF16_RESULT,
+            bf16_on_device: &[0, 1, 2],
+        },
+        // Head dim 6 and a mask: the composition of device GEMMs and softmax.
+        Case {
+            name: "attention (composed)",
+            inputs: vec![
+                bf16_exact(&[2, 3, 5, 6], 47),
+                bf16_exact(&[2, 3, 7, 6], 48),
+                bf16_exact(&[2, 3, 7, 6], 49),
+                randn(&[1, 1, 5, 7], 50, 1.0),
+            ],
+            run: |t| attention(&t[0], &t[1], &t[2], Some(&t[3]), 0.4),
+            atol: BF16_RESULT,
+            rtol: BF16_RESULT,
+            bf16_on_device: &[],
+        },
+        Case {
+            name: "packed_attention (flash)",
+            inputs: vec![bf16_exact(&[2, 2, 3, 64], 51), bf16_exact(&[6, 2, 64], 52), bf16_exact(&[6, 2, 64], 53)],
+            run: packed_case,
+            atol: BF16_RESULT,
+            rtol: BF16_RESULT,
+            bf16_on_device: &[0, 1, 2],
+        },
+        Case {
+            name: "packed_attention (per sample)",
+            inputs: vec![bf16_exact(&[2, 2, 3, 6], 54), bf16_exact(&[6, 2, 6], 55), bf16_exact(&[6, 2, 6], 56)],
+            run: packed_case,
+            atol: BF16_RESULT,
+            rtol: BF16_RESULT,
+            bf16_on_device: &[],
+        },
+        Case {
+            name: "attention_inputs",
+            inputs: vec![
+                bf16_exact(&[2, 5, 3, 2, 64], 57),
+                randn(&[5, 32], 58, 1.0),
+                randn(&[5, 32], 59, 1.0),
+                randn(&[2], 60, 1.0),
+            ],
+            run: attention_inputs_case,
+            atol: BF16_RESULT,
+            rtol: BF16_RESULT,
+            bf16_on_device: &[0],
         },
         Case {
             name: "resize nearest ×2",
@@ -280,8 +403,8 @@ fn mixed_devices_and_missing_kernels_are_errors_naming_the_op() {
     let on_device = a.to_device(&exec.device()).unwrap();
     let err = add(&on_device, &b).unwrap_err().to_string();
     assert!(err.starts_with("add: ") && err.contains("move them to one device"), "{err}");
-    let err = exp(&on_device).unwrap_err().to_string();
-    assert!(err.starts_with("exp: ") && err.contains("has no kernel on CPU shim"), "{err}");
+    let err = log(&on_device).unwrap_err().to_string();
+    assert!(err.starts_with("log: ") && err.contains("has no kernel on CPU shim"), "{err}");
     let err = log_softmax(&on_device, 1).unwrap_err().to_string();
     assert!(err.starts_with("log_softmax: ") && err.contains("no kernel"), "{err}");
 }

@@ -2,55 +2,108 @@
 //! (L2-normalised q/k, per-head learned scale, 2-D RoPE) over the KV cache of all earlier
 //! scales plus this one, cross-attention to the text, and a GELU-tanh FFN with a gate.
 //!
-//! Written against `Var`: with constant weights nothing is recorded (inference); with tracked
-//! weights every op, the KV-cache concatenation included, lands on the tape (training).
+//! Written once against `Var`, for every device: with constant weights nothing is recorded
+//! (inference) and the fused ops run (the AdaLN modulation, the qkv → KV-cache pass, flash
+//! attention on an executor); with tracked weights every op, the KV-cache concatenation
+//! included, lands on the tape (training). The activations that feed a GEMM or attention are
+//! written in the model's operand dtype: f32 on the CPU, bf16 on an accelerator, where the
+//! residual stream stays f32.
 
 use infinity_autograd::Var;
 use infinity_autograd::adaln::{self, gated_residual};
-use infinity_autograd::attention::attention;
-use infinity_autograd::elementwise::{add, clamp, exp, gelu_tanh, mul};
+use infinity_autograd::attention::{attention, packed_attention};
+use infinity_autograd::elementwise::{add, affine, clamp, exp, gelu_tanh, mul};
 use infinity_autograd::index::concat;
-use infinity_autograd::matmul::linear;
-use infinity_autograd::norm::{l2_normalize, layer_norm};
+use infinity_autograd::matmul::{linear, linear_to};
+use infinity_autograd::norm::l2_normalize;
 use infinity_autograd::rope::rope_interleaved;
-use infinity_runtime::{DType, Result, Tensor};
+use infinity_ops::attention::{QK_EPS, attention_inputs};
+use infinity_runtime::{DType, Device, Result, Tensor};
 
 use super::config::InfinityConfig;
-use super::text::{Conditioning, packed_attention, split_kv, zero_k_bias};
+use super::text::{Conditioning, split_kv, zero_k_bias};
 use crate::params::Source;
 
 pub(super) const EPS: f32 = 1e-6;
-/// q/k normalisation floor (F.normalize's default).
-const QK_EPS: f32 = 1e-12;
 
-/// LN(x)·(1 + scale) + shift with LN over C without affine; `scale`/`shift` are (B, C).
-pub(super) fn modulate(x: &Var, scale: &Var, shift: &Var) -> Result<Var> {
-    adaln::modulate(x, scale, shift, EPS)
+/// LN(x)·(1 + scale) + shift with LN over C without affine; `scale`/`shift` are (B, C); the
+/// result in `out`.
+pub(super) fn modulate(x: &Var, scale: &Var, shift: &Var, out: DType) -> Result<Var> {
+    adaln::modulate(x, scale, shift, EPS, out)
 }
 
-/// Keys and values of earlier scales, already normalised and rotated: (B, H, tokens, hd).
-#[derive(Default)]
-pub struct KvCache {
-    k: Option<Var>,
-    v: Option<Var>,
+/// Keys (normalised, rotated) and values of the scales so far: (B, H, tokens, hd) each.
+pub enum KvCache {
+    /// Allocated for a whole schedule and written in place, one scale after another, by the
+    /// fused qkv → cache pass (inference, on every device).
+    Filled { k: Tensor, v: Tensor, len: usize },
+    /// Grown by a recorded concatenation per scale (training), so the gradient of a scale's
+    /// keys collects the attention of every later scale.
+    Recorded { k: Option<Var>, v: Option<Var> },
 }
 
 impl KvCache {
-    /// Appends one scale's keys and values; the concatenation is a recorded op, so in training
-    /// the gradient of a scale's keys collects the attention of every later scale.
-    fn append(&mut self, k: Var, v: Var) -> Result<(Var, Var)> {
-        let joined = |old: &Option<Var>, new: Var| match old {
-            Some(o) => concat(&[o, &new], 2),
-            None => Ok(new),
-        };
-        let (k, v) = (joined(&self.k, k)?, joined(&self.v, v)?);
-        self.k = Some(k.clone());
-        self.v = Some(v.clone());
-        Ok((k, v))
+    /// A cache of `capacity` tokens for `rows` samples of `heads` heads of `hd`, in `dtype` on
+    /// `device`.
+    pub fn filled(
+        rows: usize,
+        heads: usize,
+        capacity: usize,
+        hd: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let shape = [rows, heads, capacity, hd];
+        Ok(KvCache::Filled {
+            k: Tensor::zeros_on(&shape, dtype, device)?,
+            v: Tensor::zeros_on(&shape, dtype, device)?,
+            len: 0,
+        })
     }
 
+    pub fn recorded() -> Self {
+        KvCache::Recorded { k: None, v: None }
+    }
+
+    /// Adds one scale from its qkv projection (B, n, 3, H, hd): returns the scale's queries
+    /// (normalised, scaled per head, rotated; (B, H, n, hd)) and every key and value so far.
+    fn append(&mut self, qkv: &Var, cos: &Tensor, sin: &Tensor, head_scale: &Var) -> Result<(Var, Var, Var)> {
+        match self {
+            KvCache::Filled { k, v, len } => {
+                let heads = qkv.dim(3)?;
+                let scale = head_scale.value().reshape(&[heads])?;
+                let q = attention_inputs(qkv.value(), cos, sin, &scale, k, v, *len)?;
+                *len += qkv.dim(1)?;
+                let seen = |t: &Tensor| t.narrow(2, 0, *len).map(Var::constant);
+                Ok((Var::constant(q), seen(k)?, seen(v)?))
+            }
+            KvCache::Recorded { k: k_all, v: v_all } => {
+                let parts = qkv.permute(&[2, 0, 3, 1, 4])?;
+                let part = |i: usize| parts.narrow(0, i, 1).and_then(|t| t.squeeze(0));
+                let q = mul(&l2_normalize(&part(0)?, QK_EPS)?, head_scale)?;
+                let k = l2_normalize(&part(1)?, QK_EPS)?;
+                let (q, k) = (rope_interleaved(&q, cos, sin)?, rope_interleaved(&k, cos, sin)?);
+                let joined = |old: &mut Option<Var>, new: Var| -> Result<Var> {
+                    let all = match old.take() {
+                        Some(o) => concat(&[&o, &new], 2)?,
+                        None => new,
+                    };
+                    *old = Some(all.clone());
+                    Ok(all)
+                };
+                let k = joined(k_all, k)?;
+                let v = joined(v_all, part(2)?.contiguous()?)?;
+                Ok((q, k, v))
+            }
+        }
+    }
+
+    /// Tokens in the cache.
     pub fn len(&self) -> usize {
-        self.k.as_ref().map_or(0, |k| k.shape()[2])
+        match self {
+            KvCache::Filled { len, .. } => *len,
+            KvCache::Recorded { k, .. } => k.as_ref().map_or(0, |k| k.shape()[2]),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -83,21 +136,24 @@ pub(super) struct Block {
     pub(super) ca_kv_b: Var,
     pub(super) ca_proj_w: Var,
     pub(super) ca_proj_b: Var,
-    pub(super) ca_norm_w: Var,
+    /// The cross-attention LayerNorm's affine as an AdaLN modulation: weight − 1 and bias.
+    pub(super) ca_norm_scale: Var,
     pub(super) ca_norm_b: Var,
     pub(super) fc1_w: Var,
     pub(super) fc1_b: Var,
     pub(super) fc2_w: Var,
     pub(super) fc2_b: Var,
     pub(super) heads: usize,
+    /// The dtype of GEMM and attention operands (see the module header).
+    pub(super) operand: DType,
 }
 
 impl Block {
-    pub(super) fn load(take: Source, c: &InfinityConfig, i: usize) -> Result<Self> {
+    pub(super) fn load(take: Source, c: &InfinityConfig, i: usize, operand: DType) -> Result<Self> {
         let pre = c.block_prefix(i);
         let mut t = |name: &str| take(&format!("{pre}{name}"));
         let q_bias = t("sa.q_bias")?;
-        let zeros = Var::constant(Tensor::zeros(q_bias.shape(), DType::F32));
+        let zeros = Var::constant(Tensor::zeros_on(q_bias.shape(), DType::F32, &q_bias.value().device())?);
         let qkv_b = concat(&[&q_bias, &zeros, &t("sa.v_bias")?], 0)?;
         Ok(Block {
             ada_gss: t("ada_gss")?.reshape(&[6, c.embed_dim])?,
@@ -112,63 +168,68 @@ impl Block {
             ca_kv_b: zero_k_bias(&t("ca.v_bias")?)?,
             ca_proj_w: t("ca.proj.weight")?,
             ca_proj_b: t("ca.proj.bias")?,
-            ca_norm_w: t("ca_norm.weight")?,
+            ca_norm_scale: affine(&t("ca_norm.weight")?, 1.0, -1.0)?,
             ca_norm_b: t("ca_norm.bias")?,
             fc1_w: t("ffn.fc1.weight")?,
             fc1_b: t("ffn.fc1.bias")?,
             fc2_w: t("ffn.fc2.weight")?,
             fc2_b: t("ffn.fc2.bias")?,
             heads: c.num_heads,
+            operand,
         })
     }
 
     /// Projects the text memory into this block's cross-attention keys and values.
     pub(super) fn text_kv(&self, memory: &Var) -> Result<TextKv> {
-        let (k, v) = split_kv(&linear(memory, &self.ca_kv_w, Some(&self.ca_kv_b))?, self.heads)?;
+        let (k, v) = split_kv(&linear_to(memory, &self.ca_kv_w, Some(&self.ca_kv_b), self.operand)?, self.heads)?;
         Ok(TextKv { k, v })
     }
 
-    /// `x` (B, n, C): the tokens of one scale; `cos`/`sin` (n, hd/2) their RoPE angles.
+    /// The block's AdaLN table for a batch, ada_gss + G: (B, 6, C), rows [gamma1, gamma2,
+    /// scale1, scale2, shift1, shift2]; made once per batch, read by every scale.
+    pub(super) fn ada(&self, cond: &Conditioning) -> Result<Var> {
+        add(&cond.ada, &self.ada_gss)
+    }
+
+    /// `x` (B, n, C): the tokens of one scale; `ada` the batch's table ([`Block::ada`]);
+    /// `cos`/`sin` (n, hd/2) the tokens' RoPE angles, on the model's device.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn forward(
         &self,
         x: &Var,
         cond: &Conditioning,
+        ada: &Var,
         text_kv: &TextKv,
         cache: &mut KvCache,
         cos: &Tensor,
         sin: &Tensor,
     ) -> Result<Var> {
         let (b, n, c) = (x.dim(0)?, x.dim(1)?, x.dim(2)?);
-        let hd = c / self.heads;
-        // P = ada_gss + G, rows [gamma1, gamma2, scale1, scale2, shift1, shift2], each (B, C).
-        let p = add(&cond.ada, &self.ada_gss)?;
-        let row = |i: usize| p.narrow(1, i, 1).and_then(|r| r.squeeze(1));
+        let (hd, operand) = (c / self.heads, self.operand);
+        let row = |i: usize| ada.narrow(1, i, 1).and_then(|r| r.squeeze(1));
         let (gamma1, gamma2, scale1, scale2, shift1, shift2) = (row(0)?, row(1)?, row(2)?, row(3)?, row(4)?, row(5)?);
 
         // Self-attention: softmax scale 1 on unit q/k, q carrying the learned per-head scale.
-        let a = modulate(x, &scale1, &shift1)?;
-        let qkv = linear(&a, &self.qkv_w, Some(&self.qkv_b))?
-            .reshape(&[b, n, 3, self.heads, hd])?
-            .permute(&[2, 0, 3, 1, 4])?;
-        let part = |i: usize| qkv.narrow(0, i, 1).and_then(|t| t.squeeze(0));
-        let q = mul(&l2_normalize(&part(0)?, QK_EPS)?, &self.head_scale)?;
-        let k = l2_normalize(&part(1)?, QK_EPS)?;
-        let (q, k) = (rope_interleaved(&q, cos, sin)?, rope_interleaved(&k, cos, sin)?);
-        let (k_all, v_all) = cache.append(k, part(2)?.contiguous()?)?;
+        let a = modulate(x, &scale1, &shift1, operand)?;
+        let qkv = linear_to(&a, &self.qkv_w, Some(&self.qkv_b), operand)?.reshape(&[b, n, 3, self.heads, hd])?;
+        let (q, k_all, v_all) = cache.append(&qkv, cos, sin, &self.head_scale)?;
         let o = attention(&q, &k_all, &v_all, None, 1.0)?.permute(&[0, 2, 1, 3])?.reshape(&[b, n, c])?;
         let x = gated_residual(x, &linear(&o, &self.proj_w, Some(&self.proj_b))?, &gamma1)?;
 
-        // Cross-attention to the sample's own text; no gate, no modulation.
-        let h = layer_norm(&x, Some(&self.ca_norm_w), Some(&self.ca_norm_b), EPS)?;
-        let q =
-            linear(&h, &self.ca_q_w, Some(&self.ca_q_b))?.reshape(&[b, n, self.heads, hd])?.permute(&[0, 2, 1, 3])?;
-        let o = packed_attention(&q, &text_kv.k, &text_kv.v, &cond.lens, 1.0 / (hd as f32).sqrt())?;
+        // Cross-attention to the sample's own text; no gate, and the LayerNorm's affine is
+        // the same for every sample.
+        let rows = |t: &Var| t.unsqueeze(0)?.broadcast_to(&[b, c]);
+        let h = modulate(&x, &rows(&self.ca_norm_scale)?, &rows(&self.ca_norm_b)?, operand)?;
+        let q = linear_to(&h, &self.ca_q_w, Some(&self.ca_q_b), operand)?
+            .reshape(&[b, n, self.heads, hd])?
+            .permute(&[0, 2, 1, 3])?;
+        let o = packed_attention(&q, &text_kv.k, &text_kv.v, &cond.packing, 1.0 / (hd as f32).sqrt())?;
         let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, n, c])?;
         let x = add(&x, &linear(&o, &self.ca_proj_w, Some(&self.ca_proj_b))?)?;
 
-        // FFN with the second gate.
-        let f = modulate(&x, &scale2, &shift2)?;
-        let f = linear(&gelu_tanh(&linear(&f, &self.fc1_w, Some(&self.fc1_b))?)?, &self.fc2_w, Some(&self.fc2_b))?;
-        gated_residual(&x, &f, &gamma2)
+        // FFN with the second gate; its hidden layer (4C wide) is in the operand dtype.
+        let f = modulate(&x, &scale2, &shift2, operand)?;
+        let f = gelu_tanh(&linear_to(&f, &self.fc1_w, Some(&self.fc1_b), operand)?)?;
+        gated_residual(&x, &linear(&f, &self.fc2_w, Some(&self.fc2_b))?, &gamma2)
     }
 }

@@ -2,8 +2,8 @@
 //! into codes, accumulated at the final latent grid, and the accumulation resized to the next
 //! scale becomes that scale's input.
 
-use infinity_autograd::index::concat;
 use infinity_ops::elementwise::add;
+use infinity_ops::index::concat;
 use infinity_runtime::rng::Philox;
 use infinity_runtime::{DType, Error, Result, Tensor};
 
@@ -31,34 +31,28 @@ pub struct Generated {
     pub summed_codes: Tensor,
 }
 
-/// A transformer as generation drives it: the raw head logits of each scale in turn.
-pub trait ScaleLogits {
-    /// Raw logits (R, n, 2·bits) of scale `k` (R = B, or 2B with the unconditional half),
-    /// fed the start tokens at k = 0 and the next-scale input (B, n, bits) after that; each
-    /// call extends the KV caches by the scale's tokens.
-    fn scale_logits(&mut self, k: usize, input: Option<&Tensor>) -> Result<Tensor>;
-}
-
-/// [`ScaleLogits`] of the CPU model for one batch of conditioning.
-struct CpuScales<'a> {
+/// The transformer as generation drives it, over one batch of conditioning.
+struct Scales<'a> {
     model: &'a Infinity,
     session: Session<'a>,
     schedule: &'a Schedule,
     with_uncond: bool,
 }
 
-impl ScaleLogits for CpuScales<'_> {
-    fn scale_logits(&mut self, k: usize, input: Option<&Tensor>) -> Result<Tensor> {
+impl Scales<'_> {
+    /// Raw logits (R, n, 2·bits) of scale `k` on the host (R = B, or 2B with the
+    /// unconditional half), fed the start tokens at k = 0 and the next-scale input (B, n, bits)
+    /// after that; each call extends the KV caches by the scale's tokens.
+    fn logits(&mut self, k: usize, input: Option<&Tensor>) -> Result<Tensor> {
         let cond = self.session.cond;
         let x = match input {
             None => self.model.start_tokens(cond)?,
-            Some(u) => {
-                let e = self.model.embed(u)?;
-                if self.with_uncond { concat(&[&e, &e], 0)? } else { e }
-            }
+            // Doubled on the host, before the upload: one embedding for both halves.
+            Some(u) if self.with_uncond => self.model.embed(&concat(&[u, u], 0)?)?,
+            Some(u) => self.model.embed(u)?,
         };
         let hidden = self.model.forward_scale(&mut self.session, &x, self.schedule, k)?;
-        Ok(self.model.logits(cond, &hidden)?.into_value())
+        self.model.logits(cond, &hidden)?.into_value().to_cpu()
     }
 }
 
@@ -75,14 +69,14 @@ pub fn generate(
     observe: impl FnMut(ScaleStep),
 ) -> Result<Generated> {
     let cond = conditioning(model, prompts, negatives, schedule, sampling)?;
-    let session = model.session(&cond)?;
-    let mut scales = CpuScales { model, session, schedule, with_uncond: sampling.uses_cfg() };
+    let session = model.session(&cond, schedule)?;
+    let mut scales = Scales { model, session, schedule, with_uncond: sampling.uses_cfg() };
     sample_scales(&mut scales, prompts.len(), model.config.bits, schedule, sampling, forced, observe)
 }
 
 /// The conditioning of a generation (the doubled CFG batch when guidance is on), after
 /// checking the sampling knobs against the schedule.
-pub fn conditioning(
+fn conditioning(
     model: &Infinity,
     prompts: &[Tensor],
     negatives: Option<&[Tensor]>,
@@ -97,10 +91,9 @@ pub fn conditioning(
     if sampling.uses_cfg() { model.condition_cfg(prompts, negatives) } else { model.condition(prompts) }
 }
 
-/// The scale loop of [`generate`] over any [`ScaleLogits`] of `batch` prompts with `bits_dim`
-/// bits per token.
-pub fn sample_scales(
-    scales: &mut dyn ScaleLogits,
+/// The scale loop of [`generate`] over `batch` prompts with `bits_dim` bits per token.
+fn sample_scales(
+    scales: &mut Scales,
     batch: usize,
     bits_dim: usize,
     schedule: &Schedule,
@@ -117,7 +110,7 @@ pub fn sample_scales(
     let mut all_bits = Vec::with_capacity(num_scales);
 
     for (k, &(h, w)) in schedule.grids.iter().enumerate() {
-        let raw = scales.scale_logits(k, input.as_ref())?;
+        let raw = scales.logits(k, input.as_ref())?;
         let guided = guide(&raw, batch, sampling.cfg_at(k)?, sampling.tau_at(k)?, with_uncond)?;
         let sampled = sample_bits(&guided, sampling, &mut rng)?.reshape(&[batch, h, w, bits_dim])?;
         let bits = match forced.get(k) {

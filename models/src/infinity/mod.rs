@@ -3,7 +3,6 @@
 
 mod block;
 pub mod config;
-pub mod device;
 pub mod generate;
 mod model;
 mod params;
@@ -14,7 +13,7 @@ mod text;
 
 pub use block::KvCache;
 pub use config::InfinityConfig;
-pub use generate::{Generated, ScaleLogits, ScaleStep, generate};
+pub use generate::{Generated, ScaleStep, generate};
 pub use model::{Infinity, Session};
 pub use sampler::SamplingConfig;
 pub use text::{Conditioning, PackedText};

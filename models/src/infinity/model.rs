@@ -1,9 +1,9 @@
 //! The Infinity transformer: loading, per-prompt conditioning, the per-scale forward pass
 //! through the KV cache, and the bitwise head.
 //!
-//! The model holds its parameters as `Var`s and its one forward is written against `Var`.
-//! Loaded from a checkpoint, the parameters are constants and the forward records nothing:
-//! that is the inference path. Built with [`Infinity::on_tape`] from the leaves of a training
+//! The model holds its parameters as `Var`s and its one forward is written against `Var`, for
+//! every device. Loaded from a checkpoint (onto the CPU or an accelerator), the parameters are
+//! constants and the forward records nothing: that is the inference path. Built with [`Infinity::on_tape`] from the leaves of a training
 //! step's tape, the same forward records every op, and the logits of
 //! [`Infinity::teacher_forced_logits`] can be backpropagated to the parameters. Data (text
 //! features, next-scale inputs) always enters as constants.
@@ -14,9 +14,10 @@ use infinity_autograd::elementwise::add;
 use infinity_autograd::index::concat;
 use infinity_autograd::matmul::linear;
 use infinity_autograd::{Params as TrainParams, Tracked, Var};
+use infinity_ops::attention::{KERNEL_HEAD_DIMS, Packing};
 use infinity_runtime::io::Weights;
 use infinity_runtime::rng::Philox;
-use infinity_runtime::{Error, Result, Tensor};
+use infinity_runtime::{DType, Device, Error, Result, Tensor};
 
 use super::block::{Block, KvCache, TextKv, modulate};
 use super::config::InfinityConfig;
@@ -38,12 +39,18 @@ pub struct Infinity {
     pub(super) blocks: Vec<Block>,
     pub(super) head_w: Var,
     pub(super) head_b: Var,
+    /// Where the weights are, and so where the forward runs.
+    device: Device,
+    /// The dtype of GEMM and attention operands: f32 on the CPU, bf16 on an accelerator.
+    operand: DType,
 }
 
-/// Per-generation state: the text's cross-attention K/V of every block and the KV caches.
+/// Per-batch state: the text's cross-attention K/V and the AdaLN table of every block, and
+/// the KV caches.
 pub struct Session<'a> {
     pub cond: &'a Conditioning,
     text_kv: Vec<TextKv>,
+    ada: Vec<Var>,
     caches: Vec<KvCache>,
 }
 
@@ -60,8 +67,13 @@ fn truncated_normal(rng: &mut Philox, n: usize, std: f32) -> Vec<f32> {
 impl Infinity {
     /// Loads a flat state dict (official `.pth` or safetensors), detecting the configuration.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_on(path, &Device::Cpu)
+    }
+
+    /// [`Infinity::open`] onto `device`.
+    pub fn open_on(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let weights = Weights::open(path)?;
-        Self::with_config(&weights, Self::detect_config(&weights)?)
+        Self::with_config_on(&weights, Self::detect_config(&weights)?, device)
     }
 
     /// The configuration a state dict's shapes imply; the error names the file.
@@ -74,11 +86,26 @@ impl Infinity {
         Self::with_config(&Weights::open(path)?, config)
     }
 
-    /// The model with constant weights (inference): linear weights stay in their stored dtype.
+    /// The model with constant weights (inference) on the CPU: linear weights stay in their
+    /// stored dtype.
     pub fn with_config(weights: &Weights, config: InfinityConfig) -> Result<Self> {
+        Self::with_config_on(weights, config, &Device::Cpu)
+    }
+
+    /// The model with constant weights on `device`, in its dtype policy
+    /// (`models/src/params.rs`); each tensor is converted and placed as it is taken.
+    pub fn with_config_on(weights: &Weights, config: InfinityConfig, device: &Device) -> Result<Self> {
         config.validate().map_err(|msg| Error::format(weights.path(), msg))?;
+        if !device.is_cpu() && !KERNEL_HEAD_DIMS.contains(&config.head_dim()) {
+            let msg = format!(
+                "head dim {}: the attention kernels of {device} are built for {KERNEL_HEAD_DIMS:?}",
+                config.head_dim()
+            );
+            return Err(Error::format(weights.path(), msg));
+        }
         let mut p = gather(weights, &config)?;
-        Self::build(config, &mut |key| p.take(key).map(Var::constant))
+        p.place_on(device);
+        Self::build(config, device, &mut |key| p.take(key).map(Var::constant))
     }
 
     /// The trainable parameters of a checkpoint in f32 (master weights), in state-dict order,
@@ -95,11 +122,12 @@ impl Infinity {
     pub fn on_tape(config: InfinityConfig, params: &Tracked) -> Result<Self> {
         config.validate().map_err(|msg| Error::invalid("infinity.on_tape", &[], msg))?;
         let shapes = config.entries().into_iter().map(|e| (e.key, e.shape)).collect();
-        Self::build(config, &mut tracked_source("infinity.on_tape", shapes, params))
+        Self::build(config, &Device::Cpu, &mut tracked_source("infinity.on_tape", shapes, params))
     }
 
-    fn build(config: InfinityConfig, take: Source) -> Result<Self> {
-        let blocks = (0..config.depth).map(|i| Block::load(take, &config, i)).collect::<Result<_>>()?;
+    fn build(config: InfinityConfig, device: &Device, take: Source) -> Result<Self> {
+        let operand = if device.is_cpu() { DType::F32 } else { DType::BF16 };
+        let blocks = (0..config.depth).map(|i| Block::load(take, &config, i, operand)).collect::<Result<_>>()?;
         Ok(Infinity {
             text: TextPath::load(take, &config)?,
             pos_start: take("pos_start")?,
@@ -110,6 +138,8 @@ impl Infinity {
             head_w: take("head.weight")?,
             head_b: take("head.bias")?,
             config,
+            device: device.clone(),
+            operand,
         })
     }
 
@@ -193,9 +223,15 @@ impl Infinity {
         Weights::new("<initial Infinity>", tensors, Default::default())
     }
 
-    /// Conditioning for prompts given as T5 features (Lᵢ, text_channels), each ≥ 1 token.
+    /// Where the weights are and the forward runs.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Conditioning for prompts given as T5 features (Lᵢ, text_channels), each ≥ 1 token, on
+    /// any device (they are moved to the model's).
     pub fn condition(&self, prompts: &[Tensor]) -> Result<Conditioning> {
-        self.text.condition(&PackedText::pack(prompts)?)
+        self.text.condition(&PackedText::pack(prompts, &self.device)?)
     }
 
     /// [`Infinity::condition`] of features that may be tracked (a text encoder training along).
@@ -227,13 +263,28 @@ impl Infinity {
 
     /// The text-normalised, attention-pooled `cond` of packed features (for parity tests).
     pub fn pooled_text(&self, text: &PackedText) -> Result<(Tensor, Tensor)> {
-        let (normed, cond) = self.text.normalize_and_pool(text)?;
+        let packing = Packing::new(&text.lens, &text.features.value().device())?;
+        let (normed, cond) = self.text.normalize_and_pool(text, &packing)?;
         Ok((normed.into_value(), cond.into_value()))
     }
 
-    pub fn session<'a>(&self, cond: &'a Conditioning) -> Result<Session<'a>> {
+    /// The state of one batch over `schedule`. With constant weights the KV caches are
+    /// allocated for the whole schedule on the model's device and filled in place; with
+    /// tracked weights they grow by recorded concatenations.
+    pub fn session<'a>(&self, cond: &'a Conditioning, schedule: &Schedule) -> Result<Session<'a>> {
         let text_kv = self.blocks.iter().map(|b| b.text_kv(&cond.memory)).collect::<Result<_>>()?;
-        Ok(Session { cond, text_kv, caches: self.blocks.iter().map(|_| KvCache::default()).collect() })
+        let ada = self.blocks.iter().map(|b| b.ada(cond)).collect::<Result<_>>()?;
+        let c = &self.config;
+        let cache = || {
+            if self.lvl_embed.is_tracked() {
+                Ok(KvCache::recorded())
+            } else {
+                let rows = cond.cond.dim(0)?;
+                KvCache::filled(rows, c.num_heads, schedule.seq_len(), c.head_dim(), self.operand, &self.device)
+            }
+        };
+        let caches = self.blocks.iter().map(|_| cache()).collect::<Result<_>>()?;
+        Ok(Session { cond, text_kv, ada, caches })
     }
 
     /// Start tokens (B, 1, C): cond + pos_start.
@@ -241,9 +292,10 @@ impl Infinity {
         add(&cond.cond.unsqueeze(1)?, &self.pos_start)
     }
 
-    /// Token embeddings (B, n, C) of next-scale inputs (B, n, bits).
+    /// Token embeddings (B, n, C) of next-scale inputs (B, n, bits), on any device.
     pub fn embed(&self, inputs: &Tensor) -> Result<Var> {
-        linear(&Var::constant(inputs.clone()), &self.word_embed_w, Some(&self.word_embed_b))
+        let inputs = inputs.to_dtype(self.operand)?.to_device(&self.device)?;
+        linear(&Var::constant(inputs), &self.word_embed_w, Some(&self.word_embed_b))
     }
 
     /// Runs the tokens `x` (B, n, C) of scale `k` (grid `grid` of `schedule`) through every
@@ -264,10 +316,15 @@ impl Infinity {
                 format!("expected (B, {}, {}) for grid {grid:?}", grid.0 * grid.1, self.config.embed_dim),
             ));
         }
+        if session.caches.first().is_some_and(|c| c.len() != schedule.offsets()[k]) {
+            return Err(Error::invalid("infinity.forward_scale", &[k], "scales must run in order, each once"));
+        }
         let (cos, sin) = scale_table(grid, schedule.full_grid, self.config.head_dim())?;
+        let (cos, sin) = (cos.to_device(&self.device)?, sin.to_device(&self.device)?);
         let mut h = add(x, &self.lvl_embed.narrow(0, k, 1)?)?;
-        for ((block, text_kv), cache) in self.blocks.iter().zip(&session.text_kv).zip(&mut session.caches) {
-            h = block.forward(&h, session.cond, text_kv, cache, &cos, &sin)?;
+        let per_block = self.blocks.iter().zip(&session.text_kv).zip(&session.ada).zip(&mut session.caches);
+        for (((block, text_kv), ada), cache) in per_block {
+            h = block.forward(&h, session.cond, ada, text_kv, cache, &cos, &sin)?;
         }
         Ok(h)
     }
@@ -275,7 +332,7 @@ impl Infinity {
     /// Bit logits (B, n, 2·bits) from hidden states: pairs (bit 0, bit 1) per bit.
     pub fn logits(&self, cond: &Conditioning, hidden: &Var) -> Result<Var> {
         let part = |i: usize| cond.head_ada.narrow(1, i, 1).and_then(|t| t.squeeze(1));
-        linear(&modulate(hidden, &part(0)?, &part(1)?)?, &self.head_w, Some(&self.head_b))
+        linear(&modulate(hidden, &part(0)?, &part(1)?, self.operand)?, &self.head_w, Some(&self.head_b))
     }
 
     /// Teacher-forced logits (B, L, 2·bits) for next-scale inputs `inputs` (B, L − 1, bits) of
@@ -299,7 +356,7 @@ impl Infinity {
         }
         let embedded = self.embed(inputs)?;
         let offsets = schedule.offsets();
-        let mut session = self.session(cond)?;
+        let mut session = self.session(cond, schedule)?;
         let mut logits = Vec::with_capacity(schedule.num_scales());
         for k in 0..schedule.num_scales() {
             let x = if k == 0 {

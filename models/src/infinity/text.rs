@@ -5,12 +5,13 @@
 //! with tracked weights the conditioning is tracked.
 
 use infinity_autograd::Var;
-use infinity_autograd::attention::attention;
+use infinity_autograd::attention::packed_attention;
 use infinity_autograd::elementwise::{gelu_tanh, silu};
 use infinity_autograd::index::concat;
 use infinity_autograd::matmul::linear;
 use infinity_autograd::norm::rms_norm;
-use infinity_runtime::{DType, Error, Result, Tensor};
+use infinity_ops::attention::Packing;
+use infinity_runtime::{DType, Device, Error, Result, Tensor};
 
 use super::config::InfinityConfig;
 use crate::params::Source;
@@ -27,9 +28,10 @@ pub struct PackedText {
 }
 
 impl PackedText {
-    /// Packs per-prompt features (Lᵢ, text_channels) — every Lᵢ ≥ 1.
-    pub fn pack(items: &[Tensor]) -> Result<Self> {
-        Self::pack_vars(&items.iter().cloned().map(Var::constant).collect::<Vec<_>>())
+    /// Packs per-prompt features (Lᵢ, text_channels) — every Lᵢ ≥ 1 — on `device`.
+    pub fn pack(items: &[Tensor], device: &Device) -> Result<Self> {
+        let on_device = items.iter().map(|t| t.to_device(device).map(Var::constant)).collect::<Result<Vec<_>>>()?;
+        Self::pack_vars(&on_device)
     }
 
     /// [`PackedText::pack`] of features that may be tracked.
@@ -58,21 +60,6 @@ impl PackedText {
     }
 }
 
-/// Attention of per-sample queries over that sample's own packed keys (varlen attention):
-/// `q` (B, H, n, d); `k`, `v` (ΣLᵢ, H, d) split by `lens`. Returns (B, H, n, d).
-pub(super) fn packed_attention(q: &Var, k: &Var, v: &Var, lens: &[usize], scale: f32) -> Result<Var> {
-    let mut outs = Vec::with_capacity(lens.len());
-    let mut off = 0;
-    for (b, &len) in lens.iter().enumerate() {
-        let kb = k.narrow(0, off, len)?.permute(&[1, 0, 2])?.unsqueeze(0)?;
-        let vb = v.narrow(0, off, len)?.permute(&[1, 0, 2])?.unsqueeze(0)?;
-        outs.push(attention(&q.narrow(0, b, 1)?, &kb, &vb, None, scale)?);
-        off += len;
-    }
-    let refs: Vec<&Var> = outs.iter().collect();
-    concat(&refs, 0)
-}
-
 /// Splits the output of a K|V projection (N, 2C) into K and V, each (N, heads, C/heads).
 pub(super) fn split_kv(kv: &Var, heads: usize) -> Result<(Var, Var)> {
     let (n, c2) = (kv.dim(0)?, kv.dim(1)?);
@@ -82,7 +69,7 @@ pub(super) fn split_kv(kv: &Var, heads: usize) -> Result<(Var, Var)> {
 
 /// `[0 | v_bias]`: the K half of every K|V projection has no bias.
 pub(super) fn zero_k_bias(v_bias: &Var) -> Result<Var> {
-    let zeros = Var::constant(Tensor::zeros(v_bias.shape(), DType::F32));
+    let zeros = Var::constant(Tensor::zeros_on(v_bias.shape(), DType::F32, &v_bias.value().device())?);
     concat(&[&zeros, v_bias], 0)
 }
 
@@ -107,7 +94,8 @@ pub(super) struct TextPath {
 
 /// What the blocks and the head need from the text, for a batch of B prompts.
 pub struct Conditioning {
-    pub lens: Vec<usize>,
+    /// Where each prompt's rows lie in `memory`.
+    pub packing: Packing,
     /// (B, C): pooled text, the start token and the AdaLN input.
     pub cond: Var,
     /// (ΣLᵢ, C): cross-attention memory (before each block's own K/V projection).
@@ -155,26 +143,27 @@ impl TextPath {
     }
 
     /// RMS-normalised text → (normed, pooled cond).
-    pub(super) fn normalize_and_pool(&self, text: &PackedText) -> Result<(Var, Var)> {
+    pub(super) fn normalize_and_pool(&self, text: &PackedText, packing: &Packing) -> Result<(Var, Var)> {
         let normed = rms_norm(&text.features, Some(&self.norm), EPS)?;
         let (k, v) = split_kv(&linear(&normed, &self.pool_kv_w, Some(&self.pool_kv_b))?, self.pool_heads)?;
         let dp = k.dim(2)?;
         let b = text.batch();
         // One learned query per head, the same for every sample: (B, Hp, 1, dp).
         let q = self.pool_q.unsqueeze(2)?.broadcast_to(&[b, self.pool_heads, 1, dp])?;
-        let pooled = packed_attention(&q, &k, &v, &text.lens, 1.0 / (dp as f32).sqrt())?;
+        let pooled = packed_attention(&q, &k, &v, packing, 1.0 / (dp as f32).sqrt())?;
         let cond = linear(&pooled.reshape(&[b, self.pool_heads * dp])?, &self.pool_proj_w, Some(&self.pool_proj_b))?;
         Ok((normed, cond))
     }
 
     pub(super) fn condition(&self, text: &PackedText) -> Result<Conditioning> {
-        let (normed, cond) = self.normalize_and_pool(text)?;
+        let packing = Packing::new(&text.lens, &text.features.value().device())?;
+        let (normed, cond) = self.normalize_and_pool(text, &packing)?;
         let memory =
             linear(&gelu_tanh(&linear(&normed, &self.ca0_w, Some(&self.ca0_b))?)?, &self.ca2_w, Some(&self.ca2_b))?;
         let (b, c) = (cond.dim(0)?, cond.dim(1)?);
         let act = silu(&cond)?;
         let ada = linear(&act, &self.shared_ada_w, Some(&self.shared_ada_b))?.reshape(&[b, 6, c])?;
         let head_ada = linear(&act, &self.head_ada_w, Some(&self.head_ada_b))?.reshape(&[b, 2, c])?;
-        Ok(Conditioning { lens: text.lens.clone(), cond, memory, ada, head_ada })
+        Ok(Conditioning { packing, cond, memory, ada, head_ada })
     }
 }

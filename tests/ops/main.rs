@@ -3,6 +3,7 @@
 
 mod support;
 
+mod adaln;
 mod attention;
 mod conv;
 mod devices;

@@ -16,12 +16,12 @@ use infinity_ops::index::concat;
 use infinity_ops::matmul::matmul;
 use infinity_ops::reduce::max;
 use infinity_ops::softmax::softmax;
+use infinity_ops::zip_map;
 use infinity_runtime::{DType, Result, Tensor};
 
 use crate::Var;
 use crate::index::concat as concat_vars;
 use crate::reduce::softmax_backward;
-use crate::util::zip_map;
 
 /// Most attention scores (B·H·rows·Lk) materialised at once by the backward pass.
 const SCORE_BUDGET: usize = 1 << 22;

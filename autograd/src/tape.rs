@@ -111,7 +111,9 @@ impl Tape {
         if loss.value.numel() != 1 {
             return Err(Error::invalid("backward", loss.shape(), "the loss must hold exactly one element"));
         }
-        self.backward_with_grad(loss, Tensor::full(loss.shape(), 1.0, DType::F32))
+        // The seed lives where the loss does.
+        let seed = Tensor::full(loss.shape(), 1.0, DType::F32).to_device(&loss.value.device())?;
+        self.backward_with_grad(loss, seed)
     }
 
     /// The vector-Jacobian product: gradients of Σ `output`·`grad` with respect to the leaves,

@@ -1,44 +1,10 @@
-//! Plumbing shared by the backward rules: the elementwise map that evaluates derivative
-//! formulas, the sum that undoes broadcasting, and index-tensor reading.
+//! Plumbing shared by the backward rules: the sum that undoes broadcasting, and index-tensor
+//! reading.
 
-use std::borrow::Cow;
-
-use infinity_ops::f32_data;
 use infinity_ops::reduce::sum;
 use infinity_runtime::{DType, Error, Result, Tensor};
 
 use crate::Var;
-use rayon::prelude::*;
-
-/// Elements per parallel task of `zip_map`: below this the pool's overhead dominates.
-const MAP_CHUNK: usize = 1 << 15;
-
-/// `out[i] = f([t[i] for t in inputs])` for f32 tensors of one shape (any layouts); the
-/// result is contiguous. Derivative formulas that no op expresses in one pass run here.
-pub(crate) fn zip_map<const N: usize>(
-    op: &'static str,
-    inputs: [&Tensor; N],
-    f: impl Fn([f32; N]) -> f32 + Sync,
-) -> Result<Tensor> {
-    let shape = inputs[0].shape();
-    if let Some(other) = inputs.iter().find(|t| t.shape() != shape) {
-        return Err(Error::ShapeMismatch { op, lhs: shape.to_vec(), rhs: other.shape().to_vec() });
-    }
-    let data = inputs.map(|t| f32_data(op, t));
-    let data: Vec<Cow<[f32]>> = data.into_iter().collect::<Result<_>>()?;
-    let mut out = vec![0f32; inputs[0].numel()];
-    let fill = |start: usize, chunk: &mut [f32]| {
-        for (i, o) in chunk.iter_mut().enumerate() {
-            *o = f(std::array::from_fn(|k| data[k][start + i]));
-        }
-    };
-    if out.len() <= MAP_CHUNK {
-        fill(0, &mut out);
-    } else {
-        out.par_chunks_mut(MAP_CHUNK).enumerate().for_each(|(c, chunk)| fill(c * MAP_CHUNK, chunk));
-    }
-    Tensor::from_vec(out, shape)
-}
 
 /// Sums `g` (shaped like a broadcast result) down to `shape`, the shape of an operand that
 /// was broadcast: the adjoint of broadcasting sums over every dimension it replicated.

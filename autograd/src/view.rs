@@ -65,11 +65,11 @@ fn pad_along(g: &Tensor, shape: &[usize], dim: usize, start: usize) -> Result<Te
     let zeros = |len: usize| {
         let mut s = shape.to_vec();
         s[dim] = len;
-        Tensor::zeros(&s, DType::F32)
+        Tensor::zeros_on(&s, DType::F32, &g.device())
     };
     let end = start + g.shape()[dim];
-    let before = (start > 0).then(|| zeros(start));
-    let after = (end < shape[dim]).then(|| zeros(shape[dim] - end));
+    let before = (start > 0).then(|| zeros(start)).transpose()?;
+    let after = (end < shape[dim]).then(|| zeros(shape[dim] - end)).transpose()?;
     let parts: Vec<&Tensor> = before.iter().chain([g]).chain(after.iter()).collect();
     concat(&parts, dim)
 }

@@ -1,7 +1,7 @@
 //! Normalisations that reduce over a block of elements and rescale it (ops/src/norm.rs,
 //! ops/src/softmax.rs): the RMS norm of T5 and of Infinity's text projection, the group norm
-//! (+ SiLU) in front of every BitVAE decoder convolution, and the softmax over the last
-//! dimension. One CUDA block per normalised block of elements: its threads stride over the
+//! (+ SiLU) in front of every BitVAE decoder convolution, the softmax over the last
+//! dimension, and the sums, means, maxima and minima of rows (ops/src/reduce.rs). One CUDA block per normalised block of elements: its threads stride over the
 //! elements, and block_reduce combines their f32 partial results. The inputs are re-read for
 //! each pass (they stay in L1/L2), which keeps register use flat for any row length.
 #include "common.cuh"
@@ -119,3 +119,40 @@ extern "C" __global__ void __launch_bounds__(256) softmax_f32(const SoftmaxParam
     for (int c = threadIdx.x; c < width; c += blockDim.x) out[c] *= inv;
 }
 INFINITY_SHIM_ENTRY(softmax_f32, SoftmaxParams)
+
+/// x (..., D) f32 as a 4-D view (leading sizes 1 for a lower rank) with element strides; out
+/// holds one value per row. `op`: 0 sum, 1 mean, 2 max, 3 min (mirrored in src/norm.rs).
+struct ReduceRowsParams {
+    const float* x;
+    float* out;
+    int dims[4];
+    int x_stride[4];
+    int op;
+};
+
+/// The smaller of a and b, and NaN when either is NaN, as `MaxNan`.
+struct MinNan {
+    __device__ __forceinline__ float operator()(float a, float b) const { return (a < b || a != a) ? a : b; }
+};
+
+template <class Op>
+__device__ __forceinline__ float reduce_row(const float* x, int width, int step, float init, Op op) {
+    float acc = init;
+    for (int c = threadIdx.x; c < width; c += blockDim.x) acc = op(acc, x[c * step]);
+    return block_reduce(acc, op);
+}
+
+/// One block per row; the f32 partial results of its threads are combined by block_reduce.
+extern "C" __global__ void __launch_bounds__(256) reduce_rows_f32(const ReduceRowsParams p) {
+    const int width = p.dims[3], step = p.x_stride[3];
+    const float* x = p.x + offset_of(unflatten<3>(blockIdx.x, p.dims), p.x_stride);
+    const float inf = __uint_as_float(0x7f800000u);
+    float r;
+    switch (p.op) {
+        case 2: r = reduce_row(x, width, step, -inf, MaxNan()); break;
+        case 3: r = reduce_row(x, width, step, inf, MinNan()); break;
+        default: r = reduce_row(x, width, step, 0.0f, Sum()); break;
+    }
+    if (threadIdx.x == 0) p.out[blockIdx.x] = p.op == 1 ? r / width : r;
+}
+INFINITY_SHIM_ENTRY(reduce_rows_f32, ReduceRowsParams)

@@ -14,7 +14,7 @@ use crate::Result;
 use crate::exec::Executor;
 use crate::kernels::{
     BINARY_BF16, BINARY_F32, COPY_BF16_BF16, COPY_BF16_F32, COPY_F32_BF16, COPY_F32_F32, KernelHandle, UNARY_BF16,
-    UNARY_BF16_BF16, UNARY_F32,
+    UNARY_BF16_BF16, UNARY_F32, UNARY_GRAD_F32,
 };
 use crate::view::{DevPtr, View};
 
@@ -49,6 +49,11 @@ pub enum UnaryOp {
         mul: f32,
         add: f32,
     },
+    Tanh,
+    /// 1 / (1 + e^−x).
+    Sigmoid,
+    Sqrt,
+    Square,
 }
 
 impl UnaryOp {
@@ -60,6 +65,10 @@ impl UnaryOp {
             UnaryOp::Exp => (2, 0.0, 0.0),
             UnaryOp::Clamp { lo, hi } => (3, lo, hi),
             UnaryOp::Affine { mul, add } => (4, mul, add),
+            UnaryOp::Tanh => (5, 0.0, 0.0),
+            UnaryOp::Sigmoid => (6, 0.0, 0.0),
+            UnaryOp::Sqrt => (7, 0.0, 0.0),
+            UnaryOp::Square => (8, 0.0, 0.0),
         }
     }
 }
@@ -87,6 +96,38 @@ pub struct UnaryParams<In, Out> {
 }
 
 #[repr(C)]
+pub struct UnaryGradParams {
+    g: DevPtr<f32>,
+    v: DevPtr<f32>,
+    out: DevPtr<f32>,
+    dims: [i32; MAX_RANK],
+    g_stride: [i32; MAX_RANK],
+    v_stride: [i32; MAX_RANK],
+    op: i32,
+    a: f32,
+    b: f32,
+}
+
+/// The functions [`unary_grad`] differentiates, with what their derivative is formed from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum UnaryGrad {
+    /// From x.
+    GeluTanh,
+    /// From x.
+    Silu,
+    /// From x: the gradient passes where lo ≤ x ≤ hi.
+    Clamp { lo: f32, hi: f32 },
+    /// From y = tanh(x).
+    Tanh,
+    /// From y = σ(x).
+    Sigmoid,
+    /// From y = √x.
+    Sqrt,
+    /// From x.
+    Square,
+}
+
+#[repr(C)]
 pub struct CopyParams<S, D> {
     src: DevPtr<S>,
     dst: DevPtr<D>,
@@ -99,6 +140,7 @@ pub struct CopyParams<S, D> {
 // made of plain numbers and addresses.
 unsafe impl<T> DeviceRepr for BinaryParams<T> {}
 unsafe impl<In, Out> DeviceRepr for UnaryParams<In, Out> {}
+unsafe impl DeviceRepr for UnaryGradParams {}
 unsafe impl<S, D> DeviceRepr for CopyParams<S, D> {}
 
 /// `a + b` with NumPy broadcasting; see [`binary`].
@@ -199,6 +241,41 @@ fn unary_as<In: Element, Out: Element>(
     };
     // SAFETY: both addresses come from views of live tensors of `exec` of x's shape.
     unsafe { exec.launch(handle, exec.grid_stride(out.layout().numel(), THREADS), &params)? };
+    Ok(out)
+}
+
+/// g·f′(v) of every element, the input gradient of a one-input function `f` given its output
+/// gradient g and v, the input or the output as [`UnaryGrad`] says (f32, one shape, rank 1 to
+/// 4, any strides); computed in f32, the output contiguous.
+pub fn unary_grad(exec: &Executor, f: UnaryGrad, g: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let name = UNARY_GRAD_F32.kernel.name();
+    if g.shape() != v.shape() {
+        return Err(Error::ShapeMismatch { op: name, lhs: g.shape().to_vec(), rhs: v.shape().to_vec() });
+    }
+    let (gv, vv) = (exec.view_padded::<f32, MAX_RANK>(name, g)?, exec.view_padded::<f32, MAX_RANK>(name, v)?);
+    let mut out = exec.output(name, g.shape(), DType::F32)?;
+    let (op, a, b) = match f {
+        UnaryGrad::GeluTanh => (0, 0.0, 0.0),
+        UnaryGrad::Silu => (1, 0.0, 0.0),
+        UnaryGrad::Clamp { lo, hi } => (2, lo, hi),
+        UnaryGrad::Tanh => (3, 0.0, 0.0),
+        UnaryGrad::Sigmoid => (4, 0.0, 0.0),
+        UnaryGrad::Sqrt => (5, 0.0, 0.0),
+        UnaryGrad::Square => (6, 0.0, 0.0),
+    };
+    let params = UnaryGradParams {
+        g: gv.ptr,
+        v: vv.ptr,
+        out: exec.view_mut_padded::<f32, MAX_RANK>(name, &mut out)?.ptr,
+        dims: gv.dims,
+        g_stride: gv.strides,
+        v_stride: vv.strides,
+        op,
+        a,
+        b,
+    };
+    // SAFETY: the three addresses come from views of live tensors of `exec` of one shape.
+    unsafe { exec.launch(UNARY_GRAD_F32, exec.grid_stride(out.layout().numel(), THREADS), &params)? };
     Ok(out)
 }
 

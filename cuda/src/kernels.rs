@@ -13,11 +13,11 @@ use crate::adaln::{AdaLnParams, GatedResidualParams};
 use crate::attention::{AttentionBackwardParams, AttentionCosineParams, AttentionForwardParams, AttentionRowsParams};
 use crate::bitwise_head::{BitwiseLossParams, BitwiseSampleParams};
 use crate::conv::{Im2colParams, Upsample2xParams};
-use crate::elementwise::{BinaryParams, CopyParams, UnaryParams};
+use crate::elementwise::{BinaryParams, CopyParams, UnaryGradParams, UnaryParams};
 use crate::exec::ShimGrid;
 use crate::gemm::BiasRowsParams;
 use crate::index::EmbeddingParams;
-use crate::norm::{GroupNormParams, RmsNormParams, SoftmaxParams};
+use crate::norm::{GroupNormParams, ReduceRowsParams, RmsNormParams, SoftmaxParams};
 use crate::quantize::{BsqQuantizeParams, BsqUpdateParams, ResizeParams};
 use crate::rng::PhiloxFillParams;
 use crate::rope::{AttentionInputsParams, RopeParams};
@@ -205,6 +205,8 @@ kernels! {
     GroupNorm, GROUP_NORM = group_norm(GroupNormParams) in Norm;
     /// Softmax over the last dimension, f32.
     SoftmaxF32, SOFTMAX_F32 = softmax_f32(SoftmaxParams) in Norm;
+    /// Sum, mean, max or min of each row (the last dimension), f32.
+    ReduceRowsF32, REDUCE_ROWS_F32 = reduce_rows_f32(ReduceRowsParams) in Norm;
     /// Broadcast add or multiply of f32 operands.
     BinaryF32, BINARY_F32 = binary_f32(BinaryParams<f32>) in Elementwise;
     /// Broadcast add or multiply of bf16 operands, f32 result.
@@ -215,6 +217,8 @@ kernels! {
     UnaryBf16, UNARY_BF16 = unary_bf16(UnaryParams<bf16, f32>) in Elementwise;
     /// Tanh GELU or SiLU of bf16 elements, bf16 result.
     UnaryBf16Bf16, UNARY_BF16_BF16 = unary_bf16_bf16(UnaryParams<bf16, bf16>) in Elementwise;
+    /// g·f′ of a one-input function (its backward rule), f32.
+    UnaryGradF32, UNARY_GRAD_F32 = unary_grad_f32(UnaryGradParams) in Elementwise;
     /// Strided copy of f32 into f32.
     CopyF32F32, COPY_F32_F32 = copy_f32_f32(CopyParams<f32, f32>) in Elementwise;
     /// Strided copy of f32 into bf16 (rounded to nearest even).

@@ -1,6 +1,7 @@
 //! Launchers of kernels/norm.cu: the RMS norm (T5, Infinity's text norm), the group norm with
-//! an optional fused SiLU (BitVAE decoder) and the softmax over the last dimension, each one
-//! CUDA block per normalised block of elements with f32 statistics. Inputs may be strided;
+//! an optional fused SiLU (BitVAE decoder), the softmax over the last dimension and the row
+//! reductions, each one CUDA block per normalised (or reduced) block of elements with f32
+//! statistics. Inputs may be strided;
 //! outputs are contiguous.
 
 use cudarc::driver::DeviceRepr;
@@ -9,7 +10,7 @@ use infinity_runtime::{DType, Element, Error, Tensor};
 
 use crate::Result;
 use crate::exec::{Executor, Grid};
-use crate::kernels::{GROUP_NORM, KernelHandle, RMS_NORM_BF16, RMS_NORM_F32, SOFTMAX_F32};
+use crate::kernels::{GROUP_NORM, KernelHandle, REDUCE_ROWS_F32, RMS_NORM_BF16, RMS_NORM_F32, SOFTMAX_F32};
 use crate::view::{DevPtr, View};
 
 /// Threads per row of the row kernels (RMS norm, softmax); a multiple of 32 (the block
@@ -56,11 +57,32 @@ pub struct SoftmaxParams {
     x_stride: [i32; MAX_RANK],
 }
 
+#[repr(C)]
+pub struct ReduceRowsParams {
+    x: DevPtr<f32>,
+    out: DevPtr<f32>,
+    dims: [i32; MAX_RANK],
+    x_stride: [i32; MAX_RANK],
+    op: i32,
+}
+
+/// The row reductions; the discriminants are norm.cu's `ReduceRowsParams::op` codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowReduction {
+    Sum = 0,
+    Mean = 1,
+    /// NaN if the row holds one.
+    Max = 2,
+    /// NaN if the row holds one.
+    Min = 3,
+}
+
 // SAFETY: #[repr(C)] mirrors of the C structs of norm.cu (sizes checked by a test) made of
 // plain numbers and addresses.
 unsafe impl<T> DeviceRepr for RmsNormParams<T> {}
 unsafe impl DeviceRepr for GroupNormParams {}
 unsafe impl DeviceRepr for SoftmaxParams {}
+unsafe impl DeviceRepr for ReduceRowsParams {}
 
 /// x / √(mean(x²) + eps) · weight over the last dimension of x (rank 1 to 4, f32 or bf16),
 /// with weight (D) f32 or none (T5's and Infinity's RMS norm; eps = 1e-6 there). The output is
@@ -171,6 +193,30 @@ pub fn softmax(exec: &Executor, x: &Tensor) -> Result<Tensor> {
     // SAFETY: both addresses come from views of live tensors of `exec` of x's shape.
     unsafe { exec.launch(SOFTMAX_F32, row_grid(&xv.dims), &params)? };
     Ok(out)
+}
+
+/// `op` of each row (the last dimension) of x (rank 1 to 4, f32, any strides; rows of at
+/// least one element), in f32: the output has x's shape without its last dimension and is
+/// contiguous.
+pub fn reduce_rows(exec: &Executor, op: RowReduction, x: &Tensor) -> Result<Tensor> {
+    let name = REDUCE_ROWS_F32.kernel.name();
+    let xv = exec.view_padded::<f32, MAX_RANK>(name, x)?;
+    if xv.dims[MAX_RANK - 1] == 0 {
+        return Err(Error::invalid(name, x.shape(), "rows must not be empty"));
+    }
+    let rows_shape = &x.shape()[..x.rank().saturating_sub(1)];
+    let mut out = exec.output(name, &[rows_shape.iter().product()], DType::F32)?;
+    let params = ReduceRowsParams {
+        x: xv.ptr,
+        out: exec.view_mut::<f32, 1>(name, &mut out)?.ptr,
+        dims: xv.dims,
+        x_stride: xv.strides,
+        op: op as i32,
+    };
+    // SAFETY: both addresses come from views of live tensors of `exec`; the output holds one
+    // element per row of x.
+    unsafe { exec.launch(REDUCE_ROWS_F32, row_grid(&xv.dims), &params)? };
+    out.reshape(rows_shape)
 }
 
 /// One block per row: every dimension but the last.

@@ -6,11 +6,13 @@
 use std::f64::consts::{FRAC_1_SQRT_2, FRAC_2_SQRT_PI};
 
 use infinity_runtime::layout::{broadcast_shapes, contiguous_strides};
-use infinity_runtime::{Error, Result, Tensor};
+use infinity_runtime::{DType, Error, Result, Tensor};
+
+use infinity_cuda::elementwise::UnaryGrad;
 
 use crate::device::{executor, no_kernel};
-use crate::f32_data;
 use crate::util::for_row_blocks;
+use crate::{f32_data, zip_map};
 
 /// The four arithmetic operators, shared by the broadcast and the scalar forms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,6 +233,97 @@ macro_rules! named_ops {
 
 named_ops!();
 
+/// The input gradient of y = op(x) for the output gradient g: the backward rule of [`unary`],
+/// formed from x or y, whichever the derivative reads. Rules that are other ops run wherever
+/// those do; the pointwise derivatives are one kernel on an executor, in f32 (the CPU forms
+/// those of x in f64), except erf's, the exact GELU's and abs's, which have none yet.
+pub fn unary_grad(op: UnaryOp, g: &Tensor, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let name = op.name();
+    // g·f′(x) with f′ in f64.
+    let by_x =
+        |kernel, f: fn(f64) -> f64| pointwise(name, g, x, kernel, move |g, x| (f64::from(g) * f(f64::from(x))) as f32);
+    match op {
+        UnaryOp::Exp => mul(g, y),
+        UnaryOp::Log => div(g, x),
+        UnaryOp::Neg => neg(g),
+        // Piecewise constant: zero almost everywhere (PyTorch's convention at 0 too).
+        UnaryOp::Sign => Tensor::zeros_on(x.shape(), DType::F32, &x.device()),
+        UnaryOp::Scalar(BinaryOp::Add | BinaryOp::Sub, _) => Ok(g.clone()),
+        UnaryOp::Scalar(BinaryOp::Mul, s) => mul_scalar(g, s),
+        UnaryOp::Scalar(BinaryOp::Div, s) => div_scalar(g, s),
+        UnaryOp::Affine { mul, .. } => mul_scalar(g, mul),
+        UnaryOp::Tanh => pointwise(name, g, y, Some(UnaryGrad::Tanh), |g, y| g * (1.0 - y * y)),
+        UnaryOp::Sigmoid => pointwise(name, g, y, Some(UnaryGrad::Sigmoid), |g, y| g * y * (1.0 - y)),
+        UnaryOp::Sqrt => pointwise(name, g, y, Some(UnaryGrad::Sqrt), |g, y| g / (2.0 * y)),
+        UnaryOp::Square => pointwise(name, g, x, Some(UnaryGrad::Square), |g, x| 2.0 * x * g),
+        // PyTorch passes the gradient where lo <= x <= hi (bounds included).
+        UnaryOp::Clamp { lo, hi } => {
+            pointwise(
+                name,
+                g,
+                x,
+                Some(UnaryGrad::Clamp { lo, hi }),
+                move |g, x| if x >= lo && x <= hi { g } else { 0.0 },
+            )
+        }
+        UnaryOp::Abs => pointwise(name, g, x, None, |g, x| {
+            if x > 0.0 {
+                g
+            } else if x < 0.0 {
+                -g
+            } else {
+                0.0
+            }
+        }),
+        UnaryOp::Silu => by_x(Some(UnaryGrad::Silu), |x| {
+            let s = logistic(x);
+            s * (1.0 + x * (1.0 - s))
+        }),
+        UnaryOp::GeluTanh => by_x(Some(UnaryGrad::GeluTanh), |x| {
+            // y = x·σ(2u), u = k(x + c x³): y' = σ(2u) + 2x·σ(2u)(1 − σ(2u))·k(1 + 3c x²).
+            const K: f64 = FRAC_2_SQRT_PI * FRAC_1_SQRT_2;
+            const C: f64 = 0.044715;
+            let s = logistic(2.0 * K * (x + C * x * x * x));
+            s + 2.0 * x * s * (1.0 - s) * K * (1.0 + 3.0 * C * x * x)
+        }),
+        UnaryOp::Erf => by_x(None, |x| FRAC_2_SQRT_PI * (-x * x).exp()),
+        UnaryOp::GeluErf => {
+            if !x.is_cpu() {
+                return Err(no_kernel(name, x));
+            }
+            // y' = Φ(x) + x·φ(x); Φ(x) = (1 + erf(x/√2))/2 comes from the erf op.
+            let erf = erf(&mul_scalar(x, FRAC_1_SQRT_2 as f32)?)?;
+            zip_map(name, [g, x, &erf], |[g, x, e]| {
+                let (x, e) = (f64::from(x), f64::from(e));
+                let density = (-0.5 * x * x).exp() * FRAC_2_SQRT_PI * FRAC_1_SQRT_2 * 0.5;
+                (f64::from(g) * (0.5 * (1.0 + e) + x * density)) as f32
+            })
+        }
+    }
+}
+
+/// `f(g, v)` of every element: on the CPU the closure, on an executor `kernel` (its f32
+/// form), or an error naming the op when it has none.
+fn pointwise(
+    name: &'static str,
+    g: &Tensor,
+    v: &Tensor,
+    kernel: Option<UnaryGrad>,
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> Result<Tensor> {
+    match executor(name, &[g, v])? {
+        None => zip_map(name, [g, v], |[g, v]| f(g, v)),
+        Some(exec) => match kernel {
+            Some(kernel) => infinity_cuda::elementwise::unary_grad(&exec, kernel, g, v),
+            None => Err(no_kernel(name, v)),
+        },
+    }
+}
+
+fn logistic(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
 /// `a op b` with NumPy broadcasting. Inputs are f32 with any layout; the output is contiguous
 /// with the broadcast shape. Errors: `UnsupportedDType`, `ShapeMismatch` (not broadcastable).
 pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -333,8 +426,14 @@ pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
             UnaryOp::GeluTanh => Kernel::GeluTanh,
             UnaryOp::Silu => Kernel::Silu,
             UnaryOp::Exp => Kernel::Exp,
+            UnaryOp::Tanh => Kernel::Tanh,
+            UnaryOp::Sigmoid => Kernel::Sigmoid,
+            UnaryOp::Sqrt => Kernel::Sqrt,
+            UnaryOp::Square => Kernel::Square,
             UnaryOp::Clamp { lo, hi } => Kernel::Clamp { lo, hi },
             UnaryOp::Affine { mul, add } => Kernel::Affine { mul, add },
+            // −x·1 + (−0) keeps the sign of a zero, as negation does.
+            UnaryOp::Neg => Kernel::Affine { mul: -1.0, add: -0.0 },
             // x·1 + s and x·s + 0 round as x + s and x·s do.
             UnaryOp::Scalar(BinaryOp::Add, s) => Kernel::Affine { mul: 1.0, add: s },
             UnaryOp::Scalar(BinaryOp::Sub, s) => Kernel::Affine { mul: 1.0, add: -s },

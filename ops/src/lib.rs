@@ -23,4 +23,4 @@ pub mod rope;
 pub mod softmax;
 mod util;
 
-pub use util::{f32_data, require_f32};
+pub use util::{f32_data, require_f32, zip_map};

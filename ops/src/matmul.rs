@@ -235,12 +235,25 @@ fn product(op: &'static str, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, dims
 
 /// a (..., M, K) · b (..., K, N) → (batch..., M, N), batch dimensions broadcast NumPy-style.
 ///
-/// On an executor (rank 2 or 3, f32 output) the operands are rounded to bf16 and the products
-/// accumulated in f32: the models' dtype policy for every GEMM there.
+/// On an executor (f32 output) the operands are rounded to bf16 and the products accumulated
+/// in f32: the models' dtype policy for every GEMM there.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if let Some(exec) = executor("matmul", &[a, b])? {
+        if a.rank() <= 3 && b.rank() <= 3 {
+            let (a, b) = (gemm_operand("matmul", a)?, gemm_operand("matmul", b)?);
+            return infinity_cuda::gemm::matmul(&exec, &a, &b, DType::F32);
+        }
+        // More batch dimensions than the kernel's one: both operands broadcast to the full
+        // batch and flattened into it (views where the layout allows).
+        let dims = matmul_dims(a, b)?;
         let (a, b) = (gemm_operand("matmul", a)?, gemm_operand("matmul", b)?);
-        return infinity_cuda::gemm::matmul(&exec, &a, &b, DType::F32);
+        let batch: usize = dims.batch.iter().product();
+        let flat = |t: &Tensor, rows: usize, cols: usize| {
+            t.broadcast_to(&dims.stacked(rows, cols))?.reshape(&[batch, rows, cols])
+        };
+        let out =
+            infinity_cuda::gemm::matmul(&exec, &flat(&a, dims.m, dims.k)?, &flat(&b, dims.k, dims.n)?, DType::F32)?;
+        return out.reshape(&dims.out_shape());
     }
     let dims = matmul_dims(a, b)?;
     product("matmul", a, b, None, &dims)

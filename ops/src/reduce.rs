@@ -6,9 +6,11 @@
 
 use std::borrow::Cow;
 
+use infinity_cuda::Executor;
 use infinity_runtime::{Error, Result, Tensor};
 use rayon::prelude::*;
 
+use crate::device::{executor, no_kernel};
 use crate::util::{TASK_WORK, for_row_blocks};
 use crate::{f32_data, require_f32};
 
@@ -143,6 +145,9 @@ impl Plan {
 pub fn reduce(op: ReduceOp, x: &Tensor, dims: &[usize], keepdim: bool) -> Result<Tensor> {
     let name = op.name();
     let plan = Plan::new(name, x, dims, keepdim, op.needs_elements())?;
+    if let Some(exec) = executor(name, &[x])? {
+        return reduce_on(&exec, op, x, &plan);
+    }
     let n = plan.count as f64;
     if let (ReduceOp::Sum | ReduceOp::Mean, true) = (op, plan.leading_of_contiguous(x)) {
         let sums = leading_sums(&f32_data(name, x)?, plan.count);
@@ -163,6 +168,26 @@ pub fn reduce(op: ReduceOp, x: &Tensor, dims: &[usize], keepdim: bool) -> Result
         }
     });
     Tensor::from_vec(out, &plan.out_shape)
+}
+
+/// [`reduce`] on an executor: the kept dimensions outermost and the reduced ones collapsed
+/// into rows (a view where the layout allows, else a device copy), one block per row, f32
+/// accumulation in a tree (the CPU's is f64 in lanes).
+fn reduce_on(exec: &Executor, op: ReduceOp, x: &Tensor, plan: &Plan) -> Result<Tensor> {
+    use infinity_cuda::norm::{RowReduction, reduce_rows};
+    let row_op = match op {
+        ReduceOp::Sum => RowReduction::Sum,
+        ReduceOp::Mean => RowReduction::Mean,
+        ReduceOp::Max => RowReduction::Max,
+        ReduceOp::Min => RowReduction::Min,
+        ReduceOp::Variance { .. } => return Err(no_kernel(op.name(), x)),
+    };
+    let rank = plan.reduced.len();
+    let kept = (0..rank).filter(|&d| !plan.reduced[d]);
+    let perm: Vec<usize> = kept.chain((0..rank).filter(|&d| plan.reduced[d])).collect();
+    let rows = plan.out_shape.iter().product::<usize>();
+    let x = x.permute(&perm)?.reshape(&[rows, plan.count])?;
+    reduce_rows(exec, row_op, &x)?.reshape(&plan.out_shape)
 }
 
 /// Index of the largest element along `dim` as an I64 tensor (PyTorch `argmax`): ties go to

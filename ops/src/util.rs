@@ -1,5 +1,5 @@
-//! Plumbing shared by the ops: f32 input access and the row-block driver that splits a
-//! fast path's work over the rayon pool.
+//! Plumbing shared by the ops: f32 input access, the row-block driver that splits a fast
+//! path's work over the rayon pool, and the elementwise map of derivative formulas.
 
 use std::borrow::Cow;
 
@@ -39,4 +39,35 @@ pub(crate) fn for_row_blocks<T: Send>(
     } else {
         out.par_chunks_mut(rows_per_task * row_len).enumerate().for_each(|(i, block)| f(i * rows_per_task, block));
     }
+}
+
+/// Elements per parallel task of `zip_map`: below this the pool's overhead dominates.
+const MAP_CHUNK: usize = 1 << 15;
+
+/// `out[i] = f([t[i] for t in inputs])` for f32 host tensors of one shape (any layouts);
+/// the result is contiguous. The CPU path of derivative formulas that no op expresses in one
+/// pass.
+pub fn zip_map<const N: usize>(
+    op: &'static str,
+    inputs: [&Tensor; N],
+    f: impl Fn([f32; N]) -> f32 + Sync,
+) -> Result<Tensor> {
+    let shape = inputs[0].shape();
+    if let Some(other) = inputs.iter().find(|t| t.shape() != shape) {
+        return Err(Error::ShapeMismatch { op, lhs: shape.to_vec(), rhs: other.shape().to_vec() });
+    }
+    let data = inputs.map(|t| f32_data(op, t));
+    let data: Vec<Cow<[f32]>> = data.into_iter().collect::<Result<_>>()?;
+    let mut out = vec![0f32; inputs[0].numel()];
+    let fill = |start: usize, chunk: &mut [f32]| {
+        for (i, o) in chunk.iter_mut().enumerate() {
+            *o = f(std::array::from_fn(|k| data[k][start + i]));
+        }
+    };
+    if out.len() <= MAP_CHUNK {
+        fill(0, &mut out);
+    } else {
+        out.par_chunks_mut(MAP_CHUNK).enumerate().for_each(|(c, chunk)| fill(c * MAP_CHUNK, chunk));
+    }
+    Tensor::from_vec(out, shape)
 }

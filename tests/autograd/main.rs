@@ -13,6 +13,7 @@ mod support;
 mod attention;
 mod checkpoint;
 mod conv;
+mod devices;
 mod elementwise;
 mod index;
 mod loss;

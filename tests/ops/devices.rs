@@ -8,17 +8,19 @@ use infinity::ops::adaln::{gated_residual, modulate};
 use infinity::ops::attention::{Packing, attention, attention_inputs, packed_attention};
 use infinity::ops::conv::{Conv2dParams, conv2d};
 use infinity::ops::elementwise::{
-    add, add_scalar, affine, clamp, div, exp, gelu_tanh, log, mul, mul_scalar, silu, sub, sub_scalar,
+    add, add_scalar, affine, clamp, div, exp, gelu_tanh, log, mul, mul_scalar, sigmoid, silu, sqrt, square, sub,
+    sub_scalar, tanh,
 };
 use infinity::ops::index::{concat, copy_into, embedding};
 use infinity::ops::matmul::{linear, matmul};
 use infinity::ops::norm::{group_norm, group_norm_silu, rms_norm};
+use infinity::ops::reduce::{max, mean, min, sum};
 use infinity::ops::resize::{ResizeMode, resize};
 use infinity::ops::rope::rope_interleaved;
 use infinity::ops::softmax::{log_softmax, softmax};
 use infinity::runtime::{DType, Result, Tensor};
 
-use super::support::{assert_close, padded_view, randn, strided_copy};
+use super::support::{assert_close, bf16_exact, padded_view, randn, strided_copy};
 
 /// One op on given inputs, with the bound its device results are held to.
 struct Case {
@@ -31,11 +33,6 @@ struct Case {
     /// Inputs that take bf16 on a device (GEMM operands, by the models' dtype policy); their
     /// values are bf16-exact, so both sides multiply the same numbers.
     bf16_on_device: &'static [usize],
-}
-
-/// Normals rounded to bf16 (kept in f32).
-fn bf16_exact(shape: &[usize], seed: u64) -> Tensor {
-    randn(shape, seed, 1.0).to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap()
 }
 
 fn ids(values: &[i64], shape: &[usize]) -> Tensor {
@@ -171,6 +168,14 @@ fn cases() -> Vec<Case> {
             bf16_on_device: &[],
         },
         Case {
+            name: "matmul of rank 4, batch broadcast",
+            inputs: vec![bf16_exact(&[2, 3, 4, 9], 61), bf16_exact(&[1, 3, 9, 5], 62)],
+            run: |t| matmul(&t[0], &t[1]),
+            atol: 1e-5,
+            rtol: 1e-5,
+            bf16_on_device: &[],
+        },
+        Case {
             name: "concat",
             inputs: vec![randn(&[2, 3, 4], 22, 1.0), strided_copy(&randn(&[2, 5, 4], 23, 1.0), &[2, 1, 0])],
             run: |t| concat(&[&t[0], &t[1]], 1),
@@ -272,6 +277,14 @@ fn cases() -> Vec<Case> {
             bf16_on_device: &[],
         },
         Case {
+            name: "tanh, sigmoid, square and sqrt",
+            inputs: vec![strided.clone()],
+            run: |t| add(&add(&tanh(&t[0])?, &sigmoid(&t[0])?)?, &sqrt(&square(&t[0])?)?),
+            atol: 1e-6,
+            rtol: 1e-6,
+            bf16_on_device: &[],
+        },
+        Case {
             name: "clamp",
             inputs: vec![padded.clone()],
             run: |t| clamp(&t[0], -0.5, 0.7),
@@ -362,6 +375,39 @@ fn cases() -> Vec<Case> {
             atol: BF16_RESULT,
             rtol: BF16_RESULT,
             bf16_on_device: &[0],
+        },
+        // f32 sums in a tree against the CPU's f64 lanes.
+        Case {
+            name: "sum over two dims",
+            inputs: vec![strided.clone()],
+            run: |t| sum(&t[0], &[0, 2], false),
+            atol: 1e-5,
+            rtol: 1e-5,
+            bf16_on_device: &[],
+        },
+        Case {
+            name: "mean of rows, kept",
+            inputs: vec![padded.clone()],
+            run: |t| mean(&t[0], &[1], true),
+            atol: 1e-6,
+            rtol: 1e-5,
+            bf16_on_device: &[],
+        },
+        Case {
+            name: "max over a middle dim",
+            inputs: vec![strided.clone()],
+            run: |t| max(&t[0], &[1], false),
+            atol: 0.0,
+            rtol: 0.0,
+            bf16_on_device: &[],
+        },
+        Case {
+            name: "min of everything",
+            inputs: vec![strided.clone()],
+            run: |t| min(&t[0], &[], false),
+            atol: 0.0,
+            rtol: 0.0,
+            bf16_on_device: &[],
         },
         Case {
             name: "resize nearest ×2",

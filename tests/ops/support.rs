@@ -127,3 +127,13 @@ pub fn assert_within_dot_bound(got: &Tensor, want: &Tensor, magnitude: &Tensor, 
         assert!((g - w).abs() <= bound, "index {i}: got {g}, want {w}, bound {bound}");
     }
 }
+
+/// Normals rounded to bf16 (kept in f32): GEMM operands that a device's bf16 rounding leaves
+/// as they are, so both sides multiply the same numbers.
+pub fn bf16_exact(shape: &[usize], seed: u64) -> Tensor {
+    randn(shape, seed, 1.0)
+        .to_dtype(infinity::runtime::DType::BF16)
+        .unwrap()
+        .to_dtype(infinity::runtime::DType::F32)
+        .unwrap()
+}

@@ -1,0 +1,129 @@
+//! Backward rules on every device (the gradient half of tests/ops/devices.rs): each case's
+//! input gradients, for a fixed random output gradient, computed on the CPU and, with its
+//! inputs moved there, on every executor (the CPU shim, and a GPU when there is one); the
+//! device's gradients must stay on the device and agree with the CPU's within the case's
+//! bound. The CPU's rules are checked against finite differences by the other modules here.
+//!
+//! Covered so far: broadcast arithmetic, the one-input functions with a derivative kernel or
+//! an op rule, reductions, softmax, views and concatenation, linear and matmul (whose
+//! gradients' GEMMs round their operands to bf16 on an executor), and attention. The norms'
+//! backward kernel, the embedding's scatter, conv and resize gradients, the fused losses and
+//! the attention backward kernel are not behind ops yet: their rules still run on the CPU only.
+
+use infinity::autograd::attention::attention;
+use infinity::autograd::elementwise::{add, clamp, div, exp, gelu_tanh, mul, neg, silu, sqrt, square, sub, tanh};
+use infinity::autograd::index::concat;
+use infinity::autograd::matmul::{linear, matmul};
+use infinity::autograd::reduce::{mean, softmax, sum};
+use infinity::autograd::{Tape, Var};
+use infinity::cuda::testing::executors;
+use infinity::runtime::{Device, Result, Tensor};
+
+use crate::op_support::{assert_close, bf16_exact, padded_view, randn, strided_copy};
+use crate::support::randn_map;
+
+/// One differentiable computation on given inputs, with the bound its device gradients are
+/// held to: |device − cpu| ≤ atol + rtol·|cpu|.
+struct Case {
+    name: &'static str,
+    inputs: Vec<Tensor>,
+    run: fn(&[Var]) -> Result<Var>,
+    atol: f32,
+    rtol: f32,
+}
+
+fn cases() -> Vec<Case> {
+    let x = randn(&[3, 5, 7], 1, 1.0);
+    let strided = strided_copy(&x, &[2, 0, 1]);
+    let padded = padded_view(&randn(&[4, 9], 2, 1.5));
+    vec![
+        Case {
+            name: "add, sub, mul and div with broadcasting",
+            inputs: vec![strided.clone(), randn(&[5, 1], 3, 1.0), randn_map(&[7], 4, |x| x.abs() + 0.5)],
+            run: |v| div(&mul(&sub(&add(&v[0], &v[1])?, &v[1])?, &v[0])?, &v[2]),
+            atol: 1e-6,
+            rtol: 1e-5,
+        },
+        Case {
+            name: "unary functions",
+            inputs: vec![padded.clone(), randn_map(&[4, 9], 5, |x| x.abs() + 0.5)],
+            run: |v| {
+                let a = add(&gelu_tanh(&v[0])?, &silu(&v[0])?)?;
+                let b = add(&tanh(&v[0])?, &clamp(&exp(&v[0])?, 0.3, 2.0)?)?;
+                add(&add(&a, &neg(&b)?)?, &add(&sqrt(&v[1])?, &square(&v[1])?)?)
+            },
+            atol: 1e-5,
+            rtol: 1e-5,
+        },
+        Case {
+            name: "sum, mean and softmax",
+            inputs: vec![strided.clone()],
+            run: |v| add(&mul(&softmax(&v[0], 2)?, &mean(&v[0], &[1], true)?)?, &sum(&v[0], &[0, 2], true)?),
+            atol: 1e-5,
+            rtol: 1e-5,
+        },
+        Case {
+            name: "views and concat",
+            inputs: vec![strided.clone(), randn(&[3, 2, 7], 6, 1.0)],
+            run: |v| {
+                let joined = concat(&[&v[0].narrow(1, 1, 3)?, &v[1]], 1)?;
+                mul(&joined.permute(&[2, 0, 1])?, &joined.permute(&[2, 0, 1])?)
+            },
+            atol: 1e-6,
+            rtol: 1e-6,
+        },
+        // The gradients' GEMMs round the output gradient to bf16 on an executor.
+        Case {
+            name: "linear",
+            inputs: vec![bf16_exact(&[2, 5, 24], 7), bf16_exact(&[7, 24], 8), randn(&[7], 9, 1.0)],
+            run: |v| linear(&v[0], &v[1], Some(&v[2])),
+            atol: 2e-2,
+            rtol: 1e-2,
+        },
+        Case {
+            name: "matmul",
+            inputs: vec![bf16_exact(&[3, 4, 9], 10), bf16_exact(&[3, 9, 6], 11)],
+            run: |v| matmul(&v[0], &v[1]),
+            atol: 2e-2,
+            rtol: 1e-2,
+        },
+        Case {
+            name: "attention",
+            inputs: vec![bf16_exact(&[1, 2, 5, 6], 12), bf16_exact(&[1, 2, 7, 6], 13), bf16_exact(&[1, 2, 7, 6], 14)],
+            run: |v| attention(&v[0], &v[1], &v[2], None, 0.4),
+            atol: 2e-2,
+            rtol: 2e-2,
+        },
+    ]
+}
+
+/// The inputs' gradients of Σ run(inputs)·w on `device`, on the host.
+fn gradients(case: &Case, device: &Device) -> Vec<Tensor> {
+    let tape = Tape::new();
+    let leaves: Vec<Var> = case.inputs.iter().map(|t| tape.leaf(t.to_device(device).unwrap()).unwrap()).collect();
+    let out = (case.run)(&leaves).unwrap_or_else(|e| panic!("{} on {device}: {e}", case.name));
+    let w = randn(out.shape(), 99, 1.0).to_device(device).unwrap();
+    let grads = tape.backward_with_grad(&out, w).unwrap_or_else(|e| panic!("{} backward on {device}: {e}", case.name));
+    leaves
+        .iter()
+        .map(|v| {
+            let g = grads.get(v).unwrap_or_else(|| panic!("{}: no gradient", case.name));
+            assert_eq!(g.device(), *device, "{}: the gradient stays on the device", case.name);
+            g.to_cpu().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn every_gradient_case_agrees_with_the_cpu_on_every_executor() {
+    for case in cases() {
+        let want = gradients(&case, &Device::Cpu);
+        for exec in executors() {
+            let device = exec.device();
+            for (i, (got, want)) in gradients(&case, &device).iter().zip(&want).enumerate() {
+                eprintln!("{} on {device}: input {i} checked", case.name);
+                assert_close(got, want, case.atol, case.rtol);
+            }
+        }
+    }
+}

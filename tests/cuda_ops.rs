@@ -30,6 +30,7 @@ use infinity::ops::softmax::reference::softmax as cpu_softmax;
 use infinity::runtime::rng::Philox;
 use infinity::runtime::{DType, Tensor};
 use infinity_cuda::elementwise::{self as gpu_elementwise, BinaryOp, UnaryOp};
+use infinity_cuda::norm::RowStat;
 use infinity_cuda::testing::executors;
 use infinity_cuda::{Executor, index, norm, rope};
 use proptest::prelude::*;
@@ -112,7 +113,7 @@ proptest! {
         let input = arrange(&x.to_dtype(dtype(use_bf16)).unwrap(), layout);
         for exec in executors() {
             let w = weight.map(|w| upload(exec, &padded_view(w)));
-            let got = host(exec, norm::rms_norm(exec, &upload(exec, &input), w.as_ref(), 1e-6));
+            let got = host(exec, norm::row_norm(exec, RowStat::Rms, &upload(exec, &input), w.as_ref(), None, 1e-6));
             prop_assert_eq!(got.dtype(), input.dtype());
             check_within(exec, &got, &want, |_, w| output_bound((d as f32 / 2.0 + 8.0) * EPS * w.abs(), w, use_bf16))?;
         }
@@ -448,11 +449,12 @@ fn preconditions_are_typed_errors() {
     let t = |shape: &[usize], dtype: DType| upload(exec, &Tensor::zeros(shape, dtype));
     let x = t(&[2, 3, 8], DType::F32);
 
-    assert_invalid(norm::rms_norm(exec, &x, Some(&t(&[7], DType::F32)), 1e-6), "rms_norm_f32");
-    assert_invalid(norm::rms_norm(exec, &x, None, f32::NAN), "rms_norm_f32");
-    assert_invalid(norm::rms_norm(exec, &t(&[1, 1, 1, 1, 8], DType::F32), None, 1e-6), "rms_norm_f32");
-    assert_dtype_error(norm::rms_norm(exec, &t(&[2, 8], DType::I32), None, 1e-6));
-    assert_dtype_error(norm::rms_norm(exec, &x, Some(&t(&[8], DType::BF16)), 1e-6));
+    let rms = |x: &Tensor, w: Option<&Tensor>, eps| norm::row_norm(exec, RowStat::Rms, x, w, None, eps);
+    assert_invalid(rms(&x, Some(&t(&[7], DType::F32)), 1e-6), "row_norm_f32");
+    assert_invalid(rms(&x, None, f32::NAN), "row_norm_f32");
+    assert_invalid(rms(&t(&[1, 1, 1, 1, 8], DType::F32), None, 1e-6), "row_norm_f32");
+    assert_dtype_error(rms(&t(&[2, 8], DType::I32), None, 1e-6));
+    assert_dtype_error(rms(&x, Some(&t(&[8], DType::BF16)), 1e-6));
 
     let image = t(&[1, 6, 2, 2], DType::F32);
     let (w6, b6) = (t(&[6], DType::F32), t(&[6], DType::F32));

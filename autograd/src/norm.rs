@@ -10,12 +10,14 @@
 //!   where the norm is below eps and the divisor is the constant eps
 //! - weight: dw_c = Σ g·x̂ and bias: db_c = Σ g over every element of channel c.
 //!
-//! Block sums are accumulated in f64.
+//! Block sums are accumulated in f64 on the CPU; on a device the last-dimension norms'
+//! rules run as the same formulas in ops.
 
 use std::borrow::Cow;
 
-use infinity_ops::{f32_data, norm as nm};
-use infinity_runtime::{Result, Tensor};
+use infinity_ops::elementwise::{self as ew, UnaryOp};
+use infinity_ops::{f32_data, norm as nm, reduce as rd};
+use infinity_runtime::{Error, Result, Tensor};
 use rayon::prelude::*;
 
 use crate::Var;
@@ -112,7 +114,11 @@ fn record(
     let (xv, wv) = (x.value().clone(), weight.map(|w| w.value().clone()));
     let has_bias = bias.is_some();
     Var::record(op, &inputs, value, move |g, needs| {
-        let grads = backward(op, &xv, g, wv.as_ref(), norm)?;
+        let grads = if xv.is_cpu() {
+            backward(op, &xv, g, wv.as_ref(), norm)?
+        } else {
+            backward_by_ops(op, &xv, g, wv.as_ref(), norm)?
+        };
         let mut out = vec![needs[0].then_some(grads.dx)];
         if wv.is_some() {
             out.push(Some(grads.dweight));
@@ -166,6 +172,57 @@ fn backward(op: &'static str, x: &Tensor, g: &Tensor, weight: Option<&Tensor>, n
         });
     let to_tensor = |v: Vec<f64>| Tensor::from_vec(v.into_iter().map(|s| s as f32).collect::<Vec<f32>>(), &[channels]);
     Ok(NormGrads { dx: Tensor::from_vec(dx, x.shape())?, dweight: to_tensor(dw)?, dbias: to_tensor(db)? })
+}
+
+/// [`backward`] of the norms over the last dimension as ops, for any device (an executor's
+/// f32 arithmetic; the CPU's kernel above accumulates in f64). The group norm's has no device
+/// form yet.
+fn backward_by_ops(op: &'static str, x: &Tensor, g: &Tensor, weight: Option<&Tensor>, norm: Norm) -> Result<NormGrads> {
+    if norm.groups != 1 || norm.spatial != 1 {
+        let msg = format!("the backward has no kernel on {} yet; run it on the CPU", x.device());
+        return Err(Error::invalid(op, x.shape(), msg));
+    }
+    let last = x.rank() - 1;
+    let (eps, per_row) = (norm.eps as f32, 1.0 / norm.len() as f32);
+    let centred = match norm.stat {
+        Stat::Std => ew::sub(x, &rd::mean(x, &[last], true)?)?,
+        Stat::Rms | Stat::L2 => x.clone(),
+    };
+    let squares = rd::sum(&ew::square(&centred)?, &[last], true)?;
+    let divisor = match norm.stat {
+        Stat::Std | Stat::Rms => ew::sqrt(&ew::add_scalar(&ew::mul_scalar(&squares, per_row)?, eps)?)?,
+        Stat::L2 => ew::clamp(&ew::sqrt(&squares)?, eps, f32::INFINITY)?,
+    };
+    let normalized = ew::div(&centred, &divisor)?;
+    let gy = match weight {
+        Some(w) => ew::mul(g, w)?,
+        None => g.clone(),
+    };
+    let dot = rd::sum(&ew::mul(&gy, &normalized)?, &[last], true)?;
+    let inner = match norm.stat {
+        Stat::Std => {
+            let centred_gy = ew::sub(&gy, &rd::mean(&gy, &[last], true)?)?;
+            ew::sub(&centred_gy, &ew::mul(&normalized, &ew::mul_scalar(&dot, per_row)?)?)?
+        }
+        Stat::Rms => ew::sub(&gy, &ew::mul(&normalized, &ew::mul_scalar(&dot, per_row)?)?)?,
+        Stat::L2 => {
+            // Where the norm is below eps the divisor is the constant eps: no projection there.
+            let norms = ew::sqrt(&squares)?;
+            let dot = ew::unary_grad(UnaryOp::Clamp { lo: eps, hi: f32::INFINITY }, &dot, &norms, &norms)?;
+            ew::sub(&gy, &ew::mul(&normalized, &dot)?)?
+        }
+    };
+    let dx = ew::div(&inner, &divisor)?;
+    let weighted = ew::mul(g, &normalized)?;
+    let (dweight, dbias) = match last {
+        // One row: nothing to sum over.
+        0 => (weighted, g.clone()),
+        _ => {
+            let rows: Vec<usize> = (0..last).collect();
+            (rd::sum(&weighted, &rows, false)?, rd::sum(g, &rows, false)?)
+        }
+    };
+    Ok(NormGrads { dx, dweight, dbias })
 }
 
 /// Per-channel accumulators of one block's channels.

@@ -1,5 +1,6 @@
 //! Normalisations that reduce over a block of elements and rescale it (ops/src/norm.rs,
-//! ops/src/softmax.rs): the RMS norm of T5 and of Infinity's text projection, the group norm
+//! ops/src/softmax.rs): the row norms (the RMS norm of T5 and of Infinity's text projection,
+//! the layer norm and the L2 normalisation of Infinity's blocks), the group norm
 //! (+ SiLU) in front of every BitVAE decoder convolution, the softmax over the last
 //! dimension, and the sums, means, maxima and minima of rows (ops/src/reduce.rs). One CUDA block per normalised block of elements: its threads stride over the
 //! elements, and block_reduce combines their f32 partial results. The inputs are re-read for
@@ -7,40 +8,54 @@
 #include "common.cuh"
 
 /// x (..., D) as a 4-D view (a lower rank has leading sizes 1) with element strides; weight
-/// (D) f32 with its stride, or null for none; out contiguous in x's dtype. One block per row.
+/// and bias (D) f32 with their strides, or null for none; out contiguous in x's dtype. One
+/// block per row. `stat` (mirrored in src/norm.rs): 0 RMS, 1 layer norm (centred, biased
+/// variance), 2 L2 (divided by max(‖x‖, eps)).
 template <class T>
-struct RmsNormParams {
+struct RowNormParams {
     const T* x;
     const float* weight;
+    const float* bias;
     T* out;
     int dims[4];
     int x_stride[4];
     int weight_stride;
+    int bias_stride;
     float eps;
+    int stat;
 };
 
-/// out = x / √(mean(x²) + eps) · weight.
+/// out = (x − mean)·inv·weight + bias, inv the statistic's inverse (mean 0 but for the layer
+/// norm).
 template <class T>
-__device__ __forceinline__ void rms_norm(const RmsNormParams<T>& p) {
+__device__ __forceinline__ void row_norm(const RowNormParams<T>& p) {
     const int width = p.dims[3], step = p.x_stride[3];
     const T* x = p.x + offset_of(unflatten<3>(blockIdx.x, p.dims), p.x_stride);
     T* out = p.out + blockIdx.x * width;
+    float mean = 0.0f;
+    if (p.stat == 1) {
+        float sum = 0.0f;
+        for (int c = threadIdx.x; c < width; c += blockDim.x) sum += to_float(x[c * step]);
+        mean = block_sum(sum) / width;
+    }
     float squares = 0.0f;
     for (int c = threadIdx.x; c < width; c += blockDim.x) {
-        const float v = to_float(x[c * step]);
+        const float v = to_float(x[c * step]) - mean;
         squares += v * v;
     }
-    const float inv = 1.0f / sqrtf(block_sum(squares) / width + p.eps);
+    squares = block_sum(squares);
+    const float inv = p.stat == 2 ? 1.0f / fmaxf(sqrtf(squares), p.eps) : 1.0f / sqrtf(squares / width + p.eps);
     for (int c = threadIdx.x; c < width; c += blockDim.x) {
         const float w = p.weight ? p.weight[c * p.weight_stride] : 1.0f;
-        out[c] = from_float<T>(to_float(x[c * step]) * inv * w);
+        const float b = p.bias ? p.bias[c * p.bias_stride] : 0.0f;
+        out[c] = from_float<T>((to_float(x[c * step]) - mean) * inv * w + b);
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) rms_norm_f32(const RmsNormParams<float> p) { rms_norm(p); }
-INFINITY_SHIM_ENTRY(rms_norm_f32, RmsNormParams<float>)
-extern "C" __global__ void __launch_bounds__(256) rms_norm_bf16(const RmsNormParams<bf16> p) { rms_norm(p); }
-INFINITY_SHIM_ENTRY(rms_norm_bf16, RmsNormParams<bf16>)
+extern "C" __global__ void __launch_bounds__(256) row_norm_f32(const RowNormParams<float> p) { row_norm(p); }
+INFINITY_SHIM_ENTRY(row_norm_f32, RowNormParams<float>)
+extern "C" __global__ void __launch_bounds__(256) row_norm_bf16(const RowNormParams<bf16> p) { row_norm(p); }
+INFINITY_SHIM_ENTRY(row_norm_bf16, RowNormParams<bf16>)
 
 /// x (N, C, H, W) f32 with element strides, weight and bias (C) f32 with their strides; out
 /// contiguous. One block per (sample, group): blockIdx.x = n · groups + g.

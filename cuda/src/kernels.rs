@@ -17,7 +17,7 @@ use crate::elementwise::{BinaryParams, CopyParams, UnaryGradParams, UnaryParams}
 use crate::exec::ShimGrid;
 use crate::gemm::BiasRowsParams;
 use crate::index::EmbeddingParams;
-use crate::norm::{GroupNormParams, ReduceRowsParams, RmsNormParams, SoftmaxParams};
+use crate::norm::{GroupNormParams, ReduceRowsParams, RowNormParams, SoftmaxParams};
 use crate::quantize::{BsqQuantizeParams, BsqUpdateParams, ResizeParams};
 use crate::rng::PhiloxFillParams;
 use crate::rope::{AttentionInputsParams, RopeParams};
@@ -197,10 +197,10 @@ kernels! {
     AttentionBackwardD128, ATTENTION_BACKWARD_D128 = attention_backward_d128(AttentionBackwardParams) in Attention;
     /// dQ through the cosine normalisation, and the per-head scale's gradient.
     AttentionBackwardCosine, ATTENTION_BACKWARD_COSINE = attention_backward_cosine(AttentionCosineParams) in Attention;
-    /// x / √(mean(x²) + eps) · weight over the last dimension, f32 activations.
-    RmsNormF32, RMS_NORM_F32 = rms_norm_f32(RmsNormParams<f32>) in Norm;
-    /// x / √(mean(x²) + eps) · weight over the last dimension, bf16 activations.
-    RmsNormBf16, RMS_NORM_BF16 = rms_norm_bf16(RmsNormParams<bf16>) in Norm;
+    /// RMS norm, layer norm or L2 normalisation over the last dimension, f32 activations.
+    RowNormF32, ROW_NORM_F32 = row_norm_f32(RowNormParams<f32>) in Norm;
+    /// RMS norm, layer norm or L2 normalisation over the last dimension, bf16 activations.
+    RowNormBf16, ROW_NORM_BF16 = row_norm_bf16(RowNormParams<bf16>) in Norm;
     /// Group norm of (N, C, H, W) f32 with affine weight and bias, optionally followed by SiLU.
     GroupNorm, GROUP_NORM = group_norm(GroupNormParams) in Norm;
     /// Softmax over the last dimension, f32.

@@ -1,4 +1,5 @@
-//! Launchers of kernels/norm.cu: the RMS norm (T5, Infinity's text norm), the group norm with
+//! Launchers of kernels/norm.cu: the row norms (RMS: T5, Infinity's text norm; layer norm and
+//! L2: Infinity's blocks when training), the group norm with
 //! an optional fused SiLU (BitVAE decoder), the softmax over the last dimension and the row
 //! reductions, each one CUDA block per normalised (or reduced) block of elements with f32
 //! statistics. Inputs may be strided;
@@ -10,10 +11,10 @@ use infinity_runtime::{DType, Element, Error, Tensor};
 
 use crate::Result;
 use crate::exec::{Executor, Grid};
-use crate::kernels::{GROUP_NORM, KernelHandle, REDUCE_ROWS_F32, RMS_NORM_BF16, RMS_NORM_F32, SOFTMAX_F32};
+use crate::kernels::{GROUP_NORM, KernelHandle, REDUCE_ROWS_F32, ROW_NORM_BF16, ROW_NORM_F32, SOFTMAX_F32};
 use crate::view::{DevPtr, View};
 
-/// Threads per row of the row kernels (RMS norm, softmax); a multiple of 32 (the block
+/// Threads per row of the row kernels (row norms, softmax, reductions); a multiple of 32 (the block
 /// reduction's rule). Rows longer than this are strided over.
 const ROW_THREADS: u32 = 128;
 /// Threads per (sample, group) of the group norm, whose groups hold C/G channels × H·W.
@@ -22,14 +23,28 @@ const GROUP_THREADS: u32 = 256;
 const MAX_RANK: usize = 4;
 
 #[repr(C)]
-pub struct RmsNormParams<T> {
+pub struct RowNormParams<T> {
     x: DevPtr<T>,
     weight: DevPtr<f32>,
+    bias: DevPtr<f32>,
     out: DevPtr<T>,
     dims: [i32; MAX_RANK],
     x_stride: [i32; MAX_RANK],
     weight_stride: i32,
+    bias_stride: i32,
     eps: f32,
+    stat: i32,
+}
+
+/// What a row is divided by; the discriminants are norm.cu's `RowNormParams::stat` codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowStat {
+    /// √(mean(x²) + eps).
+    Rms = 0,
+    /// √(var + eps) after subtracting the mean (biased variance).
+    Std = 1,
+    /// max(‖x‖₂, eps).
+    L2 = 2,
 }
 
 #[repr(C)]
@@ -79,51 +94,62 @@ pub enum RowReduction {
 
 // SAFETY: #[repr(C)] mirrors of the C structs of norm.cu (sizes checked by a test) made of
 // plain numbers and addresses.
-unsafe impl<T> DeviceRepr for RmsNormParams<T> {}
+unsafe impl<T> DeviceRepr for RowNormParams<T> {}
 unsafe impl DeviceRepr for GroupNormParams {}
 unsafe impl DeviceRepr for SoftmaxParams {}
 unsafe impl DeviceRepr for ReduceRowsParams {}
 
-/// x / √(mean(x²) + eps) · weight over the last dimension of x (rank 1 to 4, f32 or bf16),
-/// with weight (D) f32 or none (T5's and Infinity's RMS norm; eps = 1e-6 there). The output is
-/// contiguous, in x's dtype; the statistic and the arithmetic are f32.
-pub fn rms_norm(exec: &Executor, x: &Tensor, weight: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+/// Each row (the last dimension) of x (rank 1 to 4, f32 or bf16) minus its mean (layer norm
+/// only), divided by its statistic, times weight and plus bias ((D) f32, or none): T5's and
+/// Infinity's RMS norm, the layer norm and the L2 normalisation (eps = 1e-6, 1e-6 and 1e-12
+/// there). The output is contiguous, in x's dtype; the statistic and the arithmetic are f32.
+pub fn row_norm(
+    exec: &Executor,
+    stat: RowStat,
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f32,
+) -> Result<Tensor> {
     match x.dtype() {
-        DType::F32 => rms_norm_as(exec, RMS_NORM_F32, x, weight, eps),
-        DType::BF16 => rms_norm_as::<bf16>(exec, RMS_NORM_BF16, x, weight, eps),
-        dtype => Err(Error::UnsupportedDType { op: "rms_norm", dtype }),
+        DType::F32 => row_norm_as(exec, ROW_NORM_F32, stat, x, weight, bias, eps),
+        DType::BF16 => row_norm_as::<bf16>(exec, ROW_NORM_BF16, stat, x, weight, bias, eps),
+        dtype => Err(Error::UnsupportedDType { op: "row_norm", dtype }),
     }
 }
 
-fn rms_norm_as<T: Element>(
+fn row_norm_as<T: Element>(
     exec: &Executor,
-    handle: KernelHandle<RmsNormParams<T>>,
+    handle: KernelHandle<RowNormParams<T>>,
+    stat: RowStat,
     x: &Tensor,
     weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
     eps: f32,
 ) -> Result<Tensor> {
     let op = handle.kernel.name();
     let xv = exec.view_padded::<T, MAX_RANK>(op, x)?;
     check_eps(op, x, eps)?;
-    let (weight, weight_stride) = match weight {
-        None => (DevPtr::null(), 0),
-        Some(w) => {
-            let wv = per_channel(exec, op, x, w, xv.dims[MAX_RANK - 1])?;
-            (wv.ptr, wv.strides[0])
-        }
+    let channel = |p: Option<&Tensor>| match p {
+        None => Ok((DevPtr::null(), 0)),
+        Some(p) => per_channel(exec, op, x, p, xv.dims[MAX_RANK - 1]).map(|v| (v.ptr, v.strides[0])),
     };
+    let ((weight, weight_stride), (bias, bias_stride)) = (channel(weight)?, channel(bias)?);
     let mut out = exec.output(op, x.shape(), T::DTYPE)?;
-    let params = RmsNormParams {
+    let params = RowNormParams {
         x: xv.ptr,
         weight,
+        bias,
         out: exec.view_mut_padded::<T, MAX_RANK>(op, &mut out)?.ptr,
         dims: xv.dims,
         x_stride: xv.strides,
         weight_stride,
+        bias_stride,
         eps,
+        stat: stat as i32,
     };
-    // SAFETY: the addresses come from views of live tensors of `exec` (the weight checked to
-    // have D elements, or null, which the kernel tests for); the output has x's shape.
+    // SAFETY: the addresses come from views of live tensors of `exec` (weight and bias checked
+    // to have D elements, or null, which the kernel tests for); the output has x's shape.
     unsafe { exec.launch(handle, row_grid(&xv.dims), &params)? };
     Ok(out)
 }

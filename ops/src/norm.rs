@@ -7,6 +7,8 @@
 
 use std::borrow::Cow;
 
+use infinity_cuda::Executor;
+use infinity_cuda::norm::RowStat;
 use infinity_runtime::{Error, Result, Tensor};
 
 use crate::device::{executor, no_kernel};
@@ -19,6 +21,9 @@ use crate::util::for_row_blocks;
 /// have shape `[D]`; missing ones act as 1 and 0. Infinity uses eps = 1e-6.
 /// Errors: `UnsupportedDType`, `ShapeMismatch` (weight/bias), `InvalidArgument` (rank 0, eps < 0).
 pub fn layer_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+    if let Some(exec) = executor("layer_norm", &[Some(x), weight, bias].into_iter().flatten().collect::<Vec<_>>())? {
+        return row_norm_on(&exec, "layer_norm", RowStat::Std, x, weight, bias, eps);
+    }
     let setup = Setup::last_dim("layer_norm", x, weight, bias, eps)?;
     normalize("layer_norm", x, &setup, eps, Scale::Std)
 }
@@ -30,8 +35,7 @@ pub fn rms_norm(x: &Tensor, weight: Option<&Tensor>, eps: f32) -> Result<Tensor>
     // The kernels validate as the CPU path does; its setup reads the weights on the host.
     let inputs: Vec<&Tensor> = [Some(x), weight].into_iter().flatten().collect();
     if let Some(exec) = executor("rms_norm", &inputs)? {
-        crate::require_f32("rms_norm", x)?;
-        return infinity_cuda::norm::rms_norm(&exec, x, weight, eps);
+        return row_norm_on(&exec, "rms_norm", RowStat::Rms, x, weight, None, eps);
     }
     let setup = Setup::last_dim("rms_norm", x, weight, None, eps)?;
     normalize("rms_norm", x, &setup, eps, Scale::Rms)
@@ -41,8 +45,26 @@ pub fn rms_norm(x: &Tensor, weight: Option<&Tensor>, eps: f32) -> Result<Tensor>
 /// Infinity puts q and k on the unit sphere this way, with eps = 1e-12.
 /// Errors: `UnsupportedDType`, `InvalidArgument` (rank 0, eps < 0).
 pub fn l2_normalize(x: &Tensor, eps: f32) -> Result<Tensor> {
+    if let Some(exec) = executor("l2_normalize", &[x])? {
+        return row_norm_on(&exec, "l2_normalize", RowStat::L2, x, None, None, eps);
+    }
     let setup = Setup::last_dim("l2_normalize", x, None, None, eps)?;
     normalize("l2_normalize", x, &setup, eps, Scale::L2)
+}
+
+/// A row norm on an executor: one kernel, f32 statistics, x f32 (the kernel validates as the
+/// CPU path does).
+fn row_norm_on(
+    exec: &Executor,
+    op: &'static str,
+    stat: RowStat,
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f32,
+) -> Result<Tensor> {
+    crate::require_f32(op, x)?;
+    infinity_cuda::norm::row_norm(exec, stat, x, weight, bias, eps)
 }
 
 /// PyTorch `group_norm` of `x` with shape (N, C, *spatial): the C channels form `groups`

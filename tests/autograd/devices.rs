@@ -5,15 +5,17 @@
 //! bound. The CPU's rules are checked against finite differences by the other modules here.
 //!
 //! Covered so far: broadcast arithmetic, the one-input functions with a derivative kernel or
-//! an op rule, reductions, softmax, views and concatenation, linear and matmul (whose
-//! gradients' GEMMs round their operands to bf16 on an executor), and attention. The norms'
-//! backward kernel, the embedding's scatter, conv and resize gradients, the fused losses and
-//! the attention backward kernel are not behind ops yet: their rules still run on the CPU only.
+//! an op rule, reductions, softmax, the layer, RMS and L2 norms, views and concatenation,
+//! linear and matmul (whose gradients' GEMMs round their operands to bf16 on an executor), and
+//! attention. The group norm's rule, the embedding's scatter, conv and resize gradients, the
+//! fused losses and the attention backward kernel are not behind ops yet: those rules still
+//! run on the CPU only.
 
 use infinity::autograd::attention::attention;
 use infinity::autograd::elementwise::{add, clamp, div, exp, gelu_tanh, mul, neg, silu, sqrt, square, sub, tanh};
 use infinity::autograd::index::concat;
 use infinity::autograd::matmul::{linear, matmul};
+use infinity::autograd::norm::{l2_normalize, layer_norm, rms_norm};
 use infinity::autograd::reduce::{mean, softmax, sum};
 use infinity::autograd::{Tape, Var};
 use infinity::cuda::testing::executors;
@@ -71,6 +73,16 @@ fn cases() -> Vec<Case> {
             },
             atol: 1e-6,
             rtol: 1e-6,
+        },
+        Case {
+            name: "layer, RMS and L2 norms",
+            inputs: vec![strided.clone(), randn(&[7], 15, 1.0), randn(&[7], 16, 1.0)],
+            run: |v| {
+                let a = layer_norm(&v[0], Some(&v[1]), Some(&v[2]), 1e-6)?;
+                add(&add(&a, &rms_norm(&v[0], Some(&v[1]), 1e-6)?)?, &l2_normalize(&v[0], 1e-12)?)
+            },
+            atol: 1e-5,
+            rtol: 1e-4,
         },
         // The gradients' GEMMs round the output gradient to bf16 on an executor.
         Case {

@@ -13,7 +13,7 @@ use infinity::ops::elementwise::{
 };
 use infinity::ops::index::{concat, copy_into, embedding};
 use infinity::ops::matmul::{linear, matmul};
-use infinity::ops::norm::{group_norm, group_norm_silu, rms_norm};
+use infinity::ops::norm::{group_norm, group_norm_silu, l2_normalize, layer_norm, rms_norm};
 use infinity::ops::reduce::{max, mean, min, sum};
 use infinity::ops::resize::{ResizeMode, resize};
 use infinity::ops::rope::rope_interleaved;
@@ -110,6 +110,22 @@ fn cases() -> Vec<Case> {
             name: "rms_norm",
             inputs: vec![padded.clone(), randn(&[9], 5, 1.0)],
             run: |t| rms_norm(&t[0], Some(&t[1]), 1e-6),
+            atol: 1e-6,
+            rtol: 1e-5,
+            bf16_on_device: &[],
+        },
+        Case {
+            name: "layer_norm",
+            inputs: vec![strided.clone(), randn(&[7], 63, 1.0), randn(&[7], 64, 1.0)],
+            run: |t| layer_norm(&t[0], Some(&t[1]), Some(&t[2]), 1e-6),
+            atol: 1e-6,
+            rtol: 1e-5,
+            bf16_on_device: &[],
+        },
+        Case {
+            name: "layer_norm without affine, l2_normalize",
+            inputs: vec![padded.clone()],
+            run: |t| add(&layer_norm(&t[0], None, None, 1e-6)?, &l2_normalize(&t[0], 1e-12)?),
             atol: 1e-6,
             rtol: 1e-5,
             bf16_on_device: &[],

@@ -2,11 +2,12 @@
 //! over the d bits of a token, weighted per token, summed over tokens and averaged over the
 //! batch (spec §7.3; label smoothing 0, as in train.sh).
 //!
-//! Logits (B, L, 2d) hold the pair (logit of 0, logit of 1) of bit k at 2k, 2k+1 (the
-//! official `reshape(B, L, d, 2)`). With z = l_other − l_label, the per-bit CE is
-//! softplus(z) and its gradient is σ(z) on l_other and −σ(z) on l_label.
+//! The per-bit cross-entropy and its gradient are one op (`infinity_ops::bitwise`, a kernel on
+//! an executor); the weighting and the averages are ops, so the loss runs on every device.
 
-use infinity_ops::f32_data;
+use infinity_ops::bitwise::bit_cross_entropy;
+use infinity_ops::elementwise::{mul, mul_scalar};
+use infinity_ops::reduce::{mean, sum};
 use infinity_runtime::{DType, Error, Result, Tensor};
 
 use crate::Var;
@@ -25,41 +26,15 @@ pub struct BitwiseLoss {
 /// odd logit width).
 pub fn bitwise_cross_entropy(logits: &Var, labels: &Tensor, token_weights: &Tensor) -> Result<BitwiseLoss> {
     let dims = Dims::check(logits.value(), labels, token_weights)?;
-    let (x, y) = (f32_data(OP, logits.value())?, labels.to_vec::<u8>()?);
-    let saved = logits.value().clone();
-    let w = token_weights.broadcast_to(&[dims.batch, dims.tokens])?.to_vec::<f32>()?;
-    if let Some(pos) = y.iter().position(|&b| b > 1) {
-        return Err(Error::invalid(
-            OP,
-            labels.shape(),
-            format!("label {} at flat position {pos} is not 0 or 1", y[pos]),
-        ));
-    }
-    let d = dims.bits;
-    let per_token: Vec<f32> = (0..dims.batch * dims.tokens)
-        .map(|t| {
-            let bits = (0..d).map(|k| softplus(margin(&x[t * 2 * d..][..2 * d], k, y[t * d + k])));
-            (bits.sum::<f64>() / d as f64) as f32
-        })
-        .collect();
-    let total: f64 = per_token.iter().zip(&w).map(|(&l, &w)| f64::from(l) * f64::from(w)).sum();
-    let value = Tensor::scalar((total / dims.batch as f64) as f32);
-    let per_token = Tensor::from_vec(per_token, &[dims.batch, dims.tokens])?;
-    let shape = logits.shape().to_vec();
+    let device = logits.value().device();
+    let bits = bit_cross_entropy(logits.value(), &labels.to_device(&device)?)?;
+    let per_token = mean(&bits.loss, &[2], false)?;
+    let w = token_weights.to_device(&device)?.broadcast_to(&[dims.batch, dims.tokens])?;
+    let value = mul_scalar(&sum(&mul(&per_token, &w)?, &[], false)?, 1.0 / dims.batch as f32)?;
     let loss = Var::record(OP, &[logits], value, move |g, _| {
-        let g = f64::from(g.to_f32_vec()?[0]) / (dims.batch * d) as f64;
-        let x = f32_data(OP, &saved)?;
-        let mut dx = vec![0f32; x.len()];
-        for (t, row) in dx.chunks_mut(2 * d).enumerate() {
-            let scale = g * f64::from(w[t]);
-            for k in 0..d {
-                let label = usize::from(y[t * d + k]);
-                let s = sigmoid(margin(&x[t * 2 * d..][..2 * d], k, y[t * d + k])) * scale;
-                row[2 * k + label] = -s as f32;
-                row[2 * k + 1 - label] = s as f32;
-            }
-        }
-        Ok(vec![Some(Tensor::from_vec(dx, &shape)?)])
+        // d loss / d logit = g · w[token] / (B·d) · the bit's own gradient.
+        let scale = mul_scalar(g, 1.0 / (dims.batch * dims.bits) as f32)?;
+        Ok(vec![Some(mul(&mul(&bits.grad, &w.unsqueeze(2)?)?, &scale)?)])
     })?;
     Ok(BitwiseLoss { loss, per_token })
 }
@@ -99,19 +74,4 @@ impl Dims {
         }
         Ok(Dims { batch, tokens, bits: width / 2 })
     }
-}
-
-/// z = l_other − l_label for bit k of a token's logit row.
-fn margin(row: &[f32], k: usize, label: u8) -> f64 {
-    let (l0, l1) = (f64::from(row[2 * k]), f64::from(row[2 * k + 1]));
-    if label == 1 { l0 - l1 } else { l1 - l0 }
-}
-
-/// ln(1 + e^z) without overflow for large z or loss of precision for very negative z.
-fn softplus(z: f64) -> f64 {
-    z.max(0.0) + (-z.abs()).exp().ln_1p()
-}
-
-fn sigmoid(z: f64) -> f64 {
-    1.0 / (1.0 + (-z).exp())
 }

@@ -261,10 +261,11 @@ impl Executor {
         checked_view(op, t, addr, N)
     }
 
-    /// As [`Executor::view`] for a tensor of rank 1 to `N`, seen as rank `N` with leading
-    /// sizes 1 (stride 0): NumPy's right alignment, for the kernels that take any rank.
+    /// As [`Executor::view`] for a tensor of rank 0 to `N`, seen as rank `N` with leading
+    /// sizes 1 (stride 0): NumPy's right alignment, for the kernels that take any rank (a
+    /// scalar is one element).
     pub(crate) fn view_padded<T: Element, const N: usize>(&self, op: &'static str, t: &Tensor) -> Result<View<T, N>> {
-        checked_view(op, t, self.address(op, t)?, 1)
+        checked_view(op, t, self.address(op, t)?, 0)
     }
 
     /// As [`Executor::view_padded`], for a tensor the kernel writes.
@@ -274,7 +275,7 @@ impl Executor {
         t: &mut Tensor,
     ) -> Result<View<T, N>> {
         let addr = self.address_mut(op, t)?;
-        checked_view(op, t, addr, 1)
+        checked_view(op, t, addr, 0)
     }
 
     fn address(&self, op: &'static str, t: &Tensor) -> Result<u64> {

@@ -11,6 +11,7 @@
 
 pub mod adaln;
 pub mod attention;
+pub mod bitwise;
 pub mod conv;
 mod device;
 pub mod elementwise;

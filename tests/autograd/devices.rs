@@ -7,13 +7,14 @@
 //! Covered so far: broadcast arithmetic, the one-input functions with a derivative kernel or
 //! an op rule, reductions, softmax, the layer, RMS and L2 norms, views and concatenation,
 //! linear and matmul (whose gradients' GEMMs round their operands to bf16 on an executor), and
-//! attention. The group norm's rule, the embedding's scatter, conv and resize gradients, the
-//! fused losses and the attention backward kernel are not behind ops yet: those rules still
-//! run on the CPU only.
+//! attention, and the bitwise cross-entropy (its fused kernel on an executor). The group
+//! norm's rule, the embedding's scatter, conv and resize gradients and the attention backward
+//! kernel are not behind ops yet: those rules still run on the CPU only.
 
 use infinity::autograd::attention::attention;
 use infinity::autograd::elementwise::{add, clamp, div, exp, gelu_tanh, mul, neg, silu, sqrt, square, sub, tanh};
 use infinity::autograd::index::concat;
+use infinity::autograd::loss::bitwise_cross_entropy;
 use infinity::autograd::matmul::{linear, matmul};
 use infinity::autograd::norm::{l2_normalize, layer_norm, rms_norm};
 use infinity::autograd::reduce::{mean, softmax, sum};
@@ -83,6 +84,18 @@ fn cases() -> Vec<Case> {
             },
             atol: 1e-5,
             rtol: 1e-4,
+        },
+        Case {
+            name: "bitwise cross-entropy",
+            inputs: vec![randn(&[2, 3, 8], 17, 3.0)],
+            run: |v| {
+                let labels =
+                    randn(&[2, 3, 4], 18, 1.0).to_vec::<f32>()?.into_iter().map(|x| u8::from(x > 0.0)).collect();
+                let weights = randn_map(&[3], 19, |x| x.abs());
+                Ok(bitwise_cross_entropy(&v[0], &Tensor::from_vec(labels, &[2, 3, 4])?, &weights)?.loss)
+            },
+            atol: 1e-6,
+            rtol: 1e-5,
         },
         // The gradients' GEMMs round the output gradient to bf16 on an executor.
         Case {

@@ -6,6 +6,7 @@
 use infinity::cuda::testing::executors;
 use infinity::ops::adaln::{gated_residual, modulate};
 use infinity::ops::attention::{Packing, attention, attention_inputs, packed_attention};
+use infinity::ops::bitwise::bit_cross_entropy;
 use infinity::ops::conv::{Conv2dParams, conv2d};
 use infinity::ops::elementwise::{
     add, add_scalar, affine, clamp, div, exp, gelu_tanh, log, mul, mul_scalar, sigmoid, silu, sqrt, square, sub,
@@ -33,6 +34,12 @@ struct Case {
     /// Inputs that take bf16 on a device (GEMM operands, by the models' dtype policy); their
     /// values are bf16-exact, so both sides multiply the same numbers.
     bf16_on_device: &'static [usize],
+}
+
+/// Random 0/1 labels.
+fn bits(shape: &[usize], seed: u64) -> Tensor {
+    let v = randn(shape, seed, 1.0).to_vec::<f32>().unwrap();
+    Tensor::from_vec(v.into_iter().map(|x| u8::from(x > 0.0)).collect(), shape).unwrap()
 }
 
 fn ids(values: &[i64], shape: &[usize]) -> Tensor {
@@ -423,6 +430,18 @@ fn cases() -> Vec<Case> {
             run: |t| min(&t[0], &[], false),
             atol: 0.0,
             rtol: 0.0,
+            bf16_on_device: &[],
+        },
+        // f32 against the CPU's f64, rounded once.
+        Case {
+            name: "bit_cross_entropy (loss, then gradient)",
+            inputs: vec![randn(&[2, 3, 8], 65, 3.0), bits(&[2, 3, 4], 66)],
+            run: |t| {
+                let bits = bit_cross_entropy(&t[0], &t[1])?;
+                concat(&[&bits.loss, &bits.grad], 2)
+            },
+            atol: 1e-6,
+            rtol: 1e-5,
             bf16_on_device: &[],
         },
         Case {

@@ -1,0 +1,64 @@
+//! The bitwise head's fused two-way cross-entropy, per bit: logits (B, n, 2d) hold the pair
+//! (logit of 0, logit of 1) of bit k at 2k, 2k+1 (the official `reshape(B, n, d, 2)`), labels
+//! (B, n, d) u8 are 0 or 1. With z = l_other − l_label the loss is softplus(z) and its
+//! gradient σ(z) on l_other and −σ(z) on l_label, so probabilities are never materialised.
+//! On the CPU in f64, rounded once; on an executor one kernel in f32.
+
+use infinity_runtime::{DType, Error, Result, Tensor};
+
+use crate::device::executor;
+use crate::f32_data;
+
+/// Each bit's loss and its gradient.
+pub struct BitCrossEntropy {
+    /// (B, n, d): softplus(l_other − l_label).
+    pub loss: Tensor,
+    /// (B, n, 2d): d loss / d logits.
+    pub grad: Tensor,
+}
+
+/// See the module header. Errors: `UnsupportedDType`, `DTypeMismatch` (labels not u8),
+/// `ShapeMismatch`, `InvalidArgument` (odd logit width, a label other than 0 or 1).
+pub fn bit_cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<BitCrossEntropy> {
+    const OP: &str = "bit_cross_entropy";
+    crate::require_f32(OP, logits)?;
+    if labels.dtype() != DType::U8 {
+        return Err(Error::DTypeMismatch { op: OP, expected: DType::U8, got: labels.dtype() });
+    }
+    let &[b, n, width] = logits.shape() else {
+        return Err(Error::invalid(OP, logits.shape(), "logits must be (batch, tokens, 2 × bits)"));
+    };
+    if width % 2 != 0 {
+        return Err(Error::invalid(OP, logits.shape(), "the logit width must be even (one pair per bit)"));
+    }
+    let d = width / 2;
+    if labels.shape() != [b, n, d] {
+        return Err(Error::ShapeMismatch { op: OP, lhs: logits.shape().to_vec(), rhs: labels.shape().to_vec() });
+    }
+    // Read on the host wherever they are: the kernel would take any nonzero label as 1.
+    let y = labels.to_vec::<u8>()?;
+    if let Some(pos) = y.iter().position(|&bit| bit > 1) {
+        return Err(Error::invalid(
+            OP,
+            labels.shape(),
+            format!("label {} at flat position {pos} is not 0 or 1", y[pos]),
+        ));
+    }
+    if let Some(exec) = executor(OP, &[logits, labels])? {
+        let bits = infinity_cuda::bitwise_head::bit_loss(&exec, logits, labels, 1.0)?;
+        return Ok(BitCrossEntropy { loss: bits.loss, grad: bits.grad });
+    }
+    let x = f32_data(OP, logits)?;
+    let (mut loss, mut grad) = (vec![0f32; b * n * d], vec![0f32; b * n * width]);
+    for (i, (l, &label)) in loss.iter_mut().zip(&y).enumerate() {
+        let (t, k) = (i / d, i % d);
+        let (l0, l1) = (f64::from(x[t * width + 2 * k]), f64::from(x[t * width + 2 * k + 1]));
+        let z = if label == 1 { l0 - l1 } else { l1 - l0 };
+        // ln(1 + e^z) without overflow for large z or loss of precision for very negative z.
+        *l = (z.max(0.0) + (-z.abs()).exp().ln_1p()) as f32;
+        let s = (1.0 / (1.0 + (-z).exp())) as f32;
+        grad[t * width + 2 * k + usize::from(label)] = -s;
+        grad[t * width + 2 * k + 1 - usize::from(label)] = s;
+    }
+    Ok(BitCrossEntropy { loss: Tensor::from_vec(loss, &[b, n, d])?, grad: Tensor::from_vec(grad, logits.shape())? })
+}

@@ -78,8 +78,12 @@ impl KvCache {
                 Ok((Var::constant(q), seen(k)?, seen(v)?))
             }
             KvCache::Recorded { k: k_all, v: v_all } => {
-                let parts = qkv.permute(&[2, 0, 3, 1, 4])?;
-                let part = |i: usize| parts.narrow(0, i, 1).and_then(|t| t.squeeze(0));
+                // q, k and v as (B, H, n, hd), cut from (B, n, 3C): the gradients' copies stay
+                // within the four dimensions the device kernels index.
+                let (b, n, _, h, hd) = (qkv.dim(0)?, qkv.dim(1)?, qkv.dim(2)?, qkv.dim(3)?, qkv.dim(4)?);
+                let rows = qkv.reshape(&[b, n, 3 * h * hd])?;
+                let part =
+                    |i: usize| rows.narrow(2, i * h * hd, h * hd)?.reshape(&[b, n, h, hd])?.permute(&[0, 2, 1, 3]);
                 let q = mul(&l2_normalize(&part(0)?, QK_EPS)?, head_scale)?;
                 let k = l2_normalize(&part(1)?, QK_EPS)?;
                 let (q, k) = (rope_interleaved(&q, cos, sin)?, rope_interleaved(&k, cos, sin)?);

@@ -105,7 +105,8 @@ impl Infinity {
         }
         let mut p = gather(weights, &config)?;
         p.place_on(device);
-        Self::build(config, device, &mut |key| p.take(key).map(Var::constant))
+        let operand = if device.is_cpu() { DType::F32 } else { DType::BF16 };
+        Self::build(config, device, operand, &mut |key| p.take(key).map(Var::constant))
     }
 
     /// The trainable parameters of a checkpoint in f32 (master weights), in state-dict order,
@@ -122,11 +123,12 @@ impl Infinity {
     pub fn on_tape(config: InfinityConfig, params: &Tracked) -> Result<Self> {
         config.validate().map_err(|msg| Error::invalid("infinity.on_tape", &[], msg))?;
         let shapes = config.entries().into_iter().map(|e| (e.key, e.shape)).collect();
-        Self::build(config, &Device::Cpu, &mut tracked_source("infinity.on_tape", shapes, params))
+        // The forward runs where the parameters are, recorded in f32 (the tape's rules are).
+        let device = params.get("lvl_embed.weight")?.value().device();
+        Self::build(config, &device, DType::F32, &mut tracked_source("infinity.on_tape", shapes, params))
     }
 
-    fn build(config: InfinityConfig, device: &Device, take: Source) -> Result<Self> {
-        let operand = if device.is_cpu() { DType::F32 } else { DType::BF16 };
+    fn build(config: InfinityConfig, device: &Device, operand: DType, take: Source) -> Result<Self> {
         let blocks = (0..config.depth).map(|i| Block::load(take, &config, i, operand)).collect::<Result<_>>()?;
         Ok(Infinity {
             text: TextPath::load(take, &config)?,
@@ -234,9 +236,14 @@ impl Infinity {
         self.text.condition(&PackedText::pack(prompts, &self.device)?)
     }
 
-    /// [`Infinity::condition`] of features that may be tracked (a text encoder training along).
+    /// [`Infinity::condition`] of features that may be tracked (a text encoder training along,
+    /// on the model's device); constant features are moved to the model's device.
     pub fn condition_vars(&self, prompts: &[Var]) -> Result<Conditioning> {
-        self.text.condition(&PackedText::pack_vars(prompts)?)
+        let placed = prompts
+            .iter()
+            .map(|p| if p.is_tracked() { Ok(p.clone()) } else { p.value().to_device(&self.device).map(Var::constant) })
+            .collect::<Result<Vec<_>>>()?;
+        self.text.condition(&PackedText::pack_vars(&placed)?)
     }
 
     /// Conditioning of the doubled CFG batch: the prompts, then for each prompt its negative

@@ -3,7 +3,7 @@
 
 use infinity_ops::elementwise::{exp, mul, mul_scalar, sub};
 use infinity_ops::{reduce, softmax as sm};
-use infinity_runtime::{Result, Tensor};
+use infinity_runtime::Result;
 
 use crate::Var;
 
@@ -37,13 +37,7 @@ fn reduction(x: &Var, dims: &[usize], keepdim: bool, mean: bool) -> Result<Var> 
 pub fn softmax(x: &Var, dim: usize) -> Result<Var> {
     let y = sm::softmax(x.value(), dim)?;
     let saved = y.clone();
-    Var::record("softmax", &[x], y, move |g, _| Ok(vec![Some(softmax_backward(&saved, g, dim)?)]))
-}
-
-/// The input gradient of y = softmax(x) along `dim`: y ⊙ (g − Σ_dim g ⊙ y).
-pub(crate) fn softmax_backward(y: &Tensor, g: &Tensor, dim: usize) -> Result<Tensor> {
-    let dot = reduce::sum(&mul(g, y)?, &[dim], true)?;
-    mul(y, &sub(g, &dot)?)
+    Var::record("softmax", &[x], y, move |g, _| Ok(vec![Some(sm::softmax_grad(&saved, g, dim)?)]))
 }
 
 /// (x - max) - ln Σ exp(x - max) along `dim`.

@@ -37,9 +37,10 @@ use crate::elementwise::{add, mul, mul_scalar};
 use crate::index::{concat, copy_into};
 use crate::matmul::{MatRef, gemm_into, matmul};
 use crate::norm::l2_normalize;
+use crate::reduce::max;
 use crate::rope::rope_interleaved;
-use crate::softmax::softmax;
-use crate::{f32_data, require_f32};
+use crate::softmax::{softmax, softmax_grad};
+use crate::{f32_data, require_f32, zip_map};
 
 /// Queries per parallel task: the rows of its GEMMs.
 const QUERY_BLOCK: usize = 64;
@@ -81,13 +82,8 @@ struct Inputs<'a> {
     mask: Option<Mask<'a>>,
 }
 
-fn prepare<'a>(
-    op: &'static str,
-    q: &'a Tensor,
-    k: &'a Tensor,
-    v: &'a Tensor,
-    mask: Option<&'a Tensor>,
-) -> Result<Inputs<'a>> {
+/// The dimensions of q (B, H, Lq, D), k (B, H, Lk, D) and v (B, H, Lk, Dv), checked.
+fn check_shapes(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Dims> {
     let mismatch =
         |a: &Tensor, b: &Tensor| Error::ShapeMismatch { op, lhs: a.shape().to_vec(), rhs: b.shape().to_vec() };
     let (&[b, h, lq, d], &[kb, kh, lk, kd], &[vb, vh, vl, dv]) = (q.shape(), k.shape(), v.shape()) else {
@@ -100,7 +96,18 @@ fn prepare<'a>(
     if (vb, vh, vl) != (b, h, lk) {
         return Err(mismatch(k, v));
     }
-    let dims = Dims { b, h, lq, lk, d, dv };
+    Ok(Dims { b, h, lq, lk, d, dv })
+}
+
+fn prepare<'a>(
+    op: &'static str,
+    q: &'a Tensor,
+    k: &'a Tensor,
+    v: &'a Tensor,
+    mask: Option<&'a Tensor>,
+) -> Result<Inputs<'a>> {
+    let dims = check_shapes(op, q, k, v)?;
+    let Dims { b, h, lq, lk, .. } = dims;
     let mask = match mask {
         None => None,
         Some(m) => {
@@ -136,6 +143,106 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scal
         });
     }
     Tensor::from_vec(out, &[b, h, lq, dv])
+}
+
+/// Most attention scores (B·H·rows·Lk) materialised at once by [`attention_grad`].
+const SCORE_BUDGET: usize = 1 << 22;
+
+/// The gradients of q, k and v (those `needs` asks for) of [`attention`] for the output
+/// gradient g. With P the attention probabilities and dO = g: dV = Pᵀ·dO,
+/// dS = P ⊙ (dO·Vᵀ − rowsum(P ⊙ dO·Vᵀ)) (the softmax adjoint), dQ = scale·dS·K and
+/// dK = scale·dSᵀ·Q. P is recomputed from q and k, one block of query rows at a time, so at
+/// most `SCORE_BUDGET` scores exist at once whatever the sequence length; rows whose keys are
+/// all masked output zero in the forward, so they get P = 0 (no gradient). On an executor,
+/// without a mask and at a head dim the kernels take, the flash backward kernel runs instead
+/// (after a forward launch for the row statistics it reads; bf16 operands, f32 gradients).
+pub fn attention_grad(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f32,
+    g: &Tensor,
+    needs: [bool; 3],
+) -> Result<[Option<Tensor>; 3]> {
+    check_shapes("attention_grad", q, k, v)?;
+    if let Some(exec) = executor("attention_grad", &[q, k, v, g])?
+        && mask.is_none()
+        && flash_fits(q, k, v)
+    {
+        let dense = |t: &Tensor| -> Result<Tensor> { bf16_operand(t)?.contiguous() };
+        let (q, k, v) = (dense(q)?, dense(k)?, dense(v)?);
+        let lk = k.shape()[2];
+        let call = Attention {
+            q: &q,
+            k: &k,
+            v: &v,
+            mask: BlockCausal { offsets: &[0, lk], q_start: 0 },
+            scores: Scores::Dot(scale),
+        };
+        let grads = call.backward(&exec, &call.forward(&exec)?, &dense(g)?)?;
+        return Ok([needs[0].then_some(grads.dq), needs[1].then_some(grads.dk), needs[2].then_some(grads.dv)]);
+    }
+    let (b, h, lq, lk) = (q.shape()[0], q.shape()[1], q.shape()[2], k.shape()[2]);
+    let mask = mask.map(|m| m.broadcast_to(&[b, h, lq, lk])).transpose()?;
+    let (kt, vt) = (k.transpose(2, 3)?, v.transpose(2, 3)?);
+    let rows = (SCORE_BUDGET / (b * h * lk).max(1)).clamp(1, lq.max(1));
+    let mut dq_blocks = Vec::new();
+    // Sums over the query blocks; the first block's product starts each (no zero-filled
+    // tensor to add it to).
+    let (mut dk, mut dv): (Option<Tensor>, Option<Tensor>) = (None, None);
+    let accumulate = |sum: &mut Option<Tensor>, term: Tensor| -> Result<()> {
+        *sum = Some(match sum.take() {
+            Some(s) => add(&s, &term)?,
+            None => term,
+        });
+        Ok(())
+    };
+    for i0 in (0..lq).step_by(rows) {
+        let n = rows.min(lq - i0);
+        let (qb, gb) = (q.narrow(2, i0, n)?, g.narrow(2, i0, n)?);
+        let mut scores = mul_scalar(&matmul(&qb, &kt)?, scale)?;
+        if let Some(m) = &mask {
+            scores = add(&scores, &m.narrow(2, i0, n)?)?;
+        }
+        let p = probabilities(&scores, mask.is_some())?;
+        if needs[2] {
+            accumulate(&mut dv, matmul(&p.transpose(2, 3)?, &gb)?)?;
+        }
+        if needs[0] || needs[1] {
+            let ds = mul_scalar(&softmax_grad(&p, &matmul(&gb, &vt)?, 3)?, scale)?;
+            if needs[0] {
+                dq_blocks.push(matmul(&ds, k)?);
+            }
+            if needs[1] {
+                accumulate(&mut dk, matmul(&ds.transpose(2, 3)?, &qb)?)?;
+            }
+        }
+    }
+    let dq = match dq_blocks.as_slice() {
+        // No query rows: q is empty.
+        [] => needs[0].then(|| Tensor::zeros_on(q.shape(), DType::F32, &q.device())).transpose()?,
+        blocks => Some(concat(&blocks.iter().collect::<Vec<_>>(), 2)?),
+    };
+    // No query rows: nothing reached k or v.
+    let or_zeros = |sum: Option<Tensor>, like: &Tensor| match sum {
+        Some(s) => Ok(s),
+        None => Tensor::zeros_on(like.shape(), DType::F32, &like.device()),
+    };
+    let dk = if needs[1] { Some(or_zeros(dk, k)?) } else { None };
+    let dv = if needs[2] { Some(or_zeros(dv, v)?) } else { None };
+    Ok([dq, dk, dv])
+}
+
+/// softmax over the keys, with all-masked rows (every score −inf, which softmax turns into
+/// NaN) set to zero as the forward treats them.
+fn probabilities(scores: &Tensor, masked: bool) -> Result<Tensor> {
+    let p = softmax(scores, 3)?;
+    if !masked {
+        return Ok(p);
+    }
+    let row_max = max(scores, &[3], true)?.broadcast_to(p.shape())?;
+    zip_map("attention", [&p, &row_max], |[p, m]| if m == f32::NEG_INFINITY { 0.0 } else { p })
 }
 
 /// Whether the flash kernel takes these shapes: 4-D, one head dim it is built for, v as wide

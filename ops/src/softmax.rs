@@ -69,6 +69,13 @@ fn normalize_row(x: &[f32], out: &mut [f32], log: bool) {
 }
 
 /// Plain implementations: index arithmetic over (outer, dim, inner), math in f64.
+/// The input gradient of y = softmax(x) along `dim` for the output gradient g:
+/// y ⊙ (g − Σ_dim g ⊙ y), on every device.
+pub fn softmax_grad(y: &Tensor, g: &Tensor, dim: usize) -> Result<Tensor> {
+    let dot = crate::reduce::sum(&crate::elementwise::mul(g, y)?, &[dim], true)?;
+    crate::elementwise::mul(y, &crate::elementwise::sub(g, &dot)?)
+}
+
 pub mod reference {
     use infinity_runtime::{Result, Tensor};
 

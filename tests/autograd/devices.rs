@@ -7,9 +7,9 @@
 //! Covered so far: broadcast arithmetic, the one-input functions with a derivative kernel or
 //! an op rule, reductions, softmax, the layer, RMS and L2 norms, views and concatenation,
 //! linear and matmul (whose gradients' GEMMs round their operands to bf16 on an executor), and
-//! attention, and the bitwise cross-entropy (its fused kernel on an executor). The group
-//! norm's rule, the embedding's scatter, conv and resize gradients and the attention backward
-//! kernel are not behind ops yet: those rules still run on the CPU only.
+//! attention (the flash backward kernel on an executor where it applies), and the bitwise
+//! cross-entropy (its fused kernel there). The group norm's rule, the embedding's scatter and
+//! the conv and resize gradients are not behind ops yet: those rules still run on the CPU only.
 
 use infinity::autograd::attention::attention;
 use infinity::autograd::elementwise::{add, clamp, div, exp, gelu_tanh, mul, neg, silu, sqrt, square, sub, tanh};
@@ -111,6 +111,18 @@ fn cases() -> Vec<Case> {
             run: |v| matmul(&v[0], &v[1]),
             atol: 2e-2,
             rtol: 1e-2,
+        },
+        // Head dim 64 without a mask: the flash backward kernel on an executor.
+        Case {
+            name: "attention (flash)",
+            inputs: vec![
+                bf16_exact(&[2, 2, 5, 64], 20),
+                bf16_exact(&[2, 2, 9, 64], 21),
+                bf16_exact(&[2, 2, 9, 64], 22),
+            ],
+            run: |v| attention(&v[0], &v[1], &v[2], None, 0.125),
+            atol: 2e-2,
+            rtol: 2e-2,
         },
         Case {
             name: "attention",

@@ -172,14 +172,8 @@ pub fn attention_grad(
     {
         let dense = |t: &Tensor| -> Result<Tensor> { bf16_operand(t)?.contiguous() };
         let (q, k, v) = (dense(q)?, dense(k)?, dense(v)?);
-        let lk = k.shape()[2];
-        let call = Attention {
-            q: &q,
-            k: &k,
-            v: &v,
-            mask: BlockCausal { offsets: &[0, lk], q_start: 0 },
-            scores: Scores::Dot(scale),
-        };
+        let one_block = [0, k.shape()[2]];
+        let call = unmasked(&q, &k, &v, &one_block, scale);
         let grads = call.backward(&exec, &call.forward(&exec)?, &dense(g)?)?;
         return Ok([needs[0].then_some(grads.dq), needs[1].then_some(grads.dk), needs[2].then_some(grads.dv)]);
     }
@@ -261,6 +255,12 @@ fn bf16_operand(t: &Tensor) -> Result<Tensor> {
     if t.dtype() == DType::BF16 { Ok(t.clone()) } else { t.to_dtype(DType::BF16) }
 }
 
+/// A flash-kernel call without a mask: `one_block` = [0, Lk], one scale block, so every query
+/// sees every key.
+fn unmasked<'a>(q: &'a Tensor, k: &'a Tensor, v: &'a Tensor, one_block: &'a [usize; 2], scale: f32) -> Attention<'a> {
+    Attention { q, k, v, mask: BlockCausal { offsets: one_block, q_start: 0 }, scores: Scores::Dot(scale) }
+}
+
 /// The flash kernel over q (B, H, Lq, D) and k, v (B, H, Lk, D), or with `packing` over k, v
 /// (1, H, ΣLᵢ, D) holding every sample's keys. The output is allocated token-major
 /// (B, Lq, H, D) and returned as its (B, H, Lq, D) view.
@@ -277,14 +277,8 @@ fn flash(
         return Err(Error::invalid("attention", q.shape(), "q must be 4-D (batch, heads, length, head dim)"));
     };
     let mut out = exec.empty(&[b, lq, h, d], DType::BF16)?;
-    // One block: every query sees every key.
-    let call = Attention {
-        q: &q,
-        k: &k,
-        v: &v,
-        mask: BlockCausal { offsets: &[0, lk], q_start: 0 },
-        scores: Scores::Dot(scale),
-    };
+    let one_block = [0, lk];
+    let call = unmasked(&q, &k, &v, &one_block, scale);
     match packing {
         None => call.forward_into(exec, &mut out, 0)?,
         Some(keys) => call.forward_packed_into(exec, keys, &mut out, 0)?,

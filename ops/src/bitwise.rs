@@ -1,4 +1,7 @@
-//! The bitwise head's fused two-way cross-entropy, per bit: logits (B, n, 2d) hold the pair
+//! Bits: one scale of the BSQ quantizer (the sign of a residual as bits and as codes ±1/√d),
+//! and the bitwise head's fused two-way cross-entropy.
+//!
+//! The cross-entropy is per bit: logits (B, n, 2d) hold the pair
 //! (logit of 0, logit of 1) of bit k at 2k, 2k+1 (the official `reshape(B, n, d, 2)`), labels
 //! (B, n, d) u8 are 0 or 1. With z = l_other − l_label the loss is softplus(z) and its
 //! gradient σ(z) on l_other and −σ(z) on l_label, so probabilities are never materialised.
@@ -8,6 +11,53 @@ use infinity_runtime::{DType, Error, Result, Tensor};
 
 use crate::device::executor;
 use crate::f32_data;
+
+/// The code magnitude 1/√d, computed as the official code does (f64, then rounded to f32).
+pub fn code_scale(d: usize) -> f32 {
+    (1.0 / (d as f64).sqrt()) as f32
+}
+
+/// One scale of the quantizer: the sign of its residual.
+pub struct ScaleSign {
+    /// (B, h, w, d) u8: 1 where the residual is > 0 (0 and NaN give 0).
+    pub bits: Tensor,
+    /// (B, d, h, w) f32: the bits as codes ±1/√d.
+    pub codes: Tensor,
+}
+
+/// Quantizes one scale's residual (B, d, h, w) f32: bits and codes, on the residual's device
+/// (on an executor one kernel; the official L2 normalisation before the sign changes no sign,
+/// so it is left out).
+pub fn quantize_scale(residual: &Tensor) -> Result<ScaleSign> {
+    const OP: &str = "quantize_scale";
+    crate::require_f32(OP, residual)?;
+    let &[b, d, h, w] = residual.shape() else {
+        return Err(Error::invalid(OP, residual.shape(), "expected a residual (B, d, h, w)"));
+    };
+    if let Some(exec) = executor(OP, &[residual])? {
+        let scale = infinity_cuda::quantize::quantize_scale(&exec, residual)?;
+        return Ok(ScaleSign { bits: scale.bits, codes: scale.codes });
+    }
+    let v = residual.permute(&[0, 2, 3, 1])?.to_vec::<f32>()?;
+    let bits = Tensor::from_vec(v.into_iter().map(|x| u8::from(x > 0.0)).collect::<Vec<u8>>(), &[b, h, w, d])?;
+    Ok(ScaleSign { codes: codes_from_bits(&bits)?, bits })
+}
+
+/// (B, h, w, d) bits (u8 0/1) → (B, d, h, w) codes (2·bit − 1)/√d, on the host.
+pub fn codes_from_bits(bits: &Tensor) -> Result<Tensor> {
+    const OP: &str = "codes_from_bits";
+    if bits.rank() != 4 || bits.dtype() != DType::U8 {
+        return Err(Error::invalid(OP, bits.shape(), format!("expected u8 bits (B, h, w, d), got {}", bits.dtype())));
+    }
+    let s = code_scale(bits.dim(3)?);
+    let v = bits.to_vec::<u8>()?;
+    if let Some(bad) = v.iter().find(|&&b| b > 1) {
+        return Err(Error::invalid(OP, bits.shape(), format!("bit value {bad} is not 0 or 1")));
+    }
+    let codes =
+        Tensor::from_vec(v.into_iter().map(|b| if b == 1 { s } else { -s }).collect::<Vec<f32>>(), bits.shape())?;
+    codes.permute(&[0, 3, 1, 2])?.contiguous()
+}
 
 /// Each bit's loss and its gradient.
 pub struct BitCrossEntropy {

@@ -6,7 +6,7 @@
 use infinity::cuda::testing::executors;
 use infinity::ops::adaln::{gated_residual, modulate};
 use infinity::ops::attention::{Packing, attention, attention_inputs, packed_attention};
-use infinity::ops::bitwise::bit_cross_entropy;
+use infinity::ops::bitwise::{bit_cross_entropy, quantize_scale};
 use infinity::ops::conv::{Conv2dParams, conv2d};
 use infinity::ops::elementwise::{
     add, add_scalar, affine, clamp, div, exp, gelu_tanh, log, mul, mul_scalar, sigmoid, silu, sqrt, square, sub,
@@ -428,6 +428,15 @@ fn cases() -> Vec<Case> {
             name: "min of everything",
             inputs: vec![strided.clone()],
             run: |t| min(&t[0], &[], false),
+            atol: 0.0,
+            rtol: 0.0,
+            bf16_on_device: &[],
+        },
+        // The codes carry the bits: equal bits give equal codes.
+        Case {
+            name: "quantize_scale",
+            inputs: vec![strided_copy(&randn(&[2, 6, 3, 4], 67, 1.0), &[0, 2, 3, 1])],
+            run: |t| Ok(quantize_scale(&t[0])?.codes),
             atol: 0.0,
             rtol: 0.0,
             bf16_on_device: &[],

@@ -5,21 +5,21 @@
 //!
 //! The quantizer runs on `Var`s with a straight-through estimator, so the one code path
 //! serves inference (a constant latent) and training: each scale's codes pass the gradient
-//! unchanged to the residual they were taken from. The official quantizer also
+//! unchanged to the residual they were taken from. Each scale's sign is one op
+//! (`infinity_ops::bitwise::quantize_scale`, a kernel on an executor): only its bits come to
+//! the host. The official quantizer also
 //! L2-normalises the residual before the sign; that changes no sign, and dropping it makes
 //! the backward the plain identity.
 
 use infinity_autograd::Var;
 use infinity_autograd::elementwise::{add, sub};
 use infinity_autograd::resize::resize as resize_var;
+use infinity_ops::bitwise::{ScaleSign, quantize_scale};
 use infinity_ops::elementwise::add as add_tensors;
 use infinity_ops::resize::{ResizeMode, resize};
-use infinity_runtime::{DType, Error, Result, Tensor};
+use infinity_runtime::{Error, Result, Tensor};
 
-/// The code magnitude 1/√d, computed as the official code does (f64, then rounded to f32).
-pub fn code_scale(d: usize) -> f32 {
-    (1.0 / (d as f64).sqrt()) as f32
-}
+pub use infinity_ops::bitwise::{code_scale, codes_from_bits};
 
 /// One scale's quantization result.
 pub struct ScaleBits {
@@ -107,10 +107,10 @@ pub fn quantize_straight_through(latent: &Var, grids: &[(usize, usize)]) -> Resu
     let mut scales = Vec::with_capacity(grids.len());
     for &grid in grids {
         let r = resize_var_unless_same(&residual, grid, ResizeMode::Area)?;
-        // The bits come to the host (their consumers, labels and reports, are there); the codes
-        // go back to the residual's device.
-        let bits = sign_bits(r.value())?;
-        let codes = codes_from_bits(&bits)?.to_device(&r.value().device())?;
+        // The codes stay on the residual's device; the bits come to the host, where their
+        // consumers (labels, reports) are.
+        let ScaleSign { bits, codes } = quantize_scale(r.value())?;
+        let bits = bits.to_cpu()?;
         // codes + (r − sg(r)): exactly the codes forward (r − r = 0), the identity backward.
         let q = add(&Var::constant(codes.clone()), &sub(&r, &r.detach())?)?;
         let up = resize_var_unless_same(&q, full, ResizeMode::Bilinear)?;
@@ -124,32 +124,6 @@ pub fn quantize_straight_through(latent: &Var, grids: &[(usize, usize)]) -> Resu
     // `check_latent` refused an empty schedule (its last grid must be the latent's).
     let summed = summed.ok_or_else(|| Error::invalid("bsq.quantize", latent.shape(), "no scales given"))?;
     Ok(StraightThrough { scales, summed })
-}
-
-/// (B, d, h, w) f32 → (B, h, w, d) u8 with 1 where the value is > 0 (0 and NaN give 0).
-pub(crate) fn sign_bits(x: &Tensor) -> Result<Tensor> {
-    let v = x.permute(&[0, 2, 3, 1])?.to_vec::<f32>()?;
-    let (b, d, h, w) = (x.dim(0)?, x.dim(1)?, x.dim(2)?, x.dim(3)?);
-    Tensor::from_vec(v.into_iter().map(|x| u8::from(x > 0.0)).collect::<Vec<u8>>(), &[b, h, w, d])
-}
-
-/// (B, h, w, d) bits (u8 0/1) → (B, d, h, w) codes (2·bit − 1)/√d.
-pub fn codes_from_bits(bits: &Tensor) -> Result<Tensor> {
-    if bits.rank() != 4 || bits.dtype() != DType::U8 {
-        return Err(Error::invalid(
-            "bsq.codes_from_bits",
-            bits.shape(),
-            format!("expected u8 bits (B, h, w, d), got {}", bits.dtype()),
-        ));
-    }
-    let s = code_scale(bits.dim(3)?);
-    let v = bits.to_vec::<u8>()?;
-    if let Some(bad) = v.iter().find(|&&b| b > 1) {
-        return Err(Error::invalid("bsq.codes_from_bits", bits.shape(), format!("bit value {bad} is not 0 or 1")));
-    }
-    let codes =
-        Tensor::from_vec(v.into_iter().map(|b| if b == 1 { s } else { -s }).collect::<Vec<f32>>(), bits.shape())?;
-    codes.permute(&[0, 3, 1, 2])?.contiguous()
 }
 
 /// The decoder's input from per-scale bits: Σ_k bilinear(codes_k → `full`).

@@ -16,7 +16,7 @@ mod cuda_support;
 
 use cuda_support::{assert_invalid, host, upload};
 use infinity::models::bitvae::quantizer::{codes_from_bits, quantize as cpu_quantize};
-use infinity::models::infinity::sampler::{SamplingConfig, guide, sample_bits as cpu_sample_bits};
+use infinity::ops::bitwise::sample_bits as cpu_sample_bits;
 use infinity::ops::elementwise::{add, add_scalar, mul};
 use infinity::ops::norm::layer_norm;
 use infinity::ops::resize::{ResizeMode, resize};
@@ -104,7 +104,7 @@ proptest! {
         }
     }
 
-    /// Guidance + temperature + top-p + Philox draws give sampler.rs's bits for the same seed
+    /// Guidance + temperature + top-p + Philox draws give the CPU op's bits for the same seed
     /// and offset, and advance the stream alike.
     #[test]
     fn sampled_bits_equal_the_cpu_sampler(b in 1usize..=2, n in 1usize..=23, d in prop::sample::select(vec![1usize, 3, 16, 32]),
@@ -114,12 +114,11 @@ proptest! {
         let rows = if with_uncond { 2 * b } else { b };
         let raw = randn(&[rows, n, 2 * d], seed, 3.0);
         let raw = if padded { padded_view(&raw) } else { raw };
-        let config = SamplingConfig { cfg: vec![cfg], tau: vec![tau], top_k: usize::from(greedy), top_p, greedy: false, seed };
+        let sampling = Sampling { cfg, tau, top_p, greedy };
         let mut cpu_rng = Philox { seed, offset };
-        let want = cpu_sample_bits(&guide(&raw, b, cfg, tau, with_uncond).unwrap(), &config, &mut cpu_rng).unwrap();
+        let want = cpu_sample_bits(&raw, b, &sampling, &mut cpu_rng).unwrap();
         for exec in executors() {
             let mut rng = Philox { seed, offset };
-            let sampling = Sampling { cfg, tau, top_p, greedy };
             let got = host(exec, sample_bits(exec, &upload(exec, &raw), b, &sampling, &mut rng));
             prop_assert!(got.same_values(&want), "{}: {:?} vs {:?}", exec.name(), got, want);
             prop_assert_eq!(rng, cpu_rng);

@@ -79,12 +79,13 @@ fn unsupported_head_dims_are_refused_by_name() {
 
 /// Launches per block and scale: each is a few microseconds of fixed cost on a GPU, which is
 /// most of what a small scale costs (cuda/PERF.md), so the count is held to a budget: 22 per
-/// block whatever the batch, 6 more per scale (embedding, level embedding, head). Before the
-/// fusions of the inference path a block took 29 plus 2 per sample.
+/// block whatever the batch, 7 more per scale (embedding, level embedding, head, and the draw
+/// of the bits, so that only they come to the host). Before the fusions of the inference path
+/// a block took 29 plus 2 per sample.
 #[test]
 fn a_block_stays_within_its_launch_budget() {
     const PER_BLOCK: u64 = 22;
-    const PER_SCALE: u64 = 6;
+    const PER_SCALE: u64 = 7;
     let model = Infinity::open(fixture("devA/transformer.safetensors")).unwrap();
     let golden = open("devA/generate_golden.safetensors");
     let schedule = Template::exact(1.0).unwrap().schedule(PixelBudget::P006M);

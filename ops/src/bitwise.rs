@@ -1,5 +1,7 @@
 //! Bits: one scale of the BSQ quantizer (the sign of a residual as bits and as codes ±1/√d),
-//! and the bitwise head's fused two-way cross-entropy.
+//! drawing one scale's bits from the bitwise head's logits (temperature, guidance, top-p or
+//! greedy, a Philox draw per bit; one kernel on an executor, the same bits for the same
+//! logits and seed on every device), and the head's fused two-way cross-entropy.
 //!
 //! The cross-entropy is per bit: logits (B, n, 2d) hold the pair
 //! (logit of 0, logit of 1) of bit k at 2k, 2k+1 (the official `reshape(B, n, d, 2)`), labels
@@ -7,6 +9,8 @@
 //! gradient σ(z) on l_other and −σ(z) on l_label, so probabilities are never materialised.
 //! On the CPU in f64, rounded once; on an executor one kernel in f32.
 
+pub use infinity_cuda::bitwise_head::Sampling;
+use infinity_runtime::rng::{Philox, philox_u32, u32_to_unit_f32};
 use infinity_runtime::{DType, Error, Result, Tensor};
 
 use crate::device::executor;
@@ -57,6 +61,49 @@ pub fn codes_from_bits(bits: &Tensor) -> Result<Tensor> {
     let codes =
         Tensor::from_vec(v.into_iter().map(|b| if b == 1 { s } else { -s }).collect::<Vec<f32>>(), bits.shape())?;
     codes.permute(&[0, 3, 1, 2])?.contiguous()
+}
+
+/// Bits (B, n, d) u8 from raw logits (R, n, 2d) f32, R = B, or 2B with the unconditional
+/// rows after the conditional ones: logits / τ, then w·cond + (1 − w)·uncond, then per pair
+/// the larger logit (greedy), the majority when the minority's probability is ≤ 1 − top_p, or
+/// a draw. Pair i draws the uniform at stream position `rng.offset + i`; the stream then
+/// advances by B·n·d, whichever bits needed a draw.
+pub fn sample_bits(raw: &Tensor, batch: usize, sampling: &Sampling, rng: &mut Philox) -> Result<Tensor> {
+    const OP: &str = "sample_bits";
+    if let Some(exec) = executor(OP, &[raw])? {
+        return infinity_cuda::bitwise_head::sample_bits(&exec, raw, batch, sampling, rng);
+    }
+    let &[rows, n, width] = raw.shape() else {
+        return Err(Error::invalid(OP, raw.shape(), "expected logits (rows, tokens, 2 × bits)"));
+    };
+    if batch == 0 || (rows != batch && rows != 2 * batch) || width % 2 != 0 {
+        return Err(Error::invalid(
+            OP,
+            raw.shape(),
+            format!("{rows} rows of logit pairs are neither B = {batch} nor 2B"),
+        ));
+    }
+    let Sampling { cfg: w, tau, top_p, greedy } = *sampling;
+    let v = f32_data(OP, raw)?;
+    let (cond, uncond) = v.split_at(batch * n * width);
+    let guided =
+        |i: usize| if rows == batch { cond[i] / tau } else { w * (cond[i] / tau) + (1.0 - w) * (uncond[i] / tau) };
+    let base = rng.offset;
+    let bits: Vec<u8> = (0..batch * n * width / 2)
+        .map(|i| {
+            let (l0, l1) = (guided(2 * i), guided(2 * i + 1));
+            if greedy {
+                return u8::from(l1 > l0);
+            }
+            let p1 = 1.0 / (1.0 + (l0 - l1).exp());
+            if top_p > 0.0 && top_p < 1.0 && p1.min(1.0 - p1) <= 1.0 - top_p {
+                return u8::from(p1 > 0.5);
+            }
+            u8::from(u32_to_unit_f32(philox_u32(rng.seed, base + i as u64)) < p1)
+        })
+        .collect();
+    rng.offset += bits.len() as u64;
+    Tensor::from_vec(bits, &[batch, n, width / 2])
 }
 
 /// Each bit's loss and its gradient.

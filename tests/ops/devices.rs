@@ -6,7 +6,7 @@
 use infinity::cuda::testing::executors;
 use infinity::ops::adaln::{gated_residual, modulate};
 use infinity::ops::attention::{Packing, attention, attention_inputs, packed_attention};
-use infinity::ops::bitwise::{bit_cross_entropy, quantize_scale};
+use infinity::ops::bitwise::{Sampling, bit_cross_entropy, quantize_scale, sample_bits};
 use infinity::ops::conv::{Conv2dParams, conv2d};
 use infinity::ops::elementwise::{
     add, add_scalar, affine, clamp, div, exp, gelu_tanh, log, mul, mul_scalar, sigmoid, silu, sqrt, square, sub,
@@ -19,6 +19,7 @@ use infinity::ops::reduce::{max, mean, min, sum};
 use infinity::ops::resize::{ResizeMode, resize};
 use infinity::ops::rope::rope_interleaved;
 use infinity::ops::softmax::{log_softmax, softmax};
+use infinity::runtime::rng::Philox;
 use infinity::runtime::{DType, Result, Tensor};
 
 use super::support::{assert_close, bf16_exact, padded_view, randn, strided_copy};
@@ -428,6 +429,18 @@ fn cases() -> Vec<Case> {
             name: "min of everything",
             inputs: vec![strided.clone()],
             run: |t| min(&t[0], &[], false),
+            atol: 0.0,
+            rtol: 0.0,
+            bf16_on_device: &[],
+        },
+        // The same draws from the same stream: the kernel rounds as the CPU does.
+        Case {
+            name: "sample_bits with guidance and top-p",
+            inputs: vec![randn(&[4, 5, 16], 68, 2.0)],
+            run: |t| {
+                let sampling = Sampling { cfg: 3.0, tau: 0.8, top_p: 0.9, greedy: false };
+                sample_bits(&t[0], 2, &sampling, &mut Philox::new(69))
+            },
             atol: 0.0,
             rtol: 0.0,
             bf16_on_device: &[],

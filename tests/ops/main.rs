@@ -5,6 +5,7 @@ mod support;
 
 mod adaln;
 mod attention;
+mod bitwise;
 mod conv;
 mod devices;
 mod elementwise;

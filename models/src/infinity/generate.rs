@@ -2,13 +2,14 @@
 //! into codes, accumulated at the final latent grid, and the accumulation resized to the next
 //! scale becomes that scale's input.
 
+use infinity_ops::bitwise::sample_bits;
 use infinity_ops::elementwise::add;
 use infinity_ops::index::concat;
 use infinity_runtime::rng::Philox;
 use infinity_runtime::{DType, Error, Result, Tensor};
 
 use super::model::{Infinity, Session};
-use super::sampler::{SamplingConfig, guide, sample_bits};
+use super::sampler::SamplingConfig;
 use super::text::Conditioning;
 use crate::bitvae::quantizer::{codes_from_bits, resize_codes};
 use crate::schedule::Schedule;
@@ -40,7 +41,7 @@ struct Scales<'a> {
 }
 
 impl Scales<'_> {
-    /// Raw logits (R, n, 2·bits) of scale `k` on the host (R = B, or 2B with the
+    /// Raw logits (R, n, 2·bits) of scale `k` on the model's device (R = B, or 2B with the
     /// unconditional half), fed the start tokens at k = 0 and the next-scale input (B, n, bits)
     /// after that; each call extends the KV caches by the scale's tokens.
     fn logits(&mut self, k: usize, input: Option<&Tensor>) -> Result<Tensor> {
@@ -52,7 +53,7 @@ impl Scales<'_> {
             Some(u) => self.model.embed(u)?,
         };
         let hidden = self.model.forward_scale(&mut self.session, &x, self.schedule, k)?;
-        self.model.logits(cond, &hidden)?.into_value().to_cpu()
+        Ok(self.model.logits(cond, &hidden)?.into_value())
     }
 }
 
@@ -102,7 +103,6 @@ fn sample_scales(
     mut observe: impl FnMut(ScaleStep),
 ) -> Result<Generated> {
     let num_scales = schedule.num_scales();
-    let with_uncond = sampling.uses_cfg();
     let full = schedule.last();
     let mut summed = Tensor::zeros(&[batch, bits_dim, full.0, full.1], DType::F32);
     let mut rng = Philox::new(sampling.seed);
@@ -111,8 +111,9 @@ fn sample_scales(
 
     for (k, &(h, w)) in schedule.grids.iter().enumerate() {
         let raw = scales.logits(k, input.as_ref())?;
-        let guided = guide(&raw, batch, sampling.cfg_at(k)?, sampling.tau_at(k)?, with_uncond)?;
-        let sampled = sample_bits(&guided, sampling, &mut rng)?.reshape(&[batch, h, w, bits_dim])?;
+        // Drawn where the logits are: only the bits come to the host.
+        let sampled =
+            sample_bits(&raw, batch, &sampling.at(k)?, &mut rng)?.to_cpu()?.reshape(&[batch, h, w, bits_dim])?;
         let bits = match forced.get(k) {
             Some(f) if f.shape() == sampled.shape() => f.clone(),
             Some(f) => {

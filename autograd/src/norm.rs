@@ -10,14 +10,14 @@
 //!   where the norm is below eps and the divisor is the constant eps
 //! - weight: dw_c = Σ g·x̂ and bias: db_c = Σ g over every element of channel c.
 //!
-//! Block sums are accumulated in f64 on the CPU; on a device the last-dimension norms'
-//! rules run as the same formulas in ops.
+//! Block sums are accumulated in f64 on the CPU; on a device the rules run as the same
+//! formulas in ops.
 
 use std::borrow::Cow;
 
 use infinity_ops::elementwise::{self as ew, UnaryOp};
 use infinity_ops::{f32_data, norm as nm, reduce as rd};
-use infinity_runtime::{Error, Result, Tensor};
+use infinity_runtime::{Result, Tensor};
 use rayon::prelude::*;
 
 use crate::Var;
@@ -117,7 +117,7 @@ fn record(
         let grads = if xv.is_cpu() {
             backward(op, &xv, g, wv.as_ref(), norm)?
         } else {
-            backward_by_ops(op, &xv, g, wv.as_ref(), norm)?
+            backward_by_ops(&xv, g, wv.as_ref(), norm)?
         };
         let mut out = vec![needs[0].then_some(grads.dx)];
         if wv.is_some() {
@@ -174,34 +174,41 @@ fn backward(op: &'static str, x: &Tensor, g: &Tensor, weight: Option<&Tensor>, n
     Ok(NormGrads { dx: Tensor::from_vec(dx, x.shape())?, dweight: to_tensor(dw)?, dbias: to_tensor(db)? })
 }
 
-/// [`backward`] of the norms over the last dimension as ops, for any device (an executor's
-/// f32 arithmetic; the CPU's kernel above accumulates in f64). The group norm's has no device
-/// form yet.
-fn backward_by_ops(op: &'static str, x: &Tensor, g: &Tensor, weight: Option<&Tensor>, norm: Norm) -> Result<NormGrads> {
-    if norm.groups != 1 || norm.spatial != 1 {
-        let msg = format!("the backward has no kernel on {} yet; run it on the CPU", x.device());
-        return Err(Error::invalid(op, x.shape(), msg));
-    }
-    let last = x.rank() - 1;
-    let (eps, per_row) = (norm.eps as f32, 1.0 / norm.len() as f32);
-    let centred = match norm.stat {
-        Stat::Std => ew::sub(x, &rd::mean(x, &[last], true)?)?,
-        Stat::Rms | Stat::L2 => x.clone(),
+/// [`backward`] as ops, for any device (an executor's f32 arithmetic; the CPU's kernel above
+/// accumulates in f64): the data as rows of one block each, the same formulas per row, the
+/// parameters' sums over everything but the channel dimension (the last one, or dim 1 of a
+/// group norm's (N, C, *spatial)).
+fn backward_by_ops(x: &Tensor, g: &Tensor, weight: Option<&Tensor>, norm: Norm) -> Result<NormGrads> {
+    let (len, shape) = (norm.len(), x.shape());
+    let grouped = norm.groups > 1 || norm.spatial > 1;
+    let channel_dim = if grouped { 1 } else { x.rank() - 1 };
+    // A per-channel tensor (C) seen against x's shape.
+    let per_channel = |t: &Tensor| -> Result<Tensor> {
+        let mut s = vec![1; x.rank() - channel_dim];
+        s[0] = t.numel();
+        t.reshape(&s)
     };
-    let squares = rd::sum(&ew::square(&centred)?, &[last], true)?;
+    let rows = |t: &Tensor| t.reshape(&[t.numel() / len.max(1), len]);
+    let (eps, per_row) = (norm.eps as f32, 1.0 / len as f32);
+    let xr = rows(x)?;
+    let centred = match norm.stat {
+        Stat::Std => ew::sub(&xr, &rd::mean(&xr, &[1], true)?)?,
+        Stat::Rms | Stat::L2 => xr,
+    };
+    let squares = rd::sum(&ew::square(&centred)?, &[1], true)?;
     let divisor = match norm.stat {
         Stat::Std | Stat::Rms => ew::sqrt(&ew::add_scalar(&ew::mul_scalar(&squares, per_row)?, eps)?)?,
         Stat::L2 => ew::clamp(&ew::sqrt(&squares)?, eps, f32::INFINITY)?,
     };
     let normalized = ew::div(&centred, &divisor)?;
-    let gy = match weight {
-        Some(w) => ew::mul(g, w)?,
+    let gy = rows(&match weight {
+        Some(w) => ew::mul(g, &per_channel(w)?)?,
         None => g.clone(),
-    };
-    let dot = rd::sum(&ew::mul(&gy, &normalized)?, &[last], true)?;
+    })?;
+    let dot = rd::sum(&ew::mul(&gy, &normalized)?, &[1], true)?;
     let inner = match norm.stat {
         Stat::Std => {
-            let centred_gy = ew::sub(&gy, &rd::mean(&gy, &[last], true)?)?;
+            let centred_gy = ew::sub(&gy, &rd::mean(&gy, &[1], true)?)?;
             ew::sub(&centred_gy, &ew::mul(&normalized, &ew::mul_scalar(&dot, per_row)?)?)?
         }
         Stat::Rms => ew::sub(&gy, &ew::mul(&normalized, &ew::mul_scalar(&dot, per_row)?)?)?,
@@ -212,15 +219,13 @@ fn backward_by_ops(op: &'static str, x: &Tensor, g: &Tensor, weight: Option<&Ten
             ew::sub(&gy, &ew::mul(&normalized, &dot)?)?
         }
     };
-    let dx = ew::div(&inner, &divisor)?;
-    let weighted = ew::mul(g, &normalized)?;
-    let (dweight, dbias) = match last {
+    let dx = ew::div(&inner, &divisor)?.reshape(shape)?;
+    let weighted = ew::mul(g, &normalized.reshape(shape)?)?;
+    let others: Vec<usize> = (0..x.rank()).filter(|&d| d != channel_dim).collect();
+    let (dweight, dbias) = match others.as_slice() {
         // One row: nothing to sum over.
-        0 => (weighted, g.clone()),
-        _ => {
-            let rows: Vec<usize> = (0..last).collect();
-            (rd::sum(&weighted, &rows, false)?, rd::sum(g, &rows, false)?)
-        }
+        [] => (weighted, g.clone()),
+        dims => (rd::sum(&weighted, dims, false)?, rd::sum(g, dims, false)?),
     };
     Ok(NormGrads { dx, dweight, dbias })
 }

@@ -5,18 +5,18 @@
 //! bound. The CPU's rules are checked against finite differences by the other modules here.
 //!
 //! Covered so far: broadcast arithmetic, the one-input functions with a derivative kernel or
-//! an op rule, reductions, softmax, the layer, RMS and L2 norms, views and concatenation,
+//! an op rule, reductions, softmax, the layer, RMS, L2 and group norms, views and concatenation,
 //! linear and matmul (whose gradients' GEMMs round their operands to bf16 on an executor), and
 //! attention (the flash backward kernel on an executor where it applies), and the bitwise
-//! cross-entropy (its fused kernel there). The group norm's rule, the embedding's scatter and
-//! the conv and resize gradients are not behind ops yet: those rules still run on the CPU only.
+//! cross-entropy (its fused kernel there). The embedding's scatter and the conv and resize
+//! gradients are not behind ops yet: those rules still run on the CPU only.
 
 use infinity::autograd::attention::attention;
 use infinity::autograd::elementwise::{add, clamp, div, exp, gelu_tanh, mul, neg, silu, sqrt, square, sub, tanh};
 use infinity::autograd::index::concat;
 use infinity::autograd::loss::bitwise_cross_entropy;
 use infinity::autograd::matmul::{linear, matmul};
-use infinity::autograd::norm::{l2_normalize, layer_norm, rms_norm};
+use infinity::autograd::norm::{group_norm, l2_normalize, layer_norm, rms_norm};
 use infinity::autograd::reduce::{mean, softmax, sum};
 use infinity::autograd::{Tape, Var};
 use infinity::cuda::testing::executors;
@@ -96,6 +96,17 @@ fn cases() -> Vec<Case> {
             },
             atol: 1e-6,
             rtol: 1e-5,
+        },
+        Case {
+            name: "group norm",
+            inputs: vec![
+                strided_copy(&randn(&[2, 6, 3, 5], 23, 1.5), &[0, 2, 3, 1]),
+                randn(&[6], 24, 1.0),
+                randn(&[6], 25, 1.0),
+            ],
+            run: |v| group_norm(&v[0], 3, Some(&v[1]), Some(&v[2]), 1e-6),
+            atol: 1e-5,
+            rtol: 1e-4,
         },
         // The gradients' GEMMs round the output gradient to bf16 on an executor.
         Case {

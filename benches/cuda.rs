@@ -155,9 +155,9 @@ fn memory_bound(c: &mut Criterion, exec: &Executor) {
 }
 
 /// Seconds per 1024² image of the 2B transformer on the device (random weights, CFG, 13
-/// scales; the conditioning on the device too), sampling on the host as `infinity-run --device cuda` does, and where they go: the
-/// time from one scale's sampled bits to the next (that scale's forward, its logits' download
-/// and the host's sampling).
+/// scales), as `infinity-run --device cuda` runs it (conditioning and the draw of the bits on
+/// the device), and where they go: the time from one scale's bits to the next (that scale's
+/// forward and draw, the bits' download, the host's bookkeeping and the next input's upload).
 fn transformer(exec: &Executor) {
     let config = InfinityConfig::preset("2b").expect("preset");
     let weights = Infinity::random_weights(&config, 0).expect("weights");

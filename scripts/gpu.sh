@@ -28,7 +28,10 @@ do_pack() {
     set -e
     rm -rf "$pack" && mkdir -p "$pack/bin"
     {
-        cargo test --no-run --test 'cuda_*' --test cli --message-format=json
+        # Every test binary whose bodies run on each executor (a GPU there): the CUDA tests,
+        # the op and gradient harnesses, the transformer goldens and the training step.
+        cargo test --no-run --test 'cuda_*' --test cli --test ops --test autograd --test transformer \
+            --test train_step --message-format=json
         cargo bench --no-run --bench cuda --message-format=json
     } | executables >"$pack/targets"
     cargo build --bin infinity-run # the debug binary the cli tests name

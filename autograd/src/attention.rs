@@ -27,6 +27,7 @@ pub fn packed_attention(q: &Var, k: &Var, v: &Var, packing: &Packing, scale: f32
     if [q, k, v].iter().all(|t| !t.is_tracked()) {
         return at::packed_attention(q.value(), k.value(), v.value(), packing, scale).map(Var::constant);
     }
+    packing.check("packed_attention", q.shape(), k.shape())?;
     let mut outs = Vec::with_capacity(packing.lens().len());
     let mut start = 0;
     for (b, &len) in packing.lens().iter().enumerate() {

@@ -43,13 +43,22 @@ struct Norm {
     spatial: usize,
     stat: Stat,
     eps: f64,
+    /// The dimension the weight and bias run along: the last one, or 1 for a group norm.
+    channel_dim: usize,
 }
 
 impl Norm {
     /// One block per row of the last dimension, one channel per element.
     fn last_dim(x: &Var, stat: Stat, eps: f32) -> Self {
         let d = x.shape().last().copied().unwrap_or(1);
-        Norm { groups: 1, channels_per_group: d, spatial: 1, stat, eps: f64::from(eps) }
+        Norm {
+            groups: 1,
+            channels_per_group: d,
+            spatial: 1,
+            stat,
+            eps: f64::from(eps),
+            channel_dim: x.rank().saturating_sub(1),
+        }
     }
 
     fn len(&self) -> usize {
@@ -89,6 +98,7 @@ pub fn group_norm(x: &Var, groups: usize, weight: Option<&Var>, bias: Option<&Va
         spatial: x.shape()[2..].iter().product(),
         stat: Stat::Std,
         eps: f64::from(eps),
+        channel_dim: 1,
     };
     record("group_norm", value, x, weight, bias, norm)
 }
@@ -179,9 +189,7 @@ fn backward(op: &'static str, x: &Tensor, g: &Tensor, weight: Option<&Tensor>, n
 /// parameters' sums over everything but the channel dimension (the last one, or dim 1 of a
 /// group norm's (N, C, *spatial)).
 fn backward_by_ops(x: &Tensor, g: &Tensor, weight: Option<&Tensor>, norm: Norm) -> Result<NormGrads> {
-    let (len, shape) = (norm.len(), x.shape());
-    let grouped = norm.groups > 1 || norm.spatial > 1;
-    let channel_dim = if grouped { 1 } else { x.rank() - 1 };
+    let (len, shape, channel_dim) = (norm.len(), x.shape(), norm.channel_dim);
     // A per-channel tensor (C) seen against x's shape.
     let per_channel = |t: &Tensor| -> Result<Tensor> {
         let mut s = vec![1; x.rank() - channel_dim];

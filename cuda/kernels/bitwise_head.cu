@@ -1,7 +1,7 @@
 //! The bitwise classifier head: logits (B, n, 2d) hold one pair (l0, l1) per bit, l0 scoring
 //! the −1 code. For inference, `bitwise_sample` fuses temperature, classifier-free guidance,
-//! the top-p rule and a Philox draw into one pass (models/src/infinity/sampler.rs: `guide`
-//! then `sample_bits`, same seed ⇒ same bits). For training, `bitwise_loss` fuses the two-way
+//! the top-p rule and a Philox draw into one pass (the executor path of ops/src/bitwise.rs's
+//! `sample_bits`, same seed ⇒ same bits). For training, `bitwise_loss` fuses the two-way
 //! cross-entropy and its gradient without materialising probabilities.
 #include "common.cuh"
 
@@ -22,7 +22,7 @@ struct BitwiseSampleParams {
     float top_p;
 };
 
-/// logit / τ, then w·cond + (1 − w)·uncond: sampler.rs's `guide`, rounded the same way.
+/// logit / τ, then w·cond + (1 − w)·uncond: ops/src/bitwise.rs's guidance, rounded the same way.
 __device__ __forceinline__ float guided(const BitwiseSampleParams& p, const float* cond, int uncond_offset, int k) {
     const float c = __fdiv_rn(cond[k * p.logits_stride[2]], p.tau);
     if (!p.with_uncond) return c;
@@ -41,7 +41,7 @@ extern "C" __global__ void __launch_bounds__(256) bitwise_sample(const BitwiseSa
         if (p.greedy) {
             bit = l1 > l0;
         } else {
-            // sampler.rs's `sample_pair`, operation for operation.
+            // ops/src/bitwise.rs's `sample_bits` per pair, operation for operation.
             const float p1 = __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(__fsub_rn(l0, l1))));
             const bool nucleus = p.top_p > 0.0f && p.top_p < 1.0f;
             if (nucleus && fminf(p1, __fsub_rn(1.0f, p1)) <= __fsub_rn(1.0f, p.top_p))

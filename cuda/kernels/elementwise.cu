@@ -138,7 +138,8 @@ extern "C" __global__ void __launch_bounds__(256) unary_grad_f32(const UnaryGrad
                 d = s * (1.0f + v * (1.0f - s));
                 break;
             }
-            case 2: d = (v >= p.a && v <= p.b) ? 1.0f : 0.0f; break;
+            // The gradient passes or is zero, whatever it holds (NaN included), as on the CPU.
+            case 2: p.out[i] = (v >= p.a && v <= p.b) ? g : 0.0f; continue;
             case 3: d = 1.0f - v * v; break;
             case 4: d = v * (1.0f - v); break;
             case 5: d = 0.5f / v; break;

@@ -1,6 +1,6 @@
 //! Launchers of kernels/bitwise_head.cu: bits sampled from logit pairs (temperature, CFG,
-//! top-p and a Philox draw fused; models/src/infinity/sampler.rs's `guide` + `sample_bits`,
-//! with the same bits for the same seed and offset), and the fused two-way cross-entropy with
+//! top-p and a Philox draw fused; the executor path of `infinity_ops::bitwise::sample_bits`,
+//! rounded as its CPU path, so the same logits and seed give the same bits), and the fused two-way cross-entropy with
 //! its gradient for training.
 
 use cudarc::driver::DeviceRepr;

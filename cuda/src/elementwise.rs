@@ -1,6 +1,7 @@
-//! Launchers of kernels/elementwise.cu: add and multiply with NumPy broadcasting, and the tanh
-//! GELU and SiLU activations, on f32 or bf16 inputs of rank 1 to 4 with any strides, to a
-//! contiguous f32 output (bf16 too for the activations). Broadcasting is done by strides: a
+//! Launchers of kernels/elementwise.cu: add, sub, mul and div with NumPy broadcasting, the
+//! one-input functions (the activations, exp, tanh, sigmoid, sqrt, square, clamp, affine) and
+//! their gradients, on f32 or bf16 inputs of rank 0 to 4 with any strides, to a contiguous
+//! f32 output (bf16 too for the one-input functions). Broadcasting is done by strides: a
 //! size-1 (or missing leading) dimension of an operand is read with stride 0, so nothing is
 //! materialised. And the strided copy: [`cast`] (a contiguous copy, in any of f32/bf16) and
 //! [`copy_into`] (into a slice of a larger tensor).
@@ -208,7 +209,7 @@ pub fn silu(exec: &Executor, x: &Tensor, out: DType) -> Result<Tensor> {
     unary(exec, UnaryOp::Silu, x, out)
 }
 
-/// `op` of every element of x (f32 or bf16, rank 1 to 4, any strides), computed in f32 (the
+/// `op` of every element of x (f32 or bf16, rank 0 to 4, any strides), computed in f32 (the
 /// activations as x·sigmoid(·) with the library expf). The output is contiguous in `out`: f32, or bf16 from
 /// bf16 x (an activation between two bf16 GEMMs, rounded once).
 pub fn unary(exec: &Executor, op: UnaryOp, x: &Tensor, out: DType) -> Result<Tensor> {
@@ -280,7 +281,7 @@ pub fn unary_grad(exec: &Executor, f: UnaryGrad, g: &Tensor, v: &Tensor) -> Resu
 }
 
 /// x's elements copied into a new contiguous tensor of `dtype` (f32 or bf16; x f32 or bf16,
-/// rank 1 to 4, any strides): the cast, and the gather of a strided view into the contiguous
+/// rank 0 to 4, any strides): the cast, and the gather of a strided view into the contiguous
 /// operand a GEMM needs. f32 → bf16 rounds to nearest even; every other pair is exact.
 pub fn cast(exec: &Executor, x: &Tensor, dtype: DType) -> Result<Tensor> {
     let mut out = exec.output("cast", x.shape(), dtype)?;

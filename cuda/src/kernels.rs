@@ -207,15 +207,15 @@ kernels! {
     SoftmaxF32, SOFTMAX_F32 = softmax_f32(SoftmaxParams) in Norm;
     /// Sum, mean, max or min of each row (the last dimension), f32.
     ReduceRowsF32, REDUCE_ROWS_F32 = reduce_rows_f32(ReduceRowsParams) in Norm;
-    /// Broadcast add or multiply of f32 operands.
+    /// Broadcast add, sub, mul or div of f32 operands.
     BinaryF32, BINARY_F32 = binary_f32(BinaryParams<f32>) in Elementwise;
-    /// Broadcast add or multiply of bf16 operands, f32 result.
+    /// Broadcast add, sub, mul or div of bf16 operands, f32 result.
     BinaryBf16, BINARY_BF16 = binary_bf16(BinaryParams<bf16>) in Elementwise;
-    /// Tanh GELU or SiLU of f32 elements.
+    /// A one-input function of f32 elements.
     UnaryF32, UNARY_F32 = unary_f32(UnaryParams<f32, f32>) in Elementwise;
-    /// Tanh GELU or SiLU of bf16 elements, f32 result.
+    /// A one-input function of bf16 elements, f32 result.
     UnaryBf16, UNARY_BF16 = unary_bf16(UnaryParams<bf16, f32>) in Elementwise;
-    /// Tanh GELU or SiLU of bf16 elements, bf16 result.
+    /// A one-input function of bf16 elements, bf16 result.
     UnaryBf16Bf16, UNARY_BF16_BF16 = unary_bf16_bf16(UnaryParams<bf16, bf16>) in Elementwise;
     /// g·f′ of a one-input function (its backward rule), f32.
     UnaryGradF32, UNARY_GRAD_F32 = unary_grad_f32(UnaryGradParams) in Elementwise;

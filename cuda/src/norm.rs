@@ -99,7 +99,7 @@ unsafe impl DeviceRepr for GroupNormParams {}
 unsafe impl DeviceRepr for SoftmaxParams {}
 unsafe impl DeviceRepr for ReduceRowsParams {}
 
-/// Each row (the last dimension) of x (rank 1 to 4, f32 or bf16) minus its mean (layer norm
+/// Each row (the last dimension) of x (rank 0 to 4, f32 or bf16) minus its mean (layer norm
 /// only), divided by its statistic, times weight and plus bias ((D) f32, or none): T5's and
 /// Infinity's RMS norm, the layer norm and the L2 normalisation (eps = 1e-6, 1e-6 and 1e-12
 /// there). The output is contiguous, in x's dtype; the statistic and the arithmetic are f32.
@@ -203,7 +203,7 @@ pub fn group_norm(
     Ok(out)
 }
 
-/// exp(x − max) / Σ exp(x − max) over the last dimension of x (rank 1 to 4, f32), as ops'
+/// exp(x − max) / Σ exp(x − max) over the last dimension of x (rank 0 to 4, f32), as ops'
 /// `softmax(x, rank − 1)`: a row holding NaN or +inf, or only −inf, comes out all NaN. The
 /// output is contiguous f32.
 pub fn softmax(exec: &Executor, x: &Tensor) -> Result<Tensor> {
@@ -221,7 +221,7 @@ pub fn softmax(exec: &Executor, x: &Tensor) -> Result<Tensor> {
     Ok(out)
 }
 
-/// `op` of each row (the last dimension) of x (rank 1 to 4, f32, any strides; rows of at
+/// `op` of each row (the last dimension) of x (rank 0 to 4, f32, any strides; rows of at
 /// least one element), in f32: the output has x's shape without its last dimension and is
 /// contiguous.
 pub fn reduce_rows(exec: &Executor, op: RowReduction, x: &Tensor) -> Result<Tensor> {

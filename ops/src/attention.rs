@@ -33,7 +33,7 @@ use infinity_runtime::{DType, Device, Error, Layout, Result, Tensor};
 use rayon::prelude::*;
 
 use crate::device::executor;
-use crate::elementwise::{add, mul, mul_scalar};
+use crate::elementwise::{UnaryOp, add, mul, mul_scalar, unary_grad};
 use crate::index::{concat, copy_into};
 use crate::matmul::{MatRef, gemm_into, matmul};
 use crate::norm::l2_normalize;
@@ -236,7 +236,12 @@ fn probabilities(scores: &Tensor, masked: bool) -> Result<Tensor> {
         return Ok(p);
     }
     let row_max = max(scores, &[3], true)?.broadcast_to(p.shape())?;
-    zip_map("attention", [&p, &row_max], |[p, m]| if m == f32::NEG_INFINITY { 0.0 } else { p })
+    if p.is_cpu() {
+        return zip_map("attention", [&p, &row_max], |[p, m]| if m == f32::NEG_INFINITY { 0.0 } else { p });
+    }
+    // On a device: p where the row's max is above −inf (the clamp's gradient rule passes what
+    // lies within its bounds), else 0.
+    unary_grad(UnaryOp::Clamp { lo: f32::MIN, hi: f32::INFINITY }, &p, &row_max, &row_max)
 }
 
 /// Whether the flash kernel takes these shapes: 4-D, one head dim it is built for, v as wide
@@ -288,14 +293,7 @@ fn flash(
 
 /// softmax(q·kᵀ·scale + mask)·v from device GEMMs and softmax (heads of any width, a mask).
 fn composed(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f32) -> Result<Tensor> {
-    let (&[b, h, lq, d], &[_, _, lk, _], &[_, _, _, dv]) = (q.shape(), k.shape(), v.shape()) else {
-        let bad = [q, k, v].into_iter().find(|t| t.rank() != 4).unwrap_or(q);
-        return Err(Error::invalid(
-            "attention",
-            bad.shape(),
-            "q, k and v must be 4-D (batch, heads, length, head dim)",
-        ));
-    };
+    let Dims { b, h, lq, lk, d, dv } = check_shapes("attention", q, k, v)?;
     let heads = |t: &Tensor, rows: usize, cols: usize| t.reshape(&[b * h, rows, cols]);
     let scores = mul_scalar(&matmul(&heads(q, lq, d)?, &heads(k, lk, d)?.transpose(1, 2)?)?, scale)?;
     let mut scores = scores.reshape(&[b, h, lq, lk])?;
@@ -330,6 +328,17 @@ impl Packing {
     pub fn lens(&self) -> &[usize] {
         &self.lens
     }
+
+    /// Checks q (B, H, n, D) and k (ΣLᵢ, H, D) against this packing.
+    pub fn check(&self, op: &'static str, q: &[usize], k: &[usize]) -> Result<()> {
+        let total: usize = self.lens.iter().sum();
+        if q.len() != 4 || q[0] != self.lens.len() || k.len() != 3 || k[0] != total {
+            let msg =
+                format!("q (B, H, n, D) and k (ΣLᵢ, H, D) for {} samples of {:?} keys", self.lens.len(), self.lens);
+            return Err(Error::invalid(op, k, msg));
+        }
+        Ok(())
+    }
 }
 
 /// Attention of each sample's queries over its own keys: q (B, H, n, D), k and v (ΣLᵢ, H, D)
@@ -337,12 +346,7 @@ impl Packing {
 /// kernel takes, one launch for the batch; otherwise [`attention`] per sample.
 pub fn packed_attention(q: &Tensor, k: &Tensor, v: &Tensor, packing: &Packing, scale: f32) -> Result<Tensor> {
     const OP: &str = "packed_attention";
-    let total: usize = packing.lens.iter().sum();
-    if q.rank() != 4 || q.shape()[0] != packing.lens.len() || k.rank() != 3 || k.shape()[0] != total {
-        let msg =
-            format!("q (B, H, n, D) and k (ΣLᵢ, H, D) for {} samples of {:?} keys", packing.lens.len(), packing.lens);
-        return Err(Error::invalid(OP, k.shape(), msg));
-    }
+    packing.check(OP, q.shape(), k.shape())?;
     let exec = executor(OP, &[q, k, v])?;
     if q.device() != packing.device {
         return Err(Error::invalid(

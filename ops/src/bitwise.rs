@@ -84,6 +84,10 @@ pub fn sample_bits(raw: &Tensor, batch: usize, sampling: &Sampling, rng: &mut Ph
         ));
     }
     let Sampling { cfg: w, tau, top_p, greedy } = *sampling;
+    if !(tau > 0.0 && tau.is_finite() && w.is_finite() && (0.0..=1.0).contains(&top_p)) {
+        let msg = format!("need τ > 0, finite cfg and top_p in [0, 1]; got τ {tau}, cfg {w}, top_p {top_p}");
+        return Err(Error::invalid(OP, raw.shape(), msg));
+    }
     let v = f32_data(OP, raw)?;
     let (cond, uncond) = v.split_at(batch * n * width);
     let guided =

@@ -434,10 +434,10 @@ pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
             UnaryOp::Affine { mul, add } => Kernel::Affine { mul, add },
             // −x·1 + (−0) keeps the sign of a zero, as negation does.
             UnaryOp::Neg => Kernel::Affine { mul: -1.0, add: -0.0 },
-            // x·1 + s and x·s + 0 round as x + s and x·s do.
+            // x·1 + s and x·s + (−0) round as x + s and x·s do, signed zeros included.
             UnaryOp::Scalar(BinaryOp::Add, s) => Kernel::Affine { mul: 1.0, add: s },
             UnaryOp::Scalar(BinaryOp::Sub, s) => Kernel::Affine { mul: 1.0, add: -s },
-            UnaryOp::Scalar(BinaryOp::Mul, s) => Kernel::Affine { mul: s, add: 0.0 },
+            UnaryOp::Scalar(BinaryOp::Mul, s) => Kernel::Affine { mul: s, add: -0.0 },
             _ => return Err(no_kernel(op.name(), x)),
         };
         // bf16 activations (between two bf16 GEMMs) stay bf16.

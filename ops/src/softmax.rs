@@ -68,7 +68,6 @@ fn normalize_row(x: &[f32], out: &mut [f32], log: bool) {
     }
 }
 
-/// Plain implementations: index arithmetic over (outer, dim, inner), math in f64.
 /// The input gradient of y = softmax(x) along `dim` for the output gradient g:
 /// y ⊙ (g − Σ_dim g ⊙ y), on every device.
 pub fn softmax_grad(y: &Tensor, g: &Tensor, dim: usize) -> Result<Tensor> {
@@ -76,6 +75,7 @@ pub fn softmax_grad(y: &Tensor, g: &Tensor, dim: usize) -> Result<Tensor> {
     crate::elementwise::mul(y, &crate::elementwise::sub(g, &dot)?)
 }
 
+/// Plain implementations: index arithmetic over (outer, dim, inner), math in f64.
 pub mod reference {
     use infinity_runtime::{Result, Tensor};
 

@@ -47,12 +47,19 @@ const MAP_CHUNK: usize = 1 << 15;
 /// `out[i] = f([t[i] for t in inputs])` for f32 host tensors of one shape (any layouts);
 /// the result is contiguous. The CPU path of derivative formulas that no op expresses in one
 /// pass.
-pub fn zip_map<const N: usize>(
+pub(crate) fn zip_map<const N: usize>(
     op: &'static str,
     inputs: [&Tensor; N],
     f: impl Fn([f32; N]) -> f32 + Sync,
 ) -> Result<Tensor> {
     let shape = inputs[0].shape();
+    if let Some(other) = inputs.iter().find(|t| !t.is_cpu()) {
+        return Err(Error::invalid(
+            op,
+            other.shape(),
+            format!("runs on the CPU, but the tensor is on {}", other.device()),
+        ));
+    }
     if let Some(other) = inputs.iter().find(|t| t.shape() != shape) {
         return Err(Error::ShapeMismatch { op, lhs: shape.to_vec(), rhs: other.shape().to_vec() });
     }

@@ -135,6 +135,24 @@ fn cases() -> Vec<Case> {
             atol: 2e-2,
             rtol: 2e-2,
         },
+        // Some keys masked, and the first query's all of them (its probabilities are zero).
+        Case {
+            name: "attention with a mask",
+            inputs: vec![bf16_exact(&[1, 2, 5, 6], 26), bf16_exact(&[1, 2, 7, 6], 27), bf16_exact(&[1, 2, 7, 6], 28)],
+            run: |v| {
+                let mask: Vec<f32> =
+                    (0..35).map(|i| if i < 7 || (i % 7) > i / 7 + 2 { f32::NEG_INFINITY } else { 0.0 }).collect();
+                attention(
+                    &v[0],
+                    &v[1],
+                    &v[2],
+                    Some(&Tensor::from_vec(mask, &[1, 1, 5, 7])?.to_device(&v[0].value().device())?),
+                    0.4,
+                )
+            },
+            atol: 2e-2,
+            rtol: 2e-2,
+        },
         Case {
             name: "attention",
             inputs: vec![bf16_exact(&[1, 2, 5, 6], 12), bf16_exact(&[1, 2, 7, 6], 13), bf16_exact(&[1, 2, 7, 6], 14)],

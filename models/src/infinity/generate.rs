@@ -17,7 +17,8 @@ use crate::schedule::Schedule;
 /// What a caller may observe after each scale (for progress and for parity tests).
 pub struct ScaleStep<'a> {
     pub index: usize,
-    /// Head output before τ and guidance: (2B, n, 2d) with guidance, else (B, n, 2d).
+    /// Head output before τ and guidance: (2B, n, 2d) with guidance, else (B, n, 2d), on the
+    /// model's device.
     pub raw_logits: &'a Tensor,
     /// (B, h, w, d) bits chosen at this scale.
     pub bits: &'a Tensor,

@@ -8,11 +8,13 @@
 //!   only the BitVAE's few downsampling convs have a stride.
 //! - dw is the forward's product transposed (`infinity_ops::conv::conv2d_weight_grad`).
 //! - dbias sums the output gradient over images and positions.
+//!
+//! Every step is an op or data movement written in ops, so the rule runs on any device.
 
 use infinity_ops::conv::{self as cv, Conv2dParams};
-use infinity_ops::f32_data;
+use infinity_ops::index::{concat, embedding};
 use infinity_ops::reduce::sum;
-use infinity_runtime::{Error, Result, Tensor};
+use infinity_runtime::{DType, Error, Result, Tensor};
 
 use crate::Var;
 
@@ -52,49 +54,61 @@ fn input_grad(g: &Tensor, x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Ten
 }
 
 /// `g` (N, C, Ho, Wo) with stride − 1 zeros between neighbours, then `pads` ([top, bottom,
-/// left, right]) zeros added around it, or rows/columns removed where a pad is negative.
+/// left, right]) zeros added around it, or rows/columns removed where a pad is negative: data
+/// movement written in ops, so it runs on the gradient's device.
 fn dilate_pad(g: &Tensor, stride: usize, [top, bottom, left, right]: [isize; 4]) -> Result<Tensor> {
     let &[n, c, ho, wo] = g.shape() else {
         return Err(Error::invalid("conv2d", g.shape(), "the output gradient must be (N, C, H, W)"));
     };
-    let size = |len: usize, before: isize, after: isize| {
-        let dilated = (len.saturating_sub(1) * stride + 1) as isize;
-        usize::try_from(dilated + before + after)
-            .map_err(|_| Error::invalid("conv2d", g.shape(), "the padding crops away the whole gradient"))
-    };
-    let (h2, w2) = (size(ho, top, bottom)?, size(wo, left, right)?);
-    // Position of output row/column `i` in the padded map, if it lands inside.
-    let place =
-        |i: usize, before: isize, len: usize| usize::try_from((i * stride) as isize + before).ok().filter(|&p| p < len);
-    let gd = f32_data("conv2d", g)?;
-    let mut out = vec![0f32; n * c * h2 * w2];
-    for (src, dst) in gd.chunks(ho * wo).zip(out.chunks_mut(h2 * w2)) {
-        for oy in 0..ho {
-            let Some(y) = place(oy, top, h2) else { continue };
-            for ox in 0..wo {
-                if let Some(x) = place(ox, left, w2) {
-                    dst[y * w2 + x] = src[oy * wo + ox];
-                }
-            }
-        }
+    let zeros = |shape: &[usize]| Tensor::zeros_on(shape, DType::F32, &g.device());
+    let mut d = g.clone();
+    if stride > 1 {
+        // Each element followed by stride − 1 zeros, along the width and then the height, as
+        // concatenations of at most four dimensions; the trailing zeros are cut.
+        let rows = d.reshape(&[n * c * ho, wo, 1])?;
+        let wide =
+            concat(&[&rows, &zeros(&[n * c * ho, wo, stride - 1])?], 2)?.reshape(&[n * c, ho, 1, wo * stride])?;
+        let tall = concat(&[&wide, &zeros(&[n * c, ho, stride - 1, wo * stride])?], 2)?;
+        d = tall.reshape(&[n, c, ho * stride, wo * stride])?;
+        d = d.narrow(2, 0, (ho - 1) * stride + 1)?.narrow(3, 0, (wo - 1) * stride + 1)?;
     }
-    Tensor::from_vec(out, &[n, c, h2, w2])
+    let d = pad_or_crop(&d, 2, top, bottom)?;
+    pad_or_crop(&d, 3, left, right)
 }
 
-/// w (Cout, Cin, kh, kw) → (Cin, Cout, kh, kw) with both spatial axes reversed.
+/// `x` with `before` and `after` zeros added along `dim`, or as many elements removed where
+/// they are negative.
+fn pad_or_crop(x: &Tensor, dim: usize, before: isize, after: isize) -> Result<Tensor> {
+    let len = x.shape()[dim] as isize;
+    let size = len + before + after;
+    if size <= 0 {
+        return Err(Error::invalid("conv2d", x.shape(), "the padding crops away the whole gradient"));
+    }
+    let zeros = |count: isize| -> Result<Option<Tensor>> {
+        let mut shape = x.shape().to_vec();
+        shape[dim] = count as usize;
+        (count > 0).then(|| Tensor::zeros_on(&shape, DType::F32, &x.device())).transpose()
+    };
+    let (start, end) = ((-before).max(0), len - (-after).max(0));
+    if end <= start {
+        // Every element is cropped away: only the zeros on the other side remain.
+        return zeros(size)?.ok_or_else(|| Error::invalid("conv2d", x.shape(), "an empty gradient"));
+    }
+    let kept = x.narrow(dim, start as usize, (end - start) as usize)?;
+    let (head, tail) = (zeros(before)?, zeros(after)?);
+    if head.is_none() && tail.is_none() {
+        return Ok(kept);
+    }
+    concat(&[head.as_ref(), Some(&kept), tail.as_ref()].into_iter().flatten().collect::<Vec<_>>(), dim)
+}
+
+/// w (Cout, Cin, kh, kw) → (Cin, Cout, kh, kw) with both spatial axes reversed. Reversing
+/// both axes reverses the flattened tap index, so the taps' rows are gathered backwards (an
+/// embedding lookup, on w's device).
 fn flip_transpose(w: &Tensor) -> Result<Tensor> {
     let (cout, cin, kh, kw) = (w.shape()[0], w.shape()[1], w.shape()[2], w.shape()[3]);
-    let wd = f32_data("conv2d", w)?;
-    let mut out = vec![0f32; wd.len()];
-    for co in 0..cout {
-        for ci in 0..cin {
-            for ky in 0..kh {
-                for kx in 0..kw {
-                    out[((ci * cout + co) * kh + kh - 1 - ky) * kw + kw - 1 - kx] =
-                        wd[((co * cin + ci) * kh + ky) * kw + kx];
-                }
-            }
-        }
-    }
-    Tensor::from_vec(out, &[cin, cout, kh, kw])
+    let taps = kh * kw;
+    let rows = w.permute(&[2, 3, 1, 0])?.reshape(&[taps, cin * cout])?;
+    let backwards = Tensor::from_vec((0..taps as i64).rev().collect::<Vec<i64>>(), &[taps])?.to_device(&w.device())?;
+    embedding(&rows, &backwards)?.reshape(&[kh, kw, cin, cout])?.permute(&[2, 3, 0, 1])?.contiguous()
 }

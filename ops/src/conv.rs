@@ -11,7 +11,7 @@
 use std::ops::Range;
 
 use infinity_cuda::Executor;
-use infinity_runtime::{Error, Result, Tensor};
+use infinity_runtime::{DType, Error, Result, Tensor};
 use rayon::prelude::*;
 
 use crate::device::executor;
@@ -186,7 +186,10 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, params: Conv2dParam
     if let Some(exec) = executor("conv2d", &inputs)? {
         let even = params.padding.into_iter().min().unwrap_or(0);
         let x = pad_zeros(&exec, x, params.padding.map(|p| p - even))?;
-        return infinity_cuda::conv::conv2d(&exec, &x, w, bias, params.stride, even);
+        // The weight is a GEMM operand: bf16 on an executor (an f32 one, e.g. a training
+        // parameter, is rounded).
+        let w = if w.dtype() == DType::F32 { w.to_dtype(DType::BF16)? } else { w.clone() };
+        return infinity_cuda::conv::conv2d(&exec, &x, &w, bias, params.stride, even);
     }
     let g = Geometry::new(x, w, bias, params)?;
     let (plane_in, plane_out, taps) = (g.cin * g.h * g.w, g.ho * g.wo, g.taps());
@@ -254,8 +257,19 @@ fn pad_zeros(exec: &Executor, x: &Tensor, [top, bottom, left, right]: [usize; 4]
 /// dy · the input under each tap. It is the transposed product of the forward's: dy
 /// (Cout × Ho·Wo) times the column matrix transposed (Ho·Wo × Cin·kh·kw), built by the same
 /// im2col one band at a time and accumulated in place, so strides and padding cost nothing extra.
+///
+/// On an executor: the column matrix of every image (im2col, bf16) times dy (rounded to bf16)
+/// per image, summed over the images.
 pub fn conv2d_weight_grad(x: &Tensor, dy: &Tensor, kernel: (usize, usize), params: Conv2dParams) -> Result<Tensor> {
     let g = Geometry::of_weight_grad(x, dy, kernel, params)?;
+    if let Some(exec) = executor("conv2d", &[x, dy])? {
+        let even = params.padding.into_iter().min().unwrap_or(0);
+        let x = pad_zeros(&exec, x, params.padding.map(|p| p - even))?;
+        let cols = infinity_cuda::conv::im2col(&exec, &x, kernel, params.stride, even)?;
+        let dy = dy.reshape(&[g.n, g.cout, g.ho * g.wo])?;
+        let per_image = crate::matmul::matmul(&dy, &cols.transpose(1, 2)?)?;
+        return crate::reduce::sum(&per_image, &[0], false)?.reshape(&[g.cout, g.cin, g.kh, g.kw]);
+    }
     require_f32("conv2d", x)?;
     require_f32("conv2d", dy)?;
     let (plane_in, plane_out, taps) = (g.cin * g.h * g.w, g.ho * g.wo, g.taps());

@@ -8,10 +8,11 @@
 //! an op rule, reductions, softmax, the layer, RMS, L2 and group norms, views and concatenation,
 //! linear and matmul (whose gradients' GEMMs round their operands to bf16 on an executor), and
 //! attention (the flash backward kernel on an executor where it applies), and the bitwise
-//! cross-entropy (its fused kernel there). The embedding's scatter and the conv and resize
+//! cross-entropy (its fused kernel there), and conv2d. The embedding's scatter and the resize
 //! gradients are not behind ops yet: those rules still run on the CPU only.
 
 use infinity::autograd::attention::attention;
+use infinity::autograd::conv::conv2d;
 use infinity::autograd::elementwise::{add, clamp, div, exp, gelu_tanh, mul, neg, silu, sqrt, square, sub, tanh};
 use infinity::autograd::index::concat;
 use infinity::autograd::loss::bitwise_cross_entropy;
@@ -20,6 +21,7 @@ use infinity::autograd::norm::{group_norm, l2_normalize, layer_norm, rms_norm};
 use infinity::autograd::reduce::{mean, softmax, sum};
 use infinity::autograd::{Tape, Var};
 use infinity::cuda::testing::executors;
+use infinity::ops::conv::Conv2dParams;
 use infinity::runtime::{Device, Result, Tensor};
 
 use crate::op_support::{assert_close, bf16_exact, padded_view, randn, strided_copy};
@@ -136,6 +138,23 @@ fn cases() -> Vec<Case> {
             rtol: 2e-2,
         },
         // Some keys masked, and the first query's all of them (its probabilities are zero).
+        // The BitVAE's downsampling conv (stride 2, zeros below and right) and a padded one.
+        // Gradients reach ~50 through the two layers; the bf16 operands err by ~2⁻⁸ of that.
+        Case {
+            name: "conv2d",
+            inputs: vec![
+                bf16_exact(&[2, 3, 7, 6], 29),
+                bf16_exact(&[4, 3, 3, 3], 30),
+                randn(&[4], 31, 1.0),
+                bf16_exact(&[5, 4, 3, 3], 32),
+            ],
+            run: |v| {
+                let down = conv2d(&v[0], &v[1], Some(&v[2]), Conv2dParams { stride: 2, padding: [0, 1, 0, 1] })?;
+                conv2d(&down, &v[3], None, Conv2dParams::new(1, 1))
+            },
+            atol: 0.25,
+            rtol: 2e-2,
+        },
         Case {
             name: "attention with a mask",
             inputs: vec![bf16_exact(&[1, 2, 5, 6], 26), bf16_exact(&[1, 2, 7, 6], 27), bf16_exact(&[1, 2, 7, 6], 28)],

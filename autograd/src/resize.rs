@@ -4,9 +4,11 @@
 //! R_w the 1-D resampling matrices of the two axes, so the gradient is R_hᵀ · G · R_w. The
 //! matrices are read off the forward op itself (by resizing a stack of unit vectors), so the
 //! adjoint follows PyTorch's index math exactly as the forward does, and are applied as
-//! sparse lists (each output reads at most a window of inputs).
+//! sparse lists (each output reads at most a window of inputs). On a device the two products
+//! are GEMMs with the dense matrices (bf16 operands there, as every GEMM's).
 
 use infinity_ops::f32_data;
+use infinity_ops::matmul::matmul;
 use infinity_ops::resize::{self as rs, ResizeMode};
 use infinity_runtime::{Result, Tensor};
 use rayon::prelude::*;
@@ -23,6 +25,12 @@ pub fn resize(x: &Var, size: (usize, usize), mode: ResizeMode) -> Result<Var> {
         let (oh, ow) = size;
         let planes = shape.iter().product::<usize>() / (h * w);
         let (rows, cols) = (axis_weights(h, oh, mode)?, axis_weights(w, ow, mode)?);
+        if !g.is_cpu() {
+            // On a device as two GEMMs: R_hᵀ · (G · R_w), batched over the planes.
+            let (r_h, r_w) = (dense(&rows, h)?.to_device(&g.device())?, dense(&cols, w)?.to_device(&g.device())?);
+            let along_w = matmul(&g.reshape(&[planes, oh, ow])?, &r_w)?;
+            return Ok(vec![Some(matmul(&r_h.transpose(0, 1)?, &along_w)?.reshape(&shape)?)]);
+        }
         let gd = f32_data("resize", g)?;
         let along_w = adjoint_along(&gd, planes * oh, &cols, w, 1);
         let along_h = adjoint_along(&along_w, planes, &rows, h, w);
@@ -46,6 +54,15 @@ fn axis_weights(input: usize, output: usize, mode: ResizeMode) -> Result<Vec<Vec
         }
     }
     Ok(rows)
+}
+
+/// The resampling matrix (rows.len() × input) of `rows`.
+fn dense(rows: &[Vec<(usize, f32)>], input: usize) -> Result<Tensor> {
+    let mut m = vec![0f32; rows.len() * input];
+    for (d, sources) in rows.iter().enumerate() {
+        sources.iter().for_each(|&(s, weight)| m[d * input + s] = weight);
+    }
+    Tensor::from_vec(m, &[rows.len(), input])
 }
 
 /// The transpose of a 1-D resampling applied along the middle axis of `data` laid out as

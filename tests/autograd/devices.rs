@@ -8,8 +8,8 @@
 //! an op rule, reductions, softmax, the layer, RMS, L2 and group norms, views and concatenation,
 //! linear and matmul (whose gradients' GEMMs round their operands to bf16 on an executor), and
 //! attention (the flash backward kernel on an executor where it applies), and the bitwise
-//! cross-entropy (its fused kernel there), and conv2d. The embedding's scatter and the resize
-//! gradients are not behind ops yet: those rules still run on the CPU only.
+//! cross-entropy (its fused kernel there), conv2d and the resizes. The embedding's scatter is
+//! not behind an op yet: its rule still runs on the CPU only.
 
 use infinity::autograd::attention::attention;
 use infinity::autograd::conv::conv2d;
@@ -19,9 +19,11 @@ use infinity::autograd::loss::bitwise_cross_entropy;
 use infinity::autograd::matmul::{linear, matmul};
 use infinity::autograd::norm::{group_norm, l2_normalize, layer_norm, rms_norm};
 use infinity::autograd::reduce::{mean, softmax, sum};
+use infinity::autograd::resize::resize;
 use infinity::autograd::{Tape, Var};
 use infinity::cuda::testing::executors;
 use infinity::ops::conv::Conv2dParams;
+use infinity::ops::resize::ResizeMode;
 use infinity::runtime::{Device, Result, Tensor};
 
 use crate::op_support::{assert_close, bf16_exact, padded_view, randn, strided_copy};
@@ -138,6 +140,18 @@ fn cases() -> Vec<Case> {
             rtol: 2e-2,
         },
         // Some keys masked, and the first query's all of them (its probabilities are zero).
+        // GEMMs on a device: the gradient and the interpolation weights rounded to bf16.
+        Case {
+            name: "bilinear, area and nearest resizes",
+            inputs: vec![randn(&[2, 3, 6, 5], 33, 1.0)],
+            run: |v| {
+                let up = resize(&v[0], (9, 7), ResizeMode::Bilinear)?;
+                let down = resize(&up, (3, 4), ResizeMode::Area)?;
+                resize(&down, (6, 8), ResizeMode::Nearest)
+            },
+            atol: 2e-2,
+            rtol: 2e-2,
+        },
         // The BitVAE's downsampling conv (stride 2, zeros below and right) and a padded one.
         // Gradients reach ~50 through the two layers; the bf16 operands err by ~2⁻⁸ of that.
         Case {

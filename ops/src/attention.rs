@@ -35,7 +35,7 @@ use rayon::prelude::*;
 use crate::device::executor;
 use crate::elementwise::{UnaryOp, add, mul, mul_scalar, unary_grad};
 use crate::index::{concat, copy_into};
-use crate::matmul::{MatRef, gemm_into, matmul};
+use crate::matmul::{MatRef, gemm_into, gemm_operand, matmul};
 use crate::norm::l2_normalize;
 use crate::reduce::max;
 use crate::rope::rope_interleaved;
@@ -170,7 +170,7 @@ pub fn attention_grad(
         && mask.is_none()
         && flash_fits(q, k, v)
     {
-        let dense = |t: &Tensor| -> Result<Tensor> { bf16_operand(t)?.contiguous() };
+        let dense = |t: &Tensor| -> Result<Tensor> { gemm_operand("attention_grad", t)?.contiguous() };
         let (q, k, v) = (dense(q)?, dense(k)?, dense(v)?);
         let one_block = [0, k.shape()[2]];
         let call = unmasked(&q, &k, &v, &one_block, scale);
@@ -255,11 +255,6 @@ fn flash_fits(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
         && k.shape()[2] > 0
 }
 
-/// A flash-attention operand: bf16 as it is, f32 rounded to bf16.
-fn bf16_operand(t: &Tensor) -> Result<Tensor> {
-    if t.dtype() == DType::BF16 { Ok(t.clone()) } else { t.to_dtype(DType::BF16) }
-}
-
 /// A flash-kernel call without a mask: `one_block` = [0, Lk], one scale block, so every query
 /// sees every key.
 fn unmasked<'a>(q: &'a Tensor, k: &'a Tensor, v: &'a Tensor, one_block: &'a [usize; 2], scale: f32) -> Attention<'a> {
@@ -277,7 +272,8 @@ fn flash(
     packing: Option<&PackedKeys>,
     scale: f32,
 ) -> Result<Tensor> {
-    let (q, k, v) = (bf16_operand(q)?, bf16_operand(k)?, bf16_operand(v)?);
+    let operand = |t: &Tensor| gemm_operand("attention", t);
+    let (q, k, v) = (operand(q)?, operand(k)?, operand(v)?);
     let (&[b, h, lq, d], lk) = (q.shape(), k.shape()[2]) else {
         return Err(Error::invalid("attention", q.shape(), "q must be 4-D (batch, heads, length, head dim)"));
     };

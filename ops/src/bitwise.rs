@@ -33,18 +33,23 @@ pub struct ScaleSign {
 /// (on an executor one kernel; the official L2 normalisation before the sign changes no sign,
 /// so it is left out).
 pub fn quantize_scale(residual: &Tensor) -> Result<ScaleSign> {
-    const OP: &str = "quantize_scale";
-    crate::require_f32(OP, residual)?;
-    let &[b, d, h, w] = residual.shape() else {
-        return Err(Error::invalid(OP, residual.shape(), "expected a residual (B, d, h, w)"));
-    };
-    if let Some(exec) = executor(OP, &[residual])? {
+    if let Some(exec) = executor("quantize_scale", &[residual])? {
         let scale = infinity_cuda::quantize::quantize_scale(&exec, residual)?;
         return Ok(ScaleSign { bits: scale.bits, codes: scale.codes });
     }
-    let v = residual.permute(&[0, 2, 3, 1])?.to_vec::<f32>()?;
-    let bits = Tensor::from_vec(v.into_iter().map(|x| u8::from(x > 0.0)).collect::<Vec<u8>>(), &[b, h, w, d])?;
+    let bits = sign_bits(residual)?;
     Ok(ScaleSign { codes: codes_from_bits(&bits)?, bits })
+}
+
+/// The bits alone of a residual (B, d, h, w) f32 on the host: (B, h, w, d) u8, 1 where > 0
+/// (0 and NaN give 0); what teacher forcing needs, without the codes.
+pub fn sign_bits(residual: &Tensor) -> Result<Tensor> {
+    crate::require_f32("sign_bits", residual)?;
+    let &[b, d, h, w] = residual.shape() else {
+        return Err(Error::invalid("sign_bits", residual.shape(), "expected a residual (B, d, h, w)"));
+    };
+    let v = residual.permute(&[0, 2, 3, 1])?.to_vec::<f32>()?;
+    Tensor::from_vec(v.into_iter().map(|x| u8::from(x > 0.0)).collect::<Vec<u8>>(), &[b, h, w, d])
 }
 
 /// (B, h, w, d) bits (u8 0/1) → (B, d, h, w) codes (2·bit − 1)/√d, on the host.

@@ -11,7 +11,7 @@
 use std::ops::Range;
 
 use infinity_cuda::Executor;
-use infinity_runtime::{DType, Error, Result, Tensor};
+use infinity_runtime::{Error, Result, Tensor};
 use rayon::prelude::*;
 
 use crate::device::executor;
@@ -186,9 +186,8 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, params: Conv2dParam
     if let Some(exec) = executor("conv2d", &inputs)? {
         let even = params.padding.into_iter().min().unwrap_or(0);
         let x = pad_zeros(&exec, x, params.padding.map(|p| p - even))?;
-        // The weight is a GEMM operand: bf16 on an executor (an f32 one, e.g. a training
-        // parameter, is rounded).
-        let w = if w.dtype() == DType::F32 { w.to_dtype(DType::BF16)? } else { w.clone() };
+        // The weight is a GEMM operand (an f32 one, e.g. a training parameter, is rounded).
+        let w = crate::matmul::gemm_operand("conv2d", w)?;
         return infinity_cuda::conv::conv2d(&exec, &x, &w, bias, params.stride, even);
     }
     let g = Geometry::new(x, w, bias, params)?;

@@ -290,8 +290,9 @@ fn linear_cpu(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     if x.rank() == 1 { y.squeeze(0) } else { Ok(y) }
 }
 
-/// A GEMM operand on an executor: bf16 as it is, f32 rounded to bf16 (a copy on the device).
-fn gemm_operand(op: &'static str, t: &Tensor) -> Result<Tensor> {
+/// A GEMM (or attention, or convolution) operand on an executor: bf16 as it is, f32 rounded
+/// to bf16 (a copy on the device).
+pub(crate) fn gemm_operand(op: &'static str, t: &Tensor) -> Result<Tensor> {
     match t.dtype() {
         DType::BF16 => Ok(t.clone()),
         DType::F32 => t.to_dtype(DType::BF16),

@@ -4,7 +4,7 @@
 //! far; with BSC some bits are flipped before their codes join the accumulation, so later
 //! inputs carry the mistakes and later labels point back towards the true latent.
 
-use infinity_ops::bitwise::quantize_scale;
+use infinity_ops::bitwise::sign_bits;
 use infinity_ops::elementwise::{add, sub};
 use infinity_ops::resize::{ResizeMode, resize};
 use infinity_runtime::rng::{Philox, philox_u32, u32_to_unit_f32};
@@ -70,7 +70,7 @@ pub fn teacher_forcing(latent: &Tensor, grids: &[(usize, usize)], mut flips: Fli
     for (k, &grid) in grids.iter().enumerate() {
         let residual = sub(latent, &cum)?;
         let r = if grid == full { residual } else { resize(&residual, grid, ResizeMode::Area)? };
-        let gt = quantize_scale(&r)?.bits;
+        let gt = sign_bits(&r)?;
         let mask = match &mut flips {
             Flips::None => None,
             Flips::Masks(masks) => Some(masks.get(k).cloned().ok_or_else(|| {

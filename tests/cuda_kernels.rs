@@ -15,7 +15,7 @@ mod support;
 mod cuda_support;
 
 use cuda_support::{assert_invalid, host, upload};
-use infinity::models::bitvae::quantizer::{codes_from_bits, quantize as cpu_quantize};
+use infinity::models::bitvae::quantizer::quantize;
 use infinity::ops::bitwise::sample_bits as cpu_sample_bits;
 use infinity::ops::elementwise::{add, add_scalar, mul};
 use infinity::ops::norm::layer_norm;
@@ -46,15 +46,6 @@ fn arrange(t: &Tensor, layout: usize) -> Tensor {
     }
 }
 
-/// The CPU's packed form of bits (B, h, w, d): bit j in bit j % 8 of byte j / 8.
-fn pack(bits: &Tensor) -> Vec<u8> {
-    let d = bits.shape()[3];
-    let v = bits.to_vec::<u8>().unwrap();
-    v.chunks(d)
-        .flat_map(|token| token.chunks(8).map(|byte| byte.iter().rev().fold(0u8, |acc, &b| (acc << 1) | b)))
-        .collect()
-}
-
 /// Scale grids for a latent of h×w: up to three smaller ones, coarse to fine, then h×w itself.
 fn grids(h: usize, w: usize, fractions: &[(f64, f64)]) -> Vec<(usize, usize)> {
     let size = |f: f64, n: usize| ((f * n as f64).ceil() as usize).clamp(1, n);
@@ -81,8 +72,8 @@ proptest! {
         }
     }
 
-    /// The whole multi-scale quantizer: the same bits at every scale and the same code sum as
-    /// models' `quantize`, codes ±1/√d and the packed form of the same bits.
+    /// The whole multi-scale quantizer (models' `quantize`, its ops on the executor): the
+    /// same bits and residuals at every scale and the same code sum as on the CPU.
     #[test]
     fn quantizer_gives_the_cpu_bits(b in 1usize..=2, d in prop::sample::select(vec![1usize, 3, 16, 32, 56, 64]),
                                     h in 1usize..=13, w in 1usize..=13,
@@ -90,15 +81,13 @@ proptest! {
                                     layout in 0usize..3, seed: u64) {
         let latent = arrange(&randn(&[b, d, h, w], seed, 1.0), layout);
         let grids = grids(h, w, &fractions);
-        let want = cpu_quantize(&latent, &grids).unwrap();
+        let want = quantize(&latent, &grids).unwrap();
         for exec in executors() {
-            let got = quantize::quantize(exec, &upload(exec, &latent), &grids).unwrap_or_else(|e| panic!("{e}"));
+            let got = quantize(&upload(exec, &latent), &grids).unwrap_or_else(|e| panic!("{e}"));
             for (k, (g, c)) in got.scales.iter().zip(&want.scales).enumerate() {
-                let bits = g.bits.to_cpu().unwrap();
-                prop_assert!(bits.same_values(&c.bits), "{}: bits of scale {} {:?}", exec.name(), k, grids[k]);
-                let codes = g.codes.to_cpu().unwrap();
-                prop_assert!(codes.same_values(&codes_from_bits(&c.bits).unwrap()), "{}: codes of scale {}", exec.name(), k);
-                prop_assert_eq!(g.packed.to_vec::<u8>().unwrap(), pack(&c.bits), "{}: packed", exec.name());
+                prop_assert!(g.bits.same_values(&c.bits), "{}: bits of scale {} {:?}", exec.name(), k, grids[k]);
+                let residual = g.pre_sign.to_cpu().unwrap();
+                prop_assert!(residual.same_values(&c.pre_sign), "{}: residual of scale {}", exec.name(), k);
             }
             prop_assert_eq!(got.summed.to_f32_vec().unwrap(), want.summed.to_f32_vec().unwrap(), "{}: summed", exec.name());
         }

@@ -1,13 +1,11 @@
 //! Data-movement ops on `Var`s: `concat`, `split`, `index_select` and `embedding`, mirroring
-//! `infinity_ops::index`. Their adjoints move gradients back: slices for `concat`, and a
-//! scatter-add (repeated indices accumulate) for the two lookups.
+//! `infinity_ops::index`. Their adjoints move gradients back: slices for `concat`, and
+//! `index_add` (repeated indices accumulate) for the two lookups, on the gradient's device.
 
-use infinity_ops::f32_data;
 use infinity_ops::index as ix;
 use infinity_runtime::{Result, Tensor};
 
 use crate::Var;
-use crate::util::{outer_inner, read_indices};
 
 /// Joins `vars` along `dim`; each gets back its slice of the gradient.
 pub fn concat(vars: &[&Var], dim: usize) -> Result<Var> {
@@ -46,10 +44,7 @@ pub fn split(x: &Var, sizes: &[usize], dim: usize) -> Result<Vec<Var>> {
 pub fn index_select(x: &Var, dim: usize, indices: &Tensor) -> Result<Var> {
     let value = ix::index_select(x.value(), dim, indices)?;
     let (shape, indices) = (x.shape().to_vec(), indices.clone());
-    Var::record("index_select", &[x], value, move |g, _| {
-        let idx = read_indices("index_select", &indices)?;
-        Ok(vec![Some(scatter_add("index_select", g, dim, &idx, &shape)?)])
-    })
+    Var::record("index_select", &[x], value, move |g, _| Ok(vec![Some(ix::index_add(g, dim, &indices, shape[dim])?)]))
 }
 
 /// Rows of `weight` (V, D) for token ids of any shape.
@@ -57,25 +52,7 @@ pub fn embedding(weight: &Var, ids: &Tensor) -> Result<Var> {
     let value = ix::embedding(weight.value(), ids)?;
     let (shape, ids) = (weight.shape().to_vec(), ids.clone());
     Var::record("embedding", &[weight], value, move |g, _| {
-        let idx = read_indices("embedding", &ids)?;
-        let rows = g.reshape(&[idx.len(), shape[1]])?;
-        Ok(vec![Some(scatter_add("embedding", &rows, 0, &idx, &shape)?)])
+        let rows = g.reshape(&[ids.numel(), shape[1]])?;
+        Ok(vec![Some(ix::index_add(&rows, 0, &ids, shape[0])?)])
     })
-}
-
-/// The adjoint of selecting slices `idx` along `dim` from a tensor of `shape`: slice j of `g`
-/// (shaped like the selection) is added into slice idx[j] of a zero tensor.
-fn scatter_add(op: &'static str, g: &Tensor, dim: usize, idx: &[usize], shape: &[usize]) -> Result<Tensor> {
-    let (outer, inner) = outer_inner(shape, dim);
-    let (n, picked) = (shape[dim], idx.len());
-    let gd = f32_data(op, g)?;
-    let mut out = vec![0f32; shape.iter().product()];
-    for o in 0..outer {
-        for (j, &i) in idx.iter().enumerate() {
-            let src = &gd[(o * picked + j) * inner..][..inner];
-            let dst = &mut out[(o * n + i) * inner..][..inner];
-            dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
-        }
-    }
-    Tensor::from_vec(out, shape)
 }

@@ -1,5 +1,5 @@
-//! Plumbing shared by the backward rules: the sum that undoes broadcasting, and index-tensor
-//! reading.
+//! Plumbing shared by the backward rules: the sum that undoes broadcasting, and the f32-only
+//! check of tracked outputs.
 
 use infinity_ops::reduce::sum;
 use infinity_runtime::{DType, Error, Result, Tensor};
@@ -20,21 +20,6 @@ pub(crate) fn sum_to_shape(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
     let dims: Vec<usize> = (0..g.rank()).filter(|&d| d < lead || (shape[d - lead] == 1 && g.shape()[d] != 1)).collect();
     // An empty list would make `sum` reduce everything; here it means only size-1 dims differ.
     if dims.is_empty() { g.reshape(shape) } else { sum(g, &dims, true)?.reshape(shape) }
-}
-
-/// The positions held by an I64 or I32 index tensor that an op's forward already validated.
-pub(crate) fn read_indices(op: &'static str, indices: &Tensor) -> Result<Vec<usize>> {
-    // The forward checked every index against its bound, so the casts cannot wrap.
-    match indices.dtype() {
-        DType::I64 => Ok(indices.to_vec::<i64>()?.into_iter().map(|i| i as usize).collect()),
-        DType::I32 => Ok(indices.to_vec::<i32>()?.into_iter().map(|i| i as usize).collect()),
-        dtype => Err(Error::UnsupportedDType { op, dtype }),
-    }
-}
-
-/// The products of the dimensions before and after `dim`.
-pub(crate) fn outer_inner(shape: &[usize], dim: usize) -> (usize, usize) {
-    (shape[..dim].iter().product(), shape[dim + 1..].iter().product())
 }
 
 /// Refuses a recorded op asked for an output other than f32: the backward rules are f32.

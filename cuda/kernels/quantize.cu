@@ -1,8 +1,8 @@
 //! The multi-scale bit quantizer of BitVAE (models/src/bitvae/quantizer.rs) on the GPU:
 //! PyTorch-exact 'bilinear' and 'area' resizes (ops/src/resize.rs), the per-scale sign
-//! quantization (bits, ±1/√d codes and packed bits in one pass), and the fused update of the
-//! latent-grid residual and code sum. Every float operation is rounded as the CPU code rounds
-//! it, so the bits agree with the CPU path exactly, not just within a tolerance.
+//! quantization (bits and ±1/√d codes in one pass). Every float operation is rounded as the
+//! CPU code rounds it, so the bits agree with the CPU path exactly, not just within a
+//! tolerance.
 #include "common.cuh"
 
 /// (B, C, H, W) → (B, C, out_h, out_w). `src_stride` is in elements, per dimension; the
@@ -89,13 +89,11 @@ INFINITY_SHIM_ENTRY(resize_area, ResizeParams)
 
 /// One scale's quantization of the residual (B, d, h, w), one thread per token (b, y, x).
 /// Outputs are contiguous: bits (B, h, w, d) u8 (1 where the residual is > 0; 0 and NaN give
-/// 0), codes (B, d, h, w) = ±code_scale, packed (B, h, w, ⌈d/8⌉) u8 with bit j of the token in
-/// bit j % 8 (least significant first) of byte j / 8.
+/// 0) and codes (B, d, h, w) = ±code_scale.
 struct BsqQuantizeParams {
     const float* residual;
     unsigned char* bits;
     float* codes;
-    unsigned char* packed;
     int residual_stride[4];
     int batch, dim, height, width;
     /// 1/√d as the CPU computes it (in f64, rounded once).
@@ -104,7 +102,6 @@ struct BsqQuantizeParams {
 
 extern "C" __global__ void __launch_bounds__(256) bsq_quantize(const BsqQuantizeParams p) {
     const unsigned tokens = unsigned(p.batch * p.height * p.width);
-    const int bytes = (p.dim + 7) / 8;
     const int plane = p.height * p.width;
     for (unsigned t = grid_first(); t < tokens; t += grid_stride()) {
         const int x = int(t % p.width), y = int(t / p.width % p.height), b = int(t / plane);
@@ -112,56 +109,11 @@ extern "C" __global__ void __launch_bounds__(256) bsq_quantize(const BsqQuantize
                          x * p.residual_stride[3];
         unsigned char* bits = p.bits + t * p.dim;
         float* codes = p.codes + b * p.dim * plane + y * p.width + x;
-        unsigned char* packed = p.packed + t * bytes;
-        unsigned byte = 0;
         for (int j = 0; j < p.dim; ++j) {
             const unsigned bit = r[j * p.residual_stride[1]] > 0.0f ? 1u : 0u;
             bits[j] = (unsigned char)bit;
             codes[j * plane] = bit ? p.code_scale : -p.code_scale;
-            byte |= bit << (j & 7);
-            if ((j & 7) == 7 || j == p.dim - 1) {
-                packed[j >> 3] = (unsigned char)byte;
-                byte = 0;
-            }
         }
     }
 }
 INFINITY_SHIM_ENTRY(bsq_quantize, BsqQuantizeParams)
-
-/// residual −= up(codes) and summed += up(codes) over the latent grid (B, d, H, W), where the
-/// codes are the packed bits of one scale (B, h, w, ⌈d/8⌉) and `up` is the bilinear resize
-/// h×w → H×W (an exact identity when the sizes agree). One thread per latent element.
-struct BsqUpdateParams {
-    const unsigned char* packed;
-    float* residual;
-    float* summed;
-    int residual_stride[4];
-    int summed_stride[4];
-    int batch, dim, height, width, full_h, full_w;
-    float code_scale;
-};
-
-__device__ __forceinline__ float code_at(const BsqUpdateParams& p, int b, int j, int y, int x) {
-    const int bytes = (p.dim + 7) / 8;
-    const unsigned char byte = p.packed[((b * p.height + y) * p.width + x) * bytes + (j >> 3)];
-    return (byte >> (j & 7)) & 1u ? p.code_scale : -p.code_scale;
-}
-
-extern "C" __global__ void __launch_bounds__(256) bsq_update(const BsqUpdateParams p) {
-    const unsigned n = unsigned(p.batch * p.dim * p.full_h * p.full_w);
-    for (unsigned i = grid_first(); i < n; i += grid_stride()) {
-        const Coord4 o = unflatten4(i, p.dim, p.full_h, p.full_w);
-        const Taps ty = bilinear_taps(o.y, p.height, p.full_h);
-        const Taps tx = bilinear_taps(o.x, p.width, p.full_w);
-        const float t = lerp_exact(code_at(p, o.b, o.c, ty.i0, tx.i0), code_at(p, o.b, o.c, ty.i0, tx.i1), tx.lambda);
-        const float d = lerp_exact(code_at(p, o.b, o.c, ty.i1, tx.i0), code_at(p, o.b, o.c, ty.i1, tx.i1), tx.lambda);
-        const float up = lerp_exact(t, d, ty.lambda);
-        float* r = p.residual + o.b * p.residual_stride[0] + o.c * p.residual_stride[1] +
-                   o.y * p.residual_stride[2] + o.x * p.residual_stride[3];
-        float* s = p.summed + o.b * p.summed_stride[0] + o.c * p.summed_stride[1] +
-                   o.y * p.summed_stride[2] + o.x * p.summed_stride[3];
-        *r = *r - up;
-        *s = *s + up;
-    }
-}
-INFINITY_SHIM_ENTRY(bsq_update, BsqUpdateParams)

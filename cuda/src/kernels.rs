@@ -16,9 +16,9 @@ use crate::conv::{Im2colParams, Upsample2xParams};
 use crate::elementwise::{BinaryParams, CopyParams, UnaryGradParams, UnaryParams};
 use crate::exec::ShimGrid;
 use crate::gemm::BiasRowsParams;
-use crate::index::EmbeddingParams;
+use crate::index::{EmbeddingParams, IndexAddParams};
 use crate::norm::{GroupNormParams, ReduceRowsParams, RowNormParams, SoftmaxParams};
-use crate::quantize::{BsqQuantizeParams, BsqUpdateParams, ResizeParams};
+use crate::quantize::{BsqQuantizeParams, ResizeParams};
 use crate::rng::PhiloxFillParams;
 use crate::rope::{AttentionInputsParams, RopeParams};
 
@@ -165,10 +165,8 @@ kernels! {
     ResizeBilinear, RESIZE_BILINEAR = resize_bilinear(ResizeParams) in Quantize;
     /// Area (adaptive average) resize of (B, C, H, W) f32.
     ResizeArea, RESIZE_AREA = resize_area(ResizeParams) in Quantize;
-    /// One scale's sign quantization: bits, codes and packed bits.
+    /// One scale's sign quantization: bits and codes.
     BsqQuantize, BSQ_QUANTIZE = bsq_quantize(BsqQuantizeParams) in Quantize;
-    /// residual −= up(codes), summed += up(codes) on the latent grid.
-    BsqUpdate, BSQ_UPDATE = bsq_update(BsqUpdateParams) in Quantize;
     /// Temperature + CFG + top-p + Philox bit sampling from logit pairs.
     BitwiseSample, BITWISE_SAMPLE = bitwise_sample(BitwiseSampleParams) in BitwiseHead;
     /// Two-way cross-entropy per bit and its gradient.
@@ -235,6 +233,8 @@ kernels! {
     EmbeddingBf16I64, EMBEDDING_BF16_I64 = embedding_bf16_i64(EmbeddingParams<bf16, i64>) in Index;
     /// Embedding rows of a bf16 table for I32 ids.
     EmbeddingBf16I32, EMBEDDING_BF16_I32 = embedding_bf16_i32(EmbeddingParams<bf16, i32>) in Index;
+    /// Slices of an f32 gradient summed into the rows they were selected from.
+    IndexAdd, INDEX_ADD_F32 = index_add_f32(IndexAddParams) in Index;
     /// Interleaved rotary embedding of (B, H, L, D) f32.
     RopeInterleavedF32, ROPE_INTERLEAVED_F32 = rope_interleaved_f32(RopeParams<f32>) in Rope;
     /// Interleaved rotary embedding of (B, H, L, D) bf16.

@@ -54,8 +54,8 @@ pub fn assemble(toolkit: &Toolkit, source: Source, ptx: &[u8], arch: &str) -> Re
 
 /// Reads ptxas's `-v` report, which names each kernel and then describes it:
 /// ```text
-/// ptxas info    : Compiling entry function 'bsq_update' for 'sm_80'
-/// ptxas info    : Function properties for bsq_update
+/// ptxas info    : Compiling entry function 'bsq_quantize' for 'sm_80'
+/// ptxas info    : Function properties for bsq_quantize
 ///     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
 /// ptxas info    : Used 30 registers, used 1 barriers, 128 bytes smem, 420 bytes cmem[0]
 /// ```

@@ -1,5 +1,5 @@
-//! Index and data-movement ops: `concat`, `split`, `copy_into`, `index_select`, `gather` and
-//! `embedding`.
+//! Index and data-movement ops: `concat`, `split`, `copy_into`, `index_select`, `gather`,
+//! `embedding`, and `index_add`, the adjoint of the two lookups.
 //!
 //! They move elements without arithmetic, so they work for every dtype and are exact (no round
 //! trip through f32). Inputs may have any strides; results are contiguous, except `split`,
@@ -165,6 +165,18 @@ pub fn index_select(x: &Tensor, dim: usize, indices: &Tensor) -> Result<Tensor> 
     if indices.rank() != 1 {
         return Err(Error::invalid(OP, indices.shape(), "indices must be 1-D"));
     }
+    if executor(OP, &[x, indices])?.is_some() {
+        // The slices along `dim` as the rows of a table, looked up by the embedding kernel.
+        let mut order: Vec<usize> = (0..x.rank()).collect();
+        order.remove(dim);
+        order.insert(0, dim);
+        let front = x.permute(&order)?.contiguous()?;
+        let rest = front.shape()[1..].to_vec();
+        let rows = embedding(&front.reshape(&[x.shape()[dim], rest.iter().product()])?, indices)?;
+        let mut back: Vec<usize> = (1..x.rank()).collect();
+        back.insert(dim, 0);
+        return rows.reshape(&[&[indices.numel()], &rest[..]].concat())?.permute(&back)?.contiguous();
+    }
     let idx = read_indices(OP, indices, x.shape()[dim])?;
     let mut shape = x.shape().to_vec();
     shape[dim] = idx.len();
@@ -223,6 +235,39 @@ fn gather_typed<T: Element>(x: &Tensor, dim: usize, index_shape: &[usize], idx: 
         }
     }
     Tensor::from_vec(out, index_shape)
+}
+
+/// The adjoint of `index_select` (and of `embedding`, whose rows are slices along dim 0): a
+/// zero f32 tensor shaped like `src` but with `size` at `dim`, into whose slice `indices[j]`
+/// slice j of `src` is added; repeated indices accumulate, in the order of `indices` (1-D or
+/// any shape, flattened; I64 or I32, each in 0..size), on every device.
+pub fn index_add(src: &Tensor, dim: usize, indices: &Tensor, size: usize) -> Result<Tensor> {
+    const OP: &str = "index_add";
+    check_dim(OP, src, dim)?;
+    if src.dtype() != DType::F32 {
+        return Err(Error::UnsupportedDType { op: OP, dtype: src.dtype() });
+    }
+    let idx = read_indices(OP, indices, size)?;
+    if src.shape()[dim] != idx.len() {
+        let msg = format!("{} indices for {} slices at dim {dim}", idx.len(), src.shape()[dim]);
+        return Err(Error::invalid(OP, src.shape(), msg));
+    }
+    if let Some(exec) = executor(OP, &[src])? {
+        return infinity_cuda::index::index_add(&exec, src, dim, &idx, size);
+    }
+    let (outer, inner) = outer_inner(src.shape(), dim);
+    let data = row_major::<f32>(src)?;
+    let mut out = vec![0f32; outer * size * inner];
+    for o in 0..outer {
+        for (j, &i) in idx.iter().enumerate() {
+            let from = &data[(o * idx.len() + j) * inner..][..inner];
+            let to = &mut out[(o * size + i) * inner..][..inner];
+            to.iter_mut().zip(from).for_each(|(d, &s)| *d += s);
+        }
+    }
+    let mut shape = src.shape().to_vec();
+    shape[dim] = size;
+    Tensor::from_vec(out, &shape)
 }
 
 /// Looks up rows of `weight` (V, D) for token ids of any shape (I64 or I32, each in 0..V);

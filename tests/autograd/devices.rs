@@ -8,13 +8,13 @@
 //! an op rule, reductions, softmax, the layer, RMS, L2 and group norms, views and concatenation,
 //! linear and matmul (whose gradients' GEMMs round their operands to bf16 on an executor), and
 //! attention (the flash backward kernel on an executor where it applies), and the bitwise
-//! cross-entropy (its fused kernel there), conv2d and the resizes. The embedding's scatter is
-//! not behind an op yet: its rule still runs on the CPU only.
+//! cross-entropy (its fused kernel there), conv2d, the resizes, and the embedding and
+//! index_select lookups (their index_add).
 
 use infinity::autograd::attention::attention;
 use infinity::autograd::conv::conv2d;
 use infinity::autograd::elementwise::{add, clamp, div, exp, gelu_tanh, mul, neg, silu, sqrt, square, sub, tanh};
-use infinity::autograd::index::concat;
+use infinity::autograd::index::{concat, embedding, index_select};
 use infinity::autograd::loss::bitwise_cross_entropy;
 use infinity::autograd::matmul::{linear, matmul};
 use infinity::autograd::norm::{group_norm, l2_normalize, layer_norm, rms_norm};
@@ -185,6 +185,19 @@ fn cases() -> Vec<Case> {
             },
             atol: 2e-2,
             rtol: 2e-2,
+        },
+        // Repeated ids accumulate in the same order everywhere, so the sums are exact.
+        Case {
+            name: "embedding and index_select",
+            inputs: vec![randn(&[11, 6], 34, 1.0), strided_copy(&randn(&[2, 5, 6], 35, 1.0), &[0, 2, 1])],
+            run: |v| {
+                let device = v[0].value().device();
+                let ids = Tensor::from_vec(vec![3i64, 0, 10, 3, 7, 3], &[2, 3])?.to_device(&device)?;
+                let picks = Tensor::from_vec(vec![1i32, 1, 3], &[3])?.to_device(&device)?;
+                add(&embedding(&v[0], &ids)?, &index_select(&v[1], 1, &picks)?)
+            },
+            atol: 0.0,
+            rtol: 0.0,
         },
         Case {
             name: "attention",

@@ -12,7 +12,7 @@ use infinity::ops::elementwise::{
     add, add_scalar, affine, clamp, div, exp, gelu_tanh, log, mul, mul_scalar, sigmoid, silu, sqrt, square, sub,
     sub_scalar, tanh,
 };
-use infinity::ops::index::{concat, copy_into, embedding};
+use infinity::ops::index::{concat, copy_into, embedding, index_add, index_select};
 use infinity::ops::matmul::{linear, matmul};
 use infinity::ops::norm::{group_norm, group_norm_silu, l2_normalize, layer_norm, rms_norm};
 use infinity::ops::reduce::{max, mean, min, sum};
@@ -150,6 +150,23 @@ fn cases() -> Vec<Case> {
             name: "embedding",
             inputs: vec![randn(&[11, 6], 9, 1.0), ids(&[3, 0, 10, 3, 7, 1], &[2, 3])],
             run: |t| embedding(&t[0], &t[1]),
+            atol: 0.0,
+            rtol: 0.0,
+            bf16_on_device: &[],
+        },
+        Case {
+            name: "index_select",
+            inputs: vec![strided_copy(&randn(&[3, 6, 5], 37, 1.0), &[0, 2, 1]), ids(&[4, 0, 4, 2], &[4])],
+            run: |t| index_select(&t[0], 1, &t[1]),
+            atol: 0.0,
+            rtol: 0.0,
+            bf16_on_device: &[],
+        },
+        // Repeated indices, a strided source, the middle dimension, rows nobody picks.
+        Case {
+            name: "index_add",
+            inputs: vec![strided_copy(&randn(&[3, 6, 5], 36, 1.0), &[0, 2, 1]), ids(&[4, 0, 4, 2, 4, 0], &[6])],
+            run: |t| index_add(&t[0], 1, &t[1], 7),
             atol: 0.0,
             rtol: 0.0,
             bf16_on_device: &[],

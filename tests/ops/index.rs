@@ -1,10 +1,10 @@
-//! Index ops (concat, split, index_select, gather, embedding): hand-computed cases, invariants
+//! Index ops (concat, split, index_select, gather, embedding, index_add): hand-computed cases, invariants
 //! between the ops on every dtype and on non-contiguous views, exactness for wide integers, and
 //! typed errors for bad dims, shapes and indices.
 //!
 //! Data-movement ops must be exact, so every comparison here is `same_values` (bitwise).
 
-use infinity::ops::index::{concat, embedding, gather, index_select, split};
+use infinity::ops::index::{concat, embedding, gather, index_add, index_select, split};
 use infinity::runtime::rng::Philox;
 use infinity::runtime::{DType, Error, Tensor};
 use proptest::prelude::*;
@@ -82,6 +82,18 @@ fn index_select_hand_computed() {
     assert!(rows.same_values(&f32s(&[4., 5., 6.], &[1, 3])));
     let none = index_select(&x, 0, &index_tensor(&[], &[0], DType::I64)).unwrap();
     assert_eq!(none.shape(), [0, 3]);
+}
+
+/// Repeated indices accumulate, unpicked slices are zero, and a bad index or count is refused.
+#[test]
+fn index_add_hand_computed() {
+    let g = f32s(&[1., 2., 3., 4., 5., 6.], &[2, 3]);
+    let cols = index_add(&g, 1, &index_tensor(&[2, 0, 2], &[3], DType::I64), 4).unwrap();
+    assert!(cols.same_values(&f32s(&[2., 0., 4., 0., 5., 0., 10., 0.], &[2, 4])));
+    let e = index_add(&g, 1, &index_tensor(&[2, 4, 0], &[3], DType::I32), 4).unwrap_err().to_string();
+    assert!(e.contains("index 4 at flat position 1 is outside 0..4"), "{e}");
+    let e = index_add(&g, 0, &index_tensor(&[0], &[1], DType::I64), 4).unwrap_err().to_string();
+    assert!(e.contains("1 indices for 2 slices at dim 0"), "{e}");
 }
 
 /// The example of the `torch.gather` documentation, then a broadcast (stride 0) source.
@@ -165,6 +177,26 @@ proptest! {
             let refs: Vec<&Tensor> = narrows.iter().collect();
             prop_assert!(got.same_values(&concat(&refs, dim).unwrap()));
         }
+    }
+
+    /// index_add is index_select's adjoint: ⟨select(x), y⟩ = ⟨x, index_add(y)⟩, with small
+    /// integers so that both sums are exact.
+    #[test]
+    fn index_add_is_the_adjoint_of_index_select(
+        (shape, dim, _dtype) in shape_dim_dtype(),
+        picks in prop::collection::vec(0usize..64, 0..7),
+        idx_dtype in index_dtype(),
+    ) {
+        let n: usize = shape.iter().product();
+        let x = Tensor::from_vec((0..n).map(|i| (i % 7) as f32 - 3.0).collect(), &shape).unwrap();
+        let idx: Vec<i64> = picks.iter().map(|&p| (p % shape[dim]) as i64).collect();
+        let indices = index_tensor(&idx, &[idx.len()], idx_dtype);
+        let picked = index_select(&x, dim, &indices).unwrap();
+        let y: Vec<f32> = (0..picked.numel()).map(|i| (i % 5) as f32 - 2.0).collect();
+        let back = index_add(&Tensor::from_vec(y.clone(), picked.shape()).unwrap(), dim, &indices, shape[dim]).unwrap();
+        prop_assert_eq!(back.shape(), x.shape());
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| a * b).sum::<f32>();
+        prop_assert_eq!(dot(&picked.to_vec::<f32>().unwrap(), &y), dot(&x.to_vec::<f32>().unwrap(), &back.to_vec::<f32>().unwrap()));
     }
 
     /// out[p] = x[p with coordinate dim replaced by index[p]], checked element by element: the

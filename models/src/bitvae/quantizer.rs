@@ -112,7 +112,8 @@ pub fn quantize_straight_through(latent: &Var, grids: &[(usize, usize)]) -> Resu
         let ScaleSign { bits, codes } = quantize_scale(r.value())?;
         let bits = bits.to_cpu()?;
         // codes + (r − sg(r)): exactly the codes forward (r − r = 0), the identity backward.
-        let q = add(&Var::constant(codes.clone()), &sub(&r, &r.detach())?)?;
+        let codes_var = Var::constant(codes.clone());
+        let q = if r.is_tracked() { add(&codes_var, &sub(&r, &r.detach())?)? } else { codes_var };
         let up = resize_var_unless_same(&q, full, ResizeMode::Bilinear)?;
         residual = sub(&residual, &up.detach())?;
         summed = Some(match summed {

@@ -140,9 +140,7 @@ fn memory_bound(c: &mut Criterion, exec: &Executor) {
     // codes out.
     let residual = random(exec, &[16, 32, 64, 64], DType::F32, 16);
     let elements = (16 * 32 * 64 * 64) as u64;
-    bench("bsq_quantize", elements * (4 + 1 + 4), &mut || {
-        drop(quantize_scale(exec, &residual).expect("quantize"))
-    });
+    bench("bsq_quantize", elements * (4 + 1 + 4), &mut || drop(quantize_scale(exec, &residual).expect("quantize")));
 
     // Sampling one 64 × 64 scale of 32 bits for 16 images with CFG: logits in, bits out.
     let logits = random(exec, &[32, tokens, 64], DType::F32, 17);

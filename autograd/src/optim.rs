@@ -11,10 +11,16 @@
 //!     p ← p − (lr / (1 − β₁ᵗ))·m / (√v / √(1 − β₂ᵗ) + eps)
 //! The operation order is that of the fused kernel's scalar path; its vector path fuses the
 //! lerp's multiply-add, which can differ by one ulp in m from the second step on.
+//!
+//! The update itself is one op, `infinity_ops::optim::adamw`: every parameter in one pass
+//! (one kernel launch on an executor), in place, with the same roundings on every device. The
+//! moments live on their parameter's device; state loaded from a file moves there at the first
+//! step, so a run can resume on another device.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use infinity_ops::optim::{AdamWConstants, AdamWScalars, AdamWTensor, adamw};
 use infinity_runtime::io::{Weights, save_safetensors};
 use infinity_runtime::{DType, Error, Result, Tensor};
 
@@ -84,12 +90,12 @@ impl Default for AdamWConfig {
     }
 }
 
-/// Per-parameter state: the moment estimates and how many steps the parameter has taken.
-#[derive(Clone, Debug, PartialEq)]
+/// Per-parameter state: the moment estimates (f32, the parameter's shape) and how many steps
+/// the parameter has taken.
+#[derive(Clone, Debug)]
 struct Moments {
-    shape: Vec<usize>,
-    exp_avg: Vec<f32>,
-    exp_avg_sq: Vec<f32>,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
     step: u64,
 }
 
@@ -138,38 +144,83 @@ impl AdamW {
 
     /// One update of every grouped parameter that has a gradient in `grads` (the others are
     /// skipped, as PyTorch skips parameters whose `.grad` is None), with learning rate
-    /// lr × lr_scale and weight decay wd × wd_scale per group.
+    /// lr × lr_scale and weight decay wd × wd_scale per group. Parameters, gradients and state
+    /// are on one device (the state is moved to the parameters' if it is elsewhere).
     pub fn step(&mut self, params: &mut Params, grads: &GradStore, lr: f64, weight_decay: f64) -> Result<()> {
-        for group in &self.groups {
-            let (lr, wd) = (lr * group.lr_scale, weight_decay * group.wd_scale);
-            for name in &group.params {
-                let Some(grad) = grads.get(name) else { continue };
-                let param = params.get(name)?;
-                if grad.shape() != param.shape() {
-                    return Err(Error::ShapeMismatch {
-                        op: "adamw",
-                        lhs: param.shape().to_vec(),
-                        rhs: grad.shape().to_vec(),
-                    });
-                }
-                let n = param.numel();
-                let moments = self.state.entry(name.clone()).or_insert_with(|| Moments {
-                    shape: param.shape().to_vec(),
-                    exp_avg: vec![0.0; n],
-                    exp_avg_sq: vec![0.0; n],
-                    step: 0,
+        let rates: HashMap<&str, (f64, f64)> = (self.groups.iter())
+            .flat_map(|g| g.params.iter().map(move |p| (p.as_str(), (lr * g.lr_scale, weight_decay * g.wd_scale))))
+            .collect();
+        let mut work = Vec::new();
+        for (name, param) in params.iter_mut() {
+            let (Some(&(lr, wd)), Some(grad)) = (rates.get(name), grads.get(name)) else { continue };
+            if grad.shape() != param.shape() {
+                return Err(Error::ShapeMismatch {
+                    op: "adamw",
+                    lhs: param.shape().to_vec(),
+                    rhs: grad.shape().to_vec(),
                 });
-                let mut p = param.to_vec::<f32>()?;
-                moments.step += 1;
-                update(&self.config, lr, wd, &mut p, &grad.to_vec::<f32>()?, moments);
-                let shape = param.shape().to_vec();
-                params.set(name, Tensor::from_vec(p, &shape)?)?;
             }
+            let device = param.device();
+            let moments = match self.state.get(name) {
+                Some(m) if m.exp_avg.device() == device => m.clone(),
+                Some(m) => Moments {
+                    exp_avg: m.exp_avg.to_device(&device)?,
+                    exp_avg_sq: m.exp_avg_sq.to_device(&device)?,
+                    step: m.step,
+                },
+                None => {
+                    let zeros = || Tensor::zeros_on(param.shape(), DType::F32, &device);
+                    Moments { exp_avg: zeros()?, exp_avg_sq: zeros()?, step: 0 }
+                }
+            };
+            let scalars = self.scalars(lr, wd, moments.step + 1);
+            work.push((name.to_string(), param, grad, moments, scalars));
         }
-        Ok(())
+        // The state's own handles go, so that the moments are private and updated in place.
+        for (name, ..) in &work {
+            self.state.remove(name);
+        }
+        let mut tensors: Vec<AdamWTensor> = (work.iter_mut())
+            .map(|(_, param, grad, m, scalars)| AdamWTensor {
+                param,
+                grad,
+                exp_avg: &mut m.exp_avg,
+                exp_avg_sq: &mut m.exp_avg_sq,
+                scalars: *scalars,
+            })
+            .collect();
+        let updated = adamw(&mut tensors, self.constants());
+        drop(tensors);
+        // The state goes back even when the update failed (it checks before writing).
+        for (name, _, _, mut moments, _) in work {
+            moments.step += u64::from(updated.is_ok());
+            self.state.insert(name, moments);
+        }
+        updated
     }
 
-    /// The state as named tensors: `exp_avg.<param>` and `exp_avg_sq.<param>` (f32, the
+    /// β₁, β₂ and eps as the update uses them (f32).
+    fn constants(&self) -> AdamWConstants {
+        let c = &self.config;
+        AdamWConstants {
+            beta2: c.beta2 as f32,
+            one_minus_beta1: (1.0 - c.beta1) as f32,
+            one_minus_beta2: (1.0 - c.beta2) as f32,
+            eps: c.eps as f32,
+        }
+    }
+
+    /// A parameter's coefficients at step `t` (1 on its first), formed in f64 and rounded once.
+    fn scalars(&self, lr: f64, wd: f64, t: u64) -> AdamWScalars {
+        let t = t as f64;
+        AdamWScalars {
+            decay: (wd != 0.0).then_some((1.0 - lr * wd) as f32),
+            step_size: (lr / (1.0 - self.config.beta1.powf(t))) as f32,
+            bias_correction2_sqrt: (1.0 - self.config.beta2.powf(t)).sqrt() as f32,
+        }
+    }
+
+    /// The state as named host tensors: `exp_avg.<param>` and `exp_avg_sq.<param>` (f32, the
     /// parameter's shape) and `step.<param>` (I64, one element), sorted by name.
     pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut names: Vec<&String> = self.state.keys().collect();
@@ -177,8 +228,8 @@ impl AdamW {
         let mut out = Vec::with_capacity(3 * names.len());
         for name in names {
             let m = &self.state[name];
-            out.push((format!("{EXP_AVG}{name}"), Tensor::from_vec(m.exp_avg.clone(), &m.shape)?));
-            out.push((format!("{EXP_AVG_SQ}{name}"), Tensor::from_vec(m.exp_avg_sq.clone(), &m.shape)?));
+            out.push((format!("{EXP_AVG}{name}"), m.exp_avg.to_cpu()?));
+            out.push((format!("{EXP_AVG_SQ}{name}"), m.exp_avg_sq.to_cpu()?));
             out.push((format!("{STEP}{name}"), Tensor::from_vec(vec![m.step as i64], &[1])?));
         }
         Ok(out)
@@ -217,12 +268,8 @@ impl AdamW {
             }
             state.insert(
                 name.to_string(),
-                Moments {
-                    shape: exp_avg.shape().to_vec(),
-                    exp_avg: exp_avg.to_vec::<f32>()?,
-                    exp_avg_sq: exp_avg_sq.to_vec::<f32>()?,
-                    step,
-                },
+                // Private copies: the file's mapping is read-only, and the update is in place.
+                Moments { exp_avg: exp_avg.copy()?, exp_avg_sq: exp_avg_sq.copy()?, step },
             );
         }
         let expected = 3 * state.len();
@@ -235,31 +282,4 @@ impl AdamW {
         self.state = state;
         Ok(())
     }
-}
-
-/// The AdamW update of one parameter (see the module header); `moments.step` already counts
-/// this step.
-fn update(config: &AdamWConfig, lr: f64, wd: f64, p: &mut [f32], g: &[f32], moments: &mut Moments) {
-    let t = moments.step as f64;
-    let bias_correction1 = 1.0 - config.beta1.powf(t);
-    let bias_correction2_sqrt = (1.0 - config.beta2.powf(t)).sqrt();
-    let decay = (1.0 - lr * wd) as f32;
-    let step_size = (lr / bias_correction1) as f32;
-    let (b2, c1, c2) = (config.beta2 as f32, (1.0 - config.beta1) as f32, (1.0 - config.beta2) as f32);
-    let (bc2_sqrt, eps) = (bias_correction2_sqrt as f32, config.eps as f32);
-    let Moments { exp_avg, exp_avg_sq, .. } = moments;
-    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(exp_avg.iter_mut()).zip(exp_avg_sq.iter_mut()) {
-        if wd != 0.0 {
-            *p *= decay;
-        }
-        *m = lerp(*m, g, c1);
-        *v = *v * b2 + c2 * g * g;
-        let denom = v.sqrt() / bc2_sqrt + eps;
-        *p -= step_size * *m / denom;
-    }
-}
-
-/// PyTorch's `lerp(a, b, w)`: a + w(b − a), evaluated from the nearer end for accuracy.
-fn lerp(a: f32, b: f32, w: f32) -> f32 {
-    if w.abs() < 0.5 { a + w * (b - a) } else { b - (b - a) * (1.0 - w) }
 }

@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 
 use infinity_ops::elementwise::{add, mul_scalar};
+use infinity_ops::optim::sum_squares;
 use infinity_runtime::io::Weights;
-use infinity_runtime::{DType, Error, Result, Tensor};
+use infinity_runtime::{DType, Device, Error, Result, Tensor};
 
 use crate::{Gradients, Tape, Var};
 
@@ -59,6 +60,22 @@ impl Params {
     /// Names and tensors in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &Tensor)> {
         self.entries.iter().map(|(name, t)| (name.as_str(), t))
+    }
+
+    /// Names and tensors in order, for the optimiser's in-place update.
+    pub(crate) fn iter_mut(&mut self) -> impl ExactSizeIterator<Item = (&str, &mut Tensor)> {
+        self.entries.iter_mut().map(|(name, t)| (name.as_str(), t))
+    }
+
+    /// The same parameters on `device` (the training device).
+    pub fn to_device(&self, device: &Device) -> Result<Params> {
+        let entries = self.entries.iter().map(|(n, t)| Ok((n.clone(), t.to_device(device)?))).collect::<Result<_>>()?;
+        Ok(Params { entries, index: self.index.clone() })
+    }
+
+    /// The device the parameters live on (the CPU for an empty set).
+    pub fn device(&self) -> Device {
+        self.entries.first().map_or(Device::Cpu, |(_, t)| t.device())
     }
 
     /// Replaces a parameter's value; the shape must stay the same.
@@ -174,13 +191,11 @@ impl GradStore {
         Ok(())
     }
 
-    /// The L2 norm of all gradients together (the norm of the per-tensor norms), in f64.
+    /// The L2 norm of all gradients together (the norm of the per-tensor norms), in f64; one
+    /// pass over all of them on their device.
     pub fn total_norm(&self) -> Result<f64> {
-        let mut sum = 0.0;
-        for (_, g) in &self.grads {
-            sum += g.to_f32_vec()?.into_iter().map(|v| f64::from(v).powi(2)).sum::<f64>();
-        }
-        Ok(sum.sqrt())
+        let grads: Vec<&Tensor> = self.grads.iter().map(|(_, g)| g).collect();
+        Ok(sum_squares(&grads)?.sqrt())
     }
 
     /// `torch.nn.utils.clip_grad_norm_(params, max_norm)`: when the total norm exceeds

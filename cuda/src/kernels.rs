@@ -18,6 +18,7 @@ use crate::exec::ShimGrid;
 use crate::gemm::BiasRowsParams;
 use crate::index::{EmbeddingParams, IndexAddParams};
 use crate::norm::{GroupNormParams, ReduceRowsParams, RowNormParams, SoftmaxParams};
+use crate::optim::{AdamWParams, SumSquaresParams};
 use crate::quantize::{BsqQuantizeParams, ResizeParams};
 use crate::rng::PhiloxFillParams;
 use crate::rope::{AttentionInputsParams, RopeParams};
@@ -39,10 +40,11 @@ pub enum Source {
     Rope,
     Gemm,
     Conv,
+    Optim,
 }
 
 impl Source {
-    pub const ALL: [Source; 11] = [
+    pub const ALL: [Source; 12] = [
         Source::Quantize,
         Source::BitwiseHead,
         Source::AdaLn,
@@ -54,6 +56,7 @@ impl Source {
         Source::Rope,
         Source::Gemm,
         Source::Conv,
+        Source::Optim,
     ];
 
     pub fn file_name(self) -> &'static str {
@@ -69,6 +72,7 @@ impl Source {
             Source::Rope => "rope.cu",
             Source::Gemm => "gemm.cu",
             Source::Conv => "conv.cu",
+            Source::Optim => "optim.cu",
         }
     }
 
@@ -85,6 +89,7 @@ impl Source {
             Source::Rope => include_str!("../kernels/rope.cu"),
             Source::Gemm => include_str!("../kernels/gemm.cu"),
             Source::Conv => include_str!("../kernels/conv.cu"),
+            Source::Optim => include_str!("../kernels/optim.cu"),
         }
     }
 
@@ -251,6 +256,10 @@ kernels! {
     Im2col, IM2COL = im2col(Im2colParams) in Conv;
     /// Nearest ×2 upsampling of (B, C, H, W) f32.
     UpsampleNearest2x, UPSAMPLE_NEAREST2X = upsample_nearest2x(Upsample2xParams) in Conv;
+    /// One AdamW step of many f32 parameters.
+    AdamW, ADAMW_F32 = adamw_f32(AdamWParams) in Optim;
+    /// Per-chunk sums of squares of many f32 tensors.
+    SumSquares, SUM_SQUARES_F32 = sum_squares_f32(SumSquaresParams) in Optim;
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //!
 //! Kernels are launched through typed handles ([`kernels`]) with `#[repr(C)]` parameter
 //! structs; the public launchers ([`quantize`], [`bitwise_head`], [`adaln`], [`attention`], [`rng`],
-//! [`norm`], [`elementwise`], [`index`], [`rope`], [`conv`], and [`gemm`], which runs cuBLAS)
+//! [`norm`], [`elementwise`], [`index`], [`rope`], [`conv`], [`optim`], and [`gemm`], which runs
+//! cuBLAS)
 //! check dtypes, shapes and arguments first and return typed errors.
 
 mod alloc;
@@ -25,6 +26,7 @@ pub mod index;
 pub mod kernels;
 pub mod norm;
 pub mod nvrtc;
+pub mod optim;
 pub mod ptxas;
 pub mod quantize;
 pub mod rng;

@@ -98,19 +98,23 @@ pub fn train_step(
     batch: &StepBatch,
     settings: StepSettings,
 ) -> Result<StepStats> {
-    let tape = Tape::new();
-    let tracked = params.track(&tape)?;
-    let model = Infinity::on_tape(config.clone(), &tracked)?;
-    let cond = model.condition_vars(&text_features(batch, &tracked)?)?;
-    let (loss, scale_accuracy) = score(&model, &cond, batch.targets, batch.schedule, settings.weighting)?;
-
-    let mut grads = tracked.gradients(tape.backward(&loss.loss)?);
+    let (loss, per_token, scale_accuracy, mut grads) = {
+        let tape = Tape::new();
+        let tracked = params.track(&tape)?;
+        let model = Infinity::on_tape(config.clone(), &tracked)?;
+        let cond = model.condition_vars(&text_features(batch, &tracked)?)?;
+        let (loss, scale_accuracy) = score(&model, &cond, batch.targets, batch.schedule, settings.weighting)?;
+        let grads = tracked.gradients(tape.backward(&loss.loss)?);
+        (loss.loss.into_value(), loss.per_token, scale_accuracy, grads)
+    };
+    // The tape and the model are gone, so the parameters are private again: AdamW updates
+    // them in place instead of copying them.
     let grad_norm = grads.clip_norm(settings.clip)?;
     optimizer.step(params, &grads, settings.lr, settings.weight_decay)?;
     Ok(StepStats {
-        loss: loss.loss.value().to_f32_vec()?[0],
+        loss: loss.to_f32_vec()?[0],
         grad_norm,
-        scale_loss: scale_means(&loss.per_token, &batch.schedule.offsets())?,
+        scale_loss: scale_means(&per_token, &batch.schedule.offsets())?,
         scale_accuracy,
         grads,
     })

@@ -19,6 +19,7 @@ pub mod elementwise;
 pub mod index;
 pub mod matmul;
 pub mod norm;
+pub mod optim;
 pub mod reduce;
 pub mod resize;
 pub mod rope;

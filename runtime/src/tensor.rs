@@ -255,6 +255,18 @@ impl Tensor {
         Ok(with_dtype!(self.dtype(), T => host.gather::<T>(storage).into_iter().map(Element::to_f32).collect()))
     }
 
+    /// A private contiguous copy on the same device: a buffer no other tensor shares, which
+    /// an in-place op may write (what `Arc::make_mut` does for plain data).
+    pub fn copy(&self) -> Result<Tensor> {
+        match &*self.storage {
+            Storage::Cpu(s) => Ok(with_dtype!(self.dtype(), T => Tensor {
+                storage: host(CpuStorage::from_vec(self.gather::<T>(s))),
+                layout: Layout::contiguous(self.shape()),
+            })),
+            Storage::Device(s) => s.accelerator().copy(self, self.dtype()),
+        }
+    }
+
     /// A contiguous copy in `dtype` on the same device (shared when the dtype is already
     /// `dtype`); converts through f32, rounding to nearest even into the half types.
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {

@@ -1,11 +1,14 @@
 //! AdamW (hand-computed steps and the official one-step golden), the official parameter
-//! groups, the optimizer state's save/restore round trip, gradient clipping and accumulation.
+//! groups, the optimizer state's save/restore round trip, gradient clipping and accumulation;
+//! and the same on every executor (the multi-tensor kernels), against the CPU.
 
 use infinity::autograd::optim::{decays, official_groups};
 use infinity::autograd::{AdamW, AdamWConfig, GradStore, ParamGroup, Params};
-use infinity::runtime::Tensor;
+use infinity::cuda::testing::executors;
+use infinity::runtime::{Device, Tensor};
 
 use crate::common::{fixture, open};
+use crate::op_support::randn;
 
 fn vector(v: &[f32]) -> Tensor {
     Tensor::from_slice(v, &[v.len()]).unwrap()
@@ -223,4 +226,104 @@ fn accumulation_averages_micro_batches() {
     assert_eq!(total.get("a").unwrap().to_vec::<f32>().unwrap(), vec![2.0, 0.0]);
     assert_eq!(total.get("b").unwrap().to_vec::<f32>().unwrap(), vec![2.0]);
     assert!(total.accumulate(&grads(&[("a", &[1.0])]), 1.0).is_err(), "shape mismatch");
+}
+
+/// Parameters of odd sizes, one spanning several 4096-element chunks, in both official groups; and three steps' gradients for them (the last far larger, to clip).
+fn device_case() -> (Params, Vec<GradStore>) {
+    let shapes: [(&str, &[usize]); 4] = [
+        ("blocks.0.weight", &[37, 300]),
+        ("blocks.0.bias", &[37]),
+        ("norm.gamma", &[5]),
+        ("head.weight", &[3, 3, 2, 2]),
+    ];
+    let params =
+        Params::new(shapes.iter().enumerate().map(|(i, (n, s))| (n.to_string(), randn(s, i as u64, 1.0))).collect())
+            .unwrap();
+    let steps = (0..3)
+        .map(|k| {
+            let mut store = GradStore::default();
+            for (i, (n, s)) in shapes.iter().enumerate() {
+                store.insert(n.to_string(), randn(s, 100 * k + i as u64, if k == 2 { 50.0 } else { 1e-3 }));
+            }
+            store
+        })
+        .collect();
+    (params, steps)
+}
+
+/// Named tensors as their bytes.
+type Bytes = Vec<(String, Vec<u8>)>;
+
+/// Three clipped AdamW steps on `device`: the parameters, the state and the norms, on the host.
+fn device_steps(device: &Device) -> (Bytes, Bytes, Vec<f32>) {
+    let (params, steps) = device_case();
+    let mut params = params.to_device(device).unwrap();
+    let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.97, eps: 1e-8 }, official_groups(&params)).unwrap();
+    let mut norms = Vec::new();
+    for grads in steps {
+        let mut on_device = GradStore::default();
+        for (n, g) in grads.iter() {
+            on_device.insert(n.to_string(), g.to_device(device).unwrap());
+        }
+        norms.push(on_device.clip_norm(1.0).unwrap());
+        opt.step(&mut params, &on_device, 1e-3, 0.05).unwrap();
+    }
+    assert!(params.iter().all(|(_, t)| t.device() == *device), "the parameters stay on {device}");
+    let bytes = |v: Vec<(String, Tensor)>| v.into_iter().map(|(n, t)| (n, t.to_bytes().unwrap())).collect();
+    let params = params.iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
+    (bytes(params), bytes(opt.state_tensors().unwrap()), norms)
+}
+
+/// The fused AdamW kernel rounds as the CPU loop does: after three steps (decay and no-decay
+/// groups, clipping on the last) parameters and moments are equal bit for bit. The global
+/// norm's sums agree to the f32 chunk sums' rounding.
+#[test]
+fn steps_on_every_executor_equal_the_cpu_bit_for_bit() {
+    let (params, state, norms) = device_steps(&Device::Cpu);
+    for exec in executors() {
+        let device = exec.device();
+        let (got_params, got_state, got_norms) = device_steps(&device);
+        for ((name, want), (_, got)) in params.iter().zip(&got_params) {
+            assert!(want == got, "{name} after three steps on {device}");
+        }
+        assert_eq!(state.len(), got_state.len());
+        for ((name, want), (_, got)) in state.iter().zip(&got_state) {
+            assert!(want == got, "state {name} on {device}");
+        }
+        for (want, got) in norms.iter().zip(&got_norms) {
+            assert!(((got - want) / want).abs() <= 1e-6, "norm {got} vs {want} on {device}");
+        }
+    }
+}
+
+/// A state saved on one device resumes on the other with the same next step.
+#[test]
+fn state_moves_between_devices() {
+    let (params, steps) = device_case();
+    let config = AdamWConfig { beta1: 0.9, beta2: 0.97, eps: 1e-8 };
+    for exec in executors() {
+        let device = exec.device();
+        let mut cpu = params.clone();
+        let mut opt = AdamW::new(config, official_groups(&cpu)).unwrap();
+        opt.step(&mut cpu, &steps[0], 1e-3, 0.05).unwrap();
+        // The CPU's state, then one step on the device from it.
+        let mut on_device = cpu.to_device(&device).unwrap();
+        let mut grads = GradStore::default();
+        for (n, g) in steps[1].iter() {
+            grads.insert(n.to_string(), g.to_device(&device).unwrap());
+        }
+        let mut moved = AdamW::new(config, official_groups(&cpu)).unwrap();
+        let dir = std::env::temp_dir().join(format!("adamw-devices-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        opt.save(dir.join("state.safetensors")).unwrap();
+        moved.load(dir.join("state.safetensors")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        moved.step(&mut on_device, &grads, 1e-3, 0.05).unwrap();
+        opt.step(&mut cpu, &steps[1], 1e-3, 0.05).unwrap();
+        for (name, want) in cpu.iter() {
+            let got = on_device.get(name).unwrap();
+            assert_eq!(got.device(), device);
+            assert_eq!(got.to_bytes().unwrap(), want.to_bytes().unwrap(), "{name} after resuming on {device}");
+        }
+    }
 }

@@ -425,11 +425,7 @@ fn reconstruct_inputs(r: &ReconstructArgs) -> Result<Vec<PathBuf>, Box<dyn Error
 
 /// The executor `--device` names; none for the CPU.
 fn executor(name: DeviceName) -> Result<Option<Arc<Executor>>, String> {
-    match name {
-        DeviceName::Cpu => Ok(None),
-        DeviceName::Shim => Ok(Some(Executor::shim())),
-        DeviceName::Cuda(i) => Executor::cuda(i).map(Some).map_err(|e| format!("--device {name}: {e}")),
-    }
+    Executor::named(name).map_err(|e| format!("--device {name}: {e}"))
 }
 
 fn reconstruct(r: &ReconstructArgs) -> Result<(), Box<dyn Error>> {

@@ -23,6 +23,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use infinity::autograd::checkpoint::{self, Checkpoint};
 use infinity::autograd::optim::official_groups;
 use infinity::autograd::{AdamW, AdamWConfig, Annealing, LrSchedule, Params};
+use infinity::cuda::Executor;
 use infinity::models::bitvae::{self, BitVae, BitVaeConfig};
 use infinity::models::data::{BatchOrder, CaptionRule, Dataset, FeatureCache, OrderState, Samples};
 use infinity::models::infinity::teacher::{Flips, teacher_forcing};
@@ -39,7 +40,7 @@ use infinity::models::train_vae::{
 use infinity::ops::index::concat;
 use infinity::runtime::io::{Weights, save_safetensors};
 use infinity::runtime::rng::{Philox, philox_u32};
-use infinity::runtime::{Device, Tensor};
+use infinity::runtime::{Device, DeviceName, Tensor};
 use serde_json::{Value, json};
 
 mod plot;
@@ -283,6 +284,10 @@ struct TransformerArgs {
     /// for data sets small enough to hold every latent.
     #[arg(long)]
     cache_latents: bool,
+    /// cpu, cuda / cuda:N, or shim: where the VAE and text encoders and the whole step
+    /// (forward, backward, loss, clipping, AdamW) run; data loading stays on the host.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceName,
 }
 
 fn main() -> ExitCode {
@@ -903,12 +908,14 @@ impl Latents {
         samples: &Samples,
         dataset: &Dataset,
     ) -> Result<Tensor, Box<dyn Error>> {
-        let Some(cache) = &mut self.cache else { return Ok(vae.encode(images)?) };
+        // The latents come back to the host, where teacher forcing draws its flips.
+        let encode = |images: &Tensor| -> Result<Tensor, Box<dyn Error>> { Ok(vae.encode(images)?.to_cpu()?) };
+        let Some(cache) = &mut self.cache else { return encode(images) };
         let mut rows = Vec::with_capacity(samples.items.len());
         for (i, &item) in samples.items.iter().enumerate() {
             let path = &dataset.items()[item].image;
             if !cache.contains_key(path) {
-                cache.insert(path.clone(), vae.encode(&images.narrow(0, i, 1)?)?);
+                cache.insert(path.clone(), encode(&images.narrow(0, i, 1)?)?);
             }
             rows.push(cache[path].clone());
         }
@@ -938,6 +945,9 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
 
     // The models: configurations first, so a mismatch is reported before the large reads.
     let start = Instant::now();
+    let device = Executor::named(a.device)
+        .map_err(|e| format!("--device {}: {e}", a.device))?
+        .map_or(Device::Cpu, |exec| exec.device());
     let t5_config = T5Config::open(&plan.t5_config)?;
     let vae_weights = bitvae::state_dict(&plan.vae)?;
     let vae_config = bitvae::detect_config(&vae_weights)?;
@@ -959,7 +969,7 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
         }
     };
     check_fit(&config, &source, &vae_config, &plan.vae, &t5_config, &plan.t5_config)?;
-    let vae = BitVae::with_config(&vae_weights, vae_config)?;
+    let vae = BitVae::with_config_on(&vae_weights, vae_config, &device)?;
     let mut params: Params = Infinity::parameters(&weights, &config)?;
     // The f32 master copies are all training needs: release the checkpoint's mapping.
     drop(weights);
@@ -973,13 +983,15 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
         Text::Trained { tokenizer: Box::new(T5Tokenizer::open(&plan.tokenizer)?), config: t5_config }
     } else {
         let t5 = plan.t5.as_ref().ok_or("a frozen text encoder needs --t5")?;
-        let encoder = TextEncoder::with_config(t5, t5_config, &plan.tokenizer, &Device::Cpu)?;
+        let encoder = TextEncoder::with_config(t5, t5_config, &plan.tokenizer, &device)?;
         let cache = FeatureCache::new(
             a.run.out.join("text-cache"),
             format!("t5={} config={} tokenizer={}", t5.display(), plan.t5_config.display(), plan.tokenizer.display()),
         )?;
         Text::Frozen { encoder: Box::new(encoder), cache }
     };
+    // The f32 master weights, their gradients and AdamW's state all live on the device.
+    let mut params = params.to_device(&device)?;
     let mut optimizer = AdamW::new(plan.adamw, official_groups(&params))?;
     if let Some(saved) = &resume {
         saved.restore(&mut params, &mut optimizer)?;
@@ -990,7 +1002,7 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
         None => format!("starting from {source}"),
     };
     let intro = format!(
-        "{what}: {n_params} parameters, {} items ({}), pn {}, batch {}, peak lr {:e}; models loaded in {:.2} s",
+        "{what} on {device}: {n_params} parameters, {} items ({}), pn {}, batch {}, peak lr {:e}; models loaded in {:.2} s",
         dataset.items().len(),
         dataset.skip_report(),
         plan.pn,

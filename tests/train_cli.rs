@@ -196,6 +196,83 @@ fn a_tiny_model_trains_from_scratch() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A tiny transformer from scratch (head dim 64, which the device kernels take) on the
+/// fixture data, on `device`, up to `steps`, saving after each.
+fn tiny_on(dir: &Path, data: &Path, out: &Path, steps: u64, device: &str) -> Output {
+    let config = dir.join("tiny64.json");
+    let tiny = json!({
+        "depth": 1, "embed_dim": 128, "num_heads": 2, "mlp_hidden": 256, "text_channels": 128,
+        "bits": 32, "block_chunks": 1, "text_maxlen": 64,
+    });
+    fs::write(&config, tiny.to_string()).unwrap();
+    let f = |rel: &str| fixture(rel).display().to_string();
+    let steps = steps.to_string();
+    let run = train(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--vae",
+        &f("devA/vae.safetensors"),
+        "--t5",
+        &f("devA/t5_encoder.safetensors"),
+        "--t5-config",
+        &f("devA/t5_config.json"),
+        "--tokenizer",
+        &f("tokenizer/tokenizer.json"),
+        "--pn",
+        "0.06M",
+        "--batch",
+        "2",
+        "--steps",
+        &steps,
+        "--save-every",
+        "1",
+        "--lr",
+        "1e-3",
+        "--seed",
+        "5",
+        "--device",
+        device,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{device}: {}", String::from_utf8_lossy(&run.stderr));
+    run
+}
+
+/// `--device shim` (the GPU's kernels on the CPU): every step on the device. Stopped after one
+/// step and resumed, a run gives the unbroken run's losses bit for bit; a run started on the
+/// CPU resumes on the device, following the CPU's losses to the precision of the device's bf16
+/// GEMM operands. (The shim runs a step of this tiny model in ~50 s, so the runs are short.)
+#[test]
+fn a_run_on_the_shim_device_resumes_exactly_and_changes_devices() {
+    let dir = temp_dir("device");
+    let (data, _) = setup(&dir);
+    let whole = dir.join("whole");
+    let run = tiny_on(&dir, &data, &whole, 2, "shim");
+    assert!(String::from_utf8_lossy(&run.stdout).contains("on CPU shim"), "{}", String::from_utf8_lossy(&run.stdout));
+    let parts = dir.join("parts");
+    tiny_on(&dir, &data, &parts, 1, "shim");
+    tiny_on(&dir, &data, &parts, 2, "shim");
+    assert_eq!(losses(&metrics(&whole)), losses(&metrics(&parts)));
+
+    let (cpu, moved) = (dir.join("cpu"), dir.join("moved"));
+    tiny_on(&dir, &data, &cpu, 2, "cpu");
+    tiny_on(&dir, &data, &moved, 1, "cpu");
+    tiny_on(&dir, &data, &moved, 2, "shim");
+    let on_cpu = losses(&metrics(&cpu));
+    assert_eq!(losses(&metrics(&moved))[0], on_cpu[0], "the CPU's first step");
+    let value = |l: &String| l.parse::<f32>().unwrap();
+    for run in [&moved, &whole] {
+        for (step, (got, want)) in losses(&metrics(run)).iter().zip(&on_cpu).enumerate() {
+            let rel = ((value(got) - value(want)) / value(want)).abs();
+            assert!(rel <= 1.0 / 64.0, "{}: step {} loss {got} vs the CPU's {want}", run.display(), step + 1);
+        }
+    }
+    fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Arguments training a tiny transformer and, from random weights, a T5 of devA's shape with
 /// it on the fixture data (`extra` appended).
 fn joint_args(data: &Path, config: &Path, out: &Path, steps: u64, extra: &[&str]) -> Vec<String> {

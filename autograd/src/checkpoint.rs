@@ -88,7 +88,9 @@ impl Checkpoint {
         let saved = Weights::open(self.dir.join(PARAMS))?;
         let names: Vec<String> = params.iter().map(|(n, _)| n.to_string()).collect();
         for name in names {
-            params.set(&name, saved.get(&name)?.clone())?;
+            // Onto the device the run trains on, whichever device wrote the checkpoint.
+            let device = params.get(&name)?.device();
+            params.set(&name, saved.get(&name)?.to_device(&device)?)?;
         }
         optimizer.load(self.dir.join(OPTIMIZER))
     }

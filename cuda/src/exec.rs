@@ -10,7 +10,8 @@ use std::sync::{Arc, Weak};
 
 use cudarc::driver::DeviceRepr;
 use infinity_runtime::{
-    Accelerator, CpuStorage, DType, Device, DeviceStorage, Element, Error, Layout, Storage, Tensor, with_dtype,
+    Accelerator, CpuStorage, DType, Device, DeviceName, DeviceStorage, Element, Error, Layout, Storage, Tensor,
+    with_dtype,
 };
 
 use crate::alloc::{Buffer, Memory, MemoryStats, Pool, size_class};
@@ -79,6 +80,15 @@ impl Executor {
     /// The GPU `ordinal` when CUDA can be used (see [`crate::probe`]).
     pub fn cuda(ordinal: usize) -> Result<Arc<Executor>> {
         Ok(Self::new(Backend::Cuda(Box::new(Gpu::new(ordinal)?))))
+    }
+
+    /// The executor that a `--device` name asks for: none for the CPU.
+    pub fn named(name: DeviceName) -> Result<Option<Arc<Executor>>> {
+        match name {
+            DeviceName::Cpu => Ok(None),
+            DeviceName::Shim => Ok(Some(Executor::shim())),
+            DeviceName::Cuda(i) => Executor::cuda(i).map(Some),
+        }
     }
 
     fn new(backend: Backend) -> Arc<Executor> {

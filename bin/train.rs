@@ -152,6 +152,10 @@ struct RunArgs {
     /// Checkpoints kept (the newest).
     #[arg(long, default_value_t = 3)]
     keep: usize,
+    /// cpu, cuda / cuda:N, or shim: where the models and the whole step (forward, backward,
+    /// loss, clipping, AdamW) run; data loading and image decoding stay on the host.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceName,
 }
 
 #[derive(Args)]
@@ -255,7 +259,7 @@ struct TransformerArgs {
     /// Pixel budget: 0.06M (256²), 0.25M (512²), 0.60M or 1M; default: the model folder's, else 0.06M.
     #[arg(long)]
     pn: Option<PixelBudget>,
-    /// Peak learning rate; default 6e-3 · batch / 256 (train.sh's tblr).
+    /// Peak learning rate; default 6e-3 · batch · accumulate / 256 (train.sh's tblr).
     #[arg(long)]
     lr: Option<f64>,
     /// AdamW weight decay (not applied to 1-D parameters, biases and embeddings).
@@ -284,10 +288,10 @@ struct TransformerArgs {
     /// for data sets small enough to hold every latent.
     #[arg(long)]
     cache_latents: bool,
-    /// cpu, cuda / cuda:N, or shim: where the VAE and text encoders and the whole step
-    /// (forward, backward, loss, clipping, AdamW) run; data loading stays on the host.
-    #[arg(long, default_value = "cpu")]
-    device: DeviceName,
+    /// Micro-batches of --batch images per optimizer step, their gradients accumulated (the
+    /// official `--ac`): a global batch of batch × N in the memory of one micro-batch.
+    #[arg(long, default_value_t = 1)]
+    accumulate: usize,
 }
 
 fn main() -> ExitCode {
@@ -423,7 +427,10 @@ fn existing(path: &Path, flag: &str) -> Result<PathBuf, String> {
 fn plan(a: &TransformerArgs) -> Result<Plan, Box<dyn Error>> {
     check_data(&a.data)?;
     check_counts(a.run.batch, a.run.steps, a.run.save_every, a.run.keep)?;
-    let peak = a.lr.unwrap_or(6e-3 * a.run.batch as f64 / 256.0);
+    if a.accumulate == 0 {
+        return Err("--accumulate must be at least 1".into());
+    }
+    let peak = a.lr.unwrap_or(6e-3 * (a.run.batch * a.accumulate) as f64 / 256.0);
     let optim = check_optimizer(peak, a.wd, &a.betas, a.clip)?;
     check_range("bsc-strength", f64::from(a.bsc_strength), 0.0..=1.0)?;
     check_range("cond-drop", f64::from(a.cond_drop), 0.0..=1.0)?;
@@ -925,6 +932,7 @@ impl Latents {
 
 fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
     let plan = plan(a)?;
+    let device = training_device(a.run.device)?;
     fs::create_dir_all(&a.run.out)
         .map_err(|e| format!("{}: cannot create the run folder: {e}", a.run.out.display()))?;
     let dataset = open_dataset(&a.data, plan.pn)?;
@@ -939,15 +947,13 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
     let header = ["step,loss,lr,grad_norm".to_string()]
         .into_iter()
         .chain((0..scales).map(|k| format!("bit_acc_{k}")))
+        .chain(["samples_per_s".to_string(), "tokens_per_s".to_string()])
         .collect::<Vec<_>>()
         .join(",");
     let Some((mut metrics, mut log_file)) = open_run(&a.run.out, &header, step0, a.run.steps)? else { return Ok(()) };
 
     // The models: configurations first, so a mismatch is reported before the large reads.
     let start = Instant::now();
-    let device = Executor::named(a.device)
-        .map_err(|e| format!("--device {}: {e}", a.device))?
-        .map_or(Device::Cpu, |exec| exec.device());
     let t5_config = T5Config::open(&plan.t5_config)?;
     let vae_weights = bitvae::state_dict(&plan.vae)?;
     let vae_config = bitvae::detect_config(&vae_weights)?;
@@ -1002,11 +1008,13 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
         None => format!("starting from {source}"),
     };
     let intro = format!(
-        "{what} on {device}: {n_params} parameters, {} items ({}), pn {}, batch {}, peak lr {:e}; models loaded in {:.2} s",
+        "{what} on {device}: {n_params} parameters, {} items ({}), pn {}, batch {} × {} micro-batches, peak lr {:e}; \
+         models loaded in {:.2} s",
         dataset.items().len(),
         dataset.skip_report(),
         plan.pn,
         a.run.batch,
+        a.accumulate,
         plan.lr.peak,
         start.elapsed().as_secs_f64()
     );
@@ -1018,36 +1026,43 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
     let run_start = Instant::now();
     let mut step = step0;
     while step < a.run.steps {
-        let (samples, images) = next_images(&mut order, &dataset, &a.data)?;
-        let schedule = samples.template.schedule(plan.pn);
-        let latent = latents.encode(&vae, &images, &samples, &dataset)?;
-        let flips = if a.bsc_strength > 0.0 {
-            Flips::Random { strength: a.bsc_strength, rng: &mut state.rng }
-        } else {
-            Flips::None
-        };
-        let targets = teacher_forcing(&latent, &schedule.grids, flips)?;
-        let captions: Vec<&str> = samples.captions.iter().map(String::as_str).collect();
-        let mut prompts = text.prompts(&captions)?;
-        for (prompt, u) in prompts.iter_mut().zip(state.rng.uniform(captions.len())) {
-            if u < a.cond_drop {
-                let len = match prompt {
-                    StepText::Features(t) => t.dim(0)?,
-                    StepText::Tokens(ids) => ids.len(),
-                };
-                *prompt = StepText::Features(null_text(&params, len)?);
+        let step_start = Instant::now();
+        // Each micro-batch's prompts, targets and schedule; the step borrows them.
+        let mut micro = Vec::with_capacity(a.accumulate);
+        for _ in 0..a.accumulate {
+            let (samples, images) = next_images(&mut order, &dataset, &a.data)?;
+            let schedule = samples.template.schedule(plan.pn);
+            let latent = latents.encode(&vae, &images, &samples, &dataset)?;
+            let flips = if a.bsc_strength > 0.0 {
+                Flips::Random { strength: a.bsc_strength, rng: &mut state.rng }
+            } else {
+                Flips::None
+            };
+            let targets = teacher_forcing(&latent, &schedule.grids, flips)?;
+            let captions: Vec<&str> = samples.captions.iter().map(String::as_str).collect();
+            let mut prompts = text.prompts(&captions)?;
+            for (prompt, u) in prompts.iter_mut().zip(state.rng.uniform(captions.len())) {
+                if u < a.cond_drop {
+                    let len = match prompt {
+                        StepText::Features(t) => t.dim(0)?,
+                        StepText::Tokens(ids) => ids.len(),
+                    };
+                    *prompt = StepText::Features(null_text(&params, len)?);
+                }
             }
+            micro.push((prompts, targets, schedule));
         }
+        let batches: Vec<StepBatch> = (micro.iter())
+            .map(|(prompts, targets, schedule)| StepBatch { prompts, text_encoder: text.trained(), targets, schedule })
+            .collect();
         let lr = plan.lr.lr(step as usize);
         let weighting = if a.uniform_token_weights { TokenWeighting::Uniform } else { TokenWeighting::ByScale };
         let settings = StepSettings { lr, weight_decay: a.wd, clip: plan.clip, weighting };
-        let stats = train_step(
-            &mut params,
-            &mut optimizer,
-            &config,
-            &StepBatch { prompts: &prompts, text_encoder: text.trained(), targets: &targets, schedule: &schedule },
-            settings,
-        )?;
+        let stats = train_step(&mut params, &mut optimizer, &config, &batches, settings)?;
+        let seconds = step_start.elapsed().as_secs_f64();
+        let samples: usize = micro.iter().map(|(prompts, ..)| prompts.len()).sum();
+        let tokens: usize = micro.iter().map(|(prompts, _, schedule)| prompts.len() * schedule.seq_len()).sum();
+        let (samples_per_s, tokens_per_s) = (samples as f64 / seconds, tokens as f64 / seconds);
         step += 1;
         state.order = order.state();
 
@@ -1055,10 +1070,12 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
         let mut row =
             vec![step.to_string(), format!("{:?}", stats.loss), format!("{lr:e}"), format!("{:?}", stats.grad_norm)];
         row.extend(stats.scale_accuracy.iter().map(|acc| format!("{acc:.4}")));
+        row.extend([format!("{samples_per_s:.3}"), format!("{tokens_per_s:.0}")]);
         metrics.row(&row)?;
         let scale_loss: Vec<String> = stats.scale_loss.iter().map(|l| format!("{l:.4}")).collect();
         let line = format!(
-            "step {step} loss {:.4} lr {lr:.3e} grad_norm {:.3} bit_acc(last scale) {:.4} scale losses [{}] {:.2} s/step",
+            "step {step} loss {:.4} lr {lr:.3e} grad_norm {:.3} bit_acc(last scale) {:.4} scale losses [{}] \
+             {:.2} s/step, {samples_per_s:.2} samples/s, {tokens_per_s:.0} tokens/s",
             stats.loss,
             stats.grad_norm,
             stats.scale_accuracy.last().copied().unwrap_or(0.0),
@@ -1066,7 +1083,7 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
             run_start.elapsed().as_secs_f64() / (step - step0) as f64
         );
         log(&mut log_file, &line)?;
-        bar.set_message(format!("loss {:.4}", stats.loss));
+        bar.set_message(format!("loss {:.4}, {samples_per_s:.2} samples/s, {tokens_per_s:.0} tokens/s", stats.loss));
         bar.set_position(step);
 
         saving.after(step, &params, &optimizer, &state.to_json(a), &bar, &mut log_file)?;
@@ -1127,8 +1144,15 @@ fn eval(a: &EvalArgs) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
+/// The device `--device` names.
+fn training_device(name: DeviceName) -> Result<Device, String> {
+    let exec = Executor::named(name).map_err(|e| format!("--device {name}: {e}"))?;
+    Ok(exec.map_or(Device::Cpu, |exec| exec.device()))
+}
+
 fn train_vae(a: &VaeArgs) -> Result<(), Box<dyn Error>> {
     let plan = plan_vae(a)?;
+    let device = training_device(a.run.device)?;
     fs::create_dir_all(&a.run.out)
         .map_err(|e| format!("{}: cannot create the run folder: {e}", a.run.out.display()))?;
     let dataset = open_dataset(&a.data, a.pn)?;
@@ -1159,11 +1183,17 @@ fn train_vae(a: &VaeArgs) -> Result<(), Box<dyn Error>> {
             (w, config, path.display().to_string())
         }
     };
-    let mut params = BitVae::parameters(&weights, &config)?;
+    // The f32 master weights, their gradients and AdamW's state all live on the device.
+    let mut params = BitVae::parameters(&weights, &config)?.to_device(&device)?;
     drop(weights);
     let mut optimizer = AdamW::new(plan.optim.adamw, official_groups(&params))?;
-    let mut discriminator =
-        with_disc.then(|| Discriminator::new(a.disc_channels, a.run.seed, plan.optim.adamw)).transpose()?;
+    let mut discriminator = with_disc
+        .then(|| -> Result<Discriminator, Box<dyn Error>> {
+            let mut d = Discriminator::new(a.disc_channels, a.run.seed, plan.optim.adamw)?;
+            d.params = d.params.to_device(&device)?;
+            Ok(d)
+        })
+        .transpose()?;
     if let Some(saved) = &resume {
         saved.restore(&mut params, &mut optimizer)?;
         if let Some(d) = &mut discriminator {
@@ -1186,7 +1216,7 @@ fn train_vae(a: &VaeArgs) -> Result<(), Box<dyn Error>> {
         None => String::new(),
     };
     let intro = format!(
-        "{what}: BitVAE {}, {n_params} parameters{adversary}, stage {}, {} items ({}), pn {}, batch {}, lr {:e}; loaded in {:.2} s",
+        "{what} on {device}: BitVAE {}, {n_params} parameters{adversary}, stage {}, {} items ({}), pn {}, batch {}, lr {:e}; loaded in {:.2} s",
         config.to_json(),
         a.stage,
         dataset.items().len(),

@@ -70,8 +70,17 @@ fn fine_tune(data: &Path, model: &Path, out: &Path, steps: u64) -> Output {
     out
 }
 
+/// metrics.csv without its last two columns, samples/s and tokens/s (checked to be positive),
+/// which depend on the machine's speed: the rest is a function of the command.
 fn metrics(out: &Path) -> String {
-    fs::read_to_string(out.join("metrics.csv")).unwrap()
+    let text = fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().ends_with(",samples_per_s,tokens_per_s"), "{text}");
+    for row in lines {
+        let fields: Vec<&str> = row.rsplitn(3, ',').collect();
+        assert!(fields[..2].iter().all(|f| f.parse::<f64>().unwrap() > 0.0), "throughput in {row}");
+    }
+    text.lines().map(|l| l.rsplitn(3, ',').nth(2).unwrap().to_string() + "\n").collect()
 }
 
 /// The loss column of metrics.csv, as written (shortest round-trip f32 text).
@@ -410,7 +419,7 @@ fn bad_input_is_one_line_and_exit_code_2() {
     let out = dir.join("out");
     let f = |rel: &str| fixture(rel).display().to_string();
     let missing = dir.join("no-such-folder");
-    let cases: [(Vec<String>, &str); 5] = [
+    let mut cases: Vec<(Vec<String>, &str)> = vec![
         (
             vec![
                 "--data".into(),
@@ -469,7 +478,23 @@ fn bad_input_is_one_line_and_exit_code_2() {
             ],
             "--cond-drop",
         ),
+        (
+            vec![
+                "--data".into(),
+                data.display().to_string(),
+                "--model-dir".into(),
+                model.display().to_string(),
+                "--accumulate".into(),
+                "0".into(),
+            ],
+            "--accumulate must be at least 1",
+        ),
     ];
+    // Without a GPU, `--device cuda` is refused before anything is written.
+    if !matches!(infinity::cuda::probe(), infinity::cuda::Availability::Available { .. }) {
+        let args = ["--data", data.to_str().unwrap(), "--model-dir", model.to_str().unwrap(), "--device", "cuda"];
+        cases.push((args.map(String::from).to_vec(), "--device cuda:0: "));
+    }
     for (args, want) in cases {
         let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
         args.extend(["--out", out.to_str().unwrap()]);

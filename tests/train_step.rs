@@ -11,7 +11,7 @@ use common::{assert_golden, max_abs, max_abs_diff, open};
 use infinity::autograd::optim::official_groups;
 use infinity::autograd::{AdamW, AdamWConfig, Params, Tape};
 use infinity::cuda::testing::executors;
-use infinity::models::infinity::teacher::{Flips, teacher_forcing};
+use infinity::models::infinity::teacher::{Flips, TeacherForcing, teacher_forcing};
 use infinity::models::infinity::{Infinity, InfinityConfig};
 use infinity::models::schedule::{PixelBudget, Schedule, Template};
 use infinity::models::train::{StepBatch, StepSettings, StepText, TokenWeighting, evaluate, token_weights, train_step};
@@ -74,7 +74,7 @@ fn one_training_step_matches_the_official_trainer() {
         &mut params,
         &mut opt,
         &config,
-        &batch,
+        std::slice::from_ref(&batch),
         StepSettings { lr: LR, weight_decay: WEIGHT_DECAY, clip: CLIP, weighting: TokenWeighting::Uniform },
     )
     .unwrap();
@@ -179,7 +179,7 @@ fn a_training_step_matches_on_every_device() {
         let (loss_bound, grad_bound) = if device.is_cpu() { (1e-5, 1e-4) } else { (1.0 / 256.0, 1.0 / 32.0) };
         let mut params = Infinity::parameters(&weights, &config).unwrap().to_device(&device).unwrap();
         let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
-        let stats = train_step(&mut params, &mut opt, &config, &batch, settings).unwrap();
+        let stats = train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings).unwrap();
         let (got, want) = (stats.loss, scalar(golden.get("loss").unwrap()));
         assert!(((got - want) / want).abs() <= loss_bound, "{device}: loss {got} vs {want}");
         let mut worst = (0.0f32, String::new());
@@ -212,6 +212,60 @@ fn a_training_step_matches_on_every_device() {
             }
         }
         eprintln!("{device}: loss {got} vs {want}; worst gradient {} ({:.1e} of the golden scale)", worst.1, worst.0);
+    }
+}
+
+/// Gradient accumulation: the golden batch as two micro-batches of one sample each steps like
+/// the whole batch (its loss is the mean over samples, so the halves' gradients weighted ½
+/// each sum to the whole's), to f32 rounding: the losses to 1e-6, the gradients to 1e-5 of
+/// their largest, the parameters after the step as in the golden test.
+#[test]
+fn two_micro_batches_step_like_their_whole_batch() {
+    let weights = open("devA/transformer.safetensors");
+    let config = Infinity::detect_config(&weights).unwrap();
+    let s = schedule();
+    let tf =
+        teacher_forcing(open("train/teacher_forcing.safetensors").get("raw_features").unwrap(), &s.grids, Flips::None)
+            .unwrap();
+    let prompts = prompts(&open("devA/t5_golden.safetensors"));
+    assert_eq!(prompts.len(), 2);
+    let settings = StepSettings { lr: LR, weight_decay: WEIGHT_DECAY, clip: CLIP, weighting: TokenWeighting::Uniform };
+    let step = |batches: &[StepBatch]| {
+        let mut params = Infinity::parameters(&weights, &config).unwrap();
+        let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
+        let stats = train_step(&mut params, &mut opt, &config, batches, settings).unwrap();
+        (stats, params)
+    };
+    let (whole, whole_params) =
+        step(&[StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s }]);
+    let halves: Vec<TeacherForcing> = (0..2)
+        .map(|i| TeacherForcing {
+            labels: tf.labels.iter().map(|l| l.narrow(0, i, 1).unwrap()).collect(),
+            inputs: tf.inputs.narrow(0, i, 1).unwrap(),
+            flip_rates: tf.flip_rates.clone(),
+        })
+        .collect();
+    let micro: Vec<StepBatch> = (0..2)
+        .map(|i| StepBatch { prompts: &prompts[i..i + 1], text_encoder: None, targets: &halves[i], schedule: &s })
+        .collect();
+    let (accumulated, accumulated_params) = step(&micro);
+    assert!(((accumulated.loss - whole.loss) / whole.loss).abs() <= 1e-6, "{} vs {}", accumulated.loss, whole.loss);
+    for (name, g) in whole.grads.iter() {
+        let got = accumulated.grads.get(name).unwrap();
+        let rel = max_abs_diff(got, g) / max_abs(g).max(f32::MIN_POSITIVE);
+        assert!(rel <= 1e-5, "grad.{name}: {rel:e}");
+    }
+    for ((name, want), (_, got)) in whole_params.iter().zip(accumulated_params.iter()) {
+        // A parameter the loss does not reach is not stepped in either run.
+        let Some(g) = whole.grads.get(name) else {
+            assert!(got.same_values(want), "{name} moved without a gradient");
+            continue;
+        };
+        let (scale, g) = (max_abs(want), g.to_f32_vec().unwrap());
+        for ((a, b), g) in got.to_f32_vec().unwrap().iter().zip(want.to_f32_vec().unwrap()).zip(g) {
+            let bound = if g.abs() < 1e-6 { 2.0 * LR as f32 } else { 1e-6 * scale };
+            assert!((a - b).abs() <= bound, "{name}: {a} vs {b} (g = {g:e})");
+        }
     }
 }
 
@@ -261,8 +315,9 @@ fn a_tiny_model_overfits_four_latents() {
     let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
     let settings =
         StepSettings { lr: 3e-3, weight_decay: 0.0, clip: f32::INFINITY, weighting: TokenWeighting::Uniform };
-    let losses: Vec<f32> =
-        (0..STEPS).map(|_| train_step(&mut params, &mut opt, &config, &batch, settings).unwrap().loss).collect();
+    let losses: Vec<f32> = (0..STEPS)
+        .map(|_| train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings).unwrap().loss)
+        .collect();
     eprintln!("loss {} → {}", losses[0], losses[STEPS - 1]);
 
     let trained: Vec<(String, Tensor)> = params.iter().map(|(name, t)| (name.to_string(), t.clone())).collect();
@@ -317,7 +372,7 @@ fn bsc_step_with_recorded_flips_gives_the_official_loss() {
     let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
     let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
     let settings = StepSettings { lr: LR, weight_decay: WEIGHT_DECAY, clip: CLIP, weighting: TokenWeighting::Uniform };
-    let stats = train_step(&mut params, &mut opt, &config, &batch, settings).unwrap();
+    let stats = train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings).unwrap();
     let want = scalar(g.get("bsc.loss").unwrap());
     assert!(((stats.loss - want) / want).abs() <= 1e-5, "loss {} vs {want}", stats.loss);
     for (k, (&got, want)) in
@@ -352,7 +407,7 @@ fn evaluation_scores_what_a_step_trains_on() {
     let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
     let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
     let settings = StepSettings { lr: LR, weight_decay: WEIGHT_DECAY, clip: CLIP, weighting: TokenWeighting::ByScale };
-    let stats = train_step(&mut params, &mut opt, &config, &batch, settings).unwrap();
+    let stats = train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings).unwrap();
     assert_eq!(eval.loss, stats.loss);
     assert_eq!(eval.scale_loss, stats.scale_loss);
     assert_eq!(eval.scale_accuracy, stats.scale_accuracy);

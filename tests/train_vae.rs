@@ -18,14 +18,16 @@ use infinity::autograd::elementwise::mul;
 use infinity::autograd::optim::official_groups;
 use infinity::autograd::reduce::sum;
 use infinity::autograd::{AdamW, AdamWConfig, Tape, Var};
+use infinity::cuda::testing::executors;
 use infinity::models::bitvae::quantizer::{quantize, quantize_straight_through};
 use infinity::models::bitvae::{BitVae, BitVaeConfig};
 use infinity::models::image::save_png;
 use infinity::models::train_vae::{
-    Adversary, Discriminator, VaeLossWeights, VaeStepSettings, vae_gan_train_step, vae_train_step,
+    Adversary, Discriminator, GanStats, VaeLossWeights, VaeStepSettings, VaeStepStats, vae_gan_train_step,
+    vae_train_step,
 };
-use infinity::runtime::Tensor;
 use infinity::runtime::rng::Philox;
+use infinity::runtime::{Device, Tensor};
 use serde_json::json;
 
 /// d(Σ w · summed)/d(latent) for `grids` on a (B, d, 2, 2) latent.
@@ -128,6 +130,67 @@ fn the_discriminator_learns_alongside_the_tiny_vae() {
         if name != "disc.3.bias" {
             assert_ne!(&t.to_f32_vec().unwrap(), old, "{name} did not change");
         }
+    }
+}
+
+/// Two steps of the tiny VAE with its discriminator on `device`: the stats, and the VAE's and
+/// the discriminator's parameters after them, on the host.
+fn two_gan_steps(device: &Device) -> (Vec<(VaeStepStats, GanStats)>, Vec<Vec<f32>>) {
+    let (config, images) = tiny_vae();
+    let params = BitVae::parameters(&BitVae::random_weights(&config, 1).unwrap(), &config).unwrap();
+    let mut params = params.to_device(device).unwrap();
+    let mut optimizer = AdamW::new(AdamWConfig::default(), official_groups(&params)).unwrap();
+    let mut discriminator = Discriminator::new(8, 3, AdamWConfig::default()).unwrap();
+    discriminator.params = discriminator.params.to_device(device).unwrap();
+    let settings = VaeStepSettings { lr: 2e-3, weight_decay: 0.01, clip: 1.0, losses: VaeLossWeights::default() };
+    let stats = (0..2)
+        .map(|_| {
+            let adversary = Adversary { discriminator: &mut discriminator, weight: 0.1 };
+            vae_gan_train_step(&mut params, &mut optimizer, &config, &images, &TINY_GRIDS, settings, adversary).unwrap()
+        })
+        .collect();
+    let after = params.iter().chain(discriminator.params.iter()).map(|(_, t)| {
+        assert_eq!(t.device(), *device, "the parameters stay on the device");
+        t.to_f32_vec().unwrap()
+    });
+    (stats, after.collect())
+}
+
+/// The VAE trainer's step (with the discriminator's) on every executor against the CPU's.
+/// The device's convolutions take bf16 operands (relative error 2⁻⁸ per product), so the
+/// first step's losses agree to 2⁻⁶ relative; the quantizer's bits, and with them the
+/// commitment and entropy terms, can differ where a latent sits within that error of zero,
+/// which the entropy's sharp soft assignment (τ = 100) magnifies, so those are held to 1e-1
+/// absolute. AdamW's first step moves every parameter by about ±lr whatever its gradient's
+/// size, so where a gradient is within the rounding of zero the two devices step apart by
+/// 2·lr: the second step's losses (measured: 4 % apart on the shim) are held to 10 %. A step
+/// moves a parameter by at most lr at t = 1 and 1.0014·lr at t = 2 (|m̂|/√v̂ for β = (0.9,
+/// 0.999), by Cauchy–Schwarz), so after two steps the devices' parameters differ by at most
+/// 2·2.0014·lr, which opposite steps reach (measured: 4.0025·lr).
+#[test]
+fn the_vae_step_on_every_executor_matches_the_cpu() {
+    let (want, want_params) = two_gan_steps(&Device::Cpu);
+    for exec in executors() {
+        let device = exec.device();
+        let (got, got_params) = two_gan_steps(&device);
+        for (step, ((g, gg), (w, wg))) in got.iter().zip(&want).enumerate() {
+            eprintln!("{device} step {step}: {g:?} {gg:?} vs {w:?} {wg:?}");
+            // Relative to the value, or to 1e-2 for one near zero (the adversarial term starts there).
+            let close = |a: f32, b: f32, rel: f32| (a - b).abs() <= rel * b.abs().max(1e-2);
+            let rel = if step == 0 { 1.0 / 64.0 } else { 0.1 };
+            assert!(close(g.reconstruction, w.reconstruction, rel), "{device} step {step}: reconstruction");
+            assert!(close(gg.disc_loss, wg.disc_loss, rel), "{device} step {step}: discriminator loss");
+            assert!(close(gg.gen_adv, wg.gen_adv, rel), "{device} step {step}: adversarial term");
+            assert!((g.commitment - w.commitment).abs() <= 0.1, "{device} step {step}: commitment");
+            assert!((g.entropy - w.entropy).abs() <= 0.1, "{device} step {step}: entropy");
+        }
+        let worst = got_params
+            .iter()
+            .zip(&want_params)
+            .flat_map(|(g, w)| g.iter().zip(w).map(|(a, b)| (a - b).abs()))
+            .fold(0.0f32, f32::max);
+        eprintln!("{device}: worst parameter difference after two steps {worst:e} (lr 2e-3)");
+        assert!(worst <= 2.0 * 2.0015 * 2e-3, "{device}: parameters differ by {worst}");
     }
 }
 
@@ -245,6 +308,27 @@ fn a_run_on_crops_resumes_exactly() {
     train_on_crops(&dir, &data, &stopped, 3);
     assert_eq!(metrics(&unbroken).lines().count(), 4);
     assert_eq!(metrics(&stopped), metrics(&unbroken));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--device shim`: the VAE trainer with its discriminator on the device, on 32² crops; a run
+/// stopped after its first step and resumed ends with the unbroken run's metrics and files.
+#[test]
+fn a_run_on_the_shim_device_resumes_exactly() {
+    let dir = temp_dir("device");
+    let data = setup(&dir);
+    let (unbroken, stopped) = (dir.join("unbroken"), dir.join("stopped"));
+    let flags = ["--crop", "32", "--batch", "2", "--disc-weight", "0.1", "--disc-start", "1", "--disc-channels", "8"];
+    let on_shim = [&flags[..], &["--device", "shim"]].concat();
+    train_tiny(&dir, &data, &unbroken, 2, &on_shim);
+    train_tiny(&dir, &data, &stopped, 1, &on_shim);
+    train_tiny(&dir, &data, &stopped, 2, &on_shim);
+    assert_eq!(metrics(&unbroken).lines().count(), 3);
+    assert_eq!(metrics(&stopped), metrics(&unbroken));
+    let log = fs::read_to_string(unbroken.join("train.log")).unwrap();
+    assert!(log.contains("on CPU shim"), "{log}");
+    let params = |out: &Path| fs::read(out.join("step-000000002/params.safetensors")).unwrap();
+    assert_eq!(params(&stopped), params(&unbroken));
     fs::remove_dir_all(&dir).unwrap();
 }
 

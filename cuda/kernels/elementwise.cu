@@ -11,7 +11,8 @@
 /// The op codes of `BinaryParams::op` and `UnaryParams::op` (mirrored in src/elementwise.rs).
 enum BinaryOp : int { kAdd = 0, kMul = 1, kSub = 2, kDiv = 3 };
 enum UnaryOp : int {
-    kGeluTanh = 0, kSilu = 1, kExp = 2, kClamp = 3, kAffine = 4, kTanh = 5, kSigmoid = 6, kSqrt = 7, kSquare = 8
+    kGeluTanh = 0, kSilu = 1, kExp = 2, kClamp = 3, kAffine = 4, kTanh = 5, kSigmoid = 6, kSqrt = 7, kSquare = 8,
+    kLog = 9, kAbs = 10, kSign = 11
 };
 
 /// out (dims, contiguous) = a op b, with a and b seen at the output's 4-D shape through their
@@ -89,6 +90,10 @@ __device__ __forceinline__ void unary(const UnaryParams<In, Out>& p) {
             case kSigmoid: y = __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-x))); break;
             case kSqrt: y = sqrtf(x); break;
             case kSquare: y = __fmul_rn(x, x); break;
+            case kLog: y = logf(x); break;
+            case kAbs: y = fabsf(x); break;
+            // sign(±0) = sign(NaN) = 0, as on the CPU (and in PyTorch).
+            case kSign: y = float(x > 0.0f) - float(x < 0.0f); break;
             // Two roundings, like the CPU's x * mul + add.
             default: y = __fadd_rn(__fmul_rn(x, p.a), p.b); break;
         }
@@ -104,7 +109,7 @@ INFINITY_KERNEL(unary_bf16_bf16, unary, UnaryParams<bf16, bf16>)
 /// y the derivative is formed from (`v`), both seen through element strides at out's 4-D
 /// shape; f32 throughout. `op` (mirrored in src/elementwise.rs): 0 tanh GELU (x), 1 SiLU (x),
 /// 2 clamp to [a, b] (x, the bounds passing the gradient), 3 tanh (y), 4 sigmoid (y), 5 sqrt
-/// (y), 6 square (x).
+/// (y), 6 square (x), 7 abs (x: the gradient's sign flipped below 0, zero at 0).
 struct UnaryGradParams {
     const float* g;
     const float* v;
@@ -143,6 +148,7 @@ extern "C" __global__ void __launch_bounds__(256) unary_grad_f32(const UnaryGrad
             case 3: d = 1.0f - v * v; break;
             case 4: d = v * (1.0f - v); break;
             case 5: d = 0.5f / v; break;
+            case 7: p.out[i] = v > 0.0f ? g : v < 0.0f ? -g : 0.0f; continue;
             default: d = 2.0f * v; break;
         }
         p.out[i] = g * d;

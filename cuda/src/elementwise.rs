@@ -55,6 +55,11 @@ pub enum UnaryOp {
     Sigmoid,
     Sqrt,
     Square,
+    /// Natural logarithm (the device's `logf`, within an ulp or two of the CPU's).
+    Log,
+    Abs,
+    /// −1, 0 or 1 (0 for ±0 and NaN).
+    Sign,
 }
 
 impl UnaryOp {
@@ -70,6 +75,9 @@ impl UnaryOp {
             UnaryOp::Sigmoid => (6, 0.0, 0.0),
             UnaryOp::Sqrt => (7, 0.0, 0.0),
             UnaryOp::Square => (8, 0.0, 0.0),
+            UnaryOp::Log => (9, 0.0, 0.0),
+            UnaryOp::Abs => (10, 0.0, 0.0),
+            UnaryOp::Sign => (11, 0.0, 0.0),
         }
     }
 }
@@ -126,6 +134,8 @@ pub enum UnaryGrad {
     Sqrt,
     /// From x.
     Square,
+    /// From x: g·sign(x), zero at 0.
+    Abs,
 }
 
 #[repr(C)]
@@ -263,6 +273,7 @@ pub fn unary_grad(exec: &Executor, f: UnaryGrad, g: &Tensor, v: &Tensor) -> Resu
         UnaryGrad::Sigmoid => (4, 0.0, 0.0),
         UnaryGrad::Sqrt => (5, 0.0, 0.0),
         UnaryGrad::Square => (6, 0.0, 0.0),
+        UnaryGrad::Abs => (7, 0.0, 0.0),
     };
     let params = UnaryGradParams {
         g: gv.ptr,

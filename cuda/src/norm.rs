@@ -239,9 +239,13 @@ pub fn reduce_rows(exec: &Executor, op: RowReduction, x: &Tensor) -> Result<Tens
         x_stride: xv.strides,
         op: op as i32,
     };
+    // A short row needs no more threads than its elements (in whole warps, as block_reduce
+    // wants): idle threads cost a GPU little but each is a fiber on the shim.
+    let threads = (xv.dims[MAX_RANK - 1] as u32).next_multiple_of(32).min(ROW_THREADS);
+    let grid = Grid { threads, ..row_grid(&xv.dims) };
     // SAFETY: both addresses come from views of live tensors of `exec`; the output holds one
     // element per row of x.
-    unsafe { exec.launch(REDUCE_ROWS_F32, row_grid(&xv.dims), &params)? };
+    unsafe { exec.launch(REDUCE_ROWS_F32, grid, &params)? };
     out.reshape(rows_shape)
 }
 

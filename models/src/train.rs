@@ -90,31 +90,58 @@ pub struct StepStats {
     pub grads: GradStore,
 }
 
-/// One AdamW step of `params` on `batch`; `optimizer` must hold groups over `params`' names.
+/// One AdamW step of `params` on `batches`, micro-batches whose gradients are accumulated,
+/// each weighted 1/n (the official trainer's loss × 1/ac), before clipping and the update;
+/// the reported loss and per-scale figures are the micro-batches' means. `optimizer` must hold
+/// groups over `params`' names.
 pub fn train_step(
     params: &mut Params,
     optimizer: &mut AdamW,
     config: &InfinityConfig,
-    batch: &StepBatch,
+    batches: &[StepBatch],
     settings: StepSettings,
 ) -> Result<StepStats> {
-    let (loss, per_token, scale_accuracy, mut grads) = {
-        let tape = Tape::new();
-        let tracked = params.track(&tape)?;
-        let model = Infinity::on_tape(config.clone(), &tracked)?;
-        let cond = model.condition_vars(&text_features(batch, &tracked)?)?;
-        let (loss, scale_accuracy) = score(&model, &cond, batch.targets, batch.schedule, settings.weighting)?;
-        let grads = tracked.gradients(tape.backward(&loss.loss)?);
-        (loss.loss.into_value(), loss.per_token, scale_accuracy, grads)
-    };
-    // The tape and the model are gone, so the parameters are private again: AdamW updates
-    // them in place instead of copying them.
+    if batches.is_empty() {
+        return Err(Error::invalid("train.step", &[0], "a step needs at least one micro-batch"));
+    }
+    let share = 1.0 / batches.len() as f32;
+    let mut grads = GradStore::default();
+    let (mut loss, mut scale_loss, mut scale_accuracy) = (0.0, Vec::new(), Vec::new());
+    for batch in batches {
+        let micro = gradients(params, config, batch, settings.weighting)?;
+        grads.accumulate(&micro.grads, share)?;
+        loss += share * micro.loss;
+        let mean_into = |sum: &mut Vec<f32>, part: &[f32]| {
+            sum.resize(part.len(), 0.0);
+            sum.iter_mut().zip(part).for_each(|(s, &p)| *s += share * p);
+        };
+        mean_into(&mut scale_loss, &micro.scale_loss);
+        mean_into(&mut scale_accuracy, &micro.scale_accuracy);
+    }
+    // The tapes are gone, so the parameters are private again: AdamW updates them in place
+    // instead of copying them.
     let grad_norm = grads.clip_norm(settings.clip)?;
     optimizer.step(params, &grads, settings.lr, settings.weight_decay)?;
+    Ok(StepStats { loss, grad_norm, scale_loss, scale_accuracy, grads })
+}
+
+/// The loss, per-scale figures and gradients of one micro-batch (`grad_norm` left at 0).
+fn gradients(
+    params: &Params,
+    config: &InfinityConfig,
+    batch: &StepBatch,
+    weighting: TokenWeighting,
+) -> Result<StepStats> {
+    let tape = Tape::new();
+    let tracked = params.track(&tape)?;
+    let model = Infinity::on_tape(config.clone(), &tracked)?;
+    let cond = model.condition_vars(&text_features(batch, &tracked)?)?;
+    let (loss, scale_accuracy) = score(&model, &cond, batch.targets, batch.schedule, weighting)?;
+    let grads = tracked.gradients(tape.backward(&loss.loss)?);
     Ok(StepStats {
-        loss: loss.to_f32_vec()?[0],
-        grad_norm,
-        scale_loss: scale_means(&per_token, &batch.schedule.offsets())?,
+        loss: loss.loss.value().to_f32_vec()?[0],
+        grad_norm: 0.0,
+        scale_loss: scale_means(&loss.per_token, &batch.schedule.offsets())?,
         scale_accuracy,
         grads,
     })

@@ -204,37 +204,44 @@ fn vae_step(
     settings: VaeStepSettings,
     adversary: Option<Adversary>,
 ) -> Result<(VaeStepStats, Option<GanStats>)> {
-    let tape = Tape::new();
-    let tracked = params.track(&tape)?;
-    let model = BitVae::on_tape(config.clone(), &tracked)?;
-    let losses = vae_losses(&model, images, grids, settings.losses)?;
-    // The VAE's adversarial term, the discriminator's weights as constants: it trains the
-    // VAE only.
-    let adversarial = adversary
-        .map(|adv| -> Result<(Adversary, Var)> {
-            let frozen = |name: &str| Ok(Var::constant(adv.discriminator.params.get(name)?.clone()));
-            let term = neg(&mean(&patch_logits(&losses.decoded, frozen)?, &[], false)?)?;
-            Ok((adv, term))
-        })
-        .transpose()?;
-    let total = match &adversarial {
-        Some((adv, term)) if adv.weight != 0.0 => add(&losses.total, &mul_scalar(term, adv.weight)?)?,
-        _ => losses.total,
+    // The images join the parameters on their device (a copy only when they are elsewhere).
+    let images = &images.to_device(&params.device())?;
+    let (mut grads, stats, decoded, adversarial) = {
+        let tape = Tape::new();
+        let tracked = params.track(&tape)?;
+        let model = BitVae::on_tape(config.clone(), &tracked)?;
+        let losses = vae_losses(&model, images, grids, settings.losses)?;
+        // The VAE's adversarial term, the discriminator's weights as constants: it trains the
+        // VAE only.
+        let adversarial = adversary
+            .map(|adv| -> Result<(Adversary, Var)> {
+                let frozen = |name: &str| Ok(Var::constant(adv.discriminator.params.get(name)?.clone()));
+                let term = neg(&mean(&patch_logits(&losses.decoded, frozen)?, &[], false)?)?;
+                Ok((adv, term))
+            })
+            .transpose()?;
+        let total = match &adversarial {
+            Some((adv, term)) if adv.weight != 0.0 => add(&losses.total, &mul_scalar(term, adv.weight)?)?,
+            _ => losses.total,
+        };
+        let grads = tracked.gradients(tape.backward(&total)?);
+        let stats = VaeStepStats {
+            loss: scalar(&total)?,
+            reconstruction: losses.reconstruction,
+            commitment: losses.commitment,
+            entropy: losses.entropy,
+            grad_norm: 0.0,
+        };
+        let adversarial = adversarial.map(|(adv, term)| Ok::<_, Error>((adv, scalar(&term)?))).transpose()?;
+        (grads, stats, losses.decoded.into_value(), adversarial)
     };
-    let mut grads = tracked.gradients(tape.backward(&total)?);
-    let grad_norm = grads.clip_norm(settings.clip)?;
+    // The tape is gone, so the parameters are private again: AdamW updates them in place.
+    let stats = VaeStepStats { grad_norm: grads.clip_norm(settings.clip)?, ..stats };
     optimizer.step(params, &grads, settings.lr, settings.weight_decay)?;
-    let stats = VaeStepStats {
-        loss: scalar(&total)?,
-        reconstruction: losses.reconstruction,
-        commitment: losses.commitment,
-        entropy: losses.entropy,
-        grad_norm,
-    };
     let gan = adversarial
-        .map(|(adv, term)| -> Result<GanStats> {
-            let disc_loss = adv.discriminator.step(images, losses.decoded.value(), settings)?;
-            Ok(GanStats { disc_loss, gen_adv: scalar(&term)? })
+        .map(|(adv, gen_adv)| -> Result<GanStats> {
+            let disc_loss = adv.discriminator.step(images, &decoded, settings)?;
+            Ok(GanStats { disc_loss, gen_adv })
         })
         .transpose()?;
     Ok((stats, gan))
@@ -278,18 +285,20 @@ impl Discriminator {
 
     /// One hinge-loss AdamW step on `real` and `fake` images (both constants); the loss.
     fn step(&mut self, real: &Tensor, fake: &Tensor, settings: VaeStepSettings) -> Result<f32> {
-        let tape = Tape::new();
-        let tracked = self.params.track(&tape)?;
-        let weight = |name: &str| tracked.get(name).cloned();
-        let real = patch_logits(&Var::constant(real.clone()), weight)?;
-        let fake = patch_logits(&Var::constant(fake.clone()), weight)?;
-        let real_term = mean(&relu(&affine(&real, -1.0, 1.0)?)?, &[], false)?;
-        let fake_term = mean(&relu(&add_scalar(&fake, 1.0)?)?, &[], false)?;
-        let loss = add(&real_term, &fake_term)?;
-        let mut grads = tracked.gradients(tape.backward(&loss)?);
+        let (loss, mut grads) = {
+            let tape = Tape::new();
+            let tracked = self.params.track(&tape)?;
+            let weight = |name: &str| tracked.get(name).cloned();
+            let real = patch_logits(&Var::constant(real.clone()), weight)?;
+            let fake = patch_logits(&Var::constant(fake.clone()), weight)?;
+            let real_term = mean(&relu(&affine(&real, -1.0, 1.0)?)?, &[], false)?;
+            let fake_term = mean(&relu(&add_scalar(&fake, 1.0)?)?, &[], false)?;
+            let loss = add(&real_term, &fake_term)?;
+            (scalar(&loss)?, tracked.gradients(tape.backward(&loss)?))
+        };
         grads.clip_norm(settings.clip)?;
         self.optimizer.step(&mut self.params, &grads, settings.lr, settings.weight_decay)?;
-        scalar(&loss)
+        Ok(loss)
     }
 }
 

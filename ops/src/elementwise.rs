@@ -266,7 +266,7 @@ pub fn unary_grad(op: UnaryOp, g: &Tensor, x: &Tensor, y: &Tensor) -> Result<Ten
                 move |g, x| if x >= lo && x <= hi { g } else { 0.0 },
             )
         }
-        UnaryOp::Abs => pointwise(name, g, x, None, |g, x| {
+        UnaryOp::Abs => pointwise(name, g, x, Some(UnaryGrad::Abs), |g, x| {
             if x > 0.0 {
                 g
             } else if x < 0.0 {
@@ -430,6 +430,9 @@ pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
             UnaryOp::Sigmoid => Kernel::Sigmoid,
             UnaryOp::Sqrt => Kernel::Sqrt,
             UnaryOp::Square => Kernel::Square,
+            UnaryOp::Log => Kernel::Log,
+            UnaryOp::Abs => Kernel::Abs,
+            UnaryOp::Sign => Kernel::Sign,
             UnaryOp::Clamp { lo, hi } => Kernel::Clamp { lo, hi },
             UnaryOp::Affine { mul, add } => Kernel::Affine { mul, add },
             // −x·1 + (−0) keeps the sign of a zero, as negation does.

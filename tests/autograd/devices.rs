@@ -13,7 +13,9 @@
 
 use infinity::autograd::attention::attention;
 use infinity::autograd::conv::conv2d;
-use infinity::autograd::elementwise::{add, clamp, div, exp, gelu_tanh, mul, neg, silu, sqrt, square, sub, tanh};
+use infinity::autograd::elementwise::{
+    abs, add, clamp, div, exp, gelu_tanh, log, mul, neg, silu, sqrt, square, sub, tanh,
+};
 use infinity::autograd::index::{concat, embedding, index_select};
 use infinity::autograd::loss::bitwise_cross_entropy;
 use infinity::autograd::matmul::{linear, matmul};
@@ -198,6 +200,13 @@ fn cases() -> Vec<Case> {
             },
             atol: 0.0,
             rtol: 0.0,
+        },
+        Case {
+            name: "abs and log",
+            inputs: vec![padded.clone()],
+            run: |v| log(&add(&abs(&v[0])?, &abs(&v[0])?)?),
+            atol: 1e-6,
+            rtol: 1e-5,
         },
         Case {
             name: "attention",

@@ -9,8 +9,8 @@ use infinity::ops::attention::{Packing, attention, attention_inputs, packed_atte
 use infinity::ops::bitwise::{Sampling, bit_cross_entropy, quantize_scale, sample_bits};
 use infinity::ops::conv::{Conv2dParams, conv2d};
 use infinity::ops::elementwise::{
-    add, add_scalar, affine, clamp, div, exp, gelu_tanh, log, mul, mul_scalar, sigmoid, silu, sqrt, square, sub,
-    sub_scalar, tanh,
+    abs, add, add_scalar, affine, clamp, div, erf, exp, gelu_tanh, log, mul, mul_scalar, sigmoid, sign, silu, sqrt,
+    square, sub, sub_scalar, tanh,
 };
 use infinity::ops::index::{concat, copy_into, embedding, index_add, index_select};
 use infinity::ops::matmul::{linear, matmul};
@@ -325,6 +325,18 @@ fn cases() -> Vec<Case> {
             rtol: 1e-6,
             bf16_on_device: &[],
         },
+        // Zeros among the inputs: abs(±0) and sign(0); log of |x| and of a zero (−inf).
+        Case {
+            name: "abs, sign and log",
+            inputs: vec![
+                mul(&strided, &clamp(&affine(&abs(&strided).unwrap(), 10.0, -3.0).unwrap(), 0.0, 1.0).unwrap())
+                    .unwrap(),
+            ],
+            run: |t| add(&add(&abs(&t[0])?, &sign(&t[0])?)?, &log(&abs(&t[0])?)?),
+            atol: 0.0,
+            rtol: 1e-6,
+            bf16_on_device: &[],
+        },
         Case {
             name: "clamp",
             inputs: vec![padded.clone()],
@@ -523,8 +535,8 @@ fn mixed_devices_and_missing_kernels_are_errors_naming_the_op() {
     let on_device = a.to_device(&exec.device()).unwrap();
     let err = add(&on_device, &b).unwrap_err().to_string();
     assert!(err.starts_with("add: ") && err.contains("move them to one device"), "{err}");
-    let err = log(&on_device).unwrap_err().to_string();
-    assert!(err.starts_with("log: ") && err.contains("has no kernel on CPU shim"), "{err}");
+    let err = erf(&on_device).unwrap_err().to_string();
+    assert!(err.starts_with("erf: ") && err.contains("has no kernel on CPU shim"), "{err}");
     let err = log_softmax(&on_device, 1).unwrap_err().to_string();
     assert!(err.starts_with("log_softmax: ") && err.contains("no kernel"), "{err}");
 }

@@ -29,10 +29,11 @@ do_pack() {
     rm -rf "$pack" && mkdir -p "$pack/bin"
     {
         # Every test binary whose bodies run on each executor (a GPU there): the CUDA tests,
-        # the op and gradient harnesses, the transformer goldens and the training step.
+        # the op and gradient harnesses (AdamW's kernels among them), the transformer goldens
+        # and the training steps.
         cargo test --no-run --test 'cuda_*' --test cli --test ops --test autograd --test transformer \
-            --test train_step --message-format=json
-        cargo bench --no-run --bench cuda --message-format=json
+            --test train_step --test train_vae --message-format=json
+        cargo bench --no-run --bench cuda --bench train --message-format=json
     } | executables >"$pack/targets"
     cargo build --bin infinity-run # the debug binary the cli tests name
     while read -r name path; do strip -o "$pack/bin/$name" "$path"; done <"$pack/targets"
@@ -64,10 +65,12 @@ do_run() {
     local summary=() name
     local only=${INFINITY_GPU_TESTS:-1}
     while [ "$only" != 0 ] && read -r name _; do
-        [ "$name" = cuda ] && continue
+        [ "$name" = cuda ] || [ "$name" = train ] && continue
         [ "$only" = 1 ] || [[ " $only " == *" $name "* ]] || continue
         local filter=()
         [ "$name" = cli ] && filter=(device)
+        # Its other tests run the infinity-train binary, which does not travel.
+        [ "$name" = train_vae ] && filter=(the_vae_step_on_every_executor)
         timeout 300 "$pack/bin/$name" "${filter[@]}" --test-threads 8 >"$out/$name.log" 2>&1
         summary+=("$name: exit $? $(grep -E '^test result' "$out/$name.log" | tail -1)")
         grep -E 'SKIP|panicked|FAILED' "$out/$name.log" | head -5
@@ -77,6 +80,9 @@ do_run() {
             --measurement-time 3 >"$out/bench.log" 2>&1
         summary+=("bench: exit $?")
         grep -E 'thrpt|time:|per image|per scale|anchors|SKIP|panicked' "$out/bench.log"
+        INFINITY_BENCH_DEVICE=cuda timeout 400 "$pack/bin/train" --bench >"$out/train_bench.log" 2>&1
+        summary+=("train bench: exit $?")
+        cat "$out/train_bench.log"
     fi
     printf '%s\n' "${summary[@]}"
 }

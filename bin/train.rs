@@ -10,12 +10,13 @@
 //! `models::train_vae::vae_train_step`; this file parses, validates, loops and reports. Any failure is one line on stderr, `error: <message>`, and
 //! exit code 2; every argument is checked before a weight is read.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::error::Error;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
@@ -25,7 +26,7 @@ use infinity::autograd::optim::official_groups;
 use infinity::autograd::{AdamW, AdamWConfig, Annealing, LrSchedule, Params};
 use infinity::cuda::Executor;
 use infinity::models::bitvae::{self, BitVae, BitVaeConfig};
-use infinity::models::data::{BatchOrder, CaptionRule, Dataset, FeatureCache, OrderState, Samples};
+use infinity::models::data::{BatchOrder, CaptionRule, Dataset, FeatureCache, Loaded, OrderState, Prefetch, Samples};
 use infinity::models::infinity::teacher::{Flips, teacher_forcing};
 use infinity::models::infinity::{Infinity, InfinityConfig};
 use infinity::models::pipeline::{ModelFiles, Pipeline, TextEncoder, check_fit};
@@ -47,6 +48,8 @@ mod plot;
 mod report;
 use report::peak_rss_mib;
 
+/// Batches the loader thread reads and decodes ahead of the step that will train on them.
+const PREFETCH: usize = 2;
 /// Key of the trainer's own Philox stream (BSC flips, caption dropout), apart from the data
 /// order's stream of the same seed.
 const TRAINER_STREAM: u64 = 0x7472_6169_6e65_7221;
@@ -646,12 +649,6 @@ impl Metrics {
     }
 }
 
-/// Whether every item's image has failed to load.
-fn all_images_broken(dataset: &Dataset) -> bool {
-    let skipped: HashSet<PathBuf> = dataset.skipped().into_iter().map(|s| s.image).collect();
-    dataset.items().iter().all(|item| skipped.contains(&item.image))
-}
-
 /// `metrics.csv` and `train.log` of the run folder `out` resumed at `step0`, or `None` (after
 /// saying so) when the run has already reached `steps`.
 fn open_run(out: &Path, header: &str, step0: u64, steps: u64) -> Result<Option<(Metrics, File)>, Box<dyn Error>> {
@@ -682,23 +679,6 @@ fn progress_bar(steps: u64, step0: u64) -> ProgressBar {
         ProgressStyle::with_template("step {pos}/{len} [{bar:30}] {msg} {per_sec} ETA {eta}")
             .unwrap_or(ProgressStyle::default_bar()),
     )
-}
-
-/// The next batch and its images (taken out of the samples), skipping batches none of whose
-/// images load; an error when no image of the dataset loads at all.
-fn next_images(order: &mut BatchOrder, dataset: &Dataset, data: &Path) -> Result<(Samples, Tensor), Box<dyn Error>> {
-    loop {
-        let batch = order.next().ok_or("the batch order ended")?;
-        let mut samples = dataset.load(&batch)?;
-        if let Some(images) = samples.images.take() {
-            return Ok((samples, images));
-        }
-        // Every image of the batch failed to load (each is logged): no step to take, and
-        // no step ever if that holds for the whole dataset.
-        if all_images_broken(dataset) {
-            return Err(format!("{}: no image of the dataset could be loaded", data.display()).into());
-        }
-    }
 }
 
 /// A `size`² crop of each image at a position drawn from the crop stream at (`seed`, `step`),
@@ -935,14 +915,14 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
     let device = training_device(a.run.device)?;
     fs::create_dir_all(&a.run.out)
         .map_err(|e| format!("{}: cannot create the run folder: {e}", a.run.out.display()))?;
-    let dataset = open_dataset(&a.data, plan.pn)?;
+    let dataset = Arc::new(open_dataset(&a.data, plan.pn)?);
     let resume = checkpoint::latest(&a.run.out)?;
     let step0 = resume.as_ref().map_or(0, |c| c.step);
     let mut state = match &resume {
         Some(saved) => RunState::from_checkpoint(saved, a)?,
         None => RunState { order: OrderState::default(), rng: Philox::new(a.run.seed ^ TRAINER_STREAM) },
     };
-    let mut order = BatchOrder::new(&dataset, a.run.batch, a.run.seed, state.order)?;
+    let order = BatchOrder::new(&dataset, a.run.batch, a.run.seed, state.order)?;
     let scales = plan.pn.num_scales();
     let header = ["step,loss,lr,grad_norm".to_string()]
         .into_iter()
@@ -1023,6 +1003,7 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
     let bar = progress_bar(a.run.steps, step0);
     let saving = Saving { out: &a.run.out, every: a.run.save_every, last: a.run.steps, keep: a.run.keep };
     let mut latents = Latents { cache: a.cache_latents.then(HashMap::new) };
+    let mut batches = Prefetch::start(Arc::clone(&dataset), order, PREFETCH);
     let run_start = Instant::now();
     let mut step = step0;
     while step < a.run.steps {
@@ -1030,7 +1011,8 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
         // Each micro-batch's prompts, targets and schedule; the step borrows them.
         let mut micro = Vec::with_capacity(a.accumulate);
         for _ in 0..a.accumulate {
-            let (samples, images) = next_images(&mut order, &dataset, &a.data)?;
+            let Loaded { samples, images, order } = batches.next_batch()?;
+            state.order = order;
             let schedule = samples.template.schedule(plan.pn);
             let latent = latents.encode(&vae, &images, &samples, &dataset)?;
             let flips = if a.bsc_strength > 0.0 {
@@ -1064,7 +1046,6 @@ fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
         let tokens: usize = micro.iter().map(|(prompts, _, schedule)| prompts.len() * schedule.seq_len()).sum();
         let (samples_per_s, tokens_per_s) = (samples as f64 / seconds, tokens as f64 / seconds);
         step += 1;
-        state.order = order.state();
 
         // `{:?}` prints the shortest text that reads back as the same f32: runs compare exactly.
         let mut row =
@@ -1155,14 +1136,14 @@ fn train_vae(a: &VaeArgs) -> Result<(), Box<dyn Error>> {
     let device = training_device(a.run.device)?;
     fs::create_dir_all(&a.run.out)
         .map_err(|e| format!("{}: cannot create the run folder: {e}", a.run.out.display()))?;
-    let dataset = open_dataset(&a.data, a.pn)?;
+    let dataset = Arc::new(open_dataset(&a.data, a.pn)?);
     let resume = checkpoint::latest(&a.run.out)?;
     let step0 = resume.as_ref().map_or(0, |c| c.step);
     let order_state = match &resume {
         Some(saved) => saved_order(saved, "vae", a.run.seed, a.run.batch)?,
         None => OrderState::default(),
     };
-    let mut order = BatchOrder::new(&dataset, a.run.batch, a.run.seed, order_state)?;
+    let order = BatchOrder::new(&dataset, a.run.batch, a.run.seed, order_state)?;
     let with_disc = a.disc_weight > 0.0;
     let header = if with_disc {
         "step,loss,lr,grad_norm,reconstruction,commitment,entropy,disc_loss,gen_adv"
@@ -1230,10 +1211,11 @@ fn train_vae(a: &VaeArgs) -> Result<(), Box<dyn Error>> {
 
     let bar = progress_bar(a.run.steps, step0);
     let saving = Saving { out: &a.run.out, every: a.run.save_every, last: a.run.steps, keep: a.run.keep };
+    let mut batches = Prefetch::start(Arc::clone(&dataset), order, PREFETCH);
     let run_start = Instant::now();
     let mut step = step0;
     while step < a.run.steps {
-        let (samples, images) = next_images(&mut order, &dataset, &a.data)?;
+        let Loaded { samples, images, order } = batches.next_batch()?;
         let images = match a.crop {
             Some(size) => random_crops(&images, size, a.run.seed, step)?,
             None => images,
@@ -1292,7 +1274,7 @@ fn train_vae(a: &VaeArgs) -> Result<(), Box<dyn Error>> {
             step,
             &params,
             &optimizer,
-            &run_json("vae", a.run.seed, a.run.batch, order.state()),
+            &run_json("vae", a.run.seed, a.run.batch, order),
             &bar,
             &mut log_file,
         )?;

@@ -6,12 +6,13 @@ use std::cell::Cell;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use infinity::models::data::{BatchOrder, Caption, CaptionRule, Dataset, FeatureCache, OrderState, fnv1a64};
+use infinity::models::data::{BatchOrder, Caption, CaptionRule, Dataset, FeatureCache, OrderState, Prefetch, fnv1a64};
 use infinity::models::image::save_png;
 use infinity::models::schedule::{PixelBudget, Template};
 use infinity::runtime::Tensor;
 use infinity::runtime::rng::Philox;
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("infinity-data-{name}-{}", std::process::id()));
@@ -109,6 +110,49 @@ fn broken_and_missing_images_are_skipped_and_counted() {
     assert_eq!(samples.items.len(), 1);
     assert_eq!(ds.skip_report(), "1 of 2 images skipped");
     assert_eq!(ds.skipped()[0].image, jdir.join("gone.png"));
+}
+
+/// The loader thread hands out the batches the order gives, in order, each with the order's
+/// state after it (what a checkpoint saves), skipping a batch whose images all fail to load;
+/// a dataset none of whose images load is an error naming its folder, not a hang.
+#[test]
+fn prefetched_batches_follow_the_order() {
+    let dir = temp_dir("prefetch");
+    for i in 0..5 {
+        fs::write(dir.join(format!("img{i}.txt")), format!("image {i}")).unwrap();
+        write_png(&dir.join(format!("img{i}.png")), 16, 16);
+    }
+    fs::write(dir.join("img3.png"), "not an image").unwrap();
+    let ds = Arc::new(Dataset::from_image_folder(&dir, PixelBudget::P006M).unwrap());
+    let mut order = BatchOrder::new(&ds, 1, 4, OrderState::default()).unwrap();
+    let mut batches = Prefetch::start(Arc::clone(&ds), BatchOrder::new(&ds, 1, 4, OrderState::default()).unwrap(), 2);
+    for _ in 0..8 {
+        let got = batches.next_batch().unwrap();
+        let want = loop {
+            let samples = ds.load(&order.next().unwrap()).unwrap();
+            if samples.images.is_some() {
+                break samples;
+            }
+        };
+        assert_eq!(got.samples.items, want.items);
+        assert_eq!(got.samples.captions, want.captions);
+        assert!(got.images.same_values(want.images.as_ref().unwrap()));
+        assert_eq!(got.order, order.state());
+    }
+    drop(batches);
+
+    let broken = temp_dir("prefetch-broken");
+    fs::write(broken.join("a.txt"), "a").unwrap();
+    // Listed (its header is whole), but it fails to decode.
+    write_png(&broken.join("a.png"), 16, 16);
+    let bytes = fs::read(broken.join("a.png")).unwrap();
+    fs::write(broken.join("a.png"), &bytes[..bytes.len() / 2]).unwrap();
+    let ds = Arc::new(Dataset::from_image_folder(&broken, PixelBudget::P006M).unwrap());
+    let order = BatchOrder::new(&ds, 1, 0, OrderState::default()).unwrap();
+    let err = Prefetch::start(ds, order, 2).next_batch().err().unwrap().to_string();
+    assert_eq!(err, format!("{}: no image of the dataset could be loaded", broken.display()));
+    fs::remove_dir_all(&dir).unwrap();
+    fs::remove_dir_all(&broken).unwrap();
 }
 
 #[test]

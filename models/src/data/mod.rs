@@ -10,6 +10,7 @@
 mod cache;
 mod caption;
 mod order;
+mod prefetch;
 mod source;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use infinity_runtime::{Error, Result, Tensor};
 pub use self::cache::{FeatureCache, fnv1a64};
 pub use self::caption::{Caption, CaptionRule, DEFAULT_SHORT_CAP_PROB};
 pub use self::order::{Batch, BatchOrder, OrderState, Slot};
+pub use self::prefetch::{Loaded, Prefetch};
 use crate::image::{fit_to, load_rgb, to_tensor};
 use crate::schedule::{PixelBudget, Template};
 
@@ -67,6 +69,8 @@ pub struct Samples {
 
 /// Items bucketed by template, loaded at one pixel budget.
 pub struct Dataset {
+    /// The folder it was read from (for messages).
+    dir: PathBuf,
     items: Vec<Item>,
     buckets: Vec<Bucket>,
     budget: PixelBudget,
@@ -115,7 +119,15 @@ impl Dataset {
             }
         }
         let unlisted = skipped.len();
-        let dataset = Dataset { items, buckets, budget, caption_rule, unlisted, skipped: Mutex::new(BTreeMap::new()) };
+        let dataset = Dataset {
+            dir: dir.to_path_buf(),
+            items,
+            buckets,
+            budget,
+            caption_rule,
+            unlisted,
+            skipped: Mutex::new(BTreeMap::new()),
+        };
         for s in skipped {
             dataset.skip(s.image, s.reason);
         }
@@ -182,6 +194,17 @@ impl Dataset {
     pub fn skipped(&self) -> Vec<Skipped> {
         let skipped = self.skipped.lock().unwrap_or_else(PoisonError::into_inner);
         skipped.iter().map(|(image, reason)| Skipped::new(image.clone(), reason.clone())).collect()
+    }
+
+    /// The folder the dataset was read from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether every item's image has failed to load.
+    pub fn all_images_skipped(&self) -> bool {
+        let skipped = self.skipped.lock().unwrap_or_else(PoisonError::into_inner);
+        self.items.iter().all(|item| skipped.contains_key(&item.image))
     }
 
     /// "N of M images skipped", M counting the listed items and those skipped while listing.

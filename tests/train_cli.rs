@@ -167,37 +167,8 @@ fn a_tiny_model_trains_from_scratch() {
         })
         .collect();
     fs::write(data.join("1.000_000002.jsonl"), lines).unwrap();
-    let config = dir.join("tiny.json");
-    let tiny = json!({
-        "depth": 1, "embed_dim": 64, "num_heads": 2, "mlp_hidden": 128, "text_channels": 128,
-        "bits": 32, "block_chunks": 1, "text_maxlen": 64,
-    });
-    fs::write(&config, tiny.to_string()).unwrap();
     let out = dir.join("out");
-    let f = |rel: &str| fixture(rel).display().to_string();
-    let run = train(&[
-        "--data",
-        data.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--vae",
-        &f("devA/vae.safetensors"),
-        "--t5",
-        &f("devA/t5_encoder.safetensors"),
-        "--t5-config",
-        &f("devA/t5_config.json"),
-        "--tokenizer",
-        &f("tokenizer/tokenizer.json"),
-        "--pn",
-        "0.06M",
-        "--batch",
-        "1",
-        "--steps",
-        "1",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let run = train_tiny(&dir, &data, &out, &["--batch", "1", "--steps", "1"]);
     assert!(String::from_utf8_lossy(&run.stdout).contains(" 2 items "));
     assert_eq!(losses(&metrics(&out)).len(), 1);
     // Saved after the last step even though --save-every is larger.
@@ -205,49 +176,36 @@ fn a_tiny_model_trains_from_scratch() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A tiny transformer from scratch (head dim 64, which the device kernels take) on the
-/// fixture data, on `device`, up to `steps`, saving after each.
-fn tiny_on(dir: &Path, data: &Path, out: &Path, steps: u64, device: &str) -> Output {
-    let config = dir.join("tiny64.json");
+/// A tiny transformer from scratch (head dim 64, which the device kernels take) on `data`,
+/// with the devA VAE and T5 given file by file, into `out`, with `extra` flags.
+fn train_tiny(dir: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let config = dir.join("tiny.json");
     let tiny = json!({
         "depth": 1, "embed_dim": 128, "num_heads": 2, "mlp_hidden": 256, "text_channels": 128,
         "bits": 32, "block_chunks": 1, "text_maxlen": 64,
     });
     fs::write(&config, tiny.to_string()).unwrap();
     let f = |rel: &str| fixture(rel).display().to_string();
-    let steps = steps.to_string();
-    let run = train(&[
-        "--data",
-        data.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--vae",
-        &f("devA/vae.safetensors"),
-        "--t5",
-        &f("devA/t5_encoder.safetensors"),
-        "--t5-config",
-        &f("devA/t5_config.json"),
-        "--tokenizer",
-        &f("tokenizer/tokenizer.json"),
-        "--pn",
-        "0.06M",
-        "--batch",
-        "2",
-        "--steps",
-        &steps,
-        "--save-every",
-        "1",
-        "--lr",
-        "1e-3",
-        "--seed",
-        "5",
-        "--device",
-        device,
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(run.status.success(), "{device}: {}", String::from_utf8_lossy(&run.stderr));
+    let (vae, t5, t5_config, tokenizer) = (
+        f("devA/vae.safetensors"),
+        f("devA/t5_encoder.safetensors"),
+        f("devA/t5_config.json"),
+        f("tokenizer/tokenizer.json"),
+    );
+    let mut args = vec!["--data", data.to_str().unwrap(), "--config", config.to_str().unwrap(), "--vae", &vae];
+    args.extend(["--t5", &t5, "--t5-config", &t5_config, "--tokenizer", &tokenizer, "--pn", "0.06M"]);
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend(extra);
+    let run = train(&args);
+    assert!(run.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&run.stderr));
     run
+}
+
+/// [`train_tiny`] on `device` up to `steps`, two images a step, saving after each.
+fn tiny_on(dir: &Path, data: &Path, out: &Path, steps: u64, device: &str) -> Output {
+    let steps = steps.to_string();
+    let flags = ["--batch", "2", "--steps", &steps, "--save-every", "1", "--lr", "1e-3", "--seed", "5"];
+    train_tiny(dir, data, out, &[&flags[..], &["--device", device]].concat())
 }
 
 /// `--device shim` (the GPU's kernels on the CPU): every step on the device. Stopped after one

@@ -39,6 +39,12 @@ fn features(t5: &Weights) -> Vec<Tensor> {
         .collect()
 }
 
+/// Labels and inputs of plain teacher forcing from the VAE features the official trainer encoded.
+fn plain_targets(s: &Schedule) -> TeacherForcing {
+    teacher_forcing(open("train/teacher_forcing.safetensors").get("raw_features").unwrap(), &s.grids, Flips::None)
+        .unwrap()
+}
+
 fn prompts(t5: &Weights) -> Vec<StepText> {
     features(t5).into_iter().map(StepText::Features).collect()
 }
@@ -62,11 +68,8 @@ fn one_training_step_matches_the_official_trainer() {
     let mut params = Infinity::parameters(&weights, &config).unwrap();
     assert_eq!(params.len(), 59);
 
-    // Labels and inputs of plain teacher forcing from the VAE features the trainer encoded.
     let s = schedule();
-    let tf =
-        teacher_forcing(open("train/teacher_forcing.safetensors").get("raw_features").unwrap(), &s.grids, Flips::None)
-            .unwrap();
+    let tf = plain_targets(&s);
     let prompts = prompts(&open("devA/t5_golden.safetensors"));
     let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
     let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
@@ -168,9 +171,7 @@ fn a_training_step_matches_on_every_device() {
     let config = Infinity::detect_config(&weights).unwrap();
     let golden = open("train/train_step.safetensors");
     let s = schedule();
-    let tf =
-        teacher_forcing(open("train/teacher_forcing.safetensors").get("raw_features").unwrap(), &s.grids, Flips::None)
-            .unwrap();
+    let tf = plain_targets(&s);
     let prompts = prompts(&open("devA/t5_golden.safetensors"));
     let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
     let settings = StepSettings { lr: LR, weight_decay: WEIGHT_DECAY, clip: CLIP, weighting: TokenWeighting::Uniform };
@@ -224,9 +225,7 @@ fn two_micro_batches_step_like_their_whole_batch() {
     let weights = open("devA/transformer.safetensors");
     let config = Infinity::detect_config(&weights).unwrap();
     let s = schedule();
-    let tf =
-        teacher_forcing(open("train/teacher_forcing.safetensors").get("raw_features").unwrap(), &s.grids, Flips::None)
-            .unwrap();
+    let tf = plain_targets(&s);
     let prompts = prompts(&open("devA/t5_golden.safetensors"));
     assert_eq!(prompts.len(), 2);
     let settings = StepSettings { lr: LR, weight_decay: WEIGHT_DECAY, clip: CLIP, weighting: TokenWeighting::Uniform };
@@ -389,9 +388,7 @@ fn evaluation_scores_what_a_step_trains_on() {
     let weights = open("devA/transformer.safetensors");
     let config = Infinity::detect_config(&weights).unwrap();
     let s = schedule();
-    let tf =
-        teacher_forcing(open("train/teacher_forcing.safetensors").get("raw_features").unwrap(), &s.grids, Flips::None)
-            .unwrap();
+    let tf = plain_targets(&s);
     let prompts = prompts(&open("devA/t5_golden.safetensors"));
     let features: Vec<Tensor> = prompts
         .iter()

@@ -7,14 +7,17 @@
 
 mod common;
 
-use common::{assert_golden, max_abs, max_abs_diff, open};
+use common::{assert_golden, fixture, max_abs, max_abs_diff, open};
 use infinity::autograd::optim::official_groups;
 use infinity::autograd::{AdamW, AdamWConfig, Params, Tape};
 use infinity::cuda::testing::executors;
 use infinity::models::infinity::teacher::{Flips, TeacherForcing, teacher_forcing};
 use infinity::models::infinity::{Infinity, InfinityConfig};
 use infinity::models::schedule::{PixelBudget, Schedule, Template};
-use infinity::models::train::{StepBatch, StepSettings, StepText, TokenWeighting, evaluate, token_weights, train_step};
+use infinity::models::t5::{T5Config, T5Encoder};
+use infinity::models::train::{
+    StepBatch, StepSettings, StepText, TEXT_ENCODER_PREFIX, TokenWeighting, evaluate, token_weights, train_step,
+};
 use infinity::runtime::io::Weights;
 use infinity::runtime::{DType, Device, Tensor};
 
@@ -213,6 +216,52 @@ fn a_training_step_matches_on_every_device() {
             }
         }
         eprintln!("{device}: loss {got} vs {want}; worst gradient {} ({:.1e} of the golden scale)", worst.1, worst.0);
+    }
+}
+
+/// The text encoder training with the transformer (`--train-text-encoder`) on every device:
+/// token prompts through the devA T5 on the step's tape, so its embedding's gradient (an
+/// `index_add` of the token rows) and every T5 gradient are taken on the device. Bounds as in
+/// the device step above: the loss to 2⁻⁸, each T5 gradient to 2⁻⁴ of its largest CPU value
+/// (two bf16 GEMM chains, the transformer's and then T5's, between the loss and it).
+#[test]
+fn a_step_with_the_text_encoder_matches_on_every_device() {
+    let weights = open("devA/transformer.safetensors");
+    let config = Infinity::detect_config(&weights).unwrap();
+    let t5_config = T5Config::open(fixture("devA/t5_config.json")).unwrap();
+    let t5 = T5Encoder::parameters(&open("devA/t5_encoder.safetensors"), &t5_config, TEXT_ENCODER_PREFIX).unwrap();
+    let s = schedule();
+    let tf = plain_targets(&s);
+    // Two prompts of token ids, EOS (1) last; a repeated id makes its embedding row sum two.
+    let prompts = [StepText::Tokens(vec![37, 42, 37, 1]), StepText::Tokens(vec![17, 9, 5, 6, 1])];
+    let batch = StepBatch { prompts: &prompts, text_encoder: Some(&t5_config), targets: &tf, schedule: &s };
+    let settings = StepSettings { lr: LR, weight_decay: WEIGHT_DECAY, clip: CLIP, weighting: TokenWeighting::Uniform };
+    let step = |device: &Device| {
+        let transformer = Infinity::parameters(&weights, &config).unwrap();
+        let all = transformer.iter().chain(t5.iter()).map(|(n, t)| (n.to_string(), t.to_device(device).unwrap()));
+        let mut params = Params::new(all.collect()).unwrap();
+        let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
+        train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings).unwrap()
+    };
+    let want = step(&Device::Cpu);
+    let text_grads: Vec<(&str, &Tensor)> =
+        want.grads.iter().filter(|(n, _)| n.starts_with(TEXT_ENCODER_PREFIX)).collect();
+    assert!(text_grads.iter().any(|(n, _)| n.ends_with("shared.weight")), "the embedding trains");
+    for exec in executors() {
+        let device = exec.device();
+        let got = step(&device);
+        assert!(
+            ((got.loss - want.loss) / want.loss).abs() <= 1.0 / 256.0,
+            "{device}: loss {} vs {}",
+            got.loss,
+            want.loss
+        );
+        for (name, w) in &text_grads {
+            let g = got.grads.get(name).unwrap();
+            assert_eq!(g.device(), device, "{name}'s gradient stays on the device");
+            let rel = max_abs_diff(&g.to_cpu().unwrap(), w) / max_abs(w).max(f32::MIN_POSITIVE);
+            assert!(rel <= 1.0 / 16.0, "{device}: grad.{name}: {rel:e} of its largest");
+        }
     }
 }
 

@@ -125,22 +125,29 @@ pub fn train_step(
     Ok(StepStats { loss, grad_norm, scale_loss, scale_accuracy, grads })
 }
 
-/// The loss, per-scale figures and gradients of one micro-batch (`grad_norm` left at 0).
+/// What one micro-batch contributes to a step.
+struct MicroBatch {
+    loss: f32,
+    scale_loss: Vec<f32>,
+    scale_accuracy: Vec<f32>,
+    grads: GradStore,
+}
+
+/// The loss, per-scale figures and gradients of one micro-batch.
 fn gradients(
     params: &Params,
     config: &InfinityConfig,
     batch: &StepBatch,
     weighting: TokenWeighting,
-) -> Result<StepStats> {
+) -> Result<MicroBatch> {
     let tape = Tape::new();
     let tracked = params.track(&tape)?;
     let model = Infinity::on_tape(config.clone(), &tracked)?;
     let cond = model.condition_vars(&text_features(batch, &tracked)?)?;
     let (loss, scale_accuracy) = score(&model, &cond, batch.targets, batch.schedule, weighting)?;
     let grads = tracked.gradients(tape.backward(&loss.loss)?);
-    Ok(StepStats {
+    Ok(MicroBatch {
         loss: loss.loss.value().to_f32_vec()?[0],
-        grad_norm: 0.0,
         scale_loss: scale_means(&loss.per_token, &batch.schedule.offsets())?,
         scale_accuracy,
         grads,

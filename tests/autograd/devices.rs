@@ -141,7 +141,6 @@ fn cases() -> Vec<Case> {
             atol: 2e-2,
             rtol: 2e-2,
         },
-        // Some keys masked, and the first query's all of them (its probabilities are zero).
         // GEMMs on a device: the gradient and the interpolation weights rounded to bf16.
         Case {
             name: "bilinear, area and nearest resizes",
@@ -171,6 +170,7 @@ fn cases() -> Vec<Case> {
             atol: 0.25,
             rtol: 2e-2,
         },
+        // Some keys masked, and the first query's all of them (its probabilities are zero).
         Case {
             name: "attention with a mask",
             inputs: vec![bf16_exact(&[1, 2, 5, 6], 26), bf16_exact(&[1, 2, 7, 6], 27), bf16_exact(&[1, 2, 7, 6], 28)],

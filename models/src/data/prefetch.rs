@@ -21,7 +21,8 @@ pub struct Loaded {
     pub order: OrderState,
 }
 
-/// The batch loader: a worker thread at most `ahead` batches ahead of its consumer.
+/// The batch loader: a worker thread that keeps up to `ahead` loaded batches waiting for its
+/// consumer (and loads one more meanwhile).
 pub struct Prefetch {
     batches: Option<Receiver<Result<Loaded>>>,
     worker: Option<JoinHandle<()>>,

@@ -81,7 +81,13 @@ fn one_training_step_matches_the_official_trainer() {
         &mut opt,
         &config,
         std::slice::from_ref(&batch),
-        StepSettings { lr: LR, weight_decay: WEIGHT_DECAY, clip: CLIP, weighting: TokenWeighting::Uniform },
+        StepSettings {
+            lr: LR,
+            weight_decay: WEIGHT_DECAY,
+            clip: CLIP,
+            weighting: TokenWeighting::Uniform,
+            recompute_blocks: false,
+        },
     )
     .unwrap();
 
@@ -177,7 +183,13 @@ fn a_training_step_matches_on_every_device() {
     let tf = plain_targets(&s);
     let prompts = prompts(&open("devA/t5_golden.safetensors"));
     let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
-    let settings = StepSettings { lr: LR, weight_decay: WEIGHT_DECAY, clip: CLIP, weighting: TokenWeighting::Uniform };
+    let settings = StepSettings {
+        lr: LR,
+        weight_decay: WEIGHT_DECAY,
+        clip: CLIP,
+        weighting: TokenWeighting::Uniform,
+        recompute_blocks: false,
+    };
     let devices = std::iter::once(Device::Cpu).chain(executors().iter().map(|e| e.device()));
     for device in devices {
         let (loss_bound, grad_bound) = if device.is_cpu() { (1e-5, 1e-4) } else { (1.0 / 256.0, 1.0 / 32.0) };
@@ -235,7 +247,13 @@ fn a_step_with_the_text_encoder_matches_on_every_device() {
     // Two prompts of token ids, EOS (1) last; a repeated id makes its embedding row sum two.
     let prompts = [StepText::Tokens(vec![37, 42, 37, 1]), StepText::Tokens(vec![17, 9, 5, 6, 1])];
     let batch = StepBatch { prompts: &prompts, text_encoder: Some(&t5_config), targets: &tf, schedule: &s };
-    let settings = StepSettings { lr: LR, weight_decay: WEIGHT_DECAY, clip: CLIP, weighting: TokenWeighting::Uniform };
+    let settings = StepSettings {
+        lr: LR,
+        weight_decay: WEIGHT_DECAY,
+        clip: CLIP,
+        weighting: TokenWeighting::Uniform,
+        recompute_blocks: false,
+    };
     let step = |device: &Device| {
         let transformer = Infinity::parameters(&weights, &config).unwrap();
         let all = transformer.iter().chain(t5.iter()).map(|(n, t)| (n.to_string(), t.to_device(device).unwrap()));
@@ -277,7 +295,13 @@ fn two_micro_batches_step_like_their_whole_batch() {
     let tf = plain_targets(&s);
     let prompts = prompts(&open("devA/t5_golden.safetensors"));
     assert_eq!(prompts.len(), 2);
-    let settings = StepSettings { lr: LR, weight_decay: WEIGHT_DECAY, clip: CLIP, weighting: TokenWeighting::Uniform };
+    let settings = StepSettings {
+        lr: LR,
+        weight_decay: WEIGHT_DECAY,
+        clip: CLIP,
+        weighting: TokenWeighting::Uniform,
+        recompute_blocks: false,
+    };
     let step = |batches: &[StepBatch]| {
         let mut params = Infinity::parameters(&weights, &config).unwrap();
         let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
@@ -359,8 +383,13 @@ fn a_tiny_model_overfits_four_latents_on_the_cpu_and_a_gpu() {
     let prompts: Vec<StepText> = features.iter().cloned().map(StepText::Features).collect();
     let tf = teacher_forcing(&latents, &s.grids, Flips::None).unwrap();
     let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
-    let settings =
-        StepSettings { lr: 3e-3, weight_decay: 0.0, clip: f32::INFINITY, weighting: TokenWeighting::Uniform };
+    let settings = StepSettings {
+        lr: 3e-3,
+        weight_decay: 0.0,
+        clip: f32::INFINITY,
+        weighting: TokenWeighting::Uniform,
+        recompute_blocks: false,
+    };
     let initial = Infinity::parameters(&Infinity::random_weights(&config, 0).unwrap(), &config).unwrap();
     // The shim (always the first executor) would take over ten minutes for the 300 steps.
     println!("SKIP: overfitting on the CPU shim (300 steps take over ten minutes there; a GPU runs them)");
@@ -427,7 +456,13 @@ fn bsc_step_with_recorded_flips_gives_the_official_loss() {
     let prompts = prompts(&open("devA/t5_golden.safetensors"));
     let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
     let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
-    let settings = StepSettings { lr: LR, weight_decay: WEIGHT_DECAY, clip: CLIP, weighting: TokenWeighting::Uniform };
+    let settings = StepSettings {
+        lr: LR,
+        weight_decay: WEIGHT_DECAY,
+        clip: CLIP,
+        weighting: TokenWeighting::Uniform,
+        recompute_blocks: false,
+    };
     let stats = train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings).unwrap();
     let want = scalar(g.get("bsc.loss").unwrap());
     assert!(((stats.loss - want) / want).abs() <= 1e-5, "loss {} vs {want}", stats.loss);
@@ -460,9 +495,94 @@ fn evaluation_scores_what_a_step_trains_on() {
     let mut params = Infinity::parameters(&weights, &config).unwrap();
     let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
     let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
-    let settings = StepSettings { lr: LR, weight_decay: WEIGHT_DECAY, clip: CLIP, weighting: TokenWeighting::ByScale };
+    let settings = StepSettings {
+        lr: LR,
+        weight_decay: WEIGHT_DECAY,
+        clip: CLIP,
+        weighting: TokenWeighting::ByScale,
+        recompute_blocks: false,
+    };
     let stats = train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings).unwrap();
     assert_eq!(eval.loss, stats.loss);
     assert_eq!(eval.scale_loss, stats.scale_loss);
     assert_eq!(eval.scale_accuracy, stats.scale_accuracy);
+}
+
+/// Activation checkpointing per block (`recompute_blocks`): the step it takes is the plain
+/// steps bit for bit (loss, every gradient, the updated parameters of two steps), on the CPU and on every
+/// executor; and on an executor its allocator's peak fits the budget formula of the README.
+/// Activations of a step (the peak above what the step leaves held: parameters, gradients,
+/// AdamW's moments) without it: `a`·C f32 per token and block (the bench measures a ≈ 30);
+/// with it: each block's f32 input (1·C per token and block) plus one block's activations
+/// being recomputed, a·C per token, plus what the head and loss keep either way.
+#[test]
+fn recomputing_blocks_takes_the_same_step_in_less_memory() {
+    use infinity::runtime::rng::Philox;
+
+    let config = InfinityConfig {
+        depth: 4,
+        embed_dim: 128,
+        num_heads: 2,
+        mlp_hidden: 512,
+        text_channels: 128,
+        bits: 8,
+        block_chunks: 1,
+        text_maxlen: 8,
+        spatial_patchify: false,
+    };
+    let s = Schedule { grids: vec![(1, 1), (2, 2), (4, 4), (6, 6)], full_grid: (6, 6) };
+    let mut rng = Philox::new(11);
+    let latents = Tensor::from_vec(rng.normal(2 * 8 * 36), &[2, 8, 6, 6]).unwrap();
+    let features: Vec<Tensor> = (0..2).map(|_| Tensor::from_vec(rng.normal(3 * 128), &[3, 128]).unwrap()).collect();
+    let prompts: Vec<StepText> = features.into_iter().map(StepText::Features).collect();
+    let tf = teacher_forcing(&latents, &s.grids, Flips::None).unwrap();
+    let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
+    let initial = Infinity::parameters(&Infinity::initial_weights(&config, 3).unwrap(), &config).unwrap();
+    let step = |device: &Device, recompute_blocks: bool| {
+        let mut params = initial.to_device(device).unwrap();
+        let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
+        let settings = StepSettings {
+            lr: 1e-3,
+            weight_decay: WEIGHT_DECAY,
+            clip: CLIP,
+            weighting: TokenWeighting::ByScale,
+            recompute_blocks,
+        };
+        let exec = executors().iter().find(|e| e.device() == *device);
+        // A first step creates AdamW's moments; the second is measured from what is held
+        // between steps (parameters and moments, 12 B per parameter). Its gradients (4 B per
+        // parameter) are the rest of the state the budget counts apart from the activations.
+        train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings).unwrap();
+        let held = exec.map(|e| {
+            e.reset_peak();
+            e.memory().in_use
+        });
+        let stats = train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings).unwrap();
+        let n_params: usize = params.iter().map(|(_, p)| p.numel()).sum();
+        let activations = exec.zip(held).map(|(e, held)| e.memory().peak - held - 4 * n_params);
+        let grads: Vec<Option<Vec<f32>>> =
+            params.iter().map(|(n, _)| stats.grads.get(n).map(|g| g.to_f32_vec().unwrap())).collect();
+        let after: Vec<Vec<f32>> = params.iter().map(|(_, p)| p.to_f32_vec().unwrap()).collect();
+        (stats.loss, grads, after, activations)
+    };
+    let devices = std::iter::once(Device::Cpu).chain(executors().iter().map(|e| e.device()));
+    for device in devices {
+        let (plain, recomputed) = (step(&device, false), step(&device, true));
+        assert_eq!(plain.0, recomputed.0, "{device}: loss");
+        assert!(plain.1 == recomputed.1, "{device}: the gradients differ");
+        assert!(plain.2 == recomputed.2, "{device}: the updated parameters differ");
+        let (Some(plain), Some(recomputed)) = (plain.3, recomputed.3) else { continue };
+        let (d, per_block) = (config.depth as f64, (2 * s.seq_len() * config.embed_dim * 4) as f64);
+        let a = plain as f64 / (d * per_block);
+        let budget = (d + a) * per_block;
+        eprintln!(
+            "{device}: activations {plain} B without recomputation ({a:.1}·C f32 per token and block), \
+             {recomputed} B with it (budget {budget:.0} B)"
+        );
+        assert!((recomputed as f64) <= budget, "{device}: {recomputed} B of activations over the budget {budget:.0} B");
+        assert!(
+            a > 4.0 * (d + 1.0) / (d - 1.0),
+            "{device}: recomputation saves nothing at {a:.1}·C per token and block"
+        );
+    }
 }

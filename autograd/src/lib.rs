@@ -68,6 +68,7 @@ pub mod matmul;
 pub mod norm;
 pub mod optim;
 mod params;
+pub mod recompute;
 pub mod reduce;
 pub mod resize;
 pub mod rope;

@@ -75,6 +75,8 @@ pub struct StepSettings {
     /// Largest global gradient norm; `f32::INFINITY` never clips.
     pub clip: f32,
     pub weighting: TokenWeighting,
+    /// Activation checkpointing per block ([`Infinity::recompute_blocks`]).
+    pub recompute_blocks: bool,
 }
 
 /// What a step reports.
@@ -108,7 +110,7 @@ pub fn train_step(
     let mut grads = GradStore::default();
     let (mut loss, mut scale_loss, mut scale_accuracy) = (0.0, Vec::new(), Vec::new());
     for batch in batches {
-        let micro = gradients(params, config, batch, settings.weighting)?;
+        let micro = gradients(params, config, batch, settings)?;
         grads.accumulate(&micro.grads, share)?;
         loss += share * micro.loss;
         let mean_into = |sum: &mut Vec<f32>, part: &[f32]| {
@@ -138,13 +140,13 @@ fn gradients(
     params: &Params,
     config: &InfinityConfig,
     batch: &StepBatch,
-    weighting: TokenWeighting,
+    settings: StepSettings,
 ) -> Result<MicroBatch> {
     let tape = Tape::new();
     let tracked = params.track(&tape)?;
-    let model = Infinity::on_tape(config.clone(), &tracked)?;
+    let model = Infinity::on_tape(config.clone(), &tracked)?.recompute_blocks(settings.recompute_blocks);
     let cond = model.condition_vars(&text_features(batch, &tracked)?)?;
-    let (loss, scale_accuracy) = score(&model, &cond, batch.targets, batch.schedule, weighting)?;
+    let (loss, scale_accuracy) = score(&model, &cond, batch.targets, batch.schedule, settings.weighting)?;
     let grads = tracked.gradients(tape.backward(&loss.loss)?);
     Ok(MicroBatch {
         loss: loss.loss.value().to_f32_vec()?[0],

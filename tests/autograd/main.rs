@@ -20,6 +20,7 @@ mod loss;
 mod matmul;
 mod norm;
 mod optim;
+mod recompute;
 mod reduce;
 mod resize;
 mod rope;

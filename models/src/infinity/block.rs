@@ -16,9 +16,10 @@ use infinity_autograd::elementwise::{add, affine, clamp, exp, gelu_tanh, mul};
 use infinity_autograd::index::concat;
 use infinity_autograd::matmul::{linear, linear_to};
 use infinity_autograd::norm::l2_normalize;
+use infinity_autograd::recompute::recomputed;
 use infinity_autograd::rope::rope_interleaved;
-use infinity_ops::attention::{QK_EPS, attention_inputs};
-use infinity_runtime::{DType, Device, Result, Tensor};
+use infinity_ops::attention::{Packing, QK_EPS, attention_inputs};
+use infinity_runtime::{DType, Device, Error, Result, Tensor};
 
 use super::config::InfinityConfig;
 use super::text::{Conditioning, split_kv, zero_k_bias};
@@ -195,13 +196,136 @@ impl Block {
         add(&cond.ada, &self.ada_gss)
     }
 
+    /// The tokens `x` (B, L, C) of every scale of a sequence (`lens` tokens each, `tables` their
+    /// RoPE angles) through the block, one scale after another over one KV cache, as
+    /// [`Block::forward`] runs them. Training runs the blocks one after another this way, so
+    /// that a block's whole work can be recomputed from its input alone.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn forward_sequence(
+        &self,
+        x: &Var,
+        packing: &Packing,
+        ada: &Var,
+        text_kv: &TextKv,
+        lens: &[usize],
+        tables: &[(Tensor, Tensor)],
+    ) -> Result<Var> {
+        let (b, l) = (x.dim(0)?, x.dim(1)?);
+        let mut cache = if x.is_tracked() || self.qkv_w.is_tracked() {
+            KvCache::recorded()
+        } else {
+            let hd = x.dim(2)? / self.heads;
+            KvCache::filled(b, self.heads, l, hd, self.operand, &x.value().device())?
+        };
+        let mut start = 0;
+        let mut out = Vec::with_capacity(lens.len());
+        for (&n, (cos, sin)) in lens.iter().zip(tables) {
+            out.push(self.forward(&x.narrow(1, start, n)?, packing, ada, text_kv, &mut cache, cos, sin)?);
+            start += n;
+        }
+        concat(&out.iter().collect::<Vec<_>>(), 1)
+    }
+
+    /// [`Block::forward_sequence`] recorded as one node that keeps only its inputs (`x`, the
+    /// batch's AdaLN table and text K/V, the block's weights) and recomputes the block's
+    /// activations in the backward pass: activation checkpointing per block.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn forward_sequence_recomputed(
+        &self,
+        x: &Var,
+        packing: &Packing,
+        ada: &Var,
+        text_kv: &TextKv,
+        lens: &[usize],
+        tables: &[(Tensor, Tensor)],
+    ) -> Result<Var> {
+        let weights = self.forward_weights();
+        let inputs: Vec<&Var> = [x, ada, &text_kv.k, &text_kv.v].into_iter().chain(weights).collect();
+        // The closure outlives this call on the tape: it keeps constants only (a tracked clone
+        // would hold the tape that holds the closure).
+        let shell = self.with_forward_weights(&self.forward_weights().map(Var::detach))?;
+        let (packing, lens, tables) = (packing.clone(), lens.to_vec(), tables.to_vec());
+        recomputed("infinity.block", &inputs, move |v| {
+            let block = shell.with_forward_weights(&v[4..])?;
+            let text_kv = TextKv { k: v[2].clone(), v: v[3].clone() };
+            block.forward_sequence(&v[0], &packing, &v[1], &text_kv, &lens, &tables)
+        })
+    }
+
+    /// The weights [`Block::forward`] reads, in the order [`Block::with_forward_weights`] takes.
+    fn forward_weights(&self) -> [&Var; 15] {
+        [
+            &self.qkv_w,
+            &self.qkv_b,
+            &self.head_scale,
+            &self.proj_w,
+            &self.proj_b,
+            &self.ca_q_w,
+            &self.ca_q_b,
+            &self.ca_proj_w,
+            &self.ca_proj_b,
+            &self.ca_norm_scale,
+            &self.ca_norm_b,
+            &self.fc1_w,
+            &self.fc1_b,
+            &self.fc2_w,
+            &self.fc2_b,
+        ]
+    }
+
+    /// This block with the weights [`Block::forward`] reads replaced by `w` (in
+    /// [`Block::forward_weights`] order); the rest detached.
+    fn with_forward_weights(&self, w: &[Var]) -> Result<Block> {
+        let [
+            qkv_w,
+            qkv_b,
+            head_scale,
+            proj_w,
+            proj_b,
+            ca_q_w,
+            ca_q_b,
+            ca_proj_w,
+            ca_proj_b,
+            ca_norm_scale,
+            ca_norm_b,
+            fc1_w,
+            fc1_b,
+            fc2_w,
+            fc2_b,
+        ] = <&[Var; 15]>::try_from(w)
+            .map_err(|_| Error::invalid("infinity.block", &[w.len()], "expected 15 weights"))?;
+        let var = |v: &Var| v.clone();
+        Ok(Block {
+            ada_gss: self.ada_gss.detach(),
+            qkv_w: var(qkv_w),
+            qkv_b: var(qkv_b),
+            head_scale: var(head_scale),
+            proj_w: var(proj_w),
+            proj_b: var(proj_b),
+            ca_q_w: var(ca_q_w),
+            ca_q_b: var(ca_q_b),
+            ca_kv_w: self.ca_kv_w.detach(),
+            ca_kv_b: self.ca_kv_b.detach(),
+            ca_proj_w: var(ca_proj_w),
+            ca_proj_b: var(ca_proj_b),
+            ca_norm_scale: var(ca_norm_scale),
+            ca_norm_b: var(ca_norm_b),
+            fc1_w: var(fc1_w),
+            fc1_b: var(fc1_b),
+            fc2_w: var(fc2_w),
+            fc2_b: var(fc2_b),
+            heads: self.heads,
+            operand: self.operand,
+        })
+    }
+
     /// `x` (B, n, C): the tokens of one scale; `ada` the batch's table ([`Block::ada`]);
     /// `cos`/`sin` (n, hd/2) the tokens' RoPE angles, on the model's device.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn forward(
         &self,
         x: &Var,
-        cond: &Conditioning,
+        packing: &Packing,
         ada: &Var,
         text_kv: &TextKv,
         cache: &mut KvCache,
@@ -227,7 +351,7 @@ impl Block {
         let q = linear_to(&h, &self.ca_q_w, Some(&self.ca_q_b), operand)?
             .reshape(&[b, n, self.heads, hd])?
             .permute(&[0, 2, 1, 3])?;
-        let o = packed_attention(&q, &text_kv.k, &text_kv.v, &cond.packing, 1.0 / (hd as f32).sqrt())?;
+        let o = packed_attention(&q, &text_kv.k, &text_kv.v, packing, 1.0 / (hd as f32).sqrt())?;
         let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, n, c])?;
         let x = add(&x, &linear(&o, &self.ca_proj_w, Some(&self.ca_proj_b))?)?;
 

@@ -43,6 +43,9 @@ pub struct Infinity {
     device: Device,
     /// The dtype of GEMM and attention operands: f32 on the CPU, bf16 on an accelerator.
     operand: DType,
+    /// Whether the teacher-forced forward keeps only each block's input on the tape and
+    /// recomputes the block in the backward pass ([`Infinity::recompute_blocks`]).
+    recompute_blocks: bool,
 }
 
 /// Per-batch state: the text's cross-attention K/V and the AdaLN table of every block, and
@@ -128,6 +131,16 @@ impl Infinity {
         Self::build(config, &device, DType::F32, &mut tracked_source("infinity.on_tape", shapes, params))
     }
 
+    /// Activation checkpointing per block (the official `--checkpointing full-block`): the
+    /// training forward keeps each block's input instead of its activations and recomputes
+    /// them when the backward pass reaches the block. Same gradients, bit for bit; the
+    /// activation memory of a step falls from every block's to one block's plus the blocks'
+    /// inputs, for a second forward's time.
+    pub fn recompute_blocks(mut self, on: bool) -> Self {
+        self.recompute_blocks = on;
+        self
+    }
+
     fn build(config: InfinityConfig, device: &Device, operand: DType, take: Source) -> Result<Self> {
         let blocks = (0..config.depth).map(|i| Block::load(take, &config, i, operand)).collect::<Result<_>>()?;
         Ok(Infinity {
@@ -142,6 +155,7 @@ impl Infinity {
             config,
             device: device.clone(),
             operand,
+            recompute_blocks: false,
         })
     }
 
@@ -331,7 +345,7 @@ impl Infinity {
         let mut h = add(x, &self.lvl_embed.narrow(0, k, 1)?)?;
         let per_block = self.blocks.iter().zip(&session.text_kv).zip(&session.ada).zip(&mut session.caches);
         for (((block, text_kv), ada), cache) in per_block {
-            h = block.forward(&h, session.cond, ada, text_kv, cache, &cos, &sin)?;
+            h = block.forward(&h, &session.cond.packing, ada, text_kv, cache, &cos, &sin)?;
         }
         Ok(h)
     }
@@ -361,20 +375,41 @@ impl Infinity {
                 format!("expected (B, {}, bits)", total - 1),
             ));
         }
+        if schedule.num_scales() > self.lvl_embed.dim(0)? {
+            return Err(Error::invalid("infinity.teacher_forced", &[schedule.num_scales()], "at most 15 scales"));
+        }
+        // Scale k's tokens (the start token for scale 0) plus its level embedding.
         let embedded = self.embed(inputs)?;
         let offsets = schedule.offsets();
-        let mut session = self.session(cond, schedule)?;
-        let mut logits = Vec::with_capacity(schedule.num_scales());
+        let mut tokens = Vec::with_capacity(schedule.num_scales());
         for k in 0..schedule.num_scales() {
             let x = if k == 0 {
                 self.start_tokens(cond)?
             } else {
                 embedded.narrow(1, offsets[k] - 1, offsets[k + 1] - offsets[k])?
             };
-            let h = self.forward_scale(&mut session, &x, schedule, k)?;
-            logits.push(self.logits(cond, &h)?);
+            tokens.push(add(&x, &self.lvl_embed.narrow(0, k, 1)?)?);
         }
-        let refs: Vec<&Var> = logits.iter().collect();
-        concat(&refs, 1)
+        let mut h = concat(&tokens.iter().collect::<Vec<_>>(), 1)?;
+        let lens: Vec<usize> = schedule.tokens().collect();
+        let tables = (schedule.grids.iter())
+            .map(|&grid| {
+                let (cos, sin) = scale_table(grid, schedule.full_grid, self.config.head_dim())?;
+                Ok((cos.to_device(&self.device)?, sin.to_device(&self.device)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Block after block over the whole sequence: a token's hidden state after block i
+        // depends only on block i's inputs of its own and earlier scales, so this equals
+        // running scale after scale through every block, and each block is one unit that
+        // activation checkpointing can recompute.
+        for block in &self.blocks {
+            let (text_kv, ada) = (block.text_kv(&cond.memory)?, block.ada(cond)?);
+            h = if self.recompute_blocks {
+                block.forward_sequence_recomputed(&h, &cond.packing, &ada, &text_kv, &lens, &tables)?
+            } else {
+                block.forward_sequence(&h, &cond.packing, &ada, &text_kv, &lens, &tables)?
+            };
+        }
+        self.logits(cond, &h)
     }
 }

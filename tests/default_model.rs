@@ -7,7 +7,8 @@ use std::process::Command;
 
 use infinity::models::image::{load_rgb, to_tensor};
 use infinity::models::infinity::{SamplingConfig, generate};
-use infinity::models::pipeline::{ModelFiles, Pipeline};
+use infinity::models::model_folder::ModelFiles;
+use infinity::models::pipeline::Pipeline;
 use infinity::models::schedule::{PixelBudget, Template};
 use infinity::runtime::{Device, Tensor};
 

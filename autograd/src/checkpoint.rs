@@ -82,10 +82,15 @@ pub fn latest(root: &Path) -> Result<Option<Checkpoint>> {
 }
 
 impl Checkpoint {
+    /// The checkpoint's parameters file.
+    pub fn params_path(&self) -> PathBuf {
+        self.dir.join(PARAMS)
+    }
+
     /// Overwrites `params` and `optimizer` with the saved ones (every parameter must be saved,
     /// with its shape).
     pub fn restore(&self, params: &mut Params, optimizer: &mut AdamW) -> Result<()> {
-        let saved = Weights::open(self.dir.join(PARAMS))?;
+        let saved = Weights::open(self.params_path())?;
         let names: Vec<String> = params.iter().map(|(n, _)| n.to_string()).collect();
         for name in names {
             // Onto the device the run trains on, whichever device wrote the checkpoint.

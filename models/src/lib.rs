@@ -1,14 +1,16 @@
 //! The models, each written once on the op set and autograd and loaded onto the device it
 //! runs on: the BitVAE tokenizer, the flan-T5 text encoder and the Infinity transformer with
 //! its sampler; the scale schedules they share; the text-to-image pipeline; and what training
-//! needs (data, training steps for both models).
+//! needs (data, training steps for both models, and the runs that take them).
 
 pub mod bitvae;
 pub mod data;
 pub mod image;
 pub mod infinity;
+pub mod model_folder;
 mod params;
 pub mod pipeline;
+pub mod run;
 pub mod schedule;
 pub mod t5;
 pub mod train;

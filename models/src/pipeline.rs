@@ -1,74 +1,18 @@
-//! Text to image: where a model's files are (a model folder with `config.json`, or explicit
-//! paths), the checks that the three models fit together — made from tensor shapes alone,
-//! before any weight is converted — and the stages prompts → T5 features → bits → image.
+//! Text to image: the checks that the three models of a [`ModelFiles`] fit together — made
+//! from tensor shapes alone, before any weight is converted — and the stages prompts → T5
+//! features → bits → image.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use infinity_runtime::io::Weights;
 use infinity_runtime::{Device, Error, Result, Tensor};
-use serde_json::Value;
 
 use crate::bitvae::{self, BitVae, BitVaeConfig};
 use crate::infinity::{Infinity, InfinityConfig};
-use crate::schedule::{PATCH, PixelBudget};
+use crate::model_folder::ModelFiles;
+use crate::schedule::PATCH;
 use crate::t5::tokenizer::Encoded;
 use crate::t5::{T5Config, T5Encoder, T5Tokenizer};
-
-/// The files of one text-to-image model.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ModelFiles {
-    pub transformer: PathBuf,
-    pub vae: PathBuf,
-    /// T5 encoder weights: a safetensors/.pth file, a sharded index json or a Hugging Face folder.
-    pub t5: PathBuf,
-    /// The encoder's Hugging Face `config.json`.
-    pub t5_config: PathBuf,
-    pub tokenizer: PathBuf,
-    /// The pixel budget the model was trained for, when its folder says so.
-    pub default_pn: Option<PixelBudget>,
-}
-
-impl ModelFiles {
-    /// Reads `dir/config.json`: `{"transformer", "vae", "t5", "t5_config", "tokenizer"}` file
-    /// names relative to the folder (defaults: transformer.safetensors, vae.safetensors,
-    /// t5.safetensors, t5_config.json, tokenizer.json) and optionally `"pn"`.
-    pub fn from_dir(dir: &Path) -> Result<Self> {
-        let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| Error::format(&config_path, format!("not valid JSON: {e}")))?;
-        let file = |key: &str, default: &str| -> Result<PathBuf> {
-            match v.get(key) {
-                None => Ok(dir.join(default)),
-                Some(Value::String(name)) => Ok(dir.join(name)),
-                Some(_) => Err(Error::format(&config_path, format!("'{key}' must be a file name"))),
-            }
-        };
-        let default_pn = match v.get("pn") {
-            None => None,
-            Some(Value::String(s)) => Some(s.parse().map_err(|e: String| Error::format(&config_path, e))?),
-            Some(_) => return Err(Error::format(&config_path, "'pn' must be a string such as \"0.06M\"")),
-        };
-        Ok(ModelFiles {
-            transformer: file("transformer", "transformer.safetensors")?,
-            vae: file("vae", "vae.safetensors")?,
-            t5: file("t5", "t5.safetensors")?,
-            t5_config: file("t5_config", "t5_config.json")?,
-            tokenizer: file("tokenizer", "tokenizer.json")?,
-            default_pn,
-        })
-    }
-
-    /// Fails on the first file that does not exist, naming it.
-    pub fn check_exist(&self) -> Result<()> {
-        for p in [&self.transformer, &self.vae, &self.t5, &self.t5_config, &self.tokenizer] {
-            if !p.exists() {
-                return Err(Error::io(p, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder")));
-            }
-        }
-        Ok(())
-    }
-}
 
 /// The three models, loaded and checked against each other.
 pub struct Pipeline {

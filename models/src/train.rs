@@ -9,8 +9,10 @@ use infinity_autograd::{AdamW, GradStore, Params, Tape, Tracked, Var};
 use infinity_ops::index::concat;
 use infinity_runtime::{Error, Result, Tensor};
 
-use crate::infinity::teacher::TeacherForcing;
+use crate::data::Dataset;
+use crate::infinity::teacher::{Flips, TeacherForcing, teacher_forcing};
 use crate::infinity::{Conditioning, Infinity, InfinityConfig};
+use crate::pipeline::Pipeline;
 use crate::schedule::Schedule;
 use crate::t5::{T5Config, T5Encoder};
 
@@ -200,6 +202,62 @@ pub fn evaluate(
         scale_loss: scale_means(&loss.per_token, &schedule.offsets())?,
         scale_accuracy,
     })
+}
+
+/// A model's scores on a whole data set: sample-weighted means over its batches.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DatasetScores {
+    /// Items scored (those whose image loaded).
+    pub items: usize,
+    pub loss: f64,
+    pub scale_loss: Vec<f64>,
+    pub scale_accuracy: Vec<f64>,
+}
+
+/// Scores `pipeline` on every item of `dataset` once, with its whole caption, `batch` images
+/// per forward pass at the data set's pixel budget, the loss weighted by scale (the training
+/// objective); `scored(n)` is told after each batch. Errors when no image loads.
+pub fn evaluate_dataset(
+    pipeline: &Pipeline,
+    dataset: &Dataset,
+    batch: usize,
+    mut scored: impl FnMut(usize),
+) -> Result<DatasetScores> {
+    let scales = dataset.budget().num_scales();
+    let mut sums =
+        DatasetScores { items: 0, loss: 0.0, scale_loss: vec![0.0; scales], scale_accuracy: vec![0.0; scales] };
+    for bucket in dataset.buckets() {
+        let schedule = bucket.template.schedule(dataset.budget());
+        for chunk in bucket.items.chunks(batch.max(1)) {
+            let (images, captions): (Vec<Tensor>, Vec<&str>) = chunk
+                .iter()
+                .filter_map(|&i| Some((dataset.load_image(i)?, dataset.items()[i].caption.long.as_str())))
+                .unzip();
+            if images.is_empty() {
+                continue;
+            }
+            let latent = pipeline.vae.encode(&concat(&images.iter().collect::<Vec<_>>(), 0)?)?;
+            let targets = teacher_forcing(&latent, &schedule.grids, Flips::None)?;
+            let prompts: Vec<Tensor> = pipeline.encode_prompts(&captions)?.into_iter().map(|p| p.features).collect();
+            let stats = evaluate(&pipeline.transformer, &prompts, &targets, &schedule, TokenWeighting::ByScale)?;
+            let n = images.len() as f64;
+            sums.loss += f64::from(stats.loss) * n;
+            for (sum, values) in
+                [(&mut sums.scale_loss, &stats.scale_loss), (&mut sums.scale_accuracy, &stats.scale_accuracy)]
+            {
+                sum.iter_mut().zip(values).for_each(|(s, v)| *s += f64::from(*v) * n);
+            }
+            sums.items += images.len();
+            scored(sums.items);
+        }
+    }
+    if sums.items == 0 {
+        return Err(Error::format(dataset.dir(), "no image of the dataset could be loaded"));
+    }
+    let n = sums.items as f64;
+    sums.loss /= n;
+    sums.scale_loss.iter_mut().chain(&mut sums.scale_accuracy).for_each(|x| *x /= n);
+    Ok(sums)
 }
 
 /// Every prompt's features as a `Var`: the given ones as constants, the tokenised ones encoded

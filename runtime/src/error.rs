@@ -40,6 +40,11 @@ pub enum Error {
 
     #[error("{path}: tensor '{key}': {msg}")]
     Tensor { path: PathBuf, key: String, msg: String },
+
+    /// A setting of a run (a command-line flag) that cannot work with what it met, such as a
+    /// crop larger than the images; the message names the setting.
+    #[error("{0}")]
+    Setting(String),
 }
 
 impl Error {
@@ -53,6 +58,10 @@ impl Error {
 
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
+    }
+
+    pub fn setting(msg: impl Into<String>) -> Self {
+        Error::Setting(msg.into())
     }
 
     pub fn tensor(path: impl Into<PathBuf>, key: impl Into<String>, msg: impl Into<String>) -> Self {

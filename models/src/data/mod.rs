@@ -82,6 +82,17 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// A jsonl folder ([`Dataset::from_jsonl_dir`]) when `dir` holds any `.jsonl` file, else a
+    /// folder of captioned images ([`Dataset::from_image_folder`]).
+    pub fn open(dir: impl AsRef<Path>, budget: PixelBudget) -> Result<Self> {
+        let dir = dir.as_ref();
+        let has_jsonl = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .filter_map(std::result::Result::ok)
+            .any(|e| e.path().extension().is_some_and(|x| x == "jsonl"));
+        if has_jsonl { Self::from_jsonl_dir(dir, budget) } else { Self::from_image_folder(dir, budget) }
+    }
+
     /// The official layout: a folder of `[h_div_w]_[count].jsonl` files; captions follow the
     /// dynamic-length rule with the default `short_cap_prob` (see `with_caption_rule`).
     pub fn from_jsonl_dir(dir: impl AsRef<Path>, budget: PixelBudget) -> Result<Self> {

@@ -1,0 +1,142 @@
+//! A model folder: the files of one text-to-image model (transformer, BitVAE, T5 encoder, its
+//! config and tokenizer) and the `config.json` that names them and the pixel budget the model
+//! was trained for. Read by `infinity-run --model-dir`, written by [`export`] from a training
+//! run; this module is the only one that knows the format.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use infinity_runtime::io::{Weights, save_safetensors, write_atomically};
+use infinity_runtime::{Device, Error, Result};
+use serde_json::{Value, json};
+
+use crate::pipeline::Pipeline;
+use crate::schedule::PixelBudget;
+use crate::train::TEXT_ENCODER_PREFIX;
+
+const CONFIG: &str = "config.json";
+const TRANSFORMER: &str = "transformer.safetensors";
+const VAE: &str = "vae.safetensors";
+const T5: &str = "t5.safetensors";
+const T5_CONFIG: &str = "t5_config.json";
+const TOKENIZER: &str = "tokenizer.json";
+
+/// The files of one text-to-image model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelFiles {
+    pub transformer: PathBuf,
+    pub vae: PathBuf,
+    /// T5 encoder weights: a safetensors/.pth file, a sharded index json or a Hugging Face folder.
+    pub t5: PathBuf,
+    /// The encoder's Hugging Face `config.json`.
+    pub t5_config: PathBuf,
+    pub tokenizer: PathBuf,
+    /// The pixel budget the model was trained for, when its folder says so.
+    pub default_pn: Option<PixelBudget>,
+}
+
+impl ModelFiles {
+    /// Reads `dir/config.json`: `{"transformer", "vae", "t5", "t5_config", "tokenizer"}` file
+    /// names relative to the folder (defaults: transformer.safetensors, vae.safetensors,
+    /// t5.safetensors, t5_config.json, tokenizer.json) and optionally `"pn"`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let config_path = dir.join(CONFIG);
+        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| Error::format(&config_path, format!("not valid JSON: {e}")))?;
+        let file = |key: &str, default: &str| -> Result<PathBuf> {
+            match v.get(key) {
+                None => Ok(dir.join(default)),
+                Some(Value::String(name)) => Ok(dir.join(name)),
+                Some(_) => Err(Error::format(&config_path, format!("'{key}' must be a file name"))),
+            }
+        };
+        let default_pn = match v.get("pn") {
+            None => None,
+            Some(Value::String(s)) => Some(s.parse().map_err(|e: String| Error::format(&config_path, e))?),
+            Some(_) => return Err(Error::format(&config_path, "'pn' must be a string such as \"0.06M\"")),
+        };
+        Ok(ModelFiles {
+            transformer: file("transformer", TRANSFORMER)?,
+            vae: file("vae", VAE)?,
+            t5: file("t5", T5)?,
+            t5_config: file("t5_config", T5_CONFIG)?,
+            tokenizer: file("tokenizer", TOKENIZER)?,
+            default_pn,
+        })
+    }
+
+    /// Fails on the first file that does not exist, naming it.
+    pub fn check_exist(&self) -> Result<()> {
+        for p in [&self.transformer, &self.vae, &self.t5, &self.t5_config, &self.tokenizer] {
+            if !p.exists() {
+                return Err(Error::io(p, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a model folder is exported from.
+#[derive(Clone, Debug)]
+pub struct ExportSources {
+    /// A transformer run's parameters (`params.safetensors` of a checkpoint); those under
+    /// [`TEXT_ENCODER_PREFIX`], when the run trained its text encoder, are the T5 encoder.
+    pub params: PathBuf,
+    pub vae: PathBuf,
+    /// T5 weights, for a run whose text encoder was frozen.
+    pub t5: Option<PathBuf>,
+    pub t5_config: PathBuf,
+    pub tokenizer: PathBuf,
+    /// The pixel budget the model was trained at: the folder's default.
+    pub pn: PixelBudget,
+}
+
+/// Writes the model folder `out` from `sources`, each file atomically; the folder is checked
+/// by loading it (on the CPU) before `config.json`, the file that makes it a model folder.
+pub fn export(sources: &ExportSources, out: &Path) -> Result<ModelFiles> {
+    let weights = Weights::open(&sources.params)?;
+    let (text, transformer): (Vec<_>, Vec<_>) =
+        weights.iter().partition(|(key, _)| key.starts_with(TEXT_ENCODER_PREFIX));
+    if text.is_empty() && sources.t5.is_none() {
+        return Err(Error::format(&sources.params, "the run did not train a text encoder; give its weights with --t5"));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let copy = |from: &Path, name: &str| -> Result<()> {
+        let bytes = std::fs::read(from).map_err(|e| Error::io(from, e))?;
+        write_atomically(out.join(name), |w| w.write_all(&bytes))
+    };
+    let metadata = BTreeMap::from([("source".to_string(), sources.params.display().to_string())]);
+    save_safetensors(out.join(TRANSFORMER), transformer, &metadata)?;
+    match &sources.t5 {
+        Some(t5) => copy(t5, T5)?,
+        None => {
+            let stripped = text.iter().map(|(k, t)| (k.trim_start_matches(TEXT_ENCODER_PREFIX), *t));
+            save_safetensors(out.join(T5), stripped, &metadata)?;
+        }
+    }
+    copy(&sources.vae, VAE)?;
+    copy(&sources.t5_config, T5_CONFIG)?;
+    copy(&sources.tokenizer, TOKENIZER)?;
+    let files = ModelFiles {
+        transformer: out.join(TRANSFORMER),
+        vae: out.join(VAE),
+        t5: out.join(T5),
+        t5_config: out.join(T5_CONFIG),
+        tokenizer: out.join(TOKENIZER),
+        default_pn: Some(sources.pn),
+    };
+    Pipeline::load(&files, &Device::Cpu)?;
+    let config = json!({
+        "transformer": TRANSFORMER,
+        "vae": VAE,
+        "t5": T5,
+        "t5_config": T5_CONFIG,
+        "tokenizer": TOKENIZER,
+        "pn": sources.pn.to_string(),
+    });
+    let text =
+        serde_json::to_string_pretty(&config).map_err(|e| Error::format(out.join(CONFIG), e.to_string()))? + "\n";
+    write_atomically(out.join(CONFIG), |w| w.write_all(text.as_bytes()))?;
+    Ok(files)
+}

@@ -1,0 +1,166 @@
+//! A run folder: `metrics.csv` (one row per step), `train.log` (the command, the opening line,
+//! one line per step, each checkpoint), the checkpoints (`autograd::checkpoint`'s folders and
+//! rotation) and, in each checkpoint's state, what a resumed run must match — the command,
+//! its seed and batch size — and continue from: the data position.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use infinity_autograd::checkpoint::{self, Checkpoint};
+use infinity_autograd::{AdamW, Params};
+use infinity_runtime::{Device, Error, Result};
+use serde_json::{Value, json};
+
+use crate::data::OrderState;
+
+/// What every training run takes: where it is saved, its length, batch and randomness.
+#[derive(Clone, Debug)]
+pub struct RunSettings {
+    /// The run folder: checkpoints, `train.log`, `metrics.csv` (and caches).
+    pub out: PathBuf,
+    /// The step the run ends at (a resumed run continues up to it).
+    pub steps: u64,
+    /// Images per step (per micro-batch for the transformer).
+    pub batch: usize,
+    /// Seed of the data order, the initial weights and every random draw of training.
+    pub seed: u64,
+    /// A checkpoint every this many steps, and after the last.
+    pub save_every: u64,
+    /// Checkpoints kept (the newest).
+    pub keep: usize,
+    /// Where the models and the whole step run; data loading stays on the host.
+    pub device: Device,
+    /// The command line that started the run, logged first in `train.log`.
+    pub command: String,
+}
+
+/// An open run folder.
+pub(super) struct RunFolder {
+    out: PathBuf,
+    metrics: File,
+    log: File,
+    save_every: u64,
+    last: u64,
+    keep: usize,
+}
+
+impl RunFolder {
+    /// Opens `settings.out` for a run resumed at `step0` with the `metrics.csv` columns
+    /// `header`. Rows past `step0` (written after the checkpoint by an interrupted run) are
+    /// dropped, so each step appears once.
+    pub(super) fn open(settings: &RunSettings, header: &str, step0: u64) -> Result<Self> {
+        let out = &settings.out;
+        let path = out.join("metrics.csv");
+        let old = match fs::read_to_string(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            read => read.map_err(|e| Error::io(&path, e))?,
+        };
+        let mut lines = old.lines();
+        let mut kept = format!("{header}\n");
+        if let Some(first) = lines.next() {
+            if first != header {
+                let msg = format!("its columns are not this run's ({header}); use another --out");
+                return Err(Error::format(&path, msg));
+            }
+            let done = |l: &&str| l.split(',').next().and_then(|s| s.parse::<u64>().ok()).is_some_and(|s| s <= step0);
+            for line in lines.filter(done) {
+                kept += line;
+                kept.push('\n');
+            }
+        }
+        fs::write(&path, kept).map_err(|e| Error::io(&path, e))?;
+        let append =
+            |path: &Path| OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e));
+        Ok(RunFolder {
+            out: out.clone(),
+            metrics: append(&path)?,
+            log: append(&out.join("train.log"))?,
+            save_every: settings.save_every,
+            last: settings.steps,
+            keep: settings.keep,
+        })
+    }
+
+    /// Appends a line to `train.log`.
+    pub(super) fn log(&mut self, line: &str) -> Result<()> {
+        writeln!(self.log, "{line}").map_err(|e| Error::io(self.out.join("train.log"), e))
+    }
+
+    /// Appends a row to `metrics.csv`.
+    pub(super) fn row(&mut self, fields: &[String]) -> Result<()> {
+        writeln!(self.metrics, "{}", fields.join(",")).map_err(|e| Error::io(self.out.join("metrics.csv"), e))
+    }
+
+    /// Whether a checkpoint is due after `step`: every `save_every` steps and the last.
+    pub(super) fn due(&self, step: u64) -> bool {
+        step.is_multiple_of(self.save_every) || step == self.last
+    }
+
+    /// The folder the checkpoint after `step` goes to (`autograd::checkpoint`'s naming), for
+    /// what a run saves inside it before [`RunFolder::save`] completes it.
+    pub(super) fn checkpoint_dir(&self, step: u64) -> PathBuf {
+        self.out.join(format!("step-{step:09}"))
+    }
+
+    /// Saves a checkpoint after `step` when one is due, logs it and returns its folder.
+    pub(super) fn save(
+        &mut self,
+        step: u64,
+        params: &Params,
+        optimizer: &AdamW,
+        state: &Value,
+    ) -> Result<Option<PathBuf>> {
+        if !self.due(step) {
+            return Ok(None);
+        }
+        let dir = checkpoint::save(&self.out, step, params, optimizer, state, self.keep)?;
+        self.log(&format!("saved {}", dir.display()))?;
+        Ok(Some(dir))
+    }
+}
+
+/// The run state every command saves: which command, its seed and batch size, and the data
+/// position.
+pub(super) fn run_state(command: &str, settings: &RunSettings, order: OrderState) -> Value {
+    json!({ "command": command, "seed": settings.seed, "batch": settings.batch, "order": order.to_json() })
+}
+
+pub(super) fn not_ours(saved: &Checkpoint, command: &str) -> Error {
+    Error::format(&saved.dir, format!("not a checkpoint of infinity-train {command}"))
+}
+
+/// The data position of `saved`, refused when it was written by another command (runs of
+/// the transformer command from before the field existed count as `transformer`) or by a
+/// run with another seed or batch size (its data position would mean other batches).
+pub(super) fn saved_order(saved: &Checkpoint, command: &str, settings: &RunSettings) -> Result<OrderState> {
+    let s = &saved.state;
+    if s.get("command").and_then(Value::as_str).unwrap_or("transformer") != command {
+        return Err(not_ours(saved, command));
+    }
+    let (seed, batch) = (s.get("seed").and_then(Value::as_u64), s.get("batch").and_then(Value::as_u64));
+    if (seed, batch) != (Some(settings.seed), Some(settings.batch as u64)) {
+        let shown = |v: Option<u64>| v.map_or("?".into(), |v| v.to_string());
+        let msg = format!(
+            "saved by a run with --seed {} --batch {}; resume with the same values or use another --out",
+            shown(seed),
+            shown(batch)
+        );
+        return Err(Error::format(&saved.dir, msg));
+    }
+    let order = s.get("order").and_then(Value::as_str).ok_or_else(|| not_ours(saved, command))?;
+    OrderState::from_json(order)
+}
+
+/// The opening line of a run, after the command line that started it, in `train.log`.
+pub(super) fn announce(
+    folder: &mut RunFolder,
+    settings: &RunSettings,
+    intro: &str,
+    progress: &mut dyn super::Progress,
+    step0: u64,
+) -> Result<()> {
+    folder.log(&format!("$ {}\n{intro}", settings.command))?;
+    progress.start(intro, step0, settings.steps);
+    Ok(())
+}

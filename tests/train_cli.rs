@@ -1,7 +1,7 @@
 //! `infinity-train transformer` end to end on a tiny captioned-image dataset with the devA
 //! fixture models (256² images, 16×16 latents at 0.06M): the same command gives the same
-//! metrics, a run stopped at a checkpoint and re-run continues bit-identically to an unbroken
-//! one, and bad input is one line on stderr with exit code 2 before any work.
+//! metrics, a run stopped at a checkpoint or killed at any moment and re-run continues
+//! bit-identically to an unbroken one (on the CPU and on the shim device), and bad input is one line on stderr with exit code 2 before any work.
 
 mod common;
 
@@ -124,6 +124,26 @@ fn a_resumed_run_continues_exactly_like_an_unbroken_one() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Starts `infinity-train transformer args` and kills it without warning (SIGKILL) at
+/// whatever point it has reached once its first checkpoint is complete (`out/latest.json`).
+fn kill_after_first_checkpoint(args: &[String], out: &Path) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_infinity-train"))
+        .arg("transformer")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !out.join("latest.json").exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before its first checkpoint");
+        assert!(std::time::Instant::now() < deadline, "no checkpoint within 5 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// A run killed without warning (SIGKILL) at whatever point it has reached after its first
 /// checkpoint, then started again with the same command, ends with the losses of an unbroken run.
 #[test]
@@ -132,22 +152,7 @@ fn a_killed_run_resumes_to_the_losses_of_an_unbroken_one() {
     let (data, model) = setup(&dir);
     let (whole, killed) = (dir.join("whole"), dir.join("killed"));
     fine_tune(&data, &model, &whole, 6);
-
-    let mut child = Command::new(env!("CARGO_BIN_EXE_infinity-train"))
-        .arg("transformer")
-        .args(fine_tune_args(&data, &model, &killed, 6))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while !killed.join("latest.json").exists() {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before its first checkpoint");
-        assert!(std::time::Instant::now() < deadline, "no checkpoint within 5 minutes");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_after_first_checkpoint(&fine_tune_args(&data, &model, &killed, 6), &killed);
     let resumed = fine_tune(&data, &model, &killed, 6);
     assert!(String::from_utf8_lossy(&resumed.stdout).contains("resuming"));
     assert_eq!(losses(&metrics(&whole)), losses(&metrics(&killed)));
@@ -176,9 +181,9 @@ fn a_tiny_model_trains_from_scratch() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A tiny transformer from scratch (head dim 64, which the device kernels take) on `data`,
-/// with the devA VAE and T5 given file by file, into `out`, with `extra` flags.
-fn train_tiny(dir: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
+/// The arguments of a tiny transformer from scratch (head dim 64, which the device kernels
+/// take) on `data`, with the devA VAE and T5 given file by file, into `out`, with `extra` flags.
+fn tiny_args(dir: &Path, data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     let config = dir.join("tiny.json");
     let tiny = json!({
         "depth": 1, "embed_dim": 128, "num_heads": 2, "mlp_hidden": 256, "text_channels": 128,
@@ -196,22 +201,36 @@ fn train_tiny(dir: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
     args.extend(["--t5", &t5, "--t5-config", &t5_config, "--tokenizer", &tokenizer, "--pn", "0.06M"]);
     args.extend(["--out", out.to_str().unwrap()]);
     args.extend(extra);
-    let run = train(&args);
+    args.into_iter().map(String::from).collect()
+}
+
+/// Trains [`tiny_args`]' model.
+fn train_tiny(dir: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let args = tiny_args(dir, data, out, extra);
+    let run = train(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(run.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&run.stderr));
     run
 }
 
-/// [`train_tiny`] on `device` up to `steps`, two images a step, saving after each.
-fn tiny_on(dir: &Path, data: &Path, out: &Path, steps: u64, device: &str) -> Output {
-    let steps = steps.to_string();
-    let flags = ["--batch", "2", "--steps", &steps, "--save-every", "1", "--lr", "1e-3", "--seed", "5"];
-    train_tiny(dir, data, out, &[&flags[..], &["--device", device]].concat())
+/// The flags of a [`tiny_args`] run on `device` up to `steps`, two images a step, saving
+/// after each.
+fn tiny_flags(steps: u64, device: &str) -> Vec<String> {
+    let flags = ["--batch", "2", "--steps", &steps.to_string(), "--save-every", "1", "--lr", "1e-3", "--seed", "5"]
+        .map(String::from);
+    [&flags[..], &["--device".to_string(), device.to_string()]].concat()
 }
 
-/// `--device shim` (the GPU's kernels on the CPU): every step on the device. Stopped after one
-/// step and resumed, a run gives the unbroken run's losses bit for bit; a run started on the
-/// CPU resumes on the device, following the CPU's losses to the precision of the device's bf16
-/// GEMM operands. (The shim runs a step of this tiny model in ~50 s, so the runs are short.)
+/// [`train_tiny`] with [`tiny_flags`].
+fn tiny_on(dir: &Path, data: &Path, out: &Path, steps: u64, device: &str) -> Output {
+    let flags = tiny_flags(steps, device);
+    train_tiny(dir, data, out, &flags.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// `--device shim` (the GPU's kernels on the CPU): every step on the device. Killed without
+/// warning (SIGKILL) during its second step and started again, a run gives the unbroken run's
+/// losses bit for bit; a run started on the CPU resumes on the device, following the CPU's
+/// losses to the precision of the device's bf16 GEMM operands. (The shim runs a step of this
+/// tiny model in ~50 s, so the runs are short.)
 #[test]
 fn a_run_on_the_shim_device_resumes_exactly_and_changes_devices() {
     let dir = temp_dir("device");
@@ -219,10 +238,15 @@ fn a_run_on_the_shim_device_resumes_exactly_and_changes_devices() {
     let whole = dir.join("whole");
     let run = tiny_on(&dir, &data, &whole, 2, "shim");
     assert!(String::from_utf8_lossy(&run.stdout).contains("on CPU shim"), "{}", String::from_utf8_lossy(&run.stdout));
-    let parts = dir.join("parts");
-    tiny_on(&dir, &data, &parts, 1, "shim");
-    tiny_on(&dir, &data, &parts, 2, "shim");
-    assert_eq!(losses(&metrics(&whole)), losses(&metrics(&parts)));
+    let killed = dir.join("killed");
+    let flags = tiny_flags(2, "shim");
+    kill_after_first_checkpoint(
+        &tiny_args(&dir, &data, &killed, &flags.iter().map(String::as_str).collect::<Vec<_>>()),
+        &killed,
+    );
+    let resumed = tiny_on(&dir, &data, &killed, 2, "shim");
+    assert!(String::from_utf8_lossy(&resumed.stdout).contains("resuming"));
+    assert_eq!(losses(&metrics(&whole)), losses(&metrics(&killed)));
 
     let (cpu, moved) = (dir.join("cpu"), dir.join("moved"));
     tiny_on(&dir, &data, &cpu, 2, "cpu");
@@ -459,5 +483,99 @@ fn bad_input_is_one_line_and_exit_code_2() {
         common::assert_refused(&train(&args), want);
         assert!(!out.exists(), "nothing is written before the arguments are checked");
     }
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The run behind the command, in the library: a Progress sees the opening line, each step
+/// and each checkpoint; the outcome says which steps were taken; run again, it has nothing
+/// left to do and says so.
+#[test]
+fn the_library_run_reports_its_progress_and_outcome() {
+    use infinity::autograd::{AdamWConfig, Annealing, LrSchedule};
+    use infinity::models::infinity::InfinityConfig;
+    use infinity::models::run::transformer::{Start, TransformerRun};
+    use infinity::models::run::{Outcome, Progress, RunSettings};
+    use infinity::models::schedule::PixelBudget;
+    use infinity::models::train::TokenWeighting;
+    use infinity::runtime::Device;
+
+    #[derive(Default)]
+    struct Seen(Vec<String>);
+    impl Progress for Seen {
+        fn start(&mut self, intro: &str, from: u64, to: u64) {
+            self.0.push(format!("start {from} {to} {}", intro.starts_with("starting from")));
+        }
+        fn step(&mut self, step: u64, status: &str) {
+            self.0.push(format!("step {step} {}", status.starts_with("loss ")));
+        }
+        fn note(&mut self, line: &str) {
+            self.0.push(line.split(' ').next().unwrap().to_string());
+        }
+    }
+
+    let dir = temp_dir("library");
+    let (data, _) = setup(&dir);
+    let config = InfinityConfig {
+        depth: 1,
+        embed_dim: 128,
+        num_heads: 2,
+        mlp_hidden: 256,
+        text_channels: 128,
+        bits: 32,
+        block_chunks: 1,
+        text_maxlen: 64,
+        spatial_patchify: false,
+    };
+    let lr = LrSchedule {
+        peak: 1e-3,
+        warmup_iters: 0,
+        max_iters: 2,
+        warmup_start: 0.005,
+        end_ratio: 1.0,
+        annealing: Annealing::Constant,
+    };
+    let out = dir.join("out");
+    let run = TransformerRun {
+        run: RunSettings {
+            out: out.clone(),
+            steps: 2,
+            batch: 2,
+            seed: 1,
+            save_every: 1,
+            keep: 1,
+            device: Device::Cpu,
+            command: "the test".into(),
+        },
+        data,
+        vae: fixture("devA/vae.safetensors"),
+        t5: Some(fixture("devA/t5_encoder.safetensors")),
+        t5_config: fixture("devA/t5_config.json"),
+        tokenizer: fixture("tokenizer/tokenizer.json"),
+        start: Start::Scratch(config),
+        pn: PixelBudget::P006M,
+        lr,
+        adamw: AdamWConfig::default(),
+        weight_decay: 0.0,
+        clip: 1.0,
+        bsc_strength: 0.3,
+        cond_drop: 0.1,
+        weighting: TokenWeighting::ByScale,
+        train_text_encoder: false,
+        cache_latents: true,
+        accumulate: 1,
+        recompute_blocks: true,
+    };
+    let mut seen = Seen::default();
+    let outcome = run.train(&mut seen).unwrap();
+    assert!(matches!(outcome, Outcome::Trained { from: 0, to: 2, .. }), "{outcome:?}");
+    assert_eq!(seen.0, ["start 0 2 true", "step 1 true", "saved", "step 2 true", "saved"]);
+    let log = fs::read_to_string(out.join("train.log")).unwrap();
+    assert!(log.starts_with("$ the test\nstarting from the official initialisation"), "{log}");
+    assert!(log.ends_with(&format!("{outcome}\n")), "{log}");
+    assert_eq!(run.train(&mut Seen::default()).unwrap(), Outcome::AlreadyDone { step: 2 });
+    // One checkpoint kept.
+    let kept =
+        fs::read_dir(&out).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_str().unwrap().starts_with("step-"));
+    assert_eq!(kept.count(), 1);
     fs::remove_dir_all(&dir).unwrap();
 }

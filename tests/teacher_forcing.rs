@@ -1,15 +1,16 @@
 //! Training targets against the official trainer (devA, one step): labels and teacher-forcing
 //! inputs without Bitwise Self-Correction, and with it, replaying the trainer's recorded flip
-//! masks; plus the statistics of our own random flips.
+//! masks (on every device); plus the statistics of our own random flips.
 
 mod common;
 
 use common::{assert_golden, open};
+use infinity::cuda::testing::executors;
 use infinity::models::infinity::teacher::{Flips, teacher_forcing};
 use infinity::models::schedule::{PixelBudget, Template};
 use infinity::ops::index::concat;
-use infinity::runtime::Tensor;
 use infinity::runtime::rng::Philox;
+use infinity::runtime::{Device, Tensor};
 
 fn grids() -> Vec<(usize, usize)> {
     Template::exact(1.0).unwrap().schedule(PixelBudget::P006M).grids
@@ -36,8 +37,10 @@ fn plain_teacher_forcing_matches_the_trainer() {
     assert!(tf.flip_rates.iter().all(|&r| r == 0.0));
 }
 
+/// With the trainer's recorded flip masks, on the CPU and on every executor (where the latent
+/// stays: quantization, flips, resizes and accumulation on the device, the masks uploaded).
 #[test]
-fn bsc_with_recorded_flips_matches_the_trainer() {
+fn bsc_with_recorded_flips_matches_the_trainer_on_every_device() {
     let g = open("train/teacher_forcing.safetensors");
     let masks: Vec<Tensor> = (0..7)
         .map(|k| {
@@ -46,12 +49,19 @@ fn bsc_with_recorded_flips_matches_the_trainer() {
             m.reshape(&[s[0], s[2], s[3], s[4]]).unwrap()
         })
         .collect();
-    let tf = teacher_forcing(g.get("raw_features").unwrap(), &grids(), Flips::Masks(&masks)).unwrap();
-    assert!(flat(&tf.labels).same_values(g.get("bsc.gt_bits").unwrap()), "labels");
-    assert_golden("inputs (BSC)", &tf.inputs, g.get("bsc.x_BLC_wo_prefix").unwrap(), 1e-6);
-    // The README's flipped fractions per scale.
-    for (got, want) in tf.flip_rates.iter().zip([0.1875, 0.1367, 0.2959, 0.2235, 0.2278, 0.254, 0.1351]) {
-        assert!((got - want).abs() < 5e-4, "{got} vs {want}");
+    let devices = std::iter::once(Device::Cpu).chain(executors().iter().map(|e| e.device()));
+    for device in devices {
+        let latent = g.get("raw_features").unwrap().to_device(&device).unwrap();
+        let tf = teacher_forcing(&latent, &grids(), Flips::Masks(&masks)).unwrap();
+        assert_eq!(tf.inputs.device(), device, "the inputs stay on the device");
+        let labels: Vec<Tensor> = tf.labels.iter().map(|t| t.to_cpu().unwrap()).collect();
+        assert!(flat(&labels).same_values(g.get("bsc.gt_bits").unwrap()), "{device}: labels");
+        let what = format!("{device}: inputs (BSC)");
+        assert_golden(&what, &tf.inputs.to_cpu().unwrap(), g.get("bsc.x_BLC_wo_prefix").unwrap(), 1e-6);
+        // The README's flipped fractions per scale.
+        for (got, want) in tf.flip_rates.iter().zip([0.1875, 0.1367, 0.2959, 0.2235, 0.2278, 0.254, 0.1351]) {
+            assert!((got - want).abs() < 5e-4, "{device}: {got} vs {want}");
+        }
     }
 }
 

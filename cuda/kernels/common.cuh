@@ -124,6 +124,7 @@ __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
 
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(bf16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(unsigned char v) { return float(v); }
 
 /// f32 → element type, rounding to nearest even for bf16 (as the runtime's `Element::from_f32`).
 template <class T>
@@ -135,6 +136,11 @@ __device__ __forceinline__ float from_float<float>(float v) {
 template <>
 __device__ __forceinline__ bf16 from_float<bf16>(float v) {
     return __float2bfloat16_rn(v);
+}
+/// Exact for the values a u8 came from (the copy of u8 into u8, through its float).
+template <>
+__device__ __forceinline__ unsigned char from_float<unsigned char>(float v) {
+    return (unsigned char)v;
 }
 
 /// Grid-stride loops: this thread's first flat index and the step. Launchers keep element

@@ -14,8 +14,8 @@ use infinity_runtime::{DType, Element, Error, Tensor};
 use crate::Result;
 use crate::exec::Executor;
 use crate::kernels::{
-    BINARY_BF16, BINARY_F32, COPY_BF16_BF16, COPY_BF16_F32, COPY_F32_BF16, COPY_F32_F32, KernelHandle, UNARY_BF16,
-    UNARY_BF16_BF16, UNARY_F32, UNARY_GRAD_F32,
+    BINARY_BF16, BINARY_F32, COPY_BF16_BF16, COPY_BF16_F32, COPY_F32_BF16, COPY_F32_F32, COPY_U8_U8, KernelHandle,
+    UNARY_BF16, UNARY_BF16_BF16, UNARY_F32, UNARY_GRAD_F32,
 };
 use crate::view::{DevPtr, View};
 
@@ -313,7 +313,10 @@ fn copy(exec: &Executor, src: &Tensor, dst: &mut Tensor, dim: usize, start: usiz
         (DType::F32, DType::BF16) => copy_as::<f32, bf16>(exec, COPY_F32_BF16, src, dst, dim, start),
         (DType::BF16, DType::F32) => copy_as::<bf16, f32>(exec, COPY_BF16_F32, src, dst, dim, start),
         (DType::BF16, DType::BF16) => copy_as::<bf16, bf16>(exec, COPY_BF16_BF16, src, dst, dim, start),
-        (DType::F32 | DType::BF16, dtype) | (dtype, _) => Err(Error::UnsupportedDType { op: "copy", dtype }),
+        (DType::U8, DType::U8) => copy_as::<u8, u8>(exec, COPY_U8_U8, src, dst, dim, start),
+        (DType::F32 | DType::BF16 | DType::U8, dtype) | (dtype, _) => {
+            Err(Error::UnsupportedDType { op: "copy", dtype })
+        }
     }
 }
 

@@ -230,6 +230,8 @@ kernels! {
     CopyBf16F32, COPY_BF16_F32 = copy_bf16_f32(CopyParams<bf16, f32>) in Elementwise;
     /// Strided copy of bf16 into bf16.
     CopyBf16Bf16, COPY_BF16_BF16 = copy_bf16_bf16(CopyParams<bf16, bf16>) in Elementwise;
+    /// Strided copy of u8 into u8 (labels, masks).
+    CopyU8U8, COPY_U8_U8 = copy_u8_u8(CopyParams<u8, u8>) in Elementwise;
     /// Embedding rows of an f32 table for I64 ids.
     EmbeddingF32I64, EMBEDDING_F32_I64 = embedding_f32_i64(EmbeddingParams<f32, i64>) in Index;
     /// Embedding rows of an f32 table for I32 ids.

@@ -41,9 +41,9 @@ pub fn quantize_scale(residual: &Tensor) -> Result<ScaleSign> {
     Ok(ScaleSign { codes: codes_from_bits(&bits)?, bits })
 }
 
-/// The bits alone of a residual (B, d, h, w) f32 on the host: (B, h, w, d) u8, 1 where > 0
-/// (0 and NaN give 0); what teacher forcing needs, without the codes.
-pub fn sign_bits(residual: &Tensor) -> Result<Tensor> {
+/// The bits of a residual (B, d, h, w) f32 on the host: (B, h, w, d) u8, 1 where > 0 (0 and
+/// NaN give 0).
+fn sign_bits(residual: &Tensor) -> Result<Tensor> {
     crate::require_f32("sign_bits", residual)?;
     let &[b, d, h, w] = residual.shape() else {
         return Err(Error::invalid("sign_bits", residual.shape(), "expected a residual (B, d, h, w)"));

@@ -225,6 +225,14 @@ fn cases() -> Vec<Case> {
             bf16_on_device: &[],
         },
         Case {
+            name: "concat and contiguous of u8 labels",
+            inputs: vec![bits(&[2, 3, 4], 25), bits(&[2, 5, 4], 26)],
+            run: |t| concat(&[&t[0].permute(&[0, 2, 1])?.contiguous()?.permute(&[0, 2, 1])?, &t[1]], 1),
+            atol: 0.0,
+            rtol: 0.0,
+            bf16_on_device: &[],
+        },
+        Case {
             name: "sub",
             inputs: vec![padded.clone(), randn(&[4, 1], 24, 1.0)],
             run: |t| sub(&t[0], &t[1]),

@@ -4,13 +4,13 @@
 //! far; with BSC some bits are flipped before their codes join the accumulation, so later
 //! inputs carry the mistakes and later labels point back towards the true latent.
 
-use infinity_ops::bitwise::sign_bits;
-use infinity_ops::elementwise::{add, sub};
+use infinity_ops::bitwise::{ScaleSign, quantize_scale};
+use infinity_ops::elementwise::{add, mul, sub};
 use infinity_ops::resize::{ResizeMode, resize};
 use infinity_runtime::rng::{Philox, philox_u32, u32_to_unit_f32};
-use infinity_runtime::{DType, Error, Result, Tensor};
+use infinity_runtime::{DType, Device, Error, Result, Tensor};
 
-use crate::bitvae::quantizer::{codes_from_bits, resize_codes};
+use crate::bitvae::quantizer::resize_codes;
 
 /// Which bits are flipped before their codes are accumulated.
 pub enum Flips<'a> {
@@ -42,19 +42,26 @@ fn random_mask(shape: &[usize], strength: f32, rng: &mut Philox) -> Result<Tenso
     Tensor::from_vec(mask, shape)
 }
 
-fn xor(bits: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    if mask.shape() != bits.shape() || mask.dtype() != DType::U8 {
+/// A flip mask (B, h, w, d) u8 as code signs (B, d, h, w) f32 on `device`: −1 where a bit
+/// flips (its code changes sign), 1 elsewhere; and the fraction flipped. `bits` is the shape
+/// of the scale's labels.
+fn flip_signs(mask: &Tensor, bits: &[usize], device: &Device) -> Result<(Tensor, f32)> {
+    if mask.shape() != bits || mask.dtype() != DType::U8 {
         return Err(Error::ShapeMismatch {
             op: "teacher_forcing (flip mask)",
             lhs: mask.shape().to_vec(),
-            rhs: bits.shape().to_vec(),
+            rhs: bits.to_vec(),
         });
     }
-    let v: Vec<u8> = bits.to_vec::<u8>()?.iter().zip(mask.to_vec::<u8>()?).map(|(b, m)| b ^ (m & 1)).collect();
-    Tensor::from_vec(v, bits.shape())
+    let flips: Vec<u8> = mask.to_vec::<u8>()?.into_iter().map(|m| m & 1).collect();
+    let rate = flips.iter().filter(|&&f| f == 1).count() as f32 / flips.len().max(1) as f32;
+    let signs: Vec<f32> = flips.into_iter().map(|f| 1.0 - 2.0 * f32::from(f)).collect();
+    let signs = Tensor::from_vec(signs, bits)?.permute(&[0, 3, 1, 2])?.contiguous()?;
+    Ok((signs.to_device(device)?, rate))
 }
 
-/// Labels and inputs for `latent` (B, d, H, W) over `grids` (the last must be (H, W)).
+/// Labels and inputs for `latent` (B, d, H, W) over `grids` (the last must be (H, W)), on the
+/// latent's device; only the flip masks are drawn on the host.
 pub fn teacher_forcing(latent: &Tensor, grids: &[(usize, usize)], mut flips: Flips) -> Result<TeacherForcing> {
     if latent.rank() != 4 || grids.last() != Some(&(latent.dim(2)?, latent.dim(3)?)) {
         return Err(Error::invalid(
@@ -65,12 +72,13 @@ pub fn teacher_forcing(latent: &Tensor, grids: &[(usize, usize)], mut flips: Fli
     }
     let (b, d) = (latent.dim(0)?, latent.dim(1)?);
     let full = (latent.dim(2)?, latent.dim(3)?);
-    let mut cum = Tensor::zeros(latent.shape(), DType::F32);
+    let device = latent.device();
+    let mut cum = Tensor::zeros_on(latent.shape(), DType::F32, &device)?;
     let (mut labels, mut inputs, mut flip_rates) = (Vec::new(), Vec::new(), Vec::new());
     for (k, &grid) in grids.iter().enumerate() {
         let residual = sub(latent, &cum)?;
         let r = if grid == full { residual } else { resize(&residual, grid, ResizeMode::Area)? };
-        let gt = sign_bits(&r)?;
+        let ScaleSign { bits: gt, codes } = quantize_scale(&r)?;
         let mask = match &mut flips {
             Flips::None => None,
             Flips::Masks(masks) => Some(masks.get(k).cloned().ok_or_else(|| {
@@ -78,14 +86,15 @@ pub fn teacher_forcing(latent: &Tensor, grids: &[(usize, usize)], mut flips: Fli
             })?),
             Flips::Random { strength, rng } => Some(random_mask(gt.shape(), *strength, rng)?),
         };
-        let (pred, rate) = match mask {
-            None => (gt.clone(), 0.0),
+        // The flipped bits' codes join the accumulation; the labels stay the true bits.
+        let (codes, rate) = match mask {
+            None => (codes, 0.0),
             Some(m) => {
-                let flipped = m.to_vec::<u8>()?.iter().filter(|&&x| x & 1 == 1).count();
-                (xor(&gt, &m)?, flipped as f32 / m.numel().max(1) as f32)
+                let (signs, rate) = flip_signs(&m, gt.shape(), &device)?;
+                (mul(&codes, &signs)?, rate)
             }
         };
-        cum = add(&cum, &resize_codes(&codes_from_bits(&pred)?, full)?)?;
+        cum = add(&cum, &resize_codes(&codes, full)?)?;
         if let Some(&(nh, nw)) = grids.get(k + 1) {
             inputs.push(resize_codes(&cum, (nh, nw))?.permute(&[0, 2, 3, 1])?.reshape(&[b, nh * nw, d])?);
         }
@@ -93,7 +102,10 @@ pub fn teacher_forcing(latent: &Tensor, grids: &[(usize, usize)], mut flips: Fli
         flip_rates.push(rate);
     }
     let refs: Vec<&Tensor> = inputs.iter().collect();
-    let inputs =
-        if refs.is_empty() { Tensor::zeros(&[b, 0, d], DType::F32) } else { infinity_ops::index::concat(&refs, 1)? };
+    let inputs = if refs.is_empty() {
+        Tensor::zeros_on(&[b, 0, d], DType::F32, &device)?
+    } else {
+        infinity_ops::index::concat(&refs, 1)?
+    };
     Ok(TeacherForcing { labels, inputs, flip_rates })
 }

@@ -131,15 +131,14 @@ impl Text {
     }
 }
 
-/// BitVAE latents of the batch's images, kept per image path with `cache_latents`.
+/// BitVAE latents of the batch's images, on the device, kept per image path with `cache_latents`.
 struct Latents {
     cache: Option<HashMap<PathBuf, Tensor>>,
 }
 
 impl Latents {
     fn encode(&mut self, vae: &BitVae, images: &Tensor, samples: &Samples, dataset: &Dataset) -> Result<Tensor> {
-        // The latents come back to the host, where teacher forcing draws its flips.
-        let encode = |images: &Tensor| vae.encode(images)?.to_cpu();
+        let encode = |images: &Tensor| vae.encode(images);
         let Some(cache) = &mut self.cache else { return encode(images) };
         let mut rows = Vec::with_capacity(samples.items.len());
         for (i, &item) in samples.items.iter().enumerate() {

@@ -18,10 +18,13 @@
 //! with `noise` = 3κ (κ = 8 by default: a few roundings per op, plus the inputs' rounding)
 //! and `rtol` = 1e-4 covering the analytic side's f32 rounding and the O(h⁴) residue. The
 //! rule assumes smooth functions near the inputs (no kink within h) and intermediate values
-//! no larger in magnitude than the outputs.
+//! no larger in magnitude than the outputs; for sums of products, whose terms can cancel, M
+//! is taken at the inputs' absolute values instead (`magnitude_of_terms`), where no term
+//! cancels another.
 
 use std::fmt;
 
+use infinity_ops::elementwise::abs;
 use infinity_runtime::rng::Philox;
 use infinity_runtime::{Result, Tensor};
 
@@ -38,13 +41,17 @@ pub struct GradCheck {
     pub rtol: f64,
     /// Seed of the random projection.
     pub seed: u64,
+    /// Takes M from `f` at the inputs' absolute values instead of at the inputs: for sums of
+    /// products (matmul, linear, conv), whose terms may cancel to an output far smaller than
+    /// themselves while each still rounds at its own size.
+    pub magnitude_of_terms: bool,
 }
 
 impl Default for GradCheck {
     fn default() -> Self {
         // h = 2⁻⁷: small against inputs of order one (the O(h⁴) residue is ~1e-9), large
         // enough that the forward's f32 noise divided by it stays far below the gradients.
-        GradCheck { step: 1.0 / 128.0, noise: 24.0, rtol: 1e-4, seed: 0x6772_6164 }
+        GradCheck { step: 1.0 / 128.0, noise: 24.0, rtol: 1e-4, seed: 0x6772_6164, magnitude_of_terms: false }
     }
 }
 
@@ -123,7 +130,11 @@ impl GradCheck {
                 .fold((0.0, 0.0), |(s, m), (&y, &r)| (s + r * f64::from(y), m + (r * f64::from(y)).abs())))
         };
         let mut values: Vec<Tensor> = inputs.iter().map(Tensor::contiguous).collect::<Result<_>>()?;
-        let (_, magnitude) = phi(&values)?;
+        let (_, magnitude) = if self.magnitude_of_terms {
+            phi(&values.iter().map(abs).collect::<Result<Vec<_>>>()?)?
+        } else {
+            phi(&values)?
+        };
         let noise = self.noise * f64::from(f32::EPSILON) * magnitude / self.step;
 
         let mut worst: Option<Comparison> = None;

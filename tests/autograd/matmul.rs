@@ -4,7 +4,7 @@
 use infinity::autograd::matmul;
 use proptest::prelude::*;
 
-use crate::support::{check, config, layout, randn};
+use crate::support::{check_sums_of_products, config, layout, randn};
 
 /// Batch shapes of a and b that broadcast against each other (either may be missing).
 fn batches() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
@@ -28,7 +28,7 @@ proptest! {
         let sa: Vec<usize> = ba.iter().copied().chain([m, k]).collect();
         let sb: Vec<usize> = bb.iter().copied().chain([k, n]).collect();
         let (a, b) = (layout(&randn(&sa, seed, 1.0), la), layout(&randn(&sb, seed ^ 1, 1.0), lb));
-        check(&[a, b], |v| matmul::matmul(&v[0], &v[1]));
+        check_sums_of_products(&[a, b], |v| matmul::matmul(&v[0], &v[1]));
     }
 
     #[test]
@@ -42,6 +42,6 @@ proptest! {
         let sx: Vec<usize> = lead.iter().copied().chain([inp]).collect();
         let mut inputs = vec![layout(&randn(&sx, seed, 1.0), lx), layout(&randn(&[out, inp], seed ^ 1, 1.0), lw)];
         inputs.extend(with_bias.then(|| randn(&[out], seed ^ 2, 1.0)));
-        check(&inputs, |v| matmul::linear(&v[0], &v[1], v.get(2)));
+        check_sums_of_products(&inputs, |v| matmul::linear(&v[0], &v[1], v.get(2)));
     }
 }

@@ -21,6 +21,15 @@ pub fn check(inputs: &[Tensor], f: impl Fn(&[Var]) -> Result<Var>) {
     assert!(report.passed(), "{report}");
 }
 
+/// Asserts that the gradients of `f`, a sum of products (matmul, linear, conv), match finite
+/// differences at `inputs`, its rounding noise judged at the size of its terms.
+#[track_caller]
+pub fn check_sums_of_products(inputs: &[Tensor], f: impl Fn(&[Var]) -> Result<Var>) {
+    let checker = GradCheck { magnitude_of_terms: true, ..GradCheck::default() };
+    let report = checker.check(f, inputs).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.passed(), "{report}");
+}
+
 /// `t` as given or as one of two non-contiguous views holding the same values.
 pub fn layout(t: &Tensor, which: u8) -> Tensor {
     match which % 3 {

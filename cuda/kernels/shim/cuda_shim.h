@@ -3,7 +3,7 @@
 //! compiles for the GPU also runs, and is tested, on a machine without one.
 //!
 //! Model: a launch runs its blocks one after another on the calling OS thread; inside a block
-//! every CUDA thread is a fiber (ucontext) with its own stack. `__syncthreads` and the warp
+//! every CUDA thread is a fiber with its own stack (runtime.cpp switches them). `__syncthreads` and the warp
 //! collectives are cooperative switch points: a fiber parks there until every live thread of
 //! its block (or warp) has arrived, and a thread that has returned no longer counts, as on the
 //! GPU. Because a block runs on one OS thread, `__shared__` is `static thread_local`: shared by

@@ -1,12 +1,19 @@
 //! The CPU shim's scheduler (see cuda_shim.h for the model): runs the blocks of a grid one after
 //! another on the calling OS thread, each block's threads as fibers that switch only at
 //! barriers, so that a launch of a few thousand threads costs milliseconds, not OS threads.
-
-#include <ucontext.h>
+//!
+//! A fiber switch saves the callee-saved registers on the fiber's own stack and exchanges
+//! stack pointers (a dozen instructions on x86-64). glibc's swapcontext also saves and
+//! restores the signal mask, a system call per switch, which made it most of a launch's time;
+//! other architectures still use it.
 
 #include <memory>
 #include <new>
 #include <vector>
+
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
 
 namespace shim {
 
@@ -30,10 +37,79 @@ constexpr size_t kStackBytes = 64 * 1024;
 
 enum class State { Ready, AtBlockBarrier, AtWarpBarrier, Done };
 
+#if defined(__x86_64__)
+/// A suspended execution: its stack pointer, where its callee-saved registers and its resume
+/// address were pushed.
+struct Context {
+    void* sp = nullptr;
+};
+
+extern "C" void infinity_shim_switch(void** save, void* load);
+// Pushes the callee-saved registers, saves the stack pointer to *save, loads `load` and pops
+// the registers saved there; `ret` resumes the other execution where it switched away. (The
+// SysV ABI's callee-saved MXCSR and x87 control bits are never changed by kernels.)
+asm(R"(
+    .text
+    .p2align 4
+    .globl infinity_shim_switch
+    .hidden infinity_shim_switch
+    .type infinity_shim_switch, @function
+infinity_shim_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size infinity_shim_switch, .-infinity_shim_switch
+)");
+
+void switch_to(Context& save, Context& load) { infinity_shim_switch(&save.sp, load.sp); }
+
+/// Makes `c` start `entry` on the stack [stack, stack + bytes) when switched to: below the
+/// 16-byte aligned top, a null return address (entry never returns), `entry` for the switch's
+/// `ret`, and six zero registers for its pops. `entry` then sees the stack as after a call.
+bool start(Context& c, char* stack, size_t bytes, void (*entry)()) {
+    auto top = reinterpret_cast<uintptr_t>(stack + bytes) & ~uintptr_t(15);
+    void** sp = reinterpret_cast<void**>(top);
+    *--sp = nullptr;
+    *--sp = reinterpret_cast<void*>(entry);
+    for (int i = 0; i < 6; ++i) *--sp = nullptr;
+    c.sp = sp;
+    return true;
+}
+#else
+struct Context {
+    ucontext_t uc;
+};
+
+void switch_to(Context& save, Context& load) { swapcontext(&save.uc, &load.uc); }
+
+/// getcontext returns twice, which may clobber a caller's locals: kept out of loops. `entry`
+/// never returns, so no uc_link.
+bool start(Context& c, char* stack, size_t bytes, void (*entry)()) {
+    if (getcontext(&c.uc) != 0) return false;
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = bytes;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+    return true;
+}
+#endif
+
 struct Fiber {
     ThreadState thread;
     State state;
-    ucontext_t context;
+    Context context;
 };
 
 /// One warp's fragments of an mma in flight (see mma_m16n8k16_bf16).
@@ -43,7 +119,7 @@ struct MmaSlots {
 };
 
 struct Block {
-    ucontext_t scheduler;
+    Context scheduler;
     // Sized once per launch: a ucontext points into itself, so fibers must never move.
     std::vector<Fiber> fibers;
     // Two buffers of 32 exchange slots per warp.
@@ -56,17 +132,23 @@ struct Block {
 
 thread_local Block* active = nullptr;
 
+/// The fibers' stacks, kept from launch to launch by each OS thread that launches: their
+/// pages are mapped once, not at every launch.
+thread_local std::unique_ptr<char[]> stacks;
+thread_local size_t stack_count = 0;
+
 void fiber_main() {
     Block& b = *active;
     b.body(b.arg);
     b.running->state = State::Done;
-    // Returning resumes the scheduler through uc_link.
+    // Never resumed: the scheduler only resumes Ready fibers.
+    switch_to(b.running->context, b.scheduler);
 }
 
 void park(State s) {
     Fiber* f = active->running;
     f->state = s;
-    swapcontext(&f->context, &active->scheduler);
+    switch_to(f->context, active->scheduler);
 }
 
 /// Sets every fiber parked at a barrier that all its live participants have reached back to
@@ -103,18 +185,7 @@ bool release(Block& b) {
     return released;
 }
 
-/// Points the fiber's context at the start of fiber_main on its own stack. Separate from the
-/// loop in run_block because getcontext returns twice, which may clobber a caller's locals.
-bool prepare(Fiber& f, char* stack, ucontext_t* scheduler) {
-    if (getcontext(&f.context) != 0) return false;
-    f.context.uc_stack.ss_sp = stack;
-    f.context.uc_stack.ss_size = kStackBytes;
-    f.context.uc_link = scheduler;
-    makecontext(&f.context, fiber_main, 0);
-    return true;
-}
-
-int run_block(Block& b, char* stacks) {
+int run_block(Block& b, char* stack_base) {
     for (size_t i = 0; i < b.fibers.size(); ++i) {
         Fiber& f = b.fibers[i];
         unsigned linear = unsigned(i);
@@ -123,7 +194,7 @@ int run_block(Block& b, char* stacks) {
         f.thread.warp = linear / kWarp;
         f.thread.warp_syncs = 0;
         f.state = State::Ready;
-        if (!prepare(f, stacks + i * kStackBytes, &b.scheduler)) return kNoMemory;
+        if (!start(f.context, stack_base + i * kStackBytes, kStackBytes, fiber_main)) return kNoMemory;
     }
     const size_t n = b.fibers.size();
     for (bool descending = true;; descending = !descending) {
@@ -133,7 +204,7 @@ int run_block(Block& b, char* stacks) {
             if (f.state == State::Ready) {
                 b.running = &f;
                 current_thread = &f.thread;
-                swapcontext(&b.scheduler, &f.context);
+                switch_to(b.scheduler, f.context);
             }
             done = done && f.state == State::Done;
         }
@@ -194,7 +265,10 @@ int run_grid(const Grid& grid, void (*body)(const void*), const void* arg) {
     unsigned long long threads = 1ull * t[0] * t[1] * t[2];
     if (threads == 0 || threads > kMaxThreads || g[0] == 0 || g[1] == 0 || g[2] == 0) return kBadGrid;
     try {
-        std::unique_ptr<char[]> stacks(new char[threads * kStackBytes]);
+        if (stack_count < threads) {
+            stacks.reset(new char[threads * kStackBytes]);
+            stack_count = threads;
+        }
         Block b;
         b.fibers.resize(threads);
         b.slots.resize((threads + kWarp - 1) / kWarp * 2 * kWarp);

@@ -29,9 +29,9 @@ do_pack() {
     rm -rf "$pack" && mkdir -p "$pack/bin"
     {
         # Every test binary whose bodies run on each executor (a GPU there): the CUDA tests,
-        # the op and gradient harnesses (AdamW's kernels among them), the transformer goldens
-        # and the training steps.
-        cargo test --no-run --test 'cuda_*' --test cli --test ops --test autograd --test transformer \
+        # the op and gradient harnesses (AdamW's kernels among them), the transformer goldens,
+        # teacher forcing and the training steps.
+        cargo test --no-run --test 'cuda_*' --test cli --test ops --test autograd --test transformer --test teacher_forcing \
             --test train_step --test train_vae --message-format=json
         cargo bench --no-run --bench cuda --bench train --message-format=json
     } | executables >"$pack/targets"

@@ -199,7 +199,10 @@ impl Block {
     /// The tokens `x` (B, L, C) of every scale of a sequence (`lens` tokens each, `tables` their
     /// RoPE angles) through the block, one scale after another over one KV cache, as
     /// [`Block::forward`] runs them. Training runs the blocks one after another this way, so
-    /// that a block's whole work can be recomputed from its input alone.
+    /// that a block's whole work can be recomputed from its input alone: with `recompute` (and
+    /// anything tracked) the block is recorded as one node that keeps only its inputs (`x`, the
+    /// batch's AdaLN table and text K/V, the block's weights) and recomputes its activations in
+    /// the backward pass — activation checkpointing per block.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn forward_sequence(
         &self,
@@ -209,7 +212,21 @@ impl Block {
         text_kv: &TextKv,
         lens: &[usize],
         tables: &[(Tensor, Tensor)],
+        recompute: bool,
     ) -> Result<Var> {
+        if recompute {
+            let weights = self.forward_weights();
+            let inputs: Vec<&Var> = [x, ada, &text_kv.k, &text_kv.v].into_iter().chain(weights).collect();
+            // The closure outlives this call on the tape: it keeps constants only (a tracked
+            // clone would hold the tape that holds the closure).
+            let shell = self.with_forward_weights(&self.forward_weights().map(Var::detach))?;
+            let (packing, lens, tables) = (packing.clone(), lens.to_vec(), tables.to_vec());
+            return recomputed("infinity.block", &inputs, move |v| {
+                let block = shell.with_forward_weights(&v[4..])?;
+                let text_kv = TextKv { k: v[2].clone(), v: v[3].clone() };
+                block.forward_sequence(&v[0], &packing, &v[1], &text_kv, &lens, &tables, false)
+            });
+        }
         let (b, l) = (x.dim(0)?, x.dim(1)?);
         let mut cache = if x.is_tracked() || self.qkv_w.is_tracked() {
             KvCache::recorded()
@@ -224,32 +241,6 @@ impl Block {
             start += n;
         }
         concat(&out.iter().collect::<Vec<_>>(), 1)
-    }
-
-    /// [`Block::forward_sequence`] recorded as one node that keeps only its inputs (`x`, the
-    /// batch's AdaLN table and text K/V, the block's weights) and recomputes the block's
-    /// activations in the backward pass: activation checkpointing per block.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn forward_sequence_recomputed(
-        &self,
-        x: &Var,
-        packing: &Packing,
-        ada: &Var,
-        text_kv: &TextKv,
-        lens: &[usize],
-        tables: &[(Tensor, Tensor)],
-    ) -> Result<Var> {
-        let weights = self.forward_weights();
-        let inputs: Vec<&Var> = [x, ada, &text_kv.k, &text_kv.v].into_iter().chain(weights).collect();
-        // The closure outlives this call on the tape: it keeps constants only (a tracked clone
-        // would hold the tape that holds the closure).
-        let shell = self.with_forward_weights(&self.forward_weights().map(Var::detach))?;
-        let (packing, lens, tables) = (packing.clone(), lens.to_vec(), tables.to_vec());
-        recomputed("infinity.block", &inputs, move |v| {
-            let block = shell.with_forward_weights(&v[4..])?;
-            let text_kv = TextKv { k: v[2].clone(), v: v[3].clone() };
-            block.forward_sequence(&v[0], &packing, &v[1], &text_kv, &lens, &tables)
-        })
     }
 
     /// The weights [`Block::forward`] reads, in the order [`Block::with_forward_weights`] takes.

@@ -404,11 +404,7 @@ impl Infinity {
         // activation checkpointing can recompute.
         for block in &self.blocks {
             let (text_kv, ada) = (block.text_kv(&cond.memory)?, block.ada(cond)?);
-            h = if self.recompute_blocks {
-                block.forward_sequence_recomputed(&h, &cond.packing, &ada, &text_kv, &lens, &tables)?
-            } else {
-                block.forward_sequence(&h, &cond.packing, &ada, &text_kv, &lens, &tables)?
-            };
+            h = block.forward_sequence(&h, &cond.packing, &ada, &text_kv, &lens, &tables, self.recompute_blocks)?;
         }
         self.logits(cond, &h)
     }

@@ -6,13 +6,15 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use infinity_autograd::checkpoint::{self, Checkpoint};
 use infinity_autograd::{AdamW, Params};
 use infinity_runtime::{Device, Error, Result};
 use serde_json::{Value, json};
 
-use crate::data::OrderState;
+use super::{Outcome, Progress};
+use crate::data::{Dataset, OrderState};
 
 /// What every training run takes: where it is saved, its length, batch and randomness.
 #[derive(Clone, Debug)]
@@ -103,20 +105,30 @@ impl RunFolder {
         self.out.join(format!("step-{step:09}"))
     }
 
-    /// Saves a checkpoint after `step` when one is due, logs it and returns its folder.
+    /// Saves a checkpoint after `step` when one is due, and logs and reports it.
     pub(super) fn save(
         &mut self,
         step: u64,
         params: &Params,
         optimizer: &AdamW,
         state: &Value,
-    ) -> Result<Option<PathBuf>> {
-        if !self.due(step) {
-            return Ok(None);
+        progress: &mut dyn Progress,
+    ) -> Result<()> {
+        if self.due(step) {
+            let dir = checkpoint::save(&self.out, step, params, optimizer, state, self.keep)?;
+            let line = format!("saved {}", dir.display());
+            self.log(&line)?;
+            progress.note(&line);
         }
-        let dir = checkpoint::save(&self.out, step, params, optimizer, state, self.keep)?;
-        self.log(&format!("saved {}", dir.display()))?;
-        Ok(Some(dir))
+        Ok(())
+    }
+
+    /// The outcome of a run that took steps `from + 1 ..= to` since `started`, logged last.
+    pub(super) fn finish(&mut self, from: u64, to: u64, started: Instant, dataset: &Dataset) -> Result<Outcome> {
+        let outcome =
+            Outcome::Trained { from, to, seconds: started.elapsed().as_secs_f64(), skipped: dataset.skip_report() };
+        self.log(&outcome.to_string())?;
+        Ok(outcome)
     }
 }
 

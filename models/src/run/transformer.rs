@@ -324,17 +324,8 @@ impl TransformerRun {
                 step,
                 &format!("loss {:.4}, {samples_per_s:.2} samples/s, {tokens_per_s:.0} tokens/s", stats.loss),
             );
-            if let Some(dir) = folder.save(step, &params, &optimizer, &state.to_json(s))? {
-                progress.note(&format!("saved {}", dir.display()));
-            }
+            folder.save(step, &params, &optimizer, &state.to_json(s), progress)?;
         }
-        let outcome = Outcome::Trained {
-            from: step0,
-            to: step,
-            seconds: run_start.elapsed().as_secs_f64(),
-            skipped: dataset.skip_report(),
-        };
-        folder.log(&outcome.to_string())?;
-        Ok(outcome)
+        folder.finish(step0, step, run_start, &dataset)
     }
 }

@@ -227,18 +227,9 @@ impl VaeRun {
                 let dir = folder.checkpoint_dir(step).join(DISCRIMINATOR_DIR);
                 checkpoint::save(&dir, step, &d.params, &d.optimizer, &Value::Null, 1)?;
             }
-            if let Some(dir) = folder.save(step, &params, &optimizer, &run_state(COMMAND, s, order))? {
-                progress.note(&format!("saved {}", dir.display()));
-            }
+            folder.save(step, &params, &optimizer, &run_state(COMMAND, s, order), progress)?;
         }
-        let outcome = Outcome::Trained {
-            from: step0,
-            to: step,
-            seconds: run_start.elapsed().as_secs_f64(),
-            skipped: dataset.skip_report(),
-        };
-        folder.log(&outcome.to_string())?;
-        Ok(outcome)
+        folder.finish(step0, step, run_start, &dataset)
     }
 }
 

@@ -22,7 +22,7 @@ use infinity::models::bitvae::quantizer::Quantized;
 use infinity::models::image::{fit_to, load_rgb, psnr, save_png, to_rgb8, to_tensor};
 use infinity::models::infinity::{SamplingConfig, generate};
 use infinity::models::model_folder::ModelFiles;
-use infinity::models::pipeline::Pipeline;
+use infinity::models::pipeline::{Pipeline, TextEncoder};
 use infinity::models::schedule::{PATCH, PixelBudget, Template};
 use infinity::runtime::io::Weights;
 use infinity::runtime::{Device, DeviceName};
@@ -286,6 +286,7 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
     let mut texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
     texts.extend(g.negative_prompt.as_deref());
     let mut encoded = pipeline.encode_prompts(&texts)?;
+    let max_tokens = pipeline.text.as_ref().map_or(0, TextEncoder::max_tokens);
     pipeline.drop_text_encoder();
     if let Some(exec) = &executor {
         // The encoder's memory goes back to the GPU for the transformer's activations.
@@ -294,7 +295,7 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
     let negative = if g.negative_prompt.is_some() { encoded.pop().map(|e| e.features) } else { None };
     for (p, e) in prompts.iter().zip(&encoded) {
         if e.truncated {
-            eprintln!("warning: prompt cut to the text encoder's 512 tokens: {p:.60}…");
+            eprintln!("warning: prompt cut to the {max_tokens} tokens the model reads: {p:.60}…");
         }
     }
     let text_time = start.elapsed().as_secs_f64();

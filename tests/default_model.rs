@@ -40,6 +40,25 @@ fn infinity_run_uses_it_by_default() {
     assert_eq!(load_rgb(&png).unwrap().dimensions(), (256, 256));
 }
 
+/// A prompt longer than the model reads (the bundled model's null text has 128 rows; this
+/// one is ~5,000 words) is cut to it with a warning, as a prompt over the encoder's 512 tokens
+/// is, and the image is made.
+#[test]
+fn a_very_long_prompt_is_cut_to_what_the_model_reads() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("default-model-long");
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = dir.join("long.png");
+    let prompt = "a red apple on a table in the morning light ".repeat(550);
+    let out = Command::new(env!("CARGO_BIN_EXE_infinity-run"))
+        .args(["-p", &prompt, "--seed", "1", "-o", png.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("warning: prompt cut to the 128 tokens the model reads"), "{stderr}");
+    assert_eq!(load_rgb(&png).unwrap().dimensions(), (256, 256));
+}
+
 /// What the model learned: a greedy generation for each of four held-in emoji names is nearer
 /// (mean squared error over the image) to that emoji than to the other three.
 #[test]

@@ -260,7 +260,7 @@ fn tokenizer_appends_eos() {
 }
 
 #[test]
-fn tokenizer_truncates_to_512_tokens() {
+fn tokenizer_truncates_to_512_tokens_or_the_models_limit() {
     let tok = tokenizer();
     let fits = tok.encode(&"a ".repeat(MAX_TOKENS - 1)).unwrap();
     assert_eq!((fits.ids.len(), fits.truncated), (MAX_TOKENS, false));
@@ -269,6 +269,11 @@ fn tokenizer_truncates_to_512_tokens() {
     assert_eq!(long.ids.len(), MAX_TOKENS);
     assert!(long.ids[..MAX_TOKENS - 1].iter().all(|&i| i == 4));
     assert_eq!(long.ids[MAX_TOKENS - 1], 1);
+    // A model that reads fewer (its null text's rows): cut there, EOS still last; never more.
+    let short = tokenizer().with_max_tokens(8);
+    assert_eq!(short.encode(&"a ".repeat(7)).unwrap(), Encoded { ids: vec![4, 4, 4, 4, 4, 4, 4, 1], truncated: false });
+    assert_eq!(short.encode(&"a ".repeat(9)).unwrap(), Encoded { ids: vec![4, 4, 4, 4, 4, 4, 4, 1], truncated: true });
+    assert_eq!(tokenizer().with_max_tokens(4096).max_tokens(), MAX_TOKENS);
 }
 
 #[test]

@@ -22,7 +22,8 @@ pub struct Pipeline {
     pub vae: BitVae,
 }
 
-/// One prompt's features and whether its text was cut to the tokenizer's limit.
+/// One prompt's features and whether its text was cut to the tokenizer's limit
+/// ([`TextEncoder::max_tokens`]).
 pub struct EncodedPrompt {
     pub features: Tensor,
     pub truncated: bool,
@@ -39,8 +40,9 @@ impl Pipeline {
         let vw = bitvae::state_dict(&files.vae)?;
         let vc = bitvae::detect_config(&vw)?;
         check_fit(&tc, &files.transformer.display().to_string(), &vc, &files.vae, &t5_config, &files.t5_config)?;
+        let text = TextEncoder::with_config(&files.t5, t5_config, &files.tokenizer, device)?.for_transformer(&tc);
         Ok(Pipeline {
-            text: Some(TextEncoder::with_config(&files.t5, t5_config, &files.tokenizer, device)?),
+            text: Some(text),
             transformer: Infinity::with_config_on(&tw, tc, device)?,
             vae: BitVae::with_config_on(&vw, vc, device)?,
         })
@@ -78,6 +80,19 @@ impl TextEncoder {
     /// the encoder on `device`.
     pub fn with_config(t5: &Path, config: T5Config, tokenizer: &Path, device: &Device) -> Result<Self> {
         Ok(TextEncoder { tokenizer: T5Tokenizer::open(tokenizer)?, t5: T5Encoder::open_on(t5, config, device)? })
+    }
+
+    /// Cuts prompts to what `transformer` reads: no more tokens than the rows of its learned
+    /// null text, which classifier-free guidance (and caption dropout in training) puts in a
+    /// prompt's place. The official models have 512, the encoder's own limit.
+    pub fn for_transformer(mut self, transformer: &InfinityConfig) -> Self {
+        self.tokenizer = self.tokenizer.with_max_tokens(transformer.text_maxlen);
+        self
+    }
+
+    /// Tokens a prompt is cut to, EOS included.
+    pub fn max_tokens(&self) -> usize {
+        self.tokenizer.max_tokens()
     }
 
     /// Each prompt's token ids, checked against the encoder's vocabulary.

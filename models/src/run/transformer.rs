@@ -209,15 +209,17 @@ impl TransformerRun {
             let encoder = T5Encoder::parameters(&t5_weights, &t5_config, TEXT_ENCODER_PREFIX)?;
             let all = params.iter().chain(encoder.iter()).map(|(n, t)| (n.to_string(), t.clone()));
             params = Params::new(all.collect())?;
-            Text::Trained { tokenizer: Box::new(T5Tokenizer::open(&self.tokenizer)?), config: t5_config }
+            let tokenizer = T5Tokenizer::open(&self.tokenizer)?.with_max_tokens(config.text_maxlen);
+            Text::Trained { tokenizer: Box::new(tokenizer), config: t5_config }
         } else {
             let t5 = self.t5.as_ref().ok_or_else(|| Error::setting("a frozen text encoder needs --t5"))?;
-            let encoder = TextEncoder::with_config(t5, t5_config, &self.tokenizer, device)?;
+            let encoder = TextEncoder::with_config(t5, t5_config, &self.tokenizer, device)?.for_transformer(&config);
             let identity = format!(
-                "t5={} config={} tokenizer={}",
+                "t5={} config={} tokenizer={} max_tokens={}",
                 t5.display(),
                 self.t5_config.display(),
-                self.tokenizer.display()
+                self.tokenizer.display(),
+                encoder.max_tokens()
             );
             Text::Frozen { encoder: Box::new(encoder), cache: FeatureCache::new(s.out.join("text-cache"), identity)? }
         };

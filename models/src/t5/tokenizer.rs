@@ -26,9 +26,12 @@ pub struct T5Tokenizer {
     inner: Tokenizer,
     path: PathBuf,
     eos: u32,
+    /// Tokens a prompt is cut to, EOS included ([`T5Tokenizer::with_max_tokens`]).
+    max_tokens: usize,
 }
 
-/// One prompt's token ids, EOS last; `truncated` when content past 511 tokens was dropped.
+/// One prompt's token ids, EOS last; `truncated` when content past the tokenizer's limit
+/// (511 tokens, or fewer for a model that reads fewer) was dropped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Encoded {
     pub ids: Vec<u32>,
@@ -47,22 +50,35 @@ impl T5Tokenizer {
             .ok_or_else(|| Error::format(path, format!("the vocabulary has no end-of-sequence token '{EOS}'")))?;
         inner.with_padding(None);
         inner.with_truncation(None).map_err(|e| Error::format(path, format!("cannot disable truncation: {e}")))?;
-        Ok(T5Tokenizer { inner, path: path.to_path_buf(), eos })
+        Ok(T5Tokenizer { inner, path: path.to_path_buf(), eos, max_tokens: MAX_TOKENS })
+    }
+
+    /// Cuts prompts to `max_tokens` (EOS included; at most [`MAX_TOKENS`], at least 1): the
+    /// rows of a transformer's learned null text, which must cover every prompt it reads.
+    pub fn with_max_tokens(mut self, max_tokens: usize) -> Self {
+        self.max_tokens = max_tokens.clamp(1, MAX_TOKENS);
+        self
+    }
+
+    /// Tokens a prompt is cut to, EOS included.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
     }
 
     pub fn eos_id(&self) -> u32 {
         self.eos
     }
 
-    /// Token ids of `text`: at most 511 content tokens, then EOS. Errors name the tokenizer file.
+    /// Token ids of `text`: at most `max_tokens() − 1` content tokens (511 by default), then
+    /// EOS. Errors name the tokenizer file.
     pub fn encode(&self, text: &str) -> Result<Encoded> {
         let encoding = self
             .inner
             .encode(text, false)
             .map_err(|e| Error::format(&self.path, format!("cannot tokenize the prompt: {e}")))?;
         let mut ids = encoding.get_ids().to_vec();
-        let truncated = ids.len() >= MAX_TOKENS;
-        ids.truncate(MAX_TOKENS - 1);
+        let truncated = ids.len() >= self.max_tokens;
+        ids.truncate(self.max_tokens - 1);
         ids.push(self.eos);
         Ok(Encoded { ids, truncated })
     }

@@ -110,3 +110,15 @@ fn a_valid_hand_made_file_loads() {
     assert_eq!(w.metadata()["a"], "b");
     assert_eq!(w.total_params(), 20);
 }
+
+/// A header naming one tensor twice: readers that keep the first or the last entry would see
+/// different tensors in one file, so it is refused, naming the tensor.
+#[test]
+fn a_tensor_named_twice_is_refused() {
+    let dir = scratch_dir("st_twice");
+    // Each entry alone describes the data exactly (the kind of file that used to load).
+    let header = r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"w":{"dtype":"I32","shape":[2],"data_offsets":[0,8]}}"#;
+    let err = expect_err(&dir, "w twice", &safetensors_file(header, &[0u8; 8]));
+    assert_eq!(key_of(&err), Some("w"), "{err}");
+    assert!(err.to_string().contains("named twice"), "{err}");
+}

@@ -23,6 +23,32 @@ const METADATA_KEY: &str = "__metadata__";
 /// Data is padded to this alignment so that mapped f32/i64 tensors can be borrowed in place.
 const ALIGN: usize = 8;
 
+/// The header's entries in file order, duplicates kept (a `Map` would silently keep one).
+struct HeaderEntries(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for HeaderEntries {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = HeaderEntries;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<HeaderEntries, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(HeaderEntries(entries))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
 pub(super) fn read(path: &Path, map: Arc<Mmap>) -> Result<Weights> {
     let Some(len_bytes) = map.first_chunk::<LEN_BYTES>() else {
         return Err(Error::format(
@@ -38,8 +64,14 @@ pub(super) fn read(path: &Path, map: Arc<Mmap>) -> Result<Weights> {
         .ok_or_else(|| {
             Error::format(path, format!("header length {header_len} exceeds the file size {}", map.len()))
         })?;
-    let header: Map<String, Value> = serde_json::from_slice(&map[LEN_BYTES..data_start])
+    let HeaderEntries(header) = serde_json::from_slice(&map[LEN_BYTES..data_start])
         .map_err(|e| Error::format(path, format!("the header is not a JSON object: {e}")))?;
+    // A JSON reader that keeps the last of two same-named entries and one that keeps the first
+    // would see different tensors in one file: refuse it.
+    let mut seen = HashSet::new();
+    if let Some((name, _)) = header.iter().find(|(name, _)| !seen.insert(name.as_str())) {
+        return Err(Error::tensor(path, name, "named twice in the header"));
+    }
 
     let mut metadata = BTreeMap::new();
     let mut infos = Vec::with_capacity(header.len());

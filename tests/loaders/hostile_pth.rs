@@ -47,7 +47,31 @@ fn code_execution_globals_are_refused_by_name() {
         p.global(module, name).op(b'(').str("echo pwned").op(b't').op(b'R');
         p.stop()
     };
-    for (module, name) in [("os", "system"), ("builtins", "eval"), ("posix", "system"), ("torch", "load")] {
+    let globals = [
+        ("os", "system"),
+        ("posix", "system"),
+        ("nt", "system"),
+        ("builtins", "eval"),
+        ("builtins", "exec"),
+        ("builtins", "getattr"),
+        ("builtins", "__import__"),
+        ("__builtin__", "eval"),
+        ("subprocess", "check_output"),
+        ("pickle", "loads"),
+        ("copyreg", "_reconstructor"),
+        ("functools", "partial"),
+        ("runpy", "_run_code"),
+        ("types", "CodeType"),
+        ("shutil", "rmtree"),
+        ("webbrowser", "open"),
+        ("torch", "load"),
+        ("torch.serialization", "load"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        // Allowed names under another module are other objects.
+        ("collectionsX", "OrderedDict"),
+        ("torch._utils", "_rebuild_parameter"),
+    ];
+    for (module, name) in globals {
         let err = expect_err(open_bytes(&dir, "evil.pth", &pth(&call(module, name), &[])), name);
         assert!(err.to_string().contains(&format!("{module}.{name}")), "{err}");
     }
@@ -64,6 +88,40 @@ fn code_execution_globals_are_refused_by_name() {
     p.str("args").global("argparse", "Namespace").op(b')').op(b'R').op(b'u');
     let err = expect_err(open_bytes(&dir, "ckpt.pth", &pth(&p.stop(), &[("0", f32_bytes(&[1.0]))])), "Namespace");
     assert!(err.to_string().contains("argparse.Namespace"), "{err}");
+}
+
+/// The other ways a pickle calls or builds objects: a call of what a call returned (nested
+/// REDUCE), BUILD on something other than a dict (a tensor: `__setstate__` would run), and the
+/// opcodes that instantiate classes or fetch globals by registry code (INST, OBJ, NEWOBJ,
+/// NEWOBJ_EX, EXT1/2/4): each refused with a message naming what was tried.
+#[test]
+fn other_object_building_opcodes_are_refused() {
+    let dir = scratch_dir("building");
+    let refused = |pickle: &[u8], what: &str, says: &str| {
+        let err = expect_err(open_bytes(&dir, "evil.pth", &pth(pickle, &[("0", f32_bytes(&[1.0]))])), what);
+        assert!(err.to_string().contains(says), "{what}: {err}");
+    };
+    // OrderedDict() called, then its result called with ("echo",).
+    let mut p = Pickler::proto2();
+    p.global("collections", "OrderedDict").op(b')').op(b'R').op(b'(').str("echo").op(b't').op(b'R');
+    refused(&p.stop(), "nested REDUCE", "byte");
+    // BUILD on a tensor.
+    let mut p = Pickler::proto2();
+    p.tensor(&TensorSpec::f32("", "0", &[1], &[1])).op(b'}').op(b'b');
+    refused(&p.stop(), "BUILD on a tensor", "BUILD");
+    for (op, name) in [
+        (b'i', "INST"),
+        (b'o', "OBJ"),
+        (0x81, "NEWOBJ"),
+        (0x92, "NEWOBJ_EX"),
+        (0x82, "EXT1"),
+        (0x83, "EXT2"),
+        (0x84, "EXT4"),
+    ] {
+        let mut p = Pickler::proto2();
+        p.op(b'(').op(op).op(0).op(0).op(0).op(0);
+        refused(&p.stop(), name, &format!("unsupported opcode 0x{op:02x}"));
+    }
 }
 
 #[test]

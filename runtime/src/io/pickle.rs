@@ -556,12 +556,15 @@ impl Unpickler<'_> {
 
     /// BUILD sets an object's state. `torch.save` emits it only for an `OrderedDict` state dict,
     /// whose state is the `_metadata` version table; it carries no weights and is dropped.
+    /// BUILD sets an object's state (`__setstate__`, code of the object's class): accepted on a
+    /// dict only, where the state is ignored, as a plain dict has none.
     fn build(&mut self) -> Result<()> {
         let state = self.pop()?;
-        match self.objects[self.object_on_top()?] {
-            Object::Dict(_) => Ok(()),
-            _ => Err(self.error(format!("BUILD with state {state} on something that is not a dict"))),
+        let is_dict = matches!(self.top()?, &Value::Obj(id) if matches!(self.objects[id], Object::Dict(_)));
+        if is_dict {
+            return Ok(());
         }
+        Err(self.error(format!("BUILD with state {state} on {}, which is not a dict", self.top()?)))
     }
 }
 

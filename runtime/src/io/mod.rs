@@ -12,7 +12,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapMut};
 
 use crate::{Error, Result, Tensor};
 
@@ -43,7 +43,21 @@ impl Weights {
         // SAFETY: the map is read-only. Like every mmap-based loader we rely on the file not
         // being truncated or rewritten while tensors from it are alive.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let map = Arc::new(map);
+        Self::parse(path, Arc::new(map))
+    }
+
+    /// [`Weights::open`] on bytes in memory (copied into an anonymous map), through the same
+    /// parsers; `name` stands for the file in errors. For fuzzing and in-memory checkpoints.
+    pub fn from_bytes(name: impl Into<PathBuf>, bytes: &[u8]) -> Result<Self> {
+        let path = name.into();
+        let mut map = MmapMut::map_anon(bytes.len()).map_err(|e| Error::io(&path, e))?;
+        map.copy_from_slice(bytes);
+        let map = map.make_read_only().map_err(|e| Error::io(&path, e))?;
+        Self::parse(&path, Arc::new(map))
+    }
+
+    /// A zip archive is a `.pth`, anything else must be a safetensors file.
+    fn parse(path: &Path, map: Arc<Mmap>) -> Result<Self> {
         if map.starts_with(ZIP_MAGIC) { pth::read(path, map) } else { safetensors::read(path, map) }
     }
 

@@ -1,0 +1,62 @@
+//! The fuzz targets' committed inputs on the stable toolchain: every seed (`fuzz/seeds/`) and
+//! every regression input (`fuzz/regressions/`, one per fixed finding) through the same entry
+//! points as `cargo fuzz` (fuzz/src/lib.rs), each without a panic and within a memory bound.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+#[path = "../fuzz/src/lib.rs"]
+mod entries;
+
+/// Counts the bytes live and their peak, so each input's allocations can be bounded.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged, only counting.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+        PEAK.fetch_max(live, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// An input may allocate this much above what was live before it (the bound for a
+/// small input: declared sizes are checked before anything that large is allocated).
+const MEMORY_BOUND: usize = 2 << 30;
+
+#[test]
+fn every_committed_fuzz_input_runs_cleanly() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut replayed = 0;
+    for (target, run) in entries::TARGETS {
+        for kind in ["seeds", "regressions"] {
+            let dir = root.join(kind).join(target);
+            let Ok(files) = std::fs::read_dir(&dir) else { continue };
+            for file in files {
+                let path = file.unwrap().path();
+                let data = std::fs::read(&path).unwrap();
+                let before = LIVE.load(Ordering::Relaxed);
+                PEAK.store(before, Ordering::Relaxed);
+                run(&data);
+                let used = PEAK.load(Ordering::Relaxed) - before;
+                assert!(used <= MEMORY_BOUND, "{}: {used} bytes allocated", path.display());
+                replayed += 1;
+            }
+        }
+        assert!(root.join("seeds").join(target).is_dir(), "fuzz/seeds/{target}: every target has seeds");
+    }
+    eprintln!("replayed {replayed} inputs");
+    assert!(replayed >= entries::TARGETS.len());
+}

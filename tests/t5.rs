@@ -282,6 +282,21 @@ fn bad_tokenizer_files_are_named() {
     assert!(err.contains("missing.json"), "{err}");
     let err = T5Tokenizer::open(fixture("devA/t5_config.json")).err().unwrap().to_string();
     assert!(err.contains("t5_config.json") && err.contains("tokenizer.json"), "{err}");
+    // Files the tokenizers crate panics on (fuzzing found them): a cut file, and a decoder of the
+    // wrong shape (the decoder is never used: prompts are only encoded).
+    let dir = std::env::temp_dir().join(format!("infinity-t5-bad-tokenizer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(fixture("tokenizer/tokenizer.json")).unwrap();
+    let cut = dir.join("cut.json");
+    std::fs::write(&cut, &text[..text.len() / 2]).unwrap();
+    let err = T5Tokenizer::open(&cut).err().unwrap().to_string();
+    assert!(err.contains("cut.json") && err.contains("not a valid tokenizer.json"), "{err}");
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    json["decoder"] = serde_json::json!(5);
+    let odd = dir.join("odd-decoder.json");
+    std::fs::write(&odd, json.to_string()).unwrap();
+    assert_eq!(T5Tokenizer::open(&odd).unwrap().encode("a").unwrap(), tokenizer().encode("a").unwrap());
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// A T5 small enough for a finite-difference check of every parameter element.

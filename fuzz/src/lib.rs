@@ -12,7 +12,7 @@ use infinity::models::image::load_rgb;
 use infinity::models::infinity::InfinityConfig;
 use infinity::models::model_folder::ModelFiles;
 use infinity::models::schedule::PixelBudget;
-use infinity::models::t5::{T5Config, T5Tokenizer};
+use infinity::models::t5::{T5Config, T5Tokenizer, open_checkpoint};
 use infinity::runtime::io::Weights;
 
 /// Every target, by the name of its corpus folder.
@@ -20,6 +20,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("weights", weights),
     ("configs", configs),
     ("model_folder", model_folder),
+    ("shard_index", shard_index),
     ("tokenizer", tokenizer),
     ("image", image),
     ("dataset", dataset),
@@ -50,6 +51,22 @@ pub fn model_folder(data: &[u8]) {
     write(&dir.join("config.json"), data);
     let _ = ModelFiles::from_dir(&dir).map(|files| files.check_exist());
 }
+
+/// A sharded checkpoint's `model.safetensors.index.json`, beside one real shard
+/// (`model-00001-of-00001.safetensors`, two tensors) that its `weight_map` may name.
+pub fn shard_index(data: &[u8]) {
+    let dir = scratch("shard_index");
+    write(&dir.join("model-00001-of-00001.safetensors"), SHARD);
+    write(&dir.join("model.safetensors.index.json"), data);
+    if let Ok(w) = open_checkpoint(&dir) {
+        for (_, t) in w.iter() {
+            let _ = t.to_f32_vec();
+        }
+    }
+}
+
+/// A safetensors file of tensors `encoder.a` (F32, 2) and `shared.weight` (F32, 2×2).
+const SHARD: &[u8] = include_bytes!("../seeds/weights/shard.safetensors");
 
 /// A `tokenizer.json`, then a prompt through it.
 pub fn tokenizer(data: &[u8]) {

@@ -9,9 +9,20 @@ use image::{ImageReader, RgbImage};
 use infinity_runtime::io::write_atomically;
 use infinity_runtime::{Error, Result, Tensor};
 
-/// Decodes a PNG or JPEG file into 8-bit RGB.
+/// The longest side an input image may declare: far beyond any pixel budget's (a 1024² budget
+/// at the widest template is 2048 wide) and any camera's, and it keeps a small hostile file
+/// from making the decoder allocate for a huge declared canvas (the image crate's own limit is
+/// on the allocation, 512 MiB).
+pub const MAX_IMAGE_SIDE: u32 = 16384;
+
+/// Decodes a PNG or JPEG file into 8-bit RGB; sides over [`MAX_IMAGE_SIDE`] are refused before
+/// decoding.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let reader = ImageReader::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = ImageReader::open(path).map_err(|e| Error::io(path, e))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    reader.limits(limits);
     let reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
     let img = reader.decode().map_err(|e| Error::format(path, format!("cannot decode the image: {e}")))?;
     Ok(img.to_rgb8())

@@ -7,7 +7,6 @@
 //! first cut to 511 tokens, then EOS), whatever truncation or padding the file configures.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use infinity_runtime::{Error, Result};
 use tokenizers::models::TrainerWrapper;
@@ -38,13 +37,27 @@ pub struct Encoded {
     pub truncated: bool,
 }
 
+/// A `tokenizer.json` as the `tokenizers` crate reads it, without its decoder (prompts are
+/// only encoded). That crate panics on some malformed files instead of returning an error
+/// (its decoder and normalizer deserializers `expect`); a hostile file must be an error here:
+/// the text is read as JSON first, the decoder dropped, and a panic left is caught.
+fn parse(text: &str) -> std::result::Result<Tokenizer, String> {
+    let mut json: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    if let Some(decoder) = json.get_mut("decoder") {
+        *decoder = serde_json::Value::Null;
+    }
+    match std::panic::catch_unwind(move || serde_json::from_value::<Tokenizer>(json)) {
+        Ok(parsed) => parsed.map_err(|e| e.to_string()),
+        Err(_) => Err("the tokenizers crate could not read it".into()),
+    }
+}
+
 impl T5Tokenizer {
     /// Reads a Hugging Face `tokenizer.json`; errors name the file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut inner =
-            Tokenizer::from_str(&text).map_err(|e| Error::format(path, format!("not a valid tokenizer.json: {e}")))?;
+        let mut inner = parse(&text).map_err(|e| Error::format(path, format!("not a valid tokenizer.json: {e}")))?;
         let eos = inner
             .token_to_id(EOS)
             .ok_or_else(|| Error::format(path, format!("the vocabulary has no end-of-sequence token '{EOS}'")))?;

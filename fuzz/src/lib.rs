@@ -15,8 +15,11 @@ use infinity::models::schedule::PixelBudget;
 use infinity::models::t5::{T5Config, T5Tokenizer, open_checkpoint};
 use infinity::runtime::io::Weights;
 
+/// A target's entry point.
+pub type Entry = fn(&[u8]);
+
 /// Every target, by the name of its corpus folder.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("weights", weights),
     ("configs", configs),
     ("model_folder", model_folder),

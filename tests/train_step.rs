@@ -27,6 +27,14 @@ const LR: f64 = 9.375e-5;
 const WEIGHT_DECAY: f64 = 0.005;
 const ADAMW: AdamWConfig = AdamWConfig { beta1: 0.9, beta2: 0.97, eps: 1e-8 };
 const CLIP: f32 = 5.0;
+/// The golden step's settings: its optimiser, 1/L token weights, no recomputation.
+const SETTINGS: StepSettings = StepSettings {
+    lr: LR,
+    weight_decay: WEIGHT_DECAY,
+    clip: CLIP,
+    weighting: TokenWeighting::Uniform,
+    recompute_blocks: false,
+};
 
 fn schedule() -> Schedule {
     Template::exact(1.0).unwrap().schedule(PixelBudget::P006M)
@@ -77,20 +85,7 @@ fn one_training_step_matches_the_official_trainer() {
     let prompts = prompts(&open("devA/t5_golden.safetensors"));
     let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
     let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
-    let stats = train_step(
-        &mut params,
-        &mut opt,
-        &config,
-        std::slice::from_ref(&batch),
-        StepSettings {
-            lr: LR,
-            weight_decay: WEIGHT_DECAY,
-            clip: CLIP,
-            weighting: TokenWeighting::Uniform,
-            recompute_blocks: false,
-        },
-    )
-    .unwrap();
+    let stats = train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), SETTINGS).unwrap();
 
     let want = scalar(golden.get("loss").unwrap());
     let got = stats.loss;
@@ -201,13 +196,7 @@ fn a_training_step_matches_on_every_device() {
     let tf = plain_targets(&s);
     let prompts = prompts(&open("devA/t5_golden.safetensors"));
     let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
-    let settings = StepSettings {
-        lr: LR,
-        weight_decay: WEIGHT_DECAY,
-        clip: CLIP,
-        weighting: TokenWeighting::Uniform,
-        recompute_blocks: false,
-    };
+    let settings = SETTINGS;
     let devices = std::iter::once(Device::Cpu).chain(executors().iter().map(|e| e.device()));
     for device in devices {
         let (loss_bound, grad_bound) = if device.is_cpu() { (1e-5, 1e-4) } else { (1.0 / 256.0, 1.0 / 32.0) };
@@ -269,13 +258,7 @@ fn a_step_with_the_text_encoder_matches_on_every_device() {
     // Two prompts of token ids, EOS (1) last; a repeated id makes its embedding row sum two.
     let prompts = [StepText::Tokens(vec![37, 42, 37, 1]), StepText::Tokens(vec![17, 9, 5, 6, 1])];
     let batch = StepBatch { prompts: &prompts, text_encoder: Some(&t5_config), targets: &tf, schedule: &s };
-    let settings = StepSettings {
-        lr: LR,
-        weight_decay: WEIGHT_DECAY,
-        clip: CLIP,
-        weighting: TokenWeighting::Uniform,
-        recompute_blocks: false,
-    };
+    let settings = SETTINGS;
     let step = |device: &Device| {
         let transformer = Infinity::parameters(&weights, &config).unwrap();
         let all = transformer.iter().chain(t5.iter()).map(|(n, t)| (n.to_string(), t.to_device(device).unwrap()));
@@ -317,13 +300,7 @@ fn two_micro_batches_step_like_their_whole_batch() {
     let tf = plain_targets(&s);
     let prompts = prompts(&open("devA/t5_golden.safetensors"));
     assert_eq!(prompts.len(), 2);
-    let settings = StepSettings {
-        lr: LR,
-        weight_decay: WEIGHT_DECAY,
-        clip: CLIP,
-        weighting: TokenWeighting::Uniform,
-        recompute_blocks: false,
-    };
+    let settings = SETTINGS;
     let step = |batches: &[StepBatch]| {
         let mut params = Infinity::parameters(&weights, &config).unwrap();
         let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
@@ -477,13 +454,7 @@ fn bsc_step_with_recorded_flips_gives_the_official_loss() {
     let prompts = prompts(&open("devA/t5_golden.safetensors"));
     let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
     let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
-    let settings = StepSettings {
-        lr: LR,
-        weight_decay: WEIGHT_DECAY,
-        clip: CLIP,
-        weighting: TokenWeighting::Uniform,
-        recompute_blocks: false,
-    };
+    let settings = SETTINGS;
     let stats = train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings).unwrap();
     let want = scalar(g.get("bsc.loss").unwrap());
     assert!(((stats.loss - want) / want).abs() <= 1e-5, "loss {} vs {want}", stats.loss);
@@ -516,13 +487,7 @@ fn evaluation_scores_what_a_step_trains_on() {
     let mut params = Infinity::parameters(&weights, &config).unwrap();
     let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
     let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
-    let settings = StepSettings {
-        lr: LR,
-        weight_decay: WEIGHT_DECAY,
-        clip: CLIP,
-        weighting: TokenWeighting::ByScale,
-        recompute_blocks: false,
-    };
+    let settings = StepSettings { weighting: TokenWeighting::ByScale, ..SETTINGS };
     let stats = train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings).unwrap();
     assert_eq!(eval.loss, stats.loss);
     assert_eq!(eval.scale_loss, stats.scale_loss);

@@ -6,6 +6,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use infinity_autograd::checkpoint::{self, Checkpoint};
@@ -15,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::{Outcome, Progress};
 use crate::data::{Dataset, OrderState};
+use crate::schedule::PixelBudget;
 
 /// What every training run takes: where it is saved, its length, batch and randomness.
 #[derive(Clone, Debug)]
@@ -130,6 +132,20 @@ impl RunFolder {
         self.log(&outcome.to_string())?;
         Ok(outcome)
     }
+}
+
+/// Where a run starts: its data set (opened from `data` at `pn`), the run folder's latest
+/// checkpoint if any, and the step it holds (0 for a new run). Creates the run folder.
+pub(super) fn start(
+    settings: &RunSettings,
+    data: &Path,
+    pn: PixelBudget,
+) -> Result<(Arc<Dataset>, Option<Checkpoint>, u64)> {
+    std::fs::create_dir_all(&settings.out).map_err(|e| Error::io(&settings.out, e))?;
+    let dataset = Arc::new(Dataset::open(data, pn)?);
+    let resume = checkpoint::latest(&settings.out)?;
+    let step0 = resume.as_ref().map_or(0, |c| c.step);
+    Ok((dataset, resume, step0))
 }
 
 /// The run state every command saves: which command, its seed and batch size, and the data

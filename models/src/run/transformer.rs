@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use infinity_autograd::checkpoint::{self, Checkpoint};
+use infinity_autograd::checkpoint::Checkpoint;
 use infinity_autograd::optim::official_groups;
 use infinity_autograd::{AdamW, AdamWConfig, LrSchedule, Params};
 use infinity_ops::index::concat;
@@ -19,7 +19,7 @@ use infinity_runtime::rng::Philox;
 use infinity_runtime::{Error, Result, Tensor};
 use serde_json::{Value, json};
 
-use super::folder::{RunFolder, RunSettings, announce, not_ours, run_state, saved_order};
+use super::folder::{RunFolder, RunSettings, announce, not_ours, run_state, saved_order, start};
 use super::{Outcome, PREFETCH, Progress};
 use crate::bitvae::{self, BitVae};
 use crate::data::{BatchOrder, Dataset, FeatureCache, Loaded, OrderState, Prefetch, Samples};
@@ -156,10 +156,7 @@ impl TransformerRun {
     /// Trains from the run folder's latest checkpoint (or the start) up to `run.steps`.
     pub fn train(&self, progress: &mut dyn Progress) -> Result<Outcome> {
         let (s, device) = (&self.run, &self.run.device);
-        std::fs::create_dir_all(&s.out).map_err(|e| Error::io(&s.out, e))?;
-        let dataset = Arc::new(Dataset::open(&self.data, self.pn)?);
-        let resume = checkpoint::latest(&s.out)?;
-        let step0 = resume.as_ref().map_or(0, |c| c.step);
+        let (dataset, resume, step0) = start(s, &self.data, self.pn)?;
         let mut state = match &resume {
             Some(saved) => RunState::from_checkpoint(saved, s)?,
             None => RunState { order: OrderState::default(), rng: Philox::new(s.seed ^ TRAINER_STREAM) },

@@ -16,10 +16,10 @@ use infinity_runtime::rng::philox_u32;
 use infinity_runtime::{Error, Result, Tensor};
 use serde_json::Value;
 
-use super::folder::{RunFolder, RunSettings, announce, run_state, saved_order};
+use super::folder::{RunFolder, RunSettings, announce, run_state, saved_order, start};
 use super::{Outcome, PREFETCH, Progress};
 use crate::bitvae::{self, BitVae, BitVaeConfig};
-use crate::data::{BatchOrder, Dataset, Loaded, OrderState, Prefetch};
+use crate::data::{BatchOrder, Loaded, OrderState, Prefetch};
 use crate::schedule::PixelBudget;
 use crate::train_vae::{Adversary, Discriminator, VaeLossWeights, VaeStepSettings, vae_gan_train_step, vae_train_step};
 
@@ -53,7 +53,7 @@ pub struct DiscriminatorSettings {
 #[derive(Clone, Debug)]
 pub struct VaeRun {
     pub run: RunSettings,
-    /// The images (see [`Dataset::open`]); captions are not used.
+    /// The images (see [`crate::data::Dataset::open`]); captions are not used.
     pub data: PathBuf,
     pub start: Start,
     pub pn: PixelBudget,
@@ -86,10 +86,7 @@ impl VaeRun {
     /// Trains from the run folder's latest checkpoint (or the start) up to `run.steps`.
     pub fn train(&self, progress: &mut dyn Progress) -> Result<Outcome> {
         let (s, device) = (&self.run, &self.run.device);
-        std::fs::create_dir_all(&s.out).map_err(|e| Error::io(&s.out, e))?;
-        let dataset = Arc::new(Dataset::open(&self.data, self.pn)?);
-        let resume = checkpoint::latest(&s.out)?;
-        let step0 = resume.as_ref().map_or(0, |c| c.step);
+        let (dataset, resume, step0) = start(s, &self.data, self.pn)?;
         let order_state = match &resume {
             Some(saved) => saved_order(saved, COMMAND, s)?,
             None => OrderState::default(),

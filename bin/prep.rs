@@ -62,7 +62,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    report::exit_code(run(Cli::parse()))
+    match report::parse_args(std::env::args_os()) {
+        Ok(cli) => report::exit_code(run(cli)),
+        Err(code) => code,
+    }
 }
 
 fn run(cli: Cli) -> Result<(), Box<dyn Error>> {

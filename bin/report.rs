@@ -1,8 +1,31 @@
-//! What the command-line tools share: the one-line `error:` exit and the peak-memory report.
+//! What the command-line tools share: argument parsing with one-line errors, the one-line
+//! `error:` exit and the peak-memory report.
 
 use std::error::Error;
 use std::io::{self, Write};
 use std::process::ExitCode;
+
+/// The command line of `args` parsed by clap. `--help` and `--version` print and exit 0 as
+/// clap does; any other error of clap's (it adds a usage block and a hint over several lines)
+/// becomes one line, `error: <what clap said, its lines joined>`, and exit code 2.
+pub fn parse_args<T: clap::Parser, I: Into<std::ffi::OsString> + Clone>(
+    args: impl IntoIterator<Item = I>,
+) -> Result<T, ExitCode> {
+    T::try_parse_from(args).map_err(|e| {
+        if !e.use_stderr() {
+            e.exit();
+        }
+        let text = e.to_string();
+        let said: Vec<&str> = text
+            .lines()
+            .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let _ = writeln!(io::stderr(), "error: {}", said.join(" ").trim_start_matches("error: "));
+        ExitCode::from(2)
+    })
+}
 
 /// Success, or the error as one line on stderr, `error: <message>`, and exit code 2.
 pub fn exit_code(result: Result<(), Box<dyn Error>>) -> ExitCode {

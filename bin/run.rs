@@ -100,7 +100,8 @@ struct GenerateArgs {
     #[arg(long)]
     prompt_file: Option<PathBuf>,
     /// Random seed; chosen at random (and printed) when absent.
-    #[arg(long)]
+    // A negative value reaches the parse error naming the flag instead of reading as a flag.
+    #[arg(long, allow_negative_numbers = true)]
     seed: Option<u64>,
     /// Guidance weight on the logits, one value or one per scale (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "3")]
@@ -167,7 +168,11 @@ fn main() -> ExitCode {
     if !(COMMANDS.contains(&first) || ["-h", "--help", "-V", "--version"].contains(&first)) {
         args.insert(1, "generate".into());
     }
-    let result = match Cli::parse_from(args).command {
+    let cli: Cli = match report::parse_args(args) {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    let result = match cli.command {
         Command::Generate(g) => run_generate(*g),
         Command::Inspect { file } => inspect(&file),
         Command::Reconstruct(r) => reconstruct(&r),
@@ -231,6 +236,9 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
     }
     if g.grid == Some(0) {
         return Err("--grid must be at least 1 image per row".into());
+    }
+    if !(0.0..=1.0).contains(&g.top_p) {
+        return Err(format!("--top-p {} is outside [0, 1]", g.top_p).into());
     }
     check_output(&g.out)?;
     let files = match (&g.transformer, &g.model_dir) {

@@ -170,7 +170,7 @@ struct VaeArgs {
     #[arg(long, default_value_t = PixelBudget::P006M)]
     pn: PixelBudget,
     /// Learning rate (constant after the warm-up).
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, allow_negative_numbers = true)]
     lr: f64,
     /// AdamW weight decay (not applied to 1-D parameters and biases).
     #[arg(long, default_value_t = 0.0)]
@@ -246,7 +246,7 @@ struct TransformerArgs {
     #[arg(long)]
     pn: Option<PixelBudget>,
     /// Peak learning rate; default 6e-3 · batch · accumulate / 256 (train.sh's tblr).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// AdamW weight decay (not applied to 1-D parameters, biases and embeddings).
     #[arg(long, default_value_t = 0.005)]
@@ -286,7 +286,11 @@ struct TransformerArgs {
 }
 
 fn main() -> ExitCode {
-    report::exit_code(match Cli::parse().command {
+    let cli: Cli = match report::parse_args(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    report::exit_code(match cli.command {
         Command::Transformer(args) => train_transformer(&args),
         Command::Export(args) => export(&args),
         Command::Eval(args) => eval(&args),

@@ -25,6 +25,12 @@ fn rows(dir: &Path) -> Vec<Row> {
     std::fs::write(&text_file, "hello").unwrap();
     let text_file = text_file.display().to_string();
     let folder = dir.display().to_string();
+    let nowhere = dir.join("no-such-folder").join("out.png").display().to_string();
+    let run_folder = dir.join("run");
+    std::fs::create_dir_all(&run_folder).unwrap();
+    std::fs::write(run_folder.join("metrics.csv"), "step,loss,lr,grad_norm\n1,0.69,1e-3,1.0\n2,0.68,1e-3,1.0\n")
+        .unwrap();
+    let run_folder = run_folder.display().to_string();
     let model = f("devA");
     let run = |args: &[&str], culprit: &'static str| Row {
         bin: env!("CARGO_BIN_EXE_infinity-run"),
@@ -53,6 +59,8 @@ fn rows(dir: &Path) -> Vec<Row> {
         gen_(&["--device", "tpu"], "--device"),
         gen_(&["--prompt-file", &missing], "missing.safetensors"),
         run(&["-p", "x", "--model-dir", &missing, "-o", &out], "missing.safetensors"),
+        run(&["-p", "x", "--model-dir", &model, "-o", &nowhere], "no-such-folder"),
+        train(&["plot", "--run", &run_folder, "--out", &nowhere], "no-such-folder"),
         run(&["-p", "x", "--model-dir", &text_file, "-o", &out], "not-weights.safetensors"),
         run(
             &[

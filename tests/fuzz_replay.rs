@@ -61,8 +61,9 @@ fn every_committed_fuzz_input_runs_cleanly() {
     assert!(replayed >= entries::TARGETS.len());
 }
 
-/// An image declaring a side over `MAX_IMAGE_SIDE` (this 16×16 JPEG with its header saying 65,517 × 240, as the fuzzer's finding did) is refused
-/// before the decoder allocates its canvas, with an error naming the file.
+/// An image declaring a side over `MAX_IMAGE_SIDE` (this 16×16 JPEG with its header saying
+/// 65,517 × 240, as the fuzzer's finding did) is refused before the decoder allocates its
+/// canvas, with an error naming the file.
 #[test]
 fn an_image_declaring_a_huge_side_is_refused() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/image/jpeg-huge-side.jpg");

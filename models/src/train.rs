@@ -223,12 +223,15 @@ pub fn evaluate_dataset(
     batch: usize,
     mut scored: impl FnMut(usize),
 ) -> Result<DatasetScores> {
+    if batch == 0 {
+        return Err(Error::invalid("train.evaluate_dataset", &[batch], "a batch holds at least one image"));
+    }
     let scales = dataset.budget().num_scales();
     let mut sums =
         DatasetScores { items: 0, loss: 0.0, scale_loss: vec![0.0; scales], scale_accuracy: vec![0.0; scales] };
     for bucket in dataset.buckets() {
         let schedule = bucket.template.schedule(dataset.budget());
-        for chunk in bucket.items.chunks(batch.max(1)) {
+        for chunk in bucket.items.chunks(batch) {
             let (images, captions): (Vec<Tensor>, Vec<&str>) = chunk
                 .iter()
                 .filter_map(|&i| Some((dataset.load_image(i)?, dataset.items()[i].caption.long.as_str())))

@@ -148,6 +148,12 @@ pub(super) fn start(
     Ok((dataset, resume, step0))
 }
 
+/// The columns every run's `metrics.csv` row starts with (`step,loss,lr,grad_norm`). `{:?}`
+/// prints the shortest text that reads back as the same f32: runs compare exactly.
+pub(super) fn first_columns(step: u64, loss: f32, lr: f64, grad_norm: f32) -> Vec<String> {
+    vec![step.to_string(), format!("{loss:?}"), format!("{lr:e}"), format!("{grad_norm:?}")]
+}
+
 /// The run state every command saves: which command, its seed and batch size, and the data
 /// position.
 pub(super) fn run_state(command: &str, settings: &RunSettings, order: OrderState) -> Value {

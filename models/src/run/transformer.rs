@@ -19,7 +19,7 @@ use infinity_runtime::rng::Philox;
 use infinity_runtime::{Error, Result, Tensor};
 use serde_json::{Value, json};
 
-use super::folder::{RunFolder, RunSettings, announce, not_ours, run_state, saved_order, start};
+use super::folder::{RunFolder, RunSettings, announce, first_columns, not_ours, run_state, saved_order, start};
 use super::{Outcome, PREFETCH, Progress};
 use crate::bitvae::{self, BitVae};
 use crate::data::{BatchOrder, Dataset, FeatureCache, Loaded, OrderState, Prefetch, Samples};
@@ -299,13 +299,7 @@ impl TransformerRun {
             let (samples_per_s, tokens_per_s) = (samples as f64 / seconds, tokens as f64 / seconds);
             step += 1;
 
-            // `{:?}` prints the shortest text that reads back as the same f32: runs compare exactly.
-            let mut row = vec![
-                step.to_string(),
-                format!("{:?}", stats.loss),
-                format!("{lr:e}"),
-                format!("{:?}", stats.grad_norm),
-            ];
+            let mut row = first_columns(step, stats.loss, lr, stats.grad_norm);
             row.extend(stats.scale_accuracy.iter().map(|acc| format!("{acc:.4}")));
             row.extend([format!("{samples_per_s:.3}"), format!("{tokens_per_s:.0}")]);
             folder.row(&row)?;

@@ -16,7 +16,7 @@ use infinity_runtime::rng::philox_u32;
 use infinity_runtime::{Error, Result, Tensor};
 use serde_json::Value;
 
-use super::folder::{RunFolder, RunSettings, announce, run_state, saved_order, start};
+use super::folder::{RunFolder, RunSettings, announce, first_columns, run_state, saved_order, start};
 use super::{Outcome, PREFETCH, Progress};
 use crate::bitvae::{self, BitVae, BitVaeConfig};
 use crate::data::{BatchOrder, Loaded, OrderState, Prefetch};
@@ -189,16 +189,12 @@ impl VaeRun {
             };
             step += 1;
 
-            // `{:?}` prints the shortest text that reads back as the same f32: runs compare exactly.
-            let mut row = vec![
-                step.to_string(),
-                format!("{:?}", stats.loss),
-                format!("{lr:e}"),
-                format!("{:?}", stats.grad_norm),
+            let mut row = first_columns(step, stats.loss, lr, stats.grad_norm);
+            row.extend([
                 format!("{:?}", stats.reconstruction),
                 format!("{:?}", stats.commitment),
                 format!("{:?}", stats.entropy),
-            ];
+            ]);
             let mut adversarial = String::new();
             if let Some(gan) = gan {
                 row.extend([format!("{:?}", gan.disc_loss), format!("{:?}", gan.gen_adv)]);

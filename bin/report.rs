@@ -8,10 +8,19 @@ use std::process::ExitCode;
 /// The command line of `args` parsed by clap. `--help` and `--version` print and exit 0 as
 /// clap does; any other error of clap's (it adds a usage block and a hint over several lines)
 /// becomes one line, `error: <what clap said, its lines joined>`, and exit code 2.
+///
+/// A negative number is a value on every (sub)command: `--tau -1` reaches the flag's own parse
+/// or range check, which names the flag, instead of clap's "unexpected argument '-1'".
 pub fn parse_args<T: clap::Parser, I: Into<std::ffi::OsString> + Clone>(
     args: impl IntoIterator<Item = I>,
 ) -> Result<T, ExitCode> {
-    T::try_parse_from(args).map_err(|e| {
+    fn negatives_are_values(command: clap::Command) -> clap::Command {
+        command.allow_negative_numbers(true).mut_subcommands(negatives_are_values)
+    }
+    let parsed = negatives_are_values(T::command())
+        .try_get_matches_from(args)
+        .and_then(|mut matches| T::from_arg_matches_mut(&mut matches));
+    parsed.map_err(|e| {
         if !e.use_stderr() {
             e.exit();
         }

@@ -24,7 +24,7 @@ use infinity::models::infinity::{SamplingConfig, generate};
 use infinity::models::model_folder::ModelFiles;
 use infinity::models::pipeline::{Pipeline, TextEncoder};
 use infinity::models::schedule::{PATCH, PixelBudget, Template};
-use infinity::runtime::io::Weights;
+use infinity::runtime::io::{Weights, check_writable};
 use infinity::runtime::{Device, DeviceName};
 
 /// Where `generate` looks for a model when none is named: in the working folder (a checkout's
@@ -100,8 +100,7 @@ struct GenerateArgs {
     #[arg(long)]
     prompt_file: Option<PathBuf>,
     /// Random seed; chosen at random (and printed) when absent.
-    // A negative value reaches the parse error naming the flag instead of reading as a flag.
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long)]
     seed: Option<u64>,
     /// Guidance weight on the logits, one value or one per scale (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "3")]
@@ -236,9 +235,6 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
     }
     if g.grid == Some(0) {
         return Err("--grid must be at least 1 image per row".into());
-    }
-    if !(0.0..=1.0).contains(&g.top_p) {
-        return Err(format!("--top-p {} is outside [0, 1]", g.top_p).into());
     }
     check_output(&g.out)?;
     let files = match (&g.transformer, &g.model_dir) {
@@ -409,13 +405,13 @@ fn random_seed() -> u64 {
     (nanos ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 1
 }
 
-/// Refuses an output path whose folder does not exist, before any slow work.
+/// Refuses an output path whose folder does not exist or cannot be written, before any slow work.
 fn check_output(out: &Path) -> Result<(), Box<dyn Error>> {
     let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !dir.is_dir() {
         return Err(format!("{}: the output folder does not exist", out.display()).into());
     }
-    Ok(())
+    Ok(check_writable(dir)?)
 }
 
 /// The images of `--image` and `--image-list`, in that order; refuses none given or a list it

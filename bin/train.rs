@@ -170,7 +170,7 @@ struct VaeArgs {
     #[arg(long, default_value_t = PixelBudget::P006M)]
     pn: PixelBudget,
     /// Learning rate (constant after the warm-up).
-    #[arg(long, default_value_t = 1e-4, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1e-4)]
     lr: f64,
     /// AdamW weight decay (not applied to 1-D parameters and biases).
     #[arg(long, default_value_t = 0.0)]
@@ -192,8 +192,7 @@ struct VaeArgs {
     inv_temperature: f32,
     /// Weight of the adversarial loss of a PatchGAN discriminator trained alongside with the
     /// hinge loss (0: no discriminator).
-    // A negative value reaches the range check (one clear error) instead of reading as a flag.
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.0)]
     disc_weight: f32,
     /// Width of the discriminator's first conv (the next two are 2× and 4× as wide).
     #[arg(long, default_value_t = 64)]
@@ -246,7 +245,7 @@ struct TransformerArgs {
     #[arg(long)]
     pn: Option<PixelBudget>,
     /// Peak learning rate; default 6e-3 · batch · accumulate / 256 (train.sh's tblr).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long)]
     lr: Option<f64>,
     /// AdamW weight decay (not applied to 1-D parameters, biases and embeddings).
     #[arg(long, default_value_t = 0.005)]
@@ -309,11 +308,9 @@ fn plan_vae(a: &VaeArgs, device: Device) -> Result<VaeRun, Box<dyn Error>> {
         2 => true,
         s => return Err(format!("--stage {s} must be 1 (single-scale) or 2 (multi-scale)").into()),
     };
-    check_range("commit-weight", f64::from(a.commit_weight), 0.0..=f64::MAX)?;
-    check_range("entropy-weight", f64::from(a.entropy_weight), 0.0..=f64::MAX)?;
-    if !(a.disc_weight.is_finite() && a.disc_weight >= 0.0) {
-        return Err(format!("--disc-weight {} must be a non-negative number", a.disc_weight).into());
-    }
+    check_non_negative("commit-weight", a.commit_weight)?;
+    check_non_negative("entropy-weight", a.entropy_weight)?;
+    check_non_negative("disc-weight", a.disc_weight)?;
     if a.disc_channels == 0 {
         return Err("--disc-channels must be at least 1".into());
     }
@@ -375,6 +372,14 @@ fn run_settings(a: &RunArgs, device: Device) -> RunSettings {
         keep: a.keep,
         device,
         command: std::env::args().collect::<Vec<_>>().join(" "),
+    }
+}
+
+fn check_non_negative(name: &str, value: f32) -> Result<(), String> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(())
+    } else {
+        Err(format!("--{name} {value} must be a non-negative number"))
     }
 }
 
@@ -469,10 +474,11 @@ fn plan(a: &TransformerArgs, device: Device) -> Result<TransformerRun, Box<dyn E
 
 /// The checks every command's step and save counts get.
 fn check_counts(batch: usize, steps: u64, save_every: u64, keep: usize) -> Result<(), String> {
-    if batch == 0 || steps == 0 || save_every == 0 || keep == 0 {
-        return Err("--batch, --steps, --save-every and --keep must be at least 1".into());
+    let counts = [("batch", batch as u64), ("steps", steps), ("save-every", save_every), ("keep", keep as u64)];
+    match counts.iter().find(|(_, n)| *n == 0) {
+        Some((flag, _)) => Err(format!("--{flag} must be at least 1")),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The validated optimizer flags.
@@ -492,7 +498,7 @@ fn check_optimizer(lr: f64, wd: f64, betas: &[f64], clip: f32) -> Result<Optim, 
     };
     check_range("betas", beta1, 0.0..=0.999_999)?;
     check_range("betas", beta2, 0.0..=0.999_999)?;
-    check_range("clip", f64::from(clip), 0.0..=f64::MAX)?;
+    check_non_negative("clip", clip)?;
     Ok(Optim { adamw: AdamWConfig { beta1, beta2, eps: 1e-8 }, clip: if clip == 0.0 { f32::INFINITY } else { clip } })
 }
 

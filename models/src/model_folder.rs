@@ -10,8 +10,11 @@ use infinity_runtime::io::{Weights, save_safetensors, write_atomically};
 use infinity_runtime::{Device, Error, Result};
 use serde_json::{Value, json};
 
-use crate::pipeline::Pipeline;
+use crate::bitvae;
+use crate::infinity::Infinity;
+use crate::pipeline::{Pipeline, check_fit};
 use crate::schedule::PixelBudget;
+use crate::t5::{T5Config, T5Tokenizer};
 use crate::train::TEXT_ENCODER_PREFIX;
 
 const CONFIG: &str = "config.json";
@@ -92,32 +95,24 @@ pub struct ExportSources {
     pub pn: PixelBudget,
 }
 
-/// Writes the model folder `out` from `sources`, each file atomically; the folder is checked
-/// by loading it (on the CPU) before `config.json`, the file that makes it a model folder.
+/// Writes the model folder `out` from `sources`, each file atomically. The sources are checked
+/// against each other first (an error names the file given, not its copy), and the written
+/// folder by loading it (on the CPU) before `config.json`, the file that makes it a model
+/// folder; if that fails, the files written are removed.
 pub fn export(sources: &ExportSources, out: &Path) -> Result<ModelFiles> {
     let weights = Weights::open(&sources.params)?;
-    let (text, transformer): (Vec<_>, Vec<_>) =
-        weights.iter().partition(|(key, _)| key.starts_with(TEXT_ENCODER_PREFIX));
-    if text.is_empty() && sources.t5.is_none() {
+    let trained_text_encoder = weights.iter().any(|(key, _)| key.starts_with(TEXT_ENCODER_PREFIX));
+    if !trained_text_encoder && sources.t5.is_none() {
         return Err(Error::format(&sources.params, "the run did not train a text encoder; give its weights with --t5"));
     }
+    let t5_config = T5Config::open(&sources.t5_config)?;
+    T5Tokenizer::open(&sources.tokenizer)?;
+    let vae_config = bitvae::detect_config(&bitvae::state_dict(&sources.vae)?)?;
+    let transformer_config = Infinity::detect_config(&weights)?;
+    let params = sources.params.display().to_string();
+    check_fit(&transformer_config, &params, &vae_config, &sources.vae, &t5_config, &sources.t5_config)?;
+
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let copy = |from: &Path, name: &str| -> Result<()> {
-        let bytes = std::fs::read(from).map_err(|e| Error::io(from, e))?;
-        write_atomically(out.join(name), |w| w.write_all(&bytes))
-    };
-    let metadata = BTreeMap::from([("source".to_string(), sources.params.display().to_string())]);
-    save_safetensors(out.join(TRANSFORMER), transformer, &metadata)?;
-    match &sources.t5 {
-        Some(t5) => copy(t5, T5)?,
-        None => {
-            let stripped = text.iter().map(|(k, t)| (k.trim_start_matches(TEXT_ENCODER_PREFIX), *t));
-            save_safetensors(out.join(T5), stripped, &metadata)?;
-        }
-    }
-    copy(&sources.vae, VAE)?;
-    copy(&sources.t5_config, T5_CONFIG)?;
-    copy(&sources.tokenizer, TOKENIZER)?;
     let files = ModelFiles {
         transformer: out.join(TRANSFORMER),
         vae: out.join(VAE),
@@ -126,7 +121,13 @@ pub fn export(sources: &ExportSources, out: &Path) -> Result<ModelFiles> {
         tokenizer: out.join(TOKENIZER),
         default_pn: Some(sources.pn),
     };
-    Pipeline::load(&files, &Device::Cpu)?;
+    let written = write_files(sources, &weights, &files).and_then(|()| Pipeline::load(&files, &Device::Cpu).map(drop));
+    if let Err(e) = written {
+        for file in [&files.transformer, &files.vae, &files.t5, &files.t5_config, &files.tokenizer] {
+            let _ = std::fs::remove_file(file);
+        }
+        return Err(e);
+    }
     let config = json!({
         "transformer": TRANSFORMER,
         "vae": VAE,
@@ -139,4 +140,27 @@ pub fn export(sources: &ExportSources, out: &Path) -> Result<ModelFiles> {
         serde_json::to_string_pretty(&config).map_err(|e| Error::format(out.join(CONFIG), e.to_string()))? + "\n";
     write_atomically(out.join(CONFIG), |w| w.write_all(text.as_bytes()))?;
     Ok(files)
+}
+
+/// The model files of an export: the run's transformer (and text encoder, if it trained one)
+/// and copies of the rest.
+fn write_files(sources: &ExportSources, weights: &Weights, files: &ModelFiles) -> Result<()> {
+    let (text, transformer): (Vec<_>, Vec<_>) =
+        weights.iter().partition(|(key, _)| key.starts_with(TEXT_ENCODER_PREFIX));
+    let copy = |from: &Path, to: &Path| -> Result<()> {
+        let bytes = std::fs::read(from).map_err(|e| Error::io(from, e))?;
+        write_atomically(to, |w| w.write_all(&bytes))
+    };
+    let metadata = BTreeMap::from([("source".to_string(), sources.params.display().to_string())]);
+    save_safetensors(&files.transformer, transformer, &metadata)?;
+    match &sources.t5 {
+        Some(t5) => copy(t5, &files.t5)?,
+        None => {
+            let stripped = text.iter().map(|(k, t)| (k.trim_start_matches(TEXT_ENCODER_PREFIX), *t));
+            save_safetensors(&files.t5, stripped, &metadata)?;
+        }
+    }
+    copy(&sources.vae, &files.vae)?;
+    copy(&sources.t5_config, &files.t5_config)?;
+    copy(&sources.tokenizer, &files.tokenizer)
 }

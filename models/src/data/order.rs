@@ -70,11 +70,10 @@ impl BatchOrder {
     pub fn new(dataset: &Dataset, batch_size: usize, seed: u64, state: OrderState) -> Result<Self> {
         let largest = dataset.buckets().iter().map(|b| b.items.len()).max().unwrap_or(0);
         if batch_size == 0 || largest < batch_size {
-            return Err(Error::invalid(
-                "data.BatchOrder.new",
-                &[batch_size],
-                format!("no template has {batch_size} items to fill a batch (the largest has {largest})"),
-            ));
+            return Err(Error::setting(format!(
+                "--batch {batch_size}: a batch is {batch_size} images of one aspect-ratio template, and the data's \
+                 largest template has {largest}"
+            )));
         }
         let mut bucket_of = vec![0; dataset.items().len()];
         for (b, bucket) in dataset.buckets().iter().enumerate() {

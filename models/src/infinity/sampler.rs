@@ -61,17 +61,25 @@ impl SamplingConfig {
         })
     }
 
+    /// Refuses settings no generation can use, naming the setting as the command line does
+    /// (`--tau`, `--cfg`, `--top-p`).
     pub fn validate(&self, num_scales: usize) -> Result<()> {
         for (name, v) in [("cfg", &self.cfg), ("tau", &self.tau)] {
             if v.is_empty() || (v.len() != 1 && v.len() != num_scales) {
-                return Err(Error::invalid("sampling", &[v.len()], format!("{name} needs 1 or {num_scales} values")));
+                return Err(Error::setting(format!(
+                    "--{name} takes 1 value or one per scale ({num_scales} here), not {}",
+                    v.len()
+                )));
             }
         }
-        if self.tau.iter().any(|&t| !(t > 0.0 && t.is_finite())) || self.cfg.iter().any(|w| !w.is_finite()) {
-            return Err(Error::invalid("sampling", &[], "tau must be positive and cfg finite"));
+        if let Some(t) = self.tau.iter().find(|&&t| !(t > 0.0 && t.is_finite())) {
+            return Err(Error::setting(format!("--tau {t} must be a positive number")));
+        }
+        if let Some(w) = self.cfg.iter().find(|w| !w.is_finite()) {
+            return Err(Error::setting(format!("--cfg {w} must be a finite number")));
         }
         if !(0.0..=1.0).contains(&self.top_p) {
-            return Err(Error::invalid("sampling", &[], format!("top_p {} is outside [0, 1]", self.top_p)));
+            return Err(Error::setting(format!("--top-p {} is outside [0, 1]", self.top_p)));
         }
         Ok(())
     }

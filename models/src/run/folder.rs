@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use infinity_autograd::checkpoint::{self, Checkpoint};
 use infinity_autograd::{AdamW, Params};
+use infinity_runtime::io::{check_writable, write_atomically};
 use infinity_runtime::{Device, Error, Result};
 use serde_json::{Value, json};
 
@@ -73,7 +74,8 @@ impl RunFolder {
                 kept.push('\n');
             }
         }
-        fs::write(&path, kept).map_err(|e| Error::io(&path, e))?;
+        // Atomically: a write failing part-way (a full disk) must not cost the steps already logged.
+        write_atomically(&path, |w| w.write_all(kept.as_bytes()))?;
         let append =
             |path: &Path| OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e));
         Ok(RunFolder {
@@ -135,13 +137,15 @@ impl RunFolder {
 }
 
 /// Where a run starts: its data set (opened from `data` at `pn`), the run folder's latest
-/// checkpoint if any, and the step it holds (0 for a new run). Creates the run folder.
+/// checkpoint if any, and the step it holds (0 for a new run). Creates the run folder, refused
+/// if it cannot be written.
 pub(super) fn start(
     settings: &RunSettings,
     data: &Path,
     pn: PixelBudget,
 ) -> Result<(Arc<Dataset>, Option<Checkpoint>, u64)> {
     std::fs::create_dir_all(&settings.out).map_err(|e| Error::io(&settings.out, e))?;
+    check_writable(&settings.out)?;
     let dataset = Arc::new(Dataset::open(data, pn)?);
     let resume = checkpoint::latest(&settings.out)?;
     let step0 = resume.as_ref().map_or(0, |c| c.step);

@@ -40,6 +40,17 @@ fn fill_and_rename(
     fs::rename(temp, path)
 }
 
+/// Refuses a folder this process cannot create files in, by creating and removing one: mode bits
+/// do not tell (root ignores them, a read-only mount overrides them). For refusing an output
+/// before the slow work that would produce it.
+pub fn check_writable(dir: impl AsRef<Path>) -> Result<()> {
+    let dir = dir.as_ref();
+    let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
+    let probe = dir.join(format!(".write-check.{}.{n}.tmp", std::process::id()));
+    OpenOptions::new().write(true).create_new(true).open(&probe).map_err(|e| Error::io(dir, e))?;
+    fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))
+}
+
 /// `.<name>.<pid>.<n>.tmp` in the target's directory: a rename is only atomic within one file system.
 fn temp_path(path: &Path) -> Result<PathBuf> {
     let name = path.file_name().ok_or_else(|| Error::format(path, "not a file path"))?;

@@ -16,7 +16,7 @@ use memmap2::{Mmap, MmapMut};
 
 use crate::{Error, Result, Tensor};
 
-pub use self::atomic::write_atomically;
+pub use self::atomic::{check_writable, write_atomically};
 pub use self::safetensors::save as save_safetensors;
 
 /// Every zip archive (and so every `torch.save` file) starts with a local file header.

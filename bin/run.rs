@@ -22,7 +22,7 @@ use infinity::models::bitvae::quantizer::Quantized;
 use infinity::models::image::{fit_to, load_rgb, psnr, save_png, to_rgb8, to_tensor};
 use infinity::models::infinity::{SamplingConfig, generate};
 use infinity::models::model_folder::ModelFiles;
-use infinity::models::pipeline::{Pipeline, TextEncoder};
+use infinity::models::pipeline::{Pipeline, TextEncoder, read_prompt_file};
 use infinity::models::schedule::{PATCH, PixelBudget, Template};
 use infinity::runtime::io::{Weights, check_writable};
 use infinity::runtime::{Device, DeviceName};
@@ -207,8 +207,7 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
 fn prompts_of(g: &GenerateArgs) -> Result<Vec<String>, Box<dyn Error>> {
     let mut prompts = g.prompt.clone();
     if let Some(file) = &g.prompt_file {
-        let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-        prompts.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
+        prompts.extend(read_prompt_file(file)?);
     }
     if prompts.is_empty() {
         return Err("no prompt: give -p/--prompt or --prompt-file".into());

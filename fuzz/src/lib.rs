@@ -4,16 +4,21 @@
 //! libFuzzer; `tests/fuzz_replay.rs` replays the committed corpora and regression inputs
 //! through the same functions on the stable toolchain.
 
+mod pickle;
+
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use infinity::models::bitvae::BitVaeConfig;
-use infinity::models::data::Dataset;
-use infinity::models::image::load_rgb;
+use infinity::models::data::{CaptionRule, DEFAULT_SHORT_CAP_PROB, Dataset};
+use infinity::models::image::{load_rgb, save_png};
 use infinity::models::infinity::InfinityConfig;
 use infinity::models::model_folder::ModelFiles;
+use infinity::models::pipeline::read_prompt_file;
 use infinity::models::schedule::PixelBudget;
 use infinity::models::t5::{T5Config, T5Tokenizer, open_checkpoint};
 use infinity::runtime::io::Weights;
+use infinity::runtime::rng::Philox;
 
 /// A target's entry point.
 pub type Entry = fn(&[u8]);
@@ -21,12 +26,15 @@ pub type Entry = fn(&[u8]);
 /// Every target, by the name of its corpus folder.
 pub const TARGETS: &[(&str, Entry)] = &[
     ("weights", weights),
+    ("pth", pth),
     ("configs", configs),
     ("model_folder", model_folder),
     ("shard_index", shard_index),
     ("tokenizer", tokenizer),
     ("image", image),
     ("dataset", dataset),
+    ("captions", captions),
+    ("prompts", prompts),
 ];
 
 /// A checkpoint, safetensors or `.pth` (zip, pickle, allow-list, storages and views): every
@@ -36,6 +44,15 @@ pub fn weights(data: &[u8]) {
         for (_, t) in w.iter() {
             let _ = t.to_f32_vec();
         }
+    }
+}
+
+/// A `.pth` checkpoint built from a stream of well-formed pickle opcodes and storages
+/// ([`pickle::Archive`]): past the zip and the opcode parser to the allow-list, the objects
+/// and the storage views. Every tensor it yields is read whole.
+pub fn pth(data: &[u8]) {
+    if let Some(archive) = pickle::Archive::from_fuzz(data) {
+        weights(&archive.to_pth());
     }
 }
 
@@ -90,16 +107,72 @@ pub fn image(data: &[u8]) {
 }
 
 /// The official data layout: the bytes as a `.jsonl` file of a data folder, every listed
-/// item's caption read (image paths point nowhere, so loading them is skipped, as a missing
-/// image is).
+/// item's caption chosen and tokenized as training does (image paths point nowhere, so loading
+/// them is skipped, as a missing image is).
 pub fn dataset(data: &[u8]) {
     let dir = scratch("dataset");
     write(&dir.join("1.000_000001.jsonl"), data);
     if let Ok(d) = Dataset::from_jsonl_dir(&dir, PixelBudget::P006M) {
-        for item in d.items() {
-            let _ = (item.caption.long.len(), item.caption.short.as_ref().map(String::len));
+        train_on_captions(&d);
+    }
+}
+
+/// A folder of captioned images: the bytes as the `.txt` caption of one small PNG, chosen and
+/// tokenized as training does.
+pub fn captions(data: &[u8]) {
+    let dir = scratch("captions");
+    write(&dir.join("a.png"), tiny_png());
+    write(&dir.join("a.txt"), data);
+    if let Ok(d) = Dataset::open(&dir, PixelBudget::P006M) {
+        train_on_captions(&d);
+    }
+}
+
+/// A prompt file (`infinity-run --prompt-file`): each prompt tokenized and cut as generation
+/// does.
+pub fn prompts(data: &[u8]) {
+    let dir = scratch("prompts");
+    let path = dir.join("prompts.txt");
+    write(&path, data);
+    if let Ok(prompts) = read_prompt_file(&path) {
+        for p in &prompts {
+            let _ = bundled_tokenizer().encode(p);
         }
     }
+}
+
+/// Each item's caption as training chooses it, whole and by the official rule's draws (the
+/// short caption, or a prefix of sentences), tokenized.
+fn train_on_captions(d: &Dataset) {
+    let mut rng = Philox::new(0);
+    let dynamic = CaptionRule::Dynamic { short_cap_prob: DEFAULT_SHORT_CAP_PROB };
+    for item in d.items() {
+        for rule in [CaptionRule::Plain, dynamic, dynamic] {
+            let _ = bundled_tokenizer().encode(&rule.choose(&item.caption, &mut rng));
+        }
+    }
+}
+
+/// The bundled model's tokenizer (a SentencePiece Unigram vocabulary of its captions), cut to
+/// the 128 tokens the bundled transformer reads.
+fn bundled_tokenizer() -> &'static T5Tokenizer {
+    static TOKENIZER: OnceLock<T5Tokenizer> = OnceLock::new();
+    TOKENIZER.get_or_init(|| {
+        let path = scratch("bundled-tokenizer").join("tokenizer.json");
+        write(&path, include_bytes!("../../assets/models/default/tokenizer.json"));
+        T5Tokenizer::open(&path).expect("the bundled tokenizer reads").with_max_tokens(128)
+    })
+}
+
+/// A 16×16 PNG.
+fn tiny_png() -> &'static [u8] {
+    static PNG: OnceLock<Vec<u8>> = OnceLock::new();
+    PNG.get_or_init(|| {
+        let path = scratch("tiny-png").join("tiny.png");
+        let rgb: Vec<u8> = (0..16 * 16 * 3).map(|i| (i * 37 % 256) as u8).collect();
+        save_png(&path, 16, 16, &rgb, &[]).expect("the temporary folder is writable");
+        std::fs::read(&path).expect("the PNG just written reads")
+    })
 }
 
 /// A folder of this process and thread for the targets that read files, emptied first.

@@ -124,6 +124,14 @@ impl TextEncoder {
     }
 }
 
+/// The prompts of a prompt file: one per line, trimmed, blank lines skipped. Errors name the
+/// file (missing, unreadable, not UTF-8).
+pub fn read_prompt_file(path: impl AsRef<Path>) -> Result<Vec<String>> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
+}
+
 /// Checks, from configurations alone, that a transformer (`transformer` names it in errors)
 /// predicts the VAE's tokens and reads the text encoder's features.
 pub fn check_fit(

@@ -23,6 +23,7 @@ use infinity::models::infinity::teacher::{Flips, teacher_forcing};
 use infinity::models::infinity::{Infinity, InfinityConfig};
 use infinity::models::schedule::{PixelBudget, Schedule, Template};
 use infinity::models::train::{StepBatch, StepSettings, StepText, TokenWeighting, train_step};
+use infinity::runtime::collective::Single;
 use infinity::runtime::io::Weights;
 use infinity::runtime::rng::Philox;
 use infinity::runtime::{Device, DeviceName, Tensor};
@@ -87,7 +88,7 @@ fn time_steps(config: &InfinityConfig, run: Run, device: &Device, steps: usize) 
         .map(|_| {
             let t = Instant::now();
             // The loss is read back, so the step's work on the device is done when it returns.
-            train_step(&mut params, &mut optimizer, config, &micro, settings).unwrap();
+            train_step(&mut params, &mut optimizer, config, &micro, settings, &Single).unwrap();
             t.elapsed().as_secs_f64()
         })
         .skip(1)

@@ -33,6 +33,7 @@ use infinity::models::run::{Outcome, Progress, RunSettings};
 use infinity::models::schedule::{PATCH, PixelBudget};
 use infinity::models::train::{TokenWeighting, evaluate_dataset};
 use infinity::models::train_vae::VaeLossWeights;
+use infinity::runtime::collective::Single;
 use infinity::runtime::{Device, DeviceName};
 use serde_json::Value;
 
@@ -580,7 +581,7 @@ fn training_device(name: DeviceName) -> Result<Device, String> {
 fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
     let run = plan(a, training_device(a.run.device)?)?;
     let mut bar = Bar(None);
-    let outcome = run.train(&mut bar)?;
+    let outcome = run.train(&Single, &mut bar)?;
     finish(bar, &a.run.out, &outcome);
     Ok(())
 }

@@ -498,6 +498,7 @@ fn the_library_run_reports_its_progress_and_outcome() {
     use infinity::models::schedule::PixelBudget;
     use infinity::models::train::TokenWeighting;
     use infinity::runtime::Device;
+    use infinity::runtime::collective::Single;
 
     #[derive(Default)]
     struct Seen(Vec<String>);
@@ -566,13 +567,13 @@ fn the_library_run_reports_its_progress_and_outcome() {
         recompute_blocks: true,
     };
     let mut seen = Seen::default();
-    let outcome = run.train(&mut seen).unwrap();
+    let outcome = run.train(&Single, &mut seen).unwrap();
     assert!(matches!(outcome, Outcome::Trained { from: 0, to: 2, .. }), "{outcome:?}");
     assert_eq!(seen.0, ["start 0 2 true", "step 1 true", "saved", "step 2 true", "saved"]);
     let log = fs::read_to_string(out.join("train.log")).unwrap();
     assert!(log.starts_with("$ the test\nstarting from the official initialisation"), "{log}");
     assert!(log.ends_with(&format!("{outcome}\n")), "{log}");
-    assert_eq!(run.train(&mut Seen::default()).unwrap(), Outcome::AlreadyDone { step: 2 });
+    assert_eq!(run.train(&Single, &mut Seen::default()).unwrap(), Outcome::AlreadyDone { step: 2 });
     // One checkpoint kept.
     let kept =
         fs::read_dir(&out).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_str().unwrap().starts_with("step-"));

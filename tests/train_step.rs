@@ -19,6 +19,7 @@ use infinity::models::t5::{T5Config, T5Encoder};
 use infinity::models::train::{
     StepBatch, StepSettings, StepText, TEXT_ENCODER_PREFIX, TokenWeighting, evaluate, token_weights, train_step,
 };
+use infinity::runtime::collective::Single;
 use infinity::runtime::io::Weights;
 use infinity::runtime::{DType, Device, Tensor};
 
@@ -85,7 +86,7 @@ fn one_training_step_matches_the_official_trainer() {
     let prompts = prompts(&open("devA/t5_golden.safetensors"));
     let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
     let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
-    let stats = train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), SETTINGS).unwrap();
+    let stats = train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), SETTINGS, &Single).unwrap();
 
     let want = scalar(golden.get("loss").unwrap());
     let got = stats.loss;
@@ -202,7 +203,8 @@ fn a_training_step_matches_on_every_device() {
         let (loss_bound, grad_bound) = if device.is_cpu() { (1e-5, 1e-4) } else { (1.0 / 256.0, 1.0 / 32.0) };
         let mut params = Infinity::parameters(&weights, &config).unwrap().to_device(&device).unwrap();
         let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
-        let stats = train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings).unwrap();
+        let stats =
+            train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings, &Single).unwrap();
         let (got, want) = (stats.loss, scalar(golden.get("loss").unwrap()));
         assert!(((got - want) / want).abs() <= loss_bound, "{device}: loss {got} vs {want}");
         let mut worst = (0.0f32, String::new());
@@ -264,7 +266,7 @@ fn a_step_with_the_text_encoder_matches_on_every_device() {
         let all = transformer.iter().chain(t5.iter()).map(|(n, t)| (n.to_string(), t.to_device(device).unwrap()));
         let mut params = Params::new(all.collect()).unwrap();
         let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
-        train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings).unwrap()
+        train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings, &Single).unwrap()
     };
     let want = step(&Device::Cpu);
     let text_grads: Vec<(&str, &Tensor)> =
@@ -304,7 +306,7 @@ fn two_micro_batches_step_like_their_whole_batch() {
     let step = |batches: &[StepBatch]| {
         let mut params = Infinity::parameters(&weights, &config).unwrap();
         let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
-        let stats = train_step(&mut params, &mut opt, &config, batches, settings).unwrap();
+        let stats = train_step(&mut params, &mut opt, &config, batches, settings, &Single).unwrap();
         (stats, params)
     };
     let (whole, whole_params) =
@@ -397,7 +399,11 @@ fn a_tiny_model_overfits_four_latents_on_every_device() {
         let mut params = initial.to_device(&device).unwrap();
         let mut opt = AdamW::new(AdamWConfig::default(), official_groups(&params)).unwrap();
         let losses: Vec<f32> = (0..STEPS)
-            .map(|_| train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings).unwrap().loss)
+            .map(|_| {
+                train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings, &Single)
+                    .unwrap()
+                    .loss
+            })
             .collect();
         eprintln!("{device}: loss {} → {} in {:.1} s", losses[0], losses[STEPS - 1], started.elapsed().as_secs_f64());
 
@@ -455,7 +461,7 @@ fn bsc_step_with_recorded_flips_gives_the_official_loss() {
     let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
     let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
     let settings = SETTINGS;
-    let stats = train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings).unwrap();
+    let stats = train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings, &Single).unwrap();
     let want = scalar(g.get("bsc.loss").unwrap());
     assert!(((stats.loss - want) / want).abs() <= 1e-5, "loss {} vs {want}", stats.loss);
     for (k, (&got, want)) in
@@ -488,7 +494,7 @@ fn evaluation_scores_what_a_step_trains_on() {
     let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
     let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
     let settings = StepSettings { weighting: TokenWeighting::ByScale, ..SETTINGS };
-    let stats = train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings).unwrap();
+    let stats = train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings, &Single).unwrap();
     assert_eq!(eval.loss, stats.loss);
     assert_eq!(eval.scale_loss, stats.scale_loss);
     assert_eq!(eval.scale_accuracy, stats.scale_accuracy);
@@ -540,12 +546,13 @@ fn recomputing_blocks_takes_the_same_step_in_less_memory() {
         // A first step creates AdamW's moments; the second is measured from what is held
         // between steps (parameters and moments, 12 B per parameter). Its gradients (4 B per
         // parameter) are the rest of the state the budget counts apart from the activations.
-        train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings).unwrap();
+        train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings, &Single).unwrap();
         let held = exec.map(|e| {
             e.reset_peak();
             e.memory().in_use
         });
-        let stats = train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings).unwrap();
+        let stats =
+            train_step(&mut params, &mut opt, &config, std::slice::from_ref(&batch), settings, &Single).unwrap();
         let n_params: usize = params.iter().map(|(_, p)| p.numel()).sum();
         let activations = exec.zip(held).map(|(e, held)| e.memory().peak - held - 4 * n_params);
         let grads: Vec<Option<Vec<f32>>> =

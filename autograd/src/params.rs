@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use infinity_ops::elementwise::{add, mul_scalar};
 use infinity_ops::optim::sum_squares;
+use infinity_runtime::collective::Collective;
 use infinity_runtime::io::Weights;
 use infinity_runtime::{DType, Device, Error, Result, Tensor};
 
@@ -189,6 +190,37 @@ impl GradStore {
             self.insert(name.clone(), sum);
         }
         Ok(())
+    }
+
+    /// The mean of this store over the ranks of `world`, each holding the gradients of its
+    /// share of the batch for the same `params`: the gradient of the whole batch's mean loss
+    /// when the shares are equal. A parameter without a gradient on some rank contributes
+    /// zeros there, and has none in the mean only if it has none on every rank (as a
+    /// parameter no sample of the whole batch reached, such as the null text when no caption
+    /// was dropped).
+    pub fn all_reduce_mean(self, params: &Params, world: &dyn Collective) -> Result<GradStore> {
+        if world.world_size() == 1 {
+            return Ok(self);
+        }
+        let mut tensors = Vec::with_capacity(params.len() + 1);
+        let mut present = Vec::with_capacity(params.len());
+        for (name, p) in params.iter() {
+            present.push(f32::from(u8::from(self.get(name).is_some())));
+            tensors.push(match self.get(name) {
+                Some(g) => g.clone(),
+                None => Tensor::zeros_on(p.shape(), DType::F32, &p.device())?,
+            });
+        }
+        tensors.push(Tensor::from_vec(present, &[params.len()])?);
+        let mut means = world.all_reduce_mean(&tensors)?;
+        let present = means.pop().map_or(Ok(Vec::new()), |t| t.to_f32_vec())?;
+        let mut store = GradStore::default();
+        for (((name, _), mean), present) in params.iter().zip(means).zip(present) {
+            if present > 0.0 {
+                store.insert(name.to_string(), mean);
+            }
+        }
+        Ok(store)
     }
 
     /// The L2 norm of all gradients together (the norm of the per-tensor norms), in f64; one

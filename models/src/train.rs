@@ -7,6 +7,7 @@
 use infinity_autograd::loss::{BitwiseLoss, bitwise_cross_entropy};
 use infinity_autograd::{AdamW, GradStore, Params, Tape, Tracked, Var};
 use infinity_ops::index::concat;
+use infinity_runtime::collective::Collective;
 use infinity_runtime::{Error, Result, Tensor};
 
 use crate::data::Dataset;
@@ -95,15 +96,18 @@ pub struct StepStats {
 }
 
 /// One AdamW step of `params` on `batches`, micro-batches whose gradients are accumulated,
-/// each weighted 1/n (the official trainer's loss × 1/ac), before clipping and the update;
-/// the reported loss and per-scale figures are the micro-batches' means. `optimizer` must hold
-/// groups over `params`' names.
+/// each weighted 1/n (the official trainer's loss × 1/ac), then averaged over the ranks of
+/// `world` (each holding its share of the global batch), before clipping and the update; the
+/// reported loss and per-scale figures are the means over micro-batches and ranks, so every
+/// rank takes the same step and reports the same figures. `optimizer` must hold groups over
+/// `params`' names.
 pub fn train_step(
     params: &mut Params,
     optimizer: &mut AdamW,
     config: &InfinityConfig,
     batches: &[StepBatch],
     settings: StepSettings,
+    world: &dyn Collective,
 ) -> Result<StepStats> {
     if batches.is_empty() {
         return Err(Error::invalid("train.step", &[0], "a step needs at least one micro-batch"));
@@ -121,6 +125,16 @@ pub fn train_step(
         };
         mean_into(&mut scale_loss, &micro.scale_loss);
         mean_into(&mut scale_accuracy, &micro.scale_accuracy);
+    }
+    let mut grads = grads.all_reduce_mean(params, world)?;
+    if world.world_size() > 1 {
+        let figures = [&[loss][..], &scale_loss, &scale_accuracy].concat();
+        let means = world.all_reduce_mean(&[Tensor::from_vec(figures, &[1 + 2 * scale_loss.len()])?])?;
+        let means = means[0].to_f32_vec()?;
+        let scales = scale_loss.len();
+        loss = means[0];
+        scale_loss = means[1..=scales].to_vec();
+        scale_accuracy = means[1 + scales..].to_vec();
     }
     // The tapes are gone, so the parameters are private again: AdamW updates them in place
     // instead of copying them.

@@ -1,6 +1,7 @@
 //! The runtime layer: tensors (shape/strides/offset views over shared storage), dtypes,
 //! devices, typed errors, the Philox counter-based RNG and weight I/O.
 
+pub mod collective;
 mod device;
 mod dtype;
 mod error;

@@ -61,6 +61,8 @@ pub struct BatchOrder {
     state: OrderState,
     /// The batches of `state.epoch`, computed when the epoch is entered.
     epoch: Vec<Batch>,
+    /// This rank's share of every batch: (rank, ranks) of a data-parallel run.
+    share: (usize, usize),
 }
 
 impl BatchOrder {
@@ -82,9 +84,22 @@ impl BatchOrder {
             }
         }
         let templates = dataset.buckets().iter().map(|b| b.template).collect();
-        let mut order = BatchOrder { seed, batch_size, bucket_of, templates, state, epoch: Vec::new() };
+        let mut order = BatchOrder { seed, batch_size, bucket_of, templates, state, epoch: Vec::new(), share: (0, 1) };
         order.epoch = order.epoch_batches(state.epoch);
         Ok(order)
+    }
+
+    /// Rank `rank`'s share of a data-parallel run of `ranks`: each batch of this order (the
+    /// global batch) yields its `rank`-th slice of batch_size / ranks slots. The order and its
+    /// state are the global ones, so a run saved with one number of ranks resumes with
+    /// another at the same global batch size.
+    pub fn sharded(mut self, rank: usize, ranks: usize) -> Result<Self> {
+        if ranks == 0 || rank >= ranks || !self.batch_size.is_multiple_of(ranks) {
+            let msg = format!("rank {rank} of {ranks} cannot take an equal share of batches of {}", self.batch_size);
+            return Err(Error::setting(msg));
+        }
+        self.share = (rank, ranks);
+        Ok(self)
     }
 
     /// The position of the next batch.
@@ -130,8 +145,12 @@ impl Iterator for BatchOrder {
             self.state = OrderState { epoch: self.state.epoch + 1, batch: 0 };
             self.epoch = self.epoch_batches(self.state.epoch);
         }
-        let batch = self.epoch[self.state.batch as usize].clone();
+        let mut batch = self.epoch[self.state.batch as usize].clone();
         self.state.batch += 1;
+        let (rank, ranks) = self.share;
+        let share = self.batch_size / ranks;
+        batch.slots = batch.slots.split_off(rank * share);
+        batch.slots.truncate(share);
         Some(batch)
     }
 }

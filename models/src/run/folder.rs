@@ -26,7 +26,7 @@ pub struct RunSettings {
     pub out: PathBuf,
     /// The step the run ends at (a resumed run continues up to it).
     pub steps: u64,
-    /// Images per step (per micro-batch for the transformer).
+    /// Images per step and rank (per micro-batch for the transformer).
     pub batch: usize,
     /// Seed of the data order, the initial weights and every random draw of training.
     pub seed: u64,
@@ -158,10 +158,11 @@ pub(super) fn first_columns(step: u64, loss: f32, lr: f64, grad_norm: f32) -> Ve
     vec![step.to_string(), format!("{loss:?}"), format!("{lr:e}"), format!("{grad_norm:?}")]
 }
 
-/// The run state every command saves: which command, its seed and batch size, and the data
-/// position.
-pub(super) fn run_state(command: &str, settings: &RunSettings, order: OrderState) -> Value {
-    json!({ "command": command, "seed": settings.seed, "batch": settings.batch, "order": order.to_json() })
+/// The run state every command saves: which command, its seed and global batch size (the
+/// batch of each of `ranks` ranks together), and the data position.
+pub(super) fn run_state(command: &str, settings: &RunSettings, ranks: usize, order: OrderState) -> Value {
+    let batch = settings.batch * ranks;
+    json!({ "command": command, "seed": settings.seed, "batch": batch, "order": order.to_json() })
 }
 
 pub(super) fn not_ours(saved: &Checkpoint, command: &str) -> Error {
@@ -171,16 +172,22 @@ pub(super) fn not_ours(saved: &Checkpoint, command: &str) -> Error {
 /// The data position of `saved`, refused when it was written by another command (runs of
 /// the transformer command from before the field existed count as `transformer`) or by a
 /// run with another seed or batch size (its data position would mean other batches).
-pub(super) fn saved_order(saved: &Checkpoint, command: &str, settings: &RunSettings) -> Result<OrderState> {
+pub(super) fn saved_order(
+    saved: &Checkpoint,
+    command: &str,
+    settings: &RunSettings,
+    ranks: usize,
+) -> Result<OrderState> {
     let s = &saved.state;
     if s.get("command").and_then(Value::as_str).unwrap_or("transformer") != command {
         return Err(not_ours(saved, command));
     }
     let (seed, batch) = (s.get("seed").and_then(Value::as_u64), s.get("batch").and_then(Value::as_u64));
-    if (seed, batch) != (Some(settings.seed), Some(settings.batch as u64)) {
+    if (seed, batch) != (Some(settings.seed), Some((settings.batch * ranks) as u64)) {
         let shown = |v: Option<u64>| v.map_or("?".into(), |v| v.to_string());
         let msg = format!(
-            "saved by a run with --seed {} --batch {}; resume with the same values or use another --out",
+            "saved by a run with --seed {} and a global batch of {} (--batch × ranks); resume with the same \
+             values or use another --out",
             shown(seed),
             shown(batch)
         );

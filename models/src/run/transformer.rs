@@ -14,6 +14,7 @@ use infinity_autograd::checkpoint::Checkpoint;
 use infinity_autograd::optim::official_groups;
 use infinity_autograd::{AdamW, AdamWConfig, LrSchedule, Params};
 use infinity_ops::index::concat;
+use infinity_runtime::collective::Collective;
 use infinity_runtime::io::Weights;
 use infinity_runtime::rng::Philox;
 use infinity_runtime::{Error, Result, Tensor};
@@ -33,6 +34,10 @@ use crate::train::{StepBatch, StepSettings, StepText, TEXT_ENCODER_PREFIX, Token
 /// Key of the trainer's own Philox stream (BSC flips, caption dropout), apart from the data
 /// order's stream of the same seed.
 const TRAINER_STREAM: u64 = 0x7472_6169_6e65_7221;
+/// Each rank of a data-parallel run draws its flips and dropouts from its own stream (as each
+/// of the official trainer's processes does), keyed apart by this stride; rank 0's is the
+/// stream of a one-rank run.
+const RANK_STREAM_STRIDE: u64 = 0x9e37_79b9_7f4a_7c15;
 /// Key of a text encoder's random initial weights, apart from the transformer's of the same seed.
 const TEXT_ENCODER_SEED: u64 = 0x7465_7874_2d65_6e63;
 const COMMAND: &str = "transformer";
@@ -89,17 +94,28 @@ struct RunState {
 }
 
 impl RunState {
-    fn to_json(&self, settings: &RunSettings) -> Value {
-        let mut state = run_state(COMMAND, settings, self.order);
+    fn to_json(&self, settings: &RunSettings, ranks: usize) -> Value {
+        let mut state = run_state(COMMAND, settings, ranks, self.order);
         state["rng_offset"] = json!(self.rng.offset);
         state
     }
 
-    fn from_checkpoint(saved: &Checkpoint, settings: &RunSettings) -> Result<Self> {
-        let order = saved_order(saved, COMMAND, settings)?;
-        let offset = saved.state.get("rng_offset").and_then(Value::as_u64).ok_or_else(|| not_ours(saved, COMMAND))?;
-        Ok(RunState { order, rng: Philox { seed: settings.seed ^ TRAINER_STREAM, offset } })
+    fn new(settings: &RunSettings, rank: usize) -> Self {
+        RunState { order: OrderState::default(), rng: Philox { seed: trainer_seed(settings, rank), offset: 0 } }
     }
+
+    /// The state `saved` holds, for `rank` of `ranks`: every rank draws as many numbers per
+    /// step (their shares of a batch have one size and template), so rank 0's saved stream
+    /// position is every rank's.
+    fn from_checkpoint(saved: &Checkpoint, settings: &RunSettings, rank: usize, ranks: usize) -> Result<Self> {
+        let order = saved_order(saved, COMMAND, settings, ranks)?;
+        let offset = saved.state.get("rng_offset").and_then(Value::as_u64).ok_or_else(|| not_ours(saved, COMMAND))?;
+        Ok(RunState { order, rng: Philox { seed: trainer_seed(settings, rank), offset } })
+    }
+}
+
+fn trainer_seed(settings: &RunSettings, rank: usize) -> u64 {
+    settings.seed ^ TRAINER_STREAM ^ (rank as u64).wrapping_mul(RANK_STREAM_STRIDE)
 }
 
 /// The transformer's text side: a frozen encoder whose features are cached on disk, or an
@@ -153,22 +169,31 @@ impl Latents {
 }
 
 impl TransformerRun {
-    /// Trains from the run folder's latest checkpoint (or the start) up to `run.steps`.
-    pub fn train(&self, progress: &mut dyn Progress) -> Result<Outcome> {
+    /// Trains from the run folder's latest checkpoint (or the start) up to `run.steps`, as rank
+    /// `world.rank()` of a data-parallel run over `world` ([`Single`] for one process): each
+    /// rank trains on its share (`run.batch` images) of every global batch of `run.batch` ×
+    /// ranks, the ranks average their gradients, and rank 0 alone writes the run folder and
+    /// reports `progress`. The global batch order and the checkpoints are those of a one-rank
+    /// run of the global batch, so a run resumes with any number of ranks that divides it.
+    ///
+    /// [`Single`]: infinity_runtime::collective::Single
+    pub fn train(&self, world: &dyn Collective, progress: &mut dyn Progress) -> Result<Outcome> {
         let (s, device) = (&self.run, &self.run.device);
+        let (rank, ranks) = (world.rank(), world.world_size());
+        let lead = rank == 0;
         let (dataset, resume, step0) = start(s, &self.data, self.pn)?;
         let mut state = match &resume {
-            Some(saved) => RunState::from_checkpoint(saved, s)?,
-            None => RunState { order: OrderState::default(), rng: Philox::new(s.seed ^ TRAINER_STREAM) },
+            Some(saved) => RunState::from_checkpoint(saved, s, rank, ranks)?,
+            None => RunState::new(s, rank),
         };
-        let order = BatchOrder::new(&dataset, s.batch, s.seed, state.order)?;
+        let order = BatchOrder::new(&dataset, s.batch * ranks, s.seed, state.order)?.sharded(rank, ranks)?;
         let header = ["step,loss,lr,grad_norm".to_string()]
             .into_iter()
             .chain((0..self.pn.num_scales()).map(|k| format!("bit_acc_{k}")))
             .chain(["samples_per_s".to_string(), "tokens_per_s".to_string()])
             .collect::<Vec<_>>()
             .join(",");
-        let mut folder = RunFolder::open(s, &header, step0)?;
+        let mut folder = if lead { Some(RunFolder::open(s, &header, step0)?) } else { None };
         if step0 >= s.steps {
             return Ok(Outcome::AlreadyDone { step: step0 });
         }
@@ -231,9 +256,10 @@ impl TransformerRun {
             Some(saved) => format!("resuming {} at step {step0}", saved.dir.display()),
             None => format!("starting from {source}"),
         };
+        let ranks_note = if ranks > 1 { format!(" × {ranks} ranks") } else { String::new() };
         let intro = format!(
-            "{what} on {device}: {n_params} parameters, {} items ({}), pn {}, batch {} × {} micro-batches, peak lr {:e}; \
-             models loaded in {:.2} s",
+            "{what} on {device}: {n_params} parameters, {} items ({}), pn {}, batch {} × {} micro-batches{ranks_note}, \
+             peak lr {:e}; models loaded in {:.2} s",
             dataset.items().len(),
             dataset.skip_report(),
             self.pn,
@@ -242,7 +268,9 @@ impl TransformerRun {
             self.lr.peak,
             start.elapsed().as_secs_f64()
         );
-        announce(&mut folder, s, &intro, progress, step0)?;
+        if let Some(folder) = &mut folder {
+            announce(folder, s, &intro, progress, step0)?;
+        }
 
         let mut latents = Latents { cache: self.cache_latents.then(HashMap::new) };
         let mut batches = Prefetch::start(Arc::clone(&dataset), order, PREFETCH);
@@ -292,12 +320,15 @@ impl TransformerRun {
                 weighting: self.weighting,
                 recompute_blocks: self.recompute_blocks,
             };
-            let stats = train_step(&mut params, &mut optimizer, &config, &step_batches, settings)?;
+            let stats = train_step(&mut params, &mut optimizer, &config, &step_batches, settings, world)?;
             let seconds = step_start.elapsed().as_secs_f64();
-            let samples: usize = micro.iter().map(|(prompts, ..)| prompts.len()).sum();
-            let tokens: usize = micro.iter().map(|(prompts, _, schedule)| prompts.len() * schedule.seq_len()).sum();
+            // Every rank trains on as many samples as this one: the global throughput.
+            let samples: usize = ranks * micro.iter().map(|(prompts, ..)| prompts.len()).sum::<usize>();
+            let tokens: usize =
+                ranks * micro.iter().map(|(prompts, _, schedule)| prompts.len() * schedule.seq_len()).sum::<usize>();
             let (samples_per_s, tokens_per_s) = (samples as f64 / seconds, tokens as f64 / seconds);
             step += 1;
+            let Some(folder) = &mut folder else { continue };
 
             let mut row = first_columns(step, stats.loss, lr, stats.grad_norm);
             row.extend(stats.scale_accuracy.iter().map(|acc| format!("{acc:.4}")));
@@ -317,8 +348,17 @@ impl TransformerRun {
                 step,
                 &format!("loss {:.4}, {samples_per_s:.2} samples/s, {tokens_per_s:.0} tokens/s", stats.loss),
             );
-            folder.save(step, &params, &optimizer, &state.to_json(s), progress)?;
+            folder.save(step, &params, &optimizer, &state.to_json(s, ranks), progress)?;
         }
-        folder.finish(step0, step, run_start, &dataset)
+        let outcome = Outcome::Trained {
+            from: step0,
+            to: step,
+            seconds: run_start.elapsed().as_secs_f64(),
+            skipped: dataset.skip_report(),
+        };
+        if let Some(folder) = &mut folder {
+            folder.log(&outcome.to_string())?;
+        }
+        Ok(outcome)
     }
 }

@@ -88,7 +88,7 @@ impl VaeRun {
         let (s, device) = (&self.run, &self.run.device);
         let (dataset, resume, step0) = start(s, &self.data, self.pn)?;
         let order_state = match &resume {
-            Some(saved) => saved_order(saved, COMMAND, s)?,
+            Some(saved) => saved_order(saved, COMMAND, s, 1)?,
             None => OrderState::default(),
         };
         let order = BatchOrder::new(&dataset, s.batch, s.seed, order_state)?;
@@ -220,7 +220,7 @@ impl VaeRun {
                 let dir = folder.checkpoint_dir(step).join(DISCRIMINATOR_DIR);
                 checkpoint::save(&dir, step, &d.params, &d.optimizer, &Value::Null, 1)?;
             }
-            folder.save(step, &params, &optimizer, &run_state(COMMAND, s, order), progress)?;
+            folder.save(step, &params, &optimizer, &run_state(COMMAND, s, 1, order), progress)?;
         }
         folder.finish(step0, step, run_start, &dataset)
     }

@@ -1,0 +1,341 @@
+//! Data-parallel training: the in-process collective (ranks as threads) averages in rank order
+//! and names a rank that stopped or hangs; the transformer's run over 2 ranks takes the same
+//! steps as one rank over the same global batches; a run resumes with another number of
+//! ranks on the same global data order; and a rank that dies stops the others with an error
+//! naming it.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::fixture;
+use infinity::autograd::checkpoint;
+use infinity::autograd::{AdamWConfig, Annealing, LrSchedule};
+use infinity::models::data::{BatchOrder, Dataset, OrderState};
+use infinity::models::image::save_png;
+use infinity::models::infinity::InfinityConfig;
+use infinity::models::run::transformer::{Start, TransformerRun};
+use infinity::models::run::{Outcome, Progress, RunSettings};
+use infinity::models::schedule::PixelBudget;
+use infinity::models::train::TokenWeighting;
+use infinity::runtime::collective::{Collective, InProcess, Single};
+use infinity::runtime::io::Weights;
+use infinity::runtime::{Device, Tensor};
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// Each of `world` threads runs `body` with its rank's handle; their results in rank order.
+fn on_ranks<T: Send + 'static>(
+    world: usize,
+    timeout: Duration,
+    body: impl Fn(InProcess) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let body = Arc::new(body);
+    let threads: Vec<_> = InProcess::group(world, timeout)
+        .into_iter()
+        .map(|rank| {
+            let body = Arc::clone(&body);
+            thread::spawn(move || body(rank))
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+#[test]
+fn ranks_average_in_rank_order_every_round() {
+    let means = on_ranks(3, LONG, |rank| {
+        let r = rank.rank() as f32;
+        (0..40)
+            .map(|round| {
+                let round = round as f32;
+                let a = Tensor::from_vec(vec![r + round, 0.1 * r, -r * round], &[3]).unwrap();
+                let b = Tensor::from_vec(vec![r * 1e-3; 4], &[2, 2]).unwrap();
+                let out = rank.all_reduce_mean(&[a, b]).unwrap();
+                assert_eq!(out[1].shape(), [2, 2]);
+                (out[0].to_f32_vec().unwrap(), out[1].to_f32_vec().unwrap())
+            })
+            .collect::<Vec<_>>()
+    });
+    for (round, got) in means[0].iter().enumerate() {
+        let round = round as f32;
+        // Summed in rank order from zero, then scaled: the reference does the same.
+        let mean = |f: &dyn Fn(f32) -> f32| (0.0 + f(0.0) + f(1.0) + f(2.0)) * (1.0 / 3.0);
+        let expected = vec![mean(&|r| r + round), mean(&|r| 0.1 * r), mean(&|r| -r * round)];
+        assert_eq!(got.0, expected, "round {round}");
+        assert_eq!(got.1, vec![mean(&|r| r * 1e-3); 4]);
+    }
+    // Every rank received the very same bits.
+    assert!(means.iter().all(|m| *m == means[0]));
+}
+
+#[test]
+fn a_rank_that_stopped_is_named_at_once() {
+    let started = Instant::now();
+    let results = on_ranks(3, LONG, |rank| {
+        if rank.rank() == 2 {
+            // The rank's thread ends without reaching the all-reduce: its handle drops.
+            return Ok(Vec::new());
+        }
+        rank.all_reduce_mean(&[Tensor::from_vec(vec![1.0f32], &[1]).unwrap()])
+    });
+    for result in &results[..2] {
+        let err = result.as_ref().unwrap_err().to_string();
+        assert!(err.contains("rank 2 stopped"), "{err}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "waited for the timeout instead");
+}
+
+#[test]
+fn a_rank_that_hangs_is_named_after_the_timeout() {
+    let started = Instant::now();
+    let results = on_ranks(2, Duration::from_millis(300), |rank| {
+        if rank.rank() == 1 {
+            thread::sleep(Duration::from_secs(3));
+            return Ok(Vec::new());
+        }
+        rank.all_reduce_mean(&[Tensor::from_vec(vec![1.0f32], &[1]).unwrap()])
+    });
+    let err = results[0].as_ref().unwrap_err().to_string();
+    assert!(err.contains("rank 0 waited 0 s for rank(s) [1]"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn ranks_passing_different_tensors_are_refused() {
+    let results = on_ranks(2, LONG, |rank| {
+        let n = 2 + rank.rank();
+        rank.all_reduce_mean(&[Tensor::from_vec(vec![1.0f32; n], &[n]).unwrap()])
+    });
+    for result in &results {
+        let err = result.as_ref().unwrap_err().to_string();
+        assert!(err.contains("rank 1 passed tensors of [3] elements, rank 0 of [2]"), "{err}");
+    }
+}
+
+/// The shares of every rank together are the global batch, in order, for any number of ranks
+/// and any resume point: the data order does not depend on the world size.
+#[test]
+fn every_world_size_shares_out_the_same_global_batches() {
+    let dir = temp_dir("order");
+    let data = images(&dir, 12);
+    let dataset = Dataset::open(&data, PixelBudget::P006M).unwrap();
+    let global = |state: OrderState| BatchOrder::new(&dataset, 4, 9, state).unwrap();
+    let reference: Vec<Vec<usize>> =
+        global(OrderState::default()).take(9).map(|b| b.slots.iter().map(|s| s.item).collect()).collect();
+    for ranks in [1, 2, 4] {
+        for resume_at in [0, 2, 5] {
+            let state = {
+                let mut order = global(OrderState::default());
+                order.by_ref().take(resume_at).for_each(drop);
+                order.state()
+            };
+            let mut shards: Vec<BatchOrder> = (0..ranks).map(|r| global(state).sharded(r, ranks).unwrap()).collect();
+            for expected in &reference[resume_at..] {
+                let got: Vec<usize> =
+                    shards.iter_mut().flat_map(|s| s.next().unwrap().slots.into_iter().map(|s| s.item)).collect();
+                assert_eq!(&got, expected, "{ranks} ranks resumed at batch {resume_at}");
+            }
+        }
+    }
+    assert!(global(OrderState::default()).sharded(1, 3).is_err());
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Two ranks of batch 2 against one rank of batch 2 accumulating 2 micro-batches: the same
+/// global batches (one aspect-ratio template, so a global batch of 4 is two consecutive
+/// batches of 2), and the same arithmetic — a micro-batch's gradient × ½ summed equals the
+/// ranks' gradients summed × ½ exactly, scaling by a power of two being exact — so the
+/// parameters after 3 steps are equal bit for bit. Against one rank of batch 4 (one loss over
+/// 4 samples instead of two over 2, averaged) only the summation order differs: the first
+/// step's loss, taken before any update, within the bound of that reordering.
+#[test]
+fn two_ranks_take_the_steps_of_one_rank_over_the_global_batch() {
+    let dir = temp_dir("equal");
+    let data = images(&dir, 4);
+    let ranked = dir.join("ranked");
+    let results = on_ranks(2, LONG, {
+        let (data, out) = (data.clone(), ranked.clone());
+        move |rank| tiny_run(&data, &out, 2, 1, 3).train(&rank, &mut Quiet)
+    });
+    for result in results {
+        assert!(matches!(result, Ok(Outcome::Trained { from: 0, to: 3, .. })), "{result:?}");
+    }
+    let accumulated = dir.join("accumulated");
+    tiny_run(&data, &accumulated, 2, 2, 3).train(&Single, &mut Quiet).unwrap();
+    let (a, b) = (last_params(&ranked), last_params(&accumulated));
+    assert_eq!(a.len(), b.len());
+    for (name, t) in a.iter() {
+        assert!(t.to_f32_vec().unwrap() == b.get(name).unwrap().to_f32_vec().unwrap(), "{name} differs");
+    }
+    assert_eq!(losses(&ranked), losses(&accumulated));
+
+    let whole = dir.join("whole");
+    tiny_run(&data, &whole, 4, 1, 1).train(&Single, &mut Quiet).unwrap();
+    let (ranked_loss, whole_loss) = (losses(&ranked)[0], losses(&whole)[0]);
+    // Summing n positive f32 terms in another order moves the sum by at most 2(n − 1)ε of
+    // it: n = 4 samples × 521 tokens × 32 bits here.
+    let bound = 2.0 * (4.0 * 521.0 * 32.0) * f32::EPSILON * whole_loss;
+    assert!((ranked_loss - whole_loss).abs() <= bound, "{ranked_loss} vs {whole_loss} (bound {bound})");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Saved by 2 ranks of batch 2 after 2 steps, a run resumes on 1 rank of batch 4 or 4 ranks
+/// of batch 1 (the same global batch) at the same data position; a global batch of another
+/// size is refused, naming it.
+#[test]
+fn a_run_resumes_with_another_number_of_ranks() {
+    let dir = temp_dir("resume");
+    let data = images(&dir, 8);
+    let saved = dir.join("saved");
+    on_ranks(2, LONG, {
+        let (data, out) = (data.clone(), saved.clone());
+        move |rank| tiny_run(&data, &out, 2, 1, 2).train(&rank, &mut Quiet).unwrap()
+    });
+    let order_after = |out: &Path| checkpoint::latest(out).unwrap().unwrap().state["order"].clone();
+    let unbroken = dir.join("unbroken");
+    on_ranks(2, LONG, {
+        let (data, out) = (data.clone(), unbroken.clone());
+        move |rank| tiny_run(&data, &out, 2, 1, 4).train(&rank, &mut Quiet).unwrap()
+    });
+    for (ranks, batch) in [(1, 4), (4, 1)] {
+        let out = dir.join(format!("resumed-{ranks}"));
+        copy_dir(&saved, &out);
+        let results = on_ranks(ranks, LONG, {
+            let (data, out) = (data.clone(), out.clone());
+            move |rank| tiny_run(&data, &out, batch, 1, 4).train(&rank, &mut Quiet).unwrap()
+        });
+        assert!(results.iter().all(|r| matches!(r, Outcome::Trained { from: 2, to: 4, .. })));
+        assert_eq!(order_after(&out), order_after(&unbroken), "{ranks} ranks");
+        // The same batches, summed in another order: the losses agree to rounding.
+        for (a, b) in losses(&out).iter().zip(losses(&unbroken)) {
+            assert!((a - b).abs() <= 1e-4 * b, "{ranks} ranks: {a} vs {b}");
+        }
+    }
+    let err = tiny_run(&data, &saved, 2, 1, 4).train(&Single, &mut Quiet).unwrap_err().to_string();
+    assert!(err.contains("a global batch of 4"), "{err}");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A rank that dies mid-run (here its run ends after 1 step of 3) stops the other with an
+/// error naming it at the next all-reduce, without waiting for the timeout.
+#[test]
+fn a_rank_that_dies_stops_the_others_naming_it() {
+    let dir = temp_dir("dies");
+    let data = images(&dir, 4);
+    let out = dir.join("out");
+    let started = Instant::now();
+    let results = on_ranks(2, LONG, move |rank| {
+        let steps = if rank.rank() == 1 { 1 } else { 3 };
+        tiny_run(&data, &out, 2, 1, steps).train(&rank, &mut Quiet)
+    });
+    let err = results[0].as_ref().unwrap_err().to_string();
+    assert!(err.contains("rank 1 stopped"), "{err}");
+    assert!(started.elapsed() < LONG);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+struct Quiet;
+
+impl Progress for Quiet {
+    fn start(&mut self, _: &str, _: u64, _: u64) {}
+    fn step(&mut self, _: u64, _: &str) {}
+    fn note(&mut self, _: &str) {}
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("infinity-dp-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `n` distinct 256×256 images with captions, all of one template.
+fn images(dir: &Path, n: usize) -> PathBuf {
+    let data = dir.join("data");
+    fs::create_dir_all(&data).unwrap();
+    for i in 0..n {
+        let rgb: Vec<u8> = (0..256 * 256 * 3).map(|p| ((p * (7 + i) + i * 31) % 251) as u8).collect();
+        save_png(&data.join(format!("img{i}.png")), 256, 256, &rgb, &[]).unwrap();
+        fs::write(data.join(format!("img{i}.txt")), format!("picture {i} with stripes")).unwrap();
+    }
+    data
+}
+
+/// A tiny transformer from scratch on the devA VAE and T5, `batch` images per rank and
+/// micro-batch, `accumulate` micro-batches, `steps` steps saved after each; without Bitwise
+/// Self-Correction and caption dropout, whose draws are each rank's own (as the official
+/// trainer's processes draw them), so that runs over different numbers of ranks compare.
+fn tiny_run(data: &Path, out: &Path, batch: usize, accumulate: usize, steps: u64) -> TransformerRun {
+    let config = InfinityConfig {
+        depth: 1,
+        embed_dim: 128,
+        num_heads: 2,
+        mlp_hidden: 256,
+        text_channels: 128,
+        bits: 32,
+        block_chunks: 1,
+        text_maxlen: 64,
+        spatial_patchify: false,
+    };
+    let lr = LrSchedule {
+        peak: 1e-3,
+        warmup_iters: 0,
+        max_iters: 4,
+        warmup_start: 0.005,
+        end_ratio: 1.0,
+        annealing: Annealing::Constant,
+    };
+    TransformerRun {
+        run: RunSettings {
+            out: out.to_path_buf(),
+            steps,
+            batch,
+            seed: 1,
+            save_every: 1,
+            keep: 2,
+            device: Device::Cpu,
+            command: "data-parallel test".into(),
+        },
+        data: data.to_path_buf(),
+        vae: fixture("devA/vae.safetensors"),
+        t5: Some(fixture("devA/t5_encoder.safetensors")),
+        t5_config: fixture("devA/t5_config.json"),
+        tokenizer: fixture("tokenizer/tokenizer.json"),
+        start: Start::Scratch(config),
+        pn: PixelBudget::P006M,
+        lr,
+        adamw: AdamWConfig::default(),
+        weight_decay: 0.01,
+        clip: 1.0,
+        bsc_strength: 0.0,
+        cond_drop: 0.0,
+        weighting: TokenWeighting::ByScale,
+        train_text_encoder: false,
+        cache_latents: false,
+        accumulate,
+        recompute_blocks: false,
+    }
+}
+
+fn last_params(out: &Path) -> Weights {
+    Weights::open(checkpoint::latest(out).unwrap().unwrap().params_path()).unwrap()
+}
+
+/// The loss column of metrics.csv.
+fn losses(out: &Path) -> Vec<f32> {
+    let csv = fs::read_to_string(out.join("metrics.csv")).unwrap();
+    csv.lines().skip(1).map(|l| l.split(',').nth(1).unwrap().parse().unwrap()).collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() { copy_dir(&path, &target) } else { fs::copy(&path, &target).map(drop).unwrap() }
+    }
+}

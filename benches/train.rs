@@ -20,7 +20,7 @@ use infinity::autograd::optim::official_groups;
 use infinity::autograd::{AdamW, AdamWConfig};
 use infinity::cuda::Executor;
 use infinity::models::infinity::teacher::{Flips, teacher_forcing};
-use infinity::models::infinity::{Infinity, InfinityConfig};
+use infinity::models::infinity::{Infinity, InfinityConfig, TokenLayout};
 use infinity::models::schedule::{PixelBudget, Schedule, Template};
 use infinity::models::train::{StepBatch, StepSettings, StepText, TokenWeighting, train_step};
 use infinity::runtime::collective::Single;
@@ -69,7 +69,7 @@ fn time_steps(config: &InfinityConfig, run: Run, device: &Device, steps: usize) 
     let mut rng = Philox::new(11);
     let (h, w) = schedule.last();
     let latents = Tensor::from_vec(rng.normal(batch * config.bits * h * w), &[batch, config.bits, h, w]).unwrap();
-    let targets = teacher_forcing(&latents, &schedule.grids, Flips::None).unwrap();
+    let targets = teacher_forcing(&latents, &schedule.grids, TokenLayout::Plain, Flips::None).unwrap();
     let prompts: Vec<StepText> = (0..batch)
         .map(|_| {
             let features = rng.normal(TEXT_TOKENS * config.text_channels);

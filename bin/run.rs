@@ -20,7 +20,7 @@ use infinity::cuda::Executor;
 use infinity::models::bitvae::BitVae;
 use infinity::models::bitvae::quantizer::Quantized;
 use infinity::models::image::{fit_to, load_rgb, psnr, save_png, to_rgb8, to_tensor};
-use infinity::models::infinity::{SamplingConfig, generate};
+use infinity::models::infinity::{SamplingConfig, TokenLayout, generate};
 use infinity::models::model_folder::ModelFiles;
 use infinity::models::pipeline::{Pipeline, TextEncoder, read_prompt_file};
 use infinity::models::schedule::{PATCH, PixelBudget, Template};
@@ -444,14 +444,14 @@ fn reconstruct(r: &ReconstructArgs) -> Result<(), Box<dyn Error>> {
     let decoded_inputs = images.iter().map(|p| load_rgb(p)).collect::<Result<Vec<_>, _>>()?;
     let start = Instant::now();
     let vae = BitVae::open_on(&r.vae, &device)?;
-    if vae.config.patch != PATCH {
-        return Err(format!(
-            "{}: patch {} VAEs are not supported by the image schedules (patch {PATCH})",
+    let layout = TokenLayout::of_vae_patch(vae.config.patch).ok_or_else(|| {
+        let patch = vae.config.patch;
+        format!(
+            "{}: patch {patch} VAEs do not fit the image schedules (patch {PATCH}, or {})",
             r.vae.display(),
-            vae.config.patch
+            PATCH / 2
         )
-        .into());
-    }
+    })?;
     println!(
         "loaded {} (d = {}) in {:.2} s; running on {device}",
         r.vae.display(),
@@ -472,7 +472,9 @@ fn reconstruct(r: &ReconstructArgs) -> Result<(), Box<dyn Error>> {
         }
         let input = fit_to(&img, (h, w))?;
         let start = Instant::now();
-        let (q, decoded) = vae.reconstruct(&to_tensor(&input)?, &schedule.grids)?;
+        // The VAE's own grids: twice the token grids for the 8B's patch-8 VAE.
+        let grids = layout.vae_grids(&schedule.grids);
+        let (q, decoded) = vae.reconstruct(&to_tensor(&input)?, &grids)?;
         let rgb = to_rgb8(&decoded)?.swap_remove(0);
         let quality = psnr(input.as_raw(), &rgb);
         psnrs.push(quality);
@@ -486,7 +488,7 @@ fn reconstruct(r: &ReconstructArgs) -> Result<(), Box<dyn Error>> {
                 r.pn,
                 schedule.num_scales()
             );
-            print_bits(&q, &schedule.grids, vae.config.z_channels, (h, w))?;
+            print_bits(&q, &grids, vae.config.z_channels, (h, w))?;
             println!("encode + decode {:.2} s", start.elapsed().as_secs_f64());
         }
         println!("{}: PSNR {quality:.2} dB", path.display());

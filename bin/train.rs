@@ -444,11 +444,6 @@ fn plan(a: &TransformerArgs, device: Device) -> Result<TransformerRun, Box<dyn E
             (files, start, None)
         }
     };
-    if let transformer::Start::Scratch(config) = &start
-        && config.spatial_patchify
-    {
-        return Err("training spatially patchified (8b) transformers is not supported".into());
-    }
     let (vae, t5, t5_config, tokenizer) = files;
     Ok(TransformerRun {
         run: run_settings(&a.run, device),

@@ -1,12 +1,14 @@
 //! BitVAE parity with the official code on the dev goldens (devA: 256×256, d = 32; devB:
-//! 176×352, d = 16, non-integer resize ratios): encoder latent, multi-scale bits, summed
-//! codes and decoded image; plus the loader's handling of key forms and bad checkpoints.
+//! 176×352, d = 16, non-integer resize ratios; devC: the 8B's kind, patch 8, d = 14, its
+//! scales twice the token grids): encoder latent, multi-scale bits, summed codes and decoded
+//! image; plus the loader's handling of key forms and bad checkpoints.
 
 mod common;
 
 use common::{assert_golden, assert_quantized_like_golden, fixture, open, vae_image_input};
 use infinity::models::bitvae::quantizer::{quantize, sum_codes};
 use infinity::models::bitvae::{BitVae, BitVaeConfig};
+use infinity::models::infinity::TokenLayout;
 use infinity::models::schedule::{PixelBudget, Template};
 use infinity::runtime::io::save_safetensors;
 use infinity::runtime::{Error, Tensor};
@@ -14,20 +16,27 @@ use infinity::runtime::{Error, Tensor};
 struct Set {
     name: &'static str,
     ratio: f64,
+    layout: TokenLayout,
 }
 
-const SETS: [Set; 2] = [Set { name: "devA", ratio: 1.0 }, Set { name: "devB", ratio: 0.5 }];
+const SETS: [Set; 3] = [
+    Set { name: "devA", ratio: 1.0, layout: TokenLayout::Plain },
+    Set { name: "devB", ratio: 0.5, layout: TokenLayout::Plain },
+    Set { name: "devC", ratio: 1.0, layout: TokenLayout::Patchify },
+];
 
+/// The VAE's scales: the template's token grids, doubled for a patch-8 VAE.
 fn grids(set: &Set) -> Vec<(usize, usize)> {
-    Template::exact(set.ratio).unwrap().schedule(PixelBudget::P006M).grids
+    set.layout.vae_grids(&Template::exact(set.ratio).unwrap().schedule(PixelBudget::P006M).grids)
 }
 
 #[test]
 fn detects_the_dev_configurations() {
-    for (set, d) in SETS.iter().zip([32, 16]) {
+    for (set, (d, levels, patch)) in SETS.iter().zip([(32, 5, 16), (16, 5, 16), (14, 4, 8)]) {
         let vae = BitVae::open(fixture(&format!("{}/vae.safetensors", set.name))).unwrap();
-        let want = BitVaeConfig { base_ch: 32, ch_mult: vec![1; 5], num_res_blocks: 1, z_channels: d, patch: 16 };
+        let want = BitVaeConfig { base_ch: 32, ch_mult: vec![1; levels], num_res_blocks: 1, z_channels: d, patch };
         assert_eq!(vae.config, want, "{}", set.name);
+        assert_eq!(TokenLayout::of_vae_patch(patch), Some(set.layout));
     }
 }
 

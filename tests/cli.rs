@@ -462,3 +462,86 @@ fn reconstruct_takes_several_images_and_reports_the_mean_psnr() {
     assert_eq!(none.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&none.stderr).contains("--image"));
 }
+
+/// The 8B's kind (devC: a spatially patchified transformer over a patch-8 VAE, detected from
+/// the pair): its model folder generates, and `reconstruct` quantizes on the VAE's own grids,
+/// twice the token grids.
+#[test]
+fn a_patchified_model_generates_and_its_vae_reconstructs() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-patchify");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("cat.png");
+    let model = fixture("devC");
+    let o = run(&[
+        "-p".as_ref(),
+        "a red cat".as_ref(),
+        "--model-dir".as_ref(),
+        model.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout(&o).contains("256x256 (H x W; template h/w 1, 0.06M, 7 scales, 521 tokens)"), "{}", stdout(&o));
+    assert_eq!(infinity::models::image::load_rgb(&out).unwrap().dimensions(), (256, 256));
+
+    let input = golden_png(&dir);
+    let o = reconstruct_at_006m(&fixture("devC/vae.safetensors"), &input, &dir.join("rec.png"), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = stdout(&o);
+    assert!(
+        text.contains("scale  0:   2x2        56 bits") && text.contains("scale  6:  32x32    14336 bits"),
+        "{text}"
+    );
+}
+
+/// The 8B is released as a sharded checkpoint (a folder with `model.safetensors.index.json`):
+/// `--transformer` takes the folder, and the image is the single file's, bit for bit.
+#[test]
+fn a_sharded_transformer_generates_the_single_file_image() {
+    use infinity::runtime::io::{Weights, save_safetensors};
+
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-sharded");
+    let _ = std::fs::remove_dir_all(&dir);
+    let shards = dir.join("infinity_8b_weights");
+    std::fs::create_dir_all(&shards).unwrap();
+    let whole = Weights::open(fixture("devC/transformer.safetensors")).unwrap();
+    let tensors: Vec<(&str, &infinity::runtime::Tensor)> = whole.iter().collect();
+    let (first, second) = tensors.split_at(tensors.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in [first, second].into_iter().enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", i + 1);
+        save_safetensors(shards.join(&file), part.iter().copied(), &Default::default()).unwrap();
+        weight_map.extend(part.iter().map(|(k, _)| (k.to_string(), serde_json::Value::from(file.clone()))));
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(shards.join("model.safetensors.index.json"), index.to_string()).unwrap();
+
+    let generate = |transformer: &Path, out: &Path| {
+        let f = |rel: &str| fixture(rel).into_os_string();
+        let o = run(&[
+            "-p".as_ref(),
+            "a red cat".as_ref(),
+            "--seed".as_ref(),
+            "5".as_ref(),
+            "--pn".as_ref(),
+            "0.06M".as_ref(),
+            "--transformer".as_ref(),
+            transformer.as_os_str(),
+            "--vae".as_ref(),
+            &f("devC/vae.safetensors"),
+            "--t5".as_ref(),
+            &f("devC/t5_encoder.safetensors"),
+            "--t5-config".as_ref(),
+            &f("devC/t5_config.json"),
+            "--tokenizer".as_ref(),
+            &f("tokenizer/tokenizer.json"),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        infinity::models::image::load_rgb(out).unwrap().into_raw()
+    };
+    let sharded = generate(&shards, &dir.join("sharded.png"));
+    let single = generate(&fixture("devC/transformer.safetensors"), &dir.join("single.png"));
+    assert!(sharded == single, "the sharded checkpoint draws another image");
+}

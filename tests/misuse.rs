@@ -120,6 +120,12 @@ fn rows(dir: &Path) -> Vec<Row> {
         gen_(&["--top-k", "-1"], "--top-k"),
         gen_(&["--grid", "0"], "--grid"),
         gen_files(&[("--vae", &f("devB/vae.safetensors"))], "devB/vae.safetensors"),
+        // The 8B's kind (devC) paired with a plain model, both ways.
+        gen_files(&[("--vae", &f("devC/vae.safetensors"))], "fits only a spatially patchified transformer"),
+        gen_files(
+            &[("--transformer", &f("devC/transformer.safetensors")), ("--t5", &f("devC/t5_encoder.safetensors"))],
+            "devA/vae.safetensors",
+        ),
         gen_files(&[("--t5-config", &bad_json)], "bad.json"),
         gen_files(&[("--tokenizer", &bad_json)], "bad.json"),
         gen_files(&[("--tokenizer", &f("devA/t5_config.json"))], "t5_config.json"),

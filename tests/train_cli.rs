@@ -124,6 +124,39 @@ fn a_resumed_run_continues_exactly_like_an_unbroken_one() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The 8B's kind trains too (devC: 56-bit tokens over a patch-8 VAE, the pair telling the
+/// layout): Bitwise Self-Correction flips in the VAE's layout, labels and inputs in tokens;
+/// the checkpoint it saves generates with that VAE.
+#[test]
+fn a_patchified_model_fine_tunes() {
+    let dir = temp_dir("patchify");
+    let (data, _) = setup(&dir);
+    let out = dir.join("out");
+    let model = fixture("devC");
+    let mut args: Vec<String> = ["--data", data.to_str().unwrap(), "--model-dir", model.to_str().unwrap()]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    args.extend(["--out", out.to_str().unwrap(), "--steps", "2", "--batch", "2", "--lr", "1e-3"].map(String::from));
+    let run = train(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let m = metrics(&out);
+    assert_eq!(losses(&m).len(), 2, "{m}");
+    assert!(losses(&m).iter().all(|l| l.parse::<f32>().unwrap().is_finite()), "{m}");
+
+    let png = dir.join("after.png");
+    let f = |rel: &str| fixture(rel).display().to_string();
+    let params = out.join("step-000000002/params.safetensors").display().to_string();
+    let generated = Command::new(env!("CARGO_BIN_EXE_infinity-run"))
+        .args(["-p", "a cat", "--transformer", &params, "--vae", &f("devC/vae.safetensors"), "--pn", "0.06M"])
+        .args(["--t5", &f("devC/t5_encoder.safetensors"), "--t5-config", &f("devC/t5_config.json")])
+        .args(["--tokenizer", &f("tokenizer/tokenizer.json"), "-o", png.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Starts `infinity-train transformer args` and kills it without warning (SIGKILL) at
 /// whatever point it has reached once its first checkpoint is complete (`out/latest.json`).
 fn kill_after_first_checkpoint(args: &[String], out: &Path) {

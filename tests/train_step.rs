@@ -13,7 +13,7 @@ use infinity::autograd::{AdamW, AdamWConfig, Params, Tape};
 use infinity::cuda::Executor;
 use infinity::cuda::testing::executors;
 use infinity::models::infinity::teacher::{Flips, TeacherForcing, teacher_forcing};
-use infinity::models::infinity::{Infinity, InfinityConfig};
+use infinity::models::infinity::{Infinity, InfinityConfig, TokenLayout};
 use infinity::models::schedule::{PixelBudget, Schedule, Template};
 use infinity::models::t5::{T5Config, T5Encoder};
 use infinity::models::train::{
@@ -54,8 +54,13 @@ fn features(t5: &Weights) -> Vec<Tensor> {
 
 /// Labels and inputs of plain teacher forcing from the VAE features the official trainer encoded.
 fn plain_targets(s: &Schedule) -> TeacherForcing {
-    teacher_forcing(open("train/teacher_forcing.safetensors").get("raw_features").unwrap(), &s.grids, Flips::None)
-        .unwrap()
+    teacher_forcing(
+        open("train/teacher_forcing.safetensors").get("raw_features").unwrap(),
+        &s.grids,
+        TokenLayout::Plain,
+        Flips::None,
+    )
+    .unwrap()
 }
 
 fn prompts(t5: &Weights) -> Vec<StepText> {
@@ -383,7 +388,7 @@ fn a_tiny_model_overfits_four_latents_on_every_device() {
     let latents = Tensor::from_vec(rng.normal(4 * 8 * 16), &[4, 8, 4, 4]).unwrap();
     let features: Vec<Tensor> = (0..4).map(|_| Tensor::from_vec(rng.normal(3 * 128), &[3, 128]).unwrap()).collect();
     let prompts: Vec<StepText> = features.iter().cloned().map(StepText::Features).collect();
-    let tf = teacher_forcing(&latents, &s.grids, Flips::None).unwrap();
+    let tf = teacher_forcing(&latents, &s.grids, TokenLayout::Plain, Flips::None).unwrap();
     let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
     let settings = StepSettings {
         lr: 3e-3,
@@ -456,7 +461,8 @@ fn bsc_step_with_recorded_flips_gives_the_official_loss() {
         })
         .collect();
     let s = schedule();
-    let tf = teacher_forcing(g.get("raw_features").unwrap(), &s.grids, Flips::Masks(&masks)).unwrap();
+    let tf =
+        teacher_forcing(g.get("raw_features").unwrap(), &s.grids, TokenLayout::Plain, Flips::Masks(&masks)).unwrap();
     let prompts = prompts(&open("devA/t5_golden.safetensors"));
     let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
     let mut opt = AdamW::new(ADAMW, official_groups(&params)).unwrap();
@@ -527,7 +533,7 @@ fn recomputing_blocks_takes_the_same_step_in_less_memory() {
     let latents = Tensor::from_vec(rng.normal(2 * 8 * 36), &[2, 8, 6, 6]).unwrap();
     let features: Vec<Tensor> = (0..2).map(|_| Tensor::from_vec(rng.normal(3 * 128), &[3, 128]).unwrap()).collect();
     let prompts: Vec<StepText> = features.into_iter().map(StepText::Features).collect();
-    let tf = teacher_forcing(&latents, &s.grids, Flips::None).unwrap();
+    let tf = teacher_forcing(&latents, &s.grids, TokenLayout::Plain, Flips::None).unwrap();
     let batch = StepBatch { prompts: &prompts, text_encoder: None, targets: &tf, schedule: &s };
     let initial = Infinity::parameters(&Infinity::initial_weights(&config, 3).unwrap(), &config).unwrap();
     // Executors of this test's own, whose allocators no test running beside it touches.

@@ -1,5 +1,6 @@
 //! Infinity transformer parity with the official code on the dev goldens: text path, RoPE
-//! tables, teacher-forced logits (devA: 1:1; devB: 1:2 with half-to-even RoPE ties). The text
+//! tables, teacher-forced logits (devA: 1:1; devB: 1:2 with half-to-even RoPE ties; devC: the
+//! 8B's spatial patchify, 56-bit tokens over a patch-8 VAE, and its generation). The text
 //! path and the teacher-forced logits run from the same test bodies on the CPU (f32, within
 //! 1e-4) and on every executor (bf16 GEMM and attention operands, within 2⁻⁵ of the golden's
 //! largest value, the bound of tests/cuda_transformer.rs) for devA, whose head dim (64) the
@@ -15,7 +16,7 @@ use infinity::models::schedule::{PixelBudget, Schedule, Template};
 use infinity::ops::index::concat;
 use infinity::runtime::{Device, Tensor};
 
-const SETS: [(&str, f64); 2] = [("devA", 1.0), ("devB", 0.5)];
+const SETS: [(&str, f64); 3] = [("devA", 1.0), ("devB", 0.5), ("devC", 1.0)];
 
 fn schedule(ratio: f64) -> Schedule {
     Template::exact(ratio).unwrap().schedule(PixelBudget::P006M)
@@ -112,19 +113,31 @@ fn pth_and_safetensors_give_the_same_logits() {
 #[test]
 fn greedy_cfg_generation_matches_golden() {
     use infinity::models::bitvae::BitVae;
-    use infinity::models::infinity::{SamplingConfig, generate};
+    use infinity::models::infinity::{SamplingConfig, TokenLayout, generate};
 
     for (set, ratio) in SETS {
-        let model = Infinity::open(fixture(&format!("{set}/transformer.safetensors"))).unwrap();
+        let mut model = Infinity::open(fixture(&format!("{set}/transformer.safetensors"))).unwrap();
         let vae = BitVae::open(fixture(&format!("{set}/vae.safetensors"))).unwrap();
+        // The pairing tells the layout (a patch-8 VAE: spatial patchify), as the pipeline's
+        // check_fit does.
+        let layout = TokenLayout::of_vae_patch(vae.config.patch).unwrap();
+        model.config.spatial_patchify = layout == TokenLayout::Patchify;
         let golden = open(&format!("{set}/generate_golden.safetensors"));
         let s = schedule(ratio);
+        // The golden's bits per scale are in the VAE's layout; the generation's in tokens.
         let golden_bits: Vec<Tensor> = (0..s.num_scales())
             .map(|k| {
                 let b = golden.get(&format!("bits_scale{k:02}")).unwrap();
-                b.reshape(&[1, s.grids[k].0, s.grids[k].1, model.config.bits]).unwrap()
+                let (vh, vw) = layout.vae_grid(s.grids[k]);
+                layout.bits_to_tokens(&b.reshape(&[1, vh, vw, vae.config.z_channels]).unwrap()).unwrap()
             })
             .collect();
+        let flat: Vec<Tensor> = golden_bits
+            .iter()
+            .map(|b| b.reshape(&[1, b.numel() / model.config.bits, model.config.bits]).unwrap())
+            .collect();
+        let all = infinity::ops::index::concat(&flat.iter().collect::<Vec<_>>(), 1).unwrap();
+        assert!(all.same_values(golden.get("bits_all").unwrap()), "{set}: bits_all is bits_scaleNN in tokens");
         let sampling = SamplingConfig { cfg: vec![3.0], tau: vec![1.0], top_k: 1, ..Default::default() };
         let mut decisive = 0;
         let out = generate(&model, &text_prompts(&golden), None, &s, &sampling, &golden_bits, |step| {

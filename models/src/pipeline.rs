@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
-use infinity_runtime::io::Weights;
+use infinity_runtime::io::open_checkpoint;
 use infinity_runtime::{Device, Error, Result, Tensor};
 
 use crate::bitvae::{self, BitVae, BitVaeConfig};
-use crate::infinity::{Infinity, InfinityConfig};
+use crate::infinity::{Infinity, InfinityConfig, TokenLayout};
 use crate::model_folder::ModelFiles;
 use crate::schedule::PATCH;
 use crate::t5::tokenizer::Encoded;
@@ -35,11 +35,13 @@ impl Pipeline {
     pub fn load(files: &ModelFiles, device: &Device) -> Result<Self> {
         files.check_exist()?;
         let t5_config = T5Config::open(&files.t5_config)?;
-        let tw = Weights::open(&files.transformer)?;
-        let tc = Infinity::detect_config(&tw)?;
+        let tw = open_checkpoint(&files.transformer, |_| true)?;
+        let mut tc = Infinity::detect_config(&tw)?;
         let vw = bitvae::state_dict(&files.vae)?;
         let vc = bitvae::detect_config(&vw)?;
-        check_fit(&tc, &files.transformer.display().to_string(), &vc, &files.vae, &t5_config, &files.t5_config)?;
+        let layout =
+            check_fit(&tc, &files.transformer.display().to_string(), &vc, &files.vae, &t5_config, &files.t5_config)?;
+        tc.spatial_patchify = layout == TokenLayout::Patchify;
         let text = TextEncoder::with_config(&files.t5, t5_config, &files.tokenizer, device)?.for_transformer(&tc);
         Ok(Pipeline {
             text: Some(text),
@@ -133,7 +135,10 @@ pub fn read_prompt_file(path: impl AsRef<Path>) -> Result<Vec<String>> {
 }
 
 /// Checks, from configurations alone, that a transformer (`transformer` names it in errors)
-/// predicts the VAE's tokens and reads the text encoder's features.
+/// predicts the VAE's tokens and reads the text encoder's features, and tells how its tokens
+/// lie over the VAE's latent: one position each (a patch-16 VAE's bits), or spatial patchify
+/// (the 8B: 2×2 positions of a patch-8 VAE, 4× its bits). Nothing in a transformer's own
+/// tensors says which; a configuration that asks for patchify gets nothing else.
 pub fn check_fit(
     tc: &InfinityConfig,
     transformer: &str,
@@ -141,19 +146,31 @@ pub fn check_fit(
     vae: &Path,
     t5: &T5Config,
     t5_config: &Path,
-) -> Result<()> {
-    let vae_bits = vc.z_channels * if tc.spatial_patchify { 4 } else { 1 };
-    if vae_bits != tc.bits {
-        return Err(Error::format(
-            vae,
-            format!("the VAE makes {vae_bits}-bit tokens but {transformer} predicts {} bits per token", tc.bits),
-        ));
-    }
-    if vc.patch != PATCH {
-        return Err(Error::format(
-            vae,
-            format!("patch {} VAEs do not fit the image schedules (patch {PATCH})", vc.patch),
-        ));
+) -> Result<TokenLayout> {
+    let (z, bits, p) = (vc.z_channels, tc.bits, vc.patch);
+    let layout = TokenLayout::of_vae_patch(p).ok_or_else(|| {
+        let msg =
+            format!("patch {p} VAEs do not fit the image schedules (patch {PATCH}, or {} with patchify)", PATCH / 2);
+        Error::format(vae, msg)
+    })?;
+    let misfit = match layout {
+        TokenLayout::Plain if bits == 4 * z || tc.spatial_patchify => Some(format!(
+            "{transformer} is spatially patchified (4 × the VAE's {z} bits per token), which needs a patch-{} VAE; \
+             this one has patch {p}",
+            PATCH / 2
+        )),
+        TokenLayout::Patchify if bits != 4 * z => Some(format!(
+            "a patch-{p} VAE fits only a spatially patchified transformer (4 × its {z} bits = {} per token); \
+             {transformer} predicts {bits}",
+            4 * z
+        )),
+        TokenLayout::Plain if bits != z => {
+            Some(format!("the VAE makes {z}-bit tokens but {transformer} predicts {bits} bits per token"))
+        }
+        _ => None,
+    };
+    if let Some(msg) = misfit {
+        return Err(Error::format(vae, msg));
     }
     if t5.d_model != tc.text_channels {
         return Err(Error::format(
@@ -164,5 +181,5 @@ pub fn check_fit(
             ),
         ));
     }
-    Ok(())
+    Ok(layout)
 }

@@ -11,6 +11,7 @@ use infinity_runtime::collective::Collective;
 use infinity_runtime::{Error, Result, Tensor};
 
 use crate::data::Dataset;
+use crate::infinity::TokenLayout;
 use crate::infinity::teacher::{Flips, TeacherForcing, teacher_forcing};
 use crate::infinity::{Conditioning, Infinity, InfinityConfig};
 use crate::pipeline::Pipeline;
@@ -254,7 +255,8 @@ pub fn evaluate_dataset(
                 continue;
             }
             let latent = pipeline.vae.encode(&concat(&images.iter().collect::<Vec<_>>(), 0)?)?;
-            let targets = teacher_forcing(&latent, &schedule.grids, Flips::None)?;
+            let layout = TokenLayout::of(&pipeline.transformer.config);
+            let targets = teacher_forcing(&latent, &schedule.grids, layout, Flips::None)?;
             let prompts: Vec<Tensor> = pipeline.encode_prompts(&captions)?.into_iter().map(|p| p.features).collect();
             let stats = evaluate(&pipeline.transformer, &prompts, &targets, &schedule, TokenWeighting::ByScale)?;
             let n = images.len() as f64;

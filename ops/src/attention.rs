@@ -385,27 +385,35 @@ pub fn attention_inputs(
     start: usize,
 ) -> Result<Tensor> {
     const OP: &str = "attention_inputs";
-    if let Some(exec) = executor(OP, &[qkv, cos, sin, head_scale, k_cache, v_cache])? {
-        return infinity_cuda::rope::attention_inputs(&exec, qkv, cos, sin, head_scale, k_cache, v_cache, start);
-    }
-    let &[_, _, 3, heads, _] = qkv.shape() else {
+    let &[b, n, 3, heads, d] = qkv.shape() else {
         return Err(Error::invalid(OP, qkv.shape(), "expected (B, n, 3, H, D)"));
     };
-    // (3, B, H, n, D).
-    let parts = qkv.permute(&[2, 0, 3, 1, 4])?;
+    // The fused kernel for the widths it is built for; on the CPU, and for other widths on an
+    // executor, the composition of the ops it fuses (each with its own kernel there).
+    if let Some(exec) = executor(OP, &[qkv, cos, sin, head_scale, k_cache, v_cache])?
+        && KERNEL_HEAD_DIMS.contains(&d)
+    {
+        return infinity_cuda::rope::attention_inputs(&exec, qkv, cos, sin, head_scale, k_cache, v_cache, start);
+    }
+    // (3, B, H, n, D), in f32 (an executor's projection gives bf16); q is returned in the
+    // projection's dtype, as the kernel returns it.
+    // (Cast at rank 3: the device copies index at most 4 dimensions.)
+    let qkv32 = qkv.reshape(&[b * n * 3, heads, d])?.to_dtype(DType::F32)?.reshape(qkv.shape())?;
+    let parts = qkv32.permute(&[2, 0, 3, 1, 4])?;
     let part = |i: usize| parts.narrow(0, i, 1)?.squeeze(0);
     let q = mul(&l2_normalize(&part(0)?, QK_EPS)?, &head_scale.reshape(&[1, heads, 1, 1])?)?;
     let k = l2_normalize(&part(1)?, QK_EPS)?;
-    copy_into(&rope_interleaved(&k, cos, sin)?, k_cache, 2, start)?;
-    copy_into(&part(2)?, v_cache, 2, start)?;
-    rope_interleaved(&q, cos, sin)
+    let (k_dtype, v_dtype) = (k_cache.dtype(), v_cache.dtype());
+    copy_into(&rope_interleaved(&k, cos, sin)?.to_dtype(k_dtype)?, k_cache, 2, start)?;
+    copy_into(&part(2)?.to_dtype(v_dtype)?, v_cache, 2, start)?;
+    rope_interleaved(&q, cos, sin)?.to_dtype(qkv.dtype())
 }
 
 /// The floor of the q/k norms (F.normalize's default).
 pub const QK_EPS: f32 = 1e-12;
 
 /// The head dims the attention kernels of an executor are built for (flash attention and
-/// [`attention_inputs`]); [`attention`] of other widths runs as a composition there.
+/// [`attention_inputs`]); other widths run as compositions of other kernels there, slower.
 pub const KERNEL_HEAD_DIMS: [usize; 2] = HEAD_DIMS;
 
 /// Online softmax for the queries i0.. of head `bh` whose output rows are `out` (zeroed on

@@ -8,6 +8,7 @@ use infinity_ops::index::concat;
 use infinity_runtime::rng::Philox;
 use infinity_runtime::{DType, Error, Result, Tensor};
 
+use super::layout::TokenLayout;
 use super::model::{Infinity, Session};
 use super::sampler::SamplingConfig;
 use super::text::Conditioning;
@@ -20,16 +21,17 @@ pub struct ScaleStep<'a> {
     /// Head output before τ and guidance: (2B, n, 2d) with guidance, else (B, n, 2d), on the
     /// model's device.
     pub raw_logits: &'a Tensor,
-    /// (B, h, w, d) bits chosen at this scale.
+    /// (B, h, w, d) bits chosen at this scale, d the token's bits (4 VAE positions' with
+    /// spatial patchify, see [`TokenLayout`]).
     pub bits: &'a Tensor,
     /// (B, n_next, d): the next scale's input, absent after the last scale.
     pub next_input: Option<&'a Tensor>,
 }
 
 pub struct Generated {
-    /// Per scale (B, h, w, d) u8.
+    /// Per scale (B, h, w, d) u8, token bits.
     pub bits: Vec<Tensor>,
-    /// (B, d, h, w) at the final grid: the VAE decoder's input.
+    /// (B, d_vae, H, W) at the final VAE grid: the VAE decoder's input.
     pub summed_codes: Tensor,
 }
 
@@ -73,7 +75,8 @@ pub fn generate(
     let cond = conditioning(model, prompts, negatives, schedule, sampling)?;
     let session = model.session(&cond, schedule)?;
     let mut scales = Scales { model, session, schedule, with_uncond: sampling.uses_cfg() };
-    sample_scales(&mut scales, prompts.len(), model.config.bits, schedule, sampling, forced, observe)
+    let layout = TokenLayout::of(&model.config);
+    sample_scales(&mut scales, prompts.len(), model.config.bits, layout, schedule, sampling, forced, observe)
 }
 
 /// The conditioning of a generation (the doubled CFG batch when guidance is on), after
@@ -93,19 +96,24 @@ fn conditioning(
     if sampling.uses_cfg() { model.condition_cfg(prompts, negatives) } else { model.condition(prompts) }
 }
 
-/// The scale loop of [`generate`] over `batch` prompts with `bits_dim` bits per token.
+/// The scale loop of [`generate`] over `batch` prompts with `bits_dim` bits per token, laid
+/// over the VAE latent as `layout` says: the bits are sampled per token and their codes summed
+/// in the VAE's layout, whose resizes make the next scale's input.
+#[allow(clippy::too_many_arguments)]
 fn sample_scales(
     scales: &mut Scales,
     batch: usize,
     bits_dim: usize,
+    layout: TokenLayout,
     schedule: &Schedule,
     sampling: &SamplingConfig,
     forced: &[Tensor],
     mut observe: impl FnMut(ScaleStep),
 ) -> Result<Generated> {
     let num_scales = schedule.num_scales();
-    let full = schedule.last();
-    let mut summed = Tensor::zeros(&[batch, bits_dim, full.0, full.1], DType::F32);
+    let full = layout.vae_grid(schedule.last());
+    let vae_bits = bits_dim / layout.token_bits(1);
+    let mut summed = Tensor::zeros(&[batch, vae_bits, full.0, full.1], DType::F32);
     let mut rng = Philox::new(sampling.seed);
     let mut input: Option<Tensor> = None;
     let mut all_bits = Vec::with_capacity(num_scales);
@@ -126,13 +134,9 @@ fn sample_scales(
             }
             None => sampled,
         };
-        summed = add(&summed, &resize_codes(&codes_from_bits(&bits)?, full)?)?;
-        let next = schedule
-            .grids
-            .get(k + 1)
-            .map(|&(nh, nw)| {
-                resize_codes(&summed, (nh, nw))?.permute(&[0, 2, 3, 1])?.reshape(&[batch, nh * nw, bits_dim])
-            })
+        summed = add(&summed, &resize_codes(&codes_from_bits(&layout.bits_to_vae(&bits)?)?, full)?)?;
+        let next = (schedule.grids.get(k + 1))
+            .map(|&grid| layout.tokens(&resize_codes(&summed, layout.vae_grid(grid))?))
             .transpose()?;
         observe(ScaleStep { index: k, raw_logits: &raw, bits: &bits, next_input: next.as_ref() });
         input = next;

@@ -4,6 +4,7 @@
 mod block;
 pub mod config;
 pub mod generate;
+pub mod layout;
 mod model;
 mod params;
 pub mod rope;
@@ -14,6 +15,7 @@ mod text;
 pub use block::KvCache;
 pub use config::InfinityConfig;
 pub use generate::{Generated, ScaleStep, generate};
+pub use layout::TokenLayout;
 pub use model::{Infinity, Session};
 pub use sampler::SamplingConfig;
 pub use text::{Conditioning, PackedText};

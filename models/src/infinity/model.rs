@@ -14,8 +14,8 @@ use infinity_autograd::elementwise::add;
 use infinity_autograd::index::concat;
 use infinity_autograd::matmul::linear;
 use infinity_autograd::{Params as TrainParams, Tracked, Var};
-use infinity_ops::attention::{KERNEL_HEAD_DIMS, Packing};
-use infinity_runtime::io::Weights;
+use infinity_ops::attention::Packing;
+use infinity_runtime::io::{Weights, open_checkpoint};
 use infinity_runtime::rng::Philox;
 use infinity_runtime::{DType, Device, Error, Result, Tensor};
 
@@ -68,14 +68,15 @@ fn truncated_normal(rng: &mut Philox, n: usize, std: f32) -> Vec<f32> {
 }
 
 impl Infinity {
-    /// Loads a flat state dict (official `.pth` or safetensors), detecting the configuration.
+    /// Loads a flat state dict (official `.pth` or safetensors, or a sharded checkpoint as the
+    /// 8B is released: see [`open_checkpoint`]), detecting the configuration.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::open_on(path, &Device::Cpu)
     }
 
     /// [`Infinity::open`] onto `device`.
     pub fn open_on(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let weights = Weights::open(path)?;
+        let weights = open_checkpoint(path.as_ref(), |_| true)?;
         Self::with_config_on(&weights, Self::detect_config(&weights)?, device)
     }
 
@@ -86,7 +87,7 @@ impl Infinity {
     }
 
     pub fn open_with_config(path: impl AsRef<Path>, config: InfinityConfig) -> Result<Self> {
-        Self::with_config(&Weights::open(path)?, config)
+        Self::with_config(&open_checkpoint(path.as_ref(), |_| true)?, config)
     }
 
     /// The model with constant weights (inference) on the CPU: linear weights stay in their
@@ -99,13 +100,6 @@ impl Infinity {
     /// (`models/src/params.rs`); each tensor is converted and placed as it is taken.
     pub fn with_config_on(weights: &Weights, config: InfinityConfig, device: &Device) -> Result<Self> {
         config.validate().map_err(|msg| Error::format(weights.path(), msg))?;
-        if !device.is_cpu() && !KERNEL_HEAD_DIMS.contains(&config.head_dim()) {
-            let msg = format!(
-                "head dim {}: the attention kernels of {device} are built for {KERNEL_HEAD_DIMS:?}",
-                config.head_dim()
-            );
-            return Err(Error::format(weights.path(), msg));
-        }
         let mut p = gather(weights, &config)?;
         p.place_on(device);
         let operand = if device.is_cpu() { DType::F32 } else { DType::BF16 };

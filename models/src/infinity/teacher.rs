@@ -10,13 +10,15 @@ use infinity_ops::resize::{ResizeMode, resize};
 use infinity_runtime::rng::{Philox, philox_u32, u32_to_unit_f32};
 use infinity_runtime::{DType, Device, Error, Result, Tensor};
 
+use super::layout::TokenLayout;
 use crate::bitvae::quantizer::resize_codes;
 
 /// Which bits are flipped before their codes are accumulated.
 pub enum Flips<'a> {
     /// Plain teacher forcing.
     None,
-    /// Given masks, one (B, h, w, d) u8 per scale (1 = flip): a recorded run replayed.
+    /// Given masks, one (B, h, w, d) u8 per scale in the VAE's layout (1 = flip): a recorded
+    /// run replayed.
     Masks(&'a [Tensor]),
     /// BSC: per scale a probability p = k/100 with k uniform in 0..=100·`strength` (one p for
     /// the whole batch, as the official trainer draws it), then each bit flipped with p.
@@ -24,7 +26,7 @@ pub enum Flips<'a> {
 }
 
 pub struct TeacherForcing {
-    /// Per scale (B, h, w, d) u8: the bits the model must predict.
+    /// Per scale (B, h, w, d) u8: the bits the model must predict (the token's bits).
     pub labels: Vec<Tensor>,
     /// (B, L − 1, d): inputs of scales 1.. (scale 0 is fed the start token).
     pub inputs: Tensor,
@@ -60,14 +62,23 @@ fn flip_signs(mask: &Tensor, bits: &[usize], device: &Device) -> Result<(Tensor,
     Ok((signs.to_device(device)?, rate))
 }
 
-/// Labels and inputs for `latent` (B, d, H, W) over `grids` (the last must be (H, W)), on the
-/// latent's device; only the flip masks are drawn on the host.
-pub fn teacher_forcing(latent: &Tensor, grids: &[(usize, usize)], mut flips: Flips) -> Result<TeacherForcing> {
+/// Labels and inputs for `latent` (B, d, H, W) over the token grids `grids` laid over the
+/// latent as `layout` says (the last must cover (H, W)), on the latent's device; only the flip
+/// masks are drawn on the host. The residuals, codes and flips are in the VAE's layout; the
+/// labels and inputs in the transformer's.
+pub fn teacher_forcing(
+    latent: &Tensor,
+    grids: &[(usize, usize)],
+    layout: TokenLayout,
+    mut flips: Flips,
+) -> Result<TeacherForcing> {
+    let token_grids = grids;
+    let grids = layout.vae_grids(grids);
     if latent.rank() != 4 || grids.last() != Some(&(latent.dim(2)?, latent.dim(3)?)) {
         return Err(Error::invalid(
             "teacher_forcing",
             latent.shape(),
-            format!("the last scale of {grids:?} must be the latent grid"),
+            format!("the last scale of {token_grids:?} ({layout:?}) must cover the latent grid"),
         ));
     }
     let (b, d) = (latent.dim(0)?, latent.dim(1)?);
@@ -95,15 +106,15 @@ pub fn teacher_forcing(latent: &Tensor, grids: &[(usize, usize)], mut flips: Fli
             }
         };
         cum = add(&cum, &resize_codes(&codes, full)?)?;
-        if let Some(&(nh, nw)) = grids.get(k + 1) {
-            inputs.push(resize_codes(&cum, (nh, nw))?.permute(&[0, 2, 3, 1])?.reshape(&[b, nh * nw, d])?);
+        if let Some(&next) = grids.get(k + 1) {
+            inputs.push(layout.tokens(&resize_codes(&cum, next)?)?);
         }
-        labels.push(gt);
+        labels.push(layout.bits_to_tokens(&gt)?);
         flip_rates.push(rate);
     }
     let refs: Vec<&Tensor> = inputs.iter().collect();
     let inputs = if refs.is_empty() {
-        Tensor::zeros_on(&[b, 0, d], DType::F32, &device)?
+        Tensor::zeros_on(&[b, 0, layout.token_bits(d)], DType::F32, &device)?
     } else {
         infinity_ops::index::concat(&refs, 1)?
     };

@@ -15,7 +15,7 @@ use infinity_autograd::optim::official_groups;
 use infinity_autograd::{AdamW, AdamWConfig, LrSchedule, Params};
 use infinity_ops::index::concat;
 use infinity_runtime::collective::Collective;
-use infinity_runtime::io::Weights;
+use infinity_runtime::io::open_checkpoint;
 use infinity_runtime::rng::Philox;
 use infinity_runtime::{Error, Result, Tensor};
 use serde_json::{Value, json};
@@ -25,7 +25,7 @@ use super::{Outcome, PREFETCH, Progress};
 use crate::bitvae::{self, BitVae};
 use crate::data::{BatchOrder, Dataset, FeatureCache, Loaded, OrderState, Prefetch, Samples};
 use crate::infinity::teacher::{Flips, teacher_forcing};
-use crate::infinity::{Infinity, InfinityConfig};
+use crate::infinity::{Infinity, InfinityConfig, TokenLayout};
 use crate::pipeline::{TextEncoder, check_fit};
 use crate::schedule::PixelBudget;
 use crate::t5::{self, T5Config, T5Encoder, T5Tokenizer};
@@ -203,22 +203,18 @@ impl TransformerRun {
         let t5_config = T5Config::open(&self.t5_config)?;
         let vae_weights = bitvae::state_dict(&self.vae)?;
         let vae_config = bitvae::detect_config(&vae_weights)?;
-        let unsupported = "training spatially patchified (8b) transformers is not supported";
-        let (weights, config, source) = match &self.start {
-            Start::Scratch(config) if config.spatial_patchify => return Err(Error::setting(unsupported)),
+        let (weights, mut config, source) = match &self.start {
             Start::Scratch(config) => {
                 (Infinity::initial_weights(config, s.seed)?, config.clone(), "the official initialisation".to_string())
             }
             Start::Checkpoint(path) => {
-                let w = Weights::open(path)?;
+                let w = open_checkpoint(path, |_| true)?;
                 let config = Infinity::detect_config(&w)?;
-                if config.spatial_patchify {
-                    return Err(Error::format(path, unsupported));
-                }
                 (w, config, path.display().to_string())
             }
         };
-        check_fit(&config, &source, &vae_config, &self.vae, &t5_config, &self.t5_config)?;
+        let layout = check_fit(&config, &source, &vae_config, &self.vae, &t5_config, &self.t5_config)?;
+        config.spatial_patchify = layout == TokenLayout::Patchify;
         let vae = BitVae::with_config_on(&vae_weights, vae_config, device)?;
         let mut params: Params = Infinity::parameters(&weights, &config)?;
         // The f32 master copies are all training needs: release the checkpoint's mapping.
@@ -290,7 +286,7 @@ impl TransformerRun {
                 } else {
                     Flips::None
                 };
-                let targets = teacher_forcing(&latent, &schedule.grids, flips)?;
+                let targets = teacher_forcing(&latent, &schedule.grids, TokenLayout::of(&config), flips)?;
                 let captions: Vec<&str> = samples.captions.iter().map(String::as_str).collect();
                 let mut prompts = text.prompts(&captions)?;
                 for (prompt, u) in prompts.iter_mut().zip(state.rng.uniform(captions.len())) {

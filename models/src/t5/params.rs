@@ -3,65 +3,24 @@
 //! entry must be present (the tied embedding under either of its names) with its exact shape;
 //! the decoder and LM head of a full T5 checkpoint are ignored, anything else is refused.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 
-use infinity_runtime::io::Weights;
-use infinity_runtime::{Error, Result};
-use serde_json::Value;
+use infinity_runtime::Result;
+use infinity_runtime::io::{self, Weights};
 
 use super::config::T5Config;
 use crate::params::{Params, Use, refuse_unexpected};
-
-/// The files a Hugging Face T5 folder holds its weights in, sharded first.
-const INDEX_FILE: &str = "model.safetensors.index.json";
-const SINGLE_FILE: &str = "model.safetensors";
 
 /// Tensors of a full encoder-decoder checkpoint that the encoder does not use.
 fn is_ignored(key: &str) -> bool {
     key.starts_with("decoder.") || key.starts_with("lm_head.")
 }
 
-/// Opens a checkpoint: a `.safetensors`/`.pth` file, a `*.index.json` of shards, or a Hugging
-/// Face folder holding `model.safetensors.index.json` or `model.safetensors`.
+/// Opens a T5 checkpoint (see [`infinity_runtime::io::open_checkpoint`]); the shards of a
+/// full encoder-decoder checkpoint that hold only the decoder are not opened.
 pub fn open_checkpoint(path: &Path) -> Result<Weights> {
-    if path.is_dir() {
-        return match [INDEX_FILE, SINGLE_FILE].map(|f| path.join(f)).into_iter().find(|p| p.is_file()) {
-            Some(file) => open_checkpoint(&file),
-            None => Err(Error::format(path, format!("the folder holds neither {INDEX_FILE} nor {SINGLE_FILE}"))),
-        };
-    }
-    if path.to_string_lossy().ends_with(".index.json") { open_sharded(path) } else { Weights::open(path) }
-}
-
-/// The encoder tensors named by an index's `weight_map` (key → shard file in the same folder),
-/// read from their shards (memory-mapped, not copied).
-fn open_sharded(index: &Path) -> Result<Weights> {
-    let text = std::fs::read(index).map_err(|e| Error::io(index, e))?;
-    let json: Value =
-        serde_json::from_slice(&text).map_err(|e| Error::format(index, format!("not valid JSON: {e}")))?;
-    let map = json
-        .get("weight_map")
-        .and_then(Value::as_object)
-        .ok_or_else(|| Error::format(index, "no 'weight_map' object (key → shard file)"))?;
-    let mut shards: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (key, file) in map.iter().filter(|(key, _)| !is_ignored(key)) {
-        // A bare file name: shards live beside the index, and a path must not lead elsewhere.
-        let file = file
-            .as_str()
-            .filter(|f| Path::new(f).file_name().is_some_and(|name| name == *f))
-            .ok_or_else(|| Error::tensor(index, key, format!("weight_map entry {file} is not a file name")))?;
-        shards.entry(file).or_default().push(key);
-    }
-    let folder = index.parent().unwrap_or(Path::new("."));
-    let mut entries = Vec::with_capacity(map.len());
-    for (file, keys) in shards {
-        let shard = Weights::open(folder.join(file))?;
-        for key in keys {
-            entries.push((key.to_string(), shard.get(key)?.clone()));
-        }
-    }
-    Weights::new(index, entries, Default::default())
+    io::open_checkpoint(path, |key| !is_ignored(key))
 }
 
 pub(super) fn gather(weights: &Weights, config: &T5Config) -> Result<Params> {

@@ -6,6 +6,7 @@ mod atomic;
 mod pickle;
 mod pth;
 mod safetensors;
+mod sharded;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -18,6 +19,7 @@ use crate::{Error, Result, Tensor};
 
 pub use self::atomic::{check_writable, write_atomically};
 pub use self::safetensors::save as save_safetensors;
+pub use self::sharded::open_checkpoint;
 
 /// Every zip archive (and so every `torch.save` file) starts with a local file header.
 const ZIP_MAGIC: &[u8] = b"PK\x03\x04";

@@ -5,6 +5,8 @@
 //!   PyTorch figures on this 2-core machine: 1.96 s (transformer, 220 GFLOP) + 4.61 s (decode).
 //! - 2B with bf16 weights written to a local safetensors file and mapped back (set
 //!   `INFINITY_BENCH_2B=1`; needs ~5 GB of disk and minutes): time and peak RSS.
+//! - 8B likewise, with its patch-8 d14 VAE (spatial patchify; set `INFINITY_BENCH_8B=1`; needs
+//!   ~17 GB of disk, as much memory while the file is written, and many minutes).
 //!
 //! Under `cargo test` (no `--bench` argument) it runs a tiny configuration once as a smoke test.
 
@@ -57,9 +59,8 @@ fn layer12(runs: usize) {
     );
 }
 
-/// Writes random 2B weights in bf16 to `path` (what a bf16 release file holds), tensor by tensor.
-fn write_2b(path: &std::path::Path) {
-    let config = InfinityConfig::preset("2b").unwrap();
+/// Writes random weights of `config` in bf16 to `path` (what a bf16 release file holds).
+fn write_random(config: &InfinityConfig, path: &std::path::Path) {
     let mut rng = Philox::new(5);
     let tensors: Vec<(String, Tensor)> = config
         .entries()
@@ -79,23 +80,31 @@ fn write_2b(path: &std::path::Path) {
     save_safetensors(path, tensors.iter().map(|(k, t)| (k.as_str(), t)), &Default::default()).unwrap();
 }
 
-fn two_b() {
-    let dir = std::env::temp_dir().join("infinity-bench-2b");
+/// A released size with bf16 weights written to a local file and mapped back, with a random
+/// VAE of its kind: load, transformer and decode times, the transformer's FLOP rate (≈ 2 ×
+/// parameters × 521 tokens × 2 CFG rows) and peak RSS.
+fn mapped(preset: &str, vae_preset: &str) {
+    let config = InfinityConfig::preset(preset).unwrap();
+    let dir = std::env::temp_dir().join(format!("infinity-bench-{preset}"));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("infinity_2b_random_bf16.safetensors");
+    let path = dir.join(format!("infinity_{preset}_random_bf16.safetensors"));
     if !path.exists() {
-        write_2b(&path);
+        write_random(&config, &path);
     }
     let base_rss = peak_rss_mib();
     let t = Instant::now();
     let weights = Weights::open(&path).unwrap();
-    let model = Infinity::with_config(&weights, Infinity::detect_config(&weights).unwrap()).unwrap();
+    let mut model = Infinity::with_config(&weights, Infinity::detect_config(&weights).unwrap()).unwrap();
+    // The pair tells the layout (see pipeline::check_fit): the 8B's VAE is patchified.
+    model.config.spatial_patchify = config.spatial_patchify;
     let load = t.elapsed().as_secs_f64();
-    let vae = BitVae::random(BitVaeConfig::preset("d32").unwrap(), 0).unwrap();
+    let vae = BitVae::random(BitVaeConfig::preset(vae_preset).unwrap(), 0).unwrap();
     let (t, d) = time_once(&model, &vae);
+    let flop = 4.0 * weights.total_params() as f64 * 521.0;
     println!(
-        "2B (bf16 file, mapped) 256² CFG: load {load:.1} s, transformer {t:.1} s ({:.0} GFLOP/s at ~4.1 TFLOP), decode {d:.1} s; peak RSS {:.0} MiB (before loading: {base_rss:.0} MiB; the file is {:.1} GB)",
-        4100.0 / t,
+        "{preset} (bf16 file, mapped) 256² CFG: load {load:.1} s, transformer {t:.1} s ({:.0} GFLOP/s at ~{:.1} TFLOP), decode {d:.1} s; peak RSS {:.0} MiB (before loading: {base_rss:.0} MiB; the file is {:.1} GB)",
+        flop / t / 1e9,
+        flop / 1e12,
         peak_rss_mib(),
         std::fs::metadata(&path).map_or(0.0, |m| m.len() as f64 / 1e9)
     );
@@ -127,9 +136,13 @@ fn main() {
         return;
     }
     layer12(3);
-    if std::env::var_os("INFINITY_BENCH_2B").is_some() {
-        two_b();
-    } else {
-        println!("SKIP: 2B generation (writes a 4.4 GB bf16 file and takes minutes): set INFINITY_BENCH_2B=1");
+    for (preset, vae, env, size) in
+        [("2b", "d32", "INFINITY_BENCH_2B", "4.4"), ("8b", "d14_patchify", "INFINITY_BENCH_8B", "17")]
+    {
+        if std::env::var_os(env).is_some() {
+            mapped(preset, vae);
+        } else {
+            println!("SKIP: {preset} generation (writes a {size} GB bf16 file and takes minutes): set {env}=1");
+        }
     }
 }

@@ -14,14 +14,17 @@
 use std::error::Error;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
-use std::time::Instant;
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use infinity::autograd::checkpoint;
 use infinity::autograd::{AdamWConfig, Annealing, LrSchedule};
+use infinity::cuda::Availability;
 use infinity::cuda::Executor;
+use infinity::cuda::nccl::{self, Nccl};
 use infinity::models::bitvae::BitVaeConfig;
 use infinity::models::data::{CaptionRule, Dataset};
 use infinity::models::infinity::InfinityConfig;
@@ -34,6 +37,7 @@ use infinity::models::schedule::{PATCH, PixelBudget};
 use infinity::models::train::{TokenWeighting, evaluate_dataset};
 use infinity::models::train_vae::VaeLossWeights;
 use infinity::runtime::collective::Single;
+use infinity::runtime::launch::{Launch, rendezvous, supervise};
 use infinity::runtime::{Device, DeviceName};
 use serde_json::Value;
 
@@ -245,7 +249,7 @@ struct TransformerArgs {
     /// Pixel budget: 0.06M (256²), 0.25M (512²), 0.60M or 1M; default: the model folder's, else 0.06M.
     #[arg(long)]
     pn: Option<PixelBudget>,
-    /// Peak learning rate; default 6e-3 · batch · accumulate / 256 (train.sh's tblr).
+    /// Peak learning rate; default 6e-3 · batch · accumulate · GPUs / 256 (train.sh's tblr).
     #[arg(long)]
     lr: Option<f64>,
     /// AdamW weight decay (not applied to 1-D parameters, biases and embeddings).
@@ -283,6 +287,12 @@ struct TransformerArgs {
     /// gradients, a fraction of the activation memory, about a third more compute.
     #[arg(long)]
     recompute_blocks: bool,
+    /// Data-parallel over this many GPUs of this machine: one process per GPU (torchrun's
+    /// environment, NCCL between them), each training on --batch images of every global batch
+    /// of --batch × N. Needs --device cuda. Several machines: start one process per GPU with
+    /// RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set (e.g. by torchrun --no-python).
+    #[arg(long, default_value_t = 1)]
+    gpus: usize,
 }
 
 fn main() -> ExitCode {
@@ -403,13 +413,14 @@ fn existing(path: &Path, flag: &str) -> Result<PathBuf, String> {
 
 /// The `transformer` run of the command line: everything it can refuse, refused before any
 /// slow work.
-fn plan(a: &TransformerArgs, device: Device) -> Result<TransformerRun, Box<dyn Error>> {
+fn plan(a: &TransformerArgs, device: Device, ranks: usize) -> Result<TransformerRun, Box<dyn Error>> {
     check_data(&a.data)?;
     check_counts(a.run.batch, a.run.steps, a.run.save_every, a.run.keep)?;
     if a.accumulate == 0 {
         return Err("--accumulate must be at least 1".into());
     }
-    let peak = a.lr.unwrap_or(6e-3 * (a.run.batch * a.accumulate) as f64 / 256.0);
+    // train.sh's tblr scaled by the global batch: every rank's micro-batches together.
+    let peak = a.lr.unwrap_or(6e-3 * (a.run.batch * a.accumulate * ranks) as f64 / 256.0);
     let optim = check_optimizer(peak, a.wd, &a.betas, a.clip)?;
     check_range("bsc-strength", f64::from(a.bsc_strength), 0.0..=1.0)?;
     check_range("cond-drop", f64::from(a.cond_drop), 0.0..=1.0)?;
@@ -574,10 +585,82 @@ fn training_device(name: DeviceName) -> Result<Device, String> {
 }
 
 fn train_transformer(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
-    let run = plan(a, training_device(a.run.device)?)?;
+    if let Some(launch) = Launch::from_env()? {
+        return train_rank(a, &launch);
+    }
+    if a.gpus == 0 {
+        return Err("--gpus must be at least 1".into());
+    }
+    if a.gpus > 1 {
+        return launch_ranks(a);
+    }
+    let run = plan(a, training_device(a.run.device)?, 1)?;
     let mut bar = Bar(None);
     let outcome = run.train(&Single, &mut bar)?;
     finish(bar, &a.run.out, &outcome);
+    Ok(())
+}
+
+/// How long a rank waits for the others to meet (model loading happens after).
+const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// `--gpus N`: this command again as N processes, rank r on GPU r, torchrun's environment
+/// each; rank 0 shows the progress. Every flag is checked here first, once.
+fn launch_ranks(a: &TransformerArgs) -> Result<(), Box<dyn Error>> {
+    let n = a.gpus;
+    if !matches!(a.run.device, DeviceName::Cuda(_)) {
+        return Err(format!("--gpus {n} runs one process per GPU: give --device cuda").into());
+    }
+    match infinity::cuda::probe() {
+        Availability::Available { devices } if devices >= n => {}
+        Availability::Available { devices } => return Err(format!("--gpus {n}: {devices} GPU(s) visible").into()),
+        other => return Err(format!("--gpus {n}: {other}").into()),
+    }
+    plan(a, Device::Cpu, n)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    drop_flag(&mut args, "--gpus");
+    let exe = std::env::current_exe()?;
+    let mut ranks = Vec::with_capacity(n);
+    for rank in 0..n {
+        let child = std::process::Command::new(&exe)
+            .args(&args)
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("WORLD_SIZE", n.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .stdout(if rank == 0 { Stdio::inherit() } else { Stdio::null() })
+            .spawn()?;
+        ranks.push(child);
+    }
+    Ok(supervise(ranks)?)
+}
+
+/// Removes `flag` and its value (`--flag V` or `--flag=V`) from `args`.
+fn drop_flag(args: &mut Vec<String>, flag: &str) {
+    if let Some(i) = args.iter().position(|a| a == flag) {
+        args.drain(i..(i + 2).min(args.len()));
+    }
+    args.retain(|a| !a.starts_with(&format!("{flag}=")));
+}
+
+/// One rank of a multi-process run: the GPU of its LOCAL_RANK, NCCL between the ranks (rank 0
+/// makes the communicator's id and hands it out at MASTER_ADDR:MASTER_PORT).
+fn train_rank(a: &TransformerArgs, launch: &Launch) -> Result<(), Box<dyn Error>> {
+    if !matches!(a.run.device, DeviceName::Cuda(_)) {
+        return Err("a multi-process run trains on GPUs: give --device cuda (each rank takes its LOCAL_RANK's)".into());
+    }
+    let exec = Executor::cuda(launch.local_rank)?;
+    let token = if launch.rank == 0 { Some(nccl::unique_id()?) } else { None };
+    let id = rendezvous(&launch.master, launch.rank, launch.world_size, token.as_ref(), RENDEZVOUS_TIMEOUT)?;
+    let world = Nccl::join(Arc::clone(&exec), &id, launch.rank, launch.world_size)?;
+    let run = plan(a, exec.device(), launch.world_size)?;
+    let mut bar = Bar(None);
+    let outcome = run.train(&world, &mut bar)?;
+    if launch.rank == 0 {
+        finish(bar, &a.run.out, &outcome);
+    }
     Ok(())
 }
 

@@ -1,8 +1,9 @@
 //! Data-parallel training: the in-process collective (ranks as threads) averages in rank order
 //! and names a rank that stopped or hangs; the transformer's run over 2 ranks takes the same
 //! steps as one rank over the same global batches; a run resumes with another number of
-//! ranks on the same global data order; and a rank that dies stops the others with an error
-//! naming it.
+//! ranks on the same global data order; a rank that dies stops the others with an error
+//! naming it; and the multi-process side without GPUs: torchrun's environment, the rendezvous
+//! that hands out NCCL's id, and the launcher's watch over its ranks.
 
 mod common;
 
@@ -24,6 +25,7 @@ use infinity::models::schedule::PixelBudget;
 use infinity::models::train::TokenWeighting;
 use infinity::runtime::collective::{Collective, InProcess, Single};
 use infinity::runtime::io::Weights;
+use infinity::runtime::launch::{Launch, Token, rendezvous, supervise};
 use infinity::runtime::{Device, Tensor};
 
 const LONG: Duration = Duration::from_secs(120);
@@ -338,4 +340,120 @@ fn copy_dir(from: &Path, to: &Path) {
         let target = to.join(path.file_name().unwrap());
         if path.is_dir() { copy_dir(&path, &target) } else { fs::copy(&path, &target).map(drop).unwrap() }
     }
+}
+
+/// A port nobody listens on yet.
+fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("127.0.0.1:{}", listener.local_addr().unwrap().port())
+}
+
+/// Rank 0 hands its token to every other rank, whichever starts first.
+#[test]
+fn the_ranks_meet_and_receive_rank_0s_token() {
+    let master = free_address();
+    let token: Token = std::array::from_fn(|i| (i * 7 % 256) as u8);
+    let threads: Vec<_> = (0..4)
+        .map(|rank| {
+            let master = master.clone();
+            thread::spawn(move || {
+                // The others start first and wait for rank 0.
+                if rank == 0 {
+                    thread::sleep(Duration::from_millis(200));
+                }
+                rendezvous(&master, rank, 4, (rank == 0).then_some(&token), LONG).unwrap()
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), token);
+    }
+}
+
+#[test]
+fn a_rendezvous_names_what_went_wrong() {
+    let token = [1u8; 128];
+    let short = Duration::from_millis(300);
+    // Rank 2 never comes.
+    let master = free_address();
+    let joining = {
+        let master = master.clone();
+        thread::spawn(move || rendezvous(&master, 1, 3, None, LONG))
+    };
+    let err = rendezvous(&master, 0, 3, Some(&token), short).unwrap_err().to_string();
+    assert!(err.contains("rank 0 waited 0 s") && err.contains("for rank(s) [2]"), "{err}");
+    // Rank 1 had its token as soon as it came; it learns of the failure from the collective.
+    assert_eq!(joining.join().unwrap().unwrap(), token);
+    // Rank 1 was started for another world size.
+    let master = free_address();
+    let other = {
+        let master = master.clone();
+        thread::spawn(move || rendezvous(&master, 1, 4, None, LONG))
+    };
+    let err = rendezvous(&master, 0, 3, Some(&token), LONG).unwrap_err().to_string();
+    assert!(err.contains("rank 1 was started with WORLD_SIZE=4, rank 0 with 3"), "{err}");
+    let _ = other.join();
+    // Nobody listens.
+    let err = rendezvous(&free_address(), 1, 2, None, short).unwrap_err().to_string();
+    assert!(err.contains("rank 1 could not reach rank 0"), "{err}");
+}
+
+#[test]
+fn the_launch_environment_is_torchruns() {
+    let env = |pairs: &'static [(&str, &str)]| {
+        move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    };
+    let launch = Launch::from_vars(env(&[
+        ("RANK", "5"),
+        ("WORLD_SIZE", "16"),
+        ("LOCAL_RANK", "1"),
+        ("MASTER_ADDR", "node0"),
+        ("MASTER_PORT", "29500"),
+    ]))
+    .unwrap();
+    assert_eq!(launch, Some(Launch { rank: 5, world_size: 16, local_rank: 1, master: "node0:29500".into() }));
+    assert_eq!(Launch::from_vars(env(&[])).unwrap(), None);
+    assert_eq!(Launch::from_vars(env(&[("WORLD_SIZE", "1"), ("RANK", "0")])).unwrap(), None);
+    let err = |pairs| Launch::from_vars(env(pairs)).unwrap_err().to_string();
+    assert!(err(&[("WORLD_SIZE", "2"), ("RANK", "2")]).contains("RANK=2 is not below WORLD_SIZE=2"));
+    assert!(err(&[("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "x")]).contains("MASTER_PORT is not set"));
+    assert!(err(&[("WORLD_SIZE", "two")]).contains("WORLD_SIZE=two is not a count"));
+}
+
+/// The launcher's watch: a rank that fails stops the others at once, named; all succeeding is
+/// success.
+#[test]
+fn a_failing_rank_stops_the_launch() {
+    let spawn = |script: &str| std::process::Command::new("sh").args(["-c", script]).spawn().unwrap();
+    let started = Instant::now();
+    let err = supervise(vec![spawn("sleep 30"), spawn("exit 3")]).unwrap_err().to_string();
+    assert!(err.contains("rank 1 failed (exit status: 3); the other ranks were stopped"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "the sleeping rank was not stopped");
+    supervise(vec![spawn("exit 0"), spawn("sleep 0.2")]).unwrap();
+}
+
+/// Real NCCL, when this machine has a GPU and libnccl: a world of one rank joins through the
+/// rendezvous and averages on the GPU (the mean of one rank is its own gradient, so the
+/// values come back exactly), 2-D and 4-D tensors included.
+#[test]
+fn nccl_averages_on_a_gpu_in_a_world_of_one() {
+    use infinity::cuda::nccl::{self, Nccl};
+    use infinity::cuda::testing::{executors, skip};
+
+    // After the shim comes GPU 0, when there is one.
+    let Some(gpu) = executors().get(1) else {
+        return skip("NCCL world-size-1 run", "no GPU on this machine");
+    };
+    if !nccl::available() {
+        return skip("NCCL world-size-1 run", "libnccl.so cannot be loaded");
+    }
+    let id = nccl::unique_id().unwrap();
+    let id = rendezvous(&free_address(), 0, 1, Some(&id), LONG).unwrap();
+    let world = Nccl::join(Arc::clone(gpu), &id, 0, 1).unwrap();
+    let a = Tensor::from_vec((0..12).map(|i| i as f32 * 0.5).collect(), &[3, 4]).unwrap();
+    let b = Tensor::from_vec(vec![1.25f32; 16], &[1, 2, 2, 4]).unwrap();
+    let means = world.all_reduce_mean(&[a.to_device(&gpu.device()).unwrap(), b.clone()]).unwrap();
+    assert_eq!(means[0].shape(), [3, 4]);
+    assert_eq!(means[0].to_f32_vec().unwrap(), a.to_f32_vec().unwrap());
+    assert_eq!(means[1].to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
 }

@@ -288,7 +288,7 @@ impl Executor {
         checked_view(op, t, addr, 0)
     }
 
-    fn address(&self, op: &'static str, t: &Tensor) -> Result<u64> {
+    pub(crate) fn address(&self, op: &'static str, t: &Tensor) -> Result<u64> {
         match (self.buffer(op, t)?.memory(), &self.backend) {
             (Memory::Host(words), Backend::Shim) => Ok(words.as_ptr() as u64),
             (Memory::Cuda(slice), Backend::Cuda(gpu)) => Ok(gpu.address(slice)),
@@ -296,7 +296,7 @@ impl Executor {
         }
     }
 
-    fn address_mut(&self, op: &'static str, t: &mut Tensor) -> Result<u64> {
+    pub(crate) fn address_mut(&self, op: &'static str, t: &mut Tensor) -> Result<u64> {
         self.buffer(op, t)?;
         if t.storage_mut().is_none() {
             return Err(Error::invalid(

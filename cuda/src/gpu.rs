@@ -96,6 +96,17 @@ impl Gpu {
         self.stream.synchronize().map_err(error::driver("waiting for the GPU"))
     }
 
+    /// The stream every launch of this GPU goes to, for libraries that take it raw (NCCL).
+    pub(crate) fn raw_stream(&self) -> cudarc::driver::sys::CUstream {
+        self.stream.cu_stream()
+    }
+
+    /// Makes this GPU's context the calling thread's current one (NCCL creates its
+    /// communicator on the current device).
+    pub(crate) fn bind_to_thread(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(error::driver("binding the context to the thread"))
+    }
+
     pub(crate) fn address(&self, slice: &CudaSlice<u8>) -> u64 {
         slice.device_ptr(&self.stream).0
     }

@@ -24,6 +24,7 @@ pub mod elementwise;
 pub mod gemm;
 pub mod index;
 pub mod kernels;
+pub mod nccl;
 pub mod norm;
 pub mod nvrtc;
 pub mod optim;

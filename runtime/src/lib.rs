@@ -6,6 +6,7 @@ mod device;
 mod dtype;
 mod error;
 pub mod io;
+pub mod launch;
 pub mod layout;
 pub mod rng;
 mod storage;

@@ -11,7 +11,9 @@
 //!   the fused attention inputs), the bit quantizer and the bitwise sampler: GB/s of their
 //!   reads and writes.
 //! - The 2B transformer on the device over a whole 1024² schedule (13 scales) with CFG:
-//!   seconds per image (the official code's 0.8 s is for this model) and per scale.
+//!   seconds per image (the official code's 0.8 s is for this model) and per scale; then the
+//!   8B (spatial patchify, 56-bit tokens) the same way, with its peak device memory beside the
+//!   README's ~31 GB budget (transformer side: 16.8 GB weights + 12.1 GB KV cache).
 //!
 //! Without a GPU it prints a SKIP line and measures nothing (the CPU shim's speed means nothing).
 
@@ -152,12 +154,15 @@ fn memory_bound(c: &mut Criterion, exec: &Executor) {
     group.finish();
 }
 
-/// Seconds per 1024² image of the 2B transformer on the device (random weights, CFG, 13
-/// scales), as `infinity-run --device cuda` runs it (conditioning and the draw of the bits on
-/// the device), and where they go: the time from one scale's bits to the next (that scale's
-/// forward and draw, the bits' download, the host's bookkeeping and the next input's upload).
-fn transformer(exec: &Executor) {
-    let config = InfinityConfig::preset("2b").expect("preset");
+/// Seconds per 1024² image of a released transformer size on the device (random weights, CFG,
+/// 13 scales), as `infinity-run --device cuda` runs it (conditioning and the draw of the bits
+/// on the device), and where they go: the time from one scale's bits to the next (that
+/// scale's forward and draw, the bits' download, the host's bookkeeping and the next input's
+/// upload).
+fn transformer(exec: &Executor, preset: &str) {
+    exec.empty_cache();
+    exec.reset_peak();
+    let config = InfinityConfig::preset(preset).expect("preset");
     let weights = Infinity::random_weights(&config, 0).expect("weights");
     let model = Infinity::with_config_on(&weights, config, &exec.device()).expect("model");
     drop(weights);
@@ -181,7 +186,7 @@ fn transformer(exec: &Executor) {
     let (median, marks) = &runs[2];
     let memory = exec.memory();
     println!(
-        "2b 1024² CFG transformer on {}: {median:.3} s per image (median of 5); peak device memory {:.0} MiB",
+        "{preset} 1024² CFG transformer on {}: {median:.3} s per image (median of 5); peak device memory {:.0} MiB",
         exec.name(),
         memory.peak as f64 / (1 << 20) as f64
     );
@@ -203,7 +208,8 @@ fn benches(c: &mut Criterion) {
     gemms(c, &exec);
     attention(c, &exec);
     memory_bound(c, &exec);
-    transformer(&exec);
+    transformer(&exec, "2b");
+    transformer(&exec, "8b");
 }
 
 criterion_group!(cuda, benches);

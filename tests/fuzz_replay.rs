@@ -71,3 +71,16 @@ fn an_image_declaring_a_huge_side_is_refused() {
     let err = infinity::models::image::load_rgb(&path).unwrap_err().to_string();
     assert!(err.contains("jpeg-huge-side.jpg") && err.contains("limit"), "{err}");
 }
+
+/// A few hundred bytes of JPEG declaring a canvas over `MAX_IMAGE_PIXELS` (10,000 × 10,000:
+/// seconds of decoding) are refused from the header, naming the file and the limit; one under
+/// it (the fuzzer's 12,048 × 1,552 in 544 bytes, 0.2 s here) decodes.
+#[test]
+fn an_image_declaring_too_many_pixels_is_refused() {
+    let regressions = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/image");
+    let err = infinity::models::image::load_rgb(&regressions.join("jpeg-10000x10000-declared.jpg")).unwrap_err();
+    let err = err.to_string();
+    assert!(err.contains("jpeg-10000x10000-declared.jpg") && err.contains("100 megapixels, over the limit"), "{err}");
+    let image = infinity::models::image::load_rgb(&regressions.join("jpeg-12048x1552-in-544-bytes.jpg")).unwrap();
+    assert_eq!(image.dimensions(), (1552, 12048));
+}

@@ -15,17 +15,36 @@ use infinity_runtime::{Error, Result, Tensor};
 /// on the allocation, 512 MiB).
 pub const MAX_IMAGE_SIDE: u32 = 16384;
 
-/// Decodes a PNG or JPEG file into 8-bit RGB; sides over [`MAX_IMAGE_SIDE`] are refused before
-/// decoding.
+/// The most pixels an input image may have, 64 Mi (a 48-megapixel photo passes): decoding
+/// costs ~10 ns a pixel, so a few hundred bytes declaring a larger canvas could otherwise keep
+/// the decoder busy for seconds (the pipeline never uses more than a 1024² crop of it).
+pub const MAX_IMAGE_PIXELS: u64 = 64 << 20;
+
+/// Decodes a PNG or JPEG file into 8-bit RGB; sides over [`MAX_IMAGE_SIDE`] and sizes over
+/// [`MAX_IMAGE_PIXELS`] are refused, from the header, before decoding.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    let undecodable = |e: image::ImageError| Error::format(path, format!("cannot decode the image: {e}"));
+    let (w, h) = open_limited(path)?.into_dimensions().map_err(undecodable)?;
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > MAX_IMAGE_PIXELS {
+        let msg = format!(
+            "{w}×{h} is {:.0} megapixels, over the limit of {} (the largest pixel budget uses 1)",
+            pixels as f64 / 1e6,
+            MAX_IMAGE_PIXELS / 1_000_000
+        );
+        return Err(Error::format(path, msg));
+    }
+    Ok(open_limited(path)?.decode().map_err(undecodable)?.to_rgb8())
+}
+
+/// A reader of `path` in the format its bytes show, its sides limited to [`MAX_IMAGE_SIDE`].
+fn open_limited(path: &Path) -> Result<ImageReader<std::io::BufReader<std::fs::File>>> {
     let mut reader = ImageReader::open(path).map_err(|e| Error::io(path, e))?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     reader.limits(limits);
-    let reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
-    let img = reader.decode().map_err(|e| Error::format(path, format!("cannot decode the image: {e}")))?;
-    Ok(img.to_rgb8())
+    reader.with_guessed_format().map_err(|e| Error::io(path, e))
 }
 
 /// Resizes so the image covers `(height, width)` keeping its aspect ratio (the covering side

@@ -13,20 +13,17 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::fixture;
+use common::tiny_transformer_run;
 use infinity::autograd::checkpoint;
-use infinity::autograd::{AdamWConfig, Annealing, LrSchedule};
 use infinity::models::data::{BatchOrder, Dataset, OrderState};
 use infinity::models::image::save_png;
-use infinity::models::infinity::InfinityConfig;
-use infinity::models::run::transformer::{Start, TransformerRun};
-use infinity::models::run::{Outcome, Progress, RunSettings};
+use infinity::models::run::transformer::TransformerRun;
+use infinity::models::run::{Outcome, Progress};
 use infinity::models::schedule::PixelBudget;
-use infinity::models::train::TokenWeighting;
+use infinity::runtime::Tensor;
 use infinity::runtime::collective::{Collective, InProcess, Single};
 use infinity::runtime::io::Weights;
 use infinity::runtime::launch::{Launch, Token, rendezvous, supervise};
-use infinity::runtime::{Device, Tensor};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -267,60 +264,16 @@ fn images(dir: &Path, n: usize) -> PathBuf {
     data
 }
 
-/// A tiny transformer from scratch on the devA VAE and T5, `batch` images per rank and
-/// micro-batch, `accumulate` micro-batches, `steps` steps saved after each; without Bitwise
-/// Self-Correction and caption dropout, whose draws are each rank's own (as the official
-/// trainer's processes draw them), so that runs over different numbers of ranks compare.
+/// The tiny run of [`tiny_transformer_run`] with `accumulate` micro-batches, the learning rate
+/// constant over 4 steps whatever the run's length (runs resumed at other lengths compare),
+/// and without Bitwise Self-Correction and caption dropout, whose draws are each rank's own
+/// (as the official trainer's processes draw them), so that runs over different numbers of
+/// ranks compare.
 fn tiny_run(data: &Path, out: &Path, batch: usize, accumulate: usize, steps: u64) -> TransformerRun {
-    let config = InfinityConfig {
-        depth: 1,
-        embed_dim: 128,
-        num_heads: 2,
-        mlp_hidden: 256,
-        text_channels: 128,
-        bits: 32,
-        block_chunks: 1,
-        text_maxlen: 64,
-        spatial_patchify: false,
-    };
-    let lr = LrSchedule {
-        peak: 1e-3,
-        warmup_iters: 0,
-        max_iters: 4,
-        warmup_start: 0.005,
-        end_ratio: 1.0,
-        annealing: Annealing::Constant,
-    };
-    TransformerRun {
-        run: RunSettings {
-            out: out.to_path_buf(),
-            steps,
-            batch,
-            seed: 1,
-            save_every: 1,
-            keep: 2,
-            device: Device::Cpu,
-            command: "data-parallel test".into(),
-        },
-        data: data.to_path_buf(),
-        vae: fixture("devA/vae.safetensors"),
-        t5: Some(fixture("devA/t5_encoder.safetensors")),
-        t5_config: fixture("devA/t5_config.json"),
-        tokenizer: fixture("tokenizer/tokenizer.json"),
-        start: Start::Scratch(config),
-        pn: PixelBudget::P006M,
-        lr,
-        adamw: AdamWConfig::default(),
-        weight_decay: 0.01,
-        clip: 1.0,
-        bsc_strength: 0.0,
-        cond_drop: 0.0,
-        weighting: TokenWeighting::ByScale,
-        train_text_encoder: false,
-        cache_latents: false,
-        accumulate,
-        recompute_blocks: false,
-    }
+    let mut run = tiny_transformer_run(data, out, batch, steps);
+    run.accumulate = accumulate;
+    run.lr.max_iters = 4;
+    run
 }
 
 fn last_params(out: &Path) -> Weights {

@@ -9,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::fixture;
+use common::{fixture, tiny_transformer_run};
 
 use infinity::models::image::save_png;
 use serde_json::json;
@@ -524,13 +524,7 @@ fn bad_input_is_one_line_and_exit_code_2() {
 /// left to do and says so.
 #[test]
 fn the_library_run_reports_its_progress_and_outcome() {
-    use infinity::autograd::{AdamWConfig, Annealing, LrSchedule};
-    use infinity::models::infinity::InfinityConfig;
-    use infinity::models::run::transformer::{Start, TransformerRun};
-    use infinity::models::run::{Outcome, Progress, RunSettings};
-    use infinity::models::schedule::PixelBudget;
-    use infinity::models::train::TokenWeighting;
-    use infinity::runtime::Device;
+    use infinity::models::run::{Outcome, Progress};
     use infinity::runtime::collective::Single;
 
     #[derive(Default)]
@@ -549,56 +543,12 @@ fn the_library_run_reports_its_progress_and_outcome() {
 
     let dir = temp_dir("library");
     let (data, _) = setup(&dir);
-    let config = InfinityConfig {
-        depth: 1,
-        embed_dim: 128,
-        num_heads: 2,
-        mlp_hidden: 256,
-        text_channels: 128,
-        bits: 32,
-        block_chunks: 1,
-        text_maxlen: 64,
-        spatial_patchify: false,
-    };
-    let lr = LrSchedule {
-        peak: 1e-3,
-        warmup_iters: 0,
-        max_iters: 2,
-        warmup_start: 0.005,
-        end_ratio: 1.0,
-        annealing: Annealing::Constant,
-    };
     let out = dir.join("out");
-    let run = TransformerRun {
-        run: RunSettings {
-            out: out.clone(),
-            steps: 2,
-            batch: 2,
-            seed: 1,
-            save_every: 1,
-            keep: 1,
-            device: Device::Cpu,
-            command: "the test".into(),
-        },
-        data,
-        vae: fixture("devA/vae.safetensors"),
-        t5: Some(fixture("devA/t5_encoder.safetensors")),
-        t5_config: fixture("devA/t5_config.json"),
-        tokenizer: fixture("tokenizer/tokenizer.json"),
-        start: Start::Scratch(config),
-        pn: PixelBudget::P006M,
-        lr,
-        adamw: AdamWConfig::default(),
-        weight_decay: 0.0,
-        clip: 1.0,
-        bsc_strength: 0.3,
-        cond_drop: 0.1,
-        weighting: TokenWeighting::ByScale,
-        train_text_encoder: false,
-        cache_latents: true,
-        accumulate: 1,
-        recompute_blocks: true,
-    };
+    let mut run = tiny_transformer_run(&data, &out, 2, 2);
+    run.run.keep = 1;
+    run.weight_decay = 0.0;
+    (run.bsc_strength, run.cond_drop) = (0.3, 0.1);
+    (run.cache_latents, run.recompute_blocks) = (true, true);
     let mut seen = Seen::default();
     let outcome = run.train(&Single, &mut seen).unwrap();
     assert!(matches!(outcome, Outcome::Trained { from: 0, to: 2, .. }), "{outcome:?}");

@@ -11,7 +11,8 @@ use arbitrary::{Arbitrary, Unstructured};
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
 
-/// The strings the opcodes draw from: the names a checkpoint uses and those an attack would.
+/// The strings the opcodes draw from (with [`STORAGE_TYPES`]): the names a checkpoint uses and
+/// those an attack would.
 const NAMES: &[&str] = &[
     "torch._utils",
     "_rebuild_tensor_v2",
@@ -19,15 +20,6 @@ const NAMES: &[&str] = &[
     "collections",
     "OrderedDict",
     "torch",
-    "FloatStorage",
-    "BFloat16Storage",
-    "HalfStorage",
-    "LongStorage",
-    "IntStorage",
-    "ByteStorage",
-    "BoolStorage",
-    "DoubleStorage",
-    "UntypedStorage",
     "storage",
     "cpu",
     "cuda:0",
@@ -69,7 +61,8 @@ const STORAGE_TYPES: &[&str] = &[
 ];
 
 fn name(i: u8) -> &'static str {
-    NAMES[usize::from(i) % NAMES.len()]
+    let i = usize::from(i) % (NAMES.len() + STORAGE_TYPES.len());
+    NAMES.get(i).unwrap_or_else(|| &STORAGE_TYPES[i - NAMES.len()])
 }
 
 /// One opcode with well-formed arguments, or a macro of several.

@@ -111,3 +111,72 @@ pub fn assert_quantized_like_golden(set: &str, q: &Quantized, golden: &Weights, 
     let full = *grids.last().unwrap();
     assert_golden(&format!("{set} codes from bits"), &sum_codes(&bits, full).unwrap(), &q.summed, 1e-6);
 }
+
+/// A run of a tiny transformer from scratch (one block, width 128, head dim 64) on the devA
+/// VAE and T5: `data` into `out`, `steps` steps of `batch` images, a checkpoint after each (two
+/// kept), a constant learning rate of 1e-3, no Bitwise Self-Correction and no caption dropout;
+/// each test changes what it is about.
+pub fn tiny_transformer_run(
+    data: &std::path::Path,
+    out: &std::path::Path,
+    batch: usize,
+    steps: u64,
+) -> infinity::models::run::transformer::TransformerRun {
+    use infinity::autograd::{AdamWConfig, Annealing, LrSchedule};
+    use infinity::models::infinity::InfinityConfig;
+    use infinity::models::run::RunSettings;
+    use infinity::models::run::transformer::{Start, TransformerRun};
+    use infinity::models::schedule::PixelBudget;
+    use infinity::models::train::TokenWeighting;
+    use infinity::runtime::Device;
+
+    let config = InfinityConfig {
+        depth: 1,
+        embed_dim: 128,
+        num_heads: 2,
+        mlp_hidden: 256,
+        text_channels: 128,
+        bits: 32,
+        block_chunks: 1,
+        text_maxlen: 64,
+        spatial_patchify: false,
+    };
+    let lr = LrSchedule {
+        peak: 1e-3,
+        warmup_iters: 0,
+        max_iters: steps as usize,
+        warmup_start: 0.005,
+        end_ratio: 1.0,
+        annealing: Annealing::Constant,
+    };
+    TransformerRun {
+        run: RunSettings {
+            out: out.to_path_buf(),
+            steps,
+            batch,
+            seed: 1,
+            save_every: 1,
+            keep: 2,
+            device: Device::Cpu,
+            command: "the test".into(),
+        },
+        data: data.to_path_buf(),
+        vae: fixture("devA/vae.safetensors"),
+        t5: Some(fixture("devA/t5_encoder.safetensors")),
+        t5_config: fixture("devA/t5_config.json"),
+        tokenizer: fixture("tokenizer/tokenizer.json"),
+        start: Start::Scratch(config),
+        pn: PixelBudget::P006M,
+        lr,
+        adamw: AdamWConfig::default(),
+        weight_decay: 0.01,
+        clip: 1.0,
+        bsc_strength: 0.0,
+        cond_drop: 0.0,
+        weighting: TokenWeighting::ByScale,
+        train_text_encoder: false,
+        cache_latents: false,
+        accumulate: 1,
+        recompute_blocks: false,
+    }
+}

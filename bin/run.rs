@@ -24,7 +24,7 @@ use infinity::models::infinity::{SamplingConfig, TokenLayout, generate};
 use infinity::models::model_folder::ModelFiles;
 use infinity::models::pipeline::{Pipeline, TextEncoder, read_prompt_file};
 use infinity::models::schedule::{PATCH, PixelBudget, Template};
-use infinity::runtime::io::{Weights, check_writable};
+use infinity::runtime::io::{Weights, check_writable, open_checkpoint};
 use infinity::runtime::{Device, DeviceName};
 
 /// Where `generate` looks for a model when none is named: in the working folder (a checkout's
@@ -48,7 +48,7 @@ enum Command {
     /// One line per tensor (name, dtype, shape) in file order, then the tensor count and the
     /// total parameter count.
     Inspect {
-        /// The checkpoint file.
+        /// The checkpoint: a file, or a sharded checkpoint's index or folder (the 8B's).
         file: PathBuf,
     },
     /// Encode an image into multi-scale bits with a BitVAE and decode it back.
@@ -180,7 +180,7 @@ fn main() -> ExitCode {
 }
 
 fn inspect(file: &Path) -> Result<(), Box<dyn Error>> {
-    let weights = Weights::open(file)?;
+    let weights = open_checkpoint(file, |_| true)?;
     let listing = listing(&weights);
     match io::stdout().lock().write_all(listing.as_bytes()) {
         // The reader stopped early (`| head`): not an error of ours.

@@ -495,7 +495,7 @@ fn a_patchified_model_generates_and_its_vae_reconstructs() {
 }
 
 /// The 8B is released as a sharded checkpoint (a folder with `model.safetensors.index.json`):
-/// `--transformer` takes the folder, and the image is the single file's, bit for bit.
+/// `--transformer` and `inspect` take the folder, and the image is the single file's, bit for bit.
 #[test]
 fn a_sharded_transformer_generates_the_single_file_image() {
     use infinity::runtime::io::{Weights, save_safetensors};
@@ -541,6 +541,9 @@ fn a_sharded_transformer_generates_the_single_file_image() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         infinity::models::image::load_rgb(out).unwrap().into_raw()
     };
+    // `inspect` reads the folder too: the same tensors and total.
+    let last_line = |out: Output| stdout(&out).lines().last().unwrap().to_string();
+    assert_eq!(last_line(inspect(&shards)), last_line(inspect(&fixture("devC/transformer.safetensors"))));
     let sharded = generate(&shards, &dir.join("sharded.png"));
     let single = generate(&fixture("devC/transformer.safetensors"), &dir.join("single.png"));
     assert!(sharded == single, "the sharded checkpoint draws another image");

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::tiny_transformer_run;
 use infinity::autograd::checkpoint;
+use infinity::cuda::Executor;
 use infinity::models::data::{BatchOrder, Dataset, OrderState};
 use infinity::models::image::save_png;
 use infinity::models::run::transformer::TransformerRun;
@@ -179,6 +180,32 @@ fn two_ranks_take_the_steps_of_one_rank_over_the_global_batch() {
     // it: n = 4 samples × 521 tokens × 32 bits here.
     let bound = 2.0 * (4.0 * 521.0 * 32.0) * f32::EPSILON * whole_loss;
     assert!((ranked_loss - whole_loss).abs() <= bound, "{ranked_loss} vs {whole_loss} (bound {bound})");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The same on the shim (the GPU's kernels on the CPU): every rank's step on the device,
+/// its gradients averaged through the host, the parameters after a step equal bit for bit to
+/// one rank's accumulating 2 micro-batches there (the CPU test above takes 3 steps).
+#[test]
+fn on_a_device_two_ranks_take_the_steps_of_accumulated_micro_batches() {
+    let dir = temp_dir("equal-shim");
+    let data = images(&dir, 4);
+    let on_shim = |out: &Path, accumulate: usize| {
+        let mut run = tiny_run(&data, out, 2, accumulate, 1);
+        run.run.device = Executor::shim().device();
+        run
+    };
+    let ranked = dir.join("ranked");
+    let runs = [on_shim(&ranked, 1), on_shim(&ranked, 1)];
+    let results = on_ranks(2, LONG, move |rank| runs[rank.rank()].train(&rank, &mut Quiet).map(drop));
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let accumulated = dir.join("accumulated");
+    on_shim(&accumulated, 2).train(&Single, &mut Quiet).unwrap();
+    let (a, b) = (last_params(&ranked), last_params(&accumulated));
+    for (name, t) in a.iter() {
+        assert!(t.to_f32_vec().unwrap() == b.get(name).unwrap().to_f32_vec().unwrap(), "{name} differs");
+    }
+    assert_eq!(losses(&ranked), losses(&accumulated));
     fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -30,9 +30,9 @@ do_pack() {
     {
         # Every test binary whose bodies run on each executor (a GPU there): the CUDA tests,
         # the op and gradient harnesses (AdamW's kernels among them), the transformer goldens,
-        # teacher forcing and the training steps.
+        # teacher forcing and the training steps; and NCCL's world-of-one run.
         cargo test --no-run --test 'cuda_*' --test cli --test ops --test autograd --test transformer --test teacher_forcing \
-            --test train_step --test train_vae --message-format=json
+            --test train_step --test train_vae --test data_parallel --message-format=json
         cargo bench --no-run --bench cuda --bench train --message-format=json
     } | executables >"$pack/targets"
     cargo build --bin infinity-run # the debug binary the cli tests name
@@ -51,9 +51,10 @@ do_run() {
     tar -C "$pack" -xJf "$pack/bins.tar.xz"
     mkdir -p target/debug && cp "$pack/bin/infinity-run" target/debug/
 
-    # cudarc dlopens libnvrtc.so.13 and libcublas.so.13 by soname.
+    # cudarc dlopens libnvrtc.so.13, libcublas.so.13 and libnccl.so.2 by soname.
     local dirs
-    dirs=$(find /usr/local /opt -name 'libnvrtc.so.13' -o -name 'libcublas.so.13' 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
+    dirs=$(find /usr/local /opt /usr/lib -name 'libnvrtc.so.13' -o -name 'libcublas.so.13' -o -name 'libnccl.so.2' 2>/dev/null |
+        xargs -r -n1 dirname | sort -u | paste -sd:)
     export LD_LIBRARY_PATH="$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     export INFINITY_CUDA_REQUIRE_TOOLKIT=1 RUST_BACKTRACE=1
     {
@@ -71,6 +72,8 @@ do_run() {
         [ "$name" = cli ] && filter=(device)
         # Its other tests run the infinity-train binary, which does not travel.
         [ "$name" = train_vae ] && filter=(the_vae_step_on_every_executor)
+        # The rest of it runs on the CPU, as in CI.
+        [ "$name" = data_parallel ] && filter=(nccl)
         timeout 300 "$pack/bin/$name" "${filter[@]}" --test-threads 8 >"$out/$name.log" 2>&1
         summary+=("$name: exit $? $(grep -E '^test result' "$out/$name.log" | tail -1)")
         grep -E 'SKIP|panicked|FAILED' "$out/$name.log" | head -5

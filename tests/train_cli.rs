@@ -368,14 +368,16 @@ fn a_text_encoder_trains_with_the_transformer() {
     // The run becomes a model folder that infinity-run generates from.
     let model = dir.join("model");
     let f = |rel: &str| fixture(rel).display().to_string();
-    // Exports the run with the BitVAE of fixture set `vae_set` into `to`.
-    let export = |vae_set: &str, to: &Path| {
+    // Exports the run with the BitVAE and the T5 config of fixture sets `vae_set` and
+    // `t5_set` into `to`.
+    let export_with = |vae_set: &str, t5_set: &str, to: &Path| {
         let vae = f(&format!("{vae_set}/vae.safetensors"));
-        let (t5_config, tokenizer) = (f("devA/t5_config.json"), f("tokenizer/tokenizer.json"));
+        let (t5_config, tokenizer) = (f(&format!("{t5_set}/t5_config.json")), f("tokenizer/tokenizer.json"));
         let mut args = vec!["export", "--run", whole.to_str().unwrap(), "--vae", vae.as_str()];
         args.extend(["--t5-config", &t5_config, "--tokenizer", &tokenizer, "--out", to.to_str().unwrap()]);
         Command::new(env!("CARGO_BIN_EXE_infinity-train")).args(&args).output().unwrap()
     };
+    let export = |vae_set: &str, to: &Path| export_with(vae_set, "devA", to);
     let out = export("devA", &model);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let t5 = Weights::open(model.join("t5.safetensors")).unwrap();
@@ -396,6 +398,18 @@ fn a_text_encoder_trains_with_the_transformer() {
     let out = export("devB", &wrong);
     assert_eq!(out.status.code(), Some(2));
     assert!(!wrong.join("config.json").exists());
+
+    // Exported again over it with a T5 config its text encoder does not fit (found only by
+    // loading what was written): the model folder stays as it was, and no staging is left.
+    let files = |dir: &Path| {
+        let mut all: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        all.sort();
+        all.into_iter().map(|p| (p.clone(), fs::read(&p).unwrap())).collect::<Vec<_>>()
+    };
+    let before = files(&model);
+    let out = export_with("devA", "devB", &model);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(files(&model) == before, "a failed export changed the model folder");
     fs::remove_dir_all(&dir).unwrap();
 }
 

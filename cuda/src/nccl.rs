@@ -109,7 +109,9 @@ impl Collective for Nccl {
     /// GPU's stream.
     fn all_reduce_mean(&self, tensors: &[Tensor]) -> Result<Vec<Tensor>> {
         const OP: &str = "all_reduce";
-        let Backend::Cuda(gpu) = self.exec.backend() else { unreachable!("checked when joining") };
+        let Backend::Cuda(gpu) = self.exec.backend() else {
+            return Err(Error::invalid(OP, &[tensors.len()], "NCCL's executor is not a GPU"));
+        };
         let mut out = Vec::with_capacity(tensors.len());
         for t in tensors {
             let flat = t.to_device(&self.exec.device())?.to_dtype(DType::F32)?.reshape(&[t.numel()])?;

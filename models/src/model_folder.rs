@@ -69,9 +69,25 @@ impl ModelFiles {
         })
     }
 
+    /// The files of an exported model folder `dir` (the names `export` writes).
+    fn named_in(dir: &Path, pn: PixelBudget) -> ModelFiles {
+        ModelFiles {
+            transformer: dir.join(TRANSFORMER),
+            vae: dir.join(VAE),
+            t5: dir.join(T5),
+            t5_config: dir.join(T5_CONFIG),
+            tokenizer: dir.join(TOKENIZER),
+            default_pn: Some(pn),
+        }
+    }
+
+    fn paths(&self) -> [&Path; 5] {
+        [&self.transformer, &self.vae, &self.t5, &self.t5_config, &self.tokenizer].map(PathBuf::as_path)
+    }
+
     /// Fails on the first file that does not exist, naming it.
     pub fn check_exist(&self) -> Result<()> {
-        for p in [&self.transformer, &self.vae, &self.t5, &self.t5_config, &self.tokenizer] {
+        for p in self.paths() {
             if !p.exists() {
                 return Err(Error::io(p, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder")));
             }
@@ -95,10 +111,11 @@ pub struct ExportSources {
     pub pn: PixelBudget,
 }
 
-/// Writes the model folder `out` from `sources`, each file atomically. The sources are checked
-/// against each other first (an error names the file given, not its copy), and the written
-/// folder by loading it (on the CPU) before `config.json`, the file that makes it a model
-/// folder; if that fails, the files written are removed.
+/// Writes the model folder `out` from `sources`. The sources are checked against each other
+/// first (an error names the file given, not its copy); the files are then written into a
+/// staging folder inside `out` and checked by loading them (on the CPU), and only then moved
+/// into `out`, `config.json` (the file that makes it a model folder) last. A failed export
+/// leaves `out` as it was, a model folder already there included.
 pub fn export(sources: &ExportSources, out: &Path) -> Result<ModelFiles> {
     let weights = Weights::open(&sources.params)?;
     let trained_text_encoder = weights.iter().any(|(key, _)| key.starts_with(TEXT_ENCODER_PREFIX));
@@ -112,22 +129,22 @@ pub fn export(sources: &ExportSources, out: &Path) -> Result<ModelFiles> {
     let params = sources.params.display().to_string();
     check_fit(&transformer_config, &params, &vae_config, &sources.vae, &t5_config, &sources.t5_config)?;
 
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let files = ModelFiles {
-        transformer: out.join(TRANSFORMER),
-        vae: out.join(VAE),
-        t5: out.join(T5),
-        t5_config: out.join(T5_CONFIG),
-        tokenizer: out.join(TOKENIZER),
-        default_pn: Some(sources.pn),
-    };
-    let written = write_files(sources, &weights, &files).and_then(|()| Pipeline::load(&files, &Device::Cpu).map(drop));
-    if let Err(e) = written {
-        for file in [&files.transformer, &files.vae, &files.t5, &files.t5_config, &files.tokenizer] {
-            let _ = std::fs::remove_file(file);
+    // Inside `out`, so that the moves are renames within one file system.
+    let staging = out.join(format!(".export.{}", std::process::id()));
+    std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+    let staged = ModelFiles::named_in(&staging, sources.pn);
+    let checked =
+        write_files(sources, &weights, &staged).and_then(|()| Pipeline::load(&staged, &Device::Cpu).map(drop));
+    let files = ModelFiles::named_in(out, sources.pn);
+    let moved = checked.and_then(|()| {
+        for (from, to) in staged.paths().into_iter().zip(files.paths()) {
+            std::fs::rename(from, to).map_err(|e| Error::io(to, e))?;
         }
-        return Err(e);
-    }
+        Ok(())
+    });
+    // Best effort: the export's own error is what the caller needs to see.
+    let _ = std::fs::remove_dir_all(&staging);
+    moved?;
     let config = json!({
         "transformer": TRANSFORMER,
         "vae": VAE,

@@ -75,8 +75,7 @@ pub fn generate(
     let cond = conditioning(model, prompts, negatives, schedule, sampling)?;
     let session = model.session(&cond, schedule)?;
     let mut scales = Scales { model, session, schedule, with_uncond: sampling.uses_cfg() };
-    let layout = TokenLayout::of(&model.config);
-    sample_scales(&mut scales, prompts.len(), model.config.bits, layout, schedule, sampling, forced, observe)
+    sample_scales(&mut scales, prompts.len(), sampling, forced, observe)
 }
 
 /// The conditioning of a generation (the doubled CFG batch when guidance is on), after
@@ -96,20 +95,18 @@ fn conditioning(
     if sampling.uses_cfg() { model.condition_cfg(prompts, negatives) } else { model.condition(prompts) }
 }
 
-/// The scale loop of [`generate`] over `batch` prompts with `bits_dim` bits per token, laid
-/// over the VAE latent as `layout` says: the bits are sampled per token and their codes summed
-/// in the VAE's layout, whose resizes make the next scale's input.
-#[allow(clippy::too_many_arguments)]
+/// The scale loop of [`generate`] over `batch` prompts: the bits are sampled per token and
+/// their codes summed in the VAE's layout (see [`TokenLayout`]), whose resizes make the next
+/// scale's input.
 fn sample_scales(
     scales: &mut Scales,
     batch: usize,
-    bits_dim: usize,
-    layout: TokenLayout,
-    schedule: &Schedule,
     sampling: &SamplingConfig,
     forced: &[Tensor],
     mut observe: impl FnMut(ScaleStep),
 ) -> Result<Generated> {
+    let (schedule, bits_dim) = (scales.schedule, scales.model.config.bits);
+    let layout = TokenLayout::of(&scales.model.config);
     let num_scales = schedule.num_scales();
     let full = layout.vae_grid(schedule.last());
     let vae_bits = bits_dim / layout.token_bits(1);

@@ -58,16 +58,22 @@ fn grids(h: usize, w: usize, fractions: &[(f64, f64)]) -> Vec<(usize, usize)> {
 proptest! {
     #![proptest_config(config())]
 
-    /// Bilinear and area resizes equal ops::resize's fast path exactly (the CPU quantizer's).
+    /// Bilinear, bicubic and area resizes equal ops::resize's fast path exactly (the CPU
+    /// quantizers').
     #[test]
     fn resizes_equal_the_cpu_path(b in 1usize..=2, c in 1usize..=3, h in 1usize..=17, w in 1usize..=17,
-                                  oh in 1usize..=17, ow in 1usize..=17, area: bool, layout in 0usize..3, seed: u64) {
+                                  oh in 1usize..=17, ow in 1usize..=17,
+                                  mode in prop::sample::select(vec![ResizeMode::Bilinear, ResizeMode::Bicubic, ResizeMode::Area]),
+                                  layout in 0usize..3, seed: u64) {
         let x = arrange(&randn(&[b, c, h, w], seed, 2.0), layout);
-        let mode = if area { ResizeMode::Area } else { ResizeMode::Bilinear };
         let want = resize(&x, (oh, ow), mode).unwrap().to_f32_vec().unwrap();
         for exec in executors() {
             let dx = upload(exec, &x);
-            let got = if area { quantize::resize_area(exec, &dx, (oh, ow)) } else { quantize::resize_bilinear(exec, &dx, (oh, ow)) };
+            let got = match mode {
+                ResizeMode::Area => quantize::resize_area(exec, &dx, (oh, ow)),
+                ResizeMode::Bicubic => quantize::resize_bicubic(exec, &dx, (oh, ow)),
+                _ => quantize::resize_bilinear(exec, &dx, (oh, ow)),
+            };
             prop_assert_eq!(host(exec, got).to_f32_vec().unwrap(), want.clone(), "{}", exec.name());
         }
     }

@@ -1,4 +1,4 @@
-//! `resize` on `Var`s (nearest, bilinear, area), mirroring `infinity_ops::resize`.
+//! `resize` on `Var`s (nearest, bilinear, bicubic, area), mirroring `infinity_ops::resize`.
 //!
 //! Every mode is linear and separable: out = R_h · X · R_wᵀ per (H, W) plane, with R_h and
 //! R_w the 1-D resampling matrices of the two axes, so the gradient is R_hᵀ · G · R_w. The

@@ -1,5 +1,5 @@
 //! The multi-scale bit quantizer of BitVAE (models/src/bitvae/quantizer.rs) on the GPU:
-//! PyTorch-exact 'bilinear' and 'area' resizes (ops/src/resize.rs), the per-scale sign
+//! PyTorch-exact 'bilinear', 'bicubic' and 'area' resizes (ops/src/resize.rs), the per-scale sign
 //! quantization (bits and ±1/√d codes in one pass). Every float operation is rounded as the
 //! CPU code rounds it, so the bits agree with the CPU path exactly, not just within a
 //! tolerance.
@@ -67,6 +67,70 @@ extern "C" __global__ void __launch_bounds__(256) resize_bilinear(const ResizePa
     }
 }
 INFINITY_SHIM_ENTRY(resize_bilinear, ResizeParams)
+
+/// Keys' cubic convolution parameter PyTorch uses.
+constexpr float kCubicA = -0.75f;
+
+/// The |x| <= 1 piece of the cubic kernel: ((A + 2)·x − (A + 3))·x·x + 1, unfused.
+__device__ __forceinline__ float cubic_near(float x) {
+    const float a = __fsub_rn(__fmul_rn(kCubicA + 2.0f, x), kCubicA + 3.0f);
+    return __fadd_rn(__fmul_rn(__fmul_rn(a, x), x), 1.0f);
+}
+
+/// The 1 < |x| < 2 piece: ((A·x − 5A)·x + 8A)·x − 4A, unfused.
+__device__ __forceinline__ float cubic_far(float x) {
+    const float a = __fsub_rn(__fmul_rn(kCubicA, x), 5.0f * kCubicA);
+    const float b = __fadd_rn(__fmul_rn(a, x), 8.0f * kCubicA);
+    return __fsub_rn(__fmul_rn(b, x), 4.0f * kCubicA);
+}
+
+/// The four edge-clamped source indices of output index `dst` along one axis and their
+/// weights, as ops/src/resize.rs computes them (PyTorch's compute_indices_weights_cubic).
+struct CubicTaps {
+    int index[4];
+    float weight[4];
+};
+
+__device__ __forceinline__ CubicTaps cubic_taps(int dst, int in, int out) {
+    const float scale = __fdiv_rn(float(in), float(out));
+    const float src = __fsub_rn(__fmul_rn(__fadd_rn(float(dst), 0.5f), scale), 0.5f);
+    const int i0 = min(int(floorf(src)), in - 1);
+    const float t = fminf(fmaxf(__fsub_rn(src, float(i0)), 0.0f), 1.0f);
+    CubicTaps k;
+    k.weight[0] = cubic_far(__fadd_rn(t, 1.0f));
+    k.weight[1] = cubic_near(t);
+    k.weight[2] = cubic_near(__fsub_rn(1.0f, t));
+    k.weight[3] = cubic_far(__fadd_rn(__fsub_rn(1.0f, t), 1.0f));
+    for (int j = 0; j < 4; ++j) k.index[j] = min(max(i0 - 1 + j, 0), in - 1);
+    return k;
+}
+
+/// PyTorch 'bicubic' (align_corners = False, no antialias): along W in each of the 4 rows,
+/// then along H, every sum left to right, as the CPU path.
+extern "C" __global__ void __launch_bounds__(256) resize_bicubic(const ResizeParams p) {
+    const unsigned n = unsigned(p.batch * p.channels * p.out_h * p.out_w);
+    for (unsigned i = grid_first(); i < n; i += grid_stride()) {
+        const Coord4 o = unflatten4(i, p.channels, p.out_h, p.out_w);
+        const float* plane = p.src + o.b * p.src_stride[0] + o.c * p.src_stride[1];
+        if (p.in_h == p.out_h && p.in_w == p.out_w) {
+            p.dst[i] = plane[o.y * p.src_stride[2] + o.x * p.src_stride[3]];
+            continue;
+        }
+        const CubicTaps ty = cubic_taps(o.y, p.in_h, p.out_h);
+        const CubicTaps tx = cubic_taps(o.x, p.in_w, p.out_w);
+        float acc = 0.0f;
+        for (int j = 0; j < 4; ++j) {
+            const float* row = plane + ty.index[j] * p.src_stride[2];
+            float along_w = __fmul_rn(row[tx.index[0] * p.src_stride[3]], tx.weight[0]);
+            for (int c = 1; c < 4; ++c)
+                along_w = __fadd_rn(along_w, __fmul_rn(row[tx.index[c] * p.src_stride[3]], tx.weight[c]));
+            const float term = __fmul_rn(along_w, ty.weight[j]);
+            acc = j == 0 ? term : __fadd_rn(acc, term);
+        }
+        p.dst[i] = acc;
+    }
+}
+INFINITY_SHIM_ENTRY(resize_bicubic, ResizeParams)
 
 /// PyTorch 'area' (adaptive average pooling): the mean over rows [⌊y·H/oh⌋, ⌈(y+1)·H/oh⌉) and
 /// the same for columns; windows may overlap.

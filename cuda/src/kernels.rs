@@ -168,6 +168,8 @@ macro_rules! kernels {
 kernels! {
     /// Bilinear resize (align_corners = false) of (B, C, H, W) f32.
     ResizeBilinear, RESIZE_BILINEAR = resize_bilinear(ResizeParams) in Quantize;
+    /// Bicubic resize (align_corners = false, A = −0.75) of (B, C, H, W) f32.
+    ResizeBicubic, RESIZE_BICUBIC = resize_bicubic(ResizeParams) in Quantize;
     /// Area (adaptive average) resize of (B, C, H, W) f32.
     ResizeArea, RESIZE_AREA = resize_area(ResizeParams) in Quantize;
     /// One scale's sign quantization: bits and codes.

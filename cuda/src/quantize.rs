@@ -1,4 +1,4 @@
-//! Launchers of kernels/quantize.cu: PyTorch-exact bilinear and area resizes and one scale of
+//! Launchers of kernels/quantize.cu: PyTorch-exact bilinear, bicubic and area resizes and one scale of
 //! the bit quantizer (ops' `resize` and `quantize_scale` on an executor). The kernels round
 //! every float operation as the CPU code does, so bits and codes equal the CPU path's exactly.
 
@@ -7,7 +7,7 @@ use infinity_runtime::{DType, Tensor};
 
 use crate::Result;
 use crate::exec::Executor;
-use crate::kernels::{BSQ_QUANTIZE, KernelHandle, RESIZE_AREA, RESIZE_BILINEAR};
+use crate::kernels::{BSQ_QUANTIZE, KernelHandle, RESIZE_AREA, RESIZE_BICUBIC, RESIZE_BILINEAR};
 use crate::view::DevPtr;
 
 const THREADS: u32 = 256;
@@ -47,6 +47,12 @@ unsafe impl DeviceRepr for BsqQuantizeParams {}
 /// (B, C, H, W) f32 to (B, C, size.0, size.1), contiguous. The same size is an exact copy.
 pub fn resize_bilinear(exec: &Executor, x: &Tensor, size: (usize, usize)) -> Result<Tensor> {
     resize(exec, RESIZE_BILINEAR, x, size)
+}
+
+/// PyTorch 'bicubic' (align_corners = false, A = −0.75, edges replicated, no antialias) of
+/// (B, C, H, W) f32 to (B, C, size.0, size.1), contiguous. The same size is an exact copy.
+pub fn resize_bicubic(exec: &Executor, x: &Tensor, size: (usize, usize)) -> Result<Tensor> {
+    resize(exec, RESIZE_BICUBIC, x, size)
 }
 
 /// PyTorch 'area' (adaptive average pooling) of (B, C, H, W) f32 to (B, C, size.0, size.1),

@@ -1,6 +1,6 @@
 //! Spatial resize of the last two dimensions (..., H, W) with PyTorch's `interpolate`
-//! semantics: 'nearest', 'bilinear' (align_corners=False, no antialias, also when
-//! shrinking) and 'area' (adaptive average pooling). The source positions are computed in
+//! semantics: 'nearest', 'bilinear' and 'bicubic' (align_corners=False, no antialias, also
+//! when shrinking) and 'area' (adaptive average pooling). The source positions are computed in
 //! f32 exactly as PyTorch does: the multi-scale quantizer is sensitive to the drift of an
 //! f64 evaluation (~1e-5, spec §3.4).
 //!
@@ -23,6 +23,9 @@ pub enum ResizeMode {
     Bilinear,
     /// PyTorch 'area': the mean over [floor(i·in/out), ceil((i+1)·in/out)), windows may overlap.
     Area,
+    /// PyTorch 'bicubic', align_corners=False: Keys' cubic with A = −0.75 over the 4 samples
+    /// around the half-pixel source position, edges replicated (VAR's quantizer upsampling).
+    Bicubic,
 }
 
 /// Below this many output elements the planes are not worth handing to other threads.
@@ -44,6 +47,24 @@ fn bilinear_source(dst: usize, input: usize, output: usize) -> (usize, usize, f3
     let src = ((dst as f32 + 0.5) * scale(input, output) - 0.5).max(0.0);
     let i0 = (src.floor() as usize).min(input - 1);
     (i0, (i0 + 1).min(input - 1), src - i0 as f32)
+}
+
+/// Keys' cubic convolution parameter PyTorch uses.
+const CUBIC_A: f32 = -0.75;
+
+/// The four source indices (edge-clamped) of output index `dst` and their weights, in f32
+/// with PyTorch's operation order (`compute_indices_weights_cubic`): the source position is not
+/// clamped, its fraction is.
+fn bicubic_source(dst: usize, input: usize, output: usize) -> ([usize; 4], [f32; 4]) {
+    let src = (dst as f32 + 0.5) * scale(input, output) - 0.5;
+    let i0 = (src.floor() as isize).min(input as isize - 1);
+    let t = (src - i0 as f32).clamp(0.0, 1.0);
+    // |x| ≤ 1 and 1 < |x| < 2 pieces of the kernel.
+    let near = |x: f32| ((CUBIC_A + 2.0) * x - (CUBIC_A + 3.0)) * x * x + 1.0;
+    let far = |x: f32| ((CUBIC_A * x - 5.0 * CUBIC_A) * x + 8.0 * CUBIC_A) * x - 4.0 * CUBIC_A;
+    let weights = [far(t + 1.0), near(t), near(1.0 - t), far(1.0 - t + 1.0)];
+    let index = |j: isize| (i0 - 1 + j).clamp(0, input as isize - 1) as usize;
+    ([index(0), index(1), index(2), index(3)], weights)
 }
 
 /// The input window averaged into output index `dst` (integer arithmetic, as PyTorch).
@@ -77,8 +98,8 @@ fn out_shape(x: &Tensor, (oh, ow): (usize, usize)) -> Vec<usize> {
 
 /// Resizes the last two dimensions of `x` to `size` = (out_h, out_w).
 ///
-/// On an executor, of (B, C, H, W): bilinear and area to any size (the multi-scale quantizer's
-/// resizes), nearest ×2 (the BitVAE decoder's upsampling).
+/// On an executor, of (B, C, H, W): bilinear, bicubic and area to any size (the multi-scale
+/// quantizers' resizes), nearest ×2 (the decoders' upsampling).
 pub fn resize(x: &Tensor, size: (usize, usize), mode: ResizeMode) -> Result<Tensor> {
     let (_, h, w) = check(x, size)?;
     if let Some(exec) = executor("resize", &[x])? {
@@ -86,6 +107,7 @@ pub fn resize(x: &Tensor, size: (usize, usize), mode: ResizeMode) -> Result<Tens
             _ if x.rank() != 4 => Err(no_kernel("resize", x)),
             ResizeMode::Bilinear => infinity_cuda::quantize::resize_bilinear(&exec, x, size),
             ResizeMode::Area => infinity_cuda::quantize::resize_area(&exec, x, size),
+            ResizeMode::Bicubic => infinity_cuda::quantize::resize_bicubic(&exec, x, size),
             ResizeMode::Nearest if size == (2 * h, 2 * w) => infinity_cuda::conv::upsample_nearest2x(&exec, x),
             ResizeMode::Nearest => Err(no_kernel("resize", x)),
         };
@@ -116,6 +138,22 @@ pub fn resize(x: &Tensor, size: (usize, usize), mode: ResizeMode) -> Result<Tens
                         let t = (1.0 - lx) * top[c0] + lx * top[c1];
                         let b = (1.0 - lx) * bottom[c0] + lx * bottom[c1];
                         *o = (1.0 - ly) * t + ly * b;
+                    }
+                }
+            })
+        }
+        ResizeMode::Bicubic => {
+            let (rows, cols) = (per_axis(bicubic_source, h, oh), per_axis(bicubic_source, w, ow));
+            map_planes(&xd, (h, w), size, |src, dst| {
+                for (out, (ry, wy)) in dst.chunks_mut(ow).zip(&rows) {
+                    for (o, (cx, wx)) in out.iter_mut().zip(&cols) {
+                        // PyTorch's grouping: each of the 4 rows along W, then those along H,
+                        // every sum left to right.
+                        let along_w = |r: usize| {
+                            let row = &src[r * w..][..w];
+                            (1..4).fold(row[cx[0]] * wx[0], |acc, i| acc + row[cx[i]] * wx[i])
+                        };
+                        *o = (1..4).fold(along_w(ry[0]) * wy[0], |acc, j| acc + along_w(ry[j]) * wy[j]);
                     }
                 }
             })
@@ -176,6 +214,16 @@ pub mod reference {
                             let (ly, lx) = (ly as f64, lx as f64);
                             (1.0 - ly) * ((1.0 - lx) * at(r0, c0) + lx * at(r0, c1))
                                 + ly * ((1.0 - lx) * at(r1, c0) + lx * at(r1, c1))
+                        }
+                        ResizeMode::Bicubic => {
+                            let ((rows, wy), (cols, wx)) = (bicubic_source(i, h, oh), bicubic_source(j, w, ow));
+                            let mut sum = 0.0;
+                            for (&r, &a) in rows.iter().zip(&wy) {
+                                for (&c, &b) in cols.iter().zip(&wx) {
+                                    sum += a as f64 * b as f64 * at(r, c);
+                                }
+                            }
+                            sum
                         }
                         ResizeMode::Area => {
                             let (rows, cols) = (area_window(i, h, oh), area_window(j, w, ow));

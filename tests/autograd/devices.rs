@@ -143,12 +143,13 @@ fn cases() -> Vec<Case> {
         },
         // GEMMs on a device: the gradient and the interpolation weights rounded to bf16.
         Case {
-            name: "bilinear, area and nearest resizes",
+            name: "bilinear, area, nearest and bicubic resizes",
             inputs: vec![randn(&[2, 3, 6, 5], 33, 1.0)],
             run: |v| {
                 let up = resize(&v[0], (9, 7), ResizeMode::Bilinear)?;
                 let down = resize(&up, (3, 4), ResizeMode::Area)?;
-                resize(&down, (6, 8), ResizeMode::Nearest)
+                let near = resize(&down, (6, 8), ResizeMode::Nearest)?;
+                resize(&near, (7, 11), ResizeMode::Bicubic)
             },
             atol: 2e-2,
             rtol: 2e-2,

@@ -1,4 +1,4 @@
-//! resize in the three modes, enlarging and shrinking (also by non-integer factors) on each
+//! resize in the four modes, enlarging and shrinking (also by non-integer factors) on each
 //! axis independently, over leading plane dimensions.
 
 use infinity::autograd::resize;
@@ -14,7 +14,8 @@ proptest! {
     fn resize_modes(
         lead in prop::collection::vec(1usize..=2, 0..=2),
         (h, w, oh, ow) in (1usize..=5, 1usize..=5, 1usize..=7, 1usize..=7),
-        mode in prop_oneof![Just(ResizeMode::Nearest), Just(ResizeMode::Bilinear), Just(ResizeMode::Area)],
+        mode in prop_oneof![Just(ResizeMode::Nearest), Just(ResizeMode::Bilinear), Just(ResizeMode::Area),
+                          Just(ResizeMode::Bicubic)],
         seed in any::<u64>(),
         l in any::<u8>(),
     ) {

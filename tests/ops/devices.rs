@@ -257,6 +257,14 @@ fn cases() -> Vec<Case> {
             bf16_on_device: &[],
         },
         Case {
+            name: "resize bicubic",
+            inputs: vec![strided_copy(&randn(&[2, 3, 4, 5], 31, 1.0), &[3, 2, 1, 0])],
+            run: |t| resize(&t[0], (13, 16), ResizeMode::Bicubic),
+            atol: 1e-6,
+            rtol: 1e-6,
+            bf16_on_device: &[],
+        },
+        Case {
             name: "resize area",
             inputs: vec![randn(&[1, 4, 9, 8], 27, 1.0)],
             run: |t| resize(&t[0], (4, 3), ResizeMode::Area),

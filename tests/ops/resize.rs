@@ -1,7 +1,7 @@
-//! resize: the table-driven fast path against the per-element reference in all three modes,
+//! resize: the table-driven fast path against the per-element reference in all four modes,
 //! on odd sizes, enlarging and shrinking, with strided inputs; PyTorch's exact values for the
 //! cases the spec calls out (bilinear without antialias, overlapping area windows, 'nearest'
-//! rather than 'nearest-exact'); exact identity at the same size; the argument errors.
+//! rather than 'nearest-exact', bicubic's overshoot and replicated edges); exact identity at the same size; the argument errors.
 
 use infinity::ops::resize::{ResizeMode, reference, resize};
 use infinity::runtime::{DType, Tensor};
@@ -12,7 +12,8 @@ use crate::support::{assert_close, config, padded_view, randn, strided_copy};
 /// Fast path vs reference. Nearest copies values, so it must be exact. Bilinear mixes 4 values
 /// with weights in [0, 1] in f32 against f64: a few roundings of at most u·max|x| each, bounded
 /// here by 4·ε·max|x| (8 u). Area sums a window of n values in f32 (error ≤ (n − 1)·u·max|x|)
-/// then divides twice: bounded by (n + 2)·ε·max|x| with n the largest possible window.
+/// then divides twice: bounded by (n + 2)·ε·max|x| with n the largest possible window. Bicubic
+/// sums 16 products with weights of total magnitude below 1.6: bounded by 16·ε·max|x|.
 #[track_caller]
 fn check(x: &Tensor, size: (usize, usize), mode: ResizeMode) {
     let got = resize(x, size, mode).unwrap();
@@ -24,12 +25,13 @@ fn check(x: &Tensor, size: (usize, usize), mode: ResizeMode) {
         ResizeMode::Nearest => 0.0,
         ResizeMode::Bilinear => 4.0 * f32::EPSILON * max,
         ResizeMode::Area => (window + 2) as f32 * f32::EPSILON * max,
+        ResizeMode::Bicubic => 16.0 * f32::EPSILON * max,
     };
     assert_close(&got, &want, atol, 0.0);
 }
 
 fn mode() -> impl Strategy<Value = ResizeMode> {
-    prop_oneof![Just(ResizeMode::Nearest), Just(ResizeMode::Bilinear), Just(ResizeMode::Area)]
+    prop_oneof![Just(ResizeMode::Nearest), Just(ResizeMode::Bilinear), Just(ResizeMode::Area), Just(ResizeMode::Bicubic)]
 }
 
 proptest! {
@@ -54,7 +56,7 @@ proptest! {
 #[test]
 fn large_inputs_run_planes_in_parallel() {
     let x = randn(&[2, 32, 40, 24], 3, 1.0);
-    for mode in [ResizeMode::Nearest, ResizeMode::Bilinear, ResizeMode::Area] {
+    for mode in [ResizeMode::Nearest, ResizeMode::Bilinear, ResizeMode::Area, ResizeMode::Bicubic] {
         check(&x, (64, 48), mode);
         check(&x, (13, 7), mode);
     }
@@ -101,6 +103,25 @@ fn area_known_values() {
 }
 
 #[test]
+fn bicubic_known_values() {
+    // 2→4: sources −0.25, 0.25, 0.75, 1.25 with Keys' weights at A = −0.75 (dyadic, so exact in
+    // f32); the taps outside [0, 1] replicate the edges, and the cubic overshoots past them.
+    assert_eq!(column(&[0.0, 4.0], 4, ResizeMode::Bicubic), [-0.421875, 0.90625, 3.09375, 4.421875]);
+    // A constant stays constant (the weights sum to 1); a ramp does not stay a ramp, since
+    // only A = −0.5 reproduces linear functions: at t = 0.25 inside an 8-ramp the taps 0..3
+    // give 0.87890625 + 2·0.26171875 − 3·0.03515625 = 1.296875, not 1.25.
+    assert_eq!(column(&[3.0; 5], 10, ResizeMode::Bicubic), [3.0; 10]);
+    let ramp: Vec<f32> = (0..8).map(|v| v as f32).collect();
+    assert_eq!(column(&ramp, 16, ResizeMode::Bicubic)[3], 1.296875);
+    // Along W the same weights apply.
+    let row = Tensor::from_vec::<f32>(vec![0.0, 4.0], &[1, 1, 2]).unwrap();
+    assert_eq!(
+        resize(&row, (1, 4), ResizeMode::Bicubic).unwrap().to_vec::<f32>().unwrap(),
+        [-0.421875, 0.90625, 3.09375, 4.421875]
+    );
+}
+
+#[test]
 fn nearest_known_values() {
     // floor(dst · 3/5) = 0, 0, 1, 1, 2 ('nearest-exact' would give 0, 1, 1, 2, 2).
     assert_eq!(column(&[10.0, 20.0, 30.0], 5, ResizeMode::Nearest), [10.0, 10.0, 20.0, 20.0, 30.0]);
@@ -119,7 +140,7 @@ fn same_size_is_an_exact_identity() {
     let bits = |t: &Tensor| t.to_vec::<f32>().unwrap().into_iter().map(f32::to_bits).collect::<Vec<_>>();
     // A column-major copy (`strided_copy` and `padded_view` compare values, and NaN != NaN).
     let strided = x.transpose(1, 2).unwrap().contiguous().unwrap().transpose(1, 2).unwrap();
-    for mode in [ResizeMode::Nearest, ResizeMode::Bilinear, ResizeMode::Area] {
+    for mode in [ResizeMode::Nearest, ResizeMode::Bilinear, ResizeMode::Area, ResizeMode::Bicubic] {
         assert_eq!(bits(&resize(&x, (5, 3), mode).unwrap()), bits(&x), "{mode:?}");
         assert_eq!(bits(&resize(&strided, (5, 3), mode).unwrap()), bits(&x), "{mode:?} strided");
     }
@@ -129,7 +150,7 @@ fn same_size_is_an_exact_identity() {
 fn bad_arguments_are_errors() {
     let f = |s: &[usize]| Tensor::zeros(s, DType::F32);
     for (x, size) in [(f(&[5]), (2, 2)), (f(&[2, 5, 5]), (0, 3)), (f(&[2, 5, 5]), (3, 0)), (f(&[2, 0, 5]), (3, 3))] {
-        for mode in [ResizeMode::Nearest, ResizeMode::Bilinear, ResizeMode::Area] {
+        for mode in [ResizeMode::Nearest, ResizeMode::Bilinear, ResizeMode::Area, ResizeMode::Bicubic] {
             assert!(resize(&x, size, mode).is_err(), "{:?} → {size:?}", x.shape());
             assert!(reference::resize(&x, size, mode).is_err());
         }

@@ -15,13 +15,13 @@ fn decoder_flops(c: &BitVaeConfig, h: usize, w: usize) -> u64 {
     let mut f = conv(top, c.z_channels, 3, px);
     f += 2 * 2 * conv(top, top, 3, px); // mid: two ResBlocks of two convs
     for l in (0..c.num_levels()).rev() {
-        for (cin, cout) in c.decoder_blocks(l) {
+        for (cin, cout) in c.net().decoder_blocks(l) {
             f += conv(cout, cin, 3, px) + conv(cout, cout, 3, px);
             if cin != cout {
                 f += conv(cout, cin, 1, px);
             }
         }
-        if c.decoder_upsamples(l) {
+        if c.net().decoder_upsamples(l) {
             px *= 4;
             let ch = c.base_ch * c.ch_mult[l];
             f += conv(ch, ch, 3, px);

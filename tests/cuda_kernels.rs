@@ -21,6 +21,7 @@ use infinity::ops::elementwise::{add, add_scalar, mul};
 use infinity::ops::norm::layer_norm;
 use infinity::ops::resize::{ResizeMode, resize};
 use infinity::ops::softmax::reference::{log_softmax, softmax};
+use infinity::ops::vq::nearest_code;
 use infinity::runtime::half::bf16;
 use infinity::runtime::rng::{Philox, philox_u32};
 use infinity::runtime::{DType, Error, Tensor};
@@ -75,6 +76,18 @@ proptest! {
                 _ => quantize::resize_bilinear(exec, &dx, (oh, ow)),
             };
             prop_assert_eq!(host(exec, got).to_f32_vec().unwrap(), want.clone(), "{}", exec.name());
+        }
+    }
+
+    /// The nearest-code search picks exactly the CPU's codes (the same f32 arithmetic).
+    #[test]
+    fn nearest_codes_equal_the_cpu_path(n in 1usize..=40, c in 1usize..=33, v in 1usize..=300, layout in 0usize..3, seed: u64) {
+        let z = arrange(&randn(&[n, c], seed, 1.0), layout);
+        let codebook = arrange(&randn(&[v, c], seed ^ 7, 1.0), layout);
+        let want = nearest_code(&z, &codebook).unwrap().to_vec::<i64>().unwrap();
+        for exec in executors() {
+            let got = quantize::nearest_code(exec, &upload(exec, &z), &upload(exec, &codebook));
+            prop_assert_eq!(host(exec, got).to_vec::<i64>().unwrap(), want.clone(), "{}", exec.name());
         }
     }
 

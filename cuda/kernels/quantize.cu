@@ -181,3 +181,42 @@ extern "C" __global__ void __launch_bounds__(256) bsq_quantize(const BsqQuantize
     }
 }
 INFINITY_SHIM_ENTRY(bsq_quantize, BsqQuantizeParams)
+
+/// The nearest codebook row of every row of z (N, C): argmin over v of
+/// (‖z‖² + ‖e_v‖²) − 2·z·e_v, each sum left to right, unfused, first index on ties — the
+/// arithmetic of ops/src/vq.rs, so both pick the same code. One thread per row.
+struct NearestCodeParams {
+    const float* z;
+    const float* codebook;
+    long long* index;
+    int z_stride[2];
+    int code_stride[2];
+    int rows, dim, codes;
+};
+
+__device__ __forceinline__ float strided_dot(const float* a, int sa, const float* b, int sb, int n) {
+    float acc = 0.0f;
+    for (int i = 0; i < n; ++i) acc = __fadd_rn(acc, __fmul_rn(a[i * sa], b[i * sb]));
+    return acc;
+}
+
+extern "C" __global__ void __launch_bounds__(256) nearest_code(const NearestCodeParams p) {
+    for (unsigned r = grid_first(); r < unsigned(p.rows); r += grid_stride()) {
+        const float* z = p.z + r * p.z_stride[0];
+        const float z2 = strided_dot(z, p.z_stride[1], z, p.z_stride[1], p.dim);
+        float best = INFINITY;
+        int best_index = 0;
+        for (int v = 0; v < p.codes; ++v) {
+            const float* e = p.codebook + v * p.code_stride[0];
+            const float e2 = strided_dot(e, p.code_stride[1], e, p.code_stride[1], p.dim);
+            const float cross = strided_dot(z, p.z_stride[1], e, p.code_stride[1], p.dim);
+            const float d = __fsub_rn(__fadd_rn(z2, e2), __fmul_rn(2.0f, cross));
+            if (d < best) {
+                best = d;
+                best_index = v;
+            }
+        }
+        p.index[r] = best_index;
+    }
+}
+INFINITY_SHIM_ENTRY(nearest_code, NearestCodeParams)

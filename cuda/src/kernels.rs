@@ -19,7 +19,7 @@ use crate::gemm::BiasRowsParams;
 use crate::index::{EmbeddingParams, IndexAddParams};
 use crate::norm::{GroupNormParams, ReduceRowsParams, RowNormParams, SoftmaxParams};
 use crate::optim::{AdamWParams, SumSquaresParams};
-use crate::quantize::{BsqQuantizeParams, ResizeParams};
+use crate::quantize::{BsqQuantizeParams, NearestCodeParams, ResizeParams};
 use crate::rng::PhiloxFillParams;
 use crate::rope::{AttentionInputsParams, RopeParams};
 
@@ -172,6 +172,8 @@ kernels! {
     ResizeBicubic, RESIZE_BICUBIC = resize_bicubic(ResizeParams) in Quantize;
     /// Area (adaptive average) resize of (B, C, H, W) f32.
     ResizeArea, RESIZE_AREA = resize_area(ResizeParams) in Quantize;
+    /// Index of the nearest codebook row of every row (VQ).
+    NearestCode, NEAREST_CODE = nearest_code(NearestCodeParams) in Quantize;
     /// One scale's sign quantization: bits and codes.
     BsqQuantize, BSQ_QUANTIZE = bsq_quantize(BsqQuantizeParams) in Quantize;
     /// Temperature + CFG + top-p + Philox bit sampling from logit pairs.

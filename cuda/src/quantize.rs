@@ -1,5 +1,6 @@
 //! Launchers of kernels/quantize.cu: PyTorch-exact bilinear, bicubic and area resizes and one scale of
-//! the bit quantizer (ops' `resize` and `quantize_scale` on an executor). The kernels round
+//! the bit quantizer, the nearest-code search of VQ (ops' `resize`, `quantize_scale` and
+//! `nearest_code` on an executor). The kernels round
 //! every float operation as the CPU code does, so bits and codes equal the CPU path's exactly.
 
 use cudarc::driver::DeviceRepr;
@@ -7,7 +8,7 @@ use infinity_runtime::{DType, Tensor};
 
 use crate::Result;
 use crate::exec::Executor;
-use crate::kernels::{BSQ_QUANTIZE, KernelHandle, RESIZE_AREA, RESIZE_BICUBIC, RESIZE_BILINEAR};
+use crate::kernels::{BSQ_QUANTIZE, KernelHandle, NEAREST_CODE, RESIZE_AREA, RESIZE_BICUBIC, RESIZE_BILINEAR};
 use crate::view::DevPtr;
 
 const THREADS: u32 = 256;
@@ -38,10 +39,23 @@ pub struct BsqQuantizeParams {
     code_scale: f32,
 }
 
+#[repr(C)]
+pub struct NearestCodeParams {
+    z: DevPtr<f32>,
+    codebook: DevPtr<f32>,
+    index: DevPtr<i64>,
+    z_stride: [i32; 2],
+    code_stride: [i32; 2],
+    rows: i32,
+    dim: i32,
+    codes: i32,
+}
+
 // SAFETY: #[repr(C)] mirrors of the C structs of quantize.cu (sizes checked by a test) made of
 // plain numbers and addresses.
 unsafe impl DeviceRepr for ResizeParams {}
 unsafe impl DeviceRepr for BsqQuantizeParams {}
+unsafe impl DeviceRepr for NearestCodeParams {}
 
 /// PyTorch 'bilinear' (align_corners = false, no antialias, also when shrinking) of
 /// (B, C, H, W) f32 to (B, C, size.0, size.1), contiguous. The same size is an exact copy.
@@ -119,4 +133,27 @@ pub fn quantize_scale(exec: &Executor, residual: &Tensor) -> Result<ScaleBits> {
     // expects (outputs allocated above with the residual's sizes).
     unsafe { exec.launch(BSQ_QUANTIZE, exec.grid_stride(b * h * w, THREADS), &params)? };
     Ok(ScaleBits { bits, codes })
+}
+
+/// Index (I64, (N,)) of the row of `codebook` (V, C) f32 nearest to each row of `z` (N, C)
+/// f32, with the CPU's arithmetic (ops/src/vq.rs).
+pub fn nearest_code(exec: &Executor, z: &Tensor, codebook: &Tensor) -> Result<Tensor> {
+    let op = NEAREST_CODE.kernel.name();
+    let zv = exec.view::<f32, 2>(op, z)?;
+    let ev = exec.view::<f32, 2>(op, codebook)?;
+    let mut index = exec.output(op, &[zv.dims[0] as usize], DType::I64)?;
+    let params = NearestCodeParams {
+        z: zv.ptr,
+        codebook: ev.ptr,
+        index: exec.view_mut::<i64, 1>(op, &mut index)?.ptr,
+        z_stride: zv.strides,
+        code_stride: ev.strides,
+        rows: zv.dims[0],
+        dim: zv.dims[1],
+        codes: ev.dims[0],
+    };
+    // SAFETY: the addresses come from views of live tensors of `exec` with these shapes (the
+    // op checked that the widths agree).
+    unsafe { exec.launch(NEAREST_CODE, exec.grid_stride(zv.dims[0] as usize, THREADS), &params)? };
+    Ok(index)
 }

@@ -3,6 +3,7 @@
 //! its sampler; the scale schedules they share; the text-to-image pipeline; and what training
 //! needs (data, training steps for both models, and the runs that take them).
 
+pub mod autoencoder;
 pub mod bitvae;
 pub mod data;
 pub mod image;

@@ -25,6 +25,7 @@ pub mod resize;
 pub mod rope;
 pub mod softmax;
 mod util;
+pub mod vq;
 
 pub(crate) use util::zip_map;
 pub use util::{f32_data, require_f32};

@@ -19,6 +19,7 @@ use infinity::ops::reduce::{max, mean, min, sum};
 use infinity::ops::resize::{ResizeMode, resize};
 use infinity::ops::rope::rope_interleaved;
 use infinity::ops::softmax::{log_softmax, softmax};
+use infinity::ops::vq::nearest_code;
 use infinity::runtime::rng::Philox;
 use infinity::runtime::{DType, Result, Tensor};
 
@@ -262,6 +263,15 @@ fn cases() -> Vec<Case> {
             run: |t| resize(&t[0], (13, 16), ResizeMode::Bicubic),
             atol: 1e-6,
             rtol: 1e-6,
+            bf16_on_device: &[],
+        },
+        // Indices, so exact: both sides do the same f32 arithmetic.
+        Case {
+            name: "nearest code",
+            inputs: vec![strided_copy(&randn(&[5, 37], 32, 1.0), &[1, 0]), randn(&[64, 5], 33, 1.0).transpose(0, 1).unwrap()],
+            run: |t| nearest_code(&t[0].transpose(0, 1)?, &t[1].transpose(0, 1)?),
+            atol: 0.0,
+            rtol: 0.0,
             bf16_on_device: &[],
         },
         Case {

@@ -16,3 +16,4 @@ mod reduce;
 mod resize;
 mod rope;
 mod softmax;
+mod vq;

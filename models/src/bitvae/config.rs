@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
+use crate::autoencoder::{KeyStyle, NetShape};
+
 /// The architecture of the official BitVAE (`bsq_vae/flux_vqgan.py`, image mode).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BitVaeConfig {
@@ -20,14 +22,7 @@ pub struct BitVaeConfig {
     pub patch: usize,
 }
 
-/// One state-dict entry implied by a configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
-    pub key: String,
-    pub shape: Vec<usize>,
-    /// Buffers (the quantizer's bit mask) are stored but carry no weights we use.
-    pub buffer: bool,
-}
+pub use crate::autoencoder::Entry;
 
 impl BitVaeConfig {
     /// The names [`BitVaeConfig::preset`] knows.
@@ -114,73 +109,26 @@ impl BitVaeConfig {
         Ok(())
     }
 
-    /// Channels (in, out) of every ResBlock of encoder level `l`.
-    pub fn encoder_blocks(&self, l: usize) -> Vec<(usize, usize)> {
-        let cin = if l == 0 { self.base_ch } else { self.base_ch * self.ch_mult[l - 1] };
-        let cout = self.base_ch * self.ch_mult[l];
-        (0..self.num_res_blocks).map(|b| (if b == 0 { cin } else { cout }, cout)).collect()
-    }
-
-    /// Channels (in, out) of every ResBlock of decoder level `l` (levels run top-down).
-    pub fn decoder_blocks(&self, l: usize) -> Vec<(usize, usize)> {
-        let top = self.num_levels() - 1;
-        let cin = if l == top { self.base_ch * self.ch_mult[top] } else { self.base_ch * self.ch_mult[l + 1] };
-        let cout = self.base_ch * self.ch_mult[l];
-        (0..=self.num_res_blocks).map(|b| (if b == 0 { cin } else { cout }, cout)).collect()
-    }
-
-    pub fn encoder_downsamples(&self, l: usize) -> bool {
-        l < self.num_downsamples()
-    }
-
-    pub fn decoder_upsamples(&self, l: usize) -> bool {
-        (1..=self.num_downsamples()).contains(&l)
+    /// The encoder/decoder layers: no attention, wrapped keys.
+    pub fn net(&self) -> NetShape {
+        NetShape {
+            base_ch: self.base_ch,
+            ch_mult: self.ch_mult.clone(),
+            num_res_blocks: self.num_res_blocks,
+            z_channels: self.z_channels,
+            downsamples: self.num_downsamples(),
+            attention: false,
+            keys: KeyStyle::Wrapped,
+        }
     }
 
     /// Every state-dict entry in the native key form (`….conv.weight`, `….norm.weight`).
     pub fn entries(&self) -> Vec<Entry> {
-        let mut e = EntryList::default();
-        let top = self.base_ch * self.ch_mult[self.num_levels() - 1];
-
-        e.conv("encoder.conv_in", self.base_ch, 3, 3);
-        for l in 0..self.num_levels() {
-            let blocks = self.encoder_blocks(l);
-            for (b, &(cin, cout)) in blocks.iter().enumerate() {
-                e.resblock(&format!("encoder.down.{l}.block.{b}"), cin, cout);
-            }
-            if self.encoder_downsamples(l) {
-                let c = blocks[blocks.len() - 1].1;
-                e.conv(&format!("encoder.down.{l}.downsample.conv"), c, c, 3);
-            }
-        }
-        for m in ["block_1", "block_2"] {
-            e.resblock(&format!("encoder.mid.{m}"), top, top);
-        }
-        e.norm("encoder.norm_out", top);
-        e.conv("encoder.conv_out", self.z_channels, top, 3);
-
-        e.conv("decoder.conv_in", top, self.z_channels, 3);
-        for m in ["block_1", "block_2"] {
-            e.resblock(&format!("decoder.mid.{m}"), top, top);
-        }
-        for l in (0..self.num_levels()).rev() {
-            let blocks = self.decoder_blocks(l);
-            for (b, &(cin, cout)) in blocks.iter().enumerate() {
-                e.resblock(&format!("decoder.up.{l}.block.{b}"), cin, cout);
-            }
-            if self.decoder_upsamples(l) {
-                let c = blocks[blocks.len() - 1].1;
-                e.conv(&format!("decoder.up.{l}.upsample.conv"), c, c, 3);
-            }
-        }
-        let bottom = self.base_ch * self.ch_mult[0];
-        e.norm("decoder.norm_out", bottom);
-        e.conv("decoder.conv_out", 3, bottom, 3);
-
+        let mut e = self.net().entries();
         for q in ["quantizer", "quantize"] {
-            e.0.push(Entry { key: format!("{q}.lfq.mask"), shape: vec![self.z_channels], buffer: true });
+            e.push(Entry { key: format!("{q}.lfq.mask"), shape: vec![self.z_channels], buffer: true });
         }
-        e.0
+        e
     }
 
     /// Infers the configuration from the shapes of a state dict in native or flat key form
@@ -221,36 +169,6 @@ impl BitVaeConfig {
         let config = BitVaeConfig { base_ch, ch_mult, num_res_blocks, z_channels, patch: 1 << downsamples };
         config.validate()?;
         Ok(config)
-    }
-}
-
-/// Collects entries in module order, one helper per layer kind.
-#[derive(Default)]
-struct EntryList(Vec<Entry>);
-
-impl EntryList {
-    fn param(&mut self, key: String, shape: Vec<usize>) {
-        self.0.push(Entry { key, shape, buffer: false });
-    }
-
-    fn conv(&mut self, name: &str, cout: usize, cin: usize, k: usize) {
-        self.param(format!("{name}.conv.weight"), vec![cout, cin, k, k]);
-        self.param(format!("{name}.conv.bias"), vec![cout]);
-    }
-
-    fn norm(&mut self, name: &str, c: usize) {
-        self.param(format!("{name}.norm.weight"), vec![c]);
-        self.param(format!("{name}.norm.bias"), vec![c]);
-    }
-
-    fn resblock(&mut self, name: &str, cin: usize, cout: usize) {
-        self.norm(&format!("{name}.norm1"), cin);
-        self.conv(&format!("{name}.conv1"), cout, cin, 3);
-        self.norm(&format!("{name}.norm2"), cout);
-        self.conv(&format!("{name}.conv2"), cout, cout, 3);
-        if cin != cout {
-            self.conv(&format!("{name}.nin_shortcut"), cout, cin, 1);
-        }
     }
 }
 

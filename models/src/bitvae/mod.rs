@@ -4,7 +4,6 @@
 //! leaves, the same forward records for backward.
 
 pub mod config;
-mod net;
 mod params;
 pub mod quantizer;
 
@@ -18,7 +17,7 @@ use infinity_runtime::{Device, Error, Result, Tensor};
 use crate::params::{Source, tracked_source, trainable};
 
 pub use config::BitVaeConfig;
-pub use net::{Decoder, Encoder};
+pub use crate::autoencoder::{Decoder, Encoder};
 
 pub struct BitVae {
     pub config: BitVaeConfig,
@@ -104,8 +103,9 @@ impl BitVae {
     }
 
     fn build(config: BitVaeConfig, take: Source) -> Result<Self> {
-        let encoder = Encoder::load(take, &config)?;
-        let decoder = Decoder::load(take, &config)?;
+        let net = config.net();
+        let encoder = Encoder::load(take, &net)?;
+        let decoder = Decoder::load(take, &net)?;
         Ok(BitVae { config, encoder, decoder })
     }
 

@@ -16,3 +16,4 @@ pub mod schedule;
 pub mod t5;
 pub mod train;
 pub mod train_vae;
+pub mod var;

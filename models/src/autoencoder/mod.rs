@@ -6,6 +6,7 @@
 
 mod net;
 
+pub(crate) use net::Conv;
 pub use net::{Decoder, Encoder};
 
 /// How a checkpoint names a convolution's and a norm's parameters.

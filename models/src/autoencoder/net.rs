@@ -23,19 +23,25 @@ use crate::params::Source;
 const GROUPS: usize = 32;
 const EPS: f32 = 1e-6;
 
-struct Conv {
+/// A convolution with bias.
+pub(crate) struct Conv {
     weight: Var,
     bias: Var,
     params: Conv2dParams,
 }
 
 impl Conv {
-    fn load(p: Source, keys: KeyStyle, name: &str, params: Conv2dParams) -> Result<Self> {
+    pub(crate) fn load(p: Source, keys: KeyStyle, name: &str, params: Conv2dParams) -> Result<Self> {
         Ok(Conv { weight: p(&keys.conv(name, "weight"))?, bias: p(&keys.conv(name, "bias"))?, params })
     }
 
-    fn forward(&self, x: &Var) -> Result<Var> {
+    pub(crate) fn forward(&self, x: &Var) -> Result<Var> {
         conv2d(x, &self.weight, Some(&self.bias), self.params)
+    }
+
+    /// Where the weights are.
+    pub(crate) fn device(&self) -> infinity_runtime::Device {
+        self.weight.value().device()
     }
 }
 

@@ -1,0 +1,9 @@
+//! VAR (FoundationVision, NeurIPS 2024): a VQVAE whose residual quantizer codes an image as
+//! token maps over 10 scales, and a class-conditional transformer that predicts each scale's
+//! codebook indices from the scales before it.
+
+pub mod config;
+pub mod vqvae;
+
+pub use config::{VarConfig, VqVaeConfig};
+pub use vqvae::VqVae;

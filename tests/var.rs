@@ -7,7 +7,7 @@ mod common;
 
 use common::{assert_golden, fixture, open};
 use infinity::models::var::config::{PATCH_NUMS_256, phi_table};
-use infinity::models::var::{VqVae, VqVaeConfig};
+use infinity::models::var::{VarTransformer, VqVae, VqVaeConfig};
 use infinity::runtime::Tensor;
 use infinity::runtime::io::Weights;
 
@@ -70,4 +70,28 @@ fn vqvae_encodes_images_end_to_end() {
     }
     let image = vae.decode_indices(&indices, &PATCH_NUMS_256).unwrap();
     assert_golden("decoded from tokens", &image.narrow(0, 0, 1).unwrap(), golden.get("decoded_b0").unwrap(), 2e-4);
+}
+
+fn labels(golden: &Weights) -> Vec<usize> {
+    idx(golden, "label_B").into_iter().map(|l| l as usize).collect()
+}
+
+#[test]
+fn teacher_forced_logits_match_golden() {
+    let golden = open("devV/var_forward_golden.safetensors");
+    for file in ["devV/var.safetensors", "devV/var.pth"] {
+        let var = VarTransformer::open(fixture(file)).unwrap();
+        assert_eq!((var.config.depth, var.config.embed_dim, var.config.num_heads, var.config.vocab), (2, 64, 2, 64));
+        let logits = var.teacher_forced(&labels(&golden), golden.get("x_BLCv_wo_first_l").unwrap()).unwrap();
+        assert_golden(&format!("{file} logits"), logits.value(), golden.get("logits").unwrap(), 1e-4 * 10.3);
+    }
+}
+
+#[test]
+fn teacher_input_matches_golden() {
+    let (vq, golden) = (open("devV/vqvae_golden.safetensors"), open("devV/var_forward_golden.safetensors"));
+    let vae = VqVae::open(fixture("devV/vae.safetensors")).unwrap();
+    let indices: Vec<Tensor> = (0..10).map(|si| vq.get(&format!("idx_scale{si:02}")).unwrap().clone()).collect();
+    let input = vae.teacher_input(&indices, &PATCH_NUMS_256).unwrap();
+    assert_golden("teacher input", &input, golden.get("x_BLCv_wo_first_l").unwrap(), 1e-4);
 }

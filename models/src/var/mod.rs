@@ -3,7 +3,9 @@
 //! codebook indices from the scales before it.
 
 pub mod config;
+mod model;
 pub mod vqvae;
 
 pub use config::{VarConfig, VqVaeConfig};
+pub use model::{Session, VarTransformer};
 pub use vqvae::VqVae;

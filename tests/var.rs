@@ -5,9 +5,10 @@
 
 mod common;
 
-use common::{assert_golden, fixture, open};
+use common::{assert_golden, fixture, max_abs, max_abs_diff, open};
 use infinity::models::var::config::{PATCH_NUMS_256, phi_table};
-use infinity::models::var::{VarTransformer, VqVae, VqVaeConfig};
+use infinity::models::image::image_grid;
+use infinity::models::var::{Edit, VarSampling, VarTransformer, VqVae, VqVaeConfig, generate};
 use infinity::runtime::Tensor;
 use infinity::runtime::io::Weights;
 
@@ -94,4 +95,87 @@ fn teacher_input_matches_golden() {
     let indices: Vec<Tensor> = (0..10).map(|si| vq.get(&format!("idx_scale{si:02}")).unwrap().clone()).collect();
     let input = vae.teacher_input(&indices, &PATCH_NUMS_256).unwrap();
     assert_golden("teacher input", &input, golden.get("x_BLCv_wo_first_l").unwrap(), 1e-4);
+}
+
+/// Greedy (top-k 1) CFG generation: free-running, every scale's tokens, the final f̂ and the
+/// demo's u8 grid; logits per scale on the way.
+#[test]
+fn greedy_generation_matches_golden() {
+    let golden = open("devV/generate_golden.safetensors");
+    let var = VarTransformer::open(fixture("devV/var.safetensors")).unwrap();
+    let vae = VqVae::open(fixture("devV/vae.safetensors")).unwrap();
+    let sampling = VarSampling { cfg: 4.0, top_k: 1, top_p: 0.0, seed: 0, more_smooth: false };
+    let mut checked = 0;
+    let out = generate(&var, &vae, &labels(&golden), &sampling, None, |step| {
+        let k = step.scale;
+        let raw = golden.get(&format!("raw_logits_scale{k:02}")).unwrap();
+        assert_golden(&format!("raw logits {k}"), step.raw_logits, raw, 1e-4 * max_abs(raw).max(1.0));
+        let cfg = golden.get(&format!("cfg_logits_scale{k:02}")).unwrap();
+        assert_golden(&format!("cfg logits {k}"), step.cfg_logits, cfg, 1e-4 * max_abs(cfg).max(1.0));
+        checked += 1;
+    })
+    .unwrap();
+    assert_eq!(checked, 10);
+    for (k, got) in out.indices.iter().enumerate() {
+        assert_eq!(got.to_vec::<i64>().unwrap(), idx(&golden, &format!("idx_scale{k:02}")), "scale {k}");
+    }
+    assert_golden("f_hat", &out.f_hat, golden.get("f_hat").unwrap(), 1e-4 * 2.42);
+    let image = vae.decode(&out.f_hat).unwrap();
+    let grid = image_grid(&image).unwrap();
+    let want = golden.get("image_u8").unwrap().to_vec::<u8>().unwrap();
+    assert_eq!((grid.width, grid.height), (512, 256));
+    let differ = grid.rgb.iter().zip(&want).filter(|(a, b)| a != b).count();
+    let worst = grid.rgb.iter().zip(&want).map(|(&a, &b)| (a as i32 - b as i32).abs()).max().unwrap();
+    eprintln!("u8 grid: {differ} of {} values differ, by at most {worst}", want.len());
+    assert!(worst <= 1 && differ * 100 <= want.len(), "{differ} values differ, by up to {worst}");
+}
+
+/// Both halves of the edit contract: keeping nothing is the plain generation; keeping
+/// everything returns the input's tokens at every scale.
+#[test]
+fn edits_keep_the_masked_tokens() {
+    let var = VarTransformer::open(fixture("devV/var.safetensors")).unwrap();
+    let vae = VqVae::open(fixture("devV/vae.safetensors")).unwrap();
+    let vq = open("devV/vqvae_golden.safetensors");
+    let tokens: Vec<Tensor> = (0..10).map(|si| vq.get(&format!("idx_scale{si:02}")).unwrap().narrow(0, 0, 1).unwrap()).collect();
+    let sampling = VarSampling { seed: 7, ..VarSampling::default() };
+    let plain = generate(&var, &vae, &[3, 5], &sampling, None, |_| {}).unwrap();
+    let nothing = Edit { tokens: tokens.clone(), keep: Tensor::zeros(&[16, 16], infinity::runtime::DType::F32) };
+    let same = generate(&var, &vae, &[3, 5], &sampling, Some(&nothing), |_| {}).unwrap();
+    for (a, b) in plain.indices.iter().zip(&same.indices) {
+        assert_eq!(a.to_vec::<i64>().unwrap(), b.to_vec::<i64>().unwrap());
+    }
+    let all = Edit { tokens: tokens.clone(), keep: Tensor::from_vec(vec![1f32; 256], &[16, 16]).unwrap() };
+    let kept = generate(&var, &vae, &[3, 5], &sampling, Some(&all), |_| {}).unwrap();
+    for (si, (got, want)) in kept.indices.iter().zip(&tokens).enumerate() {
+        let want = want.to_vec::<i64>().unwrap();
+        assert_eq!(got.to_vec::<i64>().unwrap(), [want.clone(), want].concat(), "scale {si}");
+    }
+    // Keeping the left half: those tokens of the last scale are the input's, and the right
+    // half is generated (it differs somewhere).
+    let left: Vec<f32> = (0..256).map(|i| if i % 16 < 8 { 1.0 } else { 0.0 }).collect();
+    let half = Edit { tokens: tokens.clone(), keep: Tensor::from_vec(left, &[16, 16]).unwrap() };
+    let out = generate(&var, &vae, &[3], &sampling, Some(&half), |_| {}).unwrap();
+    let (got, want) = (out.indices[9].to_vec::<i64>().unwrap(), tokens[9].to_vec::<i64>().unwrap());
+    assert!((0..256).filter(|i| i % 16 < 8).all(|i| got[i] == want[i]));
+    assert!((0..256).filter(|i| i % 16 >= 8).any(|i| got[i] != want[i]));
+}
+
+/// The same seed gives the same image; another seed another.
+#[test]
+fn sampling_is_seeded() {
+    let var = VarTransformer::open(fixture("devV/var.safetensors")).unwrap();
+    let vae = VqVae::open(fixture("devV/vae.safetensors")).unwrap();
+    let run = |seed, more_smooth| {
+        let s = VarSampling { seed, more_smooth, ..VarSampling::default() };
+        generate(&var, &vae, &[1], &s, None, |_| {}).unwrap()
+    };
+    let (a, b, c) = (run(1, false), run(1, false), run(2, false));
+    let last = |g: &infinity::models::var::Generated| g.indices[9].to_vec::<i64>().unwrap();
+    assert_eq!(last(&a), last(&b));
+    assert_ne!(last(&a), last(&c));
+    // The Gumbel blend changes the latent, not the tokens drawn with the same stream position.
+    let smooth = run(1, true);
+    assert_eq!(smooth.indices[0].to_vec::<i64>().unwrap(), a.indices[0].to_vec::<i64>().unwrap());
+    assert!(max_abs_diff(&smooth.f_hat, &a.f_hat) > 1e-3);
 }

@@ -144,3 +144,30 @@ mod tests {
         assert!(psnr(&[1, 2], &[1, 2]).is_infinite());
     }
 }
+
+/// Images laid out as one picture.
+pub struct Grid {
+    pub width: usize,
+    pub height: usize,
+    /// Interleaved RGB, row-major.
+    pub rgb: Vec<u8>,
+}
+
+/// Images (B, 3, H, W) in [-1, 1] as torchvision's `make_grid(nrow=8, padding=0)` lays them
+/// out — up to 8 side by side per row, empty cells white — converted as [`to_rgb8`] does.
+pub fn image_grid(images: &Tensor) -> Result<Grid> {
+    let per = to_rgb8(images)?;
+    let (b, h, w) = (per.len(), images.dim(2)?, images.dim(3)?);
+    let cols = b.min(8);
+    let rows = b.div_ceil(8);
+    let (width, height) = (cols * w, rows * h);
+    let mut rgb = vec![255u8; width * height * 3];
+    for (i, img) in per.iter().enumerate() {
+        let (r, c) = (i / 8, i % 8);
+        for y in 0..h {
+            let dst = ((r * h + y) * width + c * w) * 3;
+            rgb[dst..dst + w * 3].copy_from_slice(&img[y * w * 3..(y + 1) * w * 3]);
+        }
+    }
+    Ok(Grid { width, height, rgb })
+}

@@ -3,9 +3,11 @@
 //! codebook indices from the scales before it.
 
 pub mod config;
+pub mod generate;
 mod model;
 pub mod vqvae;
 
 pub use config::{VarConfig, VqVaeConfig};
+pub use generate::{Edit, Generated, ScaleStep, VarSampling, generate};
 pub use model::{Session, VarTransformer};
 pub use vqvae::VqVae;

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use infinity_autograd::Var;
 use infinity_ops::conv::Conv2dParams;
-use infinity_ops::elementwise::{add, affine, clamp, sub};
+use infinity_ops::elementwise::{add, affine, sub};
 use infinity_ops::index::{concat, embedding};
 use infinity_ops::resize::{ResizeMode, resize};
 use infinity_ops::vq::nearest_code;
@@ -128,8 +128,12 @@ impl VqVae {
     /// What scale `si` of `n` adds to f̂: φ(bicubic(codebook[idx] → full)), the code map
     /// (B, Cvae, pn, pn) of tokens `idx` (B, pn²) upsampled to the latent side `full`.
     pub fn scale_contribution(&self, idx: &Tensor, pn: usize, si: usize, n: usize, full: usize) -> Result<Tensor> {
-        let codes = self.code_map(idx, pn)?;
-        let up = if pn == full { codes } else { resize(&codes, (full, full), ResizeMode::Bicubic)? };
+        self.map_contribution(&self.code_map(idx, pn)?, si, n, full)
+    }
+
+    /// [`VqVae::scale_contribution`] of a code map (B, Cvae, pn, pn).
+    pub fn map_contribution(&self, codes: &Tensor, si: usize, n: usize, full: usize) -> Result<Tensor> {
+        let up = if codes.dim(2)? == full { codes.clone() } else { resize(codes, (full, full), ResizeMode::Bicubic)? };
         self.phi(si, n, &up)
     }
 
@@ -146,7 +150,7 @@ impl VqVae {
     }
 
     /// φ of scale `si` of `n`: ½h + ½conv(h).
-    pub fn phi(&self, si: usize, n: usize, h: &Tensor) -> Result<Tensor> {
+    fn phi(&self, si: usize, n: usize, h: &Tensor) -> Result<Tensor> {
         let conv = &self.phis[phi_table(self.phis.len(), n)[si]];
         let c = conv.forward(&Var::constant(h.clone()))?.into_value();
         add(&affine(h, 0.5, 0.0)?, &affine(&c, 0.5, 0.0)?)
@@ -175,7 +179,7 @@ impl VqVae {
             return Err(Error::invalid("vqvae.decode", f_hat.shape(), format!("expected (B, {}, h, w)", self.config.cvae())));
         }
         let z = self.post_quant_conv.forward(&Var::constant(f_hat.to_device(&self.device())?))?;
-        clamp(&self.decoder.forward(z.value())?, -1.0, 1.0)
+        self.decoder.forward(z.value())
     }
 
     /// Tokens of every scale → image (B, 3, H, W) in [−1, 1] on the host.

@@ -1,6 +1,7 @@
 //! `infinity-run`: the command-line front end (argument parsing and reporting only).
 //! `generate` (the default) turns prompts into PNGs; `inspect FILE` lists the tensors of a
-//! checkpoint; `reconstruct` runs an image through the BitVAE's bits and back. Any failure is
+//! checkpoint; `reconstruct` runs an image through the BitVAE's bits (or VAR's VQVAE tokens)
+//! and back; `var` generates ImageNet classes with a VAR model. Any failure is
 //! one line on stderr, `error: <message>`, and exit code 2, before any output file is written.
 
 use std::error::Error;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 mod report;
+mod var;
 use report::peak_rss_mib;
 
 use clap::{Args, Parser, Subcommand};
@@ -56,6 +58,12 @@ enum Command {
     /// The image is scaled to cover the nearest aspect-ratio template at the pixel budget and
     /// centre-cropped; prints the bits per scale and the PSNR of the reconstruction.
     Reconstruct(ReconstructArgs),
+    /// Generate ImageNet classes with a VAR model, or edit an image with one.
+    ///
+    /// Several classes make one PNG, 8 per row without padding, as the official demo does.
+    /// `--edit image --mask mask` keeps the image's tokens outside the mask's white region at
+    /// every scale (in- and out-painting).
+    Var(Box<var::VarArgs>),
 }
 
 /// Encode images into multi-scale bits with a BitVAE and decode them back.
@@ -64,7 +72,8 @@ enum Command {
 /// centre-cropped; prints the bits per scale (one image) and each image's PSNR, then their mean.
 #[derive(Args)]
 struct ReconstructArgs {
-    /// BitVAE checkpoint (official .pth or safetensors).
+    /// BitVAE checkpoint (official .pth or safetensors), or VAR's VQVAE (then --pn 0.06M or
+    /// 0.25M picks its 256² or 512² schedule).
     #[arg(long)]
     vae: PathBuf,
     /// Input image (PNG or JPEG); repeat for several.
@@ -159,7 +168,7 @@ struct GenerateArgs {
 }
 
 /// The subcommand names; anything else on the command line means `generate`.
-const COMMANDS: [&str; 4] = ["generate", "inspect", "reconstruct", "help"];
+const COMMANDS: [&str; 5] = ["generate", "inspect", "reconstruct", "var", "help"];
 
 fn main() -> ExitCode {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -175,6 +184,9 @@ fn main() -> ExitCode {
         Command::Generate(g) => run_generate(*g),
         Command::Inspect { file } => inspect(&file),
         Command::Reconstruct(r) => reconstruct(&r),
+        Command::Var(v) => executor(v.device)
+            .map_err(Into::into)
+            .and_then(|exec| var::run(&v, &exec.map_or(Device::Cpu, |e| e.device()))),
     };
     report::exit_code(result)
 }
@@ -442,6 +454,13 @@ fn reconstruct(r: &ReconstructArgs) -> Result<(), Box<dyn Error>> {
     let images = reconstruct_inputs(r)?;
     // Every image decoded before any work, so a bad one leaves no partial output behind.
     let decoded_inputs = images.iter().map(|p| load_rgb(p)).collect::<Result<Vec<_>, _>>()?;
+    if var::is_vqvae(&r.vae)? {
+        if r.grid.is_some() {
+            return Err("--grid is for BitVAE reconstructions; VAR's VQVAE writes one PNG per image".into());
+        }
+        let inputs: Vec<_> = images.iter().cloned().zip(decoded_inputs).collect();
+        return var::reconstruct(&r.vae, &inputs, r.pn, |i| output_path(&r.out, i, images.len()), &device);
+    }
     let start = Instant::now();
     let vae = BitVae::open_on(&r.vae, &device)?;
     let layout = TokenLayout::of_vae_patch(vae.config.patch).ok_or_else(|| {

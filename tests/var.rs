@@ -5,9 +5,11 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
+
 use common::{assert_golden, fixture, max_abs, max_abs_diff, open};
+use infinity::models::image::{image_grid, load_rgb, save_png};
 use infinity::models::var::config::{PATCH_NUMS_256, phi_table};
-use infinity::models::image::image_grid;
 use infinity::models::var::{Edit, VarSampling, VarTransformer, VqVae, VqVaeConfig, generate};
 use infinity::runtime::Tensor;
 use infinity::runtime::io::Weights;
@@ -137,7 +139,8 @@ fn edits_keep_the_masked_tokens() {
     let var = VarTransformer::open(fixture("devV/var.safetensors")).unwrap();
     let vae = VqVae::open(fixture("devV/vae.safetensors")).unwrap();
     let vq = open("devV/vqvae_golden.safetensors");
-    let tokens: Vec<Tensor> = (0..10).map(|si| vq.get(&format!("idx_scale{si:02}")).unwrap().narrow(0, 0, 1).unwrap()).collect();
+    let tokens: Vec<Tensor> =
+        (0..10).map(|si| vq.get(&format!("idx_scale{si:02}")).unwrap().narrow(0, 0, 1).unwrap()).collect();
     let sampling = VarSampling { seed: 7, ..VarSampling::default() };
     let plain = generate(&var, &vae, &[3, 5], &sampling, None, |_| {}).unwrap();
     let nothing = Edit { tokens: tokens.clone(), keep: Tensor::zeros(&[16, 16], infinity::runtime::DType::F32) };
@@ -178,4 +181,133 @@ fn sampling_is_seeded() {
     let smooth = run(1, true);
     assert_eq!(smooth.indices[0].to_vec::<i64>().unwrap(), a.indices[0].to_vec::<i64>().unwrap());
     assert!(max_abs_diff(&smooth.f_hat, &a.f_hat) > 1e-3);
+}
+
+fn run(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_infinity-run")).args(args).output().unwrap()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `infinity-run var` on devV's pair with `extra` arguments, writing `out`.
+fn var_cli(out: &Path, extra: &[&str]) -> std::process::Output {
+    let (var, vae) = (fixture("devV/var.pth"), fixture("devV/vae.pth"));
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "var".as_ref(),
+        "--var".as_ref(),
+        var.as_os_str(),
+        "--vae".as_ref(),
+        vae.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    run(&args)
+}
+
+fn png_size_and_text(path: &Path) -> ((u32, u32), Vec<(String, String)>) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let reader = decoder.read_info().unwrap();
+    let info = reader.info();
+    (
+        (info.width, info.height),
+        info.uncompressed_latin1_text.iter().map(|t| (t.keyword.clone(), t.text.clone())).collect(),
+    )
+}
+
+#[test]
+fn cli_writes_one_grid_per_run_deterministic_per_seed() {
+    let dir = scratch("var-cli");
+    for (name, seed) in [("a.png", "3"), ("b.png", "3"), ("c.png", "4")] {
+        let o = var_cli(&dir.join(name), &["--class", "1,2,980", "--seed", seed]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let read = |n: &str| std::fs::read(dir.join(n)).unwrap();
+    assert_eq!(read("a.png"), read("b.png"));
+    assert_ne!(read("a.png"), read("c.png"));
+    let (size, text) = png_size_and_text(&dir.join("a.png"));
+    assert_eq!(size, (3 * 256, 256), "3 images side by side, no padding");
+    assert!(text.contains(&("classes".into(), "1,2,980".into())), "{text:?}");
+    let params = &text.iter().find(|(k, _)| k == "parameters").unwrap().1;
+    assert!(params.contains("seed=3") && params.contains("cfg=4") && params.contains("top_k=900"), "{params}");
+    // Nine classes: 8 per row, the second row's empty cells white.
+    let o = var_cli(&dir.join("nine.png"), &["--class", "0,1,2,3,4,5,6,7,8", "--top-k", "1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(png_size_and_text(&dir.join("nine.png")).0, (8 * 256, 2 * 256));
+}
+
+#[test]
+fn cli_refuses_impossible_requests_in_one_line_before_loading() {
+    let dir = scratch("var-cli-refusals");
+    let out = dir.join("never.png");
+    let (var, vae) = (fixture("devV/var.pth"), fixture("devV/vae.pth"));
+    let cases: Vec<(Vec<&std::ffi::OsStr>, &str)> = vec![
+        (vec!["--class".as_ref(), "1000".as_ref()], "--class 1000"),
+        (vec!["--class".as_ref(), "1".as_ref(), "--top-p".as_ref(), "1.5".as_ref()], "--top-p"),
+        (vec!["--class".as_ref(), "1".as_ref(), "--cfg".as_ref(), "-1".as_ref()], "--cfg"),
+        (vec!["--class".as_ref(), "1".as_ref(), "--edit".as_ref(), vae.as_os_str()], "--mask"),
+    ];
+    for (extra, named) in cases {
+        let extra: Vec<&str> = extra.iter().map(|a| a.to_str().unwrap()).collect();
+        let o = var_cli(&out, &extra);
+        common::assert_refused(&o, named);
+    }
+    // The files swapped: each named with what it is not.
+    let o = run(&[
+        "var".as_ref(),
+        "--class".as_ref(),
+        "1".as_ref(),
+        "--var".as_ref(),
+        vae.as_os_str(),
+        "--vae".as_ref(),
+        var.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    common::assert_refused(&o, "not a VAR transformer");
+    assert!(!out.exists());
+}
+
+/// An edit whose mask keeps everything writes exactly `reconstruct`'s image of the input (its
+/// tokens at every scale, decoded); the same mask with a white half regenerates that half.
+#[test]
+fn cli_edit_keeps_the_input_where_the_mask_is_black() {
+    let dir = scratch("var-cli-edit");
+    let image = fixture("emoji/1f438.png");
+    let black = dir.join("black.png");
+    save_png(&black, 64, 64, &vec![0u8; 64 * 64 * 3], &[]).unwrap();
+    let o = var_cli(
+        &dir.join("kept.png"),
+        &["--class", "7", "--edit", image.to_str().unwrap(), "--mask", black.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let recon = dir.join("recon.png");
+    let vae = fixture("devV/vae.pth");
+    let o = run(&[
+        "reconstruct".as_ref(),
+        "--vae".as_ref(),
+        vae.as_os_str(),
+        "--image".as_ref(),
+        image.as_os_str(),
+        "--pn".as_ref(),
+        "0.06M".as_ref(),
+        "-o".as_ref(),
+        recon.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pixels = |p: &Path| load_rgb(p).unwrap().into_raw();
+    assert_eq!(pixels(&dir.join("kept.png")), pixels(&recon));
+    let half: Vec<u8> = (0..64 * 64).flat_map(|i| if i % 64 >= 32 { [255u8; 3] } else { [0u8; 3] }).collect();
+    let right = dir.join("right.png");
+    save_png(&right, 64, 64, &half, &[]).unwrap();
+    let o = var_cli(
+        &dir.join("half.png"),
+        &["--class", "7", "--edit", image.to_str().unwrap(), "--mask", right.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_ne!(pixels(&dir.join("half.png")), pixels(&recon));
 }

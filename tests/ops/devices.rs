@@ -268,7 +268,10 @@ fn cases() -> Vec<Case> {
         // Indices, so exact: both sides do the same f32 arithmetic.
         Case {
             name: "nearest code",
-            inputs: vec![strided_copy(&randn(&[5, 37], 32, 1.0), &[1, 0]), randn(&[64, 5], 33, 1.0).transpose(0, 1).unwrap()],
+            inputs: vec![
+                strided_copy(&randn(&[5, 37], 32, 1.0), &[1, 0]),
+                randn(&[64, 5], 33, 1.0).transpose(0, 1).unwrap(),
+            ],
             run: |t| nearest_code(&t[0].transpose(0, 1)?, &t[1].transpose(0, 1)?),
             atol: 0.0,
             rtol: 0.0,

@@ -31,7 +31,12 @@ fn check(x: &Tensor, size: (usize, usize), mode: ResizeMode) {
 }
 
 fn mode() -> impl Strategy<Value = ResizeMode> {
-    prop_oneof![Just(ResizeMode::Nearest), Just(ResizeMode::Bilinear), Just(ResizeMode::Area), Just(ResizeMode::Bicubic)]
+    prop_oneof![
+        Just(ResizeMode::Nearest),
+        Just(ResizeMode::Bilinear),
+        Just(ResizeMode::Area),
+        Just(ResizeMode::Bicubic)
+    ]
 }
 
 proptest! {

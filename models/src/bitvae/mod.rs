@@ -16,8 +16,8 @@ use infinity_runtime::{Device, Error, Result, Tensor};
 
 use crate::params::{Source, tracked_source, trainable};
 
-pub use config::BitVaeConfig;
 pub use crate::autoencoder::{Decoder, Encoder};
+pub use config::BitVaeConfig;
 
 pub struct BitVae {
     pub config: BitVaeConfig,

@@ -24,7 +24,8 @@ pub fn seq_len(patch_nums: &[usize]) -> usize {
 /// scales two of the distances tie in exact arithmetic and rounding decides them.
 pub fn phi_table(phis: usize, scales: usize) -> Vec<usize> {
     let k = phis as f64;
-    let (start, stop) = if phis == 4 { (1.0 / 3.0 / k, 1.0 - 1.0 / 3.0 / k) } else { (1.0 / 2.0 / k, 1.0 - 1.0 / 2.0 / k) };
+    let (start, stop) =
+        if phis == 4 { (1.0 / 3.0 / k, 1.0 - 1.0 / 3.0 / k) } else { (1.0 / 2.0 / k, 1.0 - 1.0 / 2.0 / k) };
     let ticks: Vec<f64> = (0..phis)
         .map(|i| if i + 1 == phis && phis > 1 { stop } else { i as f64 * ((stop - start) / (k - 1.0)) + start })
         .collect();
@@ -82,7 +83,11 @@ impl VqVaeConfig {
     pub fn validate(&self) -> Result<(), String> {
         let n = &self.net;
         if n.downsamples != 4 || n.num_levels() < 5 {
-            return Err(format!("{} levels with {} downsamplings: VAR's VQVAE has stride 16", n.num_levels(), n.downsamples));
+            return Err(format!(
+                "{} levels with {} downsamplings: VAR's VQVAE has stride 16",
+                n.num_levels(),
+                n.downsamples
+            ));
         }
         if n.base_ch == 0 || n.ch_mult.iter().any(|&m| !(n.base_ch * m).is_multiple_of(32)) {
             return Err("every level's channel count must be a positive multiple of 32 (GroupNorm groups)".into());
@@ -115,7 +120,8 @@ impl VqVaeConfig {
             s.get(i).copied().ok_or_else(|| format!("tensor '{key}' has shape {s:?}, expected rank > {i}"))
         };
         let base_ch = dim("encoder.conv_in.weight", 0)?;
-        let levels = (0..).take_while(|l| shapes.contains_key(&format!("encoder.down.{l}.block.0.conv1.weight"))).count();
+        let levels =
+            (0..).take_while(|l| shapes.contains_key(&format!("encoder.down.{l}.block.0.conv1.weight"))).count();
         let mut ch_mult = Vec::with_capacity(levels);
         for l in 0..levels {
             let c = dim(&format!("encoder.down.{l}.block.0.conv1.weight"), 0)?;

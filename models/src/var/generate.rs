@@ -14,6 +14,7 @@ use infinity_ops::resize::{ResizeMode, resize};
 use infinity_runtime::rng::Philox;
 use infinity_runtime::{DType, Error, Result, Tensor};
 
+use super::config::{VarConfig, VqVaeConfig};
 use super::model::VarTransformer;
 use super::vqvae::{VqVae, rows};
 
@@ -62,8 +63,7 @@ pub struct Generated {
 }
 
 /// Refuses a VQVAE and a transformer that were not made for each other.
-pub fn check_pair(var: &VarTransformer, vae: &VqVae) -> Result<()> {
-    let (c, v) = (&var.config, &vae.config);
+pub fn check_pair(c: &VarConfig, v: &VqVaeConfig) -> Result<()> {
     if c.cvae != v.cvae() || c.vocab != v.vocab {
         return Err(Error::invalid(
             "var.generate",
@@ -89,7 +89,7 @@ pub fn generate(
     edit: Option<&Edit>,
     mut observe: impl FnMut(&ScaleStep),
 ) -> Result<Generated> {
-    check_pair(var, vae)?;
+    check_pair(&var.config, &vae.config)?;
     let (b, pn) = (labels.len(), var.config.patch_nums.clone());
     let (n, full, vocab) = (pn.len(), *pn.last().unwrap_or(&1), var.config.vocab);
     if b == 0 {
@@ -114,8 +114,11 @@ pub fn generate(
         let mut logits = guide(&raw, b, guided, sampling.cfg as f64 * ratio)?;
         let cfg_logits = Tensor::from_vec(logits.clone(), &[b, p * p, vocab])?;
         let u = rng.uniform(b * p * p);
-        let mut idx: Vec<i64> =
-            logits.chunks_mut(vocab).zip(&u).map(|(row, &u)| sample(row, sampling.top_k, sampling.top_p, u) as i64).collect();
+        let mut idx: Vec<i64> = logits
+            .chunks_mut(vocab)
+            .zip(&u)
+            .map(|(row, &u)| sample(row, sampling.top_k, sampling.top_p, u) as i64)
+            .collect();
         // `logits` now holds the masked rows, which the Gumbel blend reads as the official does.
         let mut map = if sampling.more_smooth {
             smooth_codes(vae, &logits, &mut rng, (b, p), ratio)?
@@ -212,10 +215,40 @@ fn smooth_codes(vae: &VqVae, logits: &[f32], rng: &mut Philox, (b, p): (usize, u
     codes.permute(&[0, 2, 1])?.contiguous()?.reshape(&[b, vae.config.cvae(), p, p])?.to_device(&vae.device())
 }
 
+impl Edit {
+    /// The edit of `image`'s tokens (its VQVAE code at every scale of `patch_nums`, the image
+    /// already at the model's size) outside the white region of `mask` (same size; white
+    /// = generate anew, black = keep): a latent cell is kept when less than half of its pixels
+    /// are white.
+    pub fn from_mask(vae: &VqVae, image: &Tensor, mask: &image::RgbImage, patch_nums: &[usize]) -> Result<Edit> {
+        let (h, w) = (mask.height() as usize, mask.width() as usize);
+        let full = *patch_nums.last().unwrap_or(&1);
+        if image.rank() != 4 || image.shape()[2..] != [h, w] || h != w {
+            return Err(Error::invalid(
+                "var.edit",
+                image.shape(),
+                format!("the image and its {h}×{w} mask must be one square size"),
+            ));
+        }
+        let white: Vec<f32> = mask
+            .pixels()
+            .map(|p| f32::from(u8::from(p.0.iter().map(|&c| u32::from(c)).sum::<u32>() >= 3 * 128)))
+            .collect();
+        let white = resize(&Tensor::from_vec(white, &[1, 1, h, w])?, (full, full), ResizeMode::Area)?;
+        let keep: Vec<f32> = white.to_vec::<f32>()?.into_iter().map(|v| f32::from(u8::from(v < 0.5))).collect();
+        let (tokens, _) = vae.encode(image, patch_nums)?;
+        Ok(Edit { tokens, keep: Tensor::from_vec(keep, &[full, full])? })
+    }
+}
+
 fn check_edit(e: &Edit, b: usize, pn: &[usize]) -> Result<()> {
     let full = *pn.last().unwrap_or(&1);
     if e.keep.shape() != [full, full] || e.tokens.len() != pn.len() {
-        return Err(Error::invalid("var.edit", e.keep.shape(), format!("expected a ({full}, {full}) mask and {} token maps", pn.len())));
+        return Err(Error::invalid(
+            "var.edit",
+            e.keep.shape(),
+            format!("expected a ({full}, {full}) mask and {} token maps", pn.len()),
+        ));
     }
     for (t, &p) in e.tokens.iter().zip(pn) {
         if t.rank() != 2 || !(t.dim(0)? == 1 || t.dim(0)? == b) || t.dim(1)? != p * p {

@@ -195,8 +195,11 @@ impl VarTransformer {
     }
 
     fn build(config: VarConfig, device: &Device, take: Source) -> Result<Self> {
-        let shared_ada =
-            if config.shared_aln { Some((take("shared_ada_lin.1.weight")?, take("shared_ada_lin.1.bias")?)) } else { None };
+        let shared_ada = if config.shared_aln {
+            Some((take("shared_ada_lin.1.weight")?, take("shared_ada_lin.1.bias")?))
+        } else {
+            None
+        };
         let blocks = (0..config.depth).map(|i| Block::load(take, &config, i)).collect::<Result<_>>()?;
         Ok(VarTransformer {
             pos_start: take("pos_start")?,
@@ -227,7 +230,10 @@ impl VarTransformer {
             return Err(Error::invalid(
                 "var.condition",
                 &[bad],
-                format!("class {bad} is out of range (0..{}, {} = null)", self.config.num_classes, self.config.num_classes),
+                format!(
+                    "class {bad} is out of range (0..{}, {} = null)",
+                    self.config.num_classes, self.config.num_classes
+                ),
             ));
         }
         let ids = Tensor::from_vec(labels.iter().map(|&l| l as i64).collect(), &[labels.len()])?;
@@ -276,7 +282,11 @@ impl VarTransformer {
     /// of scales 1.. (`VqVae::teacher_input`): logits[b, l] predicts token l.
     pub fn teacher_forced(&self, labels: &[usize], inputs: &Tensor) -> Result<Var> {
         let (l, pn) = (self.config.seq_len(), &self.config.patch_nums);
-        if inputs.rank() != 3 || inputs.dim(0)? != labels.len() || inputs.dim(1)? + 1 != l || inputs.dim(2)? != self.config.cvae {
+        if inputs.rank() != 3
+            || inputs.dim(0)? != labels.len()
+            || inputs.dim(1)? + 1 != l
+            || inputs.dim(2)? != self.config.cvae
+        {
             return Err(Error::invalid(
                 "var.teacher_forced",
                 inputs.shape(),
@@ -311,7 +321,11 @@ impl VarTransformer {
     pub fn forward_scale(&self, session: &mut Session, rows: Option<&Tensor>, k: usize) -> Result<Tensor> {
         let offset: usize = self.config.patch_nums.iter().take(k).map(|p| p * p).sum();
         if k >= self.config.num_scales() || session.len != offset || (k == 0) != rows.is_none() {
-            return Err(Error::invalid("var.forward_scale", &[k], "scales must run in order, each once, scale 0 without input"));
+            return Err(Error::invalid(
+                "var.forward_scale",
+                &[k],
+                "scales must run in order, each once, scale 0 without input",
+            ));
         }
         let mut h = self.scale_tokens(&session.cond, rows, k)?;
         for ((block, ada), cache) in self.blocks.iter().zip(&session.tables).zip(&mut session.caches) {

@@ -88,7 +88,11 @@ impl VqVae {
     pub fn features(&self, image: &Tensor) -> Result<Tensor> {
         let s = image.shape();
         if s.len() != 4 || s[1] != 3 || !s[2].is_multiple_of(PATCH) || !s[3].is_multiple_of(PATCH) {
-            return Err(Error::invalid("vqvae.encode", s, "expected an RGB image (B, 3, H, W) with H and W multiples of 16"));
+            return Err(Error::invalid(
+                "vqvae.encode",
+                s,
+                "expected an RGB image (B, 3, H, W) with H and W multiples of 16",
+            ));
         }
         let f = self.encoder.forward(image)?;
         Ok(self.quant_conv.forward(&Var::constant(f))?.into_value())
@@ -164,7 +168,8 @@ impl VqVae {
             return Err(Error::invalid("vqvae.teacher_input", &[indices.len()], format!("expected {n} scales")));
         }
         let b = indices[0].dim(0)?;
-        let mut f_hat = Tensor::zeros_on(&[b, self.config.cvae(), full, full], infinity_runtime::DType::F32, &self.device())?;
+        let mut f_hat =
+            Tensor::zeros_on(&[b, self.config.cvae(), full, full], infinity_runtime::DType::F32, &self.device())?;
         let mut inputs = Vec::with_capacity(n - 1);
         for si in 0..n - 1 {
             f_hat = add(&f_hat, &self.scale_contribution(&indices[si], patch_nums[si], si, n, full)?)?;
@@ -176,7 +181,11 @@ impl VqVae {
     /// f̂ (B, Cvae, h, w) → image (B, 3, 16h, 16w) on the host, clamped to [−1, 1].
     pub fn decode(&self, f_hat: &Tensor) -> Result<Tensor> {
         if f_hat.rank() != 4 || f_hat.dim(1)? != self.config.cvae() {
-            return Err(Error::invalid("vqvae.decode", f_hat.shape(), format!("expected (B, {}, h, w)", self.config.cvae())));
+            return Err(Error::invalid(
+                "vqvae.decode",
+                f_hat.shape(),
+                format!("expected (B, {}, h, w)", self.config.cvae()),
+            ));
         }
         let z = self.post_quant_conv.forward(&Var::constant(f_hat.to_device(&self.device())?))?;
         self.decoder.forward(z.value())
@@ -203,7 +212,10 @@ impl VqVae {
             return Err(Error::invalid(
                 op,
                 s,
-                format!("expected features (B, {}, {full}, {full}) for the schedule {patch_nums:?}", self.config.cvae()),
+                format!(
+                    "expected features (B, {}, {full}, {full}) for the schedule {patch_nums:?}",
+                    self.config.cvae()
+                ),
             ));
         }
         Ok(full)

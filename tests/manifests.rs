@@ -1,6 +1,6 @@
 //! The state dicts our model configurations imply, name for name and shape for shape, against
 //! the manifests of the real released checkpoints (built by the official code on the meta
-//! device; `fixtures/manifests`).
+//! device; `fixtures/manifests`), VAR's included.
 
 use std::collections::BTreeMap;
 
@@ -78,5 +78,51 @@ fn infinity_presets_match_the_release_manifests() {
         assert_same_entries(preset, ours, &theirs);
         let params: u64 = entries.iter().filter(|e| !e.buffer).map(|e| e.shape.iter().product::<usize>() as u64).sum();
         assert_eq!(params, header["num_params"].as_u64().unwrap(), "{preset}: parameter count");
+    }
+}
+
+/// VAR: the VQVAE and d16–d36 (d36 with shared AdaLN, 512²): every key and shape in the
+/// release's own order, buffers included, the parameter counts, and detection from the shapes.
+#[test]
+fn var_presets_match_the_release_manifests() {
+    use infinity::models::var::{VarConfig, VqVaeConfig};
+    let ordered = |json: &str| -> Vec<(String, Vec<usize>, bool)> {
+        let v: Value = serde_json::from_str(json).unwrap();
+        v["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                let shape = t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+                (t["key"].as_str().unwrap().to_string(), shape, t["kind"] == "buffer")
+            })
+            .collect()
+    };
+    let check = |name: &str, json: &str, entries: Vec<infinity::models::autoencoder::Entry>| {
+        let theirs = ordered(json);
+        let ours: Vec<_> = entries.iter().map(|e| (e.key.clone(), e.shape.clone(), e.buffer)).collect();
+        for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            assert_eq!(a, b, "{name}: entry {i}");
+        }
+        assert_eq!(ours.len(), theirs.len(), "{name}: entry count");
+        let (header, _) = manifest(json);
+        let params: u64 = entries.iter().filter(|e| !e.buffer).map(|e| e.shape.iter().product::<usize>() as u64).sum();
+        assert_eq!(params, header["num_params"].as_u64().unwrap(), "{name}: parameter count");
+        theirs.into_iter().map(|(k, s, _)| (k, s)).collect::<BTreeMap<_, _>>()
+    };
+    let vae_json = include_str!("fixtures/manifests/var/vae_ch160v4096z32.json");
+    let shapes = check("vae", vae_json, VqVaeConfig::release().entries());
+    assert_eq!(VqVaeConfig::detect(&shapes).unwrap(), VqVaeConfig::release());
+    let cases = [
+        ("d16", include_str!("fixtures/manifests/var/var_d16.json")),
+        ("d20", include_str!("fixtures/manifests/var/var_d20.json")),
+        ("d24", include_str!("fixtures/manifests/var/var_d24.json")),
+        ("d30", include_str!("fixtures/manifests/var/var_d30.json")),
+        ("d36", include_str!("fixtures/manifests/var/var_d36.json")),
+    ];
+    for (preset, json) in cases {
+        let config = VarConfig::preset(preset).unwrap();
+        let shapes = check(preset, json, config.entries());
+        assert_eq!(VarConfig::detect(&shapes).unwrap(), config, "{preset}");
     }
 }

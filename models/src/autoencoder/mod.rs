@@ -128,7 +128,8 @@ impl NetShape {
 
         e.conv("decoder.conv_in", top, self.z_channels, 3);
         self.mid_entries(&mut e, "decoder");
-        for l in (0..self.num_levels()).rev() {
+        // The decoder runs its levels top-down but stores them by index, as `nn.ModuleList`s do.
+        for l in 0..self.num_levels() {
             let blocks = self.decoder_blocks(l);
             for (b, &(cin, cout)) in blocks.iter().enumerate() {
                 e.resblock(&format!("decoder.up.{l}.block.{b}"), cin, cout);

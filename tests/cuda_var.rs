@@ -1,0 +1,120 @@
+//! VAR on every executor (the CPU shim here, a GPU as well when present): the VQVAE and the
+//! transformer loaded onto the device run their one forward there, against devV's official
+//! goldens.
+//!
+//! Bounds: on a device every GEMM and convolution operand is rounded to bf16 (relative error
+//! u = 2⁻⁹ per operand, f32 accumulation). The nearest-code search and the resizes are exact
+//! f32 there (tests/cuda_kernels.rs), so what differs from the f32 CPU path is the rounding of
+//! the φ convolutions, the decoder's convolutions and the transformer's linears:
+//! - a scale's contribution φ(up(codes)) goes through one 3×3 convolution of 16 channels, a few
+//!   u of its magnitude: held to 2⁻⁸·max|golden| (measured on the shim: 0.0007), as is f̂;
+//! - the logits pass 2 blocks of 4 linears and the head, and CFG multiplies their error by up
+//!   to 1 + 2·4: held to 2⁻⁵·max|golden| (measured: 0.008 teacher-forced, 0.011 guided);
+//! - the decoded image chains ~50 convolutions and 5 attention blocks, so its error is a random
+//!   walk as the BitVAE decoder's (tests/cuda_bitvae.rs): mean |error| ≤ 2⁻⁵ of the mean
+//!   |golden| pixel (measured: 2.5%), worst pixel ≤ 2⁻¹ (measured: 0.25).
+//!
+//! They fail for real bugs (checked on the shim by breaking the code on purpose): φ applied
+//! before the bicubic upsampling puts scale 0's contribution off by 0.09 (24 times its bound);
+//! the CFG rows swapped, the guided logits by 1.4 of their scale.
+
+mod common;
+
+use common::{fixture, max_abs, max_abs_diff, open};
+use infinity::models::var::config::PATCH_NUMS_256;
+use infinity::models::var::{Edit, VarSampling, VarTransformer, VqVae, generate};
+use infinity::runtime::Tensor;
+use infinity_cuda::testing::executors;
+
+fn golden_tokens(golden: &infinity::runtime::io::Weights) -> Vec<Tensor> {
+    (0..10).map(|si| golden.get(&format!("idx_scale{si:02}")).unwrap().clone()).collect()
+}
+
+#[track_caller]
+fn assert_within(what: &str, got: &Tensor, want: &Tensor, rel: f32) {
+    let got = got.to_cpu().unwrap().reshape(want.shape()).unwrap();
+    let (diff, scale) = (max_abs_diff(&got, want), max_abs(want).max(1.0));
+    eprintln!("{what}: max |diff| {diff:.2e} = {:.4} of max |golden| {scale:.3}", diff / scale);
+    assert!(diff <= rel * scale, "{what}: max |diff| {diff:e} over {rel} × {scale}");
+}
+
+#[test]
+fn vqvae_follows_the_golden_on_every_executor() {
+    let golden = open("devV/vqvae_golden.safetensors");
+    let tokens = golden_tokens(&golden);
+    for exec in executors() {
+        let vae = VqVae::open_on(fixture("devV/vae.safetensors"), &exec.device()).unwrap();
+        for si in [0, 5, 9] {
+            let h = vae.scale_contribution(&tokens[si], PATCH_NUMS_256[si], si, 10, 16).unwrap();
+            assert_within(
+                &format!("h scale {si} on {}", exec.name()),
+                &h,
+                golden.get(&format!("h_scale{si:02}")).unwrap(),
+                1.0 / 256.0,
+            );
+        }
+        let image = vae.decode(golden.get("f_hat").unwrap()).unwrap().narrow(0, 0, 1).unwrap();
+        let want = golden.get("decoded_b0").unwrap();
+        let errors: Vec<f32> =
+            image.to_f32_vec().unwrap().iter().zip(want.to_f32_vec().unwrap()).map(|(a, b)| a - b).collect();
+        let mean = errors.iter().map(|e| e.abs()).sum::<f32>() / errors.len() as f32;
+        let scale = want.to_f32_vec().unwrap().iter().map(|v| v.abs()).sum::<f32>() / errors.len() as f32;
+        let worst = errors.iter().fold(0f32, |m, e| m.max(e.abs()));
+        eprintln!(
+            "decoded on {}: mean |error| {:.2}% of {scale:.3}, worst {worst:.3}",
+            exec.name(),
+            100.0 * mean / scale
+        );
+        assert!(mean <= scale / 32.0 && worst <= 0.5, "decoded on {}", exec.name());
+    }
+}
+
+#[test]
+fn transformer_follows_the_golden_on_every_executor() {
+    let golden = open("devV/var_forward_golden.safetensors");
+    let labels: Vec<usize> =
+        golden.get("label_B").unwrap().to_vec::<i64>().unwrap().into_iter().map(|l| l as usize).collect();
+    for exec in executors() {
+        let var = VarTransformer::open_on(fixture("devV/var.safetensors"), &exec.device()).unwrap();
+        let logits = var.teacher_forced(&labels, golden.get("x_BLCv_wo_first_l").unwrap()).unwrap();
+        assert_within(
+            &format!("teacher-forced logits on {}", exec.name()),
+            logits.value(),
+            golden.get("logits").unwrap(),
+            1.0 / 32.0,
+        );
+    }
+}
+
+/// Generation with the golden tokens kept at every scale (an edit that keeps everything): each
+/// scale's raw and guided logits on the device follow the golden's.
+#[test]
+fn generation_follows_the_golden_on_every_executor() {
+    let golden = open("devV/generate_golden.safetensors");
+    let labels: Vec<usize> =
+        golden.get("label_B").unwrap().to_vec::<i64>().unwrap().into_iter().map(|l| l as usize).collect();
+    let keep = Edit { tokens: golden_tokens(&golden), keep: Tensor::from_vec(vec![1f32; 256], &[16, 16]).unwrap() };
+    let sampling = VarSampling { cfg: 4.0, top_k: 1, top_p: 0.0, seed: 0, more_smooth: false };
+    for exec in executors() {
+        let var = VarTransformer::open_on(fixture("devV/var.safetensors"), &exec.device()).unwrap();
+        let vae = VqVae::open_on(fixture("devV/vae.safetensors"), &exec.device()).unwrap();
+        let out = generate(&var, &vae, &labels, &sampling, Some(&keep), |step| {
+            let k = step.scale;
+            let name = |what: &str| format!("{what} scale {k} on {}", exec.name());
+            assert_within(
+                &name("raw logits"),
+                step.raw_logits,
+                golden.get(&format!("raw_logits_scale{k:02}")).unwrap(),
+                1.0 / 32.0,
+            );
+            assert_within(
+                &name("cfg logits"),
+                step.cfg_logits,
+                golden.get(&format!("cfg_logits_scale{k:02}")).unwrap(),
+                1.0 / 32.0,
+            );
+        })
+        .unwrap();
+        assert_within(&format!("f_hat on {}", exec.name()), &out.f_hat, golden.get("f_hat").unwrap(), 1.0 / 256.0);
+    }
+}

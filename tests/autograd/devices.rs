@@ -7,8 +7,8 @@
 //! Covered so far: broadcast arithmetic, the one-input functions with a derivative kernel or
 //! an op rule, reductions, softmax, the layer, RMS, L2 and group norms, views and concatenation,
 //! linear and matmul (whose gradients' GEMMs round their operands to bf16 on an executor), and
-//! attention (the flash backward kernel on an executor where it applies), and the bitwise
-//! cross-entropy (its fused kernel there), conv2d, the resizes, and the embedding and
+//! attention (the flash backward kernel on an executor where it applies), the bitwise
+//! cross-entropy (its fused kernel there) and the token cross-entropy, conv2d, the resizes, and the embedding and
 //! index_select lookups (their index_add).
 
 use infinity::autograd::attention::attention;
@@ -17,7 +17,7 @@ use infinity::autograd::elementwise::{
     abs, add, clamp, div, exp, gelu_tanh, log, mul, neg, silu, sqrt, square, sub, tanh,
 };
 use infinity::autograd::index::{concat, embedding, index_select};
-use infinity::autograd::loss::bitwise_cross_entropy;
+use infinity::autograd::loss::{bitwise_cross_entropy, cross_entropy};
 use infinity::autograd::matmul::{linear, matmul};
 use infinity::autograd::norm::{group_norm, l2_normalize, layer_norm, rms_norm};
 use infinity::autograd::reduce::{mean, softmax, sum};
@@ -99,6 +99,17 @@ fn cases() -> Vec<Case> {
                     randn(&[2, 3, 4], 18, 1.0).to_vec::<f32>()?.into_iter().map(|x| u8::from(x > 0.0)).collect();
                 let weights = randn_map(&[3], 19, |x| x.abs());
                 Ok(bitwise_cross_entropy(&v[0], &Tensor::from_vec(labels, &[2, 3, 4])?, &weights)?.loss)
+            },
+            atol: 1e-6,
+            rtol: 1e-5,
+        },
+        // VAR's loss: row statistics, a gather and a scatter, each with its kernel.
+        Case {
+            name: "token cross-entropy",
+            inputs: vec![strided_copy(&randn(&[2, 3, 37], 20, 3.0), &[1, 0, 2])],
+            run: |v| {
+                let labels = Tensor::from_vec(vec![0i64, 36, 5, 17, 17, 2], &[2, 3])?;
+                Ok(cross_entropy(&v[0], &labels, &randn_map(&[3], 21, |x| x.abs()))?.loss)
             },
             atol: 1e-6,
             rtol: 1e-5,

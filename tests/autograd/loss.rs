@@ -1,8 +1,8 @@
-//! The fused bitwise cross-entropy: gradients against finite differences, hand values,
-//! the official step's per-token losses, and input validation.
+//! The fused bitwise cross-entropy and VAR's token cross-entropy: gradients against finite
+//! differences, hand values, the official per-token losses, and input validation.
 
 use infinity::autograd::Var;
-use infinity::autograd::loss::bitwise_cross_entropy;
+use infinity::autograd::loss::{bitwise_cross_entropy, cross_entropy};
 use infinity::runtime::{DType, Tensor};
 use proptest::prelude::*;
 
@@ -16,6 +16,16 @@ fn labels(shape: &[usize], seed: u64) -> Tensor {
 
 proptest! {
     #![proptest_config(config())]
+
+    #[test]
+    fn token_cross_entropy_gradients((b, l, v) in (1usize..=2, 1usize..=4, 1usize..=9), seed in any::<u64>(), lay in any::<u8>()) {
+        let logits = layout(&randn(&[b, l, v], seed, 3.0), lay);
+        let ids: Vec<i64> = randn(&[b, l], seed ^ 1, 1.0).to_vec::<f32>().unwrap().iter()
+            .map(|x| ((x.abs() * 1000.0) as usize % v) as i64).collect();
+        let labels = Tensor::from_vec(ids, &[b, l]).unwrap();
+        let w = randn_map(&[l], seed ^ 2, |x| 0.1 + x.abs());
+        check(&[logits], |vars| Ok(cross_entropy(&vars[0], &labels, &w)?.loss));
+    }
 
     #[test]
     fn gradients(
@@ -84,4 +94,25 @@ fn rejects_bad_inputs() {
         bitwise_cross_entropy(&logits, &Tensor::zeros(&[1, 2, 2], DType::U8), &Tensor::zeros(&[3], DType::F32))
             .is_err()
     );
+}
+
+/// Token cross-entropy by hand: uniform logits cost ln V per token; a label whose logit leads
+/// by ln 3 over two others costs ln(5/3) (the other token, uniform, ln 3); the total is the weighted sum over the batch mean;
+/// labels outside the vocabulary are refused by position.
+#[test]
+fn token_cross_entropy_hand_values_and_refusals() {
+    let w = Tensor::from_vec(vec![0.5f32, 0.5], &[2]).unwrap();
+    let flat = Var::constant(Tensor::zeros(&[1, 2, 3], DType::F32));
+    let labels = Tensor::from_vec(vec![0i64, 2], &[1, 2]).unwrap();
+    let out = cross_entropy(&flat, &labels, &w).unwrap();
+    assert!(out.per_token.to_vec::<f32>().unwrap().iter().all(|&v| (v - 3f32.ln()).abs() <= 1e-6));
+    let lead = Var::constant(Tensor::from_vec(vec![3f32.ln(), 0.0, 0.0, 0.0, 0.0, 0.0], &[1, 2, 3]).unwrap());
+    let out = cross_entropy(&lead, &labels, &w).unwrap();
+    let per = out.per_token.to_vec::<f32>().unwrap();
+    assert!((per[0] - (5f32 / 3.0).ln()).abs() <= 1e-6 && (per[1] - 3f32.ln()).abs() <= 1e-6, "{per:?}");
+    let total = out.loss.value().to_f32_vec().unwrap()[0];
+    assert!((total - 0.5 * (per[0] + per[1])).abs() <= 1e-6);
+    let bad = Tensor::from_vec(vec![0i64, 3], &[1, 2]).unwrap();
+    let err = cross_entropy(&flat, &bad, &w).err().unwrap().to_string();
+    assert!(err.contains("cross_entropy") && err.contains("label 3 at position 1"), "{err}");
 }

@@ -311,3 +311,94 @@ fn cli_edit_keeps_the_input_where_the_mask_is_black() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_ne!(pixels(&dir.join("half.png")), pixels(&recon));
 }
+
+/// The training loss of the teacher-forced golden batch equals the cross-entropy of the
+/// golden logits (f64, weight 1/L, batch mean), and a train step reports it before updating.
+#[test]
+fn training_loss_matches_the_golden_logits() {
+    use infinity::autograd::{AdamW, AdamWConfig, optim::official_groups};
+    use infinity::models::var::train::{VarBatch, VarStepSettings, loss, train_step};
+    use infinity::runtime::collective::Single;
+    let golden = open("devV/var_forward_golden.safetensors");
+    let (logits, targets) = (golden.get("logits").unwrap(), golden.get("gt_idx_BL").unwrap());
+    let (x, y) = (logits.to_f32_vec().unwrap(), targets.to_vec::<i64>().unwrap());
+    let (b, l, v) = (2, 680, 64);
+    let mut want = 0.0f64;
+    for t in 0..b * l {
+        let row: Vec<f64> = x[t * v..][..v].iter().map(|&z| f64::from(z)).collect();
+        let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let lse = max + row.iter().map(|z| (z - max).exp()).sum::<f64>().ln();
+        want += (lse - row[y[t] as usize]) / l as f64 / b as f64;
+    }
+    let batch = VarBatch {
+        labels: labels(&golden),
+        inputs: golden.get("x_BLCv_wo_first_l").unwrap().clone(),
+        targets: targets.clone(),
+    };
+    let var = VarTransformer::open(fixture("devV/var.safetensors")).unwrap();
+    let got = loss(&var, &batch).unwrap();
+    eprintln!("loss {got} vs golden logits' {want}");
+    assert!((f64::from(got) - want).abs() <= 1e-5 * want, "{got} vs {want}");
+    let weights = infinity::runtime::io::Weights::open(fixture("devV/var.safetensors")).unwrap();
+    let mut params = VarTransformer::parameters(&weights, &var.config).unwrap();
+    let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8 }, official_groups(&params)).unwrap();
+    let settings = VarStepSettings { lr: 1e-4, weight_decay: 0.05, clip: 2.0 };
+    let stats = train_step(&mut params, &mut opt, &var.config, &[batch], settings, &Single).unwrap();
+    assert!((f64::from(stats.loss) - want).abs() <= 1e-5 * want, "{} vs {want}", stats.loss);
+    assert_eq!(stats.scale_accuracy.len(), 10);
+}
+
+/// A tiny VAR (both AdaLN kinds) whose loss's gradient with respect to every parameter passes
+/// the finite-difference check.
+#[test]
+fn training_gradients_match_finite_differences() {
+    use infinity::autograd::Tracked;
+    use infinity::autograd::gradcheck::GradCheck;
+    use infinity::autograd::loss::cross_entropy;
+    use infinity::models::var::VarConfig;
+    for shared_aln in [false, true] {
+        let config = VarConfig {
+            depth: 2,
+            embed_dim: 16,
+            num_heads: 2,
+            mlp_hidden: 32,
+            num_classes: 5,
+            shared_aln,
+            patch_nums: vec![1, 2, 3],
+            vocab: 8,
+            cvae: 4,
+        };
+        // Gates of a realistic size, so every branch's gradient is well above rounding.
+        let mut weights = VarTransformer::initial_weights(&config, 11).unwrap();
+        let boosted: Vec<(String, Tensor)> = weights
+            .iter()
+            .map(|(k, t)| {
+                let scaled = if k.contains("ada_lin") || k == "head.weight" {
+                    infinity::ops::elementwise::mul_scalar(t, 300.0).unwrap()
+                } else {
+                    t.clone()
+                };
+                (k.to_string(), scaled)
+            })
+            .collect();
+        weights = Weights::new("<boosted>", boosted, Default::default()).unwrap();
+        let params = VarTransformer::parameters(&weights, &config).unwrap();
+        let names: Vec<String> = params.iter().map(|(n, _)| n.to_string()).collect();
+        let inputs: Vec<Tensor> = params.iter().map(|(_, t)| t.clone()).collect();
+        let data = infinity::runtime::rng::Philox::new(5).normal(2 * 13 * 4);
+        let rows = Tensor::from_vec(data, &[2, 13, 4]).unwrap();
+        let targets = Tensor::from_vec((0..28).map(|i| (i * 5 % 8) as i64).collect(), &[2, 14]).unwrap();
+        let w = Tensor::full(&[14], 1.0 / 14.0, infinity::runtime::DType::F32);
+        let report = GradCheck::default()
+            .check(
+                |vars| {
+                    let tracked = Tracked::from_vars(names.iter().cloned().zip(vars.iter().cloned()).collect());
+                    let model = VarTransformer::on_tape(config.clone(), &tracked)?;
+                    Ok(cross_entropy(&model.teacher_forced(&[1, 5], &rows)?, &targets, &w)?.loss)
+                },
+                &inputs,
+            )
+            .unwrap();
+        assert!(report.passed(), "shared_aln {shared_aln}: {report}");
+    }
+}

@@ -108,7 +108,11 @@ pub fn cross_entropy(logits: &Var, labels: &Tensor, token_weights: &Tensor) -> R
     // Checked on the host wherever they are: a gather past the row would read another token.
     let ids = labels.to_dtype(DType::I64)?.to_vec::<i64>()?;
     if let Some(pos) = ids.iter().position(|&i| i < 0 || i as usize >= v) {
-        return Err(Error::invalid(OP, labels.shape(), format!("label {} at position {pos} is outside 0..{v}", ids[pos])));
+        return Err(Error::invalid(
+            OP,
+            labels.shape(),
+            format!("label {} at position {pos} is outside 0..{v}", ids[pos]),
+        ));
     }
     let device = x.device();
     let flat: Vec<i64> = ids.iter().enumerate().map(|(row, &i)| row as i64 * v as i64 + i).collect();

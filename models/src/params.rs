@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use infinity_autograd::{Params as TrainParams, Tracked, Var};
 use infinity_runtime::io::Weights;
+use infinity_runtime::rng::Philox;
 use infinity_runtime::{DType, Device, Error, Result, Tensor};
 
 /// Where a model's layers get their parameters by name: constants from a checkpoint for
@@ -132,4 +133,14 @@ pub(crate) fn tracked_source<'a>(
         }
         Ok(var.clone())
     }
+}
+
+/// `n` normals of standard deviation `std` redrawn until inside [−2, 2], PyTorch's
+/// `trunc_normal_` with its default absolute bounds.
+pub(crate) fn truncated_normal(rng: &mut Philox, n: usize, std: f32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        out.extend(rng.normal(n - out.len()).into_iter().map(|x| x * std).filter(|x| x.abs() <= 2.0));
+    }
+    out
 }

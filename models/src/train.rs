@@ -90,7 +90,8 @@ pub struct StepStats {
     pub grad_norm: f32,
     /// Per scale: the mean cross-entropy over the batch and the scale's tokens.
     pub scale_loss: Vec<f32>,
-    /// Per scale: the fraction of bits whose likelier value is the label.
+    /// Per scale: the fraction of predictions (bits, or VAR's codes) whose likeliest value is
+    /// the label.
     pub scale_accuracy: Vec<f32>,
     /// The gradients the optimiser applied (after clipping).
     pub grads: GradStore,
@@ -110,14 +111,38 @@ pub fn train_step(
     settings: StepSettings,
     world: &dyn Collective,
 ) -> Result<StepStats> {
-    if batches.is_empty() {
+    let micro = |params: &Params, i: usize| gradients(params, config, &batches[i], settings);
+    optimizer_step(params, optimizer, batches.len(), micro, (settings.lr, settings.weight_decay, settings.clip), world)
+}
+
+/// What one micro-batch contributes to a step.
+pub(crate) struct MicroBatch {
+    pub(crate) loss: f32,
+    pub(crate) scale_loss: Vec<f32>,
+    pub(crate) scale_accuracy: Vec<f32>,
+    pub(crate) grads: GradStore,
+}
+
+/// The step every model trains by: `n` micro-batches (`micro(params, i)` each) whose gradients
+/// are accumulated, each weighted 1/n, averaged over the ranks of `world`, clipped to the
+/// global norm `clip` and applied by AdamW with `lr` and `weight_decay`; the figures are the
+/// means over micro-batches and ranks, so every rank takes the same step and reports the same.
+pub(crate) fn optimizer_step(
+    params: &mut Params,
+    optimizer: &mut AdamW,
+    n: usize,
+    mut micro: impl FnMut(&Params, usize) -> Result<MicroBatch>,
+    (lr, weight_decay, clip): (f64, f64, f32),
+    world: &dyn Collective,
+) -> Result<StepStats> {
+    if n == 0 {
         return Err(Error::invalid("train.step", &[0], "a step needs at least one micro-batch"));
     }
-    let share = 1.0 / batches.len() as f32;
+    let share = 1.0 / n as f32;
     let mut grads = GradStore::default();
     let (mut loss, mut scale_loss, mut scale_accuracy) = (0.0, Vec::new(), Vec::new());
-    for batch in batches {
-        let micro = gradients(params, config, batch, settings)?;
+    for i in 0..n {
+        let micro = micro(params, i)?;
         grads.accumulate(&micro.grads, share)?;
         loss += share * micro.loss;
         let mean_into = |sum: &mut Vec<f32>, part: &[f32]| {
@@ -139,17 +164,9 @@ pub fn train_step(
     }
     // The tapes are gone, so the parameters are private again: AdamW updates them in place
     // instead of copying them.
-    let grad_norm = grads.clip_norm(settings.clip)?;
-    optimizer.step(params, &grads, settings.lr, settings.weight_decay)?;
+    let grad_norm = grads.clip_norm(clip)?;
+    optimizer.step(params, &grads, lr, weight_decay)?;
     Ok(StepStats { loss, grad_norm, scale_loss, scale_accuracy, grads })
-}
-
-/// What one micro-batch contributes to a step.
-struct MicroBatch {
-    loss: f32,
-    scale_loss: Vec<f32>,
-    scale_accuracy: Vec<f32>,
-    grads: GradStore,
 }
 
 /// The loss, per-scale figures and gradients of one micro-batch.
@@ -340,7 +357,7 @@ fn flat_labels(labels: &[Tensor]) -> Result<Tensor> {
 }
 
 /// Means of `per_token` (B, L) over the batch and the tokens of each scale.
-fn scale_means(per_token: &Tensor, offsets: &[usize]) -> Result<Vec<f32>> {
+pub(crate) fn scale_means(per_token: &Tensor, offsets: &[usize]) -> Result<Vec<f32>> {
     let l = per_token.dim(1)?;
     let values = per_token.to_vec::<f32>()?;
     Ok(offsets

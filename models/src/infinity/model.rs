@@ -24,7 +24,7 @@ use super::config::InfinityConfig;
 use super::params::gather;
 use super::rope::scale_table;
 use super::text::{Conditioning, PackedText, TextPath};
-use crate::params::{Source, tracked_source, trainable};
+use crate::params::{Source, tracked_source, trainable, truncated_normal};
 use crate::schedule::Schedule;
 
 pub struct Infinity {
@@ -55,16 +55,6 @@ pub struct Session<'a> {
     text_kv: Vec<TextKv>,
     ada: Vec<Var>,
     caches: Vec<KvCache>,
-}
-
-/// `n` normals of standard deviation `std` redrawn until inside [−2, 2], PyTorch's
-/// `trunc_normal_` with its default absolute bounds.
-fn truncated_normal(rng: &mut Philox, n: usize, std: f32) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        out.extend(rng.normal(n - out.len()).into_iter().map(|x| x * std).filter(|x| x.abs() <= 2.0));
-    }
-    out
 }
 
 impl Infinity {

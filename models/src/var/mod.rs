@@ -5,6 +5,7 @@
 pub mod config;
 pub mod generate;
 mod model;
+pub mod train;
 pub mod vqvae;
 
 pub use config::{VarConfig, VqVaeConfig};

@@ -10,19 +10,20 @@
 
 use std::path::Path;
 
-use infinity_autograd::Var;
 use infinity_autograd::adaln::{gated_residual, modulate};
 use infinity_autograd::attention::attention;
 use infinity_autograd::elementwise::{add, clamp, exp, gelu_tanh, mul, silu};
 use infinity_autograd::index::{concat, embedding};
 use infinity_autograd::matmul::linear;
 use infinity_autograd::norm::l2_normalize;
+use infinity_autograd::{Params as TrainParams, Tracked, Var};
 use infinity_ops::attention::{QK_EPS, block_causal_mask};
 use infinity_runtime::io::Weights;
+use infinity_runtime::rng::Philox;
 use infinity_runtime::{DType, Device, Error, Result, Tensor};
 
 use super::config::VarConfig;
-use crate::params::{Params, Source, Use, refuse_unexpected};
+use crate::params::{Params, Source, Use, refuse_unexpected, tracked_source, trainable, truncated_normal};
 
 /// LayerNorm ε of every norm (`norm_eps`).
 const EPS: f32 = 1e-6;
@@ -192,6 +193,81 @@ impl VarTransformer {
         refuse_unexpected(weights, |k| entries.iter().any(|e| e.key == k), "VAR transformer")?;
         p.place_on(device);
         Self::build(config, device, &mut |key| p.take(key).map(Var::constant))
+    }
+
+    /// The trainable parameters of a checkpoint in f32 (master weights), in state-dict order,
+    /// checked as loading checks them; the buffers are left out.
+    pub fn parameters(weights: &Weights, config: &VarConfig) -> Result<TrainParams> {
+        config.validate().map_err(|msg| Error::format(weights.path(), msg))?;
+        let entries = config.entries();
+        let mut p = Params::new(weights);
+        for e in entries.iter().filter(|e| !e.buffer) {
+            p.insert(weights, &e.key, &e.key, &e.shape, Use::F32)?;
+        }
+        refuse_unexpected(weights, |k| entries.iter().any(|e| e.key == k), "VAR transformer")?;
+        trainable(&mut p, entries.into_iter().filter(|e| !e.buffer).map(|e| e.key))
+    }
+
+    /// The model on one training step's tape: every parameter the tracked leaf of its name
+    /// (as [`VarTransformer::parameters`] names them). Build it anew for each step's tape.
+    pub fn on_tape(config: VarConfig, params: &Tracked) -> Result<Self> {
+        config.validate().map_err(|msg| Error::invalid("var.on_tape", &[], msg))?;
+        let shapes = config.entries().into_iter().filter(|e| !e.buffer).map(|e| (e.key, e.shape)).collect();
+        let device = params.get("lvl_embed.weight")?.value().device();
+        Self::build(config, &device, &mut tracked_source("var.on_tape", shapes, params))
+    }
+
+    /// The official initialisation (`init_weights(init_adaln=0.5, init_adaln_gamma=1e-5,
+    /// init_head=0.02, init_std=-1)` after the constructor's): linear and embedding weights and
+    /// the position tables truncated-normal with std √(1/3C), biases zero; the residual
+    /// branches' output projections divided by √(2·depth); the head × 0.02 and the head's
+    /// AdaLN × 0.5; each block's AdaLN × 0.5 for its scales and shifts and × 1e-5 for its gates
+    /// (the shared AdaLN's per-block offsets N(0, 1)/√C alike); attention scales 4.
+    pub fn initial_weights(config: &VarConfig, seed: u64) -> Result<Weights> {
+        config.validate().map_err(|msg| Error::invalid("var.init", &[config.embed_dim], msg))?;
+        let c = config.embed_dim;
+        let std = (1.0 / (3.0 * c as f32)).sqrt();
+        let residual = 1.0 / (2.0 * config.depth as f32).sqrt();
+        let mut rng = Philox::new(seed);
+        let mut tensors = Vec::new();
+        for e in config.entries().into_iter().filter(|e| !e.buffer) {
+            let n: usize = e.shape.iter().product();
+            let key = e.key.as_str();
+            // Rows of a (6C, ·) AdaLN output or of a (…, 6, C) offset: the first 2C are the gates.
+            let gates_then = |values: Vec<f32>, per_row: usize, rows_of_gates: usize| -> Vec<f32> {
+                values
+                    .chunks(per_row)
+                    .enumerate()
+                    .flat_map(|(r, row)| {
+                        let m = if r < rows_of_gates { 1e-5 } else { 0.5 };
+                        row.iter().map(move |x| x * m).collect::<Vec<_>>()
+                    })
+                    .collect()
+            };
+            let values: Vec<f32> = if key.ends_with("scale_mul_1H11") {
+                vec![4f32.ln(); n]
+            } else if key.ends_with("bias") {
+                vec![0.0; n]
+            } else if key.ends_with("ada_gss") {
+                let raw = rng.normal(n).into_iter().map(|x| x / (c as f32).sqrt()).collect();
+                gates_then(raw, c, 2)
+            } else {
+                let w = truncated_normal(&mut rng, n, std);
+                if key.ends_with("ada_lin.1.weight") && key.starts_with("blocks.") || key == "shared_ada_lin.1.weight" {
+                    gates_then(w, c, 2 * c)
+                } else {
+                    let m = match key {
+                        "head.weight" => 0.02,
+                        "head_nm.ada_lin.1.weight" => 0.5,
+                        k if k.ends_with("attn.proj.weight") || k.ends_with("ffn.fc2.weight") => residual,
+                        _ => 1.0,
+                    };
+                    w.into_iter().map(|x| x * m).collect()
+                }
+            };
+            tensors.push((e.key, Tensor::from_vec(values, &e.shape)?));
+        }
+        Weights::new("<initial VAR>", tensors, Default::default())
     }
 
     fn build(config: VarConfig, device: &Device, take: Source) -> Result<Self> {

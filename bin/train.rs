@@ -3,7 +3,8 @@
 //! `--config`) or fine-tuning (`--init`, or the transformer of `--model-dir`) — with the VAE
 //! and the text encoder frozen. `vae` trains the BitVAE tokenizer (reconstruction, BSQ
 //! commitment and entropy losses; single-scale `--stage 1` or multi-scale `--stage 2`; with
-//! `--disc-weight`, a PatchGAN discriminator's hinge loss), from scratch or fine-tuning.
+//! `--disc-weight`, a PatchGAN discriminator's hinge loss), from scratch or fine-tuning. `var`
+//! trains a VAR class-conditional transformer on class folders, its VQVAE frozen.
 //! Checkpoints hold the whole run state (parameters, optimizer, data position, RNG position),
 //! so re-running the same command resumes where the last checkpoint left off. The runs are
 //! `models::run` (their steps `models::train` and `models::train_vae`), the model folder
@@ -32,10 +33,12 @@ use infinity::models::model_folder::{self, ExportSources, ModelFiles};
 use infinity::models::pipeline::Pipeline;
 use infinity::models::run::transformer::{self, TransformerRun};
 use infinity::models::run::vae::{self, DiscriminatorSettings, VaeRun};
+use infinity::models::run::var::{self as var_run, VarRun};
 use infinity::models::run::{Outcome, Progress, RunSettings};
 use infinity::models::schedule::{PATCH, PixelBudget};
 use infinity::models::train::{TokenWeighting, evaluate_dataset};
 use infinity::models::train_vae::VaeLossWeights;
+use infinity::models::var::VarConfig;
 use infinity::runtime::collective::Single;
 use infinity::runtime::launch::{Launch, rendezvous, supervise};
 use infinity::runtime::{Device, DeviceName};
@@ -61,6 +64,10 @@ enum Command {
     Transformer(Box<TransformerArgs>),
     /// Train the BitVAE; re-running the same command resumes from --out's latest checkpoint.
     Vae(Box<VaeArgs>),
+    /// Train a VAR class-conditional transformer on an ImageNet-style folder of class
+    /// sub-folders, its VQVAE frozen; re-running the same command resumes from --out's latest
+    /// checkpoint. The checkpoints' params.safetensors is what `infinity-run var --var` reads.
+    Var(Box<VarTrainArgs>),
     /// Write a model folder that infinity-run reads (config.json and the models' files) from
     /// a transformer run and a BitVAE; the folder is checked by loading it before config.json,
     /// the file that makes it a model folder, is written.
@@ -214,6 +221,53 @@ struct VaeArgs {
 }
 
 #[derive(Args)]
+struct VarTrainArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Training images: one sub-folder per class (sorted names are the class indices), as
+    /// ImageNet's train folder.
+    #[arg(long)]
+    data: PathBuf,
+    /// The VQVAE checkpoint (vae_ch160v4096z32.pth), frozen.
+    #[arg(long)]
+    vae: PathBuf,
+    /// Train from scratch with a released architecture: d16, d20, d24, d30, d36.
+    #[arg(long, conflicts_with_all = ["config", "init"])]
+    preset: Option<String>,
+    /// Train from scratch with the architecture in this JSON file (`{"depth", "embed_dim",
+    /// "num_heads", "num_classes", "resolution": 256 | 512}`, optionally "mlp_hidden",
+    /// "shared_aln", "vocab", "cvae").
+    #[arg(long, conflicts_with = "init")]
+    config: Option<PathBuf>,
+    /// Fine-tune this VAR checkpoint (a released var_dNN.pth or safetensors).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Peak learning rate; default the official 1e-4 · batch · accumulate / 256 (tblr scaling).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Learning rate at the end of the run, as a fraction of the peak (official `wpe`); the
+    /// official `lin0` schedule holds the peak for 5% of the run after the warm-up, then decays
+    /// linearly to it. (The official warm-up is 2% of the run: --warmup-steps steps/50.)
+    #[arg(long, default_value_t = 0.01)]
+    end_lr: f64,
+    /// AdamW weight decay (not applied to 1-D parameters, biases, embeddings and gains).
+    #[arg(long, default_value_t = 0.05)]
+    wd: f64,
+    /// AdamW β₁,β₂.
+    #[arg(long, value_delimiter = ',', default_value = "0.9,0.95")]
+    betas: Vec<f64>,
+    /// Global gradient-norm clipping threshold (0 disables).
+    #[arg(long, default_value_t = 2.0)]
+    clip: f32,
+    /// Probability of training a sample as the null class (for CFG).
+    #[arg(long, default_value_t = 0.1)]
+    label_dropout: f32,
+    /// Micro-batches of --batch images per optimizer step (the official `--ac`).
+    #[arg(long, default_value_t = 1)]
+    accumulate: usize,
+}
+
+#[derive(Args)]
 struct TransformerArgs {
     #[command(flatten)]
     run: RunArgs,
@@ -306,6 +360,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval(&args),
         Command::Plot { run, out } => plot_run(&run, &out),
         Command::Vae(args) => train_vae(&args),
+        Command::Var(args) => train_var(&args),
     })
 }
 
@@ -670,6 +725,56 @@ fn train_vae(a: &VaeArgs) -> Result<(), Box<dyn Error>> {
     let outcome = run.train(&mut bar)?;
     finish(bar, &a.run.out, &outcome);
     Ok(())
+}
+
+fn train_var(a: &VarTrainArgs) -> Result<(), Box<dyn Error>> {
+    let run = plan_var(a, training_device(a.run.device)?)?;
+    let mut bar = Bar(None);
+    let outcome = run.train(&Single, &mut bar)?;
+    finish(bar, &a.run.out, &outcome);
+    Ok(())
+}
+
+/// The `var` run of the command line: everything it can refuse, refused before any slow work.
+fn plan_var(a: &VarTrainArgs, device: Device) -> Result<VarRun, Box<dyn Error>> {
+    check_data(&a.data)?;
+    existing(&a.vae, "vae")?;
+    check_counts(a.run.batch, a.run.steps, a.run.save_every, a.run.keep)?;
+    if a.accumulate == 0 {
+        return Err("--accumulate must be at least 1".into());
+    }
+    let peak = a.lr.unwrap_or(1e-4 * (a.run.batch * a.accumulate) as f64 / 256.0);
+    let optim = check_optimizer(peak, a.wd, &a.betas, a.clip)?;
+    check_range("end-lr", a.end_lr, 0.0..=1.0)?;
+    check_range("label-dropout", f64::from(a.label_dropout), 0.0..=1.0)?;
+    let start =
+        match (&a.preset, &a.config, &a.init) {
+            (Some(name), ..) => var_run::Start::Scratch(VarConfig::preset(name).ok_or_else(|| {
+                format!("unknown --preset '{name}' (expected one of {})", VarConfig::PRESETS.join(", "))
+            })?),
+            (_, Some(path), _) => var_run::Start::Scratch(read_json_config(path, VarConfig::from_json)?),
+            (.., Some(init)) => var_run::Start::Checkpoint(existing(init, "init")?),
+            _ => return Err("no VAR transformer: give --preset, --config or --init".into()),
+        };
+    Ok(VarRun {
+        run: run_settings(&a.run, device),
+        data: a.data.clone(),
+        vae: a.vae.clone(),
+        start,
+        lr: LrSchedule {
+            peak,
+            warmup_iters: a.run.warmup_steps,
+            max_iters: a.run.steps as usize,
+            warmup_start: WARMUP_START,
+            end_ratio: a.end_lr,
+            annealing: Annealing::Linear { hold: 0.05 },
+        },
+        adamw: optim.adamw,
+        weight_decay: a.wd,
+        clip: optim.clip,
+        label_dropout: a.label_dropout,
+        accumulate: a.accumulate,
+    })
 }
 
 fn plot_run(run: &Path, out: &Path) -> Result<(), Box<dyn Error>> {

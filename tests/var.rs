@@ -402,3 +402,89 @@ fn training_gradients_match_finite_differences() {
         assert!(report.passed(), "shared_aln {shared_aln}: {report}");
     }
 }
+
+fn train_cli(data: &Path, out: &Path, steps: &str) -> std::process::Output {
+    let (vae, init) = (fixture("devV/vae.pth"), fixture("devV/var.safetensors"));
+    std::process::Command::new(env!("CARGO_BIN_EXE_infinity-train"))
+        .args(["var".as_ref(), "--data".as_ref(), data.as_os_str(), "--vae".as_ref(), vae.as_os_str()])
+        .args(["--init".as_ref(), init.as_os_str(), "--out".as_ref(), out.as_os_str()])
+        .args(["--steps", steps, "--batch", "2", "--save-every", "1", "--lr", "1e-3", "--end-lr", "1", "--seed", "4"])
+        .output()
+        .unwrap()
+}
+
+/// `infinity-train var` on class folders: a run stopped after 2 steps and resumed to 3 logs
+/// the same losses as a run of 3 (its data position, label dropouts and optimizer restored;
+/// a constant rate, since the decay's length follows --steps), and its checkpoint generates
+/// with `infinity-run var`.
+#[test]
+fn train_cli_resumes_exactly_and_its_checkpoint_generates() {
+    let dir = scratch("var-train");
+    let data = dir.join("data");
+    for (class, emoji) in [("apple", "1f34e"), ("frog", "1f438"), ("heart", "1f499")] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for copy in ["a", "b"] {
+            std::fs::copy(fixture(&format!("emoji/{emoji}.png")), data.join(class).join(format!("{copy}.png")))
+                .unwrap();
+        }
+    }
+    let (straight, resumed) = (dir.join("straight"), dir.join("resumed"));
+    for out in [&straight, &resumed] {
+        let _ = std::fs::remove_dir_all(out);
+    }
+    let o = train_cli(&data, &straight, "3");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(train_cli(&data, &resumed, "2").status.success());
+    let o = train_cli(&data, &resumed, "3");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("trained steps 3..3"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // Everything but the throughput column.
+    let rows = |run: &Path| -> Vec<String> {
+        let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+        csv.lines().map(|l| l.rsplit_once(',').unwrap().0.to_string()).collect()
+    };
+    assert_eq!(rows(&straight), rows(&resumed));
+    assert_eq!(rows(&straight).len(), 4);
+    let params = resumed.join("step-000000003/params.safetensors");
+    let png = dir.join("trained.png");
+    let vae = fixture("devV/vae.pth");
+    let o = run(&[
+        "var".as_ref(),
+        "--class".as_ref(),
+        "0,2".as_ref(),
+        "--var".as_ref(),
+        params.as_os_str(),
+        "--vae".as_ref(),
+        vae.as_os_str(),
+        "-o".as_ref(),
+        png.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(png_size_and_text(&png).0, (512, 256));
+}
+
+/// Training refuses in one line, before loading, what cannot work.
+#[test]
+fn train_cli_refuses_bad_setups() {
+    let dir = scratch("var-train-refusals");
+    let data = dir.join("data");
+    std::fs::create_dir_all(data.join("only")).unwrap();
+    std::fs::copy(fixture("emoji/1f34e.png"), data.join("only/a.png")).unwrap();
+    let vae = fixture("devV/vae.pth");
+    let train = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_infinity-train"))
+            .args(["var".as_ref(), "--data".as_ref(), data.as_os_str(), "--vae".as_ref(), vae.as_os_str()])
+            .args(["--out".as_ref(), dir.join("run").as_os_str()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    common::assert_refused(&train(&["--preset", "d99"]), "--preset 'd99'");
+    common::assert_refused(&train(&[]), "--preset, --config or --init");
+    common::assert_refused(&train(&["--preset", "d16", "--label-dropout", "2"]), "--label-dropout");
+    // d16 predicts the release's 4096 codes of 32 channels; devV's VQVAE has 64 of 16.
+    common::assert_refused(&train(&["--preset", "d16"]), "not trained together");
+}

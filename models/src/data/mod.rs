@@ -34,6 +34,8 @@ pub struct Item {
     pub image: PathBuf,
     pub template: Template,
     pub caption: Caption,
+    /// Its class index in a class-folder data set.
+    pub class: Option<usize>,
 }
 
 /// The items of one template (indices into `Dataset::items`, in item order).
@@ -75,6 +77,8 @@ pub struct Dataset {
     buckets: Vec<Bucket>,
     budget: PixelBudget,
     caption_rule: CaptionRule,
+    /// The class names of a class-folder data set (index = class), else empty.
+    classes: Vec<String>,
     /// Images left out while listing (they are not among `items`).
     unlisted: usize,
     /// Skipped images by path: each is logged once, however many epochs meet it.
@@ -112,6 +116,23 @@ impl Dataset {
         Self::new(dir.as_ref(), items, skipped, budget, CaptionRule::Plain)
     }
 
+    /// An ImageNet-style folder of class sub-folders (sorted names = class indices), every
+    /// image square at the budget's size.
+    pub fn from_class_folders(dir: impl AsRef<Path>, budget: PixelBudget) -> Result<Self> {
+        let (items, classes) = source::read_class_folders(dir.as_ref())?;
+        if classes.is_empty() {
+            return Err(Error::format(dir.as_ref(), "no class sub-folders (expected <data>/<class>/<image>)"));
+        }
+        let mut dataset = Self::new(dir.as_ref(), items, Vec::new(), budget, CaptionRule::Plain)?;
+        dataset.classes = classes;
+        Ok(dataset)
+    }
+
+    /// The class names of a class-folder data set, in class-index order (empty otherwise).
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
     fn new(
         dir: &Path,
         items: Vec<Item>,
@@ -136,6 +157,7 @@ impl Dataset {
             buckets,
             budget,
             caption_rule,
+            classes: Vec::new(),
             unlisted,
             skipped: Mutex::new(BTreeMap::new()),
         };

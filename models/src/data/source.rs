@@ -76,7 +76,7 @@ fn parse_line(line: &str, folder: &Path) -> std::result::Result<Item, String> {
     let h_div_w = v.get("h_div_w").and_then(Value::as_f64).ok_or("'h_div_w' is missing or not a number")?;
     let template = Template::nearest(h_div_w).ok_or_else(|| format!("'h_div_w' {h_div_w} is not a positive ratio"))?;
     let caption = Caption { long: required("long_caption")?, short: string("text"), kind: string("long_caption_type") };
-    Ok(Item { image, template, caption })
+    Ok(Item { image, template, caption, class: None })
 }
 
 /// Images with a same-named `.txt` caption; the others are returned as skipped, as are images
@@ -101,11 +101,42 @@ pub(super) fn read_image_folder(dir: &Path) -> Result<(Vec<Item>, Vec<Skipped>)>
             }
         };
         match template {
-            Some(template) => {
-                items.push(Item { image, template, caption: Caption { long: caption, short: None, kind: None } })
-            }
+            Some(template) => items.push(Item {
+                image,
+                template,
+                caption: Caption { long: caption, short: None, kind: None },
+                class: None,
+            }),
             None => skipped.push(Skipped::new(image, "the image has no pixels".to_string())),
         }
     }
     Ok((items, skipped))
+}
+
+/// An ImageNet-style folder: one sub-folder per class, holding its images. Classes are the
+/// sub-folders' names in sorted order (torchvision's `ImageFolder`), each item captioned with
+/// its class name and square (the class-conditional models train on square crops). Image
+/// sizes are not read here: a million files would take minutes; a broken one is skipped when
+/// it is loaded.
+pub(super) fn read_class_folders(dir: &Path) -> Result<(Vec<Item>, Vec<String>)> {
+    let mut classes = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.is_dir() {
+            classes.push(path);
+        }
+    }
+    classes.sort();
+    let square = Template::exact(1.0).ok_or_else(|| Error::format(dir, "no square template"))?;
+    let mut items = Vec::new();
+    let mut names = Vec::with_capacity(classes.len());
+    for (class, folder) in classes.iter().enumerate() {
+        let name = folder.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
+        for image in files_with_extension(folder, &IMAGE_EXTENSIONS)? {
+            let caption = Caption { long: name.clone(), short: None, kind: None };
+            items.push(Item { image, template: square, caption, class: Some(class) });
+        }
+        names.push(name);
+    }
+    Ok((items, names))
 }

@@ -1,4 +1,4 @@
-//! Training runs: a run of steps of one model (the transformer or the BitVAE) in a run folder
+//! Training runs: a run of steps of one model (the transformer, the BitVAE or VAR) in a run folder
 //! that it resumes from when started again, on the device of its settings. One loop per
 //! model for every device; `infinity-train` only turns its flags into the settings here and
 //! shows the [`Progress`].
@@ -7,11 +7,13 @@
 //!   run must find in them;
 //! - [`transformer`]: the transformer's run (text features or a text encoder training along,
 //!   frozen-VAE latents, Bitwise Self-Correction, caption dropout, micro-batches);
-//! - [`vae`]: the BitVAE's run (random crops, the discriminator).
+//! - [`vae`]: the BitVAE's run (random crops, the discriminator);
+//! - [`var`]: VAR's class-conditional transformer on class folders (label dropout).
 
 pub mod folder;
 pub mod transformer;
 pub mod vae;
+pub mod var;
 
 use std::fmt;
 

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use serde_json::Value;
+
 use crate::autoencoder::{Entry, EntryList, KeyStyle, NetShape};
 
 /// The 256² schedule (d16–d30) and the 512² one (d36): tokens per side at each scale.
@@ -198,6 +200,43 @@ impl VarConfig {
         self.embed_dim / self.num_heads
     }
 
+    /// Reads the `--config` form: `{"depth", "embed_dim", "num_heads", "num_classes",
+    /// "resolution": 256 | 512}` and optionally `"mlp_hidden"` (4C), `"shared_aln"` (false),
+    /// `"vocab"` (4096) and `"cvae"` (32).
+    pub fn from_json(v: &Value) -> Result<VarConfig, String> {
+        let uint = |key: &str, default: Option<usize>| -> Result<usize, String> {
+            match v.get(key) {
+                None => default.ok_or_else(|| format!("'{key}' is missing")),
+                Some(x) => {
+                    x.as_u64().map(|n| n as usize).ok_or_else(|| format!("'{key}' must be a non-negative integer"))
+                }
+            }
+        };
+        let embed_dim = uint("embed_dim", None)?;
+        let patch_nums = match uint("resolution", None)? {
+            256 => PATCH_NUMS_256.to_vec(),
+            512 => PATCH_NUMS_512.to_vec(),
+            r => return Err(format!("'resolution' {r}: the schedules are 256 and 512")),
+        };
+        let shared_aln = match v.get("shared_aln") {
+            None => false,
+            Some(b) => b.as_bool().ok_or("'shared_aln' must be true or false")?,
+        };
+        let config = VarConfig {
+            depth: uint("depth", None)?,
+            embed_dim,
+            num_heads: uint("num_heads", None)?,
+            mlp_hidden: uint("mlp_hidden", Some(4 * embed_dim))?,
+            num_classes: uint("num_classes", None)?,
+            shared_aln,
+            patch_nums,
+            vocab: uint("vocab", Some(4096))?,
+            cvae: uint("cvae", Some(32))?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
     pub fn seq_len(&self) -> usize {
         seq_len(&self.patch_nums)
     }
@@ -305,6 +344,19 @@ impl VarConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_configs() {
+        let v = serde_json::json!({"depth": 2, "embed_dim": 64, "num_heads": 2, "num_classes": 10, "resolution": 256});
+        let c = VarConfig::from_json(&v).unwrap();
+        assert_eq!((c.mlp_hidden, c.vocab, c.cvae, c.shared_aln, c.seq_len()), (256, 4096, 32, false, 680));
+        let bad =
+            serde_json::json!({"depth": 2, "embed_dim": 64, "num_heads": 3, "num_classes": 10, "resolution": 256});
+        assert!(VarConfig::from_json(&bad).unwrap_err().contains("divisible"));
+        let bad =
+            serde_json::json!({"depth": 2, "embed_dim": 64, "num_heads": 2, "num_classes": 10, "resolution": 300});
+        assert!(VarConfig::from_json(&bad).unwrap_err().contains("resolution"));
+    }
 
     #[test]
     fn phi_tables_of_the_official_schedules() {

@@ -65,17 +65,14 @@ pub struct Generated {
 /// Refuses a VQVAE and a transformer that were not made for each other.
 pub fn check_pair(c: &VarConfig, v: &VqVaeConfig) -> Result<()> {
     if c.cvae != v.cvae() || c.vocab != v.vocab {
-        return Err(Error::invalid(
-            "var.generate",
-            &[c.vocab, c.cvae],
-            format!(
-                "the transformer predicts {} codes of {} channels, the VQVAE has {} of {}",
-                c.vocab,
-                c.cvae,
-                v.vocab,
-                v.cvae()
-            ),
-        ));
+        return Err(Error::setting(format!(
+            "the VAR transformer predicts {} codes of {} channels but the VQVAE has {} of {}: they were not \
+             trained together",
+            c.vocab,
+            c.cvae,
+            v.vocab,
+            v.cvae()
+        )));
     }
     Ok(())
 }

@@ -15,6 +15,10 @@
 //!   8B (spatial patchify, 56-bit tokens) the same way, with its peak device memory beside the
 //!   README's ~31 GB budget (transformer side: 16.8 GB weights + 12.1 GB KV cache).
 //!
+//! - VAR d16 and d30 (random weights, the release-size VQVAE) generating 256² images with CFG
+//!   and the demo's sampling, at batch 1 and 64: images per second beside the arithmetic floor
+//!   (`VarConfig::generation_flops` at the bf16 dense peak).
+//!
 //! Without a GPU it prints a SKIP line and measures nothing (the CPU shim's speed means nothing).
 
 use std::time::{Duration, Instant};
@@ -199,6 +203,47 @@ fn transformer(exec: &Executor, preset: &str) {
     println!("  per scale (ms): {}", per_scale.join(", "));
 }
 
+/// VAR `preset` on the device: images/s of whole generations (transformer, sampling on the
+/// host, decode) at batch 1 and 64, and the transformer's share beside its arithmetic floor.
+fn var_generation(exec: &Executor, preset: &str) {
+    use infinity::models::var::{VarConfig, VarSampling, VarTransformer, VqVae, VqVaeConfig, generate};
+    exec.empty_cache();
+    exec.reset_peak();
+    let config = VarConfig::preset(preset).expect("preset");
+    let flops = config.generation_flops();
+    let weights = VarTransformer::initial_weights(&config, 0).expect("weights");
+    let model = VarTransformer::with_config_on(&weights, config, &exec.device()).expect("model");
+    drop(weights);
+    let vae_config = VqVaeConfig::release();
+    let vae_weights = VqVae::random_weights(&vae_config, 0).expect("vae weights");
+    let vae = VqVae::with_config_on(&vae_weights, vae_config, &exec.device()).expect("vae");
+    for batch in [1usize, 64] {
+        let classes: Vec<usize> = (0..batch).map(|i| i * 15 % 1000).collect();
+        let sampling = VarSampling { seed: 1, ..Default::default() };
+        let run = || {
+            let start = Instant::now();
+            let out = generate(&model, &vae, &classes, &sampling, None, |_| {}).expect("generate");
+            exec.synchronize().expect("sync");
+            let transformer = start.elapsed().as_secs_f64();
+            vae.decode(&out.f_hat).expect("decode");
+            (transformer, start.elapsed().as_secs_f64())
+        };
+        run();
+        let mut runs: Vec<(f64, f64)> = (0..3).map(|_| run()).collect();
+        runs.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let (transformer, total) = runs[1];
+        let floor = flops * batch as f64 / 989e12;
+        println!(
+            "VAR {preset} 256² CFG batch {batch} on {}: {:.2} images/s ({total:.3} s, transformer {transformer:.3} s = {:.1}× its floor of {:.1} ms at 989 TFLOP/s); peak device memory {:.0} MiB",
+            exec.name(),
+            batch as f64 / total,
+            transformer / floor,
+            floor * 1e3,
+            exec.memory().peak as f64 / (1 << 20) as f64
+        );
+    }
+}
+
 fn benches(c: &mut Criterion) {
     let exec = match Executor::cuda(0) {
         Ok(exec) => exec,
@@ -210,6 +255,8 @@ fn benches(c: &mut Criterion) {
     memory_bound(c, &exec);
     transformer(&exec, "2b");
     transformer(&exec, "8b");
+    var_generation(&exec, "d16");
+    var_generation(&exec, "d30");
 }
 
 criterion_group!(cuda, benches);

@@ -8,16 +8,20 @@
 //! - 8B likewise, with its patch-8 d14 VAE (spatial patchify; set `INFINITY_BENCH_8B=1`; needs
 //!   ~17 GB of disk, as much memory while the file is written, and many minutes).
 //!
-//! Under `cargo test` (no `--bench` argument) it runs a tiny configuration once as a smoke test.
+//! - VAR d16 (310M) with a random VQVAE of the release's size, 256² with CFG: transformer and
+//!   decode times and the transformer's FLOP rate.
+//!
+//! Under `cargo test` (no `--bench` argument) it runs tiny configurations once as a smoke test.
 
 use std::time::Instant;
 
 use infinity::models::bitvae::{BitVae, BitVaeConfig};
 use infinity::models::infinity::{Infinity, InfinityConfig, SamplingConfig, generate};
 use infinity::models::schedule::{PixelBudget, Template};
+use infinity::models::var::{VarConfig, VarSampling, VarTransformer, VqVae, VqVaeConfig};
 use infinity::runtime::io::{Weights, save_safetensors};
 use infinity::runtime::rng::Philox;
-use infinity::runtime::{DType, Tensor};
+use infinity::runtime::{DType, Device, Tensor};
 
 /// Text features of one 16-token prompt.
 fn prompt(text_channels: usize) -> Tensor {
@@ -110,6 +114,37 @@ fn mapped(preset: &str, vae_preset: &str) {
     );
 }
 
+/// Seconds of one VAR generation (CFG, the demo's sampling) of `classes` and of its decode.
+fn time_var(model: &VarTransformer, vae: &VqVae, classes: &[usize]) -> (f64, f64) {
+    let t = Instant::now();
+    let sampling = VarSampling { seed: 1, ..Default::default() };
+    let out = infinity::models::var::generate(model, vae, classes, &sampling, None, |_| {}).unwrap();
+    let transformer = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    vae.decode(&out.f_hat).unwrap();
+    (transformer, t.elapsed().as_secs_f64())
+}
+
+/// VAR `preset` with random weights (the official initialisation) and a random release-size
+/// VQVAE: the median of `runs` generations of one class.
+fn var(preset: &str, runs: usize) {
+    let config = VarConfig::preset(preset).unwrap();
+    let flops = config.generation_flops();
+    let weights = VarTransformer::initial_weights(&config, 0).unwrap();
+    let model = VarTransformer::with_config_on(&weights, config, &Device::Cpu).unwrap();
+    drop(weights);
+    let vae_config = VqVaeConfig::release();
+    let vae = VqVae::with_config_on(&VqVae::random_weights(&vae_config, 0).unwrap(), vae_config, &Device::Cpu).unwrap();
+    let mut times: Vec<(f64, f64)> = (0..runs).map(|_| time_var(&model, &vae, &[207])).collect();
+    times.sort_by(|a, b| (a.0 + a.1).total_cmp(&(b.0 + b.1)));
+    let (t, d) = times[times.len() / 2];
+    println!(
+        "VAR {preset} 256² CFG: transformer {t:.2} s ({:.0} GFLOP/s at {:.0} GFLOP) + VQVAE decode {d:.2} s; median of {runs}",
+        flops / t / 1e9,
+        flops / 1e9
+    );
+}
+
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     if !bench {
@@ -133,9 +168,30 @@ fn main() {
         .unwrap();
         let (t, d) = time_once(&model, &vae);
         println!("generate bench smoke run: transformer {t:.2} s, decode {d:.2} s");
+        let config = VarConfig {
+            depth: 2,
+            embed_dim: 64,
+            num_heads: 2,
+            mlp_hidden: 256,
+            num_classes: 10,
+            shared_aln: false,
+            patch_nums: vec![1, 2, 3, 4, 5, 6, 8, 10, 13, 16],
+            vocab: 64,
+            cvae: 16,
+        };
+        let weights = VarTransformer::initial_weights(&config, 0).unwrap();
+        let model = VarTransformer::with_config_on(&weights, config, &Device::Cpu).unwrap();
+        let mut vae_config = VqVaeConfig::release();
+        (vae_config.net.base_ch, vae_config.net.ch_mult, vae_config.vocab, vae_config.net.z_channels) =
+            (32, vec![1; 5], 64, 16);
+        let vae =
+            VqVae::with_config_on(&VqVae::random_weights(&vae_config, 0).unwrap(), vae_config, &Device::Cpu).unwrap();
+        let (t, d) = time_var(&model, &vae, &[1, 2]);
+        println!("VAR smoke run: transformer {t:.2} s, decode {d:.2} s");
         return;
     }
     layer12(3);
+    var("d16", 3);
     for (preset, vae, env, size) in
         [("2b", "d32", "INFINITY_BENCH_2B", "4.4"), ("8b", "d14_patchify", "INFINITY_BENCH_8B", "17")]
     {

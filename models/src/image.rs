@@ -122,29 +122,6 @@ pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
     10.0 * (255.0f64 * 255.0 / mse).log10()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cover_then_centre_crop() {
-        // A 4×2 (w×h) image into 2×2: scaled to 4×2 (already covering), crop columns 1..3.
-        let img = RgbImage::from_fn(4, 2, |x, _| image::Rgb([x as u8 * 50, 0, 255]));
-        let t = to_tensor(&fit_to(&img, (2, 2)).unwrap()).unwrap();
-        let r = t.narrow(1, 0, 1).unwrap().to_vec::<f32>().unwrap();
-        let expect = |v: u8| f32::from(v) / 255.0 * 2.0 - 1.0;
-        assert_eq!(r, [expect(50), expect(100), expect(50), expect(100)]);
-    }
-
-    #[test]
-    fn eight_bit_conversion_truncates() {
-        // Channels R = [-1, 1], G = [0, 0.999], B = [-0.999, 2]; pixels interleave them.
-        let t = Tensor::from_vec(vec![-1.0f32, 1.0, 0.0, 0.999, -0.999, 2.0], &[1, 3, 1, 2]).unwrap();
-        assert_eq!(to_rgb8(&t).unwrap()[0], [0, 127, 0, 255, 254, 255]);
-        assert!(psnr(&[1, 2], &[1, 2]).is_infinite());
-    }
-}
-
 /// Images laid out as one picture.
 pub struct Grid {
     pub width: usize,
@@ -170,4 +147,27 @@ pub fn image_grid(images: &Tensor) -> Result<Grid> {
         }
     }
     Ok(Grid { width, height, rgb })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cover_then_centre_crop() {
+        // A 4×2 (w×h) image into 2×2: scaled to 4×2 (already covering), crop columns 1..3.
+        let img = RgbImage::from_fn(4, 2, |x, _| image::Rgb([x as u8 * 50, 0, 255]));
+        let t = to_tensor(&fit_to(&img, (2, 2)).unwrap()).unwrap();
+        let r = t.narrow(1, 0, 1).unwrap().to_vec::<f32>().unwrap();
+        let expect = |v: u8| f32::from(v) / 255.0 * 2.0 - 1.0;
+        assert_eq!(r, [expect(50), expect(100), expect(50), expect(100)]);
+    }
+
+    #[test]
+    fn eight_bit_conversion_truncates() {
+        // Channels R = [-1, 1], G = [0, 0.999], B = [-0.999, 2]; pixels interleave them.
+        let t = Tensor::from_vec(vec![-1.0f32, 1.0, 0.0, 0.999, -0.999, 2.0], &[1, 3, 1, 2]).unwrap();
+        assert_eq!(to_rgb8(&t).unwrap()[0], [0, 127, 0, 255, 254, 255]);
+        assert!(psnr(&[1, 2], &[1, 2]).is_infinite());
+    }
 }

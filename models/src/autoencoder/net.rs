@@ -130,8 +130,8 @@ impl AttnBlock {
 
 /// A ResBlock, or an attention block after one.
 enum Layer {
-    Res(ResBlock),
-    Attn(AttnBlock),
+    Res(Box<ResBlock>),
+    Attn(Box<AttnBlock>),
 }
 
 impl Layer {
@@ -155,9 +155,9 @@ fn run_layers(layers: &[Layer], mut h: Var) -> Result<Var> {
 fn level_layers(p: Source, net: &NetShape, part: &str, l: usize, blocks: Vec<(usize, usize)>) -> Result<Vec<Layer>> {
     let mut layers = Vec::new();
     for (b, (cin, cout)) in blocks.into_iter().enumerate() {
-        layers.push(Layer::Res(ResBlock::load(p, net.keys, &format!("{part}.{l}.block.{b}"), cin, cout)?));
+        layers.push(Layer::Res(Box::new(ResBlock::load(p, net.keys, &format!("{part}.{l}.block.{b}"), cin, cout)?)));
         if net.level_attends(l) {
-            layers.push(Layer::Attn(AttnBlock::load(p, net.keys, &format!("{part}.{l}.attn.{b}"))?));
+            layers.push(Layer::Attn(Box::new(AttnBlock::load(p, net.keys, &format!("{part}.{l}.attn.{b}"))?)));
         }
     }
     Ok(layers)
@@ -278,10 +278,12 @@ impl Decoder {
 /// The middle: ResBlock, [attention,] ResBlock at the top channel count.
 fn mid_layers(p: Source, net: &NetShape, part: &str) -> Result<Vec<Layer>> {
     let c = net.top_channels();
-    let block = |p: Source, m: &str| ResBlock::load(p, net.keys, &format!("{part}.mid.{m}"), c, c).map(Layer::Res);
+    let block = |p: Source, m: &str| {
+        ResBlock::load(p, net.keys, &format!("{part}.mid.{m}"), c, c).map(|r| Layer::Res(Box::new(r)))
+    };
     let mut layers = vec![block(p, "block_1")?];
     if net.attention {
-        layers.push(Layer::Attn(AttnBlock::load(p, net.keys, &format!("{part}.mid.attn_1"))?));
+        layers.push(Layer::Attn(Box::new(AttnBlock::load(p, net.keys, &format!("{part}.mid.attn_1"))?)));
     }
     layers.push(block(p, "block_2")?);
     Ok(layers)

@@ -250,6 +250,25 @@ impl VarConfig {
         self.patch_nums.last().copied().unwrap_or(0) * PATCH
     }
 
+    /// Multiply-adds × 2 of one generated image with CFG (two rows per image): every block's
+    /// linears and the head for each token, attention of each scale's queries over the keys of
+    /// the scales so far, and the AdaLN projections once. The arithmetic floor of a device is
+    /// this over its peak rate.
+    pub fn generation_flops(&self) -> f64 {
+        let (c, h) = (self.embed_dim as f64, self.mlp_hidden as f64);
+        let per_token = self.depth as f64 * (4.0 * c * c + 2.0 * c * h) + c * self.vocab as f64;
+        let mut seen = 0.0;
+        let mut attention = 0.0;
+        for p in &self.patch_nums {
+            let n = (p * p) as f64;
+            seen += n;
+            attention += self.depth as f64 * 2.0 * c * n * seen;
+        }
+        let ada_projections = if self.shared_aln { 1.0 } else { self.depth as f64 };
+        let ada = ada_projections * 6.0 * c * c + 2.0 * c * c;
+        2.0 * 2.0 * (per_token * self.seq_len() as f64 + attention + ada)
+    }
+
     /// Index of the null class (the unconditional row of CFG).
     pub fn null_class(&self) -> usize {
         self.num_classes

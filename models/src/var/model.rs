@@ -372,10 +372,9 @@ impl VarTransformer {
         let cond = self.condition(labels)?;
         let mut tokens = vec![self.scale_tokens(&cond, None, 0)?];
         let mut start = 0;
-        for k in 1..pn.len() {
-            let n = pn[k] * pn[k];
-            tokens.push(self.scale_tokens(&cond, Some(&inputs.narrow(1, start, n)?), k)?);
-            start += n;
+        for (k, p) in pn.iter().enumerate().skip(1) {
+            tokens.push(self.scale_tokens(&cond, Some(&inputs.narrow(1, start, p * p)?), k)?);
+            start += p * p;
         }
         let mut h = concat(&tokens.iter().collect::<Vec<_>>(), 1)?;
         let mask = block_causal_mask(&pn.iter().map(|p| p * p).collect::<Vec<_>>())?.to_device(&self.device)?;

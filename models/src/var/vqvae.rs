@@ -17,6 +17,7 @@ use infinity_ops::index::{concat, embedding};
 use infinity_ops::resize::{ResizeMode, resize};
 use infinity_ops::vq::nearest_code;
 use infinity_runtime::io::Weights;
+use infinity_runtime::rng::Philox;
 use infinity_runtime::{Device, Error, Result, Tensor};
 
 use super::config::{PATCH, VqVaeConfig, phi_table};
@@ -77,6 +78,28 @@ impl VqVae {
                 .collect::<Result<_>>()?,
             config,
         })
+    }
+
+    /// A state dict of random weights — normals scaled by 1/√fan-in for the convolutions,
+    /// unit norms, zero biases, a codebook of N(0, 1/Cvae) rows — for benchmarks and tests.
+    pub fn random_weights(config: &VqVaeConfig, seed: u64) -> Result<Weights> {
+        config.validate().map_err(|msg| Error::invalid("vqvae.random", &[config.vocab], msg))?;
+        let mut rng = Philox::new(seed);
+        let mut tensors = Vec::new();
+        for e in config.entries() {
+            let n: usize = e.shape.iter().product();
+            let values = match e.shape.len() {
+                4 => {
+                    let scale = 1.0 / ((e.shape[1] * e.shape[2] * e.shape[3]) as f32).sqrt();
+                    rng.normal(n).into_iter().map(|x| x * scale).collect()
+                }
+                2 => rng.normal(n).into_iter().map(|x| x / (config.cvae() as f32).sqrt()).collect(),
+                _ if e.key.contains("norm") && e.key.ends_with(".weight") => vec![1.0; n],
+                _ => vec![0.0; n],
+            };
+            tensors.push((e.key, Tensor::from_vec::<f32>(values, &e.shape)?));
+        }
+        Weights::new("<random VQVAE>", tensors, Default::default())
     }
 
     pub fn device(&self) -> Device {

@@ -1,6 +1,6 @@
 //! VAR on every executor (the CPU shim here, a GPU as well when present): the VQVAE and the
 //! transformer loaded onto the device run their one forward there, against devV's official
-//! goldens.
+//! goldens; and a whole training step runs there, beside the CPU's.
 //!
 //! Bounds: on a device every GEMM and convolution operand is rounded to bf16 (relative error
 //! u = 2⁻⁹ per operand, f32 accumulation). The nearest-code search and the resizes are exact
@@ -116,5 +116,44 @@ fn generation_follows_the_golden_on_every_executor() {
         })
         .unwrap();
         assert_within(&format!("f_hat on {}", exec.name()), &out.f_hat, golden.get("f_hat").unwrap(), 1.0 / 256.0);
+    }
+}
+
+/// One training step of the golden batch on every executor (the whole step there: forward,
+/// loss, backward, clipping, AdamW): the loss and gradient norm follow the CPU's within the
+/// logits' bf16 bound, and the updated parameters stay on the device.
+#[test]
+fn training_step_runs_on_every_executor() {
+    use infinity::autograd::optim::official_groups;
+    use infinity::autograd::{AdamW, AdamWConfig};
+    use infinity::models::var::train::{VarBatch, VarStepSettings, train_step};
+    use infinity::runtime::collective::Single;
+    let golden = open("devV/var_forward_golden.safetensors");
+    let labels: Vec<usize> =
+        golden.get("label_B").unwrap().to_vec::<i64>().unwrap().into_iter().map(|l| l as usize).collect();
+    let weights = infinity::runtime::io::Weights::open(fixture("devV/var.safetensors")).unwrap();
+    let config = VarTransformer::detect_config(&weights).unwrap();
+    let step = |device: &infinity::runtime::Device| {
+        let mut params = VarTransformer::parameters(&weights, &config).unwrap().to_device(device).unwrap();
+        let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8 }, official_groups(&params)).unwrap();
+        let batch = VarBatch {
+            labels: labels.clone(),
+            inputs: golden.get("x_BLCv_wo_first_l").unwrap().clone(),
+            targets: golden.get("gt_idx_BL").unwrap().clone(),
+        };
+        let settings = VarStepSettings { lr: 1e-3, weight_decay: 0.05, clip: 2.0 };
+        let stats = train_step(&mut params, &mut opt, &config, &[batch], settings, &Single).unwrap();
+        (stats.loss, stats.grad_norm, params)
+    };
+    let (loss, norm, cpu_params) = step(&infinity::runtime::Device::Cpu);
+    for exec in executors() {
+        let (l, n, params) = step(&exec.device());
+        eprintln!("training step on {}: loss {l} (CPU {loss}), gradient norm {n} (CPU {norm})", exec.name());
+        assert!((l - loss).abs() <= loss / 32.0 && (n - norm).abs() <= norm / 32.0, "on {}", exec.name());
+        let head = params.get("head.weight").unwrap();
+        assert_eq!(head.device(), exec.device());
+        let moved = max_abs_diff(&head.to_cpu().unwrap(), weights.get("head.weight").unwrap());
+        let cpu_moved = max_abs_diff(cpu_params.get("head.weight").unwrap(), weights.get("head.weight").unwrap());
+        assert!(moved > 0.5 * cpu_moved && moved < 2.0 * cpu_moved, "update {moved} vs the CPU's {cpu_moved}");
     }
 }

@@ -204,7 +204,7 @@ extern "C" __global__ void __launch_bounds__(256) nearest_code(const NearestCode
     for (unsigned r = grid_first(); r < unsigned(p.rows); r += grid_stride()) {
         const float* z = p.z + r * p.z_stride[0];
         const float z2 = strided_dot(z, p.z_stride[1], z, p.z_stride[1], p.dim);
-        float best = INFINITY;
+        float best = __uint_as_float(0x7f800000u);  // +inf
         int best_index = 0;
         for (int v = 0; v < p.codes; ++v) {
             const float* e = p.codebook + v * p.code_stride[0];

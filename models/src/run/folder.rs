@@ -12,6 +12,7 @@ use std::time::Instant;
 use infinity_autograd::checkpoint::{self, Checkpoint};
 use infinity_autograd::{AdamW, Params};
 use infinity_runtime::io::{check_writable, write_atomically};
+use infinity_runtime::rng::Philox;
 use infinity_runtime::{Device, Error, Result};
 use serde_json::{Value, json};
 
@@ -208,4 +209,47 @@ pub(super) fn announce(
     folder.log(&format!("$ {}\n{intro}", settings.command))?;
     progress.start(intro, step0, settings.steps);
     Ok(())
+}
+
+/// Each rank of a data-parallel run draws from its own stream (as each of the official
+/// trainer's processes does), keyed apart by this stride; rank 0's is the stream of a one-rank run.
+const RANK_STREAM_STRIDE: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The run state a checkpoint carries besides parameters and optimizer: the data position
+/// and the position of the trainer's own random stream (keyed by `stream`, apart from the
+/// data order's stream of the same seed).
+pub(super) struct RunState {
+    pub(super) order: OrderState,
+    pub(super) rng: Philox,
+}
+
+impl RunState {
+    pub(super) fn new(settings: &RunSettings, stream: u64, rank: usize) -> Self {
+        RunState { order: OrderState::default(), rng: Philox { seed: trainer_seed(settings, stream, rank), offset: 0 } }
+    }
+
+    pub(super) fn to_json(&self, command: &str, settings: &RunSettings, ranks: usize) -> Value {
+        let mut state = run_state(command, settings, ranks, self.order);
+        state["rng_offset"] = json!(self.rng.offset);
+        state
+    }
+
+    /// The state `saved` holds, for `rank` of `ranks`: every rank draws as many numbers per
+    /// step (their shares of a batch have one size), so rank 0's saved stream position is
+    /// every rank's.
+    pub(super) fn from_checkpoint(
+        saved: &Checkpoint,
+        command: &str,
+        settings: &RunSettings,
+        stream: u64,
+        (rank, ranks): (usize, usize),
+    ) -> Result<Self> {
+        let order = saved_order(saved, command, settings, ranks)?;
+        let offset = saved.state.get("rng_offset").and_then(Value::as_u64).ok_or_else(|| not_ours(saved, command))?;
+        Ok(RunState { order, rng: Philox { seed: trainer_seed(settings, stream, rank), offset } })
+    }
+}
+
+fn trainer_seed(settings: &RunSettings, stream: u64, rank: usize) -> u64 {
+    settings.seed ^ stream ^ (rank as u64).wrapping_mul(RANK_STREAM_STRIDE)
 }

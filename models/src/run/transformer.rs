@@ -10,20 +10,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use infinity_autograd::checkpoint::Checkpoint;
 use infinity_autograd::optim::official_groups;
 use infinity_autograd::{AdamW, AdamWConfig, LrSchedule, Params};
 use infinity_ops::index::concat;
 use infinity_runtime::collective::Collective;
 use infinity_runtime::io::open_checkpoint;
-use infinity_runtime::rng::Philox;
 use infinity_runtime::{Error, Result, Tensor};
-use serde_json::{Value, json};
 
-use super::folder::{RunFolder, RunSettings, announce, first_columns, not_ours, run_state, saved_order, start};
+use super::folder::{RunFolder, RunSettings, RunState, announce, first_columns, start};
 use super::{Outcome, PREFETCH, Progress};
 use crate::bitvae::{self, BitVae};
-use crate::data::{BatchOrder, Dataset, FeatureCache, Loaded, OrderState, Prefetch, Samples};
+use crate::data::{BatchOrder, Dataset, FeatureCache, Loaded, Prefetch, Samples};
 use crate::infinity::teacher::{Flips, teacher_forcing};
 use crate::infinity::{Infinity, InfinityConfig, TokenLayout};
 use crate::pipeline::{TextEncoder, check_fit};
@@ -34,10 +31,6 @@ use crate::train::{StepBatch, StepSettings, StepText, TEXT_ENCODER_PREFIX, Token
 /// Key of the trainer's own Philox stream (BSC flips, caption dropout), apart from the data
 /// order's stream of the same seed.
 const TRAINER_STREAM: u64 = 0x7472_6169_6e65_7221;
-/// Each rank of a data-parallel run draws its flips and dropouts from its own stream (as each
-/// of the official trainer's processes does), keyed apart by this stride; rank 0's is the
-/// stream of a one-rank run.
-const RANK_STREAM_STRIDE: u64 = 0x9e37_79b9_7f4a_7c15;
 /// Key of a text encoder's random initial weights, apart from the transformer's of the same seed.
 const TEXT_ENCODER_SEED: u64 = 0x7465_7874_2d65_6e63;
 const COMMAND: &str = "transformer";
@@ -84,38 +77,6 @@ pub struct TransformerRun {
     pub accumulate: usize,
     /// Activation checkpointing per block.
     pub recompute_blocks: bool,
-}
-
-/// The run state a checkpoint carries besides parameters and optimizer.
-struct RunState {
-    order: OrderState,
-    /// The trainer stream's position.
-    rng: Philox,
-}
-
-impl RunState {
-    fn to_json(&self, settings: &RunSettings, ranks: usize) -> Value {
-        let mut state = run_state(COMMAND, settings, ranks, self.order);
-        state["rng_offset"] = json!(self.rng.offset);
-        state
-    }
-
-    fn new(settings: &RunSettings, rank: usize) -> Self {
-        RunState { order: OrderState::default(), rng: Philox { seed: trainer_seed(settings, rank), offset: 0 } }
-    }
-
-    /// The state `saved` holds, for `rank` of `ranks`: every rank draws as many numbers per
-    /// step (their shares of a batch have one size and template), so rank 0's saved stream
-    /// position is every rank's.
-    fn from_checkpoint(saved: &Checkpoint, settings: &RunSettings, rank: usize, ranks: usize) -> Result<Self> {
-        let order = saved_order(saved, COMMAND, settings, ranks)?;
-        let offset = saved.state.get("rng_offset").and_then(Value::as_u64).ok_or_else(|| not_ours(saved, COMMAND))?;
-        Ok(RunState { order, rng: Philox { seed: trainer_seed(settings, rank), offset } })
-    }
-}
-
-fn trainer_seed(settings: &RunSettings, rank: usize) -> u64 {
-    settings.seed ^ TRAINER_STREAM ^ (rank as u64).wrapping_mul(RANK_STREAM_STRIDE)
 }
 
 /// The transformer's text side: a frozen encoder whose features are cached on disk, or an
@@ -183,8 +144,8 @@ impl TransformerRun {
         let lead = rank == 0;
         let (dataset, resume, step0) = start(s, &self.data, self.pn)?;
         let mut state = match &resume {
-            Some(saved) => RunState::from_checkpoint(saved, s, rank, ranks)?,
-            None => RunState::new(s, rank),
+            Some(saved) => RunState::from_checkpoint(saved, COMMAND, s, TRAINER_STREAM, (rank, ranks))?,
+            None => RunState::new(s, TRAINER_STREAM, rank),
         };
         let order = BatchOrder::new(&dataset, s.batch * ranks, s.seed, state.order)?.sharded(rank, ranks)?;
         let header = ["step,loss,lr,grad_norm".to_string()]
@@ -344,7 +305,7 @@ impl TransformerRun {
                 step,
                 &format!("loss {:.4}, {samples_per_s:.2} samples/s, {tokens_per_s:.0} tokens/s", stats.loss),
             );
-            folder.save(step, &params, &optimizer, &state.to_json(s, ranks), progress)?;
+            folder.save(step, &params, &optimizer, &state.to_json(COMMAND, s, ranks), progress)?;
         }
         let outcome = Outcome::Trained {
             from: step0,

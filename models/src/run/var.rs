@@ -8,18 +8,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use infinity_autograd::checkpoint::Checkpoint;
 use infinity_autograd::optim::official_groups;
 use infinity_autograd::{AdamW, AdamWConfig, LrSchedule};
 use infinity_runtime::collective::Collective;
 use infinity_runtime::io::Weights;
-use infinity_runtime::rng::Philox;
 use infinity_runtime::{Error, Result};
-use serde_json::{Value, json};
 
-use super::folder::{RunFolder, RunSettings, announce, first_columns, not_ours, run_state, saved_order};
+use super::folder::{RunFolder, RunSettings, RunState, announce, first_columns};
 use super::{Outcome, PREFETCH, Progress};
-use crate::data::{BatchOrder, Dataset, Loaded, OrderState, Prefetch};
+use crate::data::{BatchOrder, Dataset, Loaded, Prefetch};
 use crate::schedule::PixelBudget;
 use crate::var::generate::check_pair;
 use crate::var::train::{VarBatch, VarStepSettings, train_step};
@@ -97,8 +94,8 @@ impl VarRun {
         let resume = infinity_autograd::checkpoint::latest(&s.out)?;
         let step0 = resume.as_ref().map_or(0, |c| c.step);
         let mut state = match &resume {
-            Some(saved) => RunState::from_checkpoint(saved, s, rank, ranks)?,
-            None => RunState::new(s, rank),
+            Some(saved) => RunState::from_checkpoint(saved, COMMAND, s, TRAINER_STREAM, (rank, ranks))?,
+            None => RunState::new(s, TRAINER_STREAM, rank),
         };
         let order = BatchOrder::new(&dataset, s.batch * ranks, s.seed, state.order)?.sharded(rank, ranks)?;
         let header = ["step,loss,lr,grad_norm".to_string()]
@@ -174,7 +171,7 @@ impl VarRun {
                 run_start.elapsed().as_secs_f64() / (step - step0) as f64
             ))?;
             progress.step(step, &format!("loss {:.4}, {samples_per_s:.2} samples/s", stats.loss));
-            folder.save(step, &params, &optimizer, &state.to_json(s, ranks), progress)?;
+            folder.save(step, &params, &optimizer, &state.to_json(COMMAND, s, ranks), progress)?;
         }
         match &mut folder {
             Some(folder) => folder.finish(step0, step, run_start, &dataset),
@@ -186,33 +183,4 @@ impl VarRun {
             }),
         }
     }
-}
-
-/// The run state a checkpoint carries besides parameters and optimizer.
-struct RunState {
-    order: OrderState,
-    /// The trainer stream's position.
-    rng: Philox,
-}
-
-impl RunState {
-    fn new(settings: &RunSettings, rank: usize) -> Self {
-        RunState { order: OrderState::default(), rng: Philox { seed: trainer_seed(settings, rank), offset: 0 } }
-    }
-
-    fn to_json(&self, settings: &RunSettings, ranks: usize) -> Value {
-        let mut state = run_state(COMMAND, settings, ranks, self.order);
-        state["rng_offset"] = json!(self.rng.offset);
-        state
-    }
-
-    fn from_checkpoint(saved: &Checkpoint, settings: &RunSettings, rank: usize, ranks: usize) -> Result<Self> {
-        let order = saved_order(saved, COMMAND, settings, ranks)?;
-        let offset = saved.state.get("rng_offset").and_then(Value::as_u64).ok_or_else(|| not_ours(saved, COMMAND))?;
-        Ok(RunState { order, rng: Philox { seed: trainer_seed(settings, rank), offset } })
-    }
-}
-
-fn trainer_seed(settings: &RunSettings, rank: usize) -> u64 {
-    settings.seed ^ TRAINER_STREAM ^ (rank as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }

@@ -17,6 +17,7 @@ use infinity::models::model_folder::ModelFiles;
 use infinity::models::pipeline::read_prompt_file;
 use infinity::models::schedule::PixelBudget;
 use infinity::models::t5::{T5Config, T5Tokenizer, open_checkpoint};
+use infinity::models::var::VarConfig;
 use infinity::runtime::io::Weights;
 use infinity::runtime::rng::Philox;
 
@@ -56,13 +57,14 @@ pub fn pth(data: &[u8]) {
     }
 }
 
-/// The JSON configurations of the three models (the transformer's and the BitVAE's
+/// The JSON configurations of the four models (the transformer's, the BitVAE's and VAR's
 /// `--config`, T5's `config.json`).
 pub fn configs(data: &[u8]) {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else { return };
     let _ = InfinityConfig::from_json(&v).map(|c| c.validate());
     let _ = BitVaeConfig::from_json(&v);
     let _ = T5Config::from_json(&v);
+    let _ = VarConfig::from_json(&v).map(|c| c.generation_flops());
 }
 
 /// A model folder's `config.json`.

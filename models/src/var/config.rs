@@ -226,7 +226,7 @@ impl VarConfig {
             depth: uint("depth", None)?,
             embed_dim,
             num_heads: uint("num_heads", None)?,
-            mlp_hidden: uint("mlp_hidden", Some(4 * embed_dim))?,
+            mlp_hidden: uint("mlp_hidden", embed_dim.checked_mul(4))?,
             num_classes: uint("num_classes", None)?,
             shared_aln,
             patch_nums,

@@ -46,3 +46,36 @@ fn tokenizer_matches_golden_in_every_layout() {
         assert_golden(&format!("{file} decoded"), &decoded, golden.get("decoded").unwrap(), 1e-4);
     }
 }
+
+fn labels(golden: &Weights, key: &str) -> Vec<usize> {
+    ints(golden, key).into_iter().map(|l| l as usize).collect()
+}
+
+#[test]
+fn rope_tables_match_the_official_ones() {
+    use infinity::models::magvit2::rope_table;
+    for (grid, hd, file, key) in [(8, 16, "devM/ar_forward_golden.safetensors", "freqs_cis"), (16, 64, "manifests/om2/freqs_cis_head64_grid16.safetensors", "freqs_cis")] {
+        let (cos, sin) = rope_table(grid, hd).unwrap();
+        let want = open(file).get(key).unwrap().to_f32_vec().unwrap();
+        let got: Vec<f32> = cos.to_f32_vec().unwrap().into_iter().zip(sin.to_f32_vec().unwrap()).flat_map(|(c, s)| [c, s]).collect();
+        let diff = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert_eq!(got.len(), want.len());
+        assert!(diff <= 2e-6, "grid {grid}, head {hd}: max |diff| {diff}");
+    }
+}
+
+#[test]
+fn teacher_forced_logits_match_golden() {
+    use infinity::models::magvit2::ArModel;
+    let golden = open("devM/ar_forward_golden.safetensors");
+    for file in ["devM/ar.safetensors", "devM/ar.ckpt"] {
+        let ar = ArModel::open_on(fixture(file), 8, &Device::Cpu).unwrap();
+        assert_eq!((ar.config.dim, ar.config.n_head, ar.config.factorized_bits, ar.config.class_num), (48, 3, [4, 6], 10));
+        let (pre, post) = (golden.get("indices_pre").unwrap(), golden.get("indices_post").unwrap());
+        let logits = ar.teacher_forced(&labels(&golden, "class_labels"), pre, post, None).unwrap();
+        for (name, got) in [("logits_pre", &logits.pre), ("logits_post", &logits.post)] {
+            let want = golden.get(name).unwrap();
+            assert_golden(&format!("{file} {name}"), got.value(), want, 1e-4 * max_abs(want).max(1.0));
+        }
+    }
+}

@@ -3,7 +3,9 @@
 //! token as two sub-tokens ("asymmetric token factorization").
 
 pub mod config;
+mod model;
 pub mod tokenizer;
 
 pub use config::{ArConfig, Layout, TokenizerConfig};
+pub use model::{ArModel, KvCache, Logits, Session, rope_table};
 pub use tokenizer::Tokenizer;

@@ -54,10 +54,14 @@ fn labels(golden: &Weights, key: &str) -> Vec<usize> {
 #[test]
 fn rope_tables_match_the_official_ones() {
     use infinity::models::magvit2::rope_table;
-    for (grid, hd, file, key) in [(8, 16, "devM/ar_forward_golden.safetensors", "freqs_cis"), (16, 64, "manifests/om2/freqs_cis_head64_grid16.safetensors", "freqs_cis")] {
+    for (grid, hd, file, key) in [
+        (8, 16, "devM/ar_forward_golden.safetensors", "freqs_cis"),
+        (16, 64, "manifests/om2/freqs_cis_head64_grid16.safetensors", "freqs_cis"),
+    ] {
         let (cos, sin) = rope_table(grid, hd).unwrap();
         let want = open(file).get(key).unwrap().to_f32_vec().unwrap();
-        let got: Vec<f32> = cos.to_f32_vec().unwrap().into_iter().zip(sin.to_f32_vec().unwrap()).flat_map(|(c, s)| [c, s]).collect();
+        let got: Vec<f32> =
+            cos.to_f32_vec().unwrap().into_iter().zip(sin.to_f32_vec().unwrap()).flat_map(|(c, s)| [c, s]).collect();
         let diff = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         assert_eq!(got.len(), want.len());
         assert!(diff <= 2e-6, "grid {grid}, head {hd}: max |diff| {diff}");
@@ -70,7 +74,10 @@ fn teacher_forced_logits_match_golden() {
     let golden = open("devM/ar_forward_golden.safetensors");
     for file in ["devM/ar.safetensors", "devM/ar.ckpt"] {
         let ar = ArModel::open_on(fixture(file), 8, &Device::Cpu).unwrap();
-        assert_eq!((ar.config.dim, ar.config.n_head, ar.config.factorized_bits, ar.config.class_num), (48, 3, [4, 6], 10));
+        assert_eq!(
+            (ar.config.dim, ar.config.n_head, ar.config.factorized_bits, ar.config.class_num),
+            (48, 3, [4, 6], 10)
+        );
         let (pre, post) = (golden.get("indices_pre").unwrap(), golden.get("indices_post").unwrap());
         let logits = ar.teacher_forced(&labels(&golden, "class_labels"), pre, post, None).unwrap();
         for (name, got) in [("logits_pre", &logits.pre), ("logits_post", &logits.post)] {
@@ -78,4 +85,50 @@ fn teacher_forced_logits_match_golden() {
             assert_golden(&format!("{file} {name}"), got.value(), want, 1e-4 * max_abs(want).max(1.0));
         }
     }
+}
+
+/// Greedy (top-k 1) CFG generation of class 2 (cfg [1.75, 1.85], temperature [1.1, 1.0]):
+/// every step's raw and guided logits of both sub-tokens, every token, the codes, the decoded
+/// image and the official PNG conversion.
+#[test]
+fn greedy_generation_matches_golden() {
+    use infinity::models::magvit2::ArModel;
+    use infinity::models::magvit2::generate::{Sampling, generate};
+    let golden = open("devM/generate_golden.safetensors");
+    let ar = ArModel::open_on(fixture("devM/ar.ckpt"), 8, &Device::Cpu).unwrap();
+    let sampling = Sampling { cfg: [1.75, 1.85], temperature: [1.1, 1.0], top_k: [1, 1], top_p: [1.0, 1.0], seed: 0 };
+    let step_rows = |key: &str, step: usize| {
+        let t = golden.get(key).unwrap();
+        t.narrow(0, step, 1).unwrap().squeeze(0).unwrap()
+    };
+    let mut worst = [0f32; 4];
+    let out = generate(&ar, &[2], &sampling, |s| {
+        for (i, (slot, (raw, guided))) in
+            [("pre", (s.raw[0], s.guided[0])), ("post", (s.raw[1], s.guided[1]))].into_iter().enumerate()
+        {
+            let want_raw = step_rows(&format!("raw_logits_{slot}"), s.step);
+            let want_guided = step_rows(&format!("cfg_logits_{slot}"), s.step).unsqueeze(0).unwrap();
+            worst[2 * i] = worst[2 * i].max(common::max_abs_diff(raw, &want_raw));
+            worst[2 * i + 1] = worst[2 * i + 1].max(common::max_abs_diff(guided, &want_guided));
+        }
+    })
+    .unwrap();
+    eprintln!(
+        "max |diff| over the steps: raw pre {:.2e}, guided pre {:.2e}, raw post {:.2e}, guided post {:.2e}",
+        worst[0], worst[1], worst[2], worst[3]
+    );
+    assert!(worst.iter().all(|&w| w <= 1e-4 * 10.2), "{worst:?}");
+    assert_eq!(out.pre.to_vec::<i64>().unwrap(), ints(&golden, "tokens_pre"));
+    assert_eq!(out.post.to_vec::<i64>().unwrap(), ints(&golden, "tokens_post"));
+    assert!(out.codes.same_values(golden.get("quant").unwrap()));
+    let tok = Tokenizer::open_on(fixture("devM/ar.ckpt"), &Device::Cpu).unwrap();
+    let decoded = tok.decode(&out.codes).unwrap();
+    assert_golden("generated image", &decoded, golden.get("decoded").unwrap(), 1e-4);
+    let png = infinity::models::image::image_grid(&decoded).unwrap();
+    let want = golden.get("image_u8").unwrap().to_vec::<u8>().unwrap();
+    let differ = png.rgb.iter().zip(&want).filter(|(a, b)| a != b).count();
+    assert!(
+        png.rgb.iter().zip(&want).all(|(&a, &b)| a.abs_diff(b) <= 1) && differ * 100 <= want.len(),
+        "{differ} differ"
+    );
 }

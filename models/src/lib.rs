@@ -13,6 +13,7 @@ pub mod model_folder;
 mod params;
 pub mod pipeline;
 pub mod run;
+pub mod sampling;
 pub mod schedule;
 pub mod t5;
 pub mod train;

@@ -3,6 +3,7 @@
 //! token as two sub-tokens ("asymmetric token factorization").
 
 pub mod config;
+pub mod generate;
 mod model;
 pub mod tokenizer;
 

@@ -34,7 +34,8 @@ pub const DROPOUT: f32 = 0.1;
 /// (`nn.Dropout` in training), from `rng`; x itself without a stream.
 fn dropout(x: &Var, rng: &mut Option<&mut Philox>) -> Result<Var> {
     let Some(rng) = rng else { return Ok(x.clone()) };
-    let keep: Vec<f32> = rng.uniform(x.value().numel()).into_iter().map(|u| if u < DROPOUT { 0.0 } else { 1.0 }).collect();
+    let keep: Vec<f32> =
+        rng.uniform(x.value().numel()).into_iter().map(|u| if u < DROPOUT { 0.0 } else { 1.0 }).collect();
     let mask = Tensor::from_vec(keep, x.shape())?.to_device(&x.value().device())?;
     mul_scalar(&mul(x, &Var::constant(mask))?, 1.0 / (1.0 - DROPOUT))
 }
@@ -180,7 +181,8 @@ impl ArModel {
             p.insert(weights, &e.key, &layout.ar_key(&e.key), &e.shape, use_)?;
         }
         if layout == Layout::Plain {
-            let expected = |k: &str| k.starts_with("encoder.") || k.starts_with("decoder.") || entries.iter().any(|e| e.key == k);
+            let expected =
+                |k: &str| k.starts_with("encoder.") || k.starts_with("decoder.") || entries.iter().any(|e| e.key == k);
             refuse_unexpected(weights, expected, "Open-MAGVIT2 AR model")?;
         }
         p.place_on(device);
@@ -229,9 +231,12 @@ impl ArModel {
 
     fn build(config: ArConfig, device: &Device, take: Source) -> Result<Self> {
         let h = config.n_head;
-        let spatial = (0..config.spatial_layers).map(|i| Block::load(take, &format!("spatial_blocks.{i}"), h)).collect::<Result<_>>()?;
-        let factorized =
-            (0..config.factorized_layers).map(|i| Block::load(take, &format!("factorized_blocks.{i}"), h)).collect::<Result<_>>()?;
+        let spatial = (0..config.spatial_layers)
+            .map(|i| Block::load(take, &format!("spatial_blocks.{i}"), h))
+            .collect::<Result<_>>()?;
+        let factorized = (0..config.factorized_layers)
+            .map(|i| Block::load(take, &format!("factorized_blocks.{i}"), h))
+            .collect::<Result<_>>()?;
         let (cos, sin) = rope_table(config.grid, config.head_dim())?;
         Ok(ArModel {
             pre_emb: take("pre_emb.weight")?,
@@ -266,7 +271,11 @@ impl ArModel {
     fn classes(&self, labels: &[usize]) -> Result<Var> {
         if let Some(&bad) = labels.iter().find(|&&l| l > self.config.class_num) {
             let n = self.config.class_num;
-            return Err(Error::invalid("magvit2.classes", &[bad], format!("class {bad} is out of range (0..{n}, {n} = null)")));
+            return Err(Error::invalid(
+                "magvit2.classes",
+                &[bad],
+                format!("class {bad} is out of range (0..{n}, {n} = null)"),
+            ));
         }
         let ids = Tensor::from_vec(labels.iter().map(|&l| l as i64).collect(), &[labels.len(), 1])?;
         self.lookup(&self.class_emb, &ids)
@@ -280,11 +289,21 @@ impl ArModel {
     /// Teacher-forced logits of the sub-tokens `pre`, `post` (B, N) I64 of images of `labels`
     /// (already dropped to the null class where the trainer drops them); with `rng`, the
     /// official dropouts of training.
-    pub fn teacher_forced(&self, labels: &[usize], pre: &Tensor, post: &Tensor, mut rng: Option<&mut Philox>) -> Result<Logits> {
+    pub fn teacher_forced(
+        &self,
+        labels: &[usize],
+        pre: &Tensor,
+        post: &Tensor,
+        mut rng: Option<&mut Philox>,
+    ) -> Result<Logits> {
         let n = self.config.tokens();
         let b = labels.len();
         if pre.shape() != [b, n] || post.shape() != [b, n] {
-            return Err(Error::invalid("magvit2.teacher_forced", pre.shape(), format!("expected sub-tokens ({b}, {n})")));
+            return Err(Error::invalid(
+                "magvit2.teacher_forced",
+                pre.shape(),
+                format!("expected sub-tokens ({b}, {n})"),
+            ));
         }
         let tokens = add(&self.lookup(&self.pre_emb, pre)?, &self.lookup(&self.post_emb, post)?)?;
         let x = concat(&[&self.classes(labels)?, &tokens.narrow(1, 0, n - 1)?], 1)?;
@@ -314,7 +333,12 @@ impl ArModel {
 
     /// The spatial context of the next position: the class embeddings of `labels` at step 0,
     /// then the embedding of the previous token's sub-tokens (rows, 1) each; (rows, 1, D).
-    pub fn context(&self, session: &mut Session, labels: &[usize], previous: Option<(&Tensor, &Tensor)>) -> Result<Var> {
+    pub fn context(
+        &self,
+        session: &mut Session,
+        labels: &[usize],
+        previous: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Var> {
         let step = session.len;
         if step >= self.config.tokens() || (step == 0) != previous.is_none() {
             return Err(Error::invalid("magvit2.context", &[step], "steps run in order, the class first"));

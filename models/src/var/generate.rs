@@ -12,11 +12,13 @@ use infinity_ops::index::concat;
 use infinity_ops::matmul::matmul;
 use infinity_ops::resize::{ResizeMode, resize};
 use infinity_runtime::rng::Philox;
+
 use infinity_runtime::{DType, Error, Result, Tensor};
 
 use super::config::{VarConfig, VqVaeConfig};
 use super::model::VarTransformer;
 use super::vqvae::{VqVae, rows};
+use crate::sampling::{draw, softmax};
 
 /// The sampling knobs; the defaults are the official demo's.
 #[derive(Clone, Debug, PartialEq)]
@@ -172,24 +174,7 @@ fn sample(row: &mut [f32], top_k: usize, top_p: f32, u: f32) -> usize {
             }
         }
     }
-    let probs = softmax(row);
-    let target = u * probs.iter().sum::<f32>();
-    let mut cum = 0.0;
-    for (i, p) in probs.iter().enumerate() {
-        cum += p;
-        if cum > target && *p > 0.0 {
-            return i;
-        }
-    }
-    // Rounding left the target past the sum: the last token with mass.
-    probs.iter().rposition(|&p| p > 0.0).unwrap_or(0)
-}
-
-fn softmax(x: &[f32]) -> Vec<f32> {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f32> = x.iter().map(|v| (v - max).exp()).collect();
-    let sum: f32 = e.iter().sum();
-    e.into_iter().map(|v| v / sum).collect()
+    draw(row, u)
 }
 
 /// The Gumbel-softmax blend of the codebook by the masked logits (B·n rows of V): temperature

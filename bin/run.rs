@@ -1,7 +1,7 @@
 //! `infinity-run`: the command-line front end (argument parsing and reporting only).
 //! `generate` (the default) turns prompts into PNGs; `inspect FILE` lists the tensors of a
 //! checkpoint; `reconstruct` runs an image through the BitVAE's bits (or VAR's VQVAE tokens)
-//! and back; `var` generates ImageNet classes with a VAR model. Any failure is
+//! and back; `var` and `magvit2` generate ImageNet classes with a VAR or Open-MAGVIT2 model. Any failure is
 //! one line on stderr, `error: <message>`, and exit code 2, before any output file is written.
 
 use std::error::Error;
@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+mod magvit2;
 mod report;
 mod var;
 use report::peak_rss_mib;
@@ -64,6 +65,11 @@ enum Command {
     /// `--edit image --mask mask` keeps the image's tokens outside the mask's white region at
     /// every scale (in- and out-painting).
     Var(Box<var::VarArgs>),
+    /// Generate ImageNet classes with an Open-MAGVIT2 AR model (one PNG per image).
+    ///
+    /// Each token is drawn as two sub-tokens with their own guidance, temperature, top-k and
+    /// top-p (`--cfg 1.75,1.85` …); the tokenizer defaults to the AR checkpoint's first stage.
+    Magvit2(Box<magvit2::Magvit2Args>),
 }
 
 /// Encode images into multi-scale bits with a BitVAE and decode them back.
@@ -72,8 +78,9 @@ enum Command {
 /// centre-cropped; prints the bits per scale (one image) and each image's PSNR, then their mean.
 #[derive(Args)]
 struct ReconstructArgs {
-    /// BitVAE checkpoint (official .pth or safetensors), or VAR's VQVAE (then --pn 0.06M or
-    /// 0.25M picks its 256² or 512² schedule).
+    /// BitVAE checkpoint (official .pth or safetensors), VAR's VQVAE (then --pn 0.06M or 0.25M
+    /// picks its 256² or 512² schedule), or an Open-MAGVIT2 tokenizer (.ckpt or safetensors;
+    /// --pn sets the square size).
     #[arg(long)]
     vae: PathBuf,
     /// Input image (PNG or JPEG); repeat for several.
@@ -168,7 +175,7 @@ struct GenerateArgs {
 }
 
 /// The subcommand names; anything else on the command line means `generate`.
-const COMMANDS: [&str; 5] = ["generate", "inspect", "reconstruct", "var", "help"];
+const COMMANDS: [&str; 6] = ["generate", "inspect", "reconstruct", "var", "magvit2", "help"];
 
 fn main() -> ExitCode {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -187,6 +194,9 @@ fn main() -> ExitCode {
         Command::Var(v) => executor(v.device)
             .map_err(Into::into)
             .and_then(|exec| var::run(&v, &exec.map_or(Device::Cpu, |e| e.device()))),
+        Command::Magvit2(m) => executor(m.device)
+            .map_err(Into::into)
+            .and_then(|exec| magvit2::run(&m, &exec.map_or(Device::Cpu, |e| e.device()))),
     };
     report::exit_code(result)
 }
@@ -460,6 +470,13 @@ fn reconstruct(r: &ReconstructArgs) -> Result<(), Box<dyn Error>> {
         }
         let inputs: Vec<_> = images.iter().cloned().zip(decoded_inputs).collect();
         return var::reconstruct(&r.vae, &inputs, r.pn, |i| output_path(&r.out, i, images.len()), &device);
+    }
+    if magvit2::is_tokenizer(&r.vae)? {
+        if r.grid.is_some() {
+            return Err("--grid is for BitVAE reconstructions; Open-MAGVIT2's writes one PNG per image".into());
+        }
+        let inputs: Vec<_> = images.iter().cloned().zip(decoded_inputs).collect();
+        return magvit2::reconstruct(&r.vae, &inputs, r.pn, |i| output_path(&r.out, i, images.len()), &device);
     }
     let start = Instant::now();
     let vae = BitVae::open_on(&r.vae, &device)?;

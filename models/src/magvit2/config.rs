@@ -231,6 +231,8 @@ impl TokenizerConfig {
             s.get(i).copied().ok_or_else(|| format!("tensor '{key}' has shape {s:?}"))
         };
         let ch = dim("encoder.conv_in.weight", 0)?;
+        // What sets it apart from the other tokenizers with these names: the adaptive norms.
+        dim("decoder.adaptive.0.gamma.weight", 0)?;
         let levels =
             (0..).take_while(|l| shapes.contains_key(&format!("encoder.down.{l}.block.0.conv1.weight"))).count();
         let mut ch_mult = Vec::with_capacity(levels);

@@ -12,7 +12,8 @@ use infinity_runtime::rng::Philox;
 use infinity_runtime::{Error, Result, Tensor};
 
 use super::model::ArModel;
-use super::tokenizer::{Tokenizer, codes_of};
+use super::config::{ArConfig, TokenizerConfig};
+use super::tokenizer::codes_of;
 use crate::sampling::{self, softmax};
 
 /// Per sub-token [pre, post] settings; the defaults are the released XL's (sample_gpu.sh).
@@ -53,12 +54,13 @@ pub struct Generated {
 }
 
 /// Refuses a tokenizer and a generator that do not share their tokens.
-pub fn check_pair(ar: &ArModel, tokenizer: &Tokenizer) -> Result<()> {
-    let (bits, d) = (ar.config.bits(), tokenizer.config.z_channels);
-    if bits != d {
+pub fn check_pair(ar: &ArConfig, tokenizer: &TokenizerConfig) -> Result<()> {
+    if ar.bits() != tokenizer.z_channels {
         return Err(Error::setting(format!(
-            "the AR model's tokens have {bits} bits ({:?}) but the tokenizer's {d}: they were not trained together",
-            ar.config.factorized_bits
+            "the AR model's tokens have {} bits ({:?}) but the tokenizer's {}: they were not trained together",
+            ar.bits(),
+            ar.factorized_bits,
+            tokenizer.z_channels
         )));
     }
     Ok(())

@@ -10,6 +10,7 @@
 //! - [`vae`]: the BitVAE's run (random crops, the discriminator);
 //! - [`var`]: VAR's class-conditional transformer on class folders (label dropout).
 
+mod classes;
 pub mod folder;
 pub mod transformer;
 pub mod vae;

@@ -1,23 +1,19 @@
-//! VAR's training run: each step draws its batches of square images from the class folders,
-//! tokenises them with the frozen VQVAE, drops labels to the null class (10%), and takes one
-//! [`train_step`]; then it logs the step and saves a checkpoint when one is due. Label dropout
-//! draws from the trainer's stream, whose position is saved, so a resumed run takes the same
-//! steps.
+//! VAR's training run: the class-conditional loop (`classes`) with the frozen VQVAE's tokens,
+//! label dropout (10%) and VAR's [`train_step`].
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Instant;
 
-use infinity_autograd::optim::official_groups;
-use infinity_autograd::{AdamW, AdamWConfig, LrSchedule};
+use infinity_autograd::{AdamW, AdamWConfig, LrSchedule, Params};
 use infinity_runtime::collective::Collective;
 use infinity_runtime::io::Weights;
-use infinity_runtime::{Error, Result};
+use infinity_runtime::rng::Philox;
+use infinity_runtime::{Error, Result, Tensor};
 
-use super::folder::{RunFolder, RunSettings, RunState, announce, first_columns};
-use super::{Outcome, PREFETCH, Progress};
-use crate::data::{BatchOrder, Dataset, Loaded, Prefetch};
+use super::classes::{self, Classes, Learner};
+use super::folder::RunSettings;
+use super::{Outcome, Progress};
 use crate::schedule::PixelBudget;
+use crate::train::StepStats;
 use crate::var::generate::check_pair;
 use crate::var::train::{VarBatch, VarStepSettings, train_step};
 use crate::var::{VarConfig, VarTransformer, VqVae, VqVaeConfig};
@@ -55,13 +51,43 @@ pub struct VarRun {
     pub accumulate: usize,
 }
 
+/// The frozen VQVAE and the model's configuration: how VAR learns in the loop.
+struct VarLearner {
+    vae: VqVae,
+    config: VarConfig,
+    label_dropout: f32,
+}
+
+impl Learner for VarLearner {
+    type Batch = VarBatch;
+
+    fn encode(&self, images: &Tensor, labels: &[usize], rng: &mut Philox) -> Result<VarBatch> {
+        VarBatch::encode(&self.vae, &self.config, images, labels, self.label_dropout, rng)
+    }
+
+    fn samples(batch: &VarBatch) -> usize {
+        batch.labels.len()
+    }
+
+    fn step(
+        &self,
+        params: &mut Params,
+        optimizer: &mut AdamW,
+        batches: &[VarBatch],
+        (lr, weight_decay, clip): (f64, f64, f32),
+        world: &dyn Collective,
+        _: &mut Philox,
+    ) -> Result<StepStats> {
+        train_step(params, optimizer, &self.config, batches, VarStepSettings { lr, weight_decay, clip }, world)
+    }
+}
+
 impl VarRun {
     /// Trains from the run folder's latest checkpoint (or the start) up to `run.steps`, as rank
     /// `world.rank()` of `world` (each rank its share of every global batch; rank 0 writes the
     /// run folder and reports `progress`).
     pub fn train(&self, world: &dyn Collective, progress: &mut dyn Progress) -> Result<Outcome> {
         let (s, device) = (&self.run, &self.run.device);
-        let (rank, ranks) = (world.rank(), world.world_size());
         // The configurations first, so a mismatch is reported before the large reads.
         let vae_weights = Weights::open(&self.vae)?;
         let vae_config = VqVaeConfig::detect(&vae_weights.shapes())
@@ -82,105 +108,25 @@ impl VarRun {
             512 => PixelBudget::P025M,
             size => return Err(Error::setting(format!("no pixel budget trains {size}² images"))),
         };
-        std::fs::create_dir_all(&s.out).map_err(|e| Error::io(&s.out, e))?;
-        infinity_runtime::io::check_writable(&s.out)?;
-        let dataset = Arc::new(Dataset::from_class_folders(&self.data, budget)?);
-        if dataset.classes().len() > config.num_classes {
-            return Err(Error::format(
-                &self.data,
-                format!("{} class folders, but the model has {} classes", dataset.classes().len(), config.num_classes),
-            ));
-        }
-        let resume = infinity_autograd::checkpoint::latest(&s.out)?;
-        let step0 = resume.as_ref().map_or(0, |c| c.step);
-        let mut state = match &resume {
-            Some(saved) => RunState::from_checkpoint(saved, COMMAND, s, TRAINER_STREAM, (rank, ranks))?,
-            None => RunState::new(s, TRAINER_STREAM, rank),
-        };
-        let order = BatchOrder::new(&dataset, s.batch * ranks, s.seed, state.order)?.sharded(rank, ranks)?;
-        let header = ["step,loss,lr,grad_norm".to_string()]
-            .into_iter()
-            .chain((0..config.num_scales()).map(|k| format!("acc_{k}")))
-            .chain(["samples_per_s".to_string()])
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut folder = if rank == 0 { Some(RunFolder::open(s, &header, step0)?) } else { None };
-        if step0 >= s.steps {
-            return Ok(Outcome::AlreadyDone { step: step0 });
-        }
-
-        let start = Instant::now();
-        let vae = VqVae::with_config_on(&vae_weights, vae_config, device)?;
-        let mut params = VarTransformer::parameters(&weights, &config)?.to_device(device)?;
+        let params = VarTransformer::parameters(&weights, &config)?.to_device(device)?;
         drop(weights);
-        let mut optimizer = AdamW::new(self.adamw, official_groups(&params))?;
-        if let Some(saved) = &resume {
-            saved.restore(&mut params, &mut optimizer)?;
-        }
-        let n_params: usize = params.iter().map(|(_, t)| t.numel()).sum();
-        let what = match &resume {
-            Some(saved) => format!("resuming {} at step {step0}", saved.dir.display()),
-            None => format!("starting from {source}"),
+        let classes = Classes {
+            settings: s,
+            data: &self.data,
+            command: COMMAND,
+            stream: TRAINER_STREAM,
+            budget,
+            num_classes: config.num_classes,
+            figures: (0..config.num_scales()).map(|k| format!("acc_{k}")).collect(),
+            what: format!("VAR d{} from {source}, {}² images", config.depth, config.image_size()),
+            lr: self.lr,
+            adamw: self.adamw,
+            weight_decay: self.weight_decay,
+            clip: self.clip,
+            accumulate: self.accumulate,
         };
-        let intro = format!(
-            "{what} on {device}: VAR d{} ({n_params} parameters, {}² images), {} items in {} classes ({}), batch {} × {} \
-             micro-batches × {ranks} ranks, peak lr {:e}; models loaded in {:.2} s",
-            config.depth,
-            config.image_size(),
-            dataset.items().len(),
-            dataset.classes().len(),
-            dataset.skip_report(),
-            s.batch,
-            self.accumulate,
-            self.lr.peak,
-            start.elapsed().as_secs_f64()
-        );
-        if let Some(folder) = &mut folder {
-            announce(folder, s, &intro, progress, step0)?;
-        }
-
-        let mut batches = Prefetch::start(Arc::clone(&dataset), order, PREFETCH);
-        let run_start = Instant::now();
-        let mut step = step0;
-        while step < s.steps {
-            let step_start = Instant::now();
-            let mut micro = Vec::with_capacity(self.accumulate);
-            for _ in 0..self.accumulate {
-                let Loaded { samples, images, order } = batches.next_batch()?;
-                state.order = order;
-                let labels: Vec<usize> =
-                    samples.items.iter().map(|&i| dataset.items()[i].class.unwrap_or_default()).collect();
-                micro.push(VarBatch::encode(&vae, &config, &images, &labels, self.label_dropout, &mut state.rng)?);
-            }
-            let lr = self.lr.lr(step as usize);
-            let settings = VarStepSettings { lr, weight_decay: self.weight_decay, clip: self.clip };
-            let stats = train_step(&mut params, &mut optimizer, &config, &micro, settings, world)?;
-            let samples: usize = ranks * micro.iter().map(|b| b.labels.len()).sum::<usize>();
-            let samples_per_s = samples as f64 / step_start.elapsed().as_secs_f64();
-            step += 1;
-            let Some(folder) = &mut folder else { continue };
-            let mut row = first_columns(step, stats.loss, lr, stats.grad_norm);
-            row.extend(stats.scale_accuracy.iter().map(|acc| format!("{acc:.4}")));
-            row.push(format!("{samples_per_s:.3}"));
-            folder.row(&row)?;
-            folder.log(&format!(
-                "step {step} loss {:.4} lr {lr:.3e} grad_norm {:.3} acc(last scale) {:.4} {:.2} s/step, {samples_per_s:.2} samples/s",
-                stats.loss,
-                stats.grad_norm,
-                stats.scale_accuracy.last().copied().unwrap_or(0.0),
-                run_start.elapsed().as_secs_f64() / (step - step0) as f64
-            ))?;
-            progress.step(step, &format!("loss {:.4}, {samples_per_s:.2} samples/s", stats.loss));
-            folder.save(step, &params, &optimizer, &state.to_json(COMMAND, s, ranks), progress)?;
-        }
-        match &mut folder {
-            Some(folder) => folder.finish(step0, step, run_start, &dataset),
-            None => Ok(Outcome::Trained {
-                from: step0,
-                to: step,
-                seconds: run_start.elapsed().as_secs_f64(),
-                skipped: dataset.skip_report(),
-            }),
-        }
+        let vae = VqVae::with_config_on(&vae_weights, vae_config, device)?;
+        let learner = VarLearner { vae, config, label_dropout: self.label_dropout };
+        classes::train(classes, &learner, params, world, progress)
     }
 }

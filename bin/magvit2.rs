@@ -100,7 +100,9 @@ pub fn run(a: &Magvit2Args, device: &Device) -> Result<(), Box<dyn Error>> {
         .map_err(|msg| format!("{}: not an Open-MAGVIT2 tokenizer: {msg}", tok_path.display()))?;
     let f = tok_config.downsample();
     if a.size == 0 || !a.size.is_multiple_of(f) {
-        return Err(format!("--size {}: must be a positive multiple of the tokenizer's {f} pixels per token", a.size).into());
+        return Err(
+            format!("--size {}: must be a positive multiple of the tokenizer's {f} pixels per token", a.size).into()
+        );
     }
     let config = ArModel::detect_config(&ar_weights, a.size / f)?;
     if let Some(&bad) = a.class.iter().find(|&&c| c >= config.class_num) {
@@ -124,7 +126,8 @@ pub fn run(a: &Magvit2Args, device: &Device) -> Result<(), Box<dyn Error>> {
     );
     let labels: Vec<usize> = a.class.iter().flat_map(|&c| std::iter::repeat_n(c, a.batch)).collect();
     let bar = ProgressBar::new(ar.config.tokens() as u64).with_style(
-        ProgressStyle::with_template("[{bar:30}] token {pos}/{len} {elapsed_precise}").unwrap_or(ProgressStyle::default_bar()),
+        ProgressStyle::with_template("[{bar:30}] token {pos}/{len} {elapsed_precise}")
+            .unwrap_or(ProgressStyle::default_bar()),
     );
     let start = Instant::now();
     let out = generate(&ar, &labels, &sampling, |_| bar.inc(1))?;
@@ -184,7 +187,12 @@ pub fn reconstruct(
 ) -> Result<(), Box<dyn Error>> {
     let (size, _) = Template::exact(1.0).ok_or("no square template")?.schedule(pn).pixel_size();
     let tok = Tokenizer::open_on(path, device)?;
-    println!("loaded {} ({} bits per token, 1/{} per side); running on {device}", path.display(), tok.config.z_channels, tok.config.downsample());
+    println!(
+        "loaded {} ({} bits per token, 1/{} per side); running on {device}",
+        path.display(),
+        tok.config.z_channels,
+        tok.config.downsample()
+    );
     for (index, (image_path, img)) in images.iter().enumerate() {
         let input = fit_to(img, (size, size))?;
         let start = Instant::now();

@@ -4,7 +4,8 @@
 //! and the text encoder frozen. `vae` trains the BitVAE tokenizer (reconstruction, BSQ
 //! commitment and entropy losses; single-scale `--stage 1` or multi-scale `--stage 2`; with
 //! `--disc-weight`, a PatchGAN discriminator's hinge loss), from scratch or fine-tuning. `var`
-//! trains a VAR class-conditional transformer on class folders, its VQVAE frozen.
+//! trains a VAR class-conditional transformer on class folders, its VQVAE frozen; `magvit2` an
+//! Open-MAGVIT2 generator likewise.
 //! Checkpoints hold the whole run state (parameters, optimizer, data position, RNG position),
 //! so re-running the same command resumes where the last checkpoint left off. The runs are
 //! `models::run` (their steps `models::train` and `models::train_vae`), the model folder
@@ -29,8 +30,10 @@ use infinity::cuda::nccl::{self, Nccl};
 use infinity::models::bitvae::BitVaeConfig;
 use infinity::models::data::{CaptionRule, Dataset};
 use infinity::models::infinity::InfinityConfig;
+use infinity::models::magvit2::ArConfig;
 use infinity::models::model_folder::{self, ExportSources, ModelFiles};
 use infinity::models::pipeline::Pipeline;
+use infinity::models::run::magvit2::{self as magvit2_run, Magvit2Run};
 use infinity::models::run::transformer::{self, TransformerRun};
 use infinity::models::run::vae::{self, DiscriminatorSettings, VaeRun};
 use infinity::models::run::var::{self as var_run, VarRun};
@@ -68,6 +71,10 @@ enum Command {
     /// sub-folders, its VQVAE frozen; re-running the same command resumes from --out's latest
     /// checkpoint. The checkpoints' params.safetensors is what `infinity-run var --var` reads.
     Var(Box<VarTrainArgs>),
+    /// Train an Open-MAGVIT2 generator on an ImageNet-style folder of class sub-folders, its
+    /// tokenizer frozen; re-running the same command resumes from --out's latest checkpoint. The
+    /// checkpoints' params.safetensors is what `infinity-run magvit2 --ar` reads.
+    Magvit2(Box<Magvit2TrainArgs>),
     /// Write a model folder that infinity-run reads (config.json and the models' files) from
     /// a transformer run and a BitVAE; the folder is checked by loading it before config.json,
     /// the file that makes it a model folder, is written.
@@ -268,6 +275,49 @@ struct VarTrainArgs {
 }
 
 #[derive(Args)]
+struct Magvit2TrainArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Training images: one sub-folder per class (sorted names are the class indices).
+    #[arg(long)]
+    data: PathBuf,
+    /// The tokenizer (a tokenizer .ckpt, an AR .ckpt's first stage, or safetensors), frozen.
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// Train from scratch with a released size: B, L, XL.
+    #[arg(long, conflicts_with = "init")]
+    preset: Option<String>,
+    /// Fine-tune this AR checkpoint (a released .ckpt or safetensors).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Image side in pixels (the released models: 256).
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Peak learning rate (the official configs' 3e-4).
+    #[arg(long, default_value_t = 3e-4)]
+    lr: f64,
+    /// Learning rate at the end of the run, as a fraction of the peak (official `wpe` 0.1; the
+    /// peak is held for 5% of the run after the warm-up, then decays linearly).
+    #[arg(long, default_value_t = 0.1)]
+    end_lr: f64,
+    /// AdamW weight decay (not applied to 1-D parameters).
+    #[arg(long, default_value_t = 0.05)]
+    wd: f64,
+    /// AdamW β₁,β₂.
+    #[arg(long, value_delimiter = ',', default_value = "0.9,0.95")]
+    betas: Vec<f64>,
+    /// Global gradient-norm clipping threshold (0 disables).
+    #[arg(long, default_value_t = 1.0)]
+    clip: f32,
+    /// Probability of training a sample as the null class (for CFG).
+    #[arg(long, default_value_t = 0.1)]
+    label_dropout: f32,
+    /// Micro-batches of --batch images per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    accumulate: usize,
+}
+
+#[derive(Args)]
 struct TransformerArgs {
     #[command(flatten)]
     run: RunArgs,
@@ -361,6 +411,7 @@ fn main() -> ExitCode {
         Command::Plot { run, out } => plot_run(&run, &out),
         Command::Vae(args) => train_vae(&args),
         Command::Var(args) => train_var(&args),
+        Command::Magvit2(args) => train_magvit2(&args),
     })
 }
 
@@ -763,6 +814,55 @@ fn plan_var(a: &VarTrainArgs, device: Device) -> Result<VarRun, Box<dyn Error>> 
         start,
         lr: LrSchedule {
             peak,
+            warmup_iters: a.run.warmup_steps,
+            max_iters: a.run.steps as usize,
+            warmup_start: WARMUP_START,
+            end_ratio: a.end_lr,
+            annealing: Annealing::Linear { hold: 0.05 },
+        },
+        adamw: optim.adamw,
+        weight_decay: a.wd,
+        clip: optim.clip,
+        label_dropout: a.label_dropout,
+        accumulate: a.accumulate,
+    })
+}
+
+fn train_magvit2(a: &Magvit2TrainArgs) -> Result<(), Box<dyn Error>> {
+    let run = plan_magvit2(a, training_device(a.run.device)?)?;
+    let mut bar = Bar(None);
+    let outcome = run.train(&Single, &mut bar)?;
+    finish(bar, &a.run.out, &outcome);
+    Ok(())
+}
+
+/// The `magvit2` run of the command line: everything it can refuse, refused before any slow work.
+fn plan_magvit2(a: &Magvit2TrainArgs, device: Device) -> Result<Magvit2Run, Box<dyn Error>> {
+    check_data(&a.data)?;
+    existing(&a.tokenizer, "tokenizer")?;
+    check_counts(a.run.batch, a.run.steps, a.run.save_every, a.run.keep)?;
+    if a.accumulate == 0 {
+        return Err("--accumulate must be at least 1".into());
+    }
+    let optim = check_optimizer(a.lr, a.wd, &a.betas, a.clip)?;
+    check_range("end-lr", a.end_lr, 0.0..=1.0)?;
+    check_range("label-dropout", f64::from(a.label_dropout), 0.0..=1.0)?;
+    let start =
+        match (&a.preset, &a.init) {
+            (Some(name), _) => magvit2_run::Start::Scratch(ArConfig::preset(name).ok_or_else(|| {
+                format!("unknown --preset '{name}' (expected one of {})", ArConfig::PRESETS.join(", "))
+            })?),
+            (_, Some(init)) => magvit2_run::Start::Checkpoint(existing(init, "init")?),
+            _ => return Err("no AR model: give --preset or --init".into()),
+        };
+    Ok(Magvit2Run {
+        run: run_settings(&a.run, device),
+        data: a.data.clone(),
+        tokenizer: a.tokenizer.clone(),
+        start,
+        size: a.size,
+        lr: LrSchedule {
+            peak: a.lr,
             warmup_iters: a.run.warmup_steps,
             max_iters: a.run.steps as usize,
             warmup_start: WARMUP_START,

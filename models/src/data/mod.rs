@@ -79,6 +79,8 @@ pub struct Dataset {
     caption_rule: CaptionRule,
     /// The class names of a class-folder data set (index = class), else empty.
     classes: Vec<String>,
+    /// A class-folder data set's square side, in place of the budget's template sizes.
+    side: Option<usize>,
     /// Images left out while listing (they are not among `items`).
     unlisted: usize,
     /// Skipped images by path: each is logged once, however many epochs meet it.
@@ -117,14 +119,19 @@ impl Dataset {
     }
 
     /// An ImageNet-style folder of class sub-folders (sorted names = class indices), every
-    /// image square at the budget's size.
-    pub fn from_class_folders(dir: impl AsRef<Path>, budget: PixelBudget) -> Result<Self> {
+    /// image loaded as a `side` × `side` square.
+    pub fn from_class_folders(dir: impl AsRef<Path>, side: usize) -> Result<Self> {
         let (items, classes) = source::read_class_folders(dir.as_ref())?;
         if classes.is_empty() {
             return Err(Error::format(dir.as_ref(), "no class sub-folders (expected <data>/<class>/<image>)"));
         }
-        let mut dataset = Self::new(dir.as_ref(), items, Vec::new(), budget, CaptionRule::Plain)?;
+        if side == 0 {
+            return Err(Error::setting("a class-folder data set needs a positive image side"));
+        }
+        // The budget is not used: every item is square and loaded at `side`.
+        let mut dataset = Self::new(dir.as_ref(), items, Vec::new(), PixelBudget::P006M, CaptionRule::Plain)?;
         dataset.classes = classes;
+        dataset.side = Some(side);
         Ok(dataset)
     }
 
@@ -158,6 +165,7 @@ impl Dataset {
             budget,
             caption_rule,
             classes: Vec::new(),
+            side: None,
             unlisted,
             skipped: Mutex::new(BTreeMap::new()),
         };
@@ -187,7 +195,10 @@ impl Dataset {
 
     /// The (H, W) every sample of `template` is loaded at.
     pub fn pixel_size(&self, template: Template) -> (usize, usize) {
-        template.schedule(self.budget).pixel_size()
+        match self.side {
+            Some(side) => (side, side),
+            None => template.schedule(self.budget).pixel_size(),
+        }
     }
 
     /// Item `index`'s image as (1, 3, H, W) in [-1, 1], or `None` (logged and counted) when

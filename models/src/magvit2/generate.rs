@@ -11,8 +11,8 @@ use infinity_runtime::rng::Philox;
 
 use infinity_runtime::{Error, Result, Tensor};
 
-use super::model::ArModel;
 use super::config::{ArConfig, TokenizerConfig};
+use super::model::ArModel;
 use super::tokenizer::codes_of;
 use crate::sampling::{self, softmax};
 

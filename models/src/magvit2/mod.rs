@@ -6,6 +6,7 @@ pub mod config;
 pub mod generate;
 mod model;
 pub mod tokenizer;
+pub mod train;
 
 pub use config::{ArConfig, Layout, TokenizerConfig};
 pub use model::{ArModel, KvCache, Logits, Session, rope_table};

@@ -16,7 +16,6 @@ use infinity_runtime::{Error, Result, Tensor};
 use super::folder::{RunFolder, RunSettings, RunState, announce, first_columns};
 use super::{Outcome, PREFETCH, Progress};
 use crate::data::{BatchOrder, Dataset, Loaded, Prefetch};
-use crate::schedule::PixelBudget;
 use crate::train::StepStats;
 
 /// What a model brings to the loop.
@@ -46,8 +45,8 @@ pub(super) struct Classes<'a> {
     pub command: &'static str,
     /// Key of the trainer's stream, apart from the data order's.
     pub stream: u64,
-    /// The square images' pixel budget.
-    pub budget: PixelBudget,
+    /// The square images' side in pixels.
+    pub side: usize,
     /// The model's classes (the data may have fewer folders, not more).
     pub num_classes: usize,
     /// Names of the per-step figures after the loss (`metrics.csv` columns).
@@ -74,7 +73,7 @@ pub(super) fn train<L: Learner>(
     let (rank, ranks) = (world.rank(), world.world_size());
     std::fs::create_dir_all(&s.out).map_err(|e| Error::io(&s.out, e))?;
     infinity_runtime::io::check_writable(&s.out)?;
-    let dataset = Arc::new(Dataset::from_class_folders(c.data, c.budget)?);
+    let dataset = Arc::new(Dataset::from_class_folders(c.data, c.side)?);
     if dataset.classes().len() > c.num_classes {
         let msg = format!("{} class folders, but the model has {} classes", dataset.classes().len(), c.num_classes);
         return Err(Error::format(c.data, msg));
@@ -135,7 +134,8 @@ pub(super) fn train<L: Learner>(
             micro.push(learner.encode(&images, &labels, &mut state.rng)?);
         }
         let lr = c.lr.lr(step as usize);
-        let stats = learner.step(&mut params, &mut optimizer, &micro, (lr, c.weight_decay, c.clip), world, &mut state.rng)?;
+        let stats =
+            learner.step(&mut params, &mut optimizer, &micro, (lr, c.weight_decay, c.clip), world, &mut state.rng)?;
         let samples: usize = ranks * micro.iter().map(L::samples).sum::<usize>();
         let samples_per_s = samples as f64 / step_start.elapsed().as_secs_f64();
         step += 1;

@@ -1,4 +1,4 @@
-//! Training runs: a run of steps of one model (the transformer, the BitVAE or VAR) in a run folder
+//! Training runs: a run of steps of one model (the transformer, the BitVAE, VAR or Open-MAGVIT2) in a run folder
 //! that it resumes from when started again, on the device of its settings. One loop per
 //! model for every device; `infinity-train` only turns its flags into the settings here and
 //! shows the [`Progress`].
@@ -8,10 +8,12 @@
 //! - [`transformer`]: the transformer's run (text features or a text encoder training along,
 //!   frozen-VAE latents, Bitwise Self-Correction, caption dropout, micro-batches);
 //! - [`vae`]: the BitVAE's run (random crops, the discriminator);
-//! - [`var`]: VAR's class-conditional transformer on class folders (label dropout).
+//! - [`var`]: VAR's class-conditional transformer on class folders (label dropout);
+//! - [`magvit2`]: Open-MAGVIT2's generator likewise (and its dropouts).
 
 mod classes;
 pub mod folder;
+pub mod magvit2;
 pub mod transformer;
 pub mod vae;
 pub mod var;

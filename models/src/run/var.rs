@@ -12,7 +12,6 @@ use infinity_runtime::{Error, Result, Tensor};
 use super::classes::{self, Classes, Learner};
 use super::folder::RunSettings;
 use super::{Outcome, Progress};
-use crate::schedule::PixelBudget;
 use crate::train::StepStats;
 use crate::var::generate::check_pair;
 use crate::var::train::{VarBatch, VarStepSettings, train_step};
@@ -103,11 +102,6 @@ impl VarRun {
             }
         };
         check_pair(&config, &vae_config)?;
-        let budget = match config.image_size() {
-            256 => PixelBudget::P006M,
-            512 => PixelBudget::P025M,
-            size => return Err(Error::setting(format!("no pixel budget trains {size}² images"))),
-        };
         let params = VarTransformer::parameters(&weights, &config)?.to_device(device)?;
         drop(weights);
         let classes = Classes {
@@ -115,7 +109,7 @@ impl VarRun {
             data: &self.data,
             command: COMMAND,
             stream: TRAINER_STREAM,
-            budget,
+            side: config.image_size(),
             num_classes: config.num_classes,
             figures: (0..config.num_scales()).map(|k| format!("acc_{k}")).collect(),
             what: format!("VAR d{} from {source}, {}² images", config.depth, config.image_size()),

@@ -132,3 +132,81 @@ fn greedy_generation_matches_golden() {
         "{differ} differ"
     );
 }
+
+/// The training loss of the teacher-forced golden batch (no dropout) equals the golden's
+/// loss_pre + loss_post, and a train step (its dropouts on) reports a finite loss and moves the
+/// weights.
+#[test]
+fn training_loss_matches_golden() {
+    use infinity::autograd::optim::official_groups;
+    use infinity::autograd::{AdamW, AdamWConfig};
+    use infinity::models::magvit2::ArModel;
+    use infinity::models::magvit2::train::{ArBatch, loss, train_step};
+    use infinity::runtime::collective::Single;
+    use infinity::runtime::rng::Philox;
+    let golden = open("devM/ar_forward_golden.safetensors");
+    let batch = ArBatch {
+        labels: labels(&golden, "class_labels"),
+        pre: golden.get("indices_pre").unwrap().clone(),
+        post: golden.get("indices_post").unwrap().clone(),
+    };
+    let ar = ArModel::open_on(fixture("devM/ar.safetensors"), 8, &Device::Cpu).unwrap();
+    let logits = ar.teacher_forced(&batch.labels, &batch.pre, &batch.post, None).unwrap();
+    let (total, [pre, post]) = loss(&logits, &batch).unwrap();
+    let want = [golden.get("loss_pre").unwrap().to_f32_vec().unwrap()[0], golden.get("loss_post").unwrap().to_f32_vec().unwrap()[0]];
+    eprintln!("losses {pre} + {post} vs golden {} + {}", want[0], want[1]);
+    assert!((pre - want[0]).abs() <= 1e-5 * want[0] && (post - want[1]).abs() <= 1e-5 * want[1]);
+    assert!((total.value().to_f32_vec().unwrap()[0] - want[0] - want[1]).abs() <= 1e-5 * (want[0] + want[1]));
+    let weights = Weights::open(fixture("devM/ar.safetensors")).unwrap();
+    let mut params = ArModel::parameters(&weights, &ar.config).unwrap();
+    let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8 }, official_groups(&params)).unwrap();
+    let stats = train_step(&mut params, &mut opt, &ar.config, &[batch], (3e-4, 0.05, 1.0), &Single, &mut Philox::new(1)).unwrap();
+    assert!(stats.loss.is_finite() && stats.scale_loss.len() == 2 && stats.scale_accuracy.len() == 2);
+    let moved = common::max_abs_diff(params.get("head.0.weight").unwrap(), weights.get("head.0.weight").unwrap());
+    assert!(moved > 0.0);
+}
+
+/// The loss's gradient with respect to every GPT parameter passes the finite-difference check.
+#[test]
+fn training_gradients_match_finite_differences() {
+    use infinity::autograd::Tracked;
+    use infinity::autograd::gradcheck::GradCheck;
+    use infinity::models::magvit2::train::{ArBatch, loss};
+    use infinity::models::magvit2::{ArConfig, ArModel};
+    let config = ArConfig { dim: 16, n_head: 2, spatial_layers: 2, factorized_layers: 1, ffn_hidden: 24, factorized_bits: [2, 3], class_num: 3, grid: 2 };
+    let mut weights = ArModel::initial_weights(&config, 3).unwrap();
+    // Heads and embeddings of a trained model's size, so every path's gradient is well above rounding.
+    let scaled: Vec<(String, Tensor)> = weights
+        .iter()
+        .map(|(k, t)| {
+            let t = if k.starts_with("head.") {
+                Tensor::from_vec(infinity::runtime::rng::Philox::new(9).normal(t.numel()), t.shape()).unwrap()
+            } else if k.ends_with("norm.weight") {
+                t.clone()
+            } else {
+                infinity::ops::elementwise::mul_scalar(t, 25.0).unwrap()
+            };
+            (k.to_string(), t)
+        })
+        .collect();
+    weights = Weights::new("<scaled>", scaled, Default::default()).unwrap();
+    let params = ArModel::parameters(&weights, &config).unwrap();
+    let names: Vec<String> = params.iter().map(|(n, _)| n.to_string()).collect();
+    let inputs: Vec<Tensor> = params.iter().map(|(_, t)| t.clone()).collect();
+    let batch = ArBatch {
+        labels: vec![1, 3],
+        pre: Tensor::from_vec(vec![0i64, 3, 1, 2, 2, 1, 0, 3], &[2, 4]).unwrap(),
+        post: Tensor::from_vec(vec![7i64, 0, 4, 2, 1, 5, 6, 3], &[2, 4]).unwrap(),
+    };
+    let report = GradCheck::default()
+        .check(
+            |vars| {
+                let tracked = Tracked::from_vars(names.iter().cloned().zip(vars.iter().cloned()).collect());
+                let model = ArModel::on_tape(config.clone(), &tracked)?;
+                Ok(loss(&model.teacher_forced(&batch.labels, &batch.pre, &batch.post, None)?, &batch)?.0)
+            },
+            &inputs,
+        )
+        .unwrap();
+    assert!(report.passed(), "{report}");
+}

@@ -153,14 +153,19 @@ fn training_loss_matches_golden() {
     let ar = ArModel::open_on(fixture("devM/ar.safetensors"), 8, &Device::Cpu).unwrap();
     let logits = ar.teacher_forced(&batch.labels, &batch.pre, &batch.post, None).unwrap();
     let (total, [pre, post]) = loss(&logits, &batch).unwrap();
-    let want = [golden.get("loss_pre").unwrap().to_f32_vec().unwrap()[0], golden.get("loss_post").unwrap().to_f32_vec().unwrap()[0]];
+    let want = [
+        golden.get("loss_pre").unwrap().to_f32_vec().unwrap()[0],
+        golden.get("loss_post").unwrap().to_f32_vec().unwrap()[0],
+    ];
     eprintln!("losses {pre} + {post} vs golden {} + {}", want[0], want[1]);
     assert!((pre - want[0]).abs() <= 1e-5 * want[0] && (post - want[1]).abs() <= 1e-5 * want[1]);
     assert!((total.value().to_f32_vec().unwrap()[0] - want[0] - want[1]).abs() <= 1e-5 * (want[0] + want[1]));
     let weights = Weights::open(fixture("devM/ar.safetensors")).unwrap();
     let mut params = ArModel::parameters(&weights, &ar.config).unwrap();
     let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8 }, official_groups(&params)).unwrap();
-    let stats = train_step(&mut params, &mut opt, &ar.config, &[batch], (3e-4, 0.05, 1.0), &Single, &mut Philox::new(1)).unwrap();
+    let stats =
+        train_step(&mut params, &mut opt, &ar.config, &[batch], (3e-4, 0.05, 1.0), &Single, &mut Philox::new(1))
+            .unwrap();
     assert!(stats.loss.is_finite() && stats.scale_loss.len() == 2 && stats.scale_accuracy.len() == 2);
     let moved = common::max_abs_diff(params.get("head.0.weight").unwrap(), weights.get("head.0.weight").unwrap());
     assert!(moved > 0.0);
@@ -173,7 +178,16 @@ fn training_gradients_match_finite_differences() {
     use infinity::autograd::gradcheck::GradCheck;
     use infinity::models::magvit2::train::{ArBatch, loss};
     use infinity::models::magvit2::{ArConfig, ArModel};
-    let config = ArConfig { dim: 16, n_head: 2, spatial_layers: 2, factorized_layers: 1, ffn_hidden: 24, factorized_bits: [2, 3], class_num: 3, grid: 2 };
+    let config = ArConfig {
+        dim: 16,
+        n_head: 2,
+        spatial_layers: 2,
+        factorized_layers: 1,
+        ffn_hidden: 24,
+        factorized_bits: [2, 3],
+        class_num: 3,
+        grid: 2,
+    };
     let mut weights = ArModel::initial_weights(&config, 3).unwrap();
     // Heads and embeddings of a trained model's size, so every path's gradient is well above rounding.
     let scaled: Vec<(String, Tensor)> = weights
@@ -209,4 +223,176 @@ fn training_gradients_match_finite_differences() {
         )
         .unwrap();
     assert!(report.passed(), "{report}");
+}
+
+fn run(bin: &str, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(bin).args(args).output().unwrap()
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    std::ffi::OsStr::new(s)
+}
+
+/// `infinity-run magvit2` writes one PNG per image (numbered), deterministic per seed, with its
+/// class and parameters; greedy generation through the CLI is the golden image; impossible
+/// requests are refused in one line before loading.
+#[test]
+fn cli_generates_and_refuses() {
+    let dir = scratch("magvit2-cli");
+    let ar = fixture("devM/ar.ckpt");
+    let bin = env!("CARGO_BIN_EXE_infinity-run");
+    let generate = |out: &std::path::Path, extra: &[&str]| {
+        let mut args =
+            vec![os("magvit2"), os("--ar"), ar.as_os_str(), os("--size"), os("128"), os("-o"), out.as_os_str()];
+        args.extend(extra.iter().map(|a| os(a)));
+        run(bin, &args)
+    };
+    let o = generate(
+        &dir.join("golden.png"),
+        &["--class", "2", "--top-k", "1", "--cfg", "1.75,1.85", "--temperature", "1.1,1.0"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let png = infinity::models::image::load_rgb(&dir.join("golden.png")).unwrap().into_raw();
+    let want = open("devM/generate_golden.safetensors").get("image_u8").unwrap().to_vec::<u8>().unwrap();
+    assert!(png.iter().zip(&want).all(|(a, b)| a.abs_diff(*b) <= 1));
+    for (name, seed) in [("a.png", "5"), ("b.png", "5"), ("c.png", "6")] {
+        let o = generate(&dir.join(name), &["--class", "1,4", "--batch", "2", "--seed", seed]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let read = |n: &str| std::fs::read(dir.join(n)).unwrap();
+    assert_eq!(read("a_0003.png"), read("b_0003.png"));
+    assert_ne!(read("a_0003.png"), read("c_0003.png"));
+    assert_ne!(read("a_0000.png"), read("a_0001.png"), "batch entries differ");
+    let text = {
+        let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(dir.join("a_0002.png")).unwrap()));
+        let reader = decoder.read_info().unwrap();
+        reader.info().uncompressed_latin1_text.iter().map(|t| (t.keyword.clone(), t.text.clone())).collect::<Vec<_>>()
+    };
+    assert!(text.contains(&("class".into(), "4".into())), "{text:?}");
+    let never = dir.join("never.png");
+    common::assert_refused(&generate(&never, &["--class", "10"]), "--class 10");
+    common::assert_refused(&generate(&never, &["--class", "1", "--cfg", "1,2,3"]), "--cfg");
+    common::assert_refused(&generate(&never, &["--class", "1", "--top-p", "0"]), "--top-p");
+    let vqvae = fixture("devV/vae.pth");
+    let mut args = vec![
+        os("magvit2"),
+        os("--ar"),
+        ar.as_os_str(),
+        os("--tokenizer"),
+        vqvae.as_os_str(),
+        os("--class"),
+        os("1"),
+        os("-o"),
+        never.as_os_str(),
+    ];
+    common::assert_refused(&run(bin, &args), "not an Open-MAGVIT2 tokenizer");
+    args[2] = vqvae.as_os_str();
+    args.drain(3..5);
+    common::assert_refused(&run(bin, &args), "vae.pth");
+    assert!(!never.exists());
+}
+
+/// `infinity-run reconstruct` with the tokenizer `.ckpt` writes its decoded tokens; `infinity-train
+/// magvit2` resumes exactly, and its checkpoint generates.
+#[test]
+fn reconstruct_and_training_cli() {
+    let dir = scratch("magvit2-train");
+    let image = fixture("emoji/1f438.png");
+    let recon = dir.join("recon.png");
+    let tok = fixture("devM/tokenizer.ckpt");
+    let o = run(
+        env!("CARGO_BIN_EXE_infinity-run"),
+        &[
+            os("reconstruct"),
+            os("--vae"),
+            tok.as_os_str(),
+            os("--image"),
+            image.as_os_str(),
+            os("--pn"),
+            os("0.06M"),
+            os("-o"),
+            recon.as_os_str(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("256 tokens of 10 bits"));
+    let data = dir.join("data");
+    for (class, emoji) in [("apple", "1f34e"), ("frog", "1f438")] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for copy in ["a", "b"] {
+            std::fs::copy(fixture(&format!("emoji/{emoji}.png")), data.join(class).join(format!("{copy}.png")))
+                .unwrap();
+        }
+    }
+    let ar = fixture("devM/ar.ckpt");
+    let train = |out: &std::path::Path, steps: &str| {
+        run(
+            env!("CARGO_BIN_EXE_infinity-train"),
+            &[
+                os("magvit2"),
+                os("--data"),
+                data.as_os_str(),
+                os("--tokenizer"),
+                ar.as_os_str(),
+                os("--init"),
+                ar.as_os_str(),
+                os("--size"),
+                os("128"),
+                os("--out"),
+                out.as_os_str(),
+                os("--steps"),
+                os(steps),
+                os("--batch"),
+                os("2"),
+                os("--save-every"),
+                os("1"),
+                os("--end-lr"),
+                os("1"),
+                os("--seed"),
+                os("3"),
+            ],
+        )
+    };
+    let (straight, resumed) = (dir.join("straight"), dir.join("resumed"));
+    for out in [&straight, &resumed] {
+        let _ = std::fs::remove_dir_all(out);
+    }
+    assert!(train(&straight, "3").status.success());
+    assert!(train(&resumed, "2").status.success());
+    let o = train(&resumed, "3");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows = |r: &std::path::Path| -> Vec<String> {
+        std::fs::read_to_string(r.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect()
+    };
+    assert_eq!(rows(&straight), rows(&resumed));
+    assert_eq!(rows(&straight).len(), 4);
+    let params = resumed.join("step-000000003/params.safetensors");
+    let png = dir.join("trained.png");
+    let o = run(
+        env!("CARGO_BIN_EXE_infinity-run"),
+        &[
+            os("magvit2"),
+            os("--ar"),
+            params.as_os_str(),
+            os("--tokenizer"),
+            tok.as_os_str(),
+            os("--class"),
+            os("1"),
+            os("--size"),
+            os("128"),
+            os("-o"),
+            png.as_os_str(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

@@ -126,3 +126,66 @@ fn var_presets_match_the_release_manifests() {
         assert_eq!(VarConfig::detect(&shapes).unwrap(), config, "{preset}");
     }
 }
+
+/// Open-MAGVIT2: the released tokenizers' encoder/decoder and the B/L/XL generators' GPT (and
+/// their first stage) name for name and shape for shape, with the inference parameter counts.
+#[test]
+fn magvit2_presets_match_the_release_manifests() {
+    use infinity::models::magvit2::{ArConfig, TokenizerConfig};
+    let entries_of = |json: &str, group: &dyn Fn(&str) -> Option<String>| -> BTreeMap<String, Vec<usize>> {
+        let v: Value = serde_json::from_str(json).unwrap();
+        v["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| {
+                let key = group(t["group"].as_str().unwrap())?;
+                let shape = t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+                Some((
+                    format!(
+                        "{key}{}",
+                        t["key"].as_str().unwrap().strip_prefix(&key).unwrap_or(t["key"].as_str().unwrap())
+                    ),
+                    shape,
+                ))
+            })
+            .collect()
+    };
+    let ours = |entries: Vec<infinity::models::autoencoder::Entry>, prefix: &str| -> BTreeMap<String, Vec<usize>> {
+        entries.into_iter().map(|e| (format!("{prefix}{}", e.key), e.shape)).collect()
+    };
+    let tokenizers = [
+        ("imagenet_128_L", include_str!("fixtures/manifests/om2/imagenet_lfqgan_128_L.json")),
+        ("imagenet_256_L", include_str!("fixtures/manifests/om2/imagenet_lfqgan_256_L.json")),
+        ("pretrain_16384", include_str!("fixtures/manifests/om2/pretrain_lfqgan_256_16384.json")),
+        ("pretrain_262144", include_str!("fixtures/manifests/om2/pretrain_lfqgan_256_262144.json")),
+    ];
+    for (preset, json) in tokenizers {
+        let theirs = entries_of(json, &|g| matches!(g, "encoder" | "decoder").then(String::new));
+        assert!(theirs.len() > 250, "{preset}: {} entries", theirs.len());
+        let config = TokenizerConfig::preset(preset).unwrap();
+        assert_eq!(ours(config.entries(), ""), theirs, "{preset}");
+        let (header, _) = manifest(json);
+        let n: usize = config.entries().iter().map(|e| e.shape.iter().product::<usize>()).sum();
+        assert_eq!(n as u64, header["derived"]["inference_params"].as_u64().unwrap(), "{preset}");
+    }
+    let ars = [
+        ("B", include_str!("fixtures/manifests/om2/imagenet_conditional_llama_B.json")),
+        ("L", include_str!("fixtures/manifests/om2/imagenet_conditional_llama_L.json")),
+        ("XL", include_str!("fixtures/manifests/om2/imagenet_conditional_llama_XL.json")),
+    ];
+    for (preset, json) in ars {
+        let theirs = entries_of(json, &|g| (g == "transformer").then(String::new));
+        let config = ArConfig::preset(preset).unwrap();
+        assert_eq!(ours(config.entries(), "transformer."), theirs, "{preset}");
+        let stage = entries_of(json, &|g| g.starts_with("first_stage_model").then(String::new));
+        assert_eq!(
+            ours(TokenizerConfig::preset("imagenet_256_L").unwrap().entries(), "first_stage_model."),
+            stage,
+            "{preset}"
+        );
+        let (header, _) = manifest(json);
+        let n: usize = config.entries().iter().map(|e| e.shape.iter().product::<usize>()).sum();
+        assert_eq!(n as u64, header["derived"]["transformer_params"].as_u64().unwrap(), "{preset}");
+    }
+}

@@ -9,9 +9,9 @@ use std::borrow::Cow;
 
 use infinity_cuda::Executor;
 use infinity_cuda::norm::RowStat;
-use infinity_runtime::{Error, Result, Tensor};
+use infinity_runtime::{DType, Error, Result, Tensor};
 
-use crate::device::{executor, no_kernel};
+use crate::device::executor;
 use crate::f32_data;
 use crate::reduce::sum_map;
 use crate::util::for_row_blocks;
@@ -83,9 +83,18 @@ pub fn group_norm(
 ) -> Result<Tensor> {
     let inputs: Vec<&Tensor> = [Some(x), weight, bias].into_iter().flatten().collect();
     if let Some(exec) = executor("group_norm", &inputs)? {
-        // The kernel takes the affine it applies in every BitVAE norm.
-        let (Some(weight), Some(bias)) = (weight, bias) else { return Err(no_kernel("group_norm", x)) };
-        return infinity_cuda::norm::group_norm(&exec, x, groups, weight, bias, eps, false);
+        // The kernel always applies an affine: a missing one is the identity (1·x + 0, exact).
+        let channels = x.shape().get(1).copied().unwrap_or(0);
+        let identity = |value: f32| Tensor::full(&[channels], value, DType::F32).to_device(&x.device());
+        let weight = match weight {
+            Some(w) => w.clone(),
+            None => identity(1.0)?,
+        };
+        let bias = match bias {
+            Some(b) => b.clone(),
+            None => identity(0.0)?,
+        };
+        return infinity_cuda::norm::group_norm(&exec, x, groups, &weight, &bias, eps, false);
     }
     let setup = Setup::groups("group_norm", x, groups, weight, bias, eps)?;
     normalize("group_norm", x, &setup, eps, Scale::Std)

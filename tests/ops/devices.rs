@@ -148,6 +148,14 @@ fn cases() -> Vec<Case> {
             bf16_on_device: &[],
         },
         Case {
+            name: "group_norm without affine",
+            inputs: vec![randn(&[2, 6, 3, 5], 6, 1.5)],
+            run: |t| group_norm(&t[0], 3, None, None, 1e-6),
+            atol: 1e-5,
+            rtol: 1e-5,
+            bf16_on_device: &[],
+        },
+        Case {
             name: "embedding",
             inputs: vec![randn(&[11, 6], 9, 1.0), ids(&[3, 0, 10, 3, 7, 1], &[2, 3])],
             run: |t| embedding(&t[0], &t[1]),

@@ -19,6 +19,10 @@
 //!   and the demo's sampling, at batch 1 and 64: images per second beside the arithmetic floor
 //!   (`VarConfig::generation_flops` at the bf16 dense peak).
 //!
+//! - Open-MAGVIT2 XL (random weights, the 256 tokenizer) generating 256² images with CFG at
+//!   batch 1 and 64: tokens/s and images/s beside the arithmetic floor
+//!   (`ArConfig::generation_flops` at the bf16 dense peak).
+//!
 //! Without a GPU it prints a SKIP line and measures nothing (the CPU shim's speed means nothing).
 
 use std::time::{Duration, Instant};
@@ -244,6 +248,48 @@ fn var_generation(exec: &Executor, preset: &str) {
     }
 }
 
+/// Open-MAGVIT2 `preset` on the device: whole generations (256 steps of two sub-tokens,
+/// sampling on the host, decode) at batch 1 and 64, beside the arithmetic floor.
+fn magvit2_generation(exec: &Executor, preset: &str) {
+    use infinity::models::magvit2::generate::{Sampling, generate};
+    use infinity::models::magvit2::{ArConfig, ArModel, Tokenizer, TokenizerConfig};
+    exec.empty_cache();
+    exec.reset_peak();
+    let config = ArConfig::preset(preset).expect("preset");
+    let flops = config.generation_flops();
+    let weights = ArModel::initial_weights(&config, 0).expect("weights");
+    let ar = ArModel::with_config_on(&weights, config, &exec.device()).expect("model");
+    drop(weights);
+    let tok_config = TokenizerConfig::preset("imagenet_256_L").expect("tokenizer");
+    let tok_weights = Tokenizer::random_weights(&tok_config, 0).expect("tokenizer weights");
+    let tok = Tokenizer::with_config_on(&tok_weights, tok_config, &exec.device()).expect("tokenizer");
+    for batch in [1usize, 64] {
+        let classes: Vec<usize> = (0..batch).map(|i| i * 15 % 1000).collect();
+        let run = || {
+            let start = Instant::now();
+            let out = generate(&ar, &classes, &Sampling { seed: 1, ..Default::default() }, |_| {}).expect("generate");
+            exec.synchronize().expect("sync");
+            let ar_time = start.elapsed().as_secs_f64();
+            tok.decode(&out.codes).expect("decode");
+            (ar_time, start.elapsed().as_secs_f64())
+        };
+        run();
+        let mut runs: Vec<(f64, f64)> = (0..3).map(|_| run()).collect();
+        runs.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let (ar_time, total) = runs[1];
+        let floor = flops * batch as f64 / 989e12;
+        println!(
+            "Open-MAGVIT2 {preset} 256² CFG batch {batch} on {}: {:.0} tokens/s, {:.2} images/s ({total:.3} s; AR {ar_time:.3} s = {:.1}× its floor of {:.1} ms at 989 TFLOP/s); peak device memory {:.0} MiB",
+            exec.name(),
+            (batch * 256) as f64 / ar_time,
+            batch as f64 / total,
+            ar_time / floor,
+            floor * 1e3,
+            exec.memory().peak as f64 / (1 << 20) as f64
+        );
+    }
+}
+
 fn benches(c: &mut Criterion) {
     let exec = match Executor::cuda(0) {
         Ok(exec) => exec,
@@ -257,6 +303,7 @@ fn benches(c: &mut Criterion) {
     transformer(&exec, "8b");
     var_generation(&exec, "d16");
     var_generation(&exec, "d30");
+    magvit2_generation(&exec, "XL");
 }
 
 criterion_group!(cuda, benches);

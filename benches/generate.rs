@@ -10,6 +10,7 @@
 //!
 //! - VAR d16 (310M) with a random VQVAE of the release's size, 256² with CFG: transformer and
 //!   decode times and the transformer's FLOP rate.
+//! - Open-MAGVIT2 B (343M) with a random 256 tokenizer, 256² (256 tokens) with CFG: the same.
 //!
 //! Under `cargo test` (no `--bench` argument) it runs tiny configurations once as a smoke test.
 
@@ -145,6 +146,39 @@ fn var(preset: &str, runs: usize) {
     );
 }
 
+/// Open-MAGVIT2 `preset` with random weights (the official initialisation, heads included: its
+/// logits are uniform, which changes no cost) and a random imagenet_256_L tokenizer.
+fn magvit2(preset: &str, runs: usize) {
+    use infinity::models::magvit2::generate::{Sampling, generate};
+    use infinity::models::magvit2::{ArConfig, ArModel, Tokenizer, TokenizerConfig};
+    let config = ArConfig::preset(preset).unwrap();
+    let flops = config.generation_flops();
+    let weights = ArModel::initial_weights(&config, 0).unwrap();
+    let ar = ArModel::with_config_on(&weights, config, &Device::Cpu).unwrap();
+    drop(weights);
+    let tok_config = TokenizerConfig::preset("imagenet_256_L").unwrap();
+    let tok = Tokenizer::with_config_on(&Tokenizer::random_weights(&tok_config, 0).unwrap(), tok_config, &Device::Cpu)
+        .unwrap();
+    let mut times: Vec<(f64, f64)> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            let out = generate(&ar, &[207], &Sampling::default(), |_| {}).unwrap();
+            let ar_time = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            tok.decode(&out.codes).unwrap();
+            (ar_time, t.elapsed().as_secs_f64())
+        })
+        .collect();
+    times.sort_by(|a, b| (a.0 + a.1).total_cmp(&(b.0 + b.1)));
+    let (t, d) = times[times.len() / 2];
+    println!(
+        "Open-MAGVIT2 {preset} 256² CFG: AR {t:.2} s ({:.0} tokens/s, {:.0} GFLOP/s at {:.0} GFLOP) + decode {d:.2} s; median of {runs}",
+        256.0 / t,
+        flops / t / 1e9,
+        flops / 1e9
+    );
+}
+
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     if !bench {
@@ -192,6 +226,7 @@ fn main() {
     }
     layer12(3);
     var("d16", 3);
+    magvit2("B", 3);
     for (preset, vae, env, size) in
         [("2b", "d32", "INFINITY_BENCH_2B", "4.4"), ("8b", "d14_patchify", "INFINITY_BENCH_8B", "17")]
     {

@@ -302,6 +302,20 @@ impl ArConfig {
         self.factorized_bits[0] + self.factorized_bits[1]
     }
 
+    /// Multiply-adds × 2 of one generated image with CFG (two rows): every block's linears for
+    /// each token (the spatial stack once per token, the factorized stack for its two slots),
+    /// the heads, and causal attention over the tokens so far. The arithmetic floor of a device
+    /// is this over its peak rate.
+    pub fn generation_flops(&self) -> f64 {
+        let (d, f, n) = (self.dim as f64, self.ffn_hidden as f64, self.tokens() as f64);
+        let block = 4.0 * d * d + 3.0 * d * f;
+        let [pre, post] = self.vocab().map(|v| v as f64);
+        let linears =
+            n * (self.spatial_layers as f64 + 2.0 * self.factorized_layers as f64) * block + n * d * (pre + post);
+        let attention = self.spatial_layers as f64 * 2.0 * d * n * (n + 1.0) / 2.0;
+        2.0 * 2.0 * (linears + attention)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.n_head == 0 || !self.dim.is_multiple_of(self.n_head) || !self.head_dim().is_multiple_of(4) {
             return Err(format!("width {} over {} heads must give a head width divisible by 4", self.dim, self.n_head));

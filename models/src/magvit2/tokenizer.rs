@@ -224,6 +224,27 @@ impl Tokenizer {
         &self.device
     }
 
+    /// Random weights — convolutions and linears N(0, 1/fan-in), unit norms, zero biases — for
+    /// benchmarks and tests.
+    pub fn random_weights(config: &TokenizerConfig, seed: u64) -> Result<Weights> {
+        config.validate().map_err(|msg| Error::invalid("magvit2.random", &[config.z_channels], msg))?;
+        let mut rng = infinity_runtime::rng::Philox::new(seed);
+        let mut tensors = Vec::new();
+        for e in config.entries() {
+            let n: usize = e.shape.iter().product();
+            let values = if e.shape.len() >= 2 {
+                let fan_in = (e.shape[1..].iter().product::<usize>() as f32).sqrt();
+                rng.normal(n).into_iter().map(|x| x / fan_in).collect()
+            } else if e.key.contains("norm") && e.key.ends_with(".weight") {
+                vec![1.0; n]
+            } else {
+                vec![0.0; n]
+            };
+            tensors.push((e.key, Tensor::from_vec::<f32>(values, &e.shape)?));
+        }
+        Weights::new("<random Open-MAGVIT2 tokenizer>", tensors, Default::default())
+    }
+
     /// RGB (B, 3, H, W) in [−1, 1], sides multiples of the downsampling → the latent z
     /// (B, d, H/f, W/f) on the host.
     pub fn encode(&self, image: &Tensor) -> Result<Tensor> {

@@ -41,6 +41,9 @@ fn config() -> ProptestConfig {
 /// One test problem: bf16 operands and the f32 values they hold.
 struct Case {
     lens: Vec<usize>,
+    /// Run as the kernels' causal mode (every position its own block, `lens` all 1) instead of
+    /// a table of `lens`.
+    causal: bool,
     q_start: usize,
     heads: usize,
     /// (B, H, Lq, D), (B, H, Lk, D) ×2, f32 holding bf16 values.
@@ -75,6 +78,7 @@ impl Case {
             k: bf16_values(&[b, heads, lk, d], seed ^ 1, 1.0),
             v: bf16_values(&[b, heads, lk, d], seed ^ 2, 1.0),
             lens,
+            causal: false,
             q_start,
             heads,
             head_scale,
@@ -232,7 +236,11 @@ impl Case {
             q: &q,
             k: &k,
             v: &v,
-            mask: BlockCausal { offsets: &offsets, q_start: self.q_start },
+            mask: if self.causal {
+                BlockCausal::causal(self.q_start)
+            } else {
+                BlockCausal { offsets: &offsets, q_start: self.q_start }
+            },
             scores: head_scale.as_ref().map_or(Scores::Dot(self.scale), Scores::Cosine),
         };
         body(&attention, self)
@@ -421,6 +429,21 @@ proptest! {
         let first = if first_pick < 4 { 0 } else { first_pick % lens.len() };
         let case = Case::new(b, h, 64, lens, first, cosine, seed);
         for exec in executors() {
+            check_backward(exec, &case, layout, seed);
+        }
+    }
+
+    /// The causal mode (Open-MAGVIT2's spatial attention) against the CPU reference with a
+    /// causal mask, forward and backward, past the 32 blocks a table holds, the whole sequence
+    /// or queries from any position against a cache.
+    #[test]
+    fn causal_mode_matches_the_cpu_attention(b in 1usize..=2, h in 1usize..=2, len in 1usize..=150, start_pick in 0usize..4,
+                                             cosine: bool, layout in 0usize..2, seed: u64) {
+        let first = if start_pick < 2 { 0 } else { seed as usize % len };
+        let mut case = Case::new(b, h, 64, vec![1; len], first, cosine, seed);
+        case.causal = true;
+        for exec in executors() {
+            check_forward(exec, &case, layout);
             check_backward(exec, &case, layout, seed);
         }
     }

@@ -21,6 +21,16 @@ pub fn attention(q: &Var, k: &Var, v: &Var, mask: Option<&Tensor>, scale: f32) -
     })
 }
 
+/// Causal attention (see [`infinity_ops::attention::causal_attention`]): queries at the last Lq
+/// of the Lk key positions, each seeing the keys up to its own.
+pub fn causal_attention(q: &Var, k: &Var, v: &Var, scale: f32) -> Result<Var> {
+    let value = at::causal_attention(q.value(), k.value(), v.value(), scale)?;
+    let (qv, kv, vv) = (q.value().clone(), k.value().clone(), v.value().clone());
+    Var::record("causal_attention", &[q, k, v], value, move |g, needs| {
+        Ok(at::causal_attention_grad(&qv, &kv, &vv, scale, g, [needs[0], needs[1], needs[2]])?.into())
+    })
+}
+
 /// Each sample's queries q (B, H, n, D) over its own keys in k, v (ΣLᵢ, H, D); see
 /// [`infinity_ops::attention::packed_attention`].
 pub fn packed_attention(q: &Var, k: &Var, v: &Var, packing: &Packing, scale: f32) -> Result<Var> {

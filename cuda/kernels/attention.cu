@@ -7,6 +7,8 @@
 //! of p's own block. That makes it a per-row key limit, so masking costs one comparison per
 //! score and a query tile stops at the limit of its last row. Queries may be a window of the
 //! sequence (q_start > 0: the current scale against a KV cache holding every earlier one).
+//! With no blocks (`scales` 0) every position is its own block: causal attention, as the
+//! Llama-style generators (Open-MAGVIT2) train with.
 //!
 //! Scores are scale·q·kᵀ, or with `cosine` Infinity's head_scale[h]·q̂·k̂ᵀ with q̂, k̂ the rows
 //! divided by max(‖·‖₂, 1e-12): the norms are applied to the f32 scores, so q and k enter the
@@ -45,7 +47,8 @@ struct AttentionShape {
     float scale;
     /// Nonzero: q and k rows are L2-normalised before the product.
     int cosine;
-    /// Block i holds positions [offsets[i], offsets[i + 1]); offsets[scales] = kv_len.
+    /// Block i holds positions [offsets[i], offsets[i + 1]); offsets[scales] = kv_len. 0: every
+    /// position is its own block (causal).
     int scales;
     int offsets[kMaxScales + 1];
 };
@@ -54,6 +57,7 @@ struct AttentionShape {
 /// the keys below it. Unrolled over the fixed table, so that the offsets stay in the
 /// parameter bank instead of being copied to local memory for a dynamic index.
 __device__ __forceinline__ int visible_end(const AttentionShape& s, int pos) {
+    if (s.scales == 0) return min(pos + 1, s.kv_len);
     int end = s.kv_len;
 #pragma unroll
     for (int i = kMaxScales; i >= 1; --i)
@@ -63,6 +67,7 @@ __device__ __forceinline__ int visible_end(const AttentionShape& s, int pos) {
 
 /// The start of the scale block holding position `pos`.
 __device__ __forceinline__ int block_start(const AttentionShape& s, int pos) {
+    if (s.scales == 0) return pos;
     int start = 0;
 #pragma unroll
     for (int i = 1; i < kMaxScales; ++i)

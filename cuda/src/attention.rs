@@ -132,7 +132,8 @@ unsafe impl DeviceRepr for AttentionCosineParams {}
 
 /// Which keys each query sees: the sequence is cut into scale blocks
 /// [offsets[i], offsets[i + 1]), and the query at position p sees the keys of p's block and of
-/// every earlier one. Key j is at position j; query row r at position `q_start + r`.
+/// every earlier one. Key j is at position j; query row r at position `q_start + r`. No offsets
+/// ([`BlockCausal::causal`]) make every position its own block: causal attention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockCausal<'a> {
     /// 0 = offsets[0] < offsets[1] < … < offsets[n] = Lk, with 1 ≤ n ≤ [`MAX_SCALES`].
@@ -152,6 +153,13 @@ pub enum Scores<'a> {
     /// max(‖·‖₂, 1e-12) and head_scale (H,) f32 (exp of the clamped `scale_mul_1H11`). RoPE may
     /// be applied to q and k before, as the normalisation commutes with it.
     Cosine(&'a Tensor),
+}
+
+impl BlockCausal<'_> {
+    /// Causal attention: the query at position p sees the keys 0..=p.
+    pub fn causal(q_start: usize) -> BlockCausal<'static> {
+        BlockCausal { offsets: &[], q_start }
+    }
 }
 
 /// Where each sample's keys lie in a packed k and v (the text memories of a batch, of
@@ -405,9 +413,10 @@ impl Attention<'_> {
         }
         let kv_len = k.dims[2];
         let (offsets, scales) = self.offsets(op, kv_len as usize)?;
-        // One block masks nothing: any number of queries may see all keys (cross-attention).
+        // One block masks nothing: any number of queries may see all keys (cross-attention);
+        // causal and block-causal queries must be positions of the keys.
         let past_keys = self.mask.q_start.checked_add(q_len as usize).is_none_or(|end| end > kv_len as usize);
-        if scales > 1 && past_keys {
+        if scales != 1 && past_keys {
             return Err(Error::invalid(
                 op,
                 self.q.shape(),
@@ -446,6 +455,10 @@ impl Attention<'_> {
     /// The mask's offsets as the kernels' table, and the number of blocks.
     fn offsets(&self, op: &'static str, kv_len: usize) -> Result<([i32; MAX_SCALES + 1], i32)> {
         let given = self.mask.offsets;
+        if given.is_empty() {
+            // Causal: the kernels take no table.
+            return Ok(([0; MAX_SCALES + 1], 0));
+        }
         let valid = (2..=MAX_SCALES + 1).contains(&given.len())
             && given[0] == 0
             && given.windows(2).all(|w| w[0] < w[1])

@@ -127,7 +127,7 @@ fn prepare<'a>(
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f32) -> Result<Tensor> {
     if let Some(exec) = executor("attention", &[q, k, v])? {
         return match mask {
-            None if flash_fits(q, k, v) => flash(&exec, q, k, v, None, scale),
+            None if flash_fits(q, k, v) => flash(&exec, q, k, v, None, None, scale),
             _ => composed(q, k, v, mask, scale),
         };
     }
@@ -228,6 +228,57 @@ pub fn attention_grad(
     Ok([dq, dk, dv])
 }
 
+/// The additive causal mask (Lq, Lk) of queries at the last Lq of Lk positions: query i sees
+/// keys 0..=Lk − Lq + i.
+pub fn causal_mask(lq: usize, lk: usize) -> Result<Tensor> {
+    if lq > lk {
+        return Err(Error::invalid("causal_mask", &[lq, lk], "more queries than keys"));
+    }
+    let start = lk - lq;
+    let data =
+        (0..lq).flat_map(|i| (0..lk).map(move |j| if j <= start + i { 0.0 } else { f32::NEG_INFINITY })).collect();
+    Tensor::from_vec(data, &[lq, lk])
+}
+
+/// Causal attention: [`attention`] of queries at the last Lq of the Lk key positions, each
+/// seeing the keys up to its own (a prefix over a KV cache, or the whole sequence). On an
+/// executor at a head dim the kernels take, the flash kernel's causal mode; otherwise the
+/// explicit [`causal_mask`].
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    let Dims { lq, lk, .. } = check_shapes("causal_attention", q, k, v)?;
+    if let Some(exec) = executor("causal_attention", &[q, k, v])?
+        && flash_fits(q, k, v)
+        && lq <= lk
+    {
+        return flash(&exec, q, k, v, Some(BlockCausal::causal(lk - lq)), None, scale);
+    }
+    attention(q, k, v, Some(&causal_mask(lq, lk)?.to_device(&q.device())?), scale)
+}
+
+/// The gradients of [`causal_attention`] (see [`attention_grad`]); on an executor at a head
+/// dim the kernels take, the flash backward kernel's causal mode.
+pub fn causal_attention_grad(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    g: &Tensor,
+    needs: [bool; 3],
+) -> Result<[Option<Tensor>; 3]> {
+    let Dims { lq, lk, .. } = check_shapes("causal_attention_grad", q, k, v)?;
+    if let Some(exec) = executor("causal_attention_grad", &[q, k, v, g])?
+        && flash_fits(q, k, v)
+        && lq <= lk
+    {
+        let dense = |t: &Tensor| -> Result<Tensor> { gemm_operand("causal_attention_grad", t)?.contiguous() };
+        let (q, k, v) = (dense(q)?, dense(k)?, dense(v)?);
+        let call = Attention { q: &q, k: &k, v: &v, mask: BlockCausal::causal(lk - lq), scores: Scores::Dot(scale) };
+        let grads = call.backward(&exec, &call.forward(&exec)?, &dense(g)?)?;
+        return Ok([needs[0].then_some(grads.dq), needs[1].then_some(grads.dk), needs[2].then_some(grads.dv)]);
+    }
+    attention_grad(q, k, v, Some(&causal_mask(lq, lk)?.to_device(&q.device())?), scale, g, needs)
+}
+
 /// softmax over the keys, with all-masked rows (every score −inf, which softmax turns into
 /// NaN) set to zero as the forward treats them.
 fn probabilities(scores: &Tensor, masked: bool) -> Result<Tensor> {
@@ -261,14 +312,15 @@ fn unmasked<'a>(q: &'a Tensor, k: &'a Tensor, v: &'a Tensor, one_block: &'a [usi
     Attention { q, k, v, mask: BlockCausal { offsets: one_block, q_start: 0 }, scores: Scores::Dot(scale) }
 }
 
-/// The flash kernel over q (B, H, Lq, D) and k, v (B, H, Lk, D), or with `packing` over k, v
-/// (1, H, ΣLᵢ, D) holding every sample's keys. The output is allocated token-major
+/// The flash kernel over q (B, H, Lq, D) and k, v (B, H, Lk, D) under `mask` (none: every key
+/// visible), or with `packing` over k, v (1, H, ΣLᵢ, D) holding every sample's keys. The output is allocated token-major
 /// (B, Lq, H, D) and returned as its (B, H, Lq, D) view.
 fn flash(
     exec: &Executor,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
+    mask: Option<BlockCausal>,
     packing: Option<&PackedKeys>,
     scale: f32,
 ) -> Result<Tensor> {
@@ -279,7 +331,10 @@ fn flash(
     };
     let mut out = exec.empty(&[b, lq, h, d], DType::BF16)?;
     let one_block = [0, lk];
-    let call = unmasked(&q, &k, &v, &one_block, scale);
+    let call = match mask {
+        Some(mask) => Attention { q: &q, k: &k, v: &v, mask, scores: Scores::Dot(scale) },
+        None => unmasked(&q, &k, &v, &one_block, scale),
+    };
     match packing {
         None => call.forward_into(exec, &mut out, 0)?,
         Some(keys) => call.forward_packed_into(exec, keys, &mut out, 0)?,
@@ -356,7 +411,7 @@ pub fn packed_attention(q: &Tensor, k: &Tensor, v: &Tensor, packing: &Packing, s
     if let (Some(exec), Some(keys)) = (&exec, &packing.keys)
         && flash_fits(q, &heads_first(k)?, &heads_first(v)?)
     {
-        return flash(exec, q, &heads_first(k)?, &heads_first(v)?, Some(keys), scale);
+        return flash(exec, q, &heads_first(k)?, &heads_first(v)?, None, Some(keys), scale);
     }
     let mut outs = Vec::with_capacity(packing.lens.len());
     let mut start = 0;

@@ -1,5 +1,6 @@
 //! attention: gradients for q, k and v, without a mask, with a random additive mask, and
-//! with the block-causal mask (the first query rows see only the first keys); plus the
+//! with the block-causal mask (the first query rows see only the first keys); causal
+//! attention, over a whole sequence or a cache; plus the
 //! query blocking of the backward on a sequence long enough to need several blocks.
 
 use infinity::autograd::attention;
@@ -40,6 +41,17 @@ proptest! {
         let k = layout(&randn(&[b, h, len, d], seed ^ 1, 1.0), lk);
         let v = layout(&randn(&[b, h, len, dv], seed ^ 2, 1.0), lv);
         check(&[q, k, v], |x| attention::attention(&x[0], &x[1], &x[2], mask.as_ref(), scale));
+    }
+
+    /// Causal attention of the last Lq of Lk positions (a whole sequence, or queries over a cache).
+    #[test]
+    fn causal_attention_grads((b, h, d) in (1usize..=2, 1usize..=2, 1usize..=4), lk in 1usize..=7, lq_pick in any::<usize>(),
+                              seed in any::<u64>(), lay in any::<u8>()) {
+        let lq = 1 + lq_pick % lk;
+        let q = layout(&randn(&[b, h, lq, d], seed, 1.0), lay);
+        let k = randn(&[b, h, lk, d], seed ^ 1, 1.0);
+        let v = randn(&[b, h, lk, d], seed ^ 2, 1.0);
+        check(&[q, k, v], |x| attention::causal_attention(&x[0], &x[1], &x[2], 0.7));
     }
 }
 

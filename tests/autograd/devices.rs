@@ -11,7 +11,7 @@
 //! cross-entropy (its fused kernel there) and the token cross-entropy, conv2d, the resizes, and the embedding and
 //! index_select lookups (their index_add).
 
-use infinity::autograd::attention::attention;
+use infinity::autograd::attention::{attention, causal_attention};
 use infinity::autograd::conv::conv2d;
 use infinity::autograd::elementwise::{
     abs, add, clamp, div, exp, gelu_tanh, log, mul, neg, silu, sqrt, square, sub, tanh,
@@ -149,6 +149,18 @@ fn cases() -> Vec<Case> {
                 bf16_exact(&[2, 2, 9, 64], 22),
             ],
             run: |v| attention(&v[0], &v[1], &v[2], None, 0.125),
+            atol: 2e-2,
+            rtol: 2e-2,
+        },
+        // The flash kernels' causal mode (Open-MAGVIT2's spatial attention): 4 queries over 9 keys.
+        Case {
+            name: "causal attention (flash)",
+            inputs: vec![
+                bf16_exact(&[2, 2, 4, 64], 23),
+                bf16_exact(&[2, 2, 9, 64], 24),
+                bf16_exact(&[2, 2, 9, 64], 25),
+            ],
+            run: |v| causal_attention(&v[0], &v[1], &v[2], 0.125),
             atol: 2e-2,
             rtol: 2e-2,
         },

@@ -2,7 +2,7 @@
 //! counts crossing the 64-key block), strided inputs and every kind of mask; the block-causal
 //! mask against attention over prefixes; hand-computed cases; fully masked rows; errors.
 
-use infinity::ops::attention::{attention, block_causal_mask, reference};
+use infinity::ops::attention::{attention, block_causal_mask, causal_attention, causal_mask, reference};
 use infinity::runtime::rng::Philox;
 use infinity::runtime::{DType, Error, Tensor};
 use proptest::prelude::*;
@@ -147,6 +147,20 @@ fn block_causal_mask_hand_computed() {
 }
 
 /// Small cases worked out by hand, on both implementations.
+#[test]
+fn causal_mask_hand_computed_and_causal_attention_uses_it() {
+    // 2 queries at the end of 4 positions: the first sees keys 0..=2, the second all.
+    let m = causal_mask(2, 4).unwrap().to_vec::<f32>().unwrap();
+    let ninf = f32::NEG_INFINITY;
+    assert_eq!(m, [0.0, 0.0, 0.0, ninf, 0.0, 0.0, 0.0, 0.0]);
+    // The whole sequence: the block-causal mask of single-position blocks.
+    assert!(causal_mask(3, 3).unwrap().same_values(&block_causal_mask(&[1, 1, 1]).unwrap()));
+    assert!(causal_mask(3, 2).is_err());
+    let (q, k, v) = qkv(2, 2, 3, 5, 4, 4, 9);
+    let want = attention(&q, &k, &v, Some(&causal_mask(3, 5).unwrap()), 0.5).unwrap();
+    assert!(causal_attention(&q, &k, &v, 0.5).unwrap().same_values(&want));
+}
+
 #[test]
 fn hand_computed() {
     type Attn = fn(&Tensor, &Tensor, &Tensor, Option<&Tensor>, f32) -> infinity::runtime::Result<Tensor>;

@@ -5,7 +5,7 @@
 
 use infinity::cuda::testing::executors;
 use infinity::ops::adaln::{gated_residual, modulate};
-use infinity::ops::attention::{Packing, attention, attention_inputs, packed_attention};
+use infinity::ops::attention::{Packing, attention, attention_inputs, causal_attention, packed_attention};
 use infinity::ops::bitwise::{Sampling, bit_cross_entropy, quantize_scale, sample_bits};
 use infinity::ops::conv::{Conv2dParams, conv2d};
 use infinity::ops::elementwise::{
@@ -422,6 +422,28 @@ fn cases() -> Vec<Case> {
             atol: BF16_RESULT,
             rtol: BF16_RESULT,
             bf16_on_device: &[0, 1, 2],
+        },
+        // The flash kernel's causal mode over a cache (5 queries at the end of 11 keys), and the
+        // whole sequence at head dim 6 (the explicit mask, composed).
+        Case {
+            name: "causal attention (flash)",
+            inputs: vec![
+                bf16_exact(&[2, 3, 5, 64], 61),
+                bf16_exact(&[2, 3, 11, 64], 62),
+                bf16_exact(&[2, 3, 11, 64], 63),
+            ],
+            run: |t| causal_attention(&t[0], &t[1], &t[2], 0.125),
+            atol: BF16_RESULT,
+            rtol: BF16_RESULT,
+            bf16_on_device: &[0, 1, 2],
+        },
+        Case {
+            name: "causal attention (composed)",
+            inputs: vec![bf16_exact(&[1, 2, 7, 6], 64), bf16_exact(&[1, 2, 7, 6], 65), bf16_exact(&[1, 2, 7, 6], 66)],
+            run: |t| causal_attention(&t[0], &t[1], &t[2], 0.4),
+            atol: BF16_RESULT,
+            rtol: BF16_RESULT,
+            bf16_on_device: &[],
         },
         // Head dim 6 and a mask: the composition of device GEMMs and softmax.
         Case {

@@ -11,14 +11,13 @@
 
 use std::path::Path;
 
-use infinity_autograd::attention::attention;
+use infinity_autograd::attention::causal_attention;
 use infinity_autograd::elementwise::{add, mul, mul_scalar, silu};
 use infinity_autograd::index::{concat, embedding};
 use infinity_autograd::matmul::linear;
 use infinity_autograd::norm::rms_norm;
 use infinity_autograd::rope::rope_interleaved;
 use infinity_autograd::{Params as TrainParams, Tracked, Var};
-use infinity_ops::attention::block_causal_mask;
 use infinity_runtime::io::{Weights, open_checkpoint};
 use infinity_runtime::rng::Philox;
 use infinity_runtime::{DType, Device, Error, Result, Tensor};
@@ -83,13 +82,12 @@ impl Block {
     }
 
     /// `x` (B, n, D) at rotary rows `rope` (cos, sin: (n, hd/2)) through the block; its keys and
-    /// values join `cache`, and its queries see every key there under `mask` (n, cached + n).
+    /// values join `cache`, and each query sees the keys up to its own position.
     fn forward(
         &self,
         x: &Var,
         rope: &(Tensor, Tensor),
         cache: &mut KvCache,
-        mask: Option<&Tensor>,
         rng: &mut Option<&mut Philox>,
     ) -> Result<Var> {
         let (b, n, d) = (x.dim(0)?, x.dim(1)?, x.dim(2)?);
@@ -99,7 +97,7 @@ impl Block {
         let q = rope_interleaved(&part(0)?.contiguous()?, &rope.0, &rope.1)?;
         let k = appended(&mut cache.k, rope_interleaved(&part(1)?.contiguous()?, &rope.0, &rope.1)?)?;
         let v = appended(&mut cache.v, part(2)?.contiguous()?)?;
-        let o = attention(&q, &k, &v, mask, 1.0 / (hd as f32).sqrt())?.permute(&[0, 2, 1, 3])?.reshape(&[b, n, d])?;
+        let o = causal_attention(&q, &k, &v, 1.0 / (hd as f32).sqrt())?.permute(&[0, 2, 1, 3])?.reshape(&[b, n, d])?;
         let x = add(x, &dropout(&linear(&o, &self.wo, None)?, rng)?)?;
         let f = rms_norm(&x, Some(&self.ffn_norm), EPS)?;
         let f = mul(&silu(&linear(&f, &self.w1, None)?)?, &linear(&f, &self.w3, None)?)?;
@@ -308,19 +306,18 @@ impl ArModel {
         let tokens = add(&self.lookup(&self.pre_emb, pre)?, &self.lookup(&self.post_emb, post)?)?;
         let x = concat(&[&self.classes(labels)?, &tokens.narrow(1, 0, n - 1)?], 1)?;
         let mut h = dropout(&x, &mut rng)?;
-        let mask = block_causal_mask(&vec![1; n])?.to_device(&self.device)?;
         let rope = self.rope_rows(0, n)?;
         for block in &self.spatial {
-            h = block.forward(&h, &rope, &mut KvCache::default(), Some(&mask), &mut rng)?;
+            h = block.forward(&h, &rope, &mut KvCache::default(), &mut rng)?;
         }
         // Per position the pair [h_n, pre_emb[pre_n]], as B·N sequences of 2.
         let d = self.config.dim;
         let pre_emb = self.lookup(&self.pre_emb, pre)?;
         let pair = concat(&[&h.reshape(&[b * n, 1, d])?, &pre_emb.reshape(&[b * n, 1, d])?], 1)?;
-        let (mask2, rope2) = (block_causal_mask(&[1, 1])?.to_device(&self.device)?, self.rope_rows(0, 2)?);
+        let rope2 = self.rope_rows(0, 2)?;
         let mut f = pair;
         for block in &self.factorized {
-            f = block.forward(&f, &rope2, &mut KvCache::default(), Some(&mask2), &mut rng)?;
+            f = block.forward(&f, &rope2, &mut KvCache::default(), &mut rng)?;
         }
         let slot = |i: usize| f.narrow(1, i, 1)?.reshape(&[b, n, d]);
         Ok(Logits { pre: self.head(&slot(0)?, 0)?, post: self.head(&slot(1)?, 1)? })
@@ -349,7 +346,7 @@ impl ArModel {
         };
         let rope = self.rope_rows(step, 1)?;
         for (block, cache) in self.spatial.iter().zip(&mut session.caches) {
-            x = block.forward(&x, &rope, cache, None, &mut None)?;
+            x = block.forward(&x, &rope, cache, &mut None)?;
         }
         session.len += 1;
         Ok(x)
@@ -362,7 +359,7 @@ impl ArModel {
         let rope = self.rope_rows(0, 1)?;
         let mut f = h.clone();
         for (block, cache) in self.factorized.iter().zip(&mut caches) {
-            f = block.forward(&f, &rope, cache, None, &mut None)?;
+            f = block.forward(&f, &rope, cache, &mut None)?;
         }
         Ok((self.head(&f, 0)?.into_value().reshape(&[h.dim(0)?, self.config.vocab()[0]])?, caches))
     }
@@ -372,7 +369,7 @@ impl ArModel {
         let rope = self.rope_rows(1, 1)?;
         let mut f = self.lookup(&self.pre_emb, pre)?;
         for (block, cache) in self.factorized.iter().zip(caches.iter_mut()) {
-            f = block.forward(&f, &rope, cache, None, &mut None)?;
+            f = block.forward(&f, &rope, cache, &mut None)?;
         }
         self.head(&f, 1)?.into_value().reshape(&[pre.dim(0)?, self.config.vocab()[1]])
     }

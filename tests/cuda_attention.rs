@@ -489,10 +489,13 @@ fn preconditions_are_typed_errors() {
 
     let d32 = t(&[1, 2, 5, 32], DType::BF16);
     assert_invalid(call(&d32, &d32, &d32, &offsets, 0, dot), OP);
-    for bad in [&[0, 5, 1][..], &[0, 1, 4], &[1, 5], &[0, 2, 2, 5], &[5], &[]] {
+    for bad in [&[0, 5, 1][..], &[0, 1, 4], &[1, 5], &[0, 2, 2, 5], &[5]] {
         assert_invalid(call(&q, &k, &k, bad, 0, dot), OP);
     }
     assert_invalid(call(&q, &k, &k, &offsets, 1, dot), OP);
+    // No offsets is the causal mode, whose queries must be positions of the keys too.
+    assert!(call(&q, &k, &k, &[], 0, dot).is_ok());
+    assert_invalid(call(&q, &k, &k, &[], 1, dot), OP);
     // Rows 8-aligned in stride but starting one element into a 16-byte word.
     let misaligned = t(&[1, 2, 5, 72], DType::BF16).narrow(3, 1, 64).unwrap();
     assert_invalid(call(&misaligned, &k, &k, &offsets, 0, dot), OP);

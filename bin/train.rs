@@ -778,6 +778,34 @@ fn train_vae(a: &VaeArgs) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
+/// The checks and the schedule the class-conditional runs share: counts, accumulation, the
+/// optimizer flags, the end ratio and the label dropout; the official `lin0` (the peak held for
+/// 5% of the run after the warm-up, then a linear decay to `end_lr` × the peak).
+fn plan_classes(
+    run: &RunArgs,
+    accumulate: usize,
+    (peak, wd, betas, clip): (f64, f64, &[f64], f32),
+    end_lr: f64,
+    label_dropout: f32,
+) -> Result<(Optim, LrSchedule), Box<dyn Error>> {
+    check_counts(run.batch, run.steps, run.save_every, run.keep)?;
+    if accumulate == 0 {
+        return Err("--accumulate must be at least 1".into());
+    }
+    let optim = check_optimizer(peak, wd, betas, clip)?;
+    check_range("end-lr", end_lr, 0.0..=1.0)?;
+    check_range("label-dropout", f64::from(label_dropout), 0.0..=1.0)?;
+    let lr = LrSchedule {
+        peak,
+        warmup_iters: run.warmup_steps,
+        max_iters: run.steps as usize,
+        warmup_start: WARMUP_START,
+        end_ratio: end_lr,
+        annealing: Annealing::Linear { hold: 0.05 },
+    };
+    Ok((optim, lr))
+}
+
 fn train_var(a: &VarTrainArgs) -> Result<(), Box<dyn Error>> {
     let run = plan_var(a, training_device(a.run.device)?)?;
     let mut bar = Bar(None);
@@ -790,14 +818,8 @@ fn train_var(a: &VarTrainArgs) -> Result<(), Box<dyn Error>> {
 fn plan_var(a: &VarTrainArgs, device: Device) -> Result<VarRun, Box<dyn Error>> {
     check_data(&a.data)?;
     existing(&a.vae, "vae")?;
-    check_counts(a.run.batch, a.run.steps, a.run.save_every, a.run.keep)?;
-    if a.accumulate == 0 {
-        return Err("--accumulate must be at least 1".into());
-    }
     let peak = a.lr.unwrap_or(1e-4 * (a.run.batch * a.accumulate) as f64 / 256.0);
-    let optim = check_optimizer(peak, a.wd, &a.betas, a.clip)?;
-    check_range("end-lr", a.end_lr, 0.0..=1.0)?;
-    check_range("label-dropout", f64::from(a.label_dropout), 0.0..=1.0)?;
+    let (optim, lr) = plan_classes(&a.run, a.accumulate, (peak, a.wd, &a.betas, a.clip), a.end_lr, a.label_dropout)?;
     let start =
         match (&a.preset, &a.config, &a.init) {
             (Some(name), ..) => var_run::Start::Scratch(VarConfig::preset(name).ok_or_else(|| {
@@ -812,14 +834,7 @@ fn plan_var(a: &VarTrainArgs, device: Device) -> Result<VarRun, Box<dyn Error>> 
         data: a.data.clone(),
         vae: a.vae.clone(),
         start,
-        lr: LrSchedule {
-            peak,
-            warmup_iters: a.run.warmup_steps,
-            max_iters: a.run.steps as usize,
-            warmup_start: WARMUP_START,
-            end_ratio: a.end_lr,
-            annealing: Annealing::Linear { hold: 0.05 },
-        },
+        lr,
         adamw: optim.adamw,
         weight_decay: a.wd,
         clip: optim.clip,
@@ -840,13 +855,7 @@ fn train_magvit2(a: &Magvit2TrainArgs) -> Result<(), Box<dyn Error>> {
 fn plan_magvit2(a: &Magvit2TrainArgs, device: Device) -> Result<Magvit2Run, Box<dyn Error>> {
     check_data(&a.data)?;
     existing(&a.tokenizer, "tokenizer")?;
-    check_counts(a.run.batch, a.run.steps, a.run.save_every, a.run.keep)?;
-    if a.accumulate == 0 {
-        return Err("--accumulate must be at least 1".into());
-    }
-    let optim = check_optimizer(a.lr, a.wd, &a.betas, a.clip)?;
-    check_range("end-lr", a.end_lr, 0.0..=1.0)?;
-    check_range("label-dropout", f64::from(a.label_dropout), 0.0..=1.0)?;
+    let (optim, lr) = plan_classes(&a.run, a.accumulate, (a.lr, a.wd, &a.betas, a.clip), a.end_lr, a.label_dropout)?;
     let start =
         match (&a.preset, &a.init) {
             (Some(name), _) => magvit2_run::Start::Scratch(ArConfig::preset(name).ok_or_else(|| {
@@ -861,14 +870,7 @@ fn plan_magvit2(a: &Magvit2TrainArgs, device: Device) -> Result<Magvit2Run, Box<
         tokenizer: a.tokenizer.clone(),
         start,
         size: a.size,
-        lr: LrSchedule {
-            peak: a.lr,
-            warmup_iters: a.run.warmup_steps,
-            max_iters: a.run.steps as usize,
-            warmup_start: WARMUP_START,
-            end_ratio: a.end_lr,
-            annealing: Annealing::Linear { hold: 0.05 },
-        },
+        lr,
         adamw: optim.adamw,
         weight_decay: a.wd,
         clip: optim.clip,

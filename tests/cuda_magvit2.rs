@@ -12,19 +12,10 @@
 
 mod common;
 
-use common::{fixture, max_abs, max_abs_diff, open};
+use common::{assert_within, fixture, open};
 use infinity::models::magvit2::generate::{Sampling, generate};
 use infinity::models::magvit2::{ArModel, Tokenizer};
-use infinity::runtime::Tensor;
 use infinity_cuda::testing::executors;
-
-#[track_caller]
-fn assert_within(what: &str, got: &Tensor, want: &Tensor, rel: f32) {
-    let got = got.to_cpu().unwrap().reshape(want.shape()).unwrap();
-    let (diff, scale) = (max_abs_diff(&got, want), max_abs(want).max(1.0));
-    eprintln!("{what}: max |diff| {diff:.2e} = {:.4} of max |golden| {scale:.3}", diff / scale);
-    assert!(diff <= rel * scale, "{what}: max |diff| {diff:e} over {rel} × {scale}");
-}
 
 #[test]
 fn decoder_follows_the_golden_on_every_executor() {

@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::{fixture, max_abs, max_abs_diff, open};
+use common::{assert_within, fixture, max_abs_diff, open};
 use infinity::models::var::config::PATCH_NUMS_256;
 use infinity::models::var::{Edit, VarSampling, VarTransformer, VqVae, generate};
 use infinity::runtime::Tensor;
@@ -28,14 +28,6 @@ use infinity_cuda::testing::executors;
 
 fn golden_tokens(golden: &infinity::runtime::io::Weights) -> Vec<Tensor> {
     (0..10).map(|si| golden.get(&format!("idx_scale{si:02}")).unwrap().clone()).collect()
-}
-
-#[track_caller]
-fn assert_within(what: &str, got: &Tensor, want: &Tensor, rel: f32) {
-    let got = got.to_cpu().unwrap().reshape(want.shape()).unwrap();
-    let (diff, scale) = (max_abs_diff(&got, want), max_abs(want).max(1.0));
-    eprintln!("{what}: max |diff| {diff:.2e} = {:.4} of max |golden| {scale:.3}", diff / scale);
-    assert!(diff <= rel * scale, "{what}: max |diff| {diff:e} over {rel} × {scale}");
 }
 
 #[test]

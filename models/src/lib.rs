@@ -8,6 +8,7 @@ pub mod bitvae;
 pub mod data;
 pub mod image;
 pub mod infinity;
+pub mod kv_cache;
 pub mod magvit2;
 pub mod model_folder;
 mod params;

@@ -64,6 +64,16 @@ pub fn assert_golden(what: &str, got: &Tensor, golden: &Tensor, tol: f32) {
     eprintln!("{what}: max |diff| {diff:.2e} (tolerance {tol:.1e})");
 }
 
+/// `got` (on any device) within `rel` of the golden's scale, max(1, max|golden|): the bound of
+/// results computed with bf16 operands; prints the measured fraction.
+#[track_caller]
+pub fn assert_within(what: &str, got: &Tensor, golden: &Tensor, rel: f32) {
+    let got = got.to_cpu().unwrap().reshape(golden.shape()).unwrap();
+    let (diff, scale) = (max_abs_diff(&got, golden), max_abs(golden).max(1.0));
+    eprintln!("{what}: max |diff| {diff:.2e} = {:.4} of max |golden| {scale:.3}", diff / scale);
+    assert!(diff <= rel * scale, "{what}: max |diff| {diff:e} over {rel} × {scale}");
+}
+
 /// A command refused as the CLIs promise: exit code 2 and one line `error: …` on stderr that
 /// contains `named`.
 #[track_caller]

@@ -9,5 +9,5 @@ pub mod tokenizer;
 pub mod train;
 
 pub use config::{ArConfig, Layout, TokenizerConfig};
-pub use model::{ArModel, KvCache, Logits, Session, rope_table};
+pub use model::{ArModel, Logits, Session, rope_table};
 pub use tokenizer::Tokenizer;

@@ -23,6 +23,7 @@ use infinity_runtime::rng::Philox;
 use infinity_runtime::{DType, Device, Error, Result, Tensor};
 
 use super::config::{ArConfig, Layout};
+use crate::kv_cache::KvCache;
 use crate::params::{Params, Source, Use, refuse_unexpected, tracked_source, trainable};
 
 const EPS: f32 = 1e-5;
@@ -48,22 +49,6 @@ struct Block {
     attention_norm: Var,
     ffn_norm: Var,
     heads: usize,
-}
-
-/// A block's keys and values so far, (B, H, tokens, hd) each.
-#[derive(Default)]
-pub struct KvCache {
-    k: Option<Var>,
-    v: Option<Var>,
-}
-
-fn appended(old: &mut Option<Var>, new: Var) -> Result<Var> {
-    let all = match old.take() {
-        Some(o) => concat(&[&o, &new], 2)?,
-        None => new,
-    };
-    *old = Some(all.clone());
-    Ok(all)
 }
 
 impl Block {
@@ -95,8 +80,8 @@ impl Block {
         let qkv = linear(&rms_norm(x, Some(&self.attention_norm), EPS)?, &self.wqkv, None)?;
         let part = |i: usize| qkv.narrow(2, i * d, d)?.reshape(&[b, n, h, hd])?.permute(&[0, 2, 1, 3]);
         let q = rope_interleaved(&part(0)?.contiguous()?, &rope.0, &rope.1)?;
-        let k = appended(&mut cache.k, rope_interleaved(&part(1)?.contiguous()?, &rope.0, &rope.1)?)?;
-        let v = appended(&mut cache.v, part(2)?.contiguous()?)?;
+        let k = rope_interleaved(&part(1)?.contiguous()?, &rope.0, &rope.1)?;
+        let (k, v) = cache.append(k, part(2)?.contiguous()?)?;
         let o = causal_attention(&q, &k, &v, 1.0 / (hd as f32).sqrt())?.permute(&[0, 2, 1, 3])?.reshape(&[b, n, d])?;
         let x = add(x, &dropout(&linear(&o, &self.wo, None)?, rng)?)?;
         let f = rms_norm(&x, Some(&self.ffn_norm), EPS)?;

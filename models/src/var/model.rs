@@ -23,6 +23,7 @@ use infinity_runtime::rng::Philox;
 use infinity_runtime::{DType, Device, Error, Result, Tensor};
 
 use super::config::VarConfig;
+use crate::kv_cache::KvCache;
 use crate::params::{Params, Source, Use, refuse_unexpected, tracked_source, trainable, truncated_normal};
 
 /// LayerNorm ε of every norm (`norm_eps`).
@@ -50,22 +51,6 @@ struct Block {
     fc2_w: Var,
     fc2_b: Var,
     heads: usize,
-}
-
-/// A block's keys and values of the scales so far, (B, H, tokens, hd) each.
-#[derive(Default)]
-pub struct KvCache {
-    k: Option<Var>,
-    v: Option<Var>,
-}
-
-fn appended(old: &mut Option<Var>, new: Var) -> Result<Var> {
-    let all = match old.take() {
-        Some(o) => concat(&[&o, &new], 2)?,
-        None => new,
-    };
-    *old = Some(all.clone());
-    Ok(all)
 }
 
 impl Block {
@@ -117,8 +102,7 @@ impl Block {
         let qkv = linear(&a, &self.qkv_w, Some(&self.qkv_b))?;
         let part = |i: usize| qkv.narrow(2, i * c, c)?.reshape(&[b, n, h, hd])?.permute(&[0, 2, 1, 3]);
         let q = mul(&l2_normalize(&part(0)?, QK_EPS)?, &self.head_scale)?;
-        let k = appended(&mut cache.k, l2_normalize(&part(1)?, QK_EPS)?)?;
-        let v = appended(&mut cache.v, part(2)?.contiguous()?)?;
+        let (k, v) = cache.append(l2_normalize(&part(1)?, QK_EPS)?, part(2)?.contiguous()?)?;
         let o = attention(&q, &k, &v, mask, 1.0)?.permute(&[0, 2, 1, 3])?.reshape(&[b, n, c])?;
         let x = gated_residual(x, &linear(&o, &self.proj_w, Some(&self.proj_b))?, &gamma1)?;
 

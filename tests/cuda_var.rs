@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::{assert_within, fixture, max_abs_diff, open};
+use common::{assert_decoded_close, assert_within, fixture, max_abs_diff, open};
 use infinity::models::var::config::PATCH_NUMS_256;
 use infinity::models::var::{Edit, VarSampling, VarTransformer, VqVae, generate};
 use infinity::runtime::Tensor;
@@ -46,18 +46,7 @@ fn vqvae_follows_the_golden_on_every_executor() {
             );
         }
         let image = vae.decode(golden.get("f_hat").unwrap()).unwrap().narrow(0, 0, 1).unwrap();
-        let want = golden.get("decoded_b0").unwrap();
-        let errors: Vec<f32> =
-            image.to_f32_vec().unwrap().iter().zip(want.to_f32_vec().unwrap()).map(|(a, b)| a - b).collect();
-        let mean = errors.iter().map(|e| e.abs()).sum::<f32>() / errors.len() as f32;
-        let scale = want.to_f32_vec().unwrap().iter().map(|v| v.abs()).sum::<f32>() / errors.len() as f32;
-        let worst = errors.iter().fold(0f32, |m, e| m.max(e.abs()));
-        eprintln!(
-            "decoded on {}: mean |error| {:.2}% of {scale:.3}, worst {worst:.3}",
-            exec.name(),
-            100.0 * mean / scale
-        );
-        assert!(mean <= scale / 32.0 && worst <= 0.5, "decoded on {}", exec.name());
+        assert_decoded_close(&format!("decoded on {}", exec.name()), &image, golden.get("decoded_b0").unwrap());
     }
 }
 

@@ -74,6 +74,21 @@ pub fn assert_within(what: &str, got: &Tensor, golden: &Tensor, rel: f32) {
     assert!(diff <= rel * scale, "{what}: max |diff| {diff:e} over {rel} × {scale}");
 }
 
+/// A decoded image from bf16 convolutions against its golden: the mean |error| within 2⁻⁵ of
+/// the mean |golden| pixel and the worst within ½ (a random walk of many roundings, as
+/// tests/cuda_bitvae.rs explains); prints both.
+#[track_caller]
+pub fn assert_decoded_close(what: &str, got: &Tensor, golden: &Tensor) {
+    let (got, want) = (got.to_cpu().unwrap().to_f32_vec().unwrap(), golden.to_f32_vec().unwrap());
+    assert_eq!(got.len(), want.len(), "{what}: sizes");
+    let errors: Vec<f32> = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).collect();
+    let n = errors.len() as f32;
+    let (mean, scale) = (errors.iter().sum::<f32>() / n, want.iter().map(|v| v.abs()).sum::<f32>() / n);
+    let worst = errors.iter().fold(0f32, |m, &e| m.max(e));
+    eprintln!("{what}: mean |error| {:.2}% of {scale:.3}, worst {worst:.3}", 100.0 * mean / scale);
+    assert!(mean <= scale / 32.0 && worst <= 0.5, "{what}: mean {mean}, worst {worst}");
+}
+
 /// A command refused as the CLIs promise: exit code 2 and one line `error: …` on stderr that
 /// contains `named`.
 #[track_caller]

@@ -304,3 +304,50 @@ fn feature_cache_encodes_each_caption_once_per_encoder() {
     other.features(&["a cat"], encode).unwrap();
     assert_eq!(calls.get(), 5);
 }
+
+/// Class folders: sorted sub-folder names are the classes; squares are cut as asked — the
+/// centre of the covering resize, or (the official training augmentation) a window of a resize
+/// to `scale` × the side at a position drawn from the slot's stream, every position possible.
+#[test]
+fn class_folders_cut_squares_as_asked() {
+    use infinity::models::data::{Batch, Slot, SquareCrop};
+    use infinity::models::image::{cover, crop, fit_to, load_rgb, to_tensor};
+    let dir = std::env::temp_dir().join(format!("infinity-class-folders-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    for class in ["b_frog", "a_apple"] {
+        fs::create_dir_all(dir.join(class)).unwrap();
+    }
+    let (w, h) = (45usize, 30usize);
+    let rgb: Vec<u8> = (0..w * h).flat_map(|i| [(i % w * 5) as u8, (i / w * 8) as u8, (i % 7 * 30) as u8]).collect();
+    let image = dir.join("b_frog/x.png");
+    save_png(&image, w, h, &rgb, &[]).unwrap();
+    save_png(&dir.join("a_apple/y.png"), w, h, &rgb, &[]).unwrap();
+    let centre = Dataset::from_class_folders(&dir, 16, SquareCrop::Centre).unwrap();
+    assert_eq!(centre.classes(), ["a_apple", "b_frog"]);
+    let frog = centre.items().iter().position(|i| i.image == image).unwrap();
+    assert_eq!(centre.items()[frog].class, Some(1));
+    let img = load_rgb(&image).unwrap();
+    assert!(centre.load_image(frog).unwrap().same_values(&to_tensor(&fit_to(&img, (16, 16)).unwrap()).unwrap()));
+
+    let random = Dataset::from_class_folders(&dir, 16, SquareCrop::Random { scale: 1.125 }).unwrap();
+    let resized = cover(&img, (18, 18)).unwrap();
+    let (rh, rw) = (resized.height() as usize, resized.width() as usize);
+    assert_eq!((rh, rw), (18, 27));
+    let mut seen = std::collections::BTreeSet::new();
+    for seed in 0..40 {
+        let batch = Batch {
+            template: centre.items()[frog].template,
+            slots: vec![Slot { item: frog, caption_rng: Philox::new(seed) }],
+        };
+        let got = random.load(&batch).unwrap().images.unwrap();
+        let again = random.load(&batch).unwrap().images.unwrap();
+        assert!(got.same_values(&again), "the slot's stream decides the crop");
+        let at = (0..=rh - 16)
+            .flat_map(|t| (0..=rw - 16).map(move |l| (t, l)))
+            .find(|&pos| to_tensor(&crop(&resized, pos, (16, 16)).unwrap()).unwrap().same_values(&got))
+            .expect("a window of the 1.125× resize");
+        seen.insert(at);
+    }
+    assert!(seen.len() > 10, "positions drawn: {seen:?}");
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -50,9 +50,17 @@ fn open_limited(path: &Path) -> Result<ImageReader<std::io::BufReader<std::fs::F
 /// Resizes so the image covers `(height, width)` keeping its aspect ratio (the covering side
 /// is truncated to an integer, as the official loader does) and crops the centre.
 pub fn fit_to(img: &RgbImage, (height, width): (usize, usize)) -> Result<RgbImage> {
+    let resized = cover(img, (height, width))?;
+    let (rw, rh) = (resized.width() as usize, resized.height() as usize);
+    crop(&resized, ((rh - height) / 2, (rw - width) / 2), (height, width))
+}
+
+/// The image resized (Lanczos) to cover `(height, width)` at its aspect ratio: one side equal,
+/// the other at least as long (truncated to an integer, as torchvision's `Resize`).
+pub fn cover(img: &RgbImage, (height, width): (usize, usize)) -> Result<RgbImage> {
     let (w_img, h_img) = (img.width() as usize, img.height() as usize);
     if w_img == 0 || h_img == 0 || height == 0 || width == 0 {
-        return Err(Error::invalid("image.fit_to", &[h_img, w_img], "empty image or target size"));
+        return Err(Error::invalid("image.cover", &[h_img, w_img], "empty image or target size"));
     }
     // `max` keeps float truncation (e.g. 255.99 → 255) from leaving the crop one pixel short.
     let (rw, rh) = if w_img * height <= h_img * width {
@@ -60,13 +68,19 @@ pub fn fit_to(img: &RgbImage, (height, width): (usize, usize)) -> Result<RgbImag
     } else {
         (((w_img as f64 / h_img as f64 * height as f64) as usize).max(width), height)
     };
-    let resized = if (rw, rh) == (w_img, h_img) {
+    Ok(if (rw, rh) == (w_img, h_img) {
         img.clone()
     } else {
         imageops::resize(img, rw as u32, rh as u32, FilterType::Lanczos3)
-    };
-    let (left, top) = ((rw - width) / 2, (rh - height) / 2);
-    Ok(imageops::crop_imm(&resized, left as u32, top as u32, width as u32, height as u32).to_image())
+    })
+}
+
+/// The `(height, width)` window of `img` at `(top, left)`.
+pub fn crop(img: &RgbImage, (top, left): (usize, usize), (height, width): (usize, usize)) -> Result<RgbImage> {
+    if top + height > img.height() as usize || left + width > img.width() as usize {
+        return Err(Error::invalid("image.crop", &[top, left, height, width], "the window leaves the image"));
+    }
+    Ok(imageops::crop_imm(img, left as u32, top as u32, width as u32, height as u32).to_image())
 }
 
 /// RGB pixels → (1, 3, H, W) in [-1, 1]: t = u8/255, x = 2t − 1.

@@ -19,14 +19,26 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use infinity_ops::index::concat;
+use infinity_runtime::rng::Philox;
 use infinity_runtime::{Error, Result, Tensor};
 
 pub use self::cache::{FeatureCache, fnv1a64};
 pub use self::caption::{Caption, CaptionRule, DEFAULT_SHORT_CAP_PROB};
 pub use self::order::{Batch, BatchOrder, OrderState, Slot};
 pub use self::prefetch::{Loaded, Prefetch};
-use crate::image::{fit_to, load_rgb, to_tensor};
+use crate::image::{cover, crop, fit_to, load_rgb, to_tensor};
 use crate::schedule::{PixelBudget, Template};
+
+/// How a class-folder data set makes its square samples.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SquareCrop {
+    /// Scale to cover the square, keep the centre.
+    Centre,
+    /// Scale the shorter side to round(`scale` × the side), then crop a square at a random
+    /// position (uniform over every position, drawn from the slot's stream): the official
+    /// training augmentations — VAR's 1.125, Open-MAGVIT2's 1.
+    Random { scale: f64 },
+}
 
 /// One image and its caption.
 #[derive(Clone, Debug, PartialEq)]
@@ -79,8 +91,9 @@ pub struct Dataset {
     caption_rule: CaptionRule,
     /// The class names of a class-folder data set (index = class), else empty.
     classes: Vec<String>,
-    /// A class-folder data set's square side, in place of the budget's template sizes.
-    side: Option<usize>,
+    /// A class-folder data set's square side (in place of the budget's template sizes) and how
+    /// its squares are cut.
+    square: Option<(usize, SquareCrop)>,
     /// Images left out while listing (they are not among `items`).
     unlisted: usize,
     /// Skipped images by path: each is logged once, however many epochs meet it.
@@ -119,8 +132,8 @@ impl Dataset {
     }
 
     /// An ImageNet-style folder of class sub-folders (sorted names = class indices), every
-    /// image loaded as a `side` × `side` square.
-    pub fn from_class_folders(dir: impl AsRef<Path>, side: usize) -> Result<Self> {
+    /// image loaded as a `side` × `side` square cut by `crop`.
+    pub fn from_class_folders(dir: impl AsRef<Path>, side: usize, crop: SquareCrop) -> Result<Self> {
         let (items, classes) = source::read_class_folders(dir.as_ref())?;
         if classes.is_empty() {
             return Err(Error::format(dir.as_ref(), "no class sub-folders (expected <data>/<class>/<image>)"));
@@ -131,7 +144,7 @@ impl Dataset {
         // The budget is not used: every item is square and loaded at `side`.
         let mut dataset = Self::new(dir.as_ref(), items, Vec::new(), PixelBudget::P006M, CaptionRule::Plain)?;
         dataset.classes = classes;
-        dataset.side = Some(side);
+        dataset.square = Some((side, crop));
         Ok(dataset)
     }
 
@@ -165,7 +178,7 @@ impl Dataset {
             budget,
             caption_rule,
             classes: Vec::new(),
-            side: None,
+            square: None,
             unlisted,
             skipped: Mutex::new(BTreeMap::new()),
         };
@@ -195,8 +208,8 @@ impl Dataset {
 
     /// The (H, W) every sample of `template` is loaded at.
     pub fn pixel_size(&self, template: Template) -> (usize, usize) {
-        match self.side {
-            Some(side) => (side, side),
+        match self.square {
+            Some((side, _)) => (side, side),
             None => template.schedule(self.budget).pixel_size(),
         }
     }
@@ -204,9 +217,25 @@ impl Dataset {
     /// Item `index`'s image as (1, 3, H, W) in [-1, 1], or `None` (logged and counted) when
     /// it cannot be read.
     pub fn load_image(&self, index: usize) -> Option<Tensor> {
+        self.load_sample(index, None)
+    }
+
+    /// [`Dataset::load_image`], a random square crop drawing its position from `rng`.
+    fn load_sample(&self, index: usize, rng: Option<&mut Philox>) -> Option<Tensor> {
         let item = self.items.get(index)?;
+        let size = self.pixel_size(item.template);
         let loaded = load_rgb(&item.image)
-            .and_then(|img| fit_to(&img, self.pixel_size(item.template)))
+            .and_then(|img| match (self.square, rng) {
+                (Some((side, SquareCrop::Random { scale })), Some(rng)) => {
+                    let mid = (scale * side as f64).round() as usize;
+                    let resized = cover(&img, (mid, mid))?;
+                    let (h, w) = (resized.height() as usize, resized.width() as usize);
+                    let u = rng.uniform(2);
+                    let at = |u: f32, room: usize| ((u as f64 * (room + 1) as f64) as usize).min(room);
+                    crop(&resized, (at(u[0], h - side), at(u[1], w - side)), (side, side))
+                }
+                _ => fit_to(&img, size),
+            })
             .and_then(|img| to_tensor(&img));
         match loaded {
             Ok(t) => Some(t),
@@ -222,8 +251,9 @@ impl Dataset {
         let mut images = Vec::with_capacity(batch.slots.len());
         let mut samples = Samples { template: batch.template, images: None, captions: Vec::new(), items: Vec::new() };
         for slot in &batch.slots {
-            let Some(image) = self.load_image(slot.item) else { continue };
+            // The slot's own stream: its crop first, then its caption.
             let mut rng = slot.caption_rng;
+            let Some(image) = self.load_sample(slot.item, Some(&mut rng)) else { continue };
             images.push(image);
             samples.captions.push(self.caption_rule.choose(&self.items[slot.item].caption, &mut rng));
             samples.items.push(slot.item);

@@ -15,7 +15,7 @@ use infinity_runtime::{Error, Result, Tensor};
 
 use super::folder::{RunFolder, RunSettings, RunState, announce, first_columns};
 use super::{Outcome, PREFETCH, Progress};
-use crate::data::{BatchOrder, Dataset, Loaded, Prefetch};
+use crate::data::{BatchOrder, Dataset, Loaded, Prefetch, SquareCrop};
 use crate::train::StepStats;
 
 /// What a model brings to the loop.
@@ -45,8 +45,9 @@ pub(super) struct Classes<'a> {
     pub command: &'static str,
     /// Key of the trainer's stream, apart from the data order's.
     pub stream: u64,
-    /// The square images' side in pixels.
+    /// The square images' side in pixels, and how they are cut.
     pub side: usize,
+    pub crop: SquareCrop,
     /// The model's classes (the data may have fewer folders, not more).
     pub num_classes: usize,
     /// Names of the per-step figures after the loss (`metrics.csv` columns).
@@ -73,7 +74,7 @@ pub(super) fn train<L: Learner>(
     let (rank, ranks) = (world.rank(), world.world_size());
     std::fs::create_dir_all(&s.out).map_err(|e| Error::io(&s.out, e))?;
     infinity_runtime::io::check_writable(&s.out)?;
-    let dataset = Arc::new(Dataset::from_class_folders(c.data, c.side)?);
+    let dataset = Arc::new(Dataset::from_class_folders(c.data, c.side, c.crop)?);
     if dataset.classes().len() > c.num_classes {
         let msg = format!("{} class folders, but the model has {} classes", dataset.classes().len(), c.num_classes);
         return Err(Error::format(c.data, msg));

@@ -12,6 +12,7 @@ use infinity_runtime::{Error, Result, Tensor};
 use super::classes::{self, Classes, Learner};
 use super::folder::RunSettings;
 use super::{Outcome, Progress};
+use crate::data::SquareCrop;
 use crate::magvit2::generate::check_pair;
 use crate::magvit2::train::{ArBatch, train_step};
 use crate::magvit2::{ArConfig, ArModel, Tokenizer, TokenizerConfig};
@@ -110,6 +111,8 @@ impl Magvit2Run {
             command: COMMAND,
             stream: TRAINER_STREAM,
             side: self.size,
+            // The official augmentation: the shorter side to the size, a random crop.
+            crop: SquareCrop::Random { scale: 1.0 },
             num_classes: config.class_num,
             figures: vec!["acc_pre".into(), "acc_post".into()],
             what: format!(

@@ -12,6 +12,7 @@ use infinity_runtime::{Error, Result, Tensor};
 use super::classes::{self, Classes, Learner};
 use super::folder::RunSettings;
 use super::{Outcome, Progress};
+use crate::data::SquareCrop;
 use crate::train::StepStats;
 use crate::var::generate::check_pair;
 use crate::var::train::{VarBatch, VarStepSettings, train_step};
@@ -110,6 +111,8 @@ impl VarRun {
             command: COMMAND,
             stream: TRAINER_STREAM,
             side: config.image_size(),
+            // The official augmentation: the shorter side to 1.125 × the size, a random crop.
+            crop: SquareCrop::Random { scale: 1.125 },
             num_classes: config.num_classes,
             figures: (0..config.num_scales()).map(|k| format!("acc_{k}")).collect(),
             what: format!("VAR d{} from {source}, {}² images", config.depth, config.image_size()),

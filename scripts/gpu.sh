@@ -2,14 +2,18 @@
 # The CUDA checks on a lent GPU machine, which has the NVIDIA driver and CUDA toolkit but no
 # Rust: the test and benchmark binaries are built here and travel with the working tree.
 #
-#   bash scripts/gpu.sh pack      # here: builds and packs them into .gpu/ (git-ignored, ~15 MB)
+#   bash scripts/gpu.sh pack      # here: builds and packs them into .gpu/ (git-ignored, ~15 MB), and
+#                                 # moves aside what only the CPU tests read (see `aside`)
 #   bash scripts/gpu.sh run       # there, from the repository root: tests, then benchmarks
+#   bash scripts/gpu.sh restore   # here, after the call: puts the moved files back
 #
 # `run` writes one log per binary under $OUT (or /tmp/gpu-out) and ends with a summary.
 # INFINITY_GPU_BENCH=0 skips the benchmarks; INFINITY_GPU_TESTS=0 skips the tests, or names the
 # test binaries to run ("cuda_attention cuda_transformer"). Test binaries find tests/fixtures through the path they were built
 # at, so `run` links that path to the repository root. The working tree travels to the GPU
-# machine under a 64 MiB limit: move assets/models/default/*.safetensors aside for the call.
+# machine under a 64 MiB limit, so `pack` moves the files no GPU test reads into .gpu-aside/
+# (git-ignored): the default model's weights and pictures, the .pth/.ckpt copies only CPU tests
+# read, and the manifests; `restore` puts them back.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 pack=.gpu
@@ -41,6 +45,26 @@ do_pack() {
     tar -C "$pack" -cJf "$pack/bins.tar.xz" bin && rm -rf "$pack/bin"
     echo "built at: $PWD" >"$pack/origin"
     du -h "$pack/bins.tar.xz"
+}
+
+# Tracked files the GPU tests do not read, moved into .gpu-aside/ for the call.
+# (The cli binary runs only its device tests there; transformer reads devB's .pth.)
+aside=(assets/models/default/*.safetensors assets/models/*.png tests/fixtures/devA/vae.pth tests/fixtures/devC/vae.pth
+    tests/fixtures/devV/*.pth tests/fixtures/devM/*.ckpt tests/fixtures/manifests)
+
+do_aside() {
+    mkdir -p .gpu-aside
+    for f in "${aside[@]}"; do [ -e "$f" ] && mkdir -p ".gpu-aside/$(dirname "$f")" && mv "$f" ".gpu-aside/$f"; done
+    du -sh .gpu-aside
+}
+
+do_restore() {
+    [ -d .gpu-aside ] || return 0
+    (cd .gpu-aside && find . -mindepth 1 -maxdepth 4 \( -type f -o -name manifests \) -print) | while read -r f; do
+        [ -e "${f#./}" ] || { mkdir -p "$(dirname "${f#./}")" && mv ".gpu-aside/${f#./}" "${f#./}"; }
+    done
+    rm -rf .gpu-aside
+    git status --short | head
 }
 
 do_run() {
@@ -91,7 +115,8 @@ do_run() {
 }
 
 case "${1:-}" in
-pack) do_pack ;;
+pack) do_pack && do_aside ;;
 run) do_run ;;
-*) echo "usage: bash scripts/gpu.sh pack|run" >&2 && exit 2 ;;
+restore) do_restore ;;
+*) echo "usage: bash scripts/gpu.sh pack|run|restore" >&2 && exit 2 ;;
 esac

@@ -21,7 +21,7 @@ use infinity_cuda::testing::executors;
 fn decoder_follows_the_golden_on_every_executor() {
     let golden = open("devM/tokenizer_golden.safetensors");
     for exec in executors() {
-        let tok = Tokenizer::open_on(fixture("devM/tokenizer.ckpt"), &exec.device()).unwrap();
+        let tok = Tokenizer::open_on(fixture("devM/tokenizer.safetensors"), &exec.device()).unwrap();
         let got = tok.decode(golden.get("quantized").unwrap()).unwrap();
         assert_decoded_close(&format!("decoded on {}", exec.name()), &got, golden.get("decoded").unwrap());
     }

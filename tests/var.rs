@@ -488,3 +488,21 @@ fn train_cli_refuses_bad_setups() {
     // d16 predicts the release's 4096 codes of 32 channels; devV's VQVAE has 64 of 16.
     common::assert_refused(&train(&["--preset", "d16"]), "not trained together");
 }
+
+/// Calls out of the library's contract are errors naming the op, never panics.
+#[test]
+fn misuse_is_an_error_not_a_panic() {
+    let vae = VqVae::open(fixture("devV/vae.safetensors")).unwrap();
+    let var = VarTransformer::open(fixture("devV/var.safetensors")).unwrap();
+    let vq = open("devV/vqvae_golden.safetensors");
+    let tokens: Vec<Tensor> = (0..10).map(|si| vq.get(&format!("idx_scale{si:02}")).unwrap().clone()).collect();
+    let err = |r: infinity::runtime::Result<Tensor>| r.err().expect("an error").to_string();
+    assert!(err(vae.teacher_input(&tokens[..1], &[1])).contains("vqvae.teacher_input"));
+    assert!(err(vae.decode_indices(&tokens[..3], &PATCH_NUMS_256)).contains("vqvae.decode_indices"));
+    assert!(err(vae.scale_contribution(&tokens[0], 1, 10, 10, 16)).contains("vqvae.phi"));
+    let mut session = var.session(&[1]).unwrap();
+    assert!(err(var.forward_scale(&mut session, None, 1)).contains("var.forward_scale"));
+    assert!(var.condition(&[1001]).err().unwrap().to_string().contains("out of range"));
+    let sampling = VarSampling::default();
+    assert!(generate(&var, &vae, &[], &sampling, None, |_| {}).err().unwrap().to_string().contains("no labels"));
+}

@@ -178,7 +178,9 @@ impl VqVae {
 
     /// φ of scale `si` of `n`: ½h + ½conv(h).
     fn phi(&self, si: usize, n: usize, h: &Tensor) -> Result<Tensor> {
-        let conv = &self.phis[phi_table(self.phis.len(), n)[si]];
+        let table = phi_table(self.phis.len(), n);
+        let k = *table.get(si).ok_or_else(|| Error::invalid("vqvae.phi", &[si, n], "scale index past the schedule"))?;
+        let conv = &self.phis[k];
         let c = conv.forward(&Var::constant(h.clone()))?.into_value();
         add(&affine(h, 0.5, 0.0)?, &affine(&c, 0.5, 0.0)?)
     }
@@ -187,8 +189,12 @@ impl VqVae {
     /// the scales before, area-downsampled to the scale, as rows (B, L − 1, Cvae).
     pub fn teacher_input(&self, indices: &[Tensor], patch_nums: &[usize]) -> Result<Tensor> {
         let (n, full) = (patch_nums.len(), *patch_nums.last().unwrap_or(&1));
-        if indices.len() != n {
-            return Err(Error::invalid("vqvae.teacher_input", &[indices.len()], format!("expected {n} scales")));
+        if indices.len() != n || n < 2 {
+            return Err(Error::invalid(
+                "vqvae.teacher_input",
+                &[indices.len()],
+                format!("expected the tokens of the {n} scales of a schedule of at least 2"),
+            ));
         }
         let b = indices[0].dim(0)?;
         let mut f_hat =
@@ -217,6 +223,9 @@ impl VqVae {
     /// Tokens of every scale → image (B, 3, H, W) in [−1, 1] on the host.
     pub fn decode_indices(&self, indices: &[Tensor], patch_nums: &[usize]) -> Result<Tensor> {
         let (n, full) = (patch_nums.len(), *patch_nums.last().unwrap_or(&1));
+        if indices.len() != n {
+            return Err(Error::invalid("vqvae.decode_indices", &[indices.len()], format!("expected {n} scales")));
+        }
         let mut f_hat: Option<Tensor> = None;
         for (si, (idx, &pn)) in indices.iter().zip(patch_nums).enumerate() {
             let h = self.scale_contribution(idx, pn, si, n, full)?;

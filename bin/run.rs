@@ -6,11 +6,12 @@
 
 use std::error::Error;
 use std::io::{self, Write};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 mod magvit2;
 mod report;
@@ -23,17 +24,13 @@ use infinity::cuda::Executor;
 use infinity::models::bitvae::BitVae;
 use infinity::models::bitvae::quantizer::Quantized;
 use infinity::models::image::{fit_to, load_rgb, psnr, save_png, to_rgb8, to_tensor};
-use infinity::models::infinity::{SamplingConfig, TokenLayout, generate};
+use infinity::models::infinity::{SamplingConfig, TokenLayout};
 use infinity::models::model_folder::ModelFiles;
 use infinity::models::pipeline::{Pipeline, TextEncoder, read_prompt_file};
 use infinity::models::schedule::{PATCH, PixelBudget, Template};
+use infinity::models::text_to_image::{ImageSize, Request, random_seed};
 use infinity::runtime::io::{Weights, check_writable, open_checkpoint};
 use infinity::runtime::{Device, DeviceName};
-
-/// Where `generate` looks for a model when none is named: in the working folder (a checkout's
-/// root), else in the checkout this binary was built from.
-const DEFAULT_MODEL_DIR: &str = "assets/models/default";
-const BUILT_MODEL_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/models/default");
 
 #[derive(Parser)]
 #[command(name = "infinity-run", version, about = "Infinity text-to-image inference")]
@@ -268,17 +265,13 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
             default_pn: None,
         },
         (None, Some(dir)) => ModelFiles::from_dir(dir)?,
-        (None, None) => {
-            let dir = [DEFAULT_MODEL_DIR, BUILT_MODEL_DIR].map(Path::new).into_iter().find(|d| d.is_dir());
-            ModelFiles::from_dir(dir.unwrap_or(Path::new(DEFAULT_MODEL_DIR))).map_err(|e| {
-                format!("no model given (--model-dir or --transformer …) and the default model could not be read: {e}")
-            })?
-        }
+        (None, None) => ModelFiles::default_model()?,
     };
     files.check_exist()?;
     let pn = g.pn.or(files.default_pn).unwrap_or(PixelBudget::P1M);
     let template = Template::nearest(ratio).ok_or("bad ratio")?;
-    let schedule = template.schedule(pn);
+    let size = ImageSize { template, pn };
+    let schedule = size.schedule();
     let sampling = SamplingConfig {
         cfg: g.cfg.clone(),
         tau: g.tau.clone(),
@@ -308,74 +301,53 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
     }
 
     let start = Instant::now();
-    let mut texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
-    texts.extend(g.negative_prompt.as_deref());
-    let mut encoded = pipeline.encode_prompts(&texts)?;
+    let requests = prompts
+        .iter()
+        .map(|prompt| Request {
+            prompt: prompt.clone(),
+            negative_prompt: g.negative_prompt.clone(),
+            images: g.batch,
+            sampling: sampling.clone(),
+        })
+        .collect();
+    let prepared = pipeline.prepare(requests)?;
     let max_tokens = pipeline.text.as_ref().map_or(0, TextEncoder::max_tokens);
     pipeline.drop_text_encoder();
     if let Some(exec) = &executor {
         // The encoder's memory goes back to the GPU for the transformer's activations.
         exec.empty_cache();
     }
-    let negative = if g.negative_prompt.is_some() { encoded.pop().map(|e| e.features) } else { None };
-    for (p, e) in prompts.iter().zip(&encoded) {
-        if e.truncated {
-            eprintln!("warning: prompt cut to the {max_tokens} tokens the model reads: {p:.60}…");
-        }
+    for p in prepared.iter().filter(|p| p.truncated) {
+        eprintln!("warning: prompt cut to the {max_tokens} tokens the model reads: {:.60}…", p.request.prompt);
     }
     let text_time = start.elapsed().as_secs_f64();
 
     let total = prompts.len() * g.batch;
     let (mut transformer_time, mut decode_time) = (0.0, 0.0);
     let mut tiles = Vec::new();
-    for (i, (prompt, enc)) in prompts.iter().zip(&encoded).enumerate() {
-        let batch_prompts = vec![enc.features.clone(); g.batch];
-        let negatives = negative.as_ref().map(|n| vec![n.clone(); g.batch]);
+    let model = files.transformer.display().to_string();
+    let software = format!("infinity-run {}", env!("CARGO_PKG_VERSION"));
+    for (i, p) in prepared.iter().enumerate() {
         let bar = ProgressBar::new(schedule.num_scales() as u64).with_style(
             ProgressStyle::with_template("{msg:>12} [{bar:30}] scale {pos}/{len} {elapsed_precise}")
                 .unwrap_or(ProgressStyle::default_bar()),
         );
         bar.set_message(format!("prompt {}/{}", i + 1, prompts.len()));
-        let start = Instant::now();
-        let (transformer, negatives) = (&pipeline.transformer, negatives.as_deref());
-        let out = generate(transformer, &batch_prompts, negatives, &schedule, &sampling, &[], |_| bar.inc(1))?;
+        let images = pipeline.text_to_image(&[p], &schedule, |_| {
+            bar.inc(1);
+            ControlFlow::Continue(())
+        })?;
         bar.finish_and_clear();
-        transformer_time += start.elapsed().as_secs_f64();
-
-        let start = Instant::now();
-        let image = pipeline.vae.decode(&out.summed_codes)?;
-        let images = to_rgb8(&image)?;
-        decode_time += start.elapsed().as_secs_f64();
-        for (b, rgb) in images.iter().enumerate() {
-            let index = i * g.batch + b;
-            let path = output_path(&g.out, index, total);
-            let mut text = vec![
-                ("prompt", prompt.clone()),
-                (
-                    "parameters",
-                    format!(
-                        "seed={} batch_index={b} cfg={:?} tau={:?} top_k={} top_p={} greedy={} pn={pn} ratio={} template={} size={w}x{h} transformer={}",
-                        sampling.seed,
-                        sampling.cfg,
-                        sampling.tau,
-                        sampling.top_k,
-                        sampling.top_p,
-                        sampling.greedy,
-                        g.ratio,
-                        template.ratio(),
-                        files.transformer.display()
-                    ),
-                ),
-                ("Software", format!("infinity-run {}", env!("CARGO_PKG_VERSION"))),
-            ];
-            if let Some(n) = &g.negative_prompt {
-                text.push(("negative_prompt", n.clone()));
-            }
+        let images = images.ok_or("generation stopped")?;
+        transformer_time += images.transformer_seconds;
+        decode_time += images.decode_seconds;
+        for (b, picture) in images.pictures.into_iter().flatten().enumerate() {
             if g.grid.is_some() {
-                tiles.push(rgb.clone());
+                tiles.push(picture.rgb);
                 continue;
             }
-            save_png(&path, w, h, rgb, &text)?;
+            let path = output_path(&g.out, i * g.batch + b, total);
+            save_png(&path, w, h, &picture.rgb, &p.request.png_text(b, size, &model, &software))?;
             println!("wrote {}", path.display());
         }
     }
@@ -386,11 +358,7 @@ fn run_generate(g: GenerateArgs) -> Result<(), Box<dyn Error>> {
             "seed={} batch={} cfg={:?} tau={:?} top_k={} top_p={} greedy={} pn={pn} size={w}x{h} grid={cols}",
             sampling.seed, g.batch, sampling.cfg, sampling.tau, sampling.top_k, sampling.top_p, sampling.greedy
         );
-        let text = [
-            ("prompts", listing),
-            ("parameters", parameters),
-            ("Software", format!("infinity-run {}", env!("CARGO_PKG_VERSION"))),
-        ];
+        let text = [("prompts", listing), ("parameters", parameters), ("Software", software)];
         save_png(&g.out, sheet_w, sheet_h, &sheet, &text)?;
         println!("wrote {} ({} images, {cols} per row)", g.out.display(), tiles.len());
     }
@@ -418,12 +386,6 @@ fn tile(images: &[Vec<u8>], (h, w): (usize, usize), cols: usize) -> (Vec<u8>, us
         }
     }
     (sheet, sheet_w, sheet_h)
-}
-
-/// A seed from the clock and the process id, for runs that did not ask for one.
-fn random_seed() -> u64 {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    (nanos ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 1
 }
 
 /// Refuses an output path whose folder does not exist or cannot be written, before any slow work.

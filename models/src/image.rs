@@ -111,10 +111,22 @@ pub fn to_rgb8(images: &Tensor) -> Result<Vec<Vec<u8>>> {
 /// Writes an 8-bit RGB PNG with `text` as tEXt chunks, atomically: a failed write leaves no
 /// file behind.
 pub fn save_png(path: &Path, width: usize, height: usize, rgb: &[u8], text: &[(&str, String)]) -> Result<()> {
+    let buf = encode_png(width, height, rgb, text).map_err(|e| Error::format(path, e))?;
+    write_atomically(path, |w| w.write_all(&buf))
+}
+
+/// An 8-bit RGB PNG with `text` as tEXt chunks, in memory; the error says why it could not be
+/// encoded (a pixel buffer of the wrong size, a key PNG does not allow).
+pub fn encode_png(
+    width: usize,
+    height: usize,
+    rgb: &[u8],
+    text: &[(&str, String)],
+) -> std::result::Result<Vec<u8>, String> {
     if rgb.len() != width * height * 3 {
-        return Err(Error::invalid("image.save_png", &[height, width, 3], format!("{} bytes of pixels", rgb.len())));
+        return Err(format!("{} bytes of pixels for a {width}×{height} RGB image", rgb.len()));
     }
-    let encode_err = |e: png::EncodingError| Error::format(path, format!("PNG encoding failed: {e}"));
+    let encode_err = |e: png::EncodingError| format!("PNG encoding failed: {e}");
     let mut buf = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut buf, width as u32, height as u32);
@@ -126,7 +138,7 @@ pub fn save_png(path: &Path, width: usize, height: usize, rgb: &[u8], text: &[(&
         let mut writer = enc.write_header().map_err(encode_err)?;
         writer.write_image_data(rgb).map_err(encode_err)?;
     }
-    write_atomically(path, |w| w.write_all(&buf))
+    Ok(buf)
 }
 
 /// Peak signal-to-noise ratio of two 8-bit buffers in dB (infinite when identical).

@@ -24,6 +24,11 @@ const T5: &str = "t5.safetensors";
 const T5_CONFIG: &str = "t5_config.json";
 const TOKENIZER: &str = "tokenizer.json";
 
+/// Where the bundled default model is looked for: in the working folder (a checkout's root),
+/// else in the checkout these crates were built from.
+const DEFAULT_MODEL_DIR: &str = "assets/models/default";
+const BUILT_MODEL_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/models/default");
+
 /// The files of one text-to-image model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelFiles {
@@ -39,6 +44,17 @@ pub struct ModelFiles {
 }
 
 impl ModelFiles {
+    /// The bundled default model's folder, for binaries run without a model argument; the
+    /// error says it was looked for and why it could not be read.
+    pub fn default_model() -> Result<Self> {
+        let dir = [DEFAULT_MODEL_DIR, BUILT_MODEL_DIR].map(Path::new).into_iter().find(|d| d.is_dir());
+        Self::from_dir(dir.unwrap_or(Path::new(DEFAULT_MODEL_DIR))).map_err(|e| {
+            Error::setting(format!(
+                "no model given (--model-dir or --transformer …) and the default model could not be read: {e}"
+            ))
+        })
+    }
+
     /// Reads `dir/config.json`: `{"transformer", "vae", "t5", "t5_config", "tokenizer"}` file
     /// names relative to the folder (defaults: transformer.safetensors, vae.safetensors,
     /// t5.safetensors, t5_config.json, tokenizer.json) and optionally `"pn"`.

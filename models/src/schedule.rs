@@ -181,6 +181,17 @@ impl PixelBudget {
         }
     }
 
+    /// The budget whose square image's area is nearest to `pixels` (on a log scale: 700² is
+    /// nearer 0.60M than 0.25M).
+    pub fn nearest(pixels: f64) -> PixelBudget {
+        let area = |pn: PixelBudget| {
+            let (h, w) = Template::nearest(1.0).map_or((1, 1), |t| t.schedule(pn).pixel_size());
+            (h * w) as f64
+        };
+        let distance = |pn: PixelBudget| (pixels.max(1.0).ln() - area(pn).ln()).abs();
+        PixelBudget::ALL.into_iter().min_by(|&a, &b| distance(a).total_cmp(&distance(b))).unwrap_or(PixelBudget::P1M)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             PixelBudget::P006M => "0.06M",

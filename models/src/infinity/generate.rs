@@ -1,6 +1,13 @@
 //! Scale-by-scale generation: each scale's bits are sampled from the head's logits, turned
 //! into codes, accumulated at the final latent grid, and the accumulation resized to the next
 //! scale becomes that scale's input.
+//!
+//! One generation may carry several [`Group`]s of rows (a server batching unrelated requests):
+//! the transformer runs over all rows at once, and each group's bits are drawn with its own
+//! knobs from its own random stream, so a group's images do not depend on what it was batched
+//! with.
+
+use std::ops::ControlFlow;
 
 use infinity_ops::bitwise::sample_bits;
 use infinity_ops::elementwise::add;
@@ -26,6 +33,18 @@ pub struct ScaleStep<'a> {
     pub bits: &'a Tensor,
     /// (B, n_next, d): the next scale's input, absent after the last scale.
     pub next_input: Option<&'a Tensor>,
+    /// (B, d_vae, H, W): the codes summed so far at the final VAE grid (what the decoder would
+    /// turn into the image as it stands after this scale).
+    pub summed_codes: &'a Tensor,
+}
+
+/// Rows of a generation that share their sampling knobs and random stream: one request.
+pub struct Group<'a> {
+    /// T5 features (Lᵢ, text_channels), one per row.
+    pub prompts: &'a [Tensor],
+    /// Features for the unconditional half, one per row; without them the learned null text.
+    pub negatives: Option<&'a [Tensor]>,
+    pub sampling: &'a SamplingConfig,
 }
 
 pub struct Generated {
@@ -70,56 +89,117 @@ pub fn generate(
     schedule: &Schedule,
     sampling: &SamplingConfig,
     forced: &[Tensor],
-    observe: impl FnMut(ScaleStep),
+    mut observe: impl FnMut(ScaleStep),
 ) -> Result<Generated> {
-    let cond = conditioning(model, prompts, negatives, schedule, sampling)?;
-    let session = model.session(&cond, schedule)?;
-    let mut scales = Scales { model, session, schedule, with_uncond: sampling.uses_cfg() };
-    sample_scales(&mut scales, prompts.len(), sampling, forced, observe)
+    let group = Group { prompts, negatives, sampling };
+    let run = generate_groups(model, &[group], schedule, forced, |step| {
+        observe(step);
+        ControlFlow::Continue(())
+    })?;
+    run.ok_or_else(|| Error::invalid("generate", &[], "stopped without being asked to"))
 }
 
-/// The conditioning of a generation (the doubled CFG batch when guidance is on), after
-/// checking the sampling knobs against the schedule.
-fn conditioning(
+/// [`generate`] over several groups of rows at once (their rows in order make the batch);
+/// `observe` may stop the generation after any scale, and then nothing is returned.
+pub fn generate_groups(
     model: &Infinity,
-    prompts: &[Tensor],
-    negatives: Option<&[Tensor]>,
+    groups: &[Group],
     schedule: &Schedule,
-    sampling: &SamplingConfig,
-) -> Result<Conditioning> {
+    forced: &[Tensor],
+    observe: impl FnMut(ScaleStep) -> ControlFlow<()>,
+) -> Result<Option<Generated>> {
+    let with_uncond = groups.iter().any(|g| g.sampling.uses_cfg());
+    let cond = conditioning(model, groups, schedule, with_uncond)?;
+    let session = model.session(&cond, schedule)?;
+    let mut scales = Scales { model, session, schedule, with_uncond };
+    sample_scales(&mut scales, groups, forced, observe)
+}
+
+/// The conditioning of a generation (the doubled CFG batch when guidance is on anywhere), after
+/// checking each group's knobs against the schedule.
+fn conditioning(model: &Infinity, groups: &[Group], schedule: &Schedule, with_uncond: bool) -> Result<Conditioning> {
     let num_scales = schedule.num_scales();
-    sampling.validate(num_scales)?;
     if num_scales > 15 {
         return Err(Error::invalid("generate", &[num_scales], "schedules have at most 15 scales"));
     }
-    if sampling.uses_cfg() { model.condition_cfg(prompts, negatives) } else { model.condition(prompts) }
+    let mut prompts = Vec::new();
+    let mut negatives = Vec::new();
+    for g in groups {
+        g.sampling.validate(num_scales)?;
+        prompts.extend_from_slice(g.prompts);
+        match g.negatives {
+            Some(neg) if neg.len() == g.prompts.len() => negatives.extend_from_slice(neg),
+            Some(neg) => {
+                let msg = format!("{} negative prompts for {} prompts", neg.len(), g.prompts.len());
+                return Err(Error::invalid("generate", &[neg.len()], msg));
+            }
+            None => {
+                for p in g.prompts {
+                    negatives.push(model.text.null_text(p.dim(0)?)?);
+                }
+            }
+        }
+    }
+    if prompts.is_empty() {
+        return Err(Error::invalid("generate", &[], "no prompts to generate from"));
+    }
+    if with_uncond { model.condition_cfg(&prompts, Some(&negatives)) } else { model.condition(&prompts) }
 }
 
-/// The scale loop of [`generate`] over `batch` prompts: the bits are sampled per token and
-/// their codes summed in the VAE's layout (see [`TokenLayout`]), whose resizes make the next
-/// scale's input.
+/// Group `g`'s rows of logits (R, n, 2·bits) whose batch is `batch` rows: its conditional rows
+/// and, with guidance, its unconditional rows after them, as a generation of the group alone
+/// would have them.
+fn group_logits(raw: &Tensor, batch: usize, (start, rows): (usize, usize)) -> Result<Tensor> {
+    if rows == batch {
+        return Ok(raw.clone());
+    }
+    let cond = raw.narrow(0, start, rows)?;
+    if raw.dim(0)? == batch {
+        return Ok(cond);
+    }
+    concat(&[&cond, &raw.narrow(0, batch + start, rows)?], 0)
+}
+
+/// The scale loop of [`generate_groups`]: the bits are sampled per token and their codes summed
+/// in the VAE's layout (see [`TokenLayout`]), whose resizes make the next scale's input.
 fn sample_scales(
     scales: &mut Scales,
-    batch: usize,
-    sampling: &SamplingConfig,
+    groups: &[Group],
     forced: &[Tensor],
-    mut observe: impl FnMut(ScaleStep),
-) -> Result<Generated> {
+    mut observe: impl FnMut(ScaleStep) -> ControlFlow<()>,
+) -> Result<Option<Generated>> {
     let (schedule, bits_dim) = (scales.schedule, scales.model.config.bits);
     let layout = TokenLayout::of(&scales.model.config);
     let num_scales = schedule.num_scales();
     let full = layout.vae_grid(schedule.last());
     let vae_bits = bits_dim / layout.token_bits(1);
+    let batch: usize = groups.iter().map(|g| g.prompts.len()).sum();
+    let spans: Vec<(usize, usize)> = groups
+        .iter()
+        .scan(0, |start, g| {
+            let span = (*start, g.prompts.len());
+            *start += g.prompts.len();
+            Some(span)
+        })
+        .collect();
     let mut summed = Tensor::zeros(&[batch, vae_bits, full.0, full.1], DType::F32);
-    let mut rng = Philox::new(sampling.seed);
+    let mut rngs: Vec<Philox> = groups.iter().map(|g| Philox::new(g.sampling.seed)).collect();
     let mut input: Option<Tensor> = None;
     let mut all_bits = Vec::with_capacity(num_scales);
 
     for (k, &(h, w)) in schedule.grids.iter().enumerate() {
         let raw = scales.logits(k, input.as_ref())?;
         // Drawn where the logits are: only the bits come to the host.
-        let sampled =
-            sample_bits(&raw, batch, &sampling.at(k)?, &mut rng)?.to_cpu()?.reshape(&[batch, h, w, bits_dim])?;
+        let mut drawn = Vec::with_capacity(groups.len());
+        for ((g, &span), rng) in groups.iter().zip(&spans).zip(&mut rngs) {
+            let logits = group_logits(&raw, batch, span)?;
+            drawn.push(sample_bits(&logits, span.1, &g.sampling.at(k)?, rng)?.to_cpu()?);
+        }
+        let sampled = match drawn.as_slice() {
+            [one] => one.clone(),
+            _ => concat(&drawn.iter().collect::<Vec<_>>(), 0)?,
+        }
+        .reshape(&[batch, h, w, bits_dim])?;
         let bits = match forced.get(k) {
             Some(f) if f.shape() == sampled.shape() => f.clone(),
             Some(f) => {
@@ -135,9 +215,13 @@ fn sample_scales(
         let next = (schedule.grids.get(k + 1))
             .map(|&grid| layout.tokens(&resize_codes(&summed, layout.vae_grid(grid))?))
             .transpose()?;
-        observe(ScaleStep { index: k, raw_logits: &raw, bits: &bits, next_input: next.as_ref() });
+        let step =
+            ScaleStep { index: k, raw_logits: &raw, bits: &bits, next_input: next.as_ref(), summed_codes: &summed };
+        if observe(step).is_break() {
+            return Ok(None);
+        }
         input = next;
         all_bits.push(bits);
     }
-    Ok(Generated { bits: all_bits, summed_codes: summed })
+    Ok(Some(Generated { bits: all_bits, summed_codes: summed }))
 }

@@ -14,7 +14,7 @@ mod text;
 
 pub use block::KvCache;
 pub use config::InfinityConfig;
-pub use generate::{Generated, ScaleStep, generate};
+pub use generate::{Generated, Group, ScaleStep, generate, generate_groups};
 pub use layout::TokenLayout;
 pub use model::{Infinity, Session};
 pub use sampler::SamplingConfig;

@@ -1,0 +1,319 @@
+//! Jobs and their queue: what was asked, where each job stands, the events its watchers see,
+//! and how queued jobs are grouped into one generation.
+//!
+//! The HTTP handlers submit, look up and cancel jobs; the generation thread takes batches with
+//! [`Jobs::next_batch`] and reports through [`Job::advance`] and [`Jobs::finish`]. Finished jobs
+//! (and their images) are kept for the retention time, then forgotten.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use infinity_models::text_to_image::{ImageSize, Request};
+use tokio::sync::{broadcast, watch};
+
+use crate::metrics::Metrics;
+
+/// Events a job's watchers may miss before they are dropped (previews of a slow reader).
+const EVENT_BACKLOG: usize = 64;
+/// Finished jobs kept at most, whatever their age: their images are held in memory.
+const MAX_FINISHED: usize = 256;
+
+/// Where a job stands.
+#[derive(Clone, Debug)]
+pub enum Status {
+    Queued,
+    /// `scale` of `scales` done (0 while its prompts are encoded).
+    Running {
+        scale: usize,
+        scales: usize,
+    },
+    /// The PNG files, one per image.
+    Completed {
+        images: Arc<Vec<Vec<u8>>>,
+    },
+    Failed {
+        error: String,
+    },
+    Cancelled {
+        reason: String,
+    },
+}
+
+impl Status {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running { .. } => "running",
+            Status::Completed { .. } => "completed",
+            Status::Failed { .. } => "failed",
+            Status::Cancelled { .. } => "cancelled",
+        }
+    }
+
+    pub fn is_final(&self) -> bool {
+        matches!(self, Status::Completed { .. } | Status::Failed { .. } | Status::Cancelled { .. })
+    }
+}
+
+/// What a job's watchers are told as it runs; the final status comes through [`Job::watch`].
+#[derive(Clone, Debug)]
+pub struct ScaleEvent {
+    pub scale: usize,
+    pub scales: usize,
+    /// PNG previews of the images as they stand, when someone was watching.
+    pub previews: Arc<Vec<Vec<u8>>>,
+}
+
+/// One request for images, from submission until it is forgotten.
+pub struct Job {
+    pub id: String,
+    /// Unix seconds at submission.
+    pub created: u64,
+    pub request: Request,
+    pub size: ImageSize,
+    submitted: Instant,
+    cancel: AtomicBool,
+    status: watch::Sender<Status>,
+    events: broadcast::Sender<ScaleEvent>,
+}
+
+impl Job {
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// The status now and each change after it.
+    pub fn watch(&self) -> watch::Receiver<Status> {
+        self.status.subscribe()
+    }
+
+    /// The scale events from now on.
+    pub fn events(&self) -> broadcast::Receiver<ScaleEvent> {
+        self.events.subscribe()
+    }
+
+    /// Whether anyone follows the job's events: previews are made only then.
+    pub fn watched(&self) -> bool {
+        self.events.receiver_count() > 0
+    }
+
+    pub fn cancel_requested(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// The generation thread's report after a scale.
+    pub fn advance(&self, scale: usize, scales: usize, previews: Vec<Vec<u8>>) {
+        self.status.send_if_modified(|s| {
+            let running = !s.is_final();
+            if running {
+                *s = Status::Running { scale, scales };
+            }
+            running
+        });
+        // No receiver is not an error: nobody is watching.
+        let _ = self.events.send(ScaleEvent { scale, scales, previews: Arc::new(previews) });
+    }
+
+    /// Seconds since submission.
+    pub fn age(&self) -> f64 {
+        self.submitted.elapsed().as_secs_f64()
+    }
+}
+
+/// Why a job was not accepted.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The queue holds its limit; try again in about this many seconds.
+    Full {
+        retry_after: u64,
+    },
+    ShuttingDown,
+}
+
+/// Queue limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Jobs waiting (not running) at most.
+    pub max_queue: usize,
+    /// Images one generation holds at most (a job asking for more runs alone).
+    pub max_batch: usize,
+    /// How long finished jobs and their images are kept.
+    pub retention: Duration,
+}
+
+/// Every job the server knows, the queue, and the counters.
+pub struct Jobs {
+    registry: Mutex<Registry>,
+    wake: Condvar,
+    limits: Limits,
+    pub metrics: Metrics,
+}
+
+#[derive(Default)]
+struct Registry {
+    jobs: HashMap<String, Arc<Job>>,
+    queue: VecDeque<Arc<Job>>,
+    /// Finished jobs, oldest first, with when they finished.
+    finished: VecDeque<(Instant, String)>,
+    running: usize,
+    closed: bool,
+}
+
+impl Jobs {
+    pub fn new(limits: Limits) -> Self {
+        Jobs { registry: Mutex::default(), wake: Condvar::new(), limits, metrics: Metrics::default() }
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        // A panic never happens while the lock is held; should one, the data is still whole.
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a request.
+    pub fn submit(&self, request: Request, size: ImageSize) -> Result<Arc<Job>, Refusal> {
+        let mut reg = self.registry();
+        if reg.closed {
+            return Err(Refusal::ShuttingDown);
+        }
+        if reg.queue.len() >= self.limits.max_queue {
+            let batches = reg.queue.len().div_ceil(self.limits.max_batch.max(1)) + 1;
+            let retry_after = (self.metrics.mean_batch_seconds() * batches as f64).ceil().max(1.0) as u64;
+            self.metrics.refused();
+            return Err(Refusal::Full { retry_after });
+        }
+        let job = Arc::new(Job {
+            id: new_id(),
+            created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            request,
+            size,
+            submitted: Instant::now(),
+            cancel: AtomicBool::new(false),
+            status: watch::Sender::new(Status::Queued),
+            events: broadcast::Sender::new(EVENT_BACKLOG),
+        });
+        self.prune(&mut reg);
+        reg.jobs.insert(job.id.clone(), job.clone());
+        reg.queue.push_back(job.clone());
+        self.metrics.submitted();
+        drop(reg);
+        self.wake.notify_all();
+        Ok(job)
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Job>> {
+        self.registry().jobs.get(id).cloned()
+    }
+
+    /// A queued job's place in the queue, 1 for the next to run.
+    pub fn position(&self, job: &Job) -> Option<usize> {
+        self.registry().queue.iter().position(|j| j.id == job.id).map(|i| i + 1)
+    }
+
+    /// Jobs waiting, and jobs in the running generation.
+    pub fn counts(&self) -> (usize, usize) {
+        let reg = self.registry();
+        (reg.queue.len(), reg.running)
+    }
+
+    /// Cancels a job: a queued one at once, a running one at its next scale. False when it had
+    /// already finished.
+    pub fn cancel(&self, job: &Arc<Job>, reason: &str) -> bool {
+        if job.status().is_final() {
+            return false;
+        }
+        job.cancel.store(true, Ordering::Relaxed);
+        let mut reg = self.registry();
+        if let Some(i) = reg.queue.iter().position(|j| j.id == job.id) {
+            reg.queue.remove(i);
+            drop(reg);
+            self.finish(job, Status::Cancelled { reason: reason.into() });
+        }
+        true
+    }
+
+    /// Records a job's final status (once; later calls are ignored) and tells its watchers.
+    pub fn finish(&self, job: &Job, status: Status) {
+        if job.status().is_final() {
+            return;
+        }
+        self.metrics.finished(&status, job.age(), job.request.images);
+        self.registry().finished.push_back((Instant::now(), job.id.clone()));
+        job.status.send_replace(status);
+    }
+
+    /// Waits for work and takes the next batch: the oldest queued job and the queued jobs of
+    /// the same size after it, while their images fit in `max_batch`. `None` once the queue is
+    /// closed and empty.
+    pub fn next_batch(&self) -> Option<Vec<Arc<Job>>> {
+        let mut reg = self.registry();
+        loop {
+            if let Some(first) = reg.queue.pop_front() {
+                let mut images = first.request.images;
+                let mut batch = vec![first];
+                let mut i = 0;
+                while i < reg.queue.len() {
+                    let job = &reg.queue[i];
+                    if job.size == batch[0].size && images + job.request.images <= self.limits.max_batch {
+                        images += job.request.images;
+                        batch.extend(reg.queue.remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+                reg.running = batch.len();
+                for job in &batch {
+                    job.status.send_replace(Status::Running { scale: 0, scales: job.size.schedule().num_scales() });
+                }
+                return Some(batch);
+            }
+            reg.running = 0;
+            if reg.closed {
+                return None;
+            }
+            reg = self.wake.wait(reg).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// The generation thread is done with its batch.
+    pub fn batch_done(&self, images: usize, seconds: f64) {
+        self.registry().running = 0;
+        self.metrics.batch(images, seconds);
+    }
+
+    /// Refuses new jobs and cancels the queued ones; the running generation finishes.
+    pub fn close(&self) {
+        let queued: Vec<Arc<Job>> = {
+            let mut reg = self.registry();
+            reg.closed = true;
+            reg.queue.drain(..).collect()
+        };
+        for job in &queued {
+            job.cancel.store(true, Ordering::Relaxed);
+            self.finish(job, Status::Cancelled { reason: "the server is shutting down".into() });
+        }
+        self.wake.notify_all();
+    }
+
+    /// Forgets finished jobs past the retention time, and the oldest beyond [`MAX_FINISHED`].
+    fn prune(&self, reg: &mut Registry) {
+        while let Some((at, id)) = reg.finished.front() {
+            if at.elapsed() < self.limits.retention && reg.finished.len() <= MAX_FINISHED {
+                break;
+            }
+            let id = id.clone();
+            reg.jobs.remove(&id);
+            reg.finished.pop_front();
+        }
+    }
+}
+
+/// 128 random bits in hex: a job's id is also the capability to fetch its images.
+fn new_id() -> String {
+    // RandomState draws its keys from the operating system's randomness.
+    let half = || RandomState::new().hash_one(Instant::now());
+    format!("{:016x}{:016x}", half(), half())
+}

@@ -62,7 +62,9 @@ impl Served {
         let start = Instant::now();
         loop {
             let job = self.call("GET", &format!("/v1/jobs/{id}"), Value::Null).json();
-            if ["completed", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) || start.elapsed() > Duration::from_secs(120) {
+            if ["completed", "failed", "cancelled"].contains(&job["status"].as_str().unwrap())
+                || start.elapsed() > Duration::from_secs(120)
+            {
                 return job;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -159,7 +161,9 @@ fn curl_follows_a_job_and_its_events() {
         String::from_utf8(out.stdout).unwrap()
     };
     // Queued behind a job that keeps the model busy, so that the events start at the beginning.
-    let busy: Value = serde_json::from_str(&curl(&["-X", "POST", &format!("{base}/v1/jobs"), "-d", r#"{"prompt": "fire", "n": 4}"#])).unwrap();
+    let busy: Value =
+        serde_json::from_str(&curl(&["-X", "POST", &format!("{base}/v1/jobs"), "-d", r#"{"prompt": "fire", "n": 4}"#]))
+            .unwrap();
     let job: Value = serde_json::from_str(&curl(&[
         "-X",
         "POST",
@@ -203,13 +207,21 @@ fn curl_follows_a_job_and_its_events() {
     let done: Value = serde_json::from_str(&curl(&[&format!("{base}/v1/jobs/{id}")])).unwrap();
     assert_eq!(done["status"], "completed");
     assert_eq!(done["size"], "256x256", "512x512 maps to the model's largest budget");
-    let png = Command::new("curl").args(["-sS", &format!("{base}{}", done["images"][1].as_str().unwrap())]).output().unwrap().stdout;
+    let png = Command::new("curl")
+        .args(["-sS", &format!("{base}{}", done["images"][1].as_str().unwrap())])
+        .output()
+        .unwrap()
+        .stdout;
     let (w, h, _) = decode_png(&png);
     assert_eq!((w, h), (256, 256));
     let text = png_text(&png);
     let get = |k: &str| text.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()).unwrap_or_default();
     assert_eq!(get("prompt"), "red apple");
-    assert!(get("parameters").contains("seed=5 batch_index=1") && get("parameters").contains("pn=0.06M"), "{}", get("parameters"));
+    assert!(
+        get("parameters").contains("seed=5 batch_index=1") && get("parameters").contains("pn=0.06M"),
+        "{}",
+        get("parameters")
+    );
     assert!(get("Software").starts_with("infinity-server"));
     server.wait_job(busy["id"].as_str().unwrap());
 }
@@ -241,7 +253,8 @@ fn the_web_page_shows_previews_then_the_result_in_headless_chromium() {
     let (w, h, pixels) = decode_png(&std::fs::read(&shot).unwrap());
     assert!(w >= 800 && h >= 500, "{w}x{h}");
     // Not blank: many distinct colours (the page's greys alone are a handful).
-    let mut colours: Vec<[u8; 3]> = pixels.chunks(pixels.len() / (w * h) as usize).map(|p| [p[0], p[1], p[2]]).collect();
+    let mut colours: Vec<[u8; 3]> =
+        pixels.chunks(pixels.len() / (w * h) as usize).map(|p| [p[0], p[1], p[2]]).collect();
     colours.sort_unstable();
     colours.dedup();
     assert!(colours.len() > 500, "the screenshot has only {} colours", colours.len());
@@ -259,7 +272,10 @@ fn assert_error(r: &Response, status: u16, param: Option<&str>, words: &str) {
 #[test]
 fn every_bad_request_gets_its_status_and_the_server_keeps_serving() {
     let server = Served::start(&["--api-key", KEY, "--max-queue", "1"]);
-    let post = |body: &[u8]| request(server.addr, "POST", "/v1/images/generations", &[("Authorization", &format!("Bearer {KEY}"))], body).unwrap();
+    let post = |body: &[u8]| {
+        request(server.addr, "POST", "/v1/images/generations", &[("Authorization", &format!("Bearer {KEY}"))], body)
+            .unwrap()
+    };
     assert_error(&post(b"{\"prompt\": "), 400, None, "malformed JSON");
     assert_error(&post(b"[1, 2]"), 400, None, "JSON object");
     assert_error(&post(br#"{"n": 1}"#), 400, Some("prompt"), "required");
@@ -278,7 +294,9 @@ fn every_bad_request_gets_its_status_and_the_server_keeps_serving() {
     let huge = json!({"prompt": "a", "pad": "x".repeat(100_000)}).to_string();
     assert_error(&post(huge.as_bytes()), 413, None, "over 64 KiB");
     // A body longer than it declared: the declared length is read, the rest is not a request.
-    let lying = format!("POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Length: 5\r\nConnection: close\r\n\r\n{{\"prompt\": \"a\"}}");
+    let lying = format!(
+        "POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Length: 5\r\nConnection: close\r\n\r\n{{\"prompt\": \"a\"}}"
+    );
     assert_error(&send_raw(server.addr, lying.as_bytes()).unwrap(), 400, None, "malformed JSON");
 
     // Keys.
@@ -300,7 +318,9 @@ fn every_bad_request_gets_its_status_and_the_server_keeps_serving() {
     let running = server.call("POST", "/v1/jobs", json!({"prompt": "fire", "n": 10}));
     assert_eq!(running.status, 202, "{}", running.text());
     let start = Instant::now();
-    while server.call("GET", &format!("/v1/jobs/{}", running.json()["id"].as_str().unwrap()), Value::Null).json()["status"] == "queued" {
+    while server.call("GET", &format!("/v1/jobs/{}", running.json()["id"].as_str().unwrap()), Value::Null).json()["status"]
+        == "queued"
+    {
         assert!(start.elapsed() < Duration::from_secs(30), "the first job never started");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -313,13 +333,28 @@ fn every_bad_request_gets_its_status_and_the_server_keeps_serving() {
     // Cancel: the queued job at once, the running one at its next scale.
     let waiting_id = waiting.json()["id"].as_str().unwrap().to_string();
     let cancelled = server.call("POST", &format!("/v1/jobs/{waiting_id}/cancel"), Value::Null);
-    assert_eq!((cancelled.status, cancelled.json()["status"].as_str()), (202, Some("cancelled")), "{}", cancelled.text());
+    assert_eq!(
+        (cancelled.status, cancelled.json()["status"].as_str()),
+        (202, Some("cancelled")),
+        "{}",
+        cancelled.text()
+    );
     let running_id = running.json()["id"].as_str().unwrap().to_string();
     assert_eq!(server.call("POST", &format!("/v1/jobs/{running_id}/cancel"), Value::Null).status, 202);
     let ended = server.wait_job(&running_id);
     assert_eq!(ended["status"], "cancelled", "{ended}");
-    assert_error(&server.call("POST", &format!("/v1/jobs/{running_id}/cancel"), Value::Null), 409, None, "already cancelled");
-    assert_error(&server.call("GET", &format!("/v1/jobs/{running_id}/images/0.png"), Value::Null), 404, None, "no images");
+    assert_error(
+        &server.call("POST", &format!("/v1/jobs/{running_id}/cancel"), Value::Null),
+        409,
+        None,
+        "already cancelled",
+    );
+    assert_error(
+        &server.call("GET", &format!("/v1/jobs/{running_id}/images/0.png"), Value::Null),
+        404,
+        None,
+        "no images",
+    );
 
     // A client that disconnects mid-generation: its job is cancelled, not left running.
     let before = server.metric("infinity_jobs_total{state=\"cancelled\"}");
@@ -354,8 +389,9 @@ fn concurrent_requests_are_batched_and_load_keeps_memory_bounded() {
     let auth = format!("Bearer {KEY}");
     let headers = [("Authorization", auth.as_str())];
     let start = Instant::now();
-    let alone: Vec<Response> =
-        (0..4).map(|seed| request(server.addr, "POST", "/v1/images/generations", &headers, body(seed).as_bytes()).unwrap()).collect();
+    let alone: Vec<Response> = (0..4)
+        .map(|seed| request(server.addr, "POST", "/v1/images/generations", &headers, body(seed).as_bytes()).unwrap())
+        .collect();
     assert!(alone.iter().all(|r| r.status == 200));
     let sequential = start.elapsed().as_secs_f64();
     let batches_before = server.metric("infinity_batches_total");
@@ -380,10 +416,13 @@ fn concurrent_requests_are_batched_and_load_keeps_memory_bounded() {
     for (seed, (a, b)) in alone.iter().zip(&together).enumerate() {
         assert_eq!(a.json()["data"], b.json()["data"], "seed {seed}: a request's image depends on its batch");
     }
-    println!("4 requests: sequential {sequential:.2} s, concurrent {concurrent:.2} s (incl. a 4-image job ahead of them)");
+    println!(
+        "4 requests: sequential {sequential:.2} s, concurrent {concurrent:.2} s (incl. a 4-image job ahead of them)"
+    );
 
     let rss_before = server.metric("process_resident_memory_bytes");
-    let report = load(server.addr, "/v1/images/generations", &headers, body(9).as_bytes(), 4, Duration::from_secs(6), 50);
+    let report =
+        load(server.addr, "/v1/images/generations", &headers, body(9).as_bytes(), 4, Duration::from_secs(6), 50);
     let rss_after = server.metric("process_resident_memory_bytes");
     println!(
         "load, 4 clients for {:.1} s: {} ok, {} failed, {:.2} requests/s, p50 {:.2} s, p99 {:.2} s; RSS {:.0} → {:.0} MiB",
@@ -398,7 +437,11 @@ fn concurrent_requests_are_batched_and_load_keeps_memory_bounded() {
     );
     assert_eq!(report.failed, 0);
     assert!(report.ok >= 4);
-    assert!(rss_after - rss_before < 256.0 * 1048576.0, "RSS grew by {:.0} MiB under load", (rss_after - rss_before) / 1048576.0);
+    assert!(
+        rss_after - rss_before < 256.0 * 1048576.0,
+        "RSS grew by {:.0} MiB under load",
+        (rss_after - rss_before) / 1048576.0
+    );
 }
 
 #[test]
@@ -406,7 +449,8 @@ fn shutdown_finishes_the_running_generation_and_refuses_new_work() {
     let server = Served::start(&[]);
     let addr = server.addr;
     let in_flight = std::thread::spawn(move || {
-        request(addr, "POST", "/v1/images/generations", &[], json!({"prompt": "frog", "n": 6}).to_string().as_bytes()).unwrap()
+        request(addr, "POST", "/v1/images/generations", &[], json!({"prompt": "frog", "n": 6}).to_string().as_bytes())
+            .unwrap()
     });
     while server.metric("infinity_running_jobs") < 1.0 {
         std::thread::sleep(Duration::from_millis(10));
@@ -424,7 +468,9 @@ fn shutdown_finishes_the_running_generation_and_refuses_new_work() {
 
 #[test]
 fn bad_arguments_and_a_taken_port_are_one_line_errors() {
-    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_infinity-server")).args(args).env_remove("INFINITY_API_KEY").output().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_infinity-server")).args(args).env_remove("INFINITY_API_KEY").output().unwrap()
+    };
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
     for (args, words) in [

@@ -53,6 +53,10 @@ struct Args {
     /// The largest pixel budget a size maps to (default: the model's, else 1M).
     #[arg(long)]
     max_pn: Option<PixelBudget>,
+    /// The server's address as clients reach it (behind a proxy or TLS), for `url` answers'
+    /// links; default: the address each request was sent to.
+    #[arg(long)]
+    public_url: Option<String>,
     /// Seconds finished jobs and their images are kept.
     #[arg(long, default_value_t = 3600)]
     retention: u64,
@@ -92,6 +96,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         },
         sizes: SizeRule { default: ImageSize { template, pn: model_pn }, max_pn: args.max_pn.unwrap_or(model_pn) },
         model: model_name(&files),
+        public_url: args.public_url.as_deref().map(|u| u.trim_end_matches('/').to_string()),
     };
     // Bound before the slow load, so that a taken port is reported at once.
     let server = Server::bind(config).map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;

@@ -373,10 +373,20 @@ fn every_bad_request_gets_its_status_and_the_server_keeps_serving() {
     }
     assert_eq!(server.metric("infinity_running_jobs"), 0.0);
 
-    // And it still serves.
-    let ok = server.call("POST", "/v1/images/generations", json!({"prompt": "red apple", "seed": 1}));
+    // A path that is not even UTF-8.
+    assert_error(&server.call("GET", "/v1/jobs/%FF", Value::Null), 400, None, "");
+
+    // And it still serves, prompts beyond Latin-1 included (their PNG text is UTF-8 iTXt).
+    let prompt = "red apple 🍎 “fresh”";
+    let ok = server.call("POST", "/v1/images/generations", json!({"prompt": prompt, "seed": 1}));
     assert_eq!(ok.status, 200, "{}", ok.text());
-    assert_eq!(ok.json()["data"].as_array().unwrap().len(), 1);
+    use base64::Engine;
+    let png =
+        base64::engine::general_purpose::STANDARD.decode(ok.json()["data"][0]["b64_json"].as_str().unwrap()).unwrap();
+    let reader = png::Decoder::new(std::io::Cursor::new(&png)).read_info().unwrap();
+    let utf8: Vec<_> =
+        reader.info().utf8_text.iter().filter(|t| t.keyword == "prompt").map(|t| t.get_text().unwrap()).collect();
+    assert_eq!(utf8, [prompt]);
 }
 
 /// Same-size requests arriving together run as one generation, and each gets the images it

@@ -15,11 +15,14 @@ use infinity::models::image::{load_rgb, save_png};
 use infinity::models::infinity::InfinityConfig;
 use infinity::models::model_folder::ModelFiles;
 use infinity::models::pipeline::read_prompt_file;
-use infinity::models::schedule::PixelBudget;
+use infinity::models::schedule::{PixelBudget, Template};
 use infinity::models::t5::{T5Config, T5Tokenizer, open_checkpoint};
+use infinity::models::text_to_image::ImageSize;
 use infinity::models::var::VarConfig;
 use infinity::runtime::io::Weights;
 use infinity::runtime::rng::Philox;
+use infinity::server::SizeRule;
+use infinity::server::api::parse_generation;
 
 /// A target's entry point.
 pub type Entry = fn(&[u8]);
@@ -36,6 +39,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("dataset", dataset),
     ("captions", captions),
     ("prompts", prompts),
+    ("server_request", server_request),
 ];
 
 /// A checkpoint, safetensors or `.pth` (zip, pickle, allow-list, storages and views): every
@@ -188,4 +192,19 @@ fn scratch(target: &str) -> PathBuf {
 
 fn write(path: &Path, data: &[u8]) {
     std::fs::write(path, data).expect("the temporary folder is writable");
+}
+
+/// A request body of the server's image endpoints (`POST /v1/images/generations`,
+/// `POST /v1/jobs`): checked field by field, accepted or refused with a 4xx naming the field.
+pub fn server_request(data: &[u8]) {
+    let square = Template::nearest(1.0).expect("the square template");
+    let sizes = SizeRule { default: ImageSize { template: square, pn: PixelBudget::P006M }, max_pn: PixelBudget::P1M };
+    match parse_generation(data, sizes) {
+        Ok(params) => {
+            assert!((1..=10).contains(&params.request.images), "n out of range was accepted");
+            let scales = params.size.schedule().num_scales();
+            params.request.sampling.validate(scales).expect("accepted knobs a generation refuses");
+        }
+        Err(e) => assert!(e.status.is_client_error(), "a bad body is a client error"),
+    }
 }

@@ -108,14 +108,14 @@ pub fn to_rgb8(images: &Tensor) -> Result<Vec<Vec<u8>>> {
         .collect())
 }
 
-/// Writes an 8-bit RGB PNG with `text` as tEXt chunks, atomically: a failed write leaves no
+/// Writes an 8-bit RGB PNG with `text` as tEXt chunks (iTXt beyond Latin-1), atomically: a failed write leaves no
 /// file behind.
 pub fn save_png(path: &Path, width: usize, height: usize, rgb: &[u8], text: &[(&str, String)]) -> Result<()> {
     let buf = encode_png(width, height, rgb, text).map_err(|e| Error::format(path, e))?;
     write_atomically(path, |w| w.write_all(&buf))
 }
 
-/// An 8-bit RGB PNG with `text` as tEXt chunks, in memory; the error says why it could not be
+/// An 8-bit RGB PNG with `text` as tEXt chunks (iTXt beyond Latin-1), in memory; the error says why it could not be
 /// encoded (a pixel buffer of the wrong size, a key PNG does not allow).
 pub fn encode_png(
     width: usize,
@@ -133,7 +133,13 @@ pub fn encode_png(
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
         for (key, value) in text {
-            enc.add_text_chunk((*key).to_string(), value.clone()).map_err(encode_err)?;
+            // tEXt holds Latin-1 only; anything else (emoji, CJK, curly quotes) goes in an
+            // iTXt chunk, which is UTF-8.
+            if value.chars().all(|c| u32::from(c) < 256) {
+                enc.add_text_chunk((*key).to_string(), value.clone()).map_err(encode_err)?;
+            } else {
+                enc.add_itxt_chunk((*key).to_string(), value.clone()).map_err(encode_err)?;
+            }
         }
         let mut writer = enc.write_header().map_err(encode_err)?;
         writer.write_image_data(rgb).map_err(encode_err)?;

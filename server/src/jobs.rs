@@ -8,7 +8,6 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,8 +18,10 @@ use crate::metrics::Metrics;
 
 /// Events a job's watchers may miss before they are dropped (previews of a slow reader).
 const EVENT_BACKLOG: usize = 64;
-/// Finished jobs kept at most, whatever their age: their images are held in memory.
+/// Finished jobs kept at most, and their images' bytes at most, whatever their age: the
+/// images are held in memory.
 const MAX_FINISHED: usize = 256;
+const MAX_FINISHED_BYTES: usize = 512 << 20;
 
 /// Where a job stands.
 #[derive(Clone, Debug)]
@@ -76,7 +77,8 @@ pub struct Job {
     pub request: Request,
     pub size: ImageSize,
     submitted: Instant,
-    cancel: AtomicBool,
+    /// Why the job was asked to stop, once it was.
+    cancel: Mutex<Option<String>>,
     status: watch::Sender<Status>,
     events: broadcast::Sender<ScaleEvent>,
 }
@@ -101,8 +103,14 @@ impl Job {
         self.events.receiver_count() > 0
     }
 
-    pub fn cancel_requested(&self) -> bool {
-        self.cancel.load(Ordering::Relaxed)
+    /// Why the job was asked to stop, if it was: the generation thread stops it at its next
+    /// scale, or drops its images if they were done meanwhile.
+    pub fn cancel_requested(&self) -> Option<String> {
+        self.cancel.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn request_cancel(&self, reason: &str) {
+        self.cancel.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert_with(|| reason.to_string());
     }
 
     /// The generation thread's report after a scale.
@@ -157,8 +165,9 @@ pub struct Jobs {
 struct Registry {
     jobs: HashMap<String, Arc<Job>>,
     queue: VecDeque<Arc<Job>>,
-    /// Finished jobs, oldest first, with when they finished.
-    finished: VecDeque<(Instant, String)>,
+    /// Finished jobs, oldest first: when, which, the bytes of their images.
+    finished: VecDeque<(Instant, String, usize)>,
+    finished_bytes: usize,
     running: usize,
     closed: bool,
 }
@@ -191,7 +200,7 @@ impl Jobs {
             request,
             size,
             submitted: Instant::now(),
-            cancel: AtomicBool::new(false),
+            cancel: Mutex::new(None),
             status: watch::Sender::new(Status::Queued),
             events: broadcast::Sender::new(EVENT_BACKLOG),
         });
@@ -205,7 +214,9 @@ impl Jobs {
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Job>> {
-        self.registry().jobs.get(id).cloned()
+        let mut reg = self.registry();
+        self.prune(&mut reg);
+        reg.jobs.get(id).cloned()
     }
 
     /// A queued job's place in the queue, 1 for the next to run.
@@ -222,27 +233,38 @@ impl Jobs {
     /// Cancels a job: a queued one at once, a running one at its next scale. False when it had
     /// already finished.
     pub fn cancel(&self, job: &Arc<Job>, reason: &str) -> bool {
+        let mut reg = self.registry();
         if job.status().is_final() {
             return false;
         }
-        job.cancel.store(true, Ordering::Relaxed);
-        let mut reg = self.registry();
+        job.request_cancel(reason);
         if let Some(i) = reg.queue.iter().position(|j| j.id == job.id) {
             reg.queue.remove(i);
-            drop(reg);
-            self.finish(job, Status::Cancelled { reason: reason.into() });
+            self.record(&mut reg, job, Status::Cancelled { reason: reason.into() });
         }
         true
     }
 
     /// Records a job's final status (once; later calls are ignored) and tells its watchers.
     pub fn finish(&self, job: &Job, status: Status) {
+        let mut reg = self.registry();
+        self.record(&mut reg, job, status);
+    }
+
+    /// [`Jobs::finish`] under the registry's lock, which makes the check and the change one step.
+    fn record(&self, reg: &mut Registry, job: &Job, status: Status) {
         if job.status().is_final() {
             return;
         }
+        let bytes = match &status {
+            Status::Completed { images } => images.iter().map(Vec::len).sum(),
+            _ => 0,
+        };
         self.metrics.finished(&status, job.age(), job.request.images);
-        self.registry().finished.push_back((Instant::now(), job.id.clone()));
+        reg.finished.push_back((Instant::now(), job.id.clone(), bytes));
+        reg.finished_bytes += bytes;
         job.status.send_replace(status);
+        self.prune(reg);
     }
 
     /// Waits for work and takes the next batch: the oldest queued job and the queued jobs of
@@ -286,27 +308,30 @@ impl Jobs {
 
     /// Refuses new jobs and cancels the queued ones; the running generation finishes.
     pub fn close(&self) {
-        let queued: Vec<Arc<Job>> = {
-            let mut reg = self.registry();
-            reg.closed = true;
-            reg.queue.drain(..).collect()
-        };
+        let mut reg = self.registry();
+        reg.closed = true;
+        let queued: Vec<Arc<Job>> = reg.queue.drain(..).collect();
         for job in &queued {
-            job.cancel.store(true, Ordering::Relaxed);
-            self.finish(job, Status::Cancelled { reason: "the server is shutting down".into() });
+            let reason = "the server is shutting down";
+            job.request_cancel(reason);
+            self.record(&mut reg, job, Status::Cancelled { reason: reason.into() });
         }
+        drop(reg);
         self.wake.notify_all();
     }
 
-    /// Forgets finished jobs past the retention time, and the oldest beyond [`MAX_FINISHED`].
+    /// Forgets finished jobs past the retention time, and the oldest beyond [`MAX_FINISHED`]
+    /// jobs or [`MAX_FINISHED_BYTES`] of images.
     fn prune(&self, reg: &mut Registry) {
-        while let Some((at, id)) = reg.finished.front() {
-            if at.elapsed() < self.limits.retention && reg.finished.len() <= MAX_FINISHED {
+        while let Some((at, _, _)) = reg.finished.front() {
+            let over = reg.finished.len() > MAX_FINISHED || reg.finished_bytes > MAX_FINISHED_BYTES;
+            if at.elapsed() < self.limits.retention && !over {
                 break;
             }
-            let id = id.clone();
-            reg.jobs.remove(&id);
-            reg.finished.pop_front();
+            if let Some((_, id, bytes)) = reg.finished.pop_front() {
+                reg.jobs.remove(&id);
+                reg.finished_bytes -= bytes;
+            }
         }
     }
 }

@@ -41,6 +41,9 @@ pub struct Config {
     pub sizes: SizeRule,
     /// The model's name in the API, and in the PNGs' metadata.
     pub model: String,
+    /// The server's address as clients reach it (`https://images.example.com`), for the links
+    /// of `url` answers; without it, the request's `Host`.
+    pub public_url: Option<String>,
 }
 
 /// A bound server, not yet serving.
@@ -69,17 +72,18 @@ impl Server {
             model: self.config.model.clone(),
             api_key: self.config.api_key.clone(),
             sizes: self.config.sizes,
+            public_url: self.config.public_url.clone(),
             started: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         };
         let state = AppState { jobs: jobs.clone(), settings: Arc::new(settings) };
+        // The model's thread and its rayon pool do the heavy work; two threads answer HTTP.
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let worker = {
             let (jobs, model) = (jobs.clone(), self.config.model.clone());
             std::thread::Builder::new()
                 .name("generation".into())
                 .spawn(move || worker::run(&pipeline, &jobs, &model))?
         };
-        // The model's thread and its rayon pool do the heavy work; two threads answer HTTP.
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let closing = jobs.clone();
         let served = runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(self.listener)?;

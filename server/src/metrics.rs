@@ -59,7 +59,9 @@ impl Metrics {
                 if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| seconds <= b) {
                     c.latency_buckets[i] += 1;
                 }
-                c.recent.push_back((Instant::now(), images));
+                let now = Instant::now();
+                c.recent.push_back((now, images));
+                trim(&mut c.recent, now);
             }
             Status::Failed { .. } => c.failed += 1,
             Status::Cancelled { .. } => c.cancelled += 1,
@@ -84,10 +86,7 @@ impl Metrics {
     /// The Prometheus text exposition, with the queue's state now.
     pub fn render(&self, queued: usize, running: usize) -> String {
         let mut c = self.counters();
-        let now = Instant::now();
-        while c.recent.front().is_some_and(|&(at, _)| now.duration_since(at) > RATE_WINDOW) {
-            c.recent.pop_front();
-        }
+        trim(&mut c.recent, Instant::now());
         let recent_images: usize = c.recent.iter().map(|&(_, n)| n).sum();
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, String)]| {
@@ -147,6 +146,13 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+/// Drops the completions older than the rate's window.
+fn trim(recent: &mut VecDeque<(Instant, usize)>, now: Instant) {
+    while recent.front().is_some_and(|&(at, _)| now.duration_since(at) > RATE_WINDOW) {
+        recent.pop_front();
     }
 }
 

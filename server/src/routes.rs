@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -35,6 +36,8 @@ pub struct Settings {
     pub model: String,
     pub api_key: Option<String>,
     pub sizes: SizeRule,
+    /// The base of `url` answers' links; else the request's `Host`.
+    pub public_url: Option<String>,
     /// Unix seconds when the server started.
     pub started: u64,
 }
@@ -127,7 +130,18 @@ async fn read_params(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Im
     if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| too_large())?;
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|e| {
+        let over = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if over {
+            too_large()
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!("the request body could not be read: {e}"),
+            )
+        }
+    })?;
     parse_generation(&bytes, s.settings.sizes)
 }
 
@@ -171,7 +185,7 @@ async fn generations(State(s): State<AppState>, headers: HeaderMap, body: Body) 
         }
         Status::Queued | Status::Running { .. } => unreachable!("waited for a final status"),
     };
-    let base = base_url(&headers);
+    let base = s.settings.public_url.clone().unwrap_or_else(|| base_url(&headers));
     let data: Vec<Value> = images
         .iter()
         .enumerate()
@@ -185,7 +199,7 @@ async fn generations(State(s): State<AppState>, headers: HeaderMap, body: Body) 
     Ok(axum::Json(body).into_response())
 }
 
-/// `http://host` as the client reached us (for `url` answers).
+/// `http://host` as the client reached us (for `url` answers without `--public-url`).
 fn base_url(headers: &HeaderMap) -> String {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
     format!("http://{host}")
@@ -237,12 +251,19 @@ pub fn job_json(jobs: &Jobs, job: &Job) -> Value {
     v
 }
 
-async fn job_status(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+/// A path parameter that did not parse (bad percent-encoding): a JSON 400 like every refusal.
+fn bad_path(e: PathRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", e.body_text())
+}
+
+async fn job_status(State(s): State<AppState>, id: Result<Path<String>, PathRejection>) -> Result<Response, ApiError> {
+    let Path(id) = id.map_err(bad_path)?;
     let job = find(&s, &id)?;
     Ok(axum::Json(job_json(&s.jobs, &job)).into_response())
 }
 
-async fn cancel_job(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn cancel_job(State(s): State<AppState>, id: Result<Path<String>, PathRejection>) -> Result<Response, ApiError> {
+    let Path(id) = id.map_err(bad_path)?;
     let job = find(&s, &id)?;
     if !s.jobs.cancel(&job, "cancelled") {
         let msg = format!("job '{id}' already {}", job.status().name());
@@ -251,7 +272,11 @@ async fn cancel_job(State(s): State<AppState>, Path(id): Path<String>) -> Result
     Ok((StatusCode::ACCEPTED, axum::Json(job_json(&s.jobs, &job))).into_response())
 }
 
-async fn job_image(State(s): State<AppState>, Path((id, file)): Path<(String, String)>) -> Result<Response, ApiError> {
+async fn job_image(
+    State(s): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((id, file)) = path.map_err(bad_path)?;
     let job = find(&s, &id)?;
     let Status::Completed { images } = job.status() else {
         return Err(ApiError::not_found(format!("job '{id}' has no images ({})", job.status().name())));
@@ -266,7 +291,8 @@ async fn job_image(State(s): State<AppState>, Path((id, file)): Path<(String, St
 /// `GET /v1/jobs/{id}/events`: a `status` event with the job as it stands, a `scale` event after
 /// every scale (with PNG previews, base64), then the final `completed`, `failed` or `cancelled`
 /// event with the job, and the stream ends.
-async fn job_events(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn job_events(State(s): State<AppState>, id: Result<Path<String>, PathRejection>) -> Result<Response, ApiError> {
+    let Path(id) = id.map_err(bad_path)?;
     let job = find(&s, &id)?;
     // Subscribed before the first look at the status, so that no scale falls in between.
     let mut scales = job.events();

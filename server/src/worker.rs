@@ -20,27 +20,33 @@ const SOFTWARE: &str = concat!("infinity-server ", env!("CARGO_PKG_VERSION"));
 pub fn run(pipeline: &Pipeline, jobs: &Jobs, model: &str) {
     while let Some(batch) = jobs.next_batch() {
         let start = Instant::now();
-        let outcome = catch_unwind(AssertUnwindSafe(|| generate(pipeline, jobs, &batch)));
-        let images = batch.iter().map(|j| j.request.images).sum();
-        jobs.batch_done(images, start.elapsed().as_secs_f64());
-        match outcome {
-            Ok(Ok(Some(made))) => {
-                for (job, pictures) in batch.iter().zip(made.pictures) {
-                    let status = pngs(job, &pictures, model).map_or_else(
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| run_batch(pipeline, jobs, &batch, model))) {
+            let what = panic.downcast_ref::<String>().map(String::as_str).or(panic.downcast_ref::<&str>().copied());
+            fail(jobs, &batch, &format!("internal error: {}", what.unwrap_or("the generation panicked")));
+        }
+        jobs.batch_done(batch.iter().map(|j| j.request.images).sum(), start.elapsed().as_secs_f64());
+    }
+}
+
+/// Generates a batch and gives each job its PNGs, its error, or its cancellation.
+fn run_batch(pipeline: &Pipeline, jobs: &Jobs, batch: &[Arc<Job>], model: &str) {
+    match generate(pipeline, jobs, batch) {
+        Ok(Some(made)) => {
+            for (job, pictures) in batch.iter().zip(made.pictures) {
+                // A cancel that came after the last scale still wins over the images.
+                let status = match job.cancel_requested() {
+                    Some(reason) => Status::Cancelled { reason },
+                    None => pngs(job, &pictures, model).map_or_else(
                         |e| Status::Failed { error: e.to_string() },
                         |images| Status::Completed { images: Arc::new(images) },
-                    );
-                    jobs.finish(job, status);
-                }
-            }
-            // Every job was cancelled (and so already finished).
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => fail(jobs, &batch, &e.to_string()),
-            Err(panic) => {
-                let what = panic.downcast_ref::<String>().map(String::as_str).or(panic.downcast_ref::<&str>().copied());
-                fail(jobs, &batch, &format!("internal error: {}", what.unwrap_or("the generation panicked")));
+                    ),
+                };
+                jobs.finish(job, status);
             }
         }
+        // Every job was cancelled (and so already finished).
+        Ok(None) => {}
+        Err(e) => fail(jobs, batch, &e.to_string()),
     }
 }
 
@@ -64,8 +70,8 @@ fn after_scale(jobs: &Jobs, batch: &[Arc<Job>], progress: &ScaleProgress) -> Con
         if job.status().is_final() {
             continue;
         }
-        if job.cancel_requested() {
-            jobs.finish(job, Status::Cancelled { reason: "cancelled".into() });
+        if let Some(reason) = job.cancel_requested() {
+            jobs.finish(job, Status::Cancelled { reason });
             continue;
         }
         live += 1;

@@ -17,6 +17,7 @@
 use std::time::Instant;
 
 use infinity::models::bitvae::{BitVae, BitVaeConfig};
+use infinity::models::device_memory::GenerationMemory;
 use infinity::models::infinity::{Infinity, InfinityConfig, SamplingConfig, generate};
 use infinity::models::schedule::{PixelBudget, Template};
 use infinity::models::var::{VarConfig, VarSampling, VarTransformer, VqVae, VqVaeConfig};
@@ -179,8 +180,25 @@ fn magvit2(preset: &str, runs: usize) {
     );
 }
 
+/// The device memory of one 1024² image with CFG for the released transformers, by
+/// arithmetic (`GenerationMemory`, held to a measured generation by tests/cuda_pipeline.rs).
+fn device_memory() {
+    let schedule = Template::exact(1.0).unwrap().schedule(PixelBudget::P1M);
+    for (preset, vae) in [("2b", "d32"), ("8b", "d14_patchify")] {
+        let vae = BitVaeConfig::preset(vae).unwrap();
+        let mut config = InfinityConfig::preset(preset).unwrap();
+        // The pair tells the layout (see pipeline::check_fit): the 8B's VAE is patchified.
+        config.spatial_patchify = vae.patch == 8;
+        println!(
+            "{preset} on a device, 1024², 1 image, CFG: {}",
+            GenerationMemory::of(&config, &vae, &schedule, 1, true)
+        );
+    }
+}
+
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
+    device_memory();
     if !bench {
         // Smoke test under `cargo test`: the smallest real presets' pipeline once, tiny widths.
         let config = InfinityConfig {

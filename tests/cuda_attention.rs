@@ -1,7 +1,9 @@
 //! The block-causal flash-attention kernels (cuda/kernels/attention.cu) against the CPU
 //! attention and its autograd, on every executor of `infinity_cuda::testing::executors()`:
 //! odd scale blocks that are no multiple of the 64-row tiles, B and H up to 2, strided
-//! operands, KV-cache windows (q_start > 0), plain and cosine scores, head dims 64 and 128.
+//! operands, KV-cache windows (q_start > 0), plain and cosine scores, and every head dim the
+//! kernels take: 64 and 128 (their two builds), and the narrower widths that run in them with
+//! zero columns (every preset's 96–120, and a few small ones).
 //!
 //! Both sides see the same bf16-rounded q, k, v (and dO); the CPU computes in f64 (forward) or
 //! f32 (autograd) from there. What remains is the kernels' own rounding, bounded below.
@@ -396,7 +398,7 @@ proptest! {
     #[test]
     fn packed_keys_match_one_launch_per_sample(h in 1usize..=2, lq in 1usize..=40,
                                                lens in prop::collection::vec(1usize..=70, 1..=3),
-                                               d in prop::sample::select(vec![64usize, 128]), seed: u64) {
+                                               d in prop::sample::select(vec![40usize, 64, 104, 128]), seed: u64) {
         let (b, total) = (lens.len(), lens.iter().sum::<usize>());
         let bf16 = |shape: &[usize], seed| bf16_values(shape, seed, 1.0).to_dtype(DType::BF16).unwrap();
         let (q, k, v) = (bf16(&[b, h, lq, d], seed), bf16(&[1, h, total, d], seed ^ 1), bf16(&[1, h, total, d], seed ^ 2));
@@ -449,7 +451,6 @@ proptest! {
     }
 }
 
-/// Head dim 128 (the 2B model's): the other instantiation of both kernels.
 /// A case whose head-scale gradient cancels to a fraction of its terms (it once broke a bound
 /// taken relative to the result).
 #[test]
@@ -460,15 +461,22 @@ fn head_scale_gradient_with_cancellation() {
     }
 }
 
+/// Every head dim the presets use besides 64: 128 (the 2B's and the 8B's, the other build of
+/// both kernels) and layer12–48's 96, 104, 112 and 120, which run in the 128-wide build with
+/// zero columns; and 8 and 40 in the 64-wide one. Forward over the whole sequence and against
+/// a cache, and backward, with plain and cosine scores.
 #[test]
-fn head_dim_128_forward_and_backward() {
-    for cosine in [false, true] {
-        let case = Case::new(1, 2, 128, vec![1, 4, 9, 16, 41], 0, cosine, 7);
-        let cached = Case::new(2, 1, 128, vec![1, 4, 9, 16, 41], 4, cosine, 8);
-        for exec in executors() {
-            check_forward(exec, &case, 1);
-            check_forward(exec, &cached, 0);
-            check_backward(exec, &case, 0, 9);
+fn every_head_dim_forward_and_backward() {
+    for d in [8, 40, 96, 104, 112, 120, 128] {
+        for cosine in [false, true] {
+            let seed = d as u64 * 2 + u64::from(cosine);
+            let case = Case::new(1, 2, d, vec![1, 4, 9, 16, 41], 0, cosine, seed);
+            let cached = Case::new(2, 1, d, vec![1, 4, 9, 16, 41], 4, cosine, seed ^ 1);
+            for exec in executors() {
+                check_forward(exec, &case, 1);
+                check_forward(exec, &cached, 0);
+                check_backward(exec, &case, 0, seed);
+            }
         }
     }
 }
@@ -487,8 +495,11 @@ fn preconditions_are_typed_errors() {
     const OP: &str = "attention_forward";
     assert!(call(&q, &k, &k, &offsets, 0, dot).is_ok());
 
-    let d32 = t(&[1, 2, 5, 32], DType::BF16);
-    assert_invalid(call(&d32, &d32, &d32, &offsets, 0, dot), OP);
+    // Head dims off the 8-column grid, or wider than the kernels.
+    for d in [36, 136] {
+        let bad = t(&[1, 2, 5, d], DType::BF16);
+        assert_invalid(call(&bad, &bad, &bad, &offsets, 0, dot), OP);
+    }
     for bad in [&[0, 5, 1][..], &[0, 1, 4], &[1, 5], &[0, 2, 2, 5], &[5]] {
         assert_invalid(call(&q, &k, &k, bad, 0, dot), OP);
     }

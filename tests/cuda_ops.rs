@@ -311,7 +311,7 @@ proptest! {
     /// by a few ε·s; the bf16 output adds half an ulp.
     #[test]
     fn attention_inputs_match_the_block(b in 1usize..=2, heads in 1usize..=3, n in 1usize..=7, start in 0usize..5,
-                                        d in prop::sample::select(vec![64usize, 128]), transposed: bool, seed: u64) {
+                                        d in prop::sample::select(vec![8usize, 64, 96, 104, 112, 120, 128]), transposed: bool, seed: u64) {
         let positions: Vec<(usize, usize)> = (0..n).map(|l| (l / 3, l % 3 + seed as usize % 4)).collect();
         let (cos, sin) = rope2d_table(&positions, d, 10_000.0).unwrap();
         let qkv = rounded(&randn(&[b, n, 3, heads, d], seed, 2.0), DType::BF16);
@@ -499,8 +499,8 @@ fn preconditions_are_typed_errors() {
         "rope_interleaved_bf16",
     );
 
-    // attention_inputs: qkv (B, n, 3, H, D) with D 64 or 128, tables (n, D/2), head_scale
-    // (H,), caches (B, H, L, D) with room for the scale.
+    // attention_inputs: qkv (B, n, 3, H, D) with D even and at most 128, tables (n, D/2),
+    // head_scale (H,), caches (B, H, L, D) with room for the scale.
     const OP: &str = "attention_inputs";
     let (cos, sin, scale) = (t(&[3, 32], DType::F32), t(&[3, 32], DType::F32), t(&[2], DType::F32));
     let cache = || t(&[1, 2, 8, 64], DType::BF16);
@@ -512,6 +512,24 @@ fn preconditions_are_typed_errors() {
     assert_invalid(call(&qkv, &cos, &scale, &mut cache(), 6), OP);
     assert_invalid(call(&t(&[1, 3, 2, 2, 64], DType::BF16), &cos, &scale, &mut cache(), 0), OP);
     assert_invalid(call(&t(&[1, 3, 3, 2, 32], DType::BF16), &cos, &scale, &mut cache(), 0), OP);
+    // Too wide for a warp's two pairs per lane, and odd.
+    let wide = |d: usize| (t(&[1, 3, 3, 2, d], DType::BF16), t(&[3, d / 2], DType::F32), t(&[1, 2, 8, d], DType::BF16));
+    let (qkv_wide, cos_wide, mut cache_wide) = wide(136);
+    let result = rope::attention_inputs(
+        exec,
+        &qkv_wide,
+        &cos_wide,
+        &cos_wide,
+        &scale,
+        &mut cache_wide.clone(),
+        &mut cache_wide,
+        0,
+    );
+    assert_invalid(result.map(|_| ()), OP);
+    let (qkv_odd, cos_odd, mut cache_odd) = wide(63);
+    let result =
+        rope::attention_inputs(exec, &qkv_odd, &cos_odd, &cos_odd, &scale, &mut cache_odd.clone(), &mut cache_odd, 0);
+    assert_invalid(result.map(|_| ()), OP);
     assert_invalid(call(&qkv, &t(&[2, 32], DType::F32), &scale, &mut cache(), 0), OP);
     assert_invalid(call(&qkv, &cos, &t(&[3], DType::F32), &mut cache(), 0), OP);
     let every_other = t(&[2, 2], DType::F32).narrow(1, 0, 1).unwrap().squeeze(1).unwrap();

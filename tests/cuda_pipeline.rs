@@ -10,7 +10,9 @@
 mod common;
 
 use common::{fixture, max_abs, max_abs_diff};
+use infinity::cuda::Executor;
 use infinity::cuda::testing::executors;
+use infinity::models::device_memory::GenerationMemory;
 use infinity::models::infinity::{SamplingConfig, generate};
 use infinity::models::model_folder::ModelFiles;
 use infinity::models::pipeline::Pipeline;
@@ -67,4 +69,44 @@ fn the_device_pipeline_follows_the_cpu_stage_by_stage() {
         let memory = exec.memory();
         eprintln!("{name}: pipeline peak {} KiB, {} KiB cached after the run", memory.peak >> 10, memory.cached >> 10);
     }
+}
+
+/// The memory arithmetic of `GenerationMemory` (the README's figures for the 8B and the 2B at
+/// 1024²) holds a generation of two images with CFG on a private shim executor: the weights on
+/// the device stay within its weights term, the transformer stage within weights, caches,
+/// conditioning and activations, the peak within its peak, and the weights and the preallocated KV caches,
+/// which are certainly alive together, within the measured peak.
+#[test]
+fn a_generation_stays_within_its_memory_arithmetic() {
+    let files = ModelFiles::from_dir(&fixture("devA")).unwrap();
+    let exec = Executor::shim();
+    let mut pipeline = Pipeline::load(&files, &exec.device()).unwrap();
+    let features: Vec<Tensor> =
+        pipeline.encode_prompts(&["a red cat on a mat", "x"]).unwrap().into_iter().map(|e| e.features).collect();
+    pipeline.drop_text_encoder();
+    exec.empty_cache();
+    exec.reset_peak();
+    let weights = exec.memory().in_use;
+    let schedule = Template::exact(1.0).unwrap().schedule(PixelBudget::P006M);
+    let budget = GenerationMemory::of(&pipeline.transformer.config, &pipeline.vae.config, &schedule, 2, true);
+    let sampling = SamplingConfig { seed: 5, ..Default::default() };
+    let out = generate(&pipeline.transformer, &features, None, &schedule, &sampling, &[], |_| {}).unwrap();
+    let transformer_peak = exec.memory().peak;
+    pipeline.vae.decode(&out.summed_codes).unwrap();
+    let peak = exec.memory().peak;
+    let transformer_stage = budget.weights + budget.transformer_stage();
+    eprintln!(
+        "devA, 2 images, CFG: measured peak {} KiB, {} KiB before decoding; arithmetic {} KiB, {} KiB",
+        peak >> 10,
+        transformer_peak >> 10,
+        budget.peak() >> 10,
+        transformer_stage >> 10
+    );
+    assert!(
+        transformer_peak <= transformer_stage,
+        "transformer stage {transformer_peak} over the arithmetic's {transformer_stage}"
+    );
+    assert!(weights <= budget.weights, "weights on the device {weights} over the arithmetic's {}", budget.weights);
+    assert!(peak <= budget.peak(), "peak {peak} over the arithmetic's {}", budget.peak());
+    assert!(weights + budget.kv_cache <= peak, "the caches ({}) were not all allocated: peak {peak}", budget.kv_cache);
 }

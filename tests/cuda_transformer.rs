@@ -1,8 +1,8 @@
 //! The transformer on an executor (the one forward of models/src/infinity, loaded onto the
 //! device) against the official goldens: a greedy CFG generation teacher-forced with the
 //! golden bits, on every executor (the CPU shim here, a GPU as well when present), for every
-//! dev set — devA (head dim 64: the fused attention kernels), devB (16) and devC (32, the
-//! 8B's spatial patchify), whose widths run as compositions of other kernels. The device runs
+//! dev set — devA (head dim 64), devB (16) and devC (32, the 8B's spatial patchify); every
+//! width here runs in the fused attention kernels. The device runs
 //! bf16 weights and GEMM operands, so it is held to bf16 bounds, not the f32 path's 1e-4: the
 //! raw logits of every scale within 2⁻⁵ of the largest golden logit of that scale (about
 //! eight bf16 roundings of a ~2⁻⁹ relative step each, in a chain of two blocks, the head and

@@ -41,6 +41,9 @@ struct AttentionShape {
     /// (H,) f32 per-head multipliers of cosine attention; unused otherwise.
     const float* head_scale;
     int batch, heads, q_len, kv_len;
+    /// The heads' width: at most the kernel's D, a multiple of 8. Columns past it are zeros in
+    /// the shared tiles (they add nothing to the products) and are never written.
+    int head_dim;
     /// Sequence position of query row 0; key j is at position j.
     int q_start;
     /// Score multiplier (times head_scale[h] with cosine).
@@ -115,20 +118,22 @@ struct TilePiece {
     }
 };
 
-/// Rows [0, rows) of a matrix with D contiguous bf16 per row, `stride` elements apart (rows
-/// 16-byte aligned), into a shared tile of ROWS padded rows; rows past `rows` become zeros,
-/// so that padding contributes nothing to the products. Every thread of the block (kWarps
+/// Rows [0, rows) × columns [0, cols) of a matrix with contiguous bf16 rows, `stride`
+/// elements apart (rows 16-byte aligned, cols a multiple of 8), into a shared tile of ROWS
+/// padded rows of D; rows past `rows` and columns past `cols` become zeros, so that padding
+/// contributes nothing to the products. Every thread of the block (kWarps
 /// warps) takes part. Each thread issues all its global loads before its first shared store:
 /// through generic pointers the compiler cannot tell the two apart, so a loop that stored
 /// each piece as it arrived would wait out one global latency per piece.
 template <int ROWS, int D>
-__device__ __forceinline__ void load_tile(bf16* tile, const bf16* src, int stride, int rows) {
+__device__ __forceinline__ void load_tile(bf16* tile, const bf16* src, int stride, int rows, int cols) {
     using Piece = TilePiece<ROWS, D>;
     uint4 pieces[Piece::kPerThread];
 #pragma unroll
     for (int n = 0; n < Piece::kPerThread; ++n) {
         const Piece at(n);
-        pieces[n] = at.row < rows ? *reinterpret_cast<const uint4*>(src + at.row * stride + at.col) : uint4{0, 0, 0, 0};
+        const bool real = at.row < rows && at.col < cols;
+        pieces[n] = real ? *reinterpret_cast<const uint4*>(src + at.row * stride + at.col) : uint4{0, 0, 0, 0};
     }
 #pragma unroll
     for (int n = 0; n < Piece::kPerThread; ++n) {
@@ -140,12 +145,12 @@ __device__ __forceinline__ void load_tile(bf16* tile, const bf16* src, int strid
 /// load_tile's copy as cp.async copies: nothing passes through registers and the caller
 /// computes while it lands (commit, then wait and sync before reading).
 template <int ROWS, int D>
-__device__ __forceinline__ void load_tile_async(bf16* tile, const bf16* src, int stride, int rows) {
+__device__ __forceinline__ void load_tile_async(bf16* tile, const bf16* src, int stride, int rows, int cols) {
     using Piece = TilePiece<ROWS, D>;
 #pragma unroll
     for (int n = 0; n < Piece::kPerThread; ++n) {
         const Piece at(n);
-        const bool real = at.row < rows;
+        const bool real = at.row < rows && at.col < cols;
         cp_async_16(tile + at.row * (D + kPad) + at.col, src + (real ? at.row * stride + at.col : 0), real);
     }
 }
@@ -239,9 +244,9 @@ __device__ __forceinline__ void attention_forward(const AttentionForwardParams& 
         v = p.v + h * p.v_stride[1] + first * p.v_stride[2];
     }
     // The first key tile lands while the queries are set up.
-    load_tile_async<kKeys, D>(k_tile, k, p.k_stride[2], min(kKeys, kv_len));
+    load_tile_async<kKeys, D>(k_tile, k, p.k_stride[2], min(kKeys, kv_len), sh.head_dim);
     cp_async_commit();
-    load_tile<kRows, D>(q_tile, q, p.q_stride[2], rows);
+    load_tile<kRows, D>(q_tile, q, p.q_stride[2], rows, sh.head_dim);
     __syncthreads();
     if (sh.cosine) {
         inverse_norms<kRows, D>(k_inv, q_tile);
@@ -270,7 +275,7 @@ __device__ __forceinline__ void attention_forward(const AttentionForwardParams& 
     float m[2] = {neg_inf, neg_inf}, l[2] = {0.0f, 0.0f};
     // Each step's V lands while its scores are computed, the next step's K while P·V is.
     for (int key0 = 0; key0 < tile_end; key0 += kKeys) {
-        load_tile_async<kKeys, D>(v_tile, v + key0 * p.v_stride[2], p.v_stride[2], min(kKeys, kv_len - key0));
+        load_tile_async<kKeys, D>(v_tile, v + key0 * p.v_stride[2], p.v_stride[2], min(kKeys, kv_len - key0), sh.head_dim);
         cp_async_commit();
         cp_async_wait<1>(); // this step's K
         __syncthreads();
@@ -333,7 +338,7 @@ __device__ __forceinline__ void attention_forward(const AttentionForwardParams& 
         __syncthreads();
         const int next = key0 + kKeys;
         if (next < tile_end)
-            load_tile_async<kKeys, D>(k_tile, k + next * p.k_stride[2], p.k_stride[2], min(kKeys, kv_len - next));
+            load_tile_async<kKeys, D>(k_tile, k + next * p.k_stride[2], p.k_stride[2], min(kKeys, kv_len - next), sh.head_dim);
         cp_async_commit();
 
         // O += P·V, P rounded to bf16. A transposing ldmatrix gives the B fragments of
@@ -364,7 +369,8 @@ __device__ __forceinline__ void attention_forward(const AttentionForwardParams& 
         bf16* out = p.out + b * p.out_stride[0] + h * p.out_stride[1] + row * p.out_stride[2] + 2 * t;
 #pragma unroll
         for (int nt = 0; nt < D / 8; ++nt)
-            *reinterpret_cast<unsigned*>(out + nt * 8) = pack_bf16x2(o[nt][2 * i] * inv, o[nt][2 * i + 1] * inv);
+            if (nt * 8 < sh.head_dim)
+                *reinterpret_cast<unsigned*>(out + nt * 8) = pack_bf16x2(o[nt][2 * i] * inv, o[nt][2 * i + 1] * inv);
         if (t == 0 && p.lse != nullptr) p.lse[bh * sh.q_len + row] = (m[i] + log2f(total)) * kLn2;
     }
 }
@@ -470,8 +476,8 @@ __device__ __forceinline__ void attention_backward(const AttentionBackwardParams
 
     const bf16* k = p.k + b * p.k_stride[0] + h * p.k_stride[1] + key0 * p.k_stride[2];
     const bf16* v = p.v + b * p.v_stride[0] + h * p.v_stride[1] + key0 * p.v_stride[2];
-    load_tile<kKeys, D>(k_tile, k, p.k_stride[2], min(kKeys, sh.kv_len - key0));
-    load_tile<kKeys, D>(v_tile, v, p.v_stride[2], min(kKeys, sh.kv_len - key0));
+    load_tile<kKeys, D>(k_tile, k, p.k_stride[2], min(kKeys, sh.kv_len - key0), sh.head_dim);
+    load_tile<kKeys, D>(v_tile, v, p.v_stride[2], min(kKeys, sh.kv_len - key0), sh.head_dim);
     __syncthreads();
     if (sh.cosine)
         inverse_norms<kKeys, D>(k_inv, k_tile);
@@ -488,8 +494,8 @@ __device__ __forceinline__ void attention_backward(const AttentionBackwardParams
     const int first = max(0, block_start(sh, key0) - sh.q_start);
     for (int row0 = first / R * R; row0 < sh.q_len; row0 += R) {
         const int rows = min(R, sh.q_len - row0);
-        load_tile<R, D>(q_tile, q + row0 * p.q_stride[2], p.q_stride[2], rows);
-        load_tile<R, D>(do_tile, dout + row0 * p.dout_stride[2], p.dout_stride[2], rows);
+        load_tile<R, D>(q_tile, q + row0 * p.q_stride[2], p.q_stride[2], rows, sh.head_dim);
+        load_tile<R, D>(do_tile, dout + row0 * p.dout_stride[2], p.dout_stride[2], rows, sh.head_dim);
         if (threadIdx.x < R) {
             // Padding rows see no key, so their P and dS are zero.
             const int r = threadIdx.x, flat = bh * sh.q_len + row0 + r;
@@ -568,9 +574,10 @@ __device__ __forceinline__ void attention_backward(const AttentionBackwardParams
         for (int r = 0; r < 4; ++r) {
             const int row = row0 + query_block * 16 + g + 8 * (r / 2);
             if (row >= sh.q_len) continue;
-            float* dq_row = p.dq + (bh * sh.q_len + row) * D + 2 * t + r % 2;
+            float* dq_row = p.dq + (bh * sh.q_len + row) * sh.head_dim + 2 * t + r % 2;
 #pragma unroll
-            for (int n = 0; n < kDqTiles; ++n) atomicAdd(dq_row + (col_tile0 + n) * 8, dq[n][r] * sh.scale);
+            for (int n = 0; n < kDqTiles; ++n)
+                if ((col_tile0 + n) * 8 < sh.head_dim) atomicAdd(dq_row + (col_tile0 + n) * 8, dq[n][r] * sh.scale);
         }
         // The step's tiles are overwritten next.
         __syncthreads();
@@ -592,16 +599,18 @@ __device__ __forceinline__ void attention_backward(const AttentionBackwardParams
             along = quad_sum(along);
         }
         if (key >= sh.kv_len) continue;
-        float* dk_row = p.dk + (bh * sh.kv_len + key) * D + 2 * t;
-        float* dv_row = p.dv + (bh * sh.kv_len + key) * D + 2 * t;
+        float* dk_row = p.dk + (bh * sh.kv_len + key) * sh.head_dim + 2 * t;
+        float* dv_row = p.dv + (bh * sh.kv_len + key) * sh.head_dim + 2 * t;
 #pragma unroll
-        for (int nt = 0; nt < D / 8; ++nt)
+        for (int nt = 0; nt < D / 8; ++nt) {
+            if (nt * 8 >= sh.head_dim) continue;
 #pragma unroll
             for (int c = 0; c < 2; ++c) {
                 const float k_hat = sh.cosine ? inv * to_float(k_row[nt * 8 + c]) : 0.0f;
                 dk_row[nt * 8 + c] = head * inv * (dk[nt][2 * i + c] - k_hat * along);
                 dv_row[nt * 8 + c] = dv[nt][2 * i + c];
             }
+        }
     }
 }
 

@@ -51,10 +51,14 @@ extern "C" __global__ void __launch_bounds__(256) rope_interleaved_bf16(const Ro
 }
 INFINITY_SHIM_ENTRY(rope_interleaved_bf16, RopeParams<bf16>)
 
+/// The most rotation pairs a lane holds: head dims up to 32 · 2 · 2 = 128.
+constexpr int kMaxPairsPerLane = 2;
+
 /// qkv (B, n, 3, H, D) bf16 as the fused projection leaves it, with element strides for its
-/// first four dimensions (D contiguous); cos and sin (n, D/2) f32 with strides; head_scale (H,)
-/// f32. Writes q (B, H, n, D) bf16 contiguous, and keys and values to the caches, (B, H, ·, D)
-/// with element strides, whose pointers address the scale's first position.
+/// first four dimensions (D contiguous, even, at most 128); cos and sin (n, D/2) f32 with
+/// strides; head_scale (H,) f32. Writes q (B, H, n, D) bf16 contiguous, and keys and values to
+/// the caches, (B, H, ·, D) with element strides, whose pointers address the scale's first
+/// position.
 struct AttentionInputsParams {
     const bf16* qkv;
     const float* cos;
@@ -68,66 +72,66 @@ struct AttentionInputsParams {
     int sin_stride[2];
     int k_stride[3];
     int v_stride[3];
-    int batch, tokens, heads;
+    int batch, tokens, heads, head_dim;
 };
 
-/// A warp per (sample, token, head), each lane D / 32 neighbouring elements (whole rotation
-/// pairs): q ← head_scale·rope(q / max(‖q‖, 1e-12)), k ← rope(k / max(‖k‖, 1e-12)), v as it is.
+/// A warp per (sample, token, head), lane l holding the rotation pairs l, l + 32 (those below
+/// D/2): q ← head_scale·rope(q / max(‖q‖, 1e-12)), k ← rope(k / max(‖k‖, 1e-12)), v as it is.
 /// The norms are f32 sums of the bf16 inputs; each output is rounded to bf16 once.
-template <int D>
-__device__ __forceinline__ void attention_inputs(const AttentionInputsParams& p) {
-    constexpr int E = D / 32;
-    static_assert(E % 2 == 0, "whole rotation pairs per lane");
-    const int lane = threadIdx.x % 32;
+extern "C" __global__ void __launch_bounds__(256) attention_inputs(const AttentionInputsParams p) {
+    const int lane = threadIdx.x % 32, pairs = p.head_dim / 2;
     const unsigned rows = unsigned(p.batch * p.tokens * p.heads);
     const unsigned warps = gridDim.x * blockDim.x / 32;
     for (unsigned r = (blockIdx.x * blockDim.x + threadIdx.x) / 32; r < rows; r += warps) {
         const int h = int(r % unsigned(p.heads)), t = int(r / unsigned(p.heads) % unsigned(p.tokens));
         const int b = int(r / unsigned(p.heads * p.tokens));
-        const bf16* src = p.qkv + b * p.qkv_stride[0] + t * p.qkv_stride[1] + h * p.qkv_stride[3] + lane * E;
-        float c[E / 2], s[E / 2];
+        const bf16* src = p.qkv + b * p.qkv_stride[0] + t * p.qkv_stride[1] + h * p.qkv_stride[3];
+        float c[kMaxPairsPerLane], s[kMaxPairsPerLane];
 #pragma unroll
-        for (int e = 0; e < E / 2; ++e) {
-            const int j = lane * E / 2 + e;
-            c[e] = p.cos[t * p.cos_stride[0] + j * p.cos_stride[1]];
-            s[e] = p.sin[t * p.sin_stride[0] + j * p.sin_stride[1]];
+        for (int e = 0; e < kMaxPairsPerLane; ++e) {
+            const int j = lane + 32 * e;
+            c[e] = j < pairs ? p.cos[t * p.cos_stride[0] + j * p.cos_stride[1]] : 0.0f;
+            s[e] = j < pairs ? p.sin[t * p.sin_stride[0] + j * p.sin_stride[1]] : 0.0f;
         }
         bf16* const dst[3] = {
-            p.q + ((b * p.heads + h) * p.tokens + t) * D,
+            p.q + ((b * p.heads + h) * p.tokens + t) * p.head_dim,
             p.k_cache + b * p.k_stride[0] + h * p.k_stride[1] + t * p.k_stride[2],
             p.v_cache + b * p.v_stride[0] + h * p.v_stride[1] + t * p.v_stride[2],
         };
 #pragma unroll
         for (int part = 0; part < 3; ++part) {
-            float x[E];
+            // x[2e], x[2e + 1]: pair lane + 32e; zeros past the head dim.
+            float x[2 * kMaxPairsPerLane];
 #pragma unroll
-            for (int e = 0; e < E; ++e) x[e] = to_float(src[part * p.qkv_stride[2] + e]);
-            bf16* out = dst[part] + lane * E;
-            if (part == 2) {
-#pragma unroll
-                for (int e = 0; e < E; ++e) out[e] = from_float<bf16>(x[e]);
-                continue;
+            for (int e = 0; e < kMaxPairsPerLane; ++e) {
+                const int j = lane + 32 * e;
+                const bf16* pair = src + part * p.qkv_stride[2] + 2 * j;
+                x[2 * e] = j < pairs ? to_float(pair[0]) : 0.0f;
+                x[2 * e + 1] = j < pairs ? to_float(pair[1]) : 0.0f;
             }
-            float squares = 0.0f;
+            bf16* out = dst[part];
+            float factor = 1.0f;
+            if (part != 2) {
+                float squares = 0.0f;
 #pragma unroll
-            for (int e = 0; e < E; ++e) squares += x[e] * x[e];
-            float factor = 1.0f / fmaxf(sqrtf(warp_sum(squares)), kNormFloor);
-            if (part == 0) factor *= p.head_scale[h];
+                for (int e = 0; e < 2 * kMaxPairsPerLane; ++e) squares += x[e] * x[e];
+                factor = 1.0f / fmaxf(sqrtf(warp_sum(squares)), kNormFloor);
+                if (part == 0) factor *= p.head_scale[h];
+            }
 #pragma unroll
-            for (int e = 0; e < E / 2; ++e) {
+            for (int e = 0; e < kMaxPairsPerLane; ++e) {
+                const int j = lane + 32 * e;
+                if (j >= pairs) continue;
                 const float a = x[2 * e] * factor, bb = x[2 * e + 1] * factor;
-                out[2 * e] = from_float<bf16>(c[e] * a - s[e] * bb);
-                out[2 * e + 1] = from_float<bf16>(s[e] * a + c[e] * bb);
+                if (part == 2) {
+                    out[2 * j] = from_float<bf16>(x[2 * e]);
+                    out[2 * j + 1] = from_float<bf16>(x[2 * e + 1]);
+                } else {
+                    out[2 * j] = from_float<bf16>(c[e] * a - s[e] * bb);
+                    out[2 * j + 1] = from_float<bf16>(s[e] * a + c[e] * bb);
+                }
             }
         }
     }
 }
-
-extern "C" __global__ void __launch_bounds__(256) attention_inputs_d64(const AttentionInputsParams p) {
-    attention_inputs<64>(p);
-}
-INFINITY_SHIM_ENTRY(attention_inputs_d64, AttentionInputsParams)
-extern "C" __global__ void __launch_bounds__(256) attention_inputs_d128(const AttentionInputsParams p) {
-    attention_inputs<128>(p);
-}
-INFINITY_SHIM_ENTRY(attention_inputs_d128, AttentionInputsParams)
+INFINITY_SHIM_ENTRY(attention_inputs, AttentionInputsParams)

@@ -22,7 +22,7 @@ const LARGE_THRESHOLD: usize = 1 << 20;
 const LARGE_GRANULE: usize = 2 << 20;
 
 /// The bytes the pool hands out for a request of `bytes`.
-pub(crate) fn size_class(bytes: usize) -> usize {
+pub fn size_class(bytes: usize) -> usize {
     let granule = if bytes <= LARGE_THRESHOLD { SMALL_GRANULE } else { LARGE_GRANULE };
     bytes.max(1).div_ceil(granule) * granule
 }

@@ -10,7 +10,11 @@
 //!
 //! Layout: q (B, H, Lq, D), k and v (B, H, Lk, D), any strides for B, H and L as long as the
 //! head dimension is contiguous and those strides are multiples of 8 elements: the kernels
-//! move rows as 16-byte words (device buffers start 16-byte aligned). D is 64 or 128.
+//! move rows as 16-byte words (device buffers start 16-byte aligned). D is a multiple of 8 up
+//! to 128 ([`kernel_fits`]): every Infinity preset (64 for the tiny ones, 96–120 for layer12–48,
+//! 128 for the 2B and 8B). Kernels are built for 64 and 128 columns; a narrower head runs in
+//! the next wider one, its missing columns zeros in shared memory (a 96-wide head does 4/3 of
+//! its arithmetic).
 //!
 //! Precision: the tensor-core products take bf16 operands, so the probabilities P (for P·V
 //! and dV) and the score gradients dS (for dK and dQ) are rounded to bf16, as in
@@ -31,8 +35,14 @@ use crate::view::{DevPtr, View};
 
 /// Most scale blocks a mask may have (`kMaxScales` in attention.cu; Infinity uses at most 15).
 pub const MAX_SCALES: usize = 32;
-/// The head dimensions the kernels are built for.
-pub const HEAD_DIMS: [usize; 2] = [64, 128];
+/// The widest head the kernels take.
+pub const MAX_HEAD_DIM: usize = 128;
+
+/// Whether the kernels take heads of `head_dim` columns: a multiple of 8 (rows move as
+/// 16-byte words), at most [`MAX_HEAD_DIM`].
+pub fn kernel_fits(head_dim: usize) -> bool {
+    head_dim > 0 && head_dim.is_multiple_of(ROW_ALIGN) && head_dim <= MAX_HEAD_DIM
+}
 
 /// Four warps per block; each owns 16 query rows (forward) or 16 keys (backward).
 const THREADS: u32 = 128;
@@ -51,6 +61,7 @@ struct AttentionShape {
     heads: i32,
     q_len: i32,
     kv_len: i32,
+    head_dim: i32,
     q_start: i32,
     scale: f32,
     cosine: i32,
@@ -360,10 +371,7 @@ impl Attention<'_> {
             dout_stride: row_strides(&d_out),
             shape: ops.shape,
         };
-        let handle = match ops.head_dim() {
-            64 => ATTENTION_BACKWARD_D64,
-            _ => ATTENTION_BACKWARD_D128,
-        };
+        let handle = if ops.head_dim() <= 64 { ATTENTION_BACKWARD_D64 } else { ATTENTION_BACKWARD_D128 };
         // SAFETY: views of live tensors of `exec`, checked above against q's rows (dout, lse,
         // delta) or allocated with the q and k rows (dq, dk, dv); dq starts at zero.
         unsafe { exec.launch(handle, tiles(&ops.q, kv_rows[2]), &params)? };
@@ -404,11 +412,11 @@ impl Attention<'_> {
         if v.dims != k.dims {
             return Err(mismatch(op, self.k, self.v));
         }
-        if !HEAD_DIMS.contains(&(head_dim as usize)) {
+        if !kernel_fits(head_dim as usize) {
             return Err(Error::invalid(
                 op,
                 self.q.shape(),
-                format!("head dim {head_dim}: the kernels are built for {HEAD_DIMS:?}"),
+                format!("head dim {head_dim}: the kernels take multiples of {ROW_ALIGN} up to {MAX_HEAD_DIM}"),
             ));
         }
         let kv_len = k.dims[2];
@@ -442,6 +450,7 @@ impl Attention<'_> {
             heads,
             q_len,
             kv_len,
+            head_dim,
             // Below kv_len, which fits in i32.
             q_start: self.mask.q_start as i32,
             scale,
@@ -491,10 +500,7 @@ unsafe fn launch_forward(
     lse: DevPtr<f32>,
     kv_starts: DevPtr<i32>,
 ) -> Result<()> {
-    let handle = match ops.head_dim() {
-        64 => ATTENTION_FORWARD_D64,
-        _ => ATTENTION_FORWARD_D128,
-    };
+    let handle = if ops.head_dim() <= 64 { ATTENTION_FORWARD_D64 } else { ATTENTION_FORWARD_D128 };
     let params = AttentionForwardParams {
         q: ops.q.ptr,
         k: ops.k.ptr,

@@ -19,7 +19,7 @@ const THREADS: u32 = 256;
 /// Most column-matrix elements [`conv2d`] builds at once (256 MiB of bf16): a larger batch is
 /// convolved one image at a time, since the matrix is kh·kw times the input (a 3×3 conv of 128
 /// channels at 1024 × 1024 needs 1.2·10⁹ elements per image).
-const COL_BUDGET: usize = 1 << 27;
+pub const COL_BUDGET: usize = 1 << 27;
 
 #[repr(C)]
 pub struct Im2colParams {

@@ -250,10 +250,8 @@ kernels! {
     RopeInterleavedF32, ROPE_INTERLEAVED_F32 = rope_interleaved_f32(RopeParams<f32>) in Rope;
     /// Interleaved rotary embedding of (B, H, L, D) bf16.
     RopeInterleavedBf16, ROPE_INTERLEAVED_BF16 = rope_interleaved_bf16(RopeParams<bf16>) in Rope;
-    /// q, k, v of one scale from the fused projection: normalised, scaled, rotated, cached; D 64.
-    AttentionInputsD64, ATTENTION_INPUTS_D64 = attention_inputs_d64(AttentionInputsParams) in Rope;
-    /// The same for D 128.
-    AttentionInputsD128, ATTENTION_INPUTS_D128 = attention_inputs_d128(AttentionInputsParams) in Rope;
+    /// q, k, v of one scale from the fused projection: normalised, scaled, rotated, cached (D even, ≤ 128).
+    AttentionInputs, ATTENTION_INPUTS = attention_inputs(AttentionInputsParams) in Rope;
     /// A linear layer's f32 bias in every row of its f32 output, before the GEMM adds to it.
     BiasRowsF32, BIAS_ROWS_F32 = bias_rows_f32(BiasRowsParams<f32>) in Gemm;
     /// A linear layer's f32 bias, rounded, in every row of its bf16 output, before the GEMM adds to it.

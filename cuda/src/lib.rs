@@ -37,7 +37,7 @@ pub mod toolkit;
 
 use std::fmt;
 
-pub use alloc::MemoryStats;
+pub use alloc::{MemoryStats, size_class};
 pub use error::{Error, Result};
 pub use exec::Executor;
 pub use gpu::Gpu;

@@ -9,9 +9,7 @@ use infinity_runtime::{DType, Element, Error, Tensor};
 
 use crate::Result;
 use crate::exec::Executor;
-use crate::kernels::{
-    ATTENTION_INPUTS_D64, ATTENTION_INPUTS_D128, KernelHandle, ROPE_INTERLEAVED_BF16, ROPE_INTERLEAVED_F32,
-};
+use crate::kernels::{ATTENTION_INPUTS, KernelHandle, ROPE_INTERLEAVED_BF16, ROPE_INTERLEAVED_F32};
 use crate::view::{DevPtr, View};
 
 const THREADS: u32 = 256;
@@ -45,6 +43,7 @@ pub struct AttentionInputsParams {
     batch: i32,
     tokens: i32,
     heads: i32,
+    head_dim: i32,
 }
 
 // SAFETY: #[repr(C)] mirrors of the C structs of rope.cu (sizes checked by a test) made of
@@ -103,8 +102,16 @@ fn rope_as<T: Element>(
     Ok(out)
 }
 
+/// The widest head [`attention_inputs`] takes: a lane holds two rotation pairs (`kMaxPairsPerLane`).
+pub const MAX_INPUTS_HEAD_DIM: usize = 128;
+
+/// Whether [`attention_inputs`] takes heads of `head_dim`: even, at most [`MAX_INPUTS_HEAD_DIM`].
+pub fn inputs_fit(head_dim: usize) -> bool {
+    head_dim > 0 && head_dim.is_multiple_of(2) && head_dim <= MAX_INPUTS_HEAD_DIM
+}
+
 /// The self-attention inputs of one scale at inference, from the fused projection qkv
-/// (B, n, 3, H, D) bf16 (D 64 or 128, contiguous; other strides free) in one pass, as
+/// (B, n, 3, H, D) bf16 (D even and at most 128, contiguous; other strides free) in one pass, as
 /// models/src/infinity/block.rs forms them: returns q̃ = head_scale[h]·rope(q / max(‖q‖, 1e-12))
 /// (B, H, n, D) bf16, and writes k̃ = rope(k / max(‖k‖, 1e-12)) and v into the caches
 /// (B, H, L, D) bf16 at positions `start..start + n`. cos and sin are the scale's (n, D/2) f32
@@ -124,14 +131,10 @@ pub fn attention_inputs(
     const OP: &str = "attention_inputs";
     let xv = exec.view::<bf16, 5>(OP, qkv)?;
     let [batch, tokens, three, heads, head_dim] = xv.dims;
-    let handle = match head_dim {
-        64 => ATTENTION_INPUTS_D64,
-        128 => ATTENTION_INPUTS_D128,
-        _ => {
-            let msg = format!("head dim {head_dim}: the kernel is built for 64 and 128");
-            return Err(Error::invalid(OP, qkv.shape(), msg));
-        }
-    };
+    if !inputs_fit(head_dim as usize) {
+        let msg = format!("head dim {head_dim}: the kernel takes even head dims up to {MAX_INPUTS_HEAD_DIM}");
+        return Err(Error::invalid(OP, qkv.shape(), msg));
+    }
     if three != 3 || xv.strides[4] != 1 {
         let msg = "expected (B, n, 3, H, D) with D contiguous";
         return Err(Error::invalid(OP, qkv.shape(), msg));
@@ -166,12 +169,13 @@ pub fn attention_inputs(
         batch,
         tokens,
         heads,
+        head_dim,
     };
     let rows = (batch * tokens * heads) as usize;
     // SAFETY: the addresses come from views of live tensors of `exec`: qkv's and the tables'
     // shapes were checked above, q was allocated with (B, H, n, D), and each cache holds
     // positions start..start + n of (B, H, ·, D) (`cache_slot`).
-    unsafe { exec.launch(handle, exec.grid_stride(rows * 32, THREADS), &params)? };
+    unsafe { exec.launch(ATTENTION_INPUTS, exec.grid_stride(rows * 32, THREADS), &params)? };
     Ok(q)
 }
 

@@ -6,6 +6,7 @@
 pub mod autoencoder;
 pub mod bitvae;
 pub mod data;
+pub mod device_memory;
 pub mod image;
 pub mod infinity;
 pub mod kv_cache;

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use gemm::Parallelism;
 use infinity_cuda::Executor;
-use infinity_cuda::attention::{Attention, BlockCausal, HEAD_DIMS, PackedKeys, Scores};
+use infinity_cuda::attention::{Attention, BlockCausal, PackedKeys, Scores, kernel_fits};
 use infinity_runtime::{DType, Device, Error, Layout, Result, Tensor};
 use rayon::prelude::*;
 
@@ -295,13 +295,13 @@ fn probabilities(scores: &Tensor, masked: bool) -> Result<Tensor> {
     unary_grad(UnaryOp::Clamp { lo: f32::MIN, hi: f32::INFINITY }, &p, &row_max, &row_max)
 }
 
-/// Whether the flash kernel takes these shapes: 4-D, one head dim it is built for, v as wide
-/// as q, at least one key.
+/// Whether the flash kernel takes these shapes: 4-D, a head dim it takes, v as wide as q, at
+/// least one key.
 fn flash_fits(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
     q.rank() == 4
         && k.rank() == 4
         && v.rank() == 4
-        && HEAD_DIMS.contains(&q.shape()[3])
+        && kernel_fits(q.shape()[3])
         && v.shape()[3] == q.shape()[3]
         && k.shape()[2] > 0
 }
@@ -446,7 +446,7 @@ pub fn attention_inputs(
     // The fused kernel for the widths it is built for; on the CPU, and for other widths on an
     // executor, the composition of the ops it fuses (each with its own kernel there).
     if let Some(exec) = executor(OP, &[qkv, cos, sin, head_scale, k_cache, v_cache])?
-        && KERNEL_HEAD_DIMS.contains(&d)
+        && infinity_cuda::rope::inputs_fit(d)
     {
         return infinity_cuda::rope::attention_inputs(&exec, qkv, cos, sin, head_scale, k_cache, v_cache, start);
     }
@@ -466,10 +466,6 @@ pub fn attention_inputs(
 
 /// The floor of the q/k norms (F.normalize's default).
 pub const QK_EPS: f32 = 1e-12;
-
-/// The head dims the attention kernels of an executor are built for (flash attention and
-/// [`attention_inputs`]); other widths run as compositions of other kernels there, slower.
-pub const KERNEL_HEAD_DIMS: [usize; 2] = HEAD_DIMS;
 
 /// Online softmax for the queries i0.. of head `bh` whose output rows are `out` (zeroed on
 /// entry, used as the accumulator). Per row it keeps the running max `m` of the scores seen so

@@ -478,9 +478,10 @@ fn cases() -> Vec<Case> {
         Case {
             name: "attention_inputs",
             inputs: vec![
-                bf16_exact(&[2, 5, 3, 2, 64], 57),
-                randn(&[5, 32], 58, 1.0),
-                randn(&[5, 32], 59, 1.0),
+                // A width of the presets', 104 (layer32).
+                bf16_exact(&[2, 5, 3, 2, 104], 57),
+                randn(&[5, 52], 58, 1.0),
+                randn(&[5, 52], 59, 1.0),
                 randn(&[2], 60, 1.0),
             ],
             run: attention_inputs_case,

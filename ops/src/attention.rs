@@ -12,11 +12,12 @@
 //! blocks of keys, each block's products done by GEMMs) that the CUDA kernel mirrors;
 //! `reference` is the naive two-pass softmax in f64.
 //!
-//! On an executor, attention without a mask and of a head dimension the CUDA kernels are built
-//! for runs as one flash-attention launch (bf16 operands, f32 softmax and accumulation, bf16
-//! output written token-major and returned as a (B, H, Lq, D) view of it, so that the output
-//! projection reads it in place); anything else runs as the composition of device GEMMs and
-//! softmax (f32 output; a fully masked row is NaN there, not zero).
+//! On an executor, attention without a mask and of a head dimension the CUDA kernels take runs
+//! as one flash-attention launch (bf16 operands, f32 softmax and accumulation); anything else
+//! runs as the composition of device GEMMs and softmax (a fully masked row is NaN there, not
+//! zero). Either way f32 inputs give an f32 output, so that what follows does not depend on
+//! the head width; bf16 inputs get the kernel's bf16 output, written token-major and returned
+//! as a (B, H, Lq, D) view of it, so that the output projection reads it in place.
 //!
 //! Two more ops serve a transformer's inference: [`packed_attention`], each sample's queries
 //! over its own keys packed with the other samples' (cross-attention to texts of different
@@ -127,7 +128,10 @@ fn prepare<'a>(
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f32) -> Result<Tensor> {
     if let Some(exec) = executor("attention", &[q, k, v])? {
         return match mask {
-            None if flash_fits(q, k, v) => flash(&exec, q, k, v, None, None, scale),
+            None if flash_fits(q, k, v) => {
+                let out = flash(&exec, q, k, v, None, None, scale)?;
+                if q.dtype() == DType::F32 { out.to_dtype(DType::F32) } else { Ok(out) }
+            }
             _ => composed(q, k, v, mask, scale),
         };
     }

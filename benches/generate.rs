@@ -1,8 +1,10 @@
 //! End-to-end generation timing (a plain bench binary: one 2B image takes minutes on a CPU,
 //! beyond criterion's repetitions). Random weights; CFG on; 256² (0.06M, 7 scales).
 //!
-//! - layer12 (125M) with the d32 VAE: transformer and decode times, beside the official
-//!   PyTorch figures on this 2-core machine: 1.96 s (transformer, 220 GFLOP) + 4.61 s (decode).
+//! - layer12 (125M) with the d32 VAE, the work `../shared/tools/official-cpu-timing` times
+//!   (30 text tokens, 7 scales, CFG 3): transformer and decode times and GFLOP/s, beside this
+//!   machine's own anchor (a 1024³ f32 GEMM), so that `side_by_side.sh` can set them against the
+//!   official PyTorch code run in the same session.
 //! - 2B with bf16 weights written to a local safetensors file and mapped back (set
 //!   `INFINITY_BENCH_2B=1`; needs ~5 GB of disk and minutes): time and peak RSS.
 //! - 8B likewise, with its patch-8 d14 VAE (spatial patchify; set `INFINITY_BENCH_8B=1`; needs
@@ -13,6 +15,8 @@
 //! - Open-MAGVIT2 B (343M) with a random 256 tokenizer, 256² (256 tokens) with CFG: the same.
 //!
 //! Under `cargo test` (no `--bench` argument) it runs tiny configurations once as a smoke test.
+//! Names after `--` pick sections: `cargo bench --bench generate -- layer12` (also `var`,
+//! `magvit2`, `memory`).
 
 use std::time::Instant;
 
@@ -25,9 +29,10 @@ use infinity::runtime::io::{Weights, save_safetensors};
 use infinity::runtime::rng::Philox;
 use infinity::runtime::{DType, Device, Tensor};
 
-/// Text features of one 16-token prompt.
+/// Text features of one 30-token prompt (the official timing's stand-in for T5's).
 fn prompt(text_channels: usize) -> Tensor {
-    Tensor::from_vec(Philox::new(3).normal(16 * text_channels), &[16, text_channels]).unwrap()
+    let values = Philox::new(3).normal(30 * text_channels).into_iter().map(|x| 0.2 * x).collect();
+    Tensor::from_vec(values, &[30, text_channels]).unwrap()
 }
 
 /// Seconds of one transformer run and one decode.
@@ -52,16 +57,38 @@ fn peak_rss_mib() -> f64 {
         / 1024.0
 }
 
+/// GFLOP/s of a 1024³ f32 GEMM on this machine (best of 3 × 20 after a warm-up): the anchor the
+/// official timing also measures, to read the stages' rates against.
+fn anchor_gflops() -> f64 {
+    let a = Tensor::from_vec(Philox::new(1).normal(1 << 20), &[1024, 1024]).unwrap();
+    let b = Tensor::from_vec(Philox::new(2).normal(1 << 20), &[1024, 1024]).unwrap();
+    let run = || infinity::ops::matmul::matmul(&a, &b).unwrap();
+    run();
+    (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            (0..20).for_each(|_| drop(run()));
+            20.0 * 2.0 * 1024f64.powi(3) / t.elapsed().as_secs_f64() / 1e9
+        })
+        .fold(0.0, f64::max)
+}
+
+/// The official FlopCounter counts of this generation (matmul, linear, conv, SDPA).
+const LAYER12_GFLOP: f64 = 220.4;
+const D32_DECODE_GFLOP: f64 = 615.5;
+
 fn layer12(runs: usize) {
     let model = Infinity::random(InfinityConfig::preset("layer12").unwrap(), 0).unwrap();
     let vae = BitVae::random(BitVaeConfig::preset("d32").unwrap(), 0).unwrap();
+    time_once(&model, &vae); // warm-up
+    let anchor = anchor_gflops();
     let mut times: Vec<(f64, f64)> = (0..runs).map(|_| time_once(&model, &vae)).collect();
     times.sort_by(|a, b| (a.0 + a.1).total_cmp(&(b.0 + b.1)));
     let (t, d) = times[times.len() / 2];
     println!(
-        "layer12 256² CFG: transformer {t:.2} s ({:.0} GFLOP/s at ~220 GFLOP) + d32 decode {d:.2} s ({:.0} GFLOP/s at 616 GFLOP); official PyTorch here: 1.96 s + 4.61 s; median of {runs}",
-        220.0 / t,
-        616.0 / d
+        "layer12 256² CFG: transformer {t:.3} s ({:.0} GFLOP/s) + d32 decode {d:.3} s ({:.0} GFLOP/s); anchor 1024³ GEMM {anchor:.0} GFLOP/s; median of {runs}",
+        LAYER12_GFLOP / t,
+        D32_DECODE_GFLOP / d
     );
 }
 
@@ -197,8 +224,13 @@ fn device_memory() {
 }
 
 fn main() {
-    let bench = std::env::args().any(|a| a == "--bench");
-    device_memory();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let bench = args.iter().any(|a| a == "--bench");
+    let picked: Vec<&str> = args.iter().filter(|a| !a.starts_with('-')).map(String::as_str).collect();
+    let wants = |section: &str| picked.is_empty() || picked.contains(&section);
+    if wants("memory") {
+        device_memory();
+    }
     if !bench {
         // Smoke test under `cargo test`: the smallest real presets' pipeline once, tiny widths.
         let config = InfinityConfig {
@@ -242,9 +274,15 @@ fn main() {
         println!("VAR smoke run: transformer {t:.2} s, decode {d:.2} s");
         return;
     }
-    layer12(3);
-    var("d16", 3);
-    magvit2("B", 3);
+    if wants("layer12") {
+        layer12(3);
+    }
+    if wants("var") {
+        var("d16", 3);
+    }
+    if wants("magvit2") {
+        magvit2("B", 3);
+    }
     for (preset, vae, env, size) in
         [("2b", "d32", "INFINITY_BENCH_2B", "4.4"), ("8b", "d14_patchify", "INFINITY_BENCH_8B", "17")]
     {

@@ -4,7 +4,8 @@
 //! resident memory). The ceiling is the model's own throughput at the batch size, measured as
 //! one job of `--max-batch` images.
 //!
-//! `cargo bench --bench server` (BENCH_SECONDS sets each load run's length, default 10).
+//! `cargo bench --bench server` (BENCH_SECONDS sets each load run's length, default 10). Under
+//! `cargo test` (no `--bench` argument) every step runs once, briefly, as a smoke test.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -52,7 +53,11 @@ fn rss_mib(addr: SocketAddr) -> f64 {
 }
 
 fn main() {
-    let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let bench = std::env::args().any(|a| a == "--bench");
+    let seconds: u64 = match bench {
+        true => std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10),
+        false => 1,
+    };
     let server = start();
     let addr = server.1;
     let body = |seed: u64| json!({"prompt": "red apple", "seed": seed});
@@ -108,7 +113,8 @@ fn main() {
         sequential / concurrent
     );
 
-    for clients in [1, 4, 8] {
+    let client_counts: &[usize] = if bench { &[1, 4, 8] } else { &[2] };
+    for &clients in client_counts {
         let report = load(
             addr,
             "/v1/images/generations",

@@ -8,6 +8,7 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod report;
@@ -19,7 +20,7 @@ use infinity::models::pipeline::Pipeline;
 use infinity::models::schedule::{PixelBudget, Template};
 use infinity::models::text_to_image::ImageSize;
 use infinity::runtime::{Device, DeviceName};
-use infinity::server::{Config, Limits, Server, SizeRule, stop_signal};
+use infinity::server::{Config, Job, Limits, Server, SizeRule, Status, stop_signal};
 
 #[derive(Parser)]
 #[command(
@@ -97,6 +98,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         sizes: SizeRule { default: ImageSize { template, pn: model_pn }, max_pn: args.max_pn.unwrap_or(model_pn) },
         model: model_name(&files),
         public_url: args.public_url.as_deref().map(|u| u.trim_end_matches('/').to_string()),
+        report: Some(Arc::new(report_job)),
     };
     // Bound before the slow load, so that a taken port is reported at once.
     let server = Server::bind(config).map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
@@ -115,6 +117,24 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         None => println!("stopped"),
     }
     Ok(())
+}
+
+/// One line per finished job: its id, outcome, size, time and prompt.
+fn report_job(job: &Job, status: &Status) {
+    let (h, w) = job.size.pixels();
+    let why = match status {
+        Status::Failed { error } => format!(" ({error})"),
+        Status::Cancelled { reason } => format!(" ({reason})"),
+        _ => String::new(),
+    };
+    println!(
+        "job {} {}{why}: {} image(s) {w}x{h} in {:.2} s: {:.60}",
+        &job.id[..8],
+        status.name(),
+        job.request.images,
+        job.age(),
+        job.request.prompt
+    );
 }
 
 /// The model's name in the API: its folder's name, else the transformer file's.

@@ -473,6 +473,9 @@ fn shutdown_finishes_the_running_generation_and_refuses_new_work() {
     assert_eq!(answered.json()["data"].as_array().unwrap().len(), 6);
     assert!(status.success(), "{status:?}");
     assert!(out.contains("stopped"), "{out}");
+    // A line per job: the queued one cancelled by the shutdown, the running one completed.
+    assert!(out.contains("cancelled (the server is shutting down): 1 image(s) 352x176"), "{out}");
+    assert!(out.contains("completed: 6 image(s) 256x256"), "{out}");
     assert!(TcpStream::connect(addr).is_err(), "still listening after shutdown");
 }
 

@@ -153,11 +153,15 @@ pub struct Limits {
     pub retention: Duration,
 }
 
+/// Told of every job as it ends (the server binary prints a line per job).
+pub type Reporter = Arc<dyn Fn(&Job, &Status) + Send + Sync>;
+
 /// Every job the server knows, the queue, and the counters.
 pub struct Jobs {
     registry: Mutex<Registry>,
     wake: Condvar,
     limits: Limits,
+    report: Option<Reporter>,
     pub metrics: Metrics,
 }
 
@@ -173,8 +177,8 @@ struct Registry {
 }
 
 impl Jobs {
-    pub fn new(limits: Limits) -> Self {
-        Jobs { registry: Mutex::default(), wake: Condvar::new(), limits, metrics: Metrics::default() }
+    pub fn new(limits: Limits, report: Option<Reporter>) -> Self {
+        Jobs { registry: Mutex::default(), wake: Condvar::new(), limits, report, metrics: Metrics::default() }
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -261,6 +265,9 @@ impl Jobs {
             _ => 0,
         };
         self.metrics.finished(&status, job.age(), job.request.images);
+        if let Some(report) = &self.report {
+            report(job, &status);
+        }
         reg.finished.push_back((Instant::now(), job.id.clone(), bytes));
         reg.finished_bytes += bytes;
         job.status.send_replace(status);

@@ -28,11 +28,11 @@ use infinity_models::pipeline::Pipeline;
 
 pub use api::SizeRule;
 use jobs::Jobs;
-pub use jobs::Limits;
+pub use jobs::{Job, Limits, Reporter, Status};
 use routes::{AppState, Settings};
 
 /// How the server is set up.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
     pub address: SocketAddr,
     /// With a key, the API asks for `Authorization: Bearer <key>`.
@@ -44,6 +44,8 @@ pub struct Config {
     /// The server's address as clients reach it (`https://images.example.com`), for the links
     /// of `url` answers; without it, the request's `Host`.
     pub public_url: Option<String>,
+    /// Told of every job as it ends: completed, failed or cancelled, after how long.
+    pub report: Option<Reporter>,
 }
 
 /// A bound server, not yet serving.
@@ -67,7 +69,7 @@ impl Server {
     /// Serves `pipeline` until `shutdown` completes; then refuses new jobs, cancels the queued
     /// ones, finishes the running generation and returns once every answer is sent.
     pub fn serve(self, pipeline: Pipeline, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
-        let jobs = Arc::new(Jobs::new(self.config.limits));
+        let jobs = Arc::new(Jobs::new(self.config.limits, self.config.report.clone()));
         let settings = Settings {
             model: self.config.model.clone(),
             api_key: self.config.api_key.clone(),

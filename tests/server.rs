@@ -395,7 +395,9 @@ fn every_bad_request_gets_its_status_and_the_server_keeps_serving() {
 #[test]
 fn concurrent_requests_are_batched_and_load_keeps_memory_bounded() {
     let server = Served::start(&["--max-batch", "4", "--api-key", KEY]);
-    let body = |seed: u64| json!({"prompt": "grinning face", "seed": seed}).to_string();
+    // Prompts of different lengths: the text encoder's batch as well as the transformer's.
+    let prompts = ["grinning face", "red apple", "a fire emoji on white", "frog"];
+    let body = |seed: u64| json!({"prompt": prompts[seed as usize % 4], "seed": seed}).to_string();
     let auth = format!("Bearer {KEY}");
     let headers = [("Authorization", auth.as_str())];
     let start = Instant::now();

@@ -37,6 +37,8 @@ fn start() -> Served {
     let addr = lines
         .find_map(|l| l.ok()?.strip_prefix("listening on http://").map(|a| a.parse().unwrap()))
         .expect("the server did not start");
+    // Its per-job lines are read (and dropped), so that the pipe never fills.
+    std::thread::spawn(move || lines.for_each(drop));
     Served(child, addr)
 }
 

@@ -127,7 +127,9 @@ fn report_job(job: &Job, status: &Status) {
         Status::Cancelled { reason } => format!(" ({reason})"),
         _ => String::new(),
     };
-    println!(
+    // A closed stdout (the reader went away) must not stop the server: the line is dropped.
+    let _ = writeln!(
+        std::io::stdout().lock(),
         "job {} {}{why}: {} image(s) {w}x{h} in {:.2} s: {:.60}",
         &job.id[..8],
         status.name(),

@@ -20,7 +20,8 @@ const KEY: &str = "test-key-123";
 struct Served {
     child: Child,
     addr: SocketAddr,
-    stdout: BufReader<ChildStdout>,
+    /// Its per-job lines; read at the end (`terminate`), or closed by a test.
+    stdout: Option<BufReader<ChildStdout>>,
 }
 
 impl Served {
@@ -43,7 +44,7 @@ impl Served {
                 break url.parse().unwrap();
             }
         };
-        Served { child, addr, stdout }
+        Served { child, addr, stdout: Some(stdout) }
     }
 
     fn call(&self, method: &str, path: &str, body: Value) -> Response {
@@ -77,7 +78,9 @@ impl Served {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait().unwrap();
         let mut rest = String::new();
-        self.stdout.read_to_string(&mut rest).unwrap();
+        if let Some(stdout) = self.stdout.as_mut() {
+            stdout.read_to_string(&mut rest).unwrap();
+        }
         (status, rest)
     }
 }
@@ -479,6 +482,18 @@ fn shutdown_finishes_the_running_generation_and_refuses_new_work() {
     assert!(out.contains("cancelled (the server is shutting down): 1 image(s) 352x176"), "{out}");
     assert!(out.contains("completed: 6 image(s) 256x256"), "{out}");
     assert!(TcpStream::connect(addr).is_err(), "still listening after shutdown");
+}
+
+/// Its reader gone (stdout a closed pipe), the server's per-job lines are dropped and it
+/// keeps generating (a print that panicked once killed the generation thread).
+#[test]
+fn a_closed_stdout_does_not_stop_the_server() {
+    let mut server = Served::start(&[]);
+    drop(server.stdout.take());
+    for seed in 0..2 {
+        let r = server.call("POST", "/v1/images/generations", json!({"prompt": "fire", "seed": seed}));
+        assert_eq!(r.status, 200, "request {seed}: {}", r.text());
+    }
 }
 
 #[test]

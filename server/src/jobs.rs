@@ -153,7 +153,8 @@ pub struct Limits {
     pub retention: Duration,
 }
 
-/// Told of every job as it ends (the server binary prints a line per job).
+/// Told of every job as it ends (the server binary prints a line per job); called outside the
+/// queue's lock, and a panic in it is contained.
 pub type Reporter = Arc<dyn Fn(&Job, &Status) + Send + Sync>;
 
 /// Every job the server knows, the queue, and the counters.
@@ -244,34 +245,46 @@ impl Jobs {
         job.request_cancel(reason);
         if let Some(i) = reg.queue.iter().position(|j| j.id == job.id) {
             reg.queue.remove(i);
-            self.record(&mut reg, job, Status::Cancelled { reason: reason.into() });
+            let status = Status::Cancelled { reason: reason.into() };
+            if self.record(&mut reg, job, status.clone()) {
+                drop(reg);
+                self.tell(job, &status);
+            }
         }
         true
     }
 
     /// Records a job's final status (once; later calls are ignored) and tells its watchers.
     pub fn finish(&self, job: &Job, status: Status) {
-        let mut reg = self.registry();
-        self.record(&mut reg, job, status);
+        let recorded = self.record(&mut self.registry(), job, status.clone());
+        if recorded {
+            self.tell(job, &status);
+        }
     }
 
-    /// [`Jobs::finish`] under the registry's lock, which makes the check and the change one step.
-    fn record(&self, reg: &mut Registry, job: &Job, status: Status) {
+    /// [`Jobs::finish`] under the registry's lock, which makes the check and the change one
+    /// step; false when the job had already finished.
+    fn record(&self, reg: &mut Registry, job: &Job, status: Status) -> bool {
         if job.status().is_final() {
-            return;
+            return false;
         }
         let bytes = match &status {
             Status::Completed { images } => images.iter().map(Vec::len).sum(),
             _ => 0,
         };
         self.metrics.finished(&status, job.age(), job.request.images);
-        if let Some(report) = &self.report {
-            report(job, &status);
-        }
         reg.finished.push_back((Instant::now(), job.id.clone(), bytes));
         reg.finished_bytes += bytes;
         job.status.send_replace(status);
         self.prune(reg);
+        true
+    }
+
+    /// The reporter's call for a job that just ended; whatever goes wrong in it stays there.
+    fn tell(&self, job: &Job, status: &Status) {
+        if let Some(report) = &self.report {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| report(job, status)));
+        }
     }
 
     /// Waits for work and takes the next batch: the oldest queued job and the queued jobs of
@@ -318,13 +331,19 @@ impl Jobs {
         let mut reg = self.registry();
         reg.closed = true;
         let queued: Vec<Arc<Job>> = reg.queue.drain(..).collect();
-        for job in &queued {
-            let reason = "the server is shutting down";
-            job.request_cancel(reason);
-            self.record(&mut reg, job, Status::Cancelled { reason: reason.into() });
-        }
+        let status = Status::Cancelled { reason: "the server is shutting down".into() };
+        let ended: Vec<&Arc<Job>> = queued
+            .iter()
+            .filter(|job| {
+                job.request_cancel("the server is shutting down");
+                self.record(&mut reg, job, status.clone())
+            })
+            .collect();
         drop(reg);
         self.wake.notify_all();
+        for job in ended {
+            self.tell(job, &status);
+        }
     }
 
     /// Forgets finished jobs past the retention time, and the oldest beyond [`MAX_FINISHED`]

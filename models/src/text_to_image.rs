@@ -15,6 +15,7 @@ use infinity_runtime::{Error, Result, Tensor};
 
 use crate::bitvae::quantizer::resize_codes;
 use crate::image::{encode_png, to_rgb8};
+use crate::infinity::generate::row_spans;
 use crate::infinity::{Group, SamplingConfig, TokenLayout, generate_groups};
 use crate::pipeline::Pipeline;
 use crate::schedule::{PixelBudget, Schedule, Template};
@@ -203,14 +204,7 @@ impl Pipeline {
                 sampling: &p.request.sampling,
             })
             .collect();
-        let spans: Vec<(usize, usize)> = batch
-            .iter()
-            .scan(0, |start, p| {
-                let span = (*start, p.request.images);
-                *start += p.request.images;
-                Some(span)
-            })
-            .collect();
+        let spans = row_spans(batch.iter().map(|p| p.request.images));
         let layout = TokenLayout::of(&self.transformer.config);
 
         let start = Instant::now();

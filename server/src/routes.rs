@@ -183,7 +183,11 @@ async fn generations(State(s): State<AppState>, headers: HeaderMap, body: Body) 
         Status::Cancelled { reason } => {
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", reason));
         }
-        Status::Queued | Status::Running { .. } => unreachable!("waited for a final status"),
+        // The status channel closed before the end: only a server going away does that.
+        Status::Queued | Status::Running { .. } => {
+            let msg = "the job ended without a result";
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", msg));
+        }
     };
     let base = s.settings.public_url.clone().unwrap_or_else(|| base_url(&headers));
     let data: Vec<Value> = images

@@ -133,6 +133,8 @@ fn conditioning(model: &Infinity, groups: &[Group], schedule: &Schedule, with_un
                 let msg = format!("{} negative prompts for {} prompts", neg.len(), g.prompts.len());
                 return Err(Error::invalid("generate", &[neg.len()], msg));
             }
+            // The learned null text only where an unconditional half runs.
+            None if !with_uncond => {}
             None => {
                 for p in g.prompts {
                     negatives.push(model.text.null_text(p.dim(0)?)?);
@@ -144,6 +146,18 @@ fn conditioning(model: &Infinity, groups: &[Group], schedule: &Schedule, with_un
         return Err(Error::invalid("generate", &[], "no prompts to generate from"));
     }
     if with_uncond { model.condition_cfg(&prompts, Some(&negatives)) } else { model.condition(&prompts) }
+}
+
+/// Each group's rows of the batch, (first, count), for groups of `sizes` rows in order.
+pub fn row_spans(sizes: impl IntoIterator<Item = usize>) -> Vec<(usize, usize)> {
+    sizes
+        .into_iter()
+        .scan(0, |start, n| {
+            let span = (*start, n);
+            *start += n;
+            Some(span)
+        })
+        .collect()
 }
 
 /// Group `g`'s rows of logits (R, n, 2·bits) whose batch is `batch` rows: its conditional rows
@@ -174,14 +188,7 @@ fn sample_scales(
     let full = layout.vae_grid(schedule.last());
     let vae_bits = bits_dim / layout.token_bits(1);
     let batch: usize = groups.iter().map(|g| g.prompts.len()).sum();
-    let spans: Vec<(usize, usize)> = groups
-        .iter()
-        .scan(0, |start, g| {
-            let span = (*start, g.prompts.len());
-            *start += g.prompts.len();
-            Some(span)
-        })
-        .collect();
+    let spans = row_spans(groups.iter().map(|g| g.prompts.len()));
     let mut summed = Tensor::zeros(&[batch, vae_bits, full.0, full.1], DType::F32);
     let mut rngs: Vec<Philox> = groups.iter().map(|g| Philox::new(g.sampling.seed)).collect();
     let mut input: Option<Tensor> = None;

@@ -59,8 +59,10 @@ proptest! {
             2 => (UnaryOp::Tanh, randn(&s, seed, 1.5)),
             3 => (UnaryOp::Sigmoid, randn(&s, seed, 2.0)),
             4 => (UnaryOp::Silu, randn(&s, seed, 2.0)),
-            5 => (UnaryOp::GeluTanh, randn(&s, seed, 2.0)),
-            6 => (UnaryOp::GeluErf, randn(&s, seed, 2.0)),
+            // Within ±3.5: further out 1 + erf (or 1 + tanh) cancels in the f32 forward, and a
+            // finite difference of it is noise next to the (right) analytic gradient.
+            5 => (UnaryOp::GeluTanh, randn_map(&s, seed, |v| (2.0 * v).clamp(-3.5, 3.5))),
+            6 => (UnaryOp::GeluErf, randn_map(&s, seed, |v| (2.0 * v).clamp(-3.5, 3.5))),
             7 => (UnaryOp::Erf, randn(&s, seed, 1.0)),
             8 => (UnaryOp::Sqrt, randn_map(&s, seed, |v| 0.3 + v.abs())),
             _ => (UnaryOp::Square, randn(&s, seed, 1.0)),

@@ -1,9 +1,10 @@
-//! The emoji data set of the default model: Twemoji graphics named and tagged by emojibase.
+//! The emoji data set of the default model: several renderings of the same emojis (Twemoji,
+//! Noto, Fluent flat, modern and 3D), named and tagged by emojibase.
 //!
-//! Both come from the npm registry at pinned versions. Each emoji of emojibase's English data
+//! All come from the npm registry at pinned versions. Each emoji of emojibase's English data
 //! (components such as skin-tone swatches and the bare regional indicators left out) is matched
-//! to its Twemoji SVG, rendered onto white and given several captions built from its name,
-//! keywords and group.
+//! to each style's image, rendered or scaled onto white and given several captions built from
+//! its name, keywords, group and the style.
 
 use std::path::{Path, PathBuf};
 
@@ -28,22 +29,91 @@ impl Package {
     }
 }
 
-/// Twemoji 15 SVGs (graphics CC-BY 4.0).
-pub const TWEMOJI: Package = Package { name: "@twemoji/svg", version: "15.0.0" };
 /// emojibase's names, keywords and groups (MIT).
 pub const EMOJIBASE: Package = Package { name: "emojibase-data", version: "17.0.0" };
 
-/// Written beside the data, and quoted in the README.
-pub const ATTRIBUTION: &str = "\
-# Emoji data set
+/// How a package names an emoji's image file: lower-case code points joined by '-', with or
+/// without leading zeros (`0023-…` against `23-…`), and the variation selector FE0F kept or not.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Naming {
+    pub extension: &'static str,
+    /// Code points padded to four hex digits.
+    pub padded: bool,
+}
 
-Images: Twemoji 15 (npm `@twemoji/svg@15.0.0`), Copyright Twitter, Inc. and other contributors,
-graphics licensed under CC-BY 4.0 (https://creativecommons.org/licenses/by/4.0/), rendered with
-resvg onto a white background.
+/// One rendering of the emojis: where its images are and whose they are.
+pub struct Style {
+    /// How captions name it (`red apple, noto style`).
+    pub name: &'static str,
+    /// Its folder under `images/`.
+    pub folder: &'static str,
+    pub package: Package,
+    /// The images' folder inside the package.
+    pub images: &'static str,
+    pub naming: Naming,
+    /// Its line in ATTRIBUTION.md.
+    pub credit: &'static str,
+}
 
-Captions: built from the names, keywords and groups of emojibase (npm `emojibase-data@17.0.0`),
-Copyright Miles Johnson, MIT licence.
-";
+/// Every style, Twemoji first (the set the default model was first trained on). OpenMoji is
+/// left out: its CC BY-SA licence would bind the trained weights to share-alike terms.
+pub const STYLES: [Style; 5] = [
+    Style {
+        name: "twemoji",
+        folder: "twemoji",
+        package: Package { name: "@twemoji/svg", version: "15.0.0" },
+        images: "",
+        naming: Naming { extension: "svg", padded: false },
+        credit: "Twemoji 15 (npm `@twemoji/svg@15.0.0`, SVG), Copyright Twitter, Inc. and other contributors, \
+                 graphics licensed under CC-BY 4.0 (https://creativecommons.org/licenses/by/4.0/).",
+    },
+    Style {
+        name: "noto",
+        folder: "noto",
+        package: Package { name: "emoji-datasource-google", version: "16.0.0" },
+        images: "img/google/64",
+        naming: Naming { extension: "png", padded: true },
+        credit: "Noto Emoji (npm `emoji-datasource-google@16.0.0`, 64×64 PNG, upscaled), Copyright Google Inc., \
+                 Apache License 2.0 (https://www.apache.org/licenses/LICENSE-2.0).",
+    },
+    Style {
+        name: "fluent flat",
+        folder: "fluent-flat",
+        package: Package { name: "@lobehub/fluent-emoji-flat", version: "1.1.0" },
+        images: "assets",
+        naming: Naming { extension: "svg", padded: false },
+        credit: "Fluent Emoji, flat style (npm `@lobehub/fluent-emoji-flat@1.1.0`, SVG), Copyright Microsoft \
+                 Corporation, MIT licence.",
+    },
+    Style {
+        name: "fluent modern",
+        folder: "fluent-modern",
+        package: Package { name: "@lobehub/fluent-emoji-modern", version: "1.0.0" },
+        images: "assets",
+        naming: Naming { extension: "svg", padded: false },
+        credit: "Fluent Emoji, colour style with gradients (npm `@lobehub/fluent-emoji-modern@1.0.0`, SVG), \
+                 Copyright Microsoft Corporation, MIT licence.",
+    },
+    Style {
+        name: "fluent 3d",
+        folder: "fluent-3d",
+        package: Package { name: "@lobehub/fluent-emoji-3d", version: "1.1.0" },
+        images: "assets",
+        naming: Naming { extension: "webp", padded: false },
+        credit: "Fluent Emoji, 3D style (npm `@lobehub/fluent-emoji-3d@1.1.0`, 256×256 WebP), Copyright Microsoft \
+                 Corporation, MIT licence.",
+    },
+];
+
+/// Written beside the data and the model, and quoted in the README.
+pub fn attribution(styles: &[&Style]) -> String {
+    let images: String = styles.iter().map(|s| format!("- {}\n", s.credit)).collect();
+    format!(
+        "# Emoji data set\n\nImages, each rendered or scaled to a square over a white background:\n\n{images}\n\
+         Captions: built from the names, keywords and groups of emojibase (npm `emojibase-data@17.0.0`),\n\
+         Copyright Miles Johnson, MIT licence.\n"
+    )
+}
 
 /// emojibase's group number of the skin-tone and hair swatches: not pictures of anything.
 const COMPONENT_GROUP: u64 = 2;
@@ -60,8 +130,9 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Several phrasings, so the model learns the name rather than one sentence.
-    pub fn captions(&self) -> Vec<String> {
+    /// Several phrasings, so the model learns the name rather than one sentence, and one that
+    /// names the style; the plain ones are shared by every style's image.
+    pub fn captions(&self, style: &str) -> Vec<String> {
         let label_words: Vec<&str> = self.label.split(|c: char| !c.is_alphanumeric()).collect();
         let extra: Vec<&str> = self
             .tags
@@ -75,6 +146,7 @@ impl Entry {
         if !extra.is_empty() {
             captions.push(format!("{}, {}", self.label, extra.join(", ")));
         }
+        captions.push(format!("{}, {style} style", self.label));
         captions
     }
 }
@@ -122,26 +194,41 @@ pub fn read_emojibase(data_file: &Path, messages: &Path) -> Result<Vec<Entry>, S
     Ok(entries)
 }
 
-/// The Twemoji SVG of an emoji, if the set has one. Twemoji names files by lower-case code
-/// points without leading zeros and drops the variation selector FE0F from sequences without
-/// a zero-width joiner.
-pub fn twemoji_file(dir: &Path, hexcode: &str) -> Option<PathBuf> {
-    let points: Vec<String> = hexcode.split('-').map(|c| c.trim_start_matches('0').to_lowercase()).collect();
+/// An emoji's image in a package folder named by `naming`, if it has one. Packages disagree
+/// with emojibase on the variation selector FE0F: some drop it (Twemoji, outside zero-width
+/// joiner sequences), some write the fully qualified form where emojibase omits it (Noto and
+/// Fluent: `263a-fe0f` for emojibase's `263A`); after the exact name, the name with every FE0F
+/// removed and the one with FE0F after the first code point are tried.
+pub fn image_file(dir: &Path, hexcode: &str, naming: Naming) -> Option<PathBuf> {
+    let points: Vec<String> = hexcode
+        .split('-')
+        .map(|c| {
+            let digits = c.trim_start_matches('0').to_lowercase();
+            if naming.padded { format!("{digits:0>4}") } else { digits }
+        })
+        .collect();
     let exact = points.join("-");
-    let stripped = points.iter().filter(|c| *c != "fe0f").cloned().collect::<Vec<_>>().join("-");
-    [exact, stripped].into_iter().map(|name| dir.join(format!("{name}.svg"))).find(|p| p.is_file())
+    let stripped: Vec<String> = points.iter().filter(|c| c.trim_start_matches('0') != "fe0f").cloned().collect();
+    let mut qualified = stripped.clone();
+    qualified.insert(1.min(qualified.len()), "fe0f".to_string());
+    [exact, stripped.join("-"), qualified.join("-")]
+        .into_iter().map(|name| dir.join(format!("{name}.{}", naming.extension))).find(|p| p.is_file())
 }
 
-/// Renders `svg` to a `size`² PNG over white (written atomically).
-pub fn render_png(svg: &Path, size: u32, out: &Path) -> Result<(), String> {
-    let bytes = std::fs::read(svg).map_err(|e| format!("{}: {e}", svg.display()))?;
-    let tree = usvg::Tree::from_data(&bytes, &usvg::Options::default())
-        .map_err(|e| format!("{}: not a renderable SVG: {e}", svg.display()))?;
-    let mut pixmap = tiny_skia::Pixmap::new(size, size).ok_or_else(|| format!("cannot allocate a {size}² image"))?;
-    let view = tree.size();
-    let transform = tiny_skia::Transform::from_scale(size as f32 / view.width(), size as f32 / view.height());
-    resvg::render(&tree, transform, &mut pixmap.as_mut());
-    let rgb = over_white(pixmap.data());
+/// Renders an SVG, or scales a raster image (PNG, WebP; Catmull-Rom), to a `size`² RGB PNG
+/// over white, written atomically; errors name the file.
+pub fn render_png(source: &Path, size: u32, out: &Path) -> Result<(), String> {
+    let rgb = if source.extension().is_some_and(|e| e == "svg") {
+        rasterize_svg(source, size)?
+    } else {
+        let image = image::open(source).map_err(|e| format!("{}: not a readable image: {e}", source.display()))?;
+        let mut rgba = image.to_rgba8();
+        // Composited at the source's size, then scaled: scaling straight alpha would darken edges.
+        premultiply(&mut rgba);
+        let flat = image::RgbImage::from_raw(rgba.width(), rgba.height(), over_white(&rgba))
+            .ok_or_else(|| format!("{}: inconsistent image size", source.display()))?;
+        image::imageops::resize(&flat, size, size, image::imageops::FilterType::CatmullRom).into_raw()
+    };
     write_atomically(out, |w| {
         let mut encoder = png::Encoder::new(w, size, size);
         encoder.set_color(png::ColorType::Rgb);
@@ -151,6 +238,27 @@ pub fn render_png(svg: &Path, size: u32, out: &Path) -> Result<(), String> {
         Ok(writer.finish()?)
     })
     .map_err(|e| e.to_string())
+}
+
+fn rasterize_svg(svg: &Path, size: u32) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(svg).map_err(|e| format!("{}: {e}", svg.display()))?;
+    let tree = usvg::Tree::from_data(&bytes, &usvg::Options::default())
+        .map_err(|e| format!("{}: not a renderable SVG: {e}", svg.display()))?;
+    let mut pixmap = tiny_skia::Pixmap::new(size, size).ok_or_else(|| format!("cannot allocate a {size}² image"))?;
+    let view = tree.size();
+    let transform = tiny_skia::Transform::from_scale(size as f32 / view.width(), size as f32 / view.height());
+    resvg::render(&tree, transform, &mut pixmap.as_mut());
+    Ok(over_white(pixmap.data()))
+}
+
+/// Straight RGBA (as decoders give it) → premultiplied, in place.
+fn premultiply(rgba: &mut [u8]) {
+    for px in rgba.chunks_exact_mut(4) {
+        let alpha = u16::from(px[3]);
+        for c in &mut px[..3] {
+            *c = ((u16::from(*c) * alpha + 127) / 255) as u8;
+        }
+    }
 }
 
 /// Premultiplied RGBA → RGB composited over white: c + (1 − α)·255.
@@ -178,11 +286,15 @@ mod tests {
 
     #[test]
     fn captions_name_the_emoji_and_add_new_keywords_only() {
-        let c = entry("fox", &["face", "fox", "animal", "?", "wild", "cunning"]).captions();
-        assert_eq!(c, ["fox", "fox emoji", "animals & nature icon: fox", "fox, face, animal, wild"]);
-        let c = entry("grinning face", &["face", "grin"]).captions();
+        let c = entry("fox", &["face", "fox", "animal", "?", "wild", "cunning"]).captions("noto");
+        assert_eq!(
+            c,
+            ["fox", "fox emoji", "animals & nature icon: fox", "fox, face, animal, wild", "fox, noto style"]
+        );
+        let c = entry("grinning face", &["face", "grin"]).captions("fluent 3d");
         assert_eq!(c[3], "grinning face, grin");
-        assert_eq!(entry("robot", &["robot"]).captions().len(), 3, "no keyword beyond the name");
+        assert_eq!(c[4], "grinning face, fluent 3d style");
+        assert_eq!(entry("robot", &["robot"]).captions("twemoji").len(), 4, "no keyword beyond the name");
     }
 
     #[test]
@@ -193,16 +305,23 @@ mod tests {
     }
 
     #[test]
-    fn twemoji_names_drop_fe0f_only_outside_zwj_sequences() {
-        let dir = std::env::temp_dir().join(format!("twemoji-names-{}", std::process::id()));
+    fn file_names_follow_each_packages_fe0f_and_padding() {
+        let dir = std::env::temp_dir().join(format!("emoji-names-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for name in ["2764.svg", "1f3f3-fe0f-200d-1f308.svg", "23-20e3.svg"] {
-            std::fs::write(dir.join(name), "<svg/>").unwrap();
+        for name in ["2764.svg", "1f3f3-fe0f-200d-1f308.svg", "23-20e3.svg", "0023-fe0f-20e3.png", "00ae-fe0f.png"] {
+            std::fs::write(dir.join(name), "").unwrap();
         }
-        assert_eq!(twemoji_file(&dir, "2764-FE0F"), Some(dir.join("2764.svg")));
-        assert_eq!(twemoji_file(&dir, "1F3F3-FE0F-200D-1F308"), Some(dir.join("1f3f3-fe0f-200d-1f308.svg")));
-        assert_eq!(twemoji_file(&dir, "0023-FE0F-20E3"), Some(dir.join("23-20e3.svg")), "no leading zeros");
-        assert_eq!(twemoji_file(&dir, "1F98A"), None);
+        let twemoji = Naming { extension: "svg", padded: false };
+        assert_eq!(image_file(&dir, "2764-FE0F", twemoji), Some(dir.join("2764.svg")));
+        assert_eq!(image_file(&dir, "1F3F3-FE0F-200D-1F308", twemoji), Some(dir.join("1f3f3-fe0f-200d-1f308.svg")));
+        assert_eq!(image_file(&dir, "0023-FE0F-20E3", twemoji), Some(dir.join("23-20e3.svg")), "no leading zeros");
+        assert_eq!(image_file(&dir, "1F98A", twemoji), None);
+        let noto = Naming { extension: "png", padded: true };
+        assert_eq!(image_file(&dir, "0023-FE0F-20E3", noto), Some(dir.join("0023-fe0f-20e3.png")));
+        assert_eq!(image_file(&dir, "00AE-FE0F", noto), Some(dir.join("00ae-fe0f.png")));
+        assert_eq!(image_file(&dir, "2764-FE0F", noto), None, "another extension");
+        std::fs::write(dir.join("263a-fe0f.png"), "").unwrap();
+        assert_eq!(image_file(&dir, "263A", noto), Some(dir.join("263a-fe0f.png")), "qualified by the package");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -220,6 +339,24 @@ mod tests {
         assert_eq!(img.dimensions(), (32, 32));
         assert_eq!(img.get_pixel(4, 16).0, [255, 0, 0]);
         assert_eq!(img.get_pixel(28, 16).0, [255, 255, 255]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn raster_images_are_composited_then_scaled() {
+        let dir = std::env::temp_dir().join(format!("emoji-raster-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // 8×8: an opaque green left half, a transparent (black, α = 0) right half.
+        let small = image::RgbaImage::from_fn(8, 8, |x, _| image::Rgba(if x < 4 { [0, 200, 0, 255] } else { [0; 4] }));
+        let source = dir.join("small.png");
+        small.save(&source).unwrap();
+        let out = dir.join("big.png");
+        render_png(&source, 32, &out).unwrap();
+        let img = image::open(&out).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (32, 32));
+        assert_eq!(img.get_pixel(2, 16).0, [0, 200, 0]);
+        assert_eq!(img.get_pixel(30, 16).0, [255, 255, 255], "transparent black is white, not grey");
+        assert!(render_png(&dir.join("missing.webp"), 32, &out).unwrap_err().contains("missing.webp"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,7 +1,8 @@
 //! `infinity-prep`: builds the training data of the default model and its tokenizer.
 //!
-//! `emoji` fetches the Twemoji SVGs and the emojibase names and keywords through npm (pinned
-//! versions), renders every emoji onto a white square, writes captions in several phrasings and
+//! `emoji` fetches the emoji renderings (Twemoji, Noto, three Fluent styles) and the emojibase
+//! names and keywords through npm (pinned versions), renders every emoji of every style onto a
+//! white square, writes captions in several phrasings (plain and naming the style) and
 //! lays them out as the official jsonl folders, `train/` and `eval/` (a held-out ~5 % of the
 //! emojis, chosen by a hash of the code point so the split never depends on listing order).
 //! `tokenizer` trains a SentencePiece-style Unigram tokenizer on a jsonl folder's captions.
@@ -35,7 +36,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Fetch (npm), render and caption the Twemoji set as jsonl folders `train/` and `eval/`.
+    /// Fetch (npm), render and caption the emoji sets as jsonl folders `train/` and `eval/`.
     Emoji {
         /// Output folder; the npm packages are kept in its `packages/` (fetched once).
         #[arg(long, default_value = "data/emoji")]
@@ -46,6 +47,10 @@ enum Command {
         /// Fraction of the emojis (with all their captions) held out for evaluation.
         #[arg(long, default_value_t = 0.05)]
         holdout: f64,
+        /// The renderings to include (comma-separated): twemoji, noto, fluent-flat, fluent-modern,
+        /// fluent-3d; each is captioned plainly and by its name ("red apple, noto style").
+        #[arg(long, value_delimiter = ',', default_value = "twemoji,noto,fluent-flat,fluent-modern,fluent-3d")]
+        styles: Vec<String>,
     },
     /// Train a Unigram tokenizer (T5 framing: <pad> 0, </s> 1, <unk> 2) on a jsonl folder's captions.
     Tokenizer {
@@ -70,14 +75,23 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
     match cli.command {
-        Command::Emoji { out, size, holdout } => {
+        Command::Emoji { out, size, holdout, styles } => {
             if !(0.0..1.0).contains(&holdout) {
                 return Err(format!("--holdout {holdout} must be in [0, 1)").into());
             }
             if !(16..=4096).contains(&size) {
                 return Err(format!("--size {size} must be between 16 and 4096").into());
             }
-            prepare_emoji(&out, size, holdout)
+            let styles = styles
+                .iter()
+                .map(|name| {
+                    emoji::STYLES.iter().find(|s| s.folder == name.as_str()).ok_or_else(|| {
+                        let known: Vec<&str> = emoji::STYLES.iter().map(|s| s.folder).collect();
+                        format!("--styles: unknown style '{name}' (one of {})", known.join(", "))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            prepare_emoji(&out, size, holdout, &styles)
         }
         Command::Tokenizer { data, vocab_size, out } => {
             let captions = jsonl_captions(&data)?;
@@ -92,43 +106,55 @@ fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
     }
 }
 
-fn prepare_emoji(out: &Path, size: u32, holdout: f64) -> Result<(), Box<dyn Error>> {
+fn prepare_emoji(out: &Path, size: u32, holdout: f64, styles: &[&emoji::Style]) -> Result<(), Box<dyn Error>> {
     let packages = out.join("packages");
-    let twemoji = fetch(&emoji::TWEMOJI, &packages)?;
     let emojibase = fetch(&emoji::EMOJIBASE, &packages)?;
     let entries = emoji::read_emojibase(&emojibase.join("en/data.json"), &emojibase.join("en/messages.json"))?;
 
-    let images = out.join("images");
-    std::fs::create_dir_all(&images).map_err(|e| format!("{}: {e}", images.display()))?;
     let mut splits: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut held_out_images = Vec::new();
-    let (mut missing, mut rendered) = (Vec::new(), 0usize);
-    for entry in &entries {
-        let Some(svg) = emoji::twemoji_file(&twemoji, &entry.hexcode) else {
-            missing.push(entry.hexcode.clone());
-            continue;
-        };
-        let name = format!("{}.png", entry.hexcode.to_lowercase());
-        emoji::render_png(&svg, size, &images.join(&name))?;
-        rendered += 1;
-        // A hash of the code point (FNV-1a, then Philox to mix its poorly mixed high bits), not
-        // a draw from a stream: adding or removing emojis in a later release moves no other
-        // emoji across the split.
-        let unit = philox_u32(fnv1a64(entry.hexcode.as_bytes()), 0) as f64 / 2f64.powi(32);
-        let split = if unit < holdout { "eval" } else { "train" };
-        if split == "eval" {
-            held_out_images.push(format!("../images/{name}"));
+    for style in styles {
+        let source = fetch(&style.package, &packages)?.join(style.images);
+        let images = out.join("images").join(style.folder);
+        std::fs::create_dir_all(&images).map_err(|e| format!("{}: {e}", images.display()))?;
+        let (mut missing, mut rendered) = (Vec::new(), 0usize);
+        for entry in &entries {
+            let Some(file) = emoji::image_file(&source, &entry.hexcode, style.naming) else {
+                missing.push(entry.hexcode.clone());
+                continue;
+            };
+            let name = format!("{}.png", entry.hexcode.to_lowercase());
+            emoji::render_png(&file, size, &images.join(&name))?;
+            rendered += 1;
+            // A hash of the code point (FNV-1a, then Philox to mix its poorly mixed high bits),
+            // not a draw from a stream: adding or removing emojis in a later release moves no
+            // other emoji across the split, and an emoji is held out in every style.
+            let unit = philox_u32(fnv1a64(entry.hexcode.as_bytes()), 0) as f64 / 2f64.powi(32);
+            let split = if unit < holdout { "eval" } else { "train" };
+            let image_path = format!("../images/{}/{name}", style.folder);
+            if split == "eval" {
+                held_out_images.push(image_path.clone());
+            }
+            for caption in entry.captions(style.name) {
+                // `name` and `style` are what `infinity-train score` prompts with and groups by.
+                let line = serde_json::json!({
+                    "image_path": image_path,
+                    "h_div_w": 1.0,
+                    "long_caption": caption,
+                    "long_caption_type": "user_prompt",
+                    "hexcode": entry.hexcode,
+                    "name": entry.label,
+                    "style": style.name,
+                });
+                splits.entry(split).or_default().push(line.to_string());
+            }
         }
-        for caption in entry.captions() {
-            let line = serde_json::json!({
-                "image_path": format!("../images/{name}"),
-                "h_div_w": 1.0,
-                "long_caption": caption,
-                "long_caption_type": "user_prompt",
-                "hexcode": entry.hexcode,
-            });
-            splits.entry(split).or_default().push(line.to_string());
-        }
+        eprintln!(
+            "{}: {rendered} emojis rendered at {size}×{size}; {} without an image: {}",
+            style.name,
+            missing.len(),
+            missing.join(" ")
+        );
     }
     for (split, lines) in &splits {
         let dir = out.join(split);
@@ -147,12 +173,7 @@ fn prepare_emoji(out: &Path, size: u32, holdout: f64) -> Result<(), Box<dyn Erro
     // The held-out images, as `infinity-run reconstruct --image-list` reads them.
     let list = out.join("eval").join("images.txt");
     write_atomically(&list, |w| w.write_all((held_out_images.join("\n") + "\n").as_bytes()))?;
-    write_atomically(out.join("ATTRIBUTION.md"), |w| w.write_all(emoji::ATTRIBUTION.as_bytes()))?;
-    eprintln!(
-        "{rendered} emojis rendered at {size}×{size}; {} without a Twemoji image: {}",
-        missing.len(),
-        missing.join(" ")
-    );
+    write_atomically(out.join("ATTRIBUTION.md"), |w| w.write_all(emoji::attribution(styles).as_bytes()))?;
     Ok(())
 }
 

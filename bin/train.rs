@@ -15,6 +15,7 @@
 
 use std::error::Error;
 use std::fs;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
@@ -29,16 +30,18 @@ use infinity::cuda::Executor;
 use infinity::cuda::nccl::{self, Nccl};
 use infinity::models::bitvae::BitVaeConfig;
 use infinity::models::data::{CaptionRule, Dataset};
-use infinity::models::infinity::InfinityConfig;
+use infinity::models::infinity::{InfinityConfig, SamplingConfig};
 use infinity::models::magvit2::ArConfig;
 use infinity::models::model_folder::{self, ExportSources, ModelFiles};
 use infinity::models::pipeline::Pipeline;
+use infinity::models::retrieval::{Gallery, RankSummary, thumbnail};
 use infinity::models::run::magvit2::{self as magvit2_run, Magvit2Run};
 use infinity::models::run::transformer::{self, TransformerRun};
 use infinity::models::run::vae::{self, DiscriminatorSettings, VaeRun};
 use infinity::models::run::var::{self as var_run, VarRun};
 use infinity::models::run::{Outcome, Progress, RunSettings};
-use infinity::models::schedule::{PATCH, PixelBudget};
+use infinity::models::schedule::{PATCH, PixelBudget, Template};
+use infinity::models::text_to_image::Request;
 use infinity::models::train::{TokenWeighting, evaluate_dataset};
 use infinity::models::train_vae::VaeLossWeights;
 use infinity::models::var::VarConfig;
@@ -82,6 +85,10 @@ enum Command {
     /// Score a model folder on a dataset without training it: the teacher-forced loss and the
     /// bit accuracy per scale (for held-out data, and for choosing between checkpoints).
     Eval(EvalArgs),
+    /// Score a model folder on a concept data set (infinity-prep emoji's folder) as a user sees
+    /// it: one picture per concept name, ranked among all concepts by its pixel distance (32×32)
+    /// to each concept's nearest image; then the held-out teacher-forced loss.
+    Score(ScoreArgs),
     /// Draw a run's training curves (metrics.csv) as an SVG: loss, and bit accuracy per scale.
     Plot {
         /// The run folder.
@@ -104,6 +111,26 @@ struct EvalArgs {
     data: PathBuf,
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
+    batch: usize,
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    /// A model folder (config.json as infinity-run reads it).
+    #[arg(long)]
+    model_dir: PathBuf,
+    /// A concept data set: `train/` and `eval/` jsonl folders whose lines name their concept
+    /// (`hexcode`, `name`), as `infinity-prep emoji` writes them.
+    #[arg(long, default_value = "data/emoji")]
+    data: PathBuf,
+    /// How many training concepts to draw (chosen by a hash of their keys); every held-out one is.
+    #[arg(long, default_value_t = 100)]
+    train_names: usize,
+    /// The sampling seed of every picture (otherwise infinity-run's defaults: cfg 3, top-p 0.97).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Pictures per generation batch (the pictures do not depend on it).
+    #[arg(long, default_value_t = 8)]
     batch: usize,
 }
 
@@ -408,6 +435,7 @@ fn main() -> ExitCode {
         Command::Transformer(args) => train_transformer(&args),
         Command::Export(args) => export(&args),
         Command::Eval(args) => eval(&args),
+        Command::Score(args) => score(&args),
         Command::Plot { run, out } => plot_run(&run, &out),
         Command::Vae(args) => train_vae(&args),
         Command::Var(args) => train_var(&args),
@@ -939,6 +967,73 @@ fn eval(a: &EvalArgs) -> Result<(), Box<dyn Error>> {
         scores.loss,
         list(&scores.scale_loss),
         list(&scores.scale_accuracy)
+    );
+    Ok(())
+}
+
+fn score(a: &ScoreArgs) -> Result<(), Box<dyn Error>> {
+    if a.batch == 0 {
+        return Err("--batch must be at least 1".into());
+    }
+    let files = ModelFiles::from_dir(&a.model_dir)?;
+    files.check_exist()?;
+    let start = Instant::now();
+    let gallery = Gallery::open(&a.data)?;
+    let concepts = gallery.concepts();
+    eprintln!(
+        "gallery: {} concepts from {} in {:.1} s",
+        concepts.len(),
+        a.data.display(),
+        start.elapsed().as_secs_f64()
+    );
+    let pipeline = Pipeline::load(&files, &Device::Cpu)?;
+    let pn = files.default_pn.unwrap_or(PixelBudget::P006M);
+    let schedule = Template::exact(1.0).ok_or("no square template")?.schedule(pn);
+
+    let sampling = SamplingConfig { seed: a.seed, ..SamplingConfig::default() };
+    for (split, held_out, count) in [("training", false, Some(a.train_names)), ("held-out", true, None)] {
+        let picked = gallery.sample(held_out, count);
+        let start = Instant::now();
+        let mut ranks = Vec::with_capacity(picked.len());
+        for chunk in picked.chunks(a.batch) {
+            let requests = chunk
+                .iter()
+                .map(|&c| Request {
+                    prompt: concepts[c].name.clone(),
+                    negative_prompt: None,
+                    images: 1,
+                    sampling: sampling.clone(),
+                })
+                .collect();
+            let prepared = pipeline.prepare(requests)?;
+            let batch: Vec<&_> = prepared.iter().collect();
+            let images = pipeline.text_to_image(&batch, &schedule, |_| ControlFlow::Continue(()))?;
+            let images = images.ok_or("generation stopped")?;
+            for (&c, pictures) in chunk.iter().zip(&images.pictures) {
+                let picture = &pictures[0];
+                ranks.push(gallery.rank(&thumbnail(&picture.rgb, picture.width, picture.height)?, c));
+            }
+            eprintln!("{split}: {} of {} names drawn", ranks.len(), picked.len());
+        }
+        let Some(summary) = RankSummary::of(&ranks) else { continue };
+        println!(
+            "{split} names ({} of {} concepts, seed {}, {:.1} s): {summary}",
+            summary.count,
+            concepts.len(),
+            a.seed,
+            start.elapsed().as_secs_f64()
+        );
+    }
+
+    let held_out = a.data.join("eval");
+    let dataset = Dataset::open(&held_out, pn)?.with_caption_rule(CaptionRule::Plain);
+    let scores = evaluate_dataset(&pipeline, &dataset, 16, |_| {})?;
+    println!(
+        "held-out teacher-forced loss {:.4} ({} captions of {}), bit accuracy per scale [{}]",
+        scores.loss,
+        scores.items,
+        held_out.display(),
+        scores.scale_accuracy.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(" ")
     );
     Ok(())
 }

@@ -91,3 +91,66 @@ fn generations_are_nearest_their_own_emoji() {
     eprint!("{report}");
     assert!(nearest_own, "a generation is nearer another emoji than its own:\n{report}");
 }
+
+/// A concept gallery of the four emoji fixtures, as `infinity-prep emoji` lays one out: three
+/// training concepts (each in two "styles": the image and its mirror) and one held out.
+fn gallery(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    for sub in ["images", "train", "eval"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let concepts = [("1F34E", "red apple"), ("1F499", "blue heart"), ("1F600", "grinning face"), ("1F438", "frog")];
+    let (mut train, mut eval) = (Vec::new(), Vec::new());
+    for (i, (hex, name)) in concepts.iter().enumerate() {
+        let source =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/emoji/{}.png", hex.to_lowercase()));
+        let image = load_rgb(&source).unwrap();
+        image.save(dir.join(format!("images/{hex}.png"))).unwrap();
+        image::imageops::flip_horizontal(&image).save(dir.join(format!("images/{hex}-mirror.png"))).unwrap();
+        for file in [hex.to_string(), format!("{hex}-mirror")] {
+            let line = serde_json::json!({
+                "image_path": format!("../images/{file}.png"), "h_div_w": 1.0, "long_caption": name,
+                "hexcode": hex, "name": name,
+            });
+            if i < 3 { &mut train } else { &mut eval }.push(line.to_string());
+        }
+    }
+    std::fs::write(dir.join(format!("train/1.000_{}.jsonl", train.len())), train.join("\n")).unwrap();
+    std::fs::write(dir.join(format!("eval/1.000_{}.jsonl", eval.len())), eval.join("\n")).unwrap();
+}
+
+/// `infinity-train score`: each training name's picture ranks first among the four concepts
+/// (as greedy generations do above), the held-out frog is scored too, and the teacher-forced
+/// loss is reported; a data set without concept names is refused, naming the file and field.
+#[test]
+fn the_score_command_ranks_each_picture_among_the_concepts() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("default-model-score");
+    gallery(&dir);
+    let score = |data: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_infinity-train"))
+            .args(["score", "--model-dir", MODEL, "--data", data.to_str().unwrap(), "--batch", "2"])
+            .output()
+            .unwrap()
+    };
+    let out = score(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("training names (3 of 4 concepts, seed 1,")
+            && stdout.contains("top-1 100.0 %, top-5 100.0 %, top-20 100.0 %, median rank 1\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("held-out names (1 of 4 concepts, seed 1,"), "{stdout}");
+    assert!(stdout.contains("held-out teacher-forced loss ") && stdout.contains("(2 captions of "), "{stdout}");
+
+    let eval = dir.join("eval/1.000_2.jsonl");
+    std::fs::write(
+        &eval,
+        r#"{"image_path":"../images/1F438.png","h_div_w":1.0,"long_caption":"frog","hexcode":"1F438"}"#,
+    )
+    .unwrap();
+    let out = score(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("1.000_2.jsonl") && stderr.contains("line 1") && stderr.contains("'name'"), "{stderr}");
+}

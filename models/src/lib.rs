@@ -1,7 +1,8 @@
 //! The models, each written once on the op set and autograd and loaded onto the device it
 //! runs on: the BitVAE tokenizer, the flan-T5 text encoder and the Infinity transformer with
-//! its sampler; the scale schedules they share; the text-to-image pipeline and the one generation API both binaries use; and what training
-//! needs (data, training steps for both models, and the runs that take them).
+//! its sampler; the scale schedules they share; the text-to-image pipeline and the one
+//! generation API both binaries use; scoring by retrieval; and what training needs (data,
+//! training steps for both models, and the runs that take them).
 
 pub mod autoencoder;
 pub mod bitvae;
@@ -14,6 +15,7 @@ pub mod magvit2;
 pub mod model_folder;
 mod params;
 pub mod pipeline;
+pub mod retrieval;
 pub mod run;
 pub mod sampling;
 pub mod schedule;

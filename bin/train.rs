@@ -47,7 +47,7 @@ use infinity::models::train_vae::VaeLossWeights;
 use infinity::models::var::VarConfig;
 use infinity::runtime::collective::Single;
 use infinity::runtime::launch::{Launch, rendezvous, supervise};
-use infinity::runtime::{Device, DeviceName};
+use infinity::runtime::{DType, Device, DeviceName};
 use serde_json::Value;
 
 mod plot;
@@ -155,9 +155,19 @@ struct ExportArgs {
     /// The pixel budget the model was trained at, recorded as the folder's default.
     #[arg(long, default_value_t = PixelBudget::P006M)]
     pn: PixelBudget,
+    /// The dtype of the written matrices and convolution kernels (the transformer's, the text
+    /// encoder's and the BitVAE's): f32 as trained, or bf16 for half the size (vectors stay f32).
+    #[arg(long, value_enum, default_value_t = WeightsDType::F32)]
+    weights: WeightsDType,
     /// The model folder to write.
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum WeightsDType {
+    F32,
+    Bf16,
 }
 
 /// What every training run takes: batch, length, randomness and where it is saved.
@@ -939,6 +949,10 @@ fn export(a: &ExportArgs) -> Result<(), Box<dyn Error>> {
         t5_config: existing(&a.t5_config, "t5-config")?,
         tokenizer: existing(&a.tokenizer, "tokenizer")?,
         pn: a.pn,
+        weights: match a.weights {
+            WeightsDType::F32 => DType::F32,
+            WeightsDType::Bf16 => DType::BF16,
+        },
     };
     model_folder::export(&sources, &a.out)?;
     println!("exported {} and {} to {}", sources.params.display(), sources.vae.display(), a.out.display());

@@ -339,6 +339,7 @@ fn run_ok(args: &[String]) -> Output {
 /// latents changes no number.
 #[test]
 fn a_text_encoder_trains_with_the_transformer() {
+    use infinity::runtime::DType;
     use infinity::runtime::io::Weights;
 
     let dir = temp_dir("joint");
@@ -391,6 +392,39 @@ fn a_text_encoder_trains_with_the_transformer() {
         .unwrap();
     assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
     assert!(png.exists());
+
+    // --weights bf16: every matrix and kernel halved, vectors kept, and the folder generates.
+    let half = dir.join("model-bf16");
+    let (vae, t5_config, tokenizer) =
+        (f("devA/vae.safetensors"), f("devA/t5_config.json"), f("tokenizer/tokenizer.json"));
+    let args = ["export", "--run", whole.to_str().unwrap(), "--vae", &vae, "--t5-config", &t5_config];
+    let out = Command::new(env!("CARGO_BIN_EXE_infinity-train"))
+        .args(args)
+        .args(["--tokenizer", &tokenizer, "--weights", "bf16", "--out", half.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for file in ["transformer.safetensors", "t5.safetensors", "vae.safetensors"] {
+        let (full, narrow) = (Weights::open(model.join(file)).unwrap(), Weights::open(half.join(file)).unwrap());
+        assert_eq!(full.iter().len(), narrow.iter().len(), "{file}");
+        for (key, t) in full.iter() {
+            let n = narrow.get(key).unwrap();
+            let matrix = t.rank() >= 2 && t.dtype() == DType::F32;
+            assert_eq!((n.shape(), n.dtype()), (t.shape(), if matrix { DType::BF16 } else { t.dtype() }), "{key}");
+            if t.dtype() != DType::F32 {
+                continue;
+            }
+            let (a, b) = (t.to_f32_vec().unwrap(), n.to_f32_vec().unwrap());
+            assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= x.abs() / 256.0), "{file}: {key} rounded");
+        }
+        let size = |dir: &Path| fs::metadata(dir.join(file)).unwrap().len();
+        assert!(size(&half) * 10 < size(&model) * 6, "{file}: {} against {} bytes", size(&half), size(&model));
+    }
+    let generated = Command::new(env!("CARGO_BIN_EXE_infinity-run"))
+        .args(["-p", "a cat", "--model-dir", half.to_str().unwrap(), "-o", png.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
 
     // A folder is only a model folder once it loads: a transformer that does not fit the VAE
     // leaves no config.json.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use infinity_runtime::io::{Weights, save_safetensors, write_atomically};
-use infinity_runtime::{Device, Error, Result};
+use infinity_runtime::{DType, Device, Error, Result, Tensor};
 use serde_json::{Value, json};
 
 use crate::bitvae;
@@ -125,6 +125,10 @@ pub struct ExportSources {
     pub tokenizer: PathBuf,
     /// The pixel budget the model was trained at: the folder's default.
     pub pn: PixelBudget,
+    /// The dtype the weight matrices and convolution kernels are written in: F32 as trained,
+    /// or BF16 to halve the folder (vectors — norms, biases — stay f32). The CPU multiplies
+    /// bf16 matrices as stored; an accelerator takes every GEMM operand in bf16 anyway.
+    pub weights: DType,
 }
 
 /// Writes the model folder `out` from `sources`. The sources are checked against each other
@@ -176,24 +180,41 @@ pub fn export(sources: &ExportSources, out: &Path) -> Result<ModelFiles> {
 }
 
 /// The model files of an export: the run's transformer (and text encoder, if it trained one)
-/// and copies of the rest.
+/// and copies of the rest, their matrices in `sources.weights`.
 fn write_files(sources: &ExportSources, weights: &Weights, files: &ModelFiles) -> Result<()> {
-    let (text, transformer): (Vec<_>, Vec<_>) =
-        weights.iter().partition(|(key, _)| key.starts_with(TEXT_ENCODER_PREFIX));
+    let narrowed = |tensors: Vec<(&str, &Tensor)>| -> Result<Vec<(String, Tensor)>> {
+        tensors
+            .into_iter()
+            .map(|(key, t)| {
+                let matrix = t.rank() >= 2 && t.dtype() == DType::F32;
+                Ok((key.to_string(), if matrix { t.to_dtype(sources.weights)? } else { t.clone() }))
+            })
+            .collect()
+    };
+    let save = |path: &Path, tensors: Vec<(String, Tensor)>| {
+        let metadata = BTreeMap::from([("source".to_string(), sources.params.display().to_string())]);
+        save_safetensors(path, tensors.iter().map(|(k, t)| (k, t)), &metadata)
+    };
     let copy = |from: &Path, to: &Path| -> Result<()> {
         let bytes = std::fs::read(from).map_err(|e| Error::io(from, e))?;
         write_atomically(to, |w| w.write_all(&bytes))
     };
-    let metadata = BTreeMap::from([("source".to_string(), sources.params.display().to_string())]);
-    save_safetensors(&files.transformer, transformer, &metadata)?;
+    let (text, transformer): (Vec<_>, Vec<_>) =
+        weights.iter().partition(|(key, _)| key.starts_with(TEXT_ENCODER_PREFIX));
+    save(&files.transformer, narrowed(transformer)?)?;
     match &sources.t5 {
-        Some(t5) => copy(t5, &files.t5)?,
+        Some(t5) if sources.weights == DType::F32 => copy(t5, &files.t5)?,
+        Some(t5) => save(&files.t5, narrowed(Weights::open(t5)?.iter().collect())?)?,
         None => {
-            let stripped = text.iter().map(|(k, t)| (k.trim_start_matches(TEXT_ENCODER_PREFIX), *t));
-            save_safetensors(&files.t5, stripped, &metadata)?;
+            let stripped = text.into_iter().map(|(k, t)| (k.trim_start_matches(TEXT_ENCODER_PREFIX), t)).collect();
+            save(&files.t5, narrowed(stripped)?)?
         }
     }
-    copy(&sources.vae, &files.vae)?;
+    if sources.weights == DType::F32 {
+        copy(&sources.vae, &files.vae)?;
+    } else {
+        save(&files.vae, narrowed(bitvae::state_dict(&sources.vae)?.iter().collect())?)?;
+    }
     copy(&sources.t5_config, &files.t5_config)?;
     copy(&sources.tokenizer, &files.tokenizer)
 }

@@ -212,7 +212,9 @@ pub fn image_file(dir: &Path, hexcode: &str, naming: Naming) -> Option<PathBuf> 
     let mut qualified = stripped.clone();
     qualified.insert(1.min(qualified.len()), "fe0f".to_string());
     [exact, stripped.join("-"), qualified.join("-")]
-        .into_iter().map(|name| dir.join(format!("{name}.{}", naming.extension))).find(|p| p.is_file())
+        .into_iter()
+        .map(|name| dir.join(format!("{name}.{}", naming.extension)))
+        .find(|p| p.is_file())
 }
 
 /// Renders an SVG, or scales a raster image (PNG, WebP; Catmull-Rom), to a `size`² RGB PNG
@@ -287,10 +289,7 @@ mod tests {
     #[test]
     fn captions_name_the_emoji_and_add_new_keywords_only() {
         let c = entry("fox", &["face", "fox", "animal", "?", "wild", "cunning"]).captions("noto");
-        assert_eq!(
-            c,
-            ["fox", "fox emoji", "animals & nature icon: fox", "fox, face, animal, wild", "fox, noto style"]
-        );
+        assert_eq!(c, ["fox", "fox emoji", "animals & nature icon: fox", "fox, face, animal, wild", "fox, noto style"]);
         let c = entry("grinning face", &["face", "grin"]).captions("fluent 3d");
         assert_eq!(c[3], "grinning face, grin");
         assert_eq!(c[4], "grinning face, fluent 3d style");

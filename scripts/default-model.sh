@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Builds the default model (assets/models/default) from scratch on a CPU: data, tokenizer, BitVAE,
-# then the transformer with its text encoder. Every stage resumes: run the script again (in a later
-# session, after an interruption) and each training command continues from its latest checkpoint;
-# finished stages return at once. RUNS holds the training runs (checkpoints, logs, metrics).
+# Builds the default model (assets/models/default) on a CPU: data, tokenizer, BitVAE, a sweep of
+# transformer sizes, then the chosen transformer with its text encoder. Every stage resumes: run
+# the script again (in a later session, after an interruption) and each training command continues
+# from its latest checkpoint; finished stages return at once. RUNS holds the training runs
+# (checkpoints, logs, metrics).
 #
-#   bash scripts/default-model.sh [STAGE...]     # stages: data tokenizer vae1 vae2 transformer export
+#   bash scripts/default-model.sh [STAGE...]   # stages: data tokenizer vae1 vae2 sweep transformer export
 #
-# With no stage given, all of them run in order. TRANSFORMER_STEPS raises the transformer's step
-# count for a longer run (the schedule is constant after warm-up, so a run can be extended);
-# EXPORT_STEP exports that checkpoint instead of the latest.
+# With no stage given, all of them run in order, except vae1 and vae2: the BitVAE of the bundled
+# model is kept unless VAE names another (vae1 and vae2 train one from scratch). The transformer
+# stage continues the sweep's run of size SIZE to TRANSFORMER_STEPS (the learning rate is constant
+# after warm-up, so a run can be extended); EXPORT_STEP exports that checkpoint instead of the
+# latest. The bundled model before this recipe (Twemoji only, d6-w256) came from the script of
+# commit 9b2d95d.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,16 +20,41 @@ DATA=${DATA:-data/emoji}
 RUNS=${RUNS:-runs}
 MODEL=assets/models/default
 CONFIGS=assets/models/configs
+SWEEP_STEPS=${SWEEP_STEPS:-300}
+SIZE=${SIZE:-d8-w384}
 TRANSFORMER_STEPS=${TRANSFORMER_STEPS:-3000}
+# The BitVAE the transformer is trained over: the vae2 stage's if it ran, else the one bundled
+# in f32 at commit 9b2d95d (trained on Twemoji alone by vae1 and vae2; it reconstructs every
+# style's held-out images at 20.5–21.7 dB PSNR), taken from the repository's history.
+VAE=${VAE:-$RUNS/vae-s2/step-000000450/params.safetensors}
+if [ ! -f "$VAE" ]; then
+    VAE=$RUNS/vae-9b2d95d.safetensors
+    mkdir -p "$RUNS"
+    if [ ! -f "$VAE" ]; then
+        git show 9b2d95d:assets/models/default/vae.safetensors > "$VAE.partial"
+        mv "$VAE.partial" "$VAE"
+    fi
+fi
 
 cargo build --release --bin infinity-prep --bin infinity-train
 prep=target/release/infinity-prep
 train=target/release/infinity-train
 
+# A transformer run over the data, the BitVAE and the text encoder trained with it: batch 8,
+# official initialisation, Bitwise Self-Correction and caption dropout at their defaults.
+train_transformer() {
+    local size=$1 steps=$2 lr=$3
+    "$train" transformer --data "$DATA/train" --config "$CONFIGS/transformer/$size.json" --vae "$VAE" \
+        --t5-config "$CONFIGS/t5_config.json" --tokenizer "$CONFIGS/tokenizer.json" \
+        --train-text-encoder --cache-latents --batch 8 --steps "$steps" --warmup-steps 30 --lr "$lr" \
+        --save-every 50 --out "$RUNS/transformer-$size"
+}
+
 stage() {
     case "$1" in
     data)
-        # Twemoji SVGs + emojibase captions via npm, rendered at 256², 5 % of the emojis held out.
+        # Five renderings of the emojis (Twemoji, Noto, Fluent flat/modern/3D) + emojibase
+        # captions via npm, at 256², 5 % of the emojis held out in every style.
         "$prep" emoji --out "$DATA" ;;
     tokenizer)
         # Committed with the configurations: the model was trained with this one. (Training it
@@ -46,37 +75,31 @@ stage() {
             "$train" vae --data "$DATA/train" --init "$RUNS/vae-s1/step-000000800/params.safetensors" --stage 2 \
                 --batch 4 --steps "$steps" --warmup-steps 20 --lr "$lr" --save-every 50 --out "$RUNS/vae-s2"
         done ;;
-    transformer)
-        # 8e-4 after the warm-up was noisy (step 400 drew most prompts near-blank): from step 400
-        # on, the same run continues at half the rate, and at a quarter from step 1,300, where the
-        # held-out loss had stopped falling at 4e-4.
-        for leg in "400 8e-4" "1300 4e-4" "$TRANSFORMER_STEPS 2e-4"; do
-            read -r steps lr <<< "$leg"
-            "$train" transformer --data "$DATA/train" --config "$CONFIGS/transformer.json" \
-                --vae "$RUNS/vae-s2/step-000000450/params.safetensors" \
-                --t5-config "$CONFIGS/t5_config.json" --tokenizer "$CONFIGS/tokenizer.json" \
-                --train-text-encoder --cache-latents --batch 16 --steps "$steps" \
-                --warmup-steps 200 --lr "$lr" --save-every 100 --out "$RUNS/transformer"
+    sweep)
+        # Loss against parameters and steps, to choose SIZE: every candidate configuration
+        # trains SWEEP_STEPS steps from the same seed, data order and learning rate.
+        for config in "$CONFIGS"/transformer/*.json; do
+            train_transformer "$(basename "$config" .json)" "$SWEEP_STEPS" 6e-4
         done ;;
+    transformer)
+        # The chosen size's sweep run, continued at the same rate.
+        train_transformer "$SIZE" "$TRANSFORMER_STEPS" 6e-4 ;;
     export)
-        # The run's latest checkpoint, or step EXPORT_STEP of it (the bundled model is
-        # EXPORT_STEP=2100, the checkpoint with the lowest held-out loss; see the README).
-        local run="$RUNS/transformer"
+        # The run's latest checkpoint, or step EXPORT_STEP of it, in bf16 (the 50 MB budget).
+        local run="$RUNS/transformer-$SIZE"
         [ -n "${EXPORT_STEP:-}" ] && run="$run/$(printf 'step-%09d' "$EXPORT_STEP")/params.safetensors"
-        "$train" export --run "$run" --vae "$RUNS/vae-s2/step-000000450/params.safetensors" \
+        "$train" export --run "$run" --vae "$VAE" --weights bf16 \
             --t5-config "$CONFIGS/t5_config.json" --tokenizer "$CONFIGS/tokenizer.json" --out "$MODEL"
         cp "$DATA/ATTRIBUTION.md" "$MODEL/ATTRIBUTION.md"
-        "$train" plot --run "$RUNS/transformer" --out "$MODEL/training-transformer.svg"
-        "$train" plot --run "$RUNS/vae-s1" --out "$MODEL/training-vae-stage1.svg"
-        "$train" plot --run "$RUNS/vae-s2" --out "$MODEL/training-vae-stage2.svg" ;;
+        "$train" plot --run "$RUNS/transformer-$SIZE" --out "$MODEL/training-transformer.svg" ;;
     *)
-        echo "unknown stage '$1' (data tokenizer vae1 vae2 transformer export)" >&2
+        echo "unknown stage '$1' (data tokenizer vae1 vae2 sweep transformer export)" >&2
         exit 2 ;;
     esac
 }
 
 if [ $# -eq 0 ]; then
-    set -- data tokenizer vae1 vae2 transformer export
+    set -- data tokenizer sweep transformer export
 fi
 for s in "$@"; do
     stage "$s"

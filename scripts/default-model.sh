@@ -21,7 +21,7 @@ RUNS=${RUNS:-runs}
 MODEL=assets/models/default
 CONFIGS=assets/models/configs
 SWEEP_STEPS=${SWEEP_STEPS:-300}
-SIZE=${SIZE:-d8-w384}
+SIZE=${SIZE:-d8-w320}
 TRANSFORMER_STEPS=${TRANSFORMER_STEPS:-3000}
 # The BitVAE the transformer is trained over: the vae2 stage's if it ran, else the one bundled
 # in f32 at commit 9b2d95d (trained on Twemoji alone by vae1 and vae2; it reconstructs every

@@ -32,15 +32,6 @@ impl Package {
 /// emojibase's names, keywords and groups (MIT).
 pub const EMOJIBASE: Package = Package { name: "emojibase-data", version: "17.0.0" };
 
-/// How a package names an emoji's image file: lower-case code points joined by '-', with or
-/// without leading zeros (`0023-…` against `23-…`), and the variation selector FE0F kept or not.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Naming {
-    pub extension: &'static str,
-    /// Code points padded to four hex digits.
-    pub padded: bool,
-}
-
 /// One rendering of the emojis: where its images are and whose they are.
 pub struct Style {
     /// How captions name it (`red apple, noto style`).
@@ -48,9 +39,9 @@ pub struct Style {
     /// Its folder under `images/`.
     pub folder: &'static str,
     pub package: Package,
-    /// The images' folder inside the package.
+    /// The images' folder inside the package, and their extension.
     pub images: &'static str,
-    pub naming: Naming,
+    pub extension: &'static str,
     /// Its line in ATTRIBUTION.md.
     pub credit: &'static str,
 }
@@ -63,7 +54,7 @@ pub const STYLES: [Style; 5] = [
         folder: "twemoji",
         package: Package { name: "@twemoji/svg", version: "15.0.0" },
         images: "",
-        naming: Naming { extension: "svg", padded: false },
+        extension: "svg",
         credit: "Twemoji 15 (npm `@twemoji/svg@15.0.0`, SVG), Copyright Twitter, Inc. and other contributors, \
                  graphics licensed under CC-BY 4.0 (https://creativecommons.org/licenses/by/4.0/).",
     },
@@ -72,7 +63,7 @@ pub const STYLES: [Style; 5] = [
         folder: "noto",
         package: Package { name: "emoji-datasource-google", version: "16.0.0" },
         images: "img/google/64",
-        naming: Naming { extension: "png", padded: true },
+        extension: "png",
         credit: "Noto Emoji (npm `emoji-datasource-google@16.0.0`, 64×64 PNG, upscaled), Copyright Google Inc., \
                  Apache License 2.0 (https://www.apache.org/licenses/LICENSE-2.0).",
     },
@@ -81,7 +72,7 @@ pub const STYLES: [Style; 5] = [
         folder: "fluent-flat",
         package: Package { name: "@lobehub/fluent-emoji-flat", version: "1.1.0" },
         images: "assets",
-        naming: Naming { extension: "svg", padded: false },
+        extension: "svg",
         credit: "Fluent Emoji, flat style (npm `@lobehub/fluent-emoji-flat@1.1.0`, SVG), Copyright Microsoft \
                  Corporation, MIT licence.",
     },
@@ -90,7 +81,7 @@ pub const STYLES: [Style; 5] = [
         folder: "fluent-modern",
         package: Package { name: "@lobehub/fluent-emoji-modern", version: "1.0.0" },
         images: "assets",
-        naming: Naming { extension: "svg", padded: false },
+        extension: "svg",
         credit: "Fluent Emoji, colour style with gradients (npm `@lobehub/fluent-emoji-modern@1.0.0`, SVG), \
                  Copyright Microsoft Corporation, MIT licence.",
     },
@@ -99,7 +90,7 @@ pub const STYLES: [Style; 5] = [
         folder: "fluent-3d",
         package: Package { name: "@lobehub/fluent-emoji-3d", version: "1.1.0" },
         images: "assets",
-        naming: Naming { extension: "webp", padded: false },
+        extension: "webp",
         credit: "Fluent Emoji, 3D style (npm `@lobehub/fluent-emoji-3d@1.1.0`, 256×256 WebP), Copyright Microsoft \
                  Corporation, MIT licence.",
     },
@@ -110,8 +101,9 @@ pub fn attribution(styles: &[&Style]) -> String {
     let images: String = styles.iter().map(|s| format!("- {}\n", s.credit)).collect();
     format!(
         "# Emoji data set\n\nImages, each rendered or scaled to a square over a white background:\n\n{images}\n\
-         Captions: built from the names, keywords and groups of emojibase (npm `emojibase-data@17.0.0`),\n\
-         Copyright Miles Johnson, MIT licence.\n"
+         Captions: built from the names, keywords and groups of emojibase (npm `{}`),\n\
+         Copyright Miles Johnson, MIT licence.\n",
+        EMOJIBASE.spec()
     )
 }
 
@@ -194,26 +186,22 @@ pub fn read_emojibase(data_file: &Path, messages: &Path) -> Result<Vec<Entry>, S
     Ok(entries)
 }
 
-/// An emoji's image in a package folder named by `naming`, if it has one. Packages disagree
-/// with emojibase on the variation selector FE0F: some drop it (Twemoji, outside zero-width
-/// joiner sequences), some write the fully qualified form where emojibase omits it (Noto and
-/// Fluent: `263a-fe0f` for emojibase's `263A`); after the exact name, the name with every FE0F
-/// removed and the one with FE0F after the first code point are tried.
-pub fn image_file(dir: &Path, hexcode: &str, naming: Naming) -> Option<PathBuf> {
-    let points: Vec<String> = hexcode
-        .split('-')
-        .map(|c| {
-            let digits = c.trim_start_matches('0').to_lowercase();
-            if naming.padded { format!("{digits:0>4}") } else { digits }
-        })
-        .collect();
-    let exact = points.join("-");
-    let stripped: Vec<String> = points.iter().filter(|c| c.trim_start_matches('0') != "fe0f").cloned().collect();
+/// An emoji's image in a package folder, if it has one. Packages name files by lower-case code
+/// points joined by '-', but disagree with emojibase and each other on the details: leading
+/// zeros (`0023-…` or `23-…`, some packages both), and the variation selector FE0F — some drop
+/// it (Twemoji, outside zero-width joiner sequences), some write the fully qualified form where
+/// emojibase omits it (Noto and Fluent: `263a-fe0f` for emojibase's `263A`). So each spelling is
+/// tried: exact, with every FE0F removed, and with FE0F after the first code point, each
+/// without and with the zeros.
+pub fn image_file(dir: &Path, hexcode: &str, extension: &str) -> Option<PathBuf> {
+    let points: Vec<String> = hexcode.split('-').map(|c| c.trim_start_matches('0').to_lowercase()).collect();
+    let stripped: Vec<String> = points.iter().filter(|c| *c != "fe0f").cloned().collect();
     let mut qualified = stripped.clone();
     qualified.insert(1.min(qualified.len()), "fe0f".to_string());
-    [exact, stripped.join("-"), qualified.join("-")]
+    [points, stripped, qualified]
         .into_iter()
-        .map(|name| dir.join(format!("{name}.{}", naming.extension)))
+        .flat_map(|name| [name.join("-"), name.iter().map(|c| format!("{c:0>4}")).collect::<Vec<_>>().join("-")])
+        .map(|name| dir.join(format!("{name}.{extension}")))
         .find(|p| p.is_file())
 }
 
@@ -310,17 +298,15 @@ mod tests {
         for name in ["2764.svg", "1f3f3-fe0f-200d-1f308.svg", "23-20e3.svg", "0023-fe0f-20e3.png", "00ae-fe0f.png"] {
             std::fs::write(dir.join(name), "").unwrap();
         }
-        let twemoji = Naming { extension: "svg", padded: false };
-        assert_eq!(image_file(&dir, "2764-FE0F", twemoji), Some(dir.join("2764.svg")));
-        assert_eq!(image_file(&dir, "1F3F3-FE0F-200D-1F308", twemoji), Some(dir.join("1f3f3-fe0f-200d-1f308.svg")));
-        assert_eq!(image_file(&dir, "0023-FE0F-20E3", twemoji), Some(dir.join("23-20e3.svg")), "no leading zeros");
-        assert_eq!(image_file(&dir, "1F98A", twemoji), None);
-        let noto = Naming { extension: "png", padded: true };
-        assert_eq!(image_file(&dir, "0023-FE0F-20E3", noto), Some(dir.join("0023-fe0f-20e3.png")));
-        assert_eq!(image_file(&dir, "00AE-FE0F", noto), Some(dir.join("00ae-fe0f.png")));
-        assert_eq!(image_file(&dir, "2764-FE0F", noto), None, "another extension");
+        assert_eq!(image_file(&dir, "2764-FE0F", "svg"), Some(dir.join("2764.svg")));
+        assert_eq!(image_file(&dir, "1F3F3-FE0F-200D-1F308", "svg"), Some(dir.join("1f3f3-fe0f-200d-1f308.svg")));
+        assert_eq!(image_file(&dir, "0023-FE0F-20E3", "svg"), Some(dir.join("23-20e3.svg")), "no leading zeros");
+        assert_eq!(image_file(&dir, "1F98A", "svg"), None);
+        assert_eq!(image_file(&dir, "0023-FE0F-20E3", "png"), Some(dir.join("0023-fe0f-20e3.png")), "zeros");
+        assert_eq!(image_file(&dir, "00AE-FE0F", "png"), Some(dir.join("00ae-fe0f.png")));
+        assert_eq!(image_file(&dir, "2764-FE0F", "png"), None, "another extension");
         std::fs::write(dir.join("263a-fe0f.png"), "").unwrap();
-        assert_eq!(image_file(&dir, "263A", noto), Some(dir.join("263a-fe0f.png")), "qualified by the package");
+        assert_eq!(image_file(&dir, "263A", "png"), Some(dir.join("263a-fe0f.png")), "qualified by the package");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -19,11 +19,10 @@ mod emoji;
 mod report;
 
 use clap::{Parser, Subcommand};
-use infinity::models::data::fnv1a64;
+use infinity::models::data::{fnv1a64, read_jsonl_lines};
 use infinity::models::t5::train_tokenizer;
 use infinity::runtime::io::write_atomically;
 use infinity::runtime::rng::philox_u32;
-use serde_json::Value;
 
 use emoji::Package;
 
@@ -119,7 +118,7 @@ fn prepare_emoji(out: &Path, size: u32, holdout: f64, styles: &[&emoji::Style]) 
         std::fs::create_dir_all(&images).map_err(|e| format!("{}: {e}", images.display()))?;
         let (mut missing, mut rendered) = (Vec::new(), 0usize);
         for entry in &entries {
-            let Some(file) = emoji::image_file(&source, &entry.hexcode, style.naming) else {
+            let Some(file) = emoji::image_file(&source, &entry.hexcode, style.extension) else {
                 missing.push(entry.hexcode.clone());
                 continue;
             };
@@ -136,7 +135,7 @@ fn prepare_emoji(out: &Path, size: u32, holdout: f64, styles: &[&emoji::Style]) 
                 held_out_images.push(image_path.clone());
             }
             for caption in entry.captions(style.name) {
-                // `name` and `style` are what `infinity-train score` prompts with and groups by.
+                // `name` is what `infinity-train score` prompts with; `hexcode` groups the styles.
                 let line = serde_json::json!({
                     "image_path": image_path,
                     "h_div_w": 1.0,
@@ -217,22 +216,5 @@ fn fetch(package: &Package, dir: &Path) -> Result<PathBuf, Box<dyn Error>> {
 
 /// Every `long_caption` of the `.jsonl` files in `dir`.
 fn jsonl_captions(dir: &Path) -> Result<Vec<String>, Box<dyn Error>> {
-    let mut captions = Vec::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .collect();
-    files.sort();
-    for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let v: Value =
-                serde_json::from_str(line).map_err(|e| format!("{}: line {}: {e}", file.display(), i + 1))?;
-            let caption = v.get("long_caption").and_then(Value::as_str);
-            let caption = caption.ok_or_else(|| format!("{}: line {}: no 'long_caption'", file.display(), i + 1))?;
-            captions.push(caption.to_string());
-        }
-    }
-    Ok(captions)
+    Ok(read_jsonl_lines(dir)?.iter().map(|line| line.string("long_caption")).collect::<Result<_, _>>()?)
 }

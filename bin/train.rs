@@ -129,7 +129,8 @@ struct ScoreArgs {
     /// The sampling seed of every picture (otherwise infinity-run's defaults: cfg 3, top-p 0.97).
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Pictures per generation batch (the pictures do not depend on it).
+    /// Pictures per generation batch, and images per forward pass of the loss (the figures do
+    /// not depend on it).
     #[arg(long, default_value_t = 8)]
     batch: usize,
 }
@@ -155,8 +156,9 @@ struct ExportArgs {
     /// The pixel budget the model was trained at, recorded as the folder's default.
     #[arg(long, default_value_t = PixelBudget::P006M)]
     pn: PixelBudget,
-    /// The dtype of the written matrices and convolution kernels (the transformer's, the text
-    /// encoder's and the BitVAE's): f32 as trained, or bf16 for half the size (vectors stay f32).
+    /// The dtype of the tensors computed with in half precision on a device (linear weights,
+    /// embedding tables, convolution kernels; of the transformer, the text encoder and the
+    /// BitVAE): f32 as trained, or bf16 for about half the size (the rest stays f32).
     #[arg(long, value_enum, default_value_t = WeightsDType::F32)]
     weights: WeightsDType,
     /// The model folder to write.
@@ -1001,7 +1003,7 @@ fn score(a: &ScoreArgs) -> Result<(), Box<dyn Error>> {
         start.elapsed().as_secs_f64()
     );
     let pipeline = Pipeline::load(&files, &Device::Cpu)?;
-    let pn = files.default_pn.unwrap_or(PixelBudget::P006M);
+    let pn = files.default_pn.unwrap_or(PixelBudget::P1M);
     let schedule = Template::exact(1.0).ok_or("no square template")?.schedule(pn);
 
     let sampling = SamplingConfig { seed: a.seed, ..SamplingConfig::default() };
@@ -1041,7 +1043,7 @@ fn score(a: &ScoreArgs) -> Result<(), Box<dyn Error>> {
 
     let held_out = a.data.join("eval");
     let dataset = Dataset::open(&held_out, pn)?.with_caption_rule(CaptionRule::Plain);
-    let scores = evaluate_dataset(&pipeline, &dataset, 16, |_| {})?;
+    let scores = evaluate_dataset(&pipeline, &dataset, a.batch, |_| {})?;
     println!(
         "held-out teacher-forced loss {:.4} ({} captions of {}), bit accuracy per scale [{}]",
         scores.loss,

@@ -23,18 +23,24 @@ CONFIGS=assets/models/configs
 SWEEP_STEPS=${SWEEP_STEPS:-300}
 SIZE=${SIZE:-d8-w320}
 TRANSFORMER_STEPS=${TRANSFORMER_STEPS:-3000}
-# The BitVAE the transformer is trained over: the vae2 stage's if it ran, else the one bundled
-# in f32 at commit 9b2d95d (trained on Twemoji alone by vae1 and vae2; it reconstructs every
-# style's held-out images at 20.5–21.7 dB PSNR), taken from the repository's history.
-VAE=${VAE:-$RUNS/vae-s2/step-000000450/params.safetensors}
-if [ ! -f "$VAE" ]; then
-    VAE=$RUNS/vae-9b2d95d.safetensors
-    mkdir -p "$RUNS"
-    if [ ! -f "$VAE" ]; then
-        git show 9b2d95d:assets/models/default/vae.safetensors > "$VAE.partial"
-        mv "$VAE.partial" "$VAE"
+# The BitVAE the transformer is trained over (its path is in each run's train.log): VAE if set
+# (e.g. the vae2 stage's runs/vae-s2/step-000000450/params.safetensors), else the one bundled
+# in f32 at commit 9b2d95d, taken from the repository's history (trained on Twemoji alone by
+# vae1 and vae2; it reconstructs every style's held-out images at 20.5–21.7 dB PSNR).
+bitvae() {
+    if [ -n "${VAE:-}" ]; then
+        [ -f "$VAE" ] || { echo "VAE=$VAE: no such file" >&2; exit 2; }
+        echo "$VAE"
+        return
     fi
-fi
+    local kept=$RUNS/vae-9b2d95d.safetensors
+    if [ ! -f "$kept" ]; then
+        mkdir -p "$RUNS"
+        git show 9b2d95d:assets/models/default/vae.safetensors > "$kept.partial"
+        mv "$kept.partial" "$kept"
+    fi
+    echo "$kept"
+}
 
 cargo build --release --bin infinity-prep --bin infinity-train
 prep=target/release/infinity-prep
@@ -43,8 +49,9 @@ train=target/release/infinity-train
 # A transformer run over the data, the BitVAE and the text encoder trained with it: batch 8,
 # official initialisation, Bitwise Self-Correction and caption dropout at their defaults.
 train_transformer() {
-    local size=$1 steps=$2 lr=$3
-    "$train" transformer --data "$DATA/train" --config "$CONFIGS/transformer/$size.json" --vae "$VAE" \
+    local size=$1 steps=$2 lr=$3 vae
+    vae=$(bitvae)
+    "$train" transformer --data "$DATA/train" --config "$CONFIGS/transformer/$size.json" --vae "$vae" \
         --t5-config "$CONFIGS/t5_config.json" --tokenizer "$CONFIGS/tokenizer.json" \
         --train-text-encoder --cache-latents --batch 8 --steps "$steps" --warmup-steps 30 --lr "$lr" \
         --save-every 50 --out "$RUNS/transformer-$size"
@@ -88,7 +95,9 @@ stage() {
         # The run's latest checkpoint, or step EXPORT_STEP of it, in bf16 (the 50 MB budget).
         local run="$RUNS/transformer-$SIZE"
         [ -n "${EXPORT_STEP:-}" ] && run="$run/$(printf 'step-%09d' "$EXPORT_STEP")/params.safetensors"
-        "$train" export --run "$run" --vae "$VAE" --weights bf16 \
+        local vae
+        vae=$(bitvae)
+        "$train" export --run "$run" --vae "$vae" --weights bf16 \
             --t5-config "$CONFIGS/t5_config.json" --tokenizer "$CONFIGS/tokenizer.json" --out "$MODEL"
         cp "$DATA/ATTRIBUTION.md" "$MODEL/ATTRIBUTION.md"
         "$train" plot --run "$RUNS/transformer-$SIZE" --out "$MODEL/training-transformer.svg" ;;

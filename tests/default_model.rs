@@ -143,7 +143,8 @@ fn the_score_command_ranks_each_picture_among_the_concepts() {
     assert!(stdout.contains("held-out names (1 of 4 concepts, seed 1,"), "{stdout}");
     assert!(stdout.contains("held-out teacher-forced loss ") && stdout.contains("(2 captions of "), "{stdout}");
 
-    let eval = dir.join("eval/1.000_2.jsonl");
+    std::fs::remove_file(dir.join("eval/1.000_2.jsonl")).unwrap();
+    let eval = dir.join("eval/1.000_1.jsonl");
     std::fs::write(
         &eval,
         r#"{"image_path":"../images/1F438.png","h_div_w":1.0,"long_caption":"frog","hexcode":"1F438"}"#,
@@ -152,5 +153,5 @@ fn the_score_command_ranks_each_picture_among_the_concepts() {
     let out = score(&dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("1.000_2.jsonl") && stderr.contains("line 1") && stderr.contains("'name'"), "{stderr}");
+    assert!(stderr.contains("1.000_1.jsonl") && stderr.contains("line 1") && stderr.contains("'name'"), "{stderr}");
 }

@@ -10,12 +10,13 @@ use infinity_runtime::io::{Weights, save_safetensors, write_atomically};
 use infinity_runtime::{DType, Device, Error, Result, Tensor};
 use serde_json::{Value, json};
 
-use crate::bitvae;
-use crate::infinity::Infinity;
+use crate::infinity::{self, Infinity};
+use crate::params::Use;
 use crate::pipeline::{Pipeline, check_fit};
 use crate::schedule::PixelBudget;
 use crate::t5::{T5Config, T5Tokenizer};
 use crate::train::TEXT_ENCODER_PREFIX;
+use crate::{bitvae, t5};
 
 const CONFIG: &str = "config.json";
 const TRANSFORMER: &str = "transformer.safetensors";
@@ -125,9 +126,11 @@ pub struct ExportSources {
     pub tokenizer: PathBuf,
     /// The pixel budget the model was trained at: the folder's default.
     pub pn: PixelBudget,
-    /// The dtype the weight matrices and convolution kernels are written in: F32 as trained,
-    /// or BF16 to halve the folder (vectors — norms, biases — stay f32). The CPU multiplies
-    /// bf16 matrices as stored; an accelerator takes every GEMM operand in bf16 anyway.
+    /// The dtype the tensors a device computes with in half precision are written in (linear
+    /// weights, embedding tables, convolution kernels): F32 as trained, or BF16 for about half
+    /// the folder; the rest (norms, biases, scales, embeddings added to activations) stays f32.
+    /// The CPU multiplies bf16 linear weights as stored and widens convolution kernels; an
+    /// accelerator takes every GEMM operand in bf16 anyway.
     pub weights: DType,
 }
 
@@ -180,19 +183,20 @@ pub fn export(sources: &ExportSources, out: &Path) -> Result<ModelFiles> {
 }
 
 /// The model files of an export: the run's transformer (and text encoder, if it trained one)
-/// and copies of the rest, their matrices in `sources.weights`.
+/// and copies of the rest; with `sources.weights` BF16 the tensors a device computes with in
+/// bf16 (`Use::takes_bf16`) are rounded to it, the rest kept.
 fn write_files(sources: &ExportSources, weights: &Weights, files: &ModelFiles) -> Result<()> {
-    let narrowed = |tensors: Vec<(&str, &Tensor)>| -> Result<Vec<(String, Tensor)>> {
+    let narrowed = |tensors: Vec<(&str, &Tensor)>, use_of: &dyn Fn(&str, &[usize]) -> Use| -> Result<Vec<_>> {
         tensors
             .into_iter()
             .map(|(key, t)| {
-                let matrix = t.rank() >= 2 && t.dtype() == DType::F32;
-                Ok((key.to_string(), if matrix { t.to_dtype(sources.weights)? } else { t.clone() }))
+                let round = t.dtype() == DType::F32 && use_of(key, t.shape()).takes_bf16();
+                Ok((key.to_string(), if round { t.to_dtype(sources.weights)? } else { t.clone() }))
             })
             .collect()
     };
-    let save = |path: &Path, tensors: Vec<(String, Tensor)>| {
-        let metadata = BTreeMap::from([("source".to_string(), sources.params.display().to_string())]);
+    let save = |path: &Path, tensors: Vec<(String, Tensor)>, source: &Path| {
+        let metadata = BTreeMap::from([("source".to_string(), source.display().to_string())]);
         save_safetensors(path, tensors.iter().map(|(k, t)| (k, t)), &metadata)
     };
     let copy = |from: &Path, to: &Path| -> Result<()> {
@@ -201,19 +205,20 @@ fn write_files(sources: &ExportSources, weights: &Weights, files: &ModelFiles) -
     };
     let (text, transformer): (Vec<_>, Vec<_>) =
         weights.iter().partition(|(key, _)| key.starts_with(TEXT_ENCODER_PREFIX));
-    save(&files.transformer, narrowed(transformer)?)?;
+    save(&files.transformer, narrowed(transformer, &infinity::params::use_of)?, &sources.params)?;
     match &sources.t5 {
         Some(t5) if sources.weights == DType::F32 => copy(t5, &files.t5)?,
-        Some(t5) => save(&files.t5, narrowed(Weights::open(t5)?.iter().collect())?)?,
+        Some(t5) => save(&files.t5, narrowed(Weights::open(t5)?.iter().collect(), &t5::params::use_of)?, t5)?,
         None => {
             let stripped = text.into_iter().map(|(k, t)| (k.trim_start_matches(TEXT_ENCODER_PREFIX), t)).collect();
-            save(&files.t5, narrowed(stripped)?)?
+            save(&files.t5, narrowed(stripped, &t5::params::use_of)?, &sources.params)?
         }
     }
     if sources.weights == DType::F32 {
         copy(&sources.vae, &files.vae)?;
     } else {
-        save(&files.vae, narrowed(bitvae::state_dict(&sources.vae)?.iter().collect())?)?;
+        let vae = bitvae::state_dict(&sources.vae)?;
+        save(&files.vae, narrowed(vae.iter().collect(), &|_, shape| bitvae::params::use_of(shape))?, &sources.vae)?;
     }
     copy(&sources.t5_config, &files.t5_config)?;
     copy(&sources.tokenizer, &files.tokenizer)

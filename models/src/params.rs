@@ -33,6 +33,14 @@ pub(crate) enum Use {
 }
 
 impl Use {
+    /// Whether some device computes with a bf16 copy of the tensor as it is: GEMM operands and
+    /// gathered tables (an accelerator takes them in bf16, the CPU linear weights and tables as
+    /// stored, convolution kernels widened). A bf16 export rounds only these; the rest would be
+    /// widened back to f32 everywhere, so rounding them would lose precision and save nothing.
+    pub(crate) fn takes_bf16(self) -> bool {
+        !matches!(self, Use::F32)
+    }
+
     /// The dtype a tensor stored as `stored` takes on `device`.
     fn dtype(self, stored: DType, device: &Device) -> DType {
         match (self, device) {

@@ -9,14 +9,13 @@
 //! held out when its lines are in `eval/`.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use infinity_runtime::rng::philox_u32;
 use infinity_runtime::{Error, Result};
 use serde_json::Value;
 
-use crate::data::fnv1a64;
+use crate::data::{fnv1a64, read_jsonl_lines};
 use crate::image::load_rgb;
 
 /// Side of the thumbnails pictures are compared at: coarse enough that a picture's layout and
@@ -75,20 +74,28 @@ impl Gallery {
         let mut concepts: BTreeMap<String, Concept> = BTreeMap::new();
         let mut images: BTreeMap<PathBuf, String> = BTreeMap::new();
         for (split, held_out) in [("train", false), ("eval", true)] {
-            for line in jsonl_lines(&dir.join(split))? {
-                let concept = concepts.entry(line.key.clone()).or_insert_with(|| Concept {
-                    key: line.key.clone(),
-                    name: line.name.clone(),
+            for line in read_jsonl_lines(&dir.join(split))? {
+                let field = |key: &str| {
+                    line.value.get(key).and_then(Value::as_str).map(str::to_string).ok_or_else(|| {
+                        line.error(format!(
+                            "no '{key}' (a concept data set: prepare it again with infinity-prep emoji)"
+                        ))
+                    })
+                };
+                let (key, name) = (field("hexcode")?, field("name")?);
+                let concept = concepts.entry(key.clone()).or_insert_with(|| Concept {
+                    key: key.clone(),
+                    name: name.clone(),
                     held_out,
                     thumbnails: Vec::new(),
                 });
                 if concept.held_out != held_out {
-                    return Err(Error::format(
-                        &line.file,
-                        format!("'{}' ({}) is in both train/ and eval/", line.name, line.key),
-                    ));
+                    return Err(line.error(format!("'{name}' ({key}) is in both train/ and eval/")));
                 }
-                images.insert(line.image, line.key);
+                if concept.name != name {
+                    return Err(line.error(format!("{key} is named '{name}' here and '{}' before", concept.name)));
+                }
+                images.insert(line.path("image_path")?, key);
             }
         }
         for (path, key) in images {
@@ -111,11 +118,13 @@ impl Gallery {
     }
 
     /// Up to `count` concepts of one split (all of them for `None`), chosen by a hash of their
-    /// keys: the same concepts for every model and every gallery that holds them.
+    /// keys: the same concepts for every model and every gallery that holds them. (Philox
+    /// counter 1: counter 0 of the same hash decides `infinity-prep`'s held-out split, and the
+    /// concepts nearest its cut would move with `--holdout`.)
     pub fn sample(&self, held_out: bool, count: Option<usize>) -> Vec<usize> {
         let mut picked: Vec<usize> =
             (0..self.concepts.len()).filter(|&i| self.concepts[i].held_out == held_out).collect();
-        picked.sort_by_key(|&i| (philox_u32(fnv1a64(self.concepts[i].key.as_bytes()), 0), i));
+        picked.sort_by_key(|&i| (philox_u32(fnv1a64(self.concepts[i].key.as_bytes()), 1), i));
         picked.truncate(count.unwrap_or(picked.len()));
         picked
     }
@@ -128,44 +137,6 @@ impl Gallery {
         let own = distance(&self.concepts[concept]);
         1 + self.concepts.iter().filter(|c| distance(c) < own).count()
     }
-}
-
-/// One gallery line.
-struct Line {
-    file: PathBuf,
-    image: PathBuf,
-    key: String,
-    name: String,
-}
-
-fn jsonl_lines(dir: &Path) -> Result<Vec<Line>> {
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .collect();
-    files.sort();
-    let mut lines = Vec::new();
-    for file in files {
-        let text = fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
-        let folder = file.parent().unwrap_or(Path::new("."));
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let bad = |msg: String| Error::format(&file, format!("line {}: {msg}", i + 1));
-            let v: Value = serde_json::from_str(line).map_err(|e| bad(format!("invalid JSON: {e}")))?;
-            let field = |key: &str| {
-                v.get(key).and_then(Value::as_str).map(str::to_string).ok_or_else(|| {
-                    bad(format!("no '{key}' (a concept data set: prepare it again with infinity-prep emoji)"))
-                })
-            };
-            lines.push(Line {
-                image: folder.join(field("image_path")?),
-                key: field("hexcode")?,
-                name: field("name")?,
-                file: file.clone(),
-            });
-        }
-    }
-    Ok(lines)
 }
 
 /// Where the ranks of a set of prompts fall.
@@ -209,6 +180,8 @@ impl std::fmt::Display for RankSummary {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[test]
@@ -307,6 +280,12 @@ mod tests {
         fs::write(dir.join("eval/1.000_1.jsonl"), line("c", "B", "b")).unwrap();
         let e = Gallery::open(&dir).err().unwrap().to_string();
         assert!(e.contains("1.000_1.jsonl") && e.contains("in both train/ and eval/"), "{e}");
+        let renamed = line("b2", "B", "b").replace("B name", "another name");
+        fs::write(dir.join("eval/1.000_1.jsonl"), line("c", "C", "c")).unwrap();
+        fs::write(dir.join("train/1.000_4.jsonl"), [&train[..3], &[renamed]].concat().join("\n")).unwrap();
+        let e = Gallery::open(&dir).err().unwrap().to_string();
+        assert!(e.contains("1.000_4.jsonl") && e.contains("line 4") && e.contains("'another name'"), "{e}");
+        fs::write(dir.join("train/1.000_4.jsonl"), train.join("\n")).unwrap();
         fs::write(dir.join("eval/1.000_1.jsonl"), r#"{"image_path":"../images/c.png","hexcode":"C"}"#).unwrap();
         let e = Gallery::open(&dir).err().unwrap().to_string();
         assert!(e.contains("1.000_1.jsonl") && e.contains("line 1") && e.contains("'name'"), "{e}");

@@ -4,7 +4,7 @@
 //! leaves, the same forward records for backward.
 
 pub mod config;
-mod params;
+pub(crate) mod params;
 pub mod quantizer;
 
 use std::path::Path;

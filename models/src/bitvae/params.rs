@@ -9,6 +9,11 @@ use infinity_runtime::io::Weights;
 use super::config::{BitVaeConfig, flat_key};
 use crate::params::{Params, Use, refuse_unexpected};
 
+/// How the autoencoder uses a tensor of `shape`: convolution kernels as GEMM operands.
+pub(crate) fn use_of(shape: &[usize]) -> Use {
+    if shape.len() == 4 { Use::ConvWeight } else { Use::F32 }
+}
+
 pub(super) fn gather(weights: &Weights, config: &BitVaeConfig) -> Result<Params> {
     let mut p = Params::new(weights);
     let mut used = HashSet::new();
@@ -19,8 +24,7 @@ pub(super) fn gather(weights: &Weights, config: &BitVaeConfig) -> Result<Params>
             (false, true) => flat,
             (false, false) => return Err(p.error(&entry.key, format!("missing (expected shape {:?})", entry.shape))),
         };
-        let use_ = if entry.shape.len() == 4 { Use::ConvWeight } else { Use::F32 };
-        p.insert(weights, &entry.key, &stored, &entry.shape, use_)?;
+        p.insert(weights, &entry.key, &stored, &entry.shape, use_of(&entry.shape))?;
         used.insert(stored);
     }
     // Inside the networks anything else means an architecture we do not build (e.g. attention).

@@ -26,6 +26,7 @@ pub use self::cache::{FeatureCache, fnv1a64};
 pub use self::caption::{Caption, CaptionRule, DEFAULT_SHORT_CAP_PROB};
 pub use self::order::{Batch, BatchOrder, OrderState, Slot};
 pub use self::prefetch::{Loaded, Prefetch};
+pub use self::source::{JsonlLine, read_jsonl_lines};
 use crate::image::{cover, crop, fit_to, load_rgb, to_tensor};
 use crate::schedule::{PixelBudget, Template};
 

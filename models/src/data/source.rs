@@ -30,52 +30,83 @@ fn files_with_extension(dir: &Path, extensions: &[&str]) -> Result<Vec<PathBuf>>
     Ok(files)
 }
 
-/// Every item of every `.jsonl` file in `dir`.
-pub(super) fn read_jsonl_dir(dir: &Path) -> Result<Vec<Item>> {
+/// One line of a jsonl folder, parsed.
+pub struct JsonlLine {
+    pub file: PathBuf,
+    /// 1-based.
+    pub line: usize,
+    pub value: Value,
+}
+
+impl JsonlLine {
+    /// An error about this line, naming its file and number.
+    pub fn error(&self, msg: impl std::fmt::Display) -> Error {
+        Error::format(&self.file, format!("line {}: {msg}", self.line))
+    }
+
+    /// A string field, or an error naming it.
+    pub fn string(&self, key: &str) -> Result<String> {
+        self.value
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| self.error(format!("'{key}' is missing or not a string")))
+    }
+
+    /// A path field, relative to the line's file.
+    pub fn path(&self, key: &str) -> Result<PathBuf> {
+        Ok(self.file.parent().unwrap_or(Path::new(".")).join(self.string(key)?))
+    }
+}
+
+/// Every line of every `[h_div_w]_[count].jsonl` file in `dir`, files in name order. The
+/// template key must be known and the count exact (the official loader shards by it).
+pub fn read_jsonl_lines(dir: &Path) -> Result<Vec<JsonlLine>> {
     let files = files_with_extension(dir, &["jsonl"])?;
     if files.is_empty() {
         return Err(Error::format(dir, "no .jsonl files in the folder"));
     }
-    let mut items = Vec::new();
-    for file in files {
-        items.extend(read_jsonl(&file)?);
+    let mut lines = Vec::new();
+    for path in files {
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        let bad_name =
+            |msg: String| Error::format(&path, format!("file name '{stem}' is not <h_div_w>_<count>: {msg}"));
+        let (key, count) = stem.rsplit_once('_').ok_or_else(|| bad_name("no '_'".into()))?;
+        let ratio: f64 = key.parse().map_err(|_| bad_name(format!("'{key}' is not a number")))?;
+        if Template::exact(ratio).is_none() {
+            return Err(bad_name(format!("'{key}' is not a template key (one of {TEMPLATES:?})")));
+        }
+        let count: usize = count.parse().map_err(|_| bad_name(format!("'{count}' is not a count")))?;
+        let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let before = lines.len();
+        for (i, line) in text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()) {
+            let value = serde_json::from_str(line)
+                .map_err(|e| Error::format(&path, format!("line {}: invalid JSON: {e}", i + 1)))?;
+            lines.push(JsonlLine { file: path.clone(), line: i + 1, value });
+        }
+        let found = lines.len() - before;
+        if found != count {
+            return Err(Error::format(&path, format!("the name promises {count} lines but the file has {found}")));
+        }
     }
-    Ok(items)
+    Ok(lines)
 }
 
-/// One `[h_div_w]_[count].jsonl` file: the template key must be known and the count exact
-/// (the official loader shards by it).
-fn read_jsonl(path: &Path) -> Result<Vec<Item>> {
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
-    let bad_name = |msg: String| Error::format(path, format!("file name '{stem}' is not <h_div_w>_<count>: {msg}"));
-    let (key, count) = stem.rsplit_once('_').ok_or_else(|| bad_name("no '_'".into()))?;
-    let ratio: f64 = key.parse().map_err(|_| bad_name(format!("'{key}' is not a number")))?;
-    if Template::exact(ratio).is_none() {
-        return Err(bad_name(format!("'{key}' is not a template key (one of {TEMPLATES:?})")));
-    }
-    let count: usize = count.parse().map_err(|_| bad_name(format!("'{count}' is not a count")))?;
-    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let folder = path.parent().unwrap_or(Path::new("."));
-    let items = text
-        .lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| parse_line(line, folder).map_err(|msg| Error::format(path, format!("line {}: {msg}", i + 1))))
-        .collect::<Result<Vec<Item>>>()?;
-    if items.len() != count {
-        return Err(Error::format(path, format!("the name promises {count} lines but the file has {}", items.len())));
-    }
-    Ok(items)
+/// Every item of every `.jsonl` file in `dir`.
+pub(super) fn read_jsonl_dir(dir: &Path) -> Result<Vec<Item>> {
+    read_jsonl_lines(dir)?.iter().map(parse_line).collect()
 }
 
-fn parse_line(line: &str, folder: &Path) -> std::result::Result<Item, String> {
-    let v: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+fn parse_line(line: &JsonlLine) -> Result<Item> {
+    let v = &line.value;
     let string = |key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
-    let required = |key: &str| string(key).ok_or_else(|| format!("'{key}' is missing or not a string"));
-    let image = folder.join(required("image_path")?);
-    let h_div_w = v.get("h_div_w").and_then(Value::as_f64).ok_or("'h_div_w' is missing or not a number")?;
-    let template = Template::nearest(h_div_w).ok_or_else(|| format!("'h_div_w' {h_div_w} is not a positive ratio"))?;
-    let caption = Caption { long: required("long_caption")?, short: string("text"), kind: string("long_caption_type") };
+    let image = line.path("image_path")?;
+    let h_div_w =
+        v.get("h_div_w").and_then(Value::as_f64).ok_or_else(|| line.error("'h_div_w' is missing or not a number"))?;
+    let template =
+        Template::nearest(h_div_w).ok_or_else(|| line.error(format!("'h_div_w' {h_div_w} is not a positive ratio")))?;
+    let caption =
+        Caption { long: line.string("long_caption")?, short: string("text"), kind: string("long_caption_type") };
     Ok(Item { image, template, caption, class: None })
 }
 

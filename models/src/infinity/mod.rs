@@ -6,7 +6,7 @@ pub mod config;
 pub mod generate;
 pub mod layout;
 mod model;
-mod params;
+pub(crate) mod params;
 pub mod rope;
 pub mod sampler;
 pub mod teacher;

@@ -13,6 +13,13 @@ use crate::params::{Params, Use, refuse_unexpected};
 /// Keys the official checkpoints may carry that no computation uses.
 const IGNORED: [&str; 4] = ["lvl_1L", "attn_bias_for_masking", "Infinity_visible_kvlen", "Infinity_invisible_qlen"];
 
+/// How the transformer uses its tensor `key`: linear weights as GEMM operands, the rest
+/// (the level embedding added to activations among them) in f32.
+pub(crate) fn use_of(key: &str, shape: &[usize]) -> Use {
+    let linear_weight = shape.len() == 2 && key.ends_with(".weight") && key != "lvl_embed.weight";
+    if linear_weight { Use::AsStored } else { Use::F32 }
+}
+
 pub(super) fn gather(weights: &Weights, config: &InfinityConfig) -> Result<Params> {
     let mut p = Params::new(weights);
     let entries = config.entries();
@@ -20,9 +27,7 @@ pub(super) fn gather(weights: &Weights, config: &InfinityConfig) -> Result<Param
         if !weights.contains(&entry.key) {
             return Err(p.error(&entry.key, format!("missing (expected shape {:?})", entry.shape)));
         }
-        let linear_weight = entry.shape.len() == 2 && entry.key.ends_with(".weight") && entry.key != "lvl_embed.weight";
-        let use_ = if linear_weight { Use::AsStored } else { Use::F32 };
-        p.insert(weights, &entry.key, &entry.key, &entry.shape, use_)?;
+        p.insert(weights, &entry.key, &entry.key, &entry.shape, use_of(&entry.key, &entry.shape))?;
     }
     let known: HashSet<&str> = entries.iter().map(|e| e.key.as_str()).collect();
     refuse_unexpected(weights, |k| known.contains(k) || IGNORED.contains(&k), "transformer configuration")?;

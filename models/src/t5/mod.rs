@@ -4,7 +4,7 @@
 
 pub mod config;
 mod model;
-mod params;
+pub(crate) mod params;
 pub mod tokenizer;
 
 pub use config::T5Config;

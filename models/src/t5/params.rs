@@ -23,6 +23,19 @@ pub fn open_checkpoint(path: &Path) -> Result<Weights> {
     io::open_checkpoint(path, |key| !is_ignored(key))
 }
 
+/// How the encoder uses its tensor `key`. Matrices are used in their stored dtype on the CPU
+/// (the linear layers and the embedding gather take bf16/f16 directly), so a half-precision
+/// checkpoint stays mapped; the relative position bias is added to scores in f32.
+pub(crate) fn use_of(key: &str, shape: &[usize]) -> Use {
+    if key == "shared.weight" || key == "encoder.embed_tokens.weight" {
+        Use::Rows
+    } else if shape.len() == 2 && !key.contains("relative_attention_bias") {
+        Use::AsStored
+    } else {
+        Use::F32
+    }
+}
+
 pub(super) fn gather(weights: &Weights, config: &T5Config) -> Result<Params> {
     let mut p = Params::new(weights);
     let entries = config.entries();
@@ -37,15 +50,7 @@ pub(super) fn gather(weights: &Weights, config: &T5Config) -> Result<Params> {
             let aliases = names[1..].iter().map(|a| format!(", nor under its alias '{a}'")).collect::<String>();
             return Err(p.error(&entry.key, format!("missing{aliases} (expected shape {:?})", entry.shape)));
         }
-        // Matrices are used in their stored dtype on the CPU (the linear layers and the
-        // embedding gather take bf16/f16 directly), so a half-precision checkpoint stays mapped.
-        let use_ = if entry.key == "shared.weight" {
-            Use::Rows
-        } else if entry.shape.len() == 2 && !entry.key.contains("relative_attention_bias") {
-            Use::AsStored
-        } else {
-            Use::F32
-        };
+        let use_ = use_of(&entry.key, &entry.shape);
         for &name in &present {
             p.insert(weights, &entry.key, name, &entry.shape, use_)?;
             used.insert(name.as_str());

@@ -4,16 +4,16 @@
 //! by the pixel mean squared error of each concept's nearest image. Rank 1: the picture looks
 //! more like what it was asked for than like anything else the gallery holds.
 //!
-//! The gallery is a data folder as `infinity-prep emoji` writes it: `train/` and `eval/` jsonl
-//! folders whose lines carry `image_path`, the concept's `hexcode` and its `name`; a concept is
-//! held out when its lines are in `eval/`.
+//! The gallery is a data folder as `infinity-prep emoji` writes it (data prepared before the
+//! scoring existed lacks `name`: prepare it again): `train/` and `eval/` jsonl folders whose
+//! lines carry `image_path`, the concept's `hexcode` and its `name`; a concept is held out when
+//! its lines are in `eval/`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use infinity_runtime::rng::philox_u32;
 use infinity_runtime::{Error, Result};
-use serde_json::Value;
 
 use crate::data::{fnv1a64, read_jsonl_lines};
 use crate::image::load_rgb;
@@ -75,14 +75,7 @@ impl Gallery {
         let mut images: BTreeMap<PathBuf, String> = BTreeMap::new();
         for (split, held_out) in [("train", false), ("eval", true)] {
             for line in read_jsonl_lines(&dir.join(split))? {
-                let field = |key: &str| {
-                    line.value.get(key).and_then(Value::as_str).map(str::to_string).ok_or_else(|| {
-                        line.error(format!(
-                            "no '{key}' (a concept data set: prepare it again with infinity-prep emoji)"
-                        ))
-                    })
-                };
-                let (key, name) = (field("hexcode")?, field("name")?);
+                let (key, name) = (line.string("hexcode")?, line.string("name")?);
                 let concept = concepts.entry(key.clone()).or_insert_with(|| Concept {
                     key: key.clone(),
                     name: name.clone(),

@@ -5,6 +5,8 @@
 //! column stride), so transposed and strided views — above all wᵀ — are multiplied in place
 //! without a copy. `linear` also takes bf16/f16 weights as stored in a checkpoint: they are
 //! widened a block of output rows at a time, so a half-precision model never doubles in memory.
+//! When x has few rows (the small scales of a generation) `linear` runs its own kernel instead
+//! (`few_rows`), which reads f32 or bf16 weights in place at the speed memory delivers them.
 //! `gemm_into` is also the kernel behind `conv2d`. `reference` holds the f64 triple loops the
 //! tests compare the fast path with.
 
@@ -16,6 +18,8 @@ use rayon::prelude::*;
 
 use crate::device::executor;
 use crate::{f32_data, require_f32};
+
+mod few_rows;
 
 /// A matrix read in place: element (r, c) is `data[offset + r * row_stride + c * col_stride]`.
 #[derive(Clone, Copy)]
@@ -282,7 +286,16 @@ pub fn linear_to(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, out: DType) -> R
 
 fn linear_cpu(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (x2, dims) = linear_dims(x, w, bias)?;
+    let rows = dims.batch.iter().product::<usize>() * dims.m;
     let y = match w.dtype() {
+        _ if few_rows::takes(rows, w.dtype()) && w.is_contiguous() => {
+            let (xd, bias) = (f32_data("linear", &x2)?, bias.map(|b| f32_data("linear", b)).transpose()?);
+            let out = match w.dtype() {
+                DType::BF16 => few_rows::linear(&xd, rows, &w.as_slice::<bf16>()?, dims.n, bias.as_deref()),
+                _ => few_rows::linear(&xd, rows, &w.as_slice::<f32>()?, dims.n, bias.as_deref()),
+            };
+            Tensor::from_vec(out, &dims.out_shape())?
+        }
         DType::BF16 => linear_half::<bf16>(&x2, w, bias, &dims)?,
         DType::F16 => linear_half::<f16>(&x2, w, bias, &dims)?,
         _ => product("linear", &x2, &w.transpose(0, 1)?, bias, &dims)?,

@@ -110,6 +110,10 @@ fn large_products_use_the_threaded_paths() {
     // Above gemm's threading threshold: one threaded gemm, a folded batch, a threaded batch loop.
     check_matmul(&randn(&[301, 203], 1, 1.0), &randn(&[203, 257], 2, 1.0));
     check_linear(&randn(&[3, 70, 160], 3, 1.0), &randn(&[190, 160], 4, 1.0), Some(&randn(&[190], 5, 1.0)));
+    // Few rows of x (the small scales' path, one band per thread and more) in f32 and bf16.
+    let (x, w, bias) = (randn(&[2, 9, 300], 8, 1.0), randn(&[517, 300], 9, 1.0), randn(&[517], 10, 1.0));
+    check_linear(&x, &w, Some(&bias));
+    check_linear(&x, &w.to_dtype(DType::BF16).unwrap(), Some(&bias));
     check_matmul(&randn(&[3, 90, 100], 6, 1.0), &randn(&[3, 100, 110], 7, 1.0));
 }
 
@@ -167,10 +171,11 @@ fn bad_arguments_are_errors() {
     }
 }
 
-/// A half-precision weight wide enough to be widened in several blocks, with a ragged last one.
+/// A half-precision weight wide enough to be widened in several blocks, with a ragged last one
+/// (x has more rows than the few-rows path takes).
 #[test]
 fn half_precision_weights_span_several_blocks() {
-    let x = randn(&[3, 2048], 5, 1.0);
+    let x = randn(&[520, 2048], 5, 1.0);
     let w = randn(&[300, 2048], 6, 0.02).to_dtype(DType::BF16).unwrap();
     let bias = randn(&[300], 7, 1.0);
     check_linear(&x, &w, Some(&bias));

@@ -41,6 +41,7 @@ use crate::norm::l2_normalize;
 use crate::reduce::max;
 use crate::rope::rope_interleaved;
 use crate::softmax::{softmax, softmax_grad};
+use crate::vector_math;
 use crate::{f32_data, require_f32, zip_map};
 
 /// Queries per parallel task: the rows of its GEMMs.
@@ -509,10 +510,8 @@ fn attend_block(inp: &Inputs, bh: usize, i0: usize, out: &mut [f32], scale: f32)
                 out[r * dv..(r + 1) * dv].iter_mut().for_each(|a| *a *= correction);
                 m[r] = m_new;
             }
-            for sc in scores.iter_mut() {
-                *sc = (*sc - m_new).exp();
-                l[r] += *sc;
-            }
+            vector_math::map_in_place(scores, |sc| vector_math::exp(sc - m_new));
+            l[r] += scores.iter().sum::<f32>();
         }
         let p = MatRef { data: &s, offset: 0, row_stride: kn, col_stride: 1 };
         let vb = MatRef { data: &inp.v, offset: (bh * lk + j0) * dv, row_stride: dv, col_stride: 1 };

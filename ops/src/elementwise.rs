@@ -12,6 +12,7 @@ use infinity_cuda::elementwise::UnaryGrad;
 
 use crate::device::{executor, no_kernel};
 use crate::util::for_row_blocks;
+use crate::vector_math;
 use crate::{f32_data, zip_map};
 
 /// The four arithmetic operators, shared by the broadcast and the scalar forms.
@@ -449,15 +450,15 @@ pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
     let data = f32_data(op.name(), x)?;
     let mut out = vec![0f32; data.len()];
     match op {
-        UnaryOp::Exp => map_into(&data, &mut out, f32::exp),
+        UnaryOp::Exp => map_into(&data, &mut out, vector_math::exp),
         UnaryOp::Log => map_into(&data, &mut out, f32::ln),
         UnaryOp::Tanh => map_into(&data, &mut out, f32::tanh),
-        UnaryOp::Sigmoid => map_into(&data, &mut out, sigmoid_f32),
+        UnaryOp::Sigmoid => map_into(&data, &mut out, vector_math::sigmoid),
         // 0.5 (1 + tanh z) = sigmoid(2z): no cancellation for large negative x, where
         // 1 + tanh z would lose all relative precision.
         UnaryOp::GeluTanh => map_into(&data, &mut out, |x| {
             const TWO_K: f32 = (2.0 * FRAC_2_SQRT_PI * FRAC_1_SQRT_2) as f32;
-            x * sigmoid_f32(TWO_K * (x + 0.044715 * x * x * x))
+            x * vector_math::sigmoid(TWO_K * (x + 0.044715 * x * x * x))
         }),
         // 1 + erf(-t) = erfc(t): relative accuracy in the negative tail.
         UnaryOp::GeluErf => map_into(&data, &mut out, |x| {
@@ -465,7 +466,7 @@ pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
             (0.5 * x * erfc_f64(-x * FRAC_1_SQRT_2)) as f32
         }),
         UnaryOp::Erf => map_into(&data, &mut out, |x| erf_f64(f64::from(x)) as f32),
-        UnaryOp::Silu => map_into(&data, &mut out, |x| x * sigmoid_f32(x)),
+        UnaryOp::Silu => map_into(&data, &mut out, |x| x * vector_math::sigmoid(x)),
         UnaryOp::Sign => map_into(&data, &mut out, |x| f32::from(x > 0.0) - f32::from(x < 0.0)),
         UnaryOp::Neg => map_into(&data, &mut out, |x| -x),
         UnaryOp::Abs => map_into(&data, &mut out, f32::abs),
@@ -483,13 +484,7 @@ pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
 }
 
 fn map_into(input: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Send) {
-    for_row_blocks(out, 1, 2, |start, block| {
-        block.iter_mut().zip(&input[start..]).for_each(|(o, &x)| *o = f(x));
-    });
-}
-
-fn sigmoid_f32(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    for_row_blocks(out, 1, 2, |start, block| vector_math::map(&input[start..], block, &f));
 }
 
 /// erf(x)/x = Σ c_n x^(2n) with c_n = (2/√π) (-1)^n / (n! (2n + 1)), stored highest power

@@ -25,6 +25,7 @@ pub mod resize;
 pub mod rope;
 pub mod softmax;
 mod util;
+mod vector_math;
 pub mod vq;
 
 pub(crate) use util::zip_map;

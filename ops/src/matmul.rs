@@ -116,6 +116,51 @@ pub(crate) fn gemm_into(
     }
 }
 
+/// Least depth per thread for [`gemm_split_k`] to split the sum.
+const SPLIT_K_MIN: usize = 384;
+
+/// [`gemm_into`] for a contiguous row-major `dst` (m × n) on every thread, each summing its own
+/// slice of k with a one-thread gemm, the partial products then added. On the transformer's
+/// projections this beats gemm's own threading, which splits the output and has every thread
+/// pack the whole depth (measured here, 2 threads: 512 × 3072 → 768 at 256 against 177
+/// GFLOP/s, 512 × 768 → 768 at 379 against 302, 512 × 768 → 3072 level; a layer12 block's six
+/// projections at 288 rows 181–195 ms against 222–243 per 12 blocks). The decoder's
+/// convolutions gain nothing from it, so they keep gemm's threading.
+fn gemm_split_k(dst: &mut [f32], lhs: MatRef<'_>, rhs: MatRef<'_>, (m, k, n): (usize, usize, usize), accumulate: bool) {
+    let parallelism = parallelism_for(m, k, n);
+    let parts = rayon::current_num_threads().min(k / SPLIT_K_MIN);
+    if matches!(parallelism, Parallelism::None) || parts < 2 {
+        return gemm_into(dst, n, lhs, rhs, (m, k, n), accumulate, parallelism);
+    }
+    let slice = |i: usize| {
+        let (from, to) = (k * i / parts, k * (i + 1) / parts);
+        let lhs = MatRef { offset: lhs.offset + from * lhs.col_stride, ..lhs };
+        let rhs = MatRef { offset: rhs.offset + from * rhs.row_stride, ..rhs };
+        (lhs, rhs, to - from)
+    };
+    let mut partial = vec![0.0f32; (parts - 1) * m * n];
+    rayon::join(
+        || {
+            let (lhs, rhs, depth) = slice(0);
+            gemm_into(dst, n, lhs, rhs, (m, depth, n), accumulate, Parallelism::None);
+        },
+        || {
+            partial.par_chunks_mut(m * n).enumerate().for_each(|(i, part)| {
+                let (lhs, rhs, depth) = slice(i + 1);
+                gemm_into(part, n, lhs, rhs, (m, depth, n), false, Parallelism::None);
+            })
+        },
+    );
+    // The sum in row blocks of about 32 K elements per task.
+    let block_rows = (1 << 15) / n.max(1) + 1;
+    dst.par_chunks_mut(block_rows * n).enumerate().for_each(|(b, block)| {
+        let at = b * block_rows * n;
+        for part in partial.chunks(m * n) {
+            block.iter_mut().zip(&part[at..]).for_each(|(d, p)| *d += p);
+        }
+    });
+}
+
 /// The validated shape of a product: `batch` (broadcast) × (m × k)·(k × n).
 struct Dims {
     batch: Vec<usize>,
@@ -225,7 +270,7 @@ fn product(op: &'static str, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, dims
         let rows = dims.batch.iter().product::<usize>() * m;
         let lhs = MatRef { row_stride, ..operand(&ad, &la, la.offset()) };
         let rhs = operand(&bd, &lb, lb.offset());
-        gemm_into(&mut out, n, lhs, rhs, (rows, k, n), accumulate, parallelism_for(rows, k, n));
+        gemm_split_k(&mut out, lhs, rhs, (rows, k, n), accumulate);
         return Tensor::from_vec(out, &dims.out_shape());
     }
 

@@ -110,6 +110,8 @@ fn large_products_use_the_threaded_paths() {
     // Above gemm's threading threshold: one threaded gemm, a folded batch, a threaded batch loop.
     check_matmul(&randn(&[301, 203], 1, 1.0), &randn(&[203, 257], 2, 1.0));
     check_linear(&randn(&[3, 70, 160], 3, 1.0), &randn(&[190, 160], 4, 1.0), Some(&randn(&[190], 5, 1.0)));
+    // A deep product: the sum split over the threads (an odd depth splits unevenly), onto a bias.
+    check_linear(&randn(&[2, 150, 1001], 11, 1.0), &randn(&[200, 1001], 12, 1.0), Some(&randn(&[200], 13, 1.0)));
     // Few rows of x (the small scales' path, one band per thread and more) in f32 and bf16.
     let (x, w, bias) = (randn(&[2, 9, 300], 8, 1.0), randn(&[517, 300], 9, 1.0), randn(&[517], 10, 1.0));
     check_linear(&x, &w, Some(&bias));

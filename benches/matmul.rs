@@ -2,15 +2,16 @@
 //!
 //! 1024³ runs through `matmul` and through the gemm crate directly in the same run: other
 //! processes share the cores, so only the ratio of the two is meaningful. Then the
-//! transformer's linear layers: layer-12 (C = 768) at 256² (521 tokens) and one 2B-size layer.
+//! transformer's linear layers: layer-12 (C = 768) at 256² (521 tokens) and one 2B-size layer,
+//! and the small scales' few-row products (the few-rows kernel), with f32 and bf16 weights.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use infinity::ops::matmul::{linear, matmul};
-use infinity::runtime::Tensor;
 use infinity::runtime::rng::Philox;
+use infinity::runtime::{DType, Tensor};
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
     let data = Philox::new(seed).normal(shape.iter().product());
@@ -75,6 +76,22 @@ fn linears(c: &mut Criterion) {
         let (x, w, bias) = (randn(&[rows, inp], 3), randn(&[out, inp], 4), randn(&[out], 5));
         group.throughput(Throughput::Elements(2 * (rows * inp * out) as u64));
         group.bench_function(name, |bench| bench.iter(|| linear(black_box(&x), black_box(&w), Some(&bias))));
+    }
+    group.finish();
+
+    // A few rows read each weight element once for 2·rows FLOPs: a weight larger than the
+    // caches (the 2B's, 67 MB in f32) runs at the speed memory delivers it.
+    let mut group = c.benchmark_group("linear_few_rows");
+    for (name, rows, inp, out) in [
+        ("layer12_8x768x3072", 8, 768, 3072),
+        ("layer12_72x768x3072", 72, 768, 3072),
+        ("2b_8x2048x8192", 8, 2048, 8192),
+    ] {
+        let (x, w, bias) = (randn(&[rows, inp], 3), randn(&[out, inp], 4), randn(&[out], 5));
+        let w16 = w.to_dtype(DType::BF16).expect("bf16");
+        group.throughput(Throughput::Elements(2 * (rows * inp * out) as u64));
+        group.bench_function(format!("{name}_f32"), |bench| bench.iter(|| linear(black_box(&x), &w, Some(&bias))));
+        group.bench_function(format!("{name}_bf16"), |bench| bench.iter(|| linear(black_box(&x), &w16, Some(&bias))));
     }
     group.finish();
 }

@@ -4,7 +4,8 @@
 //! the argument errors. The weight gradient (the forward's product transposed) against its own
 //! direct loop on the same problems.
 
-use infinity::ops::conv::{Conv2dParams, conv2d, conv2d_weight_grad, reference};
+use infinity::ops::conv::{Conv2dParams, conv2d, conv2d_weight_grad, reference, upsample2x_conv3x3};
+use infinity::ops::resize::{ResizeMode, resize};
 use infinity::runtime::{DType, Tensor};
 use proptest::prelude::*;
 
@@ -66,6 +67,25 @@ proptest! {
         // Channels-last storage, padded rows, and a weight stored (kh, kw, Cin, Cout).
         check(&strided_copy(&x, &[0, 2, 3, 1]), &strided_copy(&w, &[2, 3, 1, 0]), Some(&bias), p);
         check(&padded_view(&x), &w, Some(&padded_view(&bias)), p);
+    }
+
+    /// The phase decomposition against the reference convolution of the upsampled map, on
+    /// odd sizes, within the rounding of its 9·Cin-term sums (the 2×2 phase kernels' own sums of
+    /// up to four taps included).
+    #[test]
+    fn upsampling_conv_matches_the_conv_of_the_upsampled_map(
+        n in 1usize..=2, cin in 1usize..=5, cout in 1usize..=4, h in 1usize..=7, w in 1usize..=6, with_bias: bool,
+        seed: u64,
+    ) {
+        let x = strided_copy(&randn(&[n, cin, h, w], seed, 1.0), &[0, 2, 3, 1]);
+        let (wt, bias) = (randn(&[cout, cin, 3, 3], seed ^ 1, 0.5), randn(&[cout], seed ^ 2, 1.0));
+        let bias = with_bias.then_some(&bias);
+        let up = resize(&x, (2 * h, 2 * w), ResizeMode::Nearest).unwrap();
+        let p = Conv2dParams::same(3);
+        let got = upsample2x_conv3x3(&x, &wt, bias).unwrap();
+        let want = reference::conv2d(&up, &wt, bias, p).unwrap();
+        let magnitude = reference::conv2d(&abs(&up), &abs(&wt), bias.map(abs).as_ref(), p).unwrap();
+        assert_within_dot_bound(&got, &want, &magnitude, 9 * cin + 1);
     }
 
     #[test]
@@ -140,5 +160,10 @@ fn bad_arguments_are_errors() {
     ] {
         assert!(conv2d(&x, &w, b.as_ref(), p).is_err(), "{:?} {:?}", x.shape(), w.shape());
         assert!(reference::conv2d(&x, &w, b.as_ref(), p).is_err());
+        if p == same {
+            assert!(upsample2x_conv3x3(&x, &w, b.as_ref()).is_err(), "{:?} {:?}", x.shape(), w.shape());
+        }
     }
+    // The upsampling conv takes 3×3 kernels only.
+    assert!(upsample2x_conv3x3(&f(&[1, 3, 8, 8]), &f(&[4, 3, 1, 1]), None).is_err());
 }

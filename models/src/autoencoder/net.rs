@@ -12,7 +12,7 @@ use infinity_autograd::conv::conv2d;
 use infinity_autograd::elementwise::add;
 use infinity_autograd::norm::{group_norm, group_norm_silu};
 use infinity_autograd::resize::resize;
-use infinity_ops::conv::Conv2dParams;
+use infinity_ops::conv::{Conv2dParams, upsample2x_conv3x3};
 use infinity_ops::elementwise::clamp;
 use infinity_ops::resize::ResizeMode;
 use infinity_runtime::{Result, Tensor};
@@ -37,6 +37,19 @@ impl Conv {
 
     pub(crate) fn forward(&self, x: &Var) -> Result<Var> {
         conv2d(x, &self.weight, Some(&self.bias), self.params)
+    }
+
+    /// The conv of x upsampled ×2 (nearest): without a gradient to record, one op that never
+    /// builds the upsampled map (`upsample2x_conv3x3`, 2.25× fewer FLOPs); in training, the
+    /// composition, whose backward rules exist.
+    pub(crate) fn forward_upsampled(&self, x: &Var) -> Result<Var> {
+        let square3 = self.params == Conv2dParams::same(3) && self.weight.shape()[2..] == [3, 3];
+        if [x, &self.weight, &self.bias].iter().any(|v| v.is_tracked()) || !square3 {
+            let (h, w) = (x.dim(2)?, x.dim(3)?);
+            return self.forward(&resize(x, (2 * h, 2 * w), ResizeMode::Nearest)?);
+        }
+        let y = upsample2x_conv3x3(x.value(), self.weight.value(), Some(self.bias.value()))?;
+        Ok(Var::constant(y))
     }
 
     /// Where the weights are.
@@ -267,8 +280,7 @@ impl Decoder {
         for level in self.levels.iter().rev() {
             h = run_layers(&level.layers, h)?;
             if let Some(up) = &level.resample {
-                let (hh, ww) = (h.dim(2)?, h.dim(3)?);
-                h = up.forward(&resize(&h, (2 * hh, 2 * ww), ResizeMode::Nearest)?)?;
+                h = up.forward_upsampled(&h)?;
             }
         }
         self.conv_out.forward(&self.norm_out.forward_silu(&h)?)

@@ -90,8 +90,10 @@ enum Kernel {
 }
 
 impl Kernel {
+    /// The fastest kernel, found once (every small-scale projection asks).
     fn detect() -> Self {
-        *Self::available().last().expect("the portable kernel runs anywhere")
+        static FASTEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *FASTEST.get_or_init(|| *Self::available().last().expect("the portable kernel runs anywhere"))
     }
 
     /// Every kernel this CPU can run, the fastest last (the tests check each one).

@@ -88,6 +88,18 @@ proptest! {
         assert_within_dot_bound(&got, &want, &magnitude, 9 * cin + 1);
     }
 
+    /// 3×3 'same' convolutions with enough channels take Winograd F(4×4, 3×3): held to its
+    /// own bound, on maps with partial tiles (sides 1–11) and strided inputs.
+    #[test]
+    fn winograd_convs_are_within_their_bound(
+        n in 1usize..=2, cin in 16usize..=19, cout in 16usize..=18, h in 1usize..=11, w in 1usize..=11,
+        with_bias: bool, seed: u64,
+    ) {
+        let x = strided_copy(&randn(&[n, cin, h, w], seed, 1.0), &[0, 2, 3, 1]);
+        let (wt, bias) = (randn(&[cout, cin, 3, 3], seed ^ 1, 0.5), randn(&[cout], seed ^ 2, 1.0));
+        check_winograd(&x, &wt, with_bias.then_some(&bias));
+    }
+
     #[test]
     fn weight_grad_matches_reference((xs, ws, p) in problem(), seed: u64) {
         let (x, dy) = (randn(&xs, seed, 1.0), randn(&out_shape(xs, ws, p), seed ^ 3, 1.0));
@@ -111,6 +123,122 @@ fn large_maps_are_cut_into_bands() {
         let dy = randn(&out_shape([1, 64, 64, 64], [3, 64, k, k], p), 6, 1.0);
         check_weight_grad(&x, &dy, (k, k), p);
     }
+}
+
+/// F(4×4, 3×3)'s transforms (points 0, ±1, ±2, ∞), for the bound's magnitude.
+const WINOGRAD_BT: [[f64; 6]; 6] = [
+    [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+    [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+    [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+    [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+    [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+    [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+];
+const WINOGRAD_G: [[f64; 3]; 6] = [
+    [0.25, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+const WINOGRAD_AT: [[f64; 6]; 4] = [
+    [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+    [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+    [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+    [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+];
+
+/// |bias| + Σ_ci Aᵀ-weighted Σ_ξ (|G||g||Gᵀ|)_ξ (|Bᵀ||d||B|)_ξ for each output of a 3×3 'same'
+/// convolution: Winograd's computation in absolute values, the magnitude its rounding error
+/// is bounded by (u·(Cin + 25) times it: 6 rounding steps in the input transform, 10 in the
+/// kernel's, Cin in the sum over channels, 8 in the output transform, one for the bias).
+fn winograd_magnitude(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    let (&[n, cin, h, wd], &[cout, ..]) = (x.shape(), w.shape()) else { panic!("rank") };
+    let (xv, wv) = (abs(x).to_vec::<f32>().unwrap(), abs(w).to_vec::<f32>().unwrap());
+    let bv = bias.map_or(vec![0.0; cout], |b| abs(b).to_vec::<f32>().unwrap());
+    let a = |m: &[[f64; 6]], i: usize, j: usize| m[i][j].abs();
+    // |G||g||Gᵀ| per (co, ci).
+    let u: Vec<[[f64; 6]; 6]> = wv
+        .chunks(9)
+        .map(|g| {
+            let mut t = [[0.0; 6]; 6];
+            for (p, row) in t.iter_mut().enumerate() {
+                for (q, v) in row.iter_mut().enumerate() {
+                    for k in 0..3 {
+                        for l in 0..3 {
+                            *v += WINOGRAD_G[p][k].abs() * f64::from(g[k * 3 + l]) * WINOGRAD_G[q][l].abs();
+                        }
+                    }
+                }
+            }
+            t
+        })
+        .collect();
+    let pixel = |img: usize, c: usize, y: isize, x: isize| {
+        if y < 0 || x < 0 || y >= h as isize || x >= wd as isize {
+            0.0
+        } else {
+            f64::from(xv[((img * cin + c) * h + y as usize) * wd + x as usize])
+        }
+    };
+    let mut out = vec![0.0f32; n * cout * h * wd];
+    for img in 0..n {
+        for (ty, tx) in (0..h.div_ceil(4)).flat_map(|ty| (0..wd.div_ceil(4)).map(move |tx| (ty, tx))) {
+            // |Bᵀ||d||B| per input channel.
+            let v: Vec<[[f64; 6]; 6]> = (0..cin)
+                .map(|c| {
+                    let mut t = [[0.0; 6]; 6];
+                    for (p, row) in t.iter_mut().enumerate() {
+                        for (q, val) in row.iter_mut().enumerate() {
+                            for r in 0..6 {
+                                for s in 0..6 {
+                                    let d = pixel(img, c, (4 * ty + r) as isize - 1, (4 * tx + s) as isize - 1);
+                                    *val += a(&WINOGRAD_BT, p, r) * d * a(&WINOGRAD_BT, q, s);
+                                }
+                            }
+                        }
+                    }
+                    t
+                })
+                .collect();
+            for co in 0..cout {
+                for (k, l) in (0..4).flat_map(|k| (0..4).map(move |l| (k, l))) {
+                    let (oy, ox) = (4 * ty + k, 4 * tx + l);
+                    if oy >= h || ox >= wd {
+                        continue;
+                    }
+                    let mut sum = f64::from(bv[co]);
+                    for (ci, vc) in v.iter().enumerate() {
+                        for p in 0..6 {
+                            for q in 0..6 {
+                                let weight = a(&WINOGRAD_AT, k, p) * a(&WINOGRAD_AT, l, q);
+                                sum += weight * u[co * cin + ci][p][q] * vc[p][q];
+                            }
+                        }
+                    }
+                    out[((img * cout + co) * h + oy) * wd + ox] = sum as f32;
+                }
+            }
+        }
+    }
+    Tensor::from_vec(out, &[n, cout, h, wd]).unwrap()
+}
+
+/// A Winograd convolution against the direct reference within its bound.
+#[track_caller]
+fn check_winograd(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) {
+    let p = Conv2dParams::same(3);
+    let got = conv2d(x, w, bias, p).unwrap();
+    let want = reference::conv2d(x, w, bias, p).unwrap();
+    assert_within_dot_bound(&got, &want, &winograd_magnitude(x, w, bias), w.shape()[1] + 25);
+}
+
+#[test]
+fn winograd_blocks_cover_every_tile() {
+    // 10 × 9 tiles of two images: several blocks of tile rows, a partial last tile row and column.
+    let x = randn(&[2, 16, 40, 35], 11, 1.0);
+    check_winograd(&x, &randn(&[17, 16, 3, 3], 12, 0.3), Some(&randn(&[17], 13, 1.0)));
 }
 
 /// A (c, c, k, k) kernel that copies each channel through the centre tap.

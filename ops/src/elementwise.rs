@@ -6,7 +6,7 @@
 use std::f64::consts::{FRAC_1_SQRT_2, FRAC_2_SQRT_PI};
 
 use infinity_runtime::layout::{broadcast_shapes, contiguous_strides};
-use infinity_runtime::{DType, Error, Result, Tensor};
+use infinity_runtime::{DType, Error, Result, Tensor, recycle};
 
 use infinity_cuda::elementwise::UnaryGrad;
 
@@ -343,7 +343,7 @@ pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (ad, bd) = (f32_data(name, a)?, f32_data(name, b)?);
     let shape = broadcast_shapes(name, a.shape(), b.shape())?;
     let plan = BroadcastPlan::new(&shape, a.shape(), b.shape());
-    let mut out = vec![0f32; shape.iter().product()];
+    let mut out = recycle::for_overwrite(shape.iter().product());
     let (n, sa, sb) = plan.inner;
     with_binary_fn!(op, f => for_row_blocks(&mut out, n, 3 * n, |start, block| {
         for (r, row) in block.chunks_mut(n).enumerate() {
@@ -448,7 +448,7 @@ pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
         return infinity_cuda::elementwise::unary(&exec, kernel, x, x.dtype());
     }
     let data = f32_data(op.name(), x)?;
-    let mut out = vec![0f32; data.len()];
+    let mut out = recycle::for_overwrite(data.len());
     match op {
         UnaryOp::Exp => map_into(&data, &mut out, vector_math::exp),
         UnaryOp::Log => map_into(&data, &mut out, f32::ln),

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use infinity_cuda::Executor;
 use infinity_cuda::norm::RowStat;
-use infinity_runtime::{DType, Error, Result, Tensor};
+use infinity_runtime::{DType, Error, Result, Tensor, recycle};
 
 use crate::device::executor;
 use crate::f32_data;
@@ -207,7 +207,7 @@ fn normalize(op: &'static str, x: &Tensor, setup: &Setup, eps: f32, scale: Scale
     let data = f32_data(op, x)?;
     let (cpg, spatial) = (setup.channels_per_group, setup.spatial);
     let block = cpg * spatial;
-    let mut out = vec![0f32; data.len()];
+    let mut out = recycle::for_overwrite(data.len());
     for_row_blocks(&mut out, block, 2 * block, |start, outs| {
         for (i, out_block) in outs.chunks_mut(block).enumerate() {
             let b = start + i;

@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 
-use infinity_runtime::{Error, Result, Tensor};
+use infinity_runtime::{Error, Result, Tensor, recycle};
 use rayon::prelude::*;
 
 use crate::device::{executor, no_kernel};
@@ -184,7 +184,7 @@ fn map_planes(
     f: impl Fn(&[f32], &mut [f32]) + Sync,
 ) -> Vec<f32> {
     let planes = xd.len() / (h * w);
-    let mut out = vec![0.0f32; planes * oh * ow];
+    let mut out = recycle::for_overwrite(planes * oh * ow);
     if out.len() >= PARALLEL_MIN {
         out.par_chunks_mut(oh * ow).zip(xd.par_chunks(h * w)).for_each(|(o, i)| f(i, o));
     } else {

@@ -8,6 +8,7 @@ mod error;
 pub mod io;
 pub mod launch;
 pub mod layout;
+pub mod recycle;
 pub mod rng;
 mod storage;
 mod tensor;

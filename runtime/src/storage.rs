@@ -110,6 +110,14 @@ impl CpuStorage {
     }
 }
 
+impl Drop for CpuStorage {
+    fn drop(&mut self) {
+        if let Buffer::Owned(Owned::F32(v)) = &mut self.buffer {
+            crate::recycle::give(std::mem::take(v));
+        }
+    }
+}
+
 /// Memory of an accelerator: the backend's buffer, which the runtime only holds, and the
 /// accelerator it belongs to (so a tensor can always be read back).
 pub struct DeviceStorage {

@@ -88,13 +88,15 @@ proptest! {
         assert_within_dot_bound(&got, &want, &magnitude, 9 * cin + 1);
     }
 
-    /// 3×3 'same' convolutions with enough channels take Winograd F(4×4, 3×3): held to its
-    /// own bound, on maps with partial tiles (sides 1–11) and strided inputs.
+    /// 3×3 'same' convolutions with enough channels and tiles take Winograd F(4×4, 3×3): held
+    /// to its own bound, on maps with partial tiles (heights 1–13, any width remainder) widened
+    /// to at least 64 tiles, and strided inputs.
     #[test]
     fn winograd_convs_are_within_their_bound(
-        n in 1usize..=2, cin in 16usize..=19, cout in 16usize..=18, h in 1usize..=11, w in 1usize..=11,
+        n in 1usize..=2, cin in 16usize..=19, cout in 16usize..=18, h in 1usize..=13, w in 1usize..=13,
         with_bias: bool, seed: u64,
     ) {
+        let w = w + 4 * 64usize.div_ceil(h.div_ceil(4));
         let x = strided_copy(&randn(&[n, cin, h, w], seed, 1.0), &[0, 2, 3, 1]);
         let (wt, bias) = (randn(&[cout, cin, 3, 3], seed ^ 1, 0.5), randn(&[cout], seed ^ 2, 1.0));
         check_winograd(&x, &wt, with_bias.then_some(&bias));
@@ -239,6 +241,48 @@ fn winograd_blocks_cover_every_tile() {
     // 10 × 9 tiles of two images: several blocks of tile rows, a partial last tile row and column.
     let x = randn(&[2, 16, 40, 35], 11, 1.0);
     check_winograd(&x, &randn(&[17, 16, 3, 3], 12, 0.3), Some(&randn(&[17], 13, 1.0)));
+}
+
+#[test]
+fn large_upsampling_convs_are_one_winograd_conv() {
+    // From 48² with 16 channels the four phase kernels are one 3×3 conv of 4·Cout outputs on
+    // the Winograd path: held to that conv's bound (its kernel's taps are sums of up to four of
+    // w's, 3 more rounding steps), with the magnitude of the embedded problem interleaved.
+    let (cin, cout, side) = (16, 16, 48);
+    let x = randn(&[1, cin, side, side], 21, 1.0);
+    let (w, bias) = (randn(&[cout, cin, 3, 3], 22, 0.3), randn(&[cout], 23, 1.0));
+    let got = upsample2x_conv3x3(&x, &w, Some(&bias)).unwrap();
+    let up = resize(&x, (2 * side, 2 * side), ResizeMode::Nearest).unwrap();
+    let want = reference::conv2d(&up, &w, Some(&bias), Conv2dParams::same(3)).unwrap();
+    // Which of w's rows (or columns) each of a phase's two window rows sums.
+    const SUMMED: [[&[usize]; 2]; 2] = [[&[0], &[1, 2]], [&[0, 1], &[2]]];
+    let phases = [(0, 0), (0, 1), (1, 0), (1, 1)];
+    let wv = &abs(&w).to_vec::<f32>().unwrap()[..];
+    let mut embedded = vec![0.0f32; 4 * cout * cin * 9];
+    for (phase, &(py, px)) in phases.iter().enumerate() {
+        for pair in 0..cout * cin {
+            for (r, rows) in SUMMED[py].iter().enumerate() {
+                for (c, cols) in SUMMED[px].iter().enumerate() {
+                    embedded[(phase * cout * cin + pair) * 9 + (py + r) * 3 + px + c] =
+                        rows.iter().flat_map(|&i| cols.iter().map(move |&j| wv[pair * 9 + i * 3 + j])).sum();
+                }
+            }
+        }
+    }
+    let embedded = Tensor::from_vec(embedded, &[4 * cout, cin, 3, 3]).unwrap();
+    let bias4 = infinity::ops::index::concat(&[&bias, &bias, &bias, &bias], 0).unwrap();
+    let m = winograd_magnitude(&x, &embedded, Some(&bias4)).to_vec::<f32>().unwrap();
+    let mut magnitude = vec![0.0f32; cout * 4 * side * side];
+    for (phase, &(py, px)) in phases.iter().enumerate() {
+        for co in 0..cout {
+            for (i, j) in (0..side).flat_map(|i| (0..side).map(move |j| (i, j))) {
+                magnitude[(co * 2 * side + 2 * i + py) * 2 * side + 2 * j + px] =
+                    m[((phase * cout + co) * side + i) * side + j];
+            }
+        }
+    }
+    let magnitude = Tensor::from_vec(magnitude, &[1, cout, 2 * side, 2 * side]).unwrap();
+    assert_within_dot_bound(&got, &want, &magnitude, cin + 28);
 }
 
 /// A (c, c, k, k) kernel that copies each channel through the centre tap.

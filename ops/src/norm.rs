@@ -14,7 +14,8 @@ use infinity_runtime::{DType, Error, Result, Tensor, recycle};
 use crate::device::executor;
 use crate::f32_data;
 use crate::reduce::sum_map;
-use crate::util::for_row_blocks;
+use crate::util::{for_row_blocks, widest_vectors};
+use crate::vector_math;
 
 /// (x - mean) / √(var + eps) · weight + bias over the last dimension, with the biased
 /// variance (PyTorch `layer_norm` with `normalized_shape = [D]`). `weight` and `bias` must
@@ -100,14 +101,15 @@ pub fn group_norm(
     normalize("group_norm", x, &setup, eps, Scale::Std)
 }
 
-/// SiLU of [`group_norm`] with an affine, fused: how the BitVAE uses its norms. On the CPU the
-/// composition of the two ops; on an executor one kernel.
+/// SiLU of [`group_norm`] with an affine, fused: how the BitVAE uses its norms. One pass that
+/// writes the activation (the same bits as the two ops composed), on an executor one kernel.
 pub fn group_norm_silu(x: &Tensor, groups: usize, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
     if let Some(exec) = executor("group_norm_silu", &[x, weight, bias])? {
         crate::require_f32("group_norm_silu", x)?;
         return infinity_cuda::norm::group_norm(&exec, x, groups, weight, bias, eps, true);
     }
-    crate::elementwise::silu(&group_norm(x, groups, Some(weight), Some(bias), eps)?)
+    let setup = Setup::groups("group_norm_silu", x, groups, Some(weight), Some(bias), eps)?;
+    normalize_then("group_norm_silu", x, &setup, eps, Scale::Std, true)
 }
 
 /// What each block is divided by.
@@ -204,6 +206,11 @@ fn param<'a>(
 }
 
 fn normalize(op: &'static str, x: &Tensor, setup: &Setup, eps: f32, scale: Scale) -> Result<Tensor> {
+    normalize_then(op, x, setup, eps, scale, false)
+}
+
+/// [`normalize`], then SiLU where `silu`.
+fn normalize_then(op: &'static str, x: &Tensor, setup: &Setup, eps: f32, scale: Scale, silu: bool) -> Result<Tensor> {
     let data = f32_data(op, x)?;
     let (cpg, spatial) = (setup.channels_per_group, setup.spatial);
     let block = cpg * spatial;
@@ -213,13 +220,29 @@ fn normalize(op: &'static str, x: &Tensor, setup: &Setup, eps: f32, scale: Scale
             let b = start + i;
             let c0 = (b % setup.groups) * cpg;
             let (w, bias) = (&setup.weight[c0..][..cpg], &setup.bias[c0..][..cpg]);
-            normalize_block(&data[b * block..][..block], out_block, w, bias, spatial, f64::from(eps), scale);
+            normalize_block(&data[b * block..][..block], out_block, (w, bias), spatial, f64::from(eps), scale, silu);
         }
     });
     Tensor::from_vec(out, x.shape())
 }
 
-fn normalize_block(xs: &[f32], out: &mut [f32], w: &[f32], b: &[f32], spatial: usize, eps: f64, scale: Scale) {
+widest_vectors! {
+    /// One block: its statistic, then each element normalised, scaled and shifted (and SiLU'd).
+    fn normalize_block(
+        xs: &[f32], out: &mut [f32], affine: (&[f32], &[f32]), spatial: usize, eps: f64, scale: Scale, silu: bool
+    ) => normalize_block_plain
+}
+
+#[inline(always)]
+fn normalize_block_plain(
+    xs: &[f32],
+    out: &mut [f32],
+    (w, b): (&[f32], &[f32]),
+    spatial: usize,
+    eps: f64,
+    scale: Scale,
+    silu: bool,
+) {
     let n = xs.len() as f64;
     let mean = if scale.centered() { sum_map(xs, f64::from) / n } else { 0.0 };
     let rstd = scale.inverse(sum_map(xs, |v| (f64::from(v) - mean).powi(2)), n, eps);
@@ -233,11 +256,18 @@ fn normalize_block(xs: &[f32], out: &mut [f32], w: &[f32], b: &[f32], spatial: u
         for (((o, &v), &w), &b) in out.iter_mut().zip(xs).zip(w).zip(b) {
             *o = ((v - hi) - lo) * rstd * w + b;
         }
+        if silu {
+            out.iter_mut().for_each(|o| *o *= vector_math::sigmoid(*o));
+        }
     } else {
         for (((out_c, xs_c), &w), &b) in out.chunks_mut(spatial).zip(xs.chunks(spatial)).zip(w).zip(b) {
             let channel_scale = (rstd * f64::from(w)) as f32;
             for (o, &v) in out_c.iter_mut().zip(xs_c) {
                 *o = ((v - hi) - lo) * channel_scale + b;
+            }
+            // SiLU while the channel is in cache, with the elementwise op's formula.
+            if silu {
+                out_c.iter_mut().for_each(|o| *o *= vector_math::sigmoid(*o));
             }
         }
     }

@@ -16,6 +16,38 @@ pub fn f32_data<'a>(op: &'static str, t: &'a Tensor) -> Result<Cow<'a, [f32]>> {
     if t.is_contiguous() { t.as_slice::<f32>() } else { Ok(Cow::Owned(t.to_vec::<f32>()?)) }
 }
 
+/// Defines `$name`, which calls the `#[inline(always)]` `$plain` compiled again for the widest
+/// vectors the CPU has (for plain loops that the compiler vectorizes; the crate's baseline is
+/// SSE2).
+macro_rules! widest_vectors {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => $plain:ident) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512($($arg: $ty),*) {
+                    $plain($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                fn avx2($($arg: $ty),*) {
+                    $plain($($arg),*)
+                }
+                if is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $plain($($arg),*)
+        }
+    };
+}
+pub(crate) use widest_vectors;
+
 /// Elements (read plus written) that one parallel task should touch at least: below this,
 /// rayon's scheduling overhead (about a microsecond) outweighs the work.
 pub(crate) const TASK_WORK: usize = 1 << 15;

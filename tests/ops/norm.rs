@@ -78,6 +78,21 @@ proptest! {
         assert_close(&got, &reference::group_norm(&x, groups, w, b, eps).unwrap(), ATOL, RTOL);
         assert_layout_invariant(&x, &perm, |v| norm::group_norm(v, groups, w, b, eps).unwrap());
     }
+
+    /// The fused group norm + SiLU gives the composition's bits, with and without spatial
+    /// dimensions (the flat and the per-channel loops).
+    #[test]
+    fn group_norm_silu_is_the_composition(
+        (shape, groups, _perm, seed) in group_case(),
+        shift in -20f32..20.0,
+        eps in eps(),
+    ) {
+        let x = affine(&randn(&shape, seed, 2.0), 1.0, shift).unwrap();
+        let (w, b) = (param(true, shape[1], seed ^ 1, 1.0).unwrap(), param(true, shape[1], seed ^ 2, 0.0).unwrap());
+        let fused = norm::group_norm_silu(&x, groups, &w, &b, eps).unwrap();
+        let composed = infinity::ops::elementwise::silu(&norm::group_norm(&x, groups, Some(&w), Some(&b), eps).unwrap()).unwrap();
+        prop_assert!(fused.same_values(&composed));
+    }
 }
 
 fn t(values: &[f32], shape: &[usize]) -> Tensor {

@@ -26,38 +26,8 @@ use rayon::prelude::*;
 
 use super::Geometry;
 use crate::matmul::{MatRef, gemm_into};
+use crate::util::widest_vectors;
 use gemm::Parallelism;
-
-/// Defines `$name`, which calls the `#[inline(always)]` `$plain` compiled again for the widest
-/// vectors the CPU has (the transforms are plain loops that the compiler vectorizes; the
-/// crate's baseline is SSE2).
-macro_rules! widest_vectors {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => $plain:ident) => {
-        $(#[$doc])*
-        fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                fn avx512($($arg: $ty),*) {
-                    $plain($($arg),*)
-                }
-                #[target_feature(enable = "avx2")]
-                fn avx2($($arg: $ty),*) {
-                    $plain($($arg),*)
-                }
-                if is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU has AVX2.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            $plain($($arg),*)
-        }
-    };
-}
 
 /// Output tile side.
 const TILE: usize = 4;

@@ -268,19 +268,22 @@ pub fn upsample2x_conv3x3(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Resu
     // The phase kernels laid out (phase, Cout, Cin, side, side), each at offset `at` of a
     // side × side window.
     let kernels = |side: usize, at: fn(usize) -> usize| -> Result<Tensor> {
-        let mut kernel = recycle::zeroed(4 * pairs * side * side);
-        kernel.par_chunks_mut(side * side * 1024).enumerate().for_each(|(chunk, dst)| {
-            for (i, dst) in dst.chunks_mut(side * side).enumerate() {
-                let (phase, pair) = ((chunk * 1024 + i) / pairs, (chunk * 1024 + i) % pairs);
-                let ((py, px), w3) = (PHASES[phase], &taps[pair * 9..][..9]);
-                for (r, rows) in SUMMED[py].iter().enumerate() {
-                    for (c, cols) in SUMMED[px].iter().enumerate() {
-                        dst[(at(py) + r) * side + at(px) + c] =
-                            rows.iter().flat_map(|&i| cols.iter().map(move |&j| w3[i * 3 + j])).sum();
+        // Every tap is written when the window is the phase kernel itself.
+        let len = 4 * pairs * side * side;
+        let mut kernel = if side == 2 { recycle::for_overwrite(len) } else { recycle::zeroed(len) };
+        for (dst, (py, px)) in kernel.chunks_mut(pairs * side * side).zip(PHASES) {
+            let chunks = dst.par_chunks_mut(side * side * 1024).zip(taps.par_chunks(9 * 1024));
+            chunks.for_each(|(dst, taps)| {
+                for (dst, w3) in dst.chunks_exact_mut(side * side).zip(taps.chunks_exact(9)) {
+                    let row = |r: usize| [w3[3 * r], w3[3 * r + 1], w3[3 * r + 2]];
+                    let rows = fold_taps(py, [row(0), row(1), row(2)], |a, b| std::array::from_fn(|i| a[i] + b[i]));
+                    for (r, taps) in rows.into_iter().enumerate() {
+                        let at_row = &mut dst[(at(py) + r) * side + at(px)..][..2];
+                        at_row.copy_from_slice(&fold_taps(px, taps, |a, b| a + b));
                     }
                 }
-            }
-        });
+            });
+        }
         Tensor::from_vec(kernel, &[4 * g.cout, g.cin, side, side])
     };
     // The embedding pays once the map is large enough for the Winograd path to amortise its
@@ -298,12 +301,7 @@ pub fn upsample2x_conv3x3(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Resu
             .enumerate()
             .map(|(phase, (py, px))| {
                 let padding = [1 - py, py, 1 - px, px];
-                conv2d(
-                    x,
-                    &all.narrow(0, phase * g.cout, g.cout)?.contiguous()?,
-                    bias,
-                    Conv2dParams { stride: 1, padding },
-                )
+                conv2d(x, &all.narrow(0, phase * g.cout, g.cout)?, bias, Conv2dParams { stride: 1, padding })
             })
             .collect::<Result<_>>()?
     };
@@ -313,12 +311,14 @@ pub fn upsample2x_conv3x3(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Resu
         four => &four[phase][(n * g.cout + co) * h * wd..][..h * wd],
     };
     let mut out = recycle::for_overwrite(g.n * g.cout * 4 * h * wd);
+    // Output row 2i + py interleaves row i of phases (py, 0) and (py, 1).
     out.par_chunks_mut(4 * h * wd).enumerate().for_each(|(i, dst)| {
         let (n, co) = (i / g.cout, i % g.cout);
-        for (phase, (py, px)) in PHASES.into_iter().enumerate() {
-            for (i, row) in plane(n, phase, co).chunks(wd).enumerate() {
-                let dst = &mut dst[(2 * i + py) * 2 * wd..][..2 * wd];
-                row.iter().enumerate().for_each(|(j, &v)| dst[2 * j + px] = v);
+        for (r, dst) in dst.chunks_exact_mut(2 * wd).enumerate() {
+            let (i, py) = (r / 2, r % 2);
+            let (left, right) = (&plane(n, 2 * py, co)[i * wd..][..wd], &plane(n, 2 * py + 1, co)[i * wd..][..wd]);
+            for (pair, (&a, &b)) in dst.chunks_exact_mut(2).zip(left.iter().zip(right)) {
+                pair.copy_from_slice(&[a, b]);
             }
         }
     });
@@ -328,8 +328,11 @@ pub fn upsample2x_conv3x3(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Resu
 /// Least input pixels for [`upsample2x_conv3x3`] to embed its phases in one 3×3 convolution.
 const EMBED_MIN_PIXELS: usize = 48 * 48;
 
-/// Row (or column) weights of upsampling phase p: which 3×3 taps each of the two window rows sums.
-const SUMMED: [[&[usize]; 2]; 2] = [[&[0], &[1, 2]], [&[0, 1], &[2]]];
+/// The two window rows (or columns) of upsampling phase p from the three of a 3×3 kernel:
+/// w₀ | w₁ + w₂ for p = 0, w₀ + w₁ | w₂ for p = 1.
+fn fold_taps<T: Copy>(p: usize, [a, b, c]: [T; 3], add: impl Fn(T, T) -> T) -> [T; 2] {
+    if p == 0 { [a, add(b, c)] } else { [add(a, b), c] }
+}
 
 /// x (B, C, H, W) on `exec` with [top, bottom, left, right] rows and columns of zeros around
 /// it (shared when there are none).

@@ -1,6 +1,8 @@
 //! conv2d 3×3 throughput at the BitVAE decoder's shapes (batch 1, random weights), reported
-//! as FLOP/s (criterion's "elem/s" with one element per FLOP). Other processes may share the
-//! cores; compare with `cargo bench --bench matmul` from the same run.
+//! as FLOP/s of the direct convolution (criterion's "elem/s" with one element per FLOP): an
+//! effective rate, since these shapes take Winograd F(4×4, 3×3), which does a quarter of the
+//! products. Other processes may share the cores; compare with `cargo bench --bench matmul`
+//! from the same run.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -16,7 +18,9 @@ fn randn(shape: &[usize], seed: u64, scale: f32) -> Tensor {
 }
 
 fn decoder_convs(c: &mut Criterion) {
-    eprintln!("limit: ~204 GFLOP/s fp32 peak on 2 Zen 3 cores; the gemm crate reaches ~185 alone");
+    eprintln!(
+        "limit: the f32 GEMM rate of this machine (cargo bench --bench matmul, same run), times ~4 on the Winograd path"
+    );
     let mut group = c.benchmark_group("conv2d_3x3");
     // Each conv runs for 25 ms to 150 ms: a fixed iteration count per sample keeps the run short.
     group.sampling_mode(SamplingMode::Flat);

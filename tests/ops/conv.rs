@@ -151,6 +151,21 @@ const WINOGRAD_AT: [[f64; 6]; 4] = [
     [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
 ];
 
+/// |M| d |M|ᵀ for a 6 × K transform M and a K × K array d given elementwise.
+fn abs_sandwich<const K: usize>(m: &[[f64; K]; 6], d: impl Fn(usize, usize) -> f64) -> [[f64; 6]; 6] {
+    let mut t = [[0.0; 6]; 6];
+    for (p, row) in t.iter_mut().enumerate() {
+        for (q, v) in row.iter_mut().enumerate() {
+            for r in 0..K {
+                for s in 0..K {
+                    *v += m[p][r].abs() * d(r, s) * m[q][s].abs();
+                }
+            }
+        }
+    }
+    t
+}
+
 /// |bias| + Σ_ci Aᵀ-weighted Σ_ξ (|G||g||Gᵀ|)_ξ (|Bᵀ||d||B|)_ξ for each output of a 3×3 'same'
 /// convolution: Winograd's computation in absolute values, the magnitude its rounding error
 /// is bounded by (u·(Cin + 25) times it: 6 rounding steps in the input transform, 10 in the
@@ -159,24 +174,9 @@ fn winograd_magnitude(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Tensor {
     let (&[n, cin, h, wd], &[cout, ..]) = (x.shape(), w.shape()) else { panic!("rank") };
     let (xv, wv) = (abs(x).to_vec::<f32>().unwrap(), abs(w).to_vec::<f32>().unwrap());
     let bv = bias.map_or(vec![0.0; cout], |b| abs(b).to_vec::<f32>().unwrap());
-    let a = |m: &[[f64; 6]], i: usize, j: usize| m[i][j].abs();
     // |G||g||Gᵀ| per (co, ci).
-    let u: Vec<[[f64; 6]; 6]> = wv
-        .chunks(9)
-        .map(|g| {
-            let mut t = [[0.0; 6]; 6];
-            for (p, row) in t.iter_mut().enumerate() {
-                for (q, v) in row.iter_mut().enumerate() {
-                    for k in 0..3 {
-                        for l in 0..3 {
-                            *v += WINOGRAD_G[p][k].abs() * f64::from(g[k * 3 + l]) * WINOGRAD_G[q][l].abs();
-                        }
-                    }
-                }
-            }
-            t
-        })
-        .collect();
+    let u: Vec<[[f64; 6]; 6]> =
+        wv.chunks(9).map(|g| abs_sandwich(&WINOGRAD_G, |k, l| f64::from(g[k * 3 + l]))).collect();
     let pixel = |img: usize, c: usize, y: isize, x: isize| {
         if y < 0 || x < 0 || y >= h as isize || x >= wd as isize {
             0.0
@@ -188,22 +188,10 @@ fn winograd_magnitude(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Tensor {
     for img in 0..n {
         for (ty, tx) in (0..h.div_ceil(4)).flat_map(|ty| (0..wd.div_ceil(4)).map(move |tx| (ty, tx))) {
             // |Bᵀ||d||B| per input channel.
-            let v: Vec<[[f64; 6]; 6]> = (0..cin)
-                .map(|c| {
-                    let mut t = [[0.0; 6]; 6];
-                    for (p, row) in t.iter_mut().enumerate() {
-                        for (q, val) in row.iter_mut().enumerate() {
-                            for r in 0..6 {
-                                for s in 0..6 {
-                                    let d = pixel(img, c, (4 * ty + r) as isize - 1, (4 * tx + s) as isize - 1);
-                                    *val += a(&WINOGRAD_BT, p, r) * d * a(&WINOGRAD_BT, q, s);
-                                }
-                            }
-                        }
-                    }
-                    t
-                })
-                .collect();
+            let patch = |c: usize| {
+                move |r: usize, s: usize| pixel(img, c, (4 * ty + r) as isize - 1, (4 * tx + s) as isize - 1)
+            };
+            let v: Vec<[[f64; 6]; 6]> = (0..cin).map(|c| abs_sandwich(&WINOGRAD_BT, patch(c))).collect();
             for co in 0..cout {
                 for (k, l) in (0..4).flat_map(|k| (0..4).map(move |l| (k, l))) {
                     let (oy, ox) = (4 * ty + k, 4 * tx + l);
@@ -214,7 +202,7 @@ fn winograd_magnitude(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Tensor {
                     for (ci, vc) in v.iter().enumerate() {
                         for p in 0..6 {
                             for q in 0..6 {
-                                let weight = a(&WINOGRAD_AT, k, p) * a(&WINOGRAD_AT, l, q);
+                                let weight = WINOGRAD_AT[k][p].abs() * WINOGRAD_AT[l][q].abs();
                                 sum += weight * u[co * cin + ci][p][q] * vc[p][q];
                             }
                         }
@@ -283,6 +271,21 @@ fn large_upsampling_convs_are_one_winograd_conv() {
     }
     let magnitude = Tensor::from_vec(magnitude, &[1, cout, 2 * side, 2 * side]).unwrap();
     assert_within_dot_bound(&got, &want, &magnitude, cin + 28);
+}
+
+#[test]
+fn an_image_gets_the_same_bits_alone_and_in_a_batch() {
+    // The server batches requests: the path (Winograd from 64 tiles an image) and its blocks
+    // must be chosen per image. 16² has 16 tiles (im2col), 40² 100 (Winograd).
+    for side in [16, 40] {
+        let (x, w, bias) =
+            (randn(&[4, 16, side, side], 31, 1.0), randn(&[16, 16, 3, 3], 32, 0.3), randn(&[16], 33, 1.0));
+        let batch = conv2d(&x, &w, Some(&bias), Conv2dParams::same(3)).unwrap();
+        for i in 0..4 {
+            let alone = conv2d(&x.narrow(0, i, 1).unwrap(), &w, Some(&bias), Conv2dParams::same(3)).unwrap();
+            assert!(alone.same_values(&batch.narrow(0, i, 1).unwrap()), "side {side}, image {i}");
+        }
+    }
 }
 
 /// A (c, c, k, k) kernel that copies each channel through the centre tap.

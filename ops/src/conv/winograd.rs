@@ -40,9 +40,11 @@ const POSITIONS: usize = PATCH * PATCH;
 /// (each input value is transformed once per Cout, each output once per Cin).
 const MIN_CHANNELS: usize = 16;
 
-/// Least tiles per call: the kernels' transform (36 values per kernel pair) and the GEMMs'
+/// Least tiles per image: the kernels' transform (36 values per kernel pair) and the GEMMs'
 /// packing of them cost about as much as the products below this (measured, 512 channels:
 /// 16² 12.2 ms against 5.0 for im2col + gemm; 32² 14.1 against 18.8; 64² 27.6 against 77).
+/// Per image, not per call, and so are the blocks: an image's result must not depend on the
+/// batch it is in (the server batches requests).
 const MIN_TILES: usize = 64;
 
 /// Tiles per block aimed at: enough columns for the GEMMs to run near full speed.
@@ -51,7 +53,7 @@ const BLOCK_TILES: usize = 128;
 /// True when the convolution is one this path computes, and faster there: 3×3, stride 1, one
 /// pixel of zeros on every side, enough channels and tiles.
 pub(super) fn applies(g: &Geometry) -> bool {
-    let tiles = g.n * g.h.div_ceil(TILE) * g.w.div_ceil(TILE);
+    let tiles = g.h.div_ceil(TILE) * g.w.div_ceil(TILE);
     (g.kh, g.kw, g.stride, g.pad) == (3, 3, 1, [1; 4])
         && g.cin >= MIN_CHANNELS
         && g.cout >= MIN_CHANNELS
@@ -238,9 +240,9 @@ fn with_reused<T: Default>(key: &'static std::thread::LocalKey<RefCell<T>>, f: i
 /// The blocks of tiles, in parallel, with the transformed kernels `u`.
 fn products(g: &Geometry, t: Tiling, x: &[f32], u: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
     let th = g.h.div_ceil(TILE);
-    // Rows of tiles per block: about BLOCK_TILES tiles, but at least a block per thread.
-    let threads = rayon::current_num_threads();
-    let per_thread = (g.n * th).div_ceil(threads).div_ceil(g.n);
+    // Rows of tiles per block: about BLOCK_TILES tiles, but at least a block per thread for a
+    // single image (the same blocks whatever the batch).
+    let per_thread = th.div_ceil(rayon::current_num_threads());
     let block_rows = BLOCK_TILES.div_ceil(t.tw).min(per_thread).max(1);
     let blocks: Vec<(usize, usize)> =
         (0..g.n).flat_map(|n| (0..th).step_by(block_rows).map(move |ty| (n, ty))).collect();

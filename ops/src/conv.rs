@@ -6,9 +6,9 @@
 //! uses the input itself as that matrix; otherwise im2col builds it one band of output rows
 //! at a time, because the whole matrix is kh·kw times the input (4.8 GB for a 3×3 conv of
 //! 128 channels at 1024 × 1024). Within a band both im2col and gemm run on all threads.
-//! 3×3 'same' convolutions with at least 16 channels each side (the decoders' residual
-//! blocks) take Winograd F(4×4, 3×3) instead (`winograd`): a quarter of the products, within
-//! a stated, larger rounding bound. `reference` is the direct 7-loop.
+//! 3×3 'same' convolutions with at least 16 channels each side and 64 tiles of 4×4 an image
+//! (the decoders' residual blocks) take Winograd F(4×4, 3×3) instead (`winograd`): a quarter of
+//! the products, within a stated, larger rounding bound. `reference` is the direct 7-loop.
 
 use std::ops::Range;
 

@@ -15,7 +15,8 @@
 //!
 //! Rounding: the transforms are a few additions and multiplications by small integers (Bᵀ, Aᵀ;
 //! 6 rounding steps deep on the input side, 8 on the output side), and each transformed kernel
-//! value is G g Gᵀ with G's entries rounded to f32 (8 steps; 10 are allowed for). So |ŷ − y| ≤ γ_{Cin+25} · (|bias| + Σ_ci Σ_ξ |Aᵀ ⊗ Aᵀ|·(|G||g||Gᵀ|)·(|Bᵀ||d||B|)), the same
+//! value is G g Gᵀ with G's entries rounded to f32 (8 steps; 10 are allowed for). So
+//! |ŷ − y| ≤ γ_{Cin+25} · (|bias| + Σ_ci Σ_ξ |Aᵀ ⊗ Aᵀ|·(|G||g||Gᵀ|)·(|Bᵀ||d||B|)), the same
 //! computation in absolute values, with γ_k ≈ k·2⁻²⁴: larger than the direct convolution's
 //! bound by the transforms' growth, ~10⁻⁵ relative on the decoders' maps.
 
@@ -196,7 +197,7 @@ struct Scratch {
     phases: Vec<Vec<f32>>,
     /// The column transform of the 6 patch rows: [row r · 6 + b][tile column].
     rows: Vec<Vec<f32>>,
-    /// The row transform's outputs (6, reused as 4 for the output side): [k][tile column].
+    /// The output side's second pass, one output row's four columns per tile: [l][tile column].
     out: Vec<Vec<f32>>,
     /// The output side's first pass: [k · 6 + b][tile column].
     partial: Vec<Vec<f32>>,
@@ -204,7 +205,8 @@ struct Scratch {
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::default();
-    /// The calling thread's transformed kernels.
+    /// The calling thread's transformed kernels: four times the largest weight it has convolved
+    /// with (151 MB for the d32 decoder's embedded upsampling conv), kept for the next call.
     static KERNELS: RefCell<Vec<f32>> = RefCell::default();
 }
 
@@ -250,12 +252,8 @@ fn products(g: &Geometry, t: Tiling, x: &[f32], u: &[f32], bias: Option<&[f32]>,
     blocks.into_par_iter().for_each(|(n, ty0)| {
         let rows = ty0..(ty0 + block_rows).min(th);
         let image = &x[n * t.cin * t.h * t.w..][..t.cin * t.h * t.w];
-        with_reused(&SCRATCH, |s| {
-            // SAFETY: blocks cover disjoint tile rows (or images), and a block writes only the
-            // output rows of its own tiles; `out` outlives the parallel loop.
-            let out = unsafe { out_ptr.part(n * t.cout * t.h * t.w, t.cout * t.h * t.w) };
-            block(s, t, image, u, bias, rows, out)
-        });
+        // Blocks cover disjoint tile rows of the images; each writes only its own output rows.
+        with_reused(&SCRATCH, |s| block(s, t, image, u, bias, rows, (out_ptr, n * t.cout * t.h * t.w)));
     });
 }
 
@@ -297,13 +295,12 @@ fn block(
     u: &[f32],
     bias: Option<&[f32]>,
     rows: Range<usize>,
-    out: &mut [f32],
+    out: (SharedOut, usize),
 ) {
     let tiles = rows.len() * t.tw;
     grow(&mut s.v, POSITIONS * t.cin * tiles);
     grow(&mut s.m, POSITIONS * t.cout * tiles);
-    for (bufs, count, len) in [(&mut s.phases, 4, t.tw + 1), (&mut s.rows, POSITIONS, t.tw), (&mut s.out, PATCH, t.tw)]
-    {
+    for (bufs, count, len) in [(&mut s.phases, 4, t.tw + 1), (&mut s.rows, POSITIONS, t.tw), (&mut s.out, TILE, t.tw)] {
         bufs.resize_with(count, Vec::new);
         bufs.iter_mut().for_each(|b| b.resize(len, 0.0));
     }
@@ -363,17 +360,23 @@ fn transform_inputs_plain(s: &mut Scratch, t: Tiling, image: &[f32], rows: Range
 }
 
 widest_vectors! {
-    /// out = Aᵀ M A + bias for every tile of the block and output channel, cut to the image.
-    fn transform_outputs(s: &mut Scratch, t: Tiling, bias: Option<&[f32]>, rows: Range<usize>, out: &mut [f32])
+    /// out = Aᵀ M A + bias for every tile of the block and output channel, cut to the image;
+    /// `out` is the shared output and the offset of this image in it.
+    fn transform_outputs(s: &mut Scratch, t: Tiling, bias: Option<&[f32]>, rows: Range<usize>, out: (SharedOut, usize))
         => transform_outputs_plain
 }
 
 #[inline(always)]
-fn transform_outputs_plain(s: &mut Scratch, t: Tiling, bias: Option<&[f32]>, rows: Range<usize>, out: &mut [f32]) {
+fn transform_outputs_plain(
+    s: &mut Scratch,
+    t: Tiling,
+    bias: Option<&[f32]>,
+    rows: Range<usize>,
+    (out, image): (SharedOut, usize),
+) {
     let tiles = rows.len() * t.tw;
     let Scratch { m, out: y, partial, .. } = s;
     for co in 0..t.cout {
-        let plane = &mut out[co * t.h * t.w..][..t.h * t.w];
         let b0 = bias.map_or(0.0, |b| b[co]);
         for (i, ty) in rows.clone().enumerate() {
             let at = |xi: usize| (xi * t.cout + co) * tiles + i * t.tw;
@@ -385,9 +388,11 @@ fn transform_outputs_plain(s: &mut Scratch, t: Tiling, bias: Option<&[f32]>, row
             }
             for k in 0..TILE.min(t.h - ty * TILE) {
                 let row = [0, 1, 2, 3, 4, 5].map(|b| &partial[k * PATCH + b][..]);
-                output_transform(row, slices(&mut y[..TILE]), t.tw);
+                output_transform(row, slices(y), t.tw);
                 // Tile j's four columns are y[0..4][j].
-                let dst = &mut plane[(ty * TILE + k) * t.w..][..t.w];
+                // SAFETY: output row ty·4 + k of channel co lies under this block's tile row ty,
+                // which no other block holds; the output outlives the parallel loop.
+                let dst = unsafe { out.part(image + (co * t.h + ty * TILE + k) * t.w, t.w) };
                 let mut chunks = dst.chunks_exact_mut(TILE);
                 for (j, o) in chunks.by_ref().enumerate() {
                     o.copy_from_slice(&[y[0][j] + b0, y[1][j] + b0, y[2][j] + b0, y[3][j] + b0]);

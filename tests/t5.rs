@@ -221,6 +221,17 @@ fn random_model_encodes_packed_prompts() {
     assert!(t5.encode_batch(&[]).unwrap().is_empty());
 }
 
+/// A prompt's features are the same bits alone and packed with a long prompt that takes the
+/// batch past the few-rows path of `linear` (64 rows): a server's batch never changes them.
+#[test]
+fn a_prompt_gets_the_same_bits_alone_and_packed() {
+    let t5 = T5Encoder::random(config("devB"), 7).unwrap();
+    let long: Vec<u32> = (0..120).map(|i| 2 + i % 70).collect();
+    let alone = t5.encode(&PROMPT).unwrap();
+    let packed = t5.encode_batch(&[&PROMPT, &long]).unwrap();
+    assert_eq!(alone.to_f32_vec().unwrap(), packed[0].to_f32_vec().unwrap());
+}
+
 fn tokenizer() -> T5Tokenizer {
     T5Tokenizer::open(fixture("tokenizer/tokenizer.json")).unwrap()
 }

@@ -27,6 +27,14 @@ pub fn linear(x: &Var, w: &Var, bias: Option<&Var>) -> Result<Var> {
     linear_to(x, w, bias, DType::F32)
 }
 
+/// [`linear`] of a matrix x (rows, in) whose rows are independent samples — the tokens of
+/// packed prompts, one row per image — taken as one-row items, so that each row gets the bits
+/// it would get alone, whatever is packed with it (see [`infinity_ops::matmul::linear`]): a
+/// prompt's features never depend on the batch it was served in.
+pub fn linear_rows(x: &Var, w: &Var, bias: Option<&Var>) -> Result<Var> {
+    linear(&x.unsqueeze(1)?, w, bias)?.squeeze(1)
+}
+
 /// [`linear`] delivered in `out`; see [`infinity_ops::matmul::linear_to`]. Recorded in f32
 /// only.
 pub fn linear_to(x: &Var, w: &Var, bias: Option<&Var>, out: DType) -> Result<Var> {

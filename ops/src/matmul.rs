@@ -322,6 +322,11 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// x (..., in) · wᵀ + bias for w (out, in), bias (out) → (..., out). The weight may be stored
 /// in bf16 or f16; the product is computed in f32 either way.
 ///
+/// On the CPU an item of a stacked x (an entry of its first dimension, rank 3 or more) gets the
+/// same bits however many items are stacked with it, so a batch can never change an image. A
+/// matrix x is one item: rows packed into it (prompts of several lengths) can change each
+/// other's last bits.
+///
 /// On an executor x (rank 2 or 3) and w are rounded to bf16 and the products accumulated in
 /// f32, with the bias added in f32 (see [`matmul`]).
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
@@ -343,8 +348,9 @@ pub fn linear_to(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, out: DType) -> R
 fn linear_cpu(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (x2, dims) = linear_dims(x, w, bias)?;
     let rows = dims.batch.iter().product::<usize>() * dims.m;
+    let items = if x.rank() >= 3 { x.shape()[0] } else { 1 };
     let y = match w.dtype() {
-        _ if few_rows::takes(rows, w.dtype()) && w.is_contiguous() => {
+        _ if few_rows::takes(rows.checked_div(items).unwrap_or(0), w.dtype()) && w.is_contiguous() => {
             let (xd, bias) = (f32_data("linear", &x2)?, bias.map(|b| f32_data("linear", b)).transpose()?);
             let out = match w.dtype() {
                 DType::BF16 => few_rows::linear(&xd, rows, &w.as_slice::<bf16>()?, dims.n, bias.as_deref()),

@@ -2,6 +2,7 @@
 //! sizes off gemm's register tiles), transposed / strided / padded / broadcast operands, batch
 //! broadcasting, the multi-threaded paths, and the argument errors.
 
+use infinity::ops::index::concat;
 use infinity::ops::matmul::{linear, matmul, reference};
 use infinity::runtime::{DType, Tensor};
 use proptest::prelude::*;
@@ -189,4 +190,31 @@ fn half_precision_weights_span_several_blocks() {
         &reference::linear(&abs(&x), &abs(&w.to_dtype(DType::F32).unwrap()), Some(&abs(&bias))).unwrap(),
         2049,
     );
+}
+
+/// An item of a stacked x gets the same bits alone and among others, on either side of the
+/// few-rows path's threshold (64 rows per item in f32, 256 with a bf16 weight): stacking must
+/// not move it from one path to the other, whose last bits differ.
+#[test]
+fn an_item_gets_the_same_bits_alone_and_stacked() {
+    for (dtype, rows) in [(DType::F32, 36), (DType::F32, 64), (DType::F32, 144), (DType::BF16, 144), (DType::BF16, 256)]
+    {
+        let (k, n) = (320, 1280);
+        let w = randn(&[n, k], 2, 0.05).to_dtype(dtype).unwrap();
+        let bias = randn(&[n], 3, 1.0);
+        let x = randn(&[1, rows, k], 1, 1.0);
+        let alone = linear(&x, &w, Some(&bias)).unwrap();
+        for items in [2, 8] {
+            let stacked = concat(&[&x, &randn(&[items - 1, rows, k], 4, 1.0)], 0).unwrap();
+            let first = linear(&stacked, &w, Some(&bias)).unwrap().narrow(0, 0, 1).unwrap();
+            let differing = alone
+                .to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .zip(first.to_vec::<f32>().unwrap())
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert_eq!(differing, 0, "{dtype:?}, {rows} rows: the item differs in {items} stacked");
+        }
+    }
 }

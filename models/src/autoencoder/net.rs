@@ -40,8 +40,8 @@ impl Conv {
     }
 
     /// The conv of x upsampled ×2 (nearest): without a gradient to record, one op that never
-    /// builds the upsampled map (`upsample2x_conv3x3`, 2.25× fewer FLOPs); in training, the
-    /// composition, whose backward rules exist.
+    /// builds the upsampled map (`upsample2x_conv3x3`: each output phase is a 2×2 conv of x,
+    /// 4 taps a pixel instead of 9); in training, the composition, whose backward rules exist.
     pub(crate) fn forward_upsampled(&self, x: &Var) -> Result<Var> {
         let square3 = self.params == Conv2dParams::same(3) && self.weight.shape()[2..] == [3, 3];
         if [x, &self.weight, &self.bias].iter().any(|v| v.is_tracked()) || !square3 {

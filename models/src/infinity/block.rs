@@ -186,7 +186,10 @@ impl Block {
 
     /// Projects the text memory into this block's cross-attention keys and values.
     pub(super) fn text_kv(&self, memory: &Var) -> Result<TextKv> {
-        let (k, v) = split_kv(&linear_to(memory, &self.ca_kv_w, Some(&self.ca_kv_b), self.operand)?, self.heads)?;
+        let (k, v) = split_kv(
+            &linear_to(&memory.unsqueeze(1)?, &self.ca_kv_w, Some(&self.ca_kv_b), self.operand)?.squeeze(1)?,
+            self.heads,
+        )?;
         Ok(TextKv { k, v })
     }
 

@@ -8,7 +8,7 @@ use infinity_autograd::Var;
 use infinity_autograd::attention::packed_attention;
 use infinity_autograd::elementwise::{gelu_tanh, silu};
 use infinity_autograd::index::concat;
-use infinity_autograd::matmul::linear;
+use infinity_autograd::matmul::linear_rows;
 use infinity_autograd::norm::rms_norm;
 use infinity_ops::attention::Packing;
 use infinity_runtime::{DType, Device, Error, Result, Tensor};
@@ -145,25 +145,29 @@ impl TextPath {
     /// RMS-normalised text → (normed, pooled cond).
     pub(super) fn normalize_and_pool(&self, text: &PackedText, packing: &Packing) -> Result<(Var, Var)> {
         let normed = rms_norm(&text.features, Some(&self.norm), EPS)?;
-        let (k, v) = split_kv(&linear(&normed, &self.pool_kv_w, Some(&self.pool_kv_b))?, self.pool_heads)?;
+        let (k, v) = split_kv(&linear_rows(&normed, &self.pool_kv_w, Some(&self.pool_kv_b))?, self.pool_heads)?;
         let dp = k.dim(2)?;
         let b = text.batch();
         // One learned query per head, the same for every sample: (B, Hp, 1, dp).
         let q = self.pool_q.unsqueeze(2)?.broadcast_to(&[b, self.pool_heads, 1, dp])?;
         let pooled = packed_attention(&q, &k, &v, packing, 1.0 / (dp as f32).sqrt())?;
-        let cond = linear(&pooled.reshape(&[b, self.pool_heads * dp])?, &self.pool_proj_w, Some(&self.pool_proj_b))?;
+        let cond =
+            linear_rows(&pooled.reshape(&[b, self.pool_heads * dp])?, &self.pool_proj_w, Some(&self.pool_proj_b))?;
         Ok((normed, cond))
     }
 
     pub(super) fn condition(&self, text: &PackedText) -> Result<Conditioning> {
         let packing = Packing::new(&text.lens, &text.features.value().device())?;
         let (normed, cond) = self.normalize_and_pool(text, &packing)?;
-        let memory =
-            linear(&gelu_tanh(&linear(&normed, &self.ca0_w, Some(&self.ca0_b))?)?, &self.ca2_w, Some(&self.ca2_b))?;
+        let memory = linear_rows(
+            &gelu_tanh(&linear_rows(&normed, &self.ca0_w, Some(&self.ca0_b))?)?,
+            &self.ca2_w,
+            Some(&self.ca2_b),
+        )?;
         let (b, c) = (cond.dim(0)?, cond.dim(1)?);
         let act = silu(&cond)?;
-        let ada = linear(&act, &self.shared_ada_w, Some(&self.shared_ada_b))?.reshape(&[b, 6, c])?;
-        let head_ada = linear(&act, &self.head_ada_w, Some(&self.head_ada_b))?.reshape(&[b, 2, c])?;
+        let ada = linear_rows(&act, &self.shared_ada_w, Some(&self.shared_ada_b))?.reshape(&[b, 6, c])?;
+        let head_ada = linear_rows(&act, &self.head_ada_w, Some(&self.head_ada_b))?.reshape(&[b, 2, c])?;
         Ok(Conditioning { packing, cond, memory, ada, head_ada })
     }
 }

@@ -17,7 +17,7 @@ use std::path::Path;
 
 use infinity_autograd::elementwise::{add, gelu_tanh, mul};
 use infinity_autograd::index::{concat, embedding};
-use infinity_autograd::matmul::{linear, matmul};
+use infinity_autograd::matmul::{linear_rows, matmul};
 use infinity_autograd::norm::rms_norm;
 use infinity_autograd::reduce::softmax;
 use infinity_autograd::{Params as TrainParams, Tracked, Var};
@@ -261,7 +261,8 @@ impl Layer {
     /// whole, which lets the position bias learn.
     fn forward(&self, x: &Var, lens: &[usize], biases: &[Var], c: &T5Config) -> Result<Var> {
         let h = rms_norm(x, Some(&self.attn_norm), c.layer_norm_epsilon)?;
-        let (q, k, v) = (linear(&h, &self.q, None)?, linear(&h, &self.k, None)?, linear(&h, &self.v, None)?);
+        let (q, k, v) =
+            (linear_rows(&h, &self.q, None)?, linear_rows(&h, &self.k, None)?, linear_rows(&h, &self.v, None)?);
         let mut outs = Vec::with_capacity(lens.len());
         let mut offset = 0;
         for (&len, bias) in lens.iter().zip(biases) {
@@ -274,9 +275,9 @@ impl Layer {
             offset += len;
         }
         let attended = concat(&outs.iter().collect::<Vec<_>>(), 0)?;
-        let x = add(x, &linear(&attended, &self.o, None)?)?;
+        let x = add(x, &linear_rows(&attended, &self.o, None)?)?;
         let h = rms_norm(&x, Some(&self.ffn_norm), c.layer_norm_epsilon)?;
-        let gated = mul(&gelu_tanh(&linear(&h, &self.wi_0, None)?)?, &linear(&h, &self.wi_1, None)?)?;
-        add(&x, &linear(&gated, &self.wo, None)?)
+        let gated = mul(&gelu_tanh(&linear_rows(&h, &self.wi_0, None)?)?, &linear_rows(&h, &self.wi_1, None)?)?;
+        add(&x, &linear_rows(&gated, &self.wo, None)?)
     }
 }

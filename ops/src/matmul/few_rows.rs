@@ -10,13 +10,19 @@ use infinity_runtime::DType;
 use infinity_runtime::half::bf16;
 use rayon::prelude::*;
 
-/// Whether `linear` takes this path for `rows` rows of x against a weight of `weight` dtype:
-/// up to where gemm's cache blocking wins (measured on the 2B's and layer12's shapes; a bf16
-/// weight also saves gemm's widening, so it stays here longer).
-pub(crate) fn takes(rows: usize, weight: DType) -> bool {
+/// Whether `linear` takes this path for an x of `rows_per_item` rows per item — per entry of
+/// its first dimension when it has rank 3 or more; a matrix is one item — against a weight of
+/// `weight` dtype. Each path gives a row the same bits whatever the other rows, but the two
+/// paths differ in their last bits, so the choice must not depend on how many items are
+/// stacked: a generation's batch must not move an image from one path to the other (the
+/// server promises the image a request would get alone). The crossover, where gemm's cache
+/// blocking starts to win, was measured on the 2B's and layer12's shapes at about 128 rows
+/// in all, that is 64 per item of generation's guided pairs; a bf16 weight also saves gemm's
+/// widening, so it stays here longer.
+pub(crate) fn takes(rows_per_item: usize, weight: DType) -> bool {
     match weight {
-        DType::F32 => rows <= 128,
-        DType::BF16 => rows <= 512,
+        DType::F32 => rows_per_item <= 64,
+        DType::BF16 => rows_per_item <= 256,
         _ => false,
     }
 }

@@ -436,6 +436,11 @@ struct TransformerArgs {
     /// RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set (e.g. by torchrun --no-python).
     #[arg(long, default_value_t = 1)]
     gpus: usize,
+    /// ZeRO stage: 0 keeps AdamW's whole state on every rank; 1 shards it over the ranks (each
+    /// holds 1/N of the moments; the gradients are reduce-scattered and the updated parameters
+    /// all-gathered, the bytes of one all-reduce). Checkpoints hold the whole state either way.
+    #[arg(long, default_value_t = 0)]
+    zero: u8,
 }
 
 fn main() -> ExitCode {
@@ -570,6 +575,9 @@ fn plan(a: &TransformerArgs, device: Device, ranks: usize) -> Result<Transformer
     let optim = check_optimizer(peak, a.wd, &a.betas, a.clip)?;
     check_range("bsc-strength", f64::from(a.bsc_strength), 0.0..=1.0)?;
     check_range("cond-drop", f64::from(a.cond_drop), 0.0..=1.0)?;
+    if a.zero > 1 {
+        return Err(format!("--zero {}: the stages are 0 (replicated) and 1 (AdamW's state sharded)", a.zero).into());
+    }
 
     let (files, start, default_pn) = match &a.model_dir {
         Some(dir) => {
@@ -622,6 +630,7 @@ fn plan(a: &TransformerArgs, device: Device, ranks: usize) -> Result<Transformer
         cache_latents: a.cache_latents,
         accumulate: a.accumulate,
         recompute_blocks: a.recompute_blocks,
+        zero1: a.zero == 1,
     })
 }
 

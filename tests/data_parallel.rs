@@ -21,10 +21,10 @@ use infinity::models::image::save_png;
 use infinity::models::run::transformer::TransformerRun;
 use infinity::models::run::{Outcome, Progress};
 use infinity::models::schedule::PixelBudget;
-use infinity::runtime::Tensor;
 use infinity::runtime::collective::{Collective, InProcess, Single};
 use infinity::runtime::io::Weights;
 use infinity::runtime::launch::{Launch, Token, rendezvous, supervise};
+use infinity::runtime::{DType, Tensor};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -113,6 +113,40 @@ fn ranks_passing_different_tensors_are_refused() {
     for result in &results {
         let err = result.as_ref().unwrap_err().to_string();
         assert!(err.contains("rank 1 passed tensors of [3] elements, rank 0 of [2]"), "{err}");
+    }
+}
+
+/// ZeRO-1's two halves of an all-reduce: reduce-scatter hands each rank its part of the
+/// rank-order mean, all-gather puts the ranks' parts end to end on every rank; a length the
+/// ranks do not divide, and ranks calling different collectives, are refused, naming them.
+#[test]
+fn ranks_reduce_scatter_and_all_gather() {
+    let results = on_ranks(2, LONG, |rank| {
+        let r = rank.rank() as f32;
+        let flat = Tensor::from_vec((0..6).map(|i| i as f32 + 10.0 * r).collect(), &[6]).unwrap();
+        let part = rank.reduce_scatter_mean(&flat).unwrap().to_f32_vec().unwrap();
+        let all = rank.all_gather(&Tensor::from_vec(vec![r, 0.5 - r, 7.0], &[3]).unwrap()).unwrap();
+        (part, all.to_f32_vec().unwrap())
+    });
+    // The mean of i and i + 10 is i + 5 (halving is exact).
+    assert_eq!(results[0], (vec![5.0, 6.0, 7.0], vec![0.0, 0.5, 7.0, 1.0, -0.5, 7.0]));
+    assert_eq!(results[1], (vec![8.0, 9.0, 10.0], vec![0.0, 0.5, 7.0, 1.0, -0.5, 7.0]));
+    assert_eq!(
+        Single.reduce_scatter_mean(&Tensor::from_vec(vec![1.0f32, 2.0], &[2]).unwrap()).unwrap().to_f32_vec().unwrap(),
+        [1.0, 2.0]
+    );
+
+    let uneven =
+        on_ranks(2, LONG, |rank| rank.reduce_scatter_mean(&Tensor::from_vec(vec![1.0f32; 3], &[3]).unwrap()).map(drop));
+    let err = uneven[0].as_ref().unwrap_err().to_string();
+    assert!(err.contains("a multiple of the 2 ranks"), "{err}");
+    let mixed = on_ranks(2, LONG, |rank| {
+        let v = Tensor::from_vec(vec![1.0f32; 2], &[2]).unwrap();
+        if rank.rank() == 0 { rank.all_gather(&v).map(drop) } else { rank.reduce_scatter_mean(&v).map(drop) }
+    });
+    for result in &mixed {
+        let err = result.as_ref().unwrap_err().to_string();
+        assert!(err.contains("rank 1 called reduce_scatter_mean, rank 0 all_gather"), "{err}");
     }
 }
 
@@ -206,6 +240,52 @@ fn on_a_device_two_ranks_take_the_steps_of_accumulated_micro_batches() {
         assert!(t.to_f32_vec().unwrap() == b.get(name).unwrap().to_f32_vec().unwrap(), "{name} differs");
     }
     assert_eq!(losses(&ranked), losses(&accumulated));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// ZeRO-1 over 3 ranks (the flat vector's parts cut through parameters, the last one padded)
+/// takes the replicated optimizer's steps bit for bit: AdamW is element-wise, the mean
+/// gradients are the same rank-order sums, and the clipping coefficient (every step clipped
+/// here) the same: the norm's sums of squares are gathered in f64. Its checkpoints hold the
+/// same whole state, so a ZeRO-1
+/// run resumes without it (or with another number of ranks) as any run does.
+#[test]
+fn zero1_takes_the_replicated_steps_and_saves_the_whole_state() {
+    let dir = temp_dir("zero1");
+    let data = images(&dir, 3);
+    let train = |out: &Path, zero1: bool| {
+        let (data, out) = (data.clone(), out.to_path_buf());
+        on_ranks(3, LONG, move |rank| {
+            let mut run = tiny_run(&data, &out, 1, 1, 3);
+            run.zero1 = zero1;
+            // Below the gradients' norms (0.085–0.11): every step is clipped.
+            run.clip = 0.05;
+            run.train(&rank, &mut Quiet).unwrap()
+        });
+    };
+    let (replicated, sharded) = (dir.join("replicated"), dir.join("sharded"));
+    train(&replicated, false);
+    train(&sharded, true);
+    assert_eq!(losses(&sharded), losses(&replicated));
+    let grad_norms = |out: &Path| -> Vec<String> {
+        let csv = fs::read_to_string(out.join("metrics.csv")).unwrap();
+        csv.lines().skip(1).map(|l| l.split(',').nth(3).unwrap().to_string()).collect()
+    };
+    assert_eq!(grad_norms(&sharded), grad_norms(&replicated));
+    let optimizer = |out: &Path| {
+        Weights::open(checkpoint::latest(out).unwrap().unwrap().dir.join("optimizer.safetensors")).unwrap()
+    };
+    for (a, b) in [(last_params(&sharded), last_params(&replicated)), (optimizer(&sharded), optimizer(&replicated))] {
+        assert_eq!(a.len(), b.len());
+        for (name, t) in a.iter() {
+            let other = b.get(name).unwrap();
+            let same = match t.dtype() {
+                DType::I64 => t.to_vec::<i64>().unwrap() == other.to_vec::<i64>().unwrap(),
+                _ => t.to_f32_vec().unwrap() == other.to_f32_vec().unwrap(),
+            };
+            assert!(same, "{name} differs");
+        }
+    }
     fs::remove_dir_all(&dir).unwrap();
 }
 

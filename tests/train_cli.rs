@@ -558,6 +558,17 @@ fn bad_input_is_one_line_and_exit_code_2() {
             ],
             "--accumulate must be at least 1",
         ),
+        (
+            vec![
+                "--data".into(),
+                data.display().to_string(),
+                "--model-dir".into(),
+                model.display().to_string(),
+                "--zero".into(),
+                "2".into(),
+            ],
+            "--zero 2: the stages are 0",
+        ),
     ];
     // Without a GPU, `--device cuda` is refused before anything is written.
     if !matches!(infinity::cuda::probe(), infinity::cuda::Availability::Available { .. }) {

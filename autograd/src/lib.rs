@@ -76,6 +76,7 @@ pub mod schedule;
 mod tape;
 mod util;
 mod view;
+pub mod zero;
 
 pub use optim::{AdamW, AdamWConfig, ParamGroup};
 pub use params::{GradStore, Params, Tracked};

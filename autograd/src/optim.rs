@@ -105,6 +105,7 @@ const EXP_AVG: &str = "exp_avg.";
 const EXP_AVG_SQ: &str = "exp_avg_sq.";
 const STEP: &str = "step.";
 
+#[derive(Clone)]
 pub struct AdamW {
     config: AdamWConfig,
     groups: Vec<ParamGroup>,
@@ -140,6 +141,16 @@ impl AdamW {
     /// Steps taken by a parameter (0 before its first update).
     pub fn step_count(&self, name: &str) -> u64 {
         self.state.get(name).map_or(0, |m| m.step)
+    }
+
+    /// A parameter's moments (exp_avg, exp_avg_sq) and step count, once it has stepped.
+    pub(crate) fn moments(&self, name: &str) -> Option<(&Tensor, &Tensor, u64)> {
+        self.state.get(name).map(|m| (&m.exp_avg, &m.exp_avg_sq, m.step))
+    }
+
+    /// Sets a parameter's moments and step count (ZeRO-1 cutting and joining the state).
+    pub(crate) fn set_moments(&mut self, name: &str, exp_avg: Tensor, exp_avg_sq: Tensor, step: u64) {
+        self.state.insert(name.to_string(), Moments { exp_avg, exp_avg_sq, step });
     }
 
     /// One update of every grouped parameter that has a gradient in `grads` (the others are

@@ -9,7 +9,7 @@
 
 use std::ffi::c_void;
 use std::mem::MaybeUninit;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use cudarc::nccl::{result, sys};
 use infinity_runtime::collective::Collective;
@@ -109,35 +109,73 @@ impl Collective for Nccl {
     /// GPU's stream.
     fn all_reduce_mean(&self, tensors: &[Tensor]) -> Result<Vec<Tensor>> {
         const OP: &str = "all_reduce";
-        let Backend::Cuda(gpu) = self.exec.backend() else {
-            return Err(Error::invalid(OP, &[tensors.len()], "NCCL's executor is not a GPU"));
-        };
-        let mut out = Vec::with_capacity(tensors.len());
-        for t in tensors {
-            let flat = t.to_device(&self.exec.device())?.to_dtype(DType::F32)?.reshape(&[t.numel()])?;
-            // A private buffer of this executor, which NCCL writes in place.
-            out.push(flat.copy()?);
-        }
-        let comm = self.comm.lock().unwrap_or_else(PoisonError::into_inner);
+        let (gpu, comm) = self.stream_and_comm(OP)?;
+        let mut out = tensors.iter().map(|t| self.private_vector(t)).collect::<Result<Vec<_>>>()?;
         result::group_start().map_err(nccl_error("starting the group"))?;
         for t in &mut out {
             let addr = self.exec.address_mut(OP, t)? as *mut c_void;
             // SAFETY: `addr` holds t.numel() f32 of this GPU, alive until the stream has run
             // the reduction (the tensors are returned, and read through the same stream).
-            unsafe {
-                result::all_reduce(
-                    addr,
-                    addr,
-                    t.numel(),
-                    sys::ncclDataType_t::ncclFloat32,
-                    sys::ncclRedOp_t::ncclAvg,
-                    comm.0,
-                    gpu.raw_stream() as sys::cudaStream_t,
-                )
-            }
-            .map_err(nccl_error("averaging over the ranks"))?;
+            unsafe { result::all_reduce(addr, addr, t.numel(), F32, sys::ncclRedOp_t::ncclAvg, comm.0, gpu) }
+                .map_err(nccl_error("averaging over the ranks"))?;
         }
         result::group_end().map_err(nccl_error("ending the group"))?;
         out.iter().zip(tensors).map(|(mean, t)| mean.reshape(t.shape())).collect()
+    }
+
+    /// `ncclReduceScatter` with `ncclAvg` from an f32 copy of `flat` on this GPU.
+    fn reduce_scatter_mean(&self, flat: &Tensor) -> Result<Tensor> {
+        const OP: &str = "reduce_scatter";
+        if flat.rank() != 1 || !flat.numel().is_multiple_of(self.world) {
+            let msg = format!("a vector whose length is a multiple of the {} ranks", self.world);
+            return Err(Error::invalid(OP, flat.shape(), msg));
+        }
+        let (gpu, comm) = self.stream_and_comm(OP)?;
+        let send = self.private_vector(flat)?;
+        let part = flat.numel() / self.world;
+        let mut out = self.exec.output(OP, &[part], DType::F32)?;
+        let from = self.exec.address(OP, &send)? as *const c_void;
+        let to = self.exec.address_mut(OP, &mut out)? as *mut c_void;
+        // SAFETY: `from` holds world × part f32 and `to` part f32 of this GPU, both alive
+        // until the stream has run the reduction (`send` is dropped after the stream's work
+        // is queued; the executor frees buffers in stream order).
+        unsafe { result::reduce_scatter(from, to, part, F32, sys::ncclRedOp_t::ncclAvg, comm.0, gpu) }
+            .map_err(nccl_error("averaging over the ranks"))?;
+        Ok(out)
+    }
+
+    /// `ncclAllGather` of an f32 copy of `part` on this GPU.
+    fn all_gather(&self, part: &Tensor) -> Result<Tensor> {
+        const OP: &str = "all_gather";
+        if part.rank() != 1 {
+            return Err(Error::invalid(OP, part.shape(), "a vector"));
+        }
+        let (gpu, comm) = self.stream_and_comm(OP)?;
+        let send = self.private_vector(part)?;
+        let mut out = self.exec.output(OP, &[part.numel() * self.world], DType::F32)?;
+        let from = self.exec.address(OP, &send)? as *const c_void;
+        let to = self.exec.address_mut(OP, &mut out)? as *mut c_void;
+        // SAFETY: as for `reduce_scatter_mean`, with part f32 sent and world × part received.
+        unsafe { result::all_gather(from, to, part.numel(), F32, comm.0, gpu) }
+            .map_err(nccl_error("gathering from the ranks"))?;
+        Ok(out)
+    }
+}
+
+const F32: sys::ncclDataType_t = sys::ncclDataType_t::ncclFloat32;
+
+impl Nccl {
+    /// This GPU's stream and the communicator, held for one collective.
+    fn stream_and_comm(&self, op: &'static str) -> Result<(sys::cudaStream_t, MutexGuard<'_, Comm>)> {
+        let Backend::Cuda(gpu) = self.exec.backend() else {
+            return Err(Error::invalid(op, &[self.world], "NCCL's executor is not a GPU"));
+        };
+        let comm = self.comm.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok((gpu.raw_stream() as sys::cudaStream_t, comm))
+    }
+
+    /// A private f32 copy of `t`, flattened, on this GPU: a buffer NCCL may read and write.
+    fn private_vector(&self, t: &Tensor) -> Result<Tensor> {
+        t.to_device(&self.exec.device())?.to_dtype(DType::F32)?.reshape(&[t.numel()])?.copy()
     }
 }

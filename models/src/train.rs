@@ -5,7 +5,8 @@
 //! [`evaluate`] scores a model the same way without training it (held-out loss and accuracy).
 
 use infinity_autograd::loss::{BitwiseLoss, bitwise_cross_entropy};
-use infinity_autograd::{AdamW, GradStore, Params, Tape, Tracked, Var};
+use infinity_autograd::zero::Update;
+use infinity_autograd::{GradStore, Params, Tape, Tracked, Var};
 use infinity_ops::index::concat;
 use infinity_runtime::collective::Collective;
 use infinity_runtime::{Error, Result, Tensor};
@@ -93,7 +94,8 @@ pub struct StepStats {
     /// Per scale: the fraction of predictions (bits, or VAR's codes) whose likeliest value is
     /// the label.
     pub scale_accuracy: Vec<f32>,
-    /// The gradients the optimiser applied (after clipping).
+    /// The gradients the optimiser applied (after clipping); empty under ZeRO-1, where each
+    /// rank holds only its part of them.
     pub grads: GradStore,
 }
 
@@ -105,7 +107,7 @@ pub struct StepStats {
 /// `params`' names.
 pub fn train_step(
     params: &mut Params,
-    optimizer: &mut AdamW,
+    optimizer: &mut dyn Update,
     config: &InfinityConfig,
     batches: &[StepBatch],
     settings: StepSettings,
@@ -125,11 +127,12 @@ pub(crate) struct MicroBatch {
 
 /// The step every model trains by: `n` micro-batches (`micro(params, i)` each) whose gradients
 /// are accumulated, each weighted 1/n, averaged over the ranks of `world`, clipped to the
-/// global norm `clip` and applied by AdamW with `lr` and `weight_decay`; the figures are the
+/// global norm `clip` and applied by `optimizer` (AdamW, replicated or sharded by ZeRO-1) with
+/// `lr` and `weight_decay`; the figures are the
 /// means over micro-batches and ranks, so every rank takes the same step and reports the same.
 pub(crate) fn optimizer_step(
     params: &mut Params,
-    optimizer: &mut AdamW,
+    optimizer: &mut dyn Update,
     n: usize,
     mut micro: impl FnMut(&Params, usize) -> Result<MicroBatch>,
     (lr, weight_decay, clip): (f64, f64, f32),
@@ -152,7 +155,6 @@ pub(crate) fn optimizer_step(
         mean_into(&mut scale_loss, &micro.scale_loss);
         mean_into(&mut scale_accuracy, &micro.scale_accuracy);
     }
-    let mut grads = grads.all_reduce_mean(params, world)?;
     if world.world_size() > 1 {
         let figures = [&[loss][..], &scale_loss, &scale_accuracy].concat();
         let means = world.all_reduce_mean(&[Tensor::from_vec(figures, &[1 + 2 * scale_loss.len()])?])?;
@@ -164,8 +166,7 @@ pub(crate) fn optimizer_step(
     }
     // The tapes are gone, so the parameters are private again: AdamW updates them in place
     // instead of copying them.
-    let grad_norm = grads.clip_norm(clip)?;
-    optimizer.step(params, &grads, lr, weight_decay)?;
+    let (grad_norm, grads) = optimizer.update(params, grads, (lr, weight_decay, clip), world)?;
     Ok(StepStats { loss, grad_norm, scale_loss, scale_accuracy, grads })
 }
 

@@ -203,5 +203,6 @@ pub fn tiny_transformer_run(
         cache_latents: false,
         accumulate: 1,
         recompute_blocks: false,
+        zero1: false,
     }
 }

@@ -41,6 +41,17 @@ pub struct RunSettings {
     pub command: String,
 }
 
+impl RunSettings {
+    /// Whether a checkpoint is due after `step`: every `save_every` steps and the last.
+    pub fn checkpoint_due(&self, step: u64) -> bool {
+        checkpoint_due(step, self.save_every, self.steps)
+    }
+}
+
+fn checkpoint_due(step: u64, save_every: u64, last: u64) -> bool {
+    step.is_multiple_of(save_every) || step == last
+}
+
 /// An open run folder.
 pub(super) struct RunFolder {
     out: PathBuf,
@@ -99,9 +110,9 @@ impl RunFolder {
         writeln!(self.metrics, "{}", fields.join(",")).map_err(|e| Error::io(self.out.join("metrics.csv"), e))
     }
 
-    /// Whether a checkpoint is due after `step`: every `save_every` steps and the last.
+    /// Whether a checkpoint is due after `step` ([`RunSettings::checkpoint_due`]).
     pub(super) fn due(&self, step: u64) -> bool {
-        step.is_multiple_of(self.save_every) || step == self.last
+        checkpoint_due(step, self.save_every, self.last)
     }
 
     /// The folder the checkpoint after `step` goes to (`autograd::checkpoint`'s naming), for

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use infinity_autograd::optim::official_groups;
+use infinity_autograd::zero::{Optimizer, Zero1};
 use infinity_autograd::{AdamW, AdamWConfig, LrSchedule, Params};
 use infinity_ops::index::concat;
 use infinity_runtime::collective::Collective;
@@ -77,6 +78,8 @@ pub struct TransformerRun {
     pub accumulate: usize,
     /// Activation checkpointing per block.
     pub recompute_blocks: bool,
+    /// ZeRO stage 1: AdamW's moments sharded over the ranks ([`Zero1`]).
+    pub zero1: bool,
 }
 
 /// The transformer's text side: a frozen encoder whose features are cached on disk, or an
@@ -204,16 +207,25 @@ impl TransformerRun {
         };
         // The f32 master weights, their gradients and AdamW's state all live on the device.
         let mut params = params.to_device(device)?;
-        let mut optimizer = AdamW::new(self.adamw, official_groups(&params))?;
+        let mut adamw = AdamW::new(self.adamw, official_groups(&params))?;
         if let Some(saved) = &resume {
-            saved.restore(&mut params, &mut optimizer)?;
+            saved.restore(&mut params, &mut adamw)?;
         }
+        let mut optimizer = if self.zero1 {
+            Optimizer::Zero1(Zero1::shard(adamw, &params, world)?)
+        } else {
+            Optimizer::Replicated(adamw)
+        };
         let n_params: usize = params.iter().map(|(_, t)| t.numel()).sum();
         let what = match &resume {
             Some(saved) => format!("resuming {} at step {step0}", saved.dir.display()),
             None => format!("starting from {source}"),
         };
-        let ranks_note = if ranks > 1 { format!(" × {ranks} ranks") } else { String::new() };
+        let ranks_note = match (ranks, self.zero1) {
+            (1, _) => String::new(),
+            (_, false) => format!(" × {ranks} ranks"),
+            (_, true) => format!(" × {ranks} ranks (AdamW's state sharded, ZeRO-1)"),
+        };
         let intro = format!(
             "{what} on {device}: {n_params} parameters, {} items ({}), pn {}, batch {} × {} micro-batches{ranks_note}, \
              peak lr {:e}; models loaded in {:.2} s",
@@ -285,6 +297,8 @@ impl TransformerRun {
                 ranks * micro.iter().map(|(prompts, _, schedule)| prompts.len() * schedule.seq_len()).sum::<usize>();
             let (samples_per_s, tokens_per_s) = (samples as f64 / seconds, tokens as f64 / seconds);
             step += 1;
+            // Under ZeRO-1 every rank takes part in gathering AdamW's state for a checkpoint.
+            let checkpoint_state = if s.checkpoint_due(step) { optimizer.full_state(&params, world)? } else { None };
             let Some(folder) = &mut folder else { continue };
 
             let mut row = first_columns(step, stats.loss, lr, stats.grad_norm);
@@ -305,7 +319,9 @@ impl TransformerRun {
                 step,
                 &format!("loss {:.4}, {samples_per_s:.2} samples/s, {tokens_per_s:.0} tokens/s", stats.loss),
             );
-            folder.save(step, &params, &optimizer, &state.to_json(COMMAND, s, ranks), progress)?;
+            if let Some(adamw) = checkpoint_state {
+                folder.save(step, &params, &adamw, &state.to_json(COMMAND, s, ranks), progress)?;
+            }
         }
         let outcome = Outcome::Trained {
             from: step0,

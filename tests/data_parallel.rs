@@ -494,7 +494,7 @@ fn a_failing_rank_stops_the_launch() {
 
 /// Real NCCL, when this machine has a GPU and libnccl: a world of one rank joins through the
 /// rendezvous and averages on the GPU (the mean of one rank is its own gradient, so the
-/// values come back exactly), 2-D and 4-D tensors included.
+/// values come back exactly), 2-D and 4-D tensors included, and reduce-scatters and gathers.
 #[test]
 fn nccl_averages_on_a_gpu_in_a_world_of_one() {
     use infinity::cuda::nccl::{self, Nccl};
@@ -516,4 +516,8 @@ fn nccl_averages_on_a_gpu_in_a_world_of_one() {
     assert_eq!(means[0].shape(), [3, 4]);
     assert_eq!(means[0].to_f32_vec().unwrap(), a.to_f32_vec().unwrap());
     assert_eq!(means[1].to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
+    // ZeRO-1's halves: the one rank's part is the whole vector.
+    let flat = a.reshape(&[12]).unwrap();
+    assert_eq!(world.reduce_scatter_mean(&flat).unwrap().to_f32_vec().unwrap(), flat.to_f32_vec().unwrap());
+    assert_eq!(world.all_gather(&flat).unwrap().to_f32_vec().unwrap(), flat.to_f32_vec().unwrap());
 }

@@ -58,6 +58,7 @@
 
 pub mod adaln;
 pub mod attention;
+pub mod buckets;
 pub mod checkpoint;
 pub mod conv;
 pub mod elementwise;

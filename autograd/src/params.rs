@@ -6,7 +6,6 @@ use std::collections::HashMap;
 
 use infinity_ops::elementwise::{add, mul_scalar};
 use infinity_ops::optim::sum_squares;
-use infinity_runtime::collective::Collective;
 use infinity_runtime::io::Weights;
 use infinity_runtime::{DType, Device, Error, Result, Tensor};
 
@@ -120,6 +119,19 @@ impl Tracked {
         self.index.get(name).map(|&i| &self.vars[i].1).ok_or_else(|| unknown("tracked", name))
     }
 
+    /// A backward pass of `loss` over the parameters' `tape`, handing each parameter's
+    /// gradient to `on_grad` as soon as it is final (the last layers' first), while the pass
+    /// goes on through the earlier ones. A parameter the loss does not depend on is not handed
+    /// over. Consumes the recording.
+    pub fn backward(&self, tape: &Tape, loss: &Var, on_grad: &mut dyn FnMut(&str, Tensor) -> Result<()>) -> Result<()> {
+        let names: HashMap<usize, &str> =
+            self.vars.iter().filter_map(|(name, v)| v.position_on(tape).map(|id| (id, name.as_str()))).collect();
+        tape.backward_streaming(loss, &mut |leaf, g| match names.get(&leaf) {
+            Some(name) => on_grad(name, g),
+            None => Ok(()),
+        })
+    }
+
     /// The gradients of the parameters from a backward pass over their tape. A parameter
     /// the loss does not depend on gets no entry (as PyTorch leaves its `.grad` None, so the
     /// optimizer skips it).
@@ -169,58 +181,52 @@ impl GradStore {
         self.grads.iter().map(|(name, g)| (name.as_str(), g))
     }
 
-    /// Gradient accumulation: adds `scale` × each gradient of `micro` (one micro-batch) to
-    /// this store. With n micro-batches and scale 1/n the store ends up holding the gradient
-    /// of the mean loss, as the official trainer's loss × 1/ac.
-    pub fn accumulate(&mut self, micro: &GradStore, scale: f32) -> Result<()> {
-        for (name, g) in &micro.grads {
-            let scaled = if scale == 1.0 { g.clone() } else { mul_scalar(g, scale)? };
-            let sum = match self.get(name) {
-                // `add` would broadcast; gradients of one parameter must match exactly.
-                Some(sum) if sum.shape() != g.shape() => {
-                    return Err(Error::ShapeMismatch {
-                        op: "accumulate",
-                        lhs: sum.shape().to_vec(),
-                        rhs: g.shape().to_vec(),
-                    });
-                }
-                Some(sum) => add(sum, &scaled)?,
-                None => scaled,
-            };
-            self.insert(name.clone(), sum);
-        }
+    /// Gradient accumulation: adds `scale` × `g` (one micro-batch's gradient of `name`) to
+    /// the store. With n micro-batches and scale 1/n the store ends up holding the gradient of
+    /// the mean loss, as the official trainer's loss × 1/ac.
+    pub fn add_scaled(&mut self, name: &str, g: &Tensor, scale: f32) -> Result<()> {
+        let scaled = if scale == 1.0 { g.clone() } else { mul_scalar(g, scale)? };
+        let sum = match self.get(name) {
+            // `add` would broadcast; gradients of one parameter must match exactly.
+            Some(sum) if sum.shape() != g.shape() => {
+                return Err(Error::ShapeMismatch {
+                    op: "accumulate",
+                    lhs: sum.shape().to_vec(),
+                    rhs: g.shape().to_vec(),
+                });
+            }
+            Some(sum) => add(sum, &scaled)?,
+            None => scaled,
+        };
+        self.insert(name.to_string(), sum);
         Ok(())
     }
 
-    /// The mean of this store over the ranks of `world`, each holding the gradients of its
-    /// share of the batch for the same `params`: the gradient of the whole batch's mean loss
-    /// when the shares are equal. A parameter without a gradient on some rank contributes
-    /// zeros there, and has none in the mean only if it has none on every rank (as a
-    /// parameter no sample of the whole batch reached, such as the null text when no caption
-    /// was dropped).
-    pub fn all_reduce_mean(self, params: &Params, world: &dyn Collective) -> Result<GradStore> {
-        if world.world_size() == 1 {
-            return Ok(self);
+    /// [`GradStore::add_scaled`] for every gradient of `micro`.
+    pub fn accumulate(&mut self, micro: &GradStore, scale: f32) -> Result<()> {
+        micro.grads.iter().try_for_each(|(name, g)| self.add_scaled(name, g, scale))
+    }
+
+    /// Removes and returns the gradient of `name`.
+    pub fn take(&mut self, name: &str) -> Option<Tensor> {
+        let i = self.index.remove(name)?;
+        let (_, g) = self.grads.remove(i);
+        for at in self.index.values_mut().filter(|at| **at > i) {
+            *at -= 1;
         }
-        let mut tensors = Vec::with_capacity(params.len() + 1);
-        let mut present = Vec::with_capacity(params.len());
-        for (name, p) in params.iter() {
-            present.push(f32::from(u8::from(self.get(name).is_some())));
-            tensors.push(match self.get(name) {
-                Some(g) => g.clone(),
-                None => Tensor::zeros_on(p.shape(), DType::F32, &p.device())?,
-            });
-        }
-        tensors.push(Tensor::from_vec(present, &[params.len()])?);
-        let mut means = world.all_reduce_mean(&tensors)?;
-        let present = means.pop().map_or(Ok(Vec::new()), |t| t.to_f32_vec())?;
-        let mut store = GradStore::default();
-        for (((name, _), mean), present) in params.iter().zip(means).zip(present) {
-            if present > 0.0 {
-                store.insert(name.to_string(), mean);
+        Some(g)
+    }
+
+    /// The same gradients in the order of `params` (the order every rank and device agrees
+    /// on, whatever order a backward pass finished them in).
+    pub fn ordered_as(mut self, params: &Params) -> GradStore {
+        let mut ordered = GradStore::default();
+        for (name, _) in params.iter() {
+            if let Some(g) = self.take(name) {
+                ordered.insert(name.to_string(), g);
             }
         }
-        Ok(store)
+        ordered
     }
 
     /// The L2 norm of all gradients together (the norm of the per-tensor norms), in f64; one

@@ -119,6 +119,34 @@ impl Tape {
     /// The vector-Jacobian product: gradients of Σ `output`·`grad` with respect to the leaves,
     /// for an `output` of any shape and a `grad` of the same shape. Consumes the recording.
     pub fn backward_with_grad(&self, output: &Var, grad: Tensor) -> Result<Gradients> {
+        let mut leaves = HashMap::new();
+        self.sweep(output, grad, &mut |leaf, g| {
+            leaves.insert(leaf, g);
+            Ok(())
+        })?;
+        Ok(Gradients { tape: self.id, leaves })
+    }
+
+    /// [`Tape::backward`], handing each leaf's gradient to `on_leaf` (with the leaf's position
+    /// on the tape) as soon as it is final — once the sweep has passed the first node that
+    /// read the leaf — rather than all at the end: the gradients of the last layers are ready
+    /// while the sweep still runs through the first ones, and their reduction between ranks
+    /// can overlap it. Consumes the recording.
+    pub(crate) fn backward_streaming(
+        &self,
+        loss: &Var,
+        on_leaf: &mut dyn FnMut(usize, Tensor) -> Result<()>,
+    ) -> Result<()> {
+        if loss.value.numel() != 1 {
+            return Err(Error::invalid("backward", loss.shape(), "the loss must hold exactly one element"));
+        }
+        let seed = Tensor::full(loss.shape(), 1.0, DType::F32).to_device(&loss.value.device())?;
+        self.sweep(loss, seed, on_leaf)
+    }
+
+    /// The backward sweep from `output` seeded with `grad`, each leaf's gradient handed to
+    /// `on_leaf` once final.
+    fn sweep(&self, output: &Var, grad: Tensor, on_leaf: &mut dyn FnMut(usize, Tensor) -> Result<()>) -> Result<()> {
         const OP: &str = "backward";
         let Some((tape, root)) = &output.node else {
             return Err(Error::invalid(OP, output.shape(), "the output does not depend on any leaf of a tape"));
@@ -139,35 +167,55 @@ impl Tape {
             std::mem::take(&mut guard.nodes)
         };
         nodes.truncate(root + 1);
-        let mut grads: Vec<Option<Tensor>> = vec![None; nodes.len()];
-        grads[*root] = Some(grad);
-        let mut leaves = HashMap::new();
-        while let Some(node) = nodes.pop() {
-            let id = nodes.len();
-            let Some(g) = grads[id].take() else { continue };
-            let Some(backward) = node.backward else {
-                leaves.insert(id, g.contiguous()?);
-                continue;
-            };
-            let needs: Vec<bool> = node.inputs.iter().map(Option::is_some).collect();
-            let input_grads = backward(&g, &needs)?;
-            for (input, input_grad) in node.inputs.iter().zip(input_grads) {
-                let (Some(input), Some(input_grad)) = (*input, input_grad) else { continue };
-                let expected = &nodes[input].shape;
-                if input_grad.shape() != expected.as_slice() {
-                    return Err(Error::ShapeMismatch {
-                        op: node.op,
-                        lhs: expected.clone(),
-                        rhs: input_grad.shape().to_vec(),
-                    });
-                }
-                grads[input] = Some(match grads[input].take() {
-                    None => input_grad,
-                    Some(sum) => add(&sum, &input_grad)?,
-                });
+        // The leaves whose gradient is final once the sweep is past each node: those it is the
+        // first reader of.
+        let mut first_reader = vec![usize::MAX; nodes.len()];
+        for (id, node) in nodes.iter().enumerate() {
+            for &input in node.inputs.iter().flatten() {
+                first_reader[input] = first_reader[input].min(id);
             }
         }
-        Ok(Gradients { tape: self.id, leaves })
+        let mut final_after: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+        for (leaf, _) in nodes.iter().enumerate().filter(|(_, n)| n.backward.is_none()) {
+            if let Some(readers) = final_after.get_mut(first_reader[leaf]) {
+                readers.push(leaf);
+            }
+        }
+        let mut grads: Vec<Option<Tensor>> = vec![None; nodes.len()];
+        grads[*root] = Some(grad);
+        while let Some(node) = nodes.pop() {
+            let id = nodes.len();
+            if let Some(g) = grads[id].take() {
+                // A leaf still holding its gradient here is the output itself.
+                let Some(backward) = node.backward else {
+                    on_leaf(id, g.contiguous()?)?;
+                    continue;
+                };
+                let needs: Vec<bool> = node.inputs.iter().map(Option::is_some).collect();
+                let input_grads = backward(&g, &needs)?;
+                for (input, input_grad) in node.inputs.iter().zip(input_grads) {
+                    let (Some(input), Some(input_grad)) = (*input, input_grad) else { continue };
+                    let expected = &nodes[input].shape;
+                    if input_grad.shape() != expected.as_slice() {
+                        return Err(Error::ShapeMismatch {
+                            op: node.op,
+                            lhs: expected.clone(),
+                            rhs: input_grad.shape().to_vec(),
+                        });
+                    }
+                    grads[input] = Some(match grads[input].take() {
+                        None => input_grad,
+                        Some(sum) => add(&sum, &input_grad)?,
+                    });
+                }
+            }
+            for &leaf in &final_after[id] {
+                if let Some(g) = grads[leaf].take() {
+                    on_leaf(leaf, g.contiguous()?)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -196,6 +244,11 @@ impl Var {
     /// Size of dimension `dim`.
     pub fn dim(&self, dim: usize) -> Result<usize> {
         self.value.dim(dim)
+    }
+
+    /// The value's position on `tape`, if it was recorded there.
+    pub(crate) fn position_on(&self, tape: &Tape) -> Option<usize> {
+        self.node.as_ref().filter(|(t, _)| t.id == tape.id).map(|&(_, id)| id)
     }
 
     /// Whether the value depends on a leaf of a tape (and so will receive a gradient).

@@ -26,15 +26,28 @@ use infinity_runtime::{DType, Device, Result, Tensor};
 use crate::optim::ParamGroup;
 use crate::{AdamW, GradStore, Params};
 
+/// How an [`Update`] takes the ranks' gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reduction {
+    /// Averaged over the ranks before the update (the trainer all-reduces them in buckets
+    /// during the backward pass, [`crate::buckets`]).
+    Mean,
+    /// This rank's own: the update reduces them itself (ZeRO-1's reduce-scatter).
+    Own,
+}
+
 /// One optimizer step of data-parallel training: the ranks' gradients averaged, clipped to a
 /// global norm and applied.
 pub trait Update {
-    /// Averages each rank's `grads` over `world` (a parameter without a gradient on some rank
-    /// contributes zeros there, and is skipped only if it has none on any rank), clips their
-    /// global norm to `rates.2` (`torch.nn.utils.clip_grad_norm_`), and updates `params` with
-    /// learning rate `rates.0` and weight decay `rates.1`. Returns the norm before clipping
-    /// and the clipped mean gradients where this rank holds them (empty under ZeRO-1, where
-    /// each rank holds only its part).
+    /// What `update` expects in its `grads`.
+    fn reduction(&self) -> Reduction;
+
+    /// Takes the gradients (the ranks' mean, or this rank's own, as [`Update::reduction`]
+    /// says; a parameter without one is skipped), clips their global norm to `rates.2`
+    /// (`torch.nn.utils.clip_grad_norm_`), and updates `params` with learning rate `rates.0`
+    /// and weight decay `rates.1`. Returns the norm before clipping and the clipped mean
+    /// gradients where this rank holds them (empty under ZeRO-1, where each rank holds only
+    /// its part).
     fn update(
         &mut self,
         params: &mut Params,
@@ -44,16 +57,19 @@ pub trait Update {
     ) -> Result<(f32, GradStore)>;
 }
 
-/// The replicated step: the gradients all-reduced, the whole update on every rank.
+/// The replicated step: every rank holds the mean gradients and takes the whole update.
 impl Update for AdamW {
+    fn reduction(&self) -> Reduction {
+        Reduction::Mean
+    }
+
     fn update(
         &mut self,
         params: &mut Params,
-        grads: GradStore,
+        mut grads: GradStore,
         (lr, weight_decay, clip): (f64, f64, f32),
-        world: &dyn Collective,
+        _world: &dyn Collective,
     ) -> Result<(f32, GradStore)> {
-        let mut grads = grads.all_reduce_mean(params, world)?;
         let norm = grads.clip_norm(clip)?;
         self.step(params, &grads, lr, weight_decay)?;
         Ok((norm, grads))
@@ -79,6 +95,13 @@ impl Optimizer {
 }
 
 impl Update for Optimizer {
+    fn reduction(&self) -> Reduction {
+        match self {
+            Optimizer::Replicated(adamw) => adamw.reduction(),
+            Optimizer::Zero1(zero) => zero.reduction(),
+        }
+    }
+
     fn update(
         &mut self,
         params: &mut Params,
@@ -264,6 +287,10 @@ impl Zero1 {
 const GATHER_CHUNK: usize = 1 << 24;
 
 impl Update for Zero1 {
+    fn reduction(&self) -> Reduction {
+        Reduction::Own
+    }
+
     fn update(
         &mut self,
         params: &mut Params,
@@ -272,7 +299,7 @@ impl Update for Zero1 {
         world: &dyn Collective,
     ) -> Result<(f32, GradStore)> {
         let (layout, device) = (&self.layout, params.device());
-        // Which parameters have a gradient on some rank (the others take no step).
+        // Which parameters some rank's batch reached (the others take no step).
         let present: Vec<f32> = params.iter().map(|(name, _)| f32::from(u8::from(grads.get(name).is_some()))).collect();
         let present = world.all_reduce_mean(&[Tensor::from_vec(present, &[params.len()])?])?[0].to_f32_vec()?;
         let mut flat = Vec::with_capacity(params.len() + 1);

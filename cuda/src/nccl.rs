@@ -6,6 +6,10 @@
 //!
 //! A rank that dies makes NCCL's collectives wait forever, so the launcher watches its ranks
 //! and stops them all when one ends in failure (`infinity-train --gpus`).
+//!
+//! The collectives run on the executor's one stream, ordered with its kernels: the trainer's
+//! buckets are queued while the backward pass still runs, but the GPU runs them between its
+//! kernels, not beside them (that needs a second stream and events, not built yet).
 
 use std::ffi::c_void;
 use std::mem::MaybeUninit;
@@ -165,11 +169,13 @@ impl Collective for Nccl {
 const F32: sys::ncclDataType_t = sys::ncclDataType_t::ncclFloat32;
 
 impl Nccl {
-    /// This GPU's stream and the communicator, held for one collective.
+    /// This GPU's stream and the communicator, held for one collective. The calling thread
+    /// may be the trainer's communication thread: the context is made current on it first.
     fn stream_and_comm(&self, op: &'static str) -> Result<(sys::cudaStream_t, MutexGuard<'_, Comm>)> {
         let Backend::Cuda(gpu) = self.exec.backend() else {
             return Err(Error::invalid(op, &[self.world], "NCCL's executor is not a GPU"));
         };
+        gpu.bind_to_thread()?;
         let comm = self.comm.lock().unwrap_or_else(PoisonError::into_inner);
         Ok((gpu.raw_stream() as sys::cudaStream_t, comm))
     }

@@ -4,8 +4,9 @@
 //! `infinity-train` and the parity test against the official trainer, so both run one code path.
 //! [`evaluate`] scores a model the same way without training it (held-out loss and accuracy).
 
+use infinity_autograd::buckets::{BUCKET_BYTES, BucketedMean};
 use infinity_autograd::loss::{BitwiseLoss, bitwise_cross_entropy};
-use infinity_autograd::zero::Update;
+use infinity_autograd::zero::{Reduction, Update};
 use infinity_autograd::{GradStore, Params, Tape, Tracked, Var};
 use infinity_ops::index::concat;
 use infinity_runtime::collective::Collective;
@@ -113,17 +114,21 @@ pub fn train_step(
     settings: StepSettings,
     world: &dyn Collective,
 ) -> Result<StepStats> {
-    let micro = |params: &Params, i: usize| gradients(params, config, &batches[i], settings);
+    let micro =
+        |params: &Params, i: usize, on_grad: &mut OnGrad| gradients(params, config, &batches[i], settings, on_grad);
     optimizer_step(params, optimizer, batches.len(), micro, (settings.lr, settings.weight_decay, settings.clip), world)
 }
 
-/// What one micro-batch contributes to a step.
+/// What one micro-batch reports to a step (its gradients go to the step's [`OnGrad`]).
 pub(crate) struct MicroBatch {
     pub(crate) loss: f32,
     pub(crate) scale_loss: Vec<f32>,
     pub(crate) scale_accuracy: Vec<f32>,
-    pub(crate) grads: GradStore,
 }
+
+/// Where a micro-batch's backward pass hands each parameter's gradient, by name, as soon as
+/// it is final ([`Tracked::backward`]).
+pub(crate) type OnGrad<'a> = dyn FnMut(&str, Tensor) -> Result<()> + 'a;
 
 /// The step every model trains by: `n` micro-batches (`micro(params, i)` each) whose gradients
 /// are accumulated, each weighted 1/n, averaged over the ranks of `world`, clipped to the
@@ -134,7 +139,7 @@ pub(crate) fn optimizer_step(
     params: &mut Params,
     optimizer: &mut dyn Update,
     n: usize,
-    mut micro: impl FnMut(&Params, usize) -> Result<MicroBatch>,
+    mut micro: impl FnMut(&Params, usize, &mut OnGrad) -> Result<MicroBatch>,
     (lr, weight_decay, clip): (f64, f64, f32),
     world: &dyn Collective,
 ) -> Result<StepStats> {
@@ -142,19 +147,42 @@ pub(crate) fn optimizer_step(
         return Err(Error::invalid("train.step", &[0], "a step needs at least one micro-batch"));
     }
     let share = 1.0 / n as f32;
-    let mut grads = GradStore::default();
     let (mut loss, mut scale_loss, mut scale_accuracy) = (0.0, Vec::new(), Vec::new());
-    for i in 0..n {
-        let micro = micro(params, i)?;
-        grads.accumulate(&micro.grads, share)?;
-        loss += share * micro.loss;
-        let mean_into = |sum: &mut Vec<f32>, part: &[f32]| {
-            sum.resize(part.len(), 0.0);
-            sum.iter_mut().zip(part).for_each(|(s, &p)| *s += share * p);
-        };
-        mean_into(&mut scale_loss, &micro.scale_loss);
-        mean_into(&mut scale_accuracy, &micro.scale_accuracy);
-    }
+    // The ranks' mean is all-reduced in buckets during the last micro-batch's backward pass,
+    // unless the optimizer reduces the gradients itself (ZeRO-1) or there is one rank.
+    let bucketed = world.world_size() > 1 && optimizer.reduction() == Reduction::Mean;
+    let grads = std::thread::scope(|scope| -> Result<GradStore> {
+        let mut sums = GradStore::default();
+        let mut mean = bucketed.then(|| BucketedMean::start(scope, params, world, BUCKET_BYTES));
+        for i in 0..n {
+            let last = i + 1 == n;
+            let mut on_grad = |name: &str, g: Tensor| -> Result<()> {
+                sums.add_scaled(name, &g, share)?;
+                match &mut mean {
+                    Some(mean) if last => mean.push(name, sums.take(name).expect("added just now")),
+                    _ => Ok(()),
+                }
+            };
+            let micro = micro(params, i, &mut on_grad)?;
+            loss += share * micro.loss;
+            let mean_into = |sum: &mut Vec<f32>, part: &[f32]| {
+                sum.resize(part.len(), 0.0);
+                sum.iter_mut().zip(part).for_each(|(s, &p)| *s += share * p);
+            };
+            mean_into(&mut scale_loss, &micro.scale_loss);
+            mean_into(&mut scale_accuracy, &micro.scale_accuracy);
+        }
+        match mean {
+            Some(mut mean) => {
+                // Parameters reached by earlier micro-batches only.
+                for (name, g) in sums.iter() {
+                    mean.push(name, g.clone())?;
+                }
+                mean.finish(world)
+            }
+            None => Ok(sums.ordered_as(params)),
+        }
+    })?;
     if world.world_size() > 1 {
         let figures = [&[loss][..], &scale_loss, &scale_accuracy].concat();
         let means = world.all_reduce_mean(&[Tensor::from_vec(figures, &[1 + 2 * scale_loss.len()])?])?;
@@ -176,19 +204,20 @@ fn gradients(
     config: &InfinityConfig,
     batch: &StepBatch,
     settings: StepSettings,
+    on_grad: &mut OnGrad,
 ) -> Result<MicroBatch> {
     let tape = Tape::new();
     let tracked = params.track(&tape)?;
     let model = Infinity::on_tape(config.clone(), &tracked)?.recompute_blocks(settings.recompute_blocks);
     let cond = model.condition_vars(&text_features(batch, &tracked)?)?;
     let (loss, scale_accuracy) = score(&model, &cond, batch.targets, batch.schedule, settings.weighting)?;
-    let grads = tracked.gradients(tape.backward(&loss.loss)?);
-    Ok(MicroBatch {
+    let figures = MicroBatch {
         loss: loss.loss.value().to_f32_vec()?[0],
         scale_loss: scale_means(&loss.per_token, &batch.schedule.offsets())?,
         scale_accuracy,
-        grads,
-    })
+    };
+    tracked.backward(&tape, &loss.loss, on_grad)?;
+    Ok(figures)
 }
 
 /// The teacher-forced loss of `targets` and the per-scale bit accuracy.

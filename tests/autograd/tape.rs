@@ -86,3 +86,42 @@ fn gradient_checker_catches_a_wrong_rule() {
     let report = GradCheck::default().check(|v| mul(&v[0], &v[0].detach()), &[x]).unwrap();
     assert!(!report.passed(), "{report}");
 }
+
+/// A backward pass hands each parameter's gradient over as soon as it is final: the one the
+/// last op read first, the one the first op read last — whatever order the parameters were
+/// tracked in (a sweep that handed them over at their own place on the tape would go c, b,
+/// a) — each once, with the values of the whole pass.
+#[test]
+fn gradients_are_handed_over_as_soon_as_final() {
+    let params = Params::new(vec![
+        ("a".into(), vector(&[1.0, -2.0])),
+        ("b".into(), vector(&[0.5, 3.0])),
+        ("c".into(), vector(&[2.0, 1.5])),
+        ("unused".into(), vector(&[4.0])),
+    ])
+    .unwrap();
+    let loss_of = |tracked: &infinity::autograd::Tracked| {
+        let (a, b, c) = (tracked.get("a").unwrap(), tracked.get("b").unwrap(), tracked.get("c").unwrap());
+        let h = mul(&mul_scalar(c, 3.0).unwrap(), c).unwrap();
+        let h = add(&mul(&h, b).unwrap(), b).unwrap();
+        sum(&mul(&h, a).unwrap(), &[], false).unwrap()
+    };
+    let tape = Tape::new();
+    let tracked = params.track(&tape).unwrap();
+    let mut order = Vec::new();
+    let mut streamed = Vec::new();
+    tracked
+        .backward(&tape, &loss_of(&tracked), &mut |name, g| {
+            order.push(name.to_string());
+            streamed.push((name.to_string(), g.to_vec::<f32>()?));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(order, ["a", "b", "c"]);
+    let tape = Tape::new();
+    let tracked = params.track(&tape).unwrap();
+    let whole = tracked.gradients(tape.backward(&loss_of(&tracked)).unwrap());
+    for (name, g) in streamed {
+        assert_eq!(g, whole.get(&name).unwrap().to_vec::<f32>().unwrap(), "{name}");
+    }
+}

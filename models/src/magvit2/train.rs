@@ -6,7 +6,8 @@
 
 use infinity_autograd::elementwise::add;
 use infinity_autograd::loss::cross_entropy;
-use infinity_autograd::{AdamW, Params, Tape};
+use infinity_autograd::zero::Update;
+use infinity_autograd::{Params, Tape};
 use infinity_runtime::collective::Collective;
 use infinity_runtime::rng::Philox;
 use infinity_runtime::{DType, Result, Tensor};
@@ -14,7 +15,7 @@ use infinity_runtime::{DType, Result, Tensor};
 use super::config::ArConfig;
 use super::model::{ArModel, Logits};
 use super::tokenizer::{Tokenizer, split};
-use crate::train::{MicroBatch, StepStats, optimizer_step};
+use crate::train::{MicroBatch, OnGrad, StepStats, optimizer_step};
 
 /// The official label-dropout probability.
 pub const LABEL_DROPOUT: f32 = 0.1;
@@ -63,18 +64,24 @@ pub fn loss(logits: &Logits, batch: &ArBatch) -> Result<(infinity_autograd::Var,
 /// from `rng`; the figures per "scale" are the two sub-tokens' losses and top-1 accuracies.
 pub fn train_step(
     params: &mut Params,
-    optimizer: &mut AdamW,
+    optimizer: &mut dyn Update,
     config: &ArConfig,
     batches: &[ArBatch],
     settings: (f64, f64, f32),
     world: &dyn Collective,
     rng: &mut Philox,
 ) -> Result<StepStats> {
-    let micro = |params: &Params, i: usize| gradients(params, config, &batches[i], rng);
+    let micro = |params: &Params, i: usize, on_grad: &mut OnGrad| gradients(params, config, &batches[i], rng, on_grad);
     optimizer_step(params, optimizer, batches.len(), micro, settings, world)
 }
 
-fn gradients(params: &Params, config: &ArConfig, batch: &ArBatch, rng: &mut Philox) -> Result<MicroBatch> {
+fn gradients(
+    params: &Params,
+    config: &ArConfig,
+    batch: &ArBatch,
+    rng: &mut Philox,
+    on_grad: &mut OnGrad,
+) -> Result<MicroBatch> {
     let tape = Tape::new();
     let tracked = params.track(&tape)?;
     let model = ArModel::on_tape(config.clone(), &tracked)?;
@@ -82,8 +89,9 @@ fn gradients(params: &Params, config: &ArConfig, batch: &ArBatch, rng: &mut Phil
     let (total, parts) = loss(&logits, batch)?;
     let scale_accuracy = vec![accuracy(logits.pre.value(), &batch.pre)?, accuracy(logits.post.value(), &batch.post)?];
     drop(logits);
-    let grads = tracked.gradients(tape.backward(&total)?);
-    Ok(MicroBatch { loss: total.value().to_f32_vec()?[0], scale_loss: parts.to_vec(), scale_accuracy, grads })
+    let figures = MicroBatch { loss: total.value().to_f32_vec()?[0], scale_loss: parts.to_vec(), scale_accuracy };
+    tracked.backward(&tape, &total, on_grad)?;
+    Ok(figures)
 }
 
 /// The fraction of positions whose largest logit (B, N, V) is the target (B, N).

@@ -5,7 +5,8 @@
 //! probability (10%) so that the model also learns the unconditional distribution CFG needs.
 
 use infinity_autograd::loss::cross_entropy;
-use infinity_autograd::{AdamW, Params, Tape};
+use infinity_autograd::zero::Update;
+use infinity_autograd::{Params, Tape};
 use infinity_ops::index::concat;
 use infinity_runtime::collective::Collective;
 use infinity_runtime::rng::Philox;
@@ -14,7 +15,7 @@ use infinity_runtime::{Error, Result, Tensor};
 use super::config::VarConfig;
 use super::model::VarTransformer;
 use super::vqvae::VqVae;
-use crate::train::{MicroBatch, StepStats, optimizer_step, scale_means};
+use crate::train::{MicroBatch, OnGrad, StepStats, optimizer_step, scale_means};
 
 /// The official label-dropout probability (`cond_drop_rate`).
 pub const LABEL_DROPOUT: f32 = 0.1;
@@ -66,13 +67,13 @@ pub struct VarStepSettings {
 /// the figures per scale are the mean cross-entropy and the top-1 accuracy of the codes.
 pub fn train_step(
     params: &mut Params,
-    optimizer: &mut AdamW,
+    optimizer: &mut dyn Update,
     config: &VarConfig,
     batches: &[VarBatch],
     settings: VarStepSettings,
     world: &dyn Collective,
 ) -> Result<StepStats> {
-    let micro = |params: &Params, i: usize| gradients(params, config, &batches[i]);
+    let micro = |params: &Params, i: usize, on_grad: &mut OnGrad| gradients(params, config, &batches[i], on_grad);
     optimizer_step(params, optimizer, batches.len(), micro, (settings.lr, settings.weight_decay, settings.clip), world)
 }
 
@@ -87,7 +88,7 @@ fn uniform_weights(config: &VarConfig) -> Result<Tensor> {
     Ok(Tensor::full(&[l], 1.0 / l as f32, infinity_runtime::DType::F32))
 }
 
-fn gradients(params: &Params, config: &VarConfig, batch: &VarBatch) -> Result<MicroBatch> {
+fn gradients(params: &Params, config: &VarConfig, batch: &VarBatch, on_grad: &mut OnGrad) -> Result<MicroBatch> {
     if batch.targets.shape() != [batch.labels.len(), config.seq_len()] {
         return Err(Error::invalid(
             "var.train",
@@ -109,13 +110,13 @@ fn gradients(params: &Params, config: &VarConfig, batch: &VarBatch) -> Result<Mi
     let scale_accuracy = accuracy(logits.value(), &batch.targets, &offsets)?;
     // The backward sweep frees the logits once their gradient is taken; our handle would not.
     drop(logits);
-    let grads = tracked.gradients(tape.backward(&out.loss)?);
-    Ok(MicroBatch {
+    let figures = MicroBatch {
         loss: out.loss.value().to_f32_vec()?[0],
         scale_loss: scale_means(&out.per_token, &offsets)?,
         scale_accuracy,
-        grads,
-    })
+    };
+    tracked.backward(&tape, &out.loss, on_grad)?;
+    Ok(figures)
 }
 
 /// Per scale, the fraction of tokens whose largest logit is the target's code.

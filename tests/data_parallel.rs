@@ -179,11 +179,11 @@ fn every_world_size_shares_out_the_same_global_batches() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Two ranks of batch 2 against one rank of batch 2 accumulating 2 micro-batches: the same
-/// global batches (one aspect-ratio template, so a global batch of 4 is two consecutive
-/// batches of 2), and the same arithmetic — a micro-batch's gradient × ½ summed equals the
-/// ranks' gradients summed × ½ exactly, scaling by a power of two being exact — so the
-/// parameters after 3 steps are equal bit for bit. Against one rank of batch 4 (one loss over
+/// Two ranks of batch 2, with AdamW replicated or sharded (ZeRO-1), against one rank of
+/// batch 2 accumulating 2 micro-batches: the same global batches (one aspect-ratio template,
+/// so a global batch of 4 is two consecutive batches of 2), and the same arithmetic — a
+/// micro-batch's gradient × ½ summed equals the ranks' gradients summed × ½ exactly, scaling
+/// by a power of two being exact — so the parameters after 3 steps are equal bit for bit. Against one rank of batch 4 (one loss over
 /// 4 samples instead of two over 2, averaged) only the summation order differs: the first
 /// step's loss, taken before any update, within the bound of that reordering.
 #[test]
@@ -198,14 +198,27 @@ fn two_ranks_take_the_steps_of_one_rank_over_the_global_batch() {
     for result in results {
         assert!(matches!(result, Ok(Outcome::Trained { from: 0, to: 3, .. })), "{result:?}");
     }
+    // And with AdamW's state sharded over the two ranks (ZeRO-1).
+    let sharded = dir.join("sharded");
+    on_ranks(2, LONG, {
+        let (data, out) = (data.clone(), sharded.clone());
+        move |rank| {
+            let mut run = tiny_run(&data, &out, 2, 1, 3);
+            run.zero1 = true;
+            run.train(&rank, &mut Quiet).unwrap()
+        }
+    });
     let accumulated = dir.join("accumulated");
     tiny_run(&data, &accumulated, 2, 2, 3).train(&Single, &mut Quiet).unwrap();
-    let (a, b) = (last_params(&ranked), last_params(&accumulated));
-    assert_eq!(a.len(), b.len());
-    for (name, t) in a.iter() {
-        assert!(t.to_f32_vec().unwrap() == b.get(name).unwrap().to_f32_vec().unwrap(), "{name} differs");
+    let b = last_params(&accumulated);
+    for run in [&ranked, &sharded] {
+        let a = last_params(run);
+        assert_eq!(a.len(), b.len());
+        for (name, t) in a.iter() {
+            assert!(t.to_f32_vec().unwrap() == b.get(name).unwrap().to_f32_vec().unwrap(), "{name} differs");
+        }
+        assert_eq!(losses(run), losses(&accumulated));
     }
-    assert_eq!(losses(&ranked), losses(&accumulated));
 
     let whole = dir.join("whole");
     tiny_run(&data, &whole, 4, 1, 1).train(&Single, &mut Quiet).unwrap();

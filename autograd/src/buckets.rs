@@ -94,24 +94,23 @@ impl<'scope> BucketedMean<'scope> {
         self.ready[i] = Some(grad);
         self.reached[i] = true;
         while self.next < self.buckets.len() && self.buckets[self.next].iter().all(|&p| self.ready[p].is_some()) {
-            self.send_next()?;
+            self.send_next();
         }
         Ok(())
     }
 
-    /// Buckets gone so far (for a report of how much of the reduction overlapped).
+    /// Buckets gone so far: how much of the reduction was under way before the pass ended.
     pub fn sent(&self) -> usize {
         self.next
     }
 
-    fn send_next(&mut self) -> Result<()> {
+    fn send_next(&mut self) {
         let bucket = self.buckets[self.next].iter().map(|&p| self.ready[p].take()).collect::<Option<Vec<_>>>();
         let bucket = bucket.expect("a bucket goes once all its gradients are ready");
         self.next += 1;
         // A send fails only when the thread has ended, on a collective's error, which `finish`
         // reports.
         let _ = self.to_comm.as_ref().map(|to| to.send(bucket));
-        Ok(())
     }
 
     /// The end of the backward pass: the parameters this rank's batch did not reach contribute
@@ -124,7 +123,7 @@ impl<'scope> BucketedMean<'scope> {
             }
         }
         while self.next < self.buckets.len() {
-            self.send_next()?;
+            self.send_next();
         }
         drop(self.to_comm.take());
         let means = self

@@ -1,13 +1,13 @@
 //! The optimizer step of a data-parallel run, replicated or with ZeRO stage 1.
 //!
-//! [`Update`] turns each rank's gradients into the parameters' update. AdamW itself is the
-//! replicated update: the gradients are all-reduced, and every rank holds all of AdamW's
-//! moments and takes the whole step. [`Zero1`] (ZeRO stage 1, Rajbhandari et al. 2020, as
+//! [`Update`] turns the gradients into the parameters' update. AdamW itself is the replicated
+//! update: every rank receives the ranks' mean gradients (all-reduced by the trainer, in
+//! buckets during the backward pass), holds all of AdamW's moments and takes the whole step. [`Zero1`] (ZeRO stage 1, Rajbhandari et al. 2020, as
 //! llm.c's `zero_stage 1`) shards the moments instead. All parameters, in their [`Params`]
 //! order, form one flat vector cut into as many equal parts as there are ranks (the last one
 //! padded); rank r holds the moments of part r only, 8 bytes per parameter divided by the
-//! number of ranks. A step reduce-scatters the flat gradient (each rank receives the mean
-//! of its part), takes the global norm from the parts' sums of squares, clips, updates its
+//! number of ranks. A step reduce-scatters the flat gradient after the backward pass (each
+//! rank receives the mean of its part), takes the global norm from the parts' sums of squares, clips, updates its
 //! part with AdamW and all-gathers the updated parameters: the bytes of one all-reduce, moved
 //! in its two halves. AdamW is element-wise, so each parameter gets the bits the replicated
 //! step gives it from the same mean gradient and the same clipping coefficient.

@@ -130,10 +130,10 @@ pub(crate) struct MicroBatch {
 /// it is final ([`Tracked::backward`]).
 pub(crate) type OnGrad<'a> = dyn FnMut(&str, Tensor) -> Result<()> + 'a;
 
-/// The step every model trains by: `n` micro-batches (`micro(params, i)` each) whose gradients
-/// are accumulated, each weighted 1/n, averaged over the ranks of `world`, clipped to the
-/// global norm `clip` and applied by `optimizer` (AdamW, replicated or sharded by ZeRO-1) with
-/// `lr` and `weight_decay`; the figures are the
+/// The step every model trains by: `n` micro-batches (`micro(params, i, on_grad)` each, handing
+/// its gradients to `on_grad`) whose gradients are accumulated, each weighted 1/n, averaged
+/// over the ranks of `world`, clipped to the global norm `clip` and applied by `optimizer`
+/// (AdamW, replicated or sharded by ZeRO-1) with `lr` and `weight_decay`; the figures are the
 /// means over micro-batches and ranks, so every rank takes the same step and reports the same.
 pub(crate) fn optimizer_step(
     params: &mut Params,

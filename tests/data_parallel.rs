@@ -260,8 +260,8 @@ fn on_a_device_two_ranks_take_the_steps_of_accumulated_micro_batches() {
 /// takes the replicated optimizer's steps bit for bit: AdamW is element-wise, the mean
 /// gradients are the same rank-order sums, and the clipping coefficient (every step clipped
 /// here) the same: the norm's sums of squares are gathered in f64. Its checkpoints hold the
-/// same whole state, so a ZeRO-1
-/// run resumes without it (or with another number of ranks) as any run does.
+/// same whole state, so a ZeRO-1 run resumes without it (or with another number of ranks) as
+/// any run does. The same in one process.
 #[test]
 fn zero1_takes_the_replicated_steps_and_saves_the_whole_state() {
     let dir = temp_dir("zero1");
@@ -279,19 +279,36 @@ fn zero1_takes_the_replicated_steps_and_saves_the_whole_state() {
     let (replicated, sharded) = (dir.join("replicated"), dir.join("sharded"));
     train(&replicated, false);
     train(&sharded, true);
-    assert_eq!(losses(&sharded), losses(&replicated));
+    assert_same_runs(&sharded, &replicated);
+    // One process (`--zero 1` without --gpus): the world of one, its part the whole vector.
+    let alone = |out: &Path, zero1: bool| {
+        let mut run = tiny_run(&data, out, 3, 1, 3);
+        (run.zero1, run.clip) = (zero1, 0.05);
+        run.train(&Single, &mut Quiet).unwrap();
+    };
+    let (replicated, sharded) = (dir.join("replicated-1"), dir.join("sharded-1"));
+    alone(&replicated, false);
+    alone(&sharded, true);
+    assert_same_runs(&sharded, &replicated);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Two run folders hold the same losses, gradient norms, parameters and optimizer state, bit
+/// for bit.
+fn assert_same_runs(a: &Path, b: &Path) {
+    assert_eq!(losses(a), losses(b));
     let grad_norms = |out: &Path| -> Vec<String> {
         let csv = fs::read_to_string(out.join("metrics.csv")).unwrap();
         csv.lines().skip(1).map(|l| l.split(',').nth(3).unwrap().to_string()).collect()
     };
-    assert_eq!(grad_norms(&sharded), grad_norms(&replicated));
+    assert_eq!(grad_norms(a), grad_norms(b));
     let optimizer = |out: &Path| {
         Weights::open(checkpoint::latest(out).unwrap().unwrap().dir.join("optimizer.safetensors")).unwrap()
     };
-    for (a, b) in [(last_params(&sharded), last_params(&replicated)), (optimizer(&sharded), optimizer(&replicated))] {
-        assert_eq!(a.len(), b.len());
-        for (name, t) in a.iter() {
-            let other = b.get(name).unwrap();
+    for (x, y) in [(last_params(a), last_params(b)), (optimizer(a), optimizer(b))] {
+        assert_eq!(x.len(), y.len());
+        for (name, t) in x.iter() {
+            let other = y.get(name).unwrap();
             let same = match t.dtype() {
                 DType::I64 => t.to_vec::<i64>().unwrap() == other.to_vec::<i64>().unwrap(),
                 _ => t.to_f32_vec().unwrap() == other.to_f32_vec().unwrap(),
@@ -299,7 +316,6 @@ fn zero1_takes_the_replicated_steps_and_saves_the_whole_state() {
             assert!(same, "{name} differs");
         }
     }
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Saved by 2 ranks of batch 2 after 2 steps, a run resumes on 1 rank of batch 4 or 4 ranks

@@ -116,23 +116,24 @@ impl InProcess {
         mut state: MutexGuard<'a, Round>,
         ready: impl Fn(&Round) -> bool,
         missing: impl Fn(&Round) -> Vec<usize>,
+        op: &'static str,
     ) -> Result<MutexGuard<'a, Round>> {
         let deadline = Instant::now() + self.hub.timeout;
         while !ready(&state) {
             let waiting_for = missing(&state);
             if let Some(&gone) = waiting_for.iter().find(|&&r| state.gone[r]) {
-                return Err(collective_error(format!(
-                    "rank {gone} stopped before the all-reduce of rank {}",
-                    self.rank
-                )));
+                return Err(collective_error(op, format!("rank {gone} stopped before the {op} of rank {}", self.rank)));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(collective_error(format!(
-                    "rank {} waited {:.0} s for rank(s) {waiting_for:?} to reach the all-reduce",
-                    self.rank,
-                    self.hub.timeout.as_secs_f64()
-                )));
+                return Err(collective_error(
+                    op,
+                    format!(
+                        "rank {} waited {:.0} s for rank(s) {waiting_for:?} to reach the {op}",
+                        self.rank,
+                        self.hub.timeout.as_secs_f64()
+                    ),
+                ));
             }
             state = self.hub.changed.wait_timeout(state, left).unwrap_or_else(PoisonError::into_inner).0;
         }
@@ -146,8 +147,8 @@ struct Deposit {
     tensors: Vec<Vec<f32>>,
 }
 
-fn collective_error(msg: String) -> Error {
-    Error::DeviceFailed { op: "all_reduce", device: "in-process group".into(), reason: msg }
+fn collective_error(op: &'static str, msg: String) -> Error {
+    Error::DeviceFailed { op, device: "in-process group".into(), reason: msg }
 }
 
 impl Collective for InProcess {
@@ -207,7 +208,7 @@ impl InProcess {
         let world = self.hub.world;
         // Every rank must have taken the previous round's result before this one deposits.
         let mut state =
-            self.wait(self.lock(), |s| s.result.is_none(), |s| (0..world).filter(|&r| !s.taken[r]).collect())?;
+            self.wait(self.lock(), |s| s.result.is_none(), |s| (0..world).filter(|&r| !s.taken[r]).collect(), op)?;
         state.deposits[self.rank] = Some(Deposit { op, tensors: mine });
         if state.deposits.iter().all(Option::is_some) {
             let deposits: Vec<Deposit> = state.deposits.iter_mut().filter_map(Option::take).collect();
@@ -219,8 +220,12 @@ impl InProcess {
             state.taken = vec![false; world];
             self.hub.changed.notify_all();
         }
-        let mut state =
-            self.wait(state, |s| s.result.is_some(), |s| (0..world).filter(|&r| s.deposits[r].is_none()).collect())?;
+        let mut state = self.wait(
+            state,
+            |s| s.result.is_some(),
+            |s| (0..world).filter(|&r| s.deposits[r].is_none()).collect(),
+            op,
+        )?;
         let result = state.result.clone().unwrap_or_else(|| Err("no result".into()));
         state.taken[self.rank] = true;
         if state.taken.iter().all(|&t| t) {
@@ -228,7 +233,7 @@ impl InProcess {
             self.hub.changed.notify_all();
         }
         drop(state);
-        result.map_err(collective_error)
+        result.map_err(|msg| collective_error(op, msg))
     }
 }
 
